@@ -1,0 +1,84 @@
+"""The ``biomine`` command line.
+
+Subcommands live in :mod:`pipeline.commands` (one module each). User mistakes raise
+:class:`biogpt.errors.BioMineError` and are printed as one ``biomine: error: ...`` line with exit
+status 2, never as a traceback; set ``BIOMINE_DEBUG=1`` to see the traceback anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from biogpt.errors import BioMineError
+
+# Order here is the order in `biomine --help`. A module missing from the tree is skipped so that a
+# partial install still offers the commands it has.
+COMMAND_MODULES = [
+    "pipeline.commands.demo",
+    "pipeline.commands.fetch",
+    "pipeline.commands.ingest",
+    "pipeline.commands.convert",
+    "pipeline.commands.generate",
+    "pipeline.commands.train",
+    "pipeline.commands.evaluate",
+    "pipeline.commands.run",
+    "pipeline.commands.kb",
+    "pipeline.commands.query",
+]
+
+DESCRIPTION = """\
+biomine: batch literature mining of PubMed with BioGPT.
+
+Typical flow:
+  biomine fetch --query "warfarin AND drug interactions" --max 500 --out data/warfarin
+  biomine ingest pubmed25n0001.xml.gz --out data/baseline
+  biomine convert fairseq RE-DDI/checkpoint_avg.pt models/re-ddi
+  biomine demo                       # a small end-to-end example on this machine
+
+Run `biomine COMMAND --help` for each command's options and examples.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="biomine", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except BioMineError as exc:
+        if os.environ.get("BIOMINE_DEBUG"):
+            raise
+        print(f"biomine: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("biomine: interrupted; completed shards are kept and a re-run resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

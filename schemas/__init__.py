@@ -1,0 +1,1 @@
+"""Arrow/Parquet schemas of every dataset biomine writes, each carrying a schema version."""
