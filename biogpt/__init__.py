@@ -4,30 +4,28 @@
     tok = BioGptTokenizer.from_pretrained("models/biogpt")
     model = BioGptForCausalLM.from_pretrained("models/biogpt", dtype="bfloat16")
     out = model.generate(**tok(["COVID-19 is"], return_tensors="pt"), max_new_tokens=32)
+
+Names are imported lazily, so ``import biogpt.errors`` (the CLI does) does not pull in torch.
 """
 
-from .config import BioGptConfig
-from .errors import BioMineError, CheckpointError, ConfigError, InputTooLongError, TokenizerError
-from .model import (
-    BioGptForCausalLM,
-    BioGptForSequenceClassification,
-    BioGptForTokenClassification,
-    BioGptModel,
-    KVCache,
-    StaticKVCache,
-)
+from importlib import import_module
 
-__all__ = [
-    "BioGptConfig", "BioGptModel", "BioGptForCausalLM", "BioGptForTokenClassification",
-    "BioGptForSequenceClassification", "BioGptTokenizer", "KVCache", "StaticKVCache",
-    "BioMineError", "CheckpointError", "ConfigError", "InputTooLongError", "TokenizerError",
-]
+_EXPORTS = {
+    "BioGptConfig": "config",
+    "BioGptModel": "model", "BioGptForCausalLM": "model", "BioGptForTokenClassification": "model",
+    "BioGptForSequenceClassification": "model", "KVCache": "model", "StaticKVCache": "model",
+    "BioGptTokenizer": "tokenizer",
+    "BioMineError": "errors", "CheckpointError": "errors", "ConfigError": "errors",
+    "InputTooLongError": "errors", "TokenizerError": "errors",
+}
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name):
-    # The tokenizer pulls in sacremoses/fastBPE; import it only when asked for.
-    if name == "BioGptTokenizer":
-        from .tokenizer import BioGptTokenizer
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'biogpt' has no attribute {name!r}")
 
-        return BioGptTokenizer
-    raise AttributeError(name)
+
+def __dir__():
+    return __all__

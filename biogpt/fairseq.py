@@ -1,0 +1,479 @@
+"""Convert an original BioGPT fairseq checkpoint into the project's Hugging Face layout.
+
+    from biogpt.fairseq import convert_fairseq_checkpoint
+    result = convert_fairseq_checkpoint("RE-DDI-BioGPT/checkpoint_avg.pt", "models/re-ddi",
+                                        dict_file="BioGPT/data/dict.txt", bpecodes_file="BioGPT/data/bpecodes")
+
+Input: a fairseq checkpoint (``checkpoint.pt``, ``checkpoint_avg.pt``, ``checkpoint_last.pt``, or the
+directory holding it), i.e. a torch pickle with ``model`` (state dict, keys ``decoder.*``) and ``cfg``
+(nested dict: ``model``, ``task``, ``common`` ...; ``cfg.model`` is often an ``argparse.Namespace``) or,
+in older ones, a flat ``args`` Namespace. It is the pre-trained LM (``language_modeling`` task) or a
+prompt-tuned task model (``language_modeling_prompt`` + ``transformer_lm_prompt_biogpt[_large]``, from
+microsoft/BioGPT ``src/``): the same network with ``learned1..N`` appended to the vocabulary, so the
+embedding has V0+N rows. The vocabulary comes from ``dict.txt`` + ``bpecodes`` (next to the
+checkpoint, or passed in).
+
+Output directory:
+
+* ``config.json`` - transformers' BioGptConfig from ``cfg.model``; vocab_size = embedding rows,
+  max_position_embeddings = position rows - 2, layer_norm_eps 1e-12 as the hub configs (unused).
+* ``model.safetensors`` - transformers' BioGptForCausalLM keys: ``decoder.X`` -> ``biogpt.X``,
+  ``decoder.output_projection.weight`` -> ``output_projection.weight``, ``decoder.version`` dropped.
+* ``vocab.json``, ``merges.txt``, ``tokenizer_config.json``, ``special_tokens_map.json`` and, for a
+  prompt model, ``added_tokens.json`` with ``learned1..N`` at ids V0..V0+N-1 (biogpt.tokenizer).
+* ``biomine_task.json`` - what inference needs (see :func:`task_spec` and docs/convert.md): task,
+  prompt ids, source/target lengths, truncation marker id, source formatting, decoding settings,
+  output grammar.
+
+Facts used (microsoft/BioGPT): ``language_modeling_prompt.py`` appends ``learned1..N`` with
+``Dictionary.encode_line`` (after ``<seqsep>`` when ``prefix`` is set); ``language_model_prompt_dataset.py``
+truncates a long source to S-1 tokens + ``...``; ``inference.py`` decodes greedily (beam 1) with
+``max_len_b`` 1024; ``examples/*/rebuild_data.py`` build the (lower-cased) sources; the
+``postprocess.py`` scripts parse the target grammars.
+
+:raises CheckpointError: the checkpoint is missing, not a fairseq checkpoint, needs fairseq classes
+    to unpickle, or its tensors disagree with its config or with the dictionary.
+:raises TokenizerError: ``dict.txt``/``bpecodes`` missing or malformed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import BioGptConfig
+from .errors import CheckpointError, TokenizerError
+from .tokenizer import BioGptTokenizer
+
+log = logging.getLogger(__name__)
+
+TASK_FILE = "biomine_task.json"
+TASK_FILE_VERSION = 1
+CHECKPOINT_NAMES = ("checkpoint_avg.pt", "checkpoint.pt", "checkpoint_last.pt", "checkpoint_best.pt")
+TRUNCATION_MARKER = "..."
+
+# fairseq architectures BioGPT used and their head counts (fairseq transformer_lm.py), for checkpoints
+# whose cfg.model lacks decoder_attention_heads (it cannot be read from tensor shapes).
+ARCH_HEADS = {"transformer_lm_prompt_biogpt": 16, "transformer_lm_prompt_biogpt_large": 25,
+              "transformer_lm_biogpt": 16, "transformer_lm_biogpt_large": 25,
+              "transformer_lm_gpt2_small": 16, "transformer_lm_gpt2_medium": 20, "transformer_lm_gpt2_big": 25}
+
+# Task names and how to recognise them in the checkpoint's data path or file path.
+TASK_PATTERNS = {
+    "re-bc5cdr": r"bc5cdr",
+    "re-ddi": r"(?<![a-z])ddi(?![a-z])",
+    "re-dti": r"(?<![a-z])(?:kd-?)?dti(?![a-z])",
+    "qa-pubmedqa": r"pubmedqa|(?<![a-z])qa(?![a-z])",
+    "dc-hoc": r"(?<![a-z])hoc(?![a-z])",
+}
+TASKS = (*TASK_PATTERNS, "lm")
+
+_TITLE_JOIN = "title + ' ' + abstract when the title ends in a non-word character (regex \\W$), else title + '. ' + abstract"
+# Source text of each task, as examples/<task>/rebuild_data.py builds it before Moses + BPE.
+SOURCE_FORMATS: dict[str, dict[str, Any]] = {
+    "re-ddi": {"template": "{abstract}", "lowercase": True,
+               "steps": ["abstract: strip, newlines -> spaces", "lowercase"]},
+    "re-dti": {"template": "{title}{join}{abstract}", "lowercase": True, "title_join": _TITLE_JOIN,
+               "steps": ["join title and abstract", "lowercase"]},
+    "re-bc5cdr": {"template": "{title}{join}{abstract}", "lowercase": True, "title_join": _TITLE_JOIN,
+                  "steps": ["join title and abstract", "lowercase"]},
+    # examples/QA-PubMedQA/ReasoningRequired (the released QA models; data dir pqal_qcl_ansis-bin)
+    "qa-pubmedqa": {"template": "question: {question} context: {context} ", "lowercase": False,
+                    "steps": ["question: strip", "context: CONTEXTS stripped and joined by ' ', newlines -> "
+                              "spaces, whitespace runs collapsed, stripped"]},
+    # examples/QA-PubMedQA/ReasoningFree (data dir pqal_qcal_ansis-bin): the long answer is in the source
+    "qa-pubmedqa-reasoning-free": {"template": "question: {question} context: {context} answer: {long_answer}",
+                                   "lowercase": False,
+                                   "steps": ["as qa-pubmedqa, then ' answer: ' + LONG_ANSWER stripped"]},
+    # the first QA recipe (data dir PubMedQA/ansis-bin, from raw/*.tsv lines already in that form)
+    "qa-pubmedqa-legacy": {"template": "question: {question} context: {context} answer: {long_answer}",
+                           "lowercase": True, "append_period": True,
+                           "steps": ["strip", "lowercase", "append '.' unless it ends with '.'"]},
+    "dc-hoc": {"template": "{text}", "lowercase": False, "append_period": True,
+               "steps": ["strip", "append '.' unless it ends with '.'"]},
+}
+# Target text and the parser name the post-processing uses (examples/<task>/postprocess.py).
+TARGETS = {
+    "re-ddi": ("the interaction between {drug} and {target} is {interaction}", "; ", "relis-interaction"),
+    "re-dti": ("the interaction between {drug} and {target} is {interaction}", "; ", "relis-interaction"),
+    "re-bc5cdr": ("the relation between {chemical} and {disease} exists", "; ", "relis-relation"),
+    "qa-pubmedqa": ("the answer to the question given the context is {answer}", None, "qa-answer"),
+    "dc-hoc": ("the type of this document is {labels}", None, "hoc-type"),
+}
+
+
+@dataclass
+class ConversionResult:
+    """What :func:`convert_fairseq_checkpoint` wrote and found."""
+
+    dst: Path
+    checkpoint: Path
+    task: str
+    vocab_size: int
+    learned_prompt: int
+    prompt_token_ids: list[int]
+    tied_embeddings_equal: bool | None
+    warnings: list[str] = field(default_factory=list)
+
+
+# --- reading the checkpoint ---------------------------------------------------------------------------
+def find_checkpoint(src: str | Path) -> Path:
+    """The checkpoint file: ``src`` itself, or the preferred ``checkpoint*.pt`` in directory ``src``."""
+    src = Path(src)
+    if src.is_file():
+        return src
+    if not src.is_dir():
+        raise CheckpointError(f"{src} does not exist; pass a fairseq checkpoint file (checkpoint.pt, "
+                              "checkpoint_avg.pt) or the directory holding it")
+    if (src / "config.json").exists():
+        raise CheckpointError(f"{src} holds config.json: it is already in the Hugging Face layout and needs "
+                              "no conversion")
+    for name in CHECKPOINT_NAMES:
+        if (src / name).is_file():
+            return src / name
+    found = sorted(p.name for p in src.glob("*.pt"))
+    if len(found) == 1:
+        return src / found[0]
+    raise CheckpointError(f"no checkpoint in {src}: expected one of {', '.join(CHECKPOINT_NAMES)}"
+                          + (f"; found several: {', '.join(found[:10])} - pass the file" if found else ""))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """torch.load the whole pickle on CPU (memory-mapped where the file format allows)."""
+    def _load(mmap: bool):
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+
+    try:
+        try:
+            ckpt = _load(mmap=True)  # keeps optimizer state and unused tensors out of RAM
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            ckpt = _load(mmap=False)  # legacy (pre-zip) torch format
+    except (ModuleNotFoundError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{path} needs classes that are not installed to unpickle ({exc}). Load it once where fairseq "
+            "(and BioGPT's src/) is installed and re-save the two parts this converter needs:\n"
+            "  import torch; c = torch.load(PATH, weights_only=False)\n"
+            "  torch.save({'cfg': {k: (vars(v) if hasattr(v, '__dict__') else dict(v)) for k, v in c['cfg'].items() "
+            "if v is not None}, 'model': c['model']}, 'checkpoint_plain.pt')") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a torch checkpoint ({type(exc).__name__}: {str(exc)[:200]}); "
+                              "pass a fairseq checkpoint.pt / checkpoint_avg.pt") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path} is not a fairseq checkpoint: expected a dict with 'model' (state dict) "
+                              f"and 'cfg', found {keys}. A Hugging Face state dict needs no conversion")
+    return ckpt
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    if obj is None:
+        return {}
+    if isinstance(obj, argparse.Namespace):
+        return vars(obj)
+    if isinstance(obj, dict):
+        return obj
+    if hasattr(obj, "items"):
+        return dict(obj.items())
+    raise CheckpointError(f"unexpected config object of type {type(obj).__name__} in the checkpoint")
+
+
+def checkpoint_configs(ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model cfg, task cfg) as plain dicts from ``cfg`` (fairseq >= 0.10) or the flat ``args`` (older)."""
+    cfg = _as_dict(ckpt.get("cfg"))
+    args = _as_dict(ckpt.get("args"))
+    model = _as_dict(cfg.get("model")) or args
+    task = _as_dict(cfg.get("task")) or args
+    if not model:
+        raise CheckpointError("the checkpoint has neither cfg.model nor args: cannot tell the model size")
+    if "_name" not in task and "task" in args:
+        task = {**task, "_name": args["task"]}
+    return model, task
+
+
+# --- conversion ---------------------------------------------------------------------------------------
+def _config_from_cfg(model_cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> BioGptConfig:
+    """transformers' BioGptConfig from cfg.model, with sizes checked against the tensors."""
+    def need(key):
+        if key not in state:
+            raise CheckpointError(f"the checkpoint has no {key}: not a BioGPT (fairseq transformer_lm) model")
+        return state[key]
+
+    embed = need("decoder.embed_tokens.weight")
+    positions = need("decoder.embed_positions.weight")
+    vocab, hidden = embed.shape
+    layer_ids = {int(m.group(1)) for k in state if (m := re.match(r"decoder\.layers\.(\d+)\.", k))}
+    if model_cfg.get("decoder_learned_pos") is False:
+        raise CheckpointError("the checkpoint uses sinusoidal positions (decoder_learned_pos False); BioGPT "
+                              "uses learned positions")
+    activation = model_cfg.get("activation_fn", "gelu")
+    if activation != "gelu":
+        raise CheckpointError(f"activation_fn {activation!r} is not BioGPT's exact GELU ('gelu')")
+    arch = model_cfg.get("arch") or model_cfg.get("_name")
+    heads = model_cfg.get("decoder_attention_heads") or ARCH_HEADS.get(arch)
+    if not heads:
+        raise CheckpointError(f"cfg.model has no decoder_attention_heads and the architecture {arch!r} is unknown")
+    checks = {"decoder_embed_dim": hidden, "decoder_layers": len(layer_ids),
+              "decoder_ffn_embed_dim": need("decoder.layers.0.fc1.weight").shape[0]}
+    for key, actual in checks.items():
+        if model_cfg.get(key) is not None and model_cfg[key] != actual:
+            raise CheckpointError(f"shape mismatch: cfg.model.{key} is {model_cfg[key]} but the weights have "
+                                  f"{actual}; the checkpoint is inconsistent")
+    return BioGptConfig(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=len(layer_ids), num_attention_heads=int(heads),
+        intermediate_size=checks["decoder_ffn_embed_dim"], hidden_act="gelu",
+        hidden_dropout_prob=float(model_cfg.get("dropout", 0.1)),
+        attention_probs_dropout_prob=float(model_cfg.get("attention_dropout", 0.1)),
+        activation_dropout=float(model_cfg.get("activation_dropout", model_cfg.get("relu_dropout", 0.0)) or 0.0),
+        max_position_embeddings=positions.shape[0] - 2,  # fairseq LearnedPositionalEmbedding: P + pad + 1
+        layerdrop=float(model_cfg.get("decoder_layerdrop", 0.0) or 0.0),
+        scale_embedding=not model_cfg.get("no_scale_embedding", False),
+        tie_word_embeddings=bool(model_cfg.get("share_decoder_input_output_embed", True)),
+        torch_dtype=str(embed.dtype).replace("torch.", ""),
+        extra={"architectures": ["BioGptForCausalLM"]})
+
+
+def _expected_shapes(config: BioGptConfig) -> dict[str, tuple[int, ...]]:
+    H, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
+    shapes = {"biogpt.embed_tokens.weight": (V, H), "biogpt.embed_positions.weight": (config.max_position_embeddings + 2, H),
+              "biogpt.layer_norm.weight": (H,), "biogpt.layer_norm.bias": (H,), "output_projection.weight": (V, H)}
+    for i in range(config.num_hidden_layers):
+        p = f"biogpt.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[f"{p}self_attn.{proj}.weight"], shapes[f"{p}self_attn.{proj}.bias"] = (H, H), (H,)
+        for norm in ("self_attn_layer_norm", "final_layer_norm"):
+            shapes[f"{p}{norm}.weight"], shapes[f"{p}{norm}.bias"] = (H,), (H,)
+        shapes[f"{p}fc1.weight"], shapes[f"{p}fc1.bias"] = (I, H), (I,)
+        shapes[f"{p}fc2.weight"], shapes[f"{p}fc2.bias"] = (H, I), (H,)
+    return shapes
+
+
+def convert_state_dict(state: dict[str, torch.Tensor], config: BioGptConfig,
+                       warnings: list[str]) -> tuple[dict[str, torch.Tensor], bool | None]:
+    """fairseq ``decoder.*`` keys -> transformers BioGptForCausalLM keys, audited against ``config``.
+
+    Returns the new state dict and whether the tied output projection equals embed_tokens (None when
+    the checkpoint does not tie them).
+    """
+    out: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, tensor in state.items():
+        if key == "decoder.version":  # fairseq bookkeeping, not a weight
+            continue
+        if key == "decoder.output_projection.weight":
+            out["output_projection.weight"] = tensor
+        elif key.startswith("decoder."):
+            out["biogpt." + key[len("decoder."):]] = tensor
+        else:
+            unknown.append(key)
+    expected = _expected_shapes(config)
+    unknown += [k for k in out if k not in expected]
+    if unknown:
+        raise CheckpointError(f"keys that are not part of BioGPT: {', '.join(sorted(unknown)[:12])} (a layernorm_embedding, "
+                              "adaptive softmax or another architecture?)")
+    if "output_projection.weight" not in out and config.tie_word_embeddings:
+        out["output_projection.weight"] = out["biogpt.embed_tokens.weight"]
+    missing = sorted(set(expected) - set(out))
+    if missing:
+        raise CheckpointError(f"the checkpoint lacks {len(missing)} BioGPT tensors: {', '.join(missing[:12])}")
+    bad = [f"{k}: {tuple(t.shape)}, expected {expected[k]}" for k, t in out.items() if tuple(t.shape) != expected[k]]
+    if bad:
+        raise CheckpointError("shape mismatch between the weights and cfg.model:\n  " + "\n  ".join(bad[:12]))
+
+    tied_equal = None
+    if config.tie_word_embeddings:
+        emb, proj = out["biogpt.embed_tokens.weight"], out["output_projection.weight"]
+        tied_equal = bool(torch.equal(emb, proj))
+        if not tied_equal:
+            diff = (emb.float() - proj.float()).abs().max().item()
+            # fairseq ties the two parameters, and loading its state dict copies output_projection
+            # (the later module) into the shared tensor last: that is what the fairseq model ran with.
+            warnings.append(f"decoder.output_projection.weight differs from decoder.embed_tokens.weight "
+                            f"(max abs diff {diff:.3g}) although the checkpoint ties them; using "
+                            "output_projection for both, as fairseq's loader does")
+            out["biogpt.embed_tokens.weight"] = proj
+    # safetensors refuses tensors that share memory (fairseq saves the tied pair as one storage).
+    out["output_projection.weight"] = out["output_projection.weight"].clone()
+    return {k: v.contiguous() for k, v in out.items()}, tied_equal
+
+
+def guess_task(strings: list[str]) -> str | None:
+    """The task named in the first string (data path, then file path) that names exactly one."""
+    for s in strings:
+        hits = [t for t, pattern in TASK_PATTERNS.items() if re.search(pattern, s.lower())]
+        if len(hits) == 1:
+            return hits[0]
+    return None
+
+
+def task_spec(task: str, *, learned: list[str], prompt_ids: list[int], sep_token_id: int | None,
+              max_source: int | None, max_target: int, truncation_id: int | None, pad_id: int, eos_id: int,
+              data_path: str = "") -> dict[str, Any]:
+    """The content of biomine_task.json (documented in docs/convert.md)."""
+    spec: dict[str, Any] = {"biomine_task_version": TASK_FILE_VERSION, "task": task,
+                            "learned_prompt": len(learned), "prompt_tokens": learned, "prompt_token_ids": prompt_ids,
+                            "max_target_positions": max_target}
+    if task == "lm":
+        # README / fairseq hub generation of the pre-trained model: beam 5, min_len 100, max_len_b 1024.
+        spec["decoding"] = {"strategy": "beam", "num_beams": 5, "length_penalty": 1.0, "min_len": 100,
+                            "max_len_b": 1024, "max_len": min(1024, max_target - 1), "ban_token_ids": [pad_id],
+                            "eos_token_id": eos_id}
+        spec["output_grammar"] = None
+        return spec
+    source_key = task
+    if task == "qa-pubmedqa":
+        data = data_path.lower()
+        if "qcal" in data:
+            source_key = "qa-pubmedqa-reasoning-free"
+        elif "qcl" not in data and re.search(r"pubmedqa/ansis", data):
+            source_key = "qa-pubmedqa-legacy"
+    template, separator, grammar = TARGETS[task]
+    spec.update({
+        # layout of language_model_prompt_dataset.collate (prefix False): </s> source learned1..N target
+        "prompt_layout": "prompt_source_sep" if sep_token_id is not None else "source_prompt",
+        "sep_token_id": sep_token_id,
+        "max_source_positions": max_source,
+        "truncation_marker": TRUNCATION_MARKER, "truncation_marker_id": truncation_id,
+        "truncation": "a source longer than max_source_positions keeps its first max_source_positions - 1 ids "
+                      "followed by the truncation marker",
+        "source_format": {"name": source_key, **SOURCE_FORMATS[source_key]},
+        "target_format": {"template": template, "separator": separator, "final": "."},
+        # inference.py: sample(beam=1) -> greedy; <pad> never chosen; min(max_len_b, positions - 1) steps
+        # after the leading </s>, prompt included; at the last step only </s> is allowed.
+        "decoding": {"strategy": "greedy", "num_beams": 1, "do_sample": False, "min_len": 1,
+                     "max_len_b": 1024, "max_len": min(1024, max_target - 1), "ban_token_ids": [pad_id],
+                     "eos_token_id": eos_id},
+        "output_grammar": grammar,
+    })
+    return spec
+
+
+def convert_fairseq_checkpoint(src: str | Path, dst: str | Path, *, dict_file: str | Path | None = None,
+                               bpecodes_file: str | Path | None = None, task: str | None = None,
+                               dtype: str | None = None, overwrite: bool = False) -> ConversionResult:
+    """Convert the fairseq checkpoint ``src`` (file or directory) into directory ``dst``.
+
+    ``dict_file``/``bpecodes_file`` default to ``dict.txt``/``bpecodes`` next to the checkpoint;
+    ``task`` overrides the guess from the checkpoint's data path and file path (one of
+    :data:`TASKS`); ``dtype`` ('float32', 'float16', 'bfloat16') casts the weights (default: as stored).
+    """
+    checkpoint = find_checkpoint(src)
+    here = checkpoint.parent
+    dict_path = Path(dict_file) if dict_file else here / "dict.txt"
+    codes_path = Path(bpecodes_file) if bpecodes_file else here / "bpecodes"
+    for path, flag, what in ((dict_path, "--dict", "dict.txt"), (codes_path, "--bpecodes", "bpecodes")):
+        if not path.is_file():
+            raise TokenizerError(f"no {what} at {path}: pass {flag} (BioGPT's data/{what}; for BioGPT-Large "
+                                 f"data/BioGPT-Large/{what})")
+    if task is not None and task not in TASKS:
+        raise CheckpointError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise CheckpointError(f"{dst} is a file; DST must be a directory")
+    if dst.exists() and any(dst.iterdir()) and not overwrite:
+        raise CheckpointError(f"{dst} exists and is not empty; choose another directory or pass --force")
+
+    ckpt = load_checkpoint(checkpoint)
+    model_cfg, task_cfg = checkpoint_configs(ckpt)
+    warnings: list[str] = []
+    config = _config_from_cfg(model_cfg, ckpt["model"])
+
+    # Vocabulary: the dictionary, plus the prompt symbols the task appended (language_modeling_prompt.py).
+    tokenizer = BioGptTokenizer.from_fairseq(dict_path, codes_path)
+    fairseq_task = str(task_cfg.get("_name") or "")
+    n_prompt = int(task_cfg.get("learned_prompt") or 0)
+    if task_cfg.get("manual_prompt"):
+        raise CheckpointError("the checkpoint uses a manual prompt (cfg.task.manual_prompt); only learned "
+                              "prompts (BioGPT's released models) are supported")
+    pattern = str(task_cfg.get("learned_prompt_pattern") or "learned")
+    learned = [f"{pattern}{i}" for i in range(1, n_prompt + 1)]
+    prefix = bool(task_cfg.get("prefix", False))
+    new_symbols = ([str(task_cfg.get("sep_token") or "<seqsep>")] if prefix and n_prompt else []) + learned
+    # A task dictionary saved after training already lists them (as word-final symbols).
+    missing = [s for s in new_symbols if s + "</w>" not in tokenizer.encoder]
+    tokenizer.add_tokens(missing)
+    if len(tokenizer) != config.vocab_size:
+        what = f" + {len(missing)} prompt tokens" if missing else ""
+        raise CheckpointError(
+            f"shape mismatch: the checkpoint's embedding has {config.vocab_size} rows but {dict_path} gives "
+            f"{tokenizer.vocab_size} ids{what} = {len(tokenizer)}. Use the dict.txt the model was trained with "
+            "(BioGPT-Large has its own, 57,717 ids)")
+
+    def symbol_id(symbol: str) -> int:
+        return tokenizer.convert_tokens_to_ids(symbol if symbol in tokenizer.added_tokens_encoder else symbol + "</w>")
+
+    prompt_ids = [symbol_id(s) for s in learned]
+    sep_id = symbol_id(new_symbols[0]) if prefix and n_prompt else None
+
+    data_path = str(task_cfg.get("data") or "")
+    if task is None:
+        task = "lm" if n_prompt == 0 and fairseq_task != "language_modeling_prompt" else guess_task(
+            [data_path, str(checkpoint.resolve())])
+        if task is None:
+            raise CheckpointError(f"cannot tell which task {checkpoint} was fine-tuned for (data path "
+                                  f"{data_path or 'unknown'}); pass --task (one of {', '.join(TASKS)})")
+    max_target = int(task_cfg.get("max_target_positions") or model_cfg.get("max_target_positions")
+                     or config.max_position_embeddings)
+    if max_target > config.max_position_embeddings:
+        warnings.append(f"cfg max_target_positions {max_target} exceeds the {config.max_position_embeddings} "
+                        "positions of the weights; using the latter")
+        max_target = config.max_position_embeddings
+    max_source = task_cfg.get("max_source_positions")
+    if max_source is None and task != "lm":
+        max_source = 384  # LanguageModelingPromptConfig's default (microsoft/BioGPT src/language_modeling_prompt.py)
+        warnings.append("cfg.task has no max_source_positions; assuming fairseq's default 384")
+    truncation_id = tokenizer.convert_tokens_to_ids(TRUNCATION_MARKER + "</w>")
+    if task != "lm" and truncation_id == tokenizer.unk_token_id:
+        warnings.append(f"{dict_path} has no '{TRUNCATION_MARKER}'; fairseq would truncate with <unk>")
+    spec = task_spec(task, learned=learned, prompt_ids=prompt_ids, sep_token_id=sep_id,
+                     max_source=int(max_source) if max_source is not None and task != "lm" else None,
+                     max_target=max_target, truncation_id=truncation_id if task != "lm" else None,
+                     pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, data_path=data_path)
+    spec["converted_from"] = {"checkpoint": str(checkpoint), "fairseq_task": fairseq_task or None,
+                              "arch": model_cfg.get("arch") or model_cfg.get("_name"), "data": data_path or None}
+
+    state, tied_equal = convert_state_dict(ckpt["model"], config, warnings)
+    if dtype:
+        from .weights import resolve_dtype
+
+        target = resolve_dtype(dtype)
+        state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
+        config.torch_dtype = str(target).replace("torch.", "")
+
+    from safetensors.torch import save_file
+
+    dst.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(dst)
+    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(dst)
+    (dst / TASK_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    for message in warnings:
+        log.warning("%s: %s", checkpoint, message)
+    return ConversionResult(dst=dst, checkpoint=checkpoint, task=task, vocab_size=config.vocab_size,
+                            learned_prompt=n_prompt, prompt_token_ids=prompt_ids, tied_embeddings_equal=tied_equal,
+                            warnings=warnings)
+
+
+def read_task_spec(path: str | Path) -> dict[str, Any]:
+    """``biomine_task.json`` of a converted model directory."""
+    file = Path(path) / TASK_FILE if Path(path).is_dir() else Path(path)
+    if not file.exists():
+        raise CheckpointError(f"no {TASK_FILE} in {path}: convert the fairseq checkpoint with "
+                              "`biomine convert fairseq SRC DST`")
+    try:
+        spec = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{file} is not valid JSON ({exc}); convert the checkpoint again") from None
+    if spec.get("biomine_task_version") != TASK_FILE_VERSION:
+        raise CheckpointError(f"{file} has version {spec.get('biomine_task_version')}, this biomine reads "
+                              f"{TASK_FILE_VERSION}; convert the checkpoint again")
+    return spec
