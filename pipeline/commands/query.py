@@ -1,0 +1,42 @@
+"""``biomine query OUT "SQL"``: DuckDB SQL over a job's Parquet outputs."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+views: documents, entities, relations, summaries (and kb when OUT/kb.parquet exists)
+
+examples:
+  biomine query out/demo "SELECT count(*) FROM documents"
+  biomine query out/ddi "SELECT relation, count(*) n FROM relations WHERE parse_status = 'ok' GROUP BY 1 ORDER BY n DESC"
+  biomine query out/ddi "SELECT d.pub_year, count(*) FROM relations r JOIN documents d USING (pmid) GROUP BY 1"
+  biomine query out/demo "SELECT * FROM entities LIMIT 20" --format csv > entities.csv
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("query", help="SQL (DuckDB) over a job's outputs", description=__doc__, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="the job's output directory")
+    p.add_argument("sql", help="a DuckDB SQL query over the views")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+    p.add_argument("--max-rows", type=int, default=50, help="rows shown in table format (default 50)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from pipeline.query import query
+
+    df = query(args.out, args.sql)
+    if args.format == "csv":
+        print(df.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(df.to_json(orient="records", lines=True, force_ascii=False), end="")
+    else:
+        with pd.option_context("display.max_rows", args.max_rows, "display.width", 200,
+                               "display.max_colwidth", 60):
+            print(df.to_string(index=False, max_rows=args.max_rows))
+    return 0

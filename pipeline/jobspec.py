@@ -1,0 +1,279 @@
+"""Job specifications: the TOML files in ``jobs/`` that ``biomine run`` executes.
+
+A job names where abstracts come from, which tasks run on them with which models, and where the
+outputs go. The file is validated completely before anything runs: unknown keys, bad dates, missing
+model directories and impossible combinations are reported together, each with its TOML path.
+
+Schema (every key optional unless marked *required*)::
+
+    [job]
+    name = "ddi-kb"                      # required; used in logs and the manifest
+    output = "out/ddi-kb"                # required; relative paths are relative to the TOML file
+    schedule = "daily"                   # hint for schedulers (cron, Airflow): daily|weekly|once
+    incremental = true                   # only new or changed PMIDs since the last run
+
+    [source]                             # required; exactly one kind
+    kind = "entrez"                      # "entrez" (E-utilities search) or "files" (baseline/update XML)
+    query = "warfarin AND drug interactions"   # entrez: required
+    mindate = "2020/01/01"               # entrez: YYYY, YYYY/MM or YYYY/MM/DD
+    maxdate = "2020/12/31"
+    reldays = 1                          # entrez: last N days instead of mindate/maxdate
+    max = 500                            # entrez: cap on articles
+    email = "you@example.org"            # entrez: else $NCBI_EMAIL
+    api_key = "..."                      # entrez: else $NCBI_API_KEY
+    eutils_url = "http://127.0.0.1:8080/"   # entrez: else $BIOMINE_EUTILS_URL, else NCBI
+    paths = ["data/pubmed25n*.xml.gz"]   # files: required; globs, files or directories
+    shard_size = 5000                    # articles per documents shard
+
+    [tasks.ner]                          # each task optional; at least one task or a source-only job
+    model = "models/ner-bc5cdr"          # required; a token-classification checkpoint
+    batch_size = 32
+
+    [tasks.re]
+    task = "ddi"                         # ddi | kd-dti | bc5cdr
+    model = "models/re-ddi"              # required; a converted fine-tuned RE checkpoint
+    batch_size = 16
+    max_new_tokens = 256
+
+    [tasks.summarize]
+    model = "models/biogpt"              # required; a base BioGPT
+    prompt = "{title} In summary,"       # template over {title} and {abstract}
+    prompt_id = "in-summary-v1"
+    max_new_tokens = 64
+    batch_size = 16
+
+    [resources]
+    address = ""                         # Ray cluster; else $RAY_ADDRESS; else a local Ray
+    actors = 0                           # model actors per task; 0 = one per GPU (or 1 on CPU)
+    gpus_per_actor = 1.0                 # ignored where the cluster has no GPU
+    cpus_per_actor = 1.0
+    dtype = "auto"                       # auto = bfloat16 on GPU, float32 on CPU
+
+:raises ConfigError: listing every problem found, with its TOML key path.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from biogpt.errors import ConfigError
+
+RE_TASKS = ("ddi", "kd-dti", "bc5cdr")
+SCHEDULES = ("once", "hourly", "daily", "weekly", "monthly")
+
+
+@dataclass
+class SourceSpec:
+    kind: str
+    query: str | None = None
+    mindate: str | None = None
+    maxdate: str | None = None
+    reldays: int | None = None
+    max: int | None = None
+    email: str | None = None
+    api_key: str | None = None
+    eutils_url: str | None = None
+    paths: list[str] = field(default_factory=list)
+    shard_size: int = 5000
+
+
+@dataclass
+class TaskSpec:
+    name: str  # ner | re | summarize
+    model: Path
+    batch_size: int = 16
+    task: str | None = None  # RE flavour
+    max_new_tokens: int = 256
+    prompt: str = "{title}"
+    prompt_id: str = "default"
+
+
+@dataclass
+class ResourceSpec:
+    address: str | None = None
+    actors: int = 0
+    gpus_per_actor: float = 1.0
+    cpus_per_actor: float = 1.0
+    dtype: str = "auto"
+
+
+@dataclass
+class JobSpec:
+    name: str
+    output: Path
+    source: SourceSpec
+    tasks: dict[str, TaskSpec]
+    resources: ResourceSpec
+    schedule: str = "once"
+    incremental: bool = False
+    path: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+_ALLOWED = {
+    "job": {"name", "output", "schedule", "incremental"},
+    "source": {"kind", "query", "mindate", "maxdate", "reldays", "max", "email", "api_key", "eutils_url",
+               "paths", "shard_size"},
+    "tasks.ner": {"model", "batch_size"},
+    "tasks.re": {"task", "model", "batch_size", "max_new_tokens"},
+    "tasks.summarize": {"model", "prompt", "prompt_id", "max_new_tokens", "batch_size"},
+    "resources": {"address", "actors", "gpus_per_actor", "cpus_per_actor", "dtype"},
+}
+_DATE = re.compile(r"^(\d{4})(?:/(\d{2})(?:/(\d{2}))?)?$")
+
+
+def _check_date(value: Any, where: str, problems: list[str]) -> None:
+    m = _DATE.match(str(value))
+    if not m:
+        problems.append(f"{where} = {value!r}: use YYYY, YYYY/MM or YYYY/MM/DD (e.g. 2020/01/31)")
+        return
+    y, mo, d = int(m.group(1)), int(m.group(2) or 1), int(m.group(3) or 1)
+    try:
+        _dt.date(y, mo, d)
+    except ValueError as exc:
+        problems.append(f"{where} = {value!r}: not a calendar date ({exc})")
+
+
+def _typed(table: dict, key: str, typ, where: str, problems: list[str], positive=False):
+    if key not in table:
+        return None
+    value = table[key]
+    ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+    if not ok:
+        problems.append(f"{where}.{key} = {value!r}: expected {getattr(typ, '__name__', typ)}")
+        return None
+    if positive and value <= 0:
+        problems.append(f"{where}.{key} = {value!r}: must be > 0")
+        return None
+    return value
+
+
+def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, path: Path | None = None) -> JobSpec:
+    problems: list[str] = []
+    for section in data:
+        if section not in ("job", "source", "tasks", "resources"):
+            problems.append(f"[{section}]: unknown section (expected job, source, tasks, resources)")
+    for name, table in [("job", data.get("job", {})), ("source", data.get("source", {})),
+                        ("resources", data.get("resources", {}))] + \
+            [(f"tasks.{k}", v) for k, v in data.get("tasks", {}).items()]:
+        if name not in _ALLOWED:
+            problems.append(f"[{name}]: unknown task (expected one of ner, re, summarize)")
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"[{name}] must be a table")
+            continue
+        for key in table:
+            if key not in _ALLOWED[name]:
+                problems.append(f"[{name}] {key}: unknown key (allowed: {', '.join(sorted(_ALLOWED[name]))})")
+
+    job = data.get("job", {})
+    for key in ("name", "output"):
+        if not job.get(key):
+            problems.append(f"[job] {key} is required")
+    schedule = job.get("schedule", "once")
+    if schedule not in SCHEDULES:
+        problems.append(f"[job] schedule = {schedule!r}: use one of {', '.join(SCHEDULES)}")
+
+    src = data.get("source")
+    source = SourceSpec(kind="")
+    if not src:
+        problems.append("[source] is required (kind = \"entrez\" or \"files\")")
+    else:
+        kind = src.get("kind")
+        source.kind = kind or ""
+        if kind == "entrez":
+            if not src.get("query"):
+                problems.append("[source] query is required for kind = \"entrez\"")
+            for key in ("mindate", "maxdate"):
+                if key in src:
+                    _check_date(src[key], f"[source] {key}", problems)
+            if "reldays" in src and ("mindate" in src or "maxdate" in src):
+                problems.append("[source] give either reldays or mindate/maxdate, not both")
+            if src.get("mindate") and src.get("maxdate") and _DATE.match(str(src["mindate"])) and \
+                    _DATE.match(str(src["maxdate"])) and str(src["mindate"]) > str(src["maxdate"]):
+                problems.append(f"[source] mindate {src['mindate']} is after maxdate {src['maxdate']}")
+        elif kind == "files":
+            paths = src.get("paths")
+            if not paths or not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                problems.append("[source] paths must be a non-empty list of files, directories or globs")
+        else:
+            problems.append(f"[source] kind = {kind!r}: use \"entrez\" or \"files\"")
+        for key in ("query", "email", "api_key", "eutils_url"):
+            _typed(src, key, str, "[source]", problems)
+        source.query, source.email = src.get("query"), src.get("email")
+        source.api_key, source.eutils_url = src.get("api_key"), src.get("eutils_url")
+        source.mindate = str(src["mindate"]) if "mindate" in src else None
+        source.maxdate = str(src["maxdate"]) if "maxdate" in src else None
+        source.reldays = _typed(src, "reldays", int, "[source]", problems, positive=True)
+        source.max = _typed(src, "max", int, "[source]", problems, positive=True)
+        source.shard_size = _typed(src, "shard_size", int, "[source]", problems, positive=True) or 5000
+        source.paths = [str(base_dir / p) if not Path(p).is_absolute() else p for p in src.get("paths", [])
+                        if isinstance(p, str)]
+
+    tasks: dict[str, TaskSpec] = {}
+    for name, table in (data.get("tasks") or {}).items():
+        if name not in ("ner", "re", "summarize") or not isinstance(table, dict):
+            continue
+        where = f"[tasks.{name}]"
+        model = table.get("model")
+        if not model:
+            problems.append(f"{where} model is required (a model directory)")
+            continue
+        model_path = Path(model) if Path(model).is_absolute() else base_dir / model
+        if check_models and not (model_path / "config.json").exists():
+            problems.append(f"{where} model = {model!r}: no config.json in {model_path} (train or convert a "
+                            "model first: see `biomine train ner --help` and `biomine convert fairseq --help`)")
+        spec = TaskSpec(name=name, model=model_path)
+        spec.batch_size = _typed(table, "batch_size", int, where, problems, positive=True) or spec.batch_size
+        spec.max_new_tokens = _typed(table, "max_new_tokens", int, where, problems, positive=True) or \
+            (256 if name == "re" else 64)
+        if name == "re":
+            spec.task = table.get("task")
+            if spec.task not in RE_TASKS:
+                problems.append(f"{where} task = {spec.task!r}: use one of {', '.join(RE_TASKS)}")
+        if name == "summarize":
+            spec.prompt = _typed(table, "prompt", str, where, problems) or spec.prompt
+            spec.prompt_id = _typed(table, "prompt_id", str, where, problems) or spec.prompt_id
+            try:
+                spec.prompt.format(title="", abstract="")
+            except (KeyError, IndexError, ValueError) as exc:
+                problems.append(f"{where} prompt: only {{title}} and {{abstract}} may be used ({exc!r})")
+        tasks[name] = spec
+
+    res = data.get("resources", {})
+    resources = ResourceSpec(
+        address=_typed(res, "address", str, "[resources]", problems) or None,
+        actors=_typed(res, "actors", int, "[resources]", problems) or 0,
+        gpus_per_actor=float(_typed(res, "gpus_per_actor", (int, float), "[resources]", problems) or 1.0),
+        cpus_per_actor=float(_typed(res, "cpus_per_actor", (int, float), "[resources]", problems) or 1.0),
+        dtype=_typed(res, "dtype", str, "[resources]", problems) or "auto",
+    )
+    if resources.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        problems.append(f"[resources] dtype = {resources.dtype!r}: use auto, float32, bfloat16 or float16")
+    if problems:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"{len(problems)} problem(s){where}:\n  - " + "\n  - ".join(problems))
+    output = Path(job["output"])
+    return JobSpec(name=job["name"], output=output if output.is_absolute() else base_dir / output,
+                   source=source, tasks=tasks, resources=resources, schedule=schedule,
+                   incremental=bool(job.get("incremental", False)), path=path, raw=data)
+
+
+def load_job(path: str | Path, check_models: bool = True) -> JobSpec:
+    """Read and validate a job TOML file.
+
+    :raises ConfigError: the file is missing, not TOML, or has problems (all listed).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"job file {path} does not exist (examples are in jobs/)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return parse_job(data, path.resolve().parent, check_models=check_models, path=path)

@@ -1,0 +1,182 @@
+"""Ray Data stages that run a model task over document shards, with exactly-once per-shard outputs.
+
+Contract. Input: Parquet document shards (``OUT/documents/*.parquet``, article schema: at least
+``pmid``, ``version``, ``title``, ``abstract``). For each task the stage writes one output file per
+input shard, ``OUT/<dataset>/<shard stem>.parquet``, cast to the task's schema, atomically (temp file
+then rename). A shard whose output exists is complete and skipped, so re-running after a crash, a
+Ctrl-C, a dead actor or a lost node resumes without losing or duplicating a row.
+
+How: ``read_parquet(pending shards)`` → ``map_batches(prepare)`` on CPU workers (tokenisation and
+prompt building overlap the model) → ``map_batches(TaskActor)`` on an actor pool (one model load per
+actor, ``num_gpus`` per actor) → the driver. The actor returns exactly ONE record per input document,
+holding that document's output rows as a list column, so the driver can count documents per shard and
+write a shard the moment its last document arrives, even when a document yields no rows. Rows within
+a shard are sorted by (pmid, the task's own order) so outputs do not depend on scheduling.
+
+Tasks implement :class:`Task`: ``prepare`` (static, CPU, pure function of the batch and options) and
+``__call__`` on an instance built once per actor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+SHARD_COL = "_shard"
+ROWS_COL = "_rows"
+ERROR_COL = "_error"
+
+
+class Task(Protocol):
+    """A model task as the pipeline sees it (implementations live in ``pipeline/tasks/``)."""
+
+    name: str  # "ner" | "re" | "summarize"
+    dataset: str  # output dataset under OUT/: "entities" | "relations" | "summaries"
+    schema: pa.Schema  # the output rows' schema (from schemas/)
+    sort_keys: tuple[str, ...]  # row order within a shard, after pmid
+
+    @staticmethod
+    def prepare(batch: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+        """CPU: add model inputs (e.g. token ids) to a batch of documents."""
+
+    def __call__(self, batch: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        """Model: the output rows of each document of the batch, in batch order."""
+
+
+def atomic_write_parquet(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` so that readers see the whole file or none of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def atomic_write_json(data: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def shard_output(out_dir: Path, shard: Path) -> Path:
+    return out_dir / f"{Path(shard).stem}.parquet"
+
+
+@dataclass
+class StageResult:
+    task: str
+    shards_done: int = 0
+    shards_skipped: int = 0
+    documents: int = 0
+    rows: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class _Prepare:
+    """CPU stage: wraps a task's ``prepare`` and tags each document with its shard."""
+
+    def __init__(self, task_cls: type, options: dict[str, Any]):
+        self.task_cls, self.options = task_cls, options
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        batch = dict(batch)
+        batch[SHARD_COL] = [Path(p).stem for p in batch.pop("path")]
+        return self.task_cls.prepare(batch, self.options)
+
+
+class _TaskActor:
+    """Model stage: builds the task once per actor; one output record per input document."""
+
+    def __init__(self, task_cls: type, options: dict[str, Any]):
+        self.task = task_cls(**options)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        n = len(batch["pmid"])
+        try:
+            per_doc = self.task(batch)
+            errors = [None] * n
+        except Exception as exc:  # a bad batch must not kill the run: record it per document
+            log.exception("task %s failed on PMIDs %s", self.task.name, list(batch["pmid"])[:5])
+            per_doc = [[] for _ in range(n)]
+            errors = [f"{type(exc).__name__}: {exc}"] * n
+        return {
+            SHARD_COL: list(batch[SHARD_COL]),
+            "pmid": list(batch["pmid"]),
+            ROWS_COL: [json.dumps(rows, default=str) for rows in per_doc],
+            ERROR_COL: errors,
+        }
+
+
+def run_task_stage(task_cls: type, options: dict[str, Any], shards: list[Path], out_dir: Path, *,
+                   batch_size: int, actors: int, gpus_per_actor: float, cpus_per_actor: float = 1.0,
+                   on_shard: Callable[[Path, int, int], None] | None = None,
+                   progress: bool = True) -> StageResult:
+    """Run ``task_cls`` over ``shards``, writing ``out_dir/<shard>.parquet`` for each pending shard."""
+    import ray
+
+    result = StageResult(task=task_cls.name)
+    start = time.perf_counter()
+    pending = [s for s in shards if not shard_output(out_dir, s).exists()]
+    result.shards_skipped = len(shards) - len(pending)
+    if not pending:
+        result.seconds = time.perf_counter() - start
+        return result
+    expected = {Path(s).stem: pq.ParquetFile(s).metadata.num_rows for s in pending}
+    empty = [s for s in pending if expected[Path(s).stem] == 0]
+    for s in empty:  # nothing to run, but the shard is complete
+        atomic_write_parquet(task_cls.schema.empty_table(), shard_output(out_dir, s))
+        result.shards_done += 1
+    pending = [s for s in pending if expected[Path(s).stem] > 0]
+    if not pending:
+        result.seconds = time.perf_counter() - start
+        return result
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # shards complete in order: bounded driver buffers
+    ctx.enable_progress_bars = progress
+    columns = ["pmid", "version", "title", "abstract"]
+    ds = ray.data.read_parquet([str(s) for s in pending], columns=columns, include_paths=True)
+    ds = ds.map_batches(_Prepare, fn_constructor_kwargs=dict(task_cls=task_cls, options=options),
+                        batch_size=batch_size, batch_format="numpy", concurrency=1, num_cpus=1)
+    ds = ds.map_batches(_TaskActor, fn_constructor_kwargs=dict(task_cls=task_cls, options=options),
+                        batch_size=batch_size, batch_format="numpy", concurrency=max(1, actors),
+                        num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor,
+                        max_restarts=3, max_task_retries=3)
+
+    buffers: dict[str, list[dict[str, Any]]] = {}
+    seen: dict[str, int] = {}
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+        for shard, pmid, rows, error in zip(batch[SHARD_COL], batch["pmid"], batch[ROWS_COL], batch[ERROR_COL]):
+            shard = str(shard)
+            buffers.setdefault(shard, []).extend(json.loads(rows))
+            seen[shard] = seen.get(shard, 0) + 1
+            if error:
+                result.failures.append({"task": task_cls.name, "pmid": int(pmid), "shard": shard, "error": str(error)})
+            if seen[shard] == expected[shard]:
+                rows_ = buffers.pop(shard)
+                rows_.sort(key=lambda r: tuple(r.get(k) if r.get(k) is not None else -1
+                                               for k in ("pmid",) + tuple(task_cls.sort_keys)))
+                cast = getattr(task_cls, "cast_batch", None)  # the schema module's checked cast
+                table = cast(rows_) if cast else pa.Table.from_pylist(rows_, schema=task_cls.schema)
+                out = out_dir / f"{shard}.parquet"
+                atomic_write_parquet(table, out)
+                result.shards_done += 1
+                result.documents += expected[shard]
+                result.rows += len(rows_)
+                if on_shard:
+                    on_shard(out, expected[shard], len(rows_))
+    missing = {s: expected[s] - seen.get(s, 0) for s in expected if seen.get(s, 0) != expected[s]}
+    if missing:
+        raise RuntimeError(f"task {task_cls.name}: shards incomplete after the stage finished: {missing}")
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,311 @@
+"""Task inputs and targets exactly as BioGPT's fine-tuning data, and a checkpoint's task settings.
+
+Contract:
+
+- :func:`build_source` makes the source text of one record as the task's ``rebuild_data.py`` did
+  (microsoft/BioGPT ``examples/*/rebuild_data.py``):
+
+  ============  ==============================================================================
+  task          source text
+  ============  ==============================================================================
+  ddi           abstract, stripped, newlines -> spaces, lower-cased (no title: the DDI corpus
+                has none)
+  kd-dti        title + (``" "`` if the title ends in a non-word character else ``". "``) +
+  bc5cdr        abstract, lower-cased (nothing stripped)
+  pubmedqa      ``question: Q context: C `` (trailing space; contexts joined by a space,
+                whitespace runs collapsed; NOT lower-cased); with a long answer
+                ``question: Q context: C answer: A`` (the reasoning-free variant)
+  hoc           the sentence, stripped, with ``.`` appended unless it ends in one (not lower-cased)
+  ============  ==============================================================================
+
+- :func:`build_target` makes the gold target string used for fine-tuning (``relis`` template for RE,
+  with the original ordering quirks), so training data and round-trip tests use the released grammar.
+- :func:`load_task_settings` reads the ``biomine_task.json`` that ``biomine convert fairseq`` writes
+  (``biogpt.fairseq.task_spec``, docs/convert.md) into :class:`TaskSettings` and refuses a model
+  directory of the wrong kind (a pre-trained LM, an NER model, no task file) or of another task, with
+  a message saying what to pass instead. The keys used: ``task`` (``re-ddi`` -> ``ddi``, ``re-dti`` ->
+  ``kd-dti``, ``re-bc5cdr`` -> ``bc5cdr``, ``qa-pubmedqa`` -> ``pubmedqa``, ``dc-hoc`` -> ``hoc``),
+  ``learned_prompt`` (N), ``prompt_token_ids`` (V0 .. V0+N-1), ``max_source_positions`` (S),
+  ``max_target_positions``, ``truncation_marker_id`` (``...``), ``source_format.lowercase`` and
+  ``.name``, ``output_grammar`` (checked against the task), ``prompt_layout``/``sep_token_id``.
+- :func:`prompt_input_ids` builds the prompt-model input ``[2] + source ids + [V0 .. V0+N-1]``, the
+  source cut to ``S-1`` ids plus the ``...`` id when longer than ``S`` (as
+  ``src/language_model_prompt_dataset.py`` truncates), given any tokenizer with
+  ``encode(text, add_special_tokens=False)``.
+
+:raises TaskSettingsError: missing/invalid settings, or a checkpoint of the wrong kind or task.
+:raises RecordError: a record lacks a field its task's format needs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence
+
+from biogpt.errors import BioMineError, CheckpointError
+
+TASK_FILE = "biomine_task.json"
+RE_TASKS = ("ddi", "kd-dti", "bc5cdr")
+TASKS = RE_TASKS + ("pubmedqa", "hoc")
+#: ``</s>``: fairseq starts every sequence with it (never ``<s>``).
+EOS_ID = 2
+
+
+class TaskSettingsError(BioMineError):
+    """``biomine_task.json`` is missing or invalid, or the checkpoint is for another task."""
+
+
+class RecordError(BioMineError):
+    """A data record lacks what its task's input format needs."""
+
+
+class TokenizerLike(Protocol):
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+
+# --- source and target text ----------------------------------------------------------------------
+
+
+def _field(record: Mapping[str, Any], key: str, task: str, record_id: str | None) -> Any:
+    value = record.get(key)
+    if value is None:
+        raise RecordError(
+            f"record {record_id or '(unnamed)'} has no {key!r}, which the {task} input format needs; "
+            f"add it (see docs/tasks.md)"
+        )
+    return value
+
+
+def build_source(
+    task: str,
+    record: Mapping[str, Any],
+    *,
+    with_long_answer: bool = False,
+    record_id: str | None = None,
+) -> str:
+    """The source text of ``record`` for ``task`` (module table).
+
+    ``record`` keys: ``abstract`` (ddi); ``title``, ``abstract`` (kd-dti, bc5cdr); ``QUESTION``,
+    ``CONTEXTS`` and, with ``with_long_answer``, ``LONG_ANSWER`` (pubmedqa, the PubMedQA json layout);
+    ``sentence`` (hoc). ``record_id`` names the record in errors.
+
+    :raises RecordError: a needed field is missing (or a HoC sentence is empty).
+    :raises TaskSettingsError: unknown task.
+    """
+    if task == "ddi":
+        # examples/RE-DDI/rebuild_data.py: strip, then newlines -> spaces, then lower().
+        return _field(record, "abstract", task, record_id).strip().replace("\n", " ").lower()
+    if task in ("kd-dti", "bc5cdr"):
+        # examples/RE-DTI and RE-BC5CDR/rebuild_data.py: re.search(r"\W$", title) picks the joiner; an
+        # empty title gets ". " too. Nothing is stripped and newlines stay.
+        title = _field(record, "title", task, record_id)
+        abstract = _field(record, "abstract", task, record_id)
+        return (title + (" " if re.search(r"\W$", title) else ". ") + abstract).lower()
+    if task == "pubmedqa":
+        # examples/QA-PubMedQA/ReasoningRequired/rebuild_data.py (the current script): contexts
+        # stripped and joined by a space, newlines then whitespace runs collapsed; a trailing space.
+        question = _field(record, "QUESTION", task, record_id)
+        contexts = _field(record, "CONTEXTS", task, record_id)
+        context = re.sub(r"\s+", " ", re.sub(r"\n", " ", " ".join(c.strip() for c in contexts)))
+        if with_long_answer:
+            answer = _field(record, "LONG_ANSWER", task, record_id)
+            return f"question: {question.strip()} context: {context.strip()} answer: {answer.strip()}"
+        return f"question: {question.strip()} context: {context.strip()} "
+    if task == "hoc":
+        # examples/DC-HoC/rebuild_data.py: newlines removed, stripped, "." appended if missing.
+        sentence = _field(record, "sentence", task, record_id).replace("\n", "").strip()
+        if not sentence:
+            raise RecordError(f"HoC record {record_id or '(unnamed)'} has an empty sentence; drop it")
+        return sentence if sentence.endswith(".") else sentence + "."
+    raise TaskSettingsError(f"unknown task {task!r}; use one of {list(TASKS)}")
+
+
+def _relis(triples: Sequence[Mapping[str, str]]) -> str:
+    return "; ".join(
+        f"the interaction between {t['drug'].lower()} and {t['target'].lower()} is {t['interaction'].lower()}"
+        for t in triples
+    ) + "."
+
+
+def unify_names(name2id: Mapping[str, str]) -> dict[str, str]:
+    """MeSH id -> the LONGEST name with that id (first seen wins a tie), as BC5CDR's ``unify_ent2id``."""
+    id2name: dict[str, str] = {}
+    for name, mesh in name2id.items():
+        if mesh not in id2name or len(name) > len(id2name[mesh]):
+            id2name[mesh] = name
+    return id2name
+
+
+def build_target(task: str, record: Mapping[str, Any], *, record_id: str | None = None) -> str:
+    """The gold target string of ``record`` (the text the fine-tuned model learned to generate).
+
+    - ddi / kd-dti: ``the interaction between {drug} and {target} is {interaction}`` per triple,
+      lower-cased, joined by ``"; "``, final ``.``. Triples are stably sorted by
+      ``source.find(drug)`` where the source is LOWER-cased but the drug keeps its case, so a drug
+      with capitals gets -1 and sorts first (the quirk of ``sort_triples`` in rebuild_data.py).
+    - bc5cdr: ``the relation between {chemical} and {disease} exists`` per relation in FILE order,
+      names = the longest name of each MeSH id in the record's ``chemical2id``/``disease2id``.
+    - pubmedqa: ``the answer to the question given the context is {final_decision}.``
+    - hoc: ``the type of this document is {labels}.`` (``labels`` as in the file, ``a|b``).
+
+    :raises RecordError: no triples/relations (the original drops such records), or a relation whose
+        MeSH id has no name in the record.
+    """
+    if task in ("ddi", "kd-dti"):
+        triples = record.get("triples")
+        if not triples:
+            raise RecordError(f"record {record_id or '(unnamed)'} has no triples; the original drops such records")
+        source = build_source(task, record, record_id=record_id)
+        return _relis(sorted(triples, key=lambda t: source.find(t["drug"])))
+    if task == "bc5cdr":
+        relations = record.get("relations")
+        if not relations:
+            raise RecordError(f"record {record_id or '(unnamed)'} has no relations; the original drops such records")
+        chemicals = unify_names(_field(record, "chemical2id", task, record_id))
+        diseases = unify_names(_field(record, "disease2id", task, record_id))
+        parts = []
+        for rel in relations:
+            if rel["chemical"] not in chemicals or rel["disease"] not in diseases:
+                raise RecordError(
+                    f"record {record_id or '(unnamed)'}: relation {rel['chemical']}-{rel['disease']} names a "
+                    f"MeSH id absent from chemical2id/disease2id; add its names"
+                )
+            parts.append(f"the relation between {chemicals[rel['chemical']]} and {diseases[rel['disease']]} exists")
+        return "; ".join(parts) + "."
+    if task == "pubmedqa":
+        return f"the answer to the question given the context is {_field(record, 'final_decision', task, record_id)}."
+    if task == "hoc":
+        return f"the type of this document is {_field(record, 'labels', task, record_id)}."
+    raise TaskSettingsError(f"unknown task {task!r}; use one of {list(TASKS)}")
+
+
+# --- task settings -------------------------------------------------------------------------------
+
+#: The converter's task names (``biogpt.fairseq``, ``biomine_task.json`` ``task``) -> the task names here.
+CHECKPOINT_TASKS = {"re-ddi": "ddi", "re-dti": "kd-dti", "re-bc5cdr": "bc5cdr", "qa-pubmedqa": "pubmedqa", "dc-hoc": "hoc"}
+#: The converter's ``output_grammar`` of each task (``examples/<task>/postprocess.py``).
+OUTPUT_GRAMMARS = {"ddi": "relis-interaction", "kd-dti": "relis-interaction", "bc5cdr": "relis-relation",
+                   "pubmedqa": "qa-answer", "hoc": "hoc-type"}
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What prompt-model inference needs from a converted checkpoint's ``biomine_task.json``."""
+
+    task: str
+    learned_prompt: int
+    prompt_token_ids: tuple[int, ...]
+    max_source_positions: int
+    max_target_positions: int
+    truncation_marker_id: int
+    lowercase_source: bool
+    #: ``source_format.name``: the task name, or a variant such as ``qa-pubmedqa-reasoning-free``.
+    source_format: str
+    #: Set only for the ``prompt_source_sep`` layout (fairseq ``--prefix``, unused by released models).
+    sep_token_id: int | None = None
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], where: str = TASK_FILE) -> "TaskSettings":
+        """Validate the parsed ``biomine_task.json`` (docs/convert.md); ``where`` names it in messages.
+
+        :raises TaskSettingsError: a pre-trained LM or unknown task, a missing or mistyped key, or
+            values that cannot describe a prompt model (prompt ids that are not N integers, a source
+            limit that leaves no room for the prompt).
+        """
+        kind = spec.get("task")
+        if kind == "lm":
+            raise TaskSettingsError(f"{where} describes a pre-trained language model, not a fine-tuned task checkpoint")
+        if kind not in CHECKPOINT_TASKS:
+            raise TaskSettingsError(f"{where}: task {kind!r} is not one of {sorted(CHECKPOINT_TASKS)}")
+        task = CHECKPOINT_TASKS[kind]
+
+        def integer(key: str, minimum: int) -> int:
+            value = spec.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise TaskSettingsError(
+                    f"{where}: {key} must be an integer >= {minimum}, got {value!r}; convert the checkpoint again"
+                )
+            return value
+
+        n = integer("learned_prompt", 1)
+        ids = spec.get("prompt_token_ids")
+        if not isinstance(ids, list) or len(ids) != n or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids
+        ):
+            raise TaskSettingsError(f"{where}: prompt_token_ids must be {n} non-negative integers, got {ids!r}")
+        source, target = integer("max_source_positions", 1), integer("max_target_positions", 2)
+        if source + n + 1 > target:
+            raise TaskSettingsError(
+                f"{where}: max_source_positions {source} + {n} prompt tokens + </s> exceed max_target_positions {target}"
+            )
+        fmt = spec.get("source_format")
+        if not isinstance(fmt, Mapping) or not isinstance(fmt.get("lowercase"), bool) or not fmt.get("name"):
+            raise TaskSettingsError(f"{where}: source_format needs a name and a true/false lowercase")
+        if spec.get("output_grammar") != OUTPUT_GRAMMARS[task]:
+            raise TaskSettingsError(
+                f"{where}: output_grammar {spec.get('output_grammar')!r} is not {OUTPUT_GRAMMARS[task]!r}, "
+                f"the grammar of {kind}"
+            )
+        layout = spec.get("prompt_layout", "source_prompt")
+        if layout not in ("source_prompt", "prompt_source_sep"):
+            raise TaskSettingsError(f"{where}: unknown prompt_layout {layout!r}")
+        return cls(
+            task=task,
+            learned_prompt=n,
+            prompt_token_ids=tuple(ids),
+            max_source_positions=source,
+            max_target_positions=target,
+            truncation_marker_id=integer("truncation_marker_id", 0),
+            lowercase_source=fmt["lowercase"],
+            source_format=fmt["name"],
+            sep_token_id=integer("sep_token_id", 0) if layout == "prompt_source_sep" else None,
+        )
+
+
+def load_task_settings(model_dir: str | Path, task: str | None = None) -> TaskSettings:
+    """Read a converted model directory's ``biomine_task.json``; with ``task``, insist it is for it.
+
+    :raises TaskSettingsError: the directory holds no fine-tuned task checkpoint (a base BioGPT or an
+        NER model), the file is unreadable or invalid, or the checkpoint was fine-tuned for another task.
+    """
+    from biogpt.fairseq import read_task_spec  # imports torch; only needed here
+
+    wanted = f"a fine-tuned {task} checkpoint" if task else "a fine-tuned task checkpoint"
+    try:
+        spec = read_task_spec(model_dir)
+    except CheckpointError as exc:
+        raise TaskSettingsError(
+            f"{model_dir} is not {wanted} ({exc}); a base BioGPT or NER model cannot generate task outputs"
+        ) from exc
+    settings = TaskSettings.from_spec(spec, str(Path(model_dir) / TASK_FILE))
+    if task is not None and settings.task != task:
+        raise TaskSettingsError(
+            f"{model_dir} is a {settings.task} checkpoint, not {task}: pass --task {settings.task} or a {task} model"
+        )
+    return settings
+
+
+def prompt_input_ids(source: str, tokenizer: TokenizerLike, settings: TaskSettings) -> list[int]:
+    """The prompt-model input: ``[2] + source ids + prompt ids`` (``[2] + prompt ids + source ids +
+    [sep]`` in the ``prompt_source_sep`` layout), the source cut to ``S-1`` ids + ``...`` when longer
+    than ``S``.
+
+    ``source`` is lower-cased here when the checkpoint expects it (a no-op for :func:`build_source`
+    output; it protects raw text, the cause of "RE returns the input" reports, microsoft/BioGPT#107).
+    """
+    text = source.lower() if settings.lowercase_source else source
+    ids = list(tokenizer.encode(text, add_special_tokens=False))
+    limit = settings.max_source_positions
+    # src/language_model_prompt_dataset.py __getitem__: with more than S source tokens keep S+1 items
+    # (eos included), then overwrite the last two with "..." and eos: S-1 source ids + "...".
+    if len(ids) > limit:
+        ids = ids[: limit - 1] + [settings.truncation_marker_id]
+    prompt = list(settings.prompt_token_ids)
+    # collate(): cat([source, prompt, target]) or, with --prefix, cat([prompt, source, sep, target]);
+    # the eos that ends the target moves to the front.
+    if settings.sep_token_id is not None:
+        return [EOS_ID] + prompt + ids + [settings.sep_token_id]
+    return [EOS_ID] + ids + prompt
+

@@ -1,0 +1,43 @@
+"""The drug-drug interaction knowledge-base edge table written by ``biomine kb build``.
+
+One row per (drug_a, drug_b, relation): drug names normalised (Unicode NFC, lower case, whitespace
+collapsed, surrounding punctuation removed) and ordered so that drug_a <= drug_b, because DDI
+statements are symmetric ("the interaction between A and B" and "... between B and A" are one edge).
+
+==============  ===========================================================================
+drug_a, drug_b  normalised drug names, drug_a <= drug_b
+relation        DDI type: mechanism | effect | advise | int
+n_abstracts     number of distinct PMIDs stating the edge
+pmids           those PMIDs, ascending
+evidence        up to 5 distinct evidence sentences (sorted), from the relation rows
+first_seen      earliest publication date of a supporting abstract (null when unknown)
+last_seen       latest publication date of a supporting abstract
+==============  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from ._rows import cast_rows, schema_metadata
+
+SCHEMA_NAME = "kb"
+SCHEMA_VERSION = 1
+
+KB_SCHEMA = pa.schema(
+    [
+        pa.field("drug_a", pa.string(), nullable=False),
+        pa.field("drug_b", pa.string(), nullable=False),
+        pa.field("relation", pa.string(), nullable=False),
+        pa.field("n_abstracts", pa.int64(), nullable=False),
+        pa.field("pmids", pa.list_(pa.int64()), nullable=False),
+        pa.field("evidence", pa.list_(pa.string())),
+        pa.field("first_seen", pa.date32()),
+        pa.field("last_seen", pa.date32()),
+    ],
+    metadata=schema_metadata(SCHEMA_NAME, SCHEMA_VERSION),
+)
+
+
+def cast_batch(table: pa.Table) -> pa.Table:
+    return cast_rows(table, KB_SCHEMA)

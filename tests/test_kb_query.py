@@ -1,0 +1,76 @@
+"""`biomine kb build` (DDI edge table) and `biomine query` (DuckDB over outputs) on synthetic relations."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow.parquet as pq
+import pytest
+
+from biogpt.errors import BioMineError
+from pipeline.cli import main
+from pipeline.kb import build_kb
+from pipeline.query import query
+from pipeline.shards import ShardStore
+from schemas.relations import cast_batch
+
+
+def rel(pmid, head, tail, relation, evidence=None, status="ok"):
+    row = dict(pmid=pmid, version=1, task="ddi", head=head, tail=tail, relation=relation,
+               parse_status=status, raw_generation=f"the interaction between {head} and {tail} is {relation}",
+               model_id="re-ddi")
+    if status != "ok":
+        row.update(head=None, tail=None, relation=None, reason="no sentence matched the grammar")
+    if evidence:
+        row.update(evidence_start=0, evidence_end=len(evidence), evidence_text=evidence, evidence_match="both")
+    return row
+
+
+@pytest.fixture
+def job_out(tmp_path):
+    out = tmp_path / "out"
+    (out / "relations").mkdir(parents=True)
+    pq.write_table(cast_batch([
+        rel(11, "Aspirin", "warfarin", "effect", "aspirin potentiates warfarin."),
+        rel(12, "warfarin ", "aspirin", "effect", "warfarin with aspirin bleeds."),
+        rel(12, "warfarin", "aspirin", "effect", "warfarin with aspirin bleeds."),  # same abstract twice
+        rel(13, "ketoconazole", "midazolam", "mechanism"),
+        rel(14, "x", "x", "int"),  # self-loop: not an edge
+        rel(15, None, None, None, status="unparsed"),
+    ]), out / "relations" / "part-000001.parquet")
+    with ShardStore(out / "documents", "ingest") as store:
+        with store.transaction() as txn:
+            txn.write([dict(pmid=p, version=1, record_type="article", title="t", abstract="a", has_abstract=True, pub_year=y, pub_month=m)
+                       for p, y, m in [(11, 2019, 5), (12, 2021, None), (13, 2020, 2), (14, 2020, 1), (15, 2020, 1)]])
+            txn.commit()
+    return out
+
+
+def test_kb_deduplicates_normalises_and_dates(job_out):
+    n = build_kb(job_out / "relations", job_out / "kb.parquet")
+    kb = pq.read_table(job_out / "kb.parquet").to_pylist()
+    assert n == 2 and len(kb) == 2
+    top = kb[0]
+    assert (top["drug_a"], top["drug_b"], top["relation"]) == ("aspirin", "warfarin", "effect")
+    assert top["n_abstracts"] == 2 and top["pmids"] == [11, 12]
+    assert top["evidence"] == ["aspirin potentiates warfarin.", "warfarin with aspirin bleeds."]
+    assert top["first_seen"] == dt.date(2019, 5, 1) and top["last_seen"] == dt.date(2021, 1, 1)
+    assert kb[1]["drug_a"] == "ketoconazole" and kb[1]["evidence"] == []
+
+
+def test_query_views_and_cli(job_out, capsys):
+    build_kb(job_out / "relations", job_out / "kb.parquet")
+    df = query(job_out, "SELECT r.pmid, d.pub_year FROM relations r JOIN documents d USING (pmid) "
+                        "WHERE parse_status = 'ok' ORDER BY 1")
+    assert df["pmid"].tolist() == [11, 12, 12, 13, 14]
+    assert main(["query", str(job_out), "SELECT count(*) AS n FROM kb", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["n", "2"]
+    assert main(["query", str(job_out), "SELECT * FROM nowhere"]) == 2
+    assert "views available: documents, relations, kb" in capsys.readouterr().err
+
+
+def test_kb_errors(tmp_path):
+    with pytest.raises(BioMineError, match="no relation files"):
+        build_kb(tmp_path, tmp_path / "kb.parquet")
+    with pytest.raises(BioMineError, match="not a directory"):
+        query(tmp_path / "missing", "SELECT 1")
