@@ -1,0 +1,184 @@
+"""The article schema: one row per PubMed citation, as written by ``biomine fetch`` and ``biomine ingest``.
+
+Contract:
+
+- :data:`ARTICLE_SCHEMA` is the only layout of article shards. Its metadata carries
+  ``biomine.schema = articles`` and ``biomine.schema_version = SCHEMA_VERSION``; Parquet keeps schema
+  metadata in the file footer, so every shard records the version it was written with.
+- :func:`to_table` builds a table from parser rows (dicts keyed by column name; missing keys are
+  null); :func:`cast` casts any table or record batch to the schema (adding null columns that are
+  absent, ordering columns, refusing unknown ones) and is applied to every batch before it is written.
+- :func:`check_schema` tells a reader whether a file was written with a schema version it understands.
+
+Columns (all text is Unicode, with the text of inline markup such as ``<i>``/``<sup>`` kept and the
+tags dropped; ``null`` means "not in the record"):
+
+========================  =====================================================================
+pmid, version             PubMed id and ``<PMID Version>`` (1 except for versioned journals)
+record_type               ``article`` (PubmedArticle) or ``book`` (PubmedBookArticle)
+title                     ArticleTitle (BookTitle for a whole book)
+abstract                  plain text; structured abstracts as ``LABEL: text`` lines joined by ``\\n``
+has_abstract              false when the record has no abstract (such records are kept, not dropped)
+abstract_sections         one struct per AbstractText: label, NlmCategory, text
+journal, iso_abbreviation Journal/Title and Journal/ISOAbbreviation
+pub_year/month/day        publication date where known; month 1-12
+pub_season                e.g. ``Spring`` when the journal gives a season instead of a month
+medline_date              ``MedlineDate`` verbatim (e.g. ``1998 Dec-1999 Jan``); pub_year is its first year
+authors                   last/fore name, initials, suffix, collective (group) name, ORCID, affiliations
+mesh_headings             descriptor, descriptor UI, major topic, qualifiers (name, UI, major topic)
+keywords                  author/NLM keywords from every KeywordList
+publication_types         e.g. ``Journal Article``, ``Review``
+languages                 three-letter codes, e.g. ``eng``
+doi, pmc_id               from PubmedData/ArticleIdList (DOI falls back to ELocationID)
+source                    the query (fetch) or input file name (ingest) the row came from
+fetched_at                when the row was fetched or ingested (UTC)
+========================  =====================================================================
+
+:raises SchemaMismatchError: from :func:`cast` for unknown columns or uncastable values, and from
+    :func:`check_schema` for files written with another schema or a newer version.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+
+from biogpt.errors import BioMineError
+
+SCHEMA_NAME = "articles"
+# Bump on any change a reader could notice (new column, changed type or meaning); readers accept files
+# with a version <= theirs.
+SCHEMA_VERSION = 1
+
+_QUALIFIER = pa.struct([("name", pa.string()), ("ui", pa.string()), ("major_topic", pa.bool_())])
+_MESH = pa.struct(
+    [
+        ("descriptor", pa.string()),
+        ("descriptor_ui", pa.string()),
+        ("major_topic", pa.bool_()),
+        ("qualifiers", pa.list_(_QUALIFIER)),
+    ]
+)
+_AUTHOR = pa.struct(
+    [
+        ("last_name", pa.string()),
+        ("fore_name", pa.string()),
+        ("initials", pa.string()),
+        ("suffix", pa.string()),
+        ("collective_name", pa.string()),
+        ("orcid", pa.string()),
+        ("affiliations", pa.list_(pa.string())),
+    ]
+)
+_SECTION = pa.struct([("label", pa.string()), ("category", pa.string()), ("text", pa.string())])
+
+ARTICLE_SCHEMA = pa.schema(
+    [
+        pa.field("pmid", pa.int64(), nullable=False),
+        pa.field("version", pa.int32(), nullable=False),
+        pa.field("record_type", pa.string(), nullable=False),
+        pa.field("title", pa.string()),
+        pa.field("abstract", pa.string()),
+        pa.field("has_abstract", pa.bool_(), nullable=False),
+        pa.field("abstract_sections", pa.list_(_SECTION)),
+        pa.field("journal", pa.string()),
+        pa.field("iso_abbreviation", pa.string()),
+        pa.field("pub_year", pa.int16()),
+        pa.field("pub_month", pa.int8()),
+        pa.field("pub_day", pa.int8()),
+        pa.field("pub_season", pa.string()),
+        pa.field("medline_date", pa.string()),
+        pa.field("authors", pa.list_(_AUTHOR)),
+        pa.field("mesh_headings", pa.list_(_MESH)),
+        pa.field("keywords", pa.list_(pa.string())),
+        pa.field("publication_types", pa.list_(pa.string())),
+        pa.field("languages", pa.list_(pa.string())),
+        pa.field("doi", pa.string()),
+        pa.field("pmc_id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("fetched_at", pa.timestamp("ms", tz="UTC")),
+    ],
+    metadata={b"biomine.schema": SCHEMA_NAME.encode(), b"biomine.schema_version": str(SCHEMA_VERSION).encode()},
+)
+
+COLUMNS = tuple(ARTICLE_SCHEMA.names)
+
+
+class SchemaMismatchError(BioMineError):
+    """A table or file does not fit :data:`ARTICLE_SCHEMA`."""
+
+
+def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Build an :data:`ARTICLE_SCHEMA` table from row dicts (as yielded by :mod:`pipeline.pubmed_xml`).
+
+    :raises SchemaMismatchError: a row has a key that is not a column, or a value of the wrong type
+        (the message names the row's PMID).
+    """
+    rows = list(rows)
+    for row in rows:
+        unknown = set(row) - set(COLUMNS)
+        if unknown:
+            raise SchemaMismatchError(
+                f"article row for PMID {row.get('pmid')} has keys {sorted(unknown)} that are not columns of "
+                f"schemas.articles (version {SCHEMA_VERSION})"
+            )
+    try:
+        return pa.Table.from_pylist(rows, schema=ARTICLE_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        # Arrow does not say which row failed; find it so the message names a PMID.
+        for row in rows:
+            try:
+                pa.Table.from_pylist([row], schema=ARTICLE_SCHEMA)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as row_exc:
+                raise SchemaMismatchError(
+                    f"article row for PMID {row.get('pmid')} does not fit the article schema: {row_exc}"
+                ) from row_exc
+        raise SchemaMismatchError(f"article rows do not fit the article schema: {exc}") from exc
+
+
+def cast(data: pa.Table | pa.RecordBatch) -> pa.Table:
+    """Cast a table or record batch to :data:`ARTICLE_SCHEMA` (column order, types and metadata).
+
+    Absent nullable columns are added as nulls, so batches from older writers stay readable.
+
+    :raises SchemaMismatchError: unknown columns, a missing non-null column, or values that do not cast.
+    """
+    table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
+    unknown = [name for name in table.column_names if name not in COLUMNS]
+    if unknown:
+        raise SchemaMismatchError(f"columns {unknown} are not part of the article schema (version {SCHEMA_VERSION})")
+    columns = []
+    for field in ARTICLE_SCHEMA:
+        if field.name in table.column_names:
+            columns.append(table.column(field.name))
+        elif field.nullable:
+            columns.append(pa.nulls(table.num_rows, field.type))
+        else:
+            raise SchemaMismatchError(f"required column {field.name!r} is missing from an article table")
+    try:
+        return pa.Table.from_arrays(columns, schema=ARTICLE_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        try:
+            return pa.table(dict(zip(COLUMNS, columns))).cast(ARTICLE_SCHEMA)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise SchemaMismatchError(f"an article table does not cast to the article schema: {exc}") from exc
+
+
+def check_schema(schema: pa.Schema, where: str) -> int:
+    """Return the schema version recorded in ``schema``'s metadata (a file's, say).
+
+    :raises SchemaMismatchError: ``where`` (a file name, for the message) was not written with the
+        article schema, or with a newer version than this code reads.
+    """
+    meta = schema.metadata or {}
+    name = meta.get(b"biomine.schema", b"").decode()
+    if name != SCHEMA_NAME:
+        raise SchemaMismatchError(f"{where} is not an article shard (schema {name or 'unknown'!r})")
+    version = int(meta.get(b"biomine.schema_version", b"0"))
+    if version > SCHEMA_VERSION:
+        raise SchemaMismatchError(
+            f"{where} was written with article schema version {version}; this biomine reads up to "
+            f"{SCHEMA_VERSION}: upgrade biomine"
+        )
+    return version
