@@ -52,6 +52,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address is None:
         # A private local cluster: no auth token written to $HOME, no dashboard, quiet workers.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray's C++ core logs a harmless error-level line per actor restart; Ray Data logs every
+    # execution plan at INFO. Users get our progress bars and summary instead.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
              logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
 

@@ -6,7 +6,7 @@ input shard, ``OUT/<dataset>/<shard stem>.parquet``, cast to the task's schema, 
 then rename). A shard whose output exists is complete and skipped, so re-running after a crash, a
 Ctrl-C, a dead actor or a lost node resumes without losing or duplicating a row.
 
-How: ``read_parquet(pending shards)`` → ``map_batches(prepare)`` on CPU workers (tokenisation and
+How: ``read_parquet(pending shards)`` → ``map_batches(prepare)`` as CPU tasks (tokenisation and
 prompt building overlap the model) → ``map_batches(TaskActor)`` on an actor pool (one model load per
 actor, ``num_gpus`` per actor) → the driver. The actor returns exactly ONE record per input document,
 holding that document's output rows as a list column, so the driver can count documents per shard and
@@ -82,16 +82,12 @@ class StageResult:
     seconds: float = 0.0
 
 
-class _Prepare:
-    """CPU stage: wraps a task's ``prepare`` and tags each document with its shard."""
-
-    def __init__(self, task_cls: type, options: dict[str, Any]):
-        self.task_cls, self.options = task_cls, options
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        batch = dict(batch)
-        batch[SHARD_COL] = [Path(p).stem for p in batch.pop("path")]
-        return self.task_cls.prepare(batch, self.options)
+def _prepare(batch: dict[str, Any], task_cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """CPU stage (stateless Ray tasks, so it never pins a CPU that reads need): tag each document
+    with its shard and let the task build its model inputs."""
+    batch = dict(batch)
+    batch[SHARD_COL] = [Path(p).stem for p in batch.pop("path")]
+    return task_cls.prepare(batch, options)
 
 
 class _TaskActor:
@@ -146,12 +142,14 @@ def run_task_stage(task_cls: type, options: dict[str, Any], shards: list[Path], 
     ctx.enable_progress_bars = progress
     columns = ["pmid", "version", "title", "abstract"]
     ds = ray.data.read_parquet([str(s) for s in pending], columns=columns, include_paths=True)
-    ds = ds.map_batches(_Prepare, fn_constructor_kwargs=dict(task_cls=task_cls, options=options),
-                        batch_size=batch_size, batch_format="numpy", concurrency=1, num_cpus=1)
+    ds = ds.map_batches(_prepare, fn_kwargs=dict(task_cls=task_cls, options=options),
+                        batch_size=batch_size, batch_format="numpy", num_cpus=1)
     ds = ds.map_batches(_TaskActor, fn_constructor_kwargs=dict(task_cls=task_cls, options=options),
-                        batch_size=batch_size, batch_format="numpy", concurrency=max(1, actors),
-                        num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor,
-                        max_restarts=3, max_task_retries=3)
+                        batch_size=batch_size, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=max(1, actors)),
+                        num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor)
+    # Ray Data restarts dead actors and retries their tasks by default (max_restarts=-1): a lost
+    # actor or node costs time, not rows; the driver only writes a shard once all its documents arrived.
 
     buffers: dict[str, list[dict[str, Any]]] = {}
     seen: dict[str, int] = {}
