@@ -4,50 +4,7 @@ A job names where abstracts come from, which tasks run on them with which models
 outputs go. The file is validated completely before anything runs: unknown keys, bad dates, missing
 model directories and impossible combinations are reported together, each with its TOML path.
 
-Schema (every key optional unless marked *required*)::
-
-    [job]
-    name = "ddi-kb"                      # required; used in logs and the manifest
-    output = "out/ddi-kb"                # required; relative paths are relative to the TOML file
-    schedule = "daily"                   # hint for schedulers (cron, Airflow): daily|weekly|once
-    incremental = true                   # only new or changed PMIDs since the last run
-
-    [source]                             # required; exactly one kind
-    kind = "entrez"                      # "entrez" (E-utilities search) or "files" (baseline/update XML)
-    query = "warfarin AND drug interactions"   # entrez: required
-    mindate = "2020/01/01"               # entrez: YYYY, YYYY/MM or YYYY/MM/DD
-    maxdate = "2020/12/31"
-    reldays = 1                          # entrez: last N days instead of mindate/maxdate
-    max = 500                            # entrez: cap on articles
-    email = "you@example.org"            # entrez: else $NCBI_EMAIL
-    api_key = "..."                      # entrez: else $NCBI_API_KEY
-    eutils_url = "http://127.0.0.1:8080/"   # entrez: else $BIOMINE_EUTILS_URL, else NCBI
-    paths = ["data/pubmed25n*.xml.gz"]   # files: required; globs, files or directories
-    shard_size = 5000                    # articles per documents shard
-
-    [tasks.ner]                          # each task optional; at least one task or a source-only job
-    model = "models/ner-bc5cdr"          # required; a token-classification checkpoint
-    batch_size = 32
-
-    [tasks.re]
-    task = "ddi"                         # ddi | kd-dti | bc5cdr
-    model = "models/re-ddi"              # required; a converted fine-tuned RE checkpoint
-    batch_size = 16
-    max_new_tokens = 256
-
-    [tasks.summarize]
-    model = "models/biogpt"              # required; a base BioGPT
-    prompt = "{title} In summary,"       # template over {title} and {abstract}
-    prompt_id = "in-summary-v1"
-    max_new_tokens = 64
-    batch_size = 16
-
-    [resources]
-    address = ""                         # Ray cluster; else $RAY_ADDRESS; else a local Ray
-    actors = 0                           # model actors per task; 0 = one per GPU (or 1 on CPU)
-    gpus_per_actor = 1.0                 # ignored where the cluster has no GPU
-    cpus_per_actor = 1.0
-    dtype = "auto"                       # auto = bfloat16 on GPU, float32 on CPU
+The schema, with every key and its default, is documented in ``jobs/README.md``.
 
 :raises ConfigError: listing every problem found, with its TOML key path.
 """
@@ -73,7 +30,6 @@ class SourceSpec:
     query: str | None = None
     mindate: str | None = None
     maxdate: str | None = None
-    reldays: int | None = None
     max: int | None = None
     email: str | None = None
     api_key: str | None = None
@@ -110,14 +66,14 @@ class JobSpec:
     tasks: dict[str, TaskSpec]
     resources: ResourceSpec
     schedule: str = "once"
-    incremental: bool = False
+    incremental: bool = True
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 _ALLOWED = {
     "job": {"name", "output", "schedule", "incremental"},
-    "source": {"kind", "query", "mindate", "maxdate", "reldays", "max", "email", "api_key", "eutils_url",
+    "source": {"kind", "query", "mindate", "maxdate", "max", "email", "api_key", "eutils_url",
                "paths", "shard_size"},
     "tasks.ner": {"model", "batch_size"},
     "tasks.re": {"task", "model", "batch_size", "max_new_tokens"},
@@ -192,8 +148,6 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
             for key in ("mindate", "maxdate"):
                 if key in src:
                     _check_date(src[key], f"[source] {key}", problems)
-            if "reldays" in src and ("mindate" in src or "maxdate" in src):
-                problems.append("[source] give either reldays or mindate/maxdate, not both")
             if src.get("mindate") and src.get("maxdate") and _DATE.match(str(src["mindate"])) and \
                     _DATE.match(str(src["maxdate"])) and str(src["mindate"]) > str(src["maxdate"]):
                 problems.append(f"[source] mindate {src['mindate']} is after maxdate {src['maxdate']}")
@@ -209,7 +163,6 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
         source.api_key, source.eutils_url = src.get("api_key"), src.get("eutils_url")
         source.mindate = str(src["mindate"]) if "mindate" in src else None
         source.maxdate = str(src["maxdate"]) if "maxdate" in src else None
-        source.reldays = _typed(src, "reldays", int, "[source]", problems, positive=True)
         source.max = _typed(src, "max", int, "[source]", problems, positive=True)
         source.shard_size = _typed(src, "shard_size", int, "[source]", problems, positive=True) or 5000
         source.paths = [str(base_dir / p) if not Path(p).is_absolute() else p for p in src.get("paths", [])
@@ -261,7 +214,7 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
     output = Path(job["output"])
     return JobSpec(name=job["name"], output=output if output.is_absolute() else base_dir / output,
                    source=source, tasks=tasks, resources=resources, schedule=schedule,
-                   incremental=bool(job.get("incremental", False)), path=path, raw=data)
+                   incremental=bool(job.get("incremental", True)), path=path, raw=data)
 
 
 def load_job(path: str | Path, check_models: bool = True) -> JobSpec:

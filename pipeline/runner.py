@@ -106,6 +106,15 @@ def _source_step(spec: JobSpec, docs_dir: str, progress: bool) -> dict[str, Any]
             "already_present": s.already_present, "unavailable": len(s.unavailable), "documents": s.rows}
 
 
+def _read_previous_manifest(out: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((out / MANIFEST).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
 def _actors_and_gpus(spec: JobSpec) -> tuple[int, float]:
     import ray
 
@@ -142,18 +151,30 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
     shards = list(iter_shard_paths(docs))
     live = {p.stem for p in shards}
 
+    previous = _read_previous_manifest(out)
     actors, gpus_per_actor = _actors_and_gpus(spec)
     for name, task in spec.tasks.items():
         cls = task_class(name)
         cls.check_model(task.model)  # wrong kind of checkpoint: a clear error before Ray starts actors
         manifest["models"][name] = model_fingerprint(task.model)
+        out_dir = out / DATASETS[name]
+        old = previous.get("models", {}).get(name, {}).get("sha256")
+        stale = not spec.incremental or (old is not None and old != manifest["models"][name]["sha256"])
+        if stale and any(out_dir.glob("*.parquet")):
+            # Outputs of another model (or a non-incremental job) are recomputed, never mixed.
+            log.warning("%s: recomputing %s (%s)", spec.name, out_dir,
+                        "model changed" if spec.incremental else "incremental = false")
+            for p in out_dir.glob("*.parquet"):
+                p.unlink()
+        # Record the model before its first output exists, so a crash cannot leave outputs of this
+        # model under a manifest that names another (the next run would keep them as current).
+        atomic_write_json({**manifest, "finished_at": None}, out / MANIFEST)
         options = {"model": str(task.model), "dtype": spec.resources.dtype, "batch_size": task.batch_size,
                    "max_new_tokens": task.max_new_tokens}
         if name == "re":
             options["task"] = task.task
         if name == "summarize":
             options.update(prompt=task.prompt, prompt_id=task.prompt_id)
-        out_dir = out / DATASETS[name]
         result = run_task_stage(cls, options, shards, out_dir, batch_size=task.batch_size, actors=actors,
                                 gpus_per_actor=gpus_per_actor, cpus_per_actor=spec.resources.cpus_per_actor,
                                 progress=progress)
