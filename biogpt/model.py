@@ -224,8 +224,11 @@ class BioGptAttention(nn.Module):
         v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v, cache_position)  # (B, H, S, D)
+        causal = False
+        if mask is None and T > 1:  # a branch, not an expression: T may be symbolic under torch.compile
+            causal = True
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+            q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0, scale=self.scaling,
         )  # (B, H, T, D)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
@@ -356,7 +359,11 @@ class BioGptModel(BioGptPreTrainedModel):
                 else:
                     position_ids = positions_from_mask(attention_mask, past, T)
         max_pos = self.config.max_position_embeddings
-        if position_ids.numel() and int(position_ids.max()) >= max_pos:
+        # Reading the max back is a device sync, which a CUDA-graph capture or torch.compile cannot
+        # contain; the generation engine validates every prompt + budget up front instead.
+        capturing = torch.compiler.is_compiling() or (
+            position_ids.is_cuda and torch.cuda.is_current_stream_capturing())
+        if not capturing and position_ids.numel() and int(position_ids.max()) >= max_pos:
             raise InputTooLongError(
                 f"input reaches position {int(position_ids.max())} but this model has "
                 f"max_position_embeddings={max_pos}: truncate or window the text to at most {max_pos} "

@@ -168,7 +168,8 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
                 p.unlink()
         # Record the model before its first output exists, so a crash cannot leave outputs of this
         # model under a manifest that names another (the next run would keep them as current).
-        atomic_write_json({**manifest, "finished_at": None}, out / MANIFEST)
+        models = {**previous.get("models", {}), **manifest["models"]}
+        atomic_write_json({**manifest, "models": models, "finished_at": None}, out / MANIFEST)
         options = {"model": str(task.model), "dtype": spec.resources.dtype, "batch_size": task.batch_size,
                    "max_new_tokens": task.max_new_tokens}
         if name == "re":
