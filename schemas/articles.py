@@ -44,7 +44,7 @@ from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
-from biogpt.errors import BioMineError
+from ._rows import SchemaMismatchError, cast_rows, check_schema as _check_schema, schema_metadata
 
 SCHEMA_NAME = "articles"
 # Bump on any change a reader could notice (new column, changed type or meaning); readers accept files
@@ -99,21 +99,21 @@ ARTICLE_SCHEMA = pa.schema(
         pa.field("source", pa.string()),
         pa.field("fetched_at", pa.timestamp("ms", tz="UTC")),
     ],
-    metadata={b"biomine.schema": SCHEMA_NAME.encode(), b"biomine.schema_version": str(SCHEMA_VERSION).encode()},
+    metadata=schema_metadata(SCHEMA_NAME, SCHEMA_VERSION),
 )
 
 COLUMNS = tuple(ARTICLE_SCHEMA.names)
-
-
-class SchemaMismatchError(BioMineError):
-    """A table or file does not fit :data:`ARTICLE_SCHEMA`."""
+_REQUIRED = tuple(f.name for f in ARTICLE_SCHEMA if not f.nullable)
 
 
 def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Build an :data:`ARTICLE_SCHEMA` table from row dicts (as yielded by :mod:`pipeline.pubmed_xml`).
 
-    :raises SchemaMismatchError: a row has a key that is not a column, or a value of the wrong type
-        (the message names the row's PMID).
+    Articles take Arrow's bulk conversion (ingest's hot path) rather than the per-value checks of
+    :func:`schemas._rows.cast_rows`; a failure is then narrowed down to the row that caused it.
+
+    :raises SchemaMismatchError: a row has a key that is not a column, a value of the wrong type, or
+        a null in a required column (the message names the row's PMID).
     """
     rows = list(rows)
     for row in rows:
@@ -123,6 +123,9 @@ def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
                 f"article row for PMID {row.get('pmid')} has keys {sorted(unknown)} that are not columns of "
                 f"schemas.articles (version {SCHEMA_VERSION})"
             )
+        for field in _REQUIRED:
+            if row.get(field) is None:
+                raise SchemaMismatchError(f"article row for PMID {row.get('pmid')}: column {field!r} is required")
     try:
         return pa.Table.from_pylist(rows, schema=ARTICLE_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
@@ -144,25 +147,7 @@ def cast(data: pa.Table | pa.RecordBatch) -> pa.Table:
 
     :raises SchemaMismatchError: unknown columns, a missing non-null column, or values that do not cast.
     """
-    table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
-    unknown = [name for name in table.column_names if name not in COLUMNS]
-    if unknown:
-        raise SchemaMismatchError(f"columns {unknown} are not part of the article schema (version {SCHEMA_VERSION})")
-    columns = []
-    for field in ARTICLE_SCHEMA:
-        if field.name in table.column_names:
-            columns.append(table.column(field.name))
-        elif field.nullable:
-            columns.append(pa.nulls(table.num_rows, field.type))
-        else:
-            raise SchemaMismatchError(f"required column {field.name!r} is missing from an article table")
-    try:
-        return pa.Table.from_arrays(columns, schema=ARTICLE_SCHEMA)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        try:
-            return pa.table(dict(zip(COLUMNS, columns))).cast(ARTICLE_SCHEMA)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise SchemaMismatchError(f"an article table does not cast to the article schema: {exc}") from exc
+    return cast_rows(data, ARTICLE_SCHEMA)
 
 
 def check_schema(schema: pa.Schema, where: str) -> int:
@@ -171,14 +156,4 @@ def check_schema(schema: pa.Schema, where: str) -> int:
     :raises SchemaMismatchError: ``where`` (a file name, for the message) was not written with the
         article schema, or with a newer version than this code reads.
     """
-    meta = schema.metadata or {}
-    name = meta.get(b"biomine.schema", b"").decode()
-    if name != SCHEMA_NAME:
-        raise SchemaMismatchError(f"{where} is not an article shard (schema {name or 'unknown'!r})")
-    version = int(meta.get(b"biomine.schema_version", b"0"))
-    if version > SCHEMA_VERSION:
-        raise SchemaMismatchError(
-            f"{where} was written with article schema version {version}; this biomine reads up to "
-            f"{SCHEMA_VERSION}: upgrade biomine"
-        )
-    return version
+    return _check_schema(schema, where, SCHEMA_NAME, SCHEMA_VERSION)

@@ -223,8 +223,10 @@ def test_schema_cast_and_to_table():
     partial = pa.table({"pmid": pa.array([2], pa.int32()), "version": [1], "record_type": ["book"], "has_abstract": [True]})
     cast_table = cast(partial)
     assert cast_table.schema.equals(ARTICLE_SCHEMA, check_metadata=True) and cast_table.column("title").null_count == 1
-    with pytest.raises(SchemaMismatchError, match="not part of the article schema"):
+    with pytest.raises(SchemaMismatchError, match="not part of the articles schema"):
         cast(partial.append_column("extra", pa.array([1])))
+    with pytest.raises(SchemaMismatchError, match="PMID 4: column 'record_type' is required"):
+        to_table([{**row, "pmid": 4, "record_type": None}])
     with pytest.raises(SchemaMismatchError, match="PMID 3"):
         to_table([{**row, "pmid": 3, "pub_year": "not a year"}])
     newer = ARTICLE_SCHEMA.with_metadata({b"biomine.schema": b"articles", b"biomine.schema_version": b"99"})
