@@ -15,6 +15,7 @@ _EXPORTS = {
     "BioGptModel": "model", "BioGptForCausalLM": "model", "BioGptForTokenClassification": "model",
     "BioGptForSequenceClassification": "model", "KVCache": "model", "StaticKVCache": "model",
     "BioGptTokenizer": "tokenizer",
+    "generate": "generation", "Engine": "engine",
     "BioMineError": "errors", "CheckpointError": "errors", "ConfigError": "errors",
     "InputTooLongError": "errors", "TokenizerError": "errors",
 }

@@ -1,0 +1,220 @@
+"""Generation speed: biogpt's Engine against transformers' generate on the same random weights.
+
+Builds a random BioGPT-base (``biogpt.config.BIOGPT_BASE``) with transformers, saves it once and
+loads it with both implementations (bf16 on CUDA; transformers with SDPA attention unless
+``--hf-attn eager``), then times every case for both in this one run: a warm-up, then the median of
+``--repeat`` runs, each bracketed by ``torch.cuda.synchronize()``. EOS is disabled so both sides
+produce exactly the requested tokens (random weights would otherwise stop at arbitrary points).
+
+  case          timed                                                           reported
+  prefill       64 prompts x 512: transformers forward(use_cache=True,          prompt tokens/s
+                logits_to_keep=1), what its generate runs first; Engine.prefill
+                (K/V into the static cache + last-token logits)
+  greedy b=N    N = 1, 32, 128; prompt 256, 64 new: generate(do_sample=False)   new tokens/s
+                vs Engine.run (greedy, CUDA graphs)                             (and ms/token)
+  beam-5 b=32   prompt 256, 64 new: generate(num_beams=5) vs                    new tokens/s of
+                Engine.beam_search                                              the best beams
+  ragged RE     --ragged-prompts prompts of 200-600 tokens, outputs of 10-300   abstracts/s and
+                tokens: transformers in batches of 64, each running to its      GPU-hours for 36M
+                longest output (what real EOS does to a static batch);          abstracts
+                Engine.run with per-prompt budgets (continuous batching)
+
+    python benchmarks/bench_generation.py                # on a GPU: the full table
+    python benchmarks/bench_generation.py --compile      # + torch.compile inside the CUDA graphs
+    python benchmarks/bench_generation.py --quick        # tiny model on CPU: a smoke run (< 1 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PUBMED_ABSTRACTS = 36_000_000
+FULL = dict(config="base", prefill=(64, 512), greedy=(1, 32, 128), prompt=256, new=64, beam=(5, 32),
+            ragged_prompt=(200, 600), ragged_out=(10, 300), ragged_n=256, hf_batch=64, ragged_slots=128)
+QUICK = dict(config=dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=256, max_position_embeddings=256),
+             prefill=(4, 64), greedy=(1, 4), prompt=32, new=16, beam=(5, 4), ragged_prompt=(20, 60),
+             ragged_out=(2, 30), ragged_n=12, hf_batch=4, ragged_slots=4)
+# The issue's transformers 5.17 numbers on one H100 (bf16) and the engine's targets, as ratios.
+TARGETS = {"prefill": ">= 1.4x", "greedy b=1": "<= 1 ms/token", "greedy b=128": ">= 6x", "beam-5 b=32": ">= 5x"}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny random model, small sizes, 1 repeat (CPU smoke run)")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
+                   help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--compile", action="store_true", help="Engine(compile=True): torch.compile the decode step")
+    p.add_argument("--hf-attn", choices=["sdpa", "eager"], default="sdpa", help="transformers' attention")
+    p.add_argument("--repeat", type=int, default=None, help="timed runs per case (default 3, --quick 1)")
+    p.add_argument("--cases", default="prefill,greedy,beam,ragged", help="comma-separated subset")
+    p.add_argument("--ragged-prompts", type=int, default=None, help="prompts in the ragged RE workload")
+    p.add_argument("--prefill", help="override the prefill size, BxT (e.g. 8x128)")
+    p.add_argument("--greedy", help="override the greedy batch sizes, comma-separated (e.g. 1,8)")
+    p.add_argument("--beam", help="override the beam case, KxB (beams x prompts, e.g. 5x4)")
+    p.add_argument("--prompt-len", type=int, help="override the greedy/beam prompt length")
+    p.add_argument("--new-tokens", type=int, help="override the greedy/beam new tokens")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the rows as JSON to this file")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+    import transformers
+
+    import biogpt
+    from biogpt.config import BIOGPT_BASE
+    from biogpt.engine import Engine
+
+    sizes = dict(QUICK if args.quick else FULL)
+    if args.prefill:
+        sizes["prefill"] = tuple(int(x) for x in args.prefill.split("x"))
+    if args.greedy:
+        sizes["greedy"] = tuple(int(x) for x in args.greedy.split(","))
+    if args.beam:
+        sizes["beam"] = tuple(int(x) for x in args.beam.split("x"))
+    sizes["prompt"] = args.prompt_len or sizes["prompt"]
+    sizes["new"] = args.new_tokens or sizes["new"]
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    repeat = args.repeat or (1 if args.quick else 3)
+    cases = set(args.cases.split(","))
+    n_ragged = args.ragged_prompts or sizes["ragged_n"]
+    config = BIOGPT_BASE if sizes["config"] == "base" else sizes["config"]
+    rng = random.Random(args.seed)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def timed(fn, warmup=1):
+        """Median seconds of ``repeat`` runs of fn after ``warmup`` untimed ones; and fn's last result."""
+        for _ in range(warmup):
+            out = fn()
+        times = []
+        for _ in range(repeat):
+            sync()
+            start = time.perf_counter()
+            out = fn()
+            sync()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times), out
+
+    def prompt(n):
+        return [2] + [rng.randrange(4, config["vocab_size"]) for _ in range(n - 1)]
+
+    def left_pad(prompts):
+        T = max(map(len, prompts))
+        ids = torch.tensor([[1] * (T - len(p)) + p for p in prompts], device=device)
+        return ids, (ids != 1).long()
+
+    transformers.utils.logging.disable_progress_bar()
+
+    # --- the same random weights, loaded by both -------------------------------------------------
+    torch.manual_seed(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        transformers.BioGptForCausalLM(transformers.BioGptConfig(**config)).save_pretrained(tmp)
+        hf = transformers.BioGptForCausalLM.from_pretrained(tmp, dtype=dtype, attn_implementation=args.hf_attn)
+        hf = hf.to(device).eval()
+        ours = biogpt.BioGptForCausalLM.from_pretrained(tmp, dtype=dtype, device=device).eval()
+    hf.generation_config.eos_token_id = None  # run every row to its length cap (see the docstring)
+    hf.generation_config.pad_token_id = 1
+    # One engine for every case, its cache sized to the largest (it is most of the memory).
+    need = {"prefill": (sizes["prefill"][0], sizes["prefill"][1]),
+            "greedy": (max(sizes["greedy"]), sizes["prompt"] + sizes["new"]),
+            "beam": (sizes["beam"][0] * sizes["beam"][1], sizes["prompt"] + sizes["new"]),
+            "ragged": (sizes["ragged_slots"], sizes["ragged_prompt"][1] + sizes["ragged_out"][1])}
+    max_batch = max(b for case, (b, _) in need.items() if case in cases)
+    longest = max(n for case, (_, n) in need.items() if case in cases)
+    max_seq_len = min(-(-longest // 64) * 64, config["max_position_embeddings"])  # aligned attention masks
+    engine = Engine(ours, max_batch=max_batch, max_seq_len=max_seq_len, compile=args.compile)
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"# {datetime.date.today()}  {name}  {dtype}  torch {torch.__version__}  "
+          f"transformers {transformers.__version__}  hf-attn {args.hf_attn}  "
+          f"Engine(max_batch={max_batch}, max_seq_len={max_seq_len}, cuda_graph={engine.cuda_graph}, "
+          f"compile={args.compile})  "
+          f"{'quick (tiny model)' if args.quick else 'BioGPT-base'}  repeat {repeat}")
+    rows = []
+    full_gpu_run = device.type == "cuda" and not args.quick  # the issue's targets apply to this only
+
+    def add(case, metric, theirs, mine, note=""):
+        rows.append(dict(case=case, metric=metric, transformers=theirs, biogpt=mine, ratio=mine / theirs,
+                         target=TARGETS.get(case, "") if full_gpu_run else "", note=note))
+        r = rows[-1]
+        print(f"{case:<14} {metric:<13} {theirs:>12,.1f} {mine:>12,.1f} {r['ratio']:>7.2f}x  "
+              f"{r['target']:<14} {note}", flush=True)
+
+    print(f"{'case':<14} {'metric':<13} {'transformers':>12} {'biogpt':>12} {'ratio':>8}  {'target':<14} note")
+    with torch.inference_mode():
+        if "prefill" in cases:
+            B, T = sizes["prefill"]
+            prompts = [prompt(T) for _ in range(B)]
+            ids = torch.tensor(prompts, device=device)
+            t_hf, _ = timed(lambda: hf(ids, use_cache=True, logits_to_keep=1))
+            t_us, _ = timed(lambda: engine.prefill(prompts))
+            add("prefill", "prompt tok/s", B * T / t_hf, B * T / t_us, f"{B}x{T}")
+
+        if "greedy" in cases:
+            new = sizes["new"]
+            for B in sizes["greedy"]:
+                prompts = [prompt(sizes["prompt"]) for _ in range(B)]
+                ids, mask = left_pad(prompts)
+                t_hf, out_hf = timed(lambda: hf.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False))
+                t_us, out_us = timed(lambda: engine.run(prompts, new, eos_token_id=[]))
+                assert out_hf.shape[1] == ids.shape[1] + new and all(len(o) == new for o in out_us)
+                same = sum(a == b for o, r in zip(out_us, out_hf[:, ids.shape[1]:].tolist()) for a, b in zip(o, r))
+                add(f"greedy b={B}", "new tok/s", B * new / t_hf, B * new / t_us,
+                    f"{t_us / new * 1e3:.2f} ms/step (transformers {t_hf / new * 1e3:.2f}); "
+                    f"ids agree {same}/{B * new}")
+
+        if "beam" in cases:
+            K, B = sizes["beam"]
+            new = sizes["new"]
+            prompts = [prompt(sizes["prompt"]) for _ in range(B)]
+            ids, mask = left_pad(prompts)
+            t_hf, _ = timed(lambda: hf.generate(ids, attention_mask=mask, max_new_tokens=new, num_beams=K,
+                                                do_sample=False, early_stopping=False))
+            t_us, _ = timed(lambda: engine.beam_search(prompts, new, num_beams=K, eos_token_id=[]))
+            add(f"beam-{K} b={B}", "new tok/s", B * new / t_hf, B * new / t_us, f"prompt {sizes['prompt']}")
+
+        if "ragged" in cases:
+            lo, hi = sizes["ragged_prompt"]
+            prompts = [prompt(rng.randint(lo, hi)) for _ in range(n_ragged)]
+            budgets = [rng.randint(*sizes["ragged_out"]) for _ in prompts]
+            hb = sizes["hf_batch"]
+
+            def hf_ragged():
+                for s in range(0, len(prompts), hb):
+                    ids, mask = left_pad(prompts[s:s + hb])
+                    hf.generate(ids, attention_mask=mask, max_new_tokens=max(budgets[s:s + hb]), do_sample=False)
+
+            # transformers is warm from the cases above; the engine's warm-up captures its graphs.
+            t_hf, _ = timed(hf_ragged, warmup=0 if cases != {"ragged"} else 1)
+            t_us, _ = timed(lambda: engine.run(prompts, budgets, eos_token_id=[]))
+            rate_hf, rate_us = n_ragged / t_hf, n_ragged / t_us
+            add("ragged RE", "abstracts/s", rate_hf, rate_us,
+                f"{n_ragged} prompts; {device.type.upper()}-hours for 36M abstracts: transformers "
+                f"{PUBMED_ABSTRACTS / rate_hf / 3600:,.0f}, biogpt {PUBMED_ABSTRACTS / rate_us / 3600:,.0f}")
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
