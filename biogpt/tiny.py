@@ -100,3 +100,77 @@ def make_tiny_checkpoint(out_dir: str | Path, texts: Iterable[str], *, hidden_si
     torch.manual_seed(seed)
     model_cls(config).save_pretrained(out_dir)
     return out_dir
+
+
+def make_tiny_task_checkpoint(out_dir: str | Path, texts: Iterable[str], *, task: str = "re-ddi",
+                              learned_prompt: int = 9, max_source_positions: int | None = None,
+                              **kwargs) -> Path:
+    """Write a tiny random prompt-tuned task checkpoint in the layout ``biomine convert fairseq`` writes.
+
+    Like :func:`make_tiny_checkpoint` (same keyword arguments and defaults: ``hidden_size``,
+    ``num_hidden_layers``, ``num_attention_heads``, ``intermediate_size``, ``max_position_embeddings``,
+    ``num_merges``, ``seed``, other keys go to the config), plus what a converted fine-tuned
+    checkpoint has (biogpt/fairseq.py):
+
+    - the learned prompt tokens ``learned1..N`` (``N = learned_prompt``) as tokenizer added tokens
+      right after the vocabulary (``added_tokens.json``), with ``vocab_size`` counting them;
+    - the truncation marker ``...`` as a vocabulary piece (``...</w>``), so sources longer than
+      ``max_source_positions`` are cut as the fine-tuning data was;
+    - ``biomine_task.json`` from :func:`biogpt.fairseq.task_spec` for ``task`` (``re-ddi``, ``re-dti``,
+      ``re-bc5cdr``, ``qa-pubmedqa``, ``dc-hoc``; ``lm`` writes the pre-trained LM's file and no
+      prompt tokens), ``max_target_positions`` = ``max_position_embeddings`` and
+      ``max_source_positions`` by default 5/8 of it (640 of 1024 as the released RE models),
+      capped so that source + prompt + ``</s>`` leave at least one position to generate.
+
+    The result passes :func:`pipeline.tasks.re_format.load_task_settings` for its task.
+    """
+    from .fairseq import TASK_FILE, TASKS, TRUNCATION_MARKER, task_spec
+    from .tokenizer import BioGptTokenizer
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    n_prompt = 0 if task == "lm" else learned_prompt
+    if task != "lm" and n_prompt < 1:
+        raise ValueError(f"a prompt-tuned task checkpoint needs learned_prompt >= 1, got {learned_prompt}")
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                 max_position_embeddings=256)
+    sizes.update({k: kwargs.pop(k) for k in list(kwargs) if k in sizes})
+    num_merges, seed = kwargs.pop("num_merges", 300), kwargs.pop("seed", 0)
+    max_target = sizes["max_position_embeddings"]
+    if task != "lm":
+        room = max_target - n_prompt - 2  # </s> + source + prompt, and one position to generate
+        if room < 1:
+            raise ValueError(f"max_position_embeddings={max_target} leaves no room for a source with "
+                             f"{n_prompt} prompt tokens")
+        if max_source_positions is None:
+            max_source_positions = min(max_target * 5 // 8, room)
+        if not 1 <= max_source_positions <= room:
+            raise ValueError(f"max_source_positions must be in 1..{room} for max_position_embeddings="
+                             f"{max_target} and {n_prompt} prompt tokens, got {max_source_positions}")
+
+    out_dir = Path(out_dir)
+    write_vocab(out_dir, list(texts), num_merges)
+    vocab_file = out_dir / "vocab.json"
+    vocab = json.loads(vocab_file.read_text())
+    marker = TRUNCATION_MARKER + "</w>"
+    if marker not in vocab:  # a vocabulary piece, as "..." is in BioGPT's dict.txt (id 11475)
+        vocab[marker] = len(vocab)
+        vocab_file.write_text(json.dumps(vocab, ensure_ascii=False, indent=0) + "\n")
+    tokenizer = BioGptTokenizer.from_pretrained(out_dir)
+    learned = [f"learned{i}" for i in range(1, n_prompt + 1)]
+    tokenizer.add_tokens(learned)  # as the converter does: ids V0..V0+N-1 after the vocabulary
+    tokenizer.save_pretrained(out_dir)
+
+    config = BioGptConfig(vocab_size=len(tokenizer), **sizes, extra={"architectures": ["BioGptForCausalLM"]},
+                          **kwargs)
+    torch.manual_seed(seed)
+    BioGptForCausalLM(config).save_pretrained(out_dir)
+    spec = task_spec(task, learned=learned, prompt_ids=tokenizer.convert_tokens_to_ids(learned),
+                     sep_token_id=None, max_source=max_source_positions if task != "lm" else None,
+                     max_target=max_target,
+                     truncation_id=tokenizer.convert_tokens_to_ids(marker) if task != "lm" else None,
+                     pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
+    spec["converted_from"] = {"checkpoint": None, "fairseq_task": None, "arch": "tiny random (biogpt.tiny)",
+                              "data": None}
+    (out_dir / TASK_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    return out_dir

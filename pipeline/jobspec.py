@@ -12,6 +12,7 @@ The schema, with every key and its default, is documented in ``jobs/README.md``.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -165,7 +166,7 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
         source.maxdate = str(src["maxdate"]) if "maxdate" in src else None
         source.max = _typed(src, "max", int, "[source]", problems, positive=True)
         source.shard_size = _typed(src, "shard_size", int, "[source]", problems, positive=True) or 5000
-        source.paths = [str(base_dir / p) if not Path(p).is_absolute() else p for p in src.get("paths", [])
+        source.paths = [os.path.normpath(base_dir / p) if not Path(p).is_absolute() else p for p in src.get("paths", [])
                         if isinstance(p, str)]
 
     tasks: dict[str, TaskSpec] = {}
@@ -177,7 +178,7 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
         if not model:
             problems.append(f"{where} model is required (a model directory)")
             continue
-        model_path = Path(model) if Path(model).is_absolute() else base_dir / model
+        model_path = Path(model) if Path(model).is_absolute() else Path(os.path.normpath(base_dir / model))
         if check_models and not (model_path / "config.json").exists():
             problems.append(f"{where} model = {model!r}: no config.json in {model_path} (train or convert a "
                             "model first: see `biomine train ner --help` and `biomine convert fairseq --help`)")
@@ -212,7 +213,7 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
         where = f" in {path}" if path else ""
         raise ConfigError(f"{len(problems)} problem(s){where}:\n  - " + "\n  - ".join(problems))
     output = Path(job["output"])
-    return JobSpec(name=job["name"], output=output if output.is_absolute() else base_dir / output,
+    return JobSpec(name=job["name"], output=output if output.is_absolute() else Path(os.path.normpath(base_dir / output)),
                    source=source, tasks=tasks, resources=resources, schedule=schedule,
                    incremental=bool(job.get("incremental", True)), path=path, raw=data)
 

@@ -125,12 +125,31 @@ def _actors_and_gpus(spec: JobSpec) -> tuple[int, float]:
     return (max(1, int(gpus // per_actor)) if per_actor else 1), per_actor
 
 
+def task_options(spec: JobSpec, name: str) -> dict[str, Any]:
+    """What the task class gets (``prepare`` options and actor constructor kwargs) for task ``name``."""
+    task = spec.tasks[name]
+    options: dict[str, Any] = {"model": str(task.model), "dtype": spec.resources.dtype,
+                               "batch_size": task.batch_size, "max_new_tokens": task.max_new_tokens}
+    if name == "re":
+        options["task"] = task.task
+    if name == "summarize":
+        options.update(prompt=task.prompt, prompt_id=task.prompt_id)
+    return options
+
+
 def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None) -> dict[str, Any]:
     """Run ``spec`` end to end; returns the manifest written to ``OUT/_manifest.json``."""
     import ray
 
     from .shards import iter_shard_paths
     from .tasks.registry import task_class
+
+    # Every task's checkpoint is checked (cheaply: config and task files) before anything runs, so
+    # the wrong kind of model is one clear error, not a failure after an hour of fetching.
+    classes = {}
+    for name, task in spec.tasks.items():
+        classes[name] = task_class(name)
+        classes[name].check_model(task.model, **{k: v for k, v in task_options(spec, name).items() if k != "model"})
 
     out = spec.output
     out.mkdir(parents=True, exist_ok=True)
@@ -154,8 +173,7 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
     previous = _read_previous_manifest(out)
     actors, gpus_per_actor = _actors_and_gpus(spec)
     for name, task in spec.tasks.items():
-        cls = task_class(name)
-        cls.check_model(task.model)  # wrong kind of checkpoint: a clear error before Ray starts actors
+        cls, options = classes[name], task_options(spec, name)
         manifest["models"][name] = model_fingerprint(task.model)
         out_dir = out / DATASETS[name]
         old = previous.get("models", {}).get(name, {}).get("sha256")
@@ -170,15 +188,10 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
         # model under a manifest that names another (the next run would keep them as current).
         models = {**previous.get("models", {}), **manifest["models"]}
         atomic_write_json({**manifest, "models": models, "finished_at": None}, out / MANIFEST)
-        options = {"model": str(task.model), "dtype": spec.resources.dtype, "batch_size": task.batch_size,
-                   "max_new_tokens": task.max_new_tokens}
-        if name == "re":
-            options["task"] = task.task
-        if name == "summarize":
-            options.update(prompt=task.prompt, prompt_id=task.prompt_id)
+        redone: set[str] = set()
         result = run_task_stage(cls, options, shards, out_dir, batch_size=task.batch_size, actors=actors,
                                 gpus_per_actor=gpus_per_actor, cpus_per_actor=spec.resources.cpus_per_actor,
-                                progress=progress)
+                                progress=progress, on_shard=lambda path, docs, rows: redone.add(path.stem))
         retired = [p for p in out_dir.glob("*.parquet") if p.stem not in live]
         for p in retired:
             p.unlink()
@@ -188,7 +201,11 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
             "seconds": round(result.seconds, 3), "actors": actors, "gpus_per_actor": gpus_per_actor,
             "failures": len(result.failures),
         }
-        manifest["failures"] += result.failures
+        # Failures recorded by an earlier run in shards this run skipped stay on record.
+        manifest["failures"] += result.failures + [
+            f for f in previous.get("failures", [])
+            if f.get("task") == name and f.get("shard") in live and f.get("shard") not in redone
+            and (out_dir / f"{f['shard']}.parquet").exists()]
     manifest["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
     atomic_write_json(manifest, out / MANIFEST)

@@ -100,7 +100,8 @@ class _TaskActor:
         n = len(batch["pmid"])
         try:
             per_doc = self.task(batch)
-            errors = [None] * n
+            # "" not None: an all-None column comes back from Ray Data's numpy batches as NaN (truthy).
+            errors = [""] * n
         except Exception as exc:  # a bad batch must not kill the run: record it per document
             log.exception("task %s failed on PMIDs %s", self.task.name, list(batch["pmid"])[:5])
             per_doc = [[] for _ in range(n)]

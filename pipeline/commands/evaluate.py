@@ -1,0 +1,101 @@
+"""``biomine eval ner|re``: score a model on gold data with the original metrics.
+
+The work is done by :func:`pipeline.tasks.ner.evaluate_ner` and :func:`pipeline.tasks.re.evaluate_re`;
+this module only parses options, prints the report and optionally writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+NER_HELP = """\
+Strict mention-level precision/recall/F1 per entity type of a token-classification model on a
+PubTator file (BioCreative V CDR's format): a predicted mention counts only with the same document,
+start and end offsets (into title + " " + abstract) and type as a gold mention.
+
+examples:
+  biomine eval ner --data CDR_TestSet.PubTator.txt --model models/ner-bc5cdr
+  biomine eval ner --data dev.PubTator.txt --model models/ner --json out/ner-dev.json
+"""
+
+RE_HELP = """\
+Precision/recall/F1 of a converted fine-tuned RE checkpoint on a BioGPT test.json, with the
+original evaluation: hard-match triples for DDI and KD-DTI (examples/RE-DDI/hard_match_evaluation.py,
+ontology-level headline), CID pairs for BC5CDR (the BioCreative V evaluator). Inputs are built
+exactly as the fine-tuning data (lower-cased, learned prompt tokens), decoding is greedy.
+
+examples:
+  biomine eval re --task ddi --data BioGPT/data/DDI/raw/test.json --model models/re-ddi
+  biomine eval re --task bc5cdr --data data/BC5CDR/test.json --model models/re-bc5cdr --limit 50
+  biomine eval re --task kd-dti --data test.json --model models/re-dti --predictions out/dti.jsonl
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="evaluate NER or RE models on gold data",
+                              description="Evaluate a model with the task's original metric.")
+    kinds = p.add_subparsers(dest="eval_kind", metavar="TASK")
+
+    ner = kinds.add_parser("ner", help="strict mention P/R/F1 on a PubTator file", description=NER_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    ner.add_argument("--data", required=True, metavar="PUBTATOR_FILE", help="gold mentions (PubTator format)")
+    ner.add_argument("--model", required=True, metavar="DIR", help="token-classification model (biomine train ner)")
+    _common(ner, batch=16)
+    ner.set_defaults(func=_run_ner)
+
+    rel = kinds.add_parser("re", help="the original RE metrics on a BioGPT test.json", description=RE_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    rel.add_argument("--task", required=True, choices=["ddi", "kd-dti", "bc5cdr"], help="relation task")
+    rel.add_argument("--data", required=True, metavar="FILE", help="gold file in BioGPT's test.json layout")
+    rel.add_argument("--model", required=True, metavar="DIR", help="converted fine-tuned checkpoint of --task")
+    rel.add_argument("--max-new-tokens", type=int, default=256, help="generation budget per document (default 256)")
+    rel.add_argument("--limit", type=int, metavar="N", help="score only the first N documents (a quick look)")
+    rel.add_argument("--predictions", metavar="FILE.jsonl", help="also write each document's generation")
+    _common(rel, batch=16)
+    rel.set_defaults(func=_run_re)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _common(parser, batch: int) -> None:
+    parser.add_argument("--batch-size", type=int, default=batch, help=f"documents per model batch (default {batch})")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto = bfloat16 on GPU, float32 on CPU")
+    parser.add_argument("--json", metavar="FILE", help="write the full report as JSON")
+
+
+def _check_file(path: str, what: str) -> None:
+    from biogpt.errors import BioMineError
+
+    if not Path(path).is_file():
+        raise BioMineError(f"{what} {path} does not exist or is not a file")
+
+
+def _write(report: dict, path: str | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+
+def _run_ner(args) -> int:
+    from pipeline.tasks.ner import evaluate_ner, format_ner_report
+
+    _check_file(args.data, "--data")
+    report = evaluate_ner(args.model, args.data, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+    print(format_ner_report(report))
+    _write(report, args.json)
+    return 0
+
+
+def _run_re(args) -> int:
+    from pipeline.tasks.re import evaluate_re, format_re_report
+
+    _check_file(args.data, "--data")
+    report = evaluate_re(args.task, args.data, args.model, batch_size=args.batch_size,
+                         max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
+                         limit=args.limit, predictions_out=args.predictions)
+    print(format_re_report(report))
+    _write(report, args.json)
+    return 0

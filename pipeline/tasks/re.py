@@ -1,0 +1,418 @@
+"""Relation extraction (DDI, KD-DTI, BC5CDR) with a fine-tuned BioGPT prompt checkpoint.
+
+Contract:
+
+- :class:`RelationTask` is the ``re`` task of the job files (the contract of
+  :mod:`pipeline.tasks.base`): ``dataset = "relations"``, rows of
+  :data:`schemas.relations.RELATION_SCHEMA`, ``sort_keys = ()`` (rows stay in the order the task
+  yields them - relations in generation order, then unparsed pieces - because the stage's sort by
+  ``pmid`` is stable).
+- Checkpoint: a fine-tuned prompt checkpoint of the job's task, as ``biomine convert fairseq`` writes
+  it (``biomine_task.json``); :meth:`RelationTask.check_model` refuses anything else (a base
+  BioGPT, an NER model, another task's checkpoint) with :class:`RelationModelError`, which is both a
+  :class:`~pipeline.tasks.base.WrongModelError` and a
+  :class:`~pipeline.tasks.re_format.TaskSettingsError`.
+- Input of each article (:meth:`RelationTask.prepare`), exactly as the fine-tuning data:
+  ``re_format.build_source`` (DDI: the abstract; KD-DTI, BC5CDR: title + joiner + abstract, lower-cased)
+  then ``[2] + source ids + learned1..N`` (``re_format.prompt_input_ids``, the source cut to S-1 ids +
+  ``...``). A DDI article without an abstract, or any article without title and abstract, gets no
+  prompt; it yields one ``unparsed`` row whose reason says so (nothing is silently dropped).
+- Decoding as the original ``inference.py``: greedy (beam 1), ``<pad>`` never chosen, stop at
+  ``</s>``; each prompt may generate ``min(max_new_tokens, L - prompt length)`` tokens where
+  ``L = min(max_target_positions, max_position_embeddings)``, so no prompt can overflow the positions
+  (fairseq's ``max_len`` counts the tokens after the leading ``</s>``, prompt included, and forces
+  ``</s>`` at position L). Runs on :class:`biogpt.engine.Engine` (continuous batching, CUDA graphs on
+  a GPU, eager on CPU); its greedy ids equal :func:`biogpt.generation.generate`'s.
+- Text: the new ids without ``<s>``/``</s>`` (fairseq's ``Dictionary.string``; ``<unk>`` is kept),
+  decoded and Moses-detokenised by the tokenizer. The original decoded the whole hypothesis
+  (source + ``learned1 .. learnedN`` + generation) and its post-processing cut the text after the
+  last ``learnedN``; that cut is the first prefix rule, so the other prefix rules (``we have that``
+  ...) never applied to a generation. :meth:`RelationTask.parse` reproduces this by parsing
+  ``"learned1 ... learnedN " + generation`` (the source in front cannot change the result) and keeps
+  the generation alone as ``raw_generation``.
+- Rows (``re_grammar.relation_rows``): one ``ok`` row per parsed relation with evidence offsets into
+  ``title + " " + abstract``, one ``unparsed`` row per piece that did not parse, with the reason and the
+  raw generation. BC5CDR ids: PubMed articles carry no name -> MeSH maps, so ``head_id``/``tail_id``
+  are ``"-1"`` there (the benchmark evaluation maps names with the gold file's maps).
+- :func:`evaluate_re` runs a checkpoint over a BioGPT benchmark file (``{split}.json`` of DDI, KD-DTI
+  or BC5CDR) through the same decoding and scores it with ``re_eval.score_generations``;
+  :func:`format_re_report` prints the result. ``biomine eval re`` calls both.
+
+:raises RelationModelError: wrong checkpoint (``check_model``, ``__init__``, ``prepare``).
+:raises BioMineError: from :func:`evaluate_re` for unreadable data (``DataFormatError``), an unknown
+    task or a bad ``limit`` (``ConfigError``), nothing to score (``EvaluationError``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from biogpt.errors import ConfigError
+from schemas import relations as _relations
+
+from . import base
+from .re_format import RE_TASKS, TaskSettings, TaskSettingsError, build_source, load_task_settings, prompt_input_ids
+from .re_grammar import ParseResult, Unparsed, parse_generation, relation_rows
+
+log = logging.getLogger(__name__)
+
+#: ``max_new_tokens`` when the job does not say (the runner's default for ``[tasks.re]``).
+DEFAULT_MAX_NEW_TOKENS = 256
+NO_ABSTRACT = ("no abstract: the ddi model reads the abstract only (the DDI corpus has no titles), "
+               "so no prompt was built")
+NO_TEXT = "no title and no abstract: nothing to build a prompt from"
+
+
+class RelationModelError(base.WrongModelError, TaskSettingsError):
+    """The model directory is not a fine-tuned prompt checkpoint of the requested RE task."""
+
+
+# --- per-process caches (prepare runs in many stateless Ray tasks) ------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _settings(model_dir: str, task: str | None) -> TaskSettings:
+    return RelationTask.check_model(model_dir, task)
+
+
+def _prompt_tokens(tokenizer, settings: TaskSettings) -> list[str]:
+    return [tokenizer.convert_ids_to_tokens(int(i)) for i in settings.prompt_token_ids]
+
+
+# --- greedy decoding shared with summarisation -------------------------------------------------
+
+
+class GreedyDecoder:
+    """A causal LM, its tokenizer and a :class:`biogpt.engine.Engine`, loaded once (per actor).
+
+    Greedy decoding as BioGPT's ``inference.py``: beam 1, ``<pad>`` never chosen
+    (``suppress_tokens``), stop at ``</s>``. ``max_seq_len`` caps the positions (and the engine's
+    cache); ``cuda_graph`` defaults to the engine's choice (on for CUDA).
+    """
+
+    def __init__(self, model_dir: str | Path, what: str, *, dtype: str | None = "auto", device: str | None = None,
+                 max_batch: int = 16, max_seq_len: int | None = None, cuda_graph: bool | None = None):
+        from biogpt.engine import Engine
+        from biogpt.model import BioGptForCausalLM
+
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+            raise ConfigError(f"{what}: batch_size must be a positive integer, got {max_batch!r}")
+        self.model_dir = str(model_dir)
+        self.model = base.load_model(BioGptForCausalLM, self.model_dir, dtype, device, what)
+        self.tokenizer = base.tokenizer_for(self.model_dir)
+        positions = self.model.config.max_position_embeddings
+        self.max_seq_len = min(max_seq_len or positions, positions)
+        self.engine = Engine(self.model, max_batch=max_batch, max_seq_len=self.max_seq_len, dtype=self.model.dtype,
+                             device=self.model.device, cuda_graph=cuda_graph)
+        self.eos = self.tokenizer.eos_token_id
+        self.pad = self.tokenizer.pad_token_id
+        self.bos = self.tokenizer.bos_token_id
+
+    def budgets(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[int]:
+        """New tokens each prompt may generate: ``min(max_new_tokens, max_seq_len - len(prompt))``."""
+        return [min(max_new_tokens, self.max_seq_len - len(p)) for p in prompts]
+
+    def run(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        """New ids per prompt as the engine returns them (up to and including ``</s>``, or the
+        budget); a prompt without room to generate gets ``[]`` (fairseq forces ``</s>`` there)."""
+        prompts = [list(p) for p in prompts]
+        budgets = self.budgets(prompts, max_new_tokens)
+        todo = [i for i, b in enumerate(budgets) if b >= 1]
+        outputs: list[list[int]] = [[] for _ in prompts]
+        if todo:
+            new = self.engine.run([prompts[i] for i in todo], [budgets[i] for i in todo], eos_token_id=self.eos,
+                                  pad_token_id=self.pad, suppress_tokens=[self.pad])
+            for i, ids in zip(todo, new):
+                outputs[i] = list(ids)
+        return outputs
+
+    def text(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
+        """Decoded, detokenised text of new ids without ``<s>``/``</s>`` (fairseq's
+        ``Dictionary.string`` drops them and keeps ``<unk>``); ``skip_special_tokens`` drops every
+        special id (``<unk>`` too)."""
+        kept = [int(i) for i in ids if int(i) not in (self.eos, self.bos)]
+        return self.tokenizer.decode(kept, skip_special_tokens=skip_special_tokens)
+
+
+# --- the task -----------------------------------------------------------------------------------
+
+
+class RelationTask:
+    """The ``re`` task (see the module docstring and :mod:`pipeline.tasks.base`)."""
+
+    name = "re"
+    dataset = "relations"
+    schema = _relations.RELATION_SCHEMA
+    cast_batch = staticmethod(_relations.cast_batch)
+    #: Keep the task's order (relations as generated, then unparsed pieces): the stage sorts by pmid
+    #: first and Python's sort is stable, so no key is needed and None/str never get compared.
+    sort_keys: tuple[str, ...] = ()
+    requires = ("a fine-tuned BioGPT relation-extraction prompt checkpoint of the same task (ddi, kd-dti or "
+                "bc5cdr), converted with `biomine convert fairseq` (it writes biomine_task.json)")
+
+    @classmethod
+    def check_model(cls, model_dir: str | Path, task: str | None = None, **options: Any) -> TaskSettings:
+        """The checkpoint's :class:`TaskSettings`; cheap (config and task files only).
+
+        :raises RelationModelError: no config.json, a non-causal-LM architecture, no or an invalid
+            ``biomine_task.json`` (a base BioGPT, an NER model), a checkpoint of another task (the
+            message says which ``--task`` to pass), or prompt ids outside the vocabulary.
+        """
+        if task is not None and task not in RE_TASKS:
+            raise RelationModelError(f"re: unknown task {task!r}; use one of {', '.join(RE_TASKS)}")
+        try:
+            config = base.read_config(model_dir, "re")
+        except base.WrongModelError as exc:
+            raise RelationModelError(str(exc)) from None
+        arch = base.architecture(config)
+        if arch not in (None, "BioGptForCausalLM"):
+            raise RelationModelError(
+                f"re: {model_dir} is a {arch} checkpoint; relation extraction needs {cls.requires}")
+        try:
+            settings = load_task_settings(model_dir, task)
+        except TaskSettingsError as exc:
+            raise RelationModelError(f"re: {exc}") from None
+        if settings.task not in RE_TASKS:
+            raise RelationModelError(
+                f"re: {model_dir} is a {settings.task} checkpoint, not a relation-extraction one; "
+                f"relation extraction needs {cls.requires}")
+        vocab = config.get("vocab_size")
+        if isinstance(vocab, int) and max(settings.prompt_token_ids) >= vocab:
+            raise RelationModelError(
+                f"re: {model_dir}: prompt token ids {list(settings.prompt_token_ids)} exceed vocab_size {vocab} "
+                "of config.json; convert the checkpoint again")
+        return settings
+
+    @staticmethod
+    def prepare(batch: dict[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+        """Add ``_input_ids`` (JSON: the prompt ids, or null), ``_skip`` (why there is no prompt, or
+        ``""``) and ``_text`` (``title + " " + abstract``, which evidence offsets index)."""
+        model_dir = str(options["model"])
+        settings = _settings(model_dir, options.get("task"))
+        tokenizer = base.tokenizer_for(model_dir)
+        inputs, skips, texts = [], [], []
+        for title, abstract in zip(base.as_list(batch["title"]), base.as_list(batch["abstract"])):
+            title, abstract = base._text(title), base._text(abstract)
+            texts.append(base.article_text(title, abstract))
+            skip = ""
+            if settings.task == "ddi" and not abstract.strip():
+                skip = NO_ABSTRACT
+            elif not title.strip() and not abstract.strip():
+                skip = NO_TEXT
+            if skip:
+                inputs.append(None)
+            else:
+                source = build_source(settings.task, {"title": title, "abstract": abstract})
+                inputs.append(prompt_input_ids(source, tokenizer, settings))
+            skips.append(skip)
+        out = dict(batch)
+        out["_input_ids"] = base.encode_json(inputs)
+        out["_skip"] = skips
+        out["_text"] = texts
+        return out
+
+    def __init__(self, model: str | Path, task: str | None = None, dtype: str | None = "auto", batch_size: int = 16,
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, device: str | None = None,
+                 cuda_graph: bool | None = None, **_: Any):
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise ConfigError(f"re: max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        self.model_dir = str(model)
+        self.settings = _settings(self.model_dir, task)
+        self.task = self.settings.task
+        self.options = {"model": self.model_dir, "task": self.task}
+        self.max_new_tokens = max_new_tokens
+        self.decoder = GreedyDecoder(self.model_dir, "re", dtype=dtype, device=device, max_batch=batch_size,
+                                     max_seq_len=self.settings.max_target_positions, cuda_graph=cuda_graph)
+        self.tokenizer = self.decoder.tokenizer
+        self.prompt_tokens = _prompt_tokens(self.tokenizer, self.settings)
+        self.model_id = base.model_id(self.model_dir)
+        self.decoding = base.decoding_record(strategy="greedy", num_beams=1, max_new_tokens=max_new_tokens)
+
+    # -- building blocks (also used by evaluate_re and the tests) --------------------------------
+    def generate_ids(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Greedy new ids per prompt (including the final ``</s>`` when one was generated)."""
+        return self.decoder.run(prompts, self.max_new_tokens)
+
+    def generation_text(self, ids: Sequence[int]) -> str:
+        """The generated text of new ids (``<s>``/``</s>`` dropped, ``<unk>`` kept, detokenised)."""
+        return self.decoder.text(ids)
+
+    def grammar_input(self, generation: str) -> str:
+        """The text the original post-processing saw, up to the source in front of it:
+        ``learned1 ... learnedN `` + the generation (see the module docstring)."""
+        if not generation.strip():
+            return generation
+        return " ".join(self.prompt_tokens + [generation])
+
+    def parse(self, generation: str, *, chemical2id: Mapping[str, str] | None = None,
+              disease2id: Mapping[str, str] | None = None) -> ParseResult:
+        """Parse one generation as the original did; ``raw`` (and a whole-text unparsed record) is the
+        generation itself, without the prompt tokens."""
+        text = self.grammar_input(generation)
+        result = parse_generation(text, self.task, chemical2id=chemical2id, disease2id=disease2id)
+        unparsed = tuple(Unparsed(generation, u.reason) if u.text == text else u for u in result.unparsed)
+        return dataclasses.replace(result, raw=generation, unparsed=unparsed)
+
+    def generate(self, prompts: Sequence[Sequence[int]]) -> list[str]:
+        """Generated text per prompt."""
+        return [self.generation_text(ids) for ids in self.generate_ids(prompts)]
+
+    def __call__(self, batch: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        if "_input_ids" not in batch:
+            batch = self.prepare(batch, self.options)
+        pmids = [int(p) for p in base.as_list(batch["pmid"])]
+        versions = [int(v) for v in base.as_list(batch["version"])]
+        inputs = base.decode_json(batch["_input_ids"])
+        skips = [str(s) if s else "" for s in base.as_list(batch["_skip"])]
+        texts = base.as_list(batch["_text"])
+        todo = [i for i, ids in enumerate(inputs) if ids is not None]
+        generations = dict(zip(todo, self.generate([inputs[i] for i in todo])))
+        out: list[list[dict[str, Any]]] = []
+        for i, (pmid, version) in enumerate(zip(pmids, versions)):
+            if i in generations:
+                result, decoding = self.parse(generations[i]), self.decoding
+            else:
+                reason = skips[i] or NO_TEXT
+                result = ParseResult(task=self.task, raw="", relations=(), unparsed=(Unparsed("", reason),))
+                decoding = None  # nothing was decoded
+            out.append(relation_rows(result, pmid=pmid, text=str(texts[i]), model_id=self.model_id, version=version,
+                                     decoding=decoding))
+        return out
+
+
+# --- benchmark evaluation -----------------------------------------------------------------------
+
+
+def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_size: int = 16,
+                max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, device: str | None = None, dtype: str | None = "auto",
+                limit: int | None = None, predictions_out: str | Path | None = None) -> dict[str, Any]:
+    """Generate with ``model_dir`` for every record of the benchmark file ``data`` and score it.
+
+    ``data`` is a BioGPT ``{split}.json`` of ``task`` (``re_data.read_re_json``); each record's input
+    is built exactly as the fine-tuning data (``re_format.build_source``, then the prompt) and decoded
+    as :class:`RelationTask` decodes. ``limit`` keeps the first N records (gold included: the others
+    are not scored; for BC5CDR the split-level name map then covers those N). ``predictions_out``
+    gets one JSON line per record: ``id``, ``generation`` (the generated text) and ``relations``
+    (``[head, tail, relation]``, BC5CDR with ``head_id``, ``tail_id``).
+
+    Returns a JSON-serialisable dict: ``task``, ``data``, ``model``, ``model_id``, ``documents``,
+    ``headline`` (``metric``, ``precision``, ``recall``, ``f1``: the ontology-level triples of
+    ``hard_match`` for DDI/KD-DTI, the CID pairs for BC5CDR), ``scores`` (the whole
+    ``re_eval`` report), ``failed_generations`` (records with no parsed relation), ``unparsed_pieces``,
+    ``truncated_sources``, ``generated_tokens``, ``decoding``, ``seconds``.
+
+    :raises ConfigError: unknown task or a ``limit`` below 1.
+    :raises DataFormatError: ``data`` is not a readable file of the task's layout.
+    :raises RelationModelError: ``model_dir`` is not a checkpoint of ``task``.
+    :raises EvaluationError: nothing to score.
+    """
+    from .re_data import read_re_json, split_entity_map
+    from .re_eval import EvaluationError, score_generations
+
+    if task not in RE_TASKS:
+        raise ConfigError(f"unknown relation-extraction task {task!r}; use one of {', '.join(RE_TASKS)}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer, got {limit!r}")
+    RelationTask.check_model(model_dir, task)  # before reading a large file or loading weights
+    records = read_re_json(data, task)
+    if limit is not None:
+        records = dict(itertools.islice(records.items(), limit))
+    if not records:
+        raise EvaluationError(f"{data} holds no records to evaluate")
+
+    start = time.perf_counter()
+    runner = RelationTask(model_dir, task, dtype=dtype, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                          device=device)
+    doc_ids = list(records)
+    prompts, truncated = [], 0
+    for doc_id in doc_ids:
+        source = build_source(task, records[doc_id], record_id=doc_id)
+        prompts.append(prompt_input_ids(source, runner.tokenizer, runner.settings))
+        text = source.lower() if runner.settings.lowercase_source else source
+        truncated += len(runner.tokenizer.encode(text, add_special_tokens=False)) > runner.settings.max_source_positions
+    log.info("re eval: %d %s records from %s, generating with %s", len(prompts), task, data, model_dir)
+    new_ids = runner.generate_ids(prompts)
+    generations = {doc_id: runner.generation_text(ids) for doc_id, ids in zip(doc_ids, new_ids)}
+    scores = score_generations(task, {d: runner.grammar_input(g) for d, g in generations.items()}, records)
+
+    maps = split_entity_map(records) if task == "bc5cdr" else {}
+    failed = unparsed = 0
+    lines = []
+    for doc_id, generation in generations.items():
+        result = runner.parse(generation, **maps)
+        failed += result.failed
+        unparsed += len(result.unparsed)
+        rels = [[r.head, r.tail, r.relation] + ([r.head_id, r.tail_id] if task == "bc5cdr" else [])
+                for r in result.relations]
+        lines.append(json.dumps({"id": doc_id, "generation": generation, "relations": rels}, ensure_ascii=False))
+    if predictions_out is not None:
+        path = Path(predictions_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+    report = json.loads(json.dumps(dataclasses.asdict(scores)))  # tuples -> lists: plain JSON values
+    if task == "bc5cdr":
+        headline = {"metric": "CID pairs (document level)", "precision": scores.precision, "recall": scores.recall,
+                    "f1": scores.f1}
+    else:
+        headline = {"metric": "ontology-level triples (hard_match onto)", "precision": scores.onto.precision,
+                    "recall": scores.onto.recall, "f1": scores.onto.f1}
+    return {
+        "task": task,
+        "data": str(data),
+        "model": str(model_dir),
+        "model_id": runner.model_id,
+        "documents": len(doc_ids),
+        "headline": headline,
+        "scores": report,
+        "failed_generations": failed,
+        "unparsed_pieces": unparsed,
+        "truncated_sources": truncated,
+        "generated_tokens": sum(len(ids) for ids in new_ids),
+        "decoding": runner.decoding,
+        "predictions": str(predictions_out) if predictions_out is not None else None,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def format_re_report(report: Mapping[str, Any]) -> str:
+    """A plain-text table of an :func:`evaluate_re` report."""
+    s = report["scores"]
+    h = report["headline"]
+    lines = [f"relation extraction: {report['task']} on {report['data']}",
+             f"model {report['model_id']} ({report['model']}), {report['documents']} documents, "
+             f"greedy, max_new_tokens {report['decoding']['max_new_tokens']}, {report['seconds']} s",
+             ""]
+
+    def row(name: str, p: float, r: float, f: float) -> str:
+        return f"{name:<34}{p:>10.4f}{r:>10.4f}{f:>10.4f}"
+
+    lines.append(f"{'':<34}{'precision':>10}{'recall':>10}{'f1':>10}")
+    lines.append(row(f"{h['metric']} *", h["precision"], h["recall"], h["f1"]))
+    if report["task"] == "bc5cdr":
+        lines.append("")
+        lines.append(f"TP {s['tp']}  FP {s['fp']}  FN {s['fn']}")
+    else:
+        for name in ("drug", "target", "interaction"):
+            f = s["onto_fields"][name]
+            lines.append(row(f"  ontology {name}", f["precision"], f["recall"], f["f1"]))
+        lines.append(row("sample (mean per document)", s["sample"]["precision"], s["sample"]["recall"],
+                         s["sample"]["f1"]))
+        lines.append(f"{'sample macro f1':<34}{'':>20}{s['sample_macro_f1']:>10.4f}")
+        acc = s["sample_accuracy"]
+        lines.append("")
+        lines.append("sample accuracy: " + ", ".join(f"{k} {acc[k]:.4f}" for k in ("drug", "target", "interaction")))
+        lines.append(f"gold triples {s['num_gold']}, predicted triples {s['num_pred']}, scored documents "
+                     f"{s['num_samples']}, gold without prediction {s['gold_without_prediction']}")
+    lines.append(f"failed generations (no relation parsed) {report['failed_generations']} of {report['documents']}, "
+                 f"unparsed pieces {report['unparsed_pieces']}, truncated sources {report['truncated_sources']}, "
+                 f"generated tokens {report['generated_tokens']}")
+    lines.append("* headline metric")
+    return "\n".join(lines)

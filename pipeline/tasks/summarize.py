@@ -1,0 +1,232 @@
+"""Summarisation (or any prompted free text) of articles with a causal-LM BioGPT checkpoint.
+
+Contract:
+
+- :class:`SummarizeTask` is the ``summarize`` task of the job files (the contract of
+  :mod:`pipeline.tasks.base`): ``dataset = "summaries"``, rows of
+  :data:`schemas.summaries.SUMMARY_SCHEMA` (``pmid``, ``version``, ``prompt_id``, ``summary``,
+  ``model_id``, ``decoding``), one row per article that has a prompt.
+- Checkpoint: a causal LM - the pre-trained BioGPT (``biomine convert fairseq`` of
+  ``Pre-trained-BioGPT``, whose ``biomine_task.json`` says ``lm``) or a model fine-tuned for free text
+  with no task file. :meth:`SummarizeTask.check_model` refuses a token/sequence-classification
+  checkpoint (``config.json`` ``architectures``) and a prompt-tuned task checkpoint (a
+  ``biomine_task.json`` whose task is not ``lm``: its learned prompt would be missing and its output
+  is a task grammar, not a summary) with :class:`~pipeline.tasks.base.WrongModelError`.
+- Prompt (:meth:`SummarizeTask.prepare`): the job's template (``prompt``, default ``"{title}"``;
+  only ``{title}`` and ``{abstract}``) formatted with the article's title and abstract (``""`` when
+  missing), ids ``[2] + encode(prompt, add_special_tokens=False)``. When the prompt plus
+  ``max_new_tokens`` exceeds ``max_position_embeddings``, the ABSTRACT is cut (whole words from its
+  end) until it fits, so the template's cue after it (e.g. ``TL;DR:``) is kept; if the prompt still
+  does not fit (a template without ``{abstract}``, a huge title), its first ids after ``</s>`` are
+  dropped, again keeping the end. An article whose prompt is empty (e.g. ``"{title}"`` and no
+  title) gets no row.
+- Decoding: greedy (``<pad>`` never chosen) on :class:`biogpt.engine.Engine`, at most
+  ``max_new_tokens`` new tokens (default 64, the runner's), stopping at ``</s>``; the greedy ids equal
+  :func:`biogpt.generation.generate`'s. ``summary`` is the tokenizer's decode of the new ids with
+  ``skip_special_tokens`` (pieces joined, Moses-detokenised and unescaped), so it may be empty.
+
+:raises WrongModelError: a checkpoint of the wrong kind.
+:raises ConfigError: a template with other fields, or ``max_new_tokens`` that leaves no room for a
+    prompt in the model's positions.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import string
+from pathlib import Path
+from typing import Any, Mapping
+
+from biogpt.errors import CheckpointError, ConfigError
+from schemas import summaries as _summaries
+
+from . import base
+from .re import GreedyDecoder
+
+DEFAULT_PROMPT = "{title}"
+DEFAULT_PROMPT_ID = "default"
+#: ``max_new_tokens`` when the job does not say (the runner's default for ``[tasks.summarize]``).
+DEFAULT_MAX_NEW_TOKENS = 64
+_FIELDS = ("title", "abstract")
+_WORD = re.compile(r"\S+")
+
+
+def check_template(template: Any) -> str:
+    """``template`` if it is a string whose only fields are ``{title}`` and ``{abstract}``.
+
+    :raises ConfigError: anything else (names the offending field).
+    """
+    if not isinstance(template, str):
+        raise ConfigError(f"summarize: prompt must be a string template, got {template!r}")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        template.format(title="", abstract="")
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise ConfigError(
+            f"summarize: prompt {template!r}: only {{title}} and {{abstract}} may be used ({exc!r})") from None
+    bad = [f for f in fields if f not in _FIELDS]
+    if bad:
+        raise ConfigError(f"summarize: prompt {template!r} uses {bad}; only {{title}} and {{abstract}} may be used")
+    return template
+
+
+def _budget(max_new_tokens: Any) -> int:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise ConfigError(f"summarize: max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    return max_new_tokens
+
+
+@functools.lru_cache(maxsize=8)
+def _positions(model_dir: str) -> int:
+    config = SummarizeTask.check_model(model_dir)
+    return int(config.get("max_position_embeddings") or 1024)
+
+
+def prompt_limit(model_dir: str | Path, max_new_tokens: int) -> int:
+    """The most prompt ids (the leading ``</s>`` included) that leave room for ``max_new_tokens``.
+
+    :raises ConfigError: fewer than 2 (``</s>`` and one token).
+    """
+    positions = _positions(str(model_dir))
+    limit = positions - _budget(max_new_tokens)
+    if limit < 2:
+        raise ConfigError(f"summarize: max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
+                          f"{positions} positions of {model_dir}; ask for at most {positions - 2} new tokens")
+    return limit
+
+
+def prompt_ids(template: str, title: str, abstract: str, tokenizer, limit: int) -> list[int]:
+    """``[2] + encode(template.format(title=, abstract=))``, cut to ``limit`` ids as the module
+    docstring says (the abstract first, from its end, then the first ids after ``</s>``)."""
+
+    def encode(abstract_text: str) -> list[int]:
+        return [tokenizer.eos_token_id] + list(
+            tokenizer.encode(template.format(title=title, abstract=abstract_text), add_special_tokens=False))
+
+    ids = encode(abstract)
+    if len(ids) > limit and abstract and "{abstract}" in template:
+        ends = [m.end() for m in _WORD.finditer(abstract)]
+        # Binary search for the most leading words whose prompt fits (ids grow with words; the final
+        # cut below guarantees the limit even where that does not hold exactly).
+        lo, hi = 0, len(ends) - 1  # keeping all words does not fit
+        best = encode("")
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            candidate = encode(abstract[:ends[mid - 1]] if mid else "")
+            if len(candidate) <= limit:
+                best, lo = candidate, mid + 1
+            else:
+                hi = mid - 1
+        ids = best
+    if len(ids) > limit:
+        ids = ids[:1] + ids[len(ids) - (limit - 1):]
+    return ids
+
+
+class SummarizeTask:
+    """The ``summarize`` task (see the module docstring and :mod:`pipeline.tasks.base`)."""
+
+    name = "summarize"
+    dataset = "summaries"
+    schema = _summaries.SUMMARY_SCHEMA
+    cast_batch = staticmethod(_summaries.cast_batch)
+    sort_keys: tuple[str, ...] = ("prompt_id",)
+    requires = ("a causal-LM BioGPT checkpoint (the pre-trained model converted with `biomine convert fairseq`, "
+                "or one fine-tuned for free text); not a prompt-tuned task or token-classification checkpoint")
+
+    @classmethod
+    def check_model(cls, model_dir: str | Path, **options: Any) -> dict[str, Any]:
+        """The checkpoint's config.json as a dict; cheap (config and task files only).
+
+        With ``prompt`` / ``max_new_tokens`` in ``options`` they are checked too.
+
+        :raises WrongModelError: no config.json, a classification architecture, or a prompt-tuned
+            task checkpoint.
+        :raises ConfigError: a bad template, or ``max_new_tokens`` that leaves no room for a prompt.
+        """
+        from biogpt.fairseq import TASK_FILE, read_task_spec
+
+        config = base.read_config(model_dir, "summarize")
+        arch = base.architecture(config)
+        if arch is not None and arch != "BioGptForCausalLM":
+            raise base.WrongModelError(
+                f"summarize: {model_dir} is a {arch} checkpoint (a classification head, e.g. NER), not a language "
+                f"model; pass {cls.requires.split(';')[0]}")
+        if (Path(model_dir) / TASK_FILE).exists():
+            try:
+                kind = read_task_spec(model_dir).get("task")
+            except CheckpointError as exc:
+                raise base.WrongModelError(f"summarize: {exc}") from None
+            if kind != "lm":
+                raise base.WrongModelError(
+                    f"summarize: {model_dir} is a prompt-tuned {kind} checkpoint ({TASK_FILE}); it generates "
+                    f"{kind} answers, not summaries. Pass a causal LM such as the pre-trained BioGPT "
+                    "(`biomine convert fairseq Pre-trained-BioGPT/checkpoint.pt models/biogpt`)")
+        if "prompt" in options and options["prompt"] is not None:
+            check_template(options["prompt"])
+        if options.get("max_new_tokens") is not None:
+            positions = int(config.get("max_position_embeddings") or 1024)
+            if positions - _budget(options["max_new_tokens"]) < 2:
+                raise ConfigError(f"summarize: max_new_tokens={options['max_new_tokens']} leaves no room for a prompt "
+                                  f"in the {positions} positions of {model_dir}; ask for at most {positions - 2}")
+        return config
+
+    @staticmethod
+    def prepare(batch: dict[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+        """Add ``_input_ids``: JSON prompt ids per article (null where the prompt is empty)."""
+        model_dir = str(options["model"])
+        template = check_template(options.get("prompt") or DEFAULT_PROMPT)
+        limit = prompt_limit(model_dir, options.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+        tokenizer = base.tokenizer_for(model_dir)
+        inputs = []
+        for title, abstract in zip(base.as_list(batch["title"]), base.as_list(batch["abstract"])):
+            title, abstract = base._text(title), base._text(abstract)
+            if not template.format(title=title, abstract=abstract).strip():
+                inputs.append(None)
+                continue
+            inputs.append(prompt_ids(template, title, abstract, tokenizer, limit))
+        out = dict(batch)
+        out["_input_ids"] = base.encode_json(inputs)
+        return out
+
+    def __init__(self, model: str | Path, dtype: str | None = "auto", batch_size: int = 16,
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, device: str | None = None, prompt: str | None = None,
+                 prompt_id: str | None = None, cuda_graph: bool | None = None, **_: Any):
+        self.model_dir = str(model)
+        self.max_new_tokens = _budget(max_new_tokens)
+        self.prompt = check_template(prompt or DEFAULT_PROMPT)
+        self.prompt_id = str(prompt_id or DEFAULT_PROMPT_ID)
+        self.check_model(self.model_dir, prompt=self.prompt, max_new_tokens=self.max_new_tokens)
+        self.options = {"model": self.model_dir, "prompt": self.prompt, "max_new_tokens": self.max_new_tokens}
+        self.decoder = GreedyDecoder(self.model_dir, "summarize", dtype=dtype, device=device, max_batch=batch_size,
+                                     cuda_graph=cuda_graph)
+        self.tokenizer = self.decoder.tokenizer
+        self.model_id = base.model_id(self.model_dir)
+        self.decoding = base.decoding_record(strategy="greedy", num_beams=1, max_new_tokens=self.max_new_tokens)
+
+    def generate_ids(self, prompts) -> list[list[int]]:
+        """Greedy new ids per prompt (including the final ``</s>`` when one was generated)."""
+        return self.decoder.run(prompts, self.max_new_tokens)
+
+    def summary_text(self, ids) -> str:
+        """The summary of new ids: decoded with ``skip_special_tokens`` (Moses-detokenised)."""
+        return self.decoder.text(ids, skip_special_tokens=True)
+
+    def __call__(self, batch: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        if "_input_ids" not in batch:
+            batch = self.prepare(batch, self.options)
+        pmids = [int(p) for p in base.as_list(batch["pmid"])]
+        versions = [int(v) for v in base.as_list(batch["version"])]
+        inputs = base.decode_json(batch["_input_ids"])
+        todo = [i for i, ids in enumerate(inputs) if ids is not None]
+        new = dict(zip(todo, self.generate_ids([inputs[i] for i in todo])))
+        out: list[list[dict[str, Any]]] = []
+        for i, (pmid, version) in enumerate(zip(pmids, versions)):
+            if i not in new:
+                out.append([])
+                continue
+            out.append([{"pmid": pmid, "version": version, "prompt_id": self.prompt_id,
+                         "summary": self.summary_text(new[i]), "model_id": self.model_id,
+                         "decoding": dict(self.decoding)}])
+        return out

@@ -1,0 +1,305 @@
+"""`biomine run` end to end: real local Ray, tiny random BioGPT checkpoints, loopback fake E-utilities.
+
+What must hold (issue "Distributed pipeline on Ray"):
+
+- every input PMID appears exactly once in ``documents``; every output row's PMID (and version)
+  exists in ``documents``; every output file has its declared schema (name and version included);
+- a run interrupted mid-way (Ctrl-C to the whole process group, as a terminal sends it) and then
+  re-run gives the same outputs as an uninterrupted run;
+- an incremental files job applies updates: outputs of replaced and deleted articles are dropped,
+  only changed shards are recomputed;
+- the wrong kind of checkpoint is refused before any work starts.
+
+The jobs run as ``python -m pipeline.cli run`` subprocesses (each starts its own local Ray), except
+the incremental test, which runs in-process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fake_eutils import FakeEutils, article_xml, pubmed_document
+from pipeline.shards import iter_shard_paths, read_articles
+
+REPO = Path(__file__).resolve().parents[1]
+QUERY = "anticoagulant drug interactions"
+DATASETS = {"entities": "schemas.entities", "relations": "schemas.relations", "summaries": "schemas.summaries"}
+
+SENTENCES = [
+    "Warfarin and aspirin increase bleeding risk.",
+    "Ketoconazole raises midazolam exposure through CYP3A4 inhibition.",
+    "Cisplatin causes nephrotoxicity; magnesium protects the kidney.",
+    "Fluconazole inhibits CYP2C9 and raises the concentration of warfarin.",
+    "Rifampicin induces CYP3A4 and lowers simvastatin levels.",
+    "Clarithromycin combined with simvastatin caused rhabdomyolysis in a 70-year-old man.",
+]
+
+
+def _abstract(i: int) -> str | None:
+    if i % 7 == 3:
+        return None  # kept and flagged, never dropped
+    text = " ".join(SENTENCES[(i + k) % len(SENTENCES)] for k in range(1 + i % 3))
+    if i % 5 == 0:
+        text += " Patients in Zürich (β-blocker users) were excluded."
+    return html.escape(text, quote=False)
+
+
+ARTICLES = [(40_000_000 + i, dt.date(2018 + i % 5, 1 + i % 12, 1 + i % 27)) for i in range(22)]
+
+
+def corpus_texts() -> list[str]:
+    texts = []
+    for i, _ in enumerate(ARTICLES):
+        texts.append(f"Article {i} on drug interactions.")
+        texts.append(html.unescape(_abstract(i) or ""))
+    return texts + [t.lower() for t in texts] + ["the interaction between aspirin and warfarin is mechanism."]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Tiny random checkpoints in the published layout: NER (BIO), a DDI prompt model, a causal LM."""
+    from biogpt.model import BioGptForTokenClassification
+    from biogpt.tiny import make_tiny_checkpoint, make_tiny_task_checkpoint
+    from pipeline.tasks.ner_spans import label_list
+
+    root = tmp_path_factory.mktemp("models")
+    texts = corpus_texts()
+    labels = label_list(["Chemical", "Disease"], "BIO")
+    paths = {
+        "ner": make_tiny_checkpoint(root / "ner-tiny", texts, model_cls=BioGptForTokenClassification,
+                                    id2label=dict(enumerate(labels)), seed=1),
+        "re": make_tiny_task_checkpoint(root / "re-ddi-tiny", texts, task="re-ddi"),
+        "summarize": make_tiny_checkpoint(root / "lm-tiny", texts, seed=2),
+    }
+    return paths
+
+
+def write_job(path: Path, *, output: Path, source: str, models: dict[str, Path], tasks=("ner", "re", "summarize"),
+              shard_size: int = 3) -> Path:
+    blocks = {
+        "ner": f'[tasks.ner]\nmodel = "{models["ner"]}"\nbatch_size = 2\n',
+        "re": f'[tasks.re]\ntask = "ddi"\nmodel = "{models["re"]}"\nbatch_size = 3\nmax_new_tokens = 12\n',
+        "summarize": (f'[tasks.summarize]\nmodel = "{models["summarize"]}"\nprompt = "{{title}} {{abstract}} In summary,"\n'
+                      'prompt_id = "in-summary-v1"\nmax_new_tokens = 6\nbatch_size = 4\n'),
+    }
+    text = (f'[job]\nname = "e2e"\noutput = "{output}"\n\n[source]\n{source}\nshard_size = {shard_size}\n\n'
+            + "\n".join(blocks[t] for t in tasks) + '\n[resources]\nactors = 1\n')
+    path.write_text(text)
+    return path
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "NCBI_API_KEY", "NCBI_EMAIL", "BIOMINE_EUTILS_URL")}
+    env.update(BIOMINE_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_cli(job: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(job), "--no-progress"], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def dataset(out: Path, name: str) -> pa.Table:
+    files = sorted((out / name).glob("*.parquet"))
+    return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+
+
+def canonical(table: pa.Table) -> list[dict]:
+    rows = table.to_pylist()
+    return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))
+
+
+def check_invariants(out: Path, expected_pmids: set[int]) -> dict[str, pa.Table]:
+    import importlib
+
+    docs = read_articles(out / "documents")
+    pmids = docs.column("pmid").to_pylist()
+    assert sorted(pmids) == sorted(expected_pmids), "every input PMID exactly once in documents"
+    versions = dict(zip(pmids, docs.column("version").to_pylist()))
+    tables = {"documents": docs}
+    for name, module in DATASETS.items():
+        schema_module = importlib.import_module(module)
+        declared = next(v for k, v in vars(schema_module).items() if k.endswith("_SCHEMA"))
+        shard_stems = {p.stem for p in iter_shard_paths(out / "documents")}
+        files = sorted((out / name).glob("*.parquet"))
+        assert {f.stem for f in files} == shard_stems, f"{name}: one output file per document shard"
+        for f in files:
+            schema = pq.read_schema(f)
+            assert schema.equals(declared, check_metadata=True), f"{f} does not have the declared schema"
+            schema_module.check_schema(schema, str(f))
+        table = dataset(out, name)
+        for pmid, version in zip(table.column("pmid").to_pylist(), table.column("version").to_pylist()):
+            assert versions.get(pmid) == version, f"{name}: row of PMID {pmid} v{version} not in documents"
+        tables[name] = table
+    return tables
+
+
+@pytest.fixture
+def fake_pubmed():
+    with FakeEutils(lifetime=600) as server:
+        server.add_query(QUERY, [(pmid, date, article_xml(pmid, date, abstract=_abstract(i),
+                                                          title=f"Article {i} on drug interactions."))
+                                 for i, (pmid, date) in enumerate(ARTICLES)])
+        yield server
+
+
+@pytest.mark.slow
+def test_entrez_job_end_to_end_interrupted_run_resumes_to_identical_outputs(tmp_path, models, fake_pubmed):
+    env = cli_env(tmp_path)
+    source = f'kind = "entrez"\nquery = "{QUERY}"\nemail = "tests@example.org"\neutils_url = "{fake_pubmed.url}"'
+    expected = {pmid for pmid, _ in ARTICLES}
+
+    # 1. Uninterrupted reference run.
+    ref_out = tmp_path / "ref"
+    done = run_cli(write_job(tmp_path / "ref.toml", output=ref_out, source=source, models=models), env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ref = check_invariants(ref_out, expected)
+    manifest = json.loads((ref_out / "_manifest.json").read_text())
+    assert manifest["failures"] == []
+    assert {k: manifest["stages"][k]["documents"] for k in ("ner", "re", "summarize")} == \
+        {"ner": len(expected), "re": len(expected), "summarize": len(expected)}
+    assert set(manifest["models"]) == {"ner", "re", "summarize"} and all(
+        len(m["sha256"]) == 64 for m in manifest["models"].values())
+    assert ref["summaries"].num_rows == len(expected)  # one summary per article, abstract or not
+    statuses = set(ref["relations"].column("parse_status").to_pylist())
+    assert statuses <= {"ok", "unparsed"} and ref["relations"].num_rows >= len(expected)
+
+    # 2. Interrupted run: Ctrl-C (SIGINT to the process group) once the first task outputs exist.
+    out = tmp_path / "resumed"
+    job = write_job(tmp_path / "resumed.toml", output=out, source=source, models=models)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(job), "--no-progress"], env=env,
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list((out / "entities").glob("*.parquet"))) >= 2:
+                break
+            time.sleep(0.05)
+        interrupted = proc.poll() is None
+        if interrupted:
+            os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the interrupted Ray, if any
+        except ProcessLookupError:
+            pass
+    assert interrupted, "the run finished before it could be interrupted; make the job larger"
+    assert proc.returncode != 0
+    partial = json.loads((out / "_manifest.json").read_text())
+    assert partial.get("finished_at") is None  # the manifest says the run did not finish
+    n_entities = len(list((out / "entities").glob("*.parquet")))
+    assert n_entities < len(list(iter_shard_paths(out / "documents"))) or not (out / "summaries").exists()
+
+    again = run_cli(job, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = check_invariants(out, expected)
+    final = json.loads((out / "_manifest.json").read_text())
+    assert final["stages"]["ner"]["shards_skipped"] >= 2  # finished shards were not redone
+    assert final["stages"]["documents"]["already_present"] == len(expected)  # nothing fetched twice
+
+    for name in DATASETS:
+        assert canonical(resumed[name]) == canonical(ref[name]), f"{name} differs after the resumed run"
+    drop = ["fetched_at", "source"]
+    assert canonical(resumed["documents"].drop(drop)) == canonical(ref["documents"].drop(drop))
+
+
+@pytest.mark.slow
+def test_incremental_files_job_drops_replaced_and_deleted_articles(tmp_path, models):
+    from pipeline.jobspec import load_job
+    from pipeline.runner import run_job
+
+    src = tmp_path / "pubmed"
+    src.mkdir()
+    baseline = [article_xml(p, abstract=_abstract(p)) for p in range(1, 10)]
+    (src / "pubmed25n0001.xml").write_text(pubmed_document(baseline))
+    out = tmp_path / "out"
+    job = write_job(tmp_path / "daily.toml", output=out, source=f'kind = "files"\npaths = ["{src}"]',
+                    models=models, tasks=("ner", "summarize"), shard_size=3)
+    first = run_job(load_job(job), progress=False, num_cpus=2)
+    check_invariants_files(out, set(range(1, 10)), tasks=("entities", "summaries"))
+    assert first["stages"]["ner"]["shards_done"] == 3
+
+    # A daily update: PMID 2 gets version 2, PMID 8 is deleted, PMID 10 is new.
+    update = [article_xml(2, title="Second version.", version=2, abstract=_abstract(4)), article_xml(10)]
+    (src / "pubmed25n0002.xml").write_text(pubmed_document(update, deletions=[8]))
+    second = run_job(load_job(job), progress=False, num_cpus=2)
+    tables = check_invariants_files(out, set(range(1, 11)) - {8}, tasks=("entities", "summaries"))
+    summaries = {r["pmid"]: r["version"] for r in tables["summaries"].to_pylist()}
+    assert summaries.get(2) == 2 and 8 not in summaries and 10 in summaries
+    ner = second["stages"]["ner"]
+    # Only the shards holding changed articles are new; untouched ones are skipped, retired ones removed.
+    assert ner["shards_skipped"] >= 1 and ner["shards_retired"] >= 1
+    assert ner["documents"] < 10
+
+    third = run_job(load_job(job), progress=False, num_cpus=2)  # nothing new: nothing recomputed
+    assert third["stages"]["ner"]["shards_done"] == 0 and third["stages"]["summarize"]["shards_done"] == 0
+
+
+def check_invariants_files(out: Path, expected: set[int], tasks) -> dict[str, pa.Table]:
+    docs = read_articles(out / "documents")
+    assert sorted(docs.column("pmid").to_pylist()) == sorted(expected)
+    versions = dict(zip(docs.column("pmid").to_pylist(), docs.column("version").to_pylist()))
+    shards = {p.stem for p in iter_shard_paths(out / "documents")}
+    tables = {}
+    for name in tasks:
+        assert {f.stem for f in (out / name).glob("*.parquet")} == shards
+        table = dataset(out, name)
+        assert all(versions.get(p) == v for p, v in zip(table.column("pmid").to_pylist(),
+                                                         table.column("version").to_pylist()))
+        tables[name] = table
+    return tables
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray_shutdown():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def test_wrong_checkpoint_kind_is_refused_before_any_work(tmp_path, models, capsys):
+    from pipeline.cli import main
+
+    out = tmp_path / "out"
+    wrong = dict(models, re=models["summarize"])  # a base LM given to relation extraction
+    job = write_job(tmp_path / "bad.toml", output=out, source='kind = "files"\npaths = ["/nonexistent"]',
+                    models=wrong, tasks=("re",))
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("biomine: error: ") and "lm-tiny" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # nothing fetched, nothing written
+
+
+@pytest.mark.slow
+def test_demo_command_runs_the_bundled_job(tmp_path):
+    demo = (REPO / "jobs" / "demo.toml").read_text()
+    demo = demo.replace('"../out/demo"', f'"{tmp_path / "out"}"').replace("../out/demo-models", str(tmp_path / "models"))
+    demo = demo.replace('"data/demo_pubmed.xml"', f'"{REPO / "jobs" / "data" / "demo_pubmed.xml"}"')
+    job = tmp_path / "demo.toml"
+    job.write_text(demo)
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--job", str(job), "--no-progress"],
+                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "-- entities per label" in done.stdout and "-- summaries" in done.stdout
+    docs = read_articles(tmp_path / "out" / "documents")
+    assert docs.num_rows == 4
+    for name in DATASETS:
+        assert (tmp_path / "out" / name).is_dir()
+    assert (tmp_path / "out" / "kb.parquet").exists()
