@@ -66,8 +66,12 @@ def learn_bpe(word_counts: dict[str, int], num_merges: int) -> list[tuple[str, s
     return merges
 
 
-def write_vocab(out_dir: str | Path, texts: Iterable[str], num_merges: int = 300) -> int:
-    """Write vocab.json + merges.txt learned from ``texts``; returns the vocabulary size."""
+def write_vocab(out_dir: str | Path, texts: Iterable[str], num_merges: int = 300, pad_to: int | None = None) -> int:
+    """Write vocab.json + merges.txt learned from ``texts``; returns the vocabulary size.
+
+    ``pad_to`` appends unused symbols (``<unused_N>``, never produced by BPE) up to that size, so a
+    benchmark model has the embedding and output projection of a real vocabulary (42,384 for BioGPT).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = _moses_words(texts)
@@ -81,6 +85,10 @@ def write_vocab(out_dir: str | Path, texts: Iterable[str], num_merges: int = 300
     vocab: dict[str, int] = {}
     for s in SPECIALS + symbols:
         vocab.setdefault(s, len(vocab))
+    if pad_to is not None and pad_to < len(vocab):
+        raise ValueError(f"pad_to={pad_to} is smaller than the learned vocabulary ({len(vocab)})")
+    while pad_to is not None and len(vocab) < pad_to:
+        vocab[f"<unused_{len(vocab)}>"] = len(vocab)
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=0) + "\n")
     (out_dir / "merges.txt").write_text("".join(f"{a} {b} {i}\n" for i, (a, b) in enumerate(merges)))
     return len(vocab)
@@ -89,10 +97,11 @@ def write_vocab(out_dir: str | Path, texts: Iterable[str], num_merges: int = 300
 def make_tiny_checkpoint(out_dir: str | Path, texts: Iterable[str], *, hidden_size: int = 32,
                          num_hidden_layers: int = 2, num_attention_heads: int = 4, intermediate_size: int = 64,
                          max_position_embeddings: int = 256, num_merges: int = 300, seed: int = 0,
-                         model_cls=BioGptForCausalLM, **config_kwargs) -> Path:
-    """Write a random BioGPT of the given size with a vocabulary learned from ``texts``."""
+                         model_cls=BioGptForCausalLM, vocab_size: int | None = None, **config_kwargs) -> Path:
+    """Write a random BioGPT of the given size with a vocabulary learned from ``texts`` (padded with
+    unused symbols to ``vocab_size`` when given, e.g. 42,384 for a BioGPT-base sized benchmark)."""
     out_dir = Path(out_dir)
-    vocab_size = write_vocab(out_dir, list(texts), num_merges)
+    vocab_size = write_vocab(out_dir, list(texts), num_merges, pad_to=vocab_size)
     config = BioGptConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
                           num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
                           max_position_embeddings=max_position_embeddings,
@@ -136,6 +145,7 @@ def make_tiny_task_checkpoint(out_dir: str | Path, texts: Iterable[str], *, task
                  max_position_embeddings=256)
     sizes.update({k: kwargs.pop(k) for k in list(kwargs) if k in sizes})
     num_merges, seed = kwargs.pop("num_merges", 300), kwargs.pop("seed", 0)
+    vocab_size = kwargs.pop("vocab_size", None)  # total, learned prompt tokens included
     max_target = sizes["max_position_embeddings"]
     if task != "lm":
         room = max_target - n_prompt - 2  # </s> + source + prompt, and one position to generate
@@ -155,7 +165,11 @@ def make_tiny_task_checkpoint(out_dir: str | Path, texts: Iterable[str], *, task
     marker = TRUNCATION_MARKER + "</w>"
     if marker not in vocab:  # a vocabulary piece, as "..." is in BioGPT's dict.txt (id 11475)
         vocab[marker] = len(vocab)
-        vocab_file.write_text(json.dumps(vocab, ensure_ascii=False, indent=0) + "\n")
+    if vocab_size is not None and vocab_size < len(vocab) + n_prompt:
+        raise ValueError(f"vocab_size={vocab_size} is smaller than the learned vocabulary + prompt tokens")
+    while vocab_size is not None and len(vocab) < vocab_size - n_prompt:
+        vocab[f"<unused_{len(vocab)}>"] = len(vocab)
+    vocab_file.write_text(json.dumps(vocab, ensure_ascii=False, indent=0) + "\n")
     tokenizer = BioGptTokenizer.from_pretrained(out_dir)
     learned = [f"learned{i}" for i in range(1, n_prompt + 1)]
     tokenizer.add_tokens(learned)  # as the converter does: ids V0..V0+N-1 after the vocabulary

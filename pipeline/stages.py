@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,14 @@ class _TaskActor:
         }
 
 
+def _quiet_ray_data_console() -> None:
+    """Ray Data logs every execution plan at INFO to the console (its own handler, set up when
+    ``ray.data`` is imported); keep warnings there, and everything in Ray's session log files."""
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (sys.stderr, sys.stdout):
+            handler.setLevel(logging.WARNING)
+
+
 def run_task_stage(task_cls: type, options: dict[str, Any], shards: list[Path], out_dir: Path, *,
                    batch_size: int, actors: int, gpus_per_actor: float, cpus_per_actor: float = 1.0,
                    on_shard: Callable[[Path, int, int], None] | None = None,
@@ -140,7 +149,10 @@ def run_task_stage(task_cls: type, options: dict[str, Any], shards: list[Path], 
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # shards complete in order: bounded driver buffers
-    ctx.enable_progress_bars = progress
+    # Ray Data's bars in a terminal; elsewhere (cron, CI logs) one log line per finished shard instead
+    # of Ray's periodic plan dumps, which would bury the lines that name failing records.
+    ctx.enable_progress_bars = progress and sys.stderr.isatty()
+    _quiet_ray_data_console()
     columns = ["pmid", "version", "title", "abstract"]
     ds = ray.data.read_parquet([str(s) for s in pending], columns=columns, include_paths=True)
     ds = ds.map_batches(_prepare, fn_kwargs=dict(task_cls=task_cls, options=options),
@@ -172,6 +184,8 @@ def run_task_stage(task_cls: type, options: dict[str, Any], shards: list[Path], 
                 result.shards_done += 1
                 result.documents += expected[shard]
                 result.rows += len(rows_)
+                log.info("%s: %s done (%d documents, %d rows) [%d/%d shards]", task_cls.name, out,
+                         expected[shard], len(rows_), result.shards_done + result.shards_skipped, len(shards))
                 if on_shard:
                     on_shard(out, expected[shard], len(rows_))
     missing = {s: expected[s] - seen.get(s, 0) for s in expected if seen.get(s, 0) != expected[s]}

@@ -98,3 +98,37 @@ def test_exactly_once_and_resume(tmp_path, ray_local):
     r3 = run_task_stage(DictionaryNer, {"model": "dict-v1"}, shards, out, **kw)
     assert r3.shards_done == 1 and r3.shards_skipped == 3
     assert pq.read_table(lost).equals(before)
+
+
+class DyingOnceNer(DictionaryNer):
+    """Kills its own actor process the first time it sees PMID 7 (a marker file makes it once)."""
+
+    def __init__(self, model, marker, **_):
+        super().__init__(model)
+        self.marker = marker
+
+    def __call__(self, batch):
+        import os
+        from pathlib import Path
+
+        if 7 in list(batch["pmid"]) and not Path(self.marker).exists():
+            Path(self.marker).write_text("died")
+            os._exit(1)  # the actor process dies mid-batch, as on an OOM kill or a lost node
+        return super().__call__(batch)
+
+    @staticmethod
+    def prepare(batch, options):
+        return DictionaryNer.prepare(batch, options)
+
+
+def test_dead_actor_costs_time_not_rows(tmp_path, ray_local):
+    shards = make_shards(tmp_path, [4, 4, 4])
+    marker = tmp_path / "died-once"
+    out = tmp_path / "entities"
+    r = run_task_stage(DyingOnceNer, {"model": "dict-v1", "marker": str(marker)}, shards, out,
+                       batch_size=2, actors=1, gpus_per_actor=0, progress=False)
+    assert marker.exists(), "the actor did not die: the test proves nothing"
+    assert r.shards_done == 3 and r.documents == 12 and r.failures == []
+    got = pa.concat_tables([pq.read_table(shard_output(out, s)) for s in shards]).to_pylist()
+    expected = sorted((p, d) for p in range(1, 13) if p % 2 for d in ("aspirin", "warfarin"))
+    assert sorted((row["pmid"], row["text"].lower()) for row in got) == expected  # none lost, none twice
