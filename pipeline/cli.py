@@ -37,7 +37,12 @@ Typical flow:
   biomine fetch --query "warfarin AND drug interactions" --max 500 --out data/warfarin
   biomine ingest pubmed25n0001.xml.gz --out data/baseline
   biomine convert fairseq RE-DDI/checkpoint_avg.pt models/re-ddi
-  biomine demo                       # a small end-to-end example on this machine
+  biomine train ner --data CDR_TrainingSet.PubTator.txt --base models/biogpt --out models/ner
+  biomine eval re --task ddi --data DDI/test.json --model models/re-ddi
+  biomine run jobs/ddi-kb.toml       # fetch + tasks on Ray -> Parquet under the job's output
+  biomine kb build --relations out/ddi-kb/relations --out out/ddi-kb/kb.parquet
+  biomine query out/ddi-kb "SELECT * FROM kb ORDER BY n_abstracts DESC LIMIT 20"
+  biomine demo                       # the whole pipeline on this machine, tiny models
 
 Run `biomine COMMAND --help` for each command's options and examples.
 """
