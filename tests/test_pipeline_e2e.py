@@ -302,4 +302,13 @@ def test_demo_command_runs_the_bundled_job(tmp_path):
     assert docs.num_rows == 4
     for name in DATASETS:
         assert (tmp_path / "out" / name).is_dir()
-    assert (tmp_path / "out" / "kb.parquet").exists()
+    # The demo's NER and DDI models are fitted to the sample: their outputs are the sample's terms.
+    from pipeline.commands.demo import LEXICON
+    from pipeline.query import query
+
+    terms = {t for ts in LEXICON.values() for t in ts}
+    entities = query(tmp_path / "out", "SELECT lower(text) AS t FROM entities")["t"].tolist()
+    assert entities and set(entities) <= terms
+    kb = query(tmp_path / "out", "SELECT drug_a, drug_b, relation FROM kb")
+    assert len(kb) >= 1 and set(kb["drug_a"]) | set(kb["drug_b"]) <= set(LEXICON["Chemical"])
+    assert set(kb["relation"]) <= {"effect", "mechanism", "advise", "int"}

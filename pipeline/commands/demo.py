@@ -1,16 +1,20 @@
-"""``biomine demo``: the whole pipeline on this machine in about a minute, with tiny random models.
+"""``biomine demo``: the whole pipeline on this machine in about a minute, with tiny models.
 
-Real BioGPT weights cannot be downloaded here, so the demo writes tiny random checkpoints in the
-published layout (:mod:`biogpt.tiny`): a token-classification model for NER, a prompt-tuned DDI
-relation-extraction model with its ``biomine_task.json``, and a causal LM for summaries, each with a
-BPE vocabulary learned from the sample abstracts. It then runs ``jobs/demo.toml`` (ingest the
-bundled PubMed XML, shard, NER/RE/summaries on a local Ray), builds the DDI knowledge base and runs
-a few DuckDB queries. Outputs of random models are meaningless text; every step around them is real.
+Real BioGPT weights cannot be downloaded here, so the demo writes tiny checkpoints in the published
+layout (:mod:`biogpt.tiny`), each with a BPE vocabulary learned from the sample abstracts: a
+token-classification model fine-tuned with ``biomine train ner``'s code on silver annotations of the
+sample (a lexicon), a prompt-tuned DDI model with its ``biomine_task.json`` fitted to the sample's
+drug pairs in BioGPT's fine-tuning format, and a random causal LM for summaries. It then runs
+``jobs/demo.toml`` (ingest the bundled PubMed XML, shard, NER/RE/summaries on a local Ray), builds the
+DDI knowledge base and runs a few DuckDB queries. The NER and RE models have memorised their training
+abstracts, so they show the mechanics, not accuracy; the summaries of a random LM are noise.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 from pathlib import Path
 
@@ -30,9 +34,14 @@ by editing the model paths in a copy of jobs/demo.toml.
 
 QUERIES = [
     ("documents", "SELECT pmid, pub_year, has_abstract, left(title, 60) AS title FROM documents ORDER BY pmid"),
+    ("entities of PMID 90000003", "SELECT start, \"end\", label, text, round(score, 3) AS score FROM entities "
+                                  "WHERE pmid = 90000003 ORDER BY start"),
     ("entities per label", "SELECT label, count(*) AS mentions, count(DISTINCT pmid) AS abstracts "
                            "FROM entities GROUP BY 1 ORDER BY 1"),
     ("relations by parse status", "SELECT parse_status, count(*) AS n FROM relations GROUP BY 1 ORDER BY 1"),
+    ("relations", "SELECT pmid, head, tail, relation, left(evidence_text, 50) AS evidence FROM relations "
+                  "WHERE parse_status = 'ok' ORDER BY pmid, head"),
+    ("DDI knowledge base", "SELECT drug_a, drug_b, relation, n_abstracts, pmids FROM kb ORDER BY drug_a, drug_b"),
     ("summaries", "SELECT pmid, prompt_id, left(summary, 60) AS summary FROM summaries ORDER BY pmid"),
 ]
 
@@ -46,42 +55,134 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def demo_texts(paths: list[str]) -> list[str]:
-    """Titles and abstracts of the job's XML files: what the tiny vocabularies are learned from."""
+# The demo's silver annotations of jobs/data/demo_pubmed.xml: a lexicon for NER and the drug pairs
+# each abstract states for DDI (synthetic citations, annotated by the biomine authors).
+LEXICON = {
+    "Chemical": ["warfarin", "aspirin", "fluconazole", "ketoconazole", "midazolam", "rifampicin", "cisplatin",
+                 "magnesium", "simvastatin", "clarithromycin"],
+    "Disease": ["bleeding", "nephrotoxicity", "acute kidney injury", "ototoxicity", "rhabdomyolysis", "myopathy"],
+}
+DDI_TRIPLES = {
+    90000001: [("aspirin", "warfarin", "effect"), ("fluconazole", "warfarin", "mechanism")],
+    90000003: [("ketoconazole", "midazolam", "mechanism"), ("rifampicin", "midazolam", "mechanism")],
+}
+
+
+def demo_records(paths: list[str]) -> list[dict]:
+    """The articles of the job's XML files (pmid, version, title, abstract)."""
     from pipeline.ingest import discover_inputs
     from pipeline.pubmed_xml import iter_records
 
-    texts = []
-    for path in discover_inputs(paths):
-        for record in iter_records(path):
-            if isinstance(record, dict):
-                texts += [record.get("title") or "", record.get("abstract") or ""]
-    return [t for t in texts if t]
+    return [r for path in discover_inputs(paths) for r in iter_records(path) if isinstance(r, dict)]
 
 
-def make_demo_models(spec, texts: list[str]) -> list[Path]:
-    """Write the tiny checkpoint of every task of ``spec`` whose model directory does not exist yet."""
-    from biogpt.model import BioGptForTokenClassification
+def write_silver_pubtator(records: list[dict], path: Path) -> Path:
+    """PubTator mentions of the lexicon's terms (whole words, any case) in title + " " + abstract."""
+    import re
+
+    from pipeline.tasks.base import article_text
+
+    blocks = []
+    for r in records:
+        text = article_text(r.get("title"), r.get("abstract"))
+        # PubTator is line-based: a structured abstract's section breaks become spaces (same offsets).
+        abstract = (r.get("abstract") or "").replace("\n", " ")
+        lines = [f"{r['pmid']}|t|{r.get('title') or ''}", f"{r['pmid']}|a|{abstract}"]
+        found = []
+        for label, terms in LEXICON.items():
+            for term in terms:
+                found += [(m.start(), m.end(), label) for m in re.finditer(rf"\b{re.escape(term)}\b", text, re.I)]
+        for start, end, label in sorted(found):
+            lines.append(f"{r['pmid']}\t{start}\t{end}\t{text[start:end]}\t{label}\t-")
+        blocks.append("\n".join(lines))
+    path.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+    return path
+
+
+def fit_prompt_model(model_dir: Path, task: str, records: list[dict], triples: dict, steps: int = 300) -> float:
+    """Teacher-force the prompt model on each abstract's gold target (BioGPT's RE fine-tuning format:
+    ``[2] + source + learned1..N + target + </s>``, loss on the target) until it reproduces them."""
+    import torch
+
+    from biogpt import BioGptForCausalLM, BioGptTokenizer
+    from pipeline.tasks.re_format import build_source, build_target, load_task_settings, prompt_input_ids
+
+    tok = BioGptTokenizer.from_pretrained(model_dir)
+    settings = load_task_settings(model_dir, task)
+    model = BioGptForCausalLM.from_pretrained(model_dir).train()
+    examples = []
+    for r in records:
+        if not r.get("abstract"):
+            continue  # the DDI model reads the abstract only
+        record = {"title": r.get("title") or "", "abstract": r.get("abstract") or "",
+                  "triples": [dict(drug=a, target=b, interaction=c) for a, b, c in triples.get(r["pmid"], [])]}
+        prompt = prompt_input_ids(build_source(task, record), tok, settings)
+        # An abstract that states no interaction is taught to end at once (an empty generation).
+        target = tok.encode(build_target(task, record), add_special_tokens=False) if record["triples"] else []
+        target = target + [tok.eos_token_id]
+        ids = torch.tensor([prompt + target])
+        labels = torch.full_like(ids, -100)
+        labels[0, len(prompt):] = ids[0, len(prompt):]
+        examples.append((ids, labels))
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loss = torch.tensor(0.0)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = sum(model(ids, labels=labels).loss for ids, labels in examples)
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.01:
+            break
+    model.eval().save_pretrained(model_dir)
+    return float(loss.item())
+
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def make_demo_models(spec, records: list[dict]) -> list[Path]:
+    """Write (and, for NER and RE, fit to the sample) the tiny checkpoint of every task of ``spec``
+    whose model directory does not exist yet."""
     from biogpt.tiny import make_tiny_checkpoint, make_tiny_task_checkpoint
-    from pipeline.tasks.ner_spans import label_list
+    from pipeline.tasks.ner import train_ner
 
+    texts = [t for r in records for t in (r.get("title"), r.get("abstract")) if t]
     made = []
-    # Random tied embeddings make a model repeat its last input token; untied ones vary a little more.
-    untied = {"tie_word_embeddings": False}
-    # The prompt-tuned RE model reads lower-cased text (docs/tasks.md): learn its vocabulary so.
+    # The prompt-tuned RE model reads lower-cased text (docs/tasks.md): learn its vocabulary so too.
     corpus = texts + [t.lower() for t in texts] + ["the interaction between aspirin and warfarin is mechanism."]
+    # Random tied embeddings make a model repeat its last input token; untied ones vary a little more.
+    tiny = {"tie_word_embeddings": False, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     for name, task in spec.tasks.items():
         if (task.model / "config.json").exists():
             continue
         if name == "ner":
-            labels = label_list(["Chemical", "Disease"], "BIO")
-            make_tiny_checkpoint(task.model, corpus, model_cls=BioGptForTokenClassification,
-                                 id2label=dict(enumerate(labels)), **untied)
+            work = task.model.parent / f".{task.model.name}-work"
+            base = make_tiny_checkpoint(work / "base", corpus, **tiny)
+            data = write_silver_pubtator(records, work / "silver.pubtator")
+            with _quiet("pipeline.tasks.ner", "biogpt.weights"):  # 100 epoch lines and the new-head notice
+                summary = train_ner(data, base, task.model, epochs=100, lr=1e-2, batch_size=4, progress=False)
+            print(f"ner: fitted {task.model} to {summary['mentions']} silver mentions (loss "
+                  f"{summary.get('final_loss', float('nan')):.3f})", file=sys.stderr)
         elif name == "re":
-            make_tiny_task_checkpoint(task.model, corpus, task={"ddi": "re-ddi", "kd-dti": "re-dti",
-                                                                 "bc5cdr": "re-bc5cdr"}[task.task], **untied)
+            kind = {"ddi": "re-ddi", "kd-dti": "re-dti", "bc5cdr": "re-bc5cdr"}[task.task]
+            make_tiny_task_checkpoint(task.model, corpus, task=kind, hidden_size=48, seed=3, **tiny)
+            if task.task == "ddi":
+                with _quiet("biogpt.weights"):
+                    loss = fit_prompt_model(task.model, "ddi", records, DDI_TRIPLES)
+                print(f"re: fitted {task.model} to the sample's DDI targets (loss {loss:.3f})", file=sys.stderr)
         else:
-            make_tiny_checkpoint(task.model, corpus, **untied)
+            make_tiny_checkpoint(task.model, corpus, **tiny)
         made.append(task.model)
     return made
 
@@ -99,8 +200,8 @@ def run(args: argparse.Namespace) -> int:
         from biogpt.errors import ConfigError
 
         raise ConfigError(f"{args.job}: the demo runs a files source (bundled XML), not {spec.source.kind!r}")
-    for path in make_demo_models(spec, demo_texts(spec.source.paths)):
-        print(f"wrote tiny random model {path}", file=sys.stderr)
+    for path in make_demo_models(spec, demo_records(spec.source.paths)):
+        print(f"wrote tiny model {path}", file=sys.stderr)
     if args.fresh and spec.output.exists():
         shutil.rmtree(spec.output)
     manifest = run_job(spec, progress=not args.no_progress)
