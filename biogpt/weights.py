@@ -76,13 +76,17 @@ def _weight_files(path: Path) -> list[Path]:
 
 def _iter_tensors(files: list[Path]):
     """Yield (key, tensor) from each file; safetensors are memory-mapped, one tensor at a time."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     for file in files:
         if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt", device="cpu") as f:
-                for key in f.keys():
-                    yield key, f.get_tensor(key)
+            try:
+                with safe_open(str(file), framework="pt", device="cpu") as f:
+                    for key in f.keys():
+                        yield key, f.get_tensor(key)
+            except SafetensorError as exc:  # truncated download, or not a safetensors file at all
+                raise CheckpointError(f"cannot read {file}: {exc}; the file is damaged or incomplete: "
+                                      "download, convert or save the model again") from None
         else:
             try:
                 state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)

@@ -31,11 +31,14 @@ from typing import Any, Callable, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from biogpt.errors import BioMineError
+
 log = logging.getLogger(__name__)
 
 SHARD_COL = "_shard"
 ROWS_COL = "_rows"
 ERROR_COL = "_error"
+FATAL_COL = "_fatal"
 
 
 class Task(Protocol):
@@ -91,14 +94,28 @@ def _prepare(batch: dict[str, Any], task_cls: type, options: dict[str, Any]) -> 
     return task_cls.prepare(batch, options)
 
 
+class StageError(BioMineError):
+    """A stage cannot run at all (e.g. its model does not load); completed shards are kept."""
+
+
 class _TaskActor:
     """Model stage: builds the task once per actor; one output record per input document."""
 
     def __init__(self, task_cls: type, options: dict[str, Any]):
-        self.task = task_cls(**options)
+        self.task, self.fatal = None, ""
+        try:
+            self.task = task_cls(**options)
+        except BioMineError as exc:
+            # A user mistake (a damaged or wrong checkpoint) would otherwise kill the actor in a loop
+            # of restarts and surface as a Ray traceback; report it with every batch instead, and the
+            # driver stops the stage with this message.
+            self.fatal = f"{type(exc).__name__}: {exc}"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         n = len(batch["pmid"])
+        if self.task is None:
+            return {SHARD_COL: list(batch[SHARD_COL]), "pmid": list(batch["pmid"]), ROWS_COL: ["[]"] * n,
+                    ERROR_COL: [""] * n, FATAL_COL: [self.fatal] * n}
         try:
             per_doc = self.task(batch)
             # "" not None: an all-None column comes back from Ray Data's numpy batches as NaN (truthy).
@@ -112,6 +129,7 @@ class _TaskActor:
             "pmid": list(batch["pmid"]),
             ROWS_COL: [json.dumps(rows, default=str) for rows in per_doc],
             ERROR_COL: errors,
+            FATAL_COL: [""] * n,
         }
 
 
@@ -167,6 +185,10 @@ def run_task_stage(task_cls: type, options: dict[str, Any], shards: list[Path], 
     buffers: dict[str, list[dict[str, Any]]] = {}
     seen: dict[str, int] = {}
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+        fatal = next((str(f) for f in batch[FATAL_COL] if f), None)
+        if fatal:
+            raise StageError(f"{task_cls.name}: the model actor could not start: {fatal} "
+                             f"({result.shards_done} shards finished before are kept; fix the model and re-run)")
         for shard, pmid, rows, error in zip(batch[SHARD_COL], batch["pmid"], batch[ROWS_COL], batch[ERROR_COL]):
             shard = str(shard)
             buffers.setdefault(shard, []).extend(json.loads(rows))

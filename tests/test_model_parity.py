@@ -278,6 +278,11 @@ def test_clear_errors(tmp_path):
     save_file(state, str(tmp_path / "tiny" / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="rotary.inv_freq"):
         biogpt.BioGptForCausalLM.from_pretrained(tmp_path / "tiny")
+    # A truncated download names the file, not safetensors' internals.
+    weights = tmp_path / "tiny" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"cannot read .*model\.safetensors: .*damaged or incomplete"):
+        biogpt.BioGptForCausalLM.from_pretrained(tmp_path / "tiny")
     # Over-long input: a clear error, not an index error from inside torch.
     with pytest.raises(InputTooLongError, match="max_position_embeddings=64"):
         ours(random_ids(1, 65, 101))

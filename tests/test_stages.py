@@ -132,3 +132,23 @@ def test_dead_actor_costs_time_not_rows(tmp_path, ray_local):
     got = pa.concat_tables([pq.read_table(shard_output(out, s)) for s in shards]).to_pylist()
     expected = sorted((p, d) for p in range(1, 13) if p % 2 for d in ("aspirin", "warfarin"))
     assert sorted((row["pmid"], row["text"].lower()) for row in got) == expected  # none lost, none twice
+
+
+class UnloadableNer(DictionaryNer):
+    """A model that cannot load (as a damaged checkpoint): a user error, not a Ray crash."""
+
+    def __init__(self, model, **_):
+        from biogpt.errors import CheckpointError
+
+        raise CheckpointError(f"cannot read {model}/model.safetensors: damaged")
+
+
+def test_model_that_does_not_load_stops_the_stage_with_its_message(tmp_path, ray_local):
+    from pipeline.stages import StageError
+
+    shards = make_shards(tmp_path, [3, 3])
+    with pytest.raises(StageError, match=r"ner: the model actor could not start: CheckpointError: cannot read "
+                                         r"models/x/model.safetensors: damaged"):
+        run_task_stage(UnloadableNer, {"model": "models/x"}, shards, tmp_path / "entities", batch_size=2,
+                       actors=1, gpus_per_actor=0, progress=False)
+    assert not list((tmp_path / "entities").glob("*.parquet"))  # nothing written as if it were done
