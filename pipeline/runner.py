@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .jobspec import JobSpec
-from .stages import atomic_write_json, run_task_stage
+from .stages import atomic_write_json, read_failures, run_task_stage, shard_failures_file
 
 log = logging.getLogger(__name__)
 
@@ -182,18 +182,18 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
             # Outputs of another model (or a non-incremental job) are recomputed, never mixed.
             log.warning("%s: recomputing %s (%s)", spec.name, out_dir,
                         "model changed" if spec.incremental else "incremental = false")
-            for p in out_dir.glob("*.parquet"):
+            for p in [*out_dir.glob("*.parquet"), *out_dir.glob("*.failures.json")]:
                 p.unlink()
         # Record the model before its first output exists, so a crash cannot leave outputs of this
         # model under a manifest that names another (the next run would keep them as current).
         models = {**previous.get("models", {}), **manifest["models"]}
         atomic_write_json({**manifest, "models": models, "finished_at": None}, out / MANIFEST)
-        redone: set[str] = set()
         result = run_task_stage(cls, options, shards, out_dir, batch_size=task.batch_size, actors=actors,
                                 gpus_per_actor=gpus_per_actor, cpus_per_actor=spec.resources.cpus_per_actor,
-                                progress=progress, on_shard=lambda path, docs, rows: redone.add(path.stem))
+                                progress=progress)
         retired = [p for p in out_dir.glob("*.parquet") if p.stem not in live]
         for p in retired:
+            shard_failures_file(out_dir, p).unlink(missing_ok=True)
             p.unlink()
         manifest["stages"][name] = {
             "dataset": DATASETS[name], "shards_done": result.shards_done, "shards_skipped": result.shards_skipped,
@@ -201,11 +201,9 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
             "seconds": round(result.seconds, 3), "actors": actors, "gpus_per_actor": gpus_per_actor,
             "failures": len(result.failures),
         }
-        # Failures recorded by an earlier run in shards this run skipped stay on record.
-        manifest["failures"] += result.failures + [
-            f for f in previous.get("failures", [])
-            if f.get("task") == name and f.get("shard") in live and f.get("shard") not in redone
-            and (out_dir / f"{f['shard']}.parquet").exists()]
+        # Every failed record of the current outputs (this run's and any a redo could not fix), read
+        # from the failures files that live beside the outputs, so a killed run loses none.
+        manifest["failures"] += read_failures(out_dir, shards)
     manifest["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
     atomic_write_json(manifest, out / MANIFEST)

@@ -4,7 +4,9 @@ Contract. Input: Parquet document shards (``OUT/documents/*.parquet``, article s
 ``pmid``, ``version``, ``title``, ``abstract``). For each task the stage writes one output file per
 input shard, ``OUT/<dataset>/<shard stem>.parquet``, cast to the task's schema, atomically (temp file
 then rename). A shard whose output exists is complete and skipped, so re-running after a crash, a
-Ctrl-C, a dead actor or a lost node resumes without losing or duplicating a row.
+Ctrl-C, a dead actor or a lost node resumes without losing or duplicating a row. A task error on a
+batch does not stop the stage: its documents get no rows, are listed in ``<shard>.failures.json``
+beside the output (with the PMID and the error), and the next run redoes that shard.
 
 How: ``read_parquet(pending shards)`` → ``map_batches(prepare)`` as CPU tasks (tokenisation and
 prompt building overlap the model) → ``map_batches(TaskActor)`` on an actor pool (one model load per
@@ -75,6 +77,24 @@ def shard_output(out_dir: Path, shard: Path) -> Path:
     return out_dir / f"{Path(shard).stem}.parquet"
 
 
+def shard_failures_file(out_dir: Path, shard: Path | str) -> Path:
+    """``out_dir/<shard>.failures.json``: the records of that shard whose batch failed. It is written
+    before the shard's output and removed after a clean redo, so it survives a crash, and a shard
+    that has one is retried by the next run (outputs are deterministic: a redo replaces it as is)."""
+    return out_dir / f"{Path(shard).stem}.failures.json"
+
+
+def read_failures(out_dir: Path, shards: list[Path] | None = None) -> list[dict[str, Any]]:
+    """The failure records of ``shards`` (default: every shard with a failures file in ``out_dir``)."""
+    files = ([shard_failures_file(out_dir, s) for s in shards] if shards is not None
+             else sorted(Path(out_dir).glob("*.failures.json")))
+    out: list[dict[str, Any]] = []
+    for f in files:
+        if f.exists():
+            out += json.loads(f.read_text())
+    return out
+
+
 @dataclass
 class StageResult:
     task: str
@@ -116,14 +136,24 @@ class _TaskActor:
         if self.task is None:
             return {SHARD_COL: list(batch[SHARD_COL]), "pmid": list(batch["pmid"]), ROWS_COL: ["[]"] * n,
                     ERROR_COL: [""] * n, FATAL_COL: [self.fatal] * n}
+        # "" not None: an all-None column comes back from Ray Data's numpy batches as NaN (truthy).
+        errors = [""] * n
         try:
             per_doc = self.task(batch)
-            # "" not None: an all-None column comes back from Ray Data's numpy batches as NaN (truthy).
-            errors = [""] * n
-        except Exception as exc:  # a bad batch must not kill the run: record it per document
-            log.exception("task %s failed on PMIDs %s", self.task.name, list(batch["pmid"])[:5])
-            per_doc = [[] for _ in range(n)]
-            errors = [f"{type(exc).__name__}: {exc}"] * n
+        except Exception as exc:  # a bad batch must not kill the run
+            # Retry its documents one by one, so that one bad record (or a batch too large for the
+            # GPU) costs only the documents that fail on their own; those are recorded with the error.
+            log.warning("task %s failed on a batch of %d (%s: %s); retrying its documents one by one",
+                        self.task.name, n, type(exc).__name__, exc)
+            per_doc = []
+            for i in range(n):
+                try:
+                    per_doc += self.task({k: v[i:i + 1] for k, v in batch.items()})
+                except Exception as one:
+                    log.error("task %s failed on PMID %s: %s: %s", self.task.name, batch["pmid"][i],
+                              type(one).__name__, one)
+                    per_doc.append([])
+                    errors[i] = f"{type(one).__name__}: {one}"
         return {
             SHARD_COL: list(batch[SHARD_COL]),
             "pmid": list(batch["pmid"]),
@@ -150,7 +180,10 @@ def run_task_stage(task_cls: type, options: dict[str, Any], shards: list[Path], 
 
     result = StageResult(task=task_cls.name)
     start = time.perf_counter()
-    pending = [s for s in shards if not shard_output(out_dir, s).exists()]
+    # Pending: no output yet, or an output with failed records (retried: a transient error - an OOM,
+    # a lost GPU - must not leave documents without rows for good).
+    pending = [s for s in shards
+               if not shard_output(out_dir, s).exists() or shard_failures_file(out_dir, s).exists()]
     result.shards_skipped = len(shards) - len(pending)
     if not pending:
         result.seconds = time.perf_counter() - start
@@ -202,7 +235,12 @@ def run_task_stage(task_cls: type, options: dict[str, Any], shards: list[Path], 
                 cast = getattr(task_cls, "cast_batch", None)  # the schema module's checked cast
                 table = cast(rows_) if cast else pa.Table.from_pylist(rows_, schema=task_cls.schema)
                 out = out_dir / f"{shard}.parquet"
+                failed = [f for f in result.failures if f["shard"] == shard]
+                if failed:  # recorded before the output exists, so a crash cannot lose the record
+                    atomic_write_json(failed, shard_failures_file(out_dir, shard))
                 atomic_write_parquet(table, out)
+                if not failed:
+                    shard_failures_file(out_dir, shard).unlink(missing_ok=True)
                 result.shards_done += 1
                 result.documents += expected[shard]
                 result.rows += len(rows_)
