@@ -5,8 +5,10 @@ Contract. Input: Parquet document shards (``OUT/documents/*.parquet``, article s
 input shard, ``OUT/<dataset>/<shard stem>.parquet``, cast to the task's schema, atomically (temp file
 then rename). A shard whose output exists is complete and skipped, so re-running after a crash, a
 Ctrl-C, a dead actor or a lost node resumes without losing or duplicating a row. A task error on a
-batch does not stop the stage: its documents get no rows, are listed in ``<shard>.failures.json``
-beside the output (with the PMID and the error), and the next run redoes that shard.
+batch does not stop the stage: its documents are retried one by one; those that fail on their own
+get no rows and are listed in ``<shard>.failures.json`` beside the output (PMID and error), and the
+next run redoes that shard. A model that cannot load (a :class:`BioMineError` in the task's
+constructor) stops the stage with :class:`StageError`.
 
 How: ``read_parquet(pending shards)`` → ``map_batches(prepare)`` as CPU tasks (tokenisation and
 prompt building overlap the model) → ``map_batches(TaskActor)`` on an actor pool (one model load per
