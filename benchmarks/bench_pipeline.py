@@ -2,8 +2,8 @@
 
 For each task (NER, RE, summaries) on the same synthetic abstracts and the same random weights:
 
-  engine     the task class in this process: ``prepare`` once (untimed), then ``__call__`` over
-             batches of ``--batch-size`` documents (timed; the model alone, what the GPU can do)
+  engine     the task class in this process: ``prepare`` once (untimed), then ``__call__`` on each
+             shard, as the pipeline's actor calls it (timed; the model alone, what the GPU can do)
   pipeline   :func:`pipeline.stages.run_task_stage` on a local Ray: read the document shards,
              ``prepare`` in CPU tasks, the model in a one-GPU actor, write one Parquet file per shard
              (timed from the call to the last file; the actor's start and model load included, as
@@ -124,20 +124,22 @@ class GpuSampler:
         return statistics.mean(self.samples) / 100 if self.samples else None
 
 
-def engine_speed(cls, options: dict, shards: list[Path], batch_size: int, sync) -> tuple[float, int]:
-    """Seconds for the model alone (``__call__`` over prepared batches) and the rows it produced."""
-    import pyarrow as pa
+def engine_speed(cls, options: dict, shards: list[Path], sync) -> tuple[float, int]:
+    """Seconds for the model alone and the rows it produced: ``__call__`` on each prepared shard, as
+    the pipeline's actor calls it (the task batches a shard by ``batch_size`` itself)."""
     import pyarrow.parquet as pq
 
-    table = pa.concat_tables([pq.read_table(s) for s in shards])
-    cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in ("pmid", "version", "title", "abstract")}
-    n = table.num_rows
-    batches = [cls.prepare({k: v[i:i + batch_size] for k, v in cols.items()}, options) for i in range(0, n, batch_size)]
+    from pipeline.stages import COLUMNS
+
+    prepared = []
+    for shard in shards:
+        table = pq.read_table(shard, columns=COLUMNS)
+        prepared.append(cls.prepare({c: table.column(c).to_numpy(zero_copy_only=False) for c in COLUMNS}, options))
     task = cls(**options)
-    task(batches[0])  # warm-up: kernels, CUDA graphs, allocator
+    task({k: v[: options["batch_size"]] for k, v in prepared[0].items()})  # warm-up: kernels, graphs, allocator
     sync()
     start = time.perf_counter()
-    rows = sum(len(r) for b in batches for r in task(b))
+    rows = sum(len(r) for docs in prepared for r in task(docs))
     sync()
     seconds = time.perf_counter() - start
     del task
@@ -202,7 +204,7 @@ def main(argv=None) -> int:
                 options["task"] = "ddi"
             if name == "summarize":
                 options.update(prompt="{title} {abstract} In summary,", prompt_id="bench")
-            eng_s, eng_rows = engine_speed(cls, options, shards, batch_size, sync)
+            eng_s, eng_rows = engine_speed(cls, options, shards, sync)
             if on_gpu:
                 torch.cuda.empty_cache()
             # Twice: over half the shards, then over all of them (fresh outputs). The difference is the

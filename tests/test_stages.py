@@ -163,8 +163,8 @@ def test_model_that_does_not_load_stops_the_stage_with_its_message(tmp_path, ray
 
 
 class FailingOnceNer(DictionaryNer):
-    """Raises on PMID 5 during the first run only (a transient error: an OOM, a lost GPU): twice,
-    for its batch and for its one-document retry."""
+    """Raises on PMID 5 during the first run only (a transient error: an OOM, a lost GPU): three
+    times, for its shard, its chunk and its one-document retry."""
 
     def __init__(self, model, marker, **_):
         super().__init__(model)
@@ -175,7 +175,7 @@ class FailingOnceNer(DictionaryNer):
 
         marker = Path(self.marker)
         tries = int(marker.read_text()) if marker.exists() else 0
-        if 5 in list(batch["pmid"]) and tries < 2:
+        if 5 in list(batch["pmid"]) and tries < 3:
             marker.write_text(str(tries + 1))
             raise RuntimeError("CUDA out of memory (simulated)")
         return super().__call__(batch)
