@@ -20,7 +20,7 @@ from biogpt.model import BioGptForCausalLM, BioGptForTokenClassification
 from biogpt.tiny import make_tiny_checkpoint, make_tiny_task_checkpoint
 from biogpt.tokenizer import BioGptTokenizer
 from pipeline.tasks import base
-from pipeline.tasks.re import RelationModelError, RelationTask, evaluate_re, format_re_report
+from pipeline.tasks.re import RelationModelError, RelationTask, evaluate_re, fit_prompt_model, format_re_report
 from pipeline.tasks.re_data import DataFormatError
 from pipeline.tasks.re_eval import hard_match
 from pipeline.tasks.re_format import TaskSettingsError, build_source, build_target, load_task_settings, prompt_input_ids
@@ -219,32 +219,6 @@ def test_greedy_ids_equal_generate_and_budgets_never_overflow(ckpts):
 # --- a fine-tuned tiny model: the whole path --------------------------------------------------------
 
 
-def _fine_tune(path, sources, target, steps=400):
-    tok = BioGptTokenizer.from_pretrained(path)
-    settings = load_task_settings(path, "ddi")
-    model = BioGptForCausalLM.from_pretrained(path)
-    target_ids = tok.encode(target, add_special_tokens=False) + [2]
-    assert tok.unk_token_id not in target_ids
-    batches = []
-    for source in sources:
-        prompt = prompt_input_ids(source, tok, settings)
-        ids = torch.tensor([prompt + target_ids])
-        labels = torch.full_like(ids, -100)
-        labels[0, len(prompt):] = ids[0, len(prompt):]  # loss on the target and its </s>
-        batches.append((ids, labels))
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = sum(model(ids, labels=labels).loss for ids, labels in batches)
-        loss.backward()
-        opt.step()
-        if loss.item() < 0.02:
-            break
-    model.save_pretrained(path)
-    return loss.item()
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     path = make_tiny_task_checkpoint(tmp_path_factory.mktemp("trained") / "re-ddi-trained", TEXTS, hidden_size=48,
@@ -253,7 +227,9 @@ def trained(tmp_path_factory):
     records = {f"DDI-DrugBank.d{i}": {"abstract": a, "triples": [TRIPLE], "pmid": f"DDI-DrugBank.d{i}"}
                for i, a in enumerate(ABSTRACTS)}
     assert all(build_target("ddi", r) == TARGET for r in records.values())
-    loss = _fine_tune(path, [build_source("ddi", r) for r in records.values()], TARGET)
+    tok = BioGptTokenizer.from_pretrained(path)
+    assert tok.unk_token_id not in tok.encode(TARGET, add_special_tokens=False)
+    loss = fit_prompt_model(path, "ddi", list(records.values()), steps=400, stop_loss=0.02)
     assert loss < 0.1
     return path, records
 

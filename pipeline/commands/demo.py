@@ -99,45 +99,6 @@ def write_silver_pubtator(records: list[dict], path: Path) -> Path:
     return path
 
 
-def fit_prompt_model(model_dir: Path, task: str, records: list[dict], triples: dict, steps: int = 300) -> float:
-    """Teacher-force the prompt model on each abstract's gold target (BioGPT's RE fine-tuning format:
-    ``[2] + source + learned1..N + target + </s>``, loss on the target) until it reproduces them."""
-    import torch
-
-    from biogpt import BioGptForCausalLM, BioGptTokenizer
-    from pipeline.tasks.re_format import build_source, build_target, load_task_settings, prompt_input_ids
-
-    tok = BioGptTokenizer.from_pretrained(model_dir)
-    settings = load_task_settings(model_dir, task)
-    model = BioGptForCausalLM.from_pretrained(model_dir).train()
-    examples = []
-    for r in records:
-        if not r.get("abstract"):
-            continue  # the DDI model reads the abstract only
-        record = {"title": r.get("title") or "", "abstract": r.get("abstract") or "",
-                  "triples": [dict(drug=a, target=b, interaction=c) for a, b, c in triples.get(r["pmid"], [])]}
-        prompt = prompt_input_ids(build_source(task, record), tok, settings)
-        # An abstract that states no interaction is taught to end at once (an empty generation).
-        target = tok.encode(build_target(task, record), add_special_tokens=False) if record["triples"] else []
-        target = target + [tok.eos_token_id]
-        ids = torch.tensor([prompt + target])
-        labels = torch.full_like(ids, -100)
-        labels[0, len(prompt):] = ids[0, len(prompt):]
-        examples.append((ids, labels))
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    loss = torch.tensor(0.0)
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = sum(model(ids, labels=labels).loss for ids, labels in examples)
-        loss.backward()
-        opt.step()
-        if loss.item() < 0.01:
-            break
-    model.eval().save_pretrained(model_dir)
-    return float(loss.item())
-
-
 @contextlib.contextmanager
 def _quiet(*names: str):
     loggers = [logging.getLogger(n) for n in names]
@@ -156,6 +117,7 @@ def make_demo_models(spec, records: list[dict]) -> list[Path]:
     whose model directory does not exist yet."""
     from biogpt.tiny import make_tiny_checkpoint, make_tiny_task_checkpoint
     from pipeline.tasks.ner import train_ner
+    from pipeline.tasks.re import fit_prompt_model
 
     texts = [t for r in records for t in (r.get("title"), r.get("abstract")) if t]
     made = []
@@ -178,8 +140,13 @@ def make_demo_models(spec, records: list[dict]) -> list[Path]:
             kind = {"ddi": "re-ddi", "kd-dti": "re-dti", "bc5cdr": "re-bc5cdr"}[task.task]
             make_tiny_task_checkpoint(task.model, corpus, task=kind, hidden_size=48, seed=3, **tiny)
             if task.task == "ddi":
+                # The DDI model reads the abstract only; an abstract without interactions is taught
+                # to end at once (an empty generation).
+                gold = [{"abstract": r["abstract"], "triples": [dict(drug=a, target=b, interaction=c)
+                                                                for a, b, c in DDI_TRIPLES.get(r["pmid"], [])]}
+                        for r in records if r.get("abstract")]
                 with _quiet("biogpt.weights"):
-                    loss = fit_prompt_model(task.model, "ddi", records, DDI_TRIPLES)
+                    loss = fit_prompt_model(task.model, "ddi", gold, steps=300)
                 print(f"re: fitted {task.model} to the sample's DDI targets (loss {loss:.3f})", file=sys.stderr)
         else:
             make_tiny_checkpoint(task.model, corpus, **tiny)
