@@ -180,7 +180,11 @@ def test_entrez_job_end_to_end_interrupted_run_resumes_to_identical_outputs(tmp_
     # 2. Interrupted run: Ctrl-C (SIGINT to the process group) once the first task outputs exist.
     out = tmp_path / "resumed"
     job = write_job(tmp_path / "resumed.toml", output=out, source=source, models=models)
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(job), "--no-progress"], env=env,
+    # As a terminal runs it: a process started in the background by a non-interactive shell (CI's
+    # make, `cmd &`) inherits SIGINT *ignored*, so Ctrl-C is re-armed before the CLI starts.
+    rearm = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "sys.argv = ['biomine'] + sys.argv[1:]; runpy.run_module('pipeline.cli', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", rearm, "run", str(job), "--no-progress"], env=env,
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.monotonic() + 240
