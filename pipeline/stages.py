@@ -255,6 +255,7 @@ def run_task_stage(task_cls: type, options: dict[str, Any], shards: list[Path], 
     # actor or node costs time, not rows; a shard is written only once its whole result arrived.
 
     done: set[str] = set()
+    paths = {Path(s).stem: s for s in pending}
     for record in ds.iter_rows():
         if record[FATAL_COL]:
             raise StageError(f"{task_cls.name}: the model actor could not start: {record[FATAL_COL]} "
@@ -265,7 +266,7 @@ def run_task_stage(task_cls: type, options: dict[str, Any], shards: list[Path], 
         if len(per_doc) != expected[shard] or len(errors) != expected[shard]:
             raise RuntimeError(f"task {task_cls.name} returned {len(per_doc)} results for the "
                                f"{expected[shard]} documents of shard {shard}")
-        pmids = pq.read_table(next(s for s in pending if Path(s).stem == shard), columns=["pmid"]).column("pmid")
+        pmids = pq.read_table(paths[shard], columns=["pmid"]).column("pmid")
         failed = [{"task": task_cls.name, "pmid": int(pmid), "shard": shard, "error": error}
                   for pmid, error in zip(pmids.to_pylist(), errors) if error]
         rows = [row for doc_rows in per_doc for row in doc_rows]
