@@ -28,7 +28,6 @@ import hashlib
 import logging
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any

@@ -157,13 +157,16 @@ class _TaskActor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, list] = {SHARD_COL: [], ROWS_COL: [], ERROR_COL: [], FATAL_COL: []}
         for shard, n, payload in zip(batch[SHARD_COL], batch["n"], batch[PAYLOAD_COL]):
+            failed: list[dict[str, Any]] = []
             if self.task is None:
-                per_doc, errors = [[] for _ in range(int(n))], [""] * int(n)
+                per_doc = [[] for _ in range(int(n))]
             else:
-                per_doc, errors = self._run(pickle.loads(payload), int(n))
+                docs = pickle.loads(payload)
+                per_doc, errors = self._run(docs, int(n))
+                failed = [{"pmid": int(pmid), "error": error} for pmid, error in zip(docs["pmid"], errors) if error]
             out[SHARD_COL].append(str(shard))
             out[ROWS_COL].append(pickle.dumps(per_doc, protocol=pickle.HIGHEST_PROTOCOL))
-            out[ERROR_COL].append(json.dumps(errors))
+            out[ERROR_COL].append(json.dumps(failed))
             out[FATAL_COL].append(self.fatal)
         return out
 
@@ -255,20 +258,17 @@ def run_task_stage(task_cls: type, options: dict[str, Any], shards: list[Path], 
     # actor or node costs time, not rows; a shard is written only once its whole result arrived.
 
     done: set[str] = set()
-    paths = {Path(s).stem: s for s in pending}
     for record in ds.iter_rows():
         if record[FATAL_COL]:
             raise StageError(f"{task_cls.name}: the model actor could not start: {record[FATAL_COL]} "
                              f"({result.shards_done} shards finished before are kept; fix the model and re-run)")
         shard = str(record[SHARD_COL])
         per_doc = pickle.loads(record[ROWS_COL])
-        errors = json.loads(record[ERROR_COL])
-        if len(per_doc) != expected[shard] or len(errors) != expected[shard]:
+        if len(per_doc) != expected[shard]:
             raise RuntimeError(f"task {task_cls.name} returned {len(per_doc)} results for the "
                                f"{expected[shard]} documents of shard {shard}")
-        pmids = pq.read_table(paths[shard], columns=["pmid"]).column("pmid")
-        failed = [{"task": task_cls.name, "pmid": int(pmid), "shard": shard, "error": error}
-                  for pmid, error in zip(pmids.to_pylist(), errors) if error]
+        failed = [{"task": task_cls.name, "pmid": f["pmid"], "shard": shard, "error": f["error"]}
+                  for f in json.loads(record[ERROR_COL])]
         rows = [row for doc_rows in per_doc for row in doc_rows]
         # Stable sort: by pmid, then the task's own keys; rows of one document keep the task's order.
         rows.sort(key=lambda r: tuple(r.get(k) if r.get(k) is not None else -1

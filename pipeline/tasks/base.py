@@ -35,7 +35,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from biogpt.errors import BioMineError, CheckpointError
+from biogpt.errors import BioMineError, CheckpointError, ConfigError
 
 
 class WrongModelError(BioMineError):
@@ -44,10 +44,11 @@ class WrongModelError(BioMineError):
 
 def article_text(title: Any, abstract: Any) -> str:
     """``title + " " + abstract``: the text that entity and evidence offsets index (schemas/entities.py)."""
-    return f"{_text(title)} {_text(abstract)}"
+    return f"{text_of(title)} {text_of(abstract)}"
 
 
-def _text(value: Any) -> str:
+def text_of(value: Any) -> str:
+    """A batch cell as text: ``""`` for a missing title or abstract (None, or NaN from pandas/numpy)."""
     if value is None:
         return ""
     if isinstance(value, float):  # NaN from pandas/numpy for a missing string
@@ -118,6 +119,21 @@ def load_model(cls, model_dir: str, dtype: str | None, device: str | None, task:
     except CheckpointError as exc:
         raise WrongModelError(f"{task}: {exc}") from None
     return model.eval()
+
+
+def positive_int(value: Any, what: str) -> int:
+    """``value`` when it is an int >= 1 (not a bool).
+
+    :raises ConfigError: otherwise, naming ``what`` (e.g. ``"re: max_new_tokens"``).
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def doc_keys(batch: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """``(pmids, versions)`` of a batch as Python ints, in batch order."""
+    return [int(p) for p in as_list(batch["pmid"])], [int(v) for v in as_list(batch["version"])]
 
 
 def as_list(column: Any) -> list:

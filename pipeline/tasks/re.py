@@ -102,8 +102,7 @@ class GreedyDecoder:
         from biogpt.engine import Engine
         from biogpt.model import BioGptForCausalLM
 
-        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
-            raise ConfigError(f"{what}: batch_size must be a positive integer, got {max_batch!r}")
+        base.positive_int(max_batch, f"{what}: batch_size")
         self.model_dir = str(model_dir)
         self.model = base.load_model(BioGptForCausalLM, self.model_dir, dtype, device, what)
         self.tokenizer = base.tokenizer_for(self.model_dir)
@@ -132,6 +131,11 @@ class GreedyDecoder:
             for i, ids in zip(todo, new):
                 outputs[i] = list(ids)
         return outputs
+
+    def run_prompted(self, inputs: Sequence[Sequence[int] | None], max_new_tokens: int) -> dict[int, list[int]]:
+        """New ids by input index, for the inputs that are prompts (``None`` = no prompt, skipped)."""
+        todo = [i for i, ids in enumerate(inputs) if ids is not None]
+        return dict(zip(todo, self.run([inputs[i] for i in todo], max_new_tokens)))
 
     def text(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
         """Decoded, detokenised text of new ids without ``<s>``/``</s>`` (fairseq's
@@ -199,7 +203,7 @@ class RelationTask:
         tokenizer = base.tokenizer_for(model_dir)
         inputs, skips, texts = [], [], []
         for title, abstract in zip(base.as_list(batch["title"]), base.as_list(batch["abstract"])):
-            title, abstract = base._text(title), base._text(abstract)
+            title, abstract = base.text_of(title), base.text_of(abstract)
             texts.append(base.article_text(title, abstract))
             skip = ""
             if settings.task == "ddi" and not abstract.strip():
@@ -221,8 +225,7 @@ class RelationTask:
     def __init__(self, model: str | Path, task: str | None = None, dtype: str | None = "auto", batch_size: int = 16,
                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, device: str | None = None,
                  cuda_graph: bool | None = None, **_: Any):
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-            raise ConfigError(f"re: max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        base.positive_int(max_new_tokens, "re: max_new_tokens")
         self.model_dir = str(model)
         self.settings = _settings(self.model_dir, task)
         self.task = self.settings.task
@@ -260,20 +263,14 @@ class RelationTask:
         unparsed = tuple(Unparsed(generation, u.reason) if u.text == text else u for u in result.unparsed)
         return dataclasses.replace(result, raw=generation, unparsed=unparsed)
 
-    def generate(self, prompts: Sequence[Sequence[int]]) -> list[str]:
-        """Generated text per prompt."""
-        return [self.generation_text(ids) for ids in self.generate_ids(prompts)]
-
     def __call__(self, batch: dict[str, Any]) -> list[list[dict[str, Any]]]:
         if "_input_ids" not in batch:
             batch = self.prepare(batch, self.options)
-        pmids = [int(p) for p in base.as_list(batch["pmid"])]
-        versions = [int(v) for v in base.as_list(batch["version"])]
-        inputs = base.decode_json(batch["_input_ids"])
+        pmids, versions = base.doc_keys(batch)
         skips = [str(s) if s else "" for s in base.as_list(batch["_skip"])]
         texts = base.as_list(batch["_text"])
-        todo = [i for i, ids in enumerate(inputs) if ids is not None]
-        generations = dict(zip(todo, self.generate([inputs[i] for i in todo])))
+        new = self.decoder.run_prompted(base.decode_json(batch["_input_ids"]), self.max_new_tokens)
+        generations = {i: self.generation_text(ids) for i, ids in new.items()}
         out: list[list[dict[str, Any]]] = []
         for i, (pmid, version) in enumerate(zip(pmids, versions)):
             if i in generations:

@@ -72,9 +72,19 @@ def check_template(template: Any) -> str:
 
 
 def _budget(max_new_tokens: Any) -> int:
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise ConfigError(f"summarize: max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    return max_new_tokens
+    return base.positive_int(max_new_tokens, "summarize: max_new_tokens")
+
+
+def _room(positions: int, max_new_tokens: Any, model_dir: Any) -> int:
+    """Prompt ids (the leading ``</s>`` included) that ``positions`` leave after ``max_new_tokens``.
+
+    :raises ConfigError: fewer than 2 (``</s>`` and one token).
+    """
+    limit = positions - _budget(max_new_tokens)
+    if limit < 2:
+        raise ConfigError(f"summarize: max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
+                          f"{positions} positions of {model_dir}; ask for at most {positions - 2} new tokens")
+    return limit
 
 
 @functools.lru_cache(maxsize=8)
@@ -88,12 +98,7 @@ def prompt_limit(model_dir: str | Path, max_new_tokens: int) -> int:
 
     :raises ConfigError: fewer than 2 (``</s>`` and one token).
     """
-    positions = _positions(str(model_dir))
-    limit = positions - _budget(max_new_tokens)
-    if limit < 2:
-        raise ConfigError(f"summarize: max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
-                          f"{positions} positions of {model_dir}; ask for at most {positions - 2} new tokens")
-    return limit
+    return _room(_positions(str(model_dir)), max_new_tokens, model_dir)
 
 
 def prompt_ids(template: str, title: str, abstract: str, tokenizer, limit: int) -> list[int]:
@@ -166,10 +171,7 @@ class SummarizeTask:
         if "prompt" in options and options["prompt"] is not None:
             check_template(options["prompt"])
         if options.get("max_new_tokens") is not None:
-            positions = int(config.get("max_position_embeddings") or 1024)
-            if positions - _budget(options["max_new_tokens"]) < 2:
-                raise ConfigError(f"summarize: max_new_tokens={options['max_new_tokens']} leaves no room for a prompt "
-                                  f"in the {positions} positions of {model_dir}; ask for at most {positions - 2}")
+            _room(int(config.get("max_position_embeddings") or 1024), options["max_new_tokens"], model_dir)
         return config
 
     @staticmethod
@@ -181,7 +183,7 @@ class SummarizeTask:
         tokenizer = base.tokenizer_for(model_dir)
         inputs = []
         for title, abstract in zip(base.as_list(batch["title"]), base.as_list(batch["abstract"])):
-            title, abstract = base._text(title), base._text(abstract)
+            title, abstract = base.text_of(title), base.text_of(abstract)
             if not template.format(title=title, abstract=abstract).strip():
                 inputs.append(None)
                 continue
@@ -216,11 +218,8 @@ class SummarizeTask:
     def __call__(self, batch: dict[str, Any]) -> list[list[dict[str, Any]]]:
         if "_input_ids" not in batch:
             batch = self.prepare(batch, self.options)
-        pmids = [int(p) for p in base.as_list(batch["pmid"])]
-        versions = [int(v) for v in base.as_list(batch["version"])]
-        inputs = base.decode_json(batch["_input_ids"])
-        todo = [i for i, ids in enumerate(inputs) if ids is not None]
-        new = dict(zip(todo, self.generate_ids([inputs[i] for i in todo])))
+        pmids, versions = base.doc_keys(batch)
+        new = self.decoder.run_prompted(base.decode_json(batch["_input_ids"]), self.max_new_tokens)
         out: list[list[dict[str, Any]]] = []
         for i, (pmid, version) in enumerate(zip(pmids, versions)):
             if i not in new:
