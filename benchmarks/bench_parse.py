@@ -1,4 +1,4 @@
-"""Benchmark: PubMed XML parse throughput of pipeline.pubmed_xml against Bio.Entrez, in articles/s per core.
+"""Benchmark: PubMed XML parse throughput of pipeline.pubmed.parser against Bio.Entrez, in articles/s per core.
 
 Usage::
 
@@ -11,7 +11,7 @@ markup, authors with affiliations, MeSH headings with qualifiers, keywords, arti
 reference list; deterministic), then times, each in a fresh subprocess so that peak memory is its
 own:
 
-- ``biomine``: ``pipeline.pubmed_xml.iter_records`` over the file (rows as dicts), and
+- ``biomine``: ``pipeline.pubmed.parser.iter_records`` over the file (rows as dicts), and
 - ``biomine+arrow``: the same plus conversion to Arrow tables of 10,000 rows (what ingest writes),
 - ``Bio.Entrez.parse``: refuses a PubmedArticleSet (reported, not timed),
 - ``Bio.Entrez.read``: parses the whole document into memory.
@@ -135,7 +135,7 @@ def _work(method: str, path: str) -> dict:
     # Imports happen before the clock starts; "rss_growth_mb" is the memory the parse itself added.
     from Bio import Entrez
 
-    from pipeline.pubmed_xml import Deletion, iter_records
+    from pipeline.pubmed.parser import Deletion, iter_records
     from schemas.articles import to_table
 
     baseline_mb = _rss_mb()

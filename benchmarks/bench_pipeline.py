@@ -4,7 +4,7 @@ For each task (NER, RE, summaries) on the same synthetic abstracts and the same 
 
   engine     the task class in this process: ``prepare`` once (untimed), then ``__call__`` on each
              shard, as the pipeline's actor calls it (timed; the model alone, what the GPU can do)
-  pipeline   :func:`pipeline.stages.run_task_stage` on a local Ray: read the document shards,
+  pipeline   :func:`pipeline.run.stages.run_task_stage` on a local Ray: read the document shards,
              ``prepare`` in CPU tasks, the model in a one-GPU actor, write one Parquet file per shard
              (timed from the call to the last file; the actor's start and model load included, as
              in a real run)
@@ -129,7 +129,7 @@ def engine_speed(cls, options: dict, shards: list[Path], sync) -> tuple[float, i
     the pipeline's actor calls it (the task batches a shard by ``batch_size`` itself)."""
     import pyarrow.parquet as pq
 
-    from pipeline.stages import COLUMNS
+    from pipeline.run.stages import COLUMNS
 
     prepared = []
     for shard in shards:
@@ -163,8 +163,8 @@ def main(argv=None) -> int:
     import torch
 
     from biogpt.config import BIOGPT_BASE
-    from pipeline.runner import init_ray
-    from pipeline.stages import run_task_stage
+    from pipeline.run.runner import init_ray
+    from pipeline.run.stages import run_task_stage
     from pipeline.tasks.registry import task_class
 
     quick = args.quick

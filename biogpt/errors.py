@@ -28,3 +28,7 @@ class InputTooLongError(BioMineError, ValueError):
 
 class TokenizerError(BioMineError):
     """Vocabulary files are missing or malformed."""
+
+
+class TaskSettingsError(CheckpointError):
+    """A converted checkpoint's ``biomine_task.json`` is missing or invalid, or is for another task."""

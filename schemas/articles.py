@@ -44,7 +44,8 @@ from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
-from ._rows import SchemaMismatchError, cast_rows, check_schema as _check_schema, schema_metadata
+from ._rows import SchemaMismatchError, cast_rows, schema_metadata
+from ._rows import check_schema as _check_schema
 
 SCHEMA_NAME = "articles"
 # Bump on any change a reader could notice (new column, changed type or meaning); readers accept files
@@ -107,7 +108,7 @@ _REQUIRED = tuple(f.name for f in ARTICLE_SCHEMA if not f.nullable)
 
 
 def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    """Build an :data:`ARTICLE_SCHEMA` table from row dicts (as yielded by :mod:`pipeline.pubmed_xml`).
+    """Build an :data:`ARTICLE_SCHEMA` table from row dicts (as yielded by :mod:`pipeline.pubmed.parser`).
 
     Articles take Arrow's bulk conversion (ingest's hot path) rather than the per-value checks of
     :func:`schemas._rows.cast_rows`; a failure is then narrowed down to the row that caused it.

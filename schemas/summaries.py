@@ -29,7 +29,8 @@ from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
-from ._rows import DECODING, SchemaMismatchError, cast_rows, check_schema as _check_schema, schema_metadata
+from ._rows import DECODING, SchemaMismatchError, cast_rows, schema_metadata
+from ._rows import check_schema as _check_schema
 
 SCHEMA_NAME = "summaries"
 # Bump on any change a reader could notice; readers accept files with a version <= theirs.

@@ -9,10 +9,12 @@ import re
 import time
 
 import pytest
-
 from fake_eutils import FakeEutils, article_xml
+
+from biogpt.errors import ConfigError
 from pipeline.cli import main
-from pipeline.eutils import (
+from pipeline.errors import ShardStateError
+from pipeline.pubmed.eutils import (
     Credentials,
     EutilsClient,
     EutilsError,
@@ -21,9 +23,8 @@ from pipeline.eutils import (
     load_job_credentials,
     plan_ranges,
 )
-from pipeline.pubmed_xml import parse_articles
-from pipeline.shards import ShardStateError, read_articles, read_manifest
-from biogpt.errors import ConfigError
+from pipeline.pubmed.parser import parse_articles
+from pipeline.store.shards import read_articles, read_manifest
 
 QUERY = "warfarin AND drug interactions"
 
@@ -182,7 +183,7 @@ def test_crash_after_a_shard_then_rerun_equals_uninterrupted_run(fake, client, t
     fake.add_query(QUERY, records)
     fetch_query(client(), QUERY, tmp_path / "clean", batch_size=3, shard_rows=4)
 
-    import pipeline.shards as shards
+    import pipeline.store.shards as shards
 
     real_commit, calls = shards.Transaction.commit, []
 

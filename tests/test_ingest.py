@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-
 from fake_eutils import article_xml, pubmed_document
+
 from pipeline.cli import main
-from pipeline.ingest import ingest_files
-from pipeline.pubmed_xml import IngestError, PubmedXMLError
-from pipeline.shards import MANIFEST, ShardStateError, ShardStore, read_articles, read_manifest
+from pipeline.errors import IngestError, PubmedXMLError, ShardStateError
+from pipeline.pubmed.ingest import ingest_files
+from pipeline.store.shards import MANIFEST, ShardStore, read_articles, read_manifest
 from schemas.articles import ARTICLE_SCHEMA, SCHEMA_VERSION, SchemaMismatchError, cast, check_schema, to_table
 
 REPO_DEMO = os.path.join(os.path.dirname(__file__), "..", "jobs", "data", "demo_pubmed.xml")
@@ -110,7 +110,7 @@ def test_rerun_is_a_no_op(pubmed_files, tmp_path):
 def test_crash_then_rerun_equals_an_uninterrupted_run(pubmed_files, tmp_path, monkeypatch, crash_at):
     ingest_files([pubmed_files], tmp_path / "clean", shard_rows=4)
 
-    import pipeline.shards as shards
+    import pipeline.store.shards as shards
 
     real_write, writes = shards.Transaction.write, []
 

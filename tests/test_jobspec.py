@@ -8,7 +8,7 @@ import pytest
 
 from biogpt.errors import ConfigError
 from pipeline.cli import main
-from pipeline.jobspec import load_job
+from pipeline.run.jobspec import load_job
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 

@@ -9,9 +9,9 @@ import pytest
 
 from biogpt.errors import BioMineError
 from pipeline.cli import main
-from pipeline.kb import build_kb
-from pipeline.query import query
-from pipeline.shards import ShardStore
+from pipeline.outputs.kb import build_kb
+from pipeline.outputs.query import query
+from pipeline.store.shards import ShardStore
 from schemas.relations import cast_batch
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from biogpt.errors import BioMineError
 from biogpt.tiny import make_tiny_checkpoint
-from pipeline.tasks.base import WrongModelError, article_text
+from pipeline.errors import DataFormatError, WrongModelError
+from pipeline.tasks.base import article_text
 from pipeline.tasks.ner import (
     NerTask,
     NerTrainingError,
@@ -23,7 +24,7 @@ from pipeline.tasks.ner import (
     train_ner,
 )
 from pipeline.tasks.ner_spans import Span, encode_spans, label_list
-from pipeline.tasks.re_data import DataFormatError, read_pubtator
+from pipeline.tasks.re_data import read_pubtator
 from schemas.entities import cast_batch
 from tests.conftest import shared_path
 

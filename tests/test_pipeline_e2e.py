@@ -29,9 +29,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from fake_eutils import FakeEutils, article_xml, pubmed_document
-from pipeline.shards import iter_shard_paths, read_articles
+
+from pipeline.store.shards import iter_shard_paths, read_articles
 
 REPO = Path(__file__).resolve().parents[1]
 QUERY = "anticoagulant drug interactions"
@@ -224,8 +224,8 @@ def test_entrez_job_end_to_end_interrupted_run_resumes_to_identical_outputs(tmp_
 
 @pytest.mark.slow
 def test_incremental_files_job_drops_replaced_and_deleted_articles(tmp_path, models):
-    from pipeline.jobspec import load_job
-    from pipeline.runner import run_job
+    from pipeline.run.jobspec import load_job
+    from pipeline.run.runner import run_job
 
     src = tmp_path / "pubmed"
     src.mkdir()
@@ -308,7 +308,7 @@ def test_demo_command_runs_the_bundled_job(tmp_path):
         assert (tmp_path / "out" / name).is_dir()
     # The demo's NER and DDI models are fitted to the sample: their outputs are the sample's terms.
     from pipeline.commands.demo import LEXICON
-    from pipeline.query import query
+    from pipeline.outputs.query import query
 
     terms = {t for ts in LEXICON.values() for t in ts}
     entities = query(tmp_path / "out", "SELECT lower(text) AS t FROM entities")["t"].tolist()

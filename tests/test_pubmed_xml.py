@@ -9,9 +9,10 @@ import re
 import tracemalloc
 
 import pytest
-
 from fake_eutils import article_xml, pubmed_document
-from pipeline.pubmed_xml import Deletion, PubmedXMLError, iter_records, parse_articles
+
+from pipeline.errors import PubmedXMLError
+from pipeline.pubmed.parser import Deletion, iter_records, parse_articles
 from schemas.articles import ARTICLE_SCHEMA, to_table
 
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from ray import cloudpickle as ray_cloudpickle
 
-from pipeline.stages import read_failures, run_task_stage, shard_failures_file, shard_output
+from pipeline.run.stages import read_failures, run_task_stage, shard_failures_file, shard_output
 from schemas.entities import ENTITY_SCHEMA, cast_batch
 
 ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
@@ -51,7 +51,7 @@ class DictionaryNer:
 
 @pytest.fixture(scope="module")
 def ray_local():
-    from pipeline.runner import init_ray
+    from pipeline.run.runner import init_ray
 
     init_ray(num_cpus=2)
     yield
@@ -152,7 +152,7 @@ class UnloadableNer(DictionaryNer):
 
 
 def test_model_that_does_not_load_stops_the_stage_with_its_message(tmp_path, ray_local):
-    from pipeline.stages import StageError
+    from pipeline.errors import StageError
 
     shards = make_shards(tmp_path, [3, 3])
     with pytest.raises(StageError, match=r"ner: the model actor could not start: CheckpointError: cannot read "

@@ -70,8 +70,8 @@ DDI_TRIPLES = {
 
 def demo_records(paths: list[str]) -> list[dict]:
     """The articles of the job's XML files (pmid, version, title, abstract)."""
-    from pipeline.ingest import discover_inputs
-    from pipeline.pubmed_xml import iter_records
+    from pipeline.pubmed.ingest import discover_inputs
+    from pipeline.pubmed.parser import iter_records
 
     return [r for path in discover_inputs(paths) for r in iter_records(path) if isinstance(r, dict)]
 
@@ -157,10 +157,10 @@ def make_demo_models(spec, records: list[dict]) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
-    from pipeline.jobspec import load_job
-    from pipeline.kb import build_kb
-    from pipeline.query import query
-    from pipeline.runner import run_job, summary_table
+    from pipeline.outputs.kb import build_kb
+    from pipeline.outputs.query import query
+    from pipeline.run.jobspec import load_job
+    from pipeline.run.runner import run_job, summary_table
 
     spec = load_job(args.job, check_models=False)
     if spec.source.kind != "files":

@@ -30,7 +30,7 @@ credentials from a job spec (--job JOB.toml; only these keys of its [source] tab
   api_key = "..."
 
 Read the output with pandas/DuckDB (`read_parquet('data/warfarin/part-*.parquet')`) once the run
-has finished, or with pipeline.shards.read_articles(DIR) at any time. More: docs/ingestion.md.
+has finished, or with pipeline.store.shards.read_articles(DIR) at any time. More: docs/ingestion.md.
 """
 
 
@@ -69,7 +69,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.eutils import Credentials, EutilsClient, fetch_query, load_job_credentials
+    from pipeline.pubmed.eutils import Credentials, EutilsClient, fetch_query, load_job_credentials
 
     job = load_job_credentials(args.job) if args.job else None
     creds = Credentials.resolve(email=args.email, api_key=args.api_key, tool=args.tool, job=job)

@@ -40,7 +40,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.ingest import ingest_files
+    from pipeline.pubmed.ingest import ingest_files
 
     s = ingest_files(args.inputs, args.out, shard_rows=args.shard_rows, progress=args.progress)
     print(

@@ -1,4 +1,4 @@
-"""``biomine kb build``: a deduplicated drug-drug interaction edge table (see :mod:`pipeline.kb`)."""
+"""``biomine kb build``: a deduplicated drug-drug interaction edge table (see :mod:`pipeline.outputs.kb`)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.kb import build_kb
+    from pipeline.outputs.kb import build_kb
 
     n = build_kb(args.relations, args.out, task=args.task, documents=args.documents)
     print(f"{args.out}: {n} edges")

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from pipeline.query import query
+    from pipeline.outputs.query import query
 
     df = query(args.out, args.sql)
     if args.format == "csv":

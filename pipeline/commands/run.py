@@ -1,4 +1,4 @@
-"""``biomine run JOB.toml``: run a job end to end (see :mod:`pipeline.runner`)."""
+"""``biomine run JOB.toml``: run a job end to end (see :mod:`pipeline.run.runner`)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.jobspec import load_job
-    from pipeline.runner import run_job, summary_table
+    from pipeline.run.jobspec import load_job
+    from pipeline.run.runner import run_job, summary_table
 
     spec = load_job(args.job)
     if args.check:

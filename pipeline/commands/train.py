@@ -75,7 +75,7 @@ def register(subparsers) -> None:
 
 
 def _types(value: str | None) -> list[str] | None:
-    from pipeline.tasks.ner import NerTrainingError
+    from pipeline.errors import NerTrainingError
 
     if value is None:
         return None

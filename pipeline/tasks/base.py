@@ -1,7 +1,7 @@
 """The task contract the Ray stages rely on, and the helpers every model task shares.
 
 A task class (``pipeline/tasks/ner.py``, ``re.py``, ``summarize.py``) is what
-:func:`pipeline.stages.run_task_stage` maps over document shards:
+:func:`pipeline.run.stages.run_task_stage` maps over document shards:
 
 ==================  ==============================================================================
 ``name``            ``"ner"`` | ``"re"`` | ``"summarize"`` (the job file's ``[tasks.NAME]``)
@@ -35,11 +35,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from biogpt.errors import BioMineError, CheckpointError, ConfigError
-
-
-class WrongModelError(BioMineError):
-    """A task was given a checkpoint of the wrong kind (e.g. a base LM for relation extraction)."""
+from biogpt.errors import CheckpointError, ConfigError
+from pipeline.errors import WrongModelError
 
 
 def article_text(title: Any, abstract: Any) -> str:

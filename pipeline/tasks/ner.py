@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from biogpt.errors import BioMineError, ConfigError
+from pipeline.errors import DataFormatError, NerTrainingError, WrongModelError
 from schemas import entities as _entities
 
 from . import base as _base
-from .base import WrongModelError
 from .ner_spans import (
     IGNORE_INDEX,
     LabelSchemeError,
@@ -63,7 +63,7 @@ from .ner_spans import (
     parse_label_list,
     plan_windows,
 )
-from .re_data import DataFormatError, PubTatorDocument, read_pubtator
+from .re_data import PubTatorDocument, read_pubtator
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,6 @@ ARCHITECTURE = "BioGptForTokenClassification"
 TRAINING_FILE = "biomine_ner.json"
 _NER_COL, _TEXT_COL = "_ner", "_text"
 _EOS = 2  # the </s> every BioGPT input starts with (fairseq's start symbol)
-
-
-class NerTrainingError(BioMineError):
-    """NER training cannot start: a missing base model, an occupied output directory, bad settings."""
 
 
 # --- shared by training and inference ------------------------------------------------------------

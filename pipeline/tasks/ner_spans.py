@@ -33,17 +33,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from biogpt.errors import BioMineError, ConfigError
+from biogpt.errors import ConfigError
+from pipeline.errors import LabelSchemeError
 
 #: Tag of tokens that carry no label (specials); the ignore index of PyTorch's cross-entropy.
 IGNORE_INDEX = -100
 SCHEMES = {"BIO": ("B", "I"), "BIOES": ("B", "I", "E", "S")}
 
 Offsets = Sequence[tuple[int, int]]
-
-
-class LabelSchemeError(BioMineError):
-    """A label list is not a BIO / BIOES scheme."""
 
 
 @dataclass(frozen=True)

@@ -55,10 +55,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from biogpt.errors import ConfigError
+from pipeline.errors import TaskSettingsError
 from schemas import relations as _relations
 
 from . import base
-from .re_format import RE_TASKS, TaskSettings, TaskSettingsError, build_source, load_task_settings, prompt_input_ids
+from .re_format import RE_TASKS, TaskSettings, build_source, load_task_settings, prompt_input_ids
 from .re_grammar import ParseResult, Unparsed, parse_generation, relation_rows
 
 log = logging.getLogger(__name__)
@@ -352,8 +353,10 @@ def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_siz
     :raises RelationModelError: ``model_dir`` is not a checkpoint of ``task``.
     :raises EvaluationError: nothing to score.
     """
+    from pipeline.errors import EvaluationError
+
     from .re_data import read_re_json, split_entity_map
-    from .re_eval import EvaluationError, score_generations
+    from .re_eval import score_generations
 
     if task not in RE_TASKS:
         raise ConfigError(f"unknown relation-extraction task {task!r}; use one of {', '.join(RE_TASKS)}")

@@ -31,14 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from biogpt.errors import BioMineError
+from pipeline.errors import DataFormatError
 
 from .re_format import RE_TASKS
-
-
-class DataFormatError(BioMineError):
-    """A benchmark or PubTator file does not have the expected layout."""
-
 
 # --- BioGPT RE json ------------------------------------------------------------------------------
 

@@ -42,16 +42,12 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from biogpt.errors import BioMineError
+from pipeline.errors import EvaluationError
 
 from .re_data import PubTatorDocument, gold_triples, split_entity_map
 from .re_grammar import parse_generation
 
 Triple = tuple[str, str, str]
-
-
-class EvaluationError(BioMineError):
-    """The predictions cannot be scored against the gold data."""
 
 
 @dataclass(frozen=True)

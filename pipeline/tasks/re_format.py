@@ -44,21 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
-from biogpt.errors import BioMineError, CheckpointError
+from biogpt.errors import CheckpointError
+from pipeline.errors import RecordError, TaskSettingsError
 
 TASK_FILE = "biomine_task.json"
 RE_TASKS = ("ddi", "kd-dti", "bc5cdr")
 TASKS = RE_TASKS + ("pubmedqa", "hoc")
 #: ``</s>``: fairseq starts every sequence with it (never ``<s>``).
 EOS_ID = 2
-
-
-class TaskSettingsError(BioMineError):
-    """``biomine_task.json`` is missing or invalid, or the checkpoint is for another task."""
-
-
-class RecordError(BioMineError):
-    """A data record lacks what its task's input format needs."""
 
 
 class TokenizerLike(Protocol):

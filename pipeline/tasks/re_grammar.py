@@ -43,14 +43,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from biogpt.errors import BioMineError
+from pipeline.errors import UnknownTaskError
 
 #: The MeSH id the original BC5CDR post-processing writes for a name it cannot map.
 UNMAPPED_ID = "-1"
-
-
-class UnknownTaskError(BioMineError):
-    """A relation-extraction task name that has no output grammar."""
 
 
 @dataclass(frozen=True)

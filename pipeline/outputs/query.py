@@ -26,7 +26,7 @@ def connect(out: str | Path):
     views = []
     docs = out / "documents"
     if (docs / "_manifest.json").exists():
-        from pipeline.shards import iter_shard_paths
+        from pipeline.store.shards import iter_shard_paths
 
         files = [str(p) for p in iter_shard_paths(docs)]
         if files:

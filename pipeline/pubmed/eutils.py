@@ -5,7 +5,7 @@ Contract:
 - :class:`EutilsClient` talks to ``{base_url}/esearch.fcgi`` and ``{base_url}/efetch.fcgi``. The base URL
   is an argument, else ``$BIOMINE_EUTILS_URL``, else NCBI's; ``Bio.Entrez`` cannot be used for the
   requests because it hard-codes NCBI's host, but it still parses esearch answers (:func:`Bio.Entrez.read`,
-  DTD-validated), while efetch's PubMed XML goes through the streaming :mod:`pipeline.pubmed_xml`.
+  DTD-validated), while efetch's PubMed XML goes through the streaming :mod:`pipeline.pubmed.parser`.
 - Every request carries ``tool``, ``email`` and ``api_key`` (:meth:`Credentials.resolve`: options,
   then the job spec's ``[source]`` table, then ``$NCBI_EMAIL``/``$NCBI_API_KEY``), and waits for a
   :class:`RateLimiter` slot: 3 requests/s without a key, 10 with one, shared through a lock file by
@@ -13,7 +13,7 @@ Contract:
 - Transient failures are retried with exponential backoff and jitter: HTTP 429 (honouring
   ``Retry-After``) and 5xx, timeouts, refused or dropped connections, truncated bodies, malformed XML
   and NCBI's ``<ERROR>`` answers that arrive with status 200. Other 4xx fail at once.
-- :func:`fetch_query` fetches every hit of a query exactly once into a :class:`pipeline.shards.ShardStore`:
+- :func:`fetch_query` fetches every hit of a query exactly once into a :class:`pipeline.store.shards.ShardStore`:
   ESearch pages at most 9,999 records, so larger queries are split into publication-date ranges
   (halving until each range fits) and the per-range counts are checked against the total. Each range's
   ids come from one esearch (``usehistory=y``); batches are then fetched over the WebEnv by ``retstart``,
@@ -46,8 +46,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 from biogpt.errors import ConfigError
-from pipeline.pubmed_xml import IngestError, PubmedXMLError, parse_articles
-from pipeline.shards import DEFAULT_SHARD_ROWS, ShardStore
+from pipeline.errors import EutilsError, PubmedXMLError
+from pipeline.pubmed.parser import parse_articles
+from pipeline.store.shards import DEFAULT_SHARD_ROWS, ShardStore
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,6 @@ EARLIEST_DATE = _dt.date(1500, 1, 1)
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 T = TypeVar("T")
-
-
-class EutilsError(IngestError):
-    """An E-utilities request failed for good, or a query cannot be fetched as asked."""
 
 
 # --- credentials ----------------------------------------------------------------------------------
@@ -92,7 +89,7 @@ class Credentials:
 
 
 def load_job_credentials(path: str | os.PathLike) -> dict[str, Any]:
-    """NCBI credentials from a job spec (``jobs/*.toml``, see :mod:`pipeline.jobspec`): the ``email``,
+    """NCBI credentials from a job spec (``jobs/*.toml``, see :mod:`pipeline.run.jobspec`): the ``email``,
     ``api_key`` and ``tool`` keys of its ``[source]`` table, those that are set.
 
     Only these keys are read, so a job spec serves ``biomine fetch --job`` without its models existing.

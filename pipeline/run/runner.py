@@ -3,9 +3,9 @@
 Steps, each idempotent:
 
 1. **Documents** (a Ray task): ``fetch`` (E-utilities query) or ``ingest`` (baseline/update XML) into
-   ``OUT/documents/`` — the manifest-backed shard store of :mod:`pipeline.shards`. Shards are
+   ``OUT/documents/`` — the manifest-backed shard store of :mod:`pipeline.store.shards`. Shards are
    immutable: an update that changes or deletes an article writes a new shard and retires the old one.
-2. **Tasks** (Ray Data, :mod:`pipeline.stages`): for every committed document shard without an output
+2. **Tasks** (Ray Data, :mod:`pipeline.run.stages`): for every committed document shard without an output
    yet, NER → ``OUT/entities/``, RE → ``OUT/relations/``, summarisation → ``OUT/summaries/``, one
    Parquet file per document shard, written atomically.
 3. **Retire**: outputs of document shards that are no longer committed (replaced or deleted
@@ -17,7 +17,7 @@ A killed run (Ctrl-C, dead actor, lost node) loses only in-flight work: re-runni
 already written and produces the same outputs as an uninterrupted run. An incremental job (files
 source) re-run after new update files are added processes only the new or changed articles' shards.
 
-:raises ConfigError: invalid job (see :mod:`pipeline.jobspec`).
+:raises ConfigError: invalid job (see :mod:`pipeline.run.jobspec`).
 :raises BioMineError: from ingestion, fetching or model loading, naming the record or file.
 """
 
@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .jobspec import JobSpec
-from .stages import atomic_write_json, read_failures, run_task_stage, shard_failures_file
+from pipeline.run.jobspec import JobSpec
+from pipeline.run.stages import atomic_write_json, read_failures, run_task_stage, shard_failures_file
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +90,12 @@ def _source_step(spec: JobSpec, docs_dir: str, progress: bool) -> dict[str, Any]
     """Run fetch or ingest; executed as a Ray task (see :func:`run_job`)."""
     src = spec.source
     if src.kind == "files":
-        from .ingest import ingest_files
+        from pipeline.pubmed.ingest import ingest_files
 
         s = ingest_files(src.paths, docs_dir, shard_rows=src.shard_size, progress=progress)
         return {"kind": "files", "files": s.files, "files_skipped": s.skipped, "records": s.records,
                 "added": s.added, "replaced": s.replaced, "deleted": s.deleted, "documents": s.rows}
-    from .eutils import Credentials, EutilsClient, fetch_query
+    from pipeline.pubmed.eutils import Credentials, EutilsClient, fetch_query
 
     client = EutilsClient(base_url=src.eutils_url,
                           credentials=Credentials.resolve(email=src.email, api_key=src.api_key))
@@ -140,8 +140,8 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
     """Run ``spec`` end to end; returns the manifest written to ``OUT/_manifest.json``."""
     import ray
 
-    from .shards import iter_shard_paths
-    from .tasks.registry import task_class
+    from pipeline.store.shards import iter_shard_paths
+    from pipeline.tasks.registry import task_class
 
     # Every task's checkpoint is checked (cheaply: config and task files) before anything runs, so
     # the wrong kind of model is one clear error, not a failure after an hour of fetching.

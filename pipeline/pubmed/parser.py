@@ -35,24 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator, Union
 
-from biogpt.errors import BioMineError
+from pipeline.errors import PubmedXMLError
 
 Source = Union[str, os.PathLike, bytes, IO[bytes]]
-
-
-class IngestError(BioMineError):
-    """PubMed data could not be fetched, parsed or stored (base of the ingestion errors)."""
-
-
-class PubmedXMLError(IngestError):
-    """A PubMed XML document is malformed, truncated, or an error response.
-
-    ``ncbi_error`` holds the text of an NCBI ``<ERROR>`` element when the document was one.
-    """
-
-    def __init__(self, message: str, ncbi_error: str | None = None):
-        super().__init__(message)
-        self.ncbi_error = ncbi_error
 
 
 @dataclass(frozen=True)

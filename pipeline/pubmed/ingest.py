@@ -12,7 +12,7 @@ Contract (what ``biomine ingest`` promises):
   versioned journals, where NLM keeps several versions of one PMID). A ``DeleteCitation`` removes
   the PMID, including any record of it earlier in the same file (the DTD puts deletions last).
   Within one file a later record of the same PMID and version wins.
-- Each file is one transaction (:class:`pipeline.shards.Transaction`): its new shards, the rewritten
+- Each file is one transaction (:class:`pipeline.store.shards.Transaction`): its new shards, the rewritten
   older shards that held records it replaces or deletes, and the note that the file is done become
   visible together. A crash therefore loses at most the file in progress, and re-running the same
   command finishes the job with exactly the output an uninterrupted run gives (apart from
@@ -38,8 +38,9 @@ from typing import Any, Callable, Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.pubmed_xml import Deletion, IngestError, iter_records
-from pipeline.shards import DEFAULT_SHARD_ROWS, ShardStore, Transaction
+from pipeline.errors import IngestError
+from pipeline.pubmed.parser import Deletion, iter_records
+from pipeline.store.shards import DEFAULT_SHARD_ROWS, ShardStore, Transaction
 
 log = logging.getLogger(__name__)
 

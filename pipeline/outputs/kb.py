@@ -23,8 +23,8 @@ def build_kb(relations: str | Path, out: str | Path, *, task: str = "ddi",
     """Build the edge table; returns the number of edges."""
     import duckdb
 
+    from pipeline.run.stages import atomic_write_parquet
     from schemas.kb import cast_batch
-    from pipeline.stages import atomic_write_parquet
 
     relations = Path(relations)
     files = sorted(relations.glob("*.parquet")) if relations.is_dir() else [relations]
@@ -36,7 +36,7 @@ def build_kb(relations: str | Path, out: str | Path, *, task: str = "ddi",
     docs_dir = Path(documents) if documents else relations.parent / "documents"
     date_join = "NULL::DATE AS pub_date"
     if (docs_dir / "_manifest.json").exists():
-        from pipeline.shards import iter_shard_paths
+        from pipeline.store.shards import iter_shard_paths
 
         doc_files = [str(p) for p in iter_shard_paths(docs_dir)]
         if doc_files:

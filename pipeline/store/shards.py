@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.pubmed_xml import IngestError
+from pipeline.errors import ShardStateError
 from schemas.articles import ARTICLE_SCHEMA, SCHEMA_VERSION, check_schema, to_table
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,6 @@ FORMAT = "biomine-article-shards"
 DEFAULT_SHARD_ROWS = 10_000
 _SHARD_RE = re.compile(r"^part-(\d{6})\.parquet$")
 _TMP_PREFIX = ".tmp-"
-
-
-class ShardStateError(IngestError):
-    """An output directory cannot be used as asked (wrong owner, locked, or inconsistent)."""
 
 
 @dataclass

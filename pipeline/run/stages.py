@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from biogpt.errors import BioMineError
+from pipeline.errors import StageError
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +131,6 @@ def _prepare_shards(batch: dict[str, Any], task_cls: type, options: dict[str, An
         out["n"].append(table.num_rows)
         out[PAYLOAD_COL].append(pickle.dumps(task_cls.prepare(docs, options), protocol=pickle.HIGHEST_PROTOCOL))
     return out
-
-
-class StageError(BioMineError):
-    """A stage cannot run at all (e.g. its model does not load); completed shards are kept."""
 
 
 def _slice(docs: dict[str, Any], start: int, stop: int) -> dict[str, Any]:

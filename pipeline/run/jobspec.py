@@ -6,7 +6,7 @@ model directories and impossible combinations are reported together, each with i
 
 The schema, with every key and its default, is documented in ``jobs/README.md``.
 
-:raises ConfigError: listing every problem found, with its TOML key path.
+:raises JobConfigError: listing every problem found, with its TOML key path.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from biogpt.errors import ConfigError
+from pipeline.errors import JobConfigError
 
 RE_TASKS = ("ddi", "kd-dti", "bc5cdr")
 SCHEDULES = ("once", "hourly", "daily", "weekly", "monthly")
@@ -211,7 +211,7 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
         problems.append(f"[resources] dtype = {resources.dtype!r}: use auto, float32, bfloat16 or float16")
     if problems:
         where = f" in {path}" if path else ""
-        raise ConfigError(f"{len(problems)} problem(s){where}:\n  - " + "\n  - ".join(problems))
+        raise JobConfigError(f"{len(problems)} problem(s){where}:\n  - " + "\n  - ".join(problems))
     output = Path(job["output"])
     return JobSpec(name=job["name"], output=output if output.is_absolute() else Path(os.path.normpath(base_dir / output)),
                    source=source, tasks=tasks, resources=resources, schedule=schedule,
@@ -221,13 +221,13 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
 def load_job(path: str | Path, check_models: bool = True) -> JobSpec:
     """Read and validate a job TOML file.
 
-    :raises ConfigError: the file is missing, not TOML, or has problems (all listed).
+    :raises JobConfigError: the file is missing, not TOML, or has problems (all listed).
     """
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"job file {path} does not exist (examples are in jobs/)")
+        raise JobConfigError(f"job file {path} does not exist (examples are in jobs/)")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        raise JobConfigError(f"{path} is not valid TOML: {exc}") from None
     return parse_job(data, path.resolve().parent, check_models=check_models, path=path)

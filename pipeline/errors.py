@@ -1,0 +1,102 @@
+"""Every error the pipeline raises for a user's mistake, in one place.
+
+The CLI (:mod:`pipeline.cli`) prints any :class:`~biogpt.errors.BioMineError` as one
+``biomine: error: ...`` line with exit status 2, so each class here says *what kind* of input was
+at fault and its message names the record, file or key and the fix. The hierarchy follows the flow
+of the pipeline (``docs/architecture.md``)::
+
+    BioMineError (biogpt.errors)
+    +-- ConfigError (biogpt.errors): a model config.json
+    |   +-- JobConfigError: a job file or command-line option
+    +-- CheckpointError (biogpt.errors)
+    |   +-- TaskSettingsError (biogpt.errors): a checkpoint's biomine_task.json
+    +-- IngestError: PubMed data could not be read
+    |   +-- PubmedXMLError: malformed/truncated XML or an NCBI error document
+    |   +-- EutilsError: an E-utilities request failed for good
+    +-- StoreError: an output location cannot be used as asked
+    |   +-- ShardStateError: a document-shard store (owner, lock, manifest)
+    +-- StageError: a Ray stage cannot run at all
+    +-- WrongModelError: a task was given a checkpoint of the wrong kind
+    +-- DataFormatError, RecordError, LabelSchemeError, UnknownTaskError, EvaluationError,
+        NerTrainingError: task data, labels and benchmarks
+
+Programming errors stay ordinary exceptions (and keep their tracebacks).
+"""
+
+from __future__ import annotations
+
+from biogpt.errors import BioMineError, CheckpointError, ConfigError, TaskSettingsError
+
+__all__ = [
+    "BioMineError", "CheckpointError", "ConfigError", "TaskSettingsError", "JobConfigError", "IngestError",
+    "PubmedXMLError", "EutilsError", "StoreError", "ShardStateError", "StageError", "WrongModelError",
+    "DataFormatError", "RecordError", "LabelSchemeError", "UnknownTaskError", "EvaluationError",
+    "NerTrainingError",
+]
+
+
+class JobConfigError(ConfigError):
+    """A job file or a command-line option has an unknown key or an invalid value."""
+
+
+# --- ingestion (pipeline/pubmed) -------------------------------------------------------------------
+class IngestError(BioMineError):
+    """PubMed data could not be fetched, parsed or read (base of the ingestion errors)."""
+
+
+class PubmedXMLError(IngestError):
+    """A PubMed XML document is malformed, truncated, or an error response.
+
+    ``ncbi_error`` holds the text of an NCBI ``<ERROR>`` element when the document was one.
+    """
+
+    def __init__(self, message: str, ncbi_error: str | None = None):
+        super().__init__(message)
+        self.ncbi_error = ncbi_error
+
+
+class EutilsError(IngestError):
+    """An E-utilities request failed for good, or a query cannot be fetched as asked."""
+
+
+# --- storage (pipeline/store) ----------------------------------------------------------------------
+class StoreError(BioMineError):
+    """An output location cannot be used as asked (wrong owner, in use, or inconsistent)."""
+
+
+class ShardStateError(StoreError):
+    """A document-shard store cannot be used as asked (wrong owner, locked, or inconsistent)."""
+
+
+# --- running (pipeline/run) ------------------------------------------------------------------------
+class StageError(BioMineError):
+    """A stage cannot run at all (e.g. its model does not load); completed shards are kept."""
+
+
+# --- tasks (pipeline/tasks) ------------------------------------------------------------------------
+class WrongModelError(BioMineError):
+    """A task was given a checkpoint of the wrong kind (e.g. a base LM for relation extraction)."""
+
+
+class DataFormatError(BioMineError):
+    """A benchmark or PubTator file does not have the expected layout."""
+
+
+class RecordError(BioMineError):
+    """A data record lacks what its task's input format needs."""
+
+
+class LabelSchemeError(BioMineError):
+    """A label list is not a BIO / BIOES scheme."""
+
+
+class UnknownTaskError(BioMineError):
+    """A relation-extraction task name that has no output grammar."""
+
+
+class EvaluationError(BioMineError):
+    """The predictions cannot be scored against the gold data."""
+
+
+class NerTrainingError(BioMineError):
+    """NER training cannot start: a missing base model, an occupied output directory, bad settings."""
