@@ -190,10 +190,10 @@ def test_prepare_keeps_columns_and_handles_missing_text(trained):
     prepared = NerTask.prepare(batch, {"model": str(trained["model"])})
     assert list(prepared["_shard"]) == ["part-000000"] and list(prepared["pmid"]) == [101]
     assert prepared["_text"][0] == docs[0].title + " "
-    inputs = json.loads(prepared["_ner"][0])
-    assert len(inputs["ids"]) == len(inputs["offsets"]) and inputs["windows"] == [[0, len(inputs["ids"])]]
+    inputs = prepared["_ner"][0]
+    assert len(inputs["ids"]) == len(inputs["offsets"]) and [list(w) for w in inputs["windows"]] == [[0, len(inputs["ids"])]]
     empty = NerTask.prepare(batch_of(docs, title=np.array([None], dtype=object)), {"model": str(trained["model"])})
-    assert json.loads(empty["_ner"][0])["windows"] == []
+    assert list(empty["_ner"][0]["windows"]) == []
     task = NerTask(model=str(trained["model"]))
     assert task(empty) == [[]]
     rows = task(prepared)[0]
@@ -216,7 +216,7 @@ def test_windows_over_long_documents(tmp_path):
     long_doc = docs[0]
     long_doc.abstract = " ".join(f"{d.title} {d.abstract}" for d in docs)
     prepared = NerTask.prepare(batch_of([long_doc]), {"model": str(tmp_path / "model"), "stride": 10})
-    windows = json.loads(prepared["_ner"][0])["windows"]
+    windows = [list(w) for w in prepared["_ner"][0]["windows"]]
     assert len(windows) > 10 and all(e - s <= 31 for s, e in windows) and windows[-1][1] > 100
     task = NerTask(model=str(tmp_path / "model"))
     rows = task(prepared)[0]

@@ -125,7 +125,7 @@ def test_prepare_builds_the_fine_tuning_input(ckpts):
     prompt = list(settings.prompt_token_ids)
     batch = batch_of([TITLES[0], "Long", "No abstract", None], [ABSTRACTS[0], LONG, None, "   "])
     out = RelationTask.prepare(batch, {"model": str(path), "task": "ddi"})
-    ids = base.decode_json(out["_input_ids"])
+    ids = list(out["_input_ids"])
 
     # DDI: [2] + the lower-cased abstract's ids + learned1..N
     source = tok.encode(ABSTRACTS[0].strip().lower(), add_special_tokens=False)
@@ -149,7 +149,7 @@ def test_prepare_kd_dti_joins_title_and_abstract(ckpts):
     settings = load_task_settings(path, "kd-dti")
     tok = BioGptTokenizer.from_pretrained(path)
     batch = batch_of([TITLES[0], TITLES[1], None, None], [ABSTRACTS[0], ABSTRACTS[1], ABSTRACTS[0], None])
-    ids = base.decode_json(RelationTask.prepare(batch, {"model": str(path), "task": "kd-dti"})["_input_ids"])
+    ids = list(RelationTask.prepare(batch, {"model": str(path), "task": "kd-dti"})["_input_ids"])
     enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
     prompt = list(settings.prompt_token_ids)
     # the title ends in "." (a non-word character): joined by " "; otherwise by ". "
@@ -171,7 +171,7 @@ def test_random_model_rows_fit_the_schema_and_keep_unparsed_output(ckpts):
     prepared = RelationTask.prepare(batch, {"model": str(path), "task": "ddi"})
     per_doc = task(prepared)
     assert len(per_doc) == 4 and all(per_doc)  # every document yields rows, in batch order
-    new_ids = task.generate_ids([p for p in base.decode_json(prepared["_input_ids"]) if p is not None])
+    new_ids = task.generate_ids([p for p in list(prepared["_input_ids"]) if p is not None])
     for i, rows in enumerate(per_doc):
         assert {r["pmid"] for r in rows} == {batch["pmid"][i]} and {r["version"] for r in rows} == {batch["version"][i]}
         assert all(r["task"] == "ddi" and r["model_id"] == "re-ddi-small" for r in rows)
@@ -202,7 +202,7 @@ def test_greedy_ids_equal_generate_and_budgets_never_overflow(ckpts):
     path = ckpts["ddi-small"]  # 64 positions, S = 20, 9 prompt tokens
     abstracts = ABSTRACTS + [LONG, "Aspirin.", ABSTRACTS[1].upper()]
     task = RelationTask(model=str(path), task="ddi", batch_size=2, max_new_tokens=256, device="cpu")
-    prompts = base.decode_json(RelationTask.prepare(batch_of(["t"] * 5, abstracts), task.options)["_input_ids"])
+    prompts = list(RelationTask.prepare(batch_of(["t"] * 5, abstracts), task.options)["_input_ids"])
     got = task.generate_ids(prompts)
     positions = task.decoder.model.config.max_position_embeddings
     for prompt, ids in zip(prompts, got):
@@ -326,7 +326,7 @@ def test_cuda_graph_decoding_equals_generate_on_gpu(ckpts):
     abstracts = ABSTRACTS + [LONG, "Aspirin."]
     task = RelationTask(model=str(path), task="ddi", batch_size=2, max_new_tokens=32, device="cuda", dtype="float32")
     assert task.decoder.engine.cuda_graph and task.decoder.model.device.type == "cuda"
-    prompts = base.decode_json(RelationTask.prepare(batch_of(["t"] * 4, abstracts), task.options)["_input_ids"])
+    prompts = list(RelationTask.prepare(batch_of(["t"] * 4, abstracts), task.options)["_input_ids"])
     for prompt, ids in zip(prompts, task.generate_ids(prompts)):
         budget = min(32, task.decoder.model.config.max_position_embeddings - len(prompt))
         ref = generate(task.decoder.model, torch.tensor([prompt], device="cuda"), max_new_tokens=budget,

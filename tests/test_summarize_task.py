@@ -49,7 +49,7 @@ def test_rows_fit_the_schema_and_equal_greedy_generate(ckpts):
     task = SummarizeTask(**options)
     batch = batch_of(TITLES, ABSTRACTS)
     prepared = SummarizeTask.prepare(batch, options)
-    prompts = base.decode_json(prepared["_input_ids"])
+    prompts = list(prepared["_input_ids"])
     tok = BioGptTokenizer.from_pretrained(path)
     # [2] + the formatted template's ids; a missing title is the empty string
     assert prompts[0] == [2] + tok.encode(f"{TITLES[0]} TL;DR:", add_special_tokens=False)
@@ -76,7 +76,7 @@ def test_default_prompt_and_articles_without_one(ckpts):
     per_doc = task(batch_of(TITLES, ABSTRACTS))
     assert per_doc[2] == []  # "{title}" of an article without title: nothing to summarise, no row
     assert [rows[0]["prompt_id"] for rows in per_doc[:2]] == ["default", "default"]
-    prompts = base.decode_json(SummarizeTask.prepare(batch_of(TITLES, ABSTRACTS), task.options)["_input_ids"])
+    prompts = list(SummarizeTask.prepare(batch_of(TITLES, ABSTRACTS), task.options)["_input_ids"])
     tok = task.tokenizer
     assert prompts[:2] == [[2] + tok.encode(t, add_special_tokens=False) for t in TITLES[:2]] and prompts[2] is None
 
@@ -108,7 +108,7 @@ def test_prompt_truncation_cuts_the_abstract_and_keeps_the_cue(ckpts):
     # through the task: every prompt fits with its new tokens, and generation never overflows
     options = {"model": str(path), "prompt": template, "max_new_tokens": max_new, "device": "cpu"}
     prepared = SummarizeTask.prepare(batch_of(["t", "t"], [LONG, ABSTRACTS[0]]), options)
-    prompts = base.decode_json(prepared["_input_ids"])
+    prompts = list(prepared["_input_ids"])
     assert prompts[0] == ids and all(len(p) + max_new <= POSITIONS for p in prompts)
     assert prompts[1] == [2] + tok.encode(template.format(title="", abstract=ABSTRACTS[0]), add_special_tokens=False)
     rows = SummarizeTask(**options)(prepared)

@@ -23,7 +23,7 @@ def build_kb(relations: str | Path, out: str | Path, *, task: str = "ddi",
     """Build the edge table; returns the number of edges."""
     import duckdb
 
-    from pipeline.run.stages import atomic_write_parquet
+    from pipeline.store.atomic import write_parquet
     from schemas.kb import cast_batch
 
     relations = Path(relations)
@@ -68,5 +68,5 @@ def build_kb(relations: str | Path, out: str | Path, *, task: str = "ddi",
     except duckdb.Error as exc:
         raise BioMineError(f"cannot build the KB from {relations}: {exc}") from None
     table = cast_batch(table)
-    atomic_write_parquet(table, Path(out))
+    write_parquet(table, Path(out))
     return table.num_rows

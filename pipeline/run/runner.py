@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.run.jobspec import JobSpec
-from pipeline.run.stages import atomic_write_json, read_failures, run_task_stage, shard_failures_file
+from pipeline.run.stages import read_failures, run_task_stage, shard_failures_file
+from pipeline.store.atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
         # Record the model before its first output exists, so a crash cannot leave outputs of this
         # model under a manifest that names another (the next run would keep them as current).
         models = {**previous.get("models", {}), **manifest["models"]}
-        atomic_write_json({**manifest, "models": models, "finished_at": None}, out / MANIFEST)
+        write_json({**manifest, "models": models, "finished_at": None}, out / MANIFEST)
         result = run_task_stage(cls, options, shards, out_dir, batch_size=task.batch_size, actors=actors,
                                 gpus_per_actor=gpus_per_actor, cpus_per_actor=spec.resources.cpus_per_actor,
                                 progress=progress)
@@ -205,7 +206,7 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
         manifest["failures"] += read_failures(out_dir, shards)
     manifest["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
-    atomic_write_json(manifest, out / MANIFEST)
+    write_json(manifest, out / MANIFEST)
     return manifest
 
 

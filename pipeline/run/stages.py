@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import sys
 import time
@@ -40,6 +39,7 @@ import pyarrow.parquet as pq
 
 from biogpt.errors import BioMineError
 from pipeline.errors import StageError
+from pipeline.store.atomic import write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +66,6 @@ class Task(Protocol):
         """Model: the output rows of each document of the batch, in batch order."""
 
 
-def atomic_write_parquet(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` so that readers see the whole file or none of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
-
-
-def atomic_write_json(data: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def shard_output(out_dir: Path, shard: Path) -> Path:
@@ -229,7 +217,7 @@ def run_task_stage(task_cls: type, options: dict[str, Any], shards: list[Path], 
     result.shards_skipped = len(shards) - len(pending)
     expected = {Path(s).stem: pq.ParquetFile(s).metadata.num_rows for s in pending}
     for s in [s for s in pending if expected[Path(s).stem] == 0]:  # nothing to run, but complete
-        atomic_write_parquet(task_cls.schema.empty_table(), shard_output(out_dir, s))
+        write_parquet(task_cls.schema.empty_table(), shard_output(out_dir, s))
         shard_failures_file(out_dir, s).unlink(missing_ok=True)
         result.shards_done += 1
     pending = [s for s in pending if expected[Path(s).stem] > 0]
@@ -274,8 +262,8 @@ def run_task_stage(task_cls: type, options: dict[str, Any], shards: list[Path], 
         table = cast(rows) if cast else pa.Table.from_pylist(rows, schema=task_cls.schema)
         out = shard_output(out_dir, Path(shard))
         if failed:  # recorded before the output exists, so a crash cannot lose the record
-            atomic_write_json(failed, shard_failures_file(out_dir, shard))
-        atomic_write_parquet(table, out)
+            write_json(failed, shard_failures_file(out_dir, shard))
+        write_parquet(table, out)
         if not failed:
             shard_failures_file(out_dir, shard).unlink(missing_ok=True)
         result.failures += failed

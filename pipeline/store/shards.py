@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import ShardStateError
+from pipeline.store.atomic import TMP_PREFIX, fsync_dir, write_bytes, write_parquet
 from schemas.articles import ARTICLE_SCHEMA, SCHEMA_VERSION, check_schema, to_table
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ LOCK = "_lock"
 FORMAT = "biomine-article-shards"
 DEFAULT_SHARD_ROWS = 10_000
 _SHARD_RE = re.compile(r"^part-(\d{6})\.parquet$")
-_TMP_PREFIX = ".tmp-"
 
 
 @dataclass
@@ -65,26 +65,6 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Write ``path`` via a temporary sibling: ``write(fileobj)``, fsync, rename."""
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class ShardStore:
@@ -185,7 +165,7 @@ class ShardStore:
     def _remove_leftovers(self) -> None:
         committed = {s["name"] for s in self.manifest["shards"]}
         for entry in self.path.iterdir():
-            if entry.name.startswith(_TMP_PREFIX) or (_SHARD_RE.match(entry.name) and entry.name not in committed):
+            if entry.name.startswith(TMP_PREFIX) or (_SHARD_RE.match(entry.name) and entry.name not in committed):
                 log.info("removing %s, left by an interrupted run (never committed)", entry)
                 entry.unlink()
         missing = [name for name in committed if not (self.path / name).exists()]
@@ -256,8 +236,7 @@ class ShardStore:
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         manifest["updated_at"] = _now()
         data = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
-        _write_atomic(self.path / MANIFEST, lambda f: f.write(data))
-        _fsync_dir(self.path)
+        write_bytes(data, self.path / MANIFEST)
 
 
 class Transaction:
@@ -295,8 +274,8 @@ class Transaction:
             raise ValueError(f"a shard holds at most {self.store.shard_rows} rows, got {table.num_rows}")
         name = f"part-{self._next_seq:06d}.parquet"
         self._next_seq += 1
-        _write_atomic(self.store.path / name,
-                      lambda f: pq.write_table(table, f, compression="zstd"))
+        # The directory is fsync'ed once, at commit, before the manifest names the new shards.
+        write_parquet(table, self.store.path / name, sync_dir=False)
         pmids = table.column("pmid")
         info = ShardInfo(name, table.num_rows, pc.min(pmids).as_py(), pc.max(pmids).as_py())
         self._written.append(info)
@@ -323,7 +302,7 @@ class Transaction:
         manifest["next_seq"] = self._next_seq
         manifest["inputs"] = {**manifest["inputs"], **(inputs or {})}
         manifest["notes"] = {**manifest["notes"], **(notes or {})}
-        _fsync_dir(store.path)  # the shard renames must be durable before the manifest names them
+        fsync_dir(store.path)  # the shard renames must be durable before the manifest names them
         store._write_manifest(manifest)
         store.manifest = manifest
         self._done = True

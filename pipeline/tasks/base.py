@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from biogpt.errors import CheckpointError, ConfigError
 from pipeline.errors import WrongModelError
@@ -140,14 +140,6 @@ def as_list(column: Any) -> list:
     return list(column)
 
 
-def encode_json(values: Iterable[Any]) -> list[str]:
-    """Per-document model inputs as JSON strings: Ray Data carries them between stages unchanged
-    (ragged nested lists would otherwise be coerced into tensor extension types)."""
-    return [json.dumps(v, separators=(",", ":")) for v in values]
-
-
-def decode_json(column: Sequence[Any]) -> list[Any]:
-    return [json.loads(v) for v in as_list(column)]
 
 
 def decoding_record(*, strategy: str = "greedy", num_beams: int = 1, max_new_tokens: int | None = None,

@@ -180,7 +180,7 @@ class NerTask:
 
     @staticmethod
     def prepare(batch: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-        """Add ``_text`` (the article text) and ``_ner`` (JSON: ``ids``, ``offsets``, ``windows``)."""
+        """Add ``_text`` (the article text) and ``_ner`` (per document: ``ids``, ``offsets``, ``windows``)."""
         model_dir = str(options["model"])
         window, stride = _window_settings(_max_positions(model_dir), options.get("stride"), model_dir)
         titles, abstracts = _base.as_list(batch["title"]), _base.as_list(batch["abstract"])
@@ -192,7 +192,7 @@ class NerTask:
             inputs.append({"ids": ids, "offsets": offsets, "windows": windows})
         batch = dict(batch)
         batch[_TEXT_COL] = texts
-        batch[_NER_COL] = _base.encode_json(inputs)
+        batch[_NER_COL] = inputs
         return batch
 
     def __init__(self, model, dtype: str | None = "auto", batch_size: int = 16, device: str | None = None, **_):
@@ -230,7 +230,7 @@ class NerTask:
         return out  # type: ignore[return-value]
 
     def __call__(self, batch: dict[str, Any]) -> list[list[dict[str, Any]]]:
-        docs = _base.decode_json(batch[_NER_COL])
+        docs = _base.as_list(batch[_NER_COL])
         texts = _base.as_list(batch[_TEXT_COL])
         pmids = _base.as_list(batch["pmid"])
         versions = _base.as_list(batch["version"]) if "version" in batch else [1] * len(docs)

@@ -197,7 +197,7 @@ class RelationTask:
 
     @staticmethod
     def prepare(batch: dict[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
-        """Add ``_input_ids`` (JSON: the prompt ids, or null), ``_skip`` (why there is no prompt, or
+        """Add ``_input_ids`` (the prompt ids, or None), ``_skip`` (why there is no prompt, or
         ``""``) and ``_text`` (``title + " " + abstract``, which evidence offsets index)."""
         model_dir = str(options["model"])
         settings = _settings(model_dir, options.get("task"))
@@ -218,7 +218,7 @@ class RelationTask:
                 inputs.append(prompt_input_ids(source, tokenizer, settings))
             skips.append(skip)
         out = dict(batch)
-        out["_input_ids"] = base.encode_json(inputs)
+        out["_input_ids"] = inputs
         out["_skip"] = skips
         out["_text"] = texts
         return out
@@ -270,7 +270,7 @@ class RelationTask:
         pmids, versions = base.doc_keys(batch)
         skips = [str(s) if s else "" for s in base.as_list(batch["_skip"])]
         texts = base.as_list(batch["_text"])
-        new = self.decoder.run_prompted(base.decode_json(batch["_input_ids"]), self.max_new_tokens)
+        new = self.decoder.run_prompted(base.as_list(batch["_input_ids"]), self.max_new_tokens)
         generations = {i: self.generation_text(ids) for i, ids in new.items()}
         out: list[list[dict[str, Any]]] = []
         for i, (pmid, version) in enumerate(zip(pmids, versions)):

@@ -176,7 +176,7 @@ class SummarizeTask:
 
     @staticmethod
     def prepare(batch: dict[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
-        """Add ``_input_ids``: JSON prompt ids per article (null where the prompt is empty)."""
+        """Add ``_input_ids``: the prompt ids per article (None where the prompt is empty)."""
         model_dir = str(options["model"])
         template = check_template(options.get("prompt") or DEFAULT_PROMPT)
         limit = prompt_limit(model_dir, options.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
@@ -189,7 +189,7 @@ class SummarizeTask:
                 continue
             inputs.append(prompt_ids(template, title, abstract, tokenizer, limit))
         out = dict(batch)
-        out["_input_ids"] = base.encode_json(inputs)
+        out["_input_ids"] = inputs
         return out
 
     def __init__(self, model: str | Path, dtype: str | None = "auto", batch_size: int = 16,
@@ -219,7 +219,7 @@ class SummarizeTask:
         if "_input_ids" not in batch:
             batch = self.prepare(batch, self.options)
         pmids, versions = base.doc_keys(batch)
-        new = self.decoder.run_prompted(base.decode_json(batch["_input_ids"]), self.max_new_tokens)
+        new = self.decoder.run_prompted(base.as_list(batch["_input_ids"]), self.max_new_tokens)
         out: list[list[dict[str, Any]]] = []
         for i, (pmid, version) in enumerate(zip(pmids, versions)):
             if i not in new:
