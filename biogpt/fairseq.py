@@ -21,7 +21,7 @@ Output directory:
   ``decoder.output_projection.weight`` -> ``output_projection.weight``, ``decoder.version`` dropped.
 * ``vocab.json``, ``merges.txt``, ``tokenizer_config.json``, ``special_tokens_map.json`` and, for a
   prompt model, ``added_tokens.json`` with ``learned1..N`` at ids V0..V0+N-1 (biogpt.tokenizer).
-* ``biomine_task.json`` - what inference needs (see :func:`task_spec` and docs/convert.md): task,
+* ``biomine_task.json`` - what inference needs (see :mod:`biogpt.task_spec` and docs/convert.md): task,
   prompt ids, source/target lengths, truncation marker id, source formatting, decoding settings,
   output grammar.
 
@@ -39,7 +39,6 @@ truncates a long source to S-1 tokens + ``...``; ``inference.py`` decodes greedi
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import pickle
 import re
@@ -51,63 +50,18 @@ import torch
 
 from .config import BioGptConfig
 from .errors import CheckpointError, TokenizerError
+from .task_spec import CHECKPOINT_TASKS, TRUNCATION_MARKER, guess_task, task_spec, write_task_spec
 from .tokenizer import BioGptTokenizer
 
 log = logging.getLogger(__name__)
 
-TASK_FILE = "biomine_task.json"
-TASK_FILE_VERSION = 1
 CHECKPOINT_NAMES = ("checkpoint_avg.pt", "checkpoint.pt", "checkpoint_last.pt", "checkpoint_best.pt")
-TRUNCATION_MARKER = "..."
 
 # fairseq architectures BioGPT used and their head counts (fairseq transformer_lm.py), for checkpoints
 # whose cfg.model lacks decoder_attention_heads (it cannot be read from tensor shapes).
 ARCH_HEADS = {"transformer_lm_prompt_biogpt": 16, "transformer_lm_prompt_biogpt_large": 25,
               "transformer_lm_biogpt": 16, "transformer_lm_biogpt_large": 25,
               "transformer_lm_gpt2_small": 16, "transformer_lm_gpt2_medium": 20, "transformer_lm_gpt2_big": 25}
-
-# Task names and how to recognise them in the checkpoint's data path or file path.
-TASK_PATTERNS = {
-    "re-bc5cdr": r"bc5cdr",
-    "re-ddi": r"(?<![a-z])ddi(?![a-z])",
-    "re-dti": r"(?<![a-z])(?:kd-?)?dti(?![a-z])",
-    "qa-pubmedqa": r"pubmedqa|(?<![a-z])qa(?![a-z])",
-    "dc-hoc": r"(?<![a-z])hoc(?![a-z])",
-}
-TASKS = (*TASK_PATTERNS, "lm")
-
-_TITLE_JOIN = "title + ' ' + abstract when the title ends in a non-word character (regex \\W$), else title + '. ' + abstract"
-# Source text of each task, as examples/<task>/rebuild_data.py builds it before Moses + BPE.
-SOURCE_FORMATS: dict[str, dict[str, Any]] = {
-    "re-ddi": {"template": "{abstract}", "lowercase": True,
-               "steps": ["abstract: strip, newlines -> spaces", "lowercase"]},
-    "re-dti": {"template": "{title}{join}{abstract}", "lowercase": True, "title_join": _TITLE_JOIN,
-               "steps": ["join title and abstract", "lowercase"]},
-    "re-bc5cdr": {"template": "{title}{join}{abstract}", "lowercase": True, "title_join": _TITLE_JOIN,
-                  "steps": ["join title and abstract", "lowercase"]},
-    # examples/QA-PubMedQA/ReasoningRequired (the released QA models; data dir pqal_qcl_ansis-bin)
-    "qa-pubmedqa": {"template": "question: {question} context: {context} ", "lowercase": False,
-                    "steps": ["question: strip", "context: CONTEXTS stripped and joined by ' ', newlines -> "
-                              "spaces, whitespace runs collapsed, stripped"]},
-    # examples/QA-PubMedQA/ReasoningFree (data dir pqal_qcal_ansis-bin): the long answer is in the source
-    "qa-pubmedqa-reasoning-free": {"template": "question: {question} context: {context} answer: {long_answer}",
-                                   "lowercase": False,
-                                   "steps": ["as qa-pubmedqa, then ' answer: ' + LONG_ANSWER stripped"]},
-    # the first QA recipe (data dir PubMedQA/ansis-bin, from raw/*.tsv lines already in that form)
-    "qa-pubmedqa-legacy": {"template": "question: {question} context: {context} answer: {long_answer}",
-                           "lowercase": True, "append_period": True,
-                           "steps": ["strip", "lowercase", "append '.' unless it ends with '.'"]},
-    "dc-hoc": {"template": "{text}", "lowercase": False, "append_period": True,
-               "steps": ["strip", "append '.' unless it ends with '.'"]},
-}
-# Target text and the parser name the post-processing uses (examples/<task>/postprocess.py).
-TARGETS = {
-    "re-ddi": ("the interaction between {drug} and {target} is {interaction}", "; ", "relis-interaction"),
-    "re-dti": ("the interaction between {drug} and {target} is {interaction}", "; ", "relis-interaction"),
-    "re-bc5cdr": ("the relation between {chemical} and {disease} exists", "; ", "relis-relation"),
-    "qa-pubmedqa": ("the answer to the question given the context is {answer}", None, "qa-answer"),
-    "dc-hoc": ("the type of this document is {labels}", None, "hoc-type"),
-}
 
 
 @dataclass
@@ -306,56 +260,6 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: BioGptConfig,
     return {k: v.contiguous() for k, v in out.items()}, tied_equal
 
 
-def guess_task(strings: list[str]) -> str | None:
-    """The task named in the first string (data path, then file path) that names exactly one."""
-    for s in strings:
-        hits = [t for t, pattern in TASK_PATTERNS.items() if re.search(pattern, s.lower())]
-        if len(hits) == 1:
-            return hits[0]
-    return None
-
-
-def task_spec(task: str, *, learned: list[str], prompt_ids: list[int], sep_token_id: int | None,
-              max_source: int | None, max_target: int, truncation_id: int | None, pad_id: int, eos_id: int,
-              data_path: str = "") -> dict[str, Any]:
-    """The content of biomine_task.json (documented in docs/convert.md)."""
-    spec: dict[str, Any] = {"biomine_task_version": TASK_FILE_VERSION, "task": task,
-                            "learned_prompt": len(learned), "prompt_tokens": learned, "prompt_token_ids": prompt_ids,
-                            "max_target_positions": max_target}
-    if task == "lm":
-        # README / fairseq hub generation of the pre-trained model: beam 5, min_len 100, max_len_b 1024.
-        spec["decoding"] = {"strategy": "beam", "num_beams": 5, "length_penalty": 1.0, "min_len": 100,
-                            "max_len_b": 1024, "max_len": min(1024, max_target - 1), "ban_token_ids": [pad_id],
-                            "eos_token_id": eos_id}
-        spec["output_grammar"] = None
-        return spec
-    source_key = task
-    if task == "qa-pubmedqa":
-        data = data_path.lower()
-        if "qcal" in data:
-            source_key = "qa-pubmedqa-reasoning-free"
-        elif "qcl" not in data and re.search(r"pubmedqa/ansis", data):
-            source_key = "qa-pubmedqa-legacy"
-    template, separator, grammar = TARGETS[task]
-    spec.update({
-        # layout of language_model_prompt_dataset.collate (prefix False): </s> source learned1..N target
-        "prompt_layout": "prompt_source_sep" if sep_token_id is not None else "source_prompt",
-        "sep_token_id": sep_token_id,
-        "max_source_positions": max_source,
-        "truncation_marker": TRUNCATION_MARKER, "truncation_marker_id": truncation_id,
-        "truncation": "a source longer than max_source_positions keeps its first max_source_positions - 1 ids "
-                      "followed by the truncation marker",
-        "source_format": {"name": source_key, **SOURCE_FORMATS[source_key]},
-        "target_format": {"template": template, "separator": separator, "final": "."},
-        # inference.py: sample(beam=1) -> greedy; <pad> never chosen; min(max_len_b, positions - 1) steps
-        # after the leading </s>, prompt included; at the last step only </s> is allowed.
-        "decoding": {"strategy": "greedy", "num_beams": 1, "do_sample": False, "min_len": 1,
-                     "max_len_b": 1024, "max_len": min(1024, max_target - 1), "ban_token_ids": [pad_id],
-                     "eos_token_id": eos_id},
-        "output_grammar": grammar,
-    })
-    return spec
-
 
 def convert_fairseq_checkpoint(src: str | Path, dst: str | Path, *, dict_file: str | Path | None = None,
                                bpecodes_file: str | Path | None = None, task: str | None = None,
@@ -364,7 +268,7 @@ def convert_fairseq_checkpoint(src: str | Path, dst: str | Path, *, dict_file: s
 
     ``dict_file``/``bpecodes_file`` default to ``dict.txt``/``bpecodes`` next to the checkpoint;
     ``task`` overrides the guess from the checkpoint's data path and file path (one of
-    :data:`TASKS`); ``dtype`` ('float32', 'float16', 'bfloat16') casts the weights (default: as stored).
+    :data:`biogpt.task_spec.CHECKPOINT_TASKS`); ``dtype`` ('float32', 'float16', 'bfloat16') casts the weights (default: as stored).
     """
     checkpoint = find_checkpoint(src)
     here = checkpoint.parent
@@ -374,8 +278,8 @@ def convert_fairseq_checkpoint(src: str | Path, dst: str | Path, *, dict_file: s
         if not path.is_file():
             raise TokenizerError(f"no {what} at {path}: pass {flag} (BioGPT's data/{what}; for BioGPT-Large "
                                  f"data/BioGPT-Large/{what})")
-    if task is not None and task not in TASKS:
-        raise CheckpointError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if task is not None and task not in CHECKPOINT_TASKS:
+        raise CheckpointError(f"unknown task {task!r}; choose one of {', '.join(CHECKPOINT_TASKS)}")
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
         raise CheckpointError(f"{dst} is a file; DST must be a directory")
@@ -420,7 +324,7 @@ def convert_fairseq_checkpoint(src: str | Path, dst: str | Path, *, dict_file: s
             [data_path, str(checkpoint.resolve())])
         if task is None:
             raise CheckpointError(f"cannot tell which task {checkpoint} was fine-tuned for (data path "
-                                  f"{data_path or 'unknown'}); pass --task (one of {', '.join(TASKS)})")
+                                  f"{data_path or 'unknown'}); pass --task (one of {', '.join(CHECKPOINT_TASKS)})")
     max_target = int(task_cfg.get("max_target_positions") or model_cfg.get("max_target_positions")
                      or config.max_position_embeddings)
     if max_target > config.max_position_embeddings:
@@ -455,25 +359,9 @@ def convert_fairseq_checkpoint(src: str | Path, dst: str | Path, *, dict_file: s
     config.save_pretrained(dst)
     save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(dst)
-    (dst / TASK_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    write_task_spec(spec, dst)
     for message in warnings:
         log.warning("%s: %s", checkpoint, message)
     return ConversionResult(dst=dst, checkpoint=checkpoint, task=task, vocab_size=config.vocab_size,
                             learned_prompt=n_prompt, prompt_token_ids=prompt_ids, tied_embeddings_equal=tied_equal,
                             warnings=warnings)
-
-
-def read_task_spec(path: str | Path) -> dict[str, Any]:
-    """``biomine_task.json`` of a converted model directory."""
-    file = Path(path) / TASK_FILE if Path(path).is_dir() else Path(path)
-    if not file.exists():
-        raise CheckpointError(f"no {TASK_FILE} in {path}: convert the fairseq checkpoint with "
-                              "`biomine convert fairseq SRC DST`")
-    try:
-        spec = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{file} is not valid JSON ({exc}); convert the checkpoint again") from None
-    if spec.get("biomine_task_version") != TASK_FILE_VERSION:
-        raise CheckpointError(f"{file} has version {spec.get('biomine_task_version')}, this biomine reads "
-                              f"{TASK_FILE_VERSION}; convert the checkpoint again")
-    return spec

@@ -125,7 +125,7 @@ def make_tiny_task_checkpoint(out_dir: str | Path, texts: Iterable[str], *, task
       right after the vocabulary (``added_tokens.json``), with ``vocab_size`` counting them;
     - the truncation marker ``...`` as a vocabulary piece (``...</w>``), so sources longer than
       ``max_source_positions`` are cut as the fine-tuning data was;
-    - ``biomine_task.json`` from :func:`biogpt.fairseq.task_spec` for ``task`` (``re-ddi``, ``re-dti``,
+    - ``biomine_task.json`` from :func:`biogpt.task_spec.task_spec` for ``task`` (``re-ddi``, ``re-dti``,
       ``re-bc5cdr``, ``qa-pubmedqa``, ``dc-hoc``; ``lm`` writes the pre-trained LM's file and no
       prompt tokens), ``max_target_positions`` = ``max_position_embeddings`` and
       ``max_source_positions`` by default 5/8 of it (640 of 1024 as the released RE models),
@@ -133,11 +133,11 @@ def make_tiny_task_checkpoint(out_dir: str | Path, texts: Iterable[str], *, task
 
     The result passes :func:`pipeline.tasks.re_format.load_task_settings` for its task.
     """
-    from .fairseq import TASK_FILE, TASKS, TRUNCATION_MARKER, task_spec
+    from .task_spec import CHECKPOINT_TASKS, TRUNCATION_MARKER, task_spec, write_task_spec
     from .tokenizer import BioGptTokenizer
 
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    if task not in CHECKPOINT_TASKS:
+        raise ValueError(f"unknown task {task!r}; use one of {', '.join(CHECKPOINT_TASKS)}")
     n_prompt = 0 if task == "lm" else learned_prompt
     if task != "lm" and n_prompt < 1:
         raise ValueError(f"a prompt-tuned task checkpoint needs learned_prompt >= 1, got {learned_prompt}")
@@ -186,5 +186,5 @@ def make_tiny_task_checkpoint(out_dir: str | Path, texts: Iterable[str], *, task
                      pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
     spec["converted_from"] = {"checkpoint": None, "fairseq_task": None, "arch": "tiny random (biogpt.tiny)",
                               "data": None}
-    (out_dir / TASK_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    write_task_spec(spec, out_dir)
     return out_dir

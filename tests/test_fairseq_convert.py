@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from biogpt.errors import CheckpointError, TokenizerError
-from biogpt.fairseq import TASK_FILE, convert_fairseq_checkpoint, guess_task, read_task_spec, task_spec
+from biogpt.fairseq import convert_fairseq_checkpoint
+from biogpt.task_spec import TASK_FILE, guess_task, read_task_spec, task_spec
 from biogpt.tokenizer import BioGptTokenizer
 from pipeline.cli import main as cli_main
 from tests.conftest import shared_path

@@ -11,17 +11,9 @@ import json
 import pytest
 
 from biogpt.errors import BioMineError
-from biogpt.fairseq import task_spec
-from pipeline.tasks.re_format import (
-    RecordError,
-    TaskSettings,
-    TaskSettingsError,
-    build_source,
-    build_target,
-    load_task_settings,
-    prompt_input_ids,
-    unify_names,
-)
+from biogpt.task_spec import TaskSettings, load_task_settings, task_spec
+from pipeline.errors import RecordError, TaskSettingsError
+from pipeline.tasks.re_format import build_source, build_target, prompt_input_ids, unify_names
 from pipeline.tasks.re_grammar import (
     UNMAPPED_ID,
     Relation,

@@ -17,13 +17,14 @@ import torch
 from biogpt.errors import BioMineError, ConfigError
 from biogpt.generation import generate
 from biogpt.model import BioGptForCausalLM, BioGptForTokenClassification
+from biogpt.task_spec import load_task_settings
 from biogpt.tiny import make_tiny_checkpoint, make_tiny_task_checkpoint
 from biogpt.tokenizer import BioGptTokenizer
 from pipeline.errors import DataFormatError, TaskSettingsError
 from pipeline.tasks import base
 from pipeline.tasks.re import RelationModelError, RelationTask, evaluate_re, fit_prompt_model, format_re_report
 from pipeline.tasks.re_eval import hard_match
-from pipeline.tasks.re_format import build_source, build_target, load_task_settings, prompt_input_ids
+from pipeline.tasks.re_format import build_source, build_target, prompt_input_ids
 from schemas.relations import cast_batch
 from tests.conftest import shared_path
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from biogpt.task_spec import RE_TASKS
 from pipeline.errors import JobConfigError
 
-RE_TASKS = ("ddi", "kd-dti", "bc5cdr")
 SCHEDULES = ("once", "hourly", "daily", "weekly", "monthly")
 
 

@@ -11,7 +11,7 @@ Contract:
   it (``biomine_task.json``); :meth:`RelationTask.check_model` refuses anything else (a base
   BioGPT, an NER model, another task's checkpoint) with :class:`RelationModelError`, which is both a
   :class:`~pipeline.tasks.base.WrongModelError` and a
-  :class:`~pipeline.tasks.re_format.TaskSettingsError`.
+  :class:`~biogpt.errors.TaskSettingsError`.
 - Input of each article (:meth:`RelationTask.prepare`), exactly as the fine-tuning data:
   ``re_format.build_source`` (DDI: the abstract; KD-DTI, BC5CDR: title + joiner + abstract, lower-cased)
   then ``[2] + source ids + learned1..N`` (``re_format.prompt_input_ids``, the source cut to S-1 ids +
@@ -55,11 +55,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from biogpt.errors import ConfigError
+from biogpt.task_spec import RE_TASKS, TaskSettings, load_task_settings
 from pipeline.errors import TaskSettingsError
 from schemas import relations as _relations
 
 from . import base
-from .re_format import RE_TASKS, TaskSettings, build_source, load_task_settings, prompt_input_ids
+from .re_format import build_source, prompt_input_ids
 from .re_grammar import ParseResult, Unparsed, parse_generation, relation_rows
 
 log = logging.getLogger(__name__)

@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from biogpt.task_spec import RE_TASKS
 from pipeline.errors import DataFormatError
-
-from .re_format import RE_TASKS
 
 # --- BioGPT RE json ------------------------------------------------------------------------------
 

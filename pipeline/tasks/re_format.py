@@ -20,14 +20,8 @@ Contract:
 
 - :func:`build_target` makes the gold target string used for fine-tuning (``relis`` template for RE,
   with the original ordering quirks), so training data and round-trip tests use the released grammar.
-- :func:`load_task_settings` reads the ``biomine_task.json`` that ``biomine convert fairseq`` writes
-  (``biogpt.fairseq.task_spec``, docs/convert.md) into :class:`TaskSettings` and refuses a model
-  directory of the wrong kind (a pre-trained LM, an NER model, no task file) or of another task, with
-  a message saying what to pass instead. The keys used: ``task`` (``re-ddi`` -> ``ddi``, ``re-dti`` ->
-  ``kd-dti``, ``re-bc5cdr`` -> ``bc5cdr``, ``qa-pubmedqa`` -> ``pubmedqa``, ``dc-hoc`` -> ``hoc``),
-  ``learned_prompt`` (N), ``prompt_token_ids`` (V0 .. V0+N-1), ``max_source_positions`` (S),
-  ``max_target_positions``, ``truncation_marker_id`` (``...``), ``source_format.lowercase`` and
-  ``.name``, ``output_grammar`` (checked against the task), ``prompt_layout``/``sep_token_id``.
+- Task names and a checkpoint's settings (:class:`~biogpt.task_spec.TaskSettings`, read from its
+  ``biomine_task.json`` by :func:`~biogpt.task_spec.load_task_settings`) live in :mod:`biogpt.task_spec`.
 - :func:`prompt_input_ids` builds the prompt-model input ``[2] + source ids + [V0 .. V0+N-1]``, the
   source cut to ``S-1`` ids plus the ``...`` id when longer than ``S`` (as
   ``src/language_model_prompt_dataset.py`` truncates), given any tokenizer with
@@ -40,16 +34,11 @@ Contract:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
-from biogpt.errors import CheckpointError
+from biogpt.task_spec import TASK_NAMES, TaskSettings
 from pipeline.errors import RecordError, TaskSettingsError
 
-TASK_FILE = "biomine_task.json"
-RE_TASKS = ("ddi", "kd-dti", "bc5cdr")
-TASKS = RE_TASKS + ("pubmedqa", "hoc")
 #: ``</s>``: fairseq starts every sequence with it (never ``<s>``).
 EOS_ID = 2
 
@@ -112,7 +101,7 @@ def build_source(
         if not sentence:
             raise RecordError(f"HoC record {record_id or '(unnamed)'} has an empty sentence; drop it")
         return sentence if sentence.endswith(".") else sentence + "."
-    raise TaskSettingsError(f"unknown task {task!r}; use one of {list(TASKS)}")
+    raise TaskSettingsError(f"unknown task {task!r}; use one of {list(TASK_NAMES)}")
 
 
 def _relis(triples: Sequence[Mapping[str, str]]) -> str:
@@ -171,113 +160,10 @@ def build_target(task: str, record: Mapping[str, Any], *, record_id: str | None 
         return f"the answer to the question given the context is {_field(record, 'final_decision', task, record_id)}."
     if task == "hoc":
         return f"the type of this document is {_field(record, 'labels', task, record_id)}."
-    raise TaskSettingsError(f"unknown task {task!r}; use one of {list(TASKS)}")
+    raise TaskSettingsError(f"unknown task {task!r}; use one of {list(TASK_NAMES)}")
 
 
-# --- task settings -------------------------------------------------------------------------------
-
-#: The converter's task names (``biogpt.fairseq``, ``biomine_task.json`` ``task``) -> the task names here.
-CHECKPOINT_TASKS = {"re-ddi": "ddi", "re-dti": "kd-dti", "re-bc5cdr": "bc5cdr", "qa-pubmedqa": "pubmedqa", "dc-hoc": "hoc"}
-#: The converter's ``output_grammar`` of each task (``examples/<task>/postprocess.py``).
-OUTPUT_GRAMMARS = {"ddi": "relis-interaction", "kd-dti": "relis-interaction", "bc5cdr": "relis-relation",
-                   "pubmedqa": "qa-answer", "hoc": "hoc-type"}
-
-
-@dataclass(frozen=True)
-class TaskSettings:
-    """What prompt-model inference needs from a converted checkpoint's ``biomine_task.json``."""
-
-    task: str
-    learned_prompt: int
-    prompt_token_ids: tuple[int, ...]
-    max_source_positions: int
-    max_target_positions: int
-    truncation_marker_id: int
-    lowercase_source: bool
-    #: ``source_format.name``: the task name, or a variant such as ``qa-pubmedqa-reasoning-free``.
-    source_format: str
-    #: Set only for the ``prompt_source_sep`` layout (fairseq ``--prefix``, unused by released models).
-    sep_token_id: int | None = None
-
-    @classmethod
-    def from_spec(cls, spec: Mapping[str, Any], where: str = TASK_FILE) -> "TaskSettings":
-        """Validate the parsed ``biomine_task.json`` (docs/convert.md); ``where`` names it in messages.
-
-        :raises TaskSettingsError: a pre-trained LM or unknown task, a missing or mistyped key, or
-            values that cannot describe a prompt model (prompt ids that are not N integers, a source
-            limit that leaves no room for the prompt).
-        """
-        kind = spec.get("task")
-        if kind == "lm":
-            raise TaskSettingsError(f"{where} describes a pre-trained language model, not a fine-tuned task checkpoint")
-        if kind not in CHECKPOINT_TASKS:
-            raise TaskSettingsError(f"{where}: task {kind!r} is not one of {sorted(CHECKPOINT_TASKS)}")
-        task = CHECKPOINT_TASKS[kind]
-
-        def integer(key: str, minimum: int) -> int:
-            value = spec.get(key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise TaskSettingsError(
-                    f"{where}: {key} must be an integer >= {minimum}, got {value!r}; convert the checkpoint again"
-                )
-            return value
-
-        n = integer("learned_prompt", 1)
-        ids = spec.get("prompt_token_ids")
-        if not isinstance(ids, list) or len(ids) != n or not all(
-            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids
-        ):
-            raise TaskSettingsError(f"{where}: prompt_token_ids must be {n} non-negative integers, got {ids!r}")
-        source, target = integer("max_source_positions", 1), integer("max_target_positions", 2)
-        if source + n + 1 > target:
-            raise TaskSettingsError(
-                f"{where}: max_source_positions {source} + {n} prompt tokens + </s> exceed max_target_positions {target}"
-            )
-        fmt = spec.get("source_format")
-        if not isinstance(fmt, Mapping) or not isinstance(fmt.get("lowercase"), bool) or not fmt.get("name"):
-            raise TaskSettingsError(f"{where}: source_format needs a name and a true/false lowercase")
-        if spec.get("output_grammar") != OUTPUT_GRAMMARS[task]:
-            raise TaskSettingsError(
-                f"{where}: output_grammar {spec.get('output_grammar')!r} is not {OUTPUT_GRAMMARS[task]!r}, "
-                f"the grammar of {kind}"
-            )
-        layout = spec.get("prompt_layout", "source_prompt")
-        if layout not in ("source_prompt", "prompt_source_sep"):
-            raise TaskSettingsError(f"{where}: unknown prompt_layout {layout!r}")
-        return cls(
-            task=task,
-            learned_prompt=n,
-            prompt_token_ids=tuple(ids),
-            max_source_positions=source,
-            max_target_positions=target,
-            truncation_marker_id=integer("truncation_marker_id", 0),
-            lowercase_source=fmt["lowercase"],
-            source_format=fmt["name"],
-            sep_token_id=integer("sep_token_id", 0) if layout == "prompt_source_sep" else None,
-        )
-
-
-def load_task_settings(model_dir: str | Path, task: str | None = None) -> TaskSettings:
-    """Read a converted model directory's ``biomine_task.json``; with ``task``, insist it is for it.
-
-    :raises TaskSettingsError: the directory holds no fine-tuned task checkpoint (a base BioGPT or an
-        NER model), the file is unreadable or invalid, or the checkpoint was fine-tuned for another task.
-    """
-    from biogpt.fairseq import read_task_spec  # imports torch; only needed here
-
-    wanted = f"a fine-tuned {task} checkpoint" if task else "a fine-tuned task checkpoint"
-    try:
-        spec = read_task_spec(model_dir)
-    except CheckpointError as exc:
-        raise TaskSettingsError(
-            f"{model_dir} is not {wanted} ({exc}); a base BioGPT or NER model cannot generate task outputs"
-        ) from exc
-    settings = TaskSettings.from_spec(spec, str(Path(model_dir) / TASK_FILE))
-    if task is not None and settings.task != task:
-        raise TaskSettingsError(
-            f"{model_dir} is a {settings.task} checkpoint, not {task}: pass --task {settings.task} or a {task} model"
-        )
-    return settings
+# --- model input ---------------------------------------------------------------------------------
 
 
 def prompt_input_ids(source: str, tokenizer: TokenizerLike, settings: TaskSettings) -> list[int]:

@@ -9,7 +9,7 @@ Contract:
   (``examples/RE-DDI/postprocess.py``, ``examples/RE-DTI/postprocess.py``,
   ``examples/RE-BC5CDR/postprocess.py`` in microsoft/BioGPT), so evaluating them reproduces the
   original numbers; the ``Unparsed`` records are what those scripts printed and threw away.
-- The grammars (:data:`GRAMMARS`):
+- The grammars (:data:`GRAMMARS`; which task uses which is in :mod:`biogpt.task_spec`):
 
   ========  ==================================================  =============  =================
   task      sentence (anchored at the start, greedy groups)      separator      relation
@@ -43,6 +43,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from biogpt.task_spec import BY_NAME, RE_TASKS
 from pipeline.errors import UnknownTaskError
 
 #: The MeSH id the original BC5CDR post-processing writes for a name it cannot map.
@@ -53,7 +54,8 @@ UNMAPPED_ID = "-1"
 class Grammar:
     """One released output grammar (see the module table)."""
 
-    task: str
+    #: The ``output_grammar`` name of ``biomine_task.json`` (:data:`biogpt.task_spec.FINE_TUNED_TASKS`).
+    name: str
     #: Prefix patterns in the order the original ``strip_prefix`` tries them.
     prefixes: tuple[str, ...]
     separator: str
@@ -76,24 +78,22 @@ _INTERACTION = re.compile(r"the interaction between (.*) and (.*) is (.*)")
 _BC5CDR_PREFIXES = ("(learned[0-9]+ )+", "in conclusion ,", "we can conclude that", "we have that")
 _CID = re.compile(r"the relation between (.*) and (.*) exists")
 
-GRAMMARS: dict[str, Grammar] = {
-    "ddi": Grammar("ddi", _DDI_PREFIXES, "; ", False, _INTERACTION, "the interaction between A and B is R"),
-    "kd-dti": Grammar("kd-dti", _DDI_PREFIXES, "; ", False, _INTERACTION, "the interaction between A and B is R"),
-    "bc5cdr": Grammar("bc5cdr", _BC5CDR_PREFIXES, ";", True, _CID, "the relation between C and D exists", "CID"),
-}
+#: By grammar name; a task's grammar is named in :data:`biogpt.task_spec.FINE_TUNED_TASKS`.
+GRAMMARS: dict[str, Grammar] = {g.name: g for g in (
+    Grammar("relis-interaction", _DDI_PREFIXES, "; ", False, _INTERACTION, "the interaction between A and B is R"),
+    Grammar("relis-relation", _BC5CDR_PREFIXES, ";", True, _CID, "the relation between C and D exists", "CID"),
+)}
 
 
 def get_grammar(task: str) -> Grammar:
-    """The grammar of ``task`` (``ddi``, ``kd-dti`` or ``bc5cdr``).
+    """The grammar of relation-extraction task ``task`` (``ddi``, ``kd-dti`` or ``bc5cdr``).
 
     :raises UnknownTaskError: any other name.
     """
-    try:
-        return GRAMMARS[task]
-    except KeyError:
-        raise UnknownTaskError(
-            f"no relation-extraction grammar for task {task!r}; use one of {sorted(GRAMMARS)}"
-        ) from None
+    fine_tuned = BY_NAME.get(task)
+    if fine_tuned is None or fine_tuned.grammar not in GRAMMARS:
+        raise UnknownTaskError(f"no relation-extraction grammar for task {task!r}; use one of {sorted(RE_TASKS)}")
+    return GRAMMARS[fine_tuned.grammar]
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,7 @@ class SummarizeTask:
             task checkpoint.
         :raises ConfigError: a bad template, or ``max_new_tokens`` that leaves no room for a prompt.
         """
-        from biogpt.fairseq import TASK_FILE, read_task_spec
+        from biogpt.task_spec import TASK_FILE, read_task_spec
 
         config = base.read_config(model_dir, "summarize")
         arch = base.architecture(config)
