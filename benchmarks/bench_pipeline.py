@@ -124,7 +124,7 @@ class GpuSampler:
         return statistics.mean(self.samples) / 100 if self.samples else None
 
 
-def engine_speed(cls, options: dict, shards: list[Path], sync) -> tuple[float, int]:
+def engine_speed(cls, options, shards: list[Path], sync) -> tuple[float, int]:
     """Seconds for the model alone and the rows it produced: ``__call__`` on each prepared shard, as
     the pipeline's actor calls it (the task batches a shard by ``batch_size`` itself)."""
     import pyarrow.parquet as pq
@@ -135,8 +135,8 @@ def engine_speed(cls, options: dict, shards: list[Path], sync) -> tuple[float, i
     for shard in shards:
         table = pq.read_table(shard, columns=COLUMNS)
         prepared.append(cls.prepare({c: table.column(c).to_numpy(zero_copy_only=False) for c in COLUMNS}, options))
-    task = cls(**options)
-    task({k: v[: options["batch_size"]] for k, v in prepared[0].items()})  # warm-up: kernels, graphs, allocator
+    task = cls(options)
+    task({k: v[: options.batch_size] for k, v in prepared[0].items()})  # warm-up: kernels, graphs, allocator
     sync()
     start = time.perf_counter()
     rows = sum(len(r) for docs in prepared for r in task(docs))
@@ -198,12 +198,10 @@ def main(argv=None) -> int:
         init_ray(num_cpus=None)
         for name in args.tasks.split(","):
             cls = task_class(name)
-            options = {"model": str(models[name]), "dtype": "auto", "batch_size": batch_size,
-                       "max_new_tokens": {"re": re_new, "summarize": sum_new}.get(name, 0)}
-            if name == "re":
-                options["task"] = "ddi"
-            if name == "summarize":
-                options.update(prompt="{title} {abstract} In summary,", prompt_id="bench")
+            extra = {"re": dict(task="ddi", max_new_tokens=re_new),
+                     "summarize": dict(prompt="{title} {abstract} In summary,", prompt_id="bench",
+                                       max_new_tokens=sum_new)}.get(name, {})
+            options = cls.Options(model=str(models[name]), dtype="auto", batch_size=batch_size, **extra)
             eng_s, eng_rows = engine_speed(cls, options, shards, sync)
             if on_gpu:
                 torch.cuda.empty_cache()
@@ -216,7 +214,7 @@ def main(argv=None) -> int:
             with GpuSampler() as gpu:
                 for label, subset in (("half", half), ("all", shards)):
                     start = time.perf_counter()
-                    result = run_task_stage(cls, options, subset, tmp / "out" / f"{name}-{label}", batch_size=batch_size,
+                    result = run_task_stage(cls, options, subset, tmp / "out" / f"{name}-{label}",
                                             actors=1, gpus_per_actor=1.0 if on_gpu else 0.0, progress=False)
                     runs[label] = time.perf_counter() - start
             pipe_s = runs["all"]

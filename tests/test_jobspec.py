@@ -41,7 +41,7 @@ model = "m"
 prompt = "{title} In summary,"
 """))
     assert spec.output == tmp_path / "out"
-    assert spec.tasks["re"].model == tmp_path / "m" and spec.tasks["re"].batch_size == 4
+    assert Path(spec.tasks["re"].model) == tmp_path / "m" and spec.tasks["re"].batch_size == 4
     assert spec.tasks["summarize"].max_new_tokens == 64 and spec.source.max == 10
 
 

@@ -24,6 +24,7 @@ from pipeline.tasks.ner import (
     train_ner,
 )
 from pipeline.tasks.ner_spans import Span, encode_spans, label_list
+from pipeline.tasks.options import NerOptions
 from pipeline.tasks.re_data import read_pubtator
 from schemas.entities import cast_batch
 from tests.conftest import shared_path
@@ -87,7 +88,7 @@ def batch_of(docs, **extra):
 
 
 def run_task(task: NerTask, docs, model_dir, **options):
-    return task(NerTask.prepare(batch_of(docs), {"model": str(model_dir), **options}))
+    return task(NerTask.prepare(batch_of(docs), NerOptions(model=str(model_dir), **options)))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -142,7 +143,7 @@ def test_saved_model_directory(trained):
     assert record["base"] == str(trained["base"]) and record["data"] == str(trained["data"])
     assert record["final_loss"] == trained["summary"]["final_loss"]
     assert record["unaligned_spans"] == 0 and record["conflicting_spans"] == 0
-    NerTask.check_model(model)  # accepted
+    NerTask.check_model(NerOptions(model=model))  # accepted
 
 
 def test_transformers_loads_the_trained_model(trained):
@@ -161,7 +162,7 @@ def test_transformers_loads_the_trained_model(trained):
 
 def test_rows_index_article_text_and_do_not_depend_on_the_batch(trained):
     docs = read_pubtator(trained["data"])
-    task = NerTask(model=str(trained["model"]), batch_size=3)
+    task = NerTask(NerOptions(model=str(trained["model"]), batch_size=3))
     together = run_task(task, docs, trained["model"])
     alone = [run_task(task, [d], trained["model"])[0] for d in docs]
     assert len(together) == 4
@@ -187,14 +188,14 @@ def test_prepare_keeps_columns_and_handles_missing_text(trained):
     docs = read_pubtator(trained["data"])[:1]
     docs[0].abstract = None
     batch = batch_of(docs, _shard=np.array(["part-000000"], dtype=object))
-    prepared = NerTask.prepare(batch, {"model": str(trained["model"])})
+    prepared = NerTask.prepare(batch, NerOptions(model=str(trained["model"])))
     assert list(prepared["_shard"]) == ["part-000000"] and list(prepared["pmid"]) == [101]
     assert prepared["_text"][0] == docs[0].title + " "
     inputs = prepared["_ner"][0]
     assert len(inputs["ids"]) == len(inputs["offsets"]) and [list(w) for w in inputs["windows"]] == [[0, len(inputs["ids"])]]
-    empty = NerTask.prepare(batch_of(docs, title=np.array([None], dtype=object)), {"model": str(trained["model"])})
+    empty = NerTask.prepare(batch_of(docs, title=np.array([None], dtype=object)), NerOptions(model=str(trained["model"])))
     assert list(empty["_ner"][0]["windows"]) == []
-    task = NerTask(model=str(trained["model"]))
+    task = NerTask(NerOptions(model=str(trained["model"])))
     assert task(empty) == [[]]
     rows = task(prepared)[0]
     assert rows and all(r["end"] <= len(docs[0].title) for r in rows)
@@ -215,10 +216,10 @@ def test_windows_over_long_documents(tmp_path):
     docs = read_pubtator(data)
     long_doc = docs[0]
     long_doc.abstract = " ".join(f"{d.title} {d.abstract}" for d in docs)
-    prepared = NerTask.prepare(batch_of([long_doc]), {"model": str(tmp_path / "model"), "stride": 10})
+    prepared = NerTask.prepare(batch_of([long_doc]), NerOptions(model=str(tmp_path / "model"), stride=10))
     windows = [list(w) for w in prepared["_ner"][0]["windows"]]
     assert len(windows) > 10 and all(e - s <= 31 for s, e in windows) and windows[-1][1] > 100
-    task = NerTask(model=str(tmp_path / "model"))
+    task = NerTask(NerOptions(model=str(tmp_path / "model")))
     rows = task(prepared)[0]
     text = article_text(long_doc.title, long_doc.abstract)
     assert len(rows) >= N_MENTIONS // 2
@@ -226,15 +227,15 @@ def test_windows_over_long_documents(tmp_path):
     assert max(r["end"] for r in rows) > len(text) // 2  # entities found beyond the first windows
     assert cast_batch(rows).num_rows == len(rows)
     with pytest.raises(BioMineError, match="stride=40 must be between 1 and the window of 31"):
-        NerTask.prepare(batch_of([long_doc]), {"model": str(tmp_path / "model"), "stride": 40})
+        NerTask.prepare(batch_of([long_doc]), NerOptions(model=str(tmp_path / "model"), stride=40))
 
 
 def test_check_model_refuses_other_checkpoints(trained, tmp_path):
     with pytest.raises(WrongModelError, match=r"is a BioGptForCausalLM checkpoint.*biomine train ner") as err:
-        NerTask.check_model(trained["base"])
+        NerTask.check_model(NerOptions(model=trained["base"]))
     assert str(trained["base"]) in str(err.value)
     with pytest.raises(WrongModelError, match="BioGptForCausalLM"):
-        NerTask(model=str(trained["base"]))  # never runs a random head
+        NerTask(NerOptions(model=str(trained["base"])))  # never runs a random head
 
     bad = tmp_path / "bad-labels"
     shutil.copytree(trained["model"], bad)
@@ -242,21 +243,21 @@ def test_check_model_refuses_other_checkpoints(trained, tmp_path):
     config["id2label"] = {"0": "O", "1": "B-Chemical", "2": "B-Disease", "3": "I-Disease", "4": "X"}
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(WrongModelError, match=r"bad-labels/config.json id2label is not a tagging scheme.*'X'"):
-        NerTask.check_model(bad)
+        NerTask.check_model(NerOptions(model=bad))
     config["id2label"] = {"0": "O", "1": "B-Chemical", "2": "B-Disease", "3": "I-Disease", "4": "E-Disease"}
     (bad / "config.json").write_text(json.dumps(config))
     missing = r"not a complete BIOES scheme: missing \['E-Chemical', 'I-Chemical', 'S-Chemical', 'S-Disease'\]"
     with pytest.raises(WrongModelError, match=missing):
-        NerTask.check_model(bad)
+        NerTask.check_model(NerOptions(model=bad))
     with pytest.raises(WrongModelError, match="no config.json in"):
-        NerTask.check_model(tmp_path / "nowhere")
+        NerTask.check_model(NerOptions(model=tmp_path / "nowhere"))
 
     # A token classifier saved without labels gets transformers' LABEL_0, LABEL_1: not a scheme either.
     from biogpt.model import BioGptForTokenClassification
 
     unlabelled = make_tiny_checkpoint(tmp_path / "unlabelled", trained["texts"], model_cls=BioGptForTokenClassification)
     with pytest.raises(WrongModelError, match=r"unlabelled/config.json id2label is not a tagging scheme.*'LABEL_0'"):
-        NerTask.check_model(unlabelled)
+        NerTask.check_model(NerOptions(model=unlabelled))
 
 
 def test_training_refuses_bad_input(trained, tmp_path):

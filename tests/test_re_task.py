@@ -22,9 +22,11 @@ from biogpt.tiny import make_tiny_checkpoint, make_tiny_task_checkpoint
 from biogpt.tokenizer import BioGptTokenizer
 from pipeline.errors import DataFormatError, TaskSettingsError
 from pipeline.tasks import base
-from pipeline.tasks.re import RelationModelError, RelationTask, evaluate_re, fit_prompt_model, format_re_report
+from pipeline.tasks.options import RelationOptions
+from pipeline.tasks.re import RelationModelError, RelationTask, evaluate_re, format_re_report
 from pipeline.tasks.re_eval import hard_match
 from pipeline.tasks.re_format import build_source, build_target, prompt_input_ids
+from pipeline.tasks.tiny import fit_prompt_model
 from schemas.relations import cast_batch
 from tests.conftest import shared_path
 
@@ -81,7 +83,7 @@ def test_tiny_task_checkpoint_is_a_converted_prompt_checkpoint(ckpts, key, task,
     assert settings.lowercase_source and settings.task == task
     model = BioGptForCausalLM.from_pretrained(path)
     assert model.config.vocab_size == len(tok)
-    assert RelationTask.check_model(path, task) == settings
+    assert RelationTask.check_model(RelationOptions(model=path, task=task)) == settings
 
 
 def test_tiny_task_checkpoint_rejects_impossible_lengths(tmp_path):
@@ -96,24 +98,24 @@ def test_tiny_task_checkpoint_rejects_impossible_lengths(tmp_path):
 
 def test_check_model_refuses_the_wrong_checkpoints(ckpts, tmp_path):
     with pytest.raises(RelationModelError) as err:
-        RelationTask.check_model(ckpts["lm"], "ddi")
+        RelationTask.check_model(RelationOptions(model=ckpts["lm"], task="ddi"))
     message = str(err.value)
     assert str(ckpts["lm"]) in message and "not a fine-tuned ddi checkpoint" in message
     assert "biomine convert fairseq" in message
     assert isinstance(err.value, base.WrongModelError) and isinstance(err.value, TaskSettingsError)
 
     with pytest.raises(RelationModelError, match=r"is a bc5cdr checkpoint, not ddi: pass --task bc5cdr"):
-        RelationTask.check_model(ckpts["bc5cdr"], "ddi")
+        RelationTask.check_model(RelationOptions(model=ckpts["bc5cdr"], task="ddi"))
     with pytest.raises(RelationModelError, match="BioGptForTokenClassification"):
-        RelationTask.check_model(ckpts["ner"], "ddi")
+        RelationTask.check_model(RelationOptions(model=ckpts["ner"], task="ddi"))
     with pytest.raises(RelationModelError, match="no config.json"):
-        RelationTask.check_model(tmp_path / "missing", "ddi")
+        RelationTask.check_model(RelationOptions(model=tmp_path / "missing", task="ddi"))
     with pytest.raises(RelationModelError, match="unknown task 'hoc'"):
-        RelationTask.check_model(ckpts["ddi"], "hoc")
+        RelationTask.check_model(RelationOptions(model=ckpts["ddi"], task="hoc"))
     # the checkpoint's own task when none is asked for; the constructor refuses before loading weights
-    assert RelationTask.check_model(ckpts["kd-dti"]).task == "kd-dti"
+    assert RelationTask.check_model(RelationOptions(model=ckpts["kd-dti"])).task == "kd-dti"
     with pytest.raises(RelationModelError, match="not ddi"):
-        RelationTask(model=str(ckpts["kd-dti"]), task="ddi", device="cpu")
+        RelationTask(RelationOptions(model=str(ckpts["kd-dti"]), task="ddi", device="cpu"))
 
 
 # --- prepare ---------------------------------------------------------------------------------------
@@ -125,7 +127,7 @@ def test_prepare_builds_the_fine_tuning_input(ckpts):
     tok = BioGptTokenizer.from_pretrained(path)
     prompt = list(settings.prompt_token_ids)
     batch = batch_of([TITLES[0], "Long", "No abstract", None], [ABSTRACTS[0], LONG, None, "   "])
-    out = RelationTask.prepare(batch, {"model": str(path), "task": "ddi"})
+    out = RelationTask.prepare(batch, RelationOptions(model=str(path), task="ddi"))
     ids = list(out["_input_ids"])
 
     # DDI: [2] + the lower-cased abstract's ids + learned1..N
@@ -150,7 +152,7 @@ def test_prepare_kd_dti_joins_title_and_abstract(ckpts):
     settings = load_task_settings(path, "kd-dti")
     tok = BioGptTokenizer.from_pretrained(path)
     batch = batch_of([TITLES[0], TITLES[1], None, None], [ABSTRACTS[0], ABSTRACTS[1], ABSTRACTS[0], None])
-    ids = list(RelationTask.prepare(batch, {"model": str(path), "task": "kd-dti"})["_input_ids"])
+    ids = list(RelationTask.prepare(batch, RelationOptions(model=str(path), task="kd-dti"))["_input_ids"])
     enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
     prompt = list(settings.prompt_token_ids)
     # the title ends in "." (a non-word character): joined by " "; otherwise by ". "
@@ -165,11 +167,11 @@ def test_prepare_kd_dti_joins_title_and_abstract(ckpts):
 
 def test_random_model_rows_fit_the_schema_and_keep_unparsed_output(ckpts):
     path = ckpts["ddi-small"]
-    task = RelationTask(model=str(path), task="ddi", batch_size=2, max_new_tokens=12, device="cpu")
+    task = RelationTask(RelationOptions(model=str(path), task="ddi", batch_size=2, max_new_tokens=12, device="cpu"))
     titles = [TITLES[0], TITLES[1], "Nothing", "Long"]
     abstracts = [ABSTRACTS[0], ABSTRACTS[1], None, LONG]
     batch = batch_of(titles, abstracts, pmids=[11, 12, 13, 14], versions=[1, 2, 1, 1])
-    prepared = RelationTask.prepare(batch, {"model": str(path), "task": "ddi"})
+    prepared = RelationTask.prepare(batch, RelationOptions(model=str(path), task="ddi"))
     per_doc = task(prepared)
     assert len(per_doc) == 4 and all(per_doc)  # every document yields rows, in batch order
     new_ids = task.generate_ids([p for p in list(prepared["_input_ids"]) if p is not None])
@@ -202,7 +204,7 @@ def test_random_model_rows_fit_the_schema_and_keep_unparsed_output(ckpts):
 def test_greedy_ids_equal_generate_and_budgets_never_overflow(ckpts):
     path = ckpts["ddi-small"]  # 64 positions, S = 20, 9 prompt tokens
     abstracts = ABSTRACTS + [LONG, "Aspirin.", ABSTRACTS[1].upper()]
-    task = RelationTask(model=str(path), task="ddi", batch_size=2, max_new_tokens=256, device="cpu")
+    task = RelationTask(RelationOptions(model=str(path), task="ddi", batch_size=2, max_new_tokens=256, device="cpu"))
     prompts = list(RelationTask.prepare(batch_of(["t"] * 5, abstracts), task.options)["_input_ids"])
     got = task.generate_ids(prompts)
     positions = task.decoder.model.config.max_position_embeddings
@@ -237,7 +239,7 @@ def trained(tmp_path_factory):
 
 def test_fine_tuned_model_relations_with_evidence(trained):
     path, _ = trained
-    task = RelationTask(model=str(path), task="ddi", batch_size=4, max_new_tokens=40, device="cpu")
+    task = RelationTask(RelationOptions(model=str(path), task="ddi", batch_size=4, max_new_tokens=40, device="cpu"))
     per_doc = task(batch_of(TITLES, ABSTRACTS, pmids=[101, 102]))
     for title, abstract, pmid, rows in zip(TITLES, ABSTRACTS, [101, 102], per_doc):
         (row,) = rows
@@ -325,7 +327,7 @@ def test_evaluate_re_smoke_on_the_ddi_test_set(tmp_path):
 def test_cuda_graph_decoding_equals_generate_on_gpu(ckpts):
     path = ckpts["ddi-small"]
     abstracts = ABSTRACTS + [LONG, "Aspirin."]
-    task = RelationTask(model=str(path), task="ddi", batch_size=2, max_new_tokens=32, device="cuda", dtype="float32")
+    task = RelationTask(RelationOptions(model=str(path), task="ddi", batch_size=2, max_new_tokens=32, device="cuda", dtype="float32"))
     assert task.decoder.engine.cuda_graph and task.decoder.model.device.type == "cuda"
     prompts = list(RelationTask.prepare(batch_of(["t"] * 4, abstracts), task.options)["_input_ids"])
     for prompt, ids in zip(prompts, task.generate_ids(prompts)):
@@ -334,7 +336,7 @@ def test_cuda_graph_decoding_equals_generate_on_gpu(ckpts):
                        suppress_tokens=[1], eos_token_id=2, pad_token_id=1)
         assert ids == ref[0, len(prompt):].tolist()
     # the default dtype on CUDA (bfloat16) runs end to end and its rows fit the schema
-    bf16 = RelationTask(model=str(path), task="ddi", batch_size=2, max_new_tokens=16, device="cuda")
+    bf16 = RelationTask(RelationOptions(model=str(path), task="ddi", batch_size=2, max_new_tokens=16, device="cuda"))
     assert bf16.decoder.model.dtype == torch.bfloat16
     per_doc = bf16(batch_of(["t"] * 4, abstracts))
     assert all(per_doc) and cast_batch([r for rows in per_doc for r in rows]).num_rows >= 4

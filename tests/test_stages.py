@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +17,8 @@ import pytest
 from ray import cloudpickle as ray_cloudpickle
 
 from pipeline.run.stages import read_failures, run_task_stage, shard_failures_file, shard_output
+from pipeline.tasks.base import Task
+from pipeline.tasks.options import TaskOptions
 from schemas.entities import ENTITY_SCHEMA, cast_batch
 
 ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
@@ -23,19 +26,31 @@ ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers c
 DRUGS = ("aspirin", "warfarin", "midazolam")
 
 
-class DictionaryNer:
+@dataclass(frozen=True)
+class DictOptions(TaskOptions):
+    #: A file that makes a failure happen once (DyingOnceNer, FailingOnceNer).
+    marker: str | None = None
+
+
+class DictionaryNer(Task):
     """Finds drug names by lookup; raises on a PMID of 13 to test failure records."""
 
     name, dataset, schema, sort_keys = "ner", "entities", ENTITY_SCHEMA, ("start", "end")
+    Options = DictOptions
     cast_batch = staticmethod(cast_batch)
 
-    @staticmethod
-    def prepare(batch, options):
+    @classmethod
+    def check_model(cls, options):
+        return None
+
+    @classmethod
+    def prepare(cls, batch, options):
         batch["text"] = [f"{t} {a}" for t, a in zip(batch["title"], batch["abstract"])]
         return batch
 
-    def __init__(self, model, **_):
-        self.model_id = model
+    def __init__(self, options):
+        self.model_id = options.model
+        self.marker = options.marker
 
     def __call__(self, batch):
         if 13 in list(batch["pmid"]):
@@ -77,8 +92,8 @@ def make_shards(tmp_path, docs_per_shard):
 def test_exactly_once_and_resume(tmp_path, ray_local):
     shards = make_shards(tmp_path, [5, 0, 7, 3])
     out = tmp_path / "entities"
-    kw = dict(batch_size=2, actors=1, gpus_per_actor=0, progress=False)
-    r1 = run_task_stage(DictionaryNer, {"model": "dict-v1"}, shards, out, **kw)
+    kw = dict(actors=1, gpus_per_actor=0, progress=False)
+    r1 = run_task_stage(DictionaryNer, DictOptions(model="dict-v1", batch_size=2), shards, out, **kw)
     assert r1.shards_done == 4 and r1.shards_skipped == 0 and r1.documents == 15
     tables = {s.stem: pq.read_table(shard_output(out, s)) for s in shards}
     assert tables["part-000001"].num_rows == 0
@@ -96,24 +111,20 @@ def test_exactly_once_and_resume(tmp_path, ray_local):
 
     # Re-run: complete shards are skipped; the shard with failed records is retried (and fails again:
     # the poisoned document is still there, and is still on record).
-    r2 = run_task_stage(DictionaryNer, {"model": "dict-v1"}, shards, out, **kw)
+    r2 = run_task_stage(DictionaryNer, DictOptions(model="dict-v1", batch_size=2), shards, out, **kw)
     assert r2.shards_done == 1 and r2.shards_skipped == 3
     assert [f["pmid"] for f in r2.failures] == [13] and read_failures(out) == r2.failures
     # Lose one clean output: only that shard is redone, with identical bytes of data.
     lost = shard_output(out, shards[0])
     before = pq.read_table(lost)
     lost.unlink()
-    r3 = run_task_stage(DictionaryNer, {"model": "dict-v1"}, shards, out, **kw)
+    r3 = run_task_stage(DictionaryNer, DictOptions(model="dict-v1", batch_size=2), shards, out, **kw)
     assert r3.shards_done == 2 and r3.shards_skipped == 2  # the lost one and the one with failures
     assert pq.read_table(lost).equals(before)
 
 
 class DyingOnceNer(DictionaryNer):
     """Kills its own actor process the first time it sees PMID 7 (a marker file makes it once)."""
-
-    def __init__(self, model, marker, **_):
-        super().__init__(model)
-        self.marker = marker
 
     def __call__(self, batch):
         import os
@@ -124,17 +135,13 @@ class DyingOnceNer(DictionaryNer):
             os._exit(1)  # the actor process dies mid-batch, as on an OOM kill or a lost node
         return super().__call__(batch)
 
-    @staticmethod
-    def prepare(batch, options):
-        return DictionaryNer.prepare(batch, options)
-
 
 def test_dead_actor_costs_time_not_rows(tmp_path, ray_local):
     shards = make_shards(tmp_path, [4, 4, 4])
     marker = tmp_path / "died-once"
     out = tmp_path / "entities"
-    r = run_task_stage(DyingOnceNer, {"model": "dict-v1", "marker": str(marker)}, shards, out,
-                       batch_size=2, actors=1, gpus_per_actor=0, progress=False)
+    r = run_task_stage(DyingOnceNer, DictOptions(model="dict-v1", marker=str(marker), batch_size=2), shards, out,
+                       actors=1, gpus_per_actor=0, progress=False)
     assert marker.exists(), "the actor did not die: the test proves nothing"
     assert r.shards_done == 3 and r.documents == 12 and r.failures == []
     got = pa.concat_tables([pq.read_table(shard_output(out, s)) for s in shards]).to_pylist()
@@ -145,10 +152,10 @@ def test_dead_actor_costs_time_not_rows(tmp_path, ray_local):
 class UnloadableNer(DictionaryNer):
     """A model that cannot load (as a damaged checkpoint): a user error, not a Ray crash."""
 
-    def __init__(self, model, **_):
+    def __init__(self, options):
         from biogpt.errors import CheckpointError
 
-        raise CheckpointError(f"cannot read {model}/model.safetensors: damaged")
+        raise CheckpointError(f"cannot read {options.model}/model.safetensors: damaged")
 
 
 def test_model_that_does_not_load_stops_the_stage_with_its_message(tmp_path, ray_local):
@@ -157,7 +164,7 @@ def test_model_that_does_not_load_stops_the_stage_with_its_message(tmp_path, ray
     shards = make_shards(tmp_path, [3, 3])
     with pytest.raises(StageError, match=r"ner: the model actor could not start: CheckpointError: cannot read "
                                          r"models/x/model.safetensors: damaged"):
-        run_task_stage(UnloadableNer, {"model": "models/x"}, shards, tmp_path / "entities", batch_size=2,
+        run_task_stage(UnloadableNer, DictOptions(model="models/x", batch_size=2), shards, tmp_path / "entities",
                        actors=1, gpus_per_actor=0, progress=False)
     assert not list((tmp_path / "entities").glob("*.parquet"))  # nothing written as if it were done
 
@@ -165,10 +172,6 @@ def test_model_that_does_not_load_stops_the_stage_with_its_message(tmp_path, ray
 class FailingOnceNer(DictionaryNer):
     """Raises on PMID 5 during the first run only (a transient error: an OOM, a lost GPU): three
     times, for its shard, its chunk and its one-document retry."""
-
-    def __init__(self, model, marker, **_):
-        super().__init__(model)
-        self.marker = marker
 
     def __call__(self, batch):
         from pathlib import Path
@@ -180,16 +183,12 @@ class FailingOnceNer(DictionaryNer):
             raise RuntimeError("CUDA out of memory (simulated)")
         return super().__call__(batch)
 
-    @staticmethod
-    def prepare(batch, options):
-        return DictionaryNer.prepare(batch, options)
-
 
 def test_a_transient_failure_is_retried_by_the_next_run(tmp_path, ray_local):
     shards = make_shards(tmp_path, [4, 4])
     out = tmp_path / "entities"
-    options = {"model": "dict-v1", "marker": str(tmp_path / "failed-once")}
-    kw = dict(batch_size=2, actors=1, gpus_per_actor=0, progress=False)
+    options = DictOptions(model="dict-v1", marker=str(tmp_path / "failed-once"), batch_size=2)
+    kw = dict(actors=1, gpus_per_actor=0, progress=False)
     r1 = run_task_stage(FailingOnceNer, options, shards, out, **kw)
     # Only the document that fails on its own is recorded; its batch neighbour got its rows.
     assert [f["pmid"] for f in r1.failures] == [5] and "out of memory" in r1.failures[0]["error"]

@@ -12,6 +12,7 @@ from biogpt.model import BioGptForTokenClassification
 from biogpt.tiny import make_tiny_checkpoint, make_tiny_task_checkpoint
 from biogpt.tokenizer import BioGptTokenizer
 from pipeline.tasks import base
+from pipeline.tasks.options import SummarizeOptions
 from pipeline.tasks.summarize import SummarizeTask, prompt_ids
 from schemas.summaries import cast_batch
 
@@ -46,9 +47,9 @@ def test_rows_fit_the_schema_and_equal_greedy_generate(ckpts):
     path = ckpts["lm"]
     options = {"model": str(path), "prompt": "{title} TL;DR:", "prompt_id": "tldr-v1", "max_new_tokens": 10,
                "batch_size": 2, "device": "cpu"}
-    task = SummarizeTask(**options)
+    task = SummarizeTask(SummarizeOptions(**options))
     batch = batch_of(TITLES, ABSTRACTS)
-    prepared = SummarizeTask.prepare(batch, options)
+    prepared = SummarizeTask.prepare(batch, SummarizeOptions(**options))
     prompts = list(prepared["_input_ids"])
     tok = BioGptTokenizer.from_pretrained(path)
     # [2] + the formatted template's ids; a missing title is the empty string
@@ -72,7 +73,7 @@ def test_rows_fit_the_schema_and_equal_greedy_generate(ckpts):
 
 def test_default_prompt_and_articles_without_one(ckpts):
     path = ckpts["lm"]
-    task = SummarizeTask(model=str(path), max_new_tokens=4, device="cpu")  # prompt "{title}", id "default"
+    task = SummarizeTask(SummarizeOptions(model=str(path), max_new_tokens=4, device="cpu"))  # prompt "{title}", id "default"
     per_doc = task(batch_of(TITLES, ABSTRACTS))
     assert per_doc[2] == []  # "{title}" of an article without title: nothing to summarise, no row
     assert [rows[0]["prompt_id"] for rows in per_doc[:2]] == ["default", "default"]
@@ -107,32 +108,32 @@ def test_prompt_truncation_cuts_the_abstract_and_keeps_the_cue(ckpts):
 
     # through the task: every prompt fits with its new tokens, and generation never overflows
     options = {"model": str(path), "prompt": template, "max_new_tokens": max_new, "device": "cpu"}
-    prepared = SummarizeTask.prepare(batch_of(["t", "t"], [LONG, ABSTRACTS[0]]), options)
+    prepared = SummarizeTask.prepare(batch_of(["t", "t"], [LONG, ABSTRACTS[0]]), SummarizeOptions(**options))
     prompts = list(prepared["_input_ids"])
     assert prompts[0] == ids and all(len(p) + max_new <= POSITIONS for p in prompts)
     assert prompts[1] == [2] + tok.encode(template.format(title="", abstract=ABSTRACTS[0]), add_special_tokens=False)
-    rows = SummarizeTask(**options)(prepared)
+    rows = SummarizeTask(SummarizeOptions(**options))(prepared)
     assert [len(r) for r in rows] == [1, 1]
 
 
 def test_check_model_refusals(ckpts, tmp_path):
-    assert SummarizeTask.check_model(ckpts["lm"])["max_position_embeddings"] == POSITIONS
-    SummarizeTask.check_model(ckpts["lm-task-file"])  # a converted pre-trained LM ("task": "lm") is fine
+    assert SummarizeTask.check_model(SummarizeOptions(model=ckpts["lm"], max_new_tokens=8))["max_position_embeddings"] == POSITIONS
+    SummarizeTask.check_model(SummarizeOptions(model=ckpts["lm-task-file"], max_new_tokens=8))  # a converted pre-trained LM ("task": "lm") is fine
     with pytest.raises(base.WrongModelError) as err:
-        SummarizeTask.check_model(ckpts["ner"])
+        SummarizeTask.check_model(SummarizeOptions(model=ckpts["ner"]))
     assert str(ckpts["ner"]) in str(err.value) and "BioGptForTokenClassification" in str(err.value)
     with pytest.raises(base.WrongModelError) as err:
-        SummarizeTask.check_model(ckpts["re"])
+        SummarizeTask.check_model(SummarizeOptions(model=ckpts["re"]))
     message = str(err.value)
     assert str(ckpts["re"]) in message and "prompt-tuned re-ddi checkpoint" in message
     assert "biomine convert fairseq" in message
     with pytest.raises(base.WrongModelError, match="no config.json"):
-        SummarizeTask.check_model(tmp_path / "missing")
+        SummarizeTask.check_model(SummarizeOptions(model=tmp_path / "missing"))
     with pytest.raises(ConfigError, match=r"only \{title\} and \{abstract\}"):
-        SummarizeTask.check_model(ckpts["lm"], prompt="{title} {journal}")
+        SummarizeTask.check_model(SummarizeOptions(model=ckpts["lm"], prompt="{title} {journal}"))
     with pytest.raises(ConfigError, match="leaves no room for a prompt"):
-        SummarizeTask.check_model(ckpts["lm"], max_new_tokens=POSITIONS - 1)
+        SummarizeTask.check_model(SummarizeOptions(model=ckpts["lm"], max_new_tokens=POSITIONS - 1))
     with pytest.raises(ConfigError, match="leaves no room"):
-        SummarizeTask.prepare(batch_of(["t"], ["a"]), {"model": str(ckpts["lm"]), "max_new_tokens": POSITIONS})
+        SummarizeTask.prepare(batch_of(["t"], ["a"]), SummarizeOptions(model=str(ckpts["lm"]), max_new_tokens=POSITIONS))
     with pytest.raises(base.WrongModelError, match="prompt-tuned"):
-        SummarizeTask(model=str(ckpts["re"]), device="cpu")
+        SummarizeTask(SummarizeOptions(model=str(ckpts["re"]), device="cpu"))

@@ -115,9 +115,10 @@ def _quiet(*names: str):
 def make_demo_models(spec, records: list[dict]) -> list[Path]:
     """Write (and, for NER and RE, fit to the sample) the tiny checkpoint of every task of ``spec``
     whose model directory does not exist yet."""
+    from biogpt.task_spec import BY_NAME
     from biogpt.tiny import make_tiny_checkpoint, make_tiny_task_checkpoint
     from pipeline.tasks.ner import train_ner
-    from pipeline.tasks.re import fit_prompt_model
+    from pipeline.tasks.tiny import fit_prompt_model
 
     texts = [t for r in records for t in (r.get("title"), r.get("abstract")) if t]
     made = []
@@ -126,19 +127,19 @@ def make_demo_models(spec, records: list[dict]) -> list[Path]:
     # Random tied embeddings make a model repeat its last input token; untied ones vary a little more.
     tiny = {"tie_word_embeddings": False, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     for name, task in spec.tasks.items():
-        if (task.model / "config.json").exists():
+        model = Path(task.model)
+        if (model / "config.json").exists():
             continue
         if name == "ner":
-            work = task.model.parent / f".{task.model.name}-work"
+            work = model.parent / f".{model.name}-work"
             base = make_tiny_checkpoint(work / "base", corpus, **tiny)
             data = write_silver_pubtator(records, work / "silver.pubtator")
             with _quiet("pipeline.tasks.ner", "biogpt.weights"):  # 100 epoch lines and the new-head notice
-                summary = train_ner(data, base, task.model, epochs=100, lr=1e-2, batch_size=4, progress=False)
-            print(f"ner: fitted {task.model} to {summary['mentions']} silver mentions (loss "
+                summary = train_ner(data, base, model, epochs=100, lr=1e-2, batch_size=4, progress=False)
+            print(f"ner: fitted {model} to {summary['mentions']} silver mentions (loss "
                   f"{summary.get('final_loss', float('nan')):.3f})", file=sys.stderr)
         elif name == "re":
-            kind = {"ddi": "re-ddi", "kd-dti": "re-dti", "bc5cdr": "re-bc5cdr"}[task.task]
-            make_tiny_task_checkpoint(task.model, corpus, task=kind, hidden_size=48, seed=3, **tiny)
+            make_tiny_task_checkpoint(model, corpus, task=BY_NAME[task.task].checkpoint, hidden_size=48, seed=3, **tiny)
             if task.task == "ddi":
                 # The DDI model reads the abstract only; an abstract without interactions is taught
                 # to end at once (an empty generation).
@@ -146,11 +147,11 @@ def make_demo_models(spec, records: list[dict]) -> list[Path]:
                                                                 for a, b, c in DDI_TRIPLES.get(r["pmid"], [])]}
                         for r in records if r.get("abstract")]
                 with _quiet("biogpt.weights"):
-                    loss = fit_prompt_model(task.model, "ddi", gold, steps=300)
-                print(f"re: fitted {task.model} to the sample's DDI targets (loss {loss:.3f})", file=sys.stderr)
+                    loss = fit_prompt_model(model, "ddi", gold, steps=300)
+                print(f"re: fitted {model} to the sample's DDI targets (loss {loss:.3f})", file=sys.stderr)
         else:
-            make_tiny_checkpoint(task.model, corpus, **tiny)
-        made.append(task.model)
+            make_tiny_checkpoint(model, corpus, **tiny)
+        made.append(model)
     return made
 
 

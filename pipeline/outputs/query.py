@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from biogpt.errors import BioMineError
+from pipeline.errors import BioMineError
+from pipeline.tasks.registry import DATASETS as TASK_DATASETS
 
-DATASETS = ("entities", "relations", "summaries")
+DATASETS = tuple(TASK_DATASETS.values())
 
 
 def connect(out: str | Path):

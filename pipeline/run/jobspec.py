@@ -15,12 +15,14 @@ import datetime as _dt
 import os
 import re
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from biogpt.task_spec import RE_TASKS
 from pipeline.errors import JobConfigError
+from pipeline.tasks.options import DTYPES, TaskOptions
+from pipeline.tasks.registry import TASKS
 
 SCHEDULES = ("once", "hourly", "daily", "weekly", "monthly")
 
@@ -40,17 +42,6 @@ class SourceSpec:
 
 
 @dataclass
-class TaskSpec:
-    name: str  # ner | re | summarize
-    model: Path
-    batch_size: int = 16
-    task: str | None = None  # RE flavour
-    max_new_tokens: int = 256
-    prompt: str = "{title}"
-    prompt_id: str = "default"
-
-
-@dataclass
 class ResourceSpec:
     address: str | None = None
     actors: int = 0
@@ -64,7 +55,8 @@ class JobSpec:
     name: str
     output: Path
     source: SourceSpec
-    tasks: dict[str, TaskSpec]
+    #: Task name -> its typed options (:mod:`pipeline.tasks.options`), in the file's order.
+    tasks: dict[str, TaskOptions]
     resources: ResourceSpec
     schedule: str = "once"
     incremental: bool = True
@@ -76,9 +68,7 @@ _ALLOWED = {
     "job": {"name", "output", "schedule", "incremental"},
     "source": {"kind", "query", "mindate", "maxdate", "max", "email", "api_key", "eutils_url",
                "paths", "shard_size"},
-    "tasks.ner": {"model", "batch_size"},
-    "tasks.re": {"task", "model", "batch_size", "max_new_tokens"},
-    "tasks.summarize": {"model", "prompt", "prompt_id", "max_new_tokens", "batch_size"},
+    **{f"tasks.{name}": set(entry.options.job_keys()) for name, entry in TASKS.items()},
     "resources": {"address", "actors", "gpus_per_actor", "cpus_per_actor", "dtype"},
 }
 _DATE = re.compile(r"^(\d{4})(?:/(\d{2})(?:/(\d{2}))?)?$")
@@ -110,6 +100,40 @@ def _typed(table: dict, key: str, typ, where: str, problems: list[str], positive
     return value
 
 
+def _task_options(name: str, table: dict[str, Any], base_dir: Path, dtype: str, check_models: bool,
+                  problems: list[str]) -> TaskOptions | None:
+    """``[tasks.NAME]`` as the task's typed options (None when a key is missing or mistyped)."""
+    cls, where = TASKS[name].options, f"[tasks.{name}]"
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    ok = True
+    for key, required in cls.job_keys().items():
+        if key not in table:
+            if required:
+                what = " (a model directory)" if key == "model" else ""
+                problems.append(f"{where} {key} is required{what}")
+                ok = False
+            continue
+        # The field's type, without None: a job key is given a value or left out.
+        types = tuple(t for t in (typing.get_args(hints[key]) or (hints[key],)) if t is not type(None))
+        value = table[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            problems.append(f"{where}.{key} = {value!r}: expected {' or '.join(t.__name__ for t in types)}")
+            ok = False
+            continue
+        values[key] = value
+    if not ok:
+        return None
+    model = values["model"]
+    values["model"] = model if Path(model).is_absolute() else os.path.normpath(base_dir / model)
+    if check_models and not (Path(values["model"]) / "config.json").exists():
+        problems.append(f"{where} model = {model!r}: no config.json in {values['model']} (train or convert a "
+                        "model first: see `biomine train ner --help` and `biomine convert fairseq --help`)")
+    options = cls(**values, dtype=dtype)
+    problems += [f"{where} {p}" for p in options.problems()]
+    return options
+
+
 def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, path: Path | None = None) -> JobSpec:
     problems: list[str] = []
     for section in data:
@@ -119,7 +143,7 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
                         ("resources", data.get("resources", {}))] + \
             [(f"tasks.{k}", v) for k, v in data.get("tasks", {}).items()]:
         if name not in _ALLOWED:
-            problems.append(f"[{name}]: unknown task (expected one of ner, re, summarize)")
+            problems.append(f"[{name}]: unknown task (expected one of {', '.join(TASKS)})")
             continue
         if not isinstance(table, dict):
             problems.append(f"[{name}] must be a table")
@@ -169,46 +193,24 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
         source.paths = [os.path.normpath(base_dir / p) if not Path(p).is_absolute() else p for p in src.get("paths", [])
                         if isinstance(p, str)]
 
-    tasks: dict[str, TaskSpec] = {}
-    for name, table in (data.get("tasks") or {}).items():
-        if name not in ("ner", "re", "summarize") or not isinstance(table, dict):
-            continue
-        where = f"[tasks.{name}]"
-        model = table.get("model")
-        if not model:
-            problems.append(f"{where} model is required (a model directory)")
-            continue
-        model_path = Path(model) if Path(model).is_absolute() else Path(os.path.normpath(base_dir / model))
-        if check_models and not (model_path / "config.json").exists():
-            problems.append(f"{where} model = {model!r}: no config.json in {model_path} (train or convert a "
-                            "model first: see `biomine train ner --help` and `biomine convert fairseq --help`)")
-        spec = TaskSpec(name=name, model=model_path)
-        spec.batch_size = _typed(table, "batch_size", int, where, problems, positive=True) or spec.batch_size
-        spec.max_new_tokens = _typed(table, "max_new_tokens", int, where, problems, positive=True) or \
-            (256 if name == "re" else 64)
-        if name == "re":
-            spec.task = table.get("task")
-            if spec.task not in RE_TASKS:
-                problems.append(f"{where} task = {spec.task!r}: use one of {', '.join(RE_TASKS)}")
-        if name == "summarize":
-            spec.prompt = _typed(table, "prompt", str, where, problems) or spec.prompt
-            spec.prompt_id = _typed(table, "prompt_id", str, where, problems) or spec.prompt_id
-            try:
-                spec.prompt.format(title="", abstract="")
-            except (KeyError, IndexError, ValueError) as exc:
-                problems.append(f"{where} prompt: only {{title}} and {{abstract}} may be used ({exc!r})")
-        tasks[name] = spec
-
     res = data.get("resources", {})
+    dtype = _typed(res, "dtype", str, "[resources]", problems) or "auto"
+    tasks: dict[str, TaskOptions] = {}
+    for name, table in (data.get("tasks") or {}).items():
+        if name in TASKS and isinstance(table, dict):
+            options = _task_options(name, table, base_dir, dtype if dtype in DTYPES else "auto", check_models, problems)
+            if options is not None:
+                tasks[name] = options
+
     resources = ResourceSpec(
         address=_typed(res, "address", str, "[resources]", problems) or None,
         actors=_typed(res, "actors", int, "[resources]", problems) or 0,
         gpus_per_actor=float(_typed(res, "gpus_per_actor", (int, float), "[resources]", problems) or 1.0),
         cpus_per_actor=float(_typed(res, "cpus_per_actor", (int, float), "[resources]", problems) or 1.0),
-        dtype=_typed(res, "dtype", str, "[resources]", problems) or "auto",
+        dtype=dtype,
     )
-    if resources.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        problems.append(f"[resources] dtype = {resources.dtype!r}: use auto, float32, bfloat16 or float16")
+    if resources.dtype not in DTYPES:
+        problems.append(f"[resources] dtype = {resources.dtype!r}: use {', '.join(DTYPES)}")
     if problems:
         where = f" in {path}" if path else ""
         raise JobConfigError(f"{len(problems)} problem(s){where}:\n  - " + "\n  - ".join(problems))

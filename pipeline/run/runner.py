@@ -39,7 +39,6 @@ from pipeline.store.atomic import write_json
 log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
-DATASETS = {"ner": "entities", "re": "relations", "summarize": "summaries"}
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -125,18 +124,6 @@ def _actors_and_gpus(spec: JobSpec) -> tuple[int, float]:
     return (max(1, int(gpus // per_actor)) if per_actor else 1), per_actor
 
 
-def task_options(spec: JobSpec, name: str) -> dict[str, Any]:
-    """What the task class gets (``prepare`` options and actor constructor kwargs) for task ``name``."""
-    task = spec.tasks[name]
-    options: dict[str, Any] = {"model": str(task.model), "dtype": spec.resources.dtype,
-                               "batch_size": task.batch_size, "max_new_tokens": task.max_new_tokens}
-    if name == "re":
-        options["task"] = task.task
-    if name == "summarize":
-        options.update(prompt=task.prompt, prompt_id=task.prompt_id)
-    return options
-
-
 def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None) -> dict[str, Any]:
     """Run ``spec`` end to end; returns the manifest written to ``OUT/_manifest.json``."""
     import ray
@@ -147,9 +134,9 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
     # Every task's checkpoint is checked (cheaply: config and task files) before anything runs, so
     # the wrong kind of model is one clear error, not a failure after an hour of fetching.
     classes = {}
-    for name, task in spec.tasks.items():
+    for name, options in spec.tasks.items():
         classes[name] = task_class(name)
-        classes[name].check_model(task.model, **{k: v for k, v in task_options(spec, name).items() if k != "model"})
+        classes[name].check_model(options)
 
     out = spec.output
     out.mkdir(parents=True, exist_ok=True)
@@ -172,10 +159,10 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
 
     previous = _read_previous_manifest(out)
     actors, gpus_per_actor = _actors_and_gpus(spec)
-    for name, task in spec.tasks.items():
-        cls, options = classes[name], task_options(spec, name)
-        manifest["models"][name] = model_fingerprint(task.model)
-        out_dir = out / DATASETS[name]
+    for name, options in spec.tasks.items():
+        cls = classes[name]
+        manifest["models"][name] = model_fingerprint(Path(options.model))
+        out_dir = out / cls.dataset
         old = previous.get("models", {}).get(name, {}).get("sha256")
         stale = not spec.incremental or (old is not None and old != manifest["models"][name]["sha256"])
         if stale and any(out_dir.glob("*.parquet")):
@@ -188,7 +175,7 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
         # model under a manifest that names another (the next run would keep them as current).
         models = {**previous.get("models", {}), **manifest["models"]}
         write_json({**manifest, "models": models, "finished_at": None}, out / MANIFEST)
-        result = run_task_stage(cls, options, shards, out_dir, batch_size=task.batch_size, actors=actors,
+        result = run_task_stage(cls, options, shards, out_dir, actors=actors,
                                 gpus_per_actor=gpus_per_actor, cpus_per_actor=spec.resources.cpus_per_actor,
                                 progress=progress)
         retired = [p for p in out_dir.glob("*.parquet") if p.stem not in live]
@@ -196,7 +183,7 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
             shard_failures_file(out_dir, p).unlink(missing_ok=True)
             p.unlink()
         manifest["stages"][name] = {
-            "dataset": DATASETS[name], "shards_done": result.shards_done, "shards_skipped": result.shards_skipped,
+            "dataset": cls.dataset, "shards_done": result.shards_done, "shards_skipped": result.shards_skipped,
             "shards_retired": len(retired), "documents": result.documents, "rows": result.rows,
             "seconds": round(result.seconds, 3), "actors": actors, "gpus_per_actor": gpus_per_actor,
             "failures": len(result.failures),

@@ -19,8 +19,8 @@ what an uninterrupted run does (batched kernels round differently for different 
 (2) the generation engine's continuous batching keeps all its slots busy across the shard. Rows
 within a shard are sorted by (pmid, the task's own order), so outputs do not depend on scheduling.
 
-Tasks implement :class:`Task`: ``prepare`` (static, CPU, pure function of the batch and options) and
-``__call__`` on an instance built once per actor.
+Tasks implement :class:`pipeline.tasks.base.Task`: ``prepare`` (a class method: CPU, a pure function
+of the batch and the task's typed options) and ``__call__`` on an instance built once per actor.
 """
 
 from __future__ import annotations
@@ -32,14 +32,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from biogpt.errors import BioMineError
 from pipeline.errors import StageError
 from pipeline.store.atomic import write_json, write_parquet
+from pipeline.tasks.base import Task
+from pipeline.tasks.options import TaskOptions
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +49,6 @@ ROWS_COL = "_rows"
 ERROR_COL = "_error"
 FATAL_COL = "_fatal"
 PAYLOAD_COL = "_payload"
-
-
-class Task(Protocol):
-    """A model task as the pipeline sees it (implementations live in ``pipeline/tasks/``)."""
-
-    name: str  # "ner" | "re" | "summarize"
-    dataset: str  # output dataset under OUT/: "entities" | "relations" | "summaries"
-    schema: pa.Schema  # the output rows' schema (from schemas/)
-    sort_keys: tuple[str, ...]  # row order within a shard, after pmid
-
-    @staticmethod
-    def prepare(batch: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-        """CPU: add model inputs (e.g. token ids) to a batch of documents."""
-
-    def __call__(self, batch: dict[str, Any]) -> list[list[dict[str, Any]]]:
-        """Model: the output rows of each document of the batch, in batch order."""
 
 
 
@@ -104,7 +89,7 @@ class StageResult:
 COLUMNS = ["pmid", "version", "title", "abstract"]
 
 
-def _prepare_shards(batch: dict[str, Any], task_cls: type, options: dict[str, Any]) -> dict[str, Any]:
+def _prepare_shards(batch: dict[str, Any], task_cls: type[Task], options: TaskOptions) -> dict[str, Any]:
     """CPU stage (stateless Ray tasks): read each shard and let the task build its model inputs.
 
     One record per SHARD, carrying the prepared documents pickled: the model stage then sees every
@@ -128,11 +113,11 @@ def _slice(docs: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
 class _TaskActor:
     """Model stage: builds the task once per actor; maps one shard's documents to their rows."""
 
-    def __init__(self, task_cls: type, options: dict[str, Any]):
+    def __init__(self, task_cls: type[Task], options: TaskOptions):
         self.task, self.fatal = None, ""
-        self.chunk = max(1, int(options.get("batch_size") or 16))
+        self.chunk = options.batch_size
         try:
-            self.task = task_cls(**options)
+            self.task = task_cls(options)
         except BioMineError as exc:
             # A user mistake (a damaged or wrong checkpoint) would otherwise kill the actor in a loop
             # of restarts and surface as a Ray traceback; report it with every shard instead, and the
@@ -195,19 +180,16 @@ def _quiet_ray_data_console() -> None:
             handler.setLevel(logging.WARNING)
 
 
-def run_task_stage(task_cls: type, options: dict[str, Any], shards: list[Path], out_dir: Path, *,
-                   batch_size: int, actors: int, gpus_per_actor: float, cpus_per_actor: float = 1.0,
+def run_task_stage(task_cls: type[Task], options: TaskOptions, shards: list[Path], out_dir: Path, *,
+                   actors: int, gpus_per_actor: float, cpus_per_actor: float = 1.0,
                    on_shard: Callable[[Path, int, int], None] | None = None,
                    progress: bool = True) -> StageResult:
     """Run ``task_cls`` over ``shards``, writing ``out_dir/<shard>.parquet`` for each pending shard.
-
-    ``batch_size`` is the task's model batch (``options["batch_size"]`` when the options lack it).
 
     :raises StageError: the task's model cannot be loaded (finished shards are kept).
     """
     import ray
 
-    options = {"batch_size": batch_size, **options}
     result = StageResult(task=task_cls.name)
     start = time.perf_counter()
     # Pending: no output yet, or an output with failed records (retried: a transient error - an OOM,
@@ -258,8 +240,7 @@ def run_task_stage(task_cls: type, options: dict[str, Any], shards: list[Path], 
         # Stable sort: by pmid, then the task's own keys; rows of one document keep the task's order.
         rows.sort(key=lambda r: tuple(r.get(k) if r.get(k) is not None else -1
                                       for k in ("pmid",) + tuple(task_cls.sort_keys)))
-        cast = getattr(task_cls, "cast_batch", None)  # the schema module's checked cast
-        table = cast(rows) if cast else pa.Table.from_pylist(rows, schema=task_cls.schema)
+        table = task_cls.cast_batch(rows)  # the schema module's checked cast
         out = shard_output(out_dir, Path(shard))
         if failed:  # recorded before the output exists, so a crash cannot lose the record
             write_json(failed, shard_failures_file(out_dir, shard))

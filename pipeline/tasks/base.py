@@ -1,42 +1,81 @@
-"""The task contract the Ray stages rely on, and the helpers every model task shares.
+"""The task contract the Ray stages rely on (:class:`Task`), and the helpers every model task shares.
 
-A task class (``pipeline/tasks/ner.py``, ``re.py``, ``summarize.py``) is what
-:func:`pipeline.run.stages.run_task_stage` maps over document shards:
+A task (``pipeline/tasks/ner.py``, ``re.py``, ``summarize.py``) is a subclass of :class:`Task`; it is
+what :func:`pipeline.run.stages.run_task_stage` maps over document shards:
 
 ==================  ==============================================================================
 ``name``            ``"ner"`` | ``"re"`` | ``"summarize"`` (the job file's ``[tasks.NAME]``)
-``dataset``         the output dataset under ``OUT/``: ``entities`` | ``relations`` | ``summaries``
+``dataset``         the output dataset under ``OUT/`` (:data:`pipeline.tasks.registry.DATASETS`)
 ``schema``          the output rows' Arrow schema (from ``schemas/``)
-``cast_batch``      the schema module's checked cast (``staticmethod``), applied before writing
+``Options``         its typed settings (:mod:`pipeline.tasks.options`)
+``cast_batch``      the schema module's checked cast of rows to ``schema``, applied before writing
 ``sort_keys``       row order within one document, after ``pmid`` (outputs never depend on batching)
 ``requires``        one line naming the checkpoint kind it needs (shown in errors and ``--help``)
-``check_model``     ``classmethod(model_dir, **options)``: cheap (reads config/task files, no
-                    weights); raises :class:`WrongModelError` naming the directory and what to pass
-``prepare``         ``staticmethod(batch, options) -> batch``: CPU-only, pure; adds the model inputs
+``check_model``     ``classmethod(options)``: cheap (reads config/task files, no weights); raises
+                    :class:`WrongModelError` naming the directory and what to pass
+``prepare``         ``classmethod(batch, options) -> batch``: CPU-only, pure; adds the model inputs
                     of each document (token ids...) as columns. Runs in stateless Ray tasks, so it
                     must not hold a model; tokenizers are cached per process (:func:`tokenizer_for`)
-``__init__``        ``(**options)``: loads the model ONCE per actor (Ray's batch-inference pattern)
+``__init__``        ``(options)``: loads the model ONCE per actor (Ray's batch-inference pattern)
 ``__call__``        ``(batch) -> list[list[row dict]]``: the output rows of each document, in batch
                     order; a document with no output gets ``[]``
 ==================  ==============================================================================
 
-``options`` are what the runner passes from the job: ``model`` (directory), ``dtype``
-(``auto``/``float32``/``bfloat16``/``float16``), ``batch_size``, ``max_new_tokens``, ``task`` (RE),
-``prompt``/``prompt_id`` (summaries), optionally ``device``.
-
-Batches arrive as dicts of numpy arrays with at least ``pmid``, ``version``, ``title``, ``abstract``
-(``None`` where an article has none). All character offsets index :func:`article_text`.
+Batches arrive as dicts of numpy arrays (or lists) with at least ``pmid``, ``version``, ``title``,
+``abstract`` (``None`` where an article has none). All character offsets index :func:`article_text`.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+import pyarrow as pa
 
 from biogpt.errors import CheckpointError, ConfigError
 from pipeline.errors import WrongModelError
+
+from .options import TaskOptions
+
+
+class Task(ABC):
+    """A model task over batches of documents (see the module table)."""
+
+    name: ClassVar[str]
+    dataset: ClassVar[str]
+    schema: ClassVar[pa.Schema]
+    Options: ClassVar[type[TaskOptions]] = TaskOptions
+    sort_keys: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[str]
+
+    @staticmethod
+    @abstractmethod
+    def cast_batch(rows: list[dict[str, Any]]) -> pa.Table:
+        """Rows as a table of ``schema``, checked (the schema module's ``cast_batch``)."""
+
+    @classmethod
+    @abstractmethod
+    def check_model(cls, options: TaskOptions) -> Any:
+        """Refuse a checkpoint of the wrong kind, cheaply.
+
+        :raises WrongModelError: naming the directory and what to pass instead.
+        """
+
+    @classmethod
+    @abstractmethod
+    def prepare(cls, batch: dict[str, Any], options: TaskOptions) -> dict[str, Any]:
+        """CPU: ``batch`` plus the model inputs of each document."""
+
+    @abstractmethod
+    def __init__(self, options: TaskOptions):
+        """Load the model (once per actor)."""
+
+    @abstractmethod
+    def __call__(self, batch: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        """The output rows of each document of a prepared ``batch``, in batch order."""
 
 
 def article_text(title: Any, abstract: Any) -> str:

@@ -37,6 +37,7 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -63,7 +64,9 @@ from .ner_spans import (
     parse_label_list,
     plan_windows,
 )
+from .options import NerOptions
 from .re_data import PubTatorDocument, read_pubtator
+from .registry import DATASETS
 
 log = logging.getLogger(__name__)
 
@@ -148,23 +151,25 @@ def _pad(rows: Sequence[Sequence[int]], value: int):
 # --- the task ------------------------------------------------------------------------------------
 
 
-class NerTask:
+class NerTask(_base.Task):
     """The ``ner`` task (see the module docstring and :mod:`pipeline.tasks.base`)."""
 
     name = "ner"
-    dataset = "entities"
+    dataset = DATASETS["ner"]
     schema = _entities.ENTITY_SCHEMA
+    Options = NerOptions
     cast_batch = staticmethod(_entities.cast_batch)
     sort_keys = ("start", "end", "label")
     requires = (f"a {ARCHITECTURE} checkpoint whose id2label is a BIO or BIOES scheme "
                 "(train one with `biomine train ner`)")
 
     @classmethod
-    def check_model(cls, model_dir, **options) -> None:
+    def check_model(cls, options: NerOptions) -> None:
         """Refuse anything but a token classifier with a tagging scheme; reads config.json only.
 
         :raises WrongModelError: names ``model_dir``, what it holds and how to get the right one.
         """
+        model_dir = options.model
         config = _base.read_config(model_dir, cls.name)
         arch = _base.architecture(config)
         if arch != ARCHITECTURE:
@@ -176,13 +181,13 @@ class NerTask:
         except LabelSchemeError as exc:
             raise WrongModelError(f"ner: {model_dir}/config.json id2label is not a tagging scheme ({exc}); "
                                   f"NER needs {cls.requires}") from None
-        _window_settings(int(config.get("max_position_embeddings", 1024)), options.get("stride"), str(model_dir))
+        _window_settings(int(config.get("max_position_embeddings", 1024)), options.stride, str(model_dir))
 
-    @staticmethod
-    def prepare(batch: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    @classmethod
+    def prepare(cls, batch: dict[str, Any], options: NerOptions) -> dict[str, Any]:
         """Add ``_text`` (the article text) and ``_ner`` (per document: ``ids``, ``offsets``, ``windows``)."""
-        model_dir = str(options["model"])
-        window, stride = _window_settings(_max_positions(model_dir), options.get("stride"), model_dir)
+        model_dir = options.model
+        window, stride = _window_settings(_max_positions(model_dir), options.stride, model_dir)
         titles, abstracts = _base.as_list(batch["title"]), _base.as_list(batch["abstract"])
         texts = [_base.article_text(t, a) for t, a in zip(titles, abstracts)]
         encoded = _tokenize(_base.tokenizer_for(model_dir), texts) if texts else []
@@ -195,17 +200,19 @@ class NerTask:
         batch[_NER_COL] = inputs
         return batch
 
-    def __init__(self, model, dtype: str | None = "auto", batch_size: int = 16, device: str | None = None, **_):
+    def __init__(self, options: NerOptions):
         # Checked first: a causal LM would otherwise load with a random head and tag nonsense.
-        self.check_model(model)
+        self.options = options.check()
+        self.check_model(options)
         from biogpt.model import BioGptForTokenClassification
 
-        self.model_dir = str(model)
-        self.model = _base.load_model(BioGptForTokenClassification, self.model_dir, dtype, device, self.name)
+        self.model_dir = options.model
+        self.model = _base.load_model(BioGptForTokenClassification, self.model_dir, options.dtype, options.device,
+                                      self.name)
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         self.scheme, self.types = parse_label_list(self.labels)
-        self.model_id = _base.model_id(model)
-        self.batch_size = max(1, int(batch_size or 16))
+        self.model_id = _base.model_id(self.model_dir)
+        self.batch_size = options.batch_size
 
     def _predict(self, inputs: list[list[int]]) -> list[tuple[list[int], list[float]]]:
         """(tag ids, their probabilities) for each input's tokens after the leading </s>."""
@@ -443,7 +450,7 @@ def _score_dict(score) -> dict[str, Any]:
 def predict_pubtator(task: NerTask, docs: Sequence[PubTatorDocument], *, stride: int | None = None,
                      batch_size: int = 16) -> list[list[dict[str, Any]]]:
     """Entity rows of each PubTator document, through ``prepare`` and ``__call__`` as a job runs them."""
-    options = {"model": task.model_dir, "stride": stride}
+    options = dataclasses.replace(task.options, stride=stride)
     rows: list[list[dict[str, Any]]] = []
     for b in range(0, len(docs), batch_size):
         chunk = docs[b:b + batch_size]
@@ -466,7 +473,7 @@ def evaluate_ner(model_dir: str | Path, data: str | Path, *, batch_size: int = 1
     docs = read_pubtator(data)
     if not docs:
         raise DataFormatError(f"{data} holds no PubTator documents (PMID|t|title, PMID|a|abstract, mention lines)")
-    task = NerTask(model=str(model_dir), dtype=dtype, batch_size=batch_size, device=device)
+    task = NerTask(NerOptions(model=str(model_dir), dtype=dtype or "auto", batch_size=batch_size, device=device))
     rows = predict_pubtator(task, docs, stride=stride, batch_size=batch_size)
     gold, other = [], {}
     for doc in docs:

@@ -60,13 +60,16 @@ from pipeline.errors import TaskSettingsError
 from schemas import relations as _relations
 
 from . import base
+from .decoding import GreedyDecoder
+from .options import RelationOptions
 from .re_format import build_source, prompt_input_ids
 from .re_grammar import ParseResult, Unparsed, parse_generation, relation_rows
+from .registry import DATASETS
 
 log = logging.getLogger(__name__)
 
-#: ``max_new_tokens`` when the job does not say (the runner's default for ``[tasks.re]``).
-DEFAULT_MAX_NEW_TOKENS = 256
+#: ``max_new_tokens`` when the job does not say (:class:`~pipeline.tasks.options.RelationOptions`).
+DEFAULT_MAX_NEW_TOKENS = RelationOptions.max_new_tokens
 NO_ABSTRACT = ("no abstract: the ddi model reads the abstract only (the DDI corpus has no titles), "
                "so no prompt was built")
 NO_TEXT = "no title and no abstract: nothing to build a prompt from"
@@ -81,81 +84,23 @@ class RelationModelError(base.WrongModelError, TaskSettingsError):
 
 @functools.lru_cache(maxsize=8)
 def _settings(model_dir: str, task: str | None) -> TaskSettings:
-    return RelationTask.check_model(model_dir, task)
+    return RelationTask.check_model(RelationOptions(model=model_dir, task=task))
 
 
 def _prompt_tokens(tokenizer, settings: TaskSettings) -> list[str]:
     return [tokenizer.convert_ids_to_tokens(int(i)) for i in settings.prompt_token_ids]
 
 
-# --- greedy decoding shared with summarisation -------------------------------------------------
-
-
-class GreedyDecoder:
-    """A causal LM, its tokenizer and a :class:`biogpt.engine.Engine`, loaded once (per actor).
-
-    Greedy decoding as BioGPT's ``inference.py``: beam 1, ``<pad>`` never chosen
-    (``suppress_tokens``), stop at ``</s>``. ``max_seq_len`` caps the positions (and the engine's
-    cache); ``cuda_graph`` defaults to the engine's choice (on for CUDA).
-    """
-
-    def __init__(self, model_dir: str | Path, what: str, *, dtype: str | None = "auto", device: str | None = None,
-                 max_batch: int = 16, max_seq_len: int | None = None, cuda_graph: bool | None = None):
-        from biogpt.engine import Engine
-        from biogpt.model import BioGptForCausalLM
-
-        base.positive_int(max_batch, f"{what}: batch_size")
-        self.model_dir = str(model_dir)
-        self.model = base.load_model(BioGptForCausalLM, self.model_dir, dtype, device, what)
-        self.tokenizer = base.tokenizer_for(self.model_dir)
-        positions = self.model.config.max_position_embeddings
-        self.max_seq_len = min(max_seq_len or positions, positions)
-        self.engine = Engine(self.model, max_batch=max_batch, max_seq_len=self.max_seq_len, dtype=self.model.dtype,
-                             device=self.model.device, cuda_graph=cuda_graph)
-        self.eos = self.tokenizer.eos_token_id
-        self.pad = self.tokenizer.pad_token_id
-        self.bos = self.tokenizer.bos_token_id
-
-    def budgets(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[int]:
-        """New tokens each prompt may generate: ``min(max_new_tokens, max_seq_len - len(prompt))``."""
-        return [min(max_new_tokens, self.max_seq_len - len(p)) for p in prompts]
-
-    def run(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
-        """New ids per prompt as the engine returns them (up to and including ``</s>``, or the
-        budget); a prompt without room to generate gets ``[]`` (fairseq forces ``</s>`` there)."""
-        prompts = [list(p) for p in prompts]
-        budgets = self.budgets(prompts, max_new_tokens)
-        todo = [i for i, b in enumerate(budgets) if b >= 1]
-        outputs: list[list[int]] = [[] for _ in prompts]
-        if todo:
-            new = self.engine.run([prompts[i] for i in todo], [budgets[i] for i in todo], eos_token_id=self.eos,
-                                  pad_token_id=self.pad, suppress_tokens=[self.pad])
-            for i, ids in zip(todo, new):
-                outputs[i] = list(ids)
-        return outputs
-
-    def run_prompted(self, inputs: Sequence[Sequence[int] | None], max_new_tokens: int) -> dict[int, list[int]]:
-        """New ids by input index, for the inputs that are prompts (``None`` = no prompt, skipped)."""
-        todo = [i for i, ids in enumerate(inputs) if ids is not None]
-        return dict(zip(todo, self.run([inputs[i] for i in todo], max_new_tokens)))
-
-    def text(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
-        """Decoded, detokenised text of new ids without ``<s>``/``</s>`` (fairseq's
-        ``Dictionary.string`` drops them and keeps ``<unk>``); ``skip_special_tokens`` drops every
-        special id (``<unk>`` too)."""
-        kept = [int(i) for i in ids if int(i) not in (self.eos, self.bos)]
-        return self.tokenizer.decode(kept, skip_special_tokens=skip_special_tokens)
-
-
 # --- the task -----------------------------------------------------------------------------------
 
 
-class RelationTask:
+class RelationTask(base.Task):
     """The ``re`` task (see the module docstring and :mod:`pipeline.tasks.base`)."""
 
     name = "re"
-    dataset = "relations"
+    dataset = DATASETS["re"]
     schema = _relations.RELATION_SCHEMA
+    Options = RelationOptions
     cast_batch = staticmethod(_relations.cast_batch)
     #: Keep the task's order (relations as generated, then unparsed pieces): the stage sorts by pmid
     #: first and Python's sort is stable, so no key is needed and None/str never get compared.
@@ -164,13 +109,16 @@ class RelationTask:
                 "bc5cdr), converted with `biomine convert fairseq` (it writes biomine_task.json)")
 
     @classmethod
-    def check_model(cls, model_dir: str | Path, task: str | None = None, **options: Any) -> TaskSettings:
+    def check_model(cls, options: RelationOptions) -> TaskSettings:
         """The checkpoint's :class:`TaskSettings`; cheap (config and task files only).
+
+        ``options.task`` None accepts any relation-extraction checkpoint.
 
         :raises RelationModelError: no config.json, a non-causal-LM architecture, no or an invalid
             ``biomine_task.json`` (a base BioGPT, an NER model), a checkpoint of another task (the
             message says which ``--task`` to pass), or prompt ids outside the vocabulary.
         """
+        model_dir, task = options.model, options.task
         if task is not None and task not in RE_TASKS:
             raise RelationModelError(f"re: unknown task {task!r}; use one of {', '.join(RE_TASKS)}")
         try:
@@ -196,12 +144,12 @@ class RelationTask:
                 "of config.json; convert the checkpoint again")
         return settings
 
-    @staticmethod
-    def prepare(batch: dict[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    @classmethod
+    def prepare(cls, batch: dict[str, Any], options: RelationOptions) -> dict[str, Any]:
         """Add ``_input_ids`` (the prompt ids, or None), ``_skip`` (why there is no prompt, or
         ``""``) and ``_text`` (``title + " " + abstract``, which evidence offsets index)."""
-        model_dir = str(options["model"])
-        settings = _settings(model_dir, options.get("task"))
+        model_dir = options.model
+        settings = _settings(model_dir, options.task)
         tokenizer = base.tokenizer_for(model_dir)
         inputs, skips, texts = [], [], []
         for title, abstract in zip(base.as_list(batch["title"]), base.as_list(batch["abstract"])):
@@ -224,21 +172,20 @@ class RelationTask:
         out["_text"] = texts
         return out
 
-    def __init__(self, model: str | Path, task: str | None = None, dtype: str | None = "auto", batch_size: int = 16,
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, device: str | None = None,
-                 cuda_graph: bool | None = None, **_: Any):
-        base.positive_int(max_new_tokens, "re: max_new_tokens")
-        self.model_dir = str(model)
-        self.settings = _settings(self.model_dir, task)
+    def __init__(self, options: RelationOptions):
+        options.check()
+        self.model_dir = options.model
+        self.settings = _settings(self.model_dir, options.task)
         self.task = self.settings.task
-        self.options = {"model": self.model_dir, "task": self.task}
-        self.max_new_tokens = max_new_tokens
-        self.decoder = GreedyDecoder(self.model_dir, "re", dtype=dtype, device=device, max_batch=batch_size,
-                                     max_seq_len=self.settings.max_target_positions, cuda_graph=cuda_graph)
+        self.options = dataclasses.replace(options, task=self.task)
+        self.max_new_tokens = options.max_new_tokens
+        self.decoder = GreedyDecoder(self.model_dir, "re", dtype=options.dtype, device=options.device,
+                                     max_batch=options.batch_size, max_seq_len=self.settings.max_target_positions,
+                                     cuda_graph=options.cuda_graph)
         self.tokenizer = self.decoder.tokenizer
         self.prompt_tokens = _prompt_tokens(self.tokenizer, self.settings)
         self.model_id = base.model_id(self.model_dir)
-        self.decoding = base.decoding_record(strategy="greedy", num_beams=1, max_new_tokens=max_new_tokens)
+        self.decoding = base.decoding_record(strategy="greedy", num_beams=1, max_new_tokens=self.max_new_tokens)
 
     # -- building blocks (also used by evaluate_re and the tests) --------------------------------
     def generate_ids(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -289,48 +236,6 @@ class RelationTask:
 # --- benchmark evaluation -----------------------------------------------------------------------
 
 
-def fit_prompt_model(model_dir: str | Path, task: str, records: Sequence[Mapping[str, Any]], *, steps: int = 400,
-                     lr: float = 3e-3, stop_loss: float = 0.01, seed: int = 0) -> float:
-    """Teacher-force the prompt checkpoint in ``model_dir`` on the records' gold targets, in place,
-    and return the final loss. For tiny models in tests and the demo, which memorise a few abstracts;
-    not a recipe for real fine-tuning (one example per step, no schedule, no validation).
-
-    Each example is BioGPT's RE fine-tuning layout: ``[2] + source + learned1..N + target + </s>``
-    (:func:`~pipeline.tasks.re_format.prompt_input_ids`, :func:`~pipeline.tasks.re_format.build_target`),
-    the loss on the target and its ``</s>``; a record without triples/relations is taught ``</s>`` alone.
-    """
-    import torch
-
-    from biogpt import BioGptForCausalLM
-
-    from .re_format import build_target
-
-    settings = load_task_settings(model_dir, task)
-    tok = base.tokenizer_for(str(model_dir))
-    model = BioGptForCausalLM.from_pretrained(model_dir).train()
-    examples = []
-    for record in records:
-        prompt = prompt_input_ids(build_source(task, record), tok, settings)
-        has_gold = record.get("triples") or record.get("relations")
-        target = tok.encode(build_target(task, record), add_special_tokens=False) if has_gold else []
-        ids = torch.tensor([prompt + target + [tok.eos_token_id]])
-        labels = torch.full_like(ids, -100)
-        labels[0, len(prompt):] = ids[0, len(prompt):]
-        examples.append((ids, labels))
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    loss = torch.tensor(float("nan"))
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = sum(model(ids, labels=labels).loss for ids, labels in examples)
-        loss.backward()
-        opt.step()
-        if loss.item() < stop_loss:
-            break
-    model.eval().save_pretrained(model_dir)
-    return float(loss.item())
-
-
 def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_size: int = 16,
                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, device: str | None = None, dtype: str | None = "auto",
                 limit: int | None = None, predictions_out: str | Path | None = None) -> dict[str, Any]:
@@ -363,7 +268,9 @@ def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_siz
         raise ConfigError(f"unknown relation-extraction task {task!r}; use one of {', '.join(RE_TASKS)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer, got {limit!r}")
-    RelationTask.check_model(model_dir, task)  # before reading a large file or loading weights
+    options = RelationOptions(model=str(model_dir), task=task, dtype=dtype or "auto", batch_size=batch_size,
+                              max_new_tokens=max_new_tokens, device=device)
+    RelationTask.check_model(options)  # before reading a large file or loading weights
     records = read_re_json(data, task)
     if limit is not None:
         records = dict(itertools.islice(records.items(), limit))
@@ -371,8 +278,7 @@ def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_siz
         raise EvaluationError(f"{data} holds no records to evaluate")
 
     start = time.perf_counter()
-    runner = RelationTask(model_dir, task, dtype=dtype, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                          device=device)
+    runner = RelationTask(options)
     doc_ids = list(records)
     prompts, truncated = [], 0
     for doc_id in doc_ids:

@@ -34,21 +34,21 @@ from __future__ import annotations
 
 import functools
 import re
-import string
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from biogpt.errors import CheckpointError, ConfigError
 from schemas import summaries as _summaries
 
 from . import base
-from .re import GreedyDecoder
+from .decoding import GreedyDecoder
+from .options import SummarizeOptions, template_problem
+from .registry import DATASETS
 
-DEFAULT_PROMPT = "{title}"
-DEFAULT_PROMPT_ID = "default"
-#: ``max_new_tokens`` when the job does not say (the runner's default for ``[tasks.summarize]``).
-DEFAULT_MAX_NEW_TOKENS = 64
-_FIELDS = ("title", "abstract")
+DEFAULT_PROMPT = SummarizeOptions.prompt
+DEFAULT_PROMPT_ID = SummarizeOptions.prompt_id
+#: ``max_new_tokens`` when the job does not say (:class:`~pipeline.tasks.options.SummarizeOptions`).
+DEFAULT_MAX_NEW_TOKENS = SummarizeOptions.max_new_tokens
 _WORD = re.compile(r"\S+")
 
 
@@ -57,17 +57,9 @@ def check_template(template: Any) -> str:
 
     :raises ConfigError: anything else (names the offending field).
     """
-    if not isinstance(template, str):
-        raise ConfigError(f"summarize: prompt must be a string template, got {template!r}")
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-        template.format(title="", abstract="")
-    except (ValueError, KeyError, IndexError, AttributeError) as exc:
-        raise ConfigError(
-            f"summarize: prompt {template!r}: only {{title}} and {{abstract}} may be used ({exc!r})") from None
-    bad = [f for f in fields if f not in _FIELDS]
-    if bad:
-        raise ConfigError(f"summarize: prompt {template!r} uses {bad}; only {{title}} and {{abstract}} may be used")
+    problem = template_problem(template)
+    if problem:
+        raise ConfigError(f"summarize: {problem}")
     return template
 
 
@@ -89,7 +81,7 @@ def _room(positions: int, max_new_tokens: Any, model_dir: Any) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _positions(model_dir: str) -> int:
-    config = SummarizeTask.check_model(model_dir)
+    config = SummarizeTask._checked_config(model_dir)
     return int(config.get("max_position_embeddings") or 1024)
 
 
@@ -129,27 +121,35 @@ def prompt_ids(template: str, title: str, abstract: str, tokenizer, limit: int) 
     return ids
 
 
-class SummarizeTask:
+class SummarizeTask(base.Task):
     """The ``summarize`` task (see the module docstring and :mod:`pipeline.tasks.base`)."""
 
     name = "summarize"
-    dataset = "summaries"
+    dataset = DATASETS["summarize"]
     schema = _summaries.SUMMARY_SCHEMA
+    Options = SummarizeOptions
     cast_batch = staticmethod(_summaries.cast_batch)
     sort_keys: tuple[str, ...] = ("prompt_id",)
     requires = ("a causal-LM BioGPT checkpoint (the pre-trained model converted with `biomine convert fairseq`, "
                 "or one fine-tuned for free text); not a prompt-tuned task or token-classification checkpoint")
 
     @classmethod
-    def check_model(cls, model_dir: str | Path, **options: Any) -> dict[str, Any]:
-        """The checkpoint's config.json as a dict; cheap (config and task files only).
-
-        With ``prompt`` / ``max_new_tokens`` in ``options`` they are checked too.
+    def check_model(cls, options: SummarizeOptions) -> dict[str, Any]:
+        """The checkpoint's config.json as a dict; cheap (config and task files only). The prompt
+        template and ``max_new_tokens`` are checked too.
 
         :raises WrongModelError: no config.json, a classification architecture, or a prompt-tuned
             task checkpoint.
         :raises ConfigError: a bad template, or ``max_new_tokens`` that leaves no room for a prompt.
         """
+        config = cls._checked_config(options.model)
+        check_template(options.prompt)
+        _room(int(config.get("max_position_embeddings") or 1024), options.max_new_tokens, options.model)
+        return config
+
+    @classmethod
+    def _checked_config(cls, model_dir: str) -> dict[str, Any]:
+        """config.json of ``model_dir`` once it is known to be a causal LM without a task prompt."""
         from biogpt.task_spec import TASK_FILE, read_task_spec
 
         config = base.read_config(model_dir, "summarize")
@@ -168,18 +168,14 @@ class SummarizeTask:
                     f"summarize: {model_dir} is a prompt-tuned {kind} checkpoint ({TASK_FILE}); it generates "
                     f"{kind} answers, not summaries. Pass a causal LM such as the pre-trained BioGPT "
                     "(`biomine convert fairseq Pre-trained-BioGPT/checkpoint.pt models/biogpt`)")
-        if "prompt" in options and options["prompt"] is not None:
-            check_template(options["prompt"])
-        if options.get("max_new_tokens") is not None:
-            _room(int(config.get("max_position_embeddings") or 1024), options["max_new_tokens"], model_dir)
         return config
 
-    @staticmethod
-    def prepare(batch: dict[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    @classmethod
+    def prepare(cls, batch: dict[str, Any], options: SummarizeOptions) -> dict[str, Any]:
         """Add ``_input_ids``: the prompt ids per article (None where the prompt is empty)."""
-        model_dir = str(options["model"])
-        template = check_template(options.get("prompt") or DEFAULT_PROMPT)
-        limit = prompt_limit(model_dir, options.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+        model_dir = options.model
+        template = check_template(options.prompt)
+        limit = prompt_limit(model_dir, options.max_new_tokens)
         tokenizer = base.tokenizer_for(model_dir)
         inputs = []
         for title, abstract in zip(base.as_list(batch["title"]), base.as_list(batch["abstract"])):
@@ -192,17 +188,15 @@ class SummarizeTask:
         out["_input_ids"] = inputs
         return out
 
-    def __init__(self, model: str | Path, dtype: str | None = "auto", batch_size: int = 16,
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, device: str | None = None, prompt: str | None = None,
-                 prompt_id: str | None = None, cuda_graph: bool | None = None, **_: Any):
-        self.model_dir = str(model)
-        self.max_new_tokens = _budget(max_new_tokens)
-        self.prompt = check_template(prompt or DEFAULT_PROMPT)
-        self.prompt_id = str(prompt_id or DEFAULT_PROMPT_ID)
-        self.check_model(self.model_dir, prompt=self.prompt, max_new_tokens=self.max_new_tokens)
-        self.options = {"model": self.model_dir, "prompt": self.prompt, "max_new_tokens": self.max_new_tokens}
-        self.decoder = GreedyDecoder(self.model_dir, "summarize", dtype=dtype, device=device, max_batch=batch_size,
-                                     cuda_graph=cuda_graph)
+    def __init__(self, options: SummarizeOptions):
+        self.model_dir = options.model
+        self.max_new_tokens = _budget(options.max_new_tokens)
+        self.prompt = check_template(options.prompt)
+        self.prompt_id = options.prompt_id
+        self.check_model(options)
+        self.options = options
+        self.decoder = GreedyDecoder(self.model_dir, "summarize", dtype=options.dtype, device=options.device,
+                                     max_batch=options.batch_size, cuda_graph=options.cuda_graph)
         self.tokenizer = self.decoder.tokenizer
         self.model_id = base.model_id(self.model_dir)
         self.decoding = base.decoding_record(strategy="greedy", num_beams=1, max_new_tokens=self.max_new_tokens)

@@ -1,0 +1,155 @@
+"""Typed settings of each task: what a job's ``[tasks.NAME]`` table (and ``[resources] dtype``) gives it.
+
+One frozen dataclass per task; the job file, the runner, the Ray stages and the tasks themselves all
+pass these objects, never loose dicts. A field whose metadata says ``job`` is a key of the job's
+``[tasks.NAME]`` table (``required`` when the table must set it); the others are for the Python API
+and tests (``device``, ``stride``, ``cuda_graph``). This module imports nothing heavy, so job
+validation and ``biomine --help`` do not load torch.
+
+- :meth:`TaskOptions.problems` lists what is wrong with the values (messages without a location;
+  the job parser prefixes the TOML table), :meth:`TaskOptions.check` raises them.
+- :meth:`TaskOptions.settings` is what the outputs depend on (every field but where it runs): the
+  runner records it per task and recomputes a task's outputs when it changes.
+
+:raises ConfigError: from :meth:`TaskOptions.check`, listing every problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import string
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from biogpt.errors import ConfigError
+from biogpt.task_spec import RE_TASKS
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_TEMPLATE_FIELDS = ("title", "abstract")
+
+
+def job_key(default: Any, *, required: bool = False) -> Any:
+    """A field that the job's ``[tasks.NAME]`` table may set (``required``: must set)."""
+    return field(default=default, metadata={"job": True, "required": required})
+
+
+def template_problem(template: Any) -> str | None:
+    """Why ``template`` is not a prompt template over ``{title}``/``{abstract}`` (None: it is)."""
+    if not isinstance(template, str):
+        return f"prompt must be a string template, got {template!r}"
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        template.format(title="", abstract="")
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        return f"prompt {template!r}: only {{title}} and {{abstract}} may be used ({exc!r})"
+    bad = [f for f in fields if f not in _TEMPLATE_FIELDS]
+    if bad:
+        return f"prompt {template!r} uses {bad}; only {{title}} and {{abstract}} may be used"
+    return None
+
+
+def _positive(value: Any, key: str) -> list[str]:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return [f"{key} must be a positive integer, got {value!r}"]
+    return []
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Settings every task has. ``model`` is the checkpoint directory (a path; stored as a string)."""
+
+    #: The task these options are for (``ner``, ``re``, ``summarize``), for messages.
+    task_name: ClassVar[str] = "task"
+
+    model: str = job_key("", required=True)
+    batch_size: int = job_key(16)
+    #: ``auto`` = bfloat16 on CUDA, float32 elsewhere; from the job's ``[resources] dtype``.
+    dtype: str = "auto"
+    #: ``None``: CUDA when available, else CPU.
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, os.PathLike):
+            object.__setattr__(self, "model", os.fspath(self.model))
+
+    @classmethod
+    def job_keys(cls) -> dict[str, bool]:
+        """``{key: required}`` of the job file's ``[tasks.NAME]`` table."""
+        return {f.name: f.metadata["required"] for f in dataclasses.fields(cls) if f.metadata.get("job")}
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.model or not isinstance(self.model, str):
+            out.append(f"model is required (a model directory), got {self.model!r}")
+        out += _positive(self.batch_size, "batch_size")
+        if self.dtype not in DTYPES:
+            out.append(f"dtype = {self.dtype!r}: use {', '.join(DTYPES)}")
+        return out
+
+    def check(self) -> "TaskOptions":
+        """``self`` when :meth:`problems` finds none.
+
+        :raises ConfigError: naming the task and every problem.
+        """
+        problems = self.problems()
+        if problems:
+            raise ConfigError(f"{self.task_name}: " + "; ".join(problems))
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        """What the outputs depend on: every field but ``device``/``cuda_graph`` (where it runs)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "cuda_graph")}
+
+
+@dataclass(frozen=True)
+class NerOptions(TaskOptions):
+    task_name: ClassVar[str] = "ner"
+
+    #: Tokens between window starts for documents longer than the positions (None: 3/4 of a window).
+    stride: int | None = None
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.stride is not None:
+            out += _positive(self.stride, "stride")
+        return out
+
+
+@dataclass(frozen=True)
+class RelationOptions(TaskOptions):
+    task_name: ClassVar[str] = "re"
+
+    #: ``ddi``, ``kd-dti`` or ``bc5cdr`` (:data:`biogpt.task_spec.RE_TASKS`); None in the Python API
+    #: takes the checkpoint's own task.
+    task: str | None = job_key(None, required=True)
+    max_new_tokens: int = job_key(256)
+    #: ``None``: CUDA graphs on CUDA (the engine's default).
+    cuda_graph: bool | None = None
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.task is not None and self.task not in RE_TASKS:
+            out.append(f"task = {self.task!r}: use one of {', '.join(RE_TASKS)}")
+        return out + _positive(self.max_new_tokens, "max_new_tokens")
+
+
+@dataclass(frozen=True)
+class SummarizeOptions(TaskOptions):
+    task_name: ClassVar[str] = "summarize"
+
+    #: A template over ``{title}`` and ``{abstract}``.
+    prompt: str = job_key("{title}")
+    #: Written into every row, so that summaries of several prompts can share a dataset.
+    prompt_id: str = job_key("default")
+    max_new_tokens: int = job_key(64)
+    cuda_graph: bool | None = None
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        problem = template_problem(self.prompt)
+        if problem:
+            out.append(problem)
+        if not isinstance(self.prompt_id, str) or not self.prompt_id:
+            out.append(f"prompt_id must be a non-empty string, got {self.prompt_id!r}")
+        return out + _positive(self.max_new_tokens, "max_new_tokens")
