@@ -20,7 +20,7 @@ from pipeline.tasks.ner_spans import (
     parse_label_list,
     plan_windows,
 )
-from pipeline.tasks.re_data import read_pubtator
+from pipeline.tasks.pubtator import read_pubtator
 
 TEXT = "Aspirin and acetyl salicylic acid cause Reye syndrome."
 

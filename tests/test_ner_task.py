@@ -25,7 +25,7 @@ from pipeline.tasks.ner import (
 )
 from pipeline.tasks.ner_spans import Span, encode_spans, label_list
 from pipeline.tasks.options import NerOptions
-from pipeline.tasks.re_data import read_pubtator
+from pipeline.tasks.pubtator import read_pubtator
 from schemas.entities import cast_batch
 from tests.conftest import shared_path
 

@@ -11,13 +11,9 @@ import re
 
 import pytest
 
-from pipeline.tasks.re_data import (
-    DataFormatError,
-    gold_triples,
-    read_pubtator,
-    read_re_json,
-    split_entity_map,
-)
+from pipeline.errors import DataFormatError
+from pipeline.tasks.pubtator import read_pubtator
+from pipeline.tasks.re_data import gold_triples, read_re_json, split_entity_map
 from pipeline.tasks.re_eval import (
     EvaluationError,
     cid_eval,

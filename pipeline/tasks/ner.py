@@ -65,7 +65,7 @@ from .ner_spans import (
     plan_windows,
 )
 from .options import NerOptions
-from .re_data import PubTatorDocument, read_pubtator
+from .pubtator import PubTatorDocument, read_pubtator
 from .registry import DATASETS
 
 log = logging.getLogger(__name__)

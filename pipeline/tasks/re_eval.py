@@ -44,7 +44,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from pipeline.errors import EvaluationError
 
-from .re_data import PubTatorDocument, gold_triples, split_entity_map
+from .pubtator import PubTatorDocument
+from .re_data import gold_triples, split_entity_map
 from .re_grammar import parse_generation
 
 Triple = tuple[str, str, str]
