@@ -5,7 +5,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.biomine-installed
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv lint test test-fast demo bench clean
 
 venv: $(STAMP)
 
@@ -18,14 +18,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-test: venv
+# The layout rules of docs/architecture.md (import-linter) and ruff, before any test runs.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+
+test: lint
 	$(BIN)/python -m pytest -q
 
-test-fast: venv
+test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: venv
 	$(BIN)/biomine demo
+
+# CPU smoke runs of every benchmark, each printing its ratio against the reference (benchmarks/README.md
+# gives the full-size commands; the GPU table comes from benchmarks/bench_generation.py on a GPU).
+bench: venv
+	$(BIN)/python benchmarks/bench_tokenizer.py
+	$(BIN)/python benchmarks/bench_parse.py --articles 5000 --repeat 1 --no-save
+	$(BIN)/python benchmarks/bench_generation.py --quick
+	$(BIN)/python benchmarks/bench_pipeline.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

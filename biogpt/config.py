@@ -55,6 +55,9 @@ class BioGptConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= float(self.layerdrop) <= 1.0:
+            raise ConfigError(f"layerdrop {self.layerdrop} must be a probability between 0 and 1 "
+                              "(the chance that training skips a layer; 0 = never)")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "

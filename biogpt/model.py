@@ -92,11 +92,13 @@ class KVCache:
 
 
 class StaticKVCache:
-    """Preallocated cache, written in place at per-row slots (``cache_position``: (B, T) or (T,)).
+    """Preallocated key/value buffers, ``(B, H, max_length, D)`` per layer, for the generation engine.
 
-    The caller owns the bookkeeping (which slots are valid) and passes the matching 4-D boolean
-    attention mask; nothing here allocates after construction, so a decode step over it can be
-    captured in a CUDA graph.
+    The engine owns the bookkeeping (which slots of which row are valid) and hands the model views
+    of these buffers that write in place (``biogpt.engine``: ``_Window`` for decode steps,
+    ``_PrefillWriter`` for prefills). A cache of this class tells the model that the caller owns the
+    positions: it must pass ``position_ids`` and the matching 4-D boolean attention mask. Nothing is
+    allocated after construction, so a decode step over it can be captured in a CUDA graph.
     """
 
     def __init__(self, config: BioGptConfig, batch_size: int, max_length: int,
@@ -105,27 +107,6 @@ class StaticKVCache:
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.max_length = max_length
-
-    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor, cache_position: torch.Tensor):
-        if cache_position is None:
-            raise ValueError("StaticKVCache.update needs cache_position (the slots to write)")
-        B, H, T, D = k.shape
-        if cache_position.dim() == 1:  # same slots for every row: (T,)
-            self.keys[layer_idx].index_copy_(2, cache_position, k)
-            self.values[layer_idx].index_copy_(2, cache_position, v)
-        else:  # per-row slots: (B, T)
-            index = cache_position[:, None, :, None].expand(B, H, T, D)
-            self.keys[layer_idx].scatter_(2, index, k)
-            self.values[layer_idx].scatter_(2, index, v)
-        return self.keys[layer_idx], self.values[layer_idx]
-
-    def get_seq_length(self) -> int:  # slots are tracked by the caller; the buffer is all of them
-        return self.max_length
-
-    def reorder(self, index: torch.Tensor) -> None:
-        for cache in (self.keys, self.values):
-            for t in cache:
-                t.copy_(t.index_select(0, index))
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -341,7 +322,10 @@ class BioGptModel(BioGptPreTrainedModel):
         cache = past_key_values
         if isinstance(cache, (tuple, list)):
             cache = KVCache.from_legacy(cache)
-        if cache is None and use_cache:
+        if self.training and self.config.layerdrop > 0.0 and cache is not None:
+            raise ValueError("layerdrop skips layers at random in training, so a skipped layer would have no "
+                             "keys/values: train without past_key_values (or set layerdrop to 0)")
+        if cache is None and use_cache and not (self.training and self.config.layerdrop > 0.0):
             cache = KVCache(self.config.num_hidden_layers)
         static = isinstance(cache, StaticKVCache)
         past = 0 if (cache is None or static) else cache.get_seq_length()
@@ -373,7 +357,15 @@ class BioGptModel(BioGptPreTrainedModel):
         x = inputs_embeds + self.embed_positions(position_ids + POSITION_OFFSET)  # (B, T, C)
         x = F.dropout(x, self.dropout, self.training)
         hidden_states = [x] if output_hidden_states else None
+        layerdrop = self.config.layerdrop if self.training else 0.0
         for layer in self.layers:
+            # LayerDrop (Fan et al., 2019), as fairseq and transformers' BioGPT: in training, each layer
+            # is skipped with probability `layerdrop` (one torch.rand([]) draw per layer, in layer order,
+            # so a seeded run skips the same layers as transformers'). Its output is then the input.
+            if layerdrop > 0.0 and torch.rand([]) < layerdrop:
+                if output_hidden_states:
+                    hidden_states.append(x)
+                continue
             x = layer(x, mask, cache, cache_position)
             if output_hidden_states:
                 hidden_states.append(x)

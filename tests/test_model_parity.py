@@ -8,6 +8,7 @@ left/right-padded batches, losses, both classification heads, and checkpoint rou
 from __future__ import annotations
 
 import inspect
+import zlib
 
 import pytest
 import torch
@@ -41,7 +42,8 @@ def hf_cache(out):
 
 
 def make_pair(tmp_path, name, hf_cls="BioGptForCausalLM", our_cls=None, **extra):
-    torch.manual_seed(hash(name) % 1000)
+    # crc32, not hash(): str hashes are salted per process, so a failure would not reproduce.
+    torch.manual_seed(zlib.crc32(name.encode()) % 1000)
     cfg = transformers.BioGptConfig(**CONFIGS[name], **extra)
     ref = getattr(transformers, hf_cls)(cfg).eval()
     with torch.no_grad():  # make LayerNorm/bias parameters non-trivial too
@@ -289,3 +291,36 @@ def test_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="attention_mask covers"):
         out = ours(random_ids(1, 4, 101), use_cache=True)
         ours(random_ids(1, 1, 101), attention_mask=torch.ones(1, 3), past_key_values=out.past_key_values)
+
+
+def test_layerdrop_skips_the_layers_transformers_skips(tmp_path):
+    """LayerDrop in training: with the same seed both models skip the same layers (one draw per layer);
+    in eval mode nothing is skipped; 1.0 skips every layer; a KV cache is refused while it is on."""
+    no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, activation_dropout=0.0)
+    ref, ours = make_pair(tmp_path, "wide-heads", layerdrop=0.5, **no_dropout)
+    ids = random_ids(2, 11, CONFIGS["wide-heads"]["vocab_size"])
+    ref.train(), ours.train()
+    skipped_patterns = set()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        expected = ref(ids, use_cache=False).logits
+        torch.manual_seed(seed)
+        got = ours(ids).logits
+        assert_close(got, expected, f"layerdrop seed {seed}")
+        torch.manual_seed(seed)
+        skipped_patterns.add(tuple(bool(torch.rand([]) < 0.5) for _ in range(3)))
+    assert len(skipped_patterns) > 1, "every seed skipped the same layers: the test proves nothing"
+    with torch.no_grad():
+        eval_out = ours.eval()(ids).logits
+        full = ours.train()
+        full.config.layerdrop = 0.0
+        assert_close(eval_out, full(ids).logits, "eval mode ignores layerdrop")
+        full.config.layerdrop = 1.0
+        body = full.biogpt(ids).last_hidden_state
+        embed = full.biogpt.embed_tokens(ids) * full.biogpt.embed_scale
+        positions = torch.arange(ids.shape[1])[None].expand_as(ids) + 2
+        assert_close(body, full.biogpt.layer_norm(embed + full.biogpt.embed_positions(positions)), "all skipped")
+        with pytest.raises(ValueError, match="layerdrop"):
+            full(ids, past_key_values=biogpt.KVCache(3))
+    with pytest.raises(biogpt.ConfigError, match="layerdrop 1.5 must be a probability"):
+        biogpt.BioGptConfig(layerdrop=1.5)
