@@ -4,7 +4,7 @@ Contract (what ``biomine ingest`` promises):
 
 - Inputs are PubMed XML files (``pubmedYYnNNNN.xml.gz`` or any ``.xml``/``.xml.gz``), given as files,
   directories (a directory contributes its ``*.xml`` and ``*.xml.gz`` files, not recursively) or
-  glob patterns.
+  glob patterns, each a local path or a storage URI (:mod:`pipeline.store.storage`); the output too.
   They are processed in file-name order, which for NLM's files is publication order: the baseline,
   then the daily updates.
 - The output is the **current corpus**: each PMID at most once, in the version that the latest
@@ -27,12 +27,13 @@ Contract (what ``biomine ingest`` promises):
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime as _dt
+import fnmatch
 import glob
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pyarrow as pa
@@ -41,6 +42,7 @@ import pyarrow.compute as pc
 from pipeline.errors import IngestError
 from pipeline.pubmed.parser import Deletion, iter_records
 from pipeline.store.shards import DEFAULT_SHARD_ROWS, ShardStore, Transaction
+from pipeline.store.storage import Location, location
 
 log = logging.getLogger(__name__)
 
@@ -60,37 +62,39 @@ class IngestSummary:
     rows: int = 0
 
 
-def discover_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """The input files, in processing (file-name) order.
+def discover_inputs(paths: Iterable[str | os.PathLike]) -> list[Location]:
+    """The input files, in processing (file-name) order. Each item is a local path, a storage URI
+    (``s3://bucket/pubmed/baseline/``), a folder of either kind, or a glob pattern (``*`` etc. in the
+    last part of the name).
 
     :raises IngestError: a path does not exist, a pattern or directory matches no PubMed XML, or two
         inputs share a file name (their order would be ambiguous).
     """
-    files: list[Path] = []
+    files: list[Location] = []
     for item in paths:
-        path = Path(item)
-        if not path.exists() and glob.has_magic(str(item)):
+        loc = location(item)
+        if not loc.exists() and glob.has_magic(loc.name):
             # A quoted glob (job specs list them): expand it here, as a shell would.
-            matches = sorted(Path(p) for p in glob.glob(str(item)))
+            matches = [loc.parent / n for n in loc.parent.listdir() if fnmatch.fnmatchcase(n, loc.name)]
+            matches = [m for m in matches if m.is_file()]
             if not matches:
                 raise IngestError(f"input pattern {item} matches no files")
-            files.extend(p for p in matches if p.is_file())
+            files.extend(matches)
             continue
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(INPUT_SUFFIXES)
-                           and not p.name.startswith("."))
+        if loc.is_dir():
+            found = [loc / n for n in loc.files() if n.endswith(INPUT_SUFFIXES) and not n.startswith(".")]
             if not found:
-                raise IngestError(f"{path} holds no .xml or .xml.gz files; pass PubMed XML files or their directory")
+                raise IngestError(f"{loc} holds no .xml or .xml.gz files; pass PubMed XML files or their directory")
             files.extend(found)
-        elif path.is_file():
-            files.append(path)
+        elif loc.is_file():
+            files.append(loc)
         else:
-            raise IngestError(f"input {path} does not exist")
-    by_name: dict[str, Path] = {}
-    for path in files:
-        other = by_name.setdefault(path.name, path)
-        if other.resolve() != path.resolve():
-            raise IngestError(f"two inputs are named {path.name} ({other} and {path}); their order is ambiguous")
+            raise IngestError(f"input {loc} does not exist")
+    by_name: dict[str, Location] = {}
+    for loc in files:
+        other = by_name.setdefault(loc.name, loc)
+        if other != loc:
+            raise IngestError(f"two inputs are named {loc.name} ({other} and {loc}); their order is ambiguous")
     return sorted(by_name.values(), key=lambda p: p.name)
 
 
@@ -113,7 +117,7 @@ def ingest_files(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *,
         todo = []
         for path in files:
             record = store.inputs.get(path.name)
-            size = path.stat().st_size
+            size = path.size()
             if record is None:
                 todo.append(path)
             elif record["size"] != size:
@@ -149,7 +153,7 @@ class _Existing:
     version: int
 
 
-def _ingest_file(store: ShardStore, path: Path, fetched_at: _dt.datetime) -> dict[str, Any]:
+def _ingest_file(store: ShardStore, path: Location, fetched_at: _dt.datetime) -> dict[str, Any]:
     """One file in one transaction: stream its records into new shards, then settle conflicts."""
     name = path.name
     best: dict[int, tuple[int, int]] = {}  # pmid -> (version, position) of the file's winning record
@@ -158,7 +162,7 @@ def _ingest_file(store: ShardStore, path: Path, fetched_at: _dt.datetime) -> dic
     buffer: list[dict[str, Any]] = []
     positions: list[int] = []
     records = 0
-    with store.transaction() as txn:
+    with store.transaction() as txn, contextlib.ExitStack() as stack:
 
         def flush() -> None:
             info = txn.write(buffer)
@@ -167,7 +171,9 @@ def _ingest_file(store: ShardStore, path: Path, fetched_at: _dt.datetime) -> dic
             buffer.clear()
             positions.clear()
 
-        for position, record in enumerate(iter_records(path, name)):
+        # A local file by path (the parser reads it with its own buffering); anything else as a stream.
+        source = path.local_path() if path.is_local else stack.enter_context(path.open_input())
+        for position, record in enumerate(iter_records(source, name)):
             if isinstance(record, Deletion):
                 deleted.add(record.pmid)
                 continue
@@ -207,7 +213,7 @@ def _ingest_file(store: ShardStore, path: Path, fetched_at: _dt.datetime) -> dic
             else:
                 counts["added"] += 1
         _rewrite(txn, store, drop_rows, new_shards, keep_positions)
-        txn.commit(inputs={name: {"size": path.stat().st_size, "records": records, "deletions": len(deleted),
+        txn.commit(inputs={name: {"size": path.size(), "records": records, "deletions": len(deleted),
                                   "ingested_at": fetched_at.isoformat(timespec="seconds")}})
     log.info("%s: %d records (%d new, %d replaced, %d deleted)", name, records, counts["added"],
              counts["replaced"], counts["deleted"])

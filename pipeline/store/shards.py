@@ -13,8 +13,12 @@ Contract:
 - Every PMID appears in at most one committed shard. :class:`ShardStore` keeps that invariant for its
   callers: :meth:`ShardStore.append` (fetch: append-only, commit per shard) and :meth:`ShardStore.transaction`
   (ingest: new shards plus rewrites of older ones, committed together with the input file that caused them).
-- One process writes a directory at a time (an ``fcntl`` lock on ``_lock``); readers use
-  :func:`read_articles`, which reads exactly the committed shards.
+- The directory is a local path or a storage URI (:mod:`pipeline.store.storage`): ``s3://bucket/docs``
+  works as a local folder does. Shard files are immutable, and on an object store every file is one
+  PUT, so the manifest object written last is still the commit point.
+- One process writes a directory at a time: on a local disk an ``fcntl`` lock on ``_lock``, on an
+  object store a lease (:mod:`pipeline.store.lease`). Readers use :func:`read_articles`, which reads
+  exactly the committed shards.
 - The manifest records what produced the directory (``kind``: fetch or ingest, and its ``identity``,
   e.g. the query), the inputs already processed, and free-form ``notes``.
 
@@ -36,10 +40,11 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from pipeline.errors import ShardStateError
-from pipeline.store.atomic import TMP_PREFIX, fsync_dir, write_bytes, write_parquet
+from pipeline.errors import ShardStateError, StoreError
+from pipeline.store.atomic import TMP_PREFIX
+from pipeline.store.lease import Lease
+from pipeline.store.storage import Location, location
 from schemas.articles import ARTICLE_SCHEMA, SCHEMA_VERSION, check_schema, to_table
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,13 @@ class ShardInfo:
     rows: int
     min_pmid: int
     max_pmid: int
+    #: Bytes and sha256 of the file (None in manifests written before they were recorded).
+    size: int | None = None
+    sha256: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """What task outputs computed from this shard depend on (their fingerprint's input part)."""
+        return {"name": self.name, "rows": self.rows, "size": self.size, "sha256": self.sha256}
 
 
 def _now() -> str:
@@ -79,13 +91,14 @@ class ShardStore:
                  *, shard_rows: int = DEFAULT_SHARD_ROWS):
         if shard_rows < 1:
             raise ValueError("shard_rows must be at least 1")
-        self.path = Path(path)
+        self.loc = location(path)
         self.kind = kind
         self.identity = dict(identity or {})
         self.shard_rows = shard_rows
         self._buffer: list[dict[str, Any]] = []
         self._lock_fd: int | None = None
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._lease: Lease | None = None
+        self.loc.mkdir()
         self._lock()
         try:
             self.manifest = self._load_or_create()
@@ -108,25 +121,34 @@ class ShardStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = None
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
     def _lock(self) -> None:
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        if not self.loc.is_local:  # no flock on an object store: a lease (expires if we are killed)
+            try:
+                self._lease = Lease(self.loc, what=f"biomine {self.kind} into {self.loc}").acquire()
+            except StoreError as exc:
+                raise ShardStateError(str(exc)) from None
+            return
+        fd = os.open(os.path.join(self.loc.path, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise ShardStateError(
-                f"{self.path} is being written by another biomine process; wait for it to finish or use another --out"
+                f"{self.loc} is being written by another biomine process; wait for it to finish or use another --out"
             ) from None
         self._lock_fd = fd
 
     def _load_or_create(self) -> dict[str, Any]:
-        manifest_path = self.path / MANIFEST
+        manifest_path = self.loc / MANIFEST
         if not manifest_path.exists():
-            strays = sorted(p.name for p in self.path.iterdir() if _SHARD_RE.match(p.name))
+            strays = [n for n in self.loc.listdir() if _SHARD_RE.match(n)]
             if strays:
                 raise ShardStateError(
-                    f"{self.path} holds shard files ({strays[0]}, ...) but no {MANIFEST}: it was not written by "
+                    f"{self.loc} holds shard files ({strays[0]}, ...) but no {MANIFEST}: it was not written by "
                     f"biomine or its manifest was lost; use an empty directory for --out"
                 )
             manifest = {
@@ -145,33 +167,34 @@ class ShardStore:
             self._write_manifest(manifest)
             return manifest
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest = manifest_path.read_json()
         except (OSError, ValueError) as exc:
             raise ShardStateError(f"{manifest_path} is unreadable ({exc}); use a new --out directory") from exc
         if manifest.get("format") != FORMAT:
             raise ShardStateError(f"{manifest_path} is not a biomine article-shard manifest")
         if manifest.get("schema_version", 0) > SCHEMA_VERSION:
             raise ShardStateError(
-                f"{self.path} was written with article schema version {manifest['schema_version']}; "
+                f"{self.loc} was written with article schema version {manifest['schema_version']}; "
                 f"this biomine writes {SCHEMA_VERSION}: upgrade biomine or use a new --out"
             )
         if manifest.get("kind") != self.kind or manifest.get("identity") != self.identity:
             raise ShardStateError(
-                f"{self.path} holds the output of `biomine {manifest.get('kind')}` with {manifest.get('identity')}, "
+                f"{self.loc} holds the output of `biomine {manifest.get('kind')}` with {manifest.get('identity')}, "
                 f"not `biomine {self.kind}` with {self.identity}; use another --out directory"
             )
         return manifest
 
     def _remove_leftovers(self) -> None:
         committed = {s["name"] for s in self.manifest["shards"]}
-        for entry in self.path.iterdir():
-            if entry.name.startswith(TMP_PREFIX) or (_SHARD_RE.match(entry.name) and entry.name not in committed):
-                log.info("removing %s, left by an interrupted run (never committed)", entry)
-                entry.unlink()
-        missing = [name for name in committed if not (self.path / name).exists()]
+        present = self.loc.listdir()
+        for name in present:
+            if name.startswith(TMP_PREFIX) or (_SHARD_RE.match(name) and name not in committed):
+                log.info("removing %s, left by an interrupted run (never committed)", self.loc / name)
+                (self.loc / name).delete()
+        missing = sorted(committed - set(present))
         if missing:
             raise ShardStateError(
-                f"{self.path}: shards listed in {MANIFEST} are missing ({missing[:3]}); the directory was "
+                f"{self.loc}: shards listed in {MANIFEST} are missing ({missing[:3]}); the directory was "
                 f"modified by hand; use a new --out directory"
             )
 
@@ -191,7 +214,7 @@ class ShardStore:
         return self.manifest["notes"]
 
     def read_shard(self, name: str, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(self.path / name, columns=columns)
+        return (self.loc / name).read_table(columns)
 
     def pmids(self) -> set[int]:
         """PMIDs of every committed shard."""
@@ -236,7 +259,7 @@ class ShardStore:
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         manifest["updated_at"] = _now()
         data = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
-        write_bytes(data, self.path / MANIFEST)
+        (self.loc / MANIFEST).write_bytes(data)
 
 
 class Transaction:
@@ -274,10 +297,10 @@ class Transaction:
             raise ValueError(f"a shard holds at most {self.store.shard_rows} rows, got {table.num_rows}")
         name = f"part-{self._next_seq:06d}.parquet"
         self._next_seq += 1
-        # The directory is fsync'ed once, at commit, before the manifest names the new shards.
-        write_parquet(table, self.store.path / name, sync_dir=False)
+        written = (self.store.loc / name).write_parquet(table)
         pmids = table.column("pmid")
-        info = ShardInfo(name, table.num_rows, pc.min(pmids).as_py(), pc.max(pmids).as_py())
+        info = ShardInfo(name, table.num_rows, pc.min(pmids).as_py(), pc.max(pmids).as_py(), written.size,
+                         written.sha256)
         self._written.append(info)
         return info
 
@@ -288,7 +311,7 @@ class Transaction:
     def replace(self, name: str, keep: pa.Array | list[bool]) -> ShardInfo | None:
         """Replace shard ``name`` by its rows where ``keep`` is true (a new shard; None if none are kept)."""
         self.drop(name)
-        table = pq.read_table(self.store.path / name)
+        table = (self.store.loc / name).read_table()
         mask = keep if isinstance(keep, pa.Array) else pa.array(keep, pa.bool_())
         return self.write(table.filter(mask))
 
@@ -302,18 +325,17 @@ class Transaction:
         manifest["next_seq"] = self._next_seq
         manifest["inputs"] = {**manifest["inputs"], **(inputs or {})}
         manifest["notes"] = {**manifest["notes"], **(notes or {})}
-        fsync_dir(store.path)  # the shard renames must be durable before the manifest names them
         store._write_manifest(manifest)
         store.manifest = manifest
         self._done = True
         for name in self._dropped:
             # After the commit these are garbage; a crash here is harmless (next open removes them).
-            (store.path / name).unlink(missing_ok=True)
+            (store.loc / name).delete()
 
     def abort(self) -> None:
         self._done = True
         for info in self._written:
-            (self.store.path / info.name).unlink(missing_ok=True)
+            (self.store.loc / info.name).delete()
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
@@ -321,17 +343,31 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
 
     :raises ShardStateError: there is none.
     """
-    manifest_path = Path(path) / MANIFEST
     try:
-        return json.loads(manifest_path.read_text(encoding="utf-8"))
+        return (location(path) / MANIFEST).read_json()
     except FileNotFoundError:
         raise ShardStateError(f"{path} has no {MANIFEST}: not a biomine fetch/ingest output") from None
 
 
+def committed_shards(path: str | os.PathLike | Location) -> list[ShardInfo]:
+    """The committed shards of an output directory, in commit order.
+
+    :raises ShardStateError: it has no manifest.
+    """
+    return [ShardInfo(**s) for s in read_manifest(path)["shards"]]
+
+
+def iter_shard_locations(path: str | os.PathLike | Location) -> Iterator[Location]:
+    """Locations of the committed shards of an output directory, in commit order."""
+    loc = location(path)
+    for shard in committed_shards(loc):
+        yield loc / shard.name
+
+
 def iter_shard_paths(path: str | os.PathLike) -> Iterator[Path]:
-    """Paths of the committed shards of an output directory, in commit order."""
-    for shard in read_manifest(path)["shards"]:
-        yield Path(path) / shard["name"]
+    """Local paths of the committed shards of a local output directory, in commit order."""
+    for loc in iter_shard_locations(path):
+        yield loc.local_path()
 
 
 def read_articles(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
@@ -340,9 +376,9 @@ def read_articles(path: str | os.PathLike, columns: list[str] | None = None) -> 
     :raises SchemaMismatchError: a shard was written with a newer schema version.
     """
     tables = []
-    for shard_path in iter_shard_paths(path):
-        check_schema(pq.read_schema(shard_path), str(shard_path))
-        tables.append(pq.read_table(shard_path, columns=columns))
+    for shard in iter_shard_locations(path):
+        check_schema(shard.parquet_metadata().schema.to_arrow_schema(), str(shard))
+        tables.append(shard.read_table(columns))
     if not tables:
         schema = ARTICLE_SCHEMA if columns is None else pa.schema([ARTICLE_SCHEMA.field(c) for c in columns])
         return schema.empty_table()

@@ -1,0 +1,292 @@
+"""Where biomine reads and writes: local paths and storage URIs, behind one small API.
+
+Every path a user gives (a job's source ``paths``, its ``output``, each task's ``model``; ``--out`` and
+the like on the command line) is a local path or a URI, and :func:`location` turns it into a
+:class:`Location`. Nothing else in the pipeline opens a file by hand, so the same code runs on one
+laptop and on a cluster whose nodes share no disk.
+
+- Local paths and ``file://`` URIs: the local file system.
+- ``s3://bucket/key``: :class:`pyarrow.fs.S3FileSystem`, configured from the AWS SDK's standard
+  environment only (never from a job file): ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
+  (``AWS_SESSION_TOKEN``), ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) for an S3-compatible
+  server such as MinIO or SeaweedFS, ``AWS_REGION``/``AWS_DEFAULT_REGION`` (default ``us-east-1``:
+  the region is never looked up over the network).
+- ``gs://``, ``hdfs://`` and the other schemes pyarrow knows: :meth:`pyarrow.fs.FileSystem.from_uri`,
+  with that ecosystem's environment (e.g. ``GOOGLE_APPLICATION_CREDENTIALS``).
+- Any other scheme fsspec knows (``memory://``, ``az://`` with adlfs installed, ...): fsspec,
+  wrapped in :class:`pyarrow.fs.PyFileSystem`.
+
+Writes are atomic for readers: on a local disk through :mod:`pipeline.store.atomic` (temporary file,
+fsync, rename); on an object store as one PUT of the whole object (a single object PUT is atomic;
+S3 has no rename), so a reader sees the whole object or none. There are no locks on object stores:
+commit points are single objects written last (see :mod:`pipeline.store.datasets`), and one run at a
+time holds a job through a lease (:mod:`pipeline.store.lease`).
+
+A :class:`Location` pickles as its URI and is resolved again where it is unpickled, so credentials
+never travel inside Ray tasks: every node takes them from its own environment.
+
+:raises StoreError: a URI whose scheme no file system handles, or a location that cannot be used.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import os
+import posixpath
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.errors import StoreError
+from pipeline.store import atomic
+
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_CHUNK = 1 << 22
+
+
+def is_uri(spec: str | os.PathLike) -> bool:
+    """True for ``scheme://...`` (``file://`` included); False for a plain local path."""
+    return isinstance(spec, str) and bool(_SCHEME.match(spec))
+
+
+def _s3_environment() -> tuple[str | None, ...]:
+    env = os.environ.get
+    return (env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL"), env("AWS_REGION") or env("AWS_DEFAULT_REGION"),
+            env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"), env("AWS_SESSION_TOKEN"))
+
+
+@functools.lru_cache(maxsize=8)
+def _s3(endpoint: str | None, region: str | None, key: str | None, secret: str | None,
+        token: str | None) -> pafs.FileSystem:
+    kwargs: dict[str, Any] = {"region": region or "us-east-1"}
+    if endpoint:
+        m = re.match(r"^(https?)://(.+?)/?$", endpoint)
+        if not m:
+            raise StoreError(f"AWS_ENDPOINT_URL = {endpoint!r}: use http://HOST:PORT or https://HOST:PORT")
+        kwargs.update(scheme=m.group(1), endpoint_override=m.group(2))
+    if key and secret:
+        kwargs.update(access_key=key, secret_key=secret, session_token=token)
+    return pafs.S3FileSystem(**kwargs)
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(scheme: str, netloc: str) -> pafs.FileSystem:
+    if scheme == "file":
+        return pafs.LocalFileSystem()
+    if scheme in ("s3", "s3a"):
+        return _s3(*_s3_environment())
+    try:
+        return pafs.FileSystem.from_uri(f"{scheme}://{netloc}/")[0]
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError):
+        pass
+    try:
+        import fsspec
+
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem(scheme)))
+    except (ImportError, ValueError) as exc:
+        raise StoreError(f"no file system for {scheme}:// URIs ({exc}); use a local path, s3://, gs:// or a "
+                         "scheme fsspec knows (install its package, e.g. adlfs for az://)") from None
+
+
+def location(spec: str | os.PathLike | "Location", base_dir: str | os.PathLike | None = None) -> "Location":
+    """The :class:`Location` of a local path or a URI; a relative local path is taken from ``base_dir``
+    (default: the current directory).
+
+    :raises StoreError: an unknown URI scheme.
+    """
+    if isinstance(spec, Location):
+        return spec
+    if is_uri(str(spec)):
+        uri = str(spec).rstrip("/")
+        scheme, rest = uri.split("://", 1)
+        scheme = scheme.lower()
+        if scheme == "file":
+            return Location(pafs.LocalFileSystem(), os.path.normpath("/" + rest.lstrip("/")), uri)
+        netloc = rest.split("/", 1)[0]
+        fs = _filesystem(scheme, netloc if scheme not in ("s3", "s3a", "memory") else "")
+        path = rest if scheme != "memory" else "/" + rest.lstrip("/")
+        return Location(fs, path.rstrip("/"), f"{scheme}://{rest}")
+    path = Path(spec)
+    if not path.is_absolute():
+        path = Path(base_dir or os.getcwd()) / path
+    path = os.path.normpath(path)
+    return Location(pafs.LocalFileSystem(), path, path)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A written file: its name in its folder, bytes, sha256 and (for Parquet) rows."""
+
+    name: str
+    size: int
+    sha256: str
+    rows: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Location:
+    """A file or folder on some file system (see the module docstring). ``uri`` is what messages show."""
+
+    fs: pafs.FileSystem
+    path: str
+    uri: str
+
+    def __reduce__(self):  # resolved again where it lands: credentials stay in each node's environment
+        return (location, (self.uri,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Location) and other.uri == self.uri
+
+    def __hash__(self) -> int:
+        return hash(self.uri)
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __repr__(self) -> str:
+        return f"Location({self.uri!r})"
+
+    # --- naming ----------------------------------------------------------------------------------
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path.rstrip("/"))
+
+    @property
+    def parent(self) -> "Location":
+        return Location(self.fs, posixpath.dirname(self.path.rstrip("/")), self.uri.rsplit("/", 1)[0])
+
+    def __truediv__(self, name: str) -> "Location":
+        name = str(name).strip("/")
+        return Location(self.fs, f"{self.path.rstrip('/')}/{name}", f"{self.uri.rstrip('/')}/{name}")
+
+    def local_path(self) -> Path:
+        """The local path (only for a local location).
+
+        :raises StoreError: an object-store location.
+        """
+        if not self.is_local:
+            raise StoreError(f"{self.uri} is not on a local disk")
+        return Path(self.path)
+
+    # --- reading ---------------------------------------------------------------------------------
+    def info(self) -> pafs.FileInfo:
+        return self.fs.get_file_info(self.path)
+
+    def exists(self) -> bool:
+        return self.info().type != pafs.FileType.NotFound
+
+    def is_dir(self) -> bool:
+        return self.info().type == pafs.FileType.Directory
+
+    def is_file(self) -> bool:
+        return self.info().type == pafs.FileType.File
+
+    def size(self) -> int | None:
+        """Bytes of the file, None when there is none."""
+        info = self.info()
+        return info.size if info.type == pafs.FileType.File else None
+
+    def listdir(self) -> list[str]:
+        """Names of the files and folders directly inside (sorted; [] when the folder does not exist)."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
+
+    def files(self, suffix: str = "") -> list[str]:
+        """Names of the files directly inside whose name ends with ``suffix`` (temporary files excluded)."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        names = [posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File]
+        return sorted(n for n in names if n.endswith(suffix) and not n.startswith(atomic.TMP_PREFIX))
+
+    def open_input(self) -> IO[bytes]:
+        return self.fs.open_input_stream(self.path)
+
+    def read_bytes(self) -> bytes:
+        with self.fs.open_input_stream(self.path) as f:
+            return f.read()
+
+    def read_json(self) -> Any:
+        return json.loads(self.read_bytes().decode("utf-8"))
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        with self.fs.open_input_stream(self.path) as f:
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def read_table(self, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.path, columns=columns, filesystem=self.fs)
+
+    def parquet_metadata(self) -> pq.FileMetaData:
+        with self.fs.open_input_file(self.path) as f:
+            return pq.ParquetFile(f).metadata
+
+    def walk(self) -> Iterator["Location"]:
+        """Every file below this folder (recursively), sorted by path."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
+        for info in sorted(infos, key=lambda i: i.path):
+            if info.type == pafs.FileType.File:
+                rel = info.path[len(self.path.rstrip("/")) + 1:]
+                yield self / rel
+
+    # --- writing (atomic for readers) --------------------------------------------------------------
+    def mkdir(self) -> None:
+        self.fs.create_dir(self.path, recursive=True)
+
+    def write_bytes(self, data: bytes) -> FileInfo:
+        """``data`` as this file, atomically; returns its size and sha256."""
+        if self.is_local:
+            atomic.write_bytes(data, self.path)
+        else:
+            # One PUT of the whole object: readers see all of it or (before) none of it.
+            with self.fs.open_output_stream(self.path) as f:
+                f.write(data)
+        return FileInfo(self.name, len(data), hashlib.sha256(data).hexdigest())
+
+    def write_json(self, data: Any) -> FileInfo:
+        payload = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+        return self.write_bytes(payload.encode("utf-8"))
+
+    def write_parquet(self, table: pa.Table) -> FileInfo:
+        """``table`` as a zstd Parquet file here, atomically; returns size, sha256 and rows."""
+        info = self.write_bytes(parquet_bytes(table))
+        return FileInfo(info.name, info.size, info.sha256, table.num_rows)
+
+    def delete(self) -> None:
+        """Remove this file (nothing when it is gone already)."""
+        try:
+            self.fs.delete_file(self.path)
+        except FileNotFoundError:
+            pass
+
+    def download(self, dest: Path) -> None:
+        """Copy this file to the local path ``dest`` (parents made)."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with self.fs.open_input_stream(self.path) as src, open(dest, "wb") as out:
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                out.write(chunk)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """``table`` serialised as the pipeline writes every Parquet file (zstd)."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
