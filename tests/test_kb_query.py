@@ -11,7 +11,10 @@ from biogpt.errors import BioMineError
 from pipeline.cli import main
 from pipeline.outputs.kb import build_kb
 from pipeline.outputs.query import query
+from pipeline.run.stages import write_shard_output
+from pipeline.store.datasets import ShardOutput, TaskDataset
 from pipeline.store.shards import ShardStore
+from pipeline.store.storage import location
 from schemas.relations import cast_batch
 
 
@@ -26,18 +29,25 @@ def rel(pmid, head, tail, relation, evidence=None, status="ok"):
     return row
 
 
+def commit_output(folder, shard, table):
+    """Write and commit one shard's output the way the pipeline's stage does."""
+    dataset = TaskDataset(location(folder))
+    written = write_shard_output(dataset.loc, shard, table)
+    dataset.commit(ShardOutput(shard, written, 5), task="re", expected="test", input_shard={"name": shard},
+                   settings={})
+
+
 @pytest.fixture
 def job_out(tmp_path):
     out = tmp_path / "out"
-    (out / "relations").mkdir(parents=True)
-    pq.write_table(cast_batch([
+    commit_output(out / "relations", "part-000000", cast_batch([
         rel(11, "Aspirin", "warfarin", "effect", "aspirin potentiates warfarin."),
         rel(12, "warfarin ", "aspirin", "effect", "warfarin with aspirin bleeds."),
         rel(12, "warfarin", "aspirin", "effect", "warfarin with aspirin bleeds."),  # same abstract twice
         rel(13, "ketoconazole", "midazolam", "mechanism"),
         rel(14, "x", "x", "int"),  # self-loop: not an edge
         rel(15, None, None, None, status="unparsed"),
-    ]), out / "relations" / "part-000001.parquet")
+    ]))
     with ShardStore(out / "documents", "ingest") as store:
         with store.transaction() as txn:
             txn.write([dict(pmid=p, version=1, record_type="article", title="t", abstract="a", has_abstract=True, pub_year=y, pub_month=m)

@@ -112,6 +112,11 @@ def run_cli(job: Path, env: dict[str, str], timeout: float = 300) -> subprocess.
                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
+def shard_of(f: Path) -> str:
+    """``part-000003`` for a task data file ``part-000003-<sha16>.parquet``."""
+    return f.stem.rsplit("-", 1)[0]
+
+
 def dataset(out: Path, name: str) -> pa.Table:
     files = sorted((out / name).glob("*.parquet"))
     return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
@@ -135,7 +140,7 @@ def check_invariants(out: Path, expected_pmids: set[int]) -> dict[str, pa.Table]
         declared = next(v for k, v in vars(schema_module).items() if k.endswith("_SCHEMA"))
         shard_stems = {p.stem for p in iter_shard_paths(out / "documents")}
         files = sorted((out / name).glob("*.parquet"))
-        assert {f.stem for f in files} == shard_stems, f"{name}: one output file per document shard"
+        assert sorted(shard_of(f) for f in files) == sorted(shard_stems), f"{name}: one output file per document shard"
         for f in files:
             schema = pq.read_schema(f)
             assert schema.equals(declared, check_metadata=True), f"{f} does not have the declared schema"
@@ -190,7 +195,7 @@ def test_entrez_job_end_to_end_interrupted_run_resumes_to_identical_outputs(tmp_
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if len(list((out / "entities").glob("*.parquet"))) >= 2:
+            if len(list((out / "entities" / "_commits").glob("*.json"))) >= 2:  # two shards committed
                 break
             time.sleep(0.05)
         interrupted = proc.poll() is None
@@ -206,7 +211,7 @@ def test_entrez_job_end_to_end_interrupted_run_resumes_to_identical_outputs(tmp_
     assert proc.returncode != 0
     partial = json.loads((out / "_manifest.json").read_text())
     assert partial.get("finished_at") is None  # the manifest says the run did not finish
-    n_entities = len(list((out / "entities").glob("*.parquet")))
+    n_entities = len(list((out / "entities" / "_commits").glob("*.json")))
     assert n_entities < len(list(iter_shard_paths(out / "documents"))) or not (out / "summaries").exists()
 
     again = run_cli(job, env)
@@ -261,7 +266,7 @@ def check_invariants_files(out: Path, expected: set[int], tasks) -> dict[str, pa
     shards = {p.stem for p in iter_shard_paths(out / "documents")}
     tables = {}
     for name in tasks:
-        assert {f.stem for f in (out / name).glob("*.parquet")} == shards
+        assert sorted(shard_of(f) for f in (out / name).glob("*.parquet")) == sorted(shards)
         table = dataset(out, name)
         assert all(versions.get(p) == v for p, v in zip(table.column("pmid").to_pylist(),
                                                          table.column("version").to_pylist()))

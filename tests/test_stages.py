@@ -7,6 +7,7 @@ output was lost is redone with identical contents, and a task error is recorded 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from ray import cloudpickle as ray_cloudpickle
 
-from pipeline.run.stages import read_failures, run_task_stage, shard_failures_file, shard_output
+from pipeline.run.stages import read_failures, run_task_stage
+from pipeline.store.datasets import TaskDataset
+from pipeline.store.storage import location
 from pipeline.tasks.base import Task
 from pipeline.tasks.options import TaskOptions
 from schemas.entities import ENTITY_SCHEMA, cast_batch
@@ -30,6 +33,8 @@ DRUGS = ("aspirin", "warfarin", "midazolam")
 class DictOptions(TaskOptions):
     #: A file that makes a failure happen once (DyingOnceNer, FailingOnceNer).
     marker: str | None = None
+    #: The names looked up: a setting the outputs depend on (changing it must recompute them).
+    vocabulary: tuple[str, ...] = DRUGS
 
 
 class DictionaryNer(Task):
@@ -51,6 +56,7 @@ class DictionaryNer(Task):
     def __init__(self, options):
         self.model_id = options.model
         self.marker = options.marker
+        self.vocabulary = options.vocabulary
 
     def __call__(self, batch):
         if 13 in list(batch["pmid"]):
@@ -59,7 +65,7 @@ class DictionaryNer(Task):
         for pmid, version, text in zip(batch["pmid"], batch["version"], batch["text"]):
             rows = [dict(pmid=int(pmid), version=int(version), start=m.start(), end=m.end(), label="Chemical",
                          text=m.group(), score=1.0, model_id=self.model_id)
-                    for m in re.finditer("|".join(DRUGS), text.lower())]
+                    for m in re.finditer("|".join(self.vocabulary), text.lower())]
             out.append(rows)
         return out
 
@@ -73,6 +79,18 @@ def ray_local():
     import ray
 
     ray.shutdown()
+
+
+def shard_output(out, shard):
+    """The committed data file of document shard ``shard`` in dataset ``out`` (its commit record names it)."""
+    record = TaskDataset(location(out)).record(shard.stem)
+    assert record is not None, f"{shard.stem} has no commit record in {out}"
+    return out / record["file"]["name"]
+
+
+def failures_of(out, shard):
+    record = TaskDataset(location(out)).record(shard.stem)
+    return record["failures"] if record else None
 
 
 def make_shards(tmp_path, docs_per_shard):
@@ -104,7 +122,7 @@ def test_exactly_once_and_resume(tmp_path, ray_local):
     assert [f["pmid"] for f in r1.failures] == [13]  # its batch neighbours were retried one by one
     assert all("poisoned document" in f["error"] for f in r1.failures)
 
-    # The failed records are kept beside the output of their shard (the one holding PMIDs 13-15).
+    # The failed records are kept in the commit record of their shard (the one holding PMIDs 13-15).
     failed = read_failures(out)
     assert {f["pmid"] for f in failed} == {f["pmid"] for f in r1.failures}
     assert {f["shard"] for f in failed} == {"part-000003"}
@@ -167,6 +185,7 @@ def test_model_that_does_not_load_stops_the_stage_with_its_message(tmp_path, ray
         run_task_stage(UnloadableNer, DictOptions(model="models/x", batch_size=2), shards, tmp_path / "entities",
                        actors=1, gpus_per_actor=0, progress=False)
     assert not list((tmp_path / "entities").glob("*.parquet"))  # nothing written as if it were done
+    assert TaskDataset(location(tmp_path / "entities")).records() == {}
 
 
 class FailingOnceNer(DictionaryNer):
@@ -192,12 +211,66 @@ def test_a_transient_failure_is_retried_by_the_next_run(tmp_path, ray_local):
     r1 = run_task_stage(FailingOnceNer, options, shards, out, **kw)
     # Only the document that fails on its own is recorded; its batch neighbour got its rows.
     assert [f["pmid"] for f in r1.failures] == [5] and "out of memory" in r1.failures[0]["error"]
-    assert shard_failures_file(out, shards[1]).exists() and not shard_failures_file(out, shards[0]).exists()
+    assert failures_of(out, shards[1]) and failures_of(out, shards[0]) == []
     assert 5 not in pq.read_table(shard_output(out, shards[1])).column("pmid").to_pylist()
 
     r2 = run_task_stage(FailingOnceNer, options, shards, out, **kw)
     assert r2.shards_done == 1 and r2.shards_skipped == 1 and r2.failures == []
-    assert not shard_failures_file(out, shards[1]).exists() and read_failures(out) == []
+    assert failures_of(out, shards[1]) == [] and read_failures(out) == []
     got = pa.concat_tables([pq.read_table(shard_output(out, s)) for s in shards]).to_pylist()
     expected = sorted((p, d) for p in range(1, 9) if p % 2 for d in ("aspirin", "warfarin"))
     assert sorted((row["pmid"], row["text"].lower()) for row in got) == expected
+
+
+@pytest.mark.parametrize("damage", ["garbled", "truncated", "empty", "swapped"])
+def test_a_rerun_verifies_outputs_before_it_skips_them(tmp_path, ray_local, damage):
+    """A committed output whose file was damaged, cut short, emptied or replaced by another shard's
+    (valid) output is computed again, with the reason; the others are skipped; rows end identical."""
+    shards = make_shards(tmp_path, [4, 4, 4])
+    out = tmp_path / "entities"
+    options = DictOptions(model="dict-v1", batch_size=2)
+    kw = dict(actors=1, gpus_per_actor=0, progress=False)
+    run_task_stage(DictionaryNer, options, shards, out, **kw)
+    clean = {s.stem: pq.read_table(shard_output(out, s)) for s in shards}
+    target, other = shard_output(out, shards[1]), shard_output(out, shards[2])
+    data = target.read_bytes()
+    target.write_bytes({"garbled": data[:100] + bytes(len(data) - 100), "truncated": data[: len(data) // 2],
+                        "empty": b"", "swapped": other.read_bytes()}[damage])
+
+    r = run_task_stage(DictionaryNer, options, shards, out, **kw)
+    assert r.shards_done == 1 and r.shards_skipped == 2
+    assert len(r.redone) == 1 and "damaged" in next(iter(r.redone)), r.redone
+    got = {s.stem: pq.read_table(shard_output(out, s)) for s in shards}
+    assert all(got[k].equals(clean[k]) for k in clean)  # none lost, none duplicated, none stale
+    pmids = sorted(p for t in got.values() for p in set(t.column("pmid").to_pylist()))
+    assert pmids == sorted(set(pmids)) and pmids == [p for p in range(1, 13) if p % 2]
+
+
+def test_changed_settings_recompute_and_say_so(tmp_path, ray_local):
+    shards = make_shards(tmp_path, [4, 4])
+    out = tmp_path / "entities"
+    kw = dict(actors=1, gpus_per_actor=0, progress=False)
+    run_task_stage(DictionaryNer, DictOptions(model="dict-v1", batch_size=2), shards, out, **kw)
+    # The batch size changes no output: nothing is recomputed.
+    same = run_task_stage(DictionaryNer, DictOptions(model="dict-v1", batch_size=3), shards, out, **kw)
+    assert same.shards_skipped == 2 and same.shards_done == 0
+    fewer = DictOptions(model="dict-v1", batch_size=2, vocabulary=("warfarin",))
+    r = run_task_stage(DictionaryNer, fewer, shards, out, **kw)
+    assert r.shards_done == 2 and r.redone == {"settings changed": 2}
+    rows = pa.concat_tables([pq.read_table(shard_output(out, s)) for s in shards]).to_pylist()
+    assert {row["text"].lower() for row in rows} == {"warfarin"}  # no stale aspirin rows left
+    assert len(list(out.glob("*.parquet"))) == 2  # the superseded files are gone
+    # Another model (its checksum) recomputes too.
+    moved = run_task_stage(DictionaryNer, dataclasses.replace(fewer, model_sha256="0" * 64), shards, out, **kw)
+    assert moved.shards_done == 2 and moved.redone == {"settings changed": 2}
+
+
+def test_prepare_runs_in_its_own_tasks_not_inside_the_model_actor(tmp_path, ray_local):
+    """Ray Data would fuse the CPU prepare step into the actor operator (equal remote args on a CPU
+    cluster); its own stats must list the two operators separately."""
+    shards = make_shards(tmp_path, [3, 3])
+    r = run_task_stage(DictionaryNer, DictOptions(model="dict-v1", batch_size=2), shards, tmp_path / "entities",
+                       actors=1, gpus_per_actor=0, progress=False)
+    prepare = [op for op in r.operators if "_prepare_shards" in op]
+    actor = [op for op in r.operators if "_TaskActor" in op]
+    assert prepare and actor and not set(prepare) & set(actor), r.operators

@@ -70,10 +70,12 @@ DDI_TRIPLES = {
 
 def demo_records(paths: list[str]) -> list[dict]:
     """The articles of the job's XML files (pmid, version, title, abstract)."""
-    from pipeline.pubmed.ingest import discover_inputs
-    from pipeline.pubmed.parser import iter_records
+    import contextlib
 
-    return [r for path in discover_inputs(paths) for r in iter_records(path) if isinstance(r, dict)]
+    from pipeline.pubmed.ingest import discover_inputs, iter_file_records
+
+    with contextlib.ExitStack() as stack:
+        return [r for path in discover_inputs(paths) for r in iter_file_records(path, stack) if isinstance(r, dict)]
 
 
 def write_silver_pubtator(records: list[dict], path: Path) -> Path:
@@ -170,13 +172,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.job}: the demo runs a files source (bundled XML), not {spec.source.kind!r}")
     for path in make_demo_models(spec, demo_records(spec.source.paths)):
         print(f"wrote tiny model {path}", file=sys.stderr)
-    if args.fresh and spec.output.exists():
-        shutil.rmtree(spec.output)
+    out = Path(spec.output)  # the demo writes on this machine
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
     manifest = run_job(spec, progress=not args.no_progress)
     print(summary_table(manifest), file=sys.stderr)
-    if (spec.output / "relations").is_dir():
-        n = build_kb(spec.output / "relations", spec.output / "kb.parquet", task=spec.tasks["re"].task)
-        print(f"kb: {n} edges in {spec.output / 'kb.parquet'}", file=sys.stderr)
+    if (out / "relations").is_dir():
+        n = build_kb(out / "relations", out / "kb.parquet", task=spec.tasks["re"].task)
+        print(f"kb: {n} edges in {out / 'kb.parquet'}", file=sys.stderr)
     import pandas as pd
 
     with pd.option_context("display.width", 120, "display.max_columns", 10):

@@ -18,7 +18,7 @@ examples:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("query", help="SQL (DuckDB) over a job's outputs", description=__doc__, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", help="the job's output directory")
+    p.add_argument("out", help="the job's output directory (a local path or a URI such as s3://bucket/out)")
     p.add_argument("sql", help="a DuckDB SQL query over the views")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     p.add_argument("--max-rows", type=int, default=50, help="rows shown in table format (default 50)")
@@ -26,11 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     import pandas as pd
 
     from pipeline.outputs.query import query
 
-    df = query(args.out, args.sql)
+    df = query(args.out, args.sql, warn=lambda w: print(f"biomine: warning: {w}", file=sys.stderr))
     if args.format == "csv":
         print(df.to_csv(index=False), end="")
     elif args.format == "json":

@@ -11,37 +11,49 @@ atomically; rebuilding from the same inputs gives the same file contents.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-from biogpt.errors import BioMineError
+from pipeline.errors import BioMineError
+from pipeline.store.storage import location
 
 _NORM = "trim(regexp_replace(lower(nfc_normalize({col})), '\\s+', ' ', 'g'), ' .,;:\"''()[]')"
 
 
-def build_kb(relations: str | Path, out: str | Path, *, task: str = "ddi",
-             documents: str | Path | None = None) -> int:
+def build_kb(relations: str | os.PathLike, out: str | os.PathLike, *, task: str = "ddi",
+             documents: str | os.PathLike | None = None) -> int:
     """Build the edge table; returns the number of edges."""
     import duckdb
 
-    from pipeline.store.atomic import write_parquet
+    from pipeline.outputs.query import register
+    from pipeline.store.datasets import TaskDataset
     from schemas.kb import cast_batch
 
-    relations = Path(relations)
-    files = sorted(relations.glob("*.parquet")) if relations.is_dir() else [relations]
-    files = [f for f in files if f.exists()]
+    relations = location(relations)
+    docs_dir = location(documents) if documents else relations.parent / "documents"
+    if relations.is_dir():
+        # A job's dataset: its committed files only (never a killed run's leftovers); the commit
+        # records carry the shard names, and only shards still in `documents` count.
+        live = None
+        if (docs_dir / "_manifest.json").exists():
+            from pipeline.store.shards import committed_shards
+
+            live = [s.name[: -len(".parquet")] for s in committed_shards(docs_dir)]
+        files = TaskDataset(relations).committed_files(live)
+    else:
+        files = [relations] if relations.is_file() else []
     if not files:
-        raise BioMineError(f"no relation files in {relations}: point --relations at a job's OUT/relations")
+        raise BioMineError(f"no relation files in {relations} (only committed outputs count): point --relations "
+                           "at a job's OUT/relations")
     con = duckdb.connect()
-    con.execute(f"CREATE VIEW rel AS SELECT * FROM read_parquet({[str(f) for f in files]!r})")
-    docs_dir = Path(documents) if documents else relations.parent / "documents"
+    register(con, "rel", files)
     date_join = "NULL::DATE AS pub_date"
     if (docs_dir / "_manifest.json").exists():
-        from pipeline.store.shards import iter_shard_paths
+        from pipeline.store.shards import iter_shard_locations
 
-        doc_files = [str(p) for p in iter_shard_paths(docs_dir)]
+        doc_files = list(iter_shard_locations(docs_dir))
         if doc_files:
-            con.execute(f"CREATE VIEW docs AS SELECT pmid, pub_year, pub_month, pub_day "
-                        f"FROM read_parquet({doc_files!r})")
+            register(con, "docs_all", doc_files)
+            con.execute("CREATE VIEW docs AS SELECT pmid, pub_year, pub_month, pub_day FROM docs_all")
             date_join = None
     sql = f"""
     WITH r AS (
@@ -68,5 +80,5 @@ def build_kb(relations: str | Path, out: str | Path, *, task: str = "ddi",
     except duckdb.Error as exc:
         raise BioMineError(f"cannot build the KB from {relations}: {exc}") from None
     table = cast_batch(table)
-    write_parquet(table, Path(out))
+    location(out).write_parquet(table)
     return table.num_rows

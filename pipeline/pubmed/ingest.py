@@ -34,7 +34,7 @@ import glob
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -146,6 +146,13 @@ def ingest_files(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *,
     return summary
 
 
+def iter_file_records(path: Location, stack: contextlib.ExitStack) -> Iterator[dict[str, Any] | Deletion]:
+    """The records of one input file wherever it is: a local file by path (the parser reads it with
+    its own buffering), anything else as a stream that ``stack`` closes."""
+    source = path.local_path() if path.is_local else stack.enter_context(path.open_input())
+    return iter_records(source, path.name)
+
+
 @dataclass
 class _Existing:
     shard: str
@@ -171,9 +178,7 @@ def _ingest_file(store: ShardStore, path: Location, fetched_at: _dt.datetime) ->
             buffer.clear()
             positions.clear()
 
-        # A local file by path (the parser reads it with its own buffering); anything else as a stream.
-        source = path.local_path() if path.is_local else stack.enter_context(path.open_input())
-        for position, record in enumerate(iter_records(source, name)):
+        for position, record in enumerate(iter_file_records(path, stack)):
             if isinstance(record, Deletion):
                 deleted.add(record.pmid)
                 continue

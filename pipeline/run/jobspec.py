@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import JobConfigError
+from pipeline.store.storage import is_uri, location
 from pipeline.tasks.options import DTYPES, TaskOptions
 from pipeline.tasks.registry import TASKS
 
@@ -53,7 +54,8 @@ class ResourceSpec:
 @dataclass
 class JobSpec:
     name: str
-    output: Path
+    #: A local path (absolute) or a storage URI (:mod:`pipeline.store.storage`).
+    output: str
     source: SourceSpec
     #: Task name -> its typed options (:mod:`pipeline.tasks.options`), in the file's order.
     tasks: dict[str, TaskOptions]
@@ -100,6 +102,11 @@ def _typed(table: dict, key: str, typ, where: str, problems: list[str], positive
     return value
 
 
+def _resolve(spec: str, base_dir: Path) -> str:
+    """A storage URI as it is; a local path made absolute from the job file's folder."""
+    return spec if is_uri(spec) else os.path.normpath(base_dir / spec)
+
+
 def _task_options(name: str, table: dict[str, Any], base_dir: Path, dtype: str, check_models: bool,
                   problems: list[str]) -> TaskOptions | None:
     """``[tasks.NAME]`` as the task's typed options (None when a key is missing or mistyped)."""
@@ -125,8 +132,8 @@ def _task_options(name: str, table: dict[str, Any], base_dir: Path, dtype: str, 
     if not ok:
         return None
     model = values["model"]
-    values["model"] = model if Path(model).is_absolute() else os.path.normpath(base_dir / model)
-    if check_models and not (Path(values["model"]) / "config.json").exists():
+    values["model"] = _resolve(model, base_dir)
+    if check_models and not (location(values["model"]) / "config.json").exists():
         problems.append(f"{where} model = {model!r}: no config.json in {values['model']} (train or convert a "
                         "model first: see `biomine train ner --help` and `biomine convert fairseq --help`)")
     options = cls(**values, dtype=dtype)
@@ -156,6 +163,8 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
     for key in ("name", "output"):
         if not job.get(key):
             problems.append(f"[job] {key} is required")
+        elif not isinstance(job[key], str):
+            problems.append(f"[job] {key} = {job[key]!r}: expected a string")
     schedule = job.get("schedule", "once")
     if schedule not in SCHEDULES:
         problems.append(f"[job] schedule = {schedule!r}: use one of {', '.join(SCHEDULES)}")
@@ -190,8 +199,7 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
         source.maxdate = str(src["maxdate"]) if "maxdate" in src else None
         source.max = _typed(src, "max", int, "[source]", problems, positive=True)
         source.shard_size = _typed(src, "shard_size", int, "[source]", problems, positive=True) or 5000
-        source.paths = [os.path.normpath(base_dir / p) if not Path(p).is_absolute() else p for p in src.get("paths", [])
-                        if isinstance(p, str)]
+        source.paths = [_resolve(p, base_dir) for p in src.get("paths", []) if isinstance(p, str)]
 
     res = data.get("resources", {})
     dtype = _typed(res, "dtype", str, "[resources]", problems) or "auto"
@@ -214,8 +222,7 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
     if problems:
         where = f" in {path}" if path else ""
         raise JobConfigError(f"{len(problems)} problem(s){where}:\n  - " + "\n  - ".join(problems))
-    output = Path(job["output"])
-    return JobSpec(name=job["name"], output=output if output.is_absolute() else Path(os.path.normpath(base_dir / output)),
+    return JobSpec(name=job["name"], output=_resolve(job["output"], base_dir),
                    source=source, tasks=tasks, resources=resources, schedule=schedule,
                    incremental=bool(job.get("incremental", True)), path=path, raw=data)
 

@@ -1,62 +1,231 @@
-"""``biomine run JOB.toml``: a job end to end on Ray, resumable and incremental.
+"""``biomine run JOB.toml``: a job end to end on Ray, resumable, incremental, and safe to re-run.
 
 Steps, each idempotent:
 
-1. **Documents** (a Ray task): ``fetch`` (E-utilities query) or ``ingest`` (baseline/update XML) into
-   ``OUT/documents/`` — the manifest-backed shard store of :mod:`pipeline.store.shards`. Shards are
-   immutable: an update that changes or deletes an article writes a new shard and retires the old one.
-2. **Tasks** (Ray Data, :mod:`pipeline.run.stages`): for every committed document shard without an output
-   yet, NER → ``OUT/entities/``, RE → ``OUT/relations/``, summarisation → ``OUT/summaries/``, one
-   Parquet file per document shard, written atomically.
+0. **Own the output**: take the output's lease (:mod:`pipeline.store.lease`: one run at a time,
+   whatever stage the other is in) and check ``OUT/_job.json``: an output location belongs to one job
+   (its name and source); another job pointed at it is refused with one line naming both.
+1. **Documents** (a Ray task, on any node): ``fetch`` (E-utilities query) or ``ingest``
+   (baseline/update XML) into ``OUT/documents/`` on storage — the manifest-backed shard store of
+   :mod:`pipeline.store.shards`. Shards are immutable: an update that changes or deletes an article
+   writes a new shard and retires the old one.
+2. **Tasks** (Ray Data, :mod:`pipeline.run.stages`): NER → ``OUT/entities/``, RE → ``OUT/relations/``,
+   summarisation → ``OUT/summaries/``. Workers write one data file per document shard to storage; the
+   driver commits each with its fingerprint (:mod:`pipeline.store.datasets`). A re-run verifies every
+   committed output before it skips it and redoes what is missing, damaged, swapped or stale (other
+   settings or another model), saying which and why.
 3. **Retire**: outputs of document shards that are no longer committed (replaced or deleted
    articles) are removed, so every output row's PMID exists in ``documents`` with the same version.
-4. **Manifest** ``OUT/_manifest.json``: the job spec, model ids and checksums, code version, counts
-   per stage, timings and per-record failures; then a summary table on stderr.
+4. **Manifest** ``OUT/_manifest.json``: the job spec, models (path, checksum), code version, counts
+   per stage (with what was redone and why), timings and per-record failures; then a summary table.
 
-A killed run (Ctrl-C, dead actor, lost node) loses only in-flight work: re-running skips every shard
-already written and produces the same outputs as an uninterrupted run. An incremental job (files
-source) re-run after new update files are added processes only the new or changed articles' shards.
+Every location (``output``, source ``paths``, each ``model``) may be a local path or a storage URI
+(``s3://...``: :mod:`pipeline.store.storage`), so nothing relies on a disk shared between nodes.
+Without an address the run starts a private local Ray that accepts no one else (token
+authentication with a token made for this run, and every connection on 127.0.0.1: :func:`init_ray`); with ``--address``/``RAY_ADDRESS``
+(``host:port``, ``auto`` or ``ray://``) it joins that cluster and ships its code through Ray's
+``runtime_env``, so nodes need no checkout.
 
-:raises ConfigError: invalid job (see :mod:`pipeline.run.jobspec`).
-:raises BioMineError: from ingestion, fetching or model loading, naming the record or file.
+:raises JobConfigError: invalid job (see :mod:`pipeline.run.jobspec`).
+:raises StoreError: the output belongs to another job or is in use by another run.
+:raises BioMineError: from ingestion, fetching or model loading, naming the record or file; an
+    unreachable Ray address.
 """
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import datetime as _dt
-import hashlib
 import logging
 import os
+import secrets
+import shutil
+import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import BioMineError, StoreError
 from pipeline.run.jobspec import JobSpec
-from pipeline.run.stages import read_failures, run_task_stage, shard_failures_file
-from pipeline.store.atomic import write_json
+from pipeline.store.datasets import TaskDataset
+from pipeline.store.lease import Lease
+from pipeline.store.models import materialize, model_checksum
+from pipeline.store.storage import Location, location
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
+JOB_FILE = "_job.json"
+CONNECT_TIMEOUT = 10.0
+
+
+# --- Ray ---------------------------------------------------------------------------------------------
+def _private_token() -> None:
+    """Token authentication for the embedded Ray: a fresh random token in a private file (mode 0600 in
+    a 0700 temporary folder, not ``$HOME``), removed when this process ends. Ray's GCS and raylets then
+    refuse every client that does not present it, whatever interface they listen on."""
+    if os.environ.get("RAY_AUTH_MODE") == "token" and os.path.exists(os.environ.get("RAY_AUTH_TOKEN_PATH", "")):
+        return  # a token made for this process already (a second init after a shutdown)
+    folder = tempfile.mkdtemp(prefix="biomine-ray-auth-")
+    path = Path(folder) / "token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    atexit.register(shutil.rmtree, folder, True)
+    _reload_ray_auth()
+
+
+def _reload_ray_auth() -> None:
+    """Make this (already imported) Ray read the auth settings again: its config and token loader
+    are cached at first use (ray/_private/authentication/authentication_token_setup.py does the same
+    when it turns token mode on)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _loopback_only(on: bool) -> None:
+    """Keep the embedded Ray on 127.0.0.1: its node address, and so every connection between its
+    processes. Ray otherwise picks the host's routable address even for a one-machine cluster. Its
+    switch (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, ray/_private/services.py get_node_ip_address) is read
+    from the environment by each process Ray spawns, and from a constant by this already-imported one.
+    Joining a real cluster turns it off again."""
+    import ray._private.ray_constants as ray_constants
+
+    if on:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    else:
+        os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    ray_constants.ENABLE_RAY_CLUSTER = not on
+
+
+def _probe(address: str) -> None:
+    """Fail fast, with one line, when nothing listens at ``host:port`` (Ray itself would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise BioMineError(f"Ray address {address!r}: use HOST:PORT (the head's GCS port, 6379 by default), "
+                           "auto, or ray://HOST:10001")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT):
+            pass
+    except OSError as exc:
+        raise BioMineError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
+                           "`ray start --head` there, or omit --address/RAY_ADDRESS to run on this machine") from None
+
+
+def check_address(address: str | None) -> None:
+    """Refuse, with one line and within seconds, an address that cannot work: malformed, ``ray://``
+    without Ray Client installed, or nothing listening there (``auto`` is left to Ray).
+
+    :raises BioMineError: naming the address and the fix.
+    """
+    if address is None or address == "auto":
+        return
+    if address.startswith("ray://"):
+        try:
+            import grpc  # noqa: F401
+            import ray.util.client  # noqa: F401
+        except ImportError:
+            raise BioMineError(f"{address} needs Ray Client: pip install 'ray[client]', or pass the head's "
+                               "GCS address (HOST:6379) from a node of the cluster") from None
+        address = address[len("ray://"):]
+    _probe(address)
+
+
+def _runtime_env() -> dict[str, Any]:
+    """Ship biogpt/, pipeline/ and schemas/ to the cluster's workers (Ray's ``py_modules``)."""
+    import biogpt
+    import pipeline
+    import schemas
+
+    return {"py_modules": [os.path.dirname(m.__file__) for m in (biogpt, pipeline, schemas)]}
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join ``address``/``$RAY_ADDRESS`` if given, else start a local Ray sized to this machine."""
+    """Join ``address``/``$RAY_ADDRESS`` if given, else start a private local Ray sized to this machine.
+
+    :raises BioMineError: the address is unreachable or malformed, or ``ray://`` without ``ray[client]``.
+    """
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None:
-        # A private local cluster: no auth token written to $HOME, no dashboard, quiet workers.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Ray's C++ core logs a harmless error-level line per actor restart; Ray Data logs every
     # execution plan at INFO. Users get our progress bars and summary instead.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+                  configure_logging=False)
+    if address is None:
+        _private_token()
+        _loopback_only(True)
+        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
+        return
+    _loopback_only(False)
+    check_address(address)
+    del kwargs["include_dashboard"]  # a cluster's own choice
+    try:
+        ray.init(address=address, runtime_env=_runtime_env(), **kwargs)
+    except (ConnectionError, RuntimeError) as exc:
+        raise BioMineError(f"cannot join the Ray cluster at {address}: {exc}") from None
+
+
+def _actors_and_gpus(spec: JobSpec) -> tuple[int, float]:
+    """Model actors and GPUs per actor from the cluster's resources: one actor per ``gpus_per_actor``
+    GPUs; on a CPU cluster one actor per ``2 * cpus_per_actor`` CPUs (the other half prepare shards)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0)
+    per_actor = spec.resources.gpus_per_actor if gpus else 0.0
+    if spec.resources.actors:
+        return spec.resources.actors, per_actor
+    if per_actor:
+        return max(1, int(gpus // per_actor)), per_actor
+    return max(1, int(resources.get("CPU", 1) // (2 * spec.resources.cpus_per_actor))), 0.0
+
+
+# --- ownership ---------------------------------------------------------------------------------------
+def job_identity(spec: JobSpec) -> dict[str, Any]:
+    """What an output location belongs to: the job's name and source."""
+    src = spec.source
+    source = {"kind": src.kind, "query": src.query} if src.kind == "entrez" else {"kind": src.kind, "paths": src.paths}
+    return {"name": spec.name, "source": source}
+
+
+def claim_output(out: Location, spec: JobSpec) -> None:
+    """Record ``spec`` as the owner of ``out``, or refuse when another job owns it.
+
+    :raises StoreError: ``out`` holds another job's output (both are named).
+    """
+    mine = job_identity(spec)
+    path = out / JOB_FILE
+    try:
+        theirs = path.read_json()
+    except FileNotFoundError:
+        theirs = None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path} is unreadable ({exc}): use another output, or delete it to give the "
+                         "output to this job") from None
+    if theirs is None:
+        if (out / "documents").exists():
+            raise StoreError(f"{out} holds documents but no {JOB_FILE}: it was not written by `biomine run`; "
+                             "use another output for this job")
+        path.write_json({"format": "biomine-job", **mine})
+        return
+    if {k: theirs.get(k) for k in mine} != mine:
+        raise StoreError(
+            f"{out} belongs to job {theirs.get('name')!r} (source {theirs.get('source')}), not to job "
+            f"{spec.name!r} (source {mine['source']}): use another output for this job, or delete {path} "
+            "to give it to this job (the other job's outputs would be mixed in)")
 
 
 def code_version() -> dict[str, str]:
@@ -73,17 +242,6 @@ def code_version() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         pass
     return {"biomine": pkg, "git_commit": commit}
-
-
-def model_fingerprint(model_dir: Path) -> dict[str, Any]:
-    """Model id (directory name) and a sha256 over its config and weight files."""
-    h = hashlib.sha256()
-    for name in sorted(os.listdir(model_dir)):
-        if name.endswith((".json", ".safetensors", ".bin", ".txt")):
-            with open(model_dir / name, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 22), b""):
-                    h.update(chunk)
-    return {"model_id": model_dir.name, "path": str(model_dir), "sha256": h.hexdigest()}
 
 
 def _source_step(spec: JobSpec, docs_dir: str, progress: bool) -> dict[str, Any]:
@@ -105,95 +263,88 @@ def _source_step(spec: JobSpec, docs_dir: str, progress: bool) -> dict[str, Any]
             "already_present": s.already_present, "unavailable": len(s.unavailable), "documents": s.rows}
 
 
-def _read_previous_manifest(out: Path) -> dict[str, Any]:
-    import json
+def _prepare_models(spec: JobSpec) -> dict[str, Any]:
+    """Check every task's checkpoint (cheaply: config and task files) and pin its checksum into the
+    task's options, before anything runs: the wrong kind of model is one clear error, not a failure
+    after an hour of fetching. A model on storage is fetched into this node's cache for the check."""
+    from pipeline.tasks.registry import task_class
 
-    try:
-        return json.loads((out / MANIFEST).read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
-def _actors_and_gpus(spec: JobSpec) -> tuple[int, float]:
-    import ray
-
-    gpus = ray.cluster_resources().get("GPU", 0)
-    per_actor = spec.resources.gpus_per_actor if gpus else 0.0
-    if spec.resources.actors:
-        return spec.resources.actors, per_actor
-    return (max(1, int(gpus // per_actor)) if per_actor else 1), per_actor
+    classes = {}
+    for name, options in list(spec.tasks.items()):
+        sha = model_checksum(options.model)
+        local = materialize(options.model, sha)
+        classes[name] = task_class(name)
+        classes[name].check_model(dataclasses.replace(options, model=str(local)))
+        spec.tasks[name] = dataclasses.replace(options, model_sha256=sha)
+    return classes
 
 
 def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None) -> dict[str, Any]:
-    """Run ``spec`` end to end; returns the manifest written to ``OUT/_manifest.json``."""
+    """Run ``spec`` end to end; returns the manifest written to ``OUT/_manifest.json``.
+
+    :raises StoreError: the output belongs to another job or is in use by another run.
+    """
+    check_address(spec.resources.address or os.environ.get("RAY_ADDRESS") or None)
+    classes = _prepare_models(spec)
+    out = location(spec.output)
+    out.mkdir()
+    with Lease(out, what=f"biomine run {spec.path or spec.name}"):
+        claim_output(out, spec)
+        return _run(spec, classes, out, progress, num_cpus)
+
+
+def _run(spec: JobSpec, classes: dict[str, Any], out: Location, progress: bool, num_cpus: int | None) -> dict[str, Any]:
     import ray
 
-    from pipeline.store.shards import iter_shard_paths
-    from pipeline.tasks.registry import task_class
+    from pipeline.run.stages import run_task_stage
+    from pipeline.store.shards import committed_shards
 
-    # Every task's checkpoint is checked (cheaply: config and task files) before anything runs, so
-    # the wrong kind of model is one clear error, not a failure after an hour of fetching.
-    classes = {}
-    for name, options in spec.tasks.items():
-        classes[name] = task_class(name)
-        classes[name].check_model(options)
-
-    out = spec.output
-    out.mkdir(parents=True, exist_ok=True)
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
     init_ray(spec.resources.address, num_cpus=num_cpus)
     manifest: dict[str, Any] = {
         "job": {"name": spec.name, "spec": spec.raw, "path": str(spec.path) if spec.path else None},
         "code": code_version(), "started_at": started.isoformat(timespec="seconds"), "stages": {},
-        "models": {}, "failures": [],
+        "models": {name: {"model_id": location(o.model).name, "path": o.model, "sha256": o.model_sha256}
+                   for name, o in spec.tasks.items()},
+        "failures": [], "finished_at": None,
     }
+    (out / MANIFEST).write_json(manifest)
 
     docs = out / "documents"
     t = time.perf_counter()
     source_task = ray.remote(num_cpus=1, max_retries=2)(_source_step)
-    manifest["stages"]["documents"] = ray.get(source_task.remote(spec, str(docs), progress))
+    manifest["stages"]["documents"] = ray.get(source_task.remote(spec, docs.uri, progress))
     manifest["stages"]["documents"]["seconds"] = round(time.perf_counter() - t, 3)
-    shards = list(iter_shard_paths(docs))
-    live = {p.stem for p in shards}
+    shards = committed_shards(docs)
+    live = {s.name[: -len(".parquet")] for s in shards}
+    identities = {s.name[: -len(".parquet")]: s.identity() for s in shards}
 
-    previous = _read_previous_manifest(out)
     actors, gpus_per_actor = _actors_and_gpus(spec)
     for name, options in spec.tasks.items():
         cls = classes[name]
-        manifest["models"][name] = model_fingerprint(Path(options.model))
-        out_dir = out / cls.dataset
-        old = previous.get("models", {}).get(name, {}).get("sha256")
-        stale = not spec.incremental or (old is not None and old != manifest["models"][name]["sha256"])
-        if stale and any(out_dir.glob("*.parquet")):
-            # Outputs of another model (or a non-incremental job) are recomputed, never mixed.
-            log.warning("%s: recomputing %s (%s)", spec.name, out_dir,
-                        "model changed" if spec.incremental else "incremental = false")
-            for p in [*out_dir.glob("*.parquet"), *out_dir.glob("*.failures.json")]:
-                p.unlink()
-        # Record the model before its first output exists, so a crash cannot leave outputs of this
-        # model under a manifest that names another (the next run would keep them as current).
-        models = {**previous.get("models", {}), **manifest["models"]}
-        write_json({**manifest, "models": models, "finished_at": None}, out / MANIFEST)
-        result = run_task_stage(cls, options, shards, out_dir, actors=actors,
-                                gpus_per_actor=gpus_per_actor, cpus_per_actor=spec.resources.cpus_per_actor,
-                                progress=progress)
-        retired = [p for p in out_dir.glob("*.parquet") if p.stem not in live]
-        for p in retired:
-            shard_failures_file(out_dir, p).unlink(missing_ok=True)
-            p.unlink()
+        dataset = TaskDataset(out / cls.dataset)
+        if not spec.incremental and dataset.records():
+            log.warning("%s: recomputing %s (incremental = false)", spec.name, dataset.loc)
+            dataset.clear()
+        result = run_task_stage(cls, options, [docs / s.name for s in shards], dataset.loc, inputs=identities,
+                                actors=actors, gpus_per_actor=gpus_per_actor,
+                                cpus_per_actor=spec.resources.cpus_per_actor, progress=progress)
+        retired = sorted(set(dataset.records()) - live)
+        for shard in retired:
+            dataset.retire(shard)
         manifest["stages"][name] = {
             "dataset": cls.dataset, "shards_done": result.shards_done, "shards_skipped": result.shards_skipped,
-            "shards_retired": len(retired), "documents": result.documents, "rows": result.rows,
-            "seconds": round(result.seconds, 3), "actors": actors, "gpus_per_actor": gpus_per_actor,
-            "failures": len(result.failures),
+            "shards_retired": len(retired), "redone": result.redone, "documents": result.documents,
+            "rows": result.rows, "seconds": round(result.seconds, 3), "actors": actors,
+            "gpus_per_actor": gpus_per_actor, "failures": len(result.failures),
         }
         # Every failed record of the current outputs (this run's and any a redo could not fix), read
-        # from the failures files that live beside the outputs, so a killed run loses none.
-        manifest["failures"] += read_failures(out_dir, shards)
+        # from the commit records, so a killed run loses none.
+        manifest["failures"] += dataset.failures(live)
     manifest["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
-    write_json(manifest, out / MANIFEST)
+    (out / MANIFEST).write_json(manifest)
     return manifest
 
 

@@ -1,23 +1,29 @@
 """Ray Data stages that run a model task over document shards, with exactly-once per-shard outputs.
 
-Contract. Input: Parquet document shards (``OUT/documents/*.parquet``, article schema: at least
-``pmid``, ``version``, ``title``, ``abstract``). For each task the stage writes one output file per
-input shard, ``OUT/<dataset>/<shard stem>.parquet``, cast to the task's schema, atomically (temp file
-then rename). A shard whose output exists is complete and skipped, so re-running after a crash, a
-Ctrl-C, a dead actor or a lost node resumes without losing or duplicating a row. A task error does not stop
-the stage: the failing shard is retried in ``batch_size`` chunks, then document by document; the
-documents that fail on their own get no rows and are listed in ``<shard>.failures.json`` beside the
-output (PMID and error), and the next run redoes that shard. A model that cannot load (a
+Contract. Input: document shards (Parquet in the article schema: at least ``pmid``, ``version``,
+``title``, ``abstract``) on any storage (:mod:`pipeline.store.storage`). For each input shard the
+stage writes one immutable data file of the task's schema into the output dataset and commits it
+with a record that holds its fingerprint (:mod:`pipeline.store.datasets`). The WORKERS read the
+document shards from storage and write the data files to storage themselves; the driver only
+verifies and commits, so no node needs a disk shared with another. Before it skips a shard the stage
+verifies its committed output (fingerprint, size and checksum of the data file): a missing, damaged,
+swapped or stale output is computed again, and :attr:`StageResult.redone` says why. Re-running after
+a crash, a Ctrl-C, a dead actor or a lost node therefore resumes without losing or duplicating a row.
+A task error does not stop the stage: the failing shard is retried in ``batch_size`` chunks, then
+document by document; documents that fail on their own get no rows and are listed in the commit
+record (PMID and error), and the next run redoes that shard. A model that cannot load (a
 :class:`BioMineError` in the task's constructor) stops the stage with :class:`StageError`.
 
-How: one Ray Data item per pending shard → ``map_batches(_prepare_shards)`` as CPU tasks (read the
-shard, tokenise, build prompts: this overlaps the model) → ``map_batches(_TaskActor)`` on an actor
-pool (one model load per actor, ``num_gpus`` per actor) → the driver, which writes each shard as its
-result arrives. The model sees a WHOLE shard per call and batches it itself by ``batch_size``, so
-(1) the batching of a document depends only on its shard, and a resumed run computes bit for bit
-what an uninterrupted run does (batched kernels round differently for different batch shapes), and
-(2) the generation engine's continuous batching keeps all its slots busy across the shard. Rows
-within a shard are sorted by (pmid, the task's own order), so outputs do not depend on scheduling.
+How: one Ray Data item per pending shard → ``map_batches(_prepare_shards)`` as separate CPU tasks
+(read the shard, tokenise, build prompts: this overlaps the model; its ``memory`` request keeps
+Ray Data from fusing it into the actor) → ``map_batches(_TaskActor)`` on an actor pool (one model
+load per actor, ``num_gpus`` per actor; a model on object storage is fetched once per node,
+:mod:`pipeline.store.models`) → the driver, which commits each shard as its result arrives. The
+model sees a WHOLE shard per call and batches it itself by ``batch_size``, so (1) the batching of a
+document depends only on its shard, and a resumed run computes bit for bit what an uninterrupted
+run does (batched kernels round differently for different batch shapes), and (2) the generation
+engine's continuous batching keeps all its slots busy across the shard. Rows within a shard are
+sorted by (pmid, the task's own order), so outputs do not depend on scheduling.
 
 Tasks implement :class:`pipeline.tasks.base.Task`: ``prepare`` (a class method: CPU, a pure function
 of the batch and the task's typed options) and ``__call__`` on an instance built once per actor.
@@ -25,54 +31,35 @@ of the batch and the task's typed options) and ``__call__`` on an instance built
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import hashlib
 import logging
+import os
 import pickle
+import re
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
-
-import pyarrow.parquet as pq
+from typing import Any, Callable, Mapping, Sequence
 
 from biogpt.errors import BioMineError
 from pipeline.errors import StageError
-from pipeline.store.atomic import write_json, write_parquet
+from pipeline.store.datasets import ShardOutput, TaskDataset, data_file_name, fingerprint
+from pipeline.store.models import materialize
+from pipeline.store.storage import FileInfo, Location, location, parquet_bytes
 from pipeline.tasks.base import Task
 from pipeline.tasks.options import TaskOptions
 
 log = logging.getLogger(__name__)
 
 SHARD_COL = "_shard"
-ROWS_COL = "_rows"
-ERROR_COL = "_error"
-FATAL_COL = "_fatal"
+URI_COL = "_uri"
 PAYLOAD_COL = "_payload"
-
-
-
-
-def shard_output(out_dir: Path, shard: Path) -> Path:
-    return out_dir / f"{Path(shard).stem}.parquet"
-
-
-def shard_failures_file(out_dir: Path, shard: Path | str) -> Path:
-    """``out_dir/<shard>.failures.json``: the records of that shard whose batch failed. It is written
-    before the shard's output and removed after a clean redo, so it survives a crash, and a shard
-    that has one is retried by the next run (outputs are deterministic: a redo replaces it as is)."""
-    return out_dir / f"{Path(shard).stem}.failures.json"
-
-
-def read_failures(out_dir: Path, shards: list[Path] | None = None) -> list[dict[str, Any]]:
-    """The failure records of ``shards`` (default: every shard with a failures file in ``out_dir``)."""
-    files = ([shard_failures_file(out_dir, s) for s in shards] if shards is not None
-             else sorted(Path(out_dir).glob("*.failures.json")))
-    out: list[dict[str, Any]] = []
-    for f in files:
-        if f.exists():
-            out += json.loads(f.read_text())
-    return out
+RESULT_COL = "_result"
+FATAL_COL = "_fatal"
+COLUMNS = ["pmid", "version", "title", "abstract"]
+#: Bytes a prepare task reserves (Ray's ``memory`` resource): one shard's documents and model inputs.
+PREPARE_MEMORY = 256 * 1024 * 1024
 
 
 @dataclass
@@ -83,25 +70,52 @@ class StageResult:
     documents: int = 0
     rows: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
+    #: Why shards that had a commit record were computed again: reason -> shards.
+    redone: dict[str, int] = field(default_factory=dict)
+    #: Ray Data's operators, as its stats name them (the prepare step must be its own operator).
+    operators: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
-COLUMNS = ["pmid", "version", "title", "abstract"]
+def stage_settings(task_cls: type[Task], options: TaskOptions) -> dict[str, Any]:
+    """What a task's outputs depend on: the task, its output schema version and its settings."""
+    meta = task_cls.schema.metadata or {}
+    return {"task": task_cls.name, "schema_version": int(meta.get(b"biomine.schema_version", b"0")),
+            **options.settings()}
+
+
+def shard_name(shard: str | os.PathLike | Location) -> str:
+    """``part-000003`` for ``.../part-000003.parquet``."""
+    name = location(shard).name
+    return name[: -len(".parquet")] if name.endswith(".parquet") else name
+
+
+def shard_identity(shard: Location) -> dict[str, Any]:
+    """Name, rows, size and sha256 of a document shard read from storage (when its manifest has none)."""
+    return {"name": shard.name, "rows": shard.parquet_metadata().num_rows, "size": shard.size(),
+            "sha256": shard.sha256()}
+
+
+def local_options(options: TaskOptions) -> TaskOptions:
+    """``options`` with the model as a local directory (fetched into this node's cache if need be)."""
+    if location(options.model).is_local:
+        return options
+    return dataclasses.replace(options, model=str(materialize(options.model, options.model_sha256)))
 
 
 def _prepare_shards(batch: dict[str, Any], task_cls: type[Task], options: TaskOptions) -> dict[str, Any]:
-    """CPU stage (stateless Ray tasks): read each shard and let the task build its model inputs.
+    """CPU stage (stateless Ray tasks): read each shard from storage and let the task build its inputs.
 
     One record per SHARD, carrying the prepared documents pickled: the model stage then sees every
     shard whole, so how its documents are batched depends on the shard alone - never on which other
     shards were pending - and a resumed run computes bit for bit what an uninterrupted one does.
     """
-    out: dict[str, list] = {SHARD_COL: [], "n": [], PAYLOAD_COL: []}
-    for path in batch["path"]:
-        table = pq.read_table(str(path), columns=COLUMNS)
+    options = local_options(options)
+    out: dict[str, list] = {SHARD_COL: [], PAYLOAD_COL: []}
+    for shard, uri in zip(batch[SHARD_COL], batch[URI_COL]):
+        table = location(str(uri)).read_table(COLUMNS)
         docs = {c: table.column(c).to_numpy(zero_copy_only=False) for c in COLUMNS}
-        out[SHARD_COL].append(Path(str(path)).stem)
-        out["n"].append(table.num_rows)
+        out[SHARD_COL].append(str(shard))
         out[PAYLOAD_COL].append(pickle.dumps(task_cls.prepare(docs, options), protocol=pickle.HIGHEST_PROTOCOL))
     return out
 
@@ -110,14 +124,22 @@ def _slice(docs: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
     return {k: v[start:stop] for k, v in docs.items()}
 
 
-class _TaskActor:
-    """Model stage: builds the task once per actor; maps one shard's documents to their rows."""
+def _sort_key(sort_keys: tuple[str, ...]):
+    keys = ("pmid",) + tuple(sort_keys)
+    return lambda r: tuple(r.get(k) if r.get(k) is not None else -1 for k in keys)
 
-    def __init__(self, task_cls: type[Task], options: TaskOptions):
+
+class _TaskActor:
+    """Model stage: builds the task once per actor; maps one shard's documents to their rows and
+    writes them, as one immutable data file, into the output dataset on storage."""
+
+    def __init__(self, task_cls: type[Task], options: TaskOptions, out_uri: str):
         self.task, self.fatal = None, ""
+        self.task_cls = task_cls
         self.chunk = options.batch_size
+        self.out = location(out_uri)
         try:
-            self.task = task_cls(options)
+            self.task = task_cls(local_options(options))
         except BioMineError as exc:
             # A user mistake (a damaged or wrong checkpoint) would otherwise kill the actor in a loop
             # of restarts and surface as a Ray traceback; report it with every shard instead, and the
@@ -125,19 +147,26 @@ class _TaskActor:
             self.fatal = f"{type(exc).__name__}: {exc}"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, list] = {SHARD_COL: [], ROWS_COL: [], ERROR_COL: [], FATAL_COL: []}
-        for shard, n, payload in zip(batch[SHARD_COL], batch["n"], batch[PAYLOAD_COL]):
-            failed: list[dict[str, Any]] = []
-            if self.task is None:
-                per_doc = [[] for _ in range(int(n))]
-            else:
-                docs = pickle.loads(payload)
-                per_doc, errors = self._run(docs, int(n))
-                failed = [{"pmid": int(pmid), "error": error} for pmid, error in zip(docs["pmid"], errors) if error]
+        out: dict[str, list] = {SHARD_COL: [], RESULT_COL: [], FATAL_COL: []}
+        for shard, payload in zip(batch[SHARD_COL], batch[PAYLOAD_COL]):
             out[SHARD_COL].append(str(shard))
-            out[ROWS_COL].append(pickle.dumps(per_doc, protocol=pickle.HIGHEST_PROTOCOL))
-            out[ERROR_COL].append(json.dumps(failed))
             out[FATAL_COL].append(self.fatal)
+            if self.task is None:
+                out[RESULT_COL].append(b"")
+                continue
+            docs = pickle.loads(payload)
+            n = len(docs["pmid"])
+            per_doc, errors = self._run(docs, n)
+            if len(per_doc) != n:
+                raise RuntimeError(f"task {self.task.name} returned {len(per_doc)} results for the {n} "
+                                   f"documents of shard {shard}")
+            failed = [{"task": self.task.name, "pmid": int(pmid), "shard": str(shard), "error": error}
+                      for pmid, error in zip(docs["pmid"], errors) if error]
+            rows = [row for doc_rows in per_doc for row in doc_rows]
+            # Stable sort: by pmid, then the task's own keys; rows of one document keep the task's order.
+            rows.sort(key=_sort_key(self.task_cls.sort_keys))
+            written = write_shard_output(self.out, str(shard), self.task_cls.cast_batch(rows))
+            out[RESULT_COL].append(pickle.dumps(ShardOutput(str(shard), written, n, failed)))
         return out
 
     def _run(self, docs: dict[str, Any], n: int) -> tuple[list[list[dict]], list[str]]:
@@ -180,29 +209,67 @@ def _quiet_ray_data_console() -> None:
             handler.setLevel(logging.WARNING)
 
 
-def run_task_stage(task_cls: type[Task], options: TaskOptions, shards: list[Path], out_dir: Path, *,
-                   actors: int, gpus_per_actor: float, cpus_per_actor: float = 1.0,
-                   on_shard: Callable[[Path, int, int], None] | None = None,
-                   progress: bool = True) -> StageResult:
-    """Run ``task_cls`` over ``shards``, writing ``out_dir/<shard>.parquet`` for each pending shard.
 
-    :raises StageError: the task's model cannot be loaded (finished shards are kept).
+def write_shard_output(out: Location, shard: str, table) -> FileInfo:
+    """Write one shard's rows as its content-named data file in dataset ``out``."""
+    data = parquet_bytes(table)
+    name = data_file_name(shard, hashlib.sha256(data).hexdigest())
+    info = (out / name).write_bytes(data)
+    return FileInfo(name, info.size, info.sha256, table.num_rows)
+
+
+def run_task_stage(task_cls: type[Task], options: TaskOptions, shards: Sequence[str | os.PathLike | Location],
+                   out: str | os.PathLike | Location, *, actors: int, gpus_per_actor: float,
+                   cpus_per_actor: float = 1.0, inputs: Mapping[str, Mapping[str, Any]] | None = None,
+                   on_shard: Callable[[Location, int, int], None] | None = None,
+                   progress: bool = True) -> StageResult:
+    """Run ``task_cls`` over the document ``shards`` (locations of their Parquet files), into dataset ``out``.
+
+    ``inputs`` gives each shard's identity (``ShardInfo.identity()`` from the documents manifest, by
+    shard name); a shard without one is read from storage to get it.
+
+    :raises StageError: the task's model cannot be loaded (committed shards are kept).
     """
     import ray
 
+    out = location(out)
+    dataset = TaskDataset(out)
     result = StageResult(task=task_cls.name)
     start = time.perf_counter()
-    # Pending: no output yet, or an output with failed records (retried: a transient error - an OOM,
-    # a lost GPU - must not leave documents without rows for good).
-    pending = [s for s in shards
-               if not shard_output(out_dir, s).exists() or shard_failures_file(out_dir, s).exists()]
-    result.shards_skipped = len(shards) - len(pending)
-    expected = {Path(s).stem: pq.ParquetFile(s).metadata.num_rows for s in pending}
-    for s in [s for s in pending if expected[Path(s).stem] == 0]:  # nothing to run, but complete
-        write_parquet(task_cls.schema.empty_table(), shard_output(out_dir, s))
-        shard_failures_file(out_dir, s).unlink(missing_ok=True)
+    settings = stage_settings(task_cls, options)
+    shard_locs = {shard_name(s): location(s) for s in shards}
+    identities = {name: dict((inputs or {}).get(name) or shard_identity(loc)) for name, loc in shard_locs.items()}
+    wanted = {name: (fingerprint(identities[name], settings), identities[name]) for name in shard_locs}
+    out.mkdir()
+    dataset.collect_garbage()
+    reasons = dataset.plan(wanted, settings)
+    result.shards_skipped = len(shard_locs) - len(reasons)
+    for name, reason in sorted(reasons.items()):
+        if reason != "not computed yet":
+            log.warning("%s: %s is computed again: %s", task_cls.name, name, reason)
+            kind = reason.split(" (")[0] if reason.startswith("settings changed") else reason
+            result.redone[kind] = result.redone.get(kind, 0) + 1
+
+    def commit(output: ShardOutput) -> None:
+        written = out / output.file.name
+        if written.size() != output.file.size:  # the worker's file must be there, whole, before we commit it
+            raise RuntimeError(f"{task_cls.name}: {written} is missing or incomplete after its worker wrote it")
+        fp, info = wanted[output.shard]
+        dataset.commit(output, task=task_cls.name, expected=fp, input_shard=info, settings=settings)
+        result.failures += output.failures
         result.shards_done += 1
-    pending = [s for s in pending if expected[Path(s).stem] > 0]
+        result.documents += output.documents
+        result.rows += output.file.rows or 0
+        log.info("%s: %s done (%d documents, %d rows, %d failed) [%d/%d shards]", task_cls.name, written,
+                 output.documents, output.file.rows or 0, len(output.failures),
+                 result.shards_done + result.shards_skipped, len(shard_locs))
+        if on_shard:
+            on_shard(written, output.documents, output.file.rows or 0)
+
+    pending = sorted(reasons)
+    for name in [n for n in pending if identities[n]["rows"] == 0]:  # nothing to run, but complete
+        commit(ShardOutput(name, write_shard_output(out, name, task_cls.schema.empty_table()), 0))
+    pending = [n for n in pending if identities[n]["rows"] > 0]
     if not pending:
         result.seconds = time.perf_counter() - start
         return result
@@ -215,49 +282,45 @@ def run_task_stage(task_cls: type[Task], options: TaskOptions, shards: list[Path
     _quiet_ray_data_console()
     # One item (and block) per shard, so shards are prepared in parallel CPU tasks while the actors
     # run the model on shards prepared before (Ray Data streams and backpressures between the two).
-    ds = ray.data.from_items([{"path": str(s)} for s in pending], override_num_blocks=len(pending))
-    ds = ds.map_batches(_prepare_shards, fn_kwargs=dict(task_cls=task_cls, options=options),
-                        batch_size=1, num_cpus=1)
-    ds = ds.map_batches(_TaskActor, fn_constructor_kwargs=dict(task_cls=task_cls, options=options),
+    items = [{SHARD_COL: n, URI_COL: shard_locs[n].uri} for n in pending]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # Each prepare task reserves the memory of one prepared shard. That also keeps Ray Data from
+    # fusing the prepare tasks into the model actors, which it does for maps with equal remote args
+    # (num_cpus=1 both, on a CPU cluster: ray/data/_internal/logical/rules/operator_fusion.py), and
+    # then tokenisation would run inside the actor instead of beside it.
+    ds = ds.map_batches(_prepare_shards, fn_kwargs=dict(task_cls=task_cls, options=options), batch_size=1,
+                        num_cpus=1, memory=PREPARE_MEMORY)
+    ds = ds.map_batches(_TaskActor, fn_constructor_kwargs=dict(task_cls=task_cls, options=options, out_uri=out.uri),
                         batch_size=1, compute=ray.data.ActorPoolStrategy(size=max(1, actors)),
                         num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor)
     # Ray Data restarts dead actors and retries their tasks by default (max_restarts=-1): a lost
-    # actor or node costs time, not rows; a shard is written only once its whole result arrived.
+    # actor or node costs time, not rows; a shard is committed only once its whole result arrived.
 
     done: set[str] = set()
     for record in ds.iter_rows():
         if record[FATAL_COL]:
             raise StageError(f"{task_cls.name}: the model actor could not start: {record[FATAL_COL]} "
-                             f"({result.shards_done} shards finished before are kept; fix the model and re-run)")
-        shard = str(record[SHARD_COL])
-        per_doc = pickle.loads(record[ROWS_COL])
-        if len(per_doc) != expected[shard]:
-            raise RuntimeError(f"task {task_cls.name} returned {len(per_doc)} results for the "
-                               f"{expected[shard]} documents of shard {shard}")
-        failed = [{"task": task_cls.name, "pmid": f["pmid"], "shard": shard, "error": f["error"]}
-                  for f in json.loads(record[ERROR_COL])]
-        rows = [row for doc_rows in per_doc for row in doc_rows]
-        # Stable sort: by pmid, then the task's own keys; rows of one document keep the task's order.
-        rows.sort(key=lambda r: tuple(r.get(k) if r.get(k) is not None else -1
-                                      for k in ("pmid",) + tuple(task_cls.sort_keys)))
-        table = task_cls.cast_batch(rows)  # the schema module's checked cast
-        out = shard_output(out_dir, Path(shard))
-        if failed:  # recorded before the output exists, so a crash cannot lose the record
-            write_json(failed, shard_failures_file(out_dir, shard))
-        write_parquet(table, out)
-        if not failed:
-            shard_failures_file(out_dir, shard).unlink(missing_ok=True)
-        result.failures += failed
-        result.shards_done += 1
-        result.documents += expected[shard]
-        result.rows += len(rows)
-        done.add(shard)
-        log.info("%s: %s done (%d documents, %d rows, %d failed) [%d/%d shards]", task_cls.name, out,
-                 expected[shard], len(rows), len(failed), result.shards_done + result.shards_skipped, len(shards))
-        if on_shard:
-            on_shard(out, expected[shard], len(rows))
-    missing = sorted(set(expected) - done - {Path(s).stem for s in shards if expected.get(Path(s).stem) == 0})
+                             f"({result.shards_done} shards committed before are kept; fix the model and re-run)")
+        output: ShardOutput = pickle.loads(record[RESULT_COL])
+        commit(output)
+        done.add(output.shard)
+    missing = sorted(set(pending) - done)
     if missing:
         raise RuntimeError(f"task {task_cls.name}: shards without results after the stage finished: {missing}")
+    result.operators = _operators(ds)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _operators(ds) -> list[str]:
+    """Operator names of an executed dataset, from Ray Data's own stats (``Operator N NAME: ...``)."""
+    try:
+        text = ds.stats()
+    except Exception:  # stats are diagnostics; never fail a finished stage on them
+        return []
+    return re.findall(r"^Operator \d+ (.+?):", text, flags=re.M)
+
+
+def read_failures(out: str | os.PathLike | Location, shards: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The failed documents recorded in dataset ``out``'s commits (of ``shards``, by name; default all)."""
+    return TaskDataset(location(out)).failures(shards)

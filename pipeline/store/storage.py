@@ -108,8 +108,9 @@ def location(spec: str | os.PathLike | "Location", base_dir: str | os.PathLike |
         uri = str(spec).rstrip("/")
         scheme, rest = uri.split("://", 1)
         scheme = scheme.lower()
-        if scheme == "file":
-            return Location(pafs.LocalFileSystem(), os.path.normpath("/" + rest.lstrip("/")), uri)
+        if scheme == "file":  # the same place as the plain path, and named like it
+            path = os.path.normpath("/" + rest.lstrip("/"))
+            return Location(pafs.LocalFileSystem(), path, path)
         netloc = rest.split("/", 1)[0]
         fs = _filesystem(scheme, netloc if scheme not in ("s3", "s3a", "memory") else "")
         path = rest if scheme != "memory" else "/" + rest.lstrip("/")

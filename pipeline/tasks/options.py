@@ -8,8 +8,8 @@ validation and ``biomine --help`` do not load torch.
 
 - :meth:`TaskOptions.problems` lists what is wrong with the values (messages without a location;
   the job parser prefixes the TOML table), :meth:`TaskOptions.check` raises them.
-- :meth:`TaskOptions.settings` is what the outputs depend on (every field but where it runs): the
-  runner records it per task and recomputes a task's outputs when it changes.
+- :meth:`TaskOptions.settings` is what the outputs depend on (every field but where it runs and the
+  batch size): it is part of each output's fingerprint, so changing it recomputes that task's outputs.
 
 :raises ConfigError: from :meth:`TaskOptions.check`, listing every problem.
 """
@@ -68,6 +68,9 @@ class TaskOptions:
     dtype: str = "auto"
     #: ``None``: CUDA when available, else CPU.
     device: str | None = None
+    #: The model's checksum (:func:`pipeline.store.models.model_checksum`), set by the runner: outputs
+    #: depend on the model's content, not on where it is stored.
+    model_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, os.PathLike):
@@ -98,8 +101,11 @@ class TaskOptions:
         return self
 
     def settings(self) -> dict[str, Any]:
-        """What the outputs depend on: every field but ``device``/``cuda_graph`` (where it runs)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "cuda_graph")}
+        """What the outputs depend on: every field but where it runs (``device``, ``cuda_graph``) and
+        ``batch_size`` (it changes speed, and at most the last float bits of NER scores); with a
+        ``model_sha256`` the model is that checksum, not its path."""
+        skip = {"device", "cuda_graph", "batch_size"} | ({"model"} if self.model_sha256 else set())
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
 @dataclass(frozen=True)

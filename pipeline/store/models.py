@@ -1,0 +1,96 @@
+"""Model directories on any storage: fetched once per node into a local cache, verified by checksum.
+
+A task's ``model`` is a local directory or a URI (``s3://bucket/models/re-ddi``). Loading needs local
+files, so :func:`materialize` copies a remote model directory into
+``$BIOMINE_MODEL_CACHE`` (default ``~/.cache/biomine/models``) as ``<sha256>/<name>/`` (the name kept:
+rows carry it as their ``model_id``) and returns that path;
+a second call on the same node finds it and only checks the marker. The checksum
+(:func:`model_checksum`: sha256 over the config, weight and vocabulary files, in name order) is the
+model's identity everywhere: the run records it, output fingerprints include it, and a node whose copy
+does not match the driver's (the model changed on storage during the run) refuses to load it.
+
+A download goes to a private temporary folder that is renamed into place when complete, so processes
+on one node that fetch at the same time cannot see half a model; the loser of the rename discards its
+copy.
+
+:raises StoreError: no model files at the location, or a copy whose checksum differs from the one expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from pipeline.errors import StoreError
+from pipeline.store.storage import Location, location
+
+log = logging.getLogger(__name__)
+
+#: The files of a model directory that define it (config, weights, vocabulary, task settings).
+MODEL_SUFFIXES = (".json", ".safetensors", ".bin", ".txt")
+_VERIFIED = ".biomine-verified"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("BIOMINE_MODEL_CACHE") or Path.home() / ".cache" / "biomine" / "models")
+
+
+def _model_files(loc: Location) -> list[str]:
+    return [n for n in loc.files() if n.endswith(MODEL_SUFFIXES)]
+
+
+def model_checksum(model: str | os.PathLike | Location) -> str:
+    """sha256 over the model's defining files (name order); reads them from wherever they are."""
+    loc = location(model)
+    names = _model_files(loc)
+    if not names:
+        raise StoreError(f"{loc} holds no model files (config.json, *.safetensors ...): pass a model directory")
+    h = hashlib.sha256()
+    for name in names:
+        with (loc / name).open_input() as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def materialize(model: str | os.PathLike | Location, sha256: str | None = None) -> Path:
+    """A local directory holding ``model``: the directory itself when it is local, else the cached
+    copy (fetched if this node has none). With ``sha256`` the copy must have that checksum.
+
+    :raises StoreError: no model files, or a checksum other than ``sha256``.
+    """
+    loc = location(model)
+    if loc.is_local:
+        return loc.local_path()
+    root = cache_root()
+    if sha256 and (root / sha256 / loc.name / _VERIFIED).exists():
+        return root / sha256 / loc.name
+    root.mkdir(parents=True, exist_ok=True)
+    names = _model_files(loc)
+    if not names:
+        raise StoreError(f"{loc} holds no model files (config.json, *.safetensors ...): pass a model directory")
+    tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
+    try:
+        for name in loc.files():  # every file (tokenizer files too), so the copy loads like the original
+            (loc / name).download(tmp / name)
+        got = model_checksum(tmp)
+        if sha256 and got != sha256:
+            raise StoreError(f"the model at {loc} has checksum {got[:12]}... but this run started with "
+                             f"{sha256[:12]}...: it changed on storage during the run; re-run the job")
+        (tmp / _VERIFIED).write_text(str(loc) + "\n")
+        final = root / got / loc.name
+        final.parent.mkdir(exist_ok=True)
+        try:
+            os.rename(tmp, final)
+            log.info("fetched model %s into %s", loc, final)
+        except OSError:  # another process of this node finished first: keep its copy
+            if not (final / _VERIFIED).exists():
+                raise
+        return final
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,142 @@
+"""No disk shared between nodes: a job whose output, documents, models and inputs all live on a
+REAL S3-compatible server (SeaweedFS, started on loopback by the tests) gives the rows a local run
+gives; readers (`query`, `kb build`) work on it; the storage layer speaks to nothing but loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipeline.store.storage import location
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_XML = REPO / "jobs" / "data" / "demo_pubmed.xml"
+TASK_DATASETS = ("entities", "relations", "summaries")
+
+
+def job_text(*, name: str, output: str, inputs: str, models: dict[str, str]) -> str:
+    return f"""
+[job]
+name = "{name}"
+output = "{output}"
+[source]
+kind = "files"
+paths = ["{inputs}"]
+shard_size = 2
+[tasks.ner]
+model = "{models['ner']}"
+batch_size = 2
+[tasks.re]
+task = "ddi"
+model = "{models['re']}"
+max_new_tokens = 8
+[tasks.summarize]
+model = "{models['summarize']}"
+prompt = "{{title}} In summary,"
+max_new_tokens = 4
+[resources]
+actors = 1
+"""
+
+
+def upload(src: Path, dest: str) -> None:
+    """Copy a local file or folder (flat) to the storage location ``dest``."""
+    target = location(dest)
+    files = [src] if src.is_file() else sorted(p for p in src.iterdir() if p.is_file())
+    for f in files:
+        (target / f.name if src.is_dir() else target).write_bytes(f.read_bytes())
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 420) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def rows(out: str, name: str) -> list[dict]:
+    from pipeline.outputs.query import job_outputs
+
+    files = job_outputs(out).files[name]
+    table = pa.concat_tables([f.read_table() for f in files])
+    return sorted(table.to_pylist(), key=lambda r: json.dumps(r, sort_keys=True, default=str))
+
+
+@pytest.mark.slow
+def test_a_job_on_s3_gives_the_rows_of_a_local_run(tmp_path, demo_models, s3_server, monkeypatch):
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    bucket = s3_server["BIOMINE_TEST_BUCKET"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PYTHONUNBUFFERED="1", BIOMINE_MODEL_CACHE=str(tmp_path / "model-cache"))
+
+    local_job = tmp_path / "local.toml"
+    local_job.write_text(job_text(name="s3-parity", output=str(tmp_path / "local-out"), inputs=str(DEMO_XML),
+                                  models={k: str(v) for k, v in demo_models.items()}))
+    done = run_cli(["run", str(local_job), "--no-progress"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    remote_models = {}
+    for name, path in demo_models.items():
+        remote_models[name] = f"s3://{bucket}/models/{path.name}"
+        upload(path, remote_models[name])
+    upload(DEMO_XML, f"s3://{bucket}/inputs/{DEMO_XML.name}")
+    out = f"s3://{bucket}/jobs/s3-parity"
+    s3_job = tmp_path / "s3.toml"
+    s3_job.write_text(job_text(name="s3-parity", output=out, inputs=f"s3://{bucket}/inputs/", models=remote_models))
+    done = run_cli(["run", str(s3_job), "--no-progress"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == out  # the URI, not a local path made of it
+
+    for name in TASK_DATASETS:
+        assert rows(out, name) == rows(str(tmp_path / "local-out"), name), name
+    docs_local = location(tmp_path / "local-out" / "documents")
+    assert {n for n in location(out + "/documents").files(".parquet")} == set(docs_local.files(".parquet"))
+    # The models came from S3 through the node's cache, verified by checksum.
+    cached = sorted(p.name for p in (tmp_path / "model-cache").glob("*/*") if (p / ".biomine-verified").exists())
+    assert cached == sorted(path.name for path in demo_models.values())
+    manifest = location(out + "/_manifest.json").read_json()
+    assert manifest["finished_at"] and manifest["models"]["ner"]["path"] == remote_models["ner"]
+
+    # A re-run verifies everything on S3 and recomputes nothing.
+    again = run_cli(["run", str(s3_job), "--no-progress"], env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    manifest = location(out + "/_manifest.json").read_json()
+    assert all(manifest["stages"][t]["shards_done"] == 0 for t in ("ner", "re", "summarize")), manifest["stages"]
+
+    # Readers on S3: query and the KB (written back to S3).
+    q = run_cli(["query", out, "SELECT count(*) AS n FROM relations", "--format", "csv"], env)
+    assert q.returncode == 0 and q.stdout.splitlines()[1] == str(len(rows(out, "relations"))), q.stderr
+    kb = run_cli(["kb", "build", "--relations", out + "/relations", "--out", out + "/kb.parquet"], env)
+    assert kb.returncode == 0, kb.stderr[-2000:]
+    assert location(out + "/kb.parquet").is_file()
+
+
+def test_storage_round_trip_on_s3_and_uri_resolution(tmp_path, s3_server, monkeypatch):
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    bucket = s3_server["BIOMINE_TEST_BUCKET"]
+    base = location(f"s3://{bucket}/unit")
+    info = (base / "t.parquet").write_parquet(pa.table({"a": [1, 2, 3]}))
+    assert info.rows == 3 and (base / "t.parquet").sha256() == info.sha256 and (base / "t.parquet").size() == info.size
+    assert (base / "t.parquet").read_table().column("a").to_pylist() == [1, 2, 3]
+    (base / "j.json").write_json({"k": 1})
+    assert base.files() == ["j.json", "t.parquet"] and (base / "j.json").read_json() == {"k": 1}
+    assert not (base / "missing").exists() and (base / "missing").size() is None
+    # A Location crosses processes as its URI (credentials stay in each node's environment).
+    import pickle
+
+    assert pickle.loads(pickle.dumps(base / "t.parquet")).read_table().num_rows == 3
+    (base / "t.parquet").delete()
+    assert base.files() == ["j.json"]
+    # Local paths and file:// URIs are the same place; relative paths are taken from the base folder.
+    assert location(f"file://{tmp_path}/x") == location(tmp_path / "x") == location("x", base_dir=tmp_path)
+    # Every connection the S3 client holds is to loopback.
+    listing = subprocess.run(["ss", "-tnp"], capture_output=True, text=True).stdout
+    mine = [line for line in listing.splitlines() if f"pid={os.getpid()}," in line]
+    assert mine and all(" 127.0.0.1:" in line or "[::1]" in line for line in mine), mine

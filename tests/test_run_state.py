@@ -1,0 +1,144 @@
+"""A job's run state cannot be fooled: ownership of an output, one run at a time, settings that
+recompute, and readers that say when a run is unfinished (issue "Run on a real Ray cluster").
+
+Jobs run in this process (one local Ray for the module) on the bundled PubMed sample with tiny
+random checkpoints; the overlapping run is a real second `biomine run` process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.outputs.query import job_outputs, query
+from pipeline.run.jobspec import load_job
+from pipeline.run.runner import run_job
+from pipeline.store.lease import Lease
+from pipeline.store.storage import location
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "jobs" / "data" / "demo_pubmed.xml"
+
+
+@pytest.fixture(scope="module")
+def models(demo_models):
+    return demo_models
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+def write_job(path: Path, out: Path, models, *, name: str = "state", prompt: str = "{title} In summary,") -> Path:
+    path.write_text(f"""
+[job]
+name = "{name}"
+output = "{out}"
+[source]
+kind = "files"
+paths = ["{SAMPLE}"]
+shard_size = 1
+[tasks.ner]
+model = "{models['ner']}"
+[tasks.summarize]
+model = "{models['summarize']}"
+prompt = "{prompt}"
+max_new_tokens = 4
+[resources]
+actors = 1
+""")
+    return path
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name not in ("_lock",)}
+
+
+def test_other_job_refused_settings_recompute_and_unfinished_runs_warn(tmp_path, models, ray_local, capsys):
+    out = tmp_path / "out"
+    job = write_job(tmp_path / "job.toml", out, models)
+    first = run_job(load_job(job), progress=False, num_cpus=2)
+    shards = first["stages"]["ner"]["shards_done"]
+    assert shards >= 3 and first["stages"]["summarize"]["shards_done"] == shards
+
+    # Another job (another name) pointed at the same output: one line naming both, nothing touched.
+    before = snapshot(out)
+    other = write_job(tmp_path / "other.toml", out, models, name="another-job")
+    capsys.readouterr()  # what the first run printed
+    assert main(["run", str(other), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("biomine: error:"), err
+    assert "'state'" in err[0] and "'another-job'" in err[0]
+    assert snapshot(out) == before
+
+    # A changed prompt recomputes the summaries (and says why); NER is verified and skipped.
+    changed = run_job(load_job(write_job(job, out, models, prompt="{title} TL;DR:")), progress=False)
+    assert changed["stages"]["ner"]["shards_skipped"] == shards and changed["stages"]["ner"]["shards_done"] == 0
+    assert changed["stages"]["summarize"]["shards_done"] == shards
+    assert changed["stages"]["summarize"]["redone"] == {"settings changed": shards}
+    records = [json.loads(p.read_text()) for p in (out / "summaries" / "_commits").glob("*.json")]
+    assert {r["settings"]["prompt"] for r in records} == {"{title} TL;DR:"}
+    files = job_outputs(out).files["summaries"]
+    assert len(files) == shards and len(list((out / "summaries").glob("*.parquet"))) == shards  # no stale file
+
+    # An unfinished run (one commit record gone): readers warn with the count.
+    commit = sorted((out / "entities" / "_commits").glob("*.json"))[0]
+    commit.unlink()
+    warnings = []
+    query(out, "SELECT count(*) FROM entities", warn=warnings.append)
+    assert warnings == [f"entities: 1 of {shards} document shards have no committed output (the run is unfinished "
+                        "or failed: re-run the job to complete it)"]
+    assert main(["query", str(out), "SELECT count(*) AS n FROM documents"]) == 0
+    assert "biomine: warning: entities: 1 of" in capsys.readouterr().err
+    again = run_job(load_job(job), progress=False)
+    assert again["stages"]["ner"]["shards_done"] == 1 and again["stages"]["ner"]["shards_skipped"] == shards - 1
+
+
+def test_one_run_at_a_time(tmp_path, models, ray_local, capsys):
+    out = tmp_path / "out"
+    job = write_job(tmp_path / "job.toml", out, models)
+    capsys.readouterr()
+    # A lease held by a live run (this process stands in for it): refused, whatever stage it is in.
+    with Lease(location(out), what="biomine run (the first one)"):
+        assert main(["run", str(job), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is in use by another run: biomine run (the first one)" in err[0], err
+    assert not (out / "documents").exists()  # the refused run touched nothing
+
+    # A real second `biomine run` process while the first is working: the second is refused.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(job), "--no-progress"], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "_lease.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        holder = json.loads((out / "_lease.json").read_text())
+        assert holder["pid"] == proc.pid
+        assert main(["run", str(job), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "is in use by another run" in err and f"pid {proc.pid}" in err
+        _, first_err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, first_err[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert not (out / "_lease.json").exists()  # released when the run ended
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["finished_at"] and job_outputs(out).warnings == []  # the first run completed, whole
