@@ -22,6 +22,14 @@ produce exactly the requested tokens (random weights would otherwise stop at arb
     python benchmarks/bench_generation.py                # on a GPU: the full table
     python benchmarks/bench_generation.py --compile      # + torch.compile inside the CUDA graphs
     python benchmarks/bench_generation.py --quick        # tiny model on CPU: a smoke run (< 1 min)
+    python benchmarks/bench_generation.py --config large --cases prefill   # BioGPT-Large prefill
+    python benchmarks/bench_generation.py --dtype float32 --cases greedy --greedy 1,8 --check-ids
+
+``--check-ids`` exits 1 when a greedy id differs from transformers' (use it in float32: in bf16 the
+two sides' kernels round differently and random weights have many near-ties, so ids drift apart).
+The issue's targets are printed for BioGPT-base on CUDA only. ``--json`` rows carry ``ms_per_token``
+and ``ids_agree`` (same, total) for greedy cases. The helpers above ``main`` (timing, the same random
+weights in both, row format) are shared with ``bench_ner.py`` and ``gpu_proof.sh``.
 """
 
 from __future__ import annotations
@@ -48,12 +56,66 @@ QUICK = dict(config=dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, n
              ragged_out=(2, 30), ragged_n=12, hf_batch=4, ragged_slots=4)
 # The issue's transformers 5.17 numbers on one H100 (bf16) and the engine's targets, as ratios.
 TARGETS = {"prefill": ">= 1.4x", "greedy b=1": "<= 1 ms/token", "greedy b=128": ">= 6x", "beam-5 b=32": ">= 5x"}
+ROW_HEADER = f"{'case':<14} {'metric':<13} {'transformers':>12} {'biogpt':>12} {'ratio':>8}  {'target':<14} note"
+
+
+def model_config(name: str) -> dict:
+    """The published sizes by name: ``base`` (biogpt.config.BIOGPT_BASE) or ``large`` (BIOGPT_LARGE)."""
+    from biogpt.config import BIOGPT_BASE, BIOGPT_LARGE
+
+    return {"base": BIOGPT_BASE, "large": BIOGPT_LARGE}[name]
+
+
+def median_seconds(fn, repeat: int, sync, warmup: int = 1):
+    """Median seconds of ``repeat`` runs of fn after ``warmup`` untimed ones, each bracketed by
+    ``sync()`` (the device's synchronize); and fn's last result."""
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(repeat):
+        sync()
+        start = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def same_random_weights(hf_cls, ours_cls, config: dict, dtype, device, hf_attn: str = "sdpa", seed: int = 0):
+    """(transformers model, biogpt model), eval mode, on ``device`` in ``dtype``, with the same random
+    weights: ``hf_cls`` builds them (seeded), saves them once, and both classes load that directory."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_cls(transformers.BioGptConfig(**config)).save_pretrained(tmp)
+        hf = hf_cls.from_pretrained(tmp, dtype=dtype, attn_implementation=hf_attn).to(device).eval()
+        ours = ours_cls.from_pretrained(tmp, dtype=dtype, device=device).eval()
+    return hf, ours
+
+
+def device_label(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+
+
+def make_row(case: str, metric: str, theirs: float, mine: float, target: str = "", note: str = "", **extra) -> dict:
+    """One result row (the --json schema of every benchmark here), printed as a line of the table."""
+    row = dict(case=case, metric=metric, transformers=theirs, biogpt=mine, ratio=mine / theirs, target=target,
+               note=note, **extra)
+    print(f"{case:<14} {metric:<13} {theirs:>12,.1f} {mine:>12,.1f} {row['ratio']:>7.2f}x  {target:<14} {note}",
+          flush=True)
+    return row
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny random model, small sizes, 1 repeat (CPU smoke run)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--config", choices=["base", "large"], default=None,
+                   help="model size: BioGPT-base (default) or BioGPT-Large; default with --quick: a tiny model")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
                    help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--compile", action="store_true", help="Engine(compile=True): torch.compile the decode step")
@@ -67,6 +129,8 @@ def parse_args(argv):
     p.add_argument("--prompt-len", type=int, help="override the greedy/beam prompt length")
     p.add_argument("--new-tokens", type=int, help="override the greedy/beam new tokens")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--check-ids", action="store_true",
+                   help="exit 1 if any greedy id differs from transformers' (meant for --dtype float32)")
     p.add_argument("--json", help="also write the rows as JSON to this file")
     return p.parse_args(argv)
 
@@ -77,7 +141,6 @@ def main(argv=None) -> int:
     import transformers
 
     import biogpt
-    from biogpt.config import BIOGPT_BASE
     from biogpt.engine import Engine
 
     sizes = dict(QUICK if args.quick else FULL)
@@ -89,12 +152,13 @@ def main(argv=None) -> int:
         sizes["beam"] = tuple(int(x) for x in args.beam.split("x"))
     sizes["prompt"] = args.prompt_len or sizes["prompt"]
     sizes["new"] = args.new_tokens or sizes["new"]
+    sizes["config"] = args.config or sizes["config"]
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     repeat = args.repeat or (1 if args.quick else 3)
     cases = set(args.cases.split(","))
     n_ragged = args.ragged_prompts or sizes["ragged_n"]
-    config = BIOGPT_BASE if sizes["config"] == "base" else sizes["config"]
+    config = model_config(sizes["config"]) if isinstance(sizes["config"], str) else sizes["config"]
     rng = random.Random(args.seed)
 
     def sync():
@@ -102,17 +166,7 @@ def main(argv=None) -> int:
             torch.cuda.synchronize(device)
 
     def timed(fn, warmup=1):
-        """Median seconds of ``repeat`` runs of fn after ``warmup`` untimed ones; and fn's last result."""
-        for _ in range(warmup):
-            out = fn()
-        times = []
-        for _ in range(repeat):
-            sync()
-            start = time.perf_counter()
-            out = fn()
-            sync()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times), out
+        return median_seconds(fn, repeat, sync, warmup)
 
     def prompt(n):
         return [2] + [rng.randrange(4, config["vocab_size"]) for _ in range(n - 1)]
@@ -125,12 +179,8 @@ def main(argv=None) -> int:
     transformers.utils.logging.disable_progress_bar()
 
     # --- the same random weights, loaded by both -------------------------------------------------
-    torch.manual_seed(args.seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        transformers.BioGptForCausalLM(transformers.BioGptConfig(**config)).save_pretrained(tmp)
-        hf = transformers.BioGptForCausalLM.from_pretrained(tmp, dtype=dtype, attn_implementation=args.hf_attn)
-        hf = hf.to(device).eval()
-        ours = biogpt.BioGptForCausalLM.from_pretrained(tmp, dtype=dtype, device=device).eval()
+    hf, ours = same_random_weights(transformers.BioGptForCausalLM, biogpt.BioGptForCausalLM, config, dtype, device,
+                                   args.hf_attn, args.seed)
     hf.generation_config.eos_token_id = None  # run every row to its length cap (see the docstring)
     hf.generation_config.pad_token_id = 1
     # One engine for every case, its cache sized to the largest (it is most of the memory).
@@ -143,23 +193,21 @@ def main(argv=None) -> int:
     max_seq_len = min(-(-longest // 64) * 64, config["max_position_embeddings"])  # aligned attention masks
     engine = Engine(ours, max_batch=max_batch, max_seq_len=max_seq_len, compile=args.compile)
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"# {datetime.date.today()}  {name}  {dtype}  torch {torch.__version__}  "
+    size = "quick (tiny model)" if not isinstance(sizes["config"], str) else f"BioGPT-{sizes['config']}"
+    print(f"# {datetime.date.today()}  {device_label(device)}  {dtype}  torch {torch.__version__}  "
           f"transformers {transformers.__version__}  hf-attn {args.hf_attn}  "
           f"Engine(max_batch={max_batch}, max_seq_len={max_seq_len}, cuda_graph={engine.cuda_graph}, "
           f"compile={args.compile})  "
-          f"{'quick (tiny model)' if args.quick else 'BioGPT-base'}  repeat {repeat}")
+          f"{size}  repeat {repeat}")
     rows = []
-    full_gpu_run = device.type == "cuda" and not args.quick  # the issue's targets apply to this only
+    # the issue's targets apply to this only
+    full_gpu_run = device.type == "cuda" and not args.quick and sizes["config"] == "base"
+    ids_differ = []
 
-    def add(case, metric, theirs, mine, note=""):
-        rows.append(dict(case=case, metric=metric, transformers=theirs, biogpt=mine, ratio=mine / theirs,
-                         target=TARGETS.get(case, "") if full_gpu_run else "", note=note))
-        r = rows[-1]
-        print(f"{case:<14} {metric:<13} {theirs:>12,.1f} {mine:>12,.1f} {r['ratio']:>7.2f}x  "
-              f"{r['target']:<14} {note}", flush=True)
+    def add(case, metric, theirs, mine, note="", **extra):
+        rows.append(make_row(case, metric, theirs, mine, TARGETS.get(case, "") if full_gpu_run else "", note, **extra))
 
-    print(f"{'case':<14} {'metric':<13} {'transformers':>12} {'biogpt':>12} {'ratio':>8}  {'target':<14} note")
+    print(ROW_HEADER)
     with torch.inference_mode():
         if "prefill" in cases:
             B, T = sizes["prefill"]
@@ -180,7 +228,9 @@ def main(argv=None) -> int:
                 same = sum(a == b for o, r in zip(out_us, out_hf[:, ids.shape[1]:].tolist()) for a, b in zip(o, r))
                 add(f"greedy b={B}", "new tok/s", B * new / t_hf, B * new / t_us,
                     f"{t_us / new * 1e3:.2f} ms/step (transformers {t_hf / new * 1e3:.2f}); "
-                    f"ids agree {same}/{B * new}")
+                    f"ids agree {same}/{B * new}", ms_per_token=t_us / new * 1e3, ids_agree=[same, B * new])
+                if same != B * new:
+                    ids_differ.append(f"greedy b={B}: {B * new - same} of {B * new} ids differ")
 
         if "beam" in cases:
             K, B = sizes["beam"]
@@ -213,6 +263,9 @@ def main(argv=None) -> int:
 
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    if args.check_ids and ids_differ:
+        print("--check-ids: " + "; ".join(ids_differ), file=sys.stderr)
+        return 1
     return 0
 
 
