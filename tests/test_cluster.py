@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -67,35 +70,49 @@ def rows(out: str, name: str) -> list[dict]:
     return sorted(table.to_pylist(), key=lambda r: json.dumps(r, sort_keys=True, default=str))
 
 
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory, demo_models):
+    """The rows of each task dataset from a run of the job on this machine, all paths local."""
+    tmp = tmp_path_factory.mktemp("local-run")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    job = tmp / "local.toml"
+    job.write_text(job_text(name="s3-parity", output=str(tmp / "out"), inputs=str(DEMO_XML),
+                            models={k: str(v) for k, v in demo_models.items()}))
+    done = run_cli(["run", str(job), "--no-progress"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {name: rows(str(tmp / "out"), name) for name in TASK_DATASETS} | {"out": tmp / "out"}
+
+
+def upload_inputs(bucket: str, prefix: str, demo_models) -> dict[str, str]:
+    """Models and the PubMed sample on S3; returns the models' URIs."""
+    remote = {}
+    for name, path in demo_models.items():
+        remote[name] = f"s3://{bucket}/{prefix}/models/{path.name}"
+        upload(path, remote[name])
+    upload(DEMO_XML, f"s3://{bucket}/{prefix}/inputs/{DEMO_XML.name}")
+    return remote
+
+
 @pytest.mark.slow
-def test_a_job_on_s3_gives_the_rows_of_a_local_run(tmp_path, demo_models, s3_server, monkeypatch):
+def test_a_job_on_s3_gives_the_rows_of_a_local_run(tmp_path, demo_models, s3_server, local_reference, monkeypatch):
     for key, value in s3_server.items():
         monkeypatch.setenv(key, value)
     bucket = s3_server["BIOMINE_TEST_BUCKET"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(PYTHONUNBUFFERED="1", BIOMINE_MODEL_CACHE=str(tmp_path / "model-cache"))
-
-    local_job = tmp_path / "local.toml"
-    local_job.write_text(job_text(name="s3-parity", output=str(tmp_path / "local-out"), inputs=str(DEMO_XML),
-                                  models={k: str(v) for k, v in demo_models.items()}))
-    done = run_cli(["run", str(local_job), "--no-progress"], env)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    remote_models = {}
-    for name, path in demo_models.items():
-        remote_models[name] = f"s3://{bucket}/models/{path.name}"
-        upload(path, remote_models[name])
-    upload(DEMO_XML, f"s3://{bucket}/inputs/{DEMO_XML.name}")
-    out = f"s3://{bucket}/jobs/s3-parity"
+    remote_models = upload_inputs(bucket, "one-node", demo_models)
+    out = f"s3://{bucket}/one-node/out"
     s3_job = tmp_path / "s3.toml"
-    s3_job.write_text(job_text(name="s3-parity", output=out, inputs=f"s3://{bucket}/inputs/", models=remote_models))
+    s3_job.write_text(job_text(name="s3-parity", output=out, inputs=f"s3://{bucket}/one-node/inputs/",
+                               models=remote_models))
     done = run_cli(["run", str(s3_job), "--no-progress"], env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == out  # the URI, not a local path made of it
 
     for name in TASK_DATASETS:
-        assert rows(out, name) == rows(str(tmp_path / "local-out"), name), name
-    docs_local = location(tmp_path / "local-out" / "documents")
+        assert rows(out, name) == local_reference[name], name
+    docs_local = location(local_reference["out"] / "documents")
     assert {n for n in location(out + "/documents").files(".parquet")} == set(docs_local.files(".parquet"))
     # The models came from S3 through the node's cache, verified by checksum.
     cached = sorted(p.name for p in (tmp_path / "model-cache").glob("*/*") if (p / ".biomine-verified").exists())
@@ -140,3 +157,60 @@ def test_storage_round_trip_on_s3_and_uri_resolution(tmp_path, s3_server, monkey
     listing = subprocess.run(["ss", "-tnp"], capture_output=True, text=True).stdout
     mine = [line for line in listing.splitlines() if f"pid={os.getpid()}," in line]
     assert mine and all(" 127.0.0.1:" in line or "[::1]" in line for line in mine), mine
+
+
+@pytest.mark.slow
+def test_two_node_cluster_without_a_shared_disk_survives_a_lost_node(tmp_path, tmp_path_factory, demo_models,
+                                                                     s3_server, local_reference, monkeypatch):
+    """A head (no CPUs: it runs nothing) and a worker node that cannot see this machine's test folders
+    (its own mount namespace): the ingest task, the prepare tasks and the model actors all run on the
+    worker and reach documents, models and outputs through S3 only. The worker node is killed once
+    the first shard is committed; after a new worker joins, a re-run completes the job with exactly
+    the rows of a local run: none lost, none duplicated."""
+    from ray_cluster import Cluster
+
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    bucket = s3_server["BIOMINE_TEST_BUCKET"]
+    remote_models = upload_inputs(bucket, "two-node", demo_models)
+    out = f"s3://{bucket}/two-node/out"
+    job = tmp_path / "job.toml"
+    job.write_text(job_text(name="s3-parity", output=out, inputs=f"s3://{bucket}/two-node/inputs/",
+                            models=remote_models))
+    hidden = [tmp_path_factory.getbasetemp()]  # the job file, the local models, the local run: all of it
+    node_cache = Path(tempfile.mkdtemp(prefix="biomine-node-cache-", dir="/tmp"))
+    worker_env = {**s3_server, "BIOMINE_MODEL_CACHE": str(node_cache / "models")}
+    with Cluster(tmp_path) as cluster:
+        worker = cluster.add_node("worker", cpus=2, env=worker_env, hide=hidden)
+        env = {**cluster.env, **s3_server, "BIOMINE_MODEL_CACHE": str(tmp_path / "driver-cache")}
+        args = [sys.executable, "-m", "pipeline.cli", "run", str(job), "--address", cluster.address, "--no-progress"]
+        first = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, start_new_session=True)
+        commits = location(out) / "entities" / "_commits"
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and first.poll() is None and not commits.files(".json"):
+                time.sleep(0.2)
+            assert first.poll() is None, first.communicate()[1][-3000:]
+            assert commits.files(".json"), "no shard was committed in time"
+            worker.stop(signal.SIGKILL)  # the node dies mid-run: raylet, workers, actors
+            try:
+                first.wait(timeout=30)  # with no node left to run on, the driver may wait for one
+            except subprocess.TimeoutExpired:
+                os.killpg(first.pid, signal.SIGINT)
+                first.wait(timeout=60)
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+                first.wait()
+        assert first.returncode != 0
+        assert location(out + "/_manifest.json").read_json()["finished_at"] is None
+        cluster.add_node("worker-2", cpus=2, env=worker_env, hide=hidden)
+        again = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=420)
+        assert again.returncode == 0, again.stderr[-3000:]
+    manifest = location(out + "/_manifest.json").read_json()
+    assert manifest["finished_at"] and manifest["stages"]["ner"]["shards_skipped"] >= 1  # committed work kept
+    for name in TASK_DATASETS:
+        assert rows(out, name) == local_reference[name], name
+    # The worker node fetched the models from S3 into its own cache (it cannot see the local ones).
+    assert sorted(p.name for p in (node_cache / "models").glob("*/*")) == sorted(p.name for p in demo_models.values())

@@ -91,19 +91,26 @@ def _reload_ray_auth() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+_LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_loopback_set_here = False
+
+
 def _loopback_only(on: bool) -> None:
     """Keep the embedded Ray on 127.0.0.1: its node address, and so every connection between its
     processes. Ray otherwise picks the host's routable address even for a one-machine cluster. Its
     switch (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, ray/_private/services.py get_node_ip_address) is read
     from the environment by each process Ray spawns, and from a constant by this already-imported one.
-    Joining a real cluster turns it off again."""
+    Joining a cluster undoes what this process set (a user's own setting is left alone)."""
+    global _loopback_set_here
     import ray._private.ray_constants as ray_constants
 
-    if on:
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    else:
-        os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-    ray_constants.ENABLE_RAY_CLUSTER = not on
+    if on and os.environ.get(_LOOPBACK) != "0":
+        os.environ[_LOOPBACK] = "0"
+        _loopback_set_here = True
+    elif not on and _loopback_set_here:
+        os.environ.pop(_LOOPBACK, None)
+        _loopback_set_here = False
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ.get(_LOOPBACK) != "0"
 
 
 def _probe(address: str) -> None:
@@ -167,7 +174,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address is None:
         _private_token()
         _loopback_only(True)
-        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
+        # address="local": always a new private instance, never a cluster that `ray start` left
+        # running on this machine (ray.init() with no address would join it).
+        ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
         return
     _loopback_only(False)
     check_address(address)
