@@ -14,6 +14,7 @@ of the pipeline (``docs/architecture.md``)::
     |   +-- PubmedXMLError: malformed/truncated XML or an NCBI error document
     |   +-- EutilsError: an E-utilities request failed for good
     +-- StoreError: an output location cannot be used as asked
+    |   +-- StorageError: a storage call failed (credentials, bucket, endpoint), naming the URI
     |   +-- ShardStateError: a document-shard store (owner, lock, manifest)
     +-- StageError: a Ray stage cannot run at all
     +-- WrongModelError: a task was given a checkpoint of the wrong kind
@@ -29,7 +30,7 @@ from biogpt.errors import BioMineError, CheckpointError, ConfigError, TaskSettin
 
 __all__ = [
     "BioMineError", "CheckpointError", "ConfigError", "TaskSettingsError", "JobConfigError", "IngestError",
-    "PubmedXMLError", "EutilsError", "StoreError", "ShardStateError", "StageError", "WrongModelError",
+    "PubmedXMLError", "EutilsError", "StoreError", "StorageError", "ShardStateError", "StageError", "WrongModelError",
     "DataFormatError", "RecordError", "LabelSchemeError", "UnknownTaskError", "EvaluationError",
     "NerTrainingError",
 ]
@@ -62,6 +63,10 @@ class EutilsError(IngestError):
 # --- storage (pipeline/store) ----------------------------------------------------------------------
 class StoreError(BioMineError):
     """An output location cannot be used as asked (wrong owner, in use, or inconsistent)."""
+
+
+class StorageError(StoreError, OSError):
+    """A storage operation failed: wrong credentials, a missing bucket, an unreachable endpoint."""
 
 
 class ShardStateError(StoreError):

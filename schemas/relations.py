@@ -44,13 +44,15 @@ from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
+from biogpt.task_spec import RE_TASKS
+
 from ._rows import DECODING, SchemaMismatchError, cast_rows, schema_metadata
 from ._rows import check_schema as _check_schema
 
 SCHEMA_NAME = "relations"
 # Bump on any change a reader could notice; readers accept files with a version <= theirs.
 SCHEMA_VERSION = 1
-TASKS = ("ddi", "kd-dti", "bc5cdr")
+TASKS = RE_TASKS  # biogpt/task_spec.py is the one table of task names
 PARSE_STATUSES = ("ok", "unparsed")
 EVIDENCE_MATCHES = ("both", "head", "tail")
 

@@ -40,7 +40,7 @@ batch_size = 4
 model = "m"
 prompt = "{title} In summary,"
 """))
-    assert spec.output == tmp_path / "out"
+    assert Path(spec.output) == tmp_path / "out"
     assert Path(spec.tasks["re"].model) == tmp_path / "m" and spec.tasks["re"].batch_size == 4
     assert spec.tasks["summarize"].max_new_tokens == 64 and spec.source.max == 10
 
@@ -90,3 +90,21 @@ def test_cli_check_reports_without_traceback(tmp_path, capsys):
     assert main(["run", str(tmp_path / "nope.toml"), "--check"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("biomine: error: job file") and "Traceback" not in err
+
+
+def test_storage_uris_stay_uris(tmp_path):
+    """`output = "s3://bucket/out"` once became the local path jobs/s3:/bucket/out."""
+    spec = load_job(write(tmp_path, """
+[job]
+name = "x"
+output = "s3://bucket/out"
+[source]
+kind = "files"
+paths = ["s3://bucket/pubmed/baseline/", "updates/*.xml.gz"]
+[tasks.ner]
+model = "s3://bucket/models/ner"
+"""), check_models=False)
+    assert spec.output == "s3://bucket/out" and spec.tasks["ner"].model == "s3://bucket/models/ner"
+    assert spec.source.paths == ["s3://bucket/pubmed/baseline/", str(tmp_path / "updates" / "*.xml.gz")]
+    with pytest.raises(ConfigError, match=r"\[job\] output = 5: expected a string"):
+        load_job(write(tmp_path, '[job]\nname = "x"\noutput = 5\n[source]\nkind = "files"\npaths = ["a"]\n'))

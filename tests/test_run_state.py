@@ -142,3 +142,17 @@ def test_one_run_at_a_time(tmp_path, models, ray_local, capsys):
     assert not (out / "_lease.json").exists()  # released when the run ended
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["finished_at"] and job_outputs(out).warnings == []  # the first run completed, whole
+
+
+def test_a_user_error_inside_the_ingest_task_is_one_line(tmp_path, models, ray_local, capsys):
+    """The ingest step runs as a Ray task; its errors arrive as the user's error, not a Ray traceback."""
+    broken = tmp_path / "pubmed25n0001.xml"
+    broken.write_text(SAMPLE.read_text()[:700])  # cut mid-record
+    job = tmp_path / "job.toml"
+    job.write_text(write_job(tmp_path / "ok.toml", tmp_path / "out", models).read_text()
+                   .replace(str(SAMPLE), str(broken)))
+    capsys.readouterr()
+    assert main(["run", str(job), "--no-progress"]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("biomine:")]
+    assert len(err) == 1 and "pubmed25n0001.xml" in err[0] and "Traceback" not in err[0], err
+    assert "RayTaskError" not in err[0] and "\x1b[" not in err[0]

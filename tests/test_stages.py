@@ -239,7 +239,7 @@ def test_a_rerun_verifies_outputs_before_it_skips_them(tmp_path, ray_local, dama
 
     r = run_task_stage(DictionaryNer, options, shards, out, **kw)
     assert r.shards_done == 1 and r.shards_skipped == 2
-    assert len(r.redone) == 1 and "damaged" in next(iter(r.redone)), r.redone
+    assert r.redone == {"damaged": 1}, r.redone
     got = {s.stem: pq.read_table(shard_output(out, s)) for s in shards}
     assert all(got[k].equals(clean[k]) for k in clean)  # none lost, none duplicated, none stale
     pmids = sorted(p for t in got.values() for p in set(t.column("pmid").to_pylist()))
@@ -260,9 +260,13 @@ def test_changed_settings_recompute_and_say_so(tmp_path, ray_local):
     rows = pa.concat_tables([pq.read_table(shard_output(out, s)) for s in shards]).to_pylist()
     assert {row["text"].lower() for row in rows} == {"warfarin"}  # no stale aspirin rows left
     assert len(list(out.glob("*.parquet"))) == 2  # the superseded files are gone
-    # Another model (its checksum) recomputes too.
-    moved = run_task_stage(DictionaryNer, dataclasses.replace(fewer, model_sha256="0" * 64), shards, out, **kw)
-    assert moved.shards_done == 2 and moved.redone == {"settings changed": 2}
+    # Another model (its checksum) recomputes too; the same model at another path does not.
+    model_a = dataclasses.replace(fewer, model_sha256="a" * 64)
+    run_task_stage(DictionaryNer, model_a, shards, out, **kw)
+    moved = run_task_stage(DictionaryNer, dataclasses.replace(model_a, model="elsewhere/dict-v1"), shards, out, **kw)
+    assert moved.shards_done == 0 and moved.shards_skipped == 2
+    other = run_task_stage(DictionaryNer, dataclasses.replace(model_a, model_sha256="b" * 64), shards, out, **kw)
+    assert other.shards_done == 2 and other.redone == {"settings changed": 2}
 
 
 def test_prepare_runs_in_its_own_tasks_not_inside_the_model_actor(tmp_path, ray_local):

@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from biogpt.task_spec import RE_TASKS
+
 NER_HELP = """\
 Strict mention-level precision/recall/F1 per entity type of a token-classification model on a
 PubTator file (BioCreative V CDR's format): a predicted mention counts only with the same document,
@@ -47,7 +49,7 @@ def register(subparsers) -> None:
 
     rel = kinds.add_parser("re", help="the original RE metrics on a BioGPT test.json", description=RE_HELP,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    rel.add_argument("--task", required=True, choices=["ddi", "kd-dti", "bc5cdr"], help="relation task")
+    rel.add_argument("--task", required=True, choices=list(RE_TASKS), help="relation task")
     rel.add_argument("--data", required=True, metavar="FILE", help="gold file in BioGPT's test.json layout")
     rel.add_argument("--model", required=True, metavar="DIR", help="converted fine-tuned checkpoint of --task")
     rel.add_argument("--max-new-tokens", type=int, default=256, help="generation budget per document (default 256)")

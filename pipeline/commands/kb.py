@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from biogpt.task_spec import RE_TASKS
+
 EPILOG = """\
 examples:
   biomine kb build --relations out/ddi/relations --out out/ddi/kb.parquet
@@ -19,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("--relations", required=True, help="a job's OUT/relations directory (or one Parquet file)")
     b.add_argument("--out", required=True, help="the edge table to write, e.g. OUT/kb.parquet")
-    b.add_argument("--task", default="ddi", choices=["ddi", "kd-dti", "bc5cdr"],
+    b.add_argument("--task", default="ddi", choices=list(RE_TASKS),
                    help="which relation task's rows to use (default ddi)")
     b.add_argument("--documents", help="documents store for publication dates (default: beside --relations)")
     b.set_defaults(func=run)

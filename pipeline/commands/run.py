@@ -7,12 +7,20 @@ import argparse
 EPILOG = """\
 examples:
   biomine run jobs/demo.toml                 # small local demo (tiny model, bundled XML)
-  biomine run jobs/ddi-kb.toml --address auto
-  RAY_ADDRESS=ray://head:10001 biomine run jobs/pubmed-daily.toml
+  biomine run jobs/ddi-kb.toml --address 10.0.0.5:6379   # join a Ray cluster (the head's GCS address)
+  RAY_ADDRESS=auto biomine run jobs/pubmed-daily.toml     # the cluster this node belongs to
+  biomine run jobs/ddi-kb.toml --check       # validate the job file only
 
-Re-running a job skips every shard already written; a killed run resumes where it stopped.
+Locations in the job file (output, source paths, models) are paths or URIs (s3://bucket/prefix;
+credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION).
+Without an address the run starts a private local Ray (token authentication, loopback only);
+ray:// addresses need `pip install 'ray[client]'`.
+
+A re-run verifies every committed output before it skips it and recomputes what is missing, damaged
+or stale (other settings, another model), saying why; a killed run resumes where it stopped. An
+output belongs to one job, and one run at a time holds it.
 Outputs: OUT/documents, OUT/entities, OUT/relations, OUT/summaries (Parquet) and OUT/_manifest.json.
-The job file format is documented in jobs/README.md.
+The job file format is documented in jobs/README.md; clusters and storage in docs/cluster.md.
 """
 
 

@@ -502,11 +502,11 @@ def fetch_query(client: EutilsClient, term: str, out: str | os.PathLike, *, mind
                 maxdate: str | None = None, datetype: str = "pdat", max_records: int | None = None,
                 batch_size: int = DEFAULT_BATCH_SIZE, split_threshold: int = ESEARCH_LIMIT,
                 shard_rows: int = DEFAULT_SHARD_ROWS, progress: bool | None = None,
-                now: Callable[[], _dt.datetime] | None = None) -> FetchSummary:
+                now: Callable[[], _dt.datetime] | None = None, lock: bool = True) -> FetchSummary:
     """Fetch every hit of ``term`` (at most ``max_records``, newest first) into shards under ``out``.
 
     Re-running with the same query and dates resumes or, when complete, only adds new hits.
-    ``progress`` None shows a bar on a terminal only.
+    ``progress`` None shows a bar on a terminal only. ``lock=False``: the caller's lease covers ``out``.
 
     :raises EutilsError: see the module docstring.
     :raises ShardStateError: ``out`` holds another query's output or is in use.
@@ -519,7 +519,7 @@ def fetch_query(client: EutilsClient, term: str, out: str | os.PathLike, *, mind
         raise EutilsError("--max must be zero or more")
     now = now or (lambda: _dt.datetime.now(_dt.timezone.utc))
     identity = {"query": term, "mindate": mindate, "maxdate": maxdate, "datetype": datetype}
-    with ShardStore(out, "fetch", identity, shard_rows=shard_rows) as store:
+    with ShardStore(out, "fetch", identity, shard_rows=shard_rows, lock=lock) as store:
         done = store.pmids()
         total, ranges = plan_ranges(client, term, mindate=mindate, maxdate=maxdate, datetype=datetype,
                                     threshold=split_threshold, limit=max_records)

@@ -73,9 +73,13 @@ def discover_inputs(paths: Iterable[str | os.PathLike]) -> list[Location]:
     files: list[Location] = []
     for item in paths:
         loc = location(item)
-        if not loc.exists() and glob.has_magic(loc.name):
-            # A quoted glob (job specs list them): expand it here, as a shell would.
-            matches = [loc.parent / n for n in loc.parent.listdir() if fnmatch.fnmatchcase(n, loc.name)]
+        if not loc.exists() and glob.has_magic(str(item)):
+            # A quoted glob (job specs list them): expand it here, as a shell would; on object storage
+            # the pattern may be in the last part of the name only.
+            if loc.is_local:
+                matches = [location(p) for p in sorted(glob.glob(loc.path))]
+            else:
+                matches = [loc.parent / n for n in loc.parent.listdir() if fnmatch.fnmatchcase(n, loc.name)]
             matches = [m for m in matches if m.is_file()]
             if not matches:
                 raise IngestError(f"input pattern {item} matches no files")
@@ -91,19 +95,23 @@ def discover_inputs(paths: Iterable[str | os.PathLike]) -> list[Location]:
         else:
             raise IngestError(f"input {loc} does not exist")
     by_name: dict[str, Location] = {}
+    def same(a: Location, b: Location) -> bool:
+        return a == b or (a.is_local and b.is_local and os.path.realpath(a.path) == os.path.realpath(b.path))
+
     for loc in files:
         other = by_name.setdefault(loc.name, loc)
-        if other != loc:
+        if not same(other, loc):
             raise IngestError(f"two inputs are named {loc.name} ({other} and {loc}); their order is ambiguous")
     return sorted(by_name.values(), key=lambda p: p.name)
 
 
 def ingest_files(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *,
                  shard_rows: int = DEFAULT_SHARD_ROWS, progress: bool | None = None,
-                 now: Callable[[], _dt.datetime] | None = None) -> IngestSummary:
+                 now: Callable[[], _dt.datetime] | None = None, lock: bool = True) -> IngestSummary:
     """Ingest PubMed XML files into the current-corpus directory ``out`` (see the module docstring).
 
-    ``progress`` None shows a bar on a terminal only.
+    ``progress`` None shows a bar on a terminal only. ``lock=False``: the caller holds a lease that
+    covers ``out`` already (a job run), so the store takes none of its own.
 
     :raises IngestError: see the module docstring.
     :raises ShardStateError: ``out`` is another kind of output or in use.
@@ -113,7 +121,7 @@ def ingest_files(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *,
     now = now or (lambda: _dt.datetime.now(_dt.timezone.utc))
     files = discover_inputs(paths)
     summary = IngestSummary()
-    with ShardStore(out, "ingest", shard_rows=shard_rows) as store:
+    with ShardStore(out, "ingest", shard_rows=shard_rows, lock=lock) as store:
         todo = []
         for path in files:
             record = store.inputs.get(path.name)

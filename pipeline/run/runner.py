@@ -206,7 +206,10 @@ def _actors_and_gpus(spec: JobSpec) -> tuple[int, float]:
 def job_identity(spec: JobSpec) -> dict[str, Any]:
     """What an output location belongs to: the job's name and source."""
     src = spec.source
-    source = {"kind": src.kind, "query": src.query} if src.kind == "entrez" else {"kind": src.kind, "paths": src.paths}
+    # The paths as the job file writes them: moving the checkout (or `ray job submit --working-dir`)
+    # keeps the same job.
+    written = spec.raw.get("source", {}).get("paths", src.paths)
+    source = {"kind": src.kind, "query": src.query} if src.kind == "entrez" else {"kind": src.kind, "paths": written}
     return {"name": spec.name, "source": source}
 
 
@@ -226,8 +229,13 @@ def claim_output(out: Location, spec: JobSpec) -> None:
                          "output to this job") from None
     if theirs is None:
         if (out / "documents").exists():
-            raise StoreError(f"{out} holds documents but no {JOB_FILE}: it was not written by `biomine run`; "
-                             "use another output for this job")
+            try:  # an output of this job written before ownership was recorded: adopt it
+                earlier = (out / MANIFEST).read_json().get("job", {}).get("name")
+            except (FileNotFoundError, ValueError):
+                earlier = None
+            if earlier != spec.name:
+                raise StoreError(f"{out} holds documents but no {JOB_FILE} and no manifest of job {spec.name!r}: "
+                                 "it was not written by this job; use another output for it")
         path.write_json({"format": "biomine-job", **mine})
         return
     if {k: theirs.get(k) for k in mine} != mine:
@@ -253,23 +261,37 @@ def code_version() -> dict[str, str]:
     return {"biomine": pkg, "git_commit": commit}
 
 
-def _source_step(spec: JobSpec, docs_dir: str, progress: bool) -> dict[str, Any]:
-    """Run fetch or ingest; executed as a Ray task (see :func:`run_job`)."""
-    src = spec.source
-    if src.kind == "files":
-        from pipeline.pubmed.ingest import ingest_files
+def _ingest_step(paths: list[str], docs_uri: str, shard_rows: int, progress: bool) -> dict[str, Any]:
+    """Ingest the source files into ``docs_uri``; a Ray task (it parses: any node may run it). The
+    run's lease covers the store, so the store takes none of its own (a retry on another node would
+    otherwise wait for the lost node's lease to expire)."""
+    from pipeline.pubmed.ingest import ingest_files
 
-        s = ingest_files(src.paths, docs_dir, shard_rows=src.shard_size, progress=progress)
-        return {"kind": "files", "files": s.files, "files_skipped": s.skipped, "records": s.records,
-                "added": s.added, "replaced": s.replaced, "deleted": s.deleted, "documents": s.rows}
+    s = ingest_files(paths, docs_uri, shard_rows=shard_rows, progress=progress, lock=False)
+    return {"kind": "files", "files": s.files, "files_skipped": s.skipped, "records": s.records,
+            "added": s.added, "replaced": s.replaced, "deleted": s.deleted, "documents": s.rows}
+
+
+def _fetch_step(spec: JobSpec, docs_uri: str, progress: bool) -> dict[str, Any]:
+    """Fetch the query's hits into ``docs_uri``, on the driver: it is network I/O, and the NCBI email
+    and API key stay in this process (never in a Ray task's arguments or a worker's environment)."""
     from pipeline.pubmed.eutils import Credentials, EutilsClient, fetch_query
 
+    src = spec.source
     client = EutilsClient(base_url=src.eutils_url,
                           credentials=Credentials.resolve(email=src.email, api_key=src.api_key))
-    s = fetch_query(client, src.query, docs_dir, mindate=src.mindate, maxdate=src.maxdate,
-                    max_records=src.max, shard_rows=src.shard_size, progress=progress)
+    s = fetch_query(client, src.query, docs_uri, mindate=src.mindate, maxdate=src.maxdate,
+                    max_records=src.max, shard_rows=src.shard_size, progress=progress, lock=False)
     return {"kind": "entrez", "query": src.query, "total_hits": s.total_hits, "fetched": s.fetched,
             "already_present": s.already_present, "unavailable": len(s.unavailable), "documents": s.rows}
+
+
+def _redacted(raw: dict[str, Any]) -> dict[str, Any]:
+    """The job spec as the manifest records it: without the NCBI API key."""
+    source = dict(raw.get("source", {}))
+    if source.get("api_key"):
+        source["api_key"] = "(redacted)"
+    return {**raw, "source": source} if "source" in raw else dict(raw)
 
 
 def _prepare_models(spec: JobSpec) -> dict[str, Any]:
@@ -297,22 +319,23 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
     classes = _prepare_models(spec)
     out = location(spec.output)
     out.mkdir()
-    with Lease(out, what=f"biomine run {spec.path or spec.name}"):
+    with Lease(out, what=f"biomine run {spec.path or spec.name}") as lease:
         claim_output(out, spec)
-        return _run(spec, classes, out, progress, num_cpus)
+        return _run(spec, classes, out, lease, progress, num_cpus)
 
 
-def _run(spec: JobSpec, classes: dict[str, Any], out: Location, progress: bool, num_cpus: int | None) -> dict[str, Any]:
+def _run(spec: JobSpec, classes: dict[str, Any], out: Location, lease: Lease, progress: bool,
+         num_cpus: int | None) -> dict[str, Any]:
     import ray
 
-    from pipeline.run.stages import run_task_stage
+    from pipeline.run.stages import run_task_stage, worker_error
     from pipeline.store.shards import committed_shards
 
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
     init_ray(spec.resources.address, num_cpus=num_cpus)
     manifest: dict[str, Any] = {
-        "job": {"name": spec.name, "spec": spec.raw, "path": str(spec.path) if spec.path else None},
+        "job": {"name": spec.name, "spec": _redacted(spec.raw), "path": str(spec.path) if spec.path else None},
         "code": code_version(), "started_at": started.isoformat(timespec="seconds"), "stages": {},
         "models": {name: {"model_id": location(o.model).name, "path": o.model, "sha256": o.model_sha256}
                    for name, o in spec.tasks.items()},
@@ -322,8 +345,15 @@ def _run(spec: JobSpec, classes: dict[str, Any], out: Location, progress: bool, 
 
     docs = out / "documents"
     t = time.perf_counter()
-    source_task = ray.remote(num_cpus=1, max_retries=2)(_source_step)
-    manifest["stages"]["documents"] = ray.get(source_task.remote(spec, docs.uri, progress))
+    if spec.source.kind == "files":
+        ingest = ray.remote(num_cpus=1, max_retries=2)(_ingest_step)
+        try:
+            documents = ray.get(ingest.remote(spec.source.paths, docs.uri, spec.source.shard_size, progress))
+        except ray.exceptions.RayTaskError as exc:
+            raise worker_error(exc) from None
+    else:
+        documents = _fetch_step(spec, docs.uri, progress)
+    manifest["stages"]["documents"] = documents
     manifest["stages"]["documents"]["seconds"] = round(time.perf_counter() - t, 3)
     shards = committed_shards(docs)
     live = {s.name[: -len(".parquet")] for s in shards}
@@ -332,13 +362,16 @@ def _run(spec: JobSpec, classes: dict[str, Any], out: Location, progress: bool, 
     actors, gpus_per_actor = _actors_and_gpus(spec)
     for name, options in spec.tasks.items():
         cls = classes[name]
+        if options.dtype == "auto":  # resolved here, so the fingerprint says what actually ran
+            options = dataclasses.replace(options, dtype="bfloat16" if gpus_per_actor else "float32")
         dataset = TaskDataset(out / cls.dataset)
         if not spec.incremental and dataset.records():
             log.warning("%s: recomputing %s (incremental = false)", spec.name, dataset.loc)
             dataset.clear()
         result = run_task_stage(cls, options, [docs / s.name for s in shards], dataset.loc, inputs=identities,
                                 actors=actors, gpus_per_actor=gpus_per_actor,
-                                cpus_per_actor=spec.resources.cpus_per_actor, progress=progress)
+                                cpus_per_actor=spec.resources.cpus_per_actor, progress=progress,
+                                before_commit=lease.check)
         retired = sorted(set(dataset.records()) - live)
         for shard in retired:
             dataset.retire(shard)

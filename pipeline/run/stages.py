@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from biogpt.errors import BioMineError
-from pipeline.errors import StageError
+from pipeline.errors import StageError, StoreError
 from pipeline.store.datasets import ShardOutput, TaskDataset, data_file_name, fingerprint
 from pipeline.store.models import materialize
 from pipeline.store.storage import FileInfo, Location, location, parquet_bytes
@@ -221,14 +221,16 @@ def write_shard_output(out: Location, shard: str, table) -> FileInfo:
 def run_task_stage(task_cls: type[Task], options: TaskOptions, shards: Sequence[str | os.PathLike | Location],
                    out: str | os.PathLike | Location, *, actors: int, gpus_per_actor: float,
                    cpus_per_actor: float = 1.0, inputs: Mapping[str, Mapping[str, Any]] | None = None,
-                   on_shard: Callable[[Location, int, int], None] | None = None,
-                   progress: bool = True) -> StageResult:
+                   before_commit: Callable[[], None] | None = None, progress: bool = True) -> StageResult:
     """Run ``task_cls`` over the document ``shards`` (locations of their Parquet files), into dataset ``out``.
 
     ``inputs`` gives each shard's identity (``ShardInfo.identity()`` from the documents manifest, by
-    shard name); a shard without one is read from storage to get it.
+    shard name); a shard without one is read from storage to get it. ``before_commit`` is called
+    before each commit (the runner's lease check: it raises once another run holds the job).
 
     :raises StageError: the task's model cannot be loaded (committed shards are kept).
+    :raises StoreError: the output is on a local path the driver cannot see the workers' files in.
+    :raises BioMineError: a user error raised inside a worker (shown as one line).
     """
     import ray
 
@@ -244,16 +246,21 @@ def run_task_stage(task_cls: type[Task], options: TaskOptions, shards: Sequence[
     dataset.collect_garbage()
     reasons = dataset.plan(wanted, settings)
     result.shards_skipped = len(shard_locs) - len(reasons)
-    for name, reason in sorted(reasons.items()):
-        if reason != "not computed yet":
-            log.warning("%s: %s is computed again: %s", task_cls.name, name, reason)
-            kind = reason.split(" (")[0] if reason.startswith("settings changed") else reason
+    for name, (kind, why) in sorted(reasons.items()):
+        if kind != "not computed":
+            log.warning("%s: %s is computed again: %s", task_cls.name, name, why)
             result.redone[kind] = result.redone.get(kind, 0) + 1
 
     def commit(output: ShardOutput) -> None:
         written = out / output.file.name
         if written.size() != output.file.size:  # the worker's file must be there, whole, before we commit it
+            if out.is_local:
+                raise StoreError(f"{task_cls.name}: {written} is not on this machine although a worker wrote it: "
+                                 "on a cluster the output must be on storage every node reaches (s3://..., "
+                                 "or a folder mounted at the same path on every node)")
             raise RuntimeError(f"{task_cls.name}: {written} is missing or incomplete after its worker wrote it")
+        if before_commit:
+            before_commit()
         fp, info = wanted[output.shard]
         dataset.commit(output, task=task_cls.name, expected=fp, input_shard=info, settings=settings)
         result.failures += output.failures
@@ -263,8 +270,6 @@ def run_task_stage(task_cls: type[Task], options: TaskOptions, shards: Sequence[
         log.info("%s: %s done (%d documents, %d rows, %d failed) [%d/%d shards]", task_cls.name, written,
                  output.documents, output.file.rows or 0, len(output.failures),
                  result.shards_done + result.shards_skipped, len(shard_locs))
-        if on_shard:
-            on_shard(written, output.documents, output.file.rows or 0)
 
     pending = sorted(reasons)
     for name in [n for n in pending if identities[n]["rows"] == 0]:  # nothing to run, but complete
@@ -297,19 +302,29 @@ def run_task_stage(task_cls: type[Task], options: TaskOptions, shards: Sequence[
     # actor or node costs time, not rows; a shard is committed only once its whole result arrived.
 
     done: set[str] = set()
-    for record in ds.iter_rows():
-        if record[FATAL_COL]:
-            raise StageError(f"{task_cls.name}: the model actor could not start: {record[FATAL_COL]} "
-                             f"({result.shards_done} shards committed before are kept; fix the model and re-run)")
-        output: ShardOutput = pickle.loads(record[RESULT_COL])
-        commit(output)
-        done.add(output.shard)
+    try:
+        for record in ds.iter_rows():
+            if record[FATAL_COL]:
+                raise StageError(f"{task_cls.name}: the model actor could not start: {record[FATAL_COL]} "
+                                 f"({result.shards_done} shards committed before are kept; fix the model and re-run)")
+            output: ShardOutput = pickle.loads(record[RESULT_COL])
+            commit(output)
+            done.add(output.shard)
+    except ray.exceptions.RayTaskError as exc:  # e.g. a model that changed on storage during the run
+        raise worker_error(exc) from None
+    dataset.collect_garbage()  # superseded files of retried workers: the folder holds what is committed
     missing = sorted(set(pending) - done)
     if missing:
         raise RuntimeError(f"task {task_cls.name}: shards without results after the stage finished: {missing}")
     result.operators = _operators(ds)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def worker_error(exc: BaseException) -> BaseException:
+    """The user's error inside a failed Ray task or actor (a BioMineError: shown as one line), else ``exc``."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BioMineError) else exc
 
 
 def _operators(ds) -> list[str]:

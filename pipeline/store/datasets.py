@@ -93,7 +93,7 @@ class TaskDataset:
             record = path.read_json()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError) as exc:  # a damaged record (other storage errors propagate)
             log.warning("%s is unreadable (%s): its shard is redone", path, exc)
             return None
         if not isinstance(record, dict) or record.get("format") != FORMAT or "file" not in record:
@@ -110,37 +110,38 @@ class TaskDataset:
 
     # --- verifying -----------------------------------------------------------------------------
     def check(self, shard: str, expected: str, input_shard: Mapping[str, Any], settings: Mapping[str, Any],
-              record: Mapping[str, Any] | None) -> str | None:
-        """Why ``shard`` must be computed (again), or None when its committed output is valid for
-        fingerprint ``expected`` and its data file is intact (size and sha256 read back)."""
+              record: Mapping[str, Any] | None) -> tuple[str, str] | None:
+        """``(kind, why)`` when ``shard`` must be computed (again), None when its committed output is
+        valid for fingerprint ``expected`` and its data file is intact (size and sha256 read back).
+        Kinds: ``not computed``, ``settings changed``, ``input changed``, ``missing``, ``damaged``,
+        ``failed documents``."""
         if record is None:
-            return "not computed yet"
+            return "not computed", "not computed yet"
         if record.get("fingerprint") != expected:
             what = _changed(record.get("settings", {}), settings)
             if what:
-                return "settings changed (" + ", ".join(what) + ")"
-            if _changed(record.get("input", {}), input_shard):
-                return "its document shard changed"
-            return "fingerprint differs"
+                return "settings changed", "settings changed (" + ", ".join(what) + ")"
+            return "input changed", "its document shard changed"
         meta = record["file"]
         data = self.loc / meta["name"]
         size = data.size()
         if size is None:
-            return f"output file {meta['name']} is missing"
+            return "missing", f"output file {meta['name']} is missing"
         if size != meta["size"]:
-            return f"output file {meta['name']} is damaged ({size} bytes, {meta['size']} committed)"
+            return "damaged", f"output file {meta['name']} is damaged ({size} bytes, {meta['size']} committed)"
         if data.sha256() != meta["sha256"]:
-            return f"output file {meta['name']} is damaged or was replaced (checksum differs)"
+            return "damaged", f"output file {meta['name']} is damaged or was replaced (checksum differs)"
         if record.get("failures"):
-            return f"{len(record['failures'])} of its documents failed last time"
+            return "failed documents", f"{len(record['failures'])} of its documents failed last time"
         return None
 
-    def plan(self, wanted: Mapping[str, tuple[str, Mapping[str, Any]]], settings: Mapping[str, Any]) -> dict[str, str]:
-        """``{shard: reason}`` for each shard of ``wanted`` (``shard -> (fingerprint, input info)``)
+    def plan(self, wanted: Mapping[str, tuple[str, Mapping[str, Any]]],
+             settings: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+        """``{shard: (kind, why)}`` for each shard of ``wanted`` (``shard -> (fingerprint, input info)``)
         that must be computed; the others are verified done. Checksums are read in parallel."""
         records = self.records(wanted)
 
-        def one(shard: str) -> tuple[str, str | None]:
+        def one(shard: str) -> tuple[str, tuple[str, str] | None]:
             fp, info = wanted[shard]
             return shard, self.check(shard, fp, info, settings, records.get(shard))
 

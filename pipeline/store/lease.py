@@ -40,6 +40,18 @@ def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
+def _pid_namespace() -> str:
+    """Which pids this process can see: its pid namespace and boot (two containers that share a
+    host name do not share pids, so a pid is only checked where it means the same process)."""
+    parts = []
+    for path in ("/proc/self/ns/pid", "/proc/sys/kernel/random/boot_id"):
+        try:
+            parts.append(os.readlink(path) if path.endswith("/pid") else open(path).read().strip())
+        except OSError:
+            parts.append("?")
+    return "|".join(parts)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -61,10 +73,13 @@ class Lease:
         self.run_id = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Why this run no longer holds the lease (another run took it over), or "".
+        self.lost = ""
 
     def _body(self) -> dict[str, Any]:
         now = _now()
         return {"run_id": self.run_id, "what": self.what, "host": socket.gethostname(), "pid": os.getpid(),
+                "pid_namespace": _pid_namespace(),
                 "taken_at": getattr(self, "_taken_at", now.isoformat(timespec="seconds")),
                 "expires_at": (now + _dt.timedelta(seconds=self.ttl)).isoformat(timespec="seconds")}
 
@@ -74,9 +89,10 @@ class Lease:
             held = self.path.read_json()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            log.warning("%s is unreadable (%s); taking it over", self.path, exc)
+        except (ValueError, UnicodeDecodeError) as exc:  # a torn or foreign file: no valid lease
+            log.warning("%s is not a lease (%s); taking it over", self.path, exc)
             return None
+        # Any other storage error propagates: a lease we could not read is not a lease we may take.
         if held.get("run_id") == self.run_id:
             return None
         try:
@@ -87,8 +103,8 @@ class Lease:
             log.warning("%s: the lease of run %s (%s, host %s, pid %s) expired at %s; taking it over", self.path,
                         held.get("run_id"), held.get("what"), held.get("host"), held.get("pid"), held["expires_at"])
             return None
-        if held.get("host") == socket.gethostname() and isinstance(held.get("pid"), int) \
-                and not _pid_alive(held["pid"]):
+        if held.get("host") == socket.gethostname() and held.get("pid_namespace") == _pid_namespace() \
+                and isinstance(held.get("pid"), int) and not _pid_alive(held["pid"]):
             log.warning("%s: run %s (pid %s on this host) is no longer running; taking its lease over",
                         self.path, held.get("run_id"), held.get("pid"))
             return None
@@ -122,9 +138,29 @@ class Lease:
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             try:
+                held = self.path.read_json()
+                if held.get("run_id") != self.run_id:
+                    # We stalled past the ttl and another run took over: stop, never overwrite it.
+                    self.lost = (f"run {held.get('run_id')} ({held.get('what')}, host {held.get('host')}) took "
+                                 f"over {self.path} while this run had stalled")
+                    log.error("%s", self.lost)
+                    return
                 self.path.write_json(self._body())
-            except OSError as exc:  # a blip of the store: the next renewal tries again
+            except FileNotFoundError:
+                self.lost = f"{self.path} was deleted while this run held it"
+                log.error("%s", self.lost)
+                return
+            except Exception as exc:  # a blip of the store: the next renewal tries again
                 log.warning("could not renew %s: %s", self.path, exc)
+
+    def check(self) -> None:
+        """Call before each commit.
+
+        :raises StoreError: another run holds the location now (this one must stop writing).
+        """
+        if self.lost:
+            raise StoreError(f"this run lost its hold on {self.path.parent}: {self.lost}; nothing more is "
+                             "committed by it (the other run continues the job)")
 
     def release(self) -> None:
         self._stop.set()

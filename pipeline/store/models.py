@@ -9,15 +9,15 @@ a second call on the same node finds it and only checks the marker. The checksum
 model's identity everywhere: the run records it, output fingerprints include it, and a node whose copy
 does not match the driver's (the model changed on storage during the run) refuses to load it.
 
-A download goes to a private temporary folder that is renamed into place when complete, so processes
-on one node that fetch at the same time cannot see half a model; the loser of the rename discards its
-copy.
+Processes of one node that ask at once wait for one download (a lock file in the cache); it goes to
+a private temporary folder that is renamed into place when complete, so nobody sees half a model.
 
 :raises StoreError: no model files at the location, or a copy whose checksum differs from the one expected.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -30,8 +30,6 @@ from pipeline.store.storage import Location, location
 
 log = logging.getLogger(__name__)
 
-#: The files of a model directory that define it (config, weights, vocabulary, task settings).
-MODEL_SUFFIXES = (".json", ".safetensors", ".bin", ".txt")
 _VERIFIED = ".biomine-verified"
 
 
@@ -40,7 +38,9 @@ def cache_root() -> Path:
 
 
 def _model_files(loc: Location) -> list[str]:
-    return [n for n in loc.files() if n.endswith(MODEL_SUFFIXES)]
+    """Every file that defines the model (config, weights, vocabularies such as dict.txt and
+    bpecodes, task settings): all but hidden ones (our marker among them)."""
+    return [n for n in loc.files() if not n.startswith(".")]
 
 
 def model_checksum(model: str | os.PathLike | Location) -> str:
@@ -70,12 +70,22 @@ def materialize(model: str | os.PathLike | Location, sha256: str | None = None) 
     if sha256 and (root / sha256 / loc.name / _VERIFIED).exists():
         return root / sha256 / loc.name
     root.mkdir(parents=True, exist_ok=True)
+    # One fetch per node: the prepare tasks and the actors of a node all ask at once; the first to
+    # take the lock downloads, the others find its verified copy when they get the lock.
+    with open(root / f".lock-{hashlib.sha256(loc.uri.encode()).hexdigest()[:16]}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if sha256 and (root / sha256 / loc.name / _VERIFIED).exists():
+            return root / sha256 / loc.name
+        return _fetch(loc, root, sha256)
+
+
+def _fetch(loc: Location, root: Path, sha256: str | None) -> Path:
     names = _model_files(loc)
     if not names:
         raise StoreError(f"{loc} holds no model files (config.json, *.safetensors ...): pass a model directory")
     tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
     try:
-        for name in loc.files():  # every file (tokenizer files too), so the copy loads like the original
+        for name in names:
             (loc / name).download(tmp / name)
         got = model_checksum(tmp)
         if sha256 and got != sha256:
@@ -87,7 +97,7 @@ def materialize(model: str | os.PathLike | Location, sha256: str | None = None) 
         try:
             os.rename(tmp, final)
             log.info("fetched model %s into %s", loc, final)
-        except OSError:  # another process of this node finished first: keep its copy
+        except OSError:  # already there (fetched by a run that did not know the checksum): keep it
             if not (final / _VERIFIED).exists():
                 raise
         return final

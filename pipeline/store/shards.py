@@ -88,7 +88,7 @@ class ShardStore:
     """
 
     def __init__(self, path: str | os.PathLike, kind: str, identity: Mapping[str, Any] | None = None,
-                 *, shard_rows: int = DEFAULT_SHARD_ROWS):
+                 *, shard_rows: int = DEFAULT_SHARD_ROWS, lock: bool = True):
         if shard_rows < 1:
             raise ValueError("shard_rows must be at least 1")
         self.loc = location(path)
@@ -99,7 +99,8 @@ class ShardStore:
         self._lock_fd: int | None = None
         self._lease: Lease | None = None
         self.loc.mkdir()
-        self._lock()
+        if lock:  # False: the caller holds a lease that covers this store (a job run)
+            self._lock()
         try:
             self.manifest = self._load_or_create()
             self._remove_leftovers()

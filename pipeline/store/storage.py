@@ -39,14 +39,31 @@ import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.errors import StoreError
+from pipeline.errors import StorageError, StoreError
 from pipeline.store import atomic
+
+
+def _named(method):
+    """Re-raise a storage failure (credentials, a missing bucket, an unreachable endpoint) as one
+    :class:`StorageError` naming the location; a missing file stays FileNotFoundError."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (FileNotFoundError, StoreError):
+            raise
+        except OSError as exc:
+            raise StorageError(f"{self.uri}: {exc}".replace("\n", " ")) from None
+
+    return wrapper
+
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _CHUNK = 1 << 22
@@ -77,12 +94,16 @@ def _s3(endpoint: str | None, region: str | None, key: str | None, secret: str |
     return pafs.S3FileSystem(**kwargs)
 
 
-@functools.lru_cache(maxsize=16)
 def _filesystem(scheme: str, netloc: str) -> pafs.FileSystem:
     if scheme == "file":
         return pafs.LocalFileSystem()
-    if scheme in ("s3", "s3a"):
+    if scheme in ("s3", "s3a"):  # keyed by the AWS environment, so a changed environment is seen
         return _s3(*_s3_environment())
+    return _other_filesystem(scheme, netloc)
+
+
+@functools.lru_cache(maxsize=16)
+def _other_filesystem(scheme: str, netloc: str) -> pafs.FileSystem:
     try:
         return pafs.FileSystem.from_uri(f"{scheme}://{netloc}/")[0]
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError):
@@ -108,6 +129,9 @@ def location(spec: str | os.PathLike | "Location", base_dir: str | os.PathLike |
         uri = str(spec).rstrip("/")
         scheme, rest = uri.split("://", 1)
         scheme = scheme.lower()
+        if "@" in rest.split("/", 1)[0]:
+            raise StoreError(f"{scheme}://...@...: put no credentials in a URI; give them through the "
+                             "environment (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
         if scheme == "file":  # the same place as the plain path, and named like it
             path = os.path.normpath("/" + rest.lstrip("/"))
             return Location(pafs.LocalFileSystem(), path, path)
@@ -182,6 +206,7 @@ class Location:
         return Path(self.path)
 
     # --- reading ---------------------------------------------------------------------------------
+    @_named
     def info(self) -> pafs.FileInfo:
         return self.fs.get_file_info(self.path)
 
@@ -199,6 +224,7 @@ class Location:
         info = self.info()
         return info.size if info.type == pafs.FileType.File else None
 
+    @_named
     def listdir(self) -> list[str]:
         """Names of the files and folders directly inside (sorted; [] when the folder does not exist)."""
         try:
@@ -207,6 +233,7 @@ class Location:
             return []
         return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
 
+    @_named
     def files(self, suffix: str = "") -> list[str]:
         """Names of the files directly inside whose name ends with ``suffix`` (temporary files excluded)."""
         try:
@@ -217,48 +244,46 @@ class Location:
         return sorted(n for n in names if n.endswith(suffix) and not n.startswith(atomic.TMP_PREFIX))
 
     def open_input(self) -> IO[bytes]:
-        return self.fs.open_input_stream(self.path)
+        return self.fs.open_input_stream(self.path, compression=None)
 
+    @_named
     def read_bytes(self) -> bytes:
-        with self.fs.open_input_stream(self.path) as f:
+        with self.fs.open_input_stream(self.path, compression=None) as f:
             return f.read()
 
     def read_json(self) -> Any:
         return json.loads(self.read_bytes().decode("utf-8"))
 
+    @_named
     def sha256(self) -> str:
         h = hashlib.sha256()
-        with self.fs.open_input_stream(self.path) as f:
+        with self.fs.open_input_stream(self.path, compression=None) as f:
             for chunk in iter(lambda: f.read(_CHUNK), b""):
                 h.update(chunk)
         return h.hexdigest()
 
+    @_named
     def read_table(self, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.path, columns=columns, filesystem=self.fs)
 
+    @_named
     def parquet_metadata(self) -> pq.FileMetaData:
         with self.fs.open_input_file(self.path) as f:
             return pq.ParquetFile(f).metadata
 
-    def walk(self) -> Iterator["Location"]:
-        """Every file below this folder (recursively), sorted by path."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
-        for info in sorted(infos, key=lambda i: i.path):
-            if info.type == pafs.FileType.File:
-                rel = info.path[len(self.path.rstrip("/")) + 1:]
-                yield self / rel
-
     # --- writing (atomic for readers) --------------------------------------------------------------
+    @_named
     def mkdir(self) -> None:
         self.fs.create_dir(self.path, recursive=True)
 
+    @_named
     def write_bytes(self, data: bytes) -> FileInfo:
         """``data`` as this file, atomically; returns its size and sha256."""
         if self.is_local:
             atomic.write_bytes(data, self.path)
         else:
             # One PUT of the whole object: readers see all of it or (before) none of it.
-            with self.fs.open_output_stream(self.path) as f:
+            with self.fs.open_output_stream(self.path, compression=None) as f:
                 f.write(data)
         return FileInfo(self.name, len(data), hashlib.sha256(data).hexdigest())
 
@@ -271,6 +296,7 @@ class Location:
         info = self.write_bytes(parquet_bytes(table))
         return FileInfo(info.name, info.size, info.sha256, table.num_rows)
 
+    @_named
     def delete(self) -> None:
         """Remove this file (nothing when it is gone already)."""
         try:
@@ -278,10 +304,11 @@ class Location:
         except FileNotFoundError:
             pass
 
+    @_named
     def download(self, dest: Path) -> None:
         """Copy this file to the local path ``dest`` (parents made)."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with self.fs.open_input_stream(self.path) as src, open(dest, "wb") as out:
+        with self.fs.open_input_stream(self.path, compression=None) as src, open(dest, "wb") as out:
             for chunk in iter(lambda: src.read(_CHUNK), b""):
                 out.write(chunk)
 

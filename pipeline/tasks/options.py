@@ -103,9 +103,12 @@ class TaskOptions:
     def settings(self) -> dict[str, Any]:
         """What the outputs depend on: every field but where it runs (``device``, ``cuda_graph``) and
         ``batch_size`` (it changes speed, and at most the last float bits of NER scores); with a
-        ``model_sha256`` the model is that checksum, not its path."""
+        ``model_sha256`` the model is that checksum and its name (rows carry it), not its path."""
         skip = {"device", "cuda_graph", "batch_size"} | ({"model"} if self.model_sha256 else set())
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        if self.model_sha256:  # rows carry the model's name as their model_id
+            settings["model_id"] = os.path.basename(str(self.model).rstrip("/"))
+        return settings
 
 
 @dataclass(frozen=True)
