@@ -22,7 +22,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
+
+from s3_server import free_ports
 
 RAY_CLI = """
 import sys
@@ -34,16 +36,6 @@ from ray.scripts.scripts import main
 sys.argv = ["ray"] + sys.argv[1:]
 main()
 """
-
-
-def _free_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Node:
@@ -77,7 +69,7 @@ class Cluster:
 
     def __init__(self, workdir: Path, head_cpus: int = 0):
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = free_ports(1)[0]
         self.address = f"127.0.0.1:{self.port}"
         # Outside workdir: a worker node may hide the test's folders, but it needs the token.
         self.token_dir = Path(tempfile.mkdtemp(prefix="ray-token-", dir="/tmp"))
@@ -144,9 +136,3 @@ class Cluster:
             node.stop()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
         shutil.rmtree(self.token_dir, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def loopback_cluster(workdir: Path, head_cpus: int = 0) -> Iterator[Cluster]:
-    with Cluster(workdir, head_cpus) as cluster:
-        yield cluster

@@ -28,6 +28,7 @@ def weed_binary() -> str | None:
 
 
 def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 right now (the tests' servers and Ray nodes)."""
     socks, ports = [], []
     for _ in range(n):
         s = socket.socket()

@@ -9,7 +9,6 @@ two meaningful), one with no token, one with a wrong token (both refused).
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from s3_server import free_ports
 
 from pipeline.cli import main
 from pipeline.errors import BioMineError
@@ -94,14 +94,6 @@ def test_embedded_ray_refuses_clients_without_the_runs_token(tmp_path):
             holder.wait()
 
 
-def _unused_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_unreachable_addresses_are_one_line_errors_within_seconds(tmp_path, capsys):
     import ray
 
@@ -109,7 +101,7 @@ def test_unreachable_addresses_are_one_line_errors_within_seconds(tmp_path, caps
 
     if ray.is_initialized():  # another module's local Ray: init_ray would keep it
         ray.shutdown()
-    port = _unused_port()
+    port = free_ports(1)[0]
     start = time.monotonic()
     with pytest.raises(BioMineError, match=rf"cannot reach the Ray cluster at 127.0.0.1:{port}"):
         init_ray(f"127.0.0.1:{port}")
