@@ -30,21 +30,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("job", help="job TOML file (see jobs/)")
     p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-    p.add_argument("--check", action="store_true", help="validate the job file and exit")
+    p.add_argument("--check", action="store_true", help="run every check `run` makes before starting (job file, "
+                   "models, inputs, output, address) and exit; writes nothing")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.run.jobspec import load_job
-    from pipeline.run.runner import run_job, summary_table
+    from pipeline.run.runner import preflight, run_job, summary_table
 
     spec = load_job(args.job)
+    if args.address:
+        spec.resources.address = args.address
     if args.check:
+        preflight(spec)  # every check `run` makes before it starts Ray; writes nothing
         print(f"{args.job}: ok ({spec.source.kind} source, tasks: {', '.join(spec.tasks) or 'none'}, "
               f"output {spec.output})")
         return 0
-    if args.address:
-        spec.resources.address = args.address
     manifest = run_job(spec, progress=not args.no_progress)
     import sys
 

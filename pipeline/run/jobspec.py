@@ -201,8 +201,16 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
         source.shard_size = _typed(src, "shard_size", int, "[source]", problems, positive=True) or 5000
         source.paths = [_resolve(p, base_dir) for p in src.get("paths", []) if isinstance(p, str)]
 
+    if "incremental" in job and not isinstance(job["incremental"], bool):
+        problems.append(f"[job] incremental = {job['incremental']!r}: use true or false (no quotes)")
     res = data.get("resources", {})
     dtype = _typed(res, "dtype", str, "[resources]", problems) or "auto"
+    for key, minimum, strict in (("actors", 0, False), ("gpus_per_actor", 0, False), ("cpus_per_actor", 0, True)):
+        value = res.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (value <= minimum if strict
+                                                                                 else value < minimum):
+            problems.append(f"[resources] {key} = {value!r}: must be {'>' if strict else '>='} {minimum}"
+                            + (" (0 = one per GPU, or per 2 CPUs)" if key == "actors" else ""))
     tasks: dict[str, TaskOptions] = {}
     for name, table in (data.get("tasks") or {}).items():
         if name in TASKS and isinstance(table, dict):

@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import BioMineError, StoreError
+from pipeline.errors import BioMineError, JobConfigError, StoreError
 from pipeline.run.jobspec import JobSpec
 from pipeline.store.datasets import TaskDataset
 from pipeline.store.lease import Lease
@@ -213,6 +213,24 @@ def job_identity(spec: JobSpec) -> dict[str, Any]:
     return {"name": spec.name, "source": source}
 
 
+def _check_owner(out: Location, spec: JobSpec) -> None:
+    """Refuse when ``out/_job.json`` names another job (writes nothing).
+
+    :raises StoreError: both jobs named.
+    """
+    mine = job_identity(spec)
+    path = out / JOB_FILE
+    try:
+        theirs = path.read_json()
+    except (FileNotFoundError, ValueError):
+        return
+    if {k: theirs.get(k) for k in mine} != mine:
+        raise StoreError(
+            f"{out} belongs to job {theirs.get('name')!r} (source {theirs.get('source')}), not to job "
+            f"{spec.name!r} (source {mine['source']}): use another output for this job, or delete {path} "
+            "to give it to this job (the other job's outputs would be mixed in)")
+
+
 def claim_output(out: Location, spec: JobSpec) -> None:
     """Record ``spec`` as the owner of ``out``, or refuse when another job owns it.
 
@@ -238,11 +256,7 @@ def claim_output(out: Location, spec: JobSpec) -> None:
                                  "it was not written by this job; use another output for it")
         path.write_json({"format": "biomine-job", **mine})
         return
-    if {k: theirs.get(k) for k in mine} != mine:
-        raise StoreError(
-            f"{out} belongs to job {theirs.get('name')!r} (source {theirs.get('source')}), not to job "
-            f"{spec.name!r} (source {mine['source']}): use another output for this job, or delete {path} "
-            "to give it to this job (the other job's outputs would be mixed in)")
+    _check_owner(out, spec)
 
 
 def code_version() -> dict[str, str]:
@@ -294,29 +308,80 @@ def _redacted(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "source": source} if "source" in raw else dict(raw)
 
 
-def _prepare_models(spec: JobSpec) -> dict[str, Any]:
-    """Check every task's checkpoint (cheaply: config and task files) and pin its checksum into the
-    task's options, before anything runs: the wrong kind of model is one clear error, not a failure
-    after an hour of fetching. A model on storage is fetched into this node's cache for the check."""
+def preflight(spec: JobSpec) -> dict[str, Any]:
+    """Every check ``run`` makes before its first Ray call, with every problem listed at once: the Ray
+    address, the output (not a file; not another job's), the source (input files exist, NCBI email
+    for E-utilities) and each task's checkpoint (kind, task, settings that fit its positions). It
+    writes nothing. ``biomine run --check`` runs exactly this.
+
+    Returns the task classes, with each task's model checksum pinned into ``spec.tasks``.
+
+    :raises JobConfigError: listing every problem found.
+    """
+    from pipeline.pubmed.ingest import discover_inputs
     from pipeline.tasks.registry import task_class
 
+    problems: list[str] = []
+
+    def check(where: str, fn, *args):
+        try:
+            return fn(*args)
+        except BioMineError as exc:
+            problems.append(f"{where}{exc}")
+            return None
+
+    check("[resources] address: ", check_address, spec.resources.address or os.environ.get("RAY_ADDRESS") or None)
+    out = check("[job] output: ", location, spec.output)
+    if out is not None:
+        if check("[job] output: ", out.is_file):
+            problems.append(f"[job] output = {spec.output!r} is a file: name a folder (it is created if needed)")
+        elif out.is_local and not _writable(out.local_path()):
+            problems.append(f"[job] output = {spec.output!r}: this user cannot write there; choose another folder")
+        elif check("[job] output: ", (out / JOB_FILE).exists):
+            check("", _check_owner, out, spec)
+    if spec.source.kind == "files":
+        check("[source] paths: ", discover_inputs, spec.source.paths)
+    else:
+        from pipeline.pubmed.eutils import Credentials, EutilsClient
+
+        src = spec.source
+        check("[source] ", lambda: EutilsClient(base_url=src.eutils_url, credentials=Credentials.resolve(
+            email=src.email, api_key=src.api_key)))
     classes = {}
     for name, options in list(spec.tasks.items()):
-        sha = model_checksum(options.model)
-        local = materialize(options.model, sha)
+        where = f"[tasks.{name}] "
+        sha = check(where, model_checksum, options.model)
+        local = check(where, materialize, options.model, sha) if sha else None
+        if local is None:
+            continue
         classes[name] = task_class(name)
-        classes[name].check_model(dataclasses.replace(options, model=str(local)))
-        spec.tasks[name] = dataclasses.replace(options, model_sha256=sha)
+        before = len(problems)
+        check(where, classes[name].check_model, dataclasses.replace(options, model=str(local)))
+        if len(problems) == before:
+            spec.tasks[name] = dataclasses.replace(options, model_sha256=sha)
+    if len(problems) == 1:
+        raise JobConfigError(problems[0])
+    if problems:  # one line still: (1) ...; (2) ... - every problem at once, greppable in a log
+        where = f" in {spec.path}" if spec.path else ""
+        raise JobConfigError(f"{len(problems)} problems{where}: "
+                             + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
     return classes
+
+
+def _writable(path: Path) -> bool:
+    """Whether ``path`` (or, when it does not exist yet, its nearest existing parent) can be written."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
 def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None) -> dict[str, Any]:
     """Run ``spec`` end to end; returns the manifest written to ``OUT/_manifest.json``.
 
+    :raises JobConfigError: anything :func:`preflight` finds (all of it at once).
     :raises StoreError: the output belongs to another job or is in use by another run.
     """
-    check_address(spec.resources.address or os.environ.get("RAY_ADDRESS") or None)
-    classes = _prepare_models(spec)
+    classes = preflight(spec)
     out = location(spec.output)
     out.mkdir()
     with Lease(out, what=f"biomine run {spec.path or spec.name}") as lease:

@@ -1,0 +1,107 @@
+"""`biomine run --check` runs every check that `run` makes before it starts Ray, lists every problem
+at once, exits 2 with a `biomine: error:` message, and writes nothing; `run` refuses the same jobs
+with the same message before anything is written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "jobs" / "data" / "demo_pubmed.xml"
+
+
+def job(tmp_path: Path, *, output: str | None = None, source: str | None = None, tasks: str = "",
+        resources: str = "", job_extra: str = "") -> Path:
+    path = tmp_path / "job.toml"
+    out = output if output is not None else f'"{tmp_path / "out"}"'
+    src = source or f'kind = "files"\npaths = ["{SAMPLE}"]'
+    path.write_text(f"[job]\nname = \"check\"\noutput = {out}\n{job_extra}\n[source]\n{src}\n{tasks}\n"
+                    f"[resources]\n{resources}\n")
+    return path
+
+
+def refused(capsys, path: Path, *needles: str, check: bool = True) -> str:
+    capsys.readouterr()
+    assert main(["run", str(path), "--no-progress"] + (["--check"] if check else [])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("biomine: error:") and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 or "problem(s) in" in err, err  # job-file lists: one per line
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+@pytest.fixture
+def bad_models(tmp_path, demo_models):
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(demo_models["ner"], corrupt)
+    (corrupt / "config.json").write_text("{not json")
+    return {"corrupt": corrupt}
+
+
+CASES = {
+    "base LM given to NER": (lambda m, b: f'[tasks.ner]\nmodel = "{m["summarize"]}"\n', ["ner: ", "NER needs"]),
+    "NER model given to RE": (lambda m, b: f'[tasks.re]\ntask = "ddi"\nmodel = "{m["ner"]}"\n', ["[tasks.re]"]),
+    "RE checkpoint of another task": (lambda m, b: f'[tasks.re]\ntask = "bc5cdr"\nmodel = "{m["re"]}"\n',
+                                      ["is a ddi checkpoint, not bc5cdr"]),
+    "corrupt config.json": (lambda m, b: f'[tasks.ner]\nmodel = "{b["corrupt"]}"\n', ["cannot read", "config.json"]),
+    "max_new_tokens beyond the positions": (
+        lambda m, b: f'[tasks.summarize]\nmodel = "{m["summarize"]}"\nmax_new_tokens = 4000\n', ["leaves no room"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_check_refuses_what_run_refuses(tmp_path, demo_models, bad_models, capsys, case):
+    tasks, needles = CASES[case]
+    path = job(tmp_path, tasks=tasks(demo_models, bad_models))
+    first = refused(capsys, path, *needles)
+    assert refused(capsys, path, *needles, check=False) == first  # `run` says the same, at once
+    assert not (tmp_path / "out").exists()  # and nothing was written
+
+
+def test_every_problem_is_listed_at_once(tmp_path, demo_models, capsys):
+    (tmp_path / "a-file").write_text("x")
+    path = job(tmp_path, output=f'"{tmp_path / "a-file"}"', source='kind = "files"\npaths = ["nowhere/*.xml.gz"]',
+               tasks=(f'[tasks.ner]\nmodel = "{demo_models["summarize"]}"\n'
+                      f'[tasks.re]\ntask = "ddi"\nmodel = "{demo_models["ner"]}"\n'))
+    err = refused(capsys, path, "4 problems", "is a file", "matches no files", "[tasks.ner]", "[tasks.re]")
+    assert "(4) " in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ('incremental = "false"', "[job] incremental = 'false': use true or false"),
+])
+def test_job_types(tmp_path, demo_models, capsys, setting, needle):
+    refused(capsys, job(tmp_path, tasks=f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\n', job_extra=setting), needle)
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ("actors = -2", "[resources] actors = -2: must be >= 0"),
+    ("gpus_per_actor = -1", "[resources] gpus_per_actor = -1: must be >= 0"),
+    ("cpus_per_actor = 0", "[resources] cpus_per_actor = 0: must be > 0"),
+])
+def test_resource_values(tmp_path, demo_models, capsys, setting, needle):
+    refused(capsys, job(tmp_path, tasks=f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\n', resources=setting), needle)
+
+
+def test_entrez_without_an_email_and_an_unreachable_address(tmp_path, demo_models, capsys, monkeypatch):
+    monkeypatch.delenv("NCBI_EMAIL", raising=False)
+    monkeypatch.delenv("BIOMINE_EUTILS_URL", raising=False)
+    path = job(tmp_path, source='kind = "entrez"\nquery = "warfarin"', resources='address = "127.0.0.1:1"',
+               tasks=f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\n')
+    refused(capsys, path, "2 problems", "contact email", "cannot reach the Ray cluster at 127.0.0.1:1")
+
+
+def test_check_passes_a_good_job_and_sees_an_owned_output(tmp_path, demo_models, capsys):
+    path = job(tmp_path, tasks=f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\n')
+    assert main(["run", str(path), "--check"]) == 0
+    assert "ok" in capsys.readouterr().out and not (tmp_path / "out").exists()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "_job.json").write_text(json.dumps({"format": "biomine-job", "name": "other", "source": {}}))
+    refused(capsys, path, "belongs to job 'other'")
