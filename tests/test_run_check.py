@@ -105,3 +105,20 @@ def test_check_passes_a_good_job_and_sees_an_owned_output(tmp_path, demo_models,
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "_job.json").write_text(json.dumps({"format": "biomine-job", "name": "other", "source": {}}))
     refused(capsys, path, "belongs to job 'other'")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["ingest", str(SAMPLE), "--out", "{tmp}/out", "--shard-rows", "0"], "--shard-rows 0: must be at least 1"),
+    (["fetch", "--query", "x", "--out", "{tmp}/out", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["query", "{tmp}", ""], "no SQL given"),
+    (["query", "{tmp}", "SELECT 1", "--max-rows", "-1"], "--max-rows -1: must be at least 1"),
+    (["ingest", str(SAMPLE), "--out", "{tmp}/a-file"], "a-file"),
+    (["kb", "build", "--relations", "{tmp}/nothing", "--out", "{tmp}"], "no relation files"),
+])
+def test_command_line_mistakes_are_one_line(tmp_path, capsys, argv, needle):
+    (tmp_path / "a-file").write_text("x")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("biomine: error:") and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no temp file left

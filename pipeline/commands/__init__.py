@@ -4,3 +4,18 @@ A module's ``register`` adds its parser and sets ``func`` to a handler taking th
 and returning an exit code. Heavy imports (torch, ray, pyarrow) happen inside the handler so that
 ``biomine --help`` stays instant.
 """
+
+from typing import Any
+
+
+def require_positive(args: Any, *flags: str, allow_zero: bool = False) -> None:
+    """Refuse, as one ``biomine: error:`` line, a numeric option below 1 (below 0 with ``allow_zero``).
+
+    :raises JobConfigError: naming the flag and its value.
+    """
+    from pipeline.errors import JobConfigError
+
+    for flag in flags:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None and (value < 0 if allow_zero else value < 1):
+            raise JobConfigError(f"{flag} {value}: must be {'0 or more' if allow_zero else 'at least 1'}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.commands import require_positive
+
 DESCRIPTION = """\
 Search PubMed through NCBI E-utilities (esearch on the history server, then efetch in batches)
 and write every hit once, as Parquet shards of the article schema (schemas/articles.py), under --out.
@@ -71,6 +73,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.pubmed.eutils import Credentials, EutilsClient, fetch_query, load_job_credentials
 
+    require_positive(args, "--batch-size", "--shard-rows", "--split-threshold", "--tries")
     job = load_job_credentials(args.job) if args.job else None
     creds = Credentials.resolve(email=args.email, api_key=args.api_key, tool=args.tool, job=job)
     client = EutilsClient(args.eutils_url, creds, rate=args.rate, timeout=args.timeout, tries=args.tries)

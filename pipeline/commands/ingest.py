@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.commands import require_positive
+
 DESCRIPTION = """\
 Stream PubMed XML files (the annual baseline and the daily updates, pubmedYYnNNNN.xml.gz, or any
 PubMed efetch XML) into Parquet shards of the article schema (schemas/articles.py) under --out.
@@ -42,6 +44,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.pubmed.ingest import ingest_files
 
+    require_positive(args, "--shard-rows")
     s = ingest_files(args.inputs, args.out, shard_rows=args.shard_rows, progress=args.progress)
     print(
         f"ingested {s.files} file(s) ({s.skipped} already done): {s.records} records, {s.added} new, "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.commands import require_positive
+
 EPILOG = """\
 views: documents, entities, relations, summaries (and kb when OUT/kb.parquet exists)
 
@@ -32,6 +34,11 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.outputs.query import query
 
+    require_positive(args, "--max-rows")
+    if not args.sql.strip():
+        from pipeline.errors import JobConfigError
+
+        raise JobConfigError('no SQL given: pass a query, e.g. "SELECT count(*) FROM documents"')
     df = query(args.out, args.sql, warn=lambda w: print(f"biomine: warning: {w}", file=sys.stderr))
     if args.format == "csv":
         print(df.to_csv(index=False), end="")
