@@ -102,6 +102,20 @@ def test_other_job_refused_settings_recompute_and_unfinished_runs_warn(tmp_path,
                         "or failed: re-run the job to complete it)"]
     assert main(["query", str(out), "SELECT count(*) AS n FROM documents"]) == 0
     assert "biomine: warning: entities: 1 of" in capsys.readouterr().err
+    # kb build over relations that miss a shard says so too.
+    from pipeline.outputs.kb import build_kb
+    from pipeline.run.stages import write_shard_output
+    from pipeline.store.datasets import ShardOutput, TaskDataset
+    from schemas.relations import RELATION_SCHEMA
+
+    relations = TaskDataset(location(out / "relations"))
+    relations.commit(ShardOutput("part-000000", write_shard_output(relations.loc, "part-000000",
+                                                                   RELATION_SCHEMA.empty_table()), 1),
+                     task="re", expected="x", input_shard={}, settings={})
+    kb_warnings = []
+    build_kb(out / "relations", out / "kb.parquet", warn=kb_warnings.append)
+    assert kb_warnings == [f"relations: {shards - 1} of {shards} document shards have no committed output (the run "
+                           "is unfinished or failed: re-run the job to complete it)"]
     again = run_job(load_job(job), progress=False)
     assert again["stages"]["ner"]["shards_done"] == 1 and again["stages"]["ner"]["shards_skipped"] == shards - 1
 

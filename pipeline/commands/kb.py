@@ -28,8 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from pipeline.outputs.kb import build_kb
 
-    n = build_kb(args.relations, args.out, task=args.task, documents=args.documents)
+    n = build_kb(args.relations, args.out, task=args.task, documents=args.documents,
+                 warn=lambda w: print(f"biomine: warning: {w}", file=sys.stderr))
     print(f"{args.out}: {n} edges")
     return 0

@@ -11,17 +11,21 @@ atomically; rebuilding from the same inputs gives the same file contents.
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Callable
 
 from pipeline.errors import BioMineError
 from pipeline.store.storage import location
 
+log = logging.getLogger(__name__)
 _NORM = "trim(regexp_replace(lower(nfc_normalize({col})), '\\s+', ' ', 'g'), ' .,;:\"''()[]')"
 
 
 def build_kb(relations: str | os.PathLike, out: str | os.PathLike, *, task: str = "ddi",
-             documents: str | os.PathLike | None = None) -> int:
-    """Build the edge table; returns the number of edges."""
+             documents: str | os.PathLike | None = None, warn: Callable[[str], None] | None = None) -> int:
+    """Build the edge table; returns the number of edges. ``warn`` gets a warning when the relations
+    cover fewer document shards than ``documents`` holds (an unfinished run)."""
     import duckdb
 
     from pipeline.outputs.query import register
@@ -39,6 +43,9 @@ def build_kb(relations: str | os.PathLike, out: str | os.PathLike, *, task: str 
 
             live = [s.name[: -len(".parquet")] for s in committed_shards(docs_dir)]
         files = TaskDataset(relations).committed_files(live)
+        if live is not None and files and len(files) < len(live):
+            (warn or log.warning)(f"relations: {len(live) - len(files)} of {len(live)} document shards have no "
+                                  "committed output (the run is unfinished or failed: re-run the job to complete it)")
     else:
         files = [relations] if relations.is_file() else []
     if not files:
