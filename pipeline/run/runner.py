@@ -330,7 +330,7 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
             problems.append(f"{where}{exc}")
             return None
 
-    check("[resources] address: ", check_address, spec.resources.address or os.environ.get("RAY_ADDRESS") or None)
+    check("", check_address, spec.resources.address or os.environ.get("RAY_ADDRESS") or None)
     out = check("[job] output: ", location, spec.output)
     if out is not None:
         if check("[job] output: ", out.is_file):
