@@ -118,6 +118,9 @@ def test_other_job_refused_settings_recompute_and_unfinished_runs_warn(tmp_path,
                            "is unfinished or failed: re-run the job to complete it)"]
     again = run_job(load_job(job), progress=False)
     assert again["stages"]["ner"]["shards_done"] == 1 and again["stages"]["ner"]["shards_skipped"] == shards - 1
+    # The manifest of that (resuming) run still counts the whole dataset, not just its own shard.
+    assert again["stages"]["ner"]["committed"] == first["stages"]["ner"]["committed"]
+    assert first["stages"]["ner"]["committed"]["shards"] == shards
 
 
 def test_one_run_at_a_time(tmp_path, models, ray_local, capsys):

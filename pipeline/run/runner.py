@@ -440,15 +440,20 @@ def _run(spec: JobSpec, classes: dict[str, Any], out: Location, lease: Lease, pr
         retired = sorted(set(dataset.records()) - live)
         for shard in retired:
             dataset.retire(shard)
+        # What the dataset holds now, whichever invocations computed it (a resumed run's own counts
+        # above cover only what it did itself), read from the commit records.
+        committed = dataset.records(live)
         manifest["stages"][name] = {
             "dataset": cls.dataset, "shards_done": result.shards_done, "shards_skipped": result.shards_skipped,
             "shards_retired": len(retired), "redone": result.redone, "documents": result.documents,
             "rows": result.rows, "seconds": round(result.seconds, 3), "actors": actors,
             "gpus_per_actor": gpus_per_actor, "failures": len(result.failures),
+            "committed": {"shards": len(committed), "documents": sum(r["documents"] for r in committed.values()),
+                          "rows": sum(r["file"]["rows"] or 0 for r in committed.values())},
         }
         # Every failed record of the current outputs (this run's and any a redo could not fix), read
         # from the commit records, so a killed run loses none.
-        manifest["failures"] += dataset.failures(live)
+        manifest["failures"] += [f for shard in sorted(committed) for f in committed[shard].get("failures", [])]
     manifest["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
     (out / MANIFEST).write_json(manifest)
@@ -456,14 +461,15 @@ def _run(spec: JobSpec, classes: dict[str, Any], out: Location, lease: Lease, pr
 
 
 def summary_table(manifest: dict[str, Any]) -> str:
-    rows = [("stage", "shards done", "skipped", "documents", "rows", "failures", "seconds")]
+    rows = [("stage", "shards done", "skipped", "documents", "rows", "failures", "seconds", "dataset rows")]
     d = manifest["stages"].get("documents", {})
-    rows.append(("documents", "-", "-", str(d.get("documents", "")), "-", "-", str(d.get("seconds", ""))))
+    rows.append(("documents", "-", "-", str(d.get("documents", "")), "-", "-", str(d.get("seconds", "")), "-"))
     for name, s in manifest["stages"].items():
         if name == "documents":
             continue
         rows.append((f"{name} -> {s['dataset']}", str(s["shards_done"]), str(s["shards_skipped"]),
-                     str(s["documents"]), str(s["rows"]), str(s["failures"]), str(s["seconds"])))
+                     str(s["documents"]), str(s["rows"]), str(s["failures"]), str(s["seconds"]),
+                     str(s.get("committed", {}).get("rows", ""))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
