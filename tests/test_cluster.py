@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,7 +162,8 @@ def test_storage_round_trip_on_s3_and_uri_resolution(tmp_path, s3_server, monkey
 
 @pytest.mark.slow
 def test_two_node_cluster_without_a_shared_disk_survives_a_lost_node(tmp_path, tmp_path_factory, demo_models,
-                                                                     s3_server, local_reference, monkeypatch):
+                                                                     s3_server, local_reference, monkeypatch,
+                                                                     request):
     """A head (no CPUs: it runs nothing) and a worker node that cannot see this machine's test folders
     (its own mount namespace): the ingest task, the prepare tasks and the model actors all run on the
     worker and reach documents, models and outputs through S3 only. The worker node is killed once
@@ -178,7 +180,9 @@ def test_two_node_cluster_without_a_shared_disk_survives_a_lost_node(tmp_path, t
     job.write_text(job_text(name="s3-parity", output=out, inputs=f"s3://{bucket}/two-node/inputs/",
                             models=remote_models))
     hidden = [tmp_path_factory.getbasetemp()]  # the job file, the local models, the local run: all of it
+    # Outside the hidden folders (the worker must write it); removed when the test ends.
     node_cache = Path(tempfile.mkdtemp(prefix="biomine-node-cache-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(node_cache, ignore_errors=True))
     worker_env = {**s3_server, "BIOMINE_MODEL_CACHE": str(node_cache / "models")}
     with Cluster(tmp_path) as cluster:
         worker = cluster.add_node("worker", cpus=2, env=worker_env, hide=hidden)
