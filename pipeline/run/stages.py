@@ -213,9 +213,9 @@ def _quiet_ray_data_console() -> None:
 def write_shard_output(out: Location, shard: str, table) -> FileInfo:
     """Write one shard's rows as its content-named data file in dataset ``out``."""
     data = parquet_bytes(table)
-    name = data_file_name(shard, hashlib.sha256(data).hexdigest())
-    info = (out / name).write_bytes(data)
-    return FileInfo(name, info.size, info.sha256, table.num_rows)
+    digest = hashlib.sha256(data).hexdigest()  # names the file, and is its checksum
+    info = (out / data_file_name(shard, digest)).write_bytes(data, digest)
+    return FileInfo(info.name, info.size, info.sha256, table.num_rows)
 
 
 def run_task_stage(task_cls: type[Task], options: TaskOptions, shards: Sequence[str | os.PathLike | Location],

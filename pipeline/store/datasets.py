@@ -83,11 +83,21 @@ class TaskDataset:
     def __init__(self, loc: Location):
         self.loc = loc
         self.commits = loc / COMMITS
+        # Every record, read once (on first need) and then kept current by this object's own commits
+        # and retirements: the run that uses it holds the job's lease, so nobody else writes them.
+        # Planning, garbage collection, retiring and the manifest then share one listing of the
+        # folder instead of reading every record four or five times per stage.
+        self._all: dict[str, dict[str, Any]] | None = None
 
     # --- reading records ---------------------------------------------------------------------------
     def record(self, shard: str) -> dict[str, Any] | None:
         """The commit record of ``shard``; None when there is none or it is unreadable (a damaged
         record is as good as none: the shard is redone and the record rewritten)."""
+        if self._all is not None:
+            return self._all.get(shard)
+        return self._read(shard)
+
+    def _read(self, shard: str) -> dict[str, Any] | None:
         path = self.commits / f"{shard}.json"
         try:
             record = path.read_json()
@@ -103,10 +113,14 @@ class TaskDataset:
 
     def records(self, shards: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
         """Commit records by shard (of ``shards``, default every record in the folder)."""
-        names = list(shards) if shards is not None else [n[:-5] for n in self.commits.files(".json")]
-        with ThreadPoolExecutor(_THREADS) as pool:
-            found = dict(zip(names, pool.map(self.record, names)))
-        return {k: v for k, v in found.items() if v is not None}
+        if self._all is None:
+            names = [n[: -len(".json")] for n in self.commits.files(".json")]
+            with ThreadPoolExecutor(_THREADS) as pool:
+                found = dict(zip(names, pool.map(self._read, names)))
+            self._all = {k: v for k, v in found.items() if v is not None}
+        if shards is None:
+            return dict(self._all)
+        return {s: self._all[s] for s in shards if s in self._all}
 
     # --- verifying -----------------------------------------------------------------------------
     def check(self, shard: str, expected: str, input_shard: Mapping[str, Any], settings: Mapping[str, Any],
@@ -161,6 +175,8 @@ class TaskDataset:
             "committed_at": _now(),
         }
         (self.commits / f"{output.shard}.json").write_json(record)
+        if self._all is not None:
+            self._all[output.shard] = record
         if previous and previous["file"]["name"] != output.file.name:
             (self.loc / previous["file"]["name"]).delete()
         return record
@@ -169,12 +185,14 @@ class TaskDataset:
         """Remove ``shard``'s output (its document shard is gone): the record first, then the file."""
         record = self.record(shard)
         (self.commits / f"{shard}.json").delete()
+        if self._all is not None:
+            self._all.pop(shard, None)
         if record:
             (self.loc / record["file"]["name"]).delete()
 
     def clear(self) -> int:
         """Remove every record and data file (a non-incremental job starts from nothing)."""
-        shards = [n[:-5] for n in self.commits.files(".json")]
+        shards = list(self.records())
         for shard in shards:
             self.retire(shard)
         self.collect_garbage()

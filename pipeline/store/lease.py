@@ -71,6 +71,7 @@ class Lease:
         self.ttl = ttl
         self.settle = settle
         self.run_id = uuid.uuid4().hex
+        self._taken_at: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: Why this run no longer holds the lease (another run took it over), or "".
@@ -80,7 +81,7 @@ class Lease:
         now = _now()
         return {"run_id": self.run_id, "what": self.what, "host": socket.gethostname(), "pid": os.getpid(),
                 "pid_namespace": _pid_namespace(),
-                "taken_at": getattr(self, "_taken_at", now.isoformat(timespec="seconds")),
+                "taken_at": self._taken_at or now.isoformat(timespec="seconds"),
                 "expires_at": (now + _dt.timedelta(seconds=self.ttl)).isoformat(timespec="seconds")}
 
     def _holder(self) -> dict[str, Any] | None:

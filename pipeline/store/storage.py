@@ -224,23 +224,21 @@ class Location:
         info = self.info()
         return info.size if info.type == pafs.FileType.File else None
 
+    def _entries(self) -> list[pafs.FileInfo]:
+        try:
+            return self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
     @_named
     def listdir(self) -> list[str]:
         """Names of the files and folders directly inside (sorted; [] when the folder does not exist)."""
-        try:
-            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
+        return sorted(posixpath.basename(i.path.rstrip("/")) for i in self._entries())
 
     @_named
     def files(self, suffix: str = "") -> list[str]:
         """Names of the files directly inside whose name ends with ``suffix`` (temporary files excluded)."""
-        try:
-            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        names = [posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File]
+        names = [posixpath.basename(i.path) for i in self._entries() if i.type == pafs.FileType.File]
         return sorted(n for n in names if n.endswith(suffix) and not n.startswith(atomic.TMP_PREFIX))
 
     def open_input(self) -> IO[bytes]:
@@ -277,15 +275,15 @@ class Location:
         self.fs.create_dir(self.path, recursive=True)
 
     @_named
-    def write_bytes(self, data: bytes) -> FileInfo:
-        """``data`` as this file, atomically; returns its size and sha256."""
+    def write_bytes(self, data: bytes, sha256: str | None = None) -> FileInfo:
+        """``data`` as this file, atomically; returns its size and sha256 (``sha256``: already known)."""
         if self.is_local:
             atomic.write_bytes(data, self.path)
         else:
             # One PUT of the whole object: readers see all of it or (before) none of it.
             with self.fs.open_output_stream(self.path, compression=None) as f:
                 f.write(data)
-        return FileInfo(self.name, len(data), hashlib.sha256(data).hexdigest())
+        return FileInfo(self.name, len(data), sha256 or hashlib.sha256(data).hexdigest())
 
     def write_json(self, data: Any) -> FileInfo:
         payload = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
