@@ -38,6 +38,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_tokenizer.py
 	$(BIN)/python benchmarks/bench_parse.py --articles 5000 --repeat 1 --no-save
 	$(BIN)/python benchmarks/bench_generation.py --quick
+	$(BIN)/python benchmarks/bench_scale.py --files 4 --articles 500 --updates 2 --overhead-docs 500
 	$(BIN)/python benchmarks/bench_pipeline.py --quick
 
 clean:

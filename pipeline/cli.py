@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "pipeline.commands.demo",
     "pipeline.commands.fetch",
     "pipeline.commands.ingest",
+    "pipeline.commands.compact",
     "pipeline.commands.convert",
     "pipeline.commands.generate",
     "pipeline.commands.train",

@@ -69,6 +69,12 @@ def corpus(out) -> dict[int, dict]:
     return {r["pmid"]: r for r in rows}
 
 
+def files_of(out) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``out`` (but the lock): its modification time and bytes."""
+    return {str(p.relative_to(out)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "_lock"}
+
+
 def without_fetch_time(out) -> pa.Table:
     return read_articles(out).drop_columns(["fetched_at"])
 
@@ -85,8 +91,12 @@ def test_baseline_plus_updates_is_the_current_corpus(pubmed_files, tmp_path):
     manifest = read_manifest(tmp_path / "out")
     assert list(manifest["inputs"]) == ["pubmed25n0001.xml.gz", "pubmed25n0002.xml.gz", "pubmed25n0003.xml"]
     assert all(s["rows"] <= 4 for s in manifest["shards"])
-    # What is on disk is exactly what the manifest lists: a plain Parquet reader sees the same corpus.
-    assert ds.dataset(tmp_path / "out", format="parquet").to_table().num_rows == 10
+    # Shards are immutable: revised and deleted records are tombstoned, not rewritten. A plain Parquet
+    # reader sees the committed shards whole (the live rows plus the 5 tombstoned ones: 3 and 5
+    # revised, 7 and 2 deleted, and update 2's late copy of 5 version 1, which loses to version 2).
+    assert summary.tombstoned == 5
+    assert ds.dataset(tmp_path / "out", format="parquet").to_table().num_rows == 10 + 5
+    assert sum(s["deleted"] for s in manifest["shards"]) == 5
 
 
 def test_files_one_by_one_equal_all_at_once(pubmed_files, tmp_path):
@@ -99,38 +109,41 @@ def test_files_one_by_one_equal_all_at_once(pubmed_files, tmp_path):
 def test_rerun_is_a_no_op(pubmed_files, tmp_path):
     out = tmp_path / "out"
     ingest_files([pubmed_files], out, shard_rows=4)
-    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir() if p.name != "_lock"}
+    before = files_of(out)
     summary = ingest_files([pubmed_files], out, shard_rows=4)
     assert (summary.files, summary.skipped, summary.records) == (0, 3, 0)
-    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir() if p.name != "_lock"}
-    assert after == before
+    assert files_of(out) == before
 
 
 @pytest.mark.parametrize("crash_at", [1, 3, 5])
 def test_crash_then_rerun_equals_an_uninterrupted_run(pubmed_files, tmp_path, monkeypatch, crash_at):
     ingest_files([pubmed_files], tmp_path / "clean", shard_rows=4)
 
-    import pipeline.store.shards as shards
+    import pipeline.pubmed.ingest as ingest
 
-    real_write, writes = shards.Transaction.write, []
+    real_write, writes = ingest.write_shard, []
 
-    def crashing_write(self, rows):
-        info = real_write(self, rows)
+    def crashing_write(*args):
+        info = real_write(*args)
         writes.append(info)
         if len(writes) == crash_at:
             raise RuntimeError("simulated crash after a shard was written")
         return info
 
-    monkeypatch.setattr(shards.Transaction, "write", crashing_write)
+    monkeypatch.setattr(ingest, "write_shard", crashing_write)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        ingest_files([pubmed_files], tmp_path / "crashed", shard_rows=4)
-    monkeypatch.setattr(shards.Transaction, "write", real_write)
+        ingest_files([pubmed_files], tmp_path / "crashed", shard_rows=4, commit_seconds=0)
+    monkeypatch.setattr(ingest, "write_shard", real_write)
     # Nothing of the interrupted file is visible.
     partial = read_manifest(tmp_path / "crashed")
     assert len(partial["inputs"]) < 3
     ingest_files([pubmed_files], tmp_path / "crashed", shard_rows=4)
     assert without_fetch_time(tmp_path / "crashed").equals(without_fetch_time(tmp_path / "clean"))
-    assert sorted(os.listdir(tmp_path / "crashed")) == sorted(os.listdir(tmp_path / "clean"))
+    # Deletion vectors the re-run superseded stay until the directory is next opened (a reader may be
+    # reading them); opening it removes them, and then the two directories hold the same files.
+    for out in ("crashed", "clean"):
+        ShardStore(tmp_path / out, "ingest").close()
+    assert sorted(files_of(tmp_path / "crashed")) == sorted(files_of(tmp_path / "clean"))
 
 
 def test_a_file_sorting_before_an_ingested_one_is_refused(pubmed_files, tmp_path):
@@ -140,12 +153,95 @@ def test_a_file_sorting_before_an_ingested_one_is_refused(pubmed_files, tmp_path
         ingest_files([pubmed_files / "pubmed25n0001.xml.gz"], out)
 
 
-def test_a_changed_input_is_refused(pubmed_files, tmp_path):
+def test_inputs_are_recognised_by_content_not_name_and_size(tmp_path, caplog):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    path = write(src / "pubmed25n0001.xml", [article_xml(1, title="Aaaa."), article_xml(2)], gz=False)
+    ingest_files([path], out)
+    size = path.stat().st_size
+    # Same name, same size, other content (NLM re-issued the file, or it was replaced by hand).
+    write(path, [article_xml(1, title="Bbbb."), article_xml(3)], gz=False)
+    assert path.stat().st_size == size
+    summary = ingest_files([path], out)
+    assert (summary.files, summary.skipped, summary.reissued) == (1, 0, ["pubmed25n0001.xml"])
+    assert "changed since it was ingested" in caplog.text
+    rows = corpus(out)
+    assert sorted(rows) == [1, 2, 3] and rows[1]["title"] == "Bbbb."
+    # The same content again, under any name, is recognised as done.
+    (src / "pubmed25n0002.xml").write_bytes(path.read_bytes())
+    again = ingest_files([src], out)
+    assert (again.files, again.skipped) == (0, 2)
+    assert list(read_manifest(out)["inputs"]) == ["pubmed25n0001.xml"]
+
+
+def test_a_changed_file_that_sorts_before_a_later_one_is_refused(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    write(src / "pubmed25n0001.xml", [article_xml(1, title="Aaaa.")], gz=False)
+    write(src / "pubmed25n0002.xml", [article_xml(1, title="Newer.")], deletions=[], gz=False)
+    ingest_files([src], out)
+    before = files_of(out)
+    write(src / "pubmed25n0001.xml", [article_xml(1, title="Bbbb.")], gz=False)  # re-issued, but 0002 is newer
+    with pytest.raises(IngestError, match="pubmed25n0001.xml changed since it was ingested, and pubmed25n0002.xml"):
+        ingest_files([src], out)
+    assert files_of(out) == before and corpus(out)[1]["title"] == "Newer."
+
+
+def test_the_same_content_twice_in_one_call_applies_once(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    write(src / "pubmed25n0001.xml", [article_xml(1)], gz=False)
+    (src / "pubmed25n0002.xml").write_bytes((src / "pubmed25n0001.xml").read_bytes())
+    summary = ingest_files([src], out)
+    assert (summary.files, summary.skipped, summary.records) == (1, 1, 1)
+    assert list(read_manifest(out)["inputs"]) == ["pubmed25n0001.xml"]
+
+
+def test_any_file_name_gives_a_valid_shard_name(tmp_path):
+    path = write(tmp_path / "my export (1) données.xml", [article_xml(1), article_xml(2)], gz=False)
+    ingest_files([path], tmp_path / "out")
+    (shard,) = read_manifest(tmp_path / "out")["shards"]
+    assert shard["name"].startswith("part-my_export__1__donn_es-") and sorted(corpus(tmp_path / "out")) == [1, 2]
+
+
+def test_a_transaction_undoes_only_what_came_after_its_last_commit(tmp_path):
     out = tmp_path / "out"
-    ingest_files([pubmed_files / "pubmed25n0001.xml.gz"], out)
-    write(pubmed_files / "pubmed25n0001.xml.gz", [article_xml(1), article_xml(2)])
-    with pytest.raises(IngestError, match="the file changed"):
-        ingest_files([pubmed_files / "pubmed25n0001.xml.gz"], out)
+    row = {"version": 1, "record_type": "article", "has_abstract": False}
+    with ShardStore(out, "ingest", shard_rows=2) as store:
+        with pytest.raises(RuntimeError, match="boom"):
+            with store.transaction() as txn:
+                first = txn.write([{**row, "pmid": 1}])
+                txn.commit()
+                second = txn.write([{**row, "pmid": 2}])
+                txn.tombstone(first.name, [1])
+                raise RuntimeError("boom")
+        assert [s.name for s in store.shards] == [first.name] and store.shards[0].deleted == 0
+        assert (out / first.name).exists() and not (out / second.name).exists()
+
+
+def test_a_failed_cleanup_after_a_commit_loses_nothing(tmp_path, monkeypatch):
+    from pipeline.store import shards as shards_module
+    from pipeline.store.storage import Location
+
+    out = tmp_path / "out"
+    write(tmp_path / "pubmed25n0001.xml", [article_xml(p) for p in range(1, 5)], gz=False)
+    write(tmp_path / "pubmed25n0002.xml", [], deletions=[1, 2, 3], gz=False)
+    ingest_files([tmp_path / "pubmed25n0001.xml", tmp_path / "pubmed25n0002.xml"], out)
+    real_delete = Location.delete
+
+    def failing_delete(self):
+        if self.name.endswith(".parquet") and not self.name.startswith("."):
+            raise OSError("transient storage error")
+        return real_delete(self)
+
+    monkeypatch.setattr(Location, "delete", failing_delete)
+    with ShardStore(out, "ingest") as store:
+        (old, new), = shards_module.compact(store, min_deleted=0.5)
+    monkeypatch.setattr(Location, "delete", real_delete)
+    assert (out / old).exists()  # could not be removed: left for the next open
+    assert sorted(corpus(out)) == [4] and [s["name"] for s in read_manifest(out)["shards"]] == [new]
+    ShardStore(out, "ingest").close()
+    assert not (out / old).exists() and sorted(corpus(out)) == [4]
 
 
 def test_a_malformed_file_commits_nothing_and_names_the_record(tmp_path):

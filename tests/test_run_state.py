@@ -106,11 +106,13 @@ def test_other_job_refused_settings_recompute_and_unfinished_runs_warn(tmp_path,
     from pipeline.outputs.kb import build_kb
     from pipeline.run.stages import write_shard_output
     from pipeline.store.datasets import ShardOutput, TaskDataset
+    from pipeline.store.shards import committed_shards
     from schemas.relations import RELATION_SCHEMA
 
+    first_shard = committed_shards(out / "documents")[0].stem
     relations = TaskDataset(location(out / "relations"))
-    relations.commit(ShardOutput("part-000000", write_shard_output(relations.loc, "part-000000",
-                                                                   RELATION_SCHEMA.empty_table()), 1),
+    relations.commit(ShardOutput(first_shard, write_shard_output(relations.loc, first_shard,
+                                                                 RELATION_SCHEMA.empty_table()), 1),
                      task="re", expected="x", input_shard={}, settings={})
     kb_warnings = []
     build_kb(out / "relations", out / "kb.parquet", warn=kb_warnings.append)

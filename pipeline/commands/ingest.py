@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from pipeline.commands import require_positive
 
@@ -10,10 +11,15 @@ DESCRIPTION = """\
 Stream PubMed XML files (the annual baseline and the daily updates, pubmedYYnNNNN.xml.gz, or any
 PubMed efetch XML) into Parquet shards of the article schema (schemas/articles.py) under --out.
 
-Files are applied in file-name order and the output is the current corpus: each PMID once, as the
-latest file has it (a higher PMID Version is never replaced by a lower one), and DeleteCitation
-removes it. Each file is committed atomically; re-running skips files already ingested and
-finishes a file that an interrupted run left half done.
+Files are parsed in parallel (--workers processes) and applied in file-name order; the output is
+the current corpus: each PMID once, as the latest file has it (a higher PMID Version is never
+replaced by a lower one), and DeleteCitation removes it. Shards are never rewritten: a revised or
+deleted article is tombstoned in the shard that held it and its new version goes into a new shard,
+so a daily update writes (and a job then computes) only what it changes. Inputs are recognised by
+their sha256: re-running skips files already ingested, whatever their names, and a file that
+changed under a known name is applied again (if no later file is ingested yet). Files are committed
+together every 30 seconds and at the end; an interrupted run loses at most those and a re-run
+finishes the job.
 """
 
 EPILOG = """\
@@ -24,7 +30,9 @@ examples:
   biomine ingest jobs/data/demo_pubmed.xml --out /tmp/demo-articles     # the bundled demo file
 
 A new file must sort after every file already in --out (NLM's numbering guarantees it for the
-baseline and its updates). More: docs/ingestion.md.
+baseline and its updates). Read the result with pipeline.store.shards.read_articles(DIR) or
+`biomine query`: a plain Parquet reader of DIR also sees tombstoned rows. Shards that are mostly
+tombstoned can be rewritten with `biomine compact`. More: docs/ingestion.md.
 """
 
 
@@ -36,6 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="PubMed XML files (.xml/.xml.gz) or directories of them")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
     p.add_argument("--shard-rows", type=int, default=10_000, help="rows per Parquet shard (default 10000)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help=f"processes that hash and parse files in parallel (default: the CPUs, {os.cpu_count()})")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: only on a terminal)")
     p.set_defaults(func=run)
@@ -44,8 +54,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.pubmed.ingest import ingest_files
 
-    require_positive(args, "--shard-rows")
-    s = ingest_files(args.inputs, args.out, shard_rows=args.shard_rows, progress=args.progress)
+    require_positive(args, "--shard-rows", "--workers")
+    s = ingest_files(args.inputs, args.out, shard_rows=args.shard_rows, progress=args.progress,
+                     workers=args.workers)
     print(
         f"ingested {s.files} file(s) ({s.skipped} already done): {s.records} records, {s.added} new, "
         f"{s.replaced} replaced, {s.deleted} deleted; {s.rows} articles in {args.out}"

@@ -34,15 +34,23 @@ def build_kb(relations: str | os.PathLike, out: str | os.PathLike, *, task: str 
 
     relations = location(relations)
     docs_dir = location(documents) if documents else relations.parent / "documents"
+    doc_shards = None
+    tombstones = None
+    if (docs_dir / "_manifest.json").exists():
+        from pipeline.store.shards import committed_shards
+        from pipeline.store.shards import tombstones as read_tombstones
+
+        doc_shards = committed_shards(docs_dir)
+        tombstones = read_tombstones(docs_dir, doc_shards)
+    shards = None
     if relations.is_dir():
         # A job's dataset: its committed files only (never a killed run's leftovers); the commit
-        # records carry the shard names, and only shards still in `documents` count.
-        live = None
-        if (docs_dir / "_manifest.json").exists():
-            from pipeline.store.shards import committed_shards
-
-            live = [s.name[: -len(".parquet")] for s in committed_shards(docs_dir)]
-        files = TaskDataset(relations).committed_files(live)
+        # records carry the shard names, only shards still in `documents` count, and relations of
+        # tombstoned (revised or deleted) articles are masked.
+        live = None if doc_shards is None else [s.stem for s in doc_shards]
+        records = TaskDataset(relations).records(live)
+        shards = sorted(records)
+        files = [relations / records[s]["file"]["name"] for s in shards]
         if live is not None and files and len(files) < len(live):
             (warn or log.warning)(f"relations: {len(live) - len(files)} of {len(live)} document shards have no "
                                   "committed output (the run is unfinished or failed: re-run the job to complete it)")
@@ -52,16 +60,12 @@ def build_kb(relations: str | os.PathLike, out: str | os.PathLike, *, task: str 
         raise BioMineError(f"no relation files in {relations} (only committed outputs count): point --relations "
                            "at a job's OUT/relations")
     con = duckdb.connect()
-    register(con, "rel", files)
+    register(con, "rel", files, shards, tombstones)
     date_join = "NULL::DATE AS pub_date"
-    if (docs_dir / "_manifest.json").exists():
-        from pipeline.store.shards import iter_shard_locations
-
-        doc_files = list(iter_shard_locations(docs_dir))
-        if doc_files:
-            register(con, "docs_all", doc_files)
-            con.execute("CREATE VIEW docs AS SELECT pmid, pub_year, pub_month, pub_day FROM docs_all")
-            date_join = None
+    if doc_shards:
+        register(con, "docs_all", [docs_dir / s.name for s in doc_shards], [s.stem for s in doc_shards], tombstones)
+        con.execute("CREATE VIEW docs AS SELECT pmid, pub_year, pub_month, pub_day FROM docs_all")
+        date_join = None
     sql = f"""
     WITH r AS (
       SELECT pmid, relation, evidence_text, {_NORM.format(col='head')} AS h, {_NORM.format(col='tail')} AS t

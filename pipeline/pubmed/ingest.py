@@ -5,23 +5,38 @@ Contract (what ``biomine ingest`` promises):
 - Inputs are PubMed XML files (``pubmedYYnNNNN.xml.gz`` or any ``.xml``/``.xml.gz``), given as files,
   directories (a directory contributes its ``*.xml`` and ``*.xml.gz`` files, not recursively) or
   glob patterns, each a local path or a storage URI (:mod:`pipeline.store.storage`); the output too.
-  They are processed in file-name order, which for NLM's files is publication order: the baseline,
-  then the daily updates.
-- The output is the **current corpus**: each PMID at most once, in the version that the latest
+  They apply in file-name order, which for NLM's files is publication order (the baseline, then the
+  daily updates, by sequence number), **whatever order the parallel workers finish in**: the same
+  inputs give the same shards (names and bytes) and the same rows with 1 worker or 16.
+- The output is the **current corpus**: each PMID live at most once, in the version that the latest
   file gives it, except that a higher ``PMID Version`` is never replaced by a lower one (for
   versioned journals, where NLM keeps several versions of one PMID). A ``DeleteCitation`` removes
   the PMID, including any record of it earlier in the same file (the DTD puts deletions last).
   Within one file a later record of the same PMID and version wins.
-- Each file is one transaction (:class:`pipeline.store.shards.Transaction`): its new shards, the rewritten
-  older shards that held records it replaces or deletes, and the note that the file is done become
-  visible together. A crash therefore loses at most the file in progress, and re-running the same
-  command finishes the job with exactly the output an uninterrupted run gives (apart from
-  ``fetched_at``). Files already recorded are skipped, so a re-run is a no-op.
-- Memory is bounded by one shard of rows plus the PMIDs of one file: files are streamed.
+- **An update costs what it changes.** Each file's records go into new shards named after the file
+  and its checksum (``part-<file>-<sha8>-NNNN.parquet``); a record it revises or deletes is
+  tombstoned in the shard that held it (its deletion vector, :mod:`pipeline.store.shards`), never
+  rewritten, so the task outputs of every unchanged article stay valid and only the file's own
+  records are computed.
+- **Inputs are recognised by content**: every input is hashed (sha256, in parallel) and a file whose
+  checksum is recorded is skipped, whatever its name. A file whose name is recorded with another
+  checksum (re-issued by NLM, or replaced by hand) is ingested again and applied on top of the
+  current corpus, with a warning, if no later file is ingested yet. A new or changed file that sorts
+  before an ingested one is refused (applying it now would let older records override newer ones).
+- Parsing runs in parallel workers (``workers`` local processes, or Ray tasks in a job:
+  :class:`Pool`); each writes its file's shards to the output's storage itself. This process applies
+  the files in order (finds the rows they replace, tombstones them) and commits every
+  ``commit_seconds`` (default 30 s) and at the end: new shards, tombstones and the files they came
+  from become visible together. A crash loses at most the files applied since the last commit, and
+  re-running the same command finishes with exactly the output an uninterrupted run gives (apart
+  from ``fetched_at``). A re-run with nothing new is a no-op.
+- Memory here is bounded by the PMIDs of the files applied since the last commit and the manifest
+  (a few hundred bytes per shard); no process holds every PMID. Finding the rows a file replaces
+  reads the ``pmid``/``version`` columns of the shards whose PMID range covers the file's (for the
+  baseline, a neighbour or two; for a daily update, every shard), in parallel tasks.
 
 :raises IngestError: an input is missing, unreadable or malformed (the message names the file, the
-    position and the last good PMID), a recorded file has changed since it was ingested, or a new
-    file sorts before one already ingested (applying it now would let old records override newer ones).
+    position and the last good PMID), or a new file sorts before one already ingested.
 """
 
 from __future__ import annotations
@@ -32,21 +47,35 @@ import datetime as _dt
 import fnmatch
 import glob
 import logging
+import multiprocessing
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+import re
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import IngestError
 from pipeline.pubmed.parser import Deletion, iter_records
-from pipeline.store.shards import DEFAULT_SHARD_ROWS, ShardStore, Transaction
+from pipeline.store.shards import (
+    DEFAULT_SHARD_ROWS,
+    ShardInfo,
+    ShardStore,
+    Transaction,
+    live_mask,
+    read_deletions,
+    write_shard,
+)
 from pipeline.store.storage import Location, location
 
 log = logging.getLogger(__name__)
 
 INPUT_SUFFIXES = (".xml", ".xml.gz")
+#: Locating replaced rows runs here, not in a task, when the candidate shards hold fewer rows.
+INLINE_LOCATE_ROWS = 50_000
 
 
 @dataclass
@@ -59,7 +88,69 @@ class IngestSummary:
     added: int = 0
     replaced: int = 0
     deleted: int = 0
+    #: Live articles in the output after the call.
     rows: int = 0
+    #: Rows tombstoned by this call (replaced, deleted, or a lower version than one already there).
+    tombstoned: int = 0
+    #: Shards written by this call, their rows, the commits and the manifest bytes they wrote.
+    shards: int = 0
+    shard_rows: int = 0
+    commits: int = 0
+    manifest_bytes: int = 0
+    reissued: list[str] = field(default_factory=list)
+
+
+# --- parallelism ------------------------------------------------------------------------------------
+class Pool(Protocol):
+    """Where ingest runs its parallel work: ``submit(fn, *args)`` returns something with
+    ``result()``. ``fn`` is a module-level function of picklable arguments (a :class:`Location`
+    pickles as its URI and is resolved again where it lands). ``workers`` sizes the window of files
+    parsed ahead of the one being applied."""
+
+    workers: int
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any: ...  # -> has result() and cancel()
+
+
+class _Deferred:
+    """Inline work, run when its result is asked for (so a serial ingest parses a file, then applies it)."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple):
+        self.fn, self.args = fn, args
+
+    def result(self) -> Any:
+        return self.fn(*self.args)
+
+    def cancel(self) -> None:
+        self.fn = None
+
+
+class LocalPool:
+    """``workers`` processes on this machine; 1: everything inline, in this process."""
+
+    def __init__(self, workers: int = 1):
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.workers = workers
+        # spawn: each worker starts from this process's environment as it is now (storage endpoint
+        # and credentials: a forkserver would hand on the environment of whenever it first started)
+        # and inherits none of its threads (a lease renewer, an S3 client's pool), which a forked
+        # child would inherit in an unknown state.
+        self._executor = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                          if workers > 1 else None)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future | _Deferred:
+        return self._executor.submit(fn, *args) if self._executor else _Deferred(fn, args)
+
+    def close(self) -> None:
+        if self._executor:
+            self._executor.shutdown(cancel_futures=True)
+
+    def __enter__(self) -> "LocalPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def discover_inputs(paths: Iterable[str | os.PathLike]) -> list[Location]:
@@ -105,53 +196,51 @@ def discover_inputs(paths: Iterable[str | os.PathLike]) -> list[Location]:
     return sorted(by_name.values(), key=lambda p: p.name)
 
 
-def ingest_files(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *,
-                 shard_rows: int = DEFAULT_SHARD_ROWS, progress: bool | None = None,
-                 now: Callable[[], _dt.datetime] | None = None, lock: bool = True) -> IngestSummary:
-    """Ingest PubMed XML files into the current-corpus directory ``out`` (see the module docstring).
 
-    ``progress`` None shows a bar on a terminal only. ``lock=False``: the caller holds a lease that
-    covers ``out`` already (a job run), so the store takes none of its own.
+@dataclass(frozen=True)
+class InputFile:
+    """One input, recognised by its content."""
 
-    :raises IngestError: see the module docstring.
-    :raises ShardStateError: ``out`` is another kind of output or in use.
-    """
-    from tqdm import tqdm
+    loc: Location
+    size: int
+    sha256: str
 
-    now = now or (lambda: _dt.datetime.now(_dt.timezone.utc))
-    files = discover_inputs(paths)
-    summary = IngestSummary()
-    with ShardStore(out, "ingest", shard_rows=shard_rows, lock=lock) as store:
-        todo = []
-        for path in files:
-            record = store.inputs.get(path.name)
-            size = path.size()
-            if record is None:
-                todo.append(path)
-            elif record["size"] != size:
-                raise IngestError(
-                    f"{path} is {size} bytes but was ingested as {record['size']} bytes: the file changed; "
-                    f"ingest into a new --out directory"
-                )
-            else:
-                summary.skipped += 1
-        if todo and store.inputs:
-            last = max(store.inputs)
-            early = [p.name for p in todo if p.name < last]
-            if early:
-                raise IngestError(
-                    f"{early[0]} sorts before {last}, which is already ingested into {out}; applying it now "
-                    f"would let older records override newer ones. Ingest all files into a new --out directory"
-                )
-        with tqdm(todo, unit="file", desc="ingest", disable=(not progress) if progress is not None else None) as bar:
-            for path in bar:
-                counts = _ingest_file(store, path, now())
-                for key in ("records", "added", "replaced", "deleted"):
-                    setattr(summary, key, getattr(summary, key) + counts[key])
-                summary.files += 1
-                bar.set_postfix(articles=summary.records)
-        summary.rows = store.row_count()
-    return summary
+    @property
+    def name(self) -> str:
+        return self.loc.name
+
+    @property
+    def stem(self) -> str:
+        name = self.name
+        for suffix in (".xml.gz", ".xml", ".gz"):
+            if name.endswith(suffix):
+                return name[: -len(suffix)]
+        return name
+
+
+def checksum(loc: Location) -> InputFile:
+    """Size and sha256 of one input (a worker task)."""
+    return InputFile(loc, loc.size() or 0, loc.sha256())
+
+
+def shard_name(source: InputFile, index: int) -> str:
+    """Shard ``index`` of input ``source``: named by file and content, so a re-issued file with the
+    same name never reuses a name, and any worker writes the same name for the same file. Characters
+    other than letters, digits, ``.``, ``_`` and ``-`` in the file's name become ``_``."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", source.stem)
+    return f"part-{stem}-{source.sha256[:16]}-{index:04d}.parquet"
+
+
+@dataclass
+class ParsedInput:
+    """What a worker wrote for one input file (its shards, not yet committed) and what it found."""
+
+    source: InputFile
+    records: int
+    deletions: list[int]
+    shards: list[ShardInfo]
+    #: Per shard, the PMIDs and versions of its rows (the file's winning records).
+    rows: list[tuple[list[int], list[int]]]
 
 
 def iter_file_records(path: Location, stack: contextlib.ExitStack) -> Iterator[dict[str, Any] | Deletion]:
@@ -161,106 +250,266 @@ def iter_file_records(path: Location, stack: contextlib.ExitStack) -> Iterator[d
     return iter_records(source, path.name)
 
 
-@dataclass
-class _Existing:
-    shard: str
-    row: int
-    version: int
+def parse_input(source: InputFile, docs: Location, shard_rows: int, fetched_at: _dt.datetime) -> ParsedInput:
+    """Parse one input into new shards of ``docs`` (a worker task; nothing is committed).
 
+    Streams the file, writing a shard each ``shard_rows`` records. Records the file itself overrides
+    (a later copy of the same PMID, or a DeleteCitation at its end) are dropped from its shards
+    before it returns, so each PMID is in the file's shards at most once.
 
-def _ingest_file(store: ShardStore, path: Location, fetched_at: _dt.datetime) -> dict[str, Any]:
-    """One file in one transaction: stream its records into new shards, then settle conflicts."""
-    name = path.name
+    :raises IngestError: (PubmedXMLError) the file is malformed, naming the position and last PMID.
+    """
     best: dict[int, tuple[int, int]] = {}  # pmid -> (version, position) of the file's winning record
-    deleted: set[int] = set()
-    new_shards: list[tuple[str, list[int]]] = []  # shard name -> positions of its rows
+    deleted: list[int] = []
+    written: list[tuple[ShardInfo, list[int], list[int], list[int]]] = []  # shard, positions, pmids, versions
     buffer: list[dict[str, Any]] = []
     positions: list[int] = []
     records = 0
-    with store.transaction() as txn, contextlib.ExitStack() as stack:
 
-        def flush() -> None:
-            info = txn.write(buffer)
-            if info is not None:
-                new_shards.append((info.name, list(positions)))
-            buffer.clear()
-            positions.clear()
+    def flush() -> None:
+        info = write_shard(docs, shard_name(source, len(written)), buffer)
+        if info is not None:
+            written.append((info, list(positions), [r["pmid"] for r in buffer], [r["version"] for r in buffer]))
+        buffer.clear()
+        positions.clear()
 
-        for position, record in enumerate(iter_file_records(path, stack)):
+    with contextlib.ExitStack() as stack:
+        for position, record in enumerate(iter_file_records(source.loc, stack)):
             if isinstance(record, Deletion):
-                deleted.add(record.pmid)
+                deleted.append(record.pmid)
                 continue
             records += 1
-            record["source"] = name
+            record["source"] = source.name
             record["fetched_at"] = fetched_at
             key = (record["version"], position)
             if record["pmid"] not in best or key > best[record["pmid"]]:
                 best[record["pmid"]] = key
             buffer.append(record)
             positions.append(position)
-            if len(buffer) >= store.shard_rows:
+            if len(buffer) >= shard_rows:
                 flush()
         flush()
-
-        existing = _locate(store, sorted(set(best) | deleted))
-        keep_positions: set[int] = set()
-        drop_rows: dict[str, set[int]] = {}
-        counts = {"records": records, "added": 0, "replaced": 0, "deleted": 0}
-        for pmid in set(best) | deleted:
-            old = existing.get(pmid)
-            if pmid in deleted:
-                if old is not None:
-                    drop_rows.setdefault(old.shard, set()).add(old.row)
-                    counts["deleted"] += 1
-                else:
-                    log.debug("%s: DeleteCitation of PMID %d, which is not in the corpus", name, pmid)
+    gone = set(deleted)
+    winners = {pos for pmid, (_, pos) in best.items() if pmid not in gone}
+    shards: list[ShardInfo] = []
+    rows: list[tuple[list[int], list[int]]] = []
+    for info, shard_positions, pmids, versions in written:
+        keep = [p in winners for p in shard_positions]
+        if not all(keep):  # rare: rewrite the shard (still uncommitted, so nobody reads it) without them
+            table = (docs / info.name).read_table().filter(pa.array(keep, pa.bool_()))
+            if not table.num_rows:
+                (docs / info.name).delete()
                 continue
-            version, position = best[pmid]
-            if old is not None and old.version > version:
-                log.info("%s: PMID %d version %d kept over this file's version %d", name, pmid, old.version, version)
-                continue
-            keep_positions.add(position)
-            if old is not None:
-                drop_rows.setdefault(old.shard, set()).add(old.row)
-                counts["replaced"] += 1
-            else:
-                counts["added"] += 1
-        _rewrite(txn, store, drop_rows, new_shards, keep_positions)
-        txn.commit(inputs={name: {"size": path.size(), "records": records, "deletions": len(deleted),
-                                  "ingested_at": fetched_at.isoformat(timespec="seconds")}})
-    log.info("%s: %d records (%d new, %d replaced, %d deleted)", name, records, counts["added"],
-             counts["replaced"], counts["deleted"])
-    return counts
+            info = write_shard(docs, info.name, table)
+            pmids, versions = table.column("pmid").to_pylist(), table.column("version").to_pylist()
+        shards.append(info)
+        rows.append((pmids, versions))
+    return ParsedInput(source, records, deleted, shards, rows)
 
 
-def _locate(store: ShardStore, pmids: list[int]) -> dict[int, _Existing]:
-    """Where the committed corpus holds these (sorted) PMIDs; shards whose PMID range misses them all are not read."""
-    found: dict[int, _Existing] = {}
-    if not pmids:
-        return found
-    wanted = pa.array(pmids, pa.int64())
-    for shard in store.shards:
-        first = bisect.bisect_left(pmids, shard.min_pmid)
-        if first == len(pmids) or pmids[first] > shard.max_pmid:
-            continue
-        table = store.read_shard(shard.name, ["pmid", "version"])
-        hits = pc.indices_nonzero(pc.is_in(table.column("pmid"), value_set=wanted)).to_pylist()
-        if not hits:
-            continue
-        shard_pmids = table.column("pmid").take(hits).to_pylist()
-        versions = table.column("version").take(hits).to_pylist()
-        for row, pmid, version in zip(hits, shard_pmids, versions):
-            found[pmid] = _Existing(shard.name, row, version)
+def locate(docs: Location, shards: list[ShardInfo], pmids: pa.Array) -> list[tuple[int, str, int]]:
+    """``(pmid, shard, version)`` of the live rows of ``shards`` whose PMID is in ``pmids`` (a
+    worker task: it reads only the ``pmid``/``version`` columns and each shard's deletion vector)."""
+    found = []
+    for shard in shards:
+        table = (docs / shard.name).read_table(["pmid", "version"])
+        hit = pc.is_in(table.column("pmid"), value_set=pmids)
+        mask = live_mask(table, read_deletions(docs, shard))
+        if mask is not None:
+            hit = pc.and_(hit, mask)
+        table = table.filter(hit)
+        found += [(p, shard.name, v) for p, v in zip(table.column("pmid").to_pylist(),
+                                                     table.column("version").to_pylist())]
     return found
 
 
-def _rewrite(txn: Transaction, store: ShardStore, drop_rows: dict[str, set[int]],
-             new_shards: list[tuple[str, list[int]]], keep_positions: set[int]) -> None:
-    """Replace the committed shards that lose rows, and this file's shards holding losing records."""
-    rows_of = {s.name: s.rows for s in store.shards}
-    for shard, rows in sorted(drop_rows.items()):
-        txn.replace(shard, [i not in rows for i in range(rows_of[shard])])
-    for shard, shard_positions in new_shards:
-        keep = [p in keep_positions for p in shard_positions]
-        if not all(keep):
-            txn.replace(shard, keep)
+# --- the driver -------------------------------------------------------------------------------------
+def ingest_files(paths: Iterable[str | os.PathLike], out: str | os.PathLike | Location, *,
+                 shard_rows: int = DEFAULT_SHARD_ROWS, progress: bool | None = None,
+                 now: Callable[[], _dt.datetime] | None = None, lock: bool = True, workers: int = 1,
+                 pool: Pool | None = None, commit_seconds: float = 30.0,
+                 before_commit: Callable[[], None] | None = None) -> IngestSummary:
+    """Ingest PubMed XML files into the current-corpus directory ``out`` (see the module docstring).
+
+    ``workers``: local processes that hash and parse (ignored when ``pool`` is given: a job passes
+    its Ray tasks). ``progress`` None shows a bar on a terminal only. ``lock=False``: the caller holds
+    a lease that covers ``out`` already (a job run), so the store takes none of its own.
+    ``commit_seconds``: commit at most this often (0: after every file). ``before_commit`` is called
+    before each commit (a job's lease check: it raises once another run holds the job).
+
+    :raises IngestError: see the module docstring.
+    :raises ShardStateError: ``out`` is another kind of output or in use.
+    """
+    now = now or (lambda: _dt.datetime.now(_dt.timezone.utc))
+    files = discover_inputs(paths)
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(ShardStore(out, "ingest", shard_rows=shard_rows, lock=lock))
+        if pool is None:  # closed before the store: no worker of ours writes after the lock is gone
+            pool = stack.enter_context(LocalPool(min(workers, max(1, len(files)))))
+        todo, summary = _plan(store, files, pool)
+        if todo:
+            _apply_all(store, todo, pool, now(), progress, commit_seconds, summary, before_commit)
+        summary.rows = store.row_count()
+    return summary
+
+
+def _plan(store: ShardStore, files: list[Location], pool: Pool) -> tuple[list[InputFile], IngestSummary]:
+    """Hash every input (in parallel) and keep the ones whose content is not ingested yet."""
+    summary = IngestSummary()
+    futures = [pool.submit(checksum, loc) for loc in files]
+    inputs = store.inputs
+    known = {r["sha256"] for r in inputs.values() if r.get("sha256")}
+    todo: list[InputFile] = []
+    for future in futures:
+        source: InputFile = future.result()
+        record = inputs.get(source.name)
+        if source.sha256 in known or (record is not None and "sha256" not in record and record["size"] == source.size):
+            summary.skipped += 1  # (a record without a checksum: written before they were kept)
+            if record is None or record.get("sha256") != source.sha256:
+                log.info("%s: the same content as an input already ingested (or given twice): skipped", source.loc)
+            continue
+        known.add(source.sha256)  # the same content twice in one call applies once, as a re-run would
+        if record is not None:
+            log.warning("%s changed since it was ingested (sha256 %s..., now %s...): its records are applied "
+                        "again, on top of the current corpus", source.loc, str(record.get("sha256"))[:12],
+                        source.sha256[:12])
+            summary.reissued.append(source.name)
+        todo.append(source)
+    if todo and inputs:
+        last = max(inputs)
+        early = [s.name for s in todo if s.name < last]
+        if early:
+            what = "changed since it was ingested, and" if early[0] in inputs else "sorts before"
+            raise IngestError(
+                f"{early[0]} {what} {last} is already ingested into {store.loc}: applying it now would let "
+                f"its older records override newer ones (and bring back deleted ones). Ingest all files into "
+                f"a new --out directory"
+            )
+    return todo, summary
+
+
+def _apply_all(store: ShardStore, todo: list[InputFile], pool: Pool, fetched_at: _dt.datetime,
+               progress: bool | None, commit_seconds: float, summary: IngestSummary,
+               before_commit: Callable[[], None] | None) -> None:
+    """Parse ``todo`` ahead in the pool (a window of ``2 * workers`` files) and apply each in order."""
+    from tqdm import tqdm
+
+    window = max(2, 2 * pool.workers)
+    pending: list[Any] = []
+    queue = iter(todo)
+    uncommitted: dict[str, Any] = {}
+
+    def top_up() -> None:
+        while len(pending) < window:
+            source = next(queue, None)
+            if source is None:
+                return
+            pending.append(pool.submit(parse_input, source, store.loc, store.shard_rows, fetched_at))
+
+    def commit(txn: Transaction) -> None:
+        if before_commit:
+            before_commit()
+        txn.commit(inputs=uncommitted)
+        summary.commits += 1
+        summary.manifest_bytes += (store.loc / "_manifest.json").size() or 0
+        uncommitted.clear()
+
+    last_commit = time.monotonic()
+    with store.transaction() as txn, tqdm(total=len(todo), unit="file", desc="ingest",
+                                          disable=(not progress) if progress is not None else None) as bar:
+        top_up()
+        try:
+            while pending:
+                try:
+                    parsed: ParsedInput = pending.pop(0).result()
+                except BaseException:
+                    # A file that cannot be parsed (malformed, unreadable) stops the run, but the
+                    # files applied before it are good: commit them, so a fixed re-run starts there.
+                    if uncommitted:
+                        commit(txn)
+                    raise
+                top_up()
+                counts = _apply(txn, parsed, pool)
+                uncommitted[parsed.source.name] = {
+                    "size": parsed.source.size, "sha256": parsed.source.sha256, "records": parsed.records,
+                    "deletions": len(parsed.deletions), "shards": [s.name for s in parsed.shards],
+                    "ingested_at": fetched_at.isoformat(timespec="seconds")}
+                for key in ("records", "added", "replaced", "deleted", "tombstoned"):
+                    setattr(summary, key, getattr(summary, key) + counts[key])
+                summary.files += 1
+                summary.shards += len(parsed.shards)
+                summary.shard_rows += sum(s.rows for s in parsed.shards)
+                bar.update(1)
+                bar.set_postfix(articles=summary.records)
+                if time.monotonic() - last_commit >= commit_seconds:
+                    commit(txn)
+                    last_commit = time.monotonic()
+        except BaseException:
+            for future in pending:  # files parsed ahead: their shards will never be committed
+                future.cancel()
+            raise
+        if uncommitted:
+            commit(txn)
+
+
+def _find(txn: Transaction, pmids: list[int], pool: Pool) -> dict[int, list[tuple[str, int]]]:
+    """Where the corpus (as the transaction has it so far) holds these sorted PMIDs live:
+    ``pmid -> [(shard, version)]``. Shards whose PMID range misses them all are not read."""
+    found: dict[int, list[tuple[str, int]]] = {}
+    if not pmids:
+        return found
+    candidates = []
+    for shard in txn.shards():
+        first = bisect.bisect_left(pmids, shard.min_pmid)
+        if shard.live and first < len(pmids) and pmids[first] <= shard.max_pmid:
+            candidates.append(shard)
+    wanted = pa.array(pmids, pa.int64())
+    docs = txn.store.loc
+    if sum(s.rows for s in candidates) <= INLINE_LOCATE_ROWS:
+        hits = locate(docs, candidates, wanted)
+    else:
+        per_task = max(1, -(-len(candidates) // (4 * pool.workers)))
+        futures = [pool.submit(locate, docs, candidates[i: i + per_task], wanted)
+                   for i in range(0, len(candidates), per_task)]
+        hits = [hit for f in futures for hit in f.result()]
+    for pmid, shard, version in hits:
+        if pmid not in txn.pending_tombstones(shard):  # tombstoned earlier in this transaction
+            found.setdefault(pmid, []).append((shard, version))
+    return found
+
+
+def _apply(txn: Transaction, parsed: ParsedInput, pool: Pool) -> dict[str, int]:
+    """Apply one parsed file: tombstone the rows it replaces or deletes, add its shards."""
+    name = parsed.source.name
+    own = {pmid: (version, shard.name) for shard, (pmids, versions) in zip(parsed.shards, parsed.rows)
+           for pmid, version in zip(pmids, versions)}
+    existing = _find(txn, sorted(set(own) | set(parsed.deletions)), pool)
+    counts = {"records": parsed.records, "added": 0, "replaced": 0, "deleted": 0, "tombstoned": 0}
+
+    def tombstone(shard: str, pmid: int) -> None:
+        txn.tombstone(shard, [pmid])
+        counts["tombstoned"] += 1
+
+    for pmid in sorted(set(parsed.deletions)):
+        olds = existing.get(pmid, [])
+        for shard, _ in olds:
+            tombstone(shard, pmid)
+        if olds:
+            counts["deleted"] += 1
+        else:
+            log.debug("%s: DeleteCitation of PMID %d, which is not in the corpus", name, pmid)
+    for pmid, (version, shard) in own.items():
+        olds = existing.get(pmid, [])
+        newer = [v for _, v in olds if v > version]
+        if newer:
+            log.info("%s: PMID %d version %d kept over this file's version %d", name, pmid, max(newer), version)
+            tombstone(shard, pmid)
+            continue
+        for old_shard, _ in olds:
+            tombstone(old_shard, pmid)
+        counts["replaced" if olds else "added"] += 1
+    for shard in parsed.shards:
+        txn.add(shard)
+    log.info("%s: %d records (%d new, %d replaced, %d deleted)", name, parsed.records, counts["added"],
+             counts["replaced"], counts["deleted"])
+    return counts

@@ -5,17 +5,20 @@ Steps, each idempotent:
 0. **Own the output**: take the output's lease (:mod:`pipeline.store.lease`: one run at a time,
    whatever stage the other is in) and check ``OUT/_job.json``: an output location belongs to one job
    (its name and source); another job pointed at it is refused with one line naming both.
-1. **Documents** (a Ray task, on any node): ``fetch`` (E-utilities query) or ``ingest``
-   (baseline/update XML) into ``OUT/documents/`` on storage — the manifest-backed shard store of
+1. **Documents**: ``fetch`` (E-utilities query, on the driver) or ``ingest`` (baseline/update XML:
+   Ray tasks on every node hash and parse one file each, this process applies them in file order and
+   commits) into ``OUT/documents/`` on storage: the manifest-backed shard store of
    :mod:`pipeline.store.shards`. Shards are immutable: an update that changes or deletes an article
-   writes a new shard and retires the old one.
+   tombstones its row (a deletion vector) and writes the new version into a new shard.
 2. **Tasks** (Ray Data, :mod:`pipeline.run.stages`): NER → ``OUT/entities/``, RE → ``OUT/relations/``,
    summarisation → ``OUT/summaries/``. Workers write one data file per document shard to storage; the
    driver commits each with its fingerprint (:mod:`pipeline.store.datasets`). A re-run verifies every
    committed output before it skips it and redoes what is missing, damaged, swapped or stale (other
    settings or another model), saying which and why.
-3. **Retire**: outputs of document shards that are no longer committed (replaced or deleted
-   articles) are removed, so every output row's PMID exists in ``documents`` with the same version.
+3. **Retire**: outputs of document shards that are no longer committed (only :func:`compaction
+   <pipeline.store.shards.compact>` drops shards) are removed. Outputs of tombstoned articles stay
+   in their files and are masked by every reader (:mod:`pipeline.outputs`), so every row a reader
+   sees has its PMID and version live in ``documents``, and an update computes only its new shards.
 4. **Manifest** ``OUT/_manifest.json``: the job spec, models (path, checksum), code version, counts
    per stage (with what was redone and why), timings and per-record failures; then a summary table.
 
@@ -275,15 +278,59 @@ def code_version() -> dict[str, str]:
     return {"biomine": pkg, "git_commit": commit}
 
 
-def _ingest_step(paths: list[str], docs_uri: str, shard_rows: int, progress: bool) -> dict[str, Any]:
-    """Ingest the source files into ``docs_uri``; a Ray task (it parses: any node may run it). The
-    run's lease covers the store, so the store takes none of its own (a retry on another node would
-    otherwise wait for the lost node's lease to expire)."""
+class _RayFuture:
+    def __init__(self, ref):
+        self.ref = ref
+
+    def cancel(self) -> None:
+        import ray
+
+        ray.cancel(self.ref)
+
+    def result(self) -> Any:
+        import ray
+
+        from pipeline.run.stages import worker_error
+
+        try:
+            return ray.get(self.ref)
+        except ray.exceptions.RayTaskError as exc:
+            raise worker_error(exc) from None
+
+
+class RayPool:
+    """Ingest's parallel work (:class:`pipeline.pubmed.ingest.Pool`) as Ray tasks, one CPU each, on
+    any node: each reads its input from storage and writes its shards to storage. A task lost with
+    its node is retried (``max_retries``): it writes the same names and bytes again."""
+
+    def __init__(self, workers: int):
+        self.workers = max(1, workers)
+        self._remote: dict[Any, Any] = {}
+
+    def submit(self, fn, *args) -> _RayFuture:
+        import ray
+
+        if fn not in self._remote:
+            self._remote[fn] = ray.remote(num_cpus=1, max_retries=2)(fn)
+        return _RayFuture(self._remote[fn].remote(*args))
+
+
+def _ingest_step(paths: list[str], docs: Location, shard_rows: int, progress: bool,
+                 lease: Lease) -> dict[str, Any]:
+    """Ingest the source files into ``docs``: this process applies and commits, Ray tasks on every
+    node hash and parse (one per file). The run's lease covers the store, so the store takes none of
+    its own."""
+    import ray
+
     from pipeline.pubmed.ingest import ingest_files
 
-    s = ingest_files(paths, docs_uri, shard_rows=shard_rows, progress=progress, lock=False)
+    workers = int(ray.cluster_resources().get("CPU", 1))
+    s = ingest_files(paths, docs, shard_rows=shard_rows, progress=progress, lock=False, pool=RayPool(workers),
+                     before_commit=lease.check)
     return {"kind": "files", "files": s.files, "files_skipped": s.skipped, "records": s.records,
-            "added": s.added, "replaced": s.replaced, "deleted": s.deleted, "documents": s.rows}
+            "added": s.added, "replaced": s.replaced, "deleted": s.deleted, "tombstoned": s.tombstoned,
+            "shards_written": s.shards, "commits": s.commits, "reissued": s.reissued, "documents": s.rows,
+            "workers": workers}
 
 
 def _fetch_step(spec: JobSpec, docs_uri: str, progress: bool) -> dict[str, Any]:
@@ -391,10 +438,9 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
 
 def _run(spec: JobSpec, classes: dict[str, Any], out: Location, lease: Lease, progress: bool,
          num_cpus: int | None) -> dict[str, Any]:
-    import ray
 
-    from pipeline.run.stages import run_task_stage, worker_error
-    from pipeline.store.shards import committed_shards
+    from pipeline.run.stages import run_task_stage
+    from pipeline.store.shards import committed_shards, read_deletions
 
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
@@ -411,18 +457,22 @@ def _run(spec: JobSpec, classes: dict[str, Any], out: Location, lease: Lease, pr
     docs = out / "documents"
     t = time.perf_counter()
     if spec.source.kind == "files":
-        ingest = ray.remote(num_cpus=1, max_retries=2)(_ingest_step)
-        try:
-            documents = ray.get(ingest.remote(spec.source.paths, docs.uri, spec.source.shard_size, progress))
-        except ray.exceptions.RayTaskError as exc:
-            raise worker_error(exc) from None
+        documents = _ingest_step(spec.source.paths, docs, spec.source.shard_size, progress, lease)
     else:
         documents = _fetch_step(spec, docs.uri, progress)
     manifest["stages"]["documents"] = documents
     manifest["stages"]["documents"]["seconds"] = round(time.perf_counter() - t, 3)
     shards = committed_shards(docs)
-    live = {s.name[: -len(".parquet")] for s in shards}
-    identities = {s.name[: -len(".parquet")]: s.identity() for s in shards}
+    by_stem = {s.stem: s for s in shards}
+    live = set(by_stem)
+    identities = {s.stem: s.identity() for s in shards}
+
+    vectors: dict[str, set[int]] = {}
+
+    def dead(shard) -> set[int]:  # read once per shard, and only for shards with failures
+        if shard.stem not in vectors:
+            vectors[shard.stem] = set(read_deletions(docs, shard).to_pylist())
+        return vectors[shard.stem]
 
     actors, gpus_per_actor = _actors_and_gpus(spec)
     for name, options in spec.tasks.items():
@@ -449,11 +499,15 @@ def _run(spec: JobSpec, classes: dict[str, Any], out: Location, lease: Lease, pr
             "rows": result.rows, "seconds": round(result.seconds, 3), "actors": actors,
             "gpus_per_actor": gpus_per_actor, "failures": len(result.failures),
             "committed": {"shards": len(committed), "documents": sum(r["documents"] for r in committed.values()),
-                          "rows": sum(r["file"]["rows"] or 0 for r in committed.values())},
+                          "rows": sum(r["file"]["rows"] or 0 for r in committed.values()),
+                          # documents whose output readers see (the others were revised or deleted since)
+                          "live_documents": sum(by_stem[s].live for s in committed)},
         }
         # Every failed record of the current outputs (this run's and any a redo could not fix), read
-        # from the commit records, so a killed run loses none.
-        manifest["failures"] += [f for shard in sorted(committed) for f in committed[shard].get("failures", [])]
+        # from the commit records, so a killed run loses none; failures of articles revised or
+        # deleted since do not count.
+        manifest["failures"] += [f for shard in sorted(committed) for f in committed[shard].get("failures", [])
+                                 if not by_stem[shard].deleted or f["pmid"] not in dead(by_stem[shard])]
     manifest["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
     (out / MANIFEST).write_json(manifest)

@@ -1,26 +1,36 @@
-"""Article shard directories: bounded Parquet shards, written atomically, with a manifest that makes runs resumable.
+"""Article shard directories: immutable Parquet shards, deletion vectors, and a manifest that is the commit point.
 
 Contract:
 
-- An output directory holds ``part-NNNNNN.parquet`` shards (schema :data:`schemas.articles.ARTICLE_SCHEMA`,
-  at most ``shard_rows`` rows each) and ``_manifest.json``. **The manifest is the commit point**: a
-  shard exists for readers only once the manifest lists it. Every file (shards and manifest) is
-  written to a temporary name, fsynced and renamed, so a crash leaves either the old or the new
-  state, never half a file.
-- Shard names come from a counter kept in the manifest, so a crashed run that is repeated writes the
-  same names with the same contents; files a crashed run left behind (shards it never committed,
-  shards a commit superseded, temporary files) are removed when the directory is next opened.
-- Every PMID appears in at most one committed shard. :class:`ShardStore` keeps that invariant for its
-  callers: :meth:`ShardStore.append` (fetch: append-only, commit per shard) and :meth:`ShardStore.transaction`
-  (ingest: new shards plus rewrites of older ones, committed together with the input file that caused them).
+- An output directory holds ``part-*.parquet`` shards (schema :data:`schemas.articles.ARTICLE_SCHEMA`,
+  at most ``shard_rows`` rows each), ``_deleted/`` (deletion vectors) and ``_manifest.json``. **The
+  manifest is the commit point**: a shard, or a deletion, exists for readers only once the manifest
+  lists it. Every file is written to a temporary name, fsynced and renamed (on an object store: one
+  PUT), so a crash leaves either the old or the new state, never half a file.
+- **Shards are immutable.** A record that a later input revises or deletes is *tombstoned*: its PMID
+  joins its shard's deletion vector (``_deleted/<shard>-<sha16>.parquet``, one int64 column ``pmid``,
+  written whole when it grows, as Delta Lake's deletion vectors are) and the new version goes into a
+  new shard. Readers apply the vectors (:func:`read_articles`, :func:`live_table`,
+  :func:`tombstones`); the task outputs computed from a shard stay valid and are masked the same way,
+  so an update costs what it changes. :func:`compact` rewrites heavily tombstoned shards, and only
+  when asked. A plain Parquet reader of the folder sees every row ever committed and still present
+  (tombstoned ones included), as a Delta table read without its log does.
+- Within one shard a PMID appears at most once; across the live rows of a directory, at most once.
+  :class:`ShardStore` keeps that invariant for its callers: :meth:`ShardStore.append` (fetch:
+  append-only, commit per shard) and :meth:`ShardStore.transaction` (ingest: new shards, written here
+  or by workers (:func:`write_shard`), and tombstones, committed together with the inputs that caused them).
+- Shard names are chosen by the writer and never reused: fetch numbers them from a counter kept in
+  the manifest (``part-NNNNNN``), ingest names them after their input file and its checksum
+  (:mod:`pipeline.pubmed.ingest`). A repeated crashed run writes the same names with the same
+  contents; files a crashed run left behind (shards and vectors it never committed, ones a commit
+  superseded, temporary files) are removed when the directory is next opened.
 - The directory is a local path or a storage URI (:mod:`pipeline.store.storage`): ``s3://bucket/docs``
-  works as a local folder does. Shard files are immutable, and on an object store every file is one
-  PUT, so the manifest object written last is still the commit point.
+  works as a local folder does.
 - One process writes a directory at a time: on a local disk an ``fcntl`` lock on ``_lock``, on an
-  object store a lease (:mod:`pipeline.store.lease`). Readers use :func:`read_articles`, which reads
-  exactly the committed shards.
+  object store a lease (:mod:`pipeline.store.lease`).
 - The manifest records what produced the directory (``kind``: fetch or ingest, and its ``identity``,
-  e.g. the query), the inputs already processed, and free-form ``notes``.
+  e.g. the query), the inputs already processed, and free-form ``notes``. Its size grows with the
+  number of shards (about 300 bytes each), never with the number of records or deletions.
 
 :raises ShardStateError: the directory belongs to another kind of run or another query, is locked by
     another process, holds shard files without a manifest, or its manifest is unreadable.
@@ -30,11 +40,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -44,16 +56,19 @@ import pyarrow.compute as pc
 from pipeline.errors import ShardStateError, StoreError
 from pipeline.store.atomic import TMP_PREFIX
 from pipeline.store.lease import Lease
-from pipeline.store.storage import Location, location
+from pipeline.store.storage import Location, location, parquet_bytes
 from schemas.articles import ARTICLE_SCHEMA, SCHEMA_VERSION, check_schema, to_table
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
 LOCK = "_lock"
+DELETED = "_deleted"
 FORMAT = "biomine-article-shards"
 DEFAULT_SHARD_ROWS = 10_000
-_SHARD_RE = re.compile(r"^part-(\d{6})\.parquet$")
+SHARD_RE = re.compile(r"^part-[A-Za-z0-9._-]+\.parquet$")
+_THREADS = 16  # object-store reads and writes are latency bound: overlap them
+_DV_SCHEMA = pa.schema([pa.field("pmid", pa.int64(), nullable=False)])
 
 
 @dataclass
@@ -67,9 +82,23 @@ class ShardInfo:
     #: Bytes and sha256 of the file (None in manifests written before they were recorded).
     size: int | None = None
     sha256: str | None = None
+    #: Rows tombstoned (revised or deleted by a later input) and the deletion vector that lists their
+    #: PMIDs (a name under ``_deleted/``; None while nothing is tombstoned).
+    deleted: int = 0
+    deletions: str | None = None
+
+    @property
+    def stem(self) -> str:
+        """``part-000003`` for ``part-000003.parquet``: the key of everything computed from it."""
+        return self.name[: -len(".parquet")]
+
+    @property
+    def live(self) -> int:
+        return self.rows - self.deleted
 
     def identity(self) -> dict[str, Any]:
-        """What task outputs computed from this shard depend on (their fingerprint's input part)."""
+        """What task outputs computed from this shard depend on (their fingerprint's input part).
+        Tombstones are not part of it: they mask outputs, they never change them."""
         return {"name": self.name, "rows": self.rows, "size": self.size, "sha256": self.sha256}
 
 
@@ -77,6 +106,30 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def write_shard(folder: Location, name: str, rows: list[dict[str, Any]] | pa.Table) -> ShardInfo | None:
+    """Write one shard file ``folder/name`` (rows or a table in the article schema); None for no rows.
+    Not visible to readers until a transaction commits it (:meth:`Transaction.add`)."""
+    table = rows if isinstance(rows, pa.Table) else to_table(rows)
+    if table.num_rows == 0:
+        return None
+    written = (folder / name).write_parquet(table)
+    pmids = table.column("pmid")
+    return ShardInfo(name, table.num_rows, pc.min(pmids).as_py(), pc.max(pmids).as_py(), written.size,
+                     written.sha256)
+
+
+def read_deletions(folder: Location, shard: ShardInfo) -> pa.Array:
+    """The tombstoned PMIDs of ``shard`` (sorted int64; empty when none)."""
+    if not shard.deletions:
+        return pa.array([], pa.int64())
+    return (folder / shard.deletions).read_table(["pmid"]).column("pmid").combine_chunks()
+
+
+def live_mask(table: pa.Table, deleted: pa.Array) -> pa.Array | None:
+    """Rows of ``table`` (it has ``pmid``) that ``deleted`` does not tombstone; None: all of them."""
+    if len(deleted) == 0:
+        return None
+    return pc.invert(pc.is_in(table.column("pmid"), value_set=deleted))
 
 
 class ShardStore:
@@ -87,7 +140,7 @@ class ShardStore:
     two queries' results in one directory would make "resume" meaningless.
     """
 
-    def __init__(self, path: str | os.PathLike, kind: str, identity: Mapping[str, Any] | None = None,
+    def __init__(self, path: str | os.PathLike | Location, kind: str, identity: Mapping[str, Any] | None = None,
                  *, shard_rows: int = DEFAULT_SHARD_ROWS, lock: bool = True):
         if shard_rows < 1:
             raise ValueError("shard_rows must be at least 1")
@@ -96,6 +149,8 @@ class ShardStore:
         self.identity = dict(identity or {})
         self.shard_rows = shard_rows
         self._buffer: list[dict[str, Any]] = []
+        self._shards_of: list | None = None
+        self._shards: list[ShardInfo] = []
         self._lock_fd: int | None = None
         self._lease: Lease | None = None
         self.loc.mkdir()
@@ -146,7 +201,7 @@ class ShardStore:
     def _load_or_create(self) -> dict[str, Any]:
         manifest_path = self.loc / MANIFEST
         if not manifest_path.exists():
-            strays = [n for n in self.loc.listdir() if _SHARD_RE.match(n)]
+            strays = [n for n in self.loc.listdir() if SHARD_RE.match(n)]
             if strays:
                 raise ShardStateError(
                     f"{self.loc} holds shard files ({strays[0]}, ...) but no {MANIFEST}: it was not written by "
@@ -187,11 +242,15 @@ class ShardStore:
 
     def _remove_leftovers(self) -> None:
         committed = {s["name"] for s in self.manifest["shards"]}
+        vectors = {s["deletions"] for s in self.manifest["shards"] if s.get("deletions")}
         present = self.loc.listdir()
         for name in present:
-            if name.startswith(TMP_PREFIX) or (_SHARD_RE.match(name) and name not in committed):
+            if name.startswith(TMP_PREFIX) or (SHARD_RE.match(name) and name not in committed):
                 log.info("removing %s, left by an interrupted run (never committed)", self.loc / name)
                 (self.loc / name).delete()
+        for name in (self.loc / DELETED).listdir():
+            if f"{DELETED}/{name}" not in vectors:
+                (self.loc / DELETED / name).delete()
         missing = sorted(committed - set(present))
         if missing:
             raise ShardStateError(
@@ -203,11 +262,15 @@ class ShardStore:
 
     @property
     def shards(self) -> list[ShardInfo]:
-        return [ShardInfo(**s) for s in self.manifest["shards"]]
+        """The committed shards (built once per manifest version: ingest asks for them per file)."""
+        entries = self.manifest["shards"]
+        if self._shards_of is not entries:
+            self._shards_of, self._shards = entries, [ShardInfo(**s) for s in entries]
+        return list(self._shards)
 
     @property
     def inputs(self) -> dict[str, dict[str, Any]]:
-        """Inputs recorded as processed (ingest: file name -> size, counts, time)."""
+        """Inputs recorded as processed (ingest: file name -> size, sha256, counts, time)."""
         return self.manifest["inputs"]
 
     @property
@@ -218,14 +281,17 @@ class ShardStore:
         return (self.loc / name).read_table(columns)
 
     def pmids(self) -> set[int]:
-        """PMIDs of every committed shard."""
+        """PMIDs of the live rows of every committed shard."""
         done: set[int] = set()
-        for shard in self.manifest["shards"]:
-            done.update(self.read_shard(shard["name"], ["pmid"]).column("pmid").to_pylist())
+        for shard in self.shards:
+            table = self.read_shard(shard.name, ["pmid"])
+            mask = live_mask(table, read_deletions(self.loc, shard))
+            done.update((table if mask is None else table.filter(mask)).column("pmid").to_pylist())
         return done
 
     def row_count(self) -> int:
-        return sum(s["rows"] for s in self.manifest["shards"])
+        """Live rows (committed, not tombstoned)."""
+        return sum(s.live for s in self.shards)
 
     # --- writing: append-only (fetch) --------------------------------------------------------------
 
@@ -264,10 +330,12 @@ class ShardStore:
 
 
 class Transaction:
-    """Shards written and replaced together, made visible by one manifest update.
+    """Shards added and rows tombstoned together, made visible by one manifest update.
 
-    Use as a context manager: leaving the block without :meth:`commit` (an exception, say) deletes
-    the files this transaction wrote, so the directory is as it was.
+    Use as a context manager: leaving the block with changes not committed (an exception, say)
+    deletes the shard files this transaction wrote or added since its last commit, so the directory
+    is as it was then. After a commit the same transaction may go on and commit again (ingest
+    commits every few input files).
     """
 
     def __init__(self, store: ShardStore):
@@ -275,71 +343,150 @@ class Transaction:
         self._next_seq = store.manifest["next_seq"]
         self._written: list[ShardInfo] = []
         self._dropped: set[str] = set()
-        self._done = False
+        self._tombstones: dict[str, set[int]] = {}
 
     def __enter__(self) -> "Transaction":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if not self._done:
-            self.abort()
+        self.abort()  # nothing to undo after a commit: only what came since
 
     @property
     def written(self) -> list[ShardInfo]:
-        """Shards written so far by this transaction (not yet committed)."""
+        """Shards written or added so far by this transaction (not yet committed)."""
         return list(self._written)
 
-    def write(self, rows: list[dict[str, Any]] | pa.Table) -> ShardInfo | None:
-        """Write one shard (rows or a table in the article schema); returns None for no rows."""
+    def shards(self) -> list[ShardInfo]:
+        """The shards as they will be after :meth:`commit` (committed ones first, then this
+        transaction's), with the rows tombstoned so far counted in ``deleted``."""
+        kept = [s for s in self.store.shards if s.name not in self._dropped]
+        kept += [s for s in self._written if s.name not in self._dropped]
+        return [replace(s, deleted=s.deleted + len(self._tombstones.get(s.name, ()))) for s in kept]
+
+    def pending_tombstones(self, shard: str) -> set[int]:
+        """PMIDs of ``shard`` tombstoned by this transaction so far (not yet committed)."""
+        return self._tombstones.get(shard, set())
+
+    def write(self, rows: list[dict[str, Any]] | pa.Table, name: str | None = None) -> ShardInfo | None:
+        """Write one shard (rows or a table in the article schema); None for no rows. Without a
+        ``name`` the shard is numbered from the manifest's counter (``part-NNNNNN.parquet``)."""
         table = rows if isinstance(rows, pa.Table) else to_table(rows)
-        if table.num_rows == 0:
-            return None
         if table.num_rows > self.store.shard_rows:
             raise ValueError(f"a shard holds at most {self.store.shard_rows} rows, got {table.num_rows}")
-        name = f"part-{self._next_seq:06d}.parquet"
-        self._next_seq += 1
-        written = (self.store.loc / name).write_parquet(table)
-        pmids = table.column("pmid")
-        info = ShardInfo(name, table.num_rows, pc.min(pmids).as_py(), pc.max(pmids).as_py(), written.size,
-                         written.sha256)
+        if table.num_rows == 0:
+            return None
+        if name is None:
+            name = f"part-{self._next_seq:06d}.parquet"
+            self._next_seq += 1
+        info = write_shard(self.store.loc, name, table)
         self._written.append(info)
         return info
+
+    def add(self, info: ShardInfo) -> None:
+        """Commit with this transaction a shard file that a worker wrote (:func:`write_shard`).
+
+        :raises StoreError: the file is not in the store as described (a worker on another machine
+            wrote it to its own disk, or it was changed since).
+        """
+        if not SHARD_RE.match(info.name) or any(s["name"] == info.name for s in self.store.manifest["shards"]):
+            raise ValueError(f"shard name {info.name!r} is not a new shard name")
+        size = (self.store.loc / info.name).size()
+        if size != info.size:
+            where = ("on a cluster the output must be on storage every node reaches (s3://..., or a folder "
+                     "mounted at the same path on every node)") if self.store.loc.is_local else "it was changed"
+            raise StoreError(f"{self.store.loc / info.name} is {'missing' if size is None else f'{size} bytes'} "
+                             f"although a worker wrote {info.size} bytes: {where}")
+        self._written.append(info)
+
+    def tombstone(self, shard: str, pmids: Iterable[int]) -> None:
+        """Mark the rows of ``pmids`` in ``shard`` (committed, or written by this transaction) deleted."""
+        self._tombstones.setdefault(shard, set()).update(int(p) for p in pmids)
 
     def drop(self, name: str) -> None:
         """Remove a shard (committed or written by this transaction) at commit."""
         self._dropped.add(name)
 
-    def replace(self, name: str, keep: pa.Array | list[bool]) -> ShardInfo | None:
-        """Replace shard ``name`` by its rows where ``keep`` is true (a new shard; None if none are kept)."""
-        self.drop(name)
-        table = (self.store.loc / name).read_table()
-        mask = keep if isinstance(keep, pa.Array) else pa.array(keep, pa.bool_())
-        return self.write(table.filter(mask))
-
     def commit(self, *, inputs: Mapping[str, Any] | None = None, notes: Mapping[str, Any] | None = None) -> None:
-        """Make this transaction's shards visible, record ``inputs`` as processed, merge ``notes``."""
+        """Make this transaction's shards and tombstones visible, record ``inputs`` as processed,
+        merge ``notes``. The new deletion vectors are written first (a crash before the manifest
+        leaves them unreferenced: removed at the next open)."""
         store = self.store
+        by_name = {s.name: s for s in self.shards()}
+
+        def vector(shard: str) -> ShardInfo:
+            info = by_name[shard]
+            old = read_deletions(store.loc, info) if info.deletions else pa.array([], pa.int64())
+            pmids = sorted(set(old.to_pylist()) | self._tombstones[shard])
+            table = pa.table({"pmid": pa.array(pmids, pa.int64())}, schema=_DV_SCHEMA)
+            data = parquet_bytes(table)
+            digest = hashlib.sha256(data).hexdigest()
+            name = f"{DELETED}/{info.stem}-{digest[:16]}.parquet"
+            if name != info.deletions:
+                (store.loc / name).write_bytes(data, digest)
+            return replace(info, deleted=len(pmids), deletions=name)
+
+        touched = [s for s in self._tombstones if s in by_name and s not in self._dropped]
+        if touched:
+            (store.loc / DELETED).mkdir()
+            with ThreadPoolExecutor(_THREADS) as pool:
+                for info in pool.map(vector, touched):
+                    by_name[info.name] = info
         manifest = dict(store.manifest)
-        kept = [s for s in manifest["shards"] if s["name"] not in self._dropped]
-        kept += [asdict(s) for s in self._written if s.name not in self._dropped]
-        manifest["shards"] = kept
+        manifest["shards"] = [asdict(by_name[s.name]) for s in self.shards()]
         manifest["next_seq"] = self._next_seq
         manifest["inputs"] = {**manifest["inputs"], **(inputs or {})}
         manifest["notes"] = {**manifest["notes"], **(notes or {})}
         store._write_manifest(manifest)
         store.manifest = manifest
-        self._done = True
-        for name in self._dropped:
-            # After the commit these are garbage; a crash here is harmless (next open removes them).
-            (store.loc / name).delete()
+        dropped = self._dropped
+        self._written, self._dropped, self._tombstones = [], set(), {}  # committed: nothing to undo
+        for name in sorted(dropped):
+            # Garbage after the commit: best effort (whatever is left is removed at the next open).
+            try:
+                (store.loc / name).delete()
+            except (OSError, StoreError) as exc:
+                log.warning("could not remove %s (%s); it is removed when the directory is next opened",
+                            store.loc / name, exc)
+        # Superseded deletion vectors are NOT removed here: a reader that listed the previous
+        # manifest may still be reading them. The next open of the store (the next ingest) removes
+        # the ones no manifest entry names, as a Delta Lake VACUUM would.
 
     def abort(self) -> None:
-        self._done = True
+        """Forget what came since the last commit, deleting the shard files written or added since."""
         for info in self._written:
             (self.store.loc / info.name).delete()
+        self._written, self._dropped, self._tombstones = [], set(), {}
 
 
-def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+def compact(store: ShardStore, *, min_deleted: float = 0.5) -> list[tuple[str, str | None]]:
+    """Rewrite every shard whose tombstoned share is at least ``min_deleted`` as a new shard of its
+    live rows (``<stem>.cN.parquet``; none when no row is live) and drop it, in one commit. Returns
+    ``(old, new)`` shard names. Task outputs of the old shards are retired and those of the new
+    ones computed by the next run of the job (the only step that recomputes unchanged articles:
+    which is why it runs only when asked).
+    """
+    if not 0 < min_deleted <= 1:
+        raise ValueError("min_deleted must be in (0, 1]")
+    done: list[tuple[str, str | None]] = []
+    with store.transaction() as txn:
+        for shard in store.shards:
+            if not shard.rows or shard.deleted / shard.rows < min_deleted:
+                continue
+            table = store.read_shard(shard.name)
+            mask = live_mask(table, read_deletions(store.loc, shard))
+            live = table if mask is None else table.filter(mask)
+            match = re.match(r"^(.*)\.c(\d+)$", shard.stem)
+            base, gen = (match.group(1), int(match.group(2)) + 1) if match else (shard.stem, 1)
+            txn.drop(shard.name)
+            info = write_shard(store.loc, f"{base}.c{gen}.parquet", live)  # fewer rows than the old one
+            if info is not None:
+                txn.add(info)
+            done.append((shard.name, info.name if info else None))
+        txn.commit()
+    return done
+
+
+def read_manifest(path: str | os.PathLike | Location) -> dict[str, Any]:
     """The manifest of an output directory (no lock taken).
 
     :raises ShardStateError: there is none.
@@ -358,8 +505,22 @@ def committed_shards(path: str | os.PathLike | Location) -> list[ShardInfo]:
     return [ShardInfo(**s) for s in read_manifest(path)["shards"]]
 
 
+def tombstones(path: str | os.PathLike | Location, shards: list[ShardInfo] | None = None) -> pa.Table:
+    """Every tombstoned row of an output directory: a table ``(shard, pmid)`` where ``shard`` is the
+    shard's stem (``part-000003``), the key task outputs are committed under."""
+    loc = location(path)
+    shards = [s for s in (committed_shards(loc) if shards is None else shards) if s.deletions]
+    with ThreadPoolExecutor(_THREADS) as pool:
+        vectors = list(pool.map(lambda s: read_deletions(loc, s), shards))
+    names = [pa.array([s.stem] * len(v), pa.string()) for s, v in zip(shards, vectors)]
+    if not shards:
+        return pa.table({"shard": pa.array([], pa.string()), "pmid": pa.array([], pa.int64())})
+    return pa.table({"shard": pa.concat_arrays(names), "pmid": pa.concat_arrays(vectors)})
+
+
 def iter_shard_locations(path: str | os.PathLike | Location) -> Iterator[Location]:
-    """Locations of the committed shards of an output directory, in commit order."""
+    """Locations of the committed shards of an output directory, in commit order (their rows
+    include tombstoned ones: :func:`live_table` reads one shard as readers should)."""
     loc = location(path)
     for shard in committed_shards(loc):
         yield loc / shard.name
@@ -371,15 +532,26 @@ def iter_shard_paths(path: str | os.PathLike) -> Iterator[Path]:
         yield loc.local_path()
 
 
-def read_articles(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
-    """All committed articles of an output directory as one table (for tests, small outputs, DuckDB/pandas).
+def live_table(folder: Location, shard: ShardInfo, columns: list[str] | None = None) -> pa.Table:
+    """The live rows of one committed shard (its deletion vector applied)."""
+    read = columns if columns is None or "pmid" in columns else [*columns, "pmid"]
+    table = (folder / shard.name).read_table(read)
+    mask = live_mask(table, read_deletions(folder, shard))
+    if mask is not None:
+        table = table.filter(mask)
+    return table if read is columns else table.select(columns)
+
+
+def read_articles(path: str | os.PathLike | Location, columns: list[str] | None = None) -> pa.Table:
+    """All live articles of an output directory as one table (for tests, small outputs, DuckDB/pandas).
 
     :raises SchemaMismatchError: a shard was written with a newer schema version.
     """
+    loc = location(path)
     tables = []
-    for shard in iter_shard_locations(path):
-        check_schema(shard.parquet_metadata().schema.to_arrow_schema(), str(shard))
-        tables.append(shard.read_table(columns))
+    for shard in committed_shards(loc):
+        check_schema((loc / shard.name).parquet_metadata().schema.to_arrow_schema(), str(loc / shard.name))
+        tables.append(live_table(loc, shard, columns))
     if not tables:
         schema = ARTICLE_SCHEMA if columns is None else pa.schema([ARTICLE_SCHEMA.field(c) for c in columns])
         return schema.empty_table()
