@@ -12,7 +12,11 @@ reference list; deterministic), then times, each in a fresh subprocess so that p
 own:
 
 - ``biomine``: ``pipeline.pubmed.parser.iter_records`` over the file (rows as dicts), and
-- ``biomine+arrow``: the same plus conversion to Arrow tables of 10,000 rows (what ingest writes),
+- ``biomine+arrow``: the same plus conversion to Arrow as ingest does it (``RowBuffer``: every 1,000
+  rows, shards of 10,000, the garbage collector paused and run once per shard),
+- ``arrow-10k-dicts``: the conversion as ingest did it before, 10,000 row dicts buffered per table,
+  and ``arrow-10k-dicts-gc-off``: the same with Python's garbage collector off (the cost of the
+  collector walking the buffered dicts; the printed ratios compare the three),
 - ``Bio.Entrez.parse``: refuses a PubmedArticleSet (reported, not timed),
 - ``Bio.Entrez.read``: parses the whole document into memory.
 
@@ -142,7 +146,26 @@ def _work(method: str, path: str) -> dict:
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     if method == "biomine":
         count = sum(1 for _ in iter_records(path))
-    elif method == "biomine+arrow":
+    elif method == "biomine+arrow":  # what ingest's parse_input does: RowBuffer, collector paused
+        import gc
+
+        from pipeline.pubmed.ingest import RowBuffer, collector_paused
+
+        count, buffer = 0, RowBuffer()
+        with collector_paused():
+            for record in iter_records(path):
+                if isinstance(record, Deletion):
+                    continue
+                buffer.append(record)
+                if len(buffer) == 10_000:
+                    count += buffer.take().num_rows
+                    gc.collect()
+            count += buffer.take().num_rows
+    elif method in ("arrow-10k-dicts", "arrow-10k-dicts-gc-off"):  # before: a shard's rows as dicts
+        if method.endswith("gc-off"):
+            import gc
+
+            gc.disable()
         count, batch = 0, []
         for record in iter_records(path):
             if isinstance(record, Deletion):
@@ -199,7 +222,8 @@ def main() -> None:
             print(f"generated {args.articles} articles, {path.stat().st_size / 1e6:.1f} MB, "
                   f"in {time.perf_counter() - t0:.1f} s")
         results = []
-        for method in ("biomine", "biomine+arrow", "Bio.Entrez.parse", "Bio.Entrez.read"):
+        for method in ("biomine", "biomine+arrow", "arrow-10k-dicts", "arrow-10k-dicts-gc-off", "Bio.Entrez.parse",
+                       "Bio.Entrez.read"):
             runs = [run_worker(method, path) for _ in range(1 if method == "Bio.Entrez.parse" else args.repeat)]
             best = min(runs, key=lambda r: r.get("cpu_s", 0))
             results.append(best)
@@ -208,6 +232,12 @@ def main() -> None:
             else:
                 print(f"{method:>16}: {best['articles_per_s_per_core']:>7,} articles/s per core "
                       f"(cpu {best['cpu_s']:.2f} s, wall {best['wall_s']:.2f} s, memory +{best['rss_growth_mb']} MB)")
+        by = {r["method"]: r for r in results}
+        fixed, before, gc_off = by["biomine+arrow"], by["arrow-10k-dicts"], by["arrow-10k-dicts-gc-off"]
+        print(f"Arrow step: as ingest does it vs 10,000 buffered dicts: "
+              f"{fixed['articles_per_s_per_core'] / before['articles_per_s_per_core']:.2f}x the throughput; "
+              f"10,000 dicts with the garbage collector off: "
+              f"{gc_off['articles_per_s_per_core'] / before['articles_per_s_per_core']:.2f}x")
         ours = next(r for r in results if r["method"] == "biomine")
         theirs = next(r for r in results if r["method"] == "Bio.Entrez.read")
         print(f"biomine vs Bio.Entrez.read: {ours['articles_per_s_per_core'] / theirs['articles_per_s_per_core']:.1f}x "

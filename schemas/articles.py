@@ -9,6 +9,8 @@ Contract:
   null); :func:`cast` casts any table or record batch to the schema (adding null columns that are
   absent, ordering columns, refusing unknown ones) and is applied to every batch before it is written.
 - :func:`check_schema` tells a reader whether a file was written with a schema version it understands.
+- Version 2 added the columns from ``chemicals`` to ``publication_type_uis`` below (appended, none
+  changed): version-1 shards still read, their new columns null (:func:`conform`).
 
 Columns (all text is Unicode, with the text of inline markup such as ``<i>``/``<sup>`` kept and the
 tags dropped; ``null`` means "not in the record"):
@@ -30,6 +32,22 @@ keywords                  author/NLM keywords from every KeywordList
 publication_types         e.g. ``Journal Article``, ``Review``
 languages                 three-letter codes, e.g. ``eng``
 doi, pmc_id               from PubmedData/ArticleIdList (DOI falls back to ELocationID)
+chemicals                 ChemicalList: substance name, its MeSH UI, registry number (CAS/UNII/EC;
+                          null where NLM gives ``0``, i.e. none)
+grants                    GrantList: grant id, acronym, agency, country
+references                PMIDs of the reference list (PubmedData/ReferenceList)
+comments_corrections      CommentsCorrections: ref_type (``RetractionIn``, ``ErratumIn``,
+                          ``CommentOn``, ...), the cited source, its PMID
+retracted                 true when the article is retracted (a ``RetractionIn`` correction, or the
+                          publication type ``Retracted Publication``); null in version-1 shards
+vernacular_title          VernacularTitle (the title in its original language)
+volume, issue, pages      JournalIssue/Volume and Issue; Pagination/MedlinePgn (else StartPage-EndPage)
+issn, issn_linking        Journal/ISSN and MedlineJournalInfo/ISSNLinking
+country, medline_ta       MedlineJournalInfo/Country and MedlineTA (the journal's NLM title abbreviation)
+nlm_unique_id             MedlineJournalInfo/NlmUniqueID
+other_ids                 OtherID (source = its Source attribute) and the ArticleIdList ids other than
+                          pubmed/doi/pmc (source = their IdType: pii, mid, ...)
+publication_type_uis      the MeSH UI of each publication type, in the order of publication_types
 source                    the query (fetch) or input file name (ingest) the row came from
 fetched_at                when the row was fetched or ingested (UTC)
 ========================  =====================================================================
@@ -50,7 +68,7 @@ from ._rows import check_schema as _check_schema
 SCHEMA_NAME = "articles"
 # Bump on any change a reader could notice (new column, changed type or meaning); readers accept files
 # with a version <= theirs.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _QUALIFIER = pa.struct([("name", pa.string()), ("ui", pa.string()), ("major_topic", pa.bool_())])
 _MESH = pa.struct(
@@ -73,6 +91,11 @@ _AUTHOR = pa.struct(
     ]
 )
 _SECTION = pa.struct([("label", pa.string()), ("category", pa.string()), ("text", pa.string())])
+_CHEMICAL = pa.struct([("name", pa.string()), ("ui", pa.string()), ("registry_number", pa.string())])
+_GRANT = pa.struct([("grant_id", pa.string()), ("acronym", pa.string()), ("agency", pa.string()),
+                    ("country", pa.string())])
+_CORRECTION = pa.struct([("ref_type", pa.string()), ("ref_source", pa.string()), ("pmid", pa.int64())])
+_OTHER_ID = pa.struct([("source", pa.string()), ("id", pa.string())])
 
 ARTICLE_SCHEMA = pa.schema(
     [
@@ -99,6 +122,23 @@ ARTICLE_SCHEMA = pa.schema(
         pa.field("pmc_id", pa.string()),
         pa.field("source", pa.string()),
         pa.field("fetched_at", pa.timestamp("ms", tz="UTC")),
+        # --- version 2 ---
+        pa.field("chemicals", pa.list_(_CHEMICAL)),
+        pa.field("grants", pa.list_(_GRANT)),
+        pa.field("references", pa.list_(pa.int64())),
+        pa.field("comments_corrections", pa.list_(_CORRECTION)),
+        pa.field("retracted", pa.bool_()),
+        pa.field("vernacular_title", pa.string()),
+        pa.field("volume", pa.string()),
+        pa.field("issue", pa.string()),
+        pa.field("pages", pa.string()),
+        pa.field("issn", pa.string()),
+        pa.field("issn_linking", pa.string()),
+        pa.field("country", pa.string()),
+        pa.field("medline_ta", pa.string()),
+        pa.field("nlm_unique_id", pa.string()),
+        pa.field("other_ids", pa.list_(_OTHER_ID)),
+        pa.field("publication_type_uis", pa.list_(pa.string())),
     ],
     metadata=schema_metadata(SCHEMA_NAME, SCHEMA_VERSION),
 )
@@ -149,6 +189,22 @@ def cast(data: pa.Table | pa.RecordBatch) -> pa.Table:
     :raises SchemaMismatchError: unknown columns, a missing non-null column, or values that do not cast.
     """
     return cast_rows(data, ARTICLE_SCHEMA)
+
+
+def conform(table: pa.Table, columns: list[str] | None = None) -> pa.Table:
+    """``table`` (read from a shard of any version <= :data:`SCHEMA_VERSION`) with the current
+    schema's columns (``columns``: only those, in that order); columns an older version lacks are
+    null. Shards of several versions then concatenate into one table."""
+    names = list(columns) if columns is not None else list(COLUMNS)
+    arrays = []
+    for name in names:
+        field = ARTICLE_SCHEMA.field(name)
+        if name in table.column_names:
+            arrays.append(table.column(name).cast(field.type))
+        else:
+            arrays.append(pa.nulls(table.num_rows, field.type))
+    schema = pa.schema([ARTICLE_SCHEMA.field(n) for n in names], metadata=ARTICLE_SCHEMA.metadata)
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def check_schema(schema: pa.Schema, where: str) -> int:

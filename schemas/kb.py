@@ -12,7 +12,12 @@ pmids           those PMIDs, ascending
 evidence        up to 5 distinct evidence sentences (sorted), from the relation rows
 first_seen      earliest publication date of a supporting abstract (null when unknown)
 last_seen       latest publication date of a supporting abstract
+retracted_pmids the supporting PMIDs whose article is retracted (schemas/articles.py ``retracted``)
+retracted       true when every supporting abstract is retracted: the edge rests on retracted work
+                only (false when unknown: documents written before article schema version 2)
 ==============  ===========================================================================
+
+Version 2 added ``retracted_pmids`` and ``retracted``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import pyarrow as pa
 from ._rows import cast_rows, schema_metadata
 
 SCHEMA_NAME = "kb"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 KB_SCHEMA = pa.schema(
     [
@@ -34,6 +39,8 @@ KB_SCHEMA = pa.schema(
         pa.field("evidence", pa.list_(pa.string())),
         pa.field("first_seen", pa.date32()),
         pa.field("last_seen", pa.date32()),
+        pa.field("retracted_pmids", pa.list_(pa.int64()), nullable=False),
+        pa.field("retracted", pa.bool_(), nullable=False),
     ],
     metadata=schema_metadata(SCHEMA_NAME, SCHEMA_VERSION),
 )

@@ -3,7 +3,7 @@
 Input: relation Parquet files (``OUT/relations``, :mod:`schemas.relations`), rows with
 ``parse_status = 'ok'`` of one task (``ddi`` by default). When the job's ``documents`` store sits
 beside them (or ``documents=`` is given) the publication dates of the supporting abstracts give
-``first_seen``/``last_seen``. Output: ``KB.parquet`` in :data:`schemas.kb.KB_SCHEMA`, written
+``first_seen``/``last_seen``, and their retraction status ``retracted_pmids``/``retracted``. Output: ``KB.parquet`` in :data:`schemas.kb.KB_SCHEMA`, written
 atomically; rebuilding from the same inputs gives the same file contents.
 
 :raises BioMineError: no relation files, or the relations are of another schema.
@@ -61,11 +61,15 @@ def build_kb(relations: str | os.PathLike, out: str | os.PathLike, *, task: str 
                            "at a job's OUT/relations")
     con = duckdb.connect()
     register(con, "rel", files, shards, tombstones)
-    date_join = "NULL::DATE AS pub_date"
     if doc_shards:
-        register(con, "docs_all", [docs_dir / s.name for s in doc_shards], [s.stem for s in doc_shards], tombstones)
-        con.execute("CREATE VIEW docs AS SELECT pmid, pub_year, pub_month, pub_day FROM docs_all")
-        date_join = None
+        from schemas.articles import ARTICLE_SCHEMA
+
+        register(con, "docs_all", [docs_dir / s.name for s in doc_shards], [s.stem for s in doc_shards], tombstones,
+                 ARTICLE_SCHEMA)
+        docs = ("SELECT pmid, try_strptime(printf('%04d-%02d-%02d', pub_year, coalesce(pub_month, 1), "
+                "coalesce(pub_day, 1)), '%Y-%m-%d')::DATE AS pub_date, retracted FROM docs_all")
+    else:
+        docs = "SELECT DISTINCT pmid, NULL::DATE AS pub_date, NULL::BOOLEAN AS retracted FROM e"
     sql = f"""
     WITH r AS (
       SELECT pmid, relation, evidence_text, {_NORM.format(col='head')} AS h, {_NORM.format(col='tail')} AS t
@@ -73,16 +77,15 @@ def build_kb(relations: str | os.PathLike, out: str | os.PathLike, *, task: str 
     ), e AS (
       SELECT least(h, t) AS drug_a, greatest(h, t) AS drug_b, lower(trim(relation)) AS relation, pmid, evidence_text
       FROM r WHERE h <> '' AND t <> '' AND h <> t
-    ), d AS (
-      {"SELECT pmid, " + date_join + " FROM e" if date_join else
-       "SELECT pmid, try_strptime(printf('%04d-%02d-%02d', pub_year, coalesce(pub_month, 1), coalesce(pub_day, 1)), '%Y-%m-%d')::DATE AS pub_date FROM docs WHERE pub_year IS NOT NULL"}
-    )
+    ), d AS ({docs})
     SELECT drug_a, drug_b, relation,
            count(DISTINCT pmid) AS n_abstracts,
            list_sort(list(DISTINCT pmid)) AS pmids,
            coalesce(list_sort(list(DISTINCT evidence_text) FILTER (WHERE evidence_text IS NOT NULL))[1:5], []) AS evidence,
-           min(pub_date) AS first_seen, max(pub_date) AS last_seen
-    FROM e LEFT JOIN (SELECT DISTINCT pmid, pub_date FROM d) USING (pmid)
+           min(pub_date) AS first_seen, max(pub_date) AS last_seen,
+           coalesce(list_sort(list(DISTINCT pmid) FILTER (WHERE retracted)), []) AS retracted_pmids,
+           count(DISTINCT pmid) FILTER (WHERE retracted) = count(DISTINCT pmid) AS retracted
+    FROM e LEFT JOIN (SELECT DISTINCT pmid, pub_date, retracted FROM d) USING (pmid)
     GROUP BY drug_a, drug_b, relation
     ORDER BY n_abstracts DESC, drug_a, drug_b, relation
     """

@@ -5,7 +5,8 @@ Views: ``documents`` (committed article shards only, read through the shard mani
 :mod:`pipeline.store.datasets`) and, when present, ``kb`` (``OUT/kb.parquet``). The dataset views
 mask tombstoned articles (revised or deleted by a later update: the documents' deletion vectors,
 :mod:`pipeline.store.shards`) and the task rows computed from them, so each row's PMID and version
-is live in ``documents``; ``kb`` is the table as ``kb build`` last wrote it (it masks them too, as of
+is live in ``documents``. ``relations`` also carries ``article_retracted``, the retraction status of
+its article (from ``documents``: null for shards written before schema version 2). ``kb`` is the table as ``kb build`` last wrote it (it masks them too, as of
 then: rebuild it after an update). A dataset that a job
 did not produce is simply absent. OUT may be a local path or a storage URI (``s3://...``): remote
 files are scanned through pyarrow (no DuckDB extension to download). A dataset that covers fewer
@@ -79,10 +80,11 @@ def job_outputs(out: str | os.PathLike | Location) -> JobOutputs:
 
 
 def register(con, name: str, files: list[Location], shards: list[str] | None = None,
-             tombstones: "pa.Table | None" = None) -> None:
+             tombstones: "pa.Table | None" = None, schema: pa.Schema | None = None) -> None:
     """A DuckDB view ``name`` over ``files`` (local: read_parquet; remote: a pyarrow dataset). With
     ``shards`` (the document shard of each file) and ``tombstones`` (``(shard, pmid)``), rows of
-    tombstoned articles are left out."""
+    tombstoned articles are left out. ``schema``: the view's columns, for files written with several
+    versions of it (columns an older file lacks read as null)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
@@ -91,17 +93,17 @@ def register(con, name: str, files: list[Location], shards: list[str] | None = N
         wanted = pc.is_in(tombstones.column("shard"), value_set=pa.array(sorted(set(shards)), pa.string()))
         tombstones = tombstones.filter(wanted)
         masked = tombstones.num_rows > 0
-    if not masked and all(f.is_local for f in files):
+    if not masked and schema is None and all(f.is_local for f in files):
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({[f.path for f in files]!r})")
         return
     if not masked:
-        arrow = pads.dataset([f.path for f in files], filesystem=files[0].fs, format="parquet")
+        arrow = pads.dataset([f.path for f in files], filesystem=files[0].fs, format="parquet", schema=schema)
         con.register(f"_{name}_arrow", arrow)
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_arrow")
         return
     # Each file tagged with its document shard (a constant column, as a partition value), then an
     # anti-join on (shard, pmid): the deletion vectors applied at read time, as Delta Lake's are.
-    schema = files[0].parquet_metadata().schema.to_arrow_schema()
+    schema = schema or files[0].parquet_metadata().schema.to_arrow_schema()
     schema = schema.remove_metadata().append(pa.field(SHARD_COLUMN, pa.string()))
     arrow = pads.FileSystemDataset.from_paths(
         [f.path for f in files], schema=schema, format=pads.ParquetFileFormat(), filesystem=files[0].fs,
@@ -126,8 +128,17 @@ def connect(out: str | os.PathLike | Location):
     if not outputs.files:
         raise BioMineError(f"{loc} holds no biomine datasets (documents/, entities/, relations/, summaries/)")
     con = duckdb.connect()
+    from schemas.articles import ARTICLE_SCHEMA
+
     for name, files in outputs.files.items():
-        register(con, name, files, outputs.shards.get(name), outputs.tombstones)
+        register(con, name, files, outputs.shards.get(name), outputs.tombstones,
+                 ARTICLE_SCHEMA if name == "documents" else None)
+    if "relations" in outputs.files and "documents" in outputs.files:
+        # Retraction status travels with the article, not the relation: a retraction notice is an
+        # update that revises the citation, so the live document row always says it.
+        con.execute("ALTER VIEW relations RENAME TO _relations_rows")
+        con.execute("CREATE VIEW relations AS SELECT r.*, d.retracted AS article_retracted FROM _relations_rows r "
+                    "LEFT JOIN (SELECT pmid, retracted FROM documents) d ON d.pmid = r.pmid")
     return con, list(outputs.files), outputs.warnings
 
 

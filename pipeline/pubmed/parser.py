@@ -237,9 +237,9 @@ def _article(elem: ET.Element, state: _Progress) -> dict[str, Any]:
         "authors": _authors(article.find("AuthorList")),
         "mesh_headings": _mesh(citation.find("MeshHeadingList")),
         "keywords": _keywords(citation),
-        "publication_types": [t for t in (_text(p) for p in article.iterfind("PublicationTypeList/PublicationType")) if t],
         "languages": [t for t in (_plain(x) for x in article.iterfind("Language")) if t],
     }
+    row.update(_publication_types(article.iterfind("PublicationTypeList/PublicationType")))
     row.update(_abstract(article.find("Abstract")))
     row.update(_date(journal.find("JournalIssue/PubDate") if journal is not None else None))
     ids = _article_ids(elem.find("PubmedData/ArticleIdList"))
@@ -253,6 +253,27 @@ def _article(elem: ET.Element, state: _Progress) -> dict[str, Any]:
                 break
     row["doi"] = doi
     row["pmc_id"] = ids.get("pmc")
+    issue = journal.find("JournalIssue") if journal is not None else None
+    info = citation.find("MedlineJournalInfo")
+    corrections = _comments_corrections(citation)
+    row.update({
+        "chemicals": _chemicals(citation),
+        "grants": _grants(article),
+        "references": _references(elem.find("PubmedData")),
+        "comments_corrections": corrections,
+        "retracted": _retracted(corrections, row["publication_types"]),
+        "vernacular_title": _text(article.find("VernacularTitle")),
+        "volume": _plain(issue.find("Volume")) if issue is not None else None,
+        "issue": _plain(issue.find("Issue")) if issue is not None else None,
+        "pages": _pages(article.find("Pagination")),
+        "issn": _plain(journal.find("ISSN")) if journal is not None else None,
+        "issn_linking": _plain(info.find("ISSNLinking")) if info is not None else None,
+        "country": _plain(info.find("Country")) if info is not None else None,
+        "medline_ta": _plain(info.find("MedlineTA")) if info is not None else None,
+        "nlm_unique_id": _plain(info.find("NlmUniqueID")) if info is not None else None,
+        "other_ids": ([{"source": o.get("Source"), "id": _plain(o)} for o in citation.iterfind("OtherID") if _plain(o)]
+                      + _other_article_ids(elem.find("PubmedData/ArticleIdList"))),
+    })
     return row
 
 
@@ -279,16 +300,107 @@ def _book(elem: ET.Element, state: _Progress) -> dict[str, Any]:
         "authors": _authors(authors),
         "mesh_headings": [],
         "keywords": _keywords(doc),
-        "publication_types": [t for t in (_text(p) for p in doc.iterfind("PublicationType")) if t],
         "languages": [t for t in (_plain(x) for x in doc.iterfind("Language")) if t],
     }
+    row.update(_publication_types(doc.iterfind("PublicationType")))
     row.update(_abstract(doc.find("Abstract")))
     row.update(_date(book.find("PubDate") if book is not None else None))
     ids = _article_ids(doc.find("ArticleIdList"))
     ids.update({k: v for k, v in _article_ids(elem.find("PubmedBookData/ArticleIdList")).items() if k not in ids})
     row["doi"] = ids.get("doi")
     row["pmc_id"] = ids.get("pmc")
+    row.update({
+        "chemicals": [], "grants": [], "references": _references(doc), "comments_corrections": [],
+        "retracted": _retracted([], row["publication_types"]), "vernacular_title": None, "volume": None,
+        "issue": None, "pages": None, "issn": None, "issn_linking": None, "country": None, "medline_ta": None,
+        "nlm_unique_id": None, "other_ids": _other_article_ids(doc.find("ArticleIdList")),
+    })
     return row
+
+
+def _publication_types(elements) -> dict[str, list]:
+    """Publication type names and, in the same order, their MeSH UIs."""
+    names, uis = [], []
+    for p in elements:
+        text = _text(p)
+        if text:
+            names.append(text)
+            uis.append(p.get("UI"))
+    return {"publication_types": names, "publication_type_uis": uis}
+
+
+def _chemicals(citation: ET.Element) -> list[dict[str, Any]]:
+    """ChemicalList: the substances NLM indexed for the article. RegistryNumber ``0`` means none was
+    assigned (NLM's MEDLINE element descriptions), so it becomes null."""
+    out = []
+    for chem in citation.iterfind("ChemicalList/Chemical"):
+        name = chem.find("NameOfSubstance")
+        registry = _plain(chem.find("RegistryNumber"))
+        out.append({"name": _text(name), "ui": name.get("UI") if name is not None else None,
+                    "registry_number": None if registry in (None, "0") else registry})
+    return out
+
+
+def _grants(article: ET.Element) -> list[dict[str, Any]]:
+    return [{"grant_id": _plain(g.find("GrantID")), "acronym": _plain(g.find("Acronym")),
+             "agency": _text(g.find("Agency")), "country": _plain(g.find("Country"))}
+            for g in article.iterfind("GrantList/Grant")]
+
+
+def _references(parent: ET.Element | None) -> list[int]:
+    """PMIDs of the reference lists under ``parent`` (nested ReferenceLists included; references
+    without a PMID are skipped)."""
+    pmids: list[int] = []
+    if parent is None:
+        return pmids
+    # Plain find/iteration, not path expressions: ElementPath is Python code, and a citation has
+    # dozens of references.
+    for ref_list in parent.iterfind("ReferenceList"):
+        for ref in ref_list.iter("Reference"):
+            ids = ref.find("ArticleIdList")
+            if ids is None:
+                continue
+            for aid in ids:
+                if aid.get("IdType") == "pubmed":
+                    text = _plain(aid)
+                    if text and text.isdigit():
+                        pmids.append(int(text))
+    return pmids
+
+
+def _comments_corrections(citation: ET.Element) -> list[dict[str, Any]]:
+    out = []
+    for cc in citation.iterfind("CommentsCorrectionsList/CommentsCorrections"):
+        pmid = _plain(cc.find("PMID"))
+        out.append({"ref_type": cc.get("RefType"), "ref_source": _text(cc.find("RefSource")),
+                    "pmid": int(pmid) if pmid and pmid.isdigit() else None})
+    return out
+
+
+def _retracted(corrections: list[dict[str, Any]], publication_types: list[str]) -> bool:
+    """NLM marks a retracted article both ways: a ``RetractionIn`` correction pointing at the notice,
+    and the publication type "Retracted Publication" (the notice itself is "Retraction of
+    Publication", with ``RetractionOf``: it is not retracted)."""
+    return (any(c["ref_type"] == "RetractionIn" for c in corrections)
+            or "Retracted Publication" in publication_types)
+
+
+def _pages(pagination: ET.Element | None) -> str | None:
+    if pagination is None:
+        return None
+    medline = _plain(pagination.find("MedlinePgn"))
+    if medline:
+        return medline
+    start, end = _plain(pagination.find("StartPage")), _plain(pagination.find("EndPage"))
+    return f"{start}-{end}" if start and end else start
+
+
+def _other_article_ids(id_list: ET.Element | None) -> list[dict[str, str]]:
+    """ArticleIdList ids other than the PMID, DOI and PMC id (those have their own columns)."""
+    if id_list is None:
+        return []
+    return [{"source": item.get("IdType"), "id": _plain(item)} for item in id_list.iterfind("ArticleId")
+            if item.get("IdType", "pubmed") not in ("pubmed", "doi", "pmc") and _plain(item)]
 
 
 def _abstract(abstract: ET.Element | None) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from pipeline.errors import ShardStateError, StoreError
 from pipeline.store.atomic import TMP_PREFIX
 from pipeline.store.lease import Lease
 from pipeline.store.storage import Location, location, parquet_bytes
-from schemas.articles import ARTICLE_SCHEMA, SCHEMA_VERSION, check_schema, to_table
+from schemas.articles import ARTICLE_SCHEMA, SCHEMA_VERSION, check_schema, conform, to_table
 
 log = logging.getLogger(__name__)
 
@@ -434,6 +434,8 @@ class Transaction:
         manifest = dict(store.manifest)
         manifest["shards"] = [asdict(by_name[s.name]) for s in self.shards()]
         manifest["next_seq"] = self._next_seq
+        if self._written:  # the newest article schema version among the shards
+            manifest["schema_version"] = max(manifest.get("schema_version", 1), SCHEMA_VERSION)
         manifest["inputs"] = {**manifest["inputs"], **(inputs or {})}
         manifest["notes"] = {**manifest["notes"], **(notes or {})}
         store._write_manifest(manifest)
@@ -532,26 +534,33 @@ def iter_shard_paths(path: str | os.PathLike) -> Iterator[Path]:
         yield loc.local_path()
 
 
-def live_table(folder: Location, shard: ShardInfo, columns: list[str] | None = None) -> pa.Table:
-    """The live rows of one committed shard (its deletion vector applied)."""
-    read = columns if columns is None or "pmid" in columns else [*columns, "pmid"]
+def live_table(folder: Location, shard: ShardInfo, columns: list[str] | None = None,
+               schema: pa.Schema | None = None) -> pa.Table:
+    """The live rows of one committed shard (its deletion vector applied), in the current article
+    schema (``columns``: only those): columns an older schema version lacks are null. ``schema``:
+    the file's, when the caller has read it already."""
+    schema = schema or (folder / shard.name).parquet_metadata().schema.to_arrow_schema()
+    wanted = list(columns) if columns is not None else list(ARTICLE_SCHEMA.names)
+    read = [c for c in dict.fromkeys([*wanted, "pmid"]) if c in schema.names]
     table = (folder / shard.name).read_table(read)
     mask = live_mask(table, read_deletions(folder, shard))
     if mask is not None:
         table = table.filter(mask)
-    return table if read is columns else table.select(columns)
+    return conform(table, wanted)
 
 
 def read_articles(path: str | os.PathLike | Location, columns: list[str] | None = None) -> pa.Table:
-    """All live articles of an output directory as one table (for tests, small outputs, DuckDB/pandas).
+    """All live articles of an output directory as one table (for tests, small outputs, DuckDB/pandas),
+    in the current article schema whatever version each shard was written with.
 
     :raises SchemaMismatchError: a shard was written with a newer schema version.
     """
     loc = location(path)
     tables = []
     for shard in committed_shards(loc):
-        check_schema((loc / shard.name).parquet_metadata().schema.to_arrow_schema(), str(loc / shard.name))
-        tables.append(live_table(loc, shard, columns))
+        schema = (loc / shard.name).parquet_metadata().schema.to_arrow_schema()
+        check_schema(schema, str(loc / shard.name))
+        tables.append(live_table(loc, shard, columns, schema))
     if not tables:
         schema = ARTICLE_SCHEMA if columns is None else pa.schema([ARTICLE_SCHEMA.field(c) for c in columns])
         return schema.empty_table()

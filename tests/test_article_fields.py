@@ -1,0 +1,246 @@
+"""The article fields of schema version 2 (issue "Articles: the PubMed fields users expect"):
+chemicals, grants, references, comments/corrections and retraction status, journal details, other
+ids and publication-type UIs; on hand-written records, on real efetch answers (../shared, checked
+against Bio.Entrez.read), through old shards, and into relations and the knowledge base."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fake_eutils import PUBMED_DOCTYPE, article_xml, pubmed_document
+
+from pipeline.pubmed.ingest import ingest_files
+from pipeline.pubmed.parser import parse_articles
+from pipeline.store.shards import ShardInfo, ShardStore, committed_shards, read_articles
+from schemas.articles import ARTICLE_SCHEMA, SCHEMA_VERSION, to_table
+
+FULL_RECORD = """<PubmedArticle><MedlineCitation Status="MEDLINE" Owner="NLM"><PMID Version="1">31000001</PMID>
+<Article PubModel="Print-Electronic">
+ <Journal><ISSN IssnType="Electronic">1552-4604</ISSN>
+  <JournalIssue CitedMedium="Internet"><Volume>59</Volume><Issue>Suppl 1</Issue>
+   <PubDate><Year>2019</Year><Month>Mar</Month></PubDate></JournalIssue>
+  <Title>Journal of clinical pharmacology</Title><ISOAbbreviation>J Clin Pharmacol</ISOAbbreviation></Journal>
+ <ArticleTitle>Warfarin and amiodarone: a retracted study.</ArticleTitle>
+ <Pagination><StartPage>S12</StartPage><EndPage>S20</EndPage></Pagination>
+ <Abstract><AbstractText>Amiodarone increased the anticoagulant effect of warfarin.</AbstractText></Abstract>
+ <Language>eng</Language><Language>ger</Language>
+ <GrantList CompleteYN="Y">
+  <Grant><GrantID>R01 GM123456</GrantID><Acronym>GM</Acronym><Agency>NIGMS NIH HHS</Agency><Country>United States</Country></Grant>
+  <Grant><Agency>Deutsche Forschungsgemeinschaft</Agency><Country>Germany</Country></Grant>
+ </GrantList>
+ <PublicationTypeList>
+  <PublicationType UI="D016428">Journal Article</PublicationType>
+  <PublicationType UI="D016441">Retracted Publication</PublicationType>
+ </PublicationTypeList>
+ <VernacularTitle>Warfarin und Amiodaron.</VernacularTitle>
+</Article>
+<MedlineJournalInfo><Country>United States</Country><MedlineTA>J Clin Pharmacol</MedlineTA>
+ <NlmUniqueID>0366372</NlmUniqueID><ISSNLinking>0091-2700</ISSNLinking></MedlineJournalInfo>
+<ChemicalList>
+ <Chemical><RegistryNumber>0</RegistryNumber><NameOfSubstance UI="D000925">Anticoagulants</NameOfSubstance></Chemical>
+ <Chemical><RegistryNumber>N3RQ532IUT</RegistryNumber><NameOfSubstance UI="D000638">Amiodarone</NameOfSubstance></Chemical>
+ <Chemical><RegistryNumber>5Q7ZVV76EI</RegistryNumber><NameOfSubstance UI="D014859">Warfarin</NameOfSubstance></Chemical>
+</ChemicalList>
+<CommentsCorrectionsList>
+ <CommentsCorrections RefType="RetractionIn"><RefSource>J Clin Pharmacol. 2020;60(1):1</RefSource><PMID Version="1">31999999</PMID></CommentsCorrections>
+ <CommentsCorrections RefType="ErratumIn"><RefSource>J Clin Pharmacol. 2019;59(6):900</RefSource></CommentsCorrections>
+</CommentsCorrectionsList>
+<OtherID Source="NLM">PMC6000001</OtherID>
+</MedlineCitation>
+<PubmedData><PublicationStatus>ppublish</PublicationStatus>
+ <ArticleIdList><ArticleId IdType="pubmed">31000001</ArticleId><ArticleId IdType="doi">10.1002/jcph.1</ArticleId>
+  <ArticleId IdType="pii">JCPH1</ArticleId><ArticleId IdType="mid">NIHMS99</ArticleId></ArticleIdList>
+ <ReferenceList><Reference><Citation>Ref one.</Citation><ArticleIdList><ArticleId IdType="pubmed">100</ArticleId></ArticleIdList></Reference>
+  <Reference><Citation>A book, no PMID.</Citation></Reference>
+  <ReferenceList><Title>Further reading</Title>
+   <Reference><Citation>Ref two.</Citation><ArticleIdList><ArticleId IdType="doi">10.1/x</ArticleId><ArticleId IdType="pubmed">200</ArticleId></ArticleIdList></Reference>
+  </ReferenceList>
+ </ReferenceList>
+</PubmedData></PubmedArticle>"""
+
+
+def one(xml: str) -> dict:
+    (row,) = parse_articles((PUBMED_DOCTYPE + "<PubmedArticleSet>" + xml + "</PubmedArticleSet>").encode())
+    return row
+
+
+def test_every_new_field_of_a_full_record():
+    row = one(FULL_RECORD)
+    assert row["chemicals"] == [
+        {"name": "Anticoagulants", "ui": "D000925", "registry_number": None},  # "0": none assigned
+        {"name": "Amiodarone", "ui": "D000638", "registry_number": "N3RQ532IUT"},
+        {"name": "Warfarin", "ui": "D014859", "registry_number": "5Q7ZVV76EI"}]
+    assert row["grants"] == [
+        {"grant_id": "R01 GM123456", "acronym": "GM", "agency": "NIGMS NIH HHS", "country": "United States"},
+        {"grant_id": None, "acronym": None, "agency": "Deutsche Forschungsgemeinschaft", "country": "Germany"}]
+    assert row["references"] == [100, 200]  # nested lists too; references without a PMID skipped
+    assert row["comments_corrections"] == [
+        {"ref_type": "RetractionIn", "ref_source": "J Clin Pharmacol. 2020;60(1):1", "pmid": 31999999},
+        {"ref_type": "ErratumIn", "ref_source": "J Clin Pharmacol. 2019;59(6):900", "pmid": None}]
+    assert row["retracted"] is True
+    assert (row["vernacular_title"], row["volume"], row["issue"], row["pages"]) == (
+        "Warfarin und Amiodaron.", "59", "Suppl 1", "S12-S20")
+    assert (row["issn"], row["issn_linking"], row["country"], row["medline_ta"], row["nlm_unique_id"]) == (
+        "1552-4604", "0091-2700", "United States", "J Clin Pharmacol", "0366372")
+    assert row["other_ids"] == [{"source": "NLM", "id": "PMC6000001"}, {"source": "pii", "id": "JCPH1"},
+                                {"source": "mid", "id": "NIHMS99"}]
+    assert row["publication_types"] == ["Journal Article", "Retracted Publication"]
+    assert row["publication_type_uis"] == ["D016428", "D016441"]
+    assert row["doi"] == "10.1002/jcph.1"  # the columns of version 1 are unchanged
+    table = to_table([row])
+    assert table.schema.equals(ARTICLE_SCHEMA, check_metadata=True) and SCHEMA_VERSION == 2
+
+
+def test_retraction_is_either_sign_and_a_notice_is_not_retracted():
+    by_link = one(article_xml(1, extra_citation_xml=(
+        '<CommentsCorrectionsList><CommentsCorrections RefType="RetractionIn"><RefSource>X</RefSource>'
+        '<PMID Version="1">9</PMID></CommentsCorrections></CommentsCorrectionsList>')))
+    assert by_link["retracted"] is True
+    notice = one(FULL_RECORD.replace('RefType="RetractionIn"', 'RefType="RetractionOf"')
+                 .replace('<PublicationType UI="D016441">Retracted Publication</PublicationType>',
+                          '<PublicationType UI="D016440">Retraction of Publication</PublicationType>'))
+    assert notice["retracted"] is False
+    plain = one(article_xml(2))
+    assert plain["retracted"] is False and plain["chemicals"] == [] and plain["grants"] == []
+    assert plain["pages"] == "1-9" and plain["volume"] == "12" and plain["issue"] == "3"
+
+
+def test_a_book_record_has_the_new_columns_empty():
+    book = ("<PubmedBookArticle><BookDocument><PMID Version=\"1\">20301295</PMID>"
+            "<ArticleIdList><ArticleId IdType=\"bookaccession\">NBK1116</ArticleId></ArticleIdList>"
+            "<Book><BookTitle>GeneReviews</BookTitle><PubDate><Year>1993</Year></PubDate></Book>"
+            "<PublicationType UI=\"D016454\">Review</PublicationType></BookDocument></PubmedBookArticle>")
+    row = one(book)
+    assert (row["record_type"], row["chemicals"], row["references"], row["retracted"]) == ("book", [], [], False)
+    assert row["other_ids"] == [{"source": "bookaccession", "id": "NBK1116"}]
+    assert row["publication_type_uis"] == ["D016454"]
+    to_table([row])
+
+
+def test_real_efetch_answers_agree_with_biopython(shared):
+    from Bio import Entrez
+
+    seen_chemicals = seen_grants = 0
+    for name in ("pubmed1.xml", "pubmed2.xml", "pubmed4.xml", "pubmed5.xml"):
+        path = shared("data", "entrez", name)
+        rows = parse_articles(path)
+        with open(path, "rb") as handle:
+            records = Entrez.read(handle)["PubmedArticle"]
+        for row, record in zip(rows, records, strict=True):
+            citation, article = record["MedlineCitation"], record["MedlineCitation"]["Article"]
+            chemicals = citation.get("ChemicalList", [])
+            assert [c["name"] for c in row["chemicals"]] == [str(c["NameOfSubstance"]) for c in chemicals]
+            assert [c["ui"] for c in row["chemicals"]] == [c["NameOfSubstance"].attributes["UI"] for c in chemicals]
+            assert [c["registry_number"] for c in row["chemicals"]] == [
+                None if str(c["RegistryNumber"]) == "0" else str(c["RegistryNumber"]) for c in chemicals]
+            grants = article.get("GrantList", [])
+            assert [(g["grant_id"], g["agency"]) for g in row["grants"]] == [
+                (g.get("GrantID"), g.get("Agency")) for g in grants]
+            corrections = citation.get("CommentsCorrectionsList", [])
+            assert [(c["ref_type"], c["pmid"]) for c in row["comments_corrections"]] == [
+                (c.attributes["RefType"], int(c["PMID"]) if "PMID" in c else None) for c in corrections]
+            info = citation["MedlineJournalInfo"]
+            assert (row["country"], row["medline_ta"], row["nlm_unique_id"], row["issn_linking"]) == (
+                info.get("Country"), info.get("MedlineTA"), info.get("NlmUniqueID"), info.get("ISSNLinking"))
+            issue = article["Journal"]["JournalIssue"]
+            assert (row["volume"], row["issue"]) == (issue.get("Volume"), issue.get("Issue"))
+            assert row["publication_type_uis"] == [t.attributes["UI"] for t in article["PublicationTypeList"]]
+            assert [o["id"] for o in row["other_ids"] if o["source"] in ("pii", "mid")] == [
+                str(i) for i in record["PubmedData"]["ArticleIdList"] if i.attributes["IdType"] in ("pii", "mid")]
+            seen_chemicals += len(chemicals)
+            seen_grants += len(grants)
+    assert seen_chemicals > 0 and seen_grants > 0  # the answers do exercise both lists
+
+
+# --- old shards, relations and the KB -----------------------------------------------------------------
+
+
+V1_COLUMNS = ARTICLE_SCHEMA.names[: ARTICLE_SCHEMA.get_field_index("fetched_at") + 1]
+
+
+def add_v1_shard(out, rows: list[dict]) -> ShardInfo:
+    """A shard as biomine wrote it before schema version 2: only the old columns, version 1 in its footer."""
+    table = to_table(rows).select(V1_COLUMNS)
+    meta = dict(ARTICLE_SCHEMA.metadata)
+    meta[b"biomine.schema_version"] = b"1"
+    name = "part-000000.parquet"
+    with ShardStore(out, "ingest") as store, store.transaction() as txn:
+        pq.write_table(table.replace_schema_metadata(meta), out / name)
+        info = ShardInfo(name, table.num_rows, min(r["pmid"] for r in rows), max(r["pmid"] for r in rows),
+                         (out / name).stat().st_size, None)
+        txn.add(info)
+        txn.commit()
+    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest["schema_version"] = 1  # as the old biomine wrote it
+    for entry in manifest["shards"]:  # and without the keys of deletion vectors
+        del entry["deleted"], entry["deletions"]
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    return info
+
+
+def test_version_1_shards_still_read_with_the_new_columns_null(tmp_path):
+    from pipeline.outputs.query import query
+
+    docs = tmp_path / "out" / "documents"
+    docs.mkdir(parents=True)
+    add_v1_shard(docs, parse_articles(pubmed_document([article_xml(1), article_xml(2)]).encode()))
+    src = tmp_path / "pubmed26n0001.xml"
+    src.write_text(PUBMED_DOCTYPE + "<PubmedArticleSet>" + FULL_RECORD + "</PubmedArticleSet>")
+    ingest_files([src], docs)
+    table = read_articles(docs)
+    assert table.schema.equals(ARTICLE_SCHEMA) and table.num_rows == 3
+    by_pmid = {r["pmid"]: r for r in table.to_pylist()}
+    assert by_pmid[1]["retracted"] is None and by_pmid[1]["chemicals"] is None  # unknown, not "none"
+    assert by_pmid[31000001]["retracted"] is True
+    assert json.loads((docs / "_manifest.json").read_text())["schema_version"] == 2
+    frame = query(tmp_path / "out", "SELECT pmid, retracted, medline_ta FROM documents ORDER BY pmid")
+    assert frame["pmid"].tolist() == [1, 2, 31000001]
+    assert frame["retracted"].isna().tolist() == [True, True, False]
+
+
+def test_retraction_reaches_relations_and_the_kb(tmp_path):
+    from pipeline.outputs.kb import build_kb
+    from pipeline.outputs.query import query
+    from pipeline.run.stages import write_shard_output
+    from pipeline.store.datasets import ShardOutput, TaskDataset
+    from pipeline.store.storage import location
+    from schemas.relations import cast_batch
+
+    out = tmp_path / "out"
+    src = tmp_path / "pubmed26n0001.xml"
+    src.write_text(PUBMED_DOCTYPE + "<PubmedArticleSet>" + FULL_RECORD + article_xml(5) + "</PubmedArticleSet>")
+    ingest_files([src], out / "documents", now=lambda: dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    (shard,) = committed_shards(out / "documents")
+
+    def row(pmid: int, head: str, tail: str) -> dict:
+        return {"pmid": pmid, "version": 1, "task": "ddi", "head": head, "tail": tail, "relation": "mechanism",
+                "parse_status": "ok", "model_id": "m", "raw_generation": "x"}
+
+    relations = TaskDataset(location(out / "relations"))
+    table = cast_batch([row(31000001, "warfarin", "amiodarone"), row(5, "warfarin", "amiodarone"),
+                        row(31000001, "warfarin", "aspirin")])
+    relations.commit(ShardOutput(shard.stem, write_shard_output(relations.loc, shard.stem, table), 2),
+                     task="re", expected="x", input_shard=shard.identity(), settings={})
+    flags = query(out, "SELECT pmid, article_retracted FROM relations ORDER BY pmid, tail")
+    assert list(zip(flags["pmid"].tolist(), flags["article_retracted"].tolist())) == [
+        (5, False), (31000001, True), (31000001, True)]
+    assert build_kb(out / "relations", out / "kb.parquet") == 2
+    kb = {(r["drug_a"], r["drug_b"]): r for r in pq.read_table(out / "kb.parquet").to_pylist()}
+    both = kb[("amiodarone", "warfarin")]
+    assert (both["pmids"], both["retracted_pmids"], both["retracted"]) == ([5, 31000001], [31000001], False)
+    only = kb[("aspirin", "warfarin")]
+    assert (only["retracted_pmids"], only["retracted"]) == ([31000001], True)
+    assert pa.types.is_boolean(pq.read_schema(out / "kb.parquet").field("retracted").type)
+
+
+def test_ingest_keeps_the_new_fields(tmp_path):
+    src = tmp_path / "pubmed26n0001.xml"
+    src.write_text(PUBMED_DOCTYPE + "<PubmedArticleSet>" + FULL_RECORD + "</PubmedArticleSet>")
+    ingest_files([src], tmp_path / "out")
+    (row,) = read_articles(tmp_path / "out").to_pylist()
+    expected = one(FULL_RECORD)
+    assert {k: row[k] for k in expected if k not in ("source", "fetched_at")} == {
+        k: v for k, v in expected.items() if k not in ("source", "fetched_at")}
