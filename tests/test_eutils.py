@@ -268,7 +268,7 @@ def test_another_query_into_the_same_output_is_refused(fake, client, tmp_path):
     fake.add_query(QUERY, corpus(2))
     fake.add_query("aspirin", corpus(2, first_pmid=50_000_000))
     fetch_query(client(), QUERY, tmp_path / "out")
-    with pytest.raises(ShardStateError, match="use another --out"):
+    with pytest.raises(ShardStateError, match="use another output folder"):
         fetch_query(client(), "aspirin", tmp_path / "out")
 
 

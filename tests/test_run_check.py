@@ -112,13 +112,59 @@ def test_check_passes_a_good_job_and_sees_an_owned_output(tmp_path, demo_models,
     (["fetch", "--query", "x", "--out", "{tmp}/out", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["query", "{tmp}", ""], "no SQL given"),
     (["query", "{tmp}", "SELECT 1", "--max-rows", "-1"], "--max-rows -1: must be at least 1"),
-    (["ingest", str(SAMPLE), "--out", "{tmp}/a-file"], "a-file"),
-    (["kb", "build", "--relations", "{tmp}/nothing", "--out", "{tmp}"], "no relation files"),
+    (["ingest", str(SAMPLE), "--out", "{tmp}/a-file"], "a-file is a file, not a folder"),
+    (["ingest", str(SAMPLE), "--out", "{tmp}/x", "--workers", "0"], "--workers 0: must be at least 1"),
+    (["fetch", "--query", "x", "--email", "a@b.org", "--eutils-url", "http://127.0.0.1:9/", "--out", "{tmp}/a-file"],
+     "a-file is a file, not a folder"),
+    (["kb", "build", "--relations", "{tmp}/nothing", "--out", "{tmp}"], "--out {tmp} is a folder"),
+    (["kb", "build", "--relations", "{tmp}/nothing", "--out", "{tmp}/kb.parquet"], "no relation files"),
+    (["compact", "{tmp}"], "neither a job output"),
+    (["compact", "{tmp}", "--min-deleted", "0"], "--min-deleted 0.0: must be more than 0"),
 ])
 def test_command_line_mistakes_are_one_line(tmp_path, capsys, argv, needle):
     (tmp_path / "a-file").write_text("x")
     before = sorted(p.name for p in tmp_path.iterdir())
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     err = capsys.readouterr().err
+    needle = needle.replace("{tmp}", str(tmp_path))
     assert err.startswith("biomine: error:") and len(err.strip().splitlines()) == 1 and needle in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no temp file left
+    assert (tmp_path / "a-file").read_text() == "x"
+
+
+def test_help_pages_show_no_rest_markup(capsys):
+    """`--help` of every command and subcommand: no reST roles or double backticks."""
+    import argparse
+
+    from pipeline.cli import build_parser
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    pages = [(p.prog, p.format_help()) for p in parsers(build_parser())]
+    assert len(pages) > 15
+    for prog, text in pages:
+        assert "``" not in text and not any(role in text for role in (":mod:`", ":func:`", ":meth:`", ":class:`")), prog
+
+
+def test_long_work_logs_progress_where_no_terminal_shows_a_bar(tmp_path, caplog):
+    import logging
+
+    from pipeline.progress import Progress
+    from pipeline.pubmed.ingest import ingest_files
+
+    caplog.set_level(logging.INFO)
+    ingest_files([SAMPLE], tmp_path / "out", progress=False)
+    assert any(r.message.startswith(f"ingest into {tmp_path / 'out'}: 1/1 files done") for r in caplog.records)
+    caplog.clear()
+    log = logging.getLogger("test.progress")
+    with Progress(3000, unit="article", desc="fetch 'warfarin'", bar=False, logger=log, every=0) as progress:
+        progress.update(1000)
+        progress.update(1000)
+    lines = [r.message for r in caplog.records if r.name == "test.progress"]
+    assert lines[0].startswith("fetch 'warfarin': 1000/3000 articles (") and "left" in lines[0], lines
+    assert lines[-1].startswith("fetch 'warfarin': 2000/3000 articles done"), lines

@@ -5,7 +5,15 @@ and returning an exit code. Heavy imports (torch, ray, pyarrow) happen inside th
 ``biomine --help`` stays instant.
 """
 
+import re
 from typing import Any
+
+
+def plain(doc: str | None) -> str:
+    """A module docstring as ``--help`` shows it: reST roles (``:mod:`x```) and double-backtick
+    literals become plain text with single backticks, as the examples of every help page write them."""
+    text = re.sub(r":(?:mod|func|class|meth|attr|data|exc|obj):`~?([^`]+)`", r"`\1`", doc or "")
+    return re.sub(r"``([^`]+)``", r"`\1`", text)
 
 
 def require_positive(args: Any, *flags: str, allow_zero: bool = False) -> None:

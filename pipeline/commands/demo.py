@@ -1,4 +1,4 @@
-"""``biomine demo``: the whole pipeline on this machine in about a minute, with tiny models.
+"""``biomine demo``: the whole pipeline on this machine in under a minute, with tiny models.
 
 Real BioGPT weights cannot be downloaded here, so the demo writes tiny checkpoints in the published
 layout (:mod:`biogpt.tiny`), each with a BPE vocabulary learned from the sample abstracts: a
@@ -17,6 +17,8 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
+
+from pipeline.commands import plain
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_JOB = REPO / "jobs" / "demo.toml"
@@ -48,7 +50,7 @@ QUERIES = [
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run the whole pipeline on bundled data with tiny models",
-                              description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=plain(__doc__), epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--job", default=str(DEMO_JOB), help="job file to run (default: jobs/demo.toml)")
     p.add_argument("--fresh", action="store_true", help="delete the job's previous outputs first")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.commands import plain
+
 EPILOG = """\
 examples:
   biomine generate --model models/biogpt "COVID-19 is" "Aspirin inhibits"
@@ -20,7 +22,7 @@ examples:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="continue prompts with a causal BioGPT",
-                              description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=plain(__doc__), epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompts", nargs="+", metavar="PROMPT", help="prompt texts; '-' reads one prompt per stdin line")
     p.add_argument("--model", required=True, metavar="DIR", help="causal-LM model directory (Hugging Face layout)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="new tokens per prompt (default 32)")

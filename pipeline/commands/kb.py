@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from biogpt.task_spec import RE_TASKS
+from pipeline.commands import plain
 
 EPILOG = """\
 examples:
@@ -14,10 +15,10 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("kb", help="knowledge-base tables from relation outputs", description=__doc__,
+    p = sub.add_parser("kb", help="knowledge-base tables from relation outputs", description=plain(__doc__),
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     kb_sub = p.add_subparsers(dest="kb_command", metavar="KB_COMMAND", required=True)
-    b = kb_sub.add_parser("build", help="build the DDI edge table", description=__doc__, epilog=EPILOG,
+    b = kb_sub.add_parser("build", help="build the DDI edge table", description=plain(__doc__), epilog=EPILOG,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("--relations", required=True, help="a job's OUT/relations directory (or one Parquet file)")
     b.add_argument("--out", required=True, help="the edge table to write, e.g. OUT/kb.parquet")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands import require_positive
+from pipeline.commands import plain, require_positive
 
 EPILOG = """\
 views: documents, entities, relations, summaries (and kb when OUT/kb.parquet exists)
@@ -18,7 +18,7 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("query", help="SQL (DuckDB) over a job's outputs", description=__doc__, epilog=EPILOG,
+    p = sub.add_parser("query", help="SQL (DuckDB) over a job's outputs", description=plain(__doc__), epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="the job's output directory (a local path or a URI such as s3://bucket/out)")
     p.add_argument("sql", help="a DuckDB SQL query over the views")

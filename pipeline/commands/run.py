@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.commands import plain
+
 EPILOG = """\
 examples:
   biomine run jobs/demo.toml                 # small local demo (tiny model, bundled XML)
@@ -26,7 +28,7 @@ The job file format is documented in jobs/README.md; clusters and storage in doc
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a job (fetch/ingest, NER, RE, summaries) on Ray",
-                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=plain(__doc__), epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("job", help="job TOML file (see jobs/)")
     p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")

@@ -33,6 +33,8 @@ def build_kb(relations: str | os.PathLike, out: str | os.PathLike, *, task: str 
     from schemas.kb import cast_batch
 
     relations = location(relations)
+    if location(out).is_dir():
+        raise BioMineError(f"--out {out} is a folder: name the edge table's file, e.g. {location(out) / 'kb.parquet'}")
     docs_dir = location(documents) if documents else relations.parent / "documents"
     doc_shards = None
     tombstones = None

@@ -47,6 +47,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from biogpt.errors import ConfigError
 from pipeline.errors import EutilsError, PubmedXMLError
+from pipeline.progress import Progress
 from pipeline.pubmed.parser import parse_articles
 from pipeline.store.shards import DEFAULT_SHARD_ROWS, ShardStore
 
@@ -276,7 +277,7 @@ class EutilsClient:
             time.sleep(delay)
         raise EutilsError(
             f"{what} failed after {self.tries} attempts; last error: {last}. Completed shards are kept: "
-            f"re-run the same command to resume (check --eutils-url {self.base_url} and the network, or "
+            f"re-run the same command to resume (check the E-utilities URL {self.base_url} (--eutils-url, or eutils_url in the job's [source]) and the network, or "
             f"try again later if NCBI is overloaded)"
         )
 
@@ -301,7 +302,7 @@ class EutilsClient:
                 raise _Transient(f"HTTP {exc.code} {exc.reason}{detail}", _retry_after(exc.headers)) from exc
             raise EutilsError(
                 f"{what}: HTTP {exc.code} {exc.reason}{detail} from {url}; this is not retried: check the "
-                f"query syntax, the API key and --eutils-url"
+                f"query syntax, the API key and the E-utilities URL (--eutils-url, or eutils_url in the job's [source])"
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
             # OSError covers URLError (refused, DNS), timeouts, resets and TLS errors.
@@ -506,13 +507,12 @@ def fetch_query(client: EutilsClient, term: str, out: str | os.PathLike, *, mind
     """Fetch every hit of ``term`` (at most ``max_records``, newest first) into shards under ``out``.
 
     Re-running with the same query and dates resumes or, when complete, only adds new hits.
-    ``progress`` None shows a bar on a terminal only. ``lock=False``: the caller's lease covers ``out``.
+    ``progress`` None shows a bar on a terminal only, and logs a line every 30 s elsewhere
+    (:class:`pipeline.progress.Progress`). ``lock=False``: the caller's lease covers ``out``.
 
     :raises EutilsError: see the module docstring.
     :raises ShardStateError: ``out`` holds another query's output or is in use.
     """
-    from tqdm import tqdm
-
     if batch_size < 1 or split_threshold < 1:
         raise ValueError("batch_size and split_threshold must be positive")
     if max_records is not None and max_records < 0:
@@ -526,8 +526,8 @@ def fetch_query(client: EutilsClient, term: str, out: str | os.PathLike, *, mind
         target = total if max_records is None else min(total, max_records)
         summary = FetchSummary(total_hits=total, ranges=len(ranges), already_present=len(done))
         unavailable: set[int] = set()
-        bar = tqdm(total=target, initial=min(len(done), target), unit="article", desc="fetch",
-                   disable=(not progress) if progress is not None else None)
+        bar = Progress(target, initial=min(len(done), target), unit="article", desc=f"fetch {term!r}",
+                       bar=progress, logger=log)
         with bar:
             for number, rng in enumerate(ranges, 1):
                 if len(done) >= target:

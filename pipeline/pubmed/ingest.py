@@ -60,6 +60,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import IngestError
+from pipeline.progress import Progress
 from pipeline.pubmed.parser import Deletion, iter_records
 from pipeline.store.shards import (
     DEFAULT_SHARD_ROWS,
@@ -391,7 +392,8 @@ def ingest_files(paths: Iterable[str | os.PathLike], out: str | os.PathLike | Lo
     """Ingest PubMed XML files into the current-corpus directory ``out`` (see the module docstring).
 
     ``workers``: local processes that hash and parse (ignored when ``pool`` is given: a job passes
-    its Ray tasks). ``progress`` None shows a bar on a terminal only. ``lock=False``: the caller holds
+    its Ray tasks). ``progress`` None shows a bar on a terminal only, and logs a line every 30 s
+    elsewhere (:class:`pipeline.progress.Progress`). ``lock=False``: the caller holds
     a lease that covers ``out`` already (a job run), so the store takes none of its own.
     ``commit_seconds``: commit at most this often (0: after every file). ``before_commit`` is called
     before each commit (a job's lease check: it raises once another run holds the job).
@@ -442,7 +444,7 @@ def _plan(store: ShardStore, files: list[Location], pool: Pool) -> tuple[list[In
             raise IngestError(
                 f"{early[0]} {what} {last} is already ingested into {store.loc}: applying it now would let "
                 f"its older records override newer ones (and bring back deleted ones). Ingest all files into "
-                f"a new --out directory"
+                f"a new output directory (--out, or [job] output in a job)"
             )
     return todo, summary
 
@@ -451,8 +453,6 @@ def _apply_all(store: ShardStore, todo: list[InputFile], pool: Pool, fetched_at:
                progress: bool | None, commit_seconds: float, summary: IngestSummary,
                before_commit: Callable[[], None] | None) -> None:
     """Parse ``todo`` ahead in the pool (a window of ``2 * workers`` files) and apply each in order."""
-    from tqdm import tqdm
-
     window = max(2, 2 * pool.workers)
     pending: list[Any] = []
     queue = iter(todo)
@@ -474,8 +474,8 @@ def _apply_all(store: ShardStore, todo: list[InputFile], pool: Pool, fetched_at:
         uncommitted.clear()
 
     last_commit = time.monotonic()
-    with store.transaction() as txn, tqdm(total=len(todo), unit="file", desc="ingest",
-                                          disable=(not progress) if progress is not None else None) as bar:
+    with store.transaction() as txn, Progress(len(todo), unit="file", desc=f"ingest into {store.loc}",
+                                              bar=progress, logger=log) as bar:
         top_up()
         try:
             while pending:

@@ -153,6 +153,9 @@ class ShardStore:
         self._shards: list[ShardInfo] = []
         self._lock_fd: int | None = None
         self._lease: Lease | None = None
+        if self.loc.is_file():
+            raise ShardStateError(f"{self.loc} is a file, not a folder: name a folder for the output (it is "
+                                  "created if needed)")
         self.loc.mkdir()
         if lock:  # False: the caller holds a lease that covers this store (a job run)
             self._lock()
@@ -194,7 +197,7 @@ class ShardStore:
         except BlockingIOError:
             os.close(fd)
             raise ShardStateError(
-                f"{self.loc} is being written by another biomine process; wait for it to finish or use another --out"
+                f"{self.loc} is being written by another biomine process; wait for it to finish or use another output folder (--out, or [job] output in a job)"
             ) from None
         self._lock_fd = fd
 
@@ -205,7 +208,7 @@ class ShardStore:
             if strays:
                 raise ShardStateError(
                     f"{self.loc} holds shard files ({strays[0]}, ...) but no {MANIFEST}: it was not written by "
-                    f"biomine or its manifest was lost; use an empty directory for --out"
+                    f"biomine or its manifest was lost; use an empty folder for the output (--out, or [job] output in a job)"
                 )
             manifest = {
                 "format": FORMAT,
@@ -225,18 +228,18 @@ class ShardStore:
         try:
             manifest = manifest_path.read_json()
         except (OSError, ValueError) as exc:
-            raise ShardStateError(f"{manifest_path} is unreadable ({exc}); use a new --out directory") from exc
+            raise ShardStateError(f"{manifest_path} is unreadable ({exc}); use a new output folder (--out, or [job] output in a job)") from exc
         if manifest.get("format") != FORMAT:
             raise ShardStateError(f"{manifest_path} is not a biomine article-shard manifest")
         if manifest.get("schema_version", 0) > SCHEMA_VERSION:
             raise ShardStateError(
                 f"{self.loc} was written with article schema version {manifest['schema_version']}; "
-                f"this biomine writes {SCHEMA_VERSION}: upgrade biomine or use a new --out"
+                f"this biomine writes {SCHEMA_VERSION}: upgrade biomine or use a new output folder (--out, or [job] output in a job)"
             )
         if manifest.get("kind") != self.kind or manifest.get("identity") != self.identity:
             raise ShardStateError(
                 f"{self.loc} holds the output of `biomine {manifest.get('kind')}` with {manifest.get('identity')}, "
-                f"not `biomine {self.kind}` with {self.identity}; use another --out directory"
+                f"not `biomine {self.kind}` with {self.identity}; use another output folder (--out, or [job] output in a job)"
             )
         return manifest
 
@@ -255,7 +258,7 @@ class ShardStore:
         if missing:
             raise ShardStateError(
                 f"{self.loc}: shards listed in {MANIFEST} are missing ({missing[:3]}); the directory was "
-                f"modified by hand; use a new --out directory"
+                f"modified by hand; use a new output folder (--out, or [job] output in a job)"
             )
 
     # --- reading ---------------------------------------------------------------------------------
