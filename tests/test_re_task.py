@@ -276,6 +276,25 @@ def test_evaluate_re_scores_the_fine_tuned_model_perfectly(trained, tmp_path):
     assert "ontology-level triples" in text and "1.0000" in text and "failed generations" in text
 
 
+def test_evaluate_re_defaults_are_the_original_protocol(trained, tmp_path):
+    """To the position limit, float32, records without gold relations left out; the report says so."""
+    path, records = trained
+    data = tmp_path / "test.json"
+    data.write_text(json.dumps({**records, "no-gold": {"abstract": ABSTRACTS[0], "triples": []}}))
+    report = evaluate_re("ddi", data, path, batch_size=2, device="cpu")
+    settings = RelationTask.check_model(RelationOptions(model=str(path), task="ddi"))
+    positions = json.loads((path / "config.json").read_text())["max_position_embeddings"]
+    assert report["decoding"]["max_new_tokens"] == min(settings.max_target_positions, positions)
+    assert report["protocol"] == {"name": "original", "max_new_tokens": "position limit", "dtype": "float32",
+                                  "records_without_gold": "left out (1)"}
+    assert report["documents"] == len(records) and report["headline"]["f1"] == 1.0
+    assert "protocol: original (generation to the position limit, float32" in format_re_report(report)
+    broader = evaluate_re("ddi", data, path, batch_size=2, device="cpu", include_empty=True, max_new_tokens=40)
+    assert broader["documents"] == len(records) + 1 and broader["protocol"]["name"] == "custom"
+    assert broader["protocol"]["records_without_gold"] == "scored"
+    assert "the original protocol is the default" in format_re_report(broader)
+
+
 def test_evaluate_re_errors(ckpts, tmp_path):
     data = tmp_path / "test.json"
     data.write_text(json.dumps({"d1": {"abstract": ABSTRACTS[0], "triples": [TRIPLE]}}))

@@ -364,7 +364,8 @@ class Transaction:
         transaction's), with the rows tombstoned so far counted in ``deleted``."""
         kept = [s for s in self.store.shards if s.name not in self._dropped]
         kept += [s for s in self._written if s.name not in self._dropped]
-        return [replace(s, deleted=s.deleted + len(self._tombstones.get(s.name, ()))) for s in kept]
+        pending = self._tombstones
+        return [replace(s, deleted=s.deleted + len(pending[s.name])) if s.name in pending else s for s in kept]
 
     def pending_tombstones(self, shard: str) -> set[int]:
         """PMIDs of ``shard`` tombstoned by this transaction so far (not yet committed)."""

@@ -236,10 +236,23 @@ class RelationTask(base.Task):
 # --- benchmark evaluation -----------------------------------------------------------------------
 
 
+def has_gold(task: str, record: Mapping[str, Any]) -> bool:
+    """Whether a benchmark record has gold relations (the original data preparation drops those
+    that have none: ``../shared/docs/biogpt-reference-spec.md``, fine-tuning data)."""
+    return bool(record.get("relations") if task == "bc5cdr" else record.get("triples"))
+
+
 def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_size: int = 16,
-                max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, device: str | None = None, dtype: str | None = "auto",
-                limit: int | None = None, predictions_out: str | Path | None = None) -> dict[str, Any]:
+                max_new_tokens: int | None = None, device: str | None = None, dtype: str | None = "float32",
+                limit: int | None = None, predictions_out: str | Path | None = None,
+                include_empty: bool = False) -> dict[str, Any]:
     """Generate with ``model_dir`` for every record of the benchmark file ``data`` and score it.
+
+    The defaults are the original protocol (BioGPT's ``inference.py`` and data preparation):
+    greedy decoding up to the position limit (``max_new_tokens`` None: each prompt may generate
+    until ``L - prompt length``; a cap such as 256 is faster and loses the longest targets), in
+    float32 (``dtype``; ``auto`` takes bfloat16 on a GPU), and records without gold relations left
+    out (``include_empty`` scores them too). The report's ``protocol`` says which ran.
 
     ``data`` is a BioGPT ``{split}.json`` of ``task`` (``re_data.read_re_json``); each record's input
     is built exactly as the fine-tuning data (``re_format.build_source``, then the prompt) and decoded
@@ -269,9 +282,15 @@ def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_siz
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer, got {limit!r}")
     options = RelationOptions(model=str(model_dir), task=task, dtype=dtype or "auto", batch_size=batch_size,
-                              max_new_tokens=max_new_tokens, device=device)
-    RelationTask.check_model(options)  # before reading a large file or loading weights
+                              max_new_tokens=max_new_tokens or 1, device=device)
+    settings = RelationTask.check_model(options)  # before reading a large file or loading weights
+    if max_new_tokens is None:  # the original: to the position limit (the engine caps each prompt at L - its length)
+        positions = base.read_config(model_dir, "re").get("max_position_embeddings", settings.max_target_positions)
+        options = dataclasses.replace(options, max_new_tokens=min(settings.max_target_positions, int(positions)))
     records = read_re_json(data, task)
+    without_gold = [doc_id for doc_id, record in records.items() if not has_gold(task, record)]
+    if not include_empty:
+        records = {doc_id: record for doc_id, record in records.items() if has_gold(task, record)}
     if limit is not None:
         records = dict(itertools.islice(records.items(), limit))
     if not records:
@@ -328,6 +347,13 @@ def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_siz
         "decoding": runner.decoding,
         "predictions": str(predictions_out) if predictions_out is not None else None,
         "seconds": round(time.perf_counter() - start, 3),
+        "protocol": {
+            "name": "original" if (max_new_tokens is None and options.dtype == "float32" and not include_empty)
+            else "custom",
+            "max_new_tokens": "position limit" if max_new_tokens is None else max_new_tokens,
+            "dtype": options.dtype,
+            "records_without_gold": "scored" if include_empty else f"left out ({len(without_gold)})",
+        },
     }
 
 
@@ -335,9 +361,13 @@ def format_re_report(report: Mapping[str, Any]) -> str:
     """A plain-text table of an :func:`evaluate_re` report."""
     s = report["scores"]
     h = report["headline"]
+    p = report["protocol"]
     lines = [f"relation extraction: {report['task']} on {report['data']}",
              f"model {report['model_id']} ({report['model']}), {report['documents']} documents, "
              f"greedy, max_new_tokens {report['decoding']['max_new_tokens']}, {report['seconds']} s",
+             f"protocol: {p['name']} (generation to the {p['max_new_tokens'] if p['max_new_tokens'] == 'position limit' else str(p['max_new_tokens']) + '-token cap'}, "
+             f"{p['dtype']}, records without gold relations {p['records_without_gold']})"
+             + ("" if p["name"] == "original" else "; the original protocol is the default of `biomine eval re`"),
              ""]
 
     def row(name: str, p: float, r: float, f: float) -> str:
