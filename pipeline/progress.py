@@ -31,6 +31,7 @@ class Progress:
         self._t0 = self._last = time.monotonic()
         use_bar = sys.stderr.isatty() if bar is None else bar
         self._bar = None
+        self._closed = False
         if use_bar:
             from tqdm import tqdm
 
@@ -55,6 +56,9 @@ class Progress:
             self._bar.set_postfix(**values)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._bar is not None:
             self._bar.close()
             self._bar = None

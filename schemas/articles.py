@@ -35,7 +35,7 @@ doi, pmc_id               from PubmedData/ArticleIdList (DOI falls back to ELoca
 chemicals                 ChemicalList: substance name, its MeSH UI, registry number (CAS/UNII/EC;
                           null where NLM gives ``0``, i.e. none)
 grants                    GrantList: grant id, acronym, agency, country
-references                PMIDs of the reference list (PubmedData/ReferenceList)
+reference_pmids           PMIDs of the reference list (PubmedData/ReferenceList)
 comments_corrections      CommentsCorrections: ref_type (``RetractionIn``, ``ErratumIn``,
                           ``CommentOn``, ...), the cited source, its PMID
 retracted                 true when the article is retracted (a ``RetractionIn`` correction, or the
@@ -125,7 +125,7 @@ ARTICLE_SCHEMA = pa.schema(
         # --- version 2 ---
         pa.field("chemicals", pa.list_(_CHEMICAL)),
         pa.field("grants", pa.list_(_GRANT)),
-        pa.field("references", pa.list_(pa.int64())),
+        pa.field("reference_pmids", pa.list_(pa.int64())),
         pa.field("comments_corrections", pa.list_(_CORRECTION)),
         pa.field("retracted", pa.bool_()),
         pa.field("vernacular_title", pa.string()),

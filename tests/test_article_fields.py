@@ -76,7 +76,7 @@ def test_every_new_field_of_a_full_record():
     assert row["grants"] == [
         {"grant_id": "R01 GM123456", "acronym": "GM", "agency": "NIGMS NIH HHS", "country": "United States"},
         {"grant_id": None, "acronym": None, "agency": "Deutsche Forschungsgemeinschaft", "country": "Germany"}]
-    assert row["references"] == [100, 200]  # nested lists too; references without a PMID skipped
+    assert row["reference_pmids"] == [100, 200]  # nested lists too; references without a PMID skipped
     assert row["comments_corrections"] == [
         {"ref_type": "RetractionIn", "ref_source": "J Clin Pharmacol. 2020;60(1):1", "pmid": 31999999},
         {"ref_type": "ErratumIn", "ref_source": "J Clin Pharmacol. 2019;59(6):900", "pmid": None}]
@@ -114,10 +114,20 @@ def test_a_book_record_has_the_new_columns_empty():
             "<Book><BookTitle>GeneReviews</BookTitle><PubDate><Year>1993</Year></PubDate></Book>"
             "<PublicationType UI=\"D016454\">Review</PublicationType></BookDocument></PubmedBookArticle>")
     row = one(book)
-    assert (row["record_type"], row["chemicals"], row["references"], row["retracted"]) == ("book", [], [], False)
+    assert (row["record_type"], row["chemicals"], row["reference_pmids"], row["retracted"]) == ("book", [], [], False)
     assert row["other_ids"] == [{"source": "bookaccession", "id": "NBK1116"}]
     assert row["publication_type_uis"] == ["D016454"]
     to_table([row])
+    chapter = one(book.replace("<Book>", "<Book><Volume>3</Volume>").replace(
+        "</BookDocument>", "<Pagination><MedlinePgn>1-20</MedlinePgn></Pagination>"
+        "<GrantList><Grant><Agency>NIH</Agency><Country>United States</Country></Grant></GrantList>"
+        "<VernacularTitle>Revues génétiques.</VernacularTitle></BookDocument>"
+        "<PubmedBookData><ArticleIdList><ArticleId IdType=\"pubmed\">20301295</ArticleId>"
+        "<ArticleId IdType=\"bookaccession\">NBK1116</ArticleId><ArticleId IdType=\"pii\">X1</ArticleId>"
+        "</ArticleIdList></PubmedBookData>"))
+    assert (chapter["volume"], chapter["pages"], chapter["vernacular_title"]) == ("3", "1-20", "Revues génétiques.")
+    assert chapter["grants"] == [{"grant_id": None, "acronym": None, "agency": "NIH", "country": "United States"}]
+    assert chapter["other_ids"] == [{"source": "bookaccession", "id": "NBK1116"}, {"source": "pii", "id": "X1"}]
 
 
 def test_real_efetch_answers_agree_with_biopython(shared):
@@ -196,9 +206,20 @@ def test_version_1_shards_still_read_with_the_new_columns_null(tmp_path):
     assert by_pmid[1]["retracted"] is None and by_pmid[1]["chemicals"] is None  # unknown, not "none"
     assert by_pmid[31000001]["retracted"] is True
     assert json.loads((docs / "_manifest.json").read_text())["schema_version"] == 2
-    frame = query(tmp_path / "out", "SELECT pmid, retracted, medline_ta FROM documents ORDER BY pmid")
+    frame = query(tmp_path / "out", "SELECT pmid, retracted, medline_ta, reference_pmids FROM documents ORDER BY pmid")
     assert frame["pmid"].tolist() == [1, 2, 31000001]
     assert frame["retracted"].isna().tolist() == [True, True, False]
+    # Compaction rewrites a version-1 shard in the current schema.
+    from pipeline.store.shards import compact
+
+    write_deletion = tmp_path / "pubmed26n0002.xml"
+    write_deletion.write_text(pubmed_document([], deletions=[1]))
+    ingest_files([write_deletion], docs)
+    with ShardStore(docs, "ingest") as store:
+        ((old, new),) = compact(store, min_deleted=0.5)
+    assert old == "part-000000.parquet"
+    assert pq.read_schema(docs / new).metadata[b"biomine.schema_version"] == b"2"
+    assert sorted(read_articles(docs, ["pmid"]).column("pmid").to_pylist()) == [2, 31000001]
 
 
 def test_retraction_reaches_relations_and_the_kb(tmp_path):

@@ -285,14 +285,18 @@ def test_evaluate_re_defaults_are_the_original_protocol(trained, tmp_path):
     settings = RelationTask.check_model(RelationOptions(model=str(path), task="ddi"))
     positions = json.loads((path / "config.json").read_text())["max_position_embeddings"]
     assert report["decoding"]["max_new_tokens"] == min(settings.max_target_positions, positions)
-    assert report["protocol"] == {"name": "original", "max_new_tokens": "position limit", "dtype": "float32",
-                                  "records_without_gold": "left out (1)"}
+    assert report["protocol"] == {"name": "original", "records": "all", "max_new_tokens": "position limit",
+                                  "dtype": "float32", "records_without_gold": "left out (1)"}
     assert report["documents"] == len(records) and report["headline"]["f1"] == 1.0
     assert "protocol: original (generation to the position limit, float32" in format_re_report(report)
     broader = evaluate_re("ddi", data, path, batch_size=2, device="cpu", include_empty=True, max_new_tokens=40)
     assert broader["documents"] == len(records) + 1 and broader["protocol"]["name"] == "custom"
     assert broader["protocol"]["records_without_gold"] == "scored"
     assert "the original protocol is the default" in format_re_report(broader)
+    limited = evaluate_re("ddi", data, path, batch_size=2, device="cpu", limit=1, max_new_tokens=40)
+    assert limited["protocol"]["records"] == "the first 1" and limited["protocol"]["name"] == "custom"
+    with pytest.raises(ConfigError, match="max_new_tokens must be at least 1"):
+        evaluate_re("ddi", data, path, max_new_tokens=0)
 
 
 def test_evaluate_re_errors(ckpts, tmp_path):

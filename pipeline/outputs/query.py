@@ -134,11 +134,13 @@ def connect(out: str | os.PathLike | Location):
         register(con, name, files, outputs.shards.get(name), outputs.tombstones,
                  ARTICLE_SCHEMA if name == "documents" else None)
     if "relations" in outputs.files and "documents" in outputs.files:
-        # Retraction status travels with the article, not the relation: a retraction notice is an
-        # update that revises the citation, so the live document row always says it.
+        # Retraction status travels with the article, not the relation: in an ingested corpus a
+        # retraction reaches PubMed as an update that revises the citation, so the live document row
+        # says it without recomputing relations (a fetch directory knows what it fetched).
         con.execute("ALTER VIEW relations RENAME TO _relations_rows")
         con.execute("CREATE VIEW relations AS SELECT r.*, d.retracted AS article_retracted FROM _relations_rows r "
-                    "LEFT JOIN (SELECT pmid, retracted FROM documents) d ON d.pmid = r.pmid")
+                    "LEFT JOIN (SELECT pmid, version, retracted FROM documents) d "
+                    "ON d.pmid = r.pmid AND d.version = r.version")
     return con, list(outputs.files), outputs.warnings
 
 

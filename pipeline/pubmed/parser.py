@@ -259,7 +259,7 @@ def _article(elem: ET.Element, state: _Progress) -> dict[str, Any]:
     row.update({
         "chemicals": _chemicals(citation),
         "grants": _grants(article),
-        "references": _references(elem.find("PubmedData")),
+        "reference_pmids": _references(elem.find("PubmedData")),
         "comments_corrections": corrections,
         "retracted": _retracted(corrections, row["publication_types"]),
         "vernacular_title": _text(article.find("VernacularTitle")),
@@ -309,11 +309,18 @@ def _book(elem: ET.Element, state: _Progress) -> dict[str, Any]:
     ids.update({k: v for k, v in _article_ids(elem.find("PubmedBookData/ArticleIdList")).items() if k not in ids})
     row["doi"] = ids.get("doi")
     row["pmc_id"] = ids.get("pmc")
+    # What the DTD gives a BookDocument (no ChemicalList, CommentsCorrections or journal info).
+    other_ids = _other_article_ids(doc.find("ArticleIdList"))
+    seen = {(o["source"], o["id"]) for o in other_ids}
+    other_ids += [o for o in _other_article_ids(elem.find("PubmedBookData/ArticleIdList"))
+                  if (o["source"], o["id"]) not in seen]
     row.update({
-        "chemicals": [], "grants": [], "references": _references(doc), "comments_corrections": [],
-        "retracted": _retracted([], row["publication_types"]), "vernacular_title": None, "volume": None,
-        "issue": None, "pages": None, "issn": None, "issn_linking": None, "country": None, "medline_ta": None,
-        "nlm_unique_id": None, "other_ids": _other_article_ids(doc.find("ArticleIdList")),
+        "chemicals": [], "grants": _grants(doc), "reference_pmids": _references(doc), "comments_corrections": [],
+        "retracted": _retracted([], row["publication_types"]),
+        "vernacular_title": _text(doc.find("VernacularTitle")),
+        "volume": _plain(book.find("Volume")) if book is not None else None, "issue": None,
+        "pages": _pages(doc.find("Pagination")), "issn": None, "issn_linking": None, "country": None,
+        "medline_ta": None, "nlm_unique_id": None, "other_ids": other_ids,
     })
     return row
 
@@ -378,10 +385,11 @@ def _comments_corrections(citation: ET.Element) -> list[dict[str, Any]]:
 
 
 def _retracted(corrections: list[dict[str, Any]], publication_types: list[str]) -> bool:
-    """NLM marks a retracted article both ways: a ``RetractionIn`` correction pointing at the notice,
+    """NLM marks a retracted article both ways: a ``RetractionIn`` (or ``RetractedandRepublishedIn``)
+    correction pointing at the notice,
     and the publication type "Retracted Publication" (the notice itself is "Retraction of
     Publication", with ``RetractionOf``: it is not retracted)."""
-    return (any(c["ref_type"] == "RetractionIn" for c in corrections)
+    return (any(c["ref_type"] in ("RetractionIn", "RetractedandRepublishedIn") for c in corrections)
             or "Retracted Publication" in publication_types)
 
 

@@ -484,7 +484,8 @@ def compact(store: ShardStore, *, min_deleted: float = 0.5) -> list[tuple[str, s
             match = re.match(r"^(.*)\.c(\d+)$", shard.stem)
             base, gen = (match.group(1), int(match.group(2)) + 1) if match else (shard.stem, 1)
             txn.drop(shard.name)
-            info = write_shard(store.loc, f"{base}.c{gen}.parquet", live)  # fewer rows than the old one
+            # In the current schema (a version-1 shard is rewritten as version 2), fewer rows than before.
+            info = write_shard(store.loc, f"{base}.c{gen}.parquet", conform(live))
             if info is not None:
                 txn.add(info)
             done.append((shard.name, info.name if info else None))

@@ -257,7 +257,8 @@ def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_siz
     ``data`` is a BioGPT ``{split}.json`` of ``task`` (``re_data.read_re_json``); each record's input
     is built exactly as the fine-tuning data (``re_format.build_source``, then the prompt) and decoded
     as :class:`RelationTask` decodes. ``limit`` keeps the first N records (gold included: the others
-    are not scored; for BC5CDR the split-level name map then covers those N). ``predictions_out``
+    are not scored, and the run is not the original protocol; BC5CDR names still map through the
+    whole split's name map). ``predictions_out``
     gets one JSON line per record: ``id``, ``generation`` (the generated text) and ``relations``
     (``[head, tail, relation]``, BC5CDR with ``head_id``, ``tail_id``).
 
@@ -281,18 +282,24 @@ def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_siz
         raise ConfigError(f"unknown relation-extraction task {task!r}; use one of {', '.join(RE_TASKS)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer, got {limit!r}")
+    if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or max_new_tokens < 1):
+        raise ConfigError(f"max_new_tokens must be at least 1 (or None: to the position limit), got {max_new_tokens!r}")
     options = RelationOptions(model=str(model_dir), task=task, dtype=dtype or "auto", batch_size=batch_size,
                               max_new_tokens=max_new_tokens or 1, device=device)
     settings = RelationTask.check_model(options)  # before reading a large file or loading weights
     if max_new_tokens is None:  # the original: to the position limit (the engine caps each prompt at L - its length)
         positions = base.read_config(model_dir, "re").get("max_position_embeddings", settings.max_target_positions)
         options = dataclasses.replace(options, max_new_tokens=min(settings.max_target_positions, int(positions)))
-    records = read_re_json(data, task)
+    split = read_re_json(data, task)
+    # BC5CDR names map to MeSH ids through the whole split's map (the released test.entities.json),
+    # whichever records are scored.
+    split_map = split_entity_map(split) if task == "bc5cdr" else None
+    records = dict(split)
+    if limit is not None:
+        records = dict(itertools.islice(records.items(), limit))
     without_gold = [doc_id for doc_id, record in records.items() if not has_gold(task, record)]
     if not include_empty:
         records = {doc_id: record for doc_id, record in records.items() if has_gold(task, record)}
-    if limit is not None:
-        records = dict(itertools.islice(records.items(), limit))
     if not records:
         raise EvaluationError(f"{data} holds no records to evaluate")
 
@@ -308,9 +315,10 @@ def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_siz
     log.info("re eval: %d %s records from %s, generating with %s", len(prompts), task, data, model_dir)
     new_ids = runner.generate_ids(prompts)
     generations = {doc_id: runner.generation_text(ids) for doc_id, ids in zip(doc_ids, new_ids)}
-    scores = score_generations(task, {d: runner.grammar_input(g) for d, g in generations.items()}, records)
+    scores = score_generations(task, {d: runner.grammar_input(g) for d, g in generations.items()}, records,
+                               split_map=split_map)
 
-    maps = split_entity_map(records) if task == "bc5cdr" else {}
+    maps = split_map or {}
     failed = unparsed = 0
     lines = []
     for doc_id, generation in generations.items():
@@ -348,8 +356,9 @@ def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_siz
         "predictions": str(predictions_out) if predictions_out is not None else None,
         "seconds": round(time.perf_counter() - start, 3),
         "protocol": {
-            "name": "original" if (max_new_tokens is None and options.dtype == "float32" and not include_empty)
-            else "custom",
+            "name": "original" if (max_new_tokens is None and options.dtype == "float32" and not include_empty
+                                   and limit is None) else "custom",
+            "records": "all" if limit is None else f"the first {limit}",
             "max_new_tokens": "position limit" if max_new_tokens is None else max_new_tokens,
             "dtype": options.dtype,
             "records_without_gold": "scored" if include_empty else f"left out ({len(without_gold)})",

@@ -258,11 +258,13 @@ def score_generations(
     gold: Mapping[str, Mapping[str, Any]],
     *,
     entity_map: str = "split",
+    split_map: Mapping[str, Mapping[str, str]] | None = None,
 ) -> HardMatchReport | CIDReport:
     """Parse ``doc_id -> generated text`` with the task grammar and score it against ``gold`` records.
 
     For BC5CDR, ``entity_map="split"`` maps names with the union of all gold records' maps (what the
-    released pipeline did with ``test.entities.json``); ``"document"`` uses each record's own maps.
+    released pipeline did with ``test.entities.json``; ``split_map``: that union, when the records
+    scored are a part of the split); ``"document"`` uses each record's own maps.
     The gold pairs are the records' ``relations``.
 
     :raises EvaluationError: an unknown ``entity_map``, or nothing to score.
@@ -275,7 +277,7 @@ def score_generations(
         return hard_match(predictions, gold)
     if entity_map not in ("split", "document"):
         raise EvaluationError(f"entity_map must be 'split' or 'document', not {entity_map!r}")
-    split = split_entity_map(gold) if entity_map == "split" else None
+    split = (split_map or split_entity_map(gold)) if entity_map == "split" else None
     predicted: list[Pair] = []
     missing = 0
     for doc_id, text in generations.items():
