@@ -30,7 +30,7 @@ test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: venv
-	$(BIN)/biomine demo
+	$(BIN)/biomine demo out/demo
 
 # CPU smoke runs of every benchmark, each printing its ratio against the reference (benchmarks/README.md
 # gives the full-size commands; the GPU table comes from benchmarks/bench_generation.py on a GPU).

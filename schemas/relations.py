@@ -32,6 +32,9 @@ raw_generation      the full generated text the row came from (required)
 model_id            the model that produced the row (required)
 decoding            decoding settings (struct: strategy, num_beams, max_new_tokens, min_new_tokens,
                     length_penalty, no_repeat_ngram_size, temperature, top_k, top_p, seed)
+input_truncated     true when the model saw only the start of the article's source text: it was cut
+                    to fit the checkpoint's source positions (``S-1`` ids + ``...``, as the original
+                    fine-tuning data); null where nothing was decoded (schema version 2)
 ==================  ====================================================================================
 
 :raises SchemaMismatchError: from :func:`cast_batch` (names the column and PMID) and
@@ -51,7 +54,7 @@ from ._rows import check_schema as _check_schema
 
 SCHEMA_NAME = "relations"
 # Bump on any change a reader could notice; readers accept files with a version <= theirs.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: input_truncated
 TASKS = RE_TASKS  # biogpt/task_spec.py is the one table of task names
 PARSE_STATUSES = ("ok", "unparsed")
 EVIDENCE_MATCHES = ("both", "head", "tail")
@@ -75,6 +78,7 @@ RELATION_SCHEMA = pa.schema(
         pa.field("raw_generation", pa.string(), nullable=False),
         pa.field("model_id", pa.string(), nullable=False),
         pa.field("decoding", DECODING),
+        pa.field("input_truncated", pa.bool_()),
     ],
     metadata=schema_metadata(SCHEMA_NAME, SCHEMA_VERSION),
 )

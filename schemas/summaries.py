@@ -18,6 +18,9 @@ summary         the generated text, decoded and detokenised (string, required; m
 model_id        the model that produced the row (string, required)
 decoding        decoding settings (struct: strategy, num_beams, max_new_tokens, min_new_tokens,
                 length_penalty, no_repeat_ngram_size, temperature, top_k, top_p, seed)
+input_truncated true when the prompt was cut to leave room for ``max_new_tokens`` in the model's
+                positions (the abstract shortened from its end, see :mod:`pipeline.tasks.summarize`);
+                required (schema version 2)
 ==============  ========================================================================================
 
 :raises SchemaMismatchError: from :func:`cast_batch` (names the column and PMID) and :func:`check_schema`.
@@ -34,7 +37,7 @@ from ._rows import check_schema as _check_schema
 
 SCHEMA_NAME = "summaries"
 # Bump on any change a reader could notice; readers accept files with a version <= theirs.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: input_truncated
 
 SUMMARY_SCHEMA = pa.schema(
     [
@@ -44,6 +47,7 @@ SUMMARY_SCHEMA = pa.schema(
         pa.field("summary", pa.string(), nullable=False),
         pa.field("model_id", pa.string(), nullable=False),
         pa.field("decoding", DECODING),
+        pa.field("input_truncated", pa.bool_(), nullable=False),
     ],
     metadata=schema_metadata(SCHEMA_NAME, SCHEMA_VERSION),
 )

@@ -39,7 +39,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
-DEMO_XML = REPO / "jobs" / "data" / "demo_pubmed.xml"
+# The bundled demo sample (package data of `biomine demo`; synthetic citations in PubMed XML).
+DEMO_XML = REPO / "pipeline" / "commands" / "demo_files" / "data" / "demo_pubmed.xml"
 
 
 @pytest.fixture(scope="session")

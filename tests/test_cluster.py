@@ -21,7 +21,8 @@ import pytest
 from pipeline.store.storage import location
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_XML = REPO / "jobs" / "data" / "demo_pubmed.xml"
+from conftest import DEMO_XML  # noqa: E402
+
 TASK_DATASETS = ("entities", "relations", "summaries")
 
 

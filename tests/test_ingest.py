@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from conftest import DEMO_XML
 from fake_eutils import article_xml, pubmed_document
 
 from pipeline.cli import main
@@ -17,7 +18,7 @@ from pipeline.pubmed.ingest import ingest_files
 from pipeline.store.shards import MANIFEST, ShardStore, read_articles, read_manifest
 from schemas.articles import ARTICLE_SCHEMA, SCHEMA_VERSION, SchemaMismatchError, cast, check_schema, to_table
 
-REPO_DEMO = os.path.join(os.path.dirname(__file__), "..", "jobs", "data", "demo_pubmed.xml")
+REPO_DEMO = str(DEMO_XML)
 
 
 def write(path, articles, deletions=None, gz=True):

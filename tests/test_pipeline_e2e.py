@@ -299,28 +299,85 @@ def test_wrong_checkpoint_kind_is_refused_before_any_work(tmp_path, models, caps
     assert not out.exists()  # nothing fetched, nothing written
 
 
+def installed_copy(tmp_path: Path) -> Path:
+    """This package built as a wheel (from a copy of the sources, so the checkout gets no build/) and
+    unpacked into a folder: what a non-editable ``pip install`` puts on ``sys.path``."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"
+    for name in ("biogpt", "pipeline", "schemas"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src),
+                    "-w", str(tmp_path / "wheel")], check=True, capture_output=True, timeout=300)
+    site = tmp_path / "site"
+    (wheel,) = (tmp_path / "wheel").glob("biomine-*.whl")
+    zipfile.ZipFile(wheel).extractall(site)
+    return site
+
+
 @pytest.mark.slow
-def test_demo_command_runs_the_bundled_job(tmp_path):
-    demo = (REPO / "jobs" / "demo.toml").read_text()
-    demo = demo.replace('"../out/demo"', f'"{tmp_path / "out"}"').replace("../out/demo-models", str(tmp_path / "models"))
-    demo = demo.replace('"data/demo_pubmed.xml"', f'"{REPO / "jobs" / "data" / "demo_pubmed.xml"}"')
-    job = tmp_path / "demo.toml"
-    job.write_text(demo)
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--job", str(job), "--no-progress"],
-                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=REPO)
+def test_demo_runs_from_a_non_editable_install_outside_any_checkout(tmp_path):
+    site = installed_copy(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(cli_env(tmp_path), PYTHONPATH=str(site))
+    # The unpacked wheel comes first on sys.path (the checkout's editable finder comes after it).
+    script = ("import sys, pipeline; assert pipeline.__file__.startswith(sys.argv[1]), pipeline.__file__; "
+              "from pipeline.cli import main; sys.exit(main(sys.argv[2:]))")
+    before = sorted(p.name for p in REPO.iterdir())
+    done = subprocess.run([sys.executable, "-c", script, str(site), "demo", "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=work)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in REPO.iterdir()) == before  # nothing written into the checkout
+    demo = work / "biomine-demo"
+    assert sorted(p.name for p in demo.iterdir()) == ["data", "demo.toml", "models", "out"]
+    assert f"biomine run biomine-demo{os.sep}demo.toml" in done.stdout
     assert "-- entities per label" in done.stdout and "-- summaries" in done.stdout
-    docs = read_articles(tmp_path / "out" / "documents")
+    out = demo / "out"
+    docs = read_articles(out / "documents")
     assert docs.num_rows == 4
     for name in DATASETS:
-        assert (tmp_path / "out" / name).is_dir()
+        assert (out / name).is_dir()
     # The demo's NER and DDI models are fitted to the sample: their outputs are the sample's terms.
     from pipeline.commands.demo import LEXICON
     from pipeline.outputs.query import query
 
     terms = {t for ts in LEXICON.values() for t in ts}
-    entities = query(tmp_path / "out", "SELECT lower(text) AS t FROM entities")["t"].tolist()
+    entities = query(out, "SELECT lower(text) AS t FROM entities")["t"].tolist()
     assert entities and set(entities) <= terms
-    kb = query(tmp_path / "out", "SELECT drug_a, drug_b, relation FROM kb")
+    kb = query(out, "SELECT drug_a, drug_b, relation FROM kb")
     assert len(kb) >= 1 and set(kb["drug_a"]) | set(kb["drug_b"]) <= set(LEXICON["Chemical"])
     assert set(kb["relation"]) <= {"effect", "mechanism", "advise", "int"}
+
+
+def test_demo_folder_that_is_a_file_or_unwritable_is_one_line(tmp_path, capsys):
+    from pipeline.cli import main
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+    assert main(["demo", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("biomine: error: ") and "is a file" in err and len(err.strip().splitlines()) == 1
+    assert a_file.read_text() == "mine\n"
+    # A folder that cannot be created (its parent is a file; a read-only folder would not stop root).
+    assert main(["demo", str(a_file / "demo")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("biomine: error: cannot write the demo into ") and len(err.strip().splitlines()) == 1
+    assert a_file.read_text() == "mine\n"
+
+
+def test_demo_keeps_an_edited_job_and_restores_missing_files(tmp_path):
+    from pipeline.commands.demo import BUNDLE, write_bundle
+
+    folder = tmp_path / "demo"
+    job = write_bundle(folder)
+    assert job.read_bytes() == BUNDLE.joinpath("demo.toml").read_bytes()
+    edited = job.read_text().replace('max_new_tokens = 16', 'max_new_tokens = 8')
+    job.write_text(edited)
+    (folder / "data" / "demo_pubmed.xml").unlink()
+    assert write_bundle(folder) == job
+    assert job.read_text() == edited
+    assert (folder / "data" / "demo_pubmed.xml").read_bytes() == BUNDLE.joinpath("data/demo_pubmed.xml").read_bytes()

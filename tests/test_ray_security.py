@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import DEMO_XML
 from s3_server import free_ports
 
 from pipeline.cli import main
@@ -118,7 +119,7 @@ def test_unreachable_addresses_are_one_line_errors_within_seconds(tmp_path, caps
     make_tiny_checkpoint(model, ["Aspirin and warfarin."], seed=0)
     job = tmp_path / "job.toml"
     job.write_text(f'[job]\nname = "x"\noutput = "{tmp_path / "out"}"\n[source]\nkind = "files"\n'
-                   f'paths = ["{REPO / "jobs" / "data" / "demo_pubmed.xml"}"]\n[tasks.summarize]\nmodel = "{model}"\n'
+                   f'paths = ["{DEMO_XML}"]\n[tasks.summarize]\nmodel = "{model}"\n'
                    'max_new_tokens = 4\n')
     assert main(["run", str(job), "--address", f"127.0.0.1:{port}", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

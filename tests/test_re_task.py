@@ -140,6 +140,7 @@ def test_prepare_builds_the_fine_tuning_input(ckpts):
     S = settings.max_source_positions
     assert len(long_source) > S
     assert ids[1] == [2] + long_source[:S - 1] + [settings.truncation_marker_id] + prompt
+    assert list(out["_truncated"]) == [False, True, None, None]  # the cut source says so
     # no abstract: no prompt, a reason instead (the task turns it into an 'unparsed' row)
     assert ids[2] is None and ids[3] is None
     assert list(out["_skip"])[:2] == ["", ""] and "no abstract" in out["_skip"][2] and "no abstract" in out["_skip"][3]
@@ -189,6 +190,9 @@ def test_random_model_rows_fit_the_schema_and_keep_unparsed_output(ckpts):
     (skipped,) = per_doc[2]
     assert skipped["parse_status"] == "unparsed" and "no abstract" in skipped["reason"]
     assert skipped["raw_generation"] == "" and skipped["decoding"] is None
+    # rows of a cut source carry the flag; rows without a model input carry none
+    assert {r["input_truncated"] for r in per_doc[3]} == {True} and skipped["input_truncated"] is None
+    assert {r["input_truncated"] for rows in per_doc[:2] for r in rows} == {False}
     for rows in generated:  # random weights do not speak the grammar: kept as unparsed rows
         assert any(r["parse_status"] == "unparsed" for r in rows)
     flat = [r for rows in per_doc for r in rows]

@@ -13,7 +13,7 @@ import pytest
 from pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "jobs" / "data" / "demo_pubmed.xml"
+from conftest import DEMO_XML as SAMPLE  # noqa: E402
 
 
 def job(tmp_path: Path, *, output: str | None = None, source: str | None = None, tasks: str = "",

@@ -24,7 +24,7 @@ from pipeline.store.lease import Lease
 from pipeline.store.storage import location
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "jobs" / "data" / "demo_pubmed.xml"
+from conftest import DEMO_XML as SAMPLE  # noqa: E402
 
 
 @pytest.fixture(scope="module")

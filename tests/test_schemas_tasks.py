@@ -19,7 +19,7 @@ MODULES = [
 
 ENTITY = {"pmid": 1, "version": 1, "start": 0, "end": 7, "label": "Chemical", "text": "Aspirin", "score": 0.5,
           "model_id": "m"}
-SUMMARY = {"pmid": 2, "version": 1, "prompt_id": "tldr-v1", "summary": "Short.", "model_id": "biogpt",
+SUMMARY = {"pmid": 2, "version": 1, "prompt_id": "tldr-v1", "summary": "Short.", "model_id": "biogpt", "input_truncated": False,
            "decoding": {"strategy": "beam", "num_beams": 5, "min_new_tokens": 100, "length_penalty": 1.0}}
 
 

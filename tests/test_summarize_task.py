@@ -13,7 +13,7 @@ from biogpt.tiny import make_tiny_checkpoint, make_tiny_task_checkpoint
 from biogpt.tokenizer import BioGptTokenizer
 from pipeline.tasks import base
 from pipeline.tasks.options import SummarizeOptions
-from pipeline.tasks.summarize import SummarizeTask, prompt_ids
+from pipeline.tasks.summarize import SummarizeTask, fit_prompt, prompt_ids
 from schemas.summaries import cast_batch
 
 TITLES = ["Aspirin increases the effect of warfarin", "Midazolam and ketoconazole", None]
@@ -105,6 +105,8 @@ def test_prompt_truncation_cuts_the_abstract_and_keeps_the_cue(ckpts):
     title_ids = prompt_ids("{title} TL;DR:", LONG, "", tok, limit)
     every = [2] + tok.encode(f"{LONG} TL;DR:", add_special_tokens=False)
     assert title_ids == [2] + every[len(every) - (limit - 1):]
+    assert fit_prompt("{title} TL;DR:", LONG, "", tok, limit)[1] is True
+    assert fit_prompt(template, "", ABSTRACTS[0], tok, limit)[1] is False
 
     # through the task: every prompt fits with its new tokens, and generation never overflows
     options = {"model": str(path), "prompt": template, "max_new_tokens": max_new, "device": "cpu"}
@@ -112,8 +114,11 @@ def test_prompt_truncation_cuts_the_abstract_and_keeps_the_cue(ckpts):
     prompts = list(prepared["_input_ids"])
     assert prompts[0] == ids and all(len(p) + max_new <= POSITIONS for p in prompts)
     assert prompts[1] == [2] + tok.encode(template.format(title="", abstract=ABSTRACTS[0]), add_special_tokens=False)
+    assert list(prepared["_truncated"]) == [True, False]
     rows = SummarizeTask(SummarizeOptions(**options))(prepared)
     assert [len(r) for r in rows] == [1, 1]
+    # the cut row says so in the dataset
+    assert [r[0]["input_truncated"] for r in rows] == [True, False]
 
 
 def test_check_model_refusals(ckpts, tmp_path):

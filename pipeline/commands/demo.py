@@ -1,13 +1,22 @@
-"""``biomine demo``: the whole pipeline on this machine in under a minute, with tiny models.
+"""``biomine demo [DIR]``: the whole pipeline on this machine in under a minute, with tiny models.
 
-Real BioGPT weights cannot be downloaded here, so the demo writes tiny checkpoints in the published
-layout (:mod:`biogpt.tiny`), each with a BPE vocabulary learned from the sample abstracts: a
-token-classification model fine-tuned with ``biomine train ner``'s code on silver annotations of the
-sample (a lexicon), a prompt-tuned DDI model with its ``biomine_task.json`` fitted to the sample's
-drug pairs in BioGPT's fine-tuning format, and a random causal LM for summaries. It then runs
-``jobs/demo.toml`` (ingest the bundled PubMed XML, shard, NER/RE/summaries on a local Ray), builds the
-DDI knowledge base and runs a few DuckDB queries. The NER and RE models have memorised their training
-abstracts, so they show the mechanics, not accuracy; the summaries of a random LM are noise.
+The demo is a small project folder (default ``./biomine-demo``; nothing is written elsewhere): the
+first run copies the bundled job (``DIR/demo.toml``) and PubMed-format sample
+(``DIR/data/demo_pubmed.xml``) out of the installed package, so it works from any install, with
+or without a source checkout. Real BioGPT weights cannot be downloaded here, so it writes tiny
+checkpoints in the published layout (:mod:`biogpt.tiny`) into ``DIR/models/``, each with a BPE
+vocabulary learned from the sample abstracts: a token-classification model fine-tuned with
+``biomine train ner``'s code on silver annotations of the sample (a lexicon), a prompt-tuned DDI
+model with its ``biomine_task.json`` fitted to the sample's drug pairs in BioGPT's fine-tuning
+format, and a random causal LM for summaries. It then runs the job (ingest the XML, shard,
+NER/RE/summaries on a local Ray) into ``DIR/out``, builds the DDI knowledge base and runs a few
+DuckDB queries. The NER and RE models have memorised their training abstracts, so they show the
+mechanics, not accuracy; the summaries of a random LM are noise.
+
+A second run reuses what is there: an edited ``DIR/demo.toml`` (real model paths, say) is kept,
+models that exist are not rewritten, and finished outputs are verified and skipped.
+
+:raises ConfigError: ``DIR`` is a file, cannot be written, or its job is not a files-source job.
 """
 
 from __future__ import annotations
@@ -16,22 +25,25 @@ import argparse
 import contextlib
 import logging
 import sys
+from importlib import resources
 from pathlib import Path
 
 from pipeline.commands import plain
 
-REPO = Path(__file__).resolve().parents[2]
-DEMO_JOB = REPO / "jobs" / "demo.toml"
+#: The bundled demo project (package data, see ``[tool.setuptools.package-data]``).
+BUNDLE = resources.files("pipeline.commands") / "demo_files"
+BUNDLE_FILES = ("demo.toml", "data/demo_pubmed.xml")
+DEFAULT_DIR = "biomine-demo"
 
 EPILOG = """\
 examples:
-  biomine demo                      # models into out/demo-models, outputs into out/demo
-  biomine demo --fresh              # delete the demo outputs first (models are kept)
-  biomine run jobs/demo.toml        # afterwards: the same job through the normal command
-  biomine query out/demo "SELECT pmid, label, text FROM entities LIMIT 10"
+  biomine demo                      # into ./biomine-demo: demo.toml, data/, models/, out/
+  biomine demo /tmp/demo --fresh    # elsewhere; --fresh deletes the outputs first (models are kept)
+  biomine run biomine-demo/demo.toml    # afterwards: the same job through the normal command
+  biomine query biomine-demo/out "SELECT pmid, label, text FROM entities LIMIT 10"
 
 Replace the tiny models by real ones (see `biomine convert fairseq --help`, `biomine train ner --help`)
-by editing the model paths in a copy of jobs/demo.toml.
+by editing the model paths in DIR/demo.toml; `biomine demo DIR` keeps an edited file.
 """
 
 QUERIES = [
@@ -51,13 +63,14 @@ QUERIES = [
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run the whole pipeline on bundled data with tiny models",
                               description=plain(__doc__), epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--job", default=str(DEMO_JOB), help="job file to run (default: jobs/demo.toml)")
+    p.add_argument("dir", nargs="?", default=DEFAULT_DIR, metavar="DIR",
+                   help=f"the demo's folder (default: ./{DEFAULT_DIR}); created if needed")
     p.add_argument("--fresh", action="store_true", help="delete the job's previous outputs first")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
-# The demo's silver annotations of jobs/data/demo_pubmed.xml: a lexicon for NER and the drug pairs
+# The demo's silver annotations of demo_files/data/demo_pubmed.xml: a lexicon for NER and the drug pairs
 # each abstract states for DDI (synthetic citations, annotated by the biomine authors).
 LEXICON = {
     "Chemical": ["warfarin", "aspirin", "fluconazole", "ketoconazole", "midazolam", "rifampicin", "cisplatin",
@@ -159,6 +172,27 @@ def make_demo_models(spec, records: list[dict]) -> list[Path]:
     return made
 
 
+def write_bundle(folder: Path) -> Path:
+    """Copy the bundled job and sample into ``folder`` where they are missing; the job file's path.
+
+    :raises ConfigError: ``folder`` (or a file it needs) is not a folder, or cannot be written.
+    """
+    from biogpt.errors import ConfigError
+
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file: name a folder for the demo (it is created if needed)")
+    try:
+        for name in BUNDLE_FILES:
+            target = folder / name
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(BUNDLE.joinpath(name).read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot write the demo into {folder}: {exc.strerror or exc}; name a writable "
+                          "folder (biomine demo DIR)") from None
+    return folder / "demo.toml"
+
+
 def run(args: argparse.Namespace) -> int:
     import shutil
 
@@ -167,11 +201,12 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.run.jobspec import load_job
     from pipeline.run.runner import run_job, summary_table
 
-    spec = load_job(args.job, check_models=False)
+    job = write_bundle(Path(args.dir))
+    spec = load_job(job, check_models=False)
     if spec.source.kind != "files":
         from biogpt.errors import ConfigError
 
-        raise ConfigError(f"{args.job}: the demo runs a files source (bundled XML), not {spec.source.kind!r}")
+        raise ConfigError(f"{job}: the demo runs a files source (bundled XML), not {spec.source.kind!r}")
     for path in make_demo_models(spec, demo_records(spec.source.paths)):
         print(f"wrote tiny model {path}", file=sys.stderr)
     out = Path(spec.output)  # the demo writes on this machine
@@ -192,5 +227,6 @@ def run(args: argparse.Namespace) -> int:
                 print(f"\n-- {title}: skipped ({str(exc).splitlines()[0]})")
                 continue
             print(f"\n-- {title}\n{frame.to_string(index=False)}")
-    print(f"\noutputs: {spec.output} (query them with `biomine query {spec.output} \"SQL\"`)")
+    print(f"\noutputs: {spec.output} (query them with `biomine query {spec.output} \"SQL\"`; "
+          f"run the job again with `biomine run {job}`)")
     return 0

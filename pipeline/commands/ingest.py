@@ -27,7 +27,7 @@ examples:
   biomine ingest pubmed25n0001.xml.gz --out data/pubmed                 # one baseline file
   biomine ingest baseline/ updatefiles/ --out data/pubmed               # baseline, then its updates
   biomine ingest updatefiles/pubmed25n1300.xml.gz --out data/pubmed     # later: today's update
-  biomine ingest jobs/data/demo_pubmed.xml --out /tmp/demo-articles     # the bundled demo file
+  biomine ingest biomine-demo/data/demo_pubmed.xml --out /tmp/demo-articles   # the sample `biomine demo` wrote
 
 A new file must sort after every file already in --out (NLM's numbering guarantees it for the
 baseline and its updates). Read the result with pipeline.store.shards.read_articles(DIR) or

@@ -10,10 +10,10 @@ EPILOG = """\
 views: documents, entities, relations, summaries (and kb when OUT/kb.parquet exists)
 
 examples:
-  biomine query out/demo "SELECT count(*) FROM documents"
+  biomine query biomine-demo/out "SELECT count(*) FROM documents"
   biomine query out/ddi "SELECT relation, count(*) n FROM relations WHERE parse_status = 'ok' GROUP BY 1 ORDER BY n DESC"
   biomine query out/ddi "SELECT d.pub_year, count(*) FROM relations r JOIN documents d USING (pmid) GROUP BY 1"
-  biomine query out/demo "SELECT * FROM entities LIMIT 20" --format csv > entities.csv
+  biomine query biomine-demo/out "SELECT * FROM entities LIMIT 20" --format csv > entities.csv
 """
 
 

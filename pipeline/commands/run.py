@@ -8,7 +8,7 @@ from pipeline.commands import plain
 
 EPILOG = """\
 examples:
-  biomine run jobs/demo.toml                 # small local demo (tiny model, bundled XML)
+  biomine run biomine-demo/demo.toml         # the small local demo `biomine demo` wrote (tiny models)
   biomine run jobs/ddi-kb.toml --address 10.0.0.5:6379   # join a Ray cluster (the head's GCS address)
   RAY_ADDRESS=auto biomine run jobs/pubmed-daily.toml     # the cluster this node belongs to
   biomine run jobs/ddi-kb.toml --check       # validate the job file only

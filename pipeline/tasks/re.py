@@ -14,8 +14,8 @@ Contract:
   :class:`~biogpt.errors.TaskSettingsError`.
 - Input of each article (:meth:`RelationTask.prepare`), exactly as the fine-tuning data:
   ``re_format.build_source`` (DDI: the abstract; KD-DTI, BC5CDR: title + joiner + abstract, lower-cased)
-  then ``[2] + source ids + learned1..N`` (``re_format.prompt_input_ids``, the source cut to S-1 ids +
-  ``...``). A DDI article without an abstract, or any article without title and abstract, gets no
+  then ``[2] + source ids + learned1..N`` (``re_format.prompt_input``, the source cut to S-1 ids +
+  ``...``; such rows say ``input_truncated = true``). A DDI article without an abstract, or any article without title and abstract, gets no
   prompt; it yields one ``unparsed`` row whose reason says so (nothing is silently dropped).
 - Decoding as the original ``inference.py``: greedy (beam 1), ``<pad>`` never chosen, stop at
   ``</s>``; each prompt may generate ``min(max_new_tokens, L - prompt length)`` tokens where
@@ -62,7 +62,7 @@ from schemas import relations as _relations
 from . import base
 from .decoding import GreedyDecoder
 from .options import RelationOptions
-from .re_format import build_source, prompt_input_ids
+from .re_format import build_source, prompt_input
 from .re_grammar import ParseResult, Unparsed, parse_generation, relation_rows
 from .registry import DATASETS
 
@@ -146,12 +146,13 @@ class RelationTask(base.Task):
 
     @classmethod
     def prepare(cls, batch: dict[str, Any], options: RelationOptions) -> dict[str, Any]:
-        """Add ``_input_ids`` (the prompt ids, or None), ``_skip`` (why there is no prompt, or
-        ``""``) and ``_text`` (``title + " " + abstract``, which evidence offsets index)."""
+        """Add ``_input_ids`` (the prompt ids, or None), ``_truncated`` (whether the source was cut to
+        fit the positions, or None), ``_skip`` (why there is no prompt, or ``""``) and ``_text``
+        (``title + " " + abstract``, which evidence offsets index)."""
         model_dir = options.model
         settings = _settings(model_dir, options.task)
         tokenizer = base.tokenizer_for(model_dir)
-        inputs, skips, texts = [], [], []
+        inputs, truncated, skips, texts = [], [], [], []
         for title, abstract in zip(base.as_list(batch["title"]), base.as_list(batch["abstract"])):
             title, abstract = base.text_of(title), base.text_of(abstract)
             texts.append(base.article_text(title, abstract))
@@ -160,14 +161,16 @@ class RelationTask(base.Task):
                 skip = NO_ABSTRACT
             elif not title.strip() and not abstract.strip():
                 skip = NO_TEXT
-            if skip:
-                inputs.append(None)
-            else:
-                source = build_source(settings.task, {"title": title, "abstract": abstract})
-                inputs.append(prompt_input_ids(source, tokenizer, settings))
+            ids, cut = None, None
+            if not skip:
+                ids, cut = prompt_input(build_source(settings.task, {"title": title, "abstract": abstract}),
+                                        tokenizer, settings)
+            inputs.append(ids)
+            truncated.append(cut)
             skips.append(skip)
         out = dict(batch)
         out["_input_ids"] = inputs
+        out["_truncated"] = truncated
         out["_skip"] = skips
         out["_text"] = texts
         return out
@@ -218,6 +221,7 @@ class RelationTask(base.Task):
         pmids, versions = base.doc_keys(batch)
         skips = [str(s) if s else "" for s in base.as_list(batch["_skip"])]
         texts = base.as_list(batch["_text"])
+        cut = base.as_list(batch["_truncated"])
         new = self.decoder.run_prompted(base.as_list(batch["_input_ids"]), self.max_new_tokens)
         generations = {i: self.generation_text(ids) for i, ids in new.items()}
         out: list[list[dict[str, Any]]] = []
@@ -229,7 +233,7 @@ class RelationTask(base.Task):
                 result = ParseResult(task=self.task, raw="", relations=(), unparsed=(Unparsed("", reason),))
                 decoding = None  # nothing was decoded
             out.append(relation_rows(result, pmid=pmid, text=str(texts[i]), model_id=self.model_id, version=version,
-                                     decoding=decoding))
+                                     decoding=decoding, input_truncated=None if cut[i] is None else bool(cut[i])))
         return out
 
 
@@ -309,9 +313,9 @@ def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_siz
     prompts, truncated = [], 0
     for doc_id in doc_ids:
         source = build_source(task, records[doc_id], record_id=doc_id)
-        prompts.append(prompt_input_ids(source, runner.tokenizer, runner.settings))
-        text = source.lower() if runner.settings.lowercase_source else source
-        truncated += len(runner.tokenizer.encode(text, add_special_tokens=False)) > runner.settings.max_source_positions
+        ids, cut = prompt_input(source, runner.tokenizer, runner.settings)
+        prompts.append(ids)
+        truncated += cut
     log.info("re eval: %d %s records from %s, generating with %s", len(prompts), task, data, model_dir)
     new_ids = runner.generate_ids(prompts)
     generations = {doc_id: runner.generation_text(ids) for doc_id, ids in zip(doc_ids, new_ids)}

@@ -22,7 +22,7 @@ Contract:
   with the original ordering quirks), so training data and round-trip tests use the released grammar.
 - Task names and a checkpoint's settings (:class:`~biogpt.task_spec.TaskSettings`, read from its
   ``biomine_task.json`` by :func:`~biogpt.task_spec.load_task_settings`) live in :mod:`biogpt.task_spec`.
-- :func:`prompt_input_ids` builds the prompt-model input ``[2] + source ids + [V0 .. V0+N-1]``, the
+- :func:`prompt_input` (ids and whether the source was cut) and :func:`prompt_input_ids` build the prompt-model input ``[2] + source ids + [V0 .. V0+N-1]``, the
   source cut to ``S-1`` ids plus the ``...`` id when longer than ``S`` (as
   ``src/language_model_prompt_dataset.py`` truncates), given any tokenizer with
   ``encode(text, add_special_tokens=False)``.
@@ -167,9 +167,14 @@ def build_target(task: str, record: Mapping[str, Any], *, record_id: str | None 
 
 
 def prompt_input_ids(source: str, tokenizer: TokenizerLike, settings: TaskSettings) -> list[int]:
-    """The prompt-model input: ``[2] + source ids + prompt ids`` (``[2] + prompt ids + source ids +
-    [sep]`` in the ``prompt_source_sep`` layout), the source cut to ``S-1`` ids + ``...`` when longer
-    than ``S``.
+    """The ids of :func:`prompt_input` (without its truncation flag)."""
+    return prompt_input(source, tokenizer, settings)[0]
+
+
+def prompt_input(source: str, tokenizer: TokenizerLike, settings: TaskSettings) -> tuple[list[int], bool]:
+    """The prompt-model input and whether the source was cut: ``[2] + source ids + prompt ids``
+    (``[2] + prompt ids + source ids + [sep]`` in the ``prompt_source_sep`` layout), the source cut
+    to ``S-1`` ids + ``...`` when longer than ``S`` (then the flag is True).
 
     ``source`` is lower-cased here when the checkpoint expects it (a no-op for :func:`build_source`
     output; it protects raw text, the cause of "RE returns the input" reports, microsoft/BioGPT#107).
@@ -179,12 +184,13 @@ def prompt_input_ids(source: str, tokenizer: TokenizerLike, settings: TaskSettin
     limit = settings.max_source_positions
     # src/language_model_prompt_dataset.py __getitem__: with more than S source tokens keep S+1 items
     # (eos included), then overwrite the last two with "..." and eos: S-1 source ids + "...".
-    if len(ids) > limit:
+    truncated = len(ids) > limit
+    if truncated:
         ids = ids[: limit - 1] + [settings.truncation_marker_id]
     prompt = list(settings.prompt_token_ids)
     # collate(): cat([source, prompt, target]) or, with --prefix, cat([prompt, source, sep, target]);
     # the eos that ends the target moves to the front.
     if settings.sep_token_id is not None:
-        return [EOS_ID] + prompt + ids + [settings.sep_token_id]
-    return [EOS_ID] + ids + prompt
+        return [EOS_ID] + prompt + ids + [settings.sep_token_id], truncated
+    return [EOS_ID] + ids + prompt, truncated
 

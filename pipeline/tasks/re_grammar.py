@@ -295,6 +295,7 @@ def relation_rows(
     model_id: str,
     version: int = 1,
     decoding: Mapping[str, Any] | None = None,
+    input_truncated: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of :data:`schemas.relations.RELATION_SCHEMA` for one parsed generation.
 
@@ -309,6 +310,7 @@ def relation_rows(
         "raw_generation": result.raw,
         "model_id": model_id,
         "decoding": dict(decoding) if decoding is not None else None,
+        "input_truncated": input_truncated,
     }
     rows = []
     for rel in result.relations:

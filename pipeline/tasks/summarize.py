@@ -18,7 +18,7 @@ Contract:
   ``max_new_tokens`` exceeds ``max_position_embeddings``, the ABSTRACT is cut (whole words from its
   end) until it fits, so the template's cue after it (e.g. ``TL;DR:``) is kept; if the prompt still
   does not fit (a template without ``{abstract}``, a huge title), its first ids after ``</s>`` are
-  dropped, again keeping the end. An article whose prompt is empty (e.g. ``"{title}"`` and no
+  dropped, again keeping the end. Such a row says ``input_truncated = true``. An article whose prompt is empty (e.g. ``"{title}"`` and no
   title) gets no row.
 - Decoding: greedy (``<pad>`` never chosen) on :class:`biogpt.engine.Engine`, at most
   ``max_new_tokens`` new tokens (default 64, the runner's), stopping at ``</s>``; the greedy ids equal
@@ -94,15 +94,22 @@ def prompt_limit(model_dir: str | Path, max_new_tokens: int) -> int:
 
 
 def prompt_ids(template: str, title: str, abstract: str, tokenizer, limit: int) -> list[int]:
+    """The ids of :func:`fit_prompt` (without its truncation flag)."""
+    return fit_prompt(template, title, abstract, tokenizer, limit)[0]
+
+
+def fit_prompt(template: str, title: str, abstract: str, tokenizer, limit: int) -> tuple[list[int], bool]:
     """``[2] + encode(template.format(title=, abstract=))``, cut to ``limit`` ids as the module
-    docstring says (the abstract first, from its end, then the first ids after ``</s>``)."""
+    docstring says (the abstract first, from its end, then the first ids after ``</s>``), and
+    whether it was cut."""
 
     def encode(abstract_text: str) -> list[int]:
         return [tokenizer.eos_token_id] + list(
             tokenizer.encode(template.format(title=title, abstract=abstract_text), add_special_tokens=False))
 
     ids = encode(abstract)
-    if len(ids) > limit and abstract and "{abstract}" in template:
+    truncated = len(ids) > limit
+    if truncated and abstract and "{abstract}" in template:
         ends = [m.end() for m in _WORD.finditer(abstract)]
         # Binary search for the most leading words whose prompt fits (ids grow with words; the final
         # cut below guarantees the limit even where that does not hold exactly).
@@ -118,7 +125,7 @@ def prompt_ids(template: str, title: str, abstract: str, tokenizer, limit: int) 
         ids = best
     if len(ids) > limit:
         ids = ids[:1] + ids[len(ids) - (limit - 1):]
-    return ids
+    return ids, truncated
 
 
 class SummarizeTask(base.Task):
@@ -172,20 +179,23 @@ class SummarizeTask(base.Task):
 
     @classmethod
     def prepare(cls, batch: dict[str, Any], options: SummarizeOptions) -> dict[str, Any]:
-        """Add ``_input_ids``: the prompt ids per article (None where the prompt is empty)."""
+        """Add ``_input_ids`` (the prompt ids per article, None where the prompt is empty) and
+        ``_truncated`` (whether the prompt was cut to fit)."""
         model_dir = options.model
         template = check_template(options.prompt)
         limit = prompt_limit(model_dir, options.max_new_tokens)
         tokenizer = base.tokenizer_for(model_dir)
-        inputs = []
+        inputs, truncated = [], []
         for title, abstract in zip(base.as_list(batch["title"]), base.as_list(batch["abstract"])):
             title, abstract = base.text_of(title), base.text_of(abstract)
-            if not template.format(title=title, abstract=abstract).strip():
-                inputs.append(None)
-                continue
-            inputs.append(prompt_ids(template, title, abstract, tokenizer, limit))
+            ids, cut = None, None
+            if template.format(title=title, abstract=abstract).strip():
+                ids, cut = fit_prompt(template, title, abstract, tokenizer, limit)
+            inputs.append(ids)
+            truncated.append(cut)
         out = dict(batch)
         out["_input_ids"] = inputs
+        out["_truncated"] = truncated
         return out
 
     def __init__(self, options: SummarizeOptions):
@@ -214,6 +224,7 @@ class SummarizeTask(base.Task):
             batch = self.prepare(batch, self.options)
         pmids, versions = base.doc_keys(batch)
         new = self.decoder.run_prompted(base.as_list(batch["_input_ids"]), self.max_new_tokens)
+        cut = base.as_list(batch["_truncated"])
         out: list[list[dict[str, Any]]] = []
         for i, (pmid, version) in enumerate(zip(pmids, versions)):
             if i not in new:
@@ -221,5 +232,5 @@ class SummarizeTask(base.Task):
                 continue
             out.append([{"pmid": pmid, "version": version, "prompt_id": self.prompt_id,
                          "summary": self.summary_text(new[i]), "model_id": self.model_id,
-                         "decoding": dict(self.decoding)}])
+                         "decoding": dict(self.decoding), "input_truncated": bool(cut[i])}])
         return out
