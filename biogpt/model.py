@@ -278,15 +278,19 @@ class BioGptPreTrainedModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | str | None = None,
-                        device: torch.device | str | None = None, **config_overrides):
-        """Load a Hugging Face-layout directory (config.json + safetensors/bin, sharded or not).
+                        device: torch.device | str | None = None, *, revision: str | None = None,
+                        **config_overrides):
+        """Load a Hugging Face-layout model (config.json + safetensors/bin, sharded or not): a local
+        directory, a Hub id such as ``microsoft/biogpt`` (``revision``: a branch, tag or commit;
+        or ``microsoft/biogpt@v1``) or a pulled release such as ``biogpt:re-ddi`` (:mod:`biogpt.hub`).
 
-        :raises CheckpointError: missing files, unknown or missing keys, shapes that disagree with
-            config.json (each named).
+        :raises CheckpointError: an unknown name, missing files, unknown or missing keys, shapes that
+            disagree with config.json (each named).
         """
+        from .hub import resolve
         from .weights import load_pretrained
 
-        return load_pretrained(cls, path, dtype=dtype, device=device, **config_overrides)
+        return load_pretrained(cls, resolve(path, revision).path, dtype=dtype, device=device, **config_overrides)
 
     def save_pretrained(self, path: str | Path, max_shard_size: int | str | None = None) -> None:
         """Write config.json and safetensors weights (tied weights stored once, as transformers does)."""

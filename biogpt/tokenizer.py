@@ -305,14 +305,17 @@ class BioGptTokenizer:
         return cls(_encoder=encoder, _merges=merges, _source=str(Path(dict_file).parent), **kwargs)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs) -> "BioGptTokenizer":
-        """From a directory with ``vocab.json`` + ``merges.txt`` (preferred) or ``dict.txt`` + ``bpecodes``.
+    def from_pretrained(cls, path: str | Path, *, revision: str | None = None, **kwargs) -> "BioGptTokenizer":
+        """From a directory with ``vocab.json`` + ``merges.txt`` (preferred) or ``dict.txt`` + ``bpecodes``;
+        ``path`` may also be a Hub id or a pulled release (:mod:`biogpt.hub`, ``revision`` as there).
 
         ``added_tokens.json`` (token -> id, ids right after the vocabulary) and ``model_max_length``
         / ``padding_side`` from ``tokenizer_config.json`` are read when present; keyword arguments
         (e.g. ``padding_side="left"``) override them.
         """
-        path = Path(path)
+        from .hub import resolve
+
+        path = resolve(path, revision).path
         if not path.is_dir():
             raise TokenizerError(f"tokenizer directory {path} does not exist (or is a file); pass the model "
                                  f"directory holding {VOCAB_FILE} + {MERGES_FILE} or {DICT_FILE} + {BPECODES_FILE}")

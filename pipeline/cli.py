@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "pipeline.commands.ingest",
     "pipeline.commands.compact",
     "pipeline.commands.convert",
+    "pipeline.commands.models",
     "pipeline.commands.generate",
     "pipeline.commands.train",
     "pipeline.commands.evaluate",
@@ -37,6 +38,7 @@ biomine: batch literature mining of PubMed with BioGPT.
 Typical flow:
   biomine fetch --query "warfarin AND drug interactions" --max 500 --out data/warfarin
   biomine ingest pubmed25n0001.xml.gz --out data/baseline
+  biomine models pull re-ddi          # a released checkpoint, downloaded + converted: model = "biogpt:re-ddi"
   biomine convert fairseq RE-DDI/checkpoint_avg.pt models/re-ddi
   biomine train ner --data CDR_TrainingSet.PubTator.txt --base models/biogpt --out models/ner
   biomine eval re --task ddi --data DDI/test.json --model models/re-ddi
@@ -71,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.verbose < 2:  # huggingface_hub's HTTP client logs every request at INFO
+        for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

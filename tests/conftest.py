@@ -10,6 +10,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BIOMINE_SHARED", REPO.parent / "shared"))
 
+# No test may reach the real Hugging Face Hub: huggingface_hub reads these at import (its endpoint
+# for the agent-registry lookup it makes when telemetry is on, and its cache), before any test sets
+# its own loopback HF_ENDPOINT / HF_HOME. Port 9 (discard) refuses, so a stray call fails at once.
+os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"biomine-tests-hf-{os.getpid()}"))
+
 
 def shared_path(*parts: str) -> Path:
     """Path under ../shared, or skip the calling test with a clear reason when it is absent."""

@@ -37,6 +37,7 @@ report names the protocol that ran.
 
 examples:
   biomine eval re --task ddi --data BioGPT/data/DDI/raw/test.json --model models/re-ddi
+  biomine eval re --task ddi --data BioGPT/data/DDI/raw/test.json --model biogpt:re-ddi   # after `biomine models pull re-ddi`
   biomine eval re --task bc5cdr --data data/BC5CDR/test.json --model models/re-bc5cdr --limit 50
   biomine eval re --task kd-dti --data test.json --model models/re-dti --predictions out/dti.jsonl
 """
@@ -50,7 +51,7 @@ def register(subparsers) -> None:
     ner = kinds.add_parser("ner", help="strict mention P/R/F1 on a PubTator file", description=NER_HELP,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     ner.add_argument("--data", required=True, metavar="PUBTATOR_FILE", help="gold mentions (PubTator format)")
-    ner.add_argument("--model", required=True, metavar="DIR", help="token-classification model (biomine train ner)")
+    ner.add_argument("--model", required=True, metavar="MODEL", help="token-classification model (biomine train ner): a directory or a Hub id")
     _common(ner, batch=16)
     ner.set_defaults(func=_run_ner)
 
@@ -58,7 +59,8 @@ def register(subparsers) -> None:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     rel.add_argument("--task", required=True, choices=list(RE_TASKS), help="relation task")
     rel.add_argument("--data", required=True, metavar="FILE", help="gold file in BioGPT's test.json layout")
-    rel.add_argument("--model", required=True, metavar="DIR", help="converted fine-tuned checkpoint of --task")
+    rel.add_argument("--model", required=True, metavar="MODEL", help="fine-tuned checkpoint of --task: a directory or biogpt:NAME "
+                     "(`biomine models pull re-ddi`)")
     rel.add_argument("--max-new-tokens", type=int, default=None,
                      help="cap the generation per document (default: up to the position limit, as the original)")
     rel.add_argument("--include-empty", action="store_true",
@@ -91,11 +93,18 @@ def _write(report: dict, path: str | None) -> None:
         Path(path).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
+def _model(spec: str) -> str:
+    """A model directory, Hub id or ``biogpt:NAME`` as a local directory (:mod:`biogpt.hub`)."""
+    from biogpt import hub
+
+    return str(hub.resolve(spec).path)
+
+
 def _run_ner(args) -> int:
     from pipeline.tasks.ner import evaluate_ner, format_ner_report
 
     _check_file(args.data, "--data")
-    report = evaluate_ner(args.model, args.data, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+    report = evaluate_ner(_model(args.model), args.data, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     print(format_ner_report(report))
     _write(report, args.json)
     return 0
@@ -106,7 +115,7 @@ def _run_re(args) -> int:
 
     _check_file(args.data, "--data")
     require_positive(args, "--max-new-tokens")
-    report = evaluate_re(args.task, args.data, args.model, batch_size=args.batch_size,
+    report = evaluate_re(args.task, args.data, _model(args.model), batch_size=args.batch_size,
                          max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
                          limit=args.limit, predictions_out=args.predictions, include_empty=args.include_empty)
     print(format_re_report(report))

@@ -14,6 +14,7 @@ from pipeline.commands import plain
 EPILOG = """\
 examples:
   biomine generate --model models/biogpt "COVID-19 is" "Aspirin inhibits"
+  biomine generate --model microsoft/biogpt "COVID-19 is"          # from the Hugging Face Hub (cached)
   biomine generate --model models/biogpt --num-beams 5 --max-new-tokens 64 "Metformin is"
   biomine generate --model models/biogpt --do-sample --top-p 0.9 --seed 0 "The p53 gene"
   echo "Warfarin interacts with" | biomine generate --model models/biogpt -
@@ -24,7 +25,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="continue prompts with a causal BioGPT",
                               description=plain(__doc__), epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompts", nargs="+", metavar="PROMPT", help="prompt texts; '-' reads one prompt per stdin line")
-    p.add_argument("--model", required=True, metavar="DIR", help="causal-LM model directory (Hugging Face layout)")
+    p.add_argument("--model", required=True, metavar="MODEL", help="causal LM: a directory (Hugging Face layout), a Hub id "
+                   "such as microsoft/biogpt[@revision], or biogpt:NAME")
     p.add_argument("--max-new-tokens", type=int, default=32, help="new tokens per prompt (default 32)")
     p.add_argument("--min-new-tokens", type=int, default=0, help="no end-of-text before this many (default 0)")
     p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (default 1 = greedy)")

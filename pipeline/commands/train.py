@@ -51,8 +51,9 @@ def register(subparsers) -> None:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     ner.add_argument("--data", required=True, metavar="PUBTATOR_FILE",
                      help="training documents with mention annotations, in PubTator format")
-    ner.add_argument("--base", required=True, metavar="MODEL_DIR",
-                     help="checkpoint to start from, e.g. the pre-trained BioGPT (`biomine convert fairseq`)")
+    ner.add_argument("--base", required=True, metavar="MODEL",
+                     help="checkpoint to start from, e.g. the pre-trained BioGPT: a directory, microsoft/biogpt "
+                          "(the Hub) or biogpt:biogpt (`biomine models pull biogpt`)")
     ner.add_argument("--out", required=True, metavar="DIR", help="output model directory (created; must be empty)")
     ner.add_argument("--epochs", type=int, default=5, help="passes over the data (default 5)")
     ner.add_argument("--lr", type=float, default=5e-5,
@@ -91,7 +92,9 @@ def _run_ner(args) -> int:
     from pipeline.tasks.ner import train_ner
 
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    s = train_ner(args.data, args.base, args.out, scheme=args.scheme, types=_types(args.types), epochs=args.epochs,
+    from biogpt import hub
+
+    s = train_ner(args.data, str(hub.resolve(args.base).path), args.out, scheme=args.scheme, types=_types(args.types), epochs=args.epochs,
                   lr=args.lr, batch_size=args.batch_size, freeze_body=args.freeze_body, seed=args.seed,
                   device=args.device, stride=args.stride, overwrite=args.force, progress=progress)
     notes = ""

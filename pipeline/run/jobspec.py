@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from biogpt import hub
 from pipeline.errors import JobConfigError
 from pipeline.store.storage import is_uri, location
 from pipeline.tasks.options import DTYPES, TaskOptions
@@ -132,8 +133,9 @@ def _task_options(name: str, table: dict[str, Any], base_dir: Path, dtype: str, 
     if not ok:
         return None
     model = values["model"]
-    values["model"] = _resolve(model, base_dir)
-    if check_models and not (location(values["model"]) / "config.json").exists():
+    named = hub.is_name(model, base_dir)  # a Hub id or biogpt:NAME: the runner's preflight resolves it
+    values["model"] = model if named else _resolve(model, base_dir)
+    if check_models and not named and not (location(values["model"]) / "config.json").exists():
         problems.append(f"{where} model = {model!r}: no config.json in {values['model']} (train or convert a "
                         "model first: see `biomine train ner --help` and `biomine convert fairseq --help`)")
     options = cls(**values, dtype=dtype)

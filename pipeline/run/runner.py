@@ -55,7 +55,7 @@ from pipeline.errors import BioMineError, JobConfigError, StoreError
 from pipeline.run.jobspec import JobSpec
 from pipeline.store.datasets import TaskDataset
 from pipeline.store.lease import Lease
-from pipeline.store.models import materialize, model_checksum
+from pipeline.store.models import describe, materialize, model_checksum, pin
 from pipeline.store.storage import Location, location
 
 log = logging.getLogger(__name__)
@@ -397,6 +397,10 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
     classes = {}
     for name, options in list(spec.tasks.items()):
         where = f"[tasks.{name}] "
+        pinned = check(where, pin, options.model)  # a Hub id -> hf://repo@<commit> (fetched here once)
+        if pinned is None:
+            continue
+        options = dataclasses.replace(options, model=pinned)
         sha = check(where, model_checksum, options.model)
         local = check(where, materialize, options.model, sha) if sha else None
         if local is None:
@@ -448,8 +452,7 @@ def _run(spec: JobSpec, classes: dict[str, Any], out: Location, lease: Lease, pr
     manifest: dict[str, Any] = {
         "job": {"name": spec.name, "spec": _redacted(spec.raw), "path": str(spec.path) if spec.path else None},
         "code": code_version(), "started_at": started.isoformat(timespec="seconds"), "stages": {},
-        "models": {name: {"model_id": location(o.model).name, "path": o.model, "sha256": o.model_sha256}
-                   for name, o in spec.tasks.items()},
+        "models": {name: {**describe(o.model), "sha256": o.model_sha256} for name, o in spec.tasks.items()},
         "failures": [], "finished_at": None,
     }
     (out / MANIFEST).write_json(manifest)

@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from biogpt import hub
 from biogpt.errors import BioMineError
 from pipeline.errors import StageError, StoreError
 from pipeline.store.datasets import ShardOutput, TaskDataset, data_file_name, fingerprint
@@ -98,7 +99,7 @@ def shard_identity(shard: Location) -> dict[str, Any]:
 
 def local_options(options: TaskOptions) -> TaskOptions:
     """``options`` with the model as a local directory (fetched into this node's cache if need be)."""
-    if location(options.model).is_local:
+    if not hub.is_name(options.model) and location(options.model).is_local:
         return options
     return dataclasses.replace(options, model=str(materialize(options.model, options.model_sha256)))
 

@@ -1,9 +1,12 @@
 """Model directories on any storage: fetched once per node into a local cache, verified by checksum.
 
-A task's ``model`` is a local directory or a URI (``s3://bucket/models/re-ddi``). Loading needs local
-files, so :func:`materialize` copies a remote model directory into
-``$BIOMINE_MODEL_CACHE`` (default ``~/.cache/biomine/models``) as ``<sha256>/<name>/`` (the name kept:
-rows carry it as their ``model_id``) and returns that path;
+A task's ``model`` is a local directory, a URI (``s3://bucket/models/re-ddi``), or a model name
+(:mod:`biogpt.hub`: a Hub id ``microsoft/biogpt[@revision]``, a pulled release ``biogpt:re-ddi``).
+:func:`pin` turns a name into what every node can load the same: ``hf://repo@<commit>`` (each
+node fetches that commit into its own Hub cache, or finds it there) or the release's local folder.
+Loading needs local files, so :func:`materialize` copies a remote model directory into
+:func:`biogpt.hub.model_home` (``$BIOMINE_MODEL_CACHE``, default ``~/.cache/biomine/models``) as
+``<sha256>/<name>/`` (the name kept: rows carry it as their ``model_id``) and returns that path;
 a second call on the same node finds it and only checks the marker. The checksum
 (:func:`model_checksum`: sha256 over the config, weight and vocabulary files, in name order) is the
 model's identity everywhere: the run records it, output fingerprints include it, and a node whose copy
@@ -25,16 +28,35 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from biogpt import hub
 from pipeline.errors import StoreError
 from pipeline.store.storage import Location, location
 
 log = logging.getLogger(__name__)
 
 _VERIFIED = ".biomine-verified"
+cache_root = hub.model_home  # one folder for every model biomine keeps
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("BIOMINE_MODEL_CACHE") or Path.home() / ".cache" / "biomine" / "models")
+def pin(model: str) -> str:
+    """``model`` as every node can load it: a Hub id resolved (fetched here if need be) to
+    ``hf://repo@<commit>``, a release name to its local folder; paths and URIs unchanged.
+
+    :raises CheckpointError: a name that does not resolve (see :func:`biogpt.hub.resolve`).
+    """
+    return hub.pinned(hub.resolve(model)) if hub.is_name(model) else model
+
+
+def describe(model: str) -> dict:
+    """What a manifest records about ``model``: its ``model_id``, where it is, and for a Hub model
+    the repository and commit (``hf://repo@<commit>`` after :func:`pin`)."""
+    out = {"model_id": hub.model_name(model), "path": model}
+    if hub.is_name(model):
+        ref = hub.parse(model)
+        out.update({"hub": ref.value, "revision": ref.revision} if ref.kind == "hub" else {"release": ref.value})
+    elif os.path.dirname(os.path.normpath(model)) == str(hub.released_dir("")).rstrip("/"):
+        out["release"] = os.path.basename(os.path.normpath(model))
+    return out
 
 
 def _model_files(loc: Location) -> list[str]:
@@ -44,7 +66,10 @@ def _model_files(loc: Location) -> list[str]:
 
 
 def model_checksum(model: str | os.PathLike | Location) -> str:
-    """sha256 over the model's defining files (name order); reads them from wherever they are."""
+    """sha256 over the model's defining files (name order); reads them from wherever they are
+    (a model name: from the local folder it resolves to)."""
+    if isinstance(model, str) and hub.is_name(model):
+        model = hub.resolve(model).path
     loc = location(model)
     names = _model_files(loc)
     if not names:
@@ -61,8 +86,15 @@ def materialize(model: str | os.PathLike | Location, sha256: str | None = None) 
     """A local directory holding ``model``: the directory itself when it is local, else the cached
     copy (fetched if this node has none). With ``sha256`` the copy must have that checksum.
 
+    A Hub model pinned to a commit (``hf://repo@<commit>``) comes from this node's Hub cache
+    (fetched there if missing): the commit fixes the files and huggingface_hub checks each against
+    the Hub's etag/sha256.
+
     :raises StoreError: no model files, or a checksum other than ``sha256``.
+    :raises CheckpointError: a model name that does not resolve on this node.
     """
+    if isinstance(model, str) and hub.is_name(model):
+        return hub.resolve(model).path
     loc = location(model)
     if loc.is_local:
         return loc.local_path()

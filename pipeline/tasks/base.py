@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from biogpt import hub
 from biogpt.errors import CheckpointError, ConfigError
 from pipeline.errors import WrongModelError
 
@@ -93,8 +94,8 @@ def text_of(value: Any) -> str:
 
 
 def model_id(model_dir: str | Path) -> str:
-    """The id written into every output row: the model directory's name."""
-    return Path(model_dir).resolve().name
+    """The id written into every output row: the model directory's name (a Hub model: its repo id)."""
+    return hub.model_name(Path(model_dir).resolve())
 
 
 def read_config(model_dir: str | Path, task: str) -> dict[str, Any]:

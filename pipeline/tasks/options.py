@@ -22,6 +22,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from biogpt import hub
 from biogpt.errors import ConfigError
 from biogpt.task_spec import RE_TASKS
 
@@ -107,7 +108,7 @@ class TaskOptions:
         skip = {"device", "cuda_graph", "batch_size"} | ({"model"} if self.model_sha256 else set())
         settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         if self.model_sha256:  # rows carry the model's name as their model_id
-            settings["model_id"] = os.path.basename(str(self.model).rstrip("/"))
+            settings["model_id"] = hub.model_name(self.model)
         return settings
 
 
