@@ -121,6 +121,12 @@ def is_name(spec: str | os.PathLike, base_dir: str | os.PathLike | None = None) 
         return True  # a malformed name is still a name (resolve says what is wrong)
 
 
+def is_explicit_name(spec: str | os.PathLike) -> bool:
+    """Whether ``spec`` is a name by its prefix (``hf://``, ``biogpt:``): what a job's model becomes
+    once :func:`pinned`; code past the job parser never reads a bare ``owner/name`` as a Hub id."""
+    return os.fspath(spec).startswith((HF_SCHEME, RELEASE_PREFIX))
+
+
 def model_name(spec: str | os.PathLike) -> str:
     """The id output rows carry for ``spec``: the Hub repo id, the release name, or the directory's
     name. A directory inside the Hub cache (``models--owner--name/snapshots/<commit>``) gives its repo id."""

@@ -99,7 +99,7 @@ def shard_identity(shard: Location) -> dict[str, Any]:
 
 def local_options(options: TaskOptions) -> TaskOptions:
     """``options`` with the model as a local directory (fetched into this node's cache if need be)."""
-    if not hub.is_name(options.model) and location(options.model).is_local:
+    if not hub.is_explicit_name(options.model) and location(options.model).is_local:
         return options
     return dataclasses.replace(options, model=str(materialize(options.model, options.model_sha256)))
 

@@ -51,7 +51,7 @@ def describe(model: str) -> dict:
     """What a manifest records about ``model``: its ``model_id``, where it is, and for a Hub model
     the repository and commit (``hf://repo@<commit>`` after :func:`pin`)."""
     out = {"model_id": hub.model_name(model), "path": model}
-    if hub.is_name(model):
+    if hub.is_explicit_name(model):
         ref = hub.parse(model)
         out.update({"hub": ref.value, "revision": ref.revision} if ref.kind == "hub" else {"release": ref.value})
     elif os.path.dirname(os.path.normpath(model)) == str(hub.released_dir("")).rstrip("/"):
@@ -68,7 +68,7 @@ def _model_files(loc: Location) -> list[str]:
 def model_checksum(model: str | os.PathLike | Location) -> str:
     """sha256 over the model's defining files (name order); reads them from wherever they are
     (a model name: from the local folder it resolves to)."""
-    if isinstance(model, str) and hub.is_name(model):
+    if isinstance(model, str) and hub.is_explicit_name(model):
         model = hub.resolve(model).path
     loc = location(model)
     names = _model_files(loc)
@@ -93,7 +93,7 @@ def materialize(model: str | os.PathLike | Location, sha256: str | None = None) 
     :raises StoreError: no model files, or a checksum other than ``sha256``.
     :raises CheckpointError: a model name that does not resolve on this node.
     """
-    if isinstance(model, str) and hub.is_name(model):
+    if isinstance(model, str) and hub.is_explicit_name(model):
         return hub.resolve(model).path
     loc = location(model)
     if loc.is_local:
