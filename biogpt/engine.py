@@ -10,6 +10,10 @@ Contract:
   returns, per prompt and in input order, the new ids up to and including the first EOS, or
   ``max_new_tokens`` of them. Greedy results equal :func:`biogpt.generation.generate` greedy (the
   tests check it on CPU in float32, ragged prompts, per-prompt budgets, more prompts than slots).
+  With ``logprobs=True`` it also returns, per new id, its log-probability under the model's own
+  distribution at that step (``log_softmax`` of the raw float32 logits, before suppressed tokens,
+  temperature or top-k/p), computed inside the decode step (no second pass): their sum over a span
+  equals a teacher-forced forward pass over prompt + generated ids (tests check it).
   ``min_new_tokens``, ``suppress_tokens`` and sampling (temperature -> top_k -> top_p, as there)
   are supported; sampling is reproducible for a given ``generator`` (on the engine's device) but
   draws differently from ``generate`` (an exponential race, which a CUDA graph can hold).
@@ -125,6 +129,7 @@ class Engine:
         self.budget = zeros(torch.long)    # max_new_tokens of the slot's prompt
         self.active = zeros(torch.bool)    # still generating
         self.emitted = zeros(torch.long)   # 1 where the last decode step produced a real token
+        self.logprob = zeros(torch.float32)  # log p(token) of the token the last step chose
         self.logits = torch.zeros(max_batch, self.vocab_size, dtype=torch.float32, device=device)  # beam steps
         self._slot_ids = torch.arange(max_seq_len, device=device)
         self._row_ids = torch.arange(max_batch, device=device)
@@ -154,8 +159,9 @@ class Engine:
             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
             min_new_tokens: int = 0, suppress_tokens: Sequence[int] | None = None, do_sample: bool = False,
             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-            generator: torch.Generator | None = None) -> list[list[int]]:
-        """New token ids per prompt, in input order (greedy unless ``do_sample``)."""
+            generator: torch.Generator | None = None, logprobs: bool = False):
+        """New token ids per prompt, in input order (greedy unless ``do_sample``); with ``logprobs``
+        a pair ``(ids, logprobs)``: per prompt the model log-probability of each new id."""
         prompts = [list(p) for p in prompts]
         budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         if len(budgets) != len(prompts):
@@ -168,6 +174,7 @@ class Engine:
         self.active.zero_()
 
         outputs: list[list[int]] = [[] for _ in prompts]
+        scores: list[list[float]] = [[] for _ in prompts]
         waiting = deque(range(len(prompts)))
         free = list(range(self.max_batch))  # a heap: lowest slots first keeps the live rows packed
         owner: dict[int, int] = {}          # slot -> prompt index
@@ -177,10 +184,11 @@ class Engine:
             if waiting and free:
                 batch = [(heapq.heappop(free), waiting.popleft()) for _ in range(min(len(free), len(waiting)))]
                 slots = [s for s, _ in batch]
-                first, alive = self._admit(slots, [prompts[i] for _, i in batch], [budgets[i] for _, i in batch],
-                                           generator)
-                for (slot, i), tok, ok in zip(batch, first, alive):
+                first, alive, first_lp = self._admit(slots, [prompts[i] for _, i in batch],
+                                                     [budgets[i] for _, i in batch], generator)
+                for (slot, i), tok, ok, lp in zip(batch, first, alive, first_lp):
                     outputs[i].append(tok)
+                    scores[i].append(lp)
                     if ok:
                         owner[slot], length[slot], left[slot] = i, len(prompts[i]), budgets[i] - 1
                     else:
@@ -190,23 +198,29 @@ class Engine:
             steps = min(self.sync_every, max(left[s] for s in live))
             rows = self._rows_bucket(live[-1] + 1)
             slots = self._slots_bucket(max(length[s] + min(steps, left[s]) for s in live))
-            history = []
+            history, lp_history = [], []
             for _ in range(steps):
                 if do_sample:
                     self._noise[:rows].exponential_(generator=generator)
                 self._run("decode", rows, slots)
                 history.append(torch.stack([self.tokens[:rows], self.emitted[:rows]]))  # (2, rows)
+                if logprobs:
+                    lp_history.append(self.logprob[:rows].clone())  # (rows,)
             flat = torch.cat([torch.stack(history).view(-1), self.active[:rows].long()]).tolist()
+            lps = torch.stack(lp_history).tolist() if logprobs else None  # (steps, rows); after the sync above
             still = flat[steps * 2 * rows:]
             for slot in live:
-                made = [flat[(j * 2) * rows + slot] for j in range(steps) if flat[(j * 2 + 1) * rows + slot]]
+                kept = [j for j in range(steps) if flat[(j * 2 + 1) * rows + slot]]
+                made = [flat[(j * 2) * rows + slot] for j in kept]
                 outputs[owner[slot]].extend(made)
+                if lps is not None:
+                    scores[owner[slot]].extend(lps[j][slot] for j in kept)
                 length[slot] += len(made)
                 left[slot] -= len(made)
                 if not still[slot]:
                     del owner[slot], length[slot], left[slot]
                     heapq.heappush(free, slot)
-        return outputs
+        return (outputs, scores) if logprobs else outputs
 
     @torch.no_grad()
     def beam_search(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, num_beams: int = 5,
@@ -310,10 +324,11 @@ class Engine:
         return self.model.output_projection(h).float()
 
     def _admit(self, slots: list[int], prompts: list[list[int]], budgets: list[int], generator):
-        """Prefill prompts into free slots and choose their first tokens: (tokens, still-active)."""
+        """Prefill prompts into free slots and choose their first tokens: (tokens, still-active,
+        their log-probabilities)."""
         n = len(slots)
-        scores = self.decode.process(self.prefill(prompts, slots), 0, self._eos_mask,
-                                     self._ban_mask if self._has_ban else None)
+        logits = self.prefill(prompts, slots)  # (n, V) float32
+        scores = self.decode.process(logits, 0, self._eos_mask, self._ban_mask if self._has_ban else None)
         noise = None
         if self.decode.do_sample:
             noise = torch.empty_like(scores).exponential_(generator=generator)
@@ -326,8 +341,9 @@ class Engine:
         self.n_new[rows] = 1
         self.budget[rows] = budget
         self.active[rows] = alive
+        lp = torch.log_softmax(logits, dim=-1).gather(-1, first[:, None])[:, 0]  # (n,)
         out = torch.cat([first, alive.long()]).tolist()
-        return out[:n], [bool(a) for a in out[n:]]
+        return out[:n], [bool(a) for a in out[n:]], lp.tolist()
 
     # --------------------------------------------------------------------------------------------
     # The fixed-shape steps (captured in CUDA graphs)
@@ -349,9 +365,12 @@ class Engine:
         return out.logits[:, -1].float()
 
     def _decode_step(self, rows: int, slots: int) -> None:
-        scores = self.decode.process(self._forward(rows, slots), self.n_new[:rows], self._eos_mask,
+        logits = self._forward(rows, slots)  # (rows, V) float32
+        scores = self.decode.process(logits, self.n_new[:rows], self._eos_mask,
                                      self._ban_mask if self._has_ban else None)
         nxt = self._choose(scores, self._noise[:rows] if self.decode.do_sample else None)  # (rows,)
+        # log p(chosen) under the model itself (raw logits): a confidence with no second pass
+        self.logprob[:rows].copy_(torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None])[:, 0])
         active = self.active[:rows]
         step = active.long()
         nxt = torch.where(active, nxt, self._pad)
@@ -379,7 +398,7 @@ class Engine:
 
     def _capture(self, fn, rows: int, slots: int):
         """Warm ``fn`` up on a side stream (restoring the slot state it advances), then capture it."""
-        state = [self.tokens, self.lengths, self.n_new, self.active, self.emitted]
+        state = [self.tokens, self.lengths, self.n_new, self.active, self.emitted, self.logprob]
         saved = [t.clone() for t in state]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())

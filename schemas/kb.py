@@ -15,9 +15,15 @@ last_seen       latest publication date of a supporting abstract
 retracted_pmids the supporting PMIDs whose article is retracted (schemas/articles.py ``retracted``)
 retracted       true when every supporting abstract is retracted: the edge rests on retracted work
                 only (false when unknown: documents written before article schema version 2)
+score           how sure the evidence makes the edge, 0..1: ``1 - prod over supporting abstracts
+                (1 - p)``, ``p`` the highest ``exp(logprob)`` among the abstract's relation rows
+                stating it (``logprob``: the model's log-probability of the statement's tokens,
+                schemas/relations.py). The noisy-OR of independent evidence, as INDRA's belief
+                combines its sources: one confident abstract or several hesitant ones score high.
+                Null when no supporting row has a logprob (relations before their schema version 2)
 ==============  ===========================================================================
 
-Version 2 added ``retracted_pmids`` and ``retracted``.
+Version 2 added ``retracted_pmids`` and ``retracted``; version 3 ``score``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import pyarrow as pa
 from ._rows import cast_rows, schema_metadata
 
 SCHEMA_NAME = "kb"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 KB_SCHEMA = pa.schema(
     [
@@ -41,6 +47,7 @@ KB_SCHEMA = pa.schema(
         pa.field("last_seen", pa.date32()),
         pa.field("retracted_pmids", pa.list_(pa.int64()), nullable=False),
         pa.field("retracted", pa.bool_(), nullable=False),
+        pa.field("score", pa.float64()),
     ],
     metadata=schema_metadata(SCHEMA_NAME, SCHEMA_VERSION),
 )

@@ -35,6 +35,13 @@ decoding            decoding settings (struct: strategy, num_beams, max_new_toke
 input_truncated     true when the model saw only the start of the article's source text: it was cut
                     to fit the checkpoint's source positions (``S-1`` ids + ``...``, as the original
                     fine-tuning data); null where nothing was decoded (schema version 2)
+logprob             the model's log-probability (float64, natural log) of the tokens that state the
+                    row: the generated piece between separators, ``;``, final ``.`` and ``</s>``
+                    excluded, summed from the decoder's own per-token scores (no second pass); for a
+                    whole-generation ``unparsed`` row the whole generation's. Null where nothing was
+                    decoded or the pieces could not be aligned to tokens. ``exp(logprob)`` is the
+                    probability the model gave that exact statement (schema version 2)
+logprob_tokens      how many tokens ``logprob`` sums (int32)
 ==================  ====================================================================================
 
 :raises SchemaMismatchError: from :func:`cast_batch` (names the column and PMID) and
@@ -54,7 +61,7 @@ from ._rows import check_schema as _check_schema
 
 SCHEMA_NAME = "relations"
 # Bump on any change a reader could notice; readers accept files with a version <= theirs.
-SCHEMA_VERSION = 2  # 2: input_truncated
+SCHEMA_VERSION = 2  # 2: input_truncated, logprob, logprob_tokens
 TASKS = RE_TASKS  # biogpt/task_spec.py is the one table of task names
 PARSE_STATUSES = ("ok", "unparsed")
 EVIDENCE_MATCHES = ("both", "head", "tail")
@@ -79,6 +86,8 @@ RELATION_SCHEMA = pa.schema(
         pa.field("model_id", pa.string(), nullable=False),
         pa.field("decoding", DECODING),
         pa.field("input_truncated", pa.bool_()),
+        pa.field("logprob", pa.float64()),
+        pa.field("logprob_tokens", pa.int32()),
     ],
     metadata=schema_metadata(SCHEMA_NAME, SCHEMA_VERSION),
 )

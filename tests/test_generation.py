@@ -235,6 +235,20 @@ def test_engine_greedy_matches_generate(workload, max_batch, kv_bucket, sync_eve
         assert row[:len(out)] == out and (len(out) == n or out[-1] == eos)
 
 
+def test_engine_logprobs_equal_a_teacher_forced_pass(workload):
+    ours, prompts, budgets, eos = workload
+    engine = Engine(ours, max_batch=3, max_seq_len=40, kv_bucket=8, sync_every=3)
+    kw = dict(eos_token_id=eos, suppress_tokens=[15])  # suppression changes the choice, not the score
+    ids, logprobs = engine.run(prompts, budgets, logprobs=True, **kw)
+    assert ids == engine.run(prompts, budgets, **kw)
+    for prompt, new, lps in zip(prompts, ids, logprobs):
+        assert len(lps) == len(new)
+        with torch.no_grad():
+            logp = ours(torch.tensor([prompt + new])).logits[0].float().log_softmax(-1)
+        expected = [logp[len(prompt) - 1 + k, t].item() for k, t in enumerate(new)]
+        assert lps == pytest.approx(expected, abs=1e-5)
+
+
 def test_engine_processors_and_single_budget(workload):
     ours, prompts, _, eos = workload
     kw = dict(min_new_tokens=3, suppress_tokens=[15, 52])

@@ -84,3 +84,24 @@ def test_kb_errors(tmp_path):
         build_kb(tmp_path, tmp_path / "kb.parquet")
     with pytest.raises(BioMineError, match="not a directory"):
         query(tmp_path / "missing", "SELECT 1")
+
+
+def test_kb_score_is_the_noisy_or_of_each_abstracts_most_probable_statement(tmp_path):
+    import math
+
+    out = tmp_path / "out"
+    lp = math.log
+    commit_output(out / "relations", "part-000000", cast_batch([
+        {**rel(11, "aspirin", "warfarin", "effect"), "logprob": lp(0.5), "logprob_tokens": 12},
+        {**rel(11, "warfarin", "aspirin", "effect"), "logprob": lp(0.9), "logprob_tokens": 12},  # same abstract: max
+        {**rel(12, "aspirin", "warfarin", "effect"), "logprob": lp(0.6), "logprob_tokens": 12},
+        {**rel(13, "ketoconazole", "midazolam", "mechanism"), "logprob": lp(0.2), "logprob_tokens": 12},
+        rel(14, "ketoconazole", "midazolam", "mechanism"),  # no logprob: adds nothing
+        rel(15, "rifampicin", "midazolam", "mechanism"),  # nothing scored: null
+    ]))
+    build_kb(out / "relations", out / "kb.parquet")
+    kb = {(r["drug_a"], r["drug_b"]): r for r in pq.read_table(out / "kb.parquet").to_pylist()}
+    assert kb[("aspirin", "warfarin")]["score"] == pytest.approx(1 - (1 - 0.9) * (1 - 0.6))
+    assert kb[("ketoconazole", "midazolam")]["score"] == pytest.approx(0.2)
+    assert kb[("ketoconazole", "midazolam")]["n_abstracts"] == 2
+    assert kb[("midazolam", "rifampicin")]["score"] is None

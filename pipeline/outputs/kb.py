@@ -72,13 +72,22 @@ def build_kb(relations: str | os.PathLike, out: str | os.PathLike, *, task: str 
                 "coalesce(pub_day, 1)), '%Y-%m-%d')::DATE AS pub_date, retracted FROM docs_all")
     else:
         docs = "SELECT DISTINCT pmid, NULL::DATE AS pub_date, NULL::BOOLEAN AS retracted FROM e"
+    # Relation files before schema version 2 have no logprob: their edges get no score.
+    columns = {c[0] for c in con.sql("SELECT * FROM rel LIMIT 0").description}
+    logprob = "logprob" if "logprob" in columns else "NULL::DOUBLE"
     sql = f"""
     WITH r AS (
-      SELECT pmid, relation, evidence_text, {_NORM.format(col='head')} AS h, {_NORM.format(col='tail')} AS t
+      SELECT pmid, relation, evidence_text, {_NORM.format(col='head')} AS h, {_NORM.format(col='tail')} AS t,
+             {logprob} AS logprob
       FROM rel WHERE parse_status = 'ok' AND task = ?
     ), e AS (
-      SELECT least(h, t) AS drug_a, greatest(h, t) AS drug_b, lower(trim(relation)) AS relation, pmid, evidence_text
+      SELECT least(h, t) AS drug_a, greatest(h, t) AS drug_b, lower(trim(relation)) AS relation, pmid, evidence_text,
+             exp(logprob) AS p
       FROM r WHERE h <> '' AND t <> '' AND h <> t
+    ), per_abstract AS (  -- an abstract's evidence: its most probable statement of the edge
+      SELECT drug_a, drug_b, relation, pmid, max(p) AS p FROM e GROUP BY ALL
+    ), scores AS (        -- noisy-OR over abstracts (schemas/kb.py); unscored rows add nothing
+      SELECT drug_a, drug_b, relation, 1 - product(1 - p) AS score FROM per_abstract GROUP BY ALL
     ), d AS ({docs})
     SELECT drug_a, drug_b, relation,
            count(DISTINCT pmid) AS n_abstracts,
@@ -86,8 +95,10 @@ def build_kb(relations: str | os.PathLike, out: str | os.PathLike, *, task: str 
            coalesce(list_sort(list(DISTINCT evidence_text) FILTER (WHERE evidence_text IS NOT NULL))[1:5], []) AS evidence,
            min(pub_date) AS first_seen, max(pub_date) AS last_seen,
            coalesce(list_sort(list(DISTINCT pmid) FILTER (WHERE retracted)), []) AS retracted_pmids,
-           count(DISTINCT pmid) FILTER (WHERE retracted) = count(DISTINCT pmid) AS retracted
+           count(DISTINCT pmid) FILTER (WHERE retracted) = count(DISTINCT pmid) AS retracted,
+           any_value(score) AS score
     FROM e LEFT JOIN (SELECT DISTINCT pmid, pub_date, retracted FROM d) USING (pmid)
+           LEFT JOIN scores USING (drug_a, drug_b, relation)
     GROUP BY drug_a, drug_b, relation
     ORDER BY n_abstracts DESC, drug_a, drug_b, relation
     """

@@ -45,21 +45,30 @@ class GreedyDecoder:
     def run(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
         """New ids per prompt as the engine returns them (up to and including ``</s>``, or the
         budget); a prompt without room to generate gets ``[]`` (fairseq forces ``</s>`` there)."""
+        return [ids for ids, _ in self.run_scored(prompts, max_new_tokens)]
+
+    def run_scored(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[tuple[list[int], list[float]]]:
+        """:meth:`run` with each new id's model log-probability (the engine's, no second pass)."""
         prompts = [list(p) for p in prompts]
         budgets = self.budgets(prompts, max_new_tokens)
         todo = [i for i, b in enumerate(budgets) if b >= 1]
-        outputs: list[list[int]] = [[] for _ in prompts]
+        outputs: list[tuple[list[int], list[float]]] = [([], []) for _ in prompts]
         if todo:
-            new = self.engine.run([prompts[i] for i in todo], [budgets[i] for i in todo], eos_token_id=self.eos,
-                                  pad_token_id=self.pad, suppress_tokens=[self.pad])
-            for i, ids in zip(todo, new):
-                outputs[i] = list(ids)
+            new, lps = self.engine.run([prompts[i] for i in todo], [budgets[i] for i in todo], eos_token_id=self.eos,
+                                       pad_token_id=self.pad, suppress_tokens=[self.pad], logprobs=True)
+            for i, ids, lp in zip(todo, new, lps):
+                outputs[i] = (list(ids), list(lp))
         return outputs
 
     def run_prompted(self, inputs: Sequence[Sequence[int] | None], max_new_tokens: int) -> dict[int, list[int]]:
         """New ids by input index, for the inputs that are prompts (``None`` = no prompt, skipped)."""
+        return {i: ids for i, (ids, _) in self.run_prompted_scored(inputs, max_new_tokens).items()}
+
+    def run_prompted_scored(self, inputs: Sequence[Sequence[int] | None],
+                            max_new_tokens: int) -> dict[int, tuple[list[int], list[float]]]:
+        """:meth:`run_prompted` with the log-probability of every new id."""
         todo = [i for i, ids in enumerate(inputs) if ids is not None]
-        return dict(zip(todo, self.run([inputs[i] for i in todo], max_new_tokens)))
+        return dict(zip(todo, self.run_scored([inputs[i] for i in todo], max_new_tokens)))
 
     def text(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
         """Decoded, detokenised text of new ids without ``<s>``/``</s>`` (fairseq's

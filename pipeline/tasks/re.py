@@ -189,6 +189,9 @@ class RelationTask(base.Task):
         self.prompt_tokens = _prompt_tokens(self.tokenizer, self.settings)
         self.model_id = base.model_id(self.model_dir)
         self.decoding = base.decoding_record(strategy="greedy", num_beams=1, max_new_tokens=self.max_new_tokens)
+        # The ids the grammar's separator and final "." come out as (Moses makes each its own word).
+        self._separator_ids = set(self.tokenizer.encode(";", add_special_tokens=False))
+        self._period_ids = set(self.tokenizer.encode(".", add_special_tokens=False))
 
     # -- building blocks (also used by evaluate_re and the tests) --------------------------------
     def generate_ids(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -215,6 +218,27 @@ class RelationTask(base.Task):
         unparsed = tuple(Unparsed(generation, u.reason) if u.text == text else u for u in result.unparsed)
         return dataclasses.replace(result, raw=generation, unparsed=unparsed)
 
+    def piece_logprobs(self, ids: Sequence[int], logprobs: Sequence[float],
+                       pieces: int) -> list[tuple[float, int]] | None:
+        """``(sum of log p, tokens)`` per piece of the cleaned generation (:attr:`ParseResult.pieces`):
+        the new ids are split at the separator token (``;``), ``</s>`` and the final ``.`` left out;
+        the cleaned text's pieces are the LAST ``pieces`` segments (so a cut prefix such as "we can
+        conclude that" counts with the first triple). None when the ids give fewer segments than the
+        text has pieces (a ``;`` that is not a token of its own): then no row gets a number, never a guess."""
+        segments: list[list[float]] = [[]]
+        tokens = [(int(t), float(lp)) for t, lp in zip(ids, logprobs)
+                  if int(t) not in (self.decoder.eos, self.decoder.bos)]
+        if tokens and tokens[-1][0] in self._period_ids:
+            tokens.pop()
+        for token, lp in tokens:
+            if token in self._separator_ids:
+                segments.append([])
+            else:
+                segments[-1].append(lp)
+        if pieces < 1 or len(segments) < pieces:
+            return None
+        return [(sum(s), len(s)) for s in segments[len(segments) - pieces:]]
+
     def __call__(self, batch: dict[str, Any]) -> list[list[dict[str, Any]]]:
         if "_input_ids" not in batch:
             batch = self.prepare(batch, self.options)
@@ -222,18 +246,23 @@ class RelationTask(base.Task):
         skips = [str(s) if s else "" for s in base.as_list(batch["_skip"])]
         texts = base.as_list(batch["_text"])
         cut = base.as_list(batch["_truncated"])
-        new = self.decoder.run_prompted(base.as_list(batch["_input_ids"]), self.max_new_tokens)
-        generations = {i: self.generation_text(ids) for i, ids in new.items()}
+        new = self.decoder.run_prompted_scored(base.as_list(batch["_input_ids"]), self.max_new_tokens)
+        generations = {i: self.generation_text(ids) for i, (ids, _) in new.items()}
         out: list[list[dict[str, Any]]] = []
         for i, (pmid, version) in enumerate(zip(pmids, versions)):
+            scores: dict[str, Any] = {}
             if i in generations:
                 result, decoding = self.parse(generations[i]), self.decoding
+                ids, lps = new[i]
+                scores = {"piece_logprobs": self.piece_logprobs(ids, lps, result.pieces),
+                          "generation_logprob": (float(sum(lps)), len(lps)) if lps else None}
             else:
                 reason = skips[i] or NO_TEXT
                 result = ParseResult(task=self.task, raw="", relations=(), unparsed=(Unparsed("", reason),))
                 decoding = None  # nothing was decoded
             out.append(relation_rows(result, pmid=pmid, text=str(texts[i]), model_id=self.model_id, version=version,
-                                     decoding=decoding, input_truncated=None if cut[i] is None else bool(cut[i])))
+                                     decoding=decoding, input_truncated=None if cut[i] is None else bool(cut[i]),
+                                     **scores))
         return out
 
 

@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 from biogpt.task_spec import BY_NAME, RE_TASKS
 from pipeline.errors import UnknownTaskError
@@ -105,6 +105,9 @@ class Relation:
     relation: str
     head_id: str | None = None
     tail_id: str | None = None
+    #: index of the piece (of the cleaned text split at the separator) that states it; where in
+    #: the text, not what is stated, so equality ignores it
+    piece: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,8 @@ class Unparsed:
 
     text: str
     reason: str
+    #: index of the piece, as :attr:`Relation.piece`; None for the whole generation
+    piece: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,9 @@ class ParseResult:
     raw: str
     relations: tuple[Relation, ...]
     unparsed: tuple[Unparsed, ...]
+    #: how many pieces the cleaned text split into (the LAST pieces of the raw generation: the
+    #: prefix cut and the final "." remove only text at its ends)
+    pieces: int = 0
 
     @property
     def failed(self) -> bool:
@@ -169,18 +177,19 @@ def parse_generation(
     line = clean_generation(text, task)
     relations: list[Relation] = []
     unparsed: list[Unparsed] = []
-    for piece in line.split(grammar.separator):
+    pieces = line.split(grammar.separator)
+    for index, piece in enumerate(pieces):
         candidate = piece.strip() if grammar.strip_pieces else piece
         match = grammar.pattern.match(candidate)
         if match is None:
             # Empty pieces (e.g. after a trailing separator) carry nothing to keep.
             if piece.strip():
-                unparsed.append(Unparsed(piece, f"does not match the {task} grammar '{grammar.template}'"))
+                unparsed.append(Unparsed(piece, f"does not match the {task} grammar '{grammar.template}'", index))
             continue
         groups = [g.strip() for g in match.groups()]
         if grammar.fixed_relation is None:
             head, tail, relation = groups
-            relations.append(Relation(head=head, tail=tail, relation=relation))
+            relations.append(Relation(head=head, tail=tail, relation=relation, piece=index))
         else:
             head, tail = groups
             relations.append(
@@ -190,11 +199,12 @@ def parse_generation(
                     relation=grammar.fixed_relation,
                     head_id=(chemical2id or {}).get(head, UNMAPPED_ID),
                     tail_id=(disease2id or {}).get(tail, UNMAPPED_ID),
+                    piece=index,
                 )
             )
     if not relations and not unparsed:
         unparsed.append(Unparsed(text, "empty generation" if not line.strip() else "no relation sentence"))
-    return ParseResult(task=task, raw=text, relations=tuple(relations), unparsed=tuple(unparsed))
+    return ParseResult(task=task, raw=text, relations=tuple(relations), unparsed=tuple(unparsed), pieces=len(pieces))
 
 
 # --- evidence ------------------------------------------------------------------------------------
@@ -296,13 +306,24 @@ def relation_rows(
     version: int = 1,
     decoding: Mapping[str, Any] | None = None,
     input_truncated: bool | None = None,
+    piece_logprobs: Sequence[tuple[float, int]] | None = None,
+    generation_logprob: tuple[float, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of :data:`schemas.relations.RELATION_SCHEMA` for one parsed generation.
 
     One ``parse_status='ok'`` row per relation, its evidence searched in ``text`` (the article text
     ``title + " " + abstract`` in its original case, so the offsets match the entity rows'), then one
     ``parse_status='unparsed'`` row per :class:`Unparsed` record, its reason naming the piece.
+    ``piece_logprobs`` (per piece of the cleaned text: summed log-probability, token count) and
+    ``generation_logprob`` (the whole generation's, for a whole-text unparsed record) fill
+    ``logprob`` / ``logprob_tokens``; without them those stay null.
     """
+
+    def scored(piece: int | None) -> dict[str, Any]:
+        found = generation_logprob if piece is None else (
+            piece_logprobs[piece] if piece_logprobs is not None and piece < len(piece_logprobs) else None)
+        return {"logprob": found[0], "logprob_tokens": found[1]} if found else {}
+
     common = {
         "pmid": pmid,
         "version": version,
@@ -328,9 +349,10 @@ def relation_rows(
             "evidence_match": evidence.match if evidence else None,
             "parse_status": "ok",
             "reason": None,
+            **scored(rel.piece),
         })
     for item in result.unparsed:
         reason = item.reason if item.text == result.raw else f"{item.reason}: {item.text!r}"
-        rows.append({**common, "parse_status": "unparsed", "reason": reason})
+        rows.append({**common, "parse_status": "unparsed", "reason": reason, **scored(item.piece)})
     return rows
 
