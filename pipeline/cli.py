@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "pipeline.commands.compact",
     "pipeline.commands.convert",
     "pipeline.commands.models",
+    "pipeline.commands.vocab",
     "pipeline.commands.generate",
     "pipeline.commands.train",
     "pipeline.commands.evaluate",

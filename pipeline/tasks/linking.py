@@ -1,0 +1,275 @@
+"""Entity linking: a mention's text to a concept identifier (MeSH, DrugBank) through a dictionary.
+
+Contract (the matching rules, in the order they are tried; the first that finds a concept wins):
+
+1. ``exact``: the mention's key (:func:`normalise`: Unicode NFKC, case folded, Greek letters
+   spelled out, every run of characters other than letters and digits one space) equals a
+   dictionary name's key. "5-Fluorouracil", "5 fluorouracil" and "5-FLUOROURACIL" are one key.
+2. ``abbreviation``: the mention is a short form defined in the same abstract as
+   ``long form (SF)`` (Schwartz & Hearst 2003, :func:`abbreviations`) and its long form links
+   by rules 1, 3 or 4; "5-FU" after "5-fluorouracil (5-FU)" links to fluorouracil.
+3. ``salt``: without a trailing salt or form word (hydrochloride, sodium, sulfate, mesylate ...,
+   :data:`SALT_WORDS`): "doxorubicin hydrochloride" to doxorubicin when the salt is not a
+   concept of its own.
+4. ``plural``: the last word made singular (``-ies`` to ``-y``, ``-es``/``-s`` dropped):
+   "anthracyclines", "seizures".
+
+Candidates must have the mention's type when both are known (a Chemical mention never links to a
+disease). Several concepts for one key: those whose preferred name it is win; then MeSH descriptors
+over supplementary records (ids ``D`` before ``C``), then one vocabulary's concept over others only
+if it is the only one left. Still more than one: the mention stays unlinked (``ambiguous``), never a
+guess; so does a mention no rule finds (``unlinked``).
+
+:raises SchemaMismatchError: from :class:`Linker` when the dictionary file is not one.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+_GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "epsilon", "κ": "kappa", "λ": "lambda",
+          "μ": "mu", "ω": "omega", "τ": "tau"}
+_NON_ALNUM = re.compile(r"[^0-9a-z]+")
+#: Trailing words that name a salt or a dosage form rather than another substance.
+SALT_WORDS = frozenset("""hydrochloride hydrobromide hcl sodium potassium calcium magnesium sulfate sulphate mesylate
+maleate citrate tartrate acetate phosphate succinate fumarate besylate bitartrate dihydrate monohydrate
+trihydrate hydrate anhydrous disodium bromide nitrate lactate gluconate""".split())
+
+
+def normalise(text: str) -> str:
+    """The matching key of a name (rule 1 of the module docstring)."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(_GREEK.get(c, c) for c in text)
+    return _NON_ALNUM.sub(" ", text).strip()
+
+
+def _singular(key: str) -> str | None:
+    words = key.split(" ")
+    last = words[-1]
+    if len(last) > 4 and last.endswith("ies"):
+        words[-1] = last[:-3] + "y"
+    elif len(last) > 4 and last.endswith(("ses", "xes", "ches", "shes")):
+        words[-1] = last[:-2]
+    elif len(last) > 3 and last.endswith("s") and not last.endswith(("ss", "us", "is")):
+        words[-1] = last[:-1]
+    else:
+        return None
+    return " ".join(words)
+
+
+def _without_salt(key: str) -> str | None:
+    words = key.split(" ")
+    while len(words) > 1 and words[-1] in SALT_WORDS:
+        words.pop()
+    stripped = " ".join(words)
+    return stripped if stripped != key else None
+
+
+# --- abbreviations (Schwartz & Hearst, PSB 2003) -------------------------------------------------
+
+_PAREN = re.compile(r"\(([^()]{1,12})\)")
+
+
+def _long_form(short: str, before: str) -> str | None:
+    """The shortest end of ``before`` whose characters hold ``short``'s, right to left, the first
+    one starting a word (the paper's ``findBestLongForm``)."""
+    s, l_idx = len(short) - 1, len(before) - 1
+    while s >= 0:
+        c = short[s].lower()
+        if not c.isalnum():
+            s -= 1
+            continue
+        while l_idx >= 0 and (before[l_idx].lower() != c or (s == 0 and l_idx > 0 and before[l_idx - 1].isalnum())):
+            l_idx -= 1
+        if l_idx < 0:
+            return None
+        l_idx -= 1
+        s -= 1
+    start = before.rfind(" ", 0, l_idx + 1) + 1
+    return before[start:].strip()
+
+
+def abbreviations(text: str) -> dict[str, str]:
+    """``{short form: long form}`` defined in ``text`` as ``long form (SF)``: SF of 2-10 characters
+    with a letter and a first alphanumeric character; the long form at most ``min(|SF| + 5, 2|SF|)``
+    words, found by :func:`_long_form`. The first definition of a short form counts."""
+    found: dict[str, str] = {}
+    for m in _PAREN.finditer(text):
+        short = m.group(1).strip()
+        if not (2 <= len(short) <= 10) or not any(c.isalpha() for c in short) or not short[0].isalnum():
+            continue
+        if len(short.split()) > 2 or short in found:
+            continue
+        words = text[:m.start()].rstrip().split()
+        limit = min(len(short) + 5, 2 * len(short))
+        before = " ".join(words[-limit:])
+        long = _long_form(short, before)
+        if long and len(long) > len(short) and short.lower() not in long.lower().split():
+            found[short] = long
+    return found
+
+
+# --- the dictionary and the linker --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Concept:
+    concept_id: str
+    concept_name: str | None
+    vocabulary: str
+    type: str | None
+    name: str  # the dictionary name that matched
+    preferred: bool
+
+
+@dataclass(frozen=True)
+class Link:
+    """What a mention linked to: ``rule`` says which of the module's rules found it."""
+
+    concept_id: str
+    concept_name: str | None
+    vocabulary: str
+    matched_by: str  # the dictionary name the mention matched (after the rule's rewriting)
+    rule: str  # exact | abbreviation | salt | plural
+
+
+class Linker:
+    """Links mention texts with a concept dictionary (:data:`schemas.concepts.CONCEPT_SCHEMA` rows or
+    a file of them); see the module docstring for the rules."""
+
+    def __init__(self, entries: Iterable[Mapping] | str):
+        if isinstance(entries, str) or hasattr(entries, "__fspath__"):
+            entries = read_dictionary(entries)
+        self._by_key: dict[str, list[Concept]] = {}
+        for e in entries:
+            self._by_key.setdefault(e["key"], []).append(
+                Concept(e["concept_id"], e.get("concept_name"), e["vocabulary"], e.get("type"), e["name"],
+                        bool(e.get("preferred"))))
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def _choose(self, key: str, type_: str | None) -> tuple[Concept | None, bool]:
+        """(the concept of ``key``, whether candidates existed)."""
+        candidates = self._by_key.get(key, [])
+        if type_ is not None:
+            candidates = [c for c in candidates if c.type is None or c.type == type_]
+        if not candidates:
+            return None, False
+        ids = {c.concept_id for c in candidates}
+        if len(ids) > 1:
+            preferred = [c for c in candidates if c.preferred]
+            if preferred and len({c.concept_id for c in preferred}) < len(ids):
+                candidates = preferred
+                ids = {c.concept_id for c in candidates}
+        if len(ids) > 1:
+            descriptors = [c for c in candidates if c.vocabulary == "MeSH" and c.concept_id.startswith("D")]
+            if descriptors and len({c.concept_id for c in descriptors}) == 1:
+                candidates, ids = descriptors, {descriptors[0].concept_id}
+        if len(ids) > 1:
+            return None, True
+        return candidates[0], True
+
+    def _rules(self, text: str, type_: str | None):
+        key = normalise(text)
+        if not key:
+            return None, False
+        ambiguous = False
+        for rule, candidate in (("exact", key), ("salt", _without_salt(key)), ("plural", _singular(key))):
+            if candidate is None:
+                continue
+            concept, seen = self._choose(candidate, type_)
+            if concept is not None:
+                return Link(concept.concept_id, concept.concept_name, concept.vocabulary, concept.name, rule), False
+            ambiguous = ambiguous or seen
+        return None, ambiguous
+
+    def link(self, text: str, type_: str | None = None,
+             abbreviations: Mapping[str, str] | None = None) -> tuple[Link | None, str]:
+        """``(link, status)``: status ``linked``, ``ambiguous`` or ``unlinked``. ``abbreviations``
+        (:func:`abbreviations` of the same abstract) let a short form link through its long form."""
+        found, ambiguous = self._rules(text, type_)
+        if found is None and abbreviations:
+            long = abbreviations.get(text.strip())
+            if long:
+                via, amb = self._rules(long, type_)
+                if via is not None:
+                    found = Link(via.concept_id, via.concept_name, via.vocabulary, via.matched_by, "abbreviation")
+                ambiguous = ambiguous or amb
+        if found is not None:
+            return found, "linked"
+        return None, "ambiguous" if ambiguous else "unlinked"
+
+    def link_all(self, text: str, mentions: Sequence[tuple[str, str | None]]) -> list[tuple[Link | None, str]]:
+        """:meth:`link` for each ``(mention text, type)`` of one abstract ``text``."""
+        abbrev = abbreviations(text)
+        return [self.link(m, t, abbrev) for m, t in mentions]
+
+
+def read_dictionary(path) -> list[dict]:
+    """The rows of a concept dictionary file.
+
+    :raises SchemaMismatchError: not a concept dictionary.
+    """
+    import pyarrow.parquet as pq
+
+    from schemas.concepts import check_schema
+
+    table = pq.read_table(path)
+    check_schema(table.schema, str(path))
+    return table.to_pylist()
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+
+def evaluate_linking(data, dictionary) -> dict:
+    """Link the gold mentions of an annotated PubTator file (mentions whose id is ``-1`` left out)
+    and compare with their gold ids (a composite mention's ``D1|D2`` as one id). The report:
+    ``mentions``, ``linked``, ``correct``, ``accuracy`` (correct / mentions), ``precision`` (correct
+    / linked), ``coverage`` (linked / mentions), the same per type (``by_type``), how many each rule
+    linked (``by_rule``) and how many stayed ``ambiguous``.
+
+    :raises DataFormatError: ``data`` is not PubTator.
+    """
+    from .pubtator import read_pubtator
+
+    linker = dictionary if isinstance(dictionary, Linker) else Linker(dictionary)
+    total = collections.Counter()
+    by_type: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    by_rule = collections.Counter()
+    for doc in read_pubtator(data):
+        gold = [m for m in doc.mentions if "-1" not in m.ids]
+        results = linker.link_all(doc.text, [(m.text, m.type) for m in gold])
+        for m, (found, status) in zip(gold, results):
+            for counter in (total, by_type[m.type]):
+                counter["mentions"] += 1
+                counter["ambiguous"] += status == "ambiguous"
+                if found is not None:
+                    counter["linked"] += 1
+                    counter["correct"] += found.concept_id == "|".join(m.ids)
+            if found is not None:
+                by_rule[found.rule] += 1
+
+    def summary(c: collections.Counter) -> dict:
+        n, linked, correct = c["mentions"], c["linked"], c["correct"]
+        return {"mentions": n, "linked": linked, "correct": correct, "ambiguous": c["ambiguous"],
+                "accuracy": correct / n if n else 0.0, "precision": correct / linked if linked else 0.0,
+                "coverage": linked / n if n else 0.0}
+
+    return {**summary(total), "by_type": {t: summary(c) for t, c in sorted(by_type.items())},
+            "by_rule": dict(sorted(by_rule.items())), "dictionary_names": len(linker)}
+
+
+def format_linking_report(report: Mapping) -> str:
+    lines = [f"{'':<10}{'mentions':>9}{'linked':>8}{'correct':>8}{'accuracy':>10}{'precision':>10}{'coverage':>10}"]
+    for name, r in [("all", report), *report["by_type"].items()]:
+        lines.append(f"{name:<10}{r['mentions']:>9}{r['linked']:>8}{r['correct']:>8}{r['accuracy']:>10.4f}"
+                     f"{r['precision']:>10.4f}{r['coverage']:>10.4f}")
+    lines.append("linked by rule: " + ", ".join(f"{k} {v}" for k, v in report["by_rule"].items())
+                 + f"; ambiguous {report['ambiguous']}; dictionary names {report['dictionary_names']}")
+    return "\n".join(lines)
