@@ -22,7 +22,15 @@ label       entity type (string, required), e.g. ``Chemical``, ``Disease``, ``Ge
 text        the mention text (string, required)
 score       mean probability of the predicted tags over the mention's tokens (float32)
 model_id    the model that produced the row (string, required), e.g. its directory name or hub id
+concept_id  the identifier the mention links to (MeSH ``D008094``, DrugBank ``DB00682``) through the
+            task's ``vocabulary`` (pipeline/tasks/linking.py); null when unlinked or no vocabulary
+concept_name  that concept's preferred name
+concept_vocabulary  ``MeSH`` | ``DrugBank`` | ``PubTator``
+matched_by  the dictionary name the mention matched (e.g. "5-fluorouracil" for "5-FU")
+link_rule   ``exact`` | ``abbreviation`` | ``salt`` | ``plural``: which matching rule linked it
 ==========  =========================================================================================
+
+Version 2 added the five linking columns.
 
 :raises SchemaMismatchError: from :func:`cast_batch` (the message names the column and PMID) and from
     :func:`check_schema`; also when ``end <= start``.
@@ -40,7 +48,7 @@ from ._rows import check_schema as _check_schema
 
 SCHEMA_NAME = "entities"
 # Bump on any change a reader could notice; readers accept files with a version <= theirs.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 ENTITY_SCHEMA = pa.schema(
     [
@@ -52,6 +60,11 @@ ENTITY_SCHEMA = pa.schema(
         pa.field("text", pa.string(), nullable=False),
         pa.field("score", pa.float32()),
         pa.field("model_id", pa.string(), nullable=False),
+        pa.field("concept_id", pa.string()),
+        pa.field("concept_name", pa.string()),
+        pa.field("concept_vocabulary", pa.string()),
+        pa.field("matched_by", pa.string()),
+        pa.field("link_rule", pa.string()),
     ],
     metadata=schema_metadata(SCHEMA_NAME, SCHEMA_VERSION),
 )

@@ -19,8 +19,12 @@ pmid, version       PubMed id (int64) and record version (int32), required
 task                ``ddi`` | ``kd-dti`` | ``bc5cdr`` (required)
 head, tail          entity strings as generated (lower-case): DDI drug/drug, KD-DTI drug/target,
                     BC5CDR chemical/disease
-head_id, tail_id    BC5CDR: MeSH ids from the document's name maps (``"-1"`` when the name is not in
-                    them); null for DDI/KD-DTI
+head_id, tail_id    with the task's ``vocabulary``: the identifiers head and tail link to
+                    (pipeline/tasks/linking.py; null when unlinked). Without one, BC5CDR: MeSH ids
+                    from the document's name maps (``"-1"`` when the name is not in them); null for
+                    DDI/KD-DTI
+head_match,         the dictionary names head and tail matched (null when unlinked or no
+tail_match          vocabulary; schema version 2)
 relation            DDI ``mechanism``/``effect``/``advise``/``int``, KD-DTI e.g. ``inhibitor``, BC5CDR ``CID``
 evidence_start/end  character offsets (int32) into ``title + " " + abstract`` (as entity offsets) of the
                     smallest sentence window holding head and tail; null when neither string occurs
@@ -61,7 +65,7 @@ from ._rows import check_schema as _check_schema
 
 SCHEMA_NAME = "relations"
 # Bump on any change a reader could notice; readers accept files with a version <= theirs.
-SCHEMA_VERSION = 2  # 2: input_truncated, logprob, logprob_tokens
+SCHEMA_VERSION = 2  # 2: input_truncated, logprob, logprob_tokens, head_match, tail_match
 TASKS = RE_TASKS  # biogpt/task_spec.py is the one table of task names
 PARSE_STATUSES = ("ok", "unparsed")
 EVIDENCE_MATCHES = ("both", "head", "tail")
@@ -75,6 +79,8 @@ RELATION_SCHEMA = pa.schema(
         pa.field("head_id", pa.string()),
         pa.field("tail", pa.string()),
         pa.field("tail_id", pa.string()),
+        pa.field("head_match", pa.string()),
+        pa.field("tail_match", pa.string()),
         pa.field("relation", pa.string()),
         pa.field("evidence_start", pa.int32()),
         pa.field("evidence_end", pa.int32()),

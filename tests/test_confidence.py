@@ -99,3 +99,27 @@ def test_pieces_that_do_not_align_get_no_number_and_unparsed_rows_get_theirs(fit
     lps = [-0.5] * len(ids)
     assert task.piece_logprobs(ids, lps, 2) == [(-0.5 * len(word), len(word))] * 2
     assert task.piece_logprobs(ids, lps, 3) is None  # more text pieces than token segments: no guess
+
+
+def test_heads_and_tails_link_through_the_vocabulary(fitted, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.tasks.vocabulary import dictionary_table, drugbank_rows
+
+    task, batch, _ = fitted
+    ids = {"aspirin": "DB00945", "warfarin": "DB00682", "fluconazole": "DB00196", "ketoconazole": "DB01026",
+           "midazolam": "DB00683", "rifampicin": "DB01045", "simvastatin": "DB00641", "clarithromycin": "DB01211"}
+    csv = tmp_path / "drugbank vocabulary.csv"
+    csv.write_text('"DrugBank ID","Accession Numbers","Common name","CAS","UNII","Synonyms","Standard InChI Key"\n'
+                   + "".join(f'"{i}","","{d.capitalize()}","","","",""\n' for d, i in ids.items() if d != "midazolam"))
+    vocab = tmp_path / "drugs.parquet"
+    pq.write_table(dictionary_table([drugbank_rows(csv)]), vocab)
+    linked = RelationTask(RelationOptions(model=str(task.model_dir), task="ddi", max_new_tokens=40, device="cpu",
+                                          vocabulary=str(vocab)))
+    rows = [r for doc in linked(batch) for r in doc if r["parse_status"] == "ok"]
+    assert rows
+    for r in rows:
+        for side in ("head", "tail"):
+            assert r[f"{side}_id"] == (ids[r[side]] if r[side] != "midazolam" else None)  # unlinked: null
+            assert r[f"{side}_match"] == (r[side].capitalize() if r[side] != "midazolam" else None)
+    cast_batch(rows)

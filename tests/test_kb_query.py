@@ -105,3 +105,28 @@ def test_kb_score_is_the_noisy_or_of_each_abstracts_most_probable_statement(tmp_
     assert kb[("ketoconazole", "midazolam")]["score"] == pytest.approx(0.2)
     assert kb[("ketoconazole", "midazolam")]["n_abstracts"] == 2
     assert kb[("midazolam", "rifampicin")]["score"] is None
+
+
+def test_kb_merges_linked_drugs_by_identifier_and_keeps_every_surface_form(tmp_path):
+    out = tmp_path / "out"
+
+    def linked(pmid, head, head_id, tail, tail_id, relation="effect"):
+        return {**rel(pmid, head, tail, relation), "head_id": head_id, "tail_id": tail_id}
+
+    commit_output(out / "relations", "part-000000", cast_batch([
+        linked(21, "warfarin", "DB00682", "aspirin", "DB00945"),
+        linked(22, "Coumadin", "DB00682", "aspirin", "DB00945"),
+        linked(23, "acetylsalicylic acid", "DB00945", "warfarin sodium", "DB00682"),
+        linked(24, "coumadin", "DB00682", "warfarin", "DB00682"),  # one drug twice: not an edge
+        rel(25, "warfarin", "novelazole", "mechanism"),  # unlinked: keyed by name
+    ]))
+    build_kb(out / "relations", out / "kb.parquet")
+    kb = pq.read_table(out / "kb.parquet").to_pylist()
+    assert len(kb) == 2
+    edge = kb[0]
+    assert (edge["drug_a_id"], edge["drug_b_id"], edge["relation"]) == ("DB00682", "DB00945", "effect")
+    assert edge["pmids"] == [21, 22, 23] and edge["n_abstracts"] == 3
+    assert edge["drug_a_names"] == ["Coumadin", "warfarin", "warfarin sodium"]
+    assert edge["drug_b_names"] == ["acetylsalicylic acid", "aspirin"]
+    assert (edge["drug_a"], edge["drug_b"]) == ("coumadin", "acetylsalicylic acid")
+    assert kb[1]["drug_a_id"] is None and (kb[1]["drug_a"], kb[1]["drug_b"]) == ("novelazole", "warfarin")

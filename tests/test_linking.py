@@ -158,3 +158,29 @@ def test_linking_accuracy_on_the_bc5cdr_test_set():
     assert report["mentions"] == 9718 and report["linked"] == report["correct"] + (report["linked"] - report["correct"])
     assert report["precision"] > 0.97 and report["accuracy"] > 0.6  # measured: 0.9833 and 0.6656
     assert report["by_rule"]["abbreviation"] > 100
+
+
+def test_a_job_names_its_vocabulary_and_run_check_checks_it(tmp_path, demo_models, vocab_files, capsys):
+    from conftest import DEMO_XML
+
+    from pipeline.run.jobspec import load_job
+    from pipeline.run.runner import preflight
+
+    vocab = tmp_path / "vocab.parquet"
+    assert main(["vocab", "build", "--drugbank", str(vocab_files / "drugbank vocabulary.csv"), "--out", str(vocab)]) == 0
+    capsys.readouterr()
+    job = tmp_path / "job.toml"
+    job.write_text(f'[job]\nname = "v"\noutput = "{tmp_path / "out"}"\n[source]\nkind = "files"\npaths = ["{DEMO_XML}"]\n'
+                   f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\nvocabulary = "vocab.parquet"\n')
+    spec = load_job(job)
+    assert spec.tasks["ner"].vocabulary == str(vocab)  # relative to the job file
+    preflight(spec)
+    settings = spec.tasks["ner"].settings()
+    assert len(settings["vocabulary_sha256"]) == 64 and "vocabulary" not in settings  # content, not path
+    job.write_text(job.read_text().replace("vocab.parquet", "missing.parquet"))
+    assert main(["run", str(job), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "[tasks.ner] vocabulary = " in err and "no such file" in err and len(err.strip().splitlines()) == 1
+    job.write_text(job.read_text().replace("missing.parquet", str(DEMO_XML)))
+    assert main(["run", str(job), "--check"]) == 2
+    assert "build one with `biomine vocab build`" in capsys.readouterr().err

@@ -184,6 +184,36 @@ def test_rows_index_article_text_and_do_not_depend_on_the_batch(trained):
     assert table.num_rows == N_MENTIONS and table.column("pmid").to_pylist()[0] == 101
 
 
+def test_mentions_link_through_the_tasks_vocabulary(trained, tmp_path):
+    from pipeline.tasks.vocabulary import dictionary_table
+
+    # A dictionary in the concepts schema: three chemicals and a disease, MeSH ids.
+    entries = [("Lithium", "D008094", "Chemical"), ("Lithium Carbonate", "D016651", "Chemical"),
+               ("Haloperidol", "D006220", "Chemical"), ("Tardive Dyskinesia", "D000071057", "Disease"),
+               ("Polyuria", "D011141", "Disease")]
+    from pipeline.tasks.linking import normalise
+
+    rows = [{"key": normalise(n), "name": n, "concept_id": i, "concept_name": n, "vocabulary": "MeSH", "type": t,
+             "preferred": True} for n, i, t in entries]
+    vocab = tmp_path / "concepts.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(dictionary_table([rows]), vocab)
+    docs = read_pubtator(trained["data"])
+    task = NerTask(NerOptions(model=str(trained["model"]), vocabulary=str(vocab)))
+    out = run_task(task, docs, trained["model"], vocabulary=str(vocab))
+    by_text = {r["text"]: r for rows_ in out for r in rows_}
+    assert by_text["Lithium"]["concept_id"] == "D008094" and by_text["Lithium"]["link_rule"] == "exact"
+    assert by_text["lithium carbonate"]["concept_id"] == "D016651"
+    assert by_text["haloperidol"]["concept_id"] == "D006220" and by_text["haloperidol"]["matched_by"] == "Haloperidol"
+    assert by_text["polyuria"]["concept_id"] == "D011141" and by_text["polyuria"]["link_rule"] == "exact"
+    assert by_text["Amiloride"]["concept_id"] is None and by_text["Amiloride"]["link_rule"] is None  # no guess
+    assert cast_batch([r for rows_ in out for r in rows_]).column("concept_id").null_count > 0
+    # without a vocabulary, no linking columns are set
+    plain = run_task(NerTask(NerOptions(model=str(trained["model"]))), docs[:1], trained["model"])
+    assert all("concept_id" not in r for r in plain[0])
+
+
 def test_prepare_keeps_columns_and_handles_missing_text(trained):
     docs = read_pubtator(trained["data"])[:1]
     docs[0].abstract = None

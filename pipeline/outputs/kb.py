@@ -77,29 +77,36 @@ def build_kb(relations: str | os.PathLike, out: str | os.PathLike, *, task: str 
     logprob = "logprob" if "logprob" in columns else "NULL::DOUBLE"
     sql = f"""
     WITH r AS (
-      SELECT pmid, relation, evidence_text, {_NORM.format(col='head')} AS h, {_NORM.format(col='tail')} AS t,
-             {logprob} AS logprob
+      SELECT pmid, relation, evidence_text, head, tail, {_NORM.format(col='head')} AS h, {_NORM.format(col='tail')} AS t,
+             nullif(head_id, '-1') AS hid, nullif(tail_id, '-1') AS tid, {logprob} AS logprob
       FROM rel WHERE parse_status = 'ok' AND task = ?
-    ), e AS (
-      SELECT least(h, t) AS drug_a, greatest(h, t) AS drug_b, lower(trim(relation)) AS relation, pmid, evidence_text,
-             exp(logprob) AS p
-      FROM r WHERE h <> '' AND t <> '' AND h <> t
+    ), k AS (  -- an entity is its identifier when linked, else its normalised name
+      SELECT *, coalesce(hid, 'name:' || h) AS hk, coalesce(tid, 'name:' || t) AS tk FROM r WHERE h <> '' AND t <> ''
+    ), e AS (  -- DDI statements are symmetric: order the two entities by key
+      SELECT CASE WHEN hk <= tk THEN hk ELSE tk END AS key_a, CASE WHEN hk <= tk THEN tk ELSE hk END AS key_b,
+             CASE WHEN hk <= tk THEN h ELSE t END AS name_a, CASE WHEN hk <= tk THEN t ELSE h END AS name_b,
+             CASE WHEN hk <= tk THEN head ELSE tail END AS surface_a, CASE WHEN hk <= tk THEN tail ELSE head END AS surface_b,
+             lower(trim(relation)) AS relation, pmid, evidence_text, exp(logprob) AS p
+      FROM k WHERE hk <> tk
     ), per_abstract AS (  -- an abstract's evidence: its most probable statement of the edge
-      SELECT drug_a, drug_b, relation, pmid, max(p) AS p FROM e GROUP BY ALL
+      SELECT key_a, key_b, relation, pmid, max(p) AS p FROM e GROUP BY ALL
     ), scores AS (        -- noisy-OR over abstracts (schemas/kb.py); unscored rows add nothing
-      SELECT drug_a, drug_b, relation, 1 - product(1 - p) AS score FROM per_abstract GROUP BY ALL
+      SELECT key_a, key_b, relation, 1 - product(1 - p) AS score FROM per_abstract GROUP BY ALL
     ), d AS ({docs})
-    SELECT drug_a, drug_b, relation,
+    SELECT min(name_a) AS drug_a, min(name_b) AS drug_b, relation,
            count(DISTINCT pmid) AS n_abstracts,
            list_sort(list(DISTINCT pmid)) AS pmids,
            coalesce(list_sort(list(DISTINCT evidence_text) FILTER (WHERE evidence_text IS NOT NULL))[1:5], []) AS evidence,
            min(pub_date) AS first_seen, max(pub_date) AS last_seen,
            coalesce(list_sort(list(DISTINCT pmid) FILTER (WHERE retracted)), []) AS retracted_pmids,
            count(DISTINCT pmid) FILTER (WHERE retracted) = count(DISTINCT pmid) AS retracted,
-           any_value(score) AS score
+           any_value(score) AS score,
+           CASE WHEN key_a LIKE 'name:%' THEN NULL ELSE key_a END AS drug_a_id,
+           CASE WHEN key_b LIKE 'name:%' THEN NULL ELSE key_b END AS drug_b_id,
+           list_sort(list(DISTINCT surface_a)) AS drug_a_names, list_sort(list(DISTINCT surface_b)) AS drug_b_names
     FROM e LEFT JOIN (SELECT DISTINCT pmid, pub_date, retracted FROM d) USING (pmid)
-           LEFT JOIN scores USING (drug_a, drug_b, relation)
-    GROUP BY drug_a, drug_b, relation
+           LEFT JOIN scores USING (key_a, key_b, relation)
+    GROUP BY key_a, key_b, relation
     ORDER BY n_abstracts DESC, drug_a, drug_b, relation
     """
     try:

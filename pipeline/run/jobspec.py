@@ -135,6 +135,8 @@ def _task_options(name: str, table: dict[str, Any], base_dir: Path, dtype: str, 
     model = values["model"]
     named = hub.is_name(model, base_dir)  # a Hub id or biogpt:NAME: the runner's preflight resolves it
     values["model"] = model if named else _resolve(model, base_dir)
+    if isinstance(values.get("vocabulary"), str):
+        values["vocabulary"] = _resolve(values["vocabulary"], base_dir)
     if check_models and not named and not (location(values["model"]) / "config.json").exists():
         problems.append(f"{where} model = {model!r}: no config.json in {values['model']} (train or convert a "
                         "model first: see `biomine train ner --help` and `biomine convert fairseq --help`)")

@@ -55,7 +55,7 @@ from pipeline.errors import BioMineError, JobConfigError, StoreError
 from pipeline.run.jobspec import JobSpec
 from pipeline.store.datasets import TaskDataset
 from pipeline.store.lease import Lease
-from pipeline.store.models import describe, materialize, model_checksum, pin
+from pipeline.store.models import describe, materialize, model_checksum, pin, vocabulary_checksum
 from pipeline.store.storage import Location, location
 
 log = logging.getLogger(__name__)
@@ -408,8 +408,11 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
         classes[name] = task_class(name)
         before = len(problems)
         check(where, classes[name].check_model, dataclasses.replace(options, model=str(local)))
+        extra = {}
+        if getattr(options, "vocabulary", None):
+            extra["vocabulary_sha256"] = check(where, vocabulary_checksum, options.vocabulary)
         if len(problems) == before:
-            spec.tasks[name] = dataclasses.replace(options, model_sha256=sha)
+            spec.tasks[name] = dataclasses.replace(options, model_sha256=sha, **extra)
     if len(problems) == 1:
         raise JobConfigError(problems[0])
     if problems:  # one line still: (1) ...; (2) ... - every problem at once, greppable in a log

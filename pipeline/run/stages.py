@@ -46,7 +46,7 @@ from biogpt import hub
 from biogpt.errors import BioMineError
 from pipeline.errors import StageError, StoreError
 from pipeline.store.datasets import ShardOutput, TaskDataset, data_file_name, fingerprint
-from pipeline.store.models import materialize
+from pipeline.store.models import materialize, materialize_file
 from pipeline.store.storage import FileInfo, Location, location, parquet_bytes
 from pipeline.tasks.base import Task
 from pipeline.tasks.options import TaskOptions
@@ -99,6 +99,9 @@ def shard_identity(shard: Location) -> dict[str, Any]:
 
 def local_options(options: TaskOptions) -> TaskOptions:
     """``options`` with the model as a local directory (fetched into this node's cache if need be)."""
+    vocabulary = getattr(options, "vocabulary", None)
+    if vocabulary and not location(vocabulary).is_local:
+        options = dataclasses.replace(options, vocabulary=str(materialize_file(vocabulary, options.vocabulary_sha256)))
     if not hub.is_explicit_name(options.model) and location(options.model).is_local:
         return options
     return dataclasses.replace(options, model=str(materialize(options.model, options.model_sha256)))

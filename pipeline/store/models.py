@@ -136,3 +136,49 @@ def _fetch(loc: Location, root: Path, sha256: str | None) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def vocabulary_checksum(vocabulary: str) -> str:
+    """sha256 of a concept dictionary file (``biomine vocab build``), after checking it is one.
+
+    :raises StoreError: no such file, or a file that is not a concept dictionary.
+    """
+    from schemas._rows import SchemaMismatchError
+    from schemas.concepts import check_schema
+
+    loc = location(vocabulary)
+    if not loc.exists() or loc.is_dir():
+        raise StoreError(f"vocabulary = {vocabulary!r}: no such file; build one with `biomine vocab build`")
+    try:
+        check_schema(loc.parquet_metadata().schema.to_arrow_schema(), str(loc))
+    except (SchemaMismatchError, OSError, ValueError) as exc:
+        raise StoreError(f"vocabulary = {vocabulary!r}: {exc}; build one with `biomine vocab build`") from None
+    return loc.sha256()
+
+
+def materialize_file(uri: str, sha256: str | None = None) -> Path:
+    """A local copy of the file ``uri`` (itself when local), fetched once per node into
+    ``<model_home>/files/<sha256>/<name>`` and checked against ``sha256``.
+
+    :raises StoreError: the copy's checksum differs (the file changed during the run).
+    """
+    loc = location(uri)
+    if loc.is_local:
+        return loc.local_path()
+    root = cache_root() / "files"
+    if sha256 and (root / sha256 / loc.name).is_file():
+        return root / sha256 / loc.name
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
+    try:
+        loc.download(tmp / loc.name)
+        got = hashlib.sha256((tmp / loc.name).read_bytes()).hexdigest()
+        if sha256 and got != sha256:
+            raise StoreError(f"{loc} has checksum {got[:12]}... but this run started with {sha256[:12]}...: it "
+                             "changed on storage during the run; re-run the job")
+        final = root / got
+        final.mkdir(exist_ok=True)
+        os.replace(tmp / loc.name, final / loc.name)
+        return final / loc.name
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -26,6 +26,7 @@ guess; so does a mention no rule finds (``unlinked``).
 from __future__ import annotations
 
 import collections
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -273,3 +274,18 @@ def format_linking_report(report: Mapping) -> str:
     lines.append("linked by rule: " + ", ".join(f"{k} {v}" for k, v in report["by_rule"].items())
                  + f"; ambiguous {report['ambiguous']}; dictionary names {report['dictionary_names']}")
     return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=4)
+def load_linker(path: str) -> Linker:
+    """The :class:`Linker` of a dictionary file, loaded once per process (an actor links many shards)."""
+    return Linker(read_dictionary(path))
+
+
+def link_columns(link: Link | None) -> dict:
+    """The entity columns of a link (schemas/entities.py), all null when unlinked."""
+    if link is None:
+        return {"concept_id": None, "concept_name": None, "concept_vocabulary": None, "matched_by": None,
+                "link_rule": None}
+    return {"concept_id": link.concept_id, "concept_name": link.concept_name, "concept_vocabulary": link.vocabulary,
+            "matched_by": link.matched_by, "link_rule": link.rule}

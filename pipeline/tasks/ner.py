@@ -51,6 +51,7 @@ from pipeline.errors import DataFormatError, NerTrainingError, WrongModelError
 from schemas import entities as _entities
 
 from . import base as _base
+from .linking import link_columns, load_linker
 from .ner_spans import (
     IGNORE_INDEX,
     LabelSchemeError,
@@ -204,6 +205,7 @@ class NerTask(_base.Task):
         # Checked first: a causal LM would otherwise load with a random head and tag nonsense.
         self.options = options.check()
         self.check_model(options)
+        self.linker = load_linker(options.vocabulary) if options.vocabulary else None
         from biogpt.model import BioGptForTokenClassification
 
         self.model_dir = options.model
@@ -259,8 +261,13 @@ class NerTask(_base.Task):
             tags, probs = merge_windows(len(offsets), [tuple(w) for w in doc["windows"]], per_doc[d])
             spans = document_spans(tags, probs, offsets, self.labels, texts[d])
             version = versions[d]
-            results.append(entity_rows(spans, pmid=int(pmids[d]), model_id=self.model_id,
-                                       version=int(version) if version is not None else 1))
+            rows = entity_rows(spans, pmid=int(pmids[d]), model_id=self.model_id,
+                               version=int(version) if version is not None else 1)
+            if self.linker is not None and rows:
+                links = self.linker.link_all(str(texts[d]), [(r["text"], r["label"]) for r in rows])
+                for row, (link, _) in zip(rows, links):
+                    row.update(link_columns(link))
+            results.append(rows)
         return results
 
 

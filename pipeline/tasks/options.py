@@ -101,11 +101,19 @@ class TaskOptions:
             raise ConfigError(f"{self.task_name}: " + "; ".join(problems))
         return self
 
+    def linking_problems(self) -> list[str]:
+        vocabulary = getattr(self, "vocabulary", None)
+        if vocabulary is not None and (not isinstance(vocabulary, str) or not vocabulary):
+            return [f"vocabulary = {vocabulary!r}: name a dictionary file from `biomine vocab build`"]
+        return []
+
     def settings(self) -> dict[str, Any]:
         """What the outputs depend on: every field but where it runs (``device``, ``cuda_graph``) and
         ``batch_size`` (it changes speed, and at most the last float bits of NER scores); with a
         ``model_sha256`` the model is that checksum and its name (rows carry it), not its path."""
         skip = {"device", "cuda_graph", "batch_size"} | ({"model"} if self.model_sha256 else set())
+        if getattr(self, "vocabulary_sha256", None):  # the dictionary is its content, not its path
+            skip.add("vocabulary")
         settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         if self.model_sha256:  # rows carry the model's name as their model_id
             settings["model_id"] = hub.model_name(self.model)
@@ -118,9 +126,14 @@ class NerOptions(TaskOptions):
 
     #: Tokens between window starts for documents longer than the positions (None: 3/4 of a window).
     stride: int | None = None
+    #: A concept dictionary (``biomine vocab build``; a path or URI) that links each mention to an
+    #: identifier (pipeline/tasks/linking.py); None: no linking.
+    vocabulary: str | None = job_key(None)
+    #: Its sha256, set by the runner: outputs depend on the dictionary's content.
+    vocabulary_sha256: str | None = None
 
     def problems(self) -> list[str]:
-        out = super().problems()
+        out = super().problems() + self.linking_problems()
         if self.stride is not None:
             out += _positive(self.stride, "stride")
         return out
@@ -136,9 +149,12 @@ class RelationOptions(TaskOptions):
     max_new_tokens: int = job_key(256)
     #: ``None``: CUDA graphs on CUDA (the engine's default).
     cuda_graph: bool | None = None
+    #: As :attr:`NerOptions.vocabulary`: links head and tail (``head_id``/``tail_id``).
+    vocabulary: str | None = job_key(None)
+    vocabulary_sha256: str | None = None
 
     def problems(self) -> list[str]:
-        out = super().problems()
+        out = super().problems() + self.linking_problems()
         if self.task is not None and self.task not in RE_TASKS:
             out.append(f"task = {self.task!r}: use one of {', '.join(RE_TASKS)}")
         return out + _positive(self.max_new_tokens, "max_new_tokens")

@@ -61,6 +61,7 @@ from schemas import relations as _relations
 
 from . import base
 from .decoding import GreedyDecoder
+from .linking import load_linker
 from .options import RelationOptions
 from .re_format import build_source, prompt_input
 from .re_grammar import ParseResult, Unparsed, parse_generation, relation_rows
@@ -80,6 +81,11 @@ class RelationModelError(base.WrongModelError, TaskSettingsError):
 
 
 # --- per-process caches (prepare runs in many stateless Ray tasks) ------------------------------
+
+
+#: The entity types of each task's head and tail, for linking (None: any; KD-DTI targets are
+#: proteins, which MeSH and DrugBank name only in part).
+HEAD_TAIL_TYPES = {"ddi": ("Chemical", "Chemical"), "kd-dti": ("Chemical", None), "bc5cdr": ("Chemical", "Disease")}
 
 
 @functools.lru_cache(maxsize=8)
@@ -192,6 +198,7 @@ class RelationTask(base.Task):
         # The ids the grammar's separator and final "." come out as (Moses makes each its own word).
         self._separator_ids = set(self.tokenizer.encode(";", add_special_tokens=False))
         self._period_ids = set(self.tokenizer.encode(".", add_special_tokens=False))
+        self.linker = load_linker(options.vocabulary) if options.vocabulary else None
 
     # -- building blocks (also used by evaluate_re and the tests) --------------------------------
     def generate_ids(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -260,10 +267,27 @@ class RelationTask(base.Task):
                 reason = skips[i] or NO_TEXT
                 result = ParseResult(task=self.task, raw="", relations=(), unparsed=(Unparsed("", reason),))
                 decoding = None  # nothing was decoded
-            out.append(relation_rows(result, pmid=pmid, text=str(texts[i]), model_id=self.model_id, version=version,
-                                     decoding=decoding, input_truncated=None if cut[i] is None else bool(cut[i]),
-                                     **scores))
+            rows = relation_rows(result, pmid=pmid, text=str(texts[i]), model_id=self.model_id, version=version,
+                                 decoding=decoding, input_truncated=None if cut[i] is None else bool(cut[i]), **scores)
+            if self.linker is not None:
+                self.link_rows(rows, str(texts[i]))
+            out.append(rows)
         return out
+
+    def link_rows(self, rows: list[dict[str, Any]], text: str) -> None:
+        """Fill ``head_id``/``tail_id`` and ``head_match``/``tail_match`` of ``ok`` rows from the task's
+        vocabulary (abbreviations of the article ``text`` count); unlinked: null ids."""
+        from .linking import abbreviations
+
+        types = HEAD_TAIL_TYPES[self.task]
+        abbrev = abbreviations(text)
+        for row in rows:
+            if row["parse_status"] != "ok":
+                continue
+            for side, type_ in zip(("head", "tail"), types):
+                link, _ = self.linker.link(row[side], type_, abbrev)
+                row[f"{side}_id"] = link.concept_id if link else None
+                row[f"{side}_match"] = link.matched_by if link else None
 
 
 # --- benchmark evaluation -----------------------------------------------------------------------
