@@ -57,6 +57,7 @@ from pipeline.store.datasets import TaskDataset
 from pipeline.store.lease import Lease
 from pipeline.store.models import describe, materialize, model_checksum, pin, vocabulary_checksum
 from pipeline.store.storage import Location, location
+from pipeline.tasks.options import LinkedOptions
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +410,7 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
         before = len(problems)
         check(where, classes[name].check_model, dataclasses.replace(options, model=str(local)))
         extra = {}
-        if getattr(options, "vocabulary", None):
+        if isinstance(options, LinkedOptions) and options.vocabulary:
             extra["vocabulary_sha256"] = check(where, vocabulary_checksum, options.vocabulary)
         if len(problems) == before:
             spec.tasks[name] = dataclasses.replace(options, model_sha256=sha, **extra)

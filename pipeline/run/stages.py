@@ -49,7 +49,7 @@ from pipeline.store.datasets import ShardOutput, TaskDataset, data_file_name, fi
 from pipeline.store.models import materialize, materialize_file
 from pipeline.store.storage import FileInfo, Location, location, parquet_bytes
 from pipeline.tasks.base import Task
-from pipeline.tasks.options import TaskOptions
+from pipeline.tasks.options import LinkedOptions, TaskOptions
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def shard_identity(shard: Location) -> dict[str, Any]:
 
 def local_options(options: TaskOptions) -> TaskOptions:
     """``options`` with the model as a local directory (fetched into this node's cache if need be)."""
-    vocabulary = getattr(options, "vocabulary", None)
+    vocabulary = options.vocabulary if isinstance(options, LinkedOptions) else None
     if vocabulary and not location(vocabulary).is_local:
         options = dataclasses.replace(options, vocabulary=str(materialize_file(vocabulary, options.vocabulary_sha256)))
     if not hub.is_explicit_name(options.model) and location(options.model).is_local:

@@ -101,18 +101,12 @@ class TaskOptions:
             raise ConfigError(f"{self.task_name}: " + "; ".join(problems))
         return self
 
-    def linking_problems(self) -> list[str]:
-        vocabulary = getattr(self, "vocabulary", None)
-        if vocabulary is not None and (not isinstance(vocabulary, str) or not vocabulary):
-            return [f"vocabulary = {vocabulary!r}: name a dictionary file from `biomine vocab build`"]
-        return []
-
     def settings(self) -> dict[str, Any]:
         """What the outputs depend on: every field but where it runs (``device``, ``cuda_graph``) and
         ``batch_size`` (it changes speed, and at most the last float bits of NER scores); with a
         ``model_sha256`` the model is that checksum and its name (rows carry it), not its path."""
         skip = {"device", "cuda_graph", "batch_size"} | ({"model"} if self.model_sha256 else set())
-        if getattr(self, "vocabulary_sha256", None):  # the dictionary is its content, not its path
+        if isinstance(self, LinkedOptions) and self.vocabulary_sha256:  # the dictionary's content, not its path
             skip.add("vocabulary")
         settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         if self.model_sha256:  # rows carry the model's name as their model_id
@@ -121,26 +115,38 @@ class TaskOptions:
 
 
 @dataclass(frozen=True)
-class NerOptions(TaskOptions):
-    task_name: ClassVar[str] = "ner"
+class LinkedOptions(TaskOptions):
+    """Settings of the tasks whose entities are linked to identifiers (NER mentions, RE heads/tails)."""
 
-    #: Tokens between window starts for documents longer than the positions (None: 3/4 of a window).
-    stride: int | None = None
-    #: A concept dictionary (``biomine vocab build``; a path or URI) that links each mention to an
+    #: A concept dictionary (``biomine vocab build``; a path or URI) that links each entity to an
     #: identifier (pipeline/tasks/linking.py); None: no linking.
     vocabulary: str | None = job_key(None)
     #: Its sha256, set by the runner: outputs depend on the dictionary's content.
     vocabulary_sha256: str | None = None
 
     def problems(self) -> list[str]:
-        out = super().problems() + self.linking_problems()
+        out = super().problems()
+        if self.vocabulary is not None and (not isinstance(self.vocabulary, str) or not self.vocabulary):
+            out.append(f"vocabulary = {self.vocabulary!r}: name a dictionary file from `biomine vocab build`")
+        return out
+
+
+@dataclass(frozen=True)
+class NerOptions(LinkedOptions):
+    task_name: ClassVar[str] = "ner"
+
+    #: Tokens between window starts for documents longer than the positions (None: 3/4 of a window).
+    stride: int | None = None
+
+    def problems(self) -> list[str]:
+        out = super().problems()
         if self.stride is not None:
             out += _positive(self.stride, "stride")
         return out
 
 
 @dataclass(frozen=True)
-class RelationOptions(TaskOptions):
+class RelationOptions(LinkedOptions):
     task_name: ClassVar[str] = "re"
 
     #: ``ddi``, ``kd-dti`` or ``bc5cdr`` (:data:`biogpt.task_spec.RE_TASKS`); None in the Python API
@@ -149,12 +155,9 @@ class RelationOptions(TaskOptions):
     max_new_tokens: int = job_key(256)
     #: ``None``: CUDA graphs on CUDA (the engine's default).
     cuda_graph: bool | None = None
-    #: As :attr:`NerOptions.vocabulary`: links head and tail (``head_id``/``tail_id``).
-    vocabulary: str | None = job_key(None)
-    vocabulary_sha256: str | None = None
 
     def problems(self) -> list[str]:
-        out = super().problems() + self.linking_problems()
+        out = super().problems()
         if self.task is not None and self.task not in RE_TASKS:
             out.append(f"task = {self.task!r}: use one of {', '.join(RE_TASKS)}")
         return out + _positive(self.max_new_tokens, "max_new_tokens")
