@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "pipeline.commands.evaluate",
     "pipeline.commands.run",
     "pipeline.commands.kb",
+    "pipeline.commands.export",
     "pipeline.commands.query",
 ]
 
@@ -46,6 +47,7 @@ Typical flow:
   biomine run jobs/ddi-kb.toml       # fetch + tasks on Ray -> Parquet under the job's output
   biomine kb build --relations out/ddi-kb/relations --out out/ddi-kb/kb.parquet
   biomine query out/ddi-kb "SELECT * FROM kb ORDER BY n_abstracts DESC LIMIT 20"
+  biomine export out/ddi-kb --format bioc-xml --out ddi-kb.bioc.xml   # PubTator / BioC for other tools
   biomine demo                       # the whole pipeline on this machine, tiny models
 
 Run `biomine COMMAND --help` for each command's options and examples.
