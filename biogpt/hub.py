@@ -234,6 +234,9 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> tuple[Path, str]:
         elif settings["offline"]:
             path = Path(snapshot_download(repo_id, revision=revision, cache_dir=settings["cache_dir"],
                                           local_files_only=True))
+            if not _complete(path):
+                raise CheckpointError(f"{name}: HF_HUB_OFFLINE is set and the cached snapshot {path} lacks "
+                                      "config.json or weights (an interrupted fetch); fetch it again with network")
         else:
             api = HfApi(endpoint=settings["endpoint"], token=settings["token"])
             info = api.model_info(repo_id, revision=revision)
@@ -247,6 +250,9 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> tuple[Path, str]:
             path = Path(snapshot_download(repo_id, revision=revision, cache_dir=settings["cache_dir"],
                                           endpoint=settings["endpoint"], token=settings["token"],
                                           allow_patterns=list(HUB_FILES + weights)))
+    except hf_errors.HFValidationError as exc:
+        raise CheckpointError(f"{name!r} is neither a model directory nor a valid Hub id ({exc}); check the "
+                              "path") from None
     except hf_errors.GatedRepoError:
         raise CheckpointError(f"{name} on {where} is gated: accept its terms on the Hub and set HF_TOKEN") from None
     except hf_errors.RepositoryNotFoundError:

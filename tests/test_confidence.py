@@ -99,6 +99,14 @@ def test_pieces_that_do_not_align_get_no_number_and_unparsed_rows_get_theirs(fit
     lps = [-0.5] * len(ids)
     assert task.piece_logprobs(ids, lps, 2) == [(-0.5 * len(word), len(word))] * 2
     assert task.piece_logprobs(ids, lps, 3) is None  # more text pieces than token segments: no guess
+    assert task.piece_logprobs(ids, lps, 1) is None  # fewer: no guess either
+    # a generation cut right after a ";" ("... is int;"): the empty last segment is no piece
+    cut = word + [semicolon] + word + [semicolon]
+    assert task.piece_logprobs(cut, [-0.5] * len(cut), 2) == [(-0.5 * len(word), len(word))] * 2
+    # an empty piece between two separators gets no number (never a logprob of 0 over 0 tokens)
+    empty = word + [semicolon, semicolon] + word
+    assert task.piece_logprobs(empty, [-0.5] * len(empty), 3) == [(-0.5 * len(word), len(word)), None,
+                                                                  (-0.5 * len(word), len(word))]
 
 
 def test_heads_and_tails_link_through_the_vocabulary(fitted, tmp_path):

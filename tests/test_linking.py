@@ -118,7 +118,22 @@ def test_matching_rules(linker):
     text = "Patients received 5-fluorouracil (5-FU) and leucovorin (LV). 5-FU was given weekly."
     assert abbreviations(text) == {"5-FU": "5-fluorouracil", "LV": "leucovorin"}
     assert link("5-FU", "Chemical", abbreviations(text)) == ("D005472", "abbreviation")
+    assert link("5-fu", "Chemical", abbreviations(text)) == ("D005472", "abbreviation")  # lower-cased RE heads
     assert link("5-FU", "Chemical") == "unlinked"
+    # a DrugBank drug whose common name is a MeSH concept joins it: one id space
+    assert link("Doxorubicina") == ("D004317", "exact") and linker.link("Doxorubicina")[0].vocabulary == "MeSH"
+    from pipeline.tasks.linking import _singulars
+
+    assert _singulars("heart diseases") == ["heart disease", "heart diseas"]
+    assert _singulars("boxes") == ["box"] and _singulars("virus") == []
+
+
+def test_a_name_spelled_twice_keeps_its_preferred_mark():
+    rows = [{"key": "alpha tocopherol", "name": n, "concept_id": "D024502", "concept_name": "alpha-Tocopherol",
+             "vocabulary": "MeSH", "type": "Chemical", "preferred": n == "alpha-Tocopherol"}
+            for n in ("alpha Tocopherol", "alpha-Tocopherol")]
+    (row,) = dictionary_table([rows]).to_pylist()
+    assert row["preferred"] and row["name"] == "alpha-Tocopherol"
 
 
 def test_vocab_build_and_eval_link_commands(vocab_files, tmp_path, capsys):

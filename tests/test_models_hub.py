@@ -69,6 +69,8 @@ def test_reference_grammar(tmp_path):
         assert hub.parse(path).kind == "path", path
     with pytest.raises(CheckpointError, match="biogpt:NAME"):
         hub.parse("biogpt:RE DDI")
+    with pytest.raises(CheckpointError, match="neither a model directory nor a valid Hub id"):
+        hub.resolve("models/re--ddi")  # a missing folder whose name the Hub cannot hold: no traceback
     assert hub.model_name("hf://microsoft/biogpt@" + "a" * 40) == "microsoft/biogpt"
     assert hub.model_name(tmp_path / "hf" / "models--microsoft--biogpt" / "snapshots" / ("b" * 40)) == "microsoft/biogpt"
     assert hub.model_name("/models/re-ddi/") == "re-ddi"
@@ -130,6 +132,9 @@ def test_a_job_names_a_hub_model_and_its_manifest_records_the_revision(tmp_path,
     job = tmp_path / "hub.toml"
     job.write_text(f'[job]\nname = "hub"\noutput = "{out}"\n[source]\nkind = "files"\npaths = ["{DEMO_XML}"]\n'
                    '[tasks.summarize]\nmodel = "tiny-org/biogpt-tiny"\nmax_new_tokens = 4\n[resources]\nactors = 1\n')
+    from pipeline.run.jobspec import load_job
+
+    assert load_job(job).tasks["summarize"].model == "hf://tiny-org/biogpt-tiny"  # explicit past the parser
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(job), "--no-progress"], env=env,
                           capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -158,8 +163,8 @@ class FileServer:
     """Serves a folder on 127.0.0.1 with Range support; the first GET of ``cut`` sends only half of
     the body, then closes the connection (a broken download)."""
 
-    def __init__(self, root: Path, cut: str | None = None):
-        self.root, self.cut, self.requests = root, cut, []
+    def __init__(self, root: Path, cut: str | None = None, busy: str | None = None):
+        self.root, self.cut, self.busy, self.requests = root, cut, busy, []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -172,6 +177,10 @@ class FileServer:
                 file = server.root / path
                 if not file.is_file():
                     self.send_error(404)
+                    return
+                if path == server.busy:  # a blob store under load: 503 once
+                    server.busy = None
+                    self.send_error(503)
                     return
                 data = file.read_bytes()
                 start = 0
@@ -284,8 +293,9 @@ def test_a_part_file_left_by_a_killed_pull_is_resumed(tmp_path):
     (tmp_path / "srv" / "blob.tgz").write_bytes(data)
     dest = tmp_path / "dl" / "blob.tgz"
     dest.parent.mkdir()
-    (dest.parent / "blob.tgz.part").write_bytes(data[:123_456])  # what a killed process left
     server = FileServer(tmp_path / "srv")
+    (dest.parent / "blob.tgz.part").write_bytes(data[:123_456])  # what a killed process left,
+    (dest.parent / "blob.tgz.part.url").write_text(f"{server.url}/blob.tgz")  # and the URL it was fetching
     try:
         sha, size = download(f"{server.url}/blob.tgz", dest, progress=False)
     finally:
@@ -293,6 +303,25 @@ def test_a_part_file_left_by_a_killed_pull_is_resumed(tmp_path):
     assert server.requests == [("blob.tgz", "bytes=123456-")]
     assert dest.read_bytes() == data and size == len(data) and sha == hashlib.sha256(data).hexdigest()
     assert not (dest.parent / "blob.tgz.part").exists()
+
+
+def test_a_part_file_of_another_url_is_not_resumed_and_a_busy_server_is_retried(tmp_path):
+    from pipeline.store.releases import download
+
+    (tmp_path / "srv").mkdir()
+    data = os.urandom(50_000)
+    (tmp_path / "srv" / "blob.tgz").write_bytes(data)
+    dest = tmp_path / "dl" / "blob.tgz"
+    dest.parent.mkdir()
+    (dest.parent / "blob.tgz.part").write_bytes(b"x" * 1000)  # the start of another mirror's file
+    (dest.parent / "blob.tgz.part.url").write_text("http://127.0.0.1:1/elsewhere/blob.tgz")
+    server = FileServer(tmp_path / "srv", busy="blob.tgz")
+    try:
+        download(f"{server.url}/blob.tgz", dest, progress=False)
+    finally:
+        server.close()
+    assert server.requests == [("blob.tgz", None), ("blob.tgz", None)]  # 503, then the whole file, from 0
+    assert dest.read_bytes() == data and not (dest.parent / "blob.tgz.part.url").exists()
 
 
 def test_unknown_release_names_are_one_line(capsys):

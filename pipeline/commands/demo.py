@@ -143,7 +143,11 @@ def make_demo_models(spec, records: list[dict]) -> list[Path]:
     corpus = texts + [t.lower() for t in texts] + ["the interaction between aspirin and warfarin is mechanism."]
     # Random tied embeddings make a model repeat its last input token; untied ones vary a little more.
     tiny = {"tie_word_embeddings": False, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    from biogpt.hub import is_explicit_name
+
     for name, task in spec.tasks.items():
+        if is_explicit_name(task.model):  # a Hub id or a pulled release: a real model, nothing to write
+            continue
         model = Path(task.model)
         if (model / "config.json").exists():
             continue

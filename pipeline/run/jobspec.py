@@ -134,7 +134,9 @@ def _task_options(name: str, table: dict[str, Any], base_dir: Path, dtype: str, 
         return None
     model = values["model"]
     named = hub.is_name(model, base_dir)  # a Hub id or biogpt:NAME: the runner's preflight resolves it
-    values["model"] = model if named else _resolve(model, base_dir)
+    # A name is written out explicitly (hf://owner/name, biogpt:NAME): past the parser nothing reads
+    # a bare owner/name again, so no folder of the current directory can stand in for it.
+    values["model"] = str(hub.parse(model, base_dir=base_dir)) if named else _resolve(model, base_dir)
     if isinstance(values.get("vocabulary"), str):
         values["vocabulary"] = _resolve(values["vocabulary"], base_dir)
     if check_models and not named and not (location(values["model"]) / "config.json").exists():

@@ -39,12 +39,13 @@ cache_root = hub.model_home  # one folder for every model biomine keeps
 
 
 def pin(model: str) -> str:
-    """``model`` as every node can load it: a Hub id resolved (fetched here if need be) to
-    ``hf://repo@<commit>``, a release name to its local folder; paths and URIs unchanged.
+    """``model`` as every node can load it: a Hub id (``hf://repo[@rev]``, as the job parser writes
+    it) resolved (fetched here if need be) to ``hf://repo@<commit>``, a release name to its local
+    folder; paths and URIs unchanged.
 
     :raises CheckpointError: a name that does not resolve (see :func:`biogpt.hub.resolve`).
     """
-    return hub.pinned(hub.resolve(model)) if hub.is_name(model) else model
+    return hub.pinned(hub.resolve(model)) if hub.is_explicit_name(model) else model
 
 
 def describe(model: str) -> dict:

@@ -8,8 +8,8 @@ Contract:
   ``data/biogpt_large_dict.txt`` + ``data/BioGPT-Large/bpecodes``). The archives hold one folder,
   ``RE-DDI-BioGPT/checkpoint_avg.pt`` and the like; the vocabulary is not in them.
 - :func:`pull` ``NAME``: downloads the archive and the two vocabulary files into
-  ``<model_home>/downloads/`` (a ``.part`` file that a cut connection or a killed process resumes
-  with an HTTP ``Range`` request), checks the vocabulary files against the sha256 pinned here
+  ``<model_home>/downloads/`` (a ``.part`` file that a cut connection, an HTTP 429/5xx or a killed
+  process resumes with an HTTP ``Range`` request; a ``.part`` of another URL is discarded), checks the vocabulary files against the sha256 pinned here
   (the files as released) and records the archive's sha256 (the README publishes none; with
   ``sha256=`` it must match), unpacks it (tar ``data`` filter: no paths outside, no links out),
   converts it with :func:`biogpt.fairseq.convert_fairseq_checkpoint` into a temporary folder and
@@ -152,7 +152,11 @@ def download(url: str, dest: Path, *, progress: bool | None = None, attempts: in
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    failures, last_error = 0, None
+    source = dest.with_name(dest.name + ".part.url")  # what the .part holds the start of
+    if part.exists() and (not source.exists() or source.read_text() != url):
+        part.unlink()  # a partial file of another URL or mirror: never resumed into this one
+    source.write_text(url)
+    failures, restarts, last_error = 0, 0, None
     bar = None
     try:
         while True:
@@ -161,6 +165,11 @@ def download(url: str, dest: Path, *, progress: bool | None = None, attempts: in
             try:
                 with urllib.request.urlopen(request, timeout=timeout) as response:
                     if have and response.status == 200:  # the server ignores Range: start again
+                        restarts += 1
+                        if restarts > attempts:
+                            raise ReleaseError(f"{_shown(url)}: the server does not resume downloads (no Range "
+                                               f"support) and the connection broke {restarts} times; try a mirror "
+                                               "(--mirror)")
                         log.info("%s: the server does not resume; downloading again", _shown(url))
                         have = 0
                     total = _total(response, have)
@@ -179,8 +188,15 @@ def download(url: str, dest: Path, *, progress: bool | None = None, attempts: in
             except urllib.error.HTTPError as exc:
                 if exc.code == 416 and have:  # nothing left to send: the part is complete
                     break
-                raise ReleaseError(f"{_shown(url)}: HTTP {exc.code} {exc.reason}; check the URL "
-                                   "(or --mirror / $BIOMINE_RELEASE_MIRROR)") from None
+                if exc.code not in (429, 500, 502, 503, 504):  # those pass: retried below, as a cut connection
+                    raise ReleaseError(f"{_shown(url)}: HTTP {exc.code} {exc.reason}; check the URL "
+                                       "(or --mirror / $BIOMINE_RELEASE_MIRROR)") from None
+                failures, last_error = failures + 1, exc
+                if failures >= attempts:
+                    raise ReleaseError(f"{_shown(url)}: HTTP {exc.code} {attempts} times in a row; run the command "
+                                       "again later to resume") from None
+                log.warning("%s: HTTP %d; retrying", _shown(url), exc.code)
+                time.sleep(min(0.5 * 2 ** failures, 10.0))
             except (OSError, http.client.HTTPException) as exc:  # refused, reset, cut mid-body (IncompleteRead)
                 before = have
                 have = part.stat().st_size if part.exists() else 0
@@ -197,6 +213,7 @@ def download(url: str, dest: Path, *, progress: bool | None = None, attempts: in
     sha = _sha256(part)
     size = part.stat().st_size
     os.replace(part, dest)
+    source.unlink(missing_ok=True)
     return sha, size
 
 

@@ -11,8 +11,8 @@ Contract (the matching rules, in the order they are tried; the first that finds 
 3. ``salt``: without a trailing salt or form word (hydrochloride, sodium, sulfate, mesylate ...,
    :data:`SALT_WORDS`): "doxorubicin hydrochloride" to doxorubicin when the salt is not a
    concept of its own.
-4. ``plural``: the last word made singular (``-ies`` to ``-y``, ``-es``/``-s`` dropped):
-   "anthracyclines", "seizures".
+4. ``plural``: the last word made singular (``-ies`` to ``-y``; ``-es`` off after x, ch, sh, ss;
+   ``-s`` off, and for ``-ses`` then ``-es``): "anthracyclines", "seizures", "diseases".
 
 Candidates must have the mention's type when both are known (a Chemical mention never links to a
 disease). Several concepts for one key: those whose preferred name it is win; then MeSH descriptors
@@ -48,18 +48,21 @@ def normalise(text: str) -> str:
     return _NON_ALNUM.sub(" ", text).strip()
 
 
-def _singular(key: str) -> str | None:
+def _singulars(key: str) -> list[str]:
+    """Singular forms to try for the last word: -ies -> -y; -es off for -xes/-ches/-shes/-sses;
+    otherwise a final -s off (not after s, u, i), and for -ses also -es off ("diseases" -> "disease",
+    then "analyses" -> "analys" is simply not found)."""
     words = key.split(" ")
-    last = words[-1]
+    last, stem = words[-1], " ".join(words[:-1] + [""])
     if len(last) > 4 and last.endswith("ies"):
-        words[-1] = last[:-3] + "y"
-    elif len(last) > 4 and last.endswith(("ses", "xes", "ches", "shes")):
-        words[-1] = last[:-2]
-    elif len(last) > 3 and last.endswith("s") and not last.endswith(("ss", "us", "is")):
-        words[-1] = last[:-1]
-    else:
-        return None
-    return " ".join(words)
+        return [stem + last[:-3] + "y"]
+    if len(last) > 4 and last.endswith(("xes", "ches", "shes", "sses")):
+        return [stem + last[:-2]]
+    if len(last) > 4 and last.endswith("ses"):
+        return [stem + last[:-1], stem + last[:-2]]
+    if len(last) > 3 and last.endswith("s") and not last.endswith(("ss", "us", "is")):
+        return [stem + last[:-1]]
+    return []
 
 
 def _without_salt(key: str) -> str | None:
@@ -180,7 +183,8 @@ class Linker:
         if not key:
             return None, False
         ambiguous = False
-        for rule, candidate in (("exact", key), ("salt", _without_salt(key)), ("plural", _singular(key))):
+        tries = [("exact", key), ("salt", _without_salt(key))] + [("plural", s) for s in _singulars(key)]
+        for rule, candidate in tries:
             if candidate is None:
                 continue
             concept, seen = self._choose(candidate, type_)
@@ -195,7 +199,11 @@ class Linker:
         (:func:`abbreviations` of the same abstract) let a short form link through its long form."""
         found, ambiguous = self._rules(text, type_)
         if found is None and abbreviations:
-            long = abbreviations.get(text.strip())
+            short = text.strip()
+            long = abbreviations.get(short)
+            if long is None:  # RE heads/tails are lower-cased: "5-fu" for the defined "5-FU"
+                same = [lf for sf, lf in abbreviations.items() if sf.lower() == short.lower()]
+                long = same[0] if len(same) == 1 else None
             if long:
                 via, amb = self._rules(long, type_)
                 if via is not None:

@@ -226,12 +226,13 @@ class RelationTask(base.Task):
         return dataclasses.replace(result, raw=generation, unparsed=unparsed)
 
     def piece_logprobs(self, ids: Sequence[int], logprobs: Sequence[float],
-                       pieces: int) -> list[tuple[float, int]] | None:
+                       pieces: int) -> list[tuple[float, int] | None] | None:
         """``(sum of log p, tokens)`` per piece of the cleaned generation (:attr:`ParseResult.pieces`):
-        the new ids are split at the separator token (``;``), ``</s>`` and the final ``.`` left out;
-        the cleaned text's pieces are the LAST ``pieces`` segments (so a cut prefix such as "we can
-        conclude that" counts with the first triple). None when the ids give fewer segments than the
-        text has pieces (a ``;`` that is not a token of its own): then no row gets a number, never a guess."""
+        the new ids are split at the separator token (``;``), ``</s>``, the final ``.`` and empty
+        trailing segments (a generation cut right after a ``;``) left out; a cut prefix such as "we can
+        conclude that" counts with the first triple. None when the segments do not match the text's
+        pieces one to one (a ``;`` inside a name): then no row gets a number, never a guess; a piece
+        without tokens gets none either."""
         segments: list[list[float]] = [[]]
         tokens = [(int(t), float(lp)) for t, lp in zip(ids, logprobs)
                   if int(t) not in (self.decoder.eos, self.decoder.bos)]
@@ -242,9 +243,11 @@ class RelationTask(base.Task):
                 segments.append([])
             else:
                 segments[-1].append(lp)
-        if pieces < 1 or len(segments) < pieces:
+        while len(segments) > 1 and not segments[-1]:
+            segments.pop()
+        if pieces < 1 or len(segments) != pieces:
             return None
-        return [(sum(s), len(s)) for s in segments[len(segments) - pieces:]]
+        return [(sum(s), len(s)) if s else None for s in segments]
 
     def __call__(self, batch: dict[str, Any]) -> list[list[dict[str, Any]]]:
         if "_input_ids" not in batch:

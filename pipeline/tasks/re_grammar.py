@@ -306,7 +306,7 @@ def relation_rows(
     version: int = 1,
     decoding: Mapping[str, Any] | None = None,
     input_truncated: bool | None = None,
-    piece_logprobs: Sequence[tuple[float, int]] | None = None,
+    piece_logprobs: Sequence[tuple[float, int] | None] | None = None,
     generation_logprob: tuple[float, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of :data:`schemas.relations.RELATION_SCHEMA` for one parsed generation.

@@ -131,13 +131,43 @@ def dictionary_table(sources: Iterable[Iterable[dict]]):
 
     from schemas.concepts import CONCEPT_SCHEMA
 
-    seen: set[tuple[str, str, str]] = set()
-    rows = []
+    kept: dict[tuple[str, str, str], dict] = {}
     for source in sources:
         for row in source:
             ident = (row["key"], row["concept_id"], row["vocabulary"])
-            if ident not in seen:
-                seen.add(ident)
-                rows.append(row)
+            if ident in kept:  # the same name twice (e.g. "alpha Tocopherol", "alpha-Tocopherol"): preferred wins
+                if row["preferred"] and not kept[ident]["preferred"]:
+                    kept[ident] = row
+            else:
+                kept[ident] = dict(row)
+    rows = _one_id_space(list(kept.values()))
     rows.sort(key=lambda r: (r["key"], r["vocabulary"], r["concept_id"]))
     return pa.Table.from_pylist(rows, schema=CONCEPT_SCHEMA)
+
+
+def _one_id_space(rows: list[dict]) -> list[dict]:
+    """A DrugBank drug whose common name is the name of exactly one MeSH concept joins that concept
+    (all its synonyms take the MeSH id), so "warfarin" and "Coumadin" are one drug in a dictionary
+    built from both vocabularies; DrugBank drugs MeSH does not name keep their DrugBank ids."""
+    mesh: dict[str, set[tuple[str, str | None]]] = {}
+    for r in rows:
+        if r["vocabulary"] == "MeSH":
+            mesh.setdefault(r["key"], set()).add((r["concept_id"], r["concept_name"]))
+    if not mesh:
+        return rows
+    target: dict[str, tuple[str, str | None]] = {}
+    for r in rows:
+        if r["vocabulary"] == "DrugBank" and r["preferred"]:
+            found = mesh.get(r["key"], set())
+            if len(found) == 1:
+                target[r["concept_id"]] = next(iter(found))
+    out, seen = [], {(r["key"], r["concept_id"]) for r in rows if r["vocabulary"] == "MeSH"}
+    for r in rows:
+        if r["vocabulary"] == "DrugBank" and r["concept_id"] in target:
+            concept_id, concept_name = target[r["concept_id"]]
+            if (r["key"], concept_id) in seen:
+                continue  # MeSH has that name for that concept already
+            seen.add((r["key"], concept_id))
+            r = {**r, "concept_id": concept_id, "concept_name": concept_name, "vocabulary": "MeSH", "preferred": False}
+        out.append(r)
+    return out
