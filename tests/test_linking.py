@@ -171,7 +171,7 @@ def test_linking_accuracy_on_the_bc5cdr_test_set():
     test = shared_path("data", "bc5cdr", "CDR_TestSet.PubTator.txt")
     report = evaluate_linking(test, Linker(dictionary_table([pubtator_rows(dev)]).to_pylist()))
     assert report["mentions"] == 9718 and report["linked"] == report["correct"] + (report["linked"] - report["correct"])
-    assert report["precision"] > 0.97 and report["accuracy"] > 0.6  # measured: 0.9833 and 0.6656
+    assert report["precision"] > 0.97 and report["accuracy"] > 0.6  # measured: 0.9833 and 0.6665
     assert report["by_rule"]["abbreviation"] > 100
 
 
