@@ -285,15 +285,21 @@ def test_models_pull_resumes_a_cut_download_verifies_converts_and_a_job_uses_it(
         server.close()
 
 
-def test_a_part_file_left_by_a_killed_pull_is_resumed(tmp_path):
-    from pipeline.store.releases import download
-
+def blob(tmp_path, size: int) -> tuple[bytes, Path, Path]:
+    """``(data, served folder, download destination)``: random bytes served as blob.tgz."""
     (tmp_path / "srv").mkdir()
-    data = os.urandom(300_000)
+    data = os.urandom(size)
     (tmp_path / "srv" / "blob.tgz").write_bytes(data)
     dest = tmp_path / "dl" / "blob.tgz"
     dest.parent.mkdir()
-    server = FileServer(tmp_path / "srv")
+    return data, tmp_path / "srv", dest
+
+
+def test_a_part_file_left_by_a_killed_pull_is_resumed(tmp_path):
+    from pipeline.store.releases import download
+
+    data, served, dest = blob(tmp_path, 300_000)
+    server = FileServer(served)
     (dest.parent / "blob.tgz.part").write_bytes(data[:123_456])  # what a killed process left,
     (dest.parent / "blob.tgz.part.url").write_text(f"{server.url}/blob.tgz")  # and the URL it was fetching
     try:
@@ -308,14 +314,10 @@ def test_a_part_file_left_by_a_killed_pull_is_resumed(tmp_path):
 def test_a_part_file_of_another_url_is_not_resumed_and_a_busy_server_is_retried(tmp_path):
     from pipeline.store.releases import download
 
-    (tmp_path / "srv").mkdir()
-    data = os.urandom(50_000)
-    (tmp_path / "srv" / "blob.tgz").write_bytes(data)
-    dest = tmp_path / "dl" / "blob.tgz"
-    dest.parent.mkdir()
+    data, served, dest = blob(tmp_path, 50_000)
     (dest.parent / "blob.tgz.part").write_bytes(b"x" * 1000)  # the start of another mirror's file
     (dest.parent / "blob.tgz.part.url").write_text("http://127.0.0.1:1/elsewhere/blob.tgz")
-    server = FileServer(tmp_path / "srv", busy="blob.tgz")
+    server = FileServer(served, busy="blob.tgz")
     try:
         download(f"{server.url}/blob.tgz", dest, progress=False)
     finally:
