@@ -99,7 +99,7 @@ def parse(spec: str | os.PathLike, revision: str | None = None, base_dir: str | 
     if text.startswith(RELEASE_PREFIX):
         name = text[len(RELEASE_PREFIX):]
         if not _RELEASE.fullmatch(name):
-            raise CheckpointError(f"{text!r}: a released model is biogpt:NAME with NAME from `biomine models list`")
+            raise CheckpointError(f"{text!r}: a released model is biogpt:NAME with NAME from `biomine models list --available`")
         return Reference("release", name)
     if text.startswith(HF_SCHEME):
         m = _HUB_ID.fullmatch(text[len(HF_SCHEME):])

@@ -45,6 +45,7 @@ Typical flow:
   biomine train ner --data CDR_TrainingSet.PubTator.txt --base models/biogpt --out models/ner
   biomine eval re --task ddi --data DDI/test.json --model models/re-ddi
   biomine run jobs/ddi-kb.toml       # fetch + tasks on Ray -> Parquet under the job's output
+  biomine vocab build --mesh desc2025.xml.gz --drugbank "drugbank vocabulary.csv" --out vocab/concepts.parquet
   biomine kb build --relations out/ddi-kb/relations --out out/ddi-kb/kb.parquet
   biomine query out/ddi-kb "SELECT * FROM kb ORDER BY n_abstracts DESC LIMIT 20"
   biomine export out/ddi-kb --format bioc-xml --out ddi-kb.bioc.xml   # PubTator / BioC for other tools

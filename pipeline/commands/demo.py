@@ -3,8 +3,8 @@
 The demo is a small project folder (default ``./biomine-demo``; nothing is written elsewhere): the
 first run copies the bundled job (``DIR/demo.toml``) and PubMed-format sample
 (``DIR/data/demo_pubmed.xml``) out of the installed package, so it works from any install, with
-or without a source checkout. Real BioGPT weights cannot be downloaded here, so it writes tiny
-checkpoints in the published layout (:mod:`biogpt.tiny`) into ``DIR/models/``, each with a BPE
+or without a source checkout. So that it needs no download (real weights: ``biomine models pull``),
+it writes tiny checkpoints in the published layout (:mod:`biogpt.tiny`) into ``DIR/models/``, each with a BPE
 vocabulary learned from the sample abstracts: a token-classification model fine-tuned with
 ``biomine train ner``'s code on silver annotations of the sample (a lexicon), a prompt-tuned DDI
 model with its ``biomine_task.json`` fitted to the sample's drug pairs in BioGPT's fine-tuning
@@ -15,8 +15,6 @@ mechanics, not accuracy; the summaries of a random LM are noise.
 
 A second run reuses what is there: an edited ``DIR/demo.toml`` (real model paths, say) is kept,
 models that exist are not rewritten, and finished outputs are verified and skipped.
-
-:raises ConfigError: ``DIR`` is a file, cannot be written, or its job is not a files-source job.
 """
 
 from __future__ import annotations
@@ -42,8 +40,9 @@ examples:
   biomine run biomine-demo/demo.toml    # afterwards: the same job through the normal command
   biomine query biomine-demo/out "SELECT pmid, label, text FROM entities LIMIT 10"
 
-Replace the tiny models by real ones (see `biomine convert fairseq --help`, `biomine train ner --help`)
-by editing the model paths in DIR/demo.toml; `biomine demo DIR` keeps an edited file.
+Replace the tiny models by real ones by editing the model lines of DIR/demo.toml (`biomine demo DIR`
+keeps an edited file): model = "biogpt:re-ddi" after `biomine models pull re-ddi`, model =
+"microsoft/biogpt" for summaries (the Hub), an NER model of `biomine train ner --help`.
 """
 
 QUERIES = [

@@ -56,8 +56,9 @@ examples:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="evaluate NER or RE models on gold data",
-                              description="Evaluate a model with the task's original metric.")
+    p = subparsers.add_parser("eval", help="evaluate NER or RE models, or entity linking, on gold data",
+                              description="Evaluate a model with the task's original metric (ner, re), or a "
+                                          "concept dictionary's entity linking (link).")
     kinds = p.add_subparsers(dest="eval_kind", metavar="TASK")
 
     ner = kinds.add_parser("ner", help="strict mention P/R/F1 on a PubTator file", description=NER_HELP,

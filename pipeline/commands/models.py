@@ -79,9 +79,9 @@ def run_list(args: argparse.Namespace) -> int:
     from pipeline.store import releases
 
     if args.available:
-        print(f"{'name':<20}{'task':<14}{'vocab':<7}{'also on the Hub':<34}what")
+        print(f"{'name':<19}{'in a job':<30}{'archive (--mirror)':<30}{'on the Hub':<32}what")
         for r in releases.RELEASES.values():
-            print(f"{r.name:<20}{r.task:<14}{r.vocab:<7}{r.hub or '-':<34}{r.what}")
+            print(f"{r.name:<19}{_job_use(r.task):<30}{r.archive + '.tgz':<30}{r.hub or '-':<32}{r.what}")
         return 0
     pulled = releases.list_pulled()
     print(f"released checkpoints in {hub.released_dir('')}:")
@@ -98,6 +98,16 @@ def run_list(args: argparse.Namespace) -> int:
     for repo_id, revisions, size in models:
         print(f"  {repo_id:<40}{', '.join(r[:12] for r in revisions):<30}{size / 1e6:,.1f} MB")
     return 0
+
+
+def _job_use(task: str) -> str:
+    """Where a released checkpoint of ``task`` goes in a job (QA and HoC have no job task)."""
+    from biogpt.task_spec import BY_CHECKPOINT
+
+    if task == "lm":
+        return "summarize; train ner --base"
+    spec = BY_CHECKPOINT[task]
+    return f'[tasks.re] task = "{spec.name}"' if spec.family == "re" else "- (convert/generate only)"
 
 
 def _hub_cache() -> list[tuple[str, list[str], int]]:
