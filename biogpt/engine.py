@@ -139,6 +139,7 @@ class Engine:
         self._pad = torch.zeros((), dtype=torch.long, device=device)
         self._noise = torch.ones(max_batch, self.vocab_size, device=device)  # Exp(1) draws when sampling
         self._has_ban = False
+        self._want_logprobs = False  # a run that asked for them; part of a captured graph's key
         self.decode = DecodeConfig()
 
         self._fns = {"decode": self._decode_step, "beam": self._beam_step}
@@ -172,6 +173,7 @@ class Engine:
         self._configure(DecodeConfig(min_new_tokens, do_sample, float(temperature), top_k, top_p),
                         eos_token_id, pad_token_id, suppress_tokens)
         self.active.zero_()
+        self._want_logprobs = logprobs
 
         outputs: list[list[int]] = [[] for _ in prompts]
         scores: list[list[float]] = [[] for _ in prompts]
@@ -341,8 +343,10 @@ class Engine:
         self.n_new[rows] = 1
         self.budget[rows] = budget
         self.active[rows] = alive
-        lp = torch.log_softmax(logits, dim=-1).gather(-1, first[:, None])[:, 0]  # (n,)
         out = torch.cat([first, alive.long()]).tolist()
+        if not self._want_logprobs:
+            return out[:n], [bool(a) for a in out[n:]], [0.0] * n  # not asked for: not computed
+        lp = torch.log_softmax(logits, dim=-1).gather(-1, first[:, None])[:, 0]  # (n,)
         return out[:n], [bool(a) for a in out[n:]], lp.tolist()
 
     # --------------------------------------------------------------------------------------------
@@ -369,8 +373,8 @@ class Engine:
         scores = self.decode.process(logits, self.n_new[:rows], self._eos_mask,
                                      self._ban_mask if self._has_ban else None)
         nxt = self._choose(scores, self._noise[:rows] if self.decode.do_sample else None)  # (rows,)
-        # log p(chosen) under the model itself (raw logits): a confidence with no second pass
-        self.logprob[:rows].copy_(torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None])[:, 0])
+        if self._want_logprobs:  # log p(chosen) under the model itself (raw logits): no second pass
+            self.logprob[:rows].copy_(torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None])[:, 0])
         active = self.active[:rows]
         step = active.long()
         nxt = torch.where(active, nxt, self._pad)
@@ -390,7 +394,7 @@ class Engine:
         if not self.cuda_graph:
             fn(rows, slots)
             return
-        key = (kind, rows, slots, self.decode, self._has_ban)
+        key = (kind, rows, slots, self.decode, self._has_ban, self._want_logprobs)
         graph = self._graphs.get(key)
         if graph is None:
             graph = self._graphs[key] = self._capture(fn, rows, slots)
