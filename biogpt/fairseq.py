@@ -31,8 +31,14 @@ truncates a long source to S-1 tokens + ``...``; ``inference.py`` decodes greedi
 ``max_len_b`` 1024; ``examples/*/rebuild_data.py`` build the (lower-cased) sources; the
 ``postprocess.py`` scripts parse the target grammars.
 
-:raises CheckpointError: the checkpoint is missing, not a fairseq checkpoint, needs fairseq classes
-    to unpickle, or its tensors disagree with its config or with the dictionary.
+Trust: the pickle is loaded by torch's ``weights_only`` unpickler, which runs no code the file names;
+besides tensors and plain containers it admits, by name, only what the released checkpoints hold
+(``argparse.Namespace``; omegaconf's config containers, read as inert stand-ins so omegaconf need
+not be installed; numpy scalars). See docs/convert.md, "Trust".
+
+:raises CheckpointError: the checkpoint is missing, not a fairseq checkpoint, names a class or
+    function that is not admitted (refused before anything runs), or its tensors disagree with its
+    config or with the dictionary.
 :raises TokenizerError: ``dict.txt``/``bpecodes`` missing or malformed.
 """
 
@@ -40,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +57,7 @@ from .config import BioGptConfig
 from .errors import CheckpointError, TokenizerError
 from .task_spec import CHECKPOINT_TASKS, TRUNCATION_MARKER, guess_task, task_spec, write_task_spec
 from .tokenizer import BioGptTokenizer
+from .weights import load_torch_pickle
 
 log = logging.getLogger(__name__)
 
@@ -100,32 +106,130 @@ def find_checkpoint(src: str | Path) -> Path:
                           + (f"; found several: {', '.join(found[:10])} - pass the file" if found else ""))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """torch.load the whole pickle on CPU (memory-mapped where the file format allows)."""
-    def _load(mmap: bool):
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+# --- loading without running code ---------------------------------------------------------------------
+class PickledObject:
+    """An object of an admitted class (omegaconf's config nodes), kept as the data it was pickled with.
 
-    try:
-        try:
-            ckpt = _load(mmap=True)  # keeps optimizer state and unused tensors out of RAM
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            ckpt = _load(mmap=False)  # legacy (pre-zip) torch format
-    except (ModuleNotFoundError, AttributeError) as exc:
-        raise CheckpointError(
-            f"{path} needs classes that are not installed to unpickle ({exc}). Load it once where fairseq "
-            "(and BioGPT's src/) is installed and re-save the two parts this converter needs:\n"
-            "  import torch; c = torch.load(PATH, weights_only=False)\n"
-            "  torch.save({'cfg': {k: (vars(v) if hasattr(v, '__dict__') else dict(v)) for k, v in c['cfg'].items() "
-            "if v is not None}, 'model': c['model']}, 'checkpoint_plain.pt')") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not a torch checkpoint ({type(exc).__name__}: {str(exc)[:200]}); "
-                              "pass a fairseq checkpoint.pt / checkpoint_avg.pt") from None
+    A pickle names classes and functions that the loader calls; a checkpoint built to run code names
+    ``os.system``, ``builtins.exec`` or a class of its own. The loader is torch's ``weights_only``
+    unpickler, which calls nothing that is not allowlisted; the classes a released checkpoint needs
+    besides tensors and plain containers are admitted by name, and omegaconf's are these stand-ins,
+    so that none of omegaconf's (or anyone's) code runs and omegaconf need not be installed.
+    """
+
+    pickled_name = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:
+        obj = object.__new__(cls)
+        obj.args, obj.state = args, None
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # REDUCE calls the class: keep nothing but data
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _stand_in(name: str) -> type[PickledObject]:
+    return type(name.rsplit(".", 1)[1], (PickledObject,), {"pickled_name": name, "__module__": __name__})
+
+
+def _plain_dict(*_args: Any) -> dict:
+    """``collections.defaultdict(factory)`` read as a plain dict (omegaconf's resolver cache)."""
+    return {}
+
+
+_OMEGACONF = ("omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig", "omegaconf.base.Metadata",
+              "omegaconf.base.ContainerMetadata", "omegaconf.nodes.AnyNode", "omegaconf.nodes.StringNode",
+              "omegaconf.nodes.IntegerNode", "omegaconf.nodes.FloatNode", "omegaconf.nodes.BooleanNode",
+              "omegaconf.nodes.BytesNode", "omegaconf.nodes.PathNode")
+_STAND_INS = {name: _stand_in(name) for name in _OMEGACONF}
+
+
+def _admitted_globals() -> list[Any]:
+    """What a released BioGPT checkpoint's pickle may name, beyond what ``weights_only`` admits (tensors,
+    storages, dtypes, OrderedDict): fairseq's ``argparse.Namespace`` configs, omegaconf's containers and
+    their metadata (stand-ins), the types those name, and numpy scalars in training bookkeeping."""
+    import numpy
+
+    core = getattr(numpy, "_core", None) or numpy.core
+    admitted: list[Any] = [argparse.Namespace, (int, "builtins.int"), (dict, "builtins.dict"),
+                           (list, "builtins.list"), (object, "builtins.object"), (_plain_dict, "collections.defaultdict"),
+                           (_stand_in("typing.Any"), "typing.Any"), (numpy.dtype, "numpy.dtype")]
+    admitted += [(cls, name) for name, cls in _STAND_INS.items()]
+    # numpy scalars (float64 losses in extra_state): numpy 1 pickles name numpy.core, numpy 2 numpy._core
+    admitted += [(core.multiarray.scalar, f"{m}.multiarray.scalar") for m in ("numpy.core", "numpy._core")]
+    admitted += [(type(numpy.dtype(t)), f"numpy.dtypes.{type(numpy.dtype(t)).__name__}")
+                 for t in ("f8", "f4", "f2", "i8", "i4", "?")]
+    return admitted
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` with omegaconf stand-ins turned into the dicts, lists and values they held."""
+    if isinstance(obj, PickledObject):
+        state = obj.state if isinstance(obj.state, dict) else {}
+        if obj.pickled_name.endswith(("DictConfig", "ListConfig")):
+            return _plain(state.get("_content"))  # None (a None config), "???" or "${...}" stay as they are
+        if obj.pickled_name.startswith("omegaconf.nodes."):
+            return _plain(state.get("_val"))
+        return None  # metadata and typing.Any: nothing a converter reads
+    if isinstance(obj, argparse.Namespace):
+        return argparse.Namespace(**{k: _plain(v) for k, v in vars(obj).items()})
+    if isinstance(obj, dict):
+        return type(obj)((k, _plain(v)) for k, v in obj.items())
+    if isinstance(obj, list | tuple):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
+
+
+_INTERPOLATION = re.compile(r"^\$\{([\w.]+)\}$")
+
+
+def _resolve(root: Any) -> Any:
+    """Resolve omegaconf's whole-value interpolations (``${task.max_target_positions}``, how fairseq's
+    dataclasses share a value) against the config's root; anything else stays as it is."""
+    def lookup(dotted: str, seen: frozenset[str]) -> Any:
+        node = root
+        for part in dotted.split("."):
+            node = vars(node).get(part) if isinstance(node, argparse.Namespace) else \
+                node.get(part) if isinstance(node, dict) else None
+        return walk(node, seen | {dotted})
+
+    def walk(obj: Any, seen: frozenset[str] = frozenset()) -> Any:
+        if isinstance(obj, str) and (m := _INTERPOLATION.match(obj)) and m.group(1) not in seen:
+            return lookup(m.group(1), seen)
+        if isinstance(obj, argparse.Namespace):
+            return argparse.Namespace(**{k: walk(v, seen) for k, v in vars(obj).items()})
+        if isinstance(obj, dict):
+            return type(obj)((k, walk(v, seen)) for k, v in obj.items())
+        if isinstance(obj, list):
+            return [walk(v, seen) for v in obj]
+        return obj
+
+    return walk(root)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's pickle on CPU, loaded without running any code it names.
+
+    torch's ``weights_only`` unpickler admits tensors and plain containers; :func:`_admitted_globals`
+    adds what released BioGPT checkpoints need (``argparse.Namespace``, omegaconf's config containers
+    as inert stand-ins, numpy scalars). Anything else (``os.system``, ``builtins.exec``, a fairseq or
+    user class) is refused before it is called, with one line naming it.
+
+    :raises CheckpointError: not a torch file, not a fairseq checkpoint, or a global that is not admitted.
+    """
+    ckpt = load_torch_pickle(path, _admitted_globals(), admits="argparse.Namespace, omegaconf configs, numpy scalars",
+                             hint="if you trust the file, re-save its 'cfg' and 'model' as plain data where "
+                                  "fairseq is installed (docs/convert.md, 'Trust')")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        keys = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not a fairseq checkpoint: expected a dict with 'model' (state dict) "
                               f"and 'cfg', found {keys}. A Hugging Face state dict needs no conversion")
+    for key in ("cfg", "args"):
+        if key in ckpt:
+            ckpt[key] = _resolve(_plain(ckpt[key]))
     return ckpt
 
 

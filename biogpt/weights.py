@@ -25,6 +25,7 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -88,13 +89,68 @@ def _iter_tensors(files: list[Path]):
                 raise CheckpointError(f"cannot read {file}: {exc}; the file is damaged or incomplete: "
                                       "download, convert or save the model again") from None
         else:
-            try:
-                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as exc:  # a pickle we refuse to execute, or a truncated file
-                raise CheckpointError(f"cannot read {file}: {exc}") from None
+            state = load_torch_pickle(file)
             if "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
             yield from state.items()
+
+
+def load_torch_pickle(path: Path, admitted: list[Any] | None = None, *, admits: str = "",
+                      hint: str = "save the model with safetensors (save_pretrained) instead") -> Any:
+    """``torch.load`` of ``path`` on CPU that runs no code the file names.
+
+    torch's ``weights_only`` unpickler calls nothing but tensor rebuilds and plain containers, plus
+    ``admitted`` (objects, or ``(object, "pickled.name")`` pairs: what a caller's format needs, by
+    name; ``admits`` says what they are in words). Anything else a pickle names (``os.system``, ``builtins.exec``, a class of the writer's) is
+    refused before it is called. Memory-mapped where the file format allows.
+
+    :raises CheckpointError: one line naming the refused globals, or saying the file is not a torch file.
+    """
+    import pickle
+
+    def _load(mmap: bool) -> Any:
+        with torch.serialization.safe_globals(list(admitted or [])):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+    try:
+        try:
+            return _load(mmap=True)  # keeps optimizer state and unused tensors out of RAM
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            return _load(mmap=False)  # legacy (pre-zip) torch format
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if not re.search(r"GLOBAL |unrecognized function|Can only (create|build)", text):
+            detail = re.search(r"WeightsUnpickler error: \s*(.+)", text)
+            raise CheckpointError(f"{path} is not a torch checkpoint ({detail.group(1).strip() if detail else text[:200]}); "
+                                  "the file is damaged or not a checkpoint") from None
+        allowed = "tensors and plain containers" + (f", {admits}" if admits else "")
+        raise CheckpointError(
+            f"{path} refused: its pickle names {_refused_globals(path, text, pickled_names(admitted or []))}, which "
+            f"biomine does not load from a model file (loading it could run code; admitted: {allowed}); "
+            f"{hint}") from None
+    except (RuntimeError, EOFError, ValueError, UnicodeDecodeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {first}); the "
+                              "file is damaged or incomplete: download or save it again") from None
+
+
+def pickled_names(admitted: list[Any]) -> set[str]:
+    """The names under which ``admitted`` (see :func:`load_torch_pickle`) may appear in a pickle."""
+    return {item[1] if isinstance(item, tuple) else f"{item.__module__}.{item.__qualname__}" for item in admitted}
+
+
+def _refused_globals(path: Path, message: str, admitted: set[str]) -> str:
+    """The globals of ``path`` that are not admitted, as the pickle spells them."""
+    try:
+        names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) if n not in admitted]
+    except Exception:  # a legacy (non-zip) file: take the name from torch's message
+        names = []
+    if names:
+        return ", ".join(sorted(names)[:5])
+    found = re.search(r"GLOBAL ([\w.]+)|unrecognized function (\S+)|but got (<[^>]+>)", message)
+    return next((g for g in found.groups() if g), "?") if found else message.splitlines()[0][:160]
 
 
 def _target_key(key: str, prefix: str) -> str:

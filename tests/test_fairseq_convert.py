@@ -295,8 +295,108 @@ def test_checkpoint_needing_fairseq_classes(tmp_path, ddi_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, module.__name__, module)
     torch.save({"cfg": FairseqConfig(), "model": fairseq_state(V0 + 3)}, src / "checkpoint_avg.pt")
     monkeypatch.delitem(sys.modules, module.__name__)
-    with pytest.raises(CheckpointError, match="needs classes that are not installed.*re-save"):
+    with pytest.raises(CheckpointError, match="refused: its pickle names fake_fairseq_dataclass.FairseqConfig.*re-save"):
         convert_fairseq_checkpoint(src, tmp_path / "out")
+
+
+# --- trust: a checkpoint never runs code ------------------------------------------------------------------
+class RunsCode:
+    """What a hostile checkpoint pickles: an object whose unpickling calls ``builtins.exec``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+class RunsCommand:
+    """The other classic payload: ``os.system`` (pickled as ``posix.system``)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def hostile_checkpoint(path, marker, payload=RunsCode):
+    """A checkpoint in the released layout whose cfg carries ``payload``: loading it unsafely writes ``marker``."""
+    ckpt = prompt_checkpoint(path)
+    ckpt["cfg"]["common"] = {"fp16": False, "user_dir": payload(marker)}
+    torch.save(ckpt, path)
+
+
+@pytest.mark.parametrize("payload,name", [(RunsCode, "builtins.exec"), (RunsCommand, "posix.system")])
+def test_a_hostile_checkpoint_is_refused_before_it_runs(ddi_dir, tmp_path, capsys, payload, name):
+    src, _ = ddi_dir
+    marker = tmp_path / "pwned"
+    hostile_checkpoint(src / "checkpoint_avg.pt", marker, payload)
+    # pickle itself would run it: the payload is real
+    import pickle
+
+    pickle.loads(pickle.dumps(payload(tmp_path / "control")))
+    assert (tmp_path / "control").exists()
+
+    dst = tmp_path / "out"
+    assert cli_main(["convert", "fairseq", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("biomine: error: ") and f"names {name}" in err[0]
+    assert "checkpoint_avg.pt refused" in err[0]
+    assert not marker.exists() and not dst.exists()
+
+
+def test_a_hostile_pytorch_model_bin_is_refused_by_from_pretrained(tmp_path, capsys):
+    from safetensors.torch import load_file as load_safetensors
+
+    from biogpt import BioGptForCausalLM
+    from biogpt.tiny import make_tiny_checkpoint
+
+    folder = make_tiny_checkpoint(tmp_path / "m", [TEXT])
+    state = load_safetensors(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    torch.save({**state, "extra": RunsCode(marker)}, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"pytorch_model.bin refused: its pickle names builtins.exec") as info:
+        BioGptForCausalLM.from_pretrained(folder)
+    assert "\n" not in str(info.value) and not marker.exists()
+    assert cli_main(["generate", "--model", str(folder), "the"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "names builtins.exec" in err[0] and not marker.exists()
+
+
+def test_a_checkpoint_whose_cfg_is_an_omegaconf_config_converts_without_omegaconf_code(ddi_dir, tmp_path):
+    """fairseq saves ``cfg`` as an omegaconf DictConfig in some versions, with interpolations
+    (``II("task.max_target_positions")``) and a Namespace ``model``: read as data, never as code."""
+    omegaconf = pytest.importorskip("omegaconf", reason="omegaconf builds the checkpoint (it is not needed to read it)")
+    src, ckpt = ddi_dir
+    plain = convert_fairseq_checkpoint(src, tmp_path / "plain")
+    model = vars(ckpt["cfg"]["model"]) | {"max_target_positions": "${task.max_target_positions}",
+                                          "decoder_layers": "${model.n_layers}", "n_layers": LAYERS}
+    cfg = omegaconf.OmegaConf.create({"common": {"fp16": False, "seed": 1}, "model": model, "task": ckpt["cfg"]["task"],
+                                      "optimization": {"lr": [1e-4], "clip_norm": 0.0}, "bpe": None})
+    import numpy
+
+    torch.save({**ckpt, "cfg": cfg, "extra_state": {"epoch": 100, "best": numpy.float64(0.5),
+                                                    "metrics": {"loss": [(0, "loss", "AverageMeter", {})]}}},
+               src / "checkpoint_avg.pt")
+    omegaconf_modules = {m: mod for m, mod in sys.modules.items() if m == "omegaconf" or m.startswith("omegaconf.")}
+    try:
+        for m in omegaconf_modules:  # reading must not import (or need) omegaconf
+            sys.modules[m] = None
+        converted = convert_fairseq_checkpoint(src, tmp_path / "omegaconf")
+    finally:
+        sys.modules.update(omegaconf_modules)
+    assert (converted.task, converted.vocab_size, converted.prompt_token_ids) == (
+        plain.task, plain.vocab_size, plain.prompt_token_ids)
+    for name in ("config.json", TASK_FILE):
+        a, b = (json.loads((tmp_path / d / name).read_text()) for d in ("plain", "omegaconf"))
+        a.get("converted_from", {}).pop("checkpoint", None), b.get("converted_from", {}).pop("checkpoint", None)
+        assert a == b, name
+    assert (tmp_path / "plain" / "model.safetensors").read_bytes() == \
+        (tmp_path / "omegaconf" / "model.safetensors").read_bytes()
 
 
 def test_shape_mismatches_are_clear_errors(tmp_path):

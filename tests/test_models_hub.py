@@ -238,7 +238,11 @@ def test_models_pull_resumes_a_cut_download_verifies_converts_and_a_job_uses_it(
     archive = (mirror / "RE-DDI-BioGPT.tgz").read_bytes()
     server = FileServer(mirror, cut="RE-DDI-BioGPT.tgz")
     try:
-        assert main(["models", "pull", "re-ddi", "--mirror", server.url, "--no-progress"]) == 0
+        # a plain-http mirror is refused unless asked for, before any request
+        assert main(["models", "pull", "re-ddi", "--mirror", server.url, "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is plain http" in err[0] and "--allow-http" in err[0] and not server.requests
+        assert main(["models", "pull", "re-ddi", "--mirror", server.url, "--no-progress", "--allow-http"]) == 0
         out = capsys.readouterr().out
         assert 'model = "biogpt:re-ddi"' in out
         # the cut download resumed where it broke: a Range request from the half that had arrived
@@ -250,10 +254,14 @@ def test_models_pull_resumes_a_cut_download_verifies_converts_and_a_job_uses_it(
         assert record["archive_bytes"] == len(archive) and record["task"] == "re-ddi"
         assert json.loads((dest / "biomine_task.json").read_text())["task"] == "re-ddi"
         assert not (tmp_path / "models" / "downloads" / "RE-DDI-BioGPT.tgz").exists()  # archive removed
+        # no digest is published: the first pull pinned the one it got (trust on first use)
+        pins = json.loads((tmp_path / "models" / "release-pins.json").read_text())
+        assert pins == {"RE-DDI-BioGPT": hashlib.sha256(archive).hexdigest()}
+        assert record["archive_sha256_pinned_by"] == "first pull (trust on first use)"
 
         # a second pull finds it; `models list` shows it
         n = len(server.requests)
-        assert main(["models", "pull", "re-ddi", "--mirror", server.url]) == 0
+        assert main(["models", "pull", "re-ddi", "--mirror", server.url, "--allow-http"]) == 0
         assert len(server.requests) == n
         assert main(["models", "list"]) == 0
         assert "biogpt:re-ddi" in capsys.readouterr().out
@@ -276,11 +284,56 @@ def test_models_pull_resumes_a_cut_download_verifies_converts_and_a_job_uses_it(
         # a vocabulary file that is not the released one is refused, and nothing is kept of it
         (mirror / "base" / "dict.txt").write_text("the 1\n")
         (tmp_path / "models" / "downloads" / "base" / "dict.txt").unlink()  # (a verified copy is reused)
-        assert main(["models", "pull", "re-ddi", "--mirror", server.url, "--force"]) == 2
+        assert main(["models", "pull", "re-ddi", "--mirror", server.url, "--force", "--allow-http"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("biomine: error: ") and "is not the released base dict.txt" in err
         assert len(err.strip().splitlines()) == 1
         assert (dest / "config.json").is_file()  # the pulled model is untouched
+    finally:
+        server.close()
+
+
+def test_a_pull_refuses_a_hostile_archive_and_one_that_differs_from_its_pin(tmp_path, monkeypatch, capsys):
+    """What a hostile mirror can send: a checkpoint that runs code when unpickled (refused before it
+    runs: nothing converted, nothing pinned), and later a different archive than the one pinned
+    (refused before it is unpacked)."""
+    from test_fairseq_convert import RunsCode, hostile_checkpoint
+
+    monkeypatch.setenv("BIOMINE_MODEL_CACHE", str(tmp_path / "models"))
+    mirror = release_mirror(tmp_path)
+    good = (mirror / "RE-DDI-BioGPT.tgz").read_bytes()
+    folder = tmp_path / "hostile" / "RE-DDI-BioGPT"
+    marker = tmp_path / "pwned"
+    hostile_checkpoint(folder / "checkpoint_avg.pt", marker, RunsCode)
+    with tarfile.open(mirror / "RE-DDI-BioGPT.tgz", "w:gz") as tar:
+        tar.add(folder, arcname="RE-DDI-BioGPT")
+    server = FileServer(mirror)
+    pins = tmp_path / "models" / "release-pins.json"
+    try:
+        assert main(["models", "pull", "re-ddi", "--mirror", server.url, "--allow-http", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "refused: its pickle names builtins.exec" in err[0], err
+        assert not marker.exists() and not hub.released_dir("re-ddi").exists() and not pins.exists()
+
+        (mirror / "RE-DDI-BioGPT.tgz").write_bytes(good)
+        (tmp_path / "models" / "downloads" / "RE-DDI-BioGPT.tgz").unlink()
+        assert main(["models", "pull", "re-ddi", "--mirror", server.url, "--allow-http", "--no-progress"]) == 0
+        assert json.loads(pins.read_text()) == {"RE-DDI-BioGPT": hashlib.sha256(good).hexdigest()}
+        capsys.readouterr()
+
+        # the mirror now serves other bytes: refused against the pin, removed, the pulled model untouched
+        with tarfile.open(mirror / "RE-DDI-BioGPT.tgz", "w:gz") as tar:
+            tar.add(mirror / "base", arcname="RE-DDI-BioGPT")
+        before = (hub.released_dir("re-ddi") / "model.safetensors").read_bytes()
+        assert main(["models", "pull", "re-ddi", "--mirror", server.url, "--allow-http", "--force"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is not " + hashlib.sha256(good).hexdigest() in err[0] and "release-pins.json" in err[0]
+        assert not (tmp_path / "models" / "downloads" / "RE-DDI-BioGPT.tgz").exists()
+        assert (hub.released_dir("re-ddi") / "model.safetensors").read_bytes() == before
+        # --sha256 names the digest to require, whatever is pinned
+        assert main(["models", "pull", "re-ddi", "--mirror", server.url, "--allow-http", "--force",
+                     "--sha256", "0" * 64]) == 2
+        assert "is not " + "0" * 64 + " (--sha256)" in capsys.readouterr().err
     finally:
         server.close()
 

@@ -17,17 +17,23 @@ Jobs name models three ways (`model =` in a job, or from_pretrained in Python):
 
 `pull NAME` downloads a released checkpoint (the archive linked from microsoft/BioGPT's README,
 resumed with HTTP Range when a connection breaks or the command is run again), checks the
-vocabulary files against pinned sha256s and records the archive's, unpacks it, converts it
+vocabulary files against pinned sha256s and the archive against its pinned digest (--sha256, or
+the one this machine's first pull recorded in $BIOMINE_MODEL_CACHE/release-pins.json: BioGPT
+publishes none), unpacks it, converts it
 (`biomine convert fairseq`) and puts it in $BIOMINE_MODEL_CACHE/released/NAME (default
 ~/.cache/biomine/models). `pull` of a Hub id fetches it into the Hub cache now, so that later
 runs work offline. `list` shows the pulled releases and the Hub models in the cache.
+
+Converting runs no code from the file: checkpoints are read with torch's weights_only loader and
+an allowlist by name (docs/convert.md, "Trust"). Mirrors must be https:// (http:// only with
+--allow-http).
 """
 
 EPILOG = """\
 examples:
   biomine models list --available           # the released checkpoints that `pull` knows
   biomine models pull re-ddi                # then, in a job:  model = "biogpt:re-ddi"
-  biomine models pull re-ddi --mirror http://mirror.internal/biogpt   # MIRROR/RE-DDI-BioGPT.tgz, MIRROR/base/dict.txt
+  biomine models pull re-ddi --mirror https://mirror.internal/biogpt  # MIRROR/RE-DDI-BioGPT.tgz, MIRROR/base/dict.txt
   biomine models pull microsoft/biogpt      # into the Hub cache; later: HF_HUB_OFFLINE=1 biomine run ...
   biomine models list                       # what this machine holds
 """
@@ -43,7 +49,8 @@ def register(subparsers) -> None:
     pull.add_argument("name", metavar="NAME", help="a release name (`biomine models list --available`) or a Hub id")
     pull.add_argument("--mirror", metavar="URL", help="fetch the archive and vocabulary from this server instead "
                       "(MIRROR/<archive>.tgz, MIRROR/base|large/dict.txt|bpecodes); else $BIOMINE_RELEASE_MIRROR")
-    pull.add_argument("--sha256", metavar="HEX", help="the archive must have this checksum")
+    pull.add_argument("--sha256", metavar="HEX", help="the archive must have this checksum (default: the pinned one)")
+    pull.add_argument("--allow-http", action="store_true", help="accept a plain http:// mirror (a network you trust)")
     pull.add_argument("--revision", metavar="REV", help="Hub ids: a branch, tag or commit (default main)")
     pull.add_argument("--force", action="store_true", help="pull again even if already pulled")
     pull.add_argument("--keep-archive", action="store_true", help="keep the downloaded .tgz (default: deleted once converted)")
@@ -68,7 +75,8 @@ def run_pull(args: argparse.Namespace) -> int:
               f"\"{resolved.reference.value}@{resolved.revision}\")")
         return 0
     record = releases.pull(args.name, mirror=args.mirror, sha256=args.sha256, force=args.force,
-                           keep_archive=args.keep_archive, progress=False if args.no_progress else None)
+                           keep_archive=args.keep_archive, progress=False if args.no_progress else None,
+                           allow_http=args.allow_http)
     print(f"{args.name}: {record['path']} (task {record.get('task')}, archive sha256 {record.get('archive_sha256')})")
     print(f"use it in a job as  model = \"{hub.RELEASE_PREFIX}{args.name}\"")
     return 0

@@ -9,19 +9,25 @@ Contract:
   ``RE-DDI-BioGPT/checkpoint_avg.pt`` and the like; the vocabulary is not in them.
 - :func:`pull` ``NAME``: downloads the archive and the two vocabulary files into
   ``<model_home>/downloads/`` (a ``.part`` file that a cut connection, an HTTP 429/5xx or a killed
-  process resumes with an HTTP ``Range`` request; a ``.part`` of another URL is discarded), checks the vocabulary files against the sha256 pinned here
-  (the files as released) and records the archive's sha256 (the README publishes none; with
-  ``sha256=`` it must match), unpacks it (tar ``data`` filter: no paths outside, no links out),
+  process resumes with an HTTP ``Range`` request; a ``.part`` of another URL is discarded), checks the
+  vocabulary files against the sha256 pinned here (the files as released) and the archive against
+  its expected digest (:func:`expected_sha256`: ``sha256=``, this table, or the machine's
+  ``<model_home>/release-pins.json``, where the first pull of an archive pins what it got, since
+  microsoft/BioGPT publishes no digests), refusing a mismatch before anything is unpacked, unpacks it (tar ``data`` filter: no paths outside, no links out),
   converts it with :func:`biogpt.fairseq.convert_fairseq_checkpoint` into a temporary folder and
   renames that to :func:`biogpt.hub.released_dir` (``<model_home>/released/NAME``), so a job's
   ``model = "biogpt:NAME"`` sees a whole model or none. ``.biomine-release.json`` there records
   the URL, sizes, checksums and time. The archive is deleted afterwards unless ``keep_archive``.
 - ``mirror`` (or ``$BIOMINE_RELEASE_MIRROR``) replaces every download URL by
   ``MIRROR/<archive name>`` and ``MIRROR/<base|large>/<dict.txt|bpecodes>``, for sites that copy
-  the files once to an internal server.
+  the files once to an internal server: ``https://`` (or ``file://``); plain ``http://`` only with
+  ``allow_http`` (its bytes can be changed on the way; the digests still apply).
+- Trust: whatever an archive holds, converting it runs no code from it (the checkpoint is loaded by
+  :func:`biogpt.fairseq.load_checkpoint`, torch's ``weights_only`` unpickler with an allowlist by name);
+  the digests guard which weights a name gives.
 
-:raises ReleaseError: unknown name, download failure after retries, checksum mismatch, an archive
-    without a checkpoint; conversion errors are :class:`biogpt.errors.CheckpointError`.
+:raises ReleaseError: unknown name, a plain-http mirror without ``allow_http``, download failure
+    after retries, checksum mismatch, an archive without a checkpoint; conversion errors are :class:`biogpt.errors.CheckpointError`.
 """
 
 from __future__ import annotations
@@ -88,6 +94,9 @@ VOCABS = {
 }
 
 
+PINS_FILE = "release-pins.json"
+
+
 class ReleaseError(StoreError):
     """A released checkpoint cannot be pulled (unknown name, download, checksum, archive)."""
 
@@ -100,6 +109,11 @@ class Release:
     vocab: str  # "base" | "large"
     what: str
     hub: str | None = None  # the same weights on the Hub, where published there
+    # The archive's sha256 where biomine knows it. microsoft/BioGPT publishes none, and none could be
+    # measured where this table was written (no route to the blob store), so every entry is None until
+    # a digest taken from a verified download is pinned here; until then a machine's first pull pins
+    # the digest it got in PINS_FILE (trust on first use) and every later pull must match it.
+    sha256: str | None = None
 
     @property
     def url(self) -> str:
@@ -128,11 +142,17 @@ def release(name: str) -> Release:
     return RELEASES[name]
 
 
-def _urls(rel: Release, mirror: str | None) -> tuple[str, dict[str, tuple[str, str]]]:
+def _urls(rel: Release, mirror: str | None, allow_http: bool = False) -> tuple[str, dict[str, tuple[str, str]]]:
     mirror = (mirror or os.environ.get("BIOMINE_RELEASE_MIRROR") or "").rstrip("/")
     vocab = VOCABS[rel.vocab]
     if not mirror:
         return rel.url, vocab
+    scheme = urllib.parse.urlsplit(mirror).scheme.lower()
+    if scheme == "http" and not allow_http:
+        raise ReleaseError(f"mirror {mirror} is plain http: anyone on the way can change what it sends; use an "
+                           "https:// mirror, or pass --allow-http for a mirror on a network you trust")
+    if scheme not in ("http", "https", "file"):
+        raise ReleaseError(f"mirror {mirror}: expected an https:// (or http:// with --allow-http, or file://) URL")
     return (f"{mirror}/{rel.archive}.tgz",
             {name: (f"{mirror}/{rel.vocab}/{name}", sha) for name, (_, sha) in vocab.items()})
 
@@ -248,6 +268,45 @@ def _unpack(archive: Path, into: Path) -> Path:
     return found[0]
 
 
+def _pins_path() -> Path:
+    return hub.model_home() / PINS_FILE
+
+
+def _pins() -> dict[str, str]:
+    """The archive digests this machine's model home has pinned (archive name -> sha256)."""
+    path = _pins_path()
+    if not path.is_file():
+        return {}
+    try:
+        pins = json.loads(path.read_text())
+        if not isinstance(pins, dict) or not all(isinstance(v, str) for v in pins.values()):
+            raise ValueError("expected an object of archive name -> sha256")
+    except ValueError as exc:
+        raise ReleaseError(f"{path} is not a valid pins file ({exc}); fix or delete it (its digests are "
+                           "re-pinned by the next pulls)") from None
+    return pins
+
+
+def _pin(rel: Release, sha: str) -> None:
+    path = _pins_path()
+    pins = {**_pins(), rel.archive: sha}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(dict(sorted(pins.items())), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def expected_sha256(rel: Release, sha256: str | None = None) -> tuple[str | None, str]:
+    """The digest the archive of ``rel`` must have and who says so: ``--sha256``, biomine's table, or
+    this machine's pins file; ``(None, "")`` when nothing is pinned yet (the first pull pins it)."""
+    if sha256:
+        return sha256.lower(), "--sha256"
+    if rel.sha256:
+        return rel.sha256, "biomine's release table"
+    pinned = _pins().get(rel.archive)
+    return (pinned, f"the pin in {_pins_path()}") if pinned else (None, "")
+
+
 def pulled(name: str) -> dict | None:
     """The ``.biomine-release.json`` of a pulled release (None when not pulled)."""
     path = hub.released_dir(name)
@@ -266,7 +325,7 @@ def list_pulled() -> list[dict]:
 
 
 def pull(name: str, *, mirror: str | None = None, sha256: str | None = None, force: bool = False,
-         keep_archive: bool = False, progress: bool | None = None) -> dict:
+         keep_archive: bool = False, progress: bool | None = None, allow_http: bool = False) -> dict:
     """Download, verify, unpack and convert the release ``name``; its record (see :func:`pulled`).
     An already pulled release is returned as it is unless ``force``.
 
@@ -281,20 +340,24 @@ def pull(name: str, *, mirror: str | None = None, sha256: str | None = None, for
         return done
     home = hub.model_home()
     downloads = home / "downloads"
-    archive_url, vocab = _urls(rel, mirror)
+    archive_url, vocab = _urls(rel, mirror, allow_http)
     archive = downloads / f"{rel.archive}.tgz"
+    expected, pinned_by = expected_sha256(rel, sha256)
     archive_sha, archive_bytes = (_sha256(archive), archive.stat().st_size) if archive.is_file() else \
         download(archive_url, archive, progress=progress)
-    if sha256 and archive_sha != sha256.lower():
-        raise ReleaseError(f"{archive}: sha256 {archive_sha} is not the expected {sha256}; delete it and pull again")
+    if expected and archive_sha != expected:
+        archive.unlink(missing_ok=True)
+        raise ReleaseError(f"{_shown(archive_url)}: sha256 {archive_sha} is not {expected} ({pinned_by}); the "
+                           "archive was removed and nothing was unpacked. If the release really changed, check "
+                           f"the new digest with its publisher and pass --sha256 (or edit {PINS_FILE})")
     vocab_files = {}
-    for file_name, (url, expected) in vocab.items():
+    for file_name, (url, released) in vocab.items():
         path = downloads / rel.vocab / file_name
         got, _ = (_sha256(path), 0) if path.is_file() else download(url, path, progress=progress)
-        if got != expected:
+        if got != released:
             path.unlink()
             raise ReleaseError(f"{_shown(url)}: sha256 {got} is not the released {rel.vocab} {file_name} "
-                               f"({expected}); the download was removed, pull again")
+                               f"({released}); the download was removed, pull again")
         vocab_files[file_name] = path
     dest = hub.released_dir(name)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -309,12 +372,18 @@ def pull(name: str, *, mirror: str | None = None, sha256: str | None = None, for
             "vocab": {f: VOCABS[rel.vocab][f][1] for f in vocab_files}, "vocab_size": result.vocab_size,
             "pulled_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
+        record["archive_sha256_pinned_by"] = pinned_by or "first pull (trust on first use)"
         (work / "model" / RELEASE_INFO).write_text(json.dumps(record, indent=2) + "\n")
         if dest.exists():  # --force: the old copy goes only once the new one is complete
             os.replace(dest, work / "old")
         os.replace(work / "model", dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if not expected:
+        _pin(rel, archive_sha)
+        log.warning("%s: no digest of %s.tgz is published; pinned the one this pull got (sha256 %s) in %s, so "
+                    "every later pull here must match it. Compare it with a copy you trust.", name, rel.archive,
+                    archive_sha, _pins_path())
     if not keep_archive:
         archive.unlink(missing_ok=True)
     log.info("pulled %s into %s (archive sha256 %s)", name, dest, archive_sha)
