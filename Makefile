@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# The layout rules of docs/architecture.md (import-linter) and ruff, before any test runs.
+# The layout rules of docs/architecture.md (import-linter), ruff's checks and format, before any test runs.
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 
 test: lint

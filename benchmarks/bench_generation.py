@@ -48,12 +48,39 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 PUBMED_ABSTRACTS = 36_000_000
-FULL = dict(config="base", prefill=(64, 512), greedy=(1, 32, 128), prompt=256, new=64, beam=(5, 32),
-            ragged_prompt=(200, 600), ragged_out=(10, 300), ragged_n=256, hf_batch=64, ragged_slots=128)
-QUICK = dict(config=dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=256, max_position_embeddings=256),
-             prefill=(4, 64), greedy=(1, 4), prompt=32, new=16, beam=(5, 4), ragged_prompt=(20, 60),
-             ragged_out=(2, 30), ragged_n=12, hf_batch=4, ragged_slots=4)
+FULL = dict(
+    config="base",
+    prefill=(64, 512),
+    greedy=(1, 32, 128),
+    prompt=256,
+    new=64,
+    beam=(5, 32),
+    ragged_prompt=(200, 600),
+    ragged_out=(10, 300),
+    ragged_n=256,
+    hf_batch=64,
+    ragged_slots=128,
+)
+QUICK = dict(
+    config=dict(
+        vocab_size=1000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=256,
+    ),
+    prefill=(4, 64),
+    greedy=(1, 4),
+    prompt=32,
+    new=16,
+    beam=(5, 4),
+    ragged_prompt=(20, 60),
+    ragged_out=(2, 30),
+    ragged_n=12,
+    hf_batch=4,
+    ragged_slots=4,
+)
 # The issue's transformers 5.17 numbers on one H100 (bf16) and the engine's targets, as ratios.
 TARGETS = {"prefill": ">= 1.4x", "greedy b=1": "<= 1 ms/token", "greedy b=128": ">= 6x", "beam-5 b=32": ">= 5x"}
 ROW_HEADER = f"{'case':<14} {'metric':<13} {'transformers':>12} {'biogpt':>12} {'ratio':>8}  {'target':<14} note"
@@ -103,10 +130,20 @@ def device_label(device) -> str:
 
 def make_row(case: str, metric: str, theirs: float, mine: float, target: str = "", note: str = "", **extra) -> dict:
     """One result row (the --json schema of every benchmark here), printed as a line of the table."""
-    row = dict(case=case, metric=metric, transformers=theirs, biogpt=mine, ratio=mine / theirs, target=target,
-               note=note, **extra)
-    print(f"{case:<14} {metric:<13} {theirs:>12,.1f} {mine:>12,.1f} {row['ratio']:>7.2f}x  {target:<14} {note}",
-          flush=True)
+    row = dict(
+        case=case,
+        metric=metric,
+        transformers=theirs,
+        biogpt=mine,
+        ratio=mine / theirs,
+        target=target,
+        note=note,
+        **extra,
+    )
+    print(
+        f"{case:<14} {metric:<13} {theirs:>12,.1f} {mine:>12,.1f} {row['ratio']:>7.2f}x  {target:<14} {note}",
+        flush=True,
+    )
     return row
 
 
@@ -114,10 +151,18 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny random model, small sizes, 1 repeat (CPU smoke run)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--config", choices=["base", "large"], default=None,
-                   help="model size: BioGPT-base (default) or BioGPT-Large; default with --quick: a tiny model")
-    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
-                   help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument(
+        "--config",
+        choices=["base", "large"],
+        default=None,
+        help="model size: BioGPT-base (default) or BioGPT-Large; default with --quick: a tiny model",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32"],
+        default=None,
+        help="default: bfloat16 on CUDA, float32 on CPU",
+    )
     p.add_argument("--compile", action="store_true", help="Engine(compile=True): torch.compile the decode step")
     p.add_argument("--hf-attn", choices=["sdpa", "eager"], default="sdpa", help="transformers' attention")
     p.add_argument("--repeat", type=int, default=None, help="timed runs per case (default 3, --quick 1)")
@@ -129,8 +174,11 @@ def parse_args(argv):
     p.add_argument("--prompt-len", type=int, help="override the greedy/beam prompt length")
     p.add_argument("--new-tokens", type=int, help="override the greedy/beam new tokens")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--check-ids", action="store_true",
-                   help="exit 1 if any greedy id differs from transformers' (meant for --dtype float32)")
+    p.add_argument(
+        "--check-ids",
+        action="store_true",
+        help="exit 1 if any greedy id differs from transformers' (meant for --dtype float32)",
+    )
     p.add_argument("--json", help="also write the rows as JSON to this file")
     return p.parse_args(argv)
 
@@ -179,26 +227,31 @@ def main(argv=None) -> int:
     transformers.utils.logging.disable_progress_bar()
 
     # --- the same random weights, loaded by both -------------------------------------------------
-    hf, ours = same_random_weights(transformers.BioGptForCausalLM, biogpt.BioGptForCausalLM, config, dtype, device,
-                                   args.hf_attn, args.seed)
+    hf, ours = same_random_weights(
+        transformers.BioGptForCausalLM, biogpt.BioGptForCausalLM, config, dtype, device, args.hf_attn, args.seed
+    )
     hf.generation_config.eos_token_id = None  # run every row to its length cap (see the docstring)
     hf.generation_config.pad_token_id = 1
     # One engine for every case, its cache sized to the largest (it is most of the memory).
-    need = {"prefill": (sizes["prefill"][0], sizes["prefill"][1]),
-            "greedy": (max(sizes["greedy"]), sizes["prompt"] + sizes["new"]),
-            "beam": (sizes["beam"][0] * sizes["beam"][1], sizes["prompt"] + sizes["new"]),
-            "ragged": (sizes["ragged_slots"], sizes["ragged_prompt"][1] + sizes["ragged_out"][1])}
+    need = {
+        "prefill": (sizes["prefill"][0], sizes["prefill"][1]),
+        "greedy": (max(sizes["greedy"]), sizes["prompt"] + sizes["new"]),
+        "beam": (sizes["beam"][0] * sizes["beam"][1], sizes["prompt"] + sizes["new"]),
+        "ragged": (sizes["ragged_slots"], sizes["ragged_prompt"][1] + sizes["ragged_out"][1]),
+    }
     max_batch = max(b for case, (b, _) in need.items() if case in cases)
     longest = max(n for case, (_, n) in need.items() if case in cases)
     max_seq_len = min(-(-longest // 64) * 64, config["max_position_embeddings"])  # aligned attention masks
     engine = Engine(ours, max_batch=max_batch, max_seq_len=max_seq_len, compile=args.compile)
 
     size = "quick (tiny model)" if not isinstance(sizes["config"], str) else f"BioGPT-{sizes['config']}"
-    print(f"# {datetime.date.today()}  {device_label(device)}  {dtype}  torch {torch.__version__}  "
-          f"transformers {transformers.__version__}  hf-attn {args.hf_attn}  "
-          f"Engine(max_batch={max_batch}, max_seq_len={max_seq_len}, cuda_graph={engine.cuda_graph}, "
-          f"compile={args.compile})  "
-          f"{size}  repeat {repeat}")
+    print(
+        f"# {datetime.date.today()}  {device_label(device)}  {dtype}  torch {torch.__version__}  "
+        f"transformers {transformers.__version__}  hf-attn {args.hf_attn}  "
+        f"Engine(max_batch={max_batch}, max_seq_len={max_seq_len}, cuda_graph={engine.cuda_graph}, "
+        f"compile={args.compile})  "
+        f"{size}  repeat {repeat}"
+    )
     rows = []
     # the issue's targets apply to this only
     full_gpu_run = device.type == "cuda" and not args.quick and sizes["config"] == "base"
@@ -225,10 +278,16 @@ def main(argv=None) -> int:
                 t_hf, out_hf = timed(lambda: hf.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False))
                 t_us, out_us = timed(lambda: engine.run(prompts, new, eos_token_id=[]))
                 assert out_hf.shape[1] == ids.shape[1] + new and all(len(o) == new for o in out_us)
-                same = sum(a == b for o, r in zip(out_us, out_hf[:, ids.shape[1]:].tolist()) for a, b in zip(o, r))
-                add(f"greedy b={B}", "new tok/s", B * new / t_hf, B * new / t_us,
-                    f"{t_us / new * 1e3:.2f} ms/step (transformers {t_hf / new * 1e3:.2f}); "
-                    f"ids agree {same}/{B * new}", ms_per_token=t_us / new * 1e3, ids_agree=[same, B * new])
+                same = sum(a == b for o, r in zip(out_us, out_hf[:, ids.shape[1] :].tolist()) for a, b in zip(o, r))
+                add(
+                    f"greedy b={B}",
+                    "new tok/s",
+                    B * new / t_hf,
+                    B * new / t_us,
+                    f"{t_us / new * 1e3:.2f} ms/step (transformers {t_hf / new * 1e3:.2f}); ids agree {same}/{B * new}",
+                    ms_per_token=t_us / new * 1e3,
+                    ids_agree=[same, B * new],
+                )
                 if same != B * new:
                     ids_differ.append(f"greedy b={B}: {B * new - same} of {B * new} ids differ")
 
@@ -237,8 +296,11 @@ def main(argv=None) -> int:
             new = sizes["new"]
             prompts = [prompt(sizes["prompt"]) for _ in range(B)]
             ids, mask = left_pad(prompts)
-            t_hf, _ = timed(lambda: hf.generate(ids, attention_mask=mask, max_new_tokens=new, num_beams=K,
-                                                do_sample=False, early_stopping=False))
+            t_hf, _ = timed(
+                lambda: hf.generate(
+                    ids, attention_mask=mask, max_new_tokens=new, num_beams=K, do_sample=False, early_stopping=False
+                )
+            )
             t_us, _ = timed(lambda: engine.beam_search(prompts, new, num_beams=K, eos_token_id=[]))
             add(f"beam-{K} b={B}", "new tok/s", B * new / t_hf, B * new / t_us, f"prompt {sizes['prompt']}")
 
@@ -250,16 +312,21 @@ def main(argv=None) -> int:
 
             def hf_ragged():
                 for s in range(0, len(prompts), hb):
-                    ids, mask = left_pad(prompts[s:s + hb])
-                    hf.generate(ids, attention_mask=mask, max_new_tokens=max(budgets[s:s + hb]), do_sample=False)
+                    ids, mask = left_pad(prompts[s : s + hb])
+                    hf.generate(ids, attention_mask=mask, max_new_tokens=max(budgets[s : s + hb]), do_sample=False)
 
             # transformers is warm from the cases above; the engine's warm-up captures its graphs.
             t_hf, _ = timed(hf_ragged, warmup=0 if cases != {"ragged"} else 1)
             t_us, _ = timed(lambda: engine.run(prompts, budgets, eos_token_id=[]))
             rate_hf, rate_us = n_ragged / t_hf, n_ragged / t_us
-            add("ragged RE", "abstracts/s", rate_hf, rate_us,
+            add(
+                "ragged RE",
+                "abstracts/s",
+                rate_hf,
+                rate_us,
                 f"{n_ragged} prompts; {device.type.upper()}-hours for 36M abstracts: transformers "
-                f"{PUBMED_ABSTRACTS / rate_hf / 3600:,.0f}, biogpt {PUBMED_ABSTRACTS / rate_us / 3600:,.0f}")
+                f"{PUBMED_ABSTRACTS / rate_hf / 3600:,.0f}, biogpt {PUBMED_ABSTRACTS / rate_us / 3600:,.0f}",
+            )
 
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

@@ -51,11 +51,19 @@ QUICK_NER = dict(config=QUICK["config"], batch=(4,), lengths=(20, 60))
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny random model, small batch, 1 repeat (CPU smoke run)")
-    p.add_argument("--config", choices=["base", "large"], default=None,
-                   help="model size (default base; with --quick: a tiny model)")
+    p.add_argument(
+        "--config",
+        choices=["base", "large"],
+        default=None,
+        help="model size (default base; with --quick: a tiny model)",
+    )
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
-                   help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32"],
+        default=None,
+        help="default: bfloat16 on CUDA, float32 on CPU",
+    )
     p.add_argument("--hf-attn", choices=["sdpa", "eager"], default="sdpa", help="transformers' attention")
     p.add_argument("--batch", help="abstracts per forward pass, comma-separated (default 64; --quick 4)")
     p.add_argument("--lengths", help="abstract lengths in tokens, LO-HI (default 200-500; --quick 20-60)")
@@ -105,18 +113,28 @@ def main(argv=None) -> int:
 
     def batch(n):
         """n right-padded abstracts (ids, mask) of random lengths, each starting with </s> (id 2)."""
-        rows = [[2] + [rng.randrange(4, config["vocab_size"]) for _ in range(rng.randint(lo, hi) - 1)]
-                for _ in range(n)]
+        rows = [
+            [2] + [rng.randrange(4, config["vocab_size"]) for _ in range(rng.randint(lo, hi) - 1)] for _ in range(n)
+        ]
         T = max(map(len, rows))
         ids = torch.tensor([r + [1] * (T - len(r)) for r in rows], device=device)
         return ids, (ids != 1).long()
 
     transformers.utils.logging.disable_progress_bar()
-    hf, ours = same_random_weights(transformers.BioGptForTokenClassification, biogpt.BioGptForTokenClassification,
-                                   config, dtype, device, args.hf_attn, args.seed)
-    print(f"# {datetime.date.today()}  {device_label(device)}  {dtype}  torch {torch.__version__}  "
-          f"transformers {transformers.__version__}  hf-attn {args.hf_attn}  {size}  {args.labels} labels  "
-          f"lengths {lo}-{hi}  repeat {repeat}")
+    hf, ours = same_random_weights(
+        transformers.BioGptForTokenClassification,
+        biogpt.BioGptForTokenClassification,
+        config,
+        dtype,
+        device,
+        args.hf_attn,
+        args.seed,
+    )
+    print(
+        f"# {datetime.date.today()}  {device_label(device)}  {dtype}  torch {torch.__version__}  "
+        f"transformers {transformers.__version__}  hf-attn {args.hf_attn}  {size}  {args.labels} labels  "
+        f"lengths {lo}-{hi}  repeat {repeat}"
+    )
     print(ROW_HEADER)
     rows, batches = [], []
     with torch.inference_mode():
@@ -126,12 +144,20 @@ def main(argv=None) -> int:
             t_hf, out_hf = median_seconds(lambda: hf(input_ids=ids, attention_mask=mask).logits, repeat, sync)
             t_us, out_us = median_seconds(lambda: ours(input_ids=ids, attention_mask=mask).logits, repeat, sync)
             same, total, diff = compare(out_hf, out_us, mask)
-            rows.append(make_row(
-                f"ner b={B}", "abstracts/s", B / t_hf, B / t_us, "",
-                f"{total / t_us:,.0f} real tok/s (transformers {total / t_hf:,.0f}); {dtype}: label ids agree "
-                f"{same}/{total}, max |dlogit| {diff:.2e}; {device.type.upper()}-hours for 36M abstracts: "
-                f"transformers {PUBMED_ABSTRACTS / (B / t_hf) / 3600:,.0f}, biogpt {PUBMED_ABSTRACTS / (B / t_us) / 3600:,.0f}",
-                ids_agree=[same, total], max_abs_logit_diff=diff))
+            rows.append(
+                make_row(
+                    f"ner b={B}",
+                    "abstracts/s",
+                    B / t_hf,
+                    B / t_us,
+                    "",
+                    f"{total / t_us:,.0f} real tok/s (transformers {total / t_hf:,.0f}); {dtype}: label ids agree "
+                    f"{same}/{total}, max |dlogit| {diff:.2e}; {device.type.upper()}-hours for 36M abstracts: "
+                    f"transformers {PUBMED_ABSTRACTS / (B / t_hf) / 3600:,.0f}, biogpt {PUBMED_ABSTRACTS / (B / t_us) / 3600:,.0f}",
+                    ids_agree=[same, total],
+                    max_abs_logit_diff=diff,
+                )
+            )
 
     # The same weights in float32 on both sides: what is left is each side's arithmetic.
     hf.float()
@@ -139,12 +165,16 @@ def main(argv=None) -> int:
     worst = 0.0
     with torch.inference_mode():
         for row, (ids, mask) in zip(rows, batches):
-            same, total, diff = compare(hf(input_ids=ids, attention_mask=mask).logits,
-                                        ours(input_ids=ids, attention_mask=mask).logits, mask)
+            same, total, diff = compare(
+                hf(input_ids=ids, attention_mask=mask).logits, ours(input_ids=ids, attention_mask=mask).logits, mask
+            )
             row.update(fp32_ids_agree=[same, total], fp32_max_abs_logit_diff=diff)
             worst = max(worst, diff)
-            print(f"float32 check {row['case']}: label ids agree {same}/{total}, max |dlogit| {diff:.2e} "
-                  f"(--atol {args.atol:g})", flush=True)
+            print(
+                f"float32 check {row['case']}: label ids agree {same}/{total}, max |dlogit| {diff:.2e} "
+                f"(--atol {args.atol:g})",
+                flush=True,
+            )
 
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

@@ -46,13 +46,29 @@ DOCTYPE = (
     '<?xml version="1.0" ?>\n<!DOCTYPE PubmedArticleSet PUBLIC "-//NLM//DTD PubMedArticle, 1st January 2025//EN" '
     '"https://dtd.nlm.nih.gov/ncbi/pubmed/out/pubmed_250101.dtd">\n'
 )
-WORDS = ("warfarin aspirin interaction plasma concentration patients randomized trial bleeding risk dose "
-         "cytochrome metabolism inhibitor clearance cohort hazard ratio adverse events significant "
-         "β-blocker Zürich naïve α-tocopherol outcome therapy genotype").split()
-SECTIONS = [("BACKGROUND", "BACKGROUND"), ("METHODS", "METHODS"), ("RESULTS", "RESULTS"), ("CONCLUSIONS", "CONCLUSIONS")]
-MESH = [("Warfarin", "D014859"), ("Aspirin", "D001241"), ("Humans", "D006801"), ("Drug Interactions", "D004347"),
-        ("Hemorrhage", "D006470"), ("Anticoagulants", "D000925"), ("Aged", "D000368"), ("Female", "D005260"),
-        ("Male", "D008297"), ("Cytochrome P-450 CYP2C9", "D000072471")]
+WORDS = (
+    "warfarin aspirin interaction plasma concentration patients randomized trial bleeding risk dose "
+    "cytochrome metabolism inhibitor clearance cohort hazard ratio adverse events significant "
+    "β-blocker Zürich naïve α-tocopherol outcome therapy genotype"
+).split()
+SECTIONS = [
+    ("BACKGROUND", "BACKGROUND"),
+    ("METHODS", "METHODS"),
+    ("RESULTS", "RESULTS"),
+    ("CONCLUSIONS", "CONCLUSIONS"),
+]
+MESH = [
+    ("Warfarin", "D014859"),
+    ("Aspirin", "D001241"),
+    ("Humans", "D006801"),
+    ("Drug Interactions", "D004347"),
+    ("Hemorrhage", "D006470"),
+    ("Anticoagulants", "D000925"),
+    ("Aged", "D000368"),
+    ("Female", "D005260"),
+    ("Male", "D008297"),
+    ("Cytochrome P-450 CYP2C9", "D000072471"),
+]
 QUALIFIERS = [("adverse effects", "Q000009"), ("pharmacokinetics", "Q000493"), ("therapeutic use", "Q000627")]
 
 
@@ -76,13 +92,15 @@ def generate_article(pmid: int, rng: random.Random) -> str:
     )
     mesh = "".join(
         f'<MeshHeading><DescriptorName UI="{ui}" MajorTopicYN="{rng.choice("YN")}">{name}</DescriptorName>'
-        + "".join(f'<QualifierName UI="{qui}" MajorTopicYN="N">{q}</QualifierName>'
-                  for q, qui in rng.sample(QUALIFIERS, rng.randint(0, 2)))
+        + "".join(
+            f'<QualifierName UI="{qui}" MajorTopicYN="N">{q}</QualifierName>'
+            for q, qui in rng.sample(QUALIFIERS, rng.randint(0, 2))
+        )
         + "</MeshHeading>"
         for name, ui in rng.sample(MESH, 8)
     )
     refs = "".join(
-        f'<Reference><Citation>Ref {i}. J Clin Pharmacol. 2010;50:1-9.</Citation><ArticleIdList>'
+        f"<Reference><Citation>Ref {i}. J Clin Pharmacol. 2010;50:1-9.</Citation><ArticleIdList>"
         f'<ArticleId IdType="pubmed">{pmid - i - 1}</ArticleId></ArticleIdList></Reference>'
         for i in range(6)
     )
@@ -102,7 +120,7 @@ def generate_article(pmid: int, rng: random.Random) -> str:
         f'<PublicationType UI="D016449">Randomized Controlled Trial</PublicationType></PublicationTypeList>'
         f"</Article><MedlineJournalInfo><Country>England</Country><MedlineTA>J Clin Pharmacol</MedlineTA>"
         f"<NlmUniqueID>0366372</NlmUniqueID><ISSNLinking>0091-2700</ISSNLinking></MedlineJournalInfo>"
-        f'<CitationSubset>IM</CitationSubset><MeshHeadingList>{mesh}</MeshHeadingList>'
+        f"<CitationSubset>IM</CitationSubset><MeshHeadingList>{mesh}</MeshHeadingList>"
         f'<KeywordList Owner="NOTNLM"><Keyword MajorTopicYN="N">drug interaction</Keyword>'
         f'<Keyword MajorTopicYN="N">anticoagulation</Keyword></KeywordList></MedlineCitation>'
         f'<PubmedData><History><PubMedPubDate PubStatus="pubmed"><Year>{year}</Year><Month>4</Month><Day>1</Day>'
@@ -188,8 +206,14 @@ def _work(method: str, path: str) -> dict:
         raise SystemExit(f"unknown method {method}")
     wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"method": method, "articles": count, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
-            "articles_per_s_per_core": round(count / cpu), "rss_growth_mb": round(peak_mb - baseline_mb)}
+    return {
+        "method": method,
+        "articles": count,
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "articles_per_s_per_core": round(count / cpu),
+        "rss_growth_mb": round(peak_mb - baseline_mb),
+    }
 
 
 def run_worker(method: str, path: Path) -> dict:
@@ -219,34 +243,52 @@ def main() -> None:
             path = Path(tmp) / ("bench.xml.gz" if args.gzip else "bench.xml")
             t0 = time.perf_counter()
             generate_file(path, args.articles)
-            print(f"generated {args.articles} articles, {path.stat().st_size / 1e6:.1f} MB, "
-                  f"in {time.perf_counter() - t0:.1f} s")
+            print(
+                f"generated {args.articles} articles, {path.stat().st_size / 1e6:.1f} MB, "
+                f"in {time.perf_counter() - t0:.1f} s"
+            )
         results = []
-        for method in ("biomine", "biomine+arrow", "arrow-10k-dicts", "arrow-10k-dicts-gc-off", "Bio.Entrez.parse",
-                       "Bio.Entrez.read"):
+        for method in (
+            "biomine",
+            "biomine+arrow",
+            "arrow-10k-dicts",
+            "arrow-10k-dicts-gc-off",
+            "Bio.Entrez.parse",
+            "Bio.Entrez.read",
+        ):
             runs = [run_worker(method, path) for _ in range(1 if method == "Bio.Entrez.parse" else args.repeat)]
             best = min(runs, key=lambda r: r.get("cpu_s", 0))
             results.append(best)
             if "error" in best:
                 print(f"{method:>16}: refuses the file ({best['error']})")
             else:
-                print(f"{method:>16}: {best['articles_per_s_per_core']:>7,} articles/s per core "
-                      f"(cpu {best['cpu_s']:.2f} s, wall {best['wall_s']:.2f} s, memory +{best['rss_growth_mb']} MB)")
+                print(
+                    f"{method:>16}: {best['articles_per_s_per_core']:>7,} articles/s per core "
+                    f"(cpu {best['cpu_s']:.2f} s, wall {best['wall_s']:.2f} s, memory +{best['rss_growth_mb']} MB)"
+                )
         by = {r["method"]: r for r in results}
         fixed, before, gc_off = by["biomine+arrow"], by["arrow-10k-dicts"], by["arrow-10k-dicts-gc-off"]
-        print(f"Arrow step: as ingest does it vs 10,000 buffered dicts: "
-              f"{fixed['articles_per_s_per_core'] / before['articles_per_s_per_core']:.2f}x the throughput; "
-              f"10,000 dicts with the garbage collector off: "
-              f"{gc_off['articles_per_s_per_core'] / before['articles_per_s_per_core']:.2f}x")
+        print(
+            f"Arrow step: as ingest does it vs 10,000 buffered dicts: "
+            f"{fixed['articles_per_s_per_core'] / before['articles_per_s_per_core']:.2f}x the throughput; "
+            f"10,000 dicts with the garbage collector off: "
+            f"{gc_off['articles_per_s_per_core'] / before['articles_per_s_per_core']:.2f}x"
+        )
         ours = next(r for r in results if r["method"] == "biomine")
         theirs = next(r for r in results if r["method"] == "Bio.Entrez.read")
-        print(f"biomine vs Bio.Entrez.read: {ours['articles_per_s_per_core'] / theirs['articles_per_s_per_core']:.1f}x "
-              f"the throughput; memory +{ours['rss_growth_mb']} MB vs +{theirs['rss_growth_mb']} MB")
+        print(
+            f"biomine vs Bio.Entrez.read: {ours['articles_per_s_per_core'] / theirs['articles_per_s_per_core']:.1f}x "
+            f"the throughput; memory +{ours['rss_growth_mb']} MB vs +{theirs['rss_growth_mb']} MB"
+        )
         report = {
-            "benchmark": "bench_parse", "date": time.strftime("%Y-%m-%d"),
+            "benchmark": "bench_parse",
+            "date": time.strftime("%Y-%m-%d"),
             "file": str(args.file) if args.file else f"generated {args.articles} articles",
-            "file_mb": round(path.stat().st_size / 1e6, 1), "repeat": args.repeat,
-            "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "file_mb": round(path.stat().st_size / 1e6, 1),
+            "repeat": args.repeat,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
             "results": results,
         }
     if not args.no_save:

@@ -42,10 +42,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 PUBMED_ABSTRACTS = 36_000_000
-WORDS = ("warfarin aspirin ketoconazole midazolam fluconazole cyp3a4 cyp2c9 plasma concentration increased "
-         "decreased patients bleeding risk clearance inhibitor inducer interaction dose adjustment trial "
-         "randomized placebo renal hepatic toxicity nephrotoxicity cisplatin magnesium exposure pharmacokinetics "
-         "significantly administration combined therapy effect receptor binding affinity outcome cohort").split()
+WORDS = (
+    "warfarin aspirin ketoconazole midazolam fluconazole cyp3a4 cyp2c9 plasma concentration increased "
+    "decreased patients bleeding risk clearance inhibitor inducer interaction dose adjustment trial "
+    "randomized placebo renal hepatic toxicity nephrotoxicity cisplatin magnesium exposure pharmacokinetics "
+    "significantly administration combined therapy effect receptor binding affinity outcome cohort"
+).split()
 
 
 def synthetic_abstract(rng: random.Random, n_words: int) -> str:
@@ -68,9 +70,15 @@ def write_shards(root: Path, docs: int, shard_size: int, words: tuple[int, int],
     root.mkdir(parents=True, exist_ok=True)
     shards = []
     for start in range(0, docs, shard_size):
-        rows = [dict(pmid=10_000_000 + i, version=1, title=synthetic_abstract(rng, rng.randint(8, 20)),
-                     abstract=synthetic_abstract(rng, rng.randint(*words)))
-                for i in range(start, min(docs, start + shard_size))]
+        rows = [
+            dict(
+                pmid=10_000_000 + i,
+                version=1,
+                title=synthetic_abstract(rng, rng.randint(8, 20)),
+                abstract=synthetic_abstract(rng, rng.randint(*words)),
+            )
+            for i in range(start, min(docs, start + shard_size))
+        ]
         path = root / f"part-{len(shards):06d}.parquet"
         pq.write_table(pa.Table.from_pylist(rows), path)
         shards.append(path)
@@ -85,8 +93,9 @@ def build_models(root: Path, texts: list[str], sizes: dict) -> dict[str, Path]:
     corpus = texts + [t.lower() for t in texts]
     labels = label_list(["Chemical", "Disease", "Gene"], "BIO")
     return {
-        "ner": make_tiny_checkpoint(root / "ner", corpus, model_cls=BioGptForTokenClassification,
-                                    id2label=dict(enumerate(labels)), **sizes),
+        "ner": make_tiny_checkpoint(
+            root / "ner", corpus, model_cls=BioGptForTokenClassification, id2label=dict(enumerate(labels)), **sizes
+        ),
         "re": make_tiny_task_checkpoint(root / "re-ddi", corpus, task="re-ddi", **sizes),
         "summarize": make_tiny_checkpoint(root / "lm", corpus, **sizes),
     }
@@ -101,8 +110,19 @@ class GpuSampler:
 
     def __enter__(self):
         if shutil.which("nvidia-smi"):
-            self._proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                           "-lms", "100", "-i", "0"], stdout=subprocess.PIPE, text=True)
+            self._proc = subprocess.Popen(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu",
+                    "--format=csv,noheader,nounits",
+                    "-lms",
+                    "100",
+                    "-i",
+                    "0",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             self._thread = threading.Thread(target=self._read, daemon=True)
             self._thread.start()
         return self
@@ -175,8 +195,13 @@ def main(argv=None) -> int:
     words = tuple(int(x) for x in args.words.split(","))
     if quick:
         words = (30, 60) if args.words == "150,300" else words
-        sizes = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-                     max_position_embeddings=256)
+        sizes = dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=256,
+            max_position_embeddings=256,
+        )
     else:
         sizes = {k: v for k, v in BIOGPT_BASE.items()}
     on_gpu = torch.cuda.is_available()
@@ -198,9 +223,10 @@ def main(argv=None) -> int:
         init_ray(num_cpus=None)
         for name in args.tasks.split(","):
             cls = task_class(name)
-            extra = {"re": dict(task="ddi", max_new_tokens=re_new),
-                     "summarize": dict(prompt="{title} {abstract} In summary,", prompt_id="bench",
-                                       max_new_tokens=sum_new)}.get(name, {})
+            extra = {
+                "re": dict(task="ddi", max_new_tokens=re_new),
+                "summarize": dict(prompt="{title} {abstract} In summary,", prompt_id="bench", max_new_tokens=sum_new),
+            }.get(name, {})
             options = cls.Options(model=str(models[name]), dtype="auto", batch_size=batch_size, **extra)
             eng_s, eng_rows = engine_speed(cls, options, shards, sync)
             if on_gpu:
@@ -214,40 +240,74 @@ def main(argv=None) -> int:
             with GpuSampler() as gpu:
                 for label, subset in (("half", half), ("all", shards)):
                     start = time.perf_counter()
-                    result = run_task_stage(cls, options, subset, tmp / "out" / f"{name}-{label}",
-                                            actors=1, gpus_per_actor=1.0 if on_gpu else 0.0, progress=False)
+                    result = run_task_stage(
+                        cls,
+                        options,
+                        subset,
+                        tmp / "out" / f"{name}-{label}",
+                        actors=1,
+                        gpus_per_actor=1.0 if on_gpu else 0.0,
+                        progress=False,
+                    )
                     runs[label] = time.perf_counter() - start
             pipe_s = runs["all"]
-            steady = (docs - half_docs) / (runs["all"] - runs["half"]) if runs["all"] > runs["half"] and \
-                len(half) < len(shards) else None
+            steady = (
+                (docs - half_docs) / (runs["all"] - runs["half"])
+                if runs["all"] > runs["half"] and len(half) < len(shards)
+                else None
+            )
             assert result.documents == docs and not result.failures, (result.documents, result.failures[:3])
-            row = {"task": name, "docs": docs, "engine_abstracts_per_s": docs / eng_s,
-                   "pipeline_abstracts_per_s": docs / pipe_s, "ratio": eng_s / pipe_s, "gpu_busy": gpu.busy,
-                   "steady_abstracts_per_s": steady, "steady_ratio": steady * eng_s / docs if steady else None,
-                   "pipeline_seconds": pipe_s, "engine_seconds": eng_s,
-                   "engine_rows": eng_rows, "pipeline_rows": result.rows,
-                   "gpu_hours_36M": PUBMED_ABSTRACTS / (steady or docs / pipe_s) / 3600}
+            row = {
+                "task": name,
+                "docs": docs,
+                "engine_abstracts_per_s": docs / eng_s,
+                "pipeline_abstracts_per_s": docs / pipe_s,
+                "ratio": eng_s / pipe_s,
+                "gpu_busy": gpu.busy,
+                "steady_abstracts_per_s": steady,
+                "steady_ratio": steady * eng_s / docs if steady else None,
+                "pipeline_seconds": pipe_s,
+                "engine_seconds": eng_s,
+                "engine_rows": eng_rows,
+                "pipeline_rows": result.rows,
+                "gpu_hours_36M": PUBMED_ABSTRACTS / (steady or docs / pipe_s) / 3600,
+            }
             rows_out.append(row)
-            print(f"{name}: engine {row['engine_abstracts_per_s']:.1f}/s, pipeline {row['pipeline_abstracts_per_s']:.1f}/s",
-                  file=sys.stderr)
+            print(
+                f"{name}: engine {row['engine_abstracts_per_s']:.1f}/s, pipeline {row['pipeline_abstracts_per_s']:.1f}/s",
+                file=sys.stderr,
+            )
 
     device = torch.cuda.get_device_name(0) if on_gpu else "cpu"
-    print(f"\n{device}, torch {torch.__version__}, {datetime.date.today()}, {docs} abstracts of {words[0]}-{words[1]} "
-          f"words, batch {batch_size}, RE {re_new} / summary {sum_new} new tokens, {'tiny' if quick else 'BioGPT-base'} sizes")
-    header = (f"{'task':<10} {'engine abs/s':>12} {'pipeline abs/s':>14} {'ratio':>6} {'steady abs/s':>12} "
-              f"{'ratio':>6} {'GPU busy':>8} {'device-h 36M':>12}")
+    print(
+        f"\n{device}, torch {torch.__version__}, {datetime.date.today()}, {docs} abstracts of {words[0]}-{words[1]} "
+        f"words, batch {batch_size}, RE {re_new} / summary {sum_new} new tokens, {'tiny' if quick else 'BioGPT-base'} sizes"
+    )
+    header = (
+        f"{'task':<10} {'engine abs/s':>12} {'pipeline abs/s':>14} {'ratio':>6} {'steady abs/s':>12} "
+        f"{'ratio':>6} {'GPU busy':>8} {'device-h 36M':>12}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows_out:
         busy = f"{r['gpu_busy']:.0%}" if r["gpu_busy"] is not None else "n/a"
-        steady = f"{r['steady_abstracts_per_s']:>12.1f} {r['steady_ratio']:>6.2f}" if r["steady_abstracts_per_s"] else \
-            f"{'n/a':>12} {'':>6}"
-        print(f"{r['task']:<10} {r['engine_abstracts_per_s']:>12.1f} {r['pipeline_abstracts_per_s']:>14.1f} "
-              f"{r['ratio']:>6.2f} {steady} {busy:>8} {r['gpu_hours_36M']:>12.0f}")
-    print("ratio = pipeline / engine abstracts/s (target >= 0.8); steady = marginal rate between a run over half "
-          "the shards and one over all (start-up excluded); device-h 36M from the steady rate")
+        steady = (
+            f"{r['steady_abstracts_per_s']:>12.1f} {r['steady_ratio']:>6.2f}"
+            if r["steady_abstracts_per_s"]
+            else f"{'n/a':>12} {'':>6}"
+        )
+        print(
+            f"{r['task']:<10} {r['engine_abstracts_per_s']:>12.1f} {r['pipeline_abstracts_per_s']:>14.1f} "
+            f"{r['ratio']:>6.2f} {steady} {busy:>8} {r['gpu_hours_36M']:>12.0f}"
+        )
+    print(
+        "ratio = pipeline / engine abstracts/s (target >= 0.8); steady = marginal rate between a run over half "
+        "the shards and one over all (start-up excluded); device-h 36M from the steady rate"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": device, "torch": torch.__version__, "rows": rows_out}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"device": device, "torch": torch.__version__, "rows": rows_out}, indent=2)
+        )
     return 0
 
 

@@ -63,8 +63,9 @@ def write_file(path: Path, pmids: list[int], seed: int, deletions: list[int] = (
         for pmid in pmids:
             f.write(generate_article(pmid, rng))
         if deletions:
-            f.write("<DeleteCitation>" + "".join(f'<PMID Version="1">{p}</PMID>' for p in deletions)
-                    + "</DeleteCitation>\n")
+            f.write(
+                "<DeleteCitation>" + "".join(f'<PMID Version="1">{p}</PMID>' for p in deletions) + "</DeleteCitation>\n"
+            )
         f.write("</PubmedArticleSet>\n")
 
 
@@ -74,14 +75,17 @@ def generate(root: Path, files: int, articles: int, updates: int, revise: float,
     upd.mkdir()
     total = files * articles
     for i in range(files):
-        write_file(base / f"pubmed26n{i + 1:04d}.xml.gz", list(range(FIRST_PMID + i * articles,
-                                                                     FIRST_PMID + (i + 1) * articles)), seed=i)
+        write_file(
+            base / f"pubmed26n{i + 1:04d}.xml.gz",
+            list(range(FIRST_PMID + i * articles, FIRST_PMID + (i + 1) * articles)),
+            seed=i,
+        )
     rng = random.Random(7)
     alive = list(range(FIRST_PMID, FIRST_PMID + total))
     plan = []
     for u in range(updates):
         chosen = rng.sample(alive, int(total * revise) + int(total * delete))
-        revised, deleted = sorted(chosen[: int(total * revise)]), sorted(chosen[int(total * revise):])
+        revised, deleted = sorted(chosen[: int(total * revise)]), sorted(chosen[int(total * revise) :])
         alive = sorted(set(alive) - set(deleted))
         write_file(upd / f"pubmed26n{files + u + 1:04d}.xml.gz", revised, seed=1000 + u, deletions=deleted)
         plan.append({"file": f"pubmed26n{files + u + 1:04d}.xml.gz", "revised": len(revised), "deleted": len(deleted)})
@@ -95,15 +99,29 @@ def ingest_worker(src: str, out: str, workers: int, shard_rows: int) -> None:
     t = time.perf_counter()
     s = ingest_files([src], out, shard_rows=shard_rows, workers=workers, progress=False)
     seconds = time.perf_counter() - t
-    print(json.dumps({"workers": workers, "seconds": seconds, "records": s.records, "articles_per_s": s.records / seconds,
-                      "commits": s.commits, "manifest_bytes_written": s.manifest_bytes,
-                      "manifest_bytes": os.path.getsize(os.path.join(out, "_manifest.json")),
-                      "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {
+                "workers": workers,
+                "seconds": seconds,
+                "records": s.records,
+                "articles_per_s": s.records / seconds,
+                "commits": s.commits,
+                "manifest_bytes_written": s.manifest_bytes,
+                "manifest_bytes": os.path.getsize(os.path.join(out, "_manifest.json")),
+                "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def measure_ingest(src: Path, out: Path, workers: int, shard_rows: int) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "_ingest", str(src), str(out), str(workers), str(shard_rows)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "_ingest", str(src), str(out), str(workers), str(shard_rows)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -130,9 +148,21 @@ def stand_in_class(token_cost_us: float, tokenize: bool):
             for i, pmid in enumerate(batch["pmid"]):
                 tokens = len(batch["_ner"][i]["ids"])
                 spin(tokens * token_cost_us * 1e-6)
-                out.append([{"pmid": int(pmid), "version": int(batch["version"][i]), "start": 40 * k,
-                             "end": 40 * k + 8, "text": "warfarin", "label": "Chemical", "score": 0.9,
-                             "model_id": self.model_id} for k in range(tokens // 40)])
+                out.append(
+                    [
+                        {
+                            "pmid": int(pmid),
+                            "version": int(batch["version"][i]),
+                            "start": 40 * k,
+                            "end": 40 * k + 8,
+                            "text": "warfarin",
+                            "label": "Chemical",
+                            "score": 0.9,
+                            "model_id": self.model_id,
+                        }
+                        for k in range(tokens // 40)
+                    ]
+                )
             return out
 
     return StandInNer
@@ -158,9 +188,16 @@ def model_dir(root: Path) -> tuple[Path, str]:
 
         write_vocab(path, ["warfarin increases the effect of aspirin in patients"] * 4, 50)
         vocab = "a tiny generated vocabulary (../shared absent: tokenisation is cheaper than real)"
-    (path / "config.json").write_text(json.dumps({"model_type": "biogpt", "max_position_embeddings": 1024,
-                                                  "architectures": ["BioGptForTokenClassification"],
-                                                  "id2label": {"0": "O", "1": "B-Chemical", "2": "I-Chemical"}}))
+    (path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "biogpt",
+                "max_position_embeddings": 1024,
+                "architectures": ["BioGptForTokenClassification"],
+                "id2label": {"0": "O", "1": "B-Chemical", "2": "I-Chemical"},
+            }
+        )
+    )
     return path, vocab
 
 
@@ -183,19 +220,37 @@ def measure_updates(corpus: dict, docs: Path, root: Path, model: Path, shard_row
     def stage(label: str, ingest_s: float | None, plan: dict | None, tombstoned: int | None) -> None:
         shards = committed_shards(docs)
         t = time.perf_counter()
-        r = run_task_stage(cls, options, [docs / s.name for s in shards], out, actors=1, gpus_per_actor=0,
-                           inputs={s.stem: s.identity() for s in shards}, progress=False)
-        rows.append({"step": label, "ingest_s": ingest_s, "revised": plan and plan["revised"],
-                     "deleted": plan and plan["deleted"], "tombstoned": tombstoned,
-                     "documents_computed": r.documents, "shards_computed": r.shards_done,
-                     "shards_kept": r.shards_skipped, "stage_s": round(time.perf_counter() - t, 2),
-                     "live_articles": sum(s.live for s in shards)})
+        r = run_task_stage(
+            cls,
+            options,
+            [docs / s.name for s in shards],
+            out,
+            actors=1,
+            gpus_per_actor=0,
+            inputs={s.stem: s.identity() for s in shards},
+            progress=False,
+        )
+        rows.append(
+            {
+                "step": label,
+                "ingest_s": ingest_s,
+                "revised": plan and plan["revised"],
+                "deleted": plan and plan["deleted"],
+                "tombstoned": tombstoned,
+                "documents_computed": r.documents,
+                "shards_computed": r.shards_done,
+                "shards_kept": r.shards_skipped,
+                "stage_s": round(time.perf_counter() - t, 2),
+                "live_articles": sum(s.live for s in shards),
+            }
+        )
 
     stage("baseline", None, None, None)
     for plan in corpus["plan"]:
         t = time.perf_counter()
-        s = ingest_files([corpus["updates"] / plan["file"]], docs, shard_rows=shard_rows, progress=False,
-                         pool=RayPool(workers))
+        s = ingest_files(
+            [corpus["updates"] / plan["file"]], docs, shard_rows=shard_rows, progress=False, pool=RayPool(workers)
+        )
         stage(plan["file"], round(time.perf_counter() - t, 2), plan, s.tombstoned)
     ray.shutdown()
     return rows
@@ -245,15 +300,25 @@ def measure_overhead(docs: Path, root: Path, model: Path, max_docs: int, token_c
         times["write"] += time.process_time() - c
         c = time.process_time()
         settings = {"task": "ner", **options.settings()}
-        dataset.commit(ShardOutput(shard.stem, written, table.num_rows), task="ner",
-                       expected=fingerprint(shard.identity(), settings), input_shard=shard.identity(), settings=settings)
+        dataset.commit(
+            ShardOutput(shard.stem, written, table.num_rows),
+            task="ner",
+            expected=fingerprint(shard.identity(), settings),
+            input_shard=shard.identity(),
+            settings=settings,
+        )
         times["commit"] += time.process_time() - c
         n += table.num_rows
         tokens += sum(len(d["ids"]) for d in prepared["_ner"])
     per_doc_ms = {k: 1000 * v / n for k, v in times.items()}
     overhead = sum(v for k, v in per_doc_ms.items() if k != "model")
-    return {"documents": n, "tokens_per_document": tokens / n, "ms_per_document": per_doc_ms,
-            "overhead_ms_per_document": overhead, "documents_per_s_per_core": 1000 / overhead}
+    return {
+        "documents": n,
+        "tokens_per_document": tokens / n,
+        "ms_per_document": per_doc_ms,
+        "overhead_ms_per_document": overhead,
+        "documents_per_s_per_core": 1000 / overhead,
+    }
 
 
 # --- main ---------------------------------------------------------------------------------------------
@@ -274,23 +339,34 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    results: dict = {"date": dt.date.today().isoformat(), "cpus": os.cpu_count(), "args": {k: str(v) for k, v in vars(args).items()}}
+    results: dict = {
+        "date": dt.date.today().isoformat(),
+        "cpus": os.cpu_count(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
     try:
         t = time.perf_counter()
         corpus = generate(root / "src", args.files, args.articles, args.updates, args.revise, args.delete)
         size = sum(f.stat().st_size for f in (root / "src").rglob("*.gz"))
-        print(f"generated {args.files} x {args.articles} articles + {args.updates} updates "
-              f"({size / 1e6:.0f} MB gzipped) in {time.perf_counter() - t:.0f} s", flush=True)
+        print(
+            f"generated {args.files} x {args.articles} articles + {args.updates} updates "
+            f"({size / 1e6:.0f} MB gzipped) in {time.perf_counter() - t:.0f} s",
+            flush=True,
+        )
 
         ingest = [measure_ingest(corpus["baseline"], root / f"docs-{w}", w, args.shard_rows) for w in (1, args.workers)]
         results["ingest"] = ingest
         ratio = ingest[1]["articles_per_s"] / ingest[0]["articles_per_s"]
         results["ingest_ratio"] = ratio
         print("\ningest of the baseline")
-        print(f"{'workers':>8} {'seconds':>8} {'articles/s':>11} {'commits':>8} {'manifest KB':>12} {'driver peak RSS MB':>19}")
+        print(
+            f"{'workers':>8} {'seconds':>8} {'articles/s':>11} {'commits':>8} {'manifest KB':>12} {'driver peak RSS MB':>19}"
+        )
         for r in ingest:
-            print(f"{r['workers']:>8} {r['seconds']:>8.1f} {r['articles_per_s']:>11.0f} {r['commits']:>8} "
-                  f"{r['manifest_bytes'] / 1024:>12.1f} {r['driver_peak_rss_mb']:>19.0f}")
+            print(
+                f"{r['workers']:>8} {r['seconds']:>8.1f} {r['articles_per_s']:>11.0f} {r['commits']:>8} "
+                f"{r['manifest_bytes'] / 1024:>12.1f} {r['driver_peak_rss_mb']:>19.0f}"
+            )
         print(f"ratio {args.workers} workers / 1 worker: {ratio:.2f}x", flush=True)
 
         model, vocab = model_dir(root)
@@ -298,27 +374,37 @@ def main(argv=None) -> int:
         updates = measure_updates(corpus, docs, root, model, args.shard_rows, args.workers)
         results["updates"] = updates
         print("\nupdates (stand-in NER stage on a local Ray after each)")
-        print(f"{'step':<22} {'revised':>8} {'deleted':>8} {'tombstoned':>11} {'ingest s':>9} {'computed docs':>14} "
-              f"{'shards computed':>16} {'kept':>5} {'stage s':>8}")
+        print(
+            f"{'step':<22} {'revised':>8} {'deleted':>8} {'tombstoned':>11} {'ingest s':>9} {'computed docs':>14} "
+            f"{'shards computed':>16} {'kept':>5} {'stage s':>8}"
+        )
         for r in updates:
-            print(f"{r['step']:<22} {r['revised'] or '-':>8} {r['deleted'] or '-':>8} {r['tombstoned'] or '-':>11} "
-                  f"{r['ingest_s'] or '-':>9} {r['documents_computed']:>14} {r['shards_computed']:>16} "
-                  f"{r['shards_kept']:>5} {r['stage_s']:>8}")
+            print(
+                f"{r['step']:<22} {r['revised'] or '-':>8} {r['deleted'] or '-':>8} {r['tombstoned'] or '-':>11} "
+                f"{r['ingest_s'] or '-':>9} {r['documents_computed']:>14} {r['shards_computed']:>16} "
+                f"{r['shards_kept']:>5} {r['stage_s']:>8}"
+            )
 
         overhead = measure_overhead(docs, root, model, args.overhead_docs, args.token_cost_us)
         overhead["vocabulary"] = vocab
         results["overhead"] = overhead
-        print(f"\npipeline CPU per document outside the model ({overhead['documents']} documents, "
-              f"{overhead['tokens_per_document']:.0f} tokens each, {vocab}), one core:")
+        print(
+            f"\npipeline CPU per document outside the model ({overhead['documents']} documents, "
+            f"{overhead['tokens_per_document']:.0f} tokens each, {vocab}), one core:"
+        )
         for k, v in overhead["ms_per_document"].items():
             label = f"{k} (stand-in model, {args.token_cost_us} µs/token: not overhead)" if k == "model" else k
             print(f"  {label:<48} {v:8.3f} ms")
-        print(f"  {'overhead':<48} {overhead['overhead_ms_per_document']:8.3f} ms  "
-              f"= {overhead['documents_per_s_per_core']:.0f} documents/s per core")
+        print(
+            f"  {'overhead':<48} {overhead['overhead_ms_per_document']:8.3f} ms  "
+            f"= {overhead['documents_per_s_per_core']:.0f} documents/s per core"
+        )
         sizing = {int(r): int(r) * overhead["overhead_ms_per_document"] / 1000 for r in args.gpu_rates.split(",")}
         results["cores_per_gpu"] = sizing
-        print("cores to feed one GPU (GPU rates assumed, not measured): "
-              + ", ".join(f"{r} docs/s -> {c:.1f} cores" for r, c in sizing.items()))
+        print(
+            "cores to feed one GPU (GPU rates assumed, not measured): "
+            + ", ".join(f"{r} docs/s -> {c:.1f} cores" for r, c in sizing.items())
+        )
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")

@@ -44,12 +44,20 @@ def read_pubtator(paths: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vocab", default=str(SHARED / "biogpt-vocab" / "base"),
-                        help="directory with dict.txt + bpecodes (default: %(default)s)")
-    parser.add_argument("--data", nargs="+", default=sorted(glob.glob(str(SHARED / "bc5cdr" / "*.PubTator.txt"))),
-                        help="PubTator files (default: the BC5CDR test and development sets)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="also time N-1 further passes with warm caches (default: %(default)s)")
+    parser.add_argument(
+        "--vocab",
+        default=str(SHARED / "biogpt-vocab" / "base"),
+        help="directory with dict.txt + bpecodes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        default=sorted(glob.glob(str(SHARED / "bc5cdr" / "*.PubTator.txt"))),
+        help="PubTator files (default: the BC5CDR test and development sets)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="also time N-1 further passes with warm caches (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     from transformers import BioGptTokenizer as HFTokenizer
@@ -68,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         theirs = HFTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"))
 
     results = {}
-    for name, run in (("transformers", lambda: [theirs(t)["input_ids"] for t in texts]),
-                      ("biomine", lambda: ours(texts)["input_ids"])):
+    for name, run in (
+        ("transformers", lambda: [theirs(t)["input_ids"] for t in texts]),
+        ("biomine", lambda: ours(texts)["input_ids"]),
+    ):
         times = []
         for _ in range(max(1, args.repeat)):
             start = time.perf_counter()
@@ -83,9 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     same = results["biomine"][0] == results["transformers"][0]
     ratio = results["transformers"][2][0] / results["biomine"][2][0]
     print(f"ids identical: {same}; biomine is {ratio:.1f}x faster (cold)")
-    print(json.dumps({"abstracts": len(texts), "tokens": results["biomine"][1],
-                      "transformers_s": round(results["transformers"][2][0], 3),
-                      "biomine_s": round(results["biomine"][2][0], 3), "speedup": round(ratio, 2)}))
+    print(
+        json.dumps(
+            {
+                "abstracts": len(texts),
+                "tokens": results["biomine"][1],
+                "transformers_s": round(results["transformers"][2][0], 3),
+                "biomine_s": round(results["biomine"][2][0], 3),
+                "speedup": round(ratio, 2),
+            }
+        )
+    )
     return 0 if same else 1
 
 

@@ -12,12 +12,20 @@ from importlib import import_module
 
 _EXPORTS = {
     "BioGptConfig": "config",
-    "BioGptModel": "model", "BioGptForCausalLM": "model", "BioGptForTokenClassification": "model",
-    "BioGptForSequenceClassification": "model", "KVCache": "model", "StaticKVCache": "model",
+    "BioGptModel": "model",
+    "BioGptForCausalLM": "model",
+    "BioGptForTokenClassification": "model",
+    "BioGptForSequenceClassification": "model",
+    "KVCache": "model",
+    "StaticKVCache": "model",
     "BioGptTokenizer": "tokenizer",
-    "generate": "generation", "Engine": "engine",
-    "BioMineError": "errors", "CheckpointError": "errors", "ConfigError": "errors",
-    "InputTooLongError": "errors", "TokenizerError": "errors",
+    "generate": "generation",
+    "Engine": "engine",
+    "BioMineError": "errors",
+    "CheckpointError": "errors",
+    "ConfigError": "errors",
+    "InputTooLongError": "errors",
+    "TokenizerError": "errors",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -56,8 +56,10 @@ class BioGptConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.layerdrop) <= 1.0:
-            raise ConfigError(f"layerdrop {self.layerdrop} must be a probability between 0 and 1 "
-                              "(the chance that training skips a layer; 0 = never)")
+            raise ConfigError(
+                f"layerdrop {self.layerdrop} must be a probability between 0 and 1 "
+                "(the chance that training skips a layer; 0 = never)"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
@@ -126,7 +128,19 @@ class BioGptConfig:
 
 
 # Published sizes (see biogpt-reference-spec: microsoft/biogpt and microsoft/BioGPT-Large).
-BIOGPT_BASE = dict(vocab_size=42384, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                   intermediate_size=4096, max_position_embeddings=1024)
-BIOGPT_LARGE = dict(vocab_size=57717, hidden_size=1600, num_hidden_layers=48, num_attention_heads=25,
-                    intermediate_size=6400, max_position_embeddings=2048)
+BIOGPT_BASE = dict(
+    vocab_size=42384,
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    max_position_embeddings=1024,
+)
+BIOGPT_LARGE = dict(
+    vocab_size=57717,
+    hidden_size=1600,
+    num_hidden_layers=48,
+    num_attention_heads=25,
+    intermediate_size=6400,
+    max_position_embeddings=2048,
+)

@@ -72,7 +72,7 @@ class _Window(StaticKVCache):
         keys[self.row_ids, :, slot] = k[:, :, 0]  # k: (rows, H, 1, D)
         values[self.row_ids, :, slot] = v[:, :, 0]
         rows = self.row_ids.shape[0]
-        return keys[:rows, :, :self.max_length], values[:rows, :, :self.max_length]
+        return keys[:rows, :, : self.max_length], values[:rows, :, : self.max_length]
 
 
 class _PrefillWriter:
@@ -95,10 +95,20 @@ class _PrefillWriter:
 class Engine:
     """See the module docstring. ``cuda_graph`` defaults to True on CUDA (it needs CUDA)."""
 
-    def __init__(self, model, max_batch: int = 64, max_seq_len: int | None = None, *,
-                 dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-                 cuda_graph: bool | None = None, compile: bool = False, kv_bucket: int = 128,
-                 sync_every: int = 4, prefill_tokens: int = 32768):
+    def __init__(
+        self,
+        model,
+        max_batch: int = 64,
+        max_seq_len: int | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        cuda_graph: bool | None = None,
+        compile: bool = False,
+        kv_bucket: int = 128,
+        sync_every: int = 4,
+        prefill_tokens: int = 32768,
+    ):
         device = torch.device(device) if device is not None else model.device
         on_cuda = device.type == "cuda"
         dtype = dtype or (torch.bfloat16 if on_cuda else model.dtype)
@@ -106,8 +116,10 @@ class Engine:
         config = model.config
         max_seq_len = max_seq_len or config.max_position_embeddings
         if max_seq_len > config.max_position_embeddings:
-            raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's max_position_embeddings="
-                             f"{config.max_position_embeddings}")
+            raise ValueError(
+                f"max_seq_len={max_seq_len} exceeds the model's max_position_embeddings="
+                f"{config.max_position_embeddings}"
+            )
         self.cuda_graph = on_cuda if cuda_graph is None else cuda_graph
         if self.cuda_graph and not on_cuda:
             raise ValueError("cuda_graph=True needs a CUDA device")
@@ -123,12 +135,12 @@ class Engine:
         def zeros(dtype_):
             return torch.zeros(max_batch, dtype=dtype_, device=device)
 
-        self.tokens = zeros(torch.long)    # the token each slot feeds next
-        self.lengths = zeros(torch.long)   # tokens in the cache = slot (and position) of that token
-        self.n_new = zeros(torch.long)     # tokens generated so far
-        self.budget = zeros(torch.long)    # max_new_tokens of the slot's prompt
-        self.active = zeros(torch.bool)    # still generating
-        self.emitted = zeros(torch.long)   # 1 where the last decode step produced a real token
+        self.tokens = zeros(torch.long)  # the token each slot feeds next
+        self.lengths = zeros(torch.long)  # tokens in the cache = slot (and position) of that token
+        self.n_new = zeros(torch.long)  # tokens generated so far
+        self.budget = zeros(torch.long)  # max_new_tokens of the slot's prompt
+        self.active = zeros(torch.bool)  # still generating
+        self.emitted = zeros(torch.long)  # 1 where the last decode step produced a real token
         self.logprob = zeros(torch.float32)  # log p(token) of the token the last step chose
         self.logits = torch.zeros(max_batch, self.vocab_size, dtype=torch.float32, device=device)  # beam steps
         self._slot_ids = torch.arange(max_seq_len, device=device)
@@ -156,11 +168,22 @@ class Engine:
     # Public API
     # --------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int], *,
-            eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-            min_new_tokens: int = 0, suppress_tokens: Sequence[int] | None = None, do_sample: bool = False,
-            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-            generator: torch.Generator | None = None, logprobs: bool = False):
+    def run(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int | Sequence[int],
+        *,
+        eos_token_id: int | Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+        min_new_tokens: int = 0,
+        suppress_tokens: Sequence[int] | None = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        logprobs: bool = False,
+    ):
         """New token ids per prompt, in input order (greedy unless ``do_sample``); with ``logprobs``
         a pair ``(ids, logprobs)``: per prompt the model log-probability of each new id."""
         prompts = [list(p) for p in prompts]
@@ -170,8 +193,12 @@ class Engine:
         if min(budgets, default=1) < 1:
             raise ValueError(f"every max_new_tokens must be >= 1, got {min(budgets)}")
         self._check(prompts, budgets)
-        self._configure(DecodeConfig(min_new_tokens, do_sample, float(temperature), top_k, top_p),
-                        eos_token_id, pad_token_id, suppress_tokens)
+        self._configure(
+            DecodeConfig(min_new_tokens, do_sample, float(temperature), top_k, top_p),
+            eos_token_id,
+            pad_token_id,
+            suppress_tokens,
+        )
         self.active.zero_()
         self._want_logprobs = logprobs
 
@@ -179,15 +206,16 @@ class Engine:
         scores: list[list[float]] = [[] for _ in prompts]
         waiting = deque(range(len(prompts)))
         free = list(range(self.max_batch))  # a heap: lowest slots first keeps the live rows packed
-        owner: dict[int, int] = {}          # slot -> prompt index
-        length: dict[int, int] = {}         # slot -> tokens in its cache (exact after each sync)
-        left: dict[int, int] = {}           # slot -> tokens it may still generate
+        owner: dict[int, int] = {}  # slot -> prompt index
+        length: dict[int, int] = {}  # slot -> tokens in its cache (exact after each sync)
+        left: dict[int, int] = {}  # slot -> tokens it may still generate
         while waiting or owner:
             if waiting and free:
                 batch = [(heapq.heappop(free), waiting.popleft()) for _ in range(min(len(free), len(waiting)))]
                 slots = [s for s, _ in batch]
-                first, alive, first_lp = self._admit(slots, [prompts[i] for _, i in batch],
-                                                     [budgets[i] for _, i in batch], generator)
+                first, alive, first_lp = self._admit(
+                    slots, [prompts[i] for _, i in batch], [budgets[i] for _, i in batch], generator
+                )
                 for (slot, i), tok, ok, lp in zip(batch, first, alive, first_lp):
                     outputs[i].append(tok)
                     scores[i].append(lp)
@@ -210,7 +238,7 @@ class Engine:
                     lp_history.append(self.logprob[:rows].clone())  # (rows,)
             flat = torch.cat([torch.stack(history).view(-1), self.active[:rows].long()]).tolist()
             lps = torch.stack(lp_history).tolist() if logprobs else None  # (steps, rows); after the sync above
-            still = flat[steps * 2 * rows:]
+            still = flat[steps * 2 * rows :]
             for slot in live:
                 kept = [j for j in range(steps) if flat[(j * 2 + 1) * rows + slot]]
                 made = [flat[(j * 2) * rows + slot] for j in kept]
@@ -225,30 +253,49 @@ class Engine:
         return (outputs, scores) if logprobs else outputs
 
     @torch.no_grad()
-    def beam_search(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, num_beams: int = 5,
-                    length_penalty: float = 1.0, early_stopping: bool | str = False,
-                    eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-                    min_new_tokens: int = 0, suppress_tokens: Sequence[int] | None = None) -> list[list[int]]:
+    def beam_search(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        *,
+        num_beams: int = 5,
+        length_penalty: float = 1.0,
+        early_stopping: bool | str = False,
+        eos_token_id: int | Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+        min_new_tokens: int = 0,
+        suppress_tokens: Sequence[int] | None = None,
+    ) -> list[list[int]]:
         """The best beam's new ids per prompt (up to and including EOS), as ``generate(num_beams=...)``."""
         prompts = [list(p) for p in prompts]
         per_chunk = self.max_batch // num_beams
         if num_beams < 2 or per_chunk < 1 or max_new_tokens < 1:
-            raise ValueError(f"need 2 <= num_beams <= max_batch={self.max_batch} and max_new_tokens >= 1, "
-                             f"got {num_beams} and {max_new_tokens}")
+            raise ValueError(
+                f"need 2 <= num_beams <= max_batch={self.max_batch} and max_new_tokens >= 1, "
+                f"got {num_beams} and {max_new_tokens}"
+            )
         if early_stopping not in (True, False, "never"):
             raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
         self._check(prompts, [max_new_tokens] * len(prompts))
         eos, pad = self._configure(DecodeConfig(min_new_tokens), eos_token_id, pad_token_id, suppress_tokens)
         results = []
         for start in range(0, len(prompts), per_chunk):
-            chunk = prompts[start:start + per_chunk]
+            chunk = prompts[start : start + per_chunk]
             T = max(map(len, chunk))
             ids = torch.tensor([[pad] * (T - len(p)) + p for p in chunk], device=self.device)  # (B, T) left-padded
             sequences, _ = beam_search(
-                _EngineBeams(self, chunk, num_beams), ids, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                decode=self.decode, eos=eos, pad=pad, eos_mask=self._eos_mask,
-                ban_mask=self._ban_mask if self._has_ban else None, length_penalty=length_penalty,
-                early_stopping=early_stopping)
+                _EngineBeams(self, chunk, num_beams),
+                ids,
+                num_beams=num_beams,
+                max_new_tokens=max_new_tokens,
+                decode=self.decode,
+                eos=eos,
+                pad=pad,
+                eos_mask=self._eos_mask,
+                ban_mask=self._ban_mask if self._has_ban else None,
+                length_penalty=length_penalty,
+                early_stopping=early_stopping,
+            )
             for row in sequences[:, T:].tolist():
                 end = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
                 results.append(row[:end])
@@ -267,7 +314,8 @@ class Engine:
             if len(p) + n > self.max_seq_len:
                 raise InputTooLongError(
                     f"prompt {i} has {len(p)} tokens and max_new_tokens={n}, more than this engine's "
-                    f"max_seq_len={self.max_seq_len}; build the Engine with a larger max_seq_len")
+                    f"max_seq_len={self.max_seq_len}; build the Engine with a larger max_seq_len"
+                )
 
     def _configure(self, decode: DecodeConfig, eos_token_id, pad_token_id, suppress_tokens):
         eos, pad = special_ids(self.model.config, eos_token_id, pad_token_id)
@@ -320,8 +368,9 @@ class Engine:
     def _prefill_group(self, ids, mask, rows, last) -> torch.Tensor:
         """ids (g, L) right-padded (mask (g, L) or None when unpadded) into cache rows (g,);
         float32 logits (g, V) at positions ``last`` (g,)."""
-        h = self.model.biogpt(ids, attention_mask=mask, past_key_values=_PrefillWriter(self.cache, rows),
-                              use_cache=True).last_hidden_state  # (g, L, C)
+        h = self.model.biogpt(
+            ids, attention_mask=mask, past_key_values=_PrefillWriter(self.cache, rows), use_cache=True
+        ).last_hidden_state  # (g, L, C)
         h = h[torch.arange(ids.shape[0], device=ids.device), last]  # (g, C)
         return self.model.output_projection(h).float()
 
@@ -364,14 +413,21 @@ class Engine:
         active = self.active[:rows]
         slot = torch.where(active, self.lengths[:rows], 0)[:, None]  # (rows, 1); idle rows scribble on slot 0
         mask = (self._slot_ids[:slots] <= slot)[:, None, None, :]  # (rows, 1, 1, slots)
-        out = self.model(self.tokens[:rows, None], attention_mask=mask, position_ids=slot,
-                         past_key_values=_Window(self.cache, self._row_ids[:rows], slots), cache_position=slot, use_cache=True)
+        out = self.model(
+            self.tokens[:rows, None],
+            attention_mask=mask,
+            position_ids=slot,
+            past_key_values=_Window(self.cache, self._row_ids[:rows], slots),
+            cache_position=slot,
+            use_cache=True,
+        )
         return out.logits[:, -1].float()
 
     def _decode_step(self, rows: int, slots: int) -> None:
         logits = self._forward(rows, slots)  # (rows, V) float32
-        scores = self.decode.process(logits, self.n_new[:rows], self._eos_mask,
-                                     self._ban_mask if self._has_ban else None)
+        scores = self.decode.process(
+            logits, self.n_new[:rows], self._eos_mask, self._ban_mask if self._has_ban else None
+        )
         nxt = self._choose(scores, self._noise[:rows] if self.decode.do_sample else None)  # (rows,)
         if self._want_logprobs:  # log p(chosen) under the model itself (raw logits): no second pass
             self.logprob[:rows].copy_(torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None])[:, 0])
@@ -439,19 +495,19 @@ class _EngineBeams:
         src = torch.arange(N, device=e.device) // K * K  # (N,) each row copies its prompt's head row
         for cache in (e.cache.keys, e.cache.values):
             for t in cache:
-                t[:N, :, :self.hi] = t[src, :, :self.hi]
+                t[:N, :, : self.hi] = t[src, :, : self.hi]
         e.lengths[:N] = self.lens.repeat_interleave(K)
         e.active[:N] = True
         return logits.repeat_interleave(K, dim=0)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.e.tokens[:self.N] = tokens
+        self.e.tokens[: self.N] = tokens
         self.e._run("beam", self.rows, self.e._slots_bucket(self.hi + 1))
         self.hi += 1
-        return self.e.logits[:self.N]
+        return self.e.logits[: self.N]
 
     def reorder(self, index: torch.Tensor) -> None:
         for cache in (self.e.cache.keys, self.e.cache.values):
             for t in cache:
-                region = t[:self.N, :, self.lo:self.hi]  # (N, H, hi-lo, D)
+                region = t[: self.N, :, self.lo : self.hi]  # (N, H, hi-lo, D)
                 region.copy_(region.index_select(0, index))

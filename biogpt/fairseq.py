@@ -65,9 +65,15 @@ CHECKPOINT_NAMES = ("checkpoint_avg.pt", "checkpoint.pt", "checkpoint_last.pt", 
 
 # fairseq architectures BioGPT used and their head counts (fairseq transformer_lm.py), for checkpoints
 # whose cfg.model lacks decoder_attention_heads (it cannot be read from tensor shapes).
-ARCH_HEADS = {"transformer_lm_prompt_biogpt": 16, "transformer_lm_prompt_biogpt_large": 25,
-              "transformer_lm_biogpt": 16, "transformer_lm_biogpt_large": 25,
-              "transformer_lm_gpt2_small": 16, "transformer_lm_gpt2_medium": 20, "transformer_lm_gpt2_big": 25}
+ARCH_HEADS = {
+    "transformer_lm_prompt_biogpt": 16,
+    "transformer_lm_prompt_biogpt_large": 25,
+    "transformer_lm_biogpt": 16,
+    "transformer_lm_biogpt_large": 25,
+    "transformer_lm_gpt2_small": 16,
+    "transformer_lm_gpt2_medium": 20,
+    "transformer_lm_gpt2_big": 25,
+}
 
 
 @dataclass
@@ -91,19 +97,24 @@ def find_checkpoint(src: str | Path) -> Path:
     if src.is_file():
         return src
     if not src.is_dir():
-        raise CheckpointError(f"{src} does not exist; pass a fairseq checkpoint file (checkpoint.pt, "
-                              "checkpoint_avg.pt) or the directory holding it")
+        raise CheckpointError(
+            f"{src} does not exist; pass a fairseq checkpoint file (checkpoint.pt, "
+            "checkpoint_avg.pt) or the directory holding it"
+        )
     if (src / "config.json").exists():
-        raise CheckpointError(f"{src} holds config.json: it is already in the Hugging Face layout and needs "
-                              "no conversion")
+        raise CheckpointError(
+            f"{src} holds config.json: it is already in the Hugging Face layout and needs no conversion"
+        )
     for name in CHECKPOINT_NAMES:
         if (src / name).is_file():
             return src / name
     found = sorted(p.name for p in src.glob("*.pt"))
     if len(found) == 1:
         return src / found[0]
-    raise CheckpointError(f"no checkpoint in {src}: expected one of {', '.join(CHECKPOINT_NAMES)}"
-                          + (f"; found several: {', '.join(found[:10])} - pass the file" if found else ""))
+    raise CheckpointError(
+        f"no checkpoint in {src}: expected one of {', '.join(CHECKPOINT_NAMES)}"
+        + (f"; found several: {', '.join(found[:10])} - pass the file" if found else "")
+    )
 
 
 # --- loading without running code ---------------------------------------------------------------------
@@ -140,10 +151,19 @@ def _plain_dict(*_args: Any) -> dict:
     return {}
 
 
-_OMEGACONF = ("omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig", "omegaconf.base.Metadata",
-              "omegaconf.base.ContainerMetadata", "omegaconf.nodes.AnyNode", "omegaconf.nodes.StringNode",
-              "omegaconf.nodes.IntegerNode", "omegaconf.nodes.FloatNode", "omegaconf.nodes.BooleanNode",
-              "omegaconf.nodes.BytesNode", "omegaconf.nodes.PathNode")
+_OMEGACONF = (
+    "omegaconf.dictconfig.DictConfig",
+    "omegaconf.listconfig.ListConfig",
+    "omegaconf.base.Metadata",
+    "omegaconf.base.ContainerMetadata",
+    "omegaconf.nodes.AnyNode",
+    "omegaconf.nodes.StringNode",
+    "omegaconf.nodes.IntegerNode",
+    "omegaconf.nodes.FloatNode",
+    "omegaconf.nodes.BooleanNode",
+    "omegaconf.nodes.BytesNode",
+    "omegaconf.nodes.PathNode",
+)
 _STAND_INS = {name: _stand_in(name) for name in _OMEGACONF}
 
 
@@ -154,14 +174,23 @@ def _admitted_globals() -> list[Any]:
     import numpy
 
     core = getattr(numpy, "_core", None) or numpy.core
-    admitted: list[Any] = [argparse.Namespace, (int, "builtins.int"), (dict, "builtins.dict"),
-                           (list, "builtins.list"), (object, "builtins.object"), (_plain_dict, "collections.defaultdict"),
-                           (_stand_in("typing.Any"), "typing.Any"), (numpy.dtype, "numpy.dtype")]
+    admitted: list[Any] = [
+        argparse.Namespace,
+        (int, "builtins.int"),
+        (dict, "builtins.dict"),
+        (list, "builtins.list"),
+        (object, "builtins.object"),
+        (_plain_dict, "collections.defaultdict"),
+        (_stand_in("typing.Any"), "typing.Any"),
+        (numpy.dtype, "numpy.dtype"),
+    ]
     admitted += [(cls, name) for name, cls in _STAND_INS.items()]
     # numpy scalars (float64 losses in extra_state): numpy 1 pickles name numpy.core, numpy 2 numpy._core
     admitted += [(core.multiarray.scalar, f"{m}.multiarray.scalar") for m in ("numpy.core", "numpy._core")]
-    admitted += [(type(numpy.dtype(t)), f"numpy.dtypes.{type(numpy.dtype(t)).__name__}")
-                 for t in ("f8", "f4", "f2", "i8", "i4", "?")]
+    admitted += [
+        (type(numpy.dtype(t)), f"numpy.dtypes.{type(numpy.dtype(t)).__name__}")
+        for t in ("f8", "f4", "f2", "i8", "i4", "?")
+    ]
     return admitted
 
 
@@ -189,11 +218,17 @@ _INTERPOLATION = re.compile(r"^\$\{([\w.]+)\}$")
 def _resolve(root: Any) -> Any:
     """Resolve omegaconf's whole-value interpolations (``${task.max_target_positions}``, how fairseq's
     dataclasses share a value) against the config's root; anything else stays as it is."""
+
     def lookup(dotted: str, seen: frozenset[str]) -> Any:
         node = root
         for part in dotted.split("."):
-            node = vars(node).get(part) if isinstance(node, argparse.Namespace) else \
-                node.get(part) if isinstance(node, dict) else None
+            node = (
+                vars(node).get(part)
+                if isinstance(node, argparse.Namespace)
+                else node.get(part)
+                if isinstance(node, dict)
+                else None
+            )
         return walk(node, seen | {dotted})
 
     def walk(obj: Any, seen: frozenset[str] = frozenset()) -> Any:
@@ -220,13 +255,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
     :raises CheckpointError: not a torch file, not a fairseq checkpoint, or a global that is not admitted.
     """
-    ckpt = load_torch_pickle(path, _admitted_globals(), admits="argparse.Namespace, omegaconf configs, numpy scalars",
-                             hint="if you trust the file, re-save its 'cfg' and 'model' as plain data where "
-                                  "fairseq is installed (docs/convert.md, 'Trust')")
+    ckpt = load_torch_pickle(
+        path,
+        _admitted_globals(),
+        admits="argparse.Namespace, omegaconf configs, numpy scalars",
+        hint="if you trust the file, re-save its 'cfg' and 'model' as plain data where "
+        "fairseq is installed (docs/convert.md, 'Trust')",
+    )
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         keys = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path} is not a fairseq checkpoint: expected a dict with 'model' (state dict) "
-                              f"and 'cfg', found {keys}. A Hugging Face state dict needs no conversion")
+        raise CheckpointError(
+            f"{path} is not a fairseq checkpoint: expected a dict with 'model' (state dict) "
+            f"and 'cfg', found {keys}. A Hugging Face state dict needs no conversion"
+        )
     for key in ("cfg", "args"):
         if key in ckpt:
             ckpt[key] = _resolve(_plain(ckpt[key]))
@@ -261,6 +302,7 @@ def checkpoint_configs(ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
 # --- conversion ---------------------------------------------------------------------------------------
 def _config_from_cfg(model_cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> BioGptConfig:
     """transformers' BioGptConfig from cfg.model, with sizes checked against the tensors."""
+
     def need(key):
         if key not in state:
             raise CheckpointError(f"the checkpoint has no {key}: not a BioGPT (fairseq transformer_lm) model")
@@ -271,8 +313,9 @@ def _config_from_cfg(model_cfg: dict[str, Any], state: dict[str, torch.Tensor]) 
     vocab, hidden = embed.shape
     layer_ids = {int(m.group(1)) for k in state if (m := re.match(r"decoder\.layers\.(\d+)\.", k))}
     if model_cfg.get("decoder_learned_pos") is False:
-        raise CheckpointError("the checkpoint uses sinusoidal positions (decoder_learned_pos False); BioGPT "
-                              "uses learned positions")
+        raise CheckpointError(
+            "the checkpoint uses sinusoidal positions (decoder_learned_pos False); BioGPT uses learned positions"
+        )
     activation = model_cfg.get("activation_fn", "gelu")
     if activation != "gelu":
         raise CheckpointError(f"activation_fn {activation!r} is not BioGPT's exact GELU ('gelu')")
@@ -280,15 +323,24 @@ def _config_from_cfg(model_cfg: dict[str, Any], state: dict[str, torch.Tensor]) 
     heads = model_cfg.get("decoder_attention_heads") or ARCH_HEADS.get(arch)
     if not heads:
         raise CheckpointError(f"cfg.model has no decoder_attention_heads and the architecture {arch!r} is unknown")
-    checks = {"decoder_embed_dim": hidden, "decoder_layers": len(layer_ids),
-              "decoder_ffn_embed_dim": need("decoder.layers.0.fc1.weight").shape[0]}
+    checks = {
+        "decoder_embed_dim": hidden,
+        "decoder_layers": len(layer_ids),
+        "decoder_ffn_embed_dim": need("decoder.layers.0.fc1.weight").shape[0],
+    }
     for key, actual in checks.items():
         if model_cfg.get(key) is not None and model_cfg[key] != actual:
-            raise CheckpointError(f"shape mismatch: cfg.model.{key} is {model_cfg[key]} but the weights have "
-                                  f"{actual}; the checkpoint is inconsistent")
+            raise CheckpointError(
+                f"shape mismatch: cfg.model.{key} is {model_cfg[key]} but the weights have "
+                f"{actual}; the checkpoint is inconsistent"
+            )
     return BioGptConfig(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=len(layer_ids), num_attention_heads=int(heads),
-        intermediate_size=checks["decoder_ffn_embed_dim"], hidden_act="gelu",
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=len(layer_ids),
+        num_attention_heads=int(heads),
+        intermediate_size=checks["decoder_ffn_embed_dim"],
+        hidden_act="gelu",
         hidden_dropout_prob=float(model_cfg.get("dropout", 0.1)),
         attention_probs_dropout_prob=float(model_cfg.get("attention_dropout", 0.1)),
         activation_dropout=float(model_cfg.get("activation_dropout", model_cfg.get("relu_dropout", 0.0)) or 0.0),
@@ -297,13 +349,19 @@ def _config_from_cfg(model_cfg: dict[str, Any], state: dict[str, torch.Tensor]) 
         scale_embedding=not model_cfg.get("no_scale_embedding", False),
         tie_word_embeddings=bool(model_cfg.get("share_decoder_input_output_embed", True)),
         torch_dtype=str(embed.dtype).replace("torch.", ""),
-        extra={"architectures": ["BioGptForCausalLM"]})
+        extra={"architectures": ["BioGptForCausalLM"]},
+    )
 
 
 def _expected_shapes(config: BioGptConfig) -> dict[str, tuple[int, ...]]:
     H, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
-    shapes = {"biogpt.embed_tokens.weight": (V, H), "biogpt.embed_positions.weight": (config.max_position_embeddings + 2, H),
-              "biogpt.layer_norm.weight": (H,), "biogpt.layer_norm.bias": (H,), "output_projection.weight": (V, H)}
+    shapes = {
+        "biogpt.embed_tokens.weight": (V, H),
+        "biogpt.embed_positions.weight": (config.max_position_embeddings + 2, H),
+        "biogpt.layer_norm.weight": (H,),
+        "biogpt.layer_norm.bias": (H,),
+        "output_projection.weight": (V, H),
+    }
     for i in range(config.num_hidden_layers):
         p = f"biogpt.layers.{i}."
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
@@ -315,8 +373,9 @@ def _expected_shapes(config: BioGptConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def convert_state_dict(state: dict[str, torch.Tensor], config: BioGptConfig,
-                       warnings: list[str]) -> tuple[dict[str, torch.Tensor], bool | None]:
+def convert_state_dict(
+    state: dict[str, torch.Tensor], config: BioGptConfig, warnings: list[str]
+) -> tuple[dict[str, torch.Tensor], bool | None]:
     """fairseq ``decoder.*`` keys -> transformers BioGptForCausalLM keys, audited against ``config``.
 
     Returns the new state dict and whether the tied output projection equals embed_tokens (None when
@@ -330,14 +389,16 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: BioGptConfig,
         if key == "decoder.output_projection.weight":
             out["output_projection.weight"] = tensor
         elif key.startswith("decoder."):
-            out["biogpt." + key[len("decoder."):]] = tensor
+            out["biogpt." + key[len("decoder.") :]] = tensor
         else:
             unknown.append(key)
     expected = _expected_shapes(config)
     unknown += [k for k in out if k not in expected]
     if unknown:
-        raise CheckpointError(f"keys that are not part of BioGPT: {', '.join(sorted(unknown)[:12])} (a layernorm_embedding, "
-                              "adaptive softmax or another architecture?)")
+        raise CheckpointError(
+            f"keys that are not part of BioGPT: {', '.join(sorted(unknown)[:12])} (a layernorm_embedding, "
+            "adaptive softmax or another architecture?)"
+        )
     if "output_projection.weight" not in out and config.tie_word_embeddings:
         out["output_projection.weight"] = out["biogpt.embed_tokens.weight"]
     missing = sorted(set(expected) - set(out))
@@ -355,19 +416,27 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: BioGptConfig,
             diff = (emb.float() - proj.float()).abs().max().item()
             # fairseq ties the two parameters, and loading its state dict copies output_projection
             # (the later module) into the shared tensor last: that is what the fairseq model ran with.
-            warnings.append(f"decoder.output_projection.weight differs from decoder.embed_tokens.weight "
-                            f"(max abs diff {diff:.3g}) although the checkpoint ties them; using "
-                            "output_projection for both, as fairseq's loader does")
+            warnings.append(
+                f"decoder.output_projection.weight differs from decoder.embed_tokens.weight "
+                f"(max abs diff {diff:.3g}) although the checkpoint ties them; using "
+                "output_projection for both, as fairseq's loader does"
+            )
             out["biogpt.embed_tokens.weight"] = proj
     # safetensors refuses tensors that share memory (fairseq saves the tied pair as one storage).
     out["output_projection.weight"] = out["output_projection.weight"].clone()
     return {k: v.contiguous() for k, v in out.items()}, tied_equal
 
 
-
-def convert_fairseq_checkpoint(src: str | Path, dst: str | Path, *, dict_file: str | Path | None = None,
-                               bpecodes_file: str | Path | None = None, task: str | None = None,
-                               dtype: str | None = None, overwrite: bool = False) -> ConversionResult:
+def convert_fairseq_checkpoint(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    dict_file: str | Path | None = None,
+    bpecodes_file: str | Path | None = None,
+    task: str | None = None,
+    dtype: str | None = None,
+    overwrite: bool = False,
+) -> ConversionResult:
     """Convert the fairseq checkpoint ``src`` (file or directory) into directory ``dst``.
 
     ``dict_file``/``bpecodes_file`` default to ``dict.txt``/``bpecodes`` next to the checkpoint;
@@ -380,8 +449,9 @@ def convert_fairseq_checkpoint(src: str | Path, dst: str | Path, *, dict_file: s
     codes_path = Path(bpecodes_file) if bpecodes_file else here / "bpecodes"
     for path, flag, what in ((dict_path, "--dict", "dict.txt"), (codes_path, "--bpecodes", "bpecodes")):
         if not path.is_file():
-            raise TokenizerError(f"no {what} at {path}: pass {flag} (BioGPT's data/{what}; for BioGPT-Large "
-                                 f"data/BioGPT-Large/{what})")
+            raise TokenizerError(
+                f"no {what} at {path}: pass {flag} (BioGPT's data/{what}; for BioGPT-Large data/BioGPT-Large/{what})"
+            )
     if task is not None and task not in CHECKPOINT_TASKS:
         raise CheckpointError(f"unknown task {task!r}; choose one of {', '.join(CHECKPOINT_TASKS)}")
     dst = Path(dst)
@@ -400,8 +470,10 @@ def convert_fairseq_checkpoint(src: str | Path, dst: str | Path, *, dict_file: s
     fairseq_task = str(task_cfg.get("_name") or "")
     n_prompt = int(task_cfg.get("learned_prompt") or 0)
     if task_cfg.get("manual_prompt"):
-        raise CheckpointError("the checkpoint uses a manual prompt (cfg.task.manual_prompt); only learned "
-                              "prompts (BioGPT's released models) are supported")
+        raise CheckpointError(
+            "the checkpoint uses a manual prompt (cfg.task.manual_prompt); only learned "
+            "prompts (BioGPT's released models) are supported"
+        )
     pattern = str(task_cfg.get("learned_prompt_pattern") or "learned")
     learned = [f"{pattern}{i}" for i in range(1, n_prompt + 1)]
     prefix = bool(task_cfg.get("prefix", False))
@@ -414,7 +486,8 @@ def convert_fairseq_checkpoint(src: str | Path, dst: str | Path, *, dict_file: s
         raise CheckpointError(
             f"shape mismatch: the checkpoint's embedding has {config.vocab_size} rows but {dict_path} gives "
             f"{tokenizer.vocab_size} ids{what} = {len(tokenizer)}. Use the dict.txt the model was trained with "
-            "(BioGPT-Large has its own, 57,717 ids)")
+            "(BioGPT-Large has its own, 57,717 ids)"
+        )
 
     def symbol_id(symbol: str) -> int:
         return tokenizer.convert_tokens_to_ids(symbol if symbol in tokenizer.added_tokens_encoder else symbol + "</w>")
@@ -424,16 +497,24 @@ def convert_fairseq_checkpoint(src: str | Path, dst: str | Path, *, dict_file: s
 
     data_path = str(task_cfg.get("data") or "")
     if task is None:
-        task = "lm" if n_prompt == 0 and fairseq_task != "language_modeling_prompt" else guess_task(
-            [data_path, str(checkpoint.resolve())])
+        task = (
+            "lm"
+            if n_prompt == 0 and fairseq_task != "language_modeling_prompt"
+            else guess_task([data_path, str(checkpoint.resolve())])
+        )
         if task is None:
-            raise CheckpointError(f"cannot tell which task {checkpoint} was fine-tuned for (data path "
-                                  f"{data_path or 'unknown'}); pass --task (one of {', '.join(CHECKPOINT_TASKS)})")
-    max_target = int(task_cfg.get("max_target_positions") or model_cfg.get("max_target_positions")
-                     or config.max_position_embeddings)
+            raise CheckpointError(
+                f"cannot tell which task {checkpoint} was fine-tuned for (data path "
+                f"{data_path or 'unknown'}); pass --task (one of {', '.join(CHECKPOINT_TASKS)})"
+            )
+    max_target = int(
+        task_cfg.get("max_target_positions") or model_cfg.get("max_target_positions") or config.max_position_embeddings
+    )
     if max_target > config.max_position_embeddings:
-        warnings.append(f"cfg max_target_positions {max_target} exceeds the {config.max_position_embeddings} "
-                        "positions of the weights; using the latter")
+        warnings.append(
+            f"cfg max_target_positions {max_target} exceeds the {config.max_position_embeddings} "
+            "positions of the weights; using the latter"
+        )
         max_target = config.max_position_embeddings
     max_source = task_cfg.get("max_source_positions")
     if max_source is None and task != "lm":
@@ -442,12 +523,24 @@ def convert_fairseq_checkpoint(src: str | Path, dst: str | Path, *, dict_file: s
     truncation_id = tokenizer.convert_tokens_to_ids(TRUNCATION_MARKER + "</w>")
     if task != "lm" and truncation_id == tokenizer.unk_token_id:
         warnings.append(f"{dict_path} has no '{TRUNCATION_MARKER}'; fairseq would truncate with <unk>")
-    spec = task_spec(task, learned=learned, prompt_ids=prompt_ids, sep_token_id=sep_id,
-                     max_source=int(max_source) if max_source is not None and task != "lm" else None,
-                     max_target=max_target, truncation_id=truncation_id if task != "lm" else None,
-                     pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, data_path=data_path)
-    spec["converted_from"] = {"checkpoint": str(checkpoint), "fairseq_task": fairseq_task or None,
-                              "arch": model_cfg.get("arch") or model_cfg.get("_name"), "data": data_path or None}
+    spec = task_spec(
+        task,
+        learned=learned,
+        prompt_ids=prompt_ids,
+        sep_token_id=sep_id,
+        max_source=int(max_source) if max_source is not None and task != "lm" else None,
+        max_target=max_target,
+        truncation_id=truncation_id if task != "lm" else None,
+        pad_id=tokenizer.pad_token_id,
+        eos_id=tokenizer.eos_token_id,
+        data_path=data_path,
+    )
+    spec["converted_from"] = {
+        "checkpoint": str(checkpoint),
+        "fairseq_task": fairseq_task or None,
+        "arch": model_cfg.get("arch") or model_cfg.get("_name"),
+        "data": data_path or None,
+    }
 
     state, tied_equal = convert_state_dict(ckpt["model"], config, warnings)
     if dtype:
@@ -466,6 +559,13 @@ def convert_fairseq_checkpoint(src: str | Path, dst: str | Path, *, dict_file: s
     write_task_spec(spec, dst)
     for message in warnings:
         log.warning("%s: %s", checkpoint, message)
-    return ConversionResult(dst=dst, checkpoint=checkpoint, task=task, vocab_size=config.vocab_size,
-                            learned_prompt=n_prompt, prompt_token_ids=prompt_ids, tied_embeddings_equal=tied_equal,
-                            warnings=warnings)
+    return ConversionResult(
+        dst=dst,
+        checkpoint=checkpoint,
+        task=task,
+        vocab_size=config.vocab_size,
+        learned_prompt=n_prompt,
+        prompt_token_ids=prompt_ids,
+        tied_embeddings_equal=tied_equal,
+        warnings=warnings,
+    )

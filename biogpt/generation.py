@@ -80,15 +80,23 @@ class DecodeConfig:
             raise ValueError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
         if self.do_sample:
             if not self.temperature > 0:
-                raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature} "
-                                 "(for greedy decoding pass do_sample=False)")
+                raise ValueError(
+                    f"temperature must be > 0 when sampling, got {self.temperature} "
+                    "(for greedy decoding pass do_sample=False)"
+                )
             if self.top_k is not None and self.top_k < 0:
                 raise ValueError(f"top_k must be >= 0, got {self.top_k}")
             if self.top_p is not None and not 0.0 <= self.top_p <= 1.0:
                 raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
 
-    def process(self, scores: torch.Tensor, num_new: int | torch.Tensor, eos_mask: torch.Tensor,
-                ban_mask: torch.Tensor | None, min_tokens_to_keep: int = 1) -> torch.Tensor:
+    def process(
+        self,
+        scores: torch.Tensor,
+        num_new: int | torch.Tensor,
+        eos_mask: torch.Tensor,
+        ban_mask: torch.Tensor | None,
+        min_tokens_to_keep: int = 1,
+    ) -> torch.Tensor:
         """Processed scores (B, V) from float32 scores (B, V); ``num_new``: tokens generated so far,
         an int for the whole batch or (B,) per row (the engine's slots)."""
         if self.min_new_tokens > 0:
@@ -175,13 +183,28 @@ def check_fits(real_length: int, max_new_tokens: int, max_positions: int, what: 
 
 
 @torch.no_grad()
-def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int | None = None,
-             max_length: int | None = None, min_new_tokens: int = 0, num_beams: int = 1,
-             num_return_sequences: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
-             do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None,
-             pad_token_id: int | None = None, suppress_tokens: Sequence[int] | None = None,
-             generator: torch.Generator | None = None, return_dict: bool = False):
+def generate(
+    model,
+    input_ids,
+    attention_mask=None,
+    *,
+    max_new_tokens: int | None = None,
+    max_length: int | None = None,
+    min_new_tokens: int = 0,
+    num_beams: int = 1,
+    num_return_sequences: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    suppress_tokens: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    return_dict: bool = False,
+):
     """Greedy, sampled or beam-search continuation of left-padded prompts; see the module docstring."""
     config = model.config
     input_ids = torch.as_tensor(input_ids, device=model.device)
@@ -198,17 +221,23 @@ def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int | Non
     if max_new_tokens is None:
         max_new_tokens = max_length - T if max_length is not None else min(T + DEFAULT_NEW_TOKENS, max_pos) - T
     if max_new_tokens < 1:
-        raise ValueError(f"nothing to generate: the input has {T} tokens and max_new_tokens={max_new_tokens}; "
-                         "ask for at least one new token")
+        raise ValueError(
+            f"nothing to generate: the input has {T} tokens and max_new_tokens={max_new_tokens}; "
+            "ask for at least one new token"
+        )
     check_fits(int(attention_mask.sum(1).max()), max_new_tokens, max_pos, "the longest prompt")
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
     if num_beams < 1 or num_return_sequences < 1 or (num_beams > 1 and num_return_sequences > num_beams):
-        raise ValueError(f"need num_beams >= 1 and 1 <= num_return_sequences (<= num_beams for beam search), "
-                         f"got num_beams={num_beams}, num_return_sequences={num_return_sequences}")
+        raise ValueError(
+            f"need num_beams >= 1 and 1 <= num_return_sequences (<= num_beams for beam search), "
+            f"got num_beams={num_beams}, num_return_sequences={num_return_sequences}"
+        )
     if num_beams == 1 and not do_sample and num_return_sequences > 1:
-        raise ValueError("greedy decoding returns one sequence per prompt: use do_sample=True or num_beams > 1 "
-                         "for num_return_sequences > 1")
+        raise ValueError(
+            "greedy decoding returns one sequence per prompt: use do_sample=True or num_beams > 1 "
+            "for num_return_sequences > 1"
+        )
 
     decode = DecodeConfig(min_new_tokens, do_sample, float(temperature), top_k, top_p)
     V = config.vocab_size
@@ -222,21 +251,50 @@ def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int | Non
     stepper = CachedModel(model, input_ids, attention_mask)
     if num_beams > 1:
         sequences, scores = beam_search(
-            stepper, prompts, num_beams=num_beams, max_new_tokens=max_new_tokens, decode=decode,
-            eos=eos, pad=pad, eos_mask=eos_mask, ban_mask=ban_mask, length_penalty=length_penalty,
-            early_stopping=early_stopping, num_return_sequences=num_return_sequences, generator=generator)
+            stepper,
+            prompts,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            decode=decode,
+            eos=eos,
+            pad=pad,
+            eos_mask=eos_mask,
+            ban_mask=ban_mask,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+            num_return_sequences=num_return_sequences,
+            generator=generator,
+        )
         return GenerateOutput(sequences, scores) if return_dict else sequences
-    sequences = sample(stepper, input_ids, max_new_tokens=max_new_tokens, decode=decode, eos_mask=eos_mask,
-                       ban_mask=ban_mask, has_eos=bool(eos), pad=pad, generator=generator)
+    sequences = sample(
+        stepper,
+        input_ids,
+        max_new_tokens=max_new_tokens,
+        decode=decode,
+        eos_mask=eos_mask,
+        ban_mask=ban_mask,
+        has_eos=bool(eos),
+        pad=pad,
+        generator=generator,
+    )
     return GenerateOutput(sequences) if return_dict else sequences
 
 
 # ------------------------------------------------------------------------------------------------
 # Greedy / sampling
 # ------------------------------------------------------------------------------------------------
-def sample(stepper: Stepper, input_ids: torch.Tensor, *, max_new_tokens: int, decode: DecodeConfig,
-           eos_mask: torch.Tensor, ban_mask: torch.Tensor | None, has_eos: bool, pad: int,
-           generator: torch.Generator | None) -> torch.Tensor:
+def sample(
+    stepper: Stepper,
+    input_ids: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    decode: DecodeConfig,
+    eos_mask: torch.Tensor,
+    ban_mask: torch.Tensor | None,
+    has_eos: bool,
+    pad: int,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
     """transformers' ``_sample`` loop: (B, T + n) ids, rows finished by EOS continue as ``pad``."""
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # (B,)
     ids = input_ids
@@ -267,11 +325,22 @@ def _gather_beams(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(tensor, index, dim=1)
 
 
-def beam_search(stepper: Stepper, input_ids: torch.Tensor, *, num_beams: int, max_new_tokens: int,
-                decode: DecodeConfig, eos: tuple[int, ...], pad: int, eos_mask: torch.Tensor,
-                ban_mask: torch.Tensor | None, length_penalty: float, early_stopping: bool | str,
-                num_return_sequences: int = 1, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def beam_search(
+    stepper: Stepper,
+    input_ids: torch.Tensor,
+    *,
+    num_beams: int,
+    max_new_tokens: int,
+    decode: DecodeConfig,
+    eos: tuple[int, ...],
+    pad: int,
+    eos_mask: torch.Tensor,
+    ban_mask: torch.Tensor | None,
+    length_penalty: float,
+    early_stopping: bool | str,
+    num_return_sequences: int = 1,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Best ``num_return_sequences`` hypotheses (B * R, T + n) and their scores (B * R,).
 
     ``input_ids`` (B, T) are the prompts once each; ``stepper`` runs B * num_beams rows, beam j of
@@ -355,7 +424,7 @@ def beam_search(stepper: Stepper, input_ids: torch.Tensor, *, num_beams: int, ma
             best_length = max_length - T
         else:
             best_length = cur_len - T
-        best_possible = running_beam_scores[:, :1] / (best_length ** length_penalty)
+        best_possible = running_beam_scores[:, :1] / (best_length**length_penalty)
         worst_finished = torch.where(is_sent_finished, torch.min(beam_scores, dim=1, keepdim=True)[0], -1.0e9)
         improvable = improvable & torch.any(best_possible > worst_finished, dim=-1, keepdim=True)
         all_done = bool(torch.all(is_sent_finished)) and early_stopping is True
@@ -368,4 +437,4 @@ def beam_search(stepper: Stepper, input_ids: torch.Tensor, *, num_beams: int, ma
     beam_scores = beam_scores[:, :R].reshape(B * R)
     beam_indices = beam_indices[:, :R].reshape(B * R, -1)
     generated = int((beam_indices + 1).bool().sum(dim=1).max())  # beam index -1 = no token at that step
-    return sequences[:, :T + generated], beam_scores
+    return sequences[:, : T + generated], beam_scores

@@ -45,8 +45,16 @@ _HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})
 _RELEASE = re.compile(r"[a-z0-9][a-z0-9-]*")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 #: What a model directory needs from a Hub repository, besides ONE weight format.
-HUB_FILES = ("config.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
-             "added_tokens.json", "generation_config.json", "biomine_task.json")
+HUB_FILES = (
+    "config.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "generation_config.json",
+    "biomine_task.json",
+)
 _SAFETENSORS = ("model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors")
 _TORCH_BIN = ("pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin")
 
@@ -97,12 +105,14 @@ def parse(spec: str | os.PathLike, revision: str | None = None, base_dir: str | 
     """
     text = os.fspath(spec)
     if text.startswith(RELEASE_PREFIX):
-        name = text[len(RELEASE_PREFIX):]
+        name = text[len(RELEASE_PREFIX) :]
         if not _RELEASE.fullmatch(name):
-            raise CheckpointError(f"{text!r}: a released model is biogpt:NAME with NAME from `biomine models list --available`")
+            raise CheckpointError(
+                f"{text!r}: a released model is biogpt:NAME with NAME from `biomine models list --available`"
+            )
         return Reference("release", name)
     if text.startswith(HF_SCHEME):
-        m = _HUB_ID.fullmatch(text[len(HF_SCHEME):])
+        m = _HUB_ID.fullmatch(text[len(HF_SCHEME) :])
         if not m:
             raise CheckpointError(f"{text!r} is not a Hub id: write hf://owner/name or hf://owner/name@revision")
         return Reference("hub", m["repo"], revision or m["revision"])
@@ -136,7 +146,7 @@ def model_name(spec: str | os.PathLike) -> str:
         return ref.value
     path = Path(text)
     if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
-        return path.parent.parent.name[len("models--"):].replace("--", "/")
+        return path.parent.parent.name[len("models--") :].replace("--", "/")
     return path.name
 
 
@@ -159,12 +169,18 @@ def resolve(spec: str | os.PathLike, revision: str | None = None) -> Resolved:
     if ref.kind == "release":
         path = released_dir(ref.value)
         if not (path / "config.json").is_file():
-            raise CheckpointError(f"{ref}: not pulled on this machine ({path} is empty); run `biomine models pull "
-                                  f"{ref.value}` (names: `biomine models list --available`)")
+            raise CheckpointError(
+                f"{ref}: not pulled on this machine ({path} is empty); run `biomine models pull "
+                f"{ref.value}` (names: `biomine models list --available`)"
+            )
         return Resolved(path, ref, source={"release": ref.value, "path": str(path)})
     path, commit = hub_snapshot(ref.value, ref.revision)
-    return Resolved(path, ref, revision=commit,
-                    source={"hub": ref.value, "revision": commit, "requested_revision": ref.revision or "main"})
+    return Resolved(
+        path,
+        ref,
+        revision=commit,
+        source={"hub": ref.value, "revision": commit, "requested_revision": ref.revision or "main"},
+    )
 
 
 def hub_settings() -> dict:
@@ -223,8 +239,11 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> tuple[Path, str]:
         if not settings["offline"] and revision and _COMMIT.fullmatch(revision):
             # A commit never changes: a node whose cache holds it needs no network (a job's workers).
             try:
-                cached = Path(snapshot_download(repo_id, revision=revision, cache_dir=settings["cache_dir"],
-                                                local_files_only=True))
+                cached = Path(
+                    snapshot_download(
+                        repo_id, revision=revision, cache_dir=settings["cache_dir"], local_files_only=True
+                    )
+                )
             except hf_errors.LocalEntryNotFoundError:
                 cached = None
             if cached is not None and not _complete(cached):
@@ -232,44 +251,64 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> tuple[Path, str]:
         if cached is not None:
             path = cached
         elif settings["offline"]:
-            path = Path(snapshot_download(repo_id, revision=revision, cache_dir=settings["cache_dir"],
-                                          local_files_only=True))
+            path = Path(
+                snapshot_download(repo_id, revision=revision, cache_dir=settings["cache_dir"], local_files_only=True)
+            )
             if not _complete(path):
-                raise CheckpointError(f"{name}: HF_HUB_OFFLINE is set and the cached snapshot {path} lacks "
-                                      "config.json or weights (an interrupted fetch); fetch it again with network")
+                raise CheckpointError(
+                    f"{name}: HF_HUB_OFFLINE is set and the cached snapshot {path} lacks "
+                    "config.json or weights (an interrupted fetch); fetch it again with network"
+                )
         else:
             api = HfApi(endpoint=settings["endpoint"], token=settings["token"])
             info = api.model_info(repo_id, revision=revision)
             files = [s.rfilename for s in info.siblings or []]
             weights = _weight_patterns(files)
             if not weights:
-                raise CheckpointError(f"{name} on {where} holds no model.safetensors or pytorch_model.bin "
-                                      f"(files: {', '.join(sorted(files)[:10])}); it is not a BioGPT model")
+                raise CheckpointError(
+                    f"{name} on {where} holds no model.safetensors or pytorch_model.bin "
+                    f"(files: {', '.join(sorted(files)[:10])}); it is not a BioGPT model"
+                )
             # The requested revision (not info.sha), so the cache records where the branch/tag
             # pointed (refs/main) and an offline run finds it; the snapshot folder is the commit.
-            path = Path(snapshot_download(repo_id, revision=revision, cache_dir=settings["cache_dir"],
-                                          endpoint=settings["endpoint"], token=settings["token"],
-                                          allow_patterns=list(HUB_FILES + weights)))
+            path = Path(
+                snapshot_download(
+                    repo_id,
+                    revision=revision,
+                    cache_dir=settings["cache_dir"],
+                    endpoint=settings["endpoint"],
+                    token=settings["token"],
+                    allow_patterns=list(HUB_FILES + weights),
+                )
+            )
     except hf_errors.HFValidationError as exc:
-        raise CheckpointError(f"{name!r} is neither a model directory nor a valid Hub id ({exc}); check the "
-                              "path") from None
+        raise CheckpointError(
+            f"{name!r} is neither a model directory nor a valid Hub id ({exc}); check the path"
+        ) from None
     except hf_errors.GatedRepoError:
         raise CheckpointError(f"{name} on {where} is gated: accept its terms on the Hub and set HF_TOKEN") from None
     except hf_errors.RepositoryNotFoundError:
-        raise CheckpointError(f"{name}: no such model repository on {where} (a private one needs HF_TOKEN); "
-                              "or, if you meant a local directory, it does not exist") from None
+        raise CheckpointError(
+            f"{name}: no such model repository on {where} (a private one needs HF_TOKEN); "
+            "or, if you meant a local directory, it does not exist"
+        ) from None
     except hf_errors.RevisionNotFoundError:
-        raise CheckpointError(f"{name}: revision {revision!r} is not a branch, tag or commit of {repo_id} on "
-                              f"{where}") from None
+        raise CheckpointError(
+            f"{name}: revision {revision!r} is not a branch, tag or commit of {repo_id} on {where}"
+        ) from None
     except hf_errors.LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if settings["offline"] else f"{where} cannot be reached"
-        raise CheckpointError(f"{name}: {why} and the Hub cache ({settings['cache_dir']}) does not hold it; "
-                              "fetch it once with network (`biomine models pull " + repo_id + "`)") from None
+        raise CheckpointError(
+            f"{name}: {why} and the Hub cache ({settings['cache_dir']}) does not hold it; "
+            "fetch it once with network (`biomine models pull " + repo_id + "`)"
+        ) from None
     except hf_errors.HfHubHTTPError as exc:
         raise CheckpointError(f"{name}: {where} answered {str(exc).splitlines()[0]}") from None
     except (OSError, *_transport_errors()) as exc:  # connection refused, DNS, timeouts, disk
-        raise CheckpointError(f"{name}: cannot fetch from {where}: {exc}; set HF_HUB_OFFLINE=1 to use the cache, "
-                              "or HF_ENDPOINT for a mirror") from None
+        raise CheckpointError(
+            f"{name}: cannot fetch from {where}: {exc}; set HF_HUB_OFFLINE=1 to use the cache, "
+            "or HF_ENDPOINT for a mirror"
+        ) from None
     commit = path.name
     if not _COMMIT.fullmatch(commit):  # snapshot_download returns .../snapshots/<commit>
         raise CheckpointError(f"{name}: unexpected Hub cache layout at {path}")

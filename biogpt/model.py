@@ -101,8 +101,14 @@ class StaticKVCache:
     allocated after construction, so a decode step over it can be captured in a CUDA graph.
     """
 
-    def __init__(self, config: BioGptConfig, batch_size: int, max_length: int,
-                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        config: BioGptConfig,
+        batch_size: int,
+        max_length: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         shape = (batch_size, config.num_attention_heads, max_length, config.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
@@ -155,11 +161,12 @@ def positions_from_mask(attention_mask: torch.Tensor, past_length: int, seq_leng
     """
     mask = attention_mask.long()
     pos = torch.cumsum(mask, dim=1) * mask - 1
-    return pos[:, past_length:past_length + seq_length]
+    return pos[:, past_length : past_length + seq_length]
 
 
-def build_attention_mask(attention_mask: torch.Tensor | None, batch: int, seq_length: int, past_length: int,
-                         device: torch.device) -> torch.Tensor | None:
+def build_attention_mask(
+    attention_mask: torch.Tensor | None, batch: int, seq_length: int, past_length: int, device: torch.device
+) -> torch.Tensor | None:
     """Boolean (B, 1, T, S) mask from a 2-D padding mask (B, S = past + T); None means plain causal.
 
     Query i sits at slot past + i and may attend slots j <= past + i that are not padding, and
@@ -191,7 +198,7 @@ class BioGptAttention(nn.Module):
         super().__init__()
         H = config.hidden_size
         self.num_heads, self.head_dim, self.layer_idx = config.num_attention_heads, config.head_dim, layer_idx
-        self.scaling = self.head_dim ** -0.5  # 0.125 for BioGPT's 64-dim heads: exact in any dtype
+        self.scaling = self.head_dim**-0.5  # 0.125 for BioGPT's 64-dim heads: exact in any dtype
         self.dropout = config.attention_probs_dropout_prob
         self.k_proj = nn.Linear(H, H)
         self.v_proj = nn.Linear(H, H)
@@ -209,8 +216,13 @@ class BioGptAttention(nn.Module):
         if mask is None and T > 1:  # a branch, not an expression: T may be symbolic under torch.compile
             causal = True
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal,
-            dropout_p=self.dropout if self.training else 0.0, scale=self.scaling,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=self.scaling,
         )  # (B, H, T, D)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -232,8 +244,9 @@ class BioGptDecoderLayer(nn.Module):
         return self.fc2(x)
 
     def forward(self, x, mask, cache=None, cache_position=None):
-        x = x + F.dropout(self.self_attn(self.self_attn_layer_norm(x), mask, cache, cache_position),
-                          self.dropout, self.training)
+        x = x + F.dropout(
+            self.self_attn(self.self_attn_layer_norm(x), mask, cache, cache_position), self.dropout, self.training
+        )
         x = x + F.dropout(self.mlp(self.final_layer_norm(x)), self.dropout, self.training)
         return x
 
@@ -277,9 +290,15 @@ class BioGptPreTrainedModel(nn.Module):
         return next(self.parameters()).dtype
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | str | None = None,
-                        device: torch.device | str | None = None, *, revision: str | None = None,
-                        **config_overrides):
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        *,
+        revision: str | None = None,
+        **config_overrides,
+    ):
         """Load a Hugging Face-layout model (config.json + safetensors/bin, sharded or not): a local
         directory, a Hub id such as ``microsoft/biogpt`` (``revision``: a branch, tag or commit;
         or ``microsoft/biogpt@v1``) or a pulled release such as ``biogpt:re-ddi`` (:mod:`biogpt.hub`).
@@ -314,8 +333,17 @@ class BioGptModel(BioGptPreTrainedModel):
         if not self.embed_tokens.weight.is_meta:
             self.init_weights()
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, cache_position=None, output_hidden_states=False):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        use_cache=None,
+        cache_position=None,
+        output_hidden_states=False,
+    ):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -327,8 +355,10 @@ class BioGptModel(BioGptPreTrainedModel):
         if isinstance(cache, (tuple, list)):
             cache = KVCache.from_legacy(cache)
         if self.training and self.config.layerdrop > 0.0 and cache is not None:
-            raise ValueError("layerdrop skips layers at random in training, so a skipped layer would have no "
-                             "keys/values: train without past_key_values (or set layerdrop to 0)")
+            raise ValueError(
+                "layerdrop skips layers at random in training, so a skipped layer would have no "
+                "keys/values: train without past_key_values (or set layerdrop to 0)"
+            )
         if cache is None and use_cache and not (self.training and self.config.layerdrop > 0.0):
             cache = KVCache(self.config.num_hidden_layers)
         static = isinstance(cache, StaticKVCache)
@@ -349,8 +379,7 @@ class BioGptModel(BioGptPreTrainedModel):
         max_pos = self.config.max_position_embeddings
         # Reading the max back is a device sync, which a CUDA-graph capture or torch.compile cannot
         # contain; the generation engine validates every prompt + budget up front instead.
-        capturing = torch.compiler.is_compiling() or (
-            position_ids.is_cuda and torch.cuda.is_current_stream_capturing())
+        capturing = torch.compiler.is_compiling() or (position_ids.is_cuda and torch.cuda.is_current_stream_capturing())
         if not capturing and position_ids.numel() and int(position_ids.max()) >= max_pos:
             raise InputTooLongError(
                 f"input reaches position {int(position_ids.max())} but this model has "
@@ -374,8 +403,11 @@ class BioGptModel(BioGptPreTrainedModel):
             if output_hidden_states:
                 hidden_states.append(x)
         x = self.layer_norm(x)
-        return BaseModelOutput(last_hidden_state=x, past_key_values=cache if use_cache else None,
-                               hidden_states=tuple(hidden_states) if hidden_states else None)
+        return BaseModelOutput(
+            last_hidden_state=x,
+            past_key_values=cache if use_cache else None,
+            hidden_states=tuple(hidden_states) if hidden_states else None,
+        )
 
 
 class BioGptForCausalLM(BioGptPreTrainedModel):
@@ -389,11 +421,29 @@ class BioGptForCausalLM(BioGptPreTrainedModel):
         if self.config.tie_word_embeddings:
             self.output_projection.weight = self.biogpt.embed_tokens.weight
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, labels=None, use_cache=None, cache_position=None,
-                output_hidden_states=False, logits_to_keep: int = 0) -> CausalLMOutput:
-        out = self.biogpt(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
-                          use_cache, cache_position, output_hidden_states)
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        cache_position=None,
+        output_hidden_states=False,
+        logits_to_keep: int = 0,
+    ) -> CausalLMOutput:
+        out = self.biogpt(
+            input_ids,
+            attention_mask,
+            position_ids,
+            past_key_values,
+            inputs_embeds,
+            use_cache,
+            cache_position,
+            output_hidden_states,
+        )
         h = out.last_hidden_state
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
@@ -401,10 +451,14 @@ class BioGptForCausalLM(BioGptPreTrainedModel):
         loss = None
         if labels is not None:
             # Next-token loss: position t predicts labels[t + 1]; -100 is ignored (HF convention).
-            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                   labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
-        return CausalLMOutput(logits=logits, loss=loss, past_key_values=out.past_key_values,
-                              hidden_states=out.hidden_states)
+            loss = F.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                labels[:, 1:].reshape(-1).to(logits.device),
+                ignore_index=-100,
+            )
+        return CausalLMOutput(
+            logits=logits, loss=loss, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+        )
 
     def generate(self, input_ids, attention_mask=None, **kwargs):
         """Batched greedy / beam / sampled generation; see :func:`biogpt.generation.generate`."""
@@ -425,11 +479,28 @@ class BioGptForTokenClassification(BioGptPreTrainedModel):
             nn.init.normal_(self.classifier.weight, 0.0, config.initializer_range)
             nn.init.zeros_(self.classifier.bias)
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, labels=None, use_cache=False, output_hidden_states=False,
-                token_type_ids=None) -> TokenClassifierOutput:
-        out = self.biogpt(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
-                          use_cache, None, output_hidden_states)
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=False,
+        output_hidden_states=False,
+        token_type_ids=None,
+    ) -> TokenClassifierOutput:
+        out = self.biogpt(
+            input_ids,
+            attention_mask,
+            position_ids,
+            past_key_values,
+            inputs_embeds,
+            use_cache,
+            None,
+            output_hidden_states,
+        )
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
         loss = None
         if labels is not None:
@@ -449,11 +520,27 @@ class BioGptForSequenceClassification(BioGptPreTrainedModel):
         if not self.score.weight.is_meta:
             nn.init.normal_(self.score.weight, 0.0, config.initializer_range)
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=False
-                ) -> SequenceClassifierOutput:
-        out = self.biogpt(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
-                          use_cache, None, output_hidden_states)
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        output_hidden_states=False,
+    ) -> SequenceClassifierOutput:
+        out = self.biogpt(
+            input_ids,
+            attention_mask,
+            position_ids,
+            past_key_values,
+            inputs_embeds,
+            use_cache,
+            None,
+            output_hidden_states,
+        )
         logits = self.score(out.last_hidden_state)  # (B, T, num_labels)
         B, T = logits.shape[:2]
         if input_ids is not None and self.config.pad_token_id is not None:
@@ -466,8 +553,9 @@ class BioGptForSequenceClassification(BioGptPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self._loss(pooled, labels.to(logits.device))
-        return SequenceClassifierOutput(logits=pooled, loss=loss, past_key_values=out.past_key_values,
-                                        hidden_states=out.hidden_states)
+        return SequenceClassifierOutput(
+            logits=pooled, loss=loss, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+        )
 
     def _loss(self, pooled, labels):
         kind = self.config.problem_type
@@ -479,8 +567,11 @@ class BioGptForSequenceClassification(BioGptPreTrainedModel):
             else:
                 kind = "multi_label_classification"
         if kind == "regression":
-            return F.mse_loss(pooled.squeeze(-1), labels.squeeze(-1).to(pooled.dtype)) if self.num_labels == 1 \
+            return (
+                F.mse_loss(pooled.squeeze(-1), labels.squeeze(-1).to(pooled.dtype))
+                if self.num_labels == 1
                 else F.mse_loss(pooled, labels.to(pooled.dtype))
+            )
         if kind == "single_label_classification":
             return F.cross_entropy(pooled.view(-1, self.num_labels), labels.view(-1))
         return F.binary_cross_entropy_with_logits(pooled, labels.to(pooled.dtype))

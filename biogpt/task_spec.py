@@ -56,16 +56,45 @@ class FineTunedTask:
 
 
 FINE_TUNED_TASKS: tuple[FineTunedTask, ...] = (
-    FineTunedTask("re-bc5cdr", "bc5cdr", "re", r"bc5cdr",
-                  "the relation between {chemical} and {disease} exists", "; ", "relis-relation"),
-    FineTunedTask("re-ddi", "ddi", "re", r"(?<![a-z])ddi(?![a-z])",
-                  "the interaction between {drug} and {target} is {interaction}", "; ", "relis-interaction"),
-    FineTunedTask("re-dti", "kd-dti", "re", r"(?<![a-z])(?:kd-?)?dti(?![a-z])",
-                  "the interaction between {drug} and {target} is {interaction}", "; ", "relis-interaction"),
-    FineTunedTask("qa-pubmedqa", "pubmedqa", "qa", r"pubmedqa|(?<![a-z])qa(?![a-z])",
-                  "the answer to the question given the context is {answer}", None, "qa-answer"),
-    FineTunedTask("dc-hoc", "hoc", "dc", r"(?<![a-z])hoc(?![a-z])",
-                  "the type of this document is {labels}", None, "hoc-type"),
+    FineTunedTask(
+        "re-bc5cdr",
+        "bc5cdr",
+        "re",
+        r"bc5cdr",
+        "the relation between {chemical} and {disease} exists",
+        "; ",
+        "relis-relation",
+    ),
+    FineTunedTask(
+        "re-ddi",
+        "ddi",
+        "re",
+        r"(?<![a-z])ddi(?![a-z])",
+        "the interaction between {drug} and {target} is {interaction}",
+        "; ",
+        "relis-interaction",
+    ),
+    FineTunedTask(
+        "re-dti",
+        "kd-dti",
+        "re",
+        r"(?<![a-z])(?:kd-?)?dti(?![a-z])",
+        "the interaction between {drug} and {target} is {interaction}",
+        "; ",
+        "relis-interaction",
+    ),
+    FineTunedTask(
+        "qa-pubmedqa",
+        "pubmedqa",
+        "qa",
+        r"pubmedqa|(?<![a-z])qa(?![a-z])",
+        "the answer to the question given the context is {answer}",
+        None,
+        "qa-answer",
+    ),
+    FineTunedTask(
+        "dc-hoc", "hoc", "dc", r"(?<![a-z])hoc(?![a-z])", "the type of this document is {labels}", None, "hoc-type"
+    ),
 )
 BY_CHECKPOINT: dict[str, FineTunedTask] = {t.checkpoint: t for t in FINE_TUNED_TASKS}
 BY_NAME: dict[str, FineTunedTask] = {t.name: t for t in FINE_TUNED_TASKS}
@@ -75,29 +104,56 @@ CHECKPOINT_TASKS: tuple[str, ...] = (*BY_CHECKPOINT, "lm")
 RE_TASKS: tuple[str, ...] = tuple(t.name for t in FINE_TUNED_TASKS if t.family == "re")
 TASK_NAMES: tuple[str, ...] = tuple(t.name for t in FINE_TUNED_TASKS)
 
-_TITLE_JOIN = "title + ' ' + abstract when the title ends in a non-word character (regex \\W$), else title + '. ' + abstract"
+_TITLE_JOIN = (
+    "title + ' ' + abstract when the title ends in a non-word character (regex \\W$), else title + '. ' + abstract"
+)
 # Source text of each task, as examples/<task>/rebuild_data.py builds it before Moses + BPE.
 SOURCE_FORMATS: dict[str, dict[str, Any]] = {
-    "re-ddi": {"template": "{abstract}", "lowercase": True,
-               "steps": ["abstract: strip, newlines -> spaces", "lowercase"]},
-    "re-dti": {"template": "{title}{join}{abstract}", "lowercase": True, "title_join": _TITLE_JOIN,
-               "steps": ["join title and abstract", "lowercase"]},
-    "re-bc5cdr": {"template": "{title}{join}{abstract}", "lowercase": True, "title_join": _TITLE_JOIN,
-                  "steps": ["join title and abstract", "lowercase"]},
+    "re-ddi": {
+        "template": "{abstract}",
+        "lowercase": True,
+        "steps": ["abstract: strip, newlines -> spaces", "lowercase"],
+    },
+    "re-dti": {
+        "template": "{title}{join}{abstract}",
+        "lowercase": True,
+        "title_join": _TITLE_JOIN,
+        "steps": ["join title and abstract", "lowercase"],
+    },
+    "re-bc5cdr": {
+        "template": "{title}{join}{abstract}",
+        "lowercase": True,
+        "title_join": _TITLE_JOIN,
+        "steps": ["join title and abstract", "lowercase"],
+    },
     # examples/QA-PubMedQA/ReasoningRequired (the released QA models; data dir pqal_qcl_ansis-bin)
-    "qa-pubmedqa": {"template": "question: {question} context: {context} ", "lowercase": False,
-                    "steps": ["question: strip", "context: CONTEXTS stripped and joined by ' ', newlines -> "
-                              "spaces, whitespace runs collapsed, stripped"]},
+    "qa-pubmedqa": {
+        "template": "question: {question} context: {context} ",
+        "lowercase": False,
+        "steps": [
+            "question: strip",
+            "context: CONTEXTS stripped and joined by ' ', newlines -> spaces, whitespace runs collapsed, stripped",
+        ],
+    },
     # examples/QA-PubMedQA/ReasoningFree (data dir pqal_qcal_ansis-bin): the long answer is in the source
-    "qa-pubmedqa-reasoning-free": {"template": "question: {question} context: {context} answer: {long_answer}",
-                                   "lowercase": False,
-                                   "steps": ["as qa-pubmedqa, then ' answer: ' + LONG_ANSWER stripped"]},
+    "qa-pubmedqa-reasoning-free": {
+        "template": "question: {question} context: {context} answer: {long_answer}",
+        "lowercase": False,
+        "steps": ["as qa-pubmedqa, then ' answer: ' + LONG_ANSWER stripped"],
+    },
     # the first QA recipe (data dir PubMedQA/ansis-bin, from raw/*.tsv lines already in that form)
-    "qa-pubmedqa-legacy": {"template": "question: {question} context: {context} answer: {long_answer}",
-                           "lowercase": True, "append_period": True,
-                           "steps": ["strip", "lowercase", "append '.' unless it ends with '.'"]},
-    "dc-hoc": {"template": "{text}", "lowercase": False, "append_period": True,
-               "steps": ["strip", "append '.' unless it ends with '.'"]},
+    "qa-pubmedqa-legacy": {
+        "template": "question: {question} context: {context} answer: {long_answer}",
+        "lowercase": True,
+        "append_period": True,
+        "steps": ["strip", "lowercase", "append '.' unless it ends with '.'"],
+    },
+    "dc-hoc": {
+        "template": "{text}",
+        "lowercase": False,
+        "append_period": True,
+        "steps": ["strip", "append '.' unless it ends with '.'"],
+    },
 }
 # Target text and the parser name the post-processing uses (examples/<task>/postprocess.py).
 
@@ -111,18 +167,40 @@ def guess_task(strings: list[str]) -> str | None:
     return None
 
 
-def task_spec(task: str, *, learned: list[str], prompt_ids: list[int], sep_token_id: int | None,
-              max_source: int | None, max_target: int, truncation_id: int | None, pad_id: int, eos_id: int,
-              data_path: str = "") -> dict[str, Any]:
+def task_spec(
+    task: str,
+    *,
+    learned: list[str],
+    prompt_ids: list[int],
+    sep_token_id: int | None,
+    max_source: int | None,
+    max_target: int,
+    truncation_id: int | None,
+    pad_id: int,
+    eos_id: int,
+    data_path: str = "",
+) -> dict[str, Any]:
     """The content of biomine_task.json (documented in docs/convert.md)."""
-    spec: dict[str, Any] = {"biomine_task_version": TASK_FILE_VERSION, "task": task,
-                            "learned_prompt": len(learned), "prompt_tokens": learned, "prompt_token_ids": prompt_ids,
-                            "max_target_positions": max_target}
+    spec: dict[str, Any] = {
+        "biomine_task_version": TASK_FILE_VERSION,
+        "task": task,
+        "learned_prompt": len(learned),
+        "prompt_tokens": learned,
+        "prompt_token_ids": prompt_ids,
+        "max_target_positions": max_target,
+    }
     if task == "lm":
         # README / fairseq hub generation of the pre-trained model: beam 5, min_len 100, max_len_b 1024.
-        spec["decoding"] = {"strategy": "beam", "num_beams": 5, "length_penalty": 1.0, "min_len": 100,
-                            "max_len_b": 1024, "max_len": min(1024, max_target - 1), "ban_token_ids": [pad_id],
-                            "eos_token_id": eos_id}
+        spec["decoding"] = {
+            "strategy": "beam",
+            "num_beams": 5,
+            "length_penalty": 1.0,
+            "min_len": 100,
+            "max_len_b": 1024,
+            "max_len": min(1024, max_target - 1),
+            "ban_token_ids": [pad_id],
+            "eos_token_id": eos_id,
+        }
         spec["output_grammar"] = None
         return spec
     source_key = task
@@ -134,23 +212,33 @@ def task_spec(task: str, *, learned: list[str], prompt_ids: list[int], sep_token
             source_key = "qa-pubmedqa-legacy"
     fine_tuned = BY_CHECKPOINT[task]
     template, separator, grammar = fine_tuned.target, fine_tuned.separator, fine_tuned.grammar
-    spec.update({
-        # layout of language_model_prompt_dataset.collate (prefix False): </s> source learned1..N target
-        "prompt_layout": "prompt_source_sep" if sep_token_id is not None else "source_prompt",
-        "sep_token_id": sep_token_id,
-        "max_source_positions": max_source,
-        "truncation_marker": TRUNCATION_MARKER, "truncation_marker_id": truncation_id,
-        "truncation": "a source longer than max_source_positions keeps its first max_source_positions - 1 ids "
-                      "followed by the truncation marker",
-        "source_format": {"name": source_key, **SOURCE_FORMATS[source_key]},
-        "target_format": {"template": template, "separator": separator, "final": "."},
-        # inference.py: sample(beam=1) -> greedy; <pad> never chosen; min(max_len_b, positions - 1) steps
-        # after the leading </s>, prompt included; at the last step only </s> is allowed.
-        "decoding": {"strategy": "greedy", "num_beams": 1, "do_sample": False, "min_len": 1,
-                     "max_len_b": 1024, "max_len": min(1024, max_target - 1), "ban_token_ids": [pad_id],
-                     "eos_token_id": eos_id},
-        "output_grammar": grammar,
-    })
+    spec.update(
+        {
+            # layout of language_model_prompt_dataset.collate (prefix False): </s> source learned1..N target
+            "prompt_layout": "prompt_source_sep" if sep_token_id is not None else "source_prompt",
+            "sep_token_id": sep_token_id,
+            "max_source_positions": max_source,
+            "truncation_marker": TRUNCATION_MARKER,
+            "truncation_marker_id": truncation_id,
+            "truncation": "a source longer than max_source_positions keeps its first max_source_positions - 1 ids "
+            "followed by the truncation marker",
+            "source_format": {"name": source_key, **SOURCE_FORMATS[source_key]},
+            "target_format": {"template": template, "separator": separator, "final": "."},
+            # inference.py: sample(beam=1) -> greedy; <pad> never chosen; min(max_len_b, positions - 1) steps
+            # after the leading </s>, prompt included; at the last step only </s> is allowed.
+            "decoding": {
+                "strategy": "greedy",
+                "num_beams": 1,
+                "do_sample": False,
+                "min_len": 1,
+                "max_len_b": 1024,
+                "max_len": min(1024, max_target - 1),
+                "ban_token_ids": [pad_id],
+                "eos_token_id": eos_id,
+            },
+            "output_grammar": grammar,
+        }
+    )
     return spec
 
 
@@ -165,15 +253,18 @@ def read_task_spec(path: str | Path) -> dict[str, Any]:
     """``biomine_task.json`` of a converted model directory."""
     file = Path(path) / TASK_FILE if Path(path).is_dir() else Path(path)
     if not file.exists():
-        raise CheckpointError(f"no {TASK_FILE} in {path}: convert the fairseq checkpoint with "
-                              "`biomine convert fairseq SRC DST`")
+        raise CheckpointError(
+            f"no {TASK_FILE} in {path}: convert the fairseq checkpoint with `biomine convert fairseq SRC DST`"
+        )
     try:
         spec = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{file} is not valid JSON ({exc}); convert the checkpoint again") from None
     if spec.get("biomine_task_version") != TASK_FILE_VERSION:
-        raise CheckpointError(f"{file} has version {spec.get('biomine_task_version')}, this biomine reads "
-                              f"{TASK_FILE_VERSION}; convert the checkpoint again")
+        raise CheckpointError(
+            f"{file} has version {spec.get('biomine_task_version')}, this biomine reads "
+            f"{TASK_FILE_VERSION}; convert the checkpoint again"
+        )
     return spec
 
 
@@ -218,8 +309,10 @@ class TaskSettings:
 
         n = integer("learned_prompt", 1)
         ids = spec.get("prompt_token_ids")
-        if not isinstance(ids, list) or len(ids) != n or not all(
-            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids
+        if (
+            not isinstance(ids, list)
+            or len(ids) != n
+            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
         ):
             raise TaskSettingsError(f"{where}: prompt_token_ids must be {n} non-negative integers, got {ids!r}")
         source, target = integer("max_source_positions", 1), integer("max_target_positions", 2)
@@ -270,5 +363,3 @@ def load_task_settings(model_dir: str | Path, task: str | None = None) -> TaskSe
             f"{model_dir} is a {settings.task} checkpoint, not {task}: pass --task {settings.task} or a {task} model"
         )
     return settings
-
-

@@ -94,26 +94,49 @@ def write_vocab(out_dir: str | Path, texts: Iterable[str], num_merges: int = 300
     return len(vocab)
 
 
-def make_tiny_checkpoint(out_dir: str | Path, texts: Iterable[str], *, hidden_size: int = 32,
-                         num_hidden_layers: int = 2, num_attention_heads: int = 4, intermediate_size: int = 64,
-                         max_position_embeddings: int = 256, num_merges: int = 300, seed: int = 0,
-                         model_cls=BioGptForCausalLM, vocab_size: int | None = None, **config_kwargs) -> Path:
+def make_tiny_checkpoint(
+    out_dir: str | Path,
+    texts: Iterable[str],
+    *,
+    hidden_size: int = 32,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    intermediate_size: int = 64,
+    max_position_embeddings: int = 256,
+    num_merges: int = 300,
+    seed: int = 0,
+    model_cls=BioGptForCausalLM,
+    vocab_size: int | None = None,
+    **config_kwargs,
+) -> Path:
     """Write a random BioGPT of the given size with a vocabulary learned from ``texts`` (padded with
     unused symbols to ``vocab_size`` when given, e.g. 42,384 for a BioGPT-base sized benchmark)."""
     out_dir = Path(out_dir)
     vocab_size = write_vocab(out_dir, list(texts), num_merges, pad_to=vocab_size)
-    config = BioGptConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
-                          num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
-                          max_position_embeddings=max_position_embeddings,
-                          extra={"architectures": [model_cls.__name__]}, **config_kwargs)
+    config = BioGptConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        extra={"architectures": [model_cls.__name__]},
+        **config_kwargs,
+    )
     torch.manual_seed(seed)
     model_cls(config).save_pretrained(out_dir)
     return out_dir
 
 
-def make_tiny_task_checkpoint(out_dir: str | Path, texts: Iterable[str], *, task: str = "re-ddi",
-                              learned_prompt: int = 9, max_source_positions: int | None = None,
-                              **kwargs) -> Path:
+def make_tiny_task_checkpoint(
+    out_dir: str | Path,
+    texts: Iterable[str],
+    *,
+    task: str = "re-ddi",
+    learned_prompt: int = 9,
+    max_source_positions: int | None = None,
+    **kwargs,
+) -> Path:
     """Write a tiny random prompt-tuned task checkpoint in the layout ``biomine convert fairseq`` writes.
 
     Like :func:`make_tiny_checkpoint` (same keyword arguments and defaults: ``hidden_size``,
@@ -141,8 +164,9 @@ def make_tiny_task_checkpoint(out_dir: str | Path, texts: Iterable[str], *, task
     n_prompt = 0 if task == "lm" else learned_prompt
     if task != "lm" and n_prompt < 1:
         raise ValueError(f"a prompt-tuned task checkpoint needs learned_prompt >= 1, got {learned_prompt}")
-    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                 max_position_embeddings=256)
+    sizes = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=256
+    )
     sizes.update({k: kwargs.pop(k) for k in list(kwargs) if k in sizes})
     num_merges, seed = kwargs.pop("num_merges", 300), kwargs.pop("seed", 0)
     vocab_size = kwargs.pop("vocab_size", None)  # total, learned prompt tokens included
@@ -150,13 +174,16 @@ def make_tiny_task_checkpoint(out_dir: str | Path, texts: Iterable[str], *, task
     if task != "lm":
         room = max_target - n_prompt - 2  # </s> + source + prompt, and one position to generate
         if room < 1:
-            raise ValueError(f"max_position_embeddings={max_target} leaves no room for a source with "
-                             f"{n_prompt} prompt tokens")
+            raise ValueError(
+                f"max_position_embeddings={max_target} leaves no room for a source with {n_prompt} prompt tokens"
+            )
         if max_source_positions is None:
             max_source_positions = min(max_target * 5 // 8, room)
         if not 1 <= max_source_positions <= room:
-            raise ValueError(f"max_source_positions must be in 1..{room} for max_position_embeddings="
-                             f"{max_target} and {n_prompt} prompt tokens, got {max_source_positions}")
+            raise ValueError(
+                f"max_source_positions must be in 1..{room} for max_position_embeddings="
+                f"{max_target} and {n_prompt} prompt tokens, got {max_source_positions}"
+            )
 
     out_dir = Path(out_dir)
     write_vocab(out_dir, list(texts), num_merges)
@@ -175,16 +202,25 @@ def make_tiny_task_checkpoint(out_dir: str | Path, texts: Iterable[str], *, task
     tokenizer.add_tokens(learned)  # as the converter does: ids V0..V0+N-1 after the vocabulary
     tokenizer.save_pretrained(out_dir)
 
-    config = BioGptConfig(vocab_size=len(tokenizer), **sizes, extra={"architectures": ["BioGptForCausalLM"]},
-                          **kwargs)
+    config = BioGptConfig(vocab_size=len(tokenizer), **sizes, extra={"architectures": ["BioGptForCausalLM"]}, **kwargs)
     torch.manual_seed(seed)
     BioGptForCausalLM(config).save_pretrained(out_dir)
-    spec = task_spec(task, learned=learned, prompt_ids=tokenizer.convert_tokens_to_ids(learned),
-                     sep_token_id=None, max_source=max_source_positions if task != "lm" else None,
-                     max_target=max_target,
-                     truncation_id=tokenizer.convert_tokens_to_ids(marker) if task != "lm" else None,
-                     pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
-    spec["converted_from"] = {"checkpoint": None, "fairseq_task": None, "arch": "tiny random (biogpt.tiny)",
-                              "data": None}
+    spec = task_spec(
+        task,
+        learned=learned,
+        prompt_ids=tokenizer.convert_tokens_to_ids(learned),
+        sep_token_id=None,
+        max_source=max_source_positions if task != "lm" else None,
+        max_target=max_target,
+        truncation_id=tokenizer.convert_tokens_to_ids(marker) if task != "lm" else None,
+        pad_id=tokenizer.pad_token_id,
+        eos_id=tokenizer.eos_token_id,
+    )
+    spec["converted_from"] = {
+        "checkpoint": None,
+        "fairseq_task": None,
+        "arch": "tiny random (biogpt.tiny)",
+        "data": None,
+    }
     write_task_spec(spec, out_dir)
     return out_dir

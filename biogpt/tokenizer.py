@@ -77,16 +77,35 @@ END_OF_WORD = "</w>"
 DEFAULT_MODEL_MAX_LENGTH = 1024  # tokenizer_config.json of every published BioGPT repo
 
 # Moses' XML escapes (sacremoses MosesTokenizer.MOSES_ESCAPE_XML_REGEXES) and what they stand for.
-_ESCAPES = {"&amp;": "&", "&#124;": "|", "&lt;": "<", "&gt;": ">", "&apos;": "'", "&quot;": '"',
-            "&#91;": "[", "&#93;": "]"}
+_ESCAPES = {
+    "&amp;": "&",
+    "&#124;": "|",
+    "&lt;": "<",
+    "&gt;": ">",
+    "&apos;": "'",
+    "&quot;": '"',
+    "&#91;": "[",
+    "&#93;": "]",
+}
 _ESCAPE_RE = re.compile("|".join(re.escape(e) for e in _ESCAPES))
 _DASH_SPLIT = "@-@"  # aggressive_dash_splits turns the "-" of "a-b" into this token
 
-_PADDING = {False: "do_not_pad", "do_not_pad": "do_not_pad", True: "longest", "longest": "longest",
-            "max_length": "max_length"}
-_TRUNCATION = {None: "do_not_truncate", False: "do_not_truncate", "do_not_truncate": "do_not_truncate",
-               True: "longest_first", "longest_first": "longest_first", "only_first": "only_first",
-               "only_second": "only_second"}
+_PADDING = {
+    False: "do_not_pad",
+    "do_not_pad": "do_not_pad",
+    True: "longest",
+    "longest": "longest",
+    "max_length": "max_length",
+}
+_TRUNCATION = {
+    None: "do_not_truncate",
+    False: "do_not_truncate",
+    "do_not_truncate": "do_not_truncate",
+    True: "longest_first",
+    "longest_first": "longest_first",
+    "only_first": "only_first",
+    "only_second": "only_second",
+}
 _HUGE = int(1e20)  # transformers' "no limit" model_max_length is 1e30; anything above this is "none"
 
 
@@ -123,9 +142,11 @@ class _FastMosesTokenizer(MosesTokenizer):
             if len(token) < 2 or token[-1] != ".":
                 continue
             prefix = token[:-1]
-            if (("." in prefix and self.isanyalpha(prefix))
-                    or (prefix in self._nonbreaking and prefix not in self._numeric_only)
-                    or (i != last and self.islower(tokens[i + 1][0]))):
+            if (
+                ("." in prefix and self.isanyalpha(prefix))
+                or (prefix in self._nonbreaking and prefix not in self._numeric_only)
+                or (i != last and self.islower(tokens[i + 1][0]))
+            ):
                 continue
             if prefix in self._numeric_only and i < last and "0" <= tokens[i + 1][0] <= "9":
                 continue
@@ -189,8 +210,10 @@ def read_fairseq_dict(path: str | Path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise TokenizerError(f"fairseq dictionary {path} does not exist; pass the dict.txt shipped with "
-                             "the checkpoint (BioGPT's data/dict.txt)") from None
+        raise TokenizerError(
+            f"fairseq dictionary {path} does not exist; pass the dict.txt shipped with "
+            "the checkpoint (BioGPT's data/dict.txt)"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TokenizerError(f"cannot read fairseq dictionary {path}: {exc}") from None
     symbols: list[str] = []
@@ -201,11 +224,13 @@ def read_fairseq_dict(path: str | Path) -> list[str]:
             continue
         symbol, _, count = line.rpartition(" ")
         if not symbol or not count.lstrip("-").isdigit():
-            raise TokenizerError(f"{path}:{lineno}: expected '<token> <count>', got {line[:80]!r}; "
-                                 "is this a fairseq dict.txt?")
+            raise TokenizerError(
+                f"{path}:{lineno}: expected '<token> <count>', got {line[:80]!r}; is this a fairseq dict.txt?"
+            )
         if symbol in seen:
-            raise TokenizerError(f"{path}:{lineno}: duplicate token {symbol!r}; a fairseq dict.txt lists "
-                                 "each token once")
+            raise TokenizerError(
+                f"{path}:{lineno}: duplicate token {symbol!r}; a fairseq dict.txt lists each token once"
+            )
         seen.add(symbol)
         symbols.append(symbol)
     if not symbols:
@@ -252,21 +277,32 @@ class BioGptTokenizer:
     #: Moses tokens whose BPE is cached; past this the cache is emptied (bounds memory on huge corpora).
     cache_size = 500_000
 
-    def __init__(self, vocab_file: str | Path | None = None, merges_file: str | Path | None = None, *,
-                 added_tokens: Sequence[str] = (), model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
-                 padding_side: str = "right", truncation_side: str = "right",
-                 _encoder: dict[str, int] | None = None, _merges: list[tuple[str, str]] | None = None,
-                 _source: str | None = None) -> None:
+    def __init__(
+        self,
+        vocab_file: str | Path | None = None,
+        merges_file: str | Path | None = None,
+        *,
+        added_tokens: Sequence[str] = (),
+        model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+        padding_side: str = "right",
+        truncation_side: str = "right",
+        _encoder: dict[str, int] | None = None,
+        _merges: list[tuple[str, str]] | None = None,
+        _source: str | None = None,
+    ) -> None:
         if _encoder is None:
             if vocab_file is None or merges_file is None:
-                raise TokenizerError("BioGptTokenizer needs vocab_file and merges_file (or use "
-                                     "BioGptTokenizer.from_pretrained(dir) / from_fairseq(dict.txt, bpecodes))")
+                raise TokenizerError(
+                    "BioGptTokenizer needs vocab_file and merges_file (or use "
+                    "BioGptTokenizer.from_pretrained(dir) / from_fairseq(dict.txt, bpecodes))"
+                )
             vocab_path, merges_path = Path(vocab_file), Path(merges_file)
             if not vocab_path.is_file():
                 raise TokenizerError(f"vocabulary file {vocab_path} does not exist; pass a BioGPT vocab.json")
             _encoder = _read_json(vocab_path, "vocabulary")
             if not isinstance(_encoder, dict) or not all(
-                    isinstance(k, str) and isinstance(v, int) for k, v in _encoder.items()):
+                isinstance(k, str) and isinstance(v, int) for k, v in _encoder.items()
+            ):
                 raise TokenizerError(f"{vocab_path} must map token strings to integer ids")
             _merges = _read_merges(merges_path, hf_format=True)
             _source = str(vocab_path.parent)
@@ -275,8 +311,10 @@ class BioGptTokenizer:
         self.source = _source
         missing = [t for t in SPECIAL_TOKENS if t not in self.encoder]
         if missing:
-            raise TokenizerError(f"vocabulary of {_source} lacks the special tokens {missing}; a BioGPT "
-                                 "vocabulary starts with <s> <pad> </s> <unk> (ids 0-3)")
+            raise TokenizerError(
+                f"vocabulary of {_source} lacks the special tokens {missing}; a BioGPT "
+                "vocabulary starts with <s> <pad> </s> <unk> (ids 0-3)"
+            )
         self.decoder: dict[int, str] = {v: k for k, v in self.encoder.items()}
         if len(self.decoder) != len(self.encoder):
             raise TokenizerError(f"vocabulary of {_source} maps several tokens to one id")
@@ -298,8 +336,9 @@ class BioGptTokenizer:
         for symbol in symbols:
             piece = _fairseq_to_piece(symbol)
             if piece in encoder:  # e.g. "x</w>@@" and "x" both become "x</w>"
-                raise TokenizerError(f"{dict_file}: symbols {symbol!r} and another map to the same "
-                                     f"vocabulary entry {piece!r}")
+                raise TokenizerError(
+                    f"{dict_file}: symbols {symbol!r} and another map to the same vocabulary entry {piece!r}"
+                )
             encoder[piece] = len(encoder)
         merges = _read_merges(Path(bpecodes_file), hf_format=False)
         return cls(_encoder=encoder, _merges=merges, _source=str(Path(dict_file).parent), **kwargs)
@@ -317,8 +356,10 @@ class BioGptTokenizer:
 
         path = resolve(path, revision).path
         if not path.is_dir():
-            raise TokenizerError(f"tokenizer directory {path} does not exist (or is a file); pass the model "
-                                 f"directory holding {VOCAB_FILE} + {MERGES_FILE} or {DICT_FILE} + {BPECODES_FILE}")
+            raise TokenizerError(
+                f"tokenizer directory {path} does not exist (or is a file); pass the model "
+                f"directory holding {VOCAB_FILE} + {MERGES_FILE} or {DICT_FILE} + {BPECODES_FILE}"
+            )
         config_file = path / TOKENIZER_CONFIG_FILE
         if config_file.exists():
             config = _read_json(config_file, "tokenizer config")
@@ -338,7 +379,8 @@ class BioGptTokenizer:
                 f"no tokenizer files in {path}: expected {VOCAB_FILE} + {MERGES_FILE} (transformers layout) or "
                 f"{DICT_FILE} + {BPECODES_FILE} (fairseq layout); found {present or 'nothing'}. For an original "
                 "BioGPT checkpoint run `biomine convert fairseq SRC DST`, or copy BioGPT's data/dict.txt and "
-                "data/bpecodes next to it")
+                "data/bpecodes next to it"
+            )
         added_file = path / ADDED_TOKENS_FILE
         if added_file.exists():
             tok._load_added_tokens(added_file)
@@ -354,7 +396,8 @@ class BioGptTokenizer:
             if idx != self._next_id or token in self.encoder:
                 raise TokenizerError(
                     f"{file}: {token!r} has id {idx} but the next free id is {self._next_id}; added tokens "
-                    "must follow the vocabulary without gaps (learned prompt tokens sit at V0, V0+1, ...)")
+                    "must follow the vocabulary without gaps (learned prompt tokens sit at V0, V0+1, ...)"
+                )
             self.add_tokens([token])
 
     def _init_runtime(self) -> None:
@@ -385,8 +428,10 @@ class BioGptTokenizer:
         return len(self.encoder) + len(self.added_tokens_encoder)
 
     def __repr__(self) -> str:
-        return (f"BioGptTokenizer(source={self.source!r}, vocab_size={self.vocab_size}, "
-                f"added_tokens={len(self.added_tokens_encoder)}, model_max_length={self.model_max_length})")
+        return (
+            f"BioGptTokenizer(source={self.source!r}, vocab_size={self.vocab_size}, "
+            f"added_tokens={len(self.added_tokens_encoder)}, model_max_length={self.model_max_length})"
+        )
 
     @property
     def bos_token_id(self) -> int:
@@ -619,19 +664,28 @@ class BioGptTokenizer:
         units: list[tuple[int, str]] = []
         i = 0
         for m in _ESCAPE_RE.finditer(word):
-            units.extend((1, c) for c in word[i:m.start()])
+            units.extend((1, c) for c in word[i : m.start()])
             units.append((m.end() - m.start(), _ESCAPES[m.group()]))
             i = m.end()
         units.extend((1, c) for c in word[i:])
         return units
 
     # --- encoding ----------------------------------------------------------------------------------
-    def __call__(self, text: str | Sequence[str], text_pair: str | Sequence[str] | None = None, *,
-                 add_special_tokens: bool = True, padding: bool | str = False,
-                 truncation: bool | str | None = None, max_length: int | None = None,
-                 pad_to_multiple_of: int | None = None, padding_side: str | None = None,
-                 return_tensors: str | None = None, return_attention_mask: bool = True,
-                 return_offsets_mapping: bool = False) -> BatchEncoding:
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        text_pair: str | Sequence[str] | None = None,
+        *,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_tensors: str | None = None,
+        return_attention_mask: bool = True,
+        return_offsets_mapping: bool = False,
+    ) -> BatchEncoding:
         """Encode one text (lists in the result) or a list of texts (lists of lists), as transformers.
 
         ``padding``: False, True/'longest', 'max_length'; ``truncation``: True/'longest_first',
@@ -675,8 +729,9 @@ class BioGptTokenizer:
                 n_special = (1 if ids_b is None else 2) if add_special_tokens else 0
                 excess = len(ids_a) + len(ids_b or ()) + n_special - limit
                 if excess > 0:
-                    cut_a, cut_b = self._truncation_counts(len(ids_a), None if ids_b is None else len(ids_b),
-                                                           excess, trunc_mode)
+                    cut_a, cut_b = self._truncation_counts(
+                        len(ids_a), None if ids_b is None else len(ids_b), excess, trunc_mode
+                    )
                     ids_a, off_a = self._cut(ids_a, off_a, cut_a)
                     if ids_b is not None:
                         ids_b, off_b = self._cut(ids_b, off_b, cut_b)
@@ -724,8 +779,7 @@ class BioGptTokenizer:
             if return_tensors != "pt":
                 raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
             if len({len(r) for r in rows_ids}) > 1:
-                raise ValueError("texts have different lengths: pass padding=True (or 'max_length') to "
-                                 "build tensors")
+                raise ValueError("texts have different lengths: pass padding=True (or 'max_length') to build tensors")
             import torch
 
             return BatchEncoding({k: torch.tensor(v, dtype=torch.long) for k, v in out.items()})
@@ -753,8 +807,7 @@ class BioGptTokenizer:
             return ids[n:], offsets[n:] if offsets is not None else None
         return ids[:-n], offsets[:-n] if offsets is not None else None
 
-    def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True,
-               **kwargs) -> list[int]:
+    def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True, **kwargs) -> list[int]:
         """Ids of one text (or pair); keyword arguments as for ``__call__`` (e.g. truncation)."""
         return self(text, text_pair, add_special_tokens=add_special_tokens, **kwargs)["input_ids"]
 
@@ -790,8 +843,9 @@ class BioGptTokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         prefix = f"{filename_prefix}-" if filename_prefix else ""
         vocab_file, merges_file = directory / f"{prefix}{VOCAB_FILE}", directory / f"{prefix}{MERGES_FILE}"
-        vocab_file.write_text(json.dumps(self.encoder, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-                              encoding="utf-8")
+        vocab_file.write_text(
+            json.dumps(self.encoder, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         merges_file.write_text("".join(f"{a} {b}\n" for a, b in self.merges), encoding="utf-8")
         return str(vocab_file), str(merges_file)
 
@@ -806,21 +860,29 @@ class BioGptTokenizer:
         decoder_entries = {}
         for token in SPECIAL_TOKENS:
             decoder_entries[str(self.encoder[token])] = dict(
-                content=token, lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)
+                content=token, lstrip=False, normalized=False, rstrip=False, single_word=False, special=True
+            )
         for idx, token in self.added_tokens_decoder.items():
             decoder_entries[str(idx)] = dict(
-                content=token, lstrip=False, normalized=False, rstrip=False, single_word=False, special=False)
+                content=token, lstrip=False, normalized=False, rstrip=False, single_word=False, special=False
+            )
         special_map = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "sep_token": EOS, "unk_token": UNK}
-        config = {"added_tokens_decoder": decoder_entries, **special_map,
-                  "clean_up_tokenization_spaces": False, "model_max_length": self.model_max_length,
-                  "padding_side": self.padding_side, "tokenizer_class": "BioGptTokenizer"}
+        config = {
+            "added_tokens_decoder": decoder_entries,
+            **special_map,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": self.model_max_length,
+            "padding_side": self.padding_side,
+            "tokenizer_class": "BioGptTokenizer",
+        }
         files = {TOKENIZER_CONFIG_FILE: config, SPECIAL_TOKENS_MAP_FILE: special_map}
         if self.added_tokens_encoder:
             files[ADDED_TOKENS_FILE] = self.added_tokens_encoder
         else:
             (directory / ADDED_TOKENS_FILE).unlink(missing_ok=True)  # stale from an earlier save
         for name, data in files.items():
-            (directory / name).write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-                                          encoding="utf-8")
+            (directory / name).write_text(
+                json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
             written.append(str(directory / name))
         return tuple(written)

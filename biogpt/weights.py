@@ -40,8 +40,15 @@ TORCH_WEIGHTS = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
 HEAD_KEYS = {"output_projection.weight", "classifier.weight", "classifier.bias", "score.weight"}
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -86,8 +93,10 @@ def _iter_tensors(files: list[Path]):
                     for key in f.keys():
                         yield key, f.get_tensor(key)
             except SafetensorError as exc:  # truncated download, or not a safetensors file at all
-                raise CheckpointError(f"cannot read {file}: {exc}; the file is damaged or incomplete: "
-                                      "download, convert or save the model again") from None
+                raise CheckpointError(
+                    f"cannot read {file}: {exc}; the file is damaged or incomplete: "
+                    "download, convert or save the model again"
+                ) from None
         else:
             state = load_torch_pickle(file)
             if "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -95,8 +104,13 @@ def _iter_tensors(files: list[Path]):
             yield from state.items()
 
 
-def load_torch_pickle(path: Path, admitted: list[Any] | None = None, *, admits: str = "",
-                      hint: str = "save the model with safetensors (save_pretrained) instead") -> Any:
+def load_torch_pickle(
+    path: Path,
+    admitted: list[Any] | None = None,
+    *,
+    admits: str = "",
+    hint: str = "save the model with safetensors (save_pretrained) instead",
+) -> Any:
     """``torch.load`` of ``path`` on CPU that runs no code the file names.
 
     torch's ``weights_only`` unpickler calls nothing but tensor rebuilds and plain containers, plus
@@ -123,17 +137,22 @@ def load_torch_pickle(path: Path, admitted: list[Any] | None = None, *, admits: 
         text = str(exc)
         if not re.search(r"GLOBAL |unrecognized function|Can only (create|build)", text):
             detail = re.search(r"WeightsUnpickler error: \s*(.+)", text)
-            raise CheckpointError(f"{path} is not a torch checkpoint ({detail.group(1).strip() if detail else text[:200]}); "
-                                  "the file is damaged or not a checkpoint") from None
+            raise CheckpointError(
+                f"{path} is not a torch checkpoint ({detail.group(1).strip() if detail else text[:200]}); "
+                "the file is damaged or not a checkpoint"
+            ) from None
         allowed = "tensors and plain containers" + (f", {admits}" if admits else "")
         raise CheckpointError(
             f"{path} refused: its pickle names {_refused_globals(path, text, pickled_names(admitted or []))}, which "
             f"biomine does not load from a model file (loading it could run code; admitted: {allowed}); "
-            f"{hint}") from None
+            f"{hint}"
+        ) from None
     except (RuntimeError, EOFError, ValueError, UnicodeDecodeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {first}); the "
-                              "file is damaged or incomplete: download or save it again") from None
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {first}); the "
+            "file is damaged or incomplete: download or save it again"
+        ) from None
 
 
 def pickled_names(admitted: list[Any]) -> set[str]:
@@ -156,7 +175,7 @@ def _refused_globals(path: Path, message: str, admitted: set[str]) -> str:
 def _target_key(key: str, prefix: str) -> str:
     """Map a checkpoint key onto this class's naming (prefix ``biogpt.`` or none)."""
     key = re.sub(r"^(model\.|decoder\.)", "", key)  # tolerate common wrappers
-    bare = key[len("biogpt."):] if key.startswith("biogpt.") else key
+    bare = key[len("biogpt.") :] if key.startswith("biogpt.") else key
     if bare in HEAD_KEYS:
         return bare
     return f"{prefix}.{bare}" if prefix else bare
@@ -206,8 +225,11 @@ def load_pretrained(cls, path, dtype=None, device=None, **config_overrides):
     if tied and "output_projection.weight" in state:
         emb = state[f"{prefix}.embed_tokens.weight" if prefix else "embed_tokens.weight"]
         if not torch.equal(state["output_projection.weight"], emb):
-            log.warning("%s: output_projection differs from embed_tokens although tie_word_embeddings is "
-                        "set; using embed_tokens for both (as transformers does)", path)
+            log.warning(
+                "%s: output_projection differs from embed_tokens although tie_word_embeddings is "
+                "set; using embed_tokens for both (as transformers does)",
+                path,
+            )
         del state["output_projection.weight"]
     missing = sorted(set(expected) - set(state) - ({"output_projection.weight"} if tied else set()))
     missing_heads = [k for k in missing if k in HEAD_KEYS]
@@ -219,8 +241,11 @@ def load_pretrained(cls, path, dtype=None, device=None, **config_overrides):
     for key in missing_heads:  # a new task head on a pre-trained body
         log.warning("%s: %s is not in the checkpoint and is freshly initialised: train it before use", path, key)
         shape = expected[key]
-        t = torch.zeros(shape, dtype=dtype) if key.endswith("bias") else torch.empty(shape, dtype=dtype).normal_(
-            0.0, config.initializer_range)
+        t = (
+            torch.zeros(shape, dtype=dtype)
+            if key.endswith("bias")
+            else torch.empty(shape, dtype=dtype).normal_(0.0, config.initializer_range)
+        )
         state[key] = t
     model.load_state_dict(state, strict=not tied, assign=True)
     model.tie_weights()
@@ -271,5 +296,6 @@ def save_pretrained(model, path, max_shard_size=None) -> None:
         name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, str(path / name), metadata={"format": "pt"})
         weight_map.update({k: name for k in shard})
-    (path / SAFE_INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                              indent=2) + "\n")
+    (path / SAFE_INDEX).write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
+    )

@@ -29,9 +29,24 @@ from __future__ import annotations
 from biogpt.errors import BioMineError, CheckpointError, ConfigError, TaskSettingsError
 
 __all__ = [
-    "BioMineError", "CheckpointError", "ConfigError", "TaskSettingsError", "JobConfigError", "IngestError",
-    "PubmedXMLError", "EutilsError", "StoreError", "StorageError", "ShardStateError", "StageError", "WrongModelError",
-    "DataFormatError", "RecordError", "LabelSchemeError", "UnknownTaskError", "EvaluationError",
+    "BioMineError",
+    "CheckpointError",
+    "ConfigError",
+    "TaskSettingsError",
+    "JobConfigError",
+    "IngestError",
+    "PubmedXMLError",
+    "EutilsError",
+    "StoreError",
+    "StorageError",
+    "ShardStateError",
+    "StageError",
+    "WrongModelError",
+    "DataFormatError",
+    "RecordError",
+    "LabelSchemeError",
+    "UnknownTaskError",
+    "EvaluationError",
     "NerTrainingError",
 ]
 

@@ -20,8 +20,17 @@ class Progress:
     ``bar``: True a tqdm bar, False log lines, None a bar only when stderr is a terminal.
     """
 
-    def __init__(self, total: int | None, *, unit: str, desc: str, bar: bool | None = None,
-                 logger: logging.Logger | None = None, every: float = 30.0, initial: int = 0):
+    def __init__(
+        self,
+        total: int | None,
+        *,
+        unit: str,
+        desc: str,
+        bar: bool | None = None,
+        logger: logging.Logger | None = None,
+        every: float = 30.0,
+        initial: int = 0,
+    ):
         self.total, self.unit, self.desc = total, unit, desc
         self.count = initial
         self.start_count = initial
@@ -74,8 +83,18 @@ class Progress:
         if not final and self.total is not None and rate > 0 and self.count < self.total:
             left = f", about {_duration((self.total - self.count) / rate)} left"
         extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
-        self.log.info("%s: %d%s %s%s (%.1f %s/s%s)%s", self.desc, self.count, of, self.unit + "s",
-                      " done" if final else "", rate, self.unit, left, extra)
+        self.log.info(
+            "%s: %d%s %s%s (%.1f %s/s%s)%s",
+            self.desc,
+            self.count,
+            of,
+            self.unit + "s",
+            " done" if final else "",
+            rate,
+            self.unit,
+            left,
+            extra,
+        )
 
 
 def _duration(seconds: float) -> str:

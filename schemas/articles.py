@@ -92,8 +92,9 @@ _AUTHOR = pa.struct(
 )
 _SECTION = pa.struct([("label", pa.string()), ("category", pa.string()), ("text", pa.string())])
 _CHEMICAL = pa.struct([("name", pa.string()), ("ui", pa.string()), ("registry_number", pa.string())])
-_GRANT = pa.struct([("grant_id", pa.string()), ("acronym", pa.string()), ("agency", pa.string()),
-                    ("country", pa.string())])
+_GRANT = pa.struct(
+    [("grant_id", pa.string()), ("acronym", pa.string()), ("agency", pa.string()), ("country", pa.string())]
+)
 _CORRECTION = pa.struct([("ref_type", pa.string()), ("ref_source", pa.string()), ("pmid", pa.int64())])
 _OTHER_ID = pa.struct([("source", pa.string()), ("id", pa.string())])
 

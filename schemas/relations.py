@@ -103,8 +103,18 @@ __all__ = ["RELATION_SCHEMA", "SCHEMA_VERSION", "SchemaMismatchError", "cast_bat
 
 def _check(table: pa.Table) -> None:
     columns = table.select(
-        ["pmid", "task", "head", "tail", "relation", "parse_status", "reason", "evidence_start", "evidence_end",
-         "evidence_match"]
+        [
+            "pmid",
+            "task",
+            "head",
+            "tail",
+            "relation",
+            "parse_status",
+            "reason",
+            "evidence_start",
+            "evidence_end",
+            "evidence_match",
+        ]
     ).to_pylist()
     for row in columns:
         where = f"relation row for PMID {row['pmid']}"
@@ -123,9 +133,7 @@ def _check(table: pa.Table) -> None:
         if any(v is None for v in evidence) and any(v is not None for v in evidence):
             raise SchemaMismatchError(f"{where}: evidence_start, evidence_end and evidence_match go together")
         if evidence[0] is not None and (evidence[1] <= evidence[0] or evidence[2] not in EVIDENCE_MATCHES):
-            raise SchemaMismatchError(
-                f"{where}: evidence needs start < end and a match in {list(EVIDENCE_MATCHES)}"
-            )
+            raise SchemaMismatchError(f"{where}: evidence needs start < end and a match in {list(EVIDENCE_MATCHES)}")
 
 
 def cast_batch(rows: Iterable[Mapping[str, Any]] | pa.Table | pa.RecordBatch) -> pa.Table:

@@ -63,10 +63,13 @@ def demo_models(tmp_path_factory):
     texts += [t.lower() for t in texts]
     root = tmp_path_factory.mktemp("demo-models")
     labels = label_list(["Chemical", "Disease"], "BIO")
-    return {"ner": make_tiny_checkpoint(root / "ner", texts, model_cls=BioGptForTokenClassification,
-                                        id2label=dict(enumerate(labels)), seed=1),
-            "re": make_tiny_task_checkpoint(root / "re-ddi", texts, task="re-ddi", seed=3),
-            "summarize": make_tiny_checkpoint(root / "lm", texts, seed=2)}
+    return {
+        "ner": make_tiny_checkpoint(
+            root / "ner", texts, model_cls=BioGptForTokenClassification, id2label=dict(enumerate(labels)), seed=1
+        ),
+        "re": make_tiny_task_checkpoint(root / "re-ddi", texts, task="re-ddi", seed=3),
+        "summarize": make_tiny_checkpoint(root / "lm", texts, seed=2),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -43,12 +43,23 @@ PUBMED_DOCTYPE = (
 _MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
 
 
-def article_xml(pmid: int, date: dt.date = dt.date(2020, 1, 15), *, title: str | None = None,
-                abstract: str | list[tuple[str, str, str]] | None = "", version: int = 1,
-                authors: list[tuple[str, str]] | None = None, collective: str | None = None,
-                pub_date_xml: str | None = None, mesh: list[tuple[str, str, bool]] | None = None,
-                doi: str | None = None, pmc: str | None = None, keywords: list[str] | None = None,
-                language: str = "eng", extra_citation_xml: str = "") -> str:
+def article_xml(
+    pmid: int,
+    date: dt.date = dt.date(2020, 1, 15),
+    *,
+    title: str | None = None,
+    abstract: str | list[tuple[str, str, str]] | None = "",
+    version: int = 1,
+    authors: list[tuple[str, str]] | None = None,
+    collective: str | None = None,
+    pub_date_xml: str | None = None,
+    mesh: list[tuple[str, str, bool]] | None = None,
+    doi: str | None = None,
+    pmc: str | None = None,
+    keywords: list[str] | None = None,
+    language: str = "eng",
+    extra_citation_xml: str = "",
+) -> str:
     """A realistic ``<PubmedArticle>`` (as efetch and the baseline files have it).
 
     ``title`` and ``abstract`` are inserted as XML (so they may hold inline markup; escape plain text
@@ -68,7 +79,9 @@ def article_xml(pmid: int, date: dt.date = dt.date(2020, 1, 15), *, title: str |
             f'<AbstractText Label="{label}" NlmCategory="{cat}">{text}</AbstractText>' for label, cat, text in abstract
         )
         abstract_xml = f"<Abstract>{parts}<CopyrightInformation>© The authors.</CopyrightInformation></Abstract>"
-    pub_date = pub_date_xml or f"<Year>{date.year}</Year><Month>{_MONTHS[date.month - 1]}</Month><Day>{date.day:02d}</Day>"
+    pub_date = (
+        pub_date_xml or f"<Year>{date.year}</Year><Month>{_MONTHS[date.month - 1]}</Month><Day>{date.day:02d}</Day>"
+    )
     people = "".join(
         f'<Author ValidYN="Y"><LastName>{last}</LastName><ForeName>{fore}</ForeName><Initials>{fore[:1]}</Initials>'
         f"<AffiliationInfo><Affiliation>Dept. of Pharmacology, Univ. {last}.</Affiliation></AffiliationInfo></Author>"
@@ -79,14 +92,21 @@ def article_xml(pmid: int, date: dt.date = dt.date(2020, 1, 15), *, title: str |
     author_list = f'<AuthorList CompleteYN="Y">{people}</AuthorList>' if people else ""
     mesh_xml = ""
     if mesh:
-        mesh_xml = "<MeshHeadingList>" + "".join(
-            f'<MeshHeading><DescriptorName UI="{ui}" MajorTopicYN="{"Y" if major else "N"}">{name}</DescriptorName></MeshHeading>'
-            for name, ui, major in mesh
-        ) + "</MeshHeadingList>"
+        mesh_xml = (
+            "<MeshHeadingList>"
+            + "".join(
+                f'<MeshHeading><DescriptorName UI="{ui}" MajorTopicYN="{"Y" if major else "N"}">{name}</DescriptorName></MeshHeading>'
+                for name, ui, major in mesh
+            )
+            + "</MeshHeadingList>"
+        )
     keyword_xml = ""
     if keywords:
-        keyword_xml = '<KeywordList Owner="NOTNLM">' + "".join(
-            f'<Keyword MajorTopicYN="N">{k}</Keyword>' for k in keywords) + "</KeywordList>"
+        keyword_xml = (
+            '<KeywordList Owner="NOTNLM">'
+            + "".join(f'<Keyword MajorTopicYN="N">{k}</Keyword>' for k in keywords)
+            + "</KeywordList>"
+        )
     ids = f'<ArticleId IdType="pubmed">{pmid}</ArticleId>'
     if doi:
         ids += f'<ArticleId IdType="doi">{doi}</ArticleId>'
@@ -94,7 +114,7 @@ def article_xml(pmid: int, date: dt.date = dt.date(2020, 1, 15), *, title: str |
         ids += f'<ArticleId IdType="pmc">{pmc}</ArticleId>'
     return (
         f'<PubmedArticle><MedlineCitation Status="MEDLINE" Owner="NLM"><PMID Version="{version}">{pmid}</PMID>'
-        f'<DateRevised><Year>2024</Year><Month>01</Month><Day>02</Day></DateRevised>'
+        f"<DateRevised><Year>2024</Year><Month>01</Month><Day>02</Day></DateRevised>"
         f'<Article PubModel="Print-Electronic"><Journal><ISSN IssnType="Electronic">1234-5678</ISSN>'
         f'<JournalIssue CitedMedium="Internet"><Volume>12</Volume><Issue>3</Issue><PubDate>{pub_date}</PubDate></JournalIssue>'
         f"<Title>Journal of Clinical Pharmacology</Title><ISOAbbreviation>J Clin Pharmacol</ISOAbbreviation></Journal>"
@@ -106,10 +126,10 @@ def article_xml(pmid: int, date: dt.date = dt.date(2020, 1, 15), *, title: str |
         f'<CommentsCorrectionsList><CommentsCorrections RefType="Cites"><RefSource>Other J. 2001</RefSource>'
         f'<PMID Version="1">{pmid + 7_000_000}</PMID></CommentsCorrections></CommentsCorrectionsList>'
         f"{mesh_xml}{keyword_xml}{extra_citation_xml}</MedlineCitation>"
-        f"<PubmedData><History><PubMedPubDate PubStatus=\"entrez\"><Year>{date.year}</Year><Month>{date.month}</Month>"
+        f'<PubmedData><History><PubMedPubDate PubStatus="entrez"><Year>{date.year}</Year><Month>{date.month}</Month>'
         f"<Day>{date.day}</Day></PubMedPubDate></History><PublicationStatus>ppublish</PublicationStatus>"
         f"<ArticleIdList>{ids}</ArticleIdList>"
-        f'<ReferenceList><Reference><Citation>A cited work.</Citation><ArticleIdList>'
+        f"<ReferenceList><Reference><Citation>A cited work.</Citation><ArticleIdList>"
         f'<ArticleId IdType="doi">10.9999/not-this-{pmid}</ArticleId></ArticleIdList></Reference></ReferenceList>'
         f"</PubmedData></PubmedArticle>"
     )
@@ -178,7 +198,9 @@ class FakeEutils:
         for pmid, _, xml in articles:
             self._articles[pmid] = xml
 
-    def fail(self, utility: str, kind: str, times: float = 1, when=None, body: bytes = b"", delay: float = 0.0) -> Fault:
+    def fail(
+        self, utility: str, kind: str, times: float = 1, when=None, body: bytes = b"", delay: float = 0.0
+    ) -> Fault:
         fault = Fault(utility, kind, times, when, body, delay)
         self.faults.append(fault)
         return fault
@@ -263,8 +285,10 @@ class FakeEutils:
                 return "<eFetchResult><ERROR>Cannot retrieve history data. query_key: 1, WebEnv: unknown</ERROR></eFetchResult>"
             retstart, retmax = int(params.get("retstart", 0)), int(params.get("retmax", 20))
             if retstart + retmax > self.limit:
-                return (f"<eFetchResult><ERROR>Search Backend failed: 'retstart' cannot be larger than "
-                        f"{self.limit - 1}</ERROR></eFetchResult>")
+                return (
+                    f"<eFetchResult><ERROR>Search Backend failed: 'retstart' cannot be larger than "
+                    f"{self.limit - 1}</ERROR></eFetchResult>"
+                )
             ids = self._history[key][retstart : retstart + retmax]
         return pubmed_document([self._articles[i] for i in ids if i in self._articles and i not in self.withheld])
 
@@ -321,7 +345,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, fault.body)
             elif fault.kind == "error":
                 root = "eSearchResult" if utility == "esearch" else "eFetchResult"
-                doc = (ESEARCH_DOCTYPE if utility == "esearch" else "") + f"<{root}><ERROR>Search Backend failed: temporary</ERROR></{root}>"
+                doc = (
+                    ESEARCH_DOCTYPE if utility == "esearch" else ""
+                ) + f"<{root}><ERROR>Search Backend failed: temporary</ERROR></{root}>"
                 return self._send(200, doc.encode())
         body = (fake.esearch(params) if utility == "esearch" else fake.efetch(params)).encode("utf-8")
         if fault is not None and fault.kind == "malformed":

@@ -81,8 +81,12 @@ class FakeHub:
 
             def _error(self, status: int, code: str, message: str, head: bool = False):
                 body = json.dumps({"error": message}).encode()
-                self._send(status, body, {"X-Error-Code": code, "X-Error-Message": message,
-                                          "Content-Type": "application/json"}, head)
+                self._send(
+                    status,
+                    body,
+                    {"X-Error-Code": code, "X-Error-Message": message, "Content-Type": "application/json"},
+                    head,
+                )
 
             def _repo(self, repo_id: str, head: bool = False) -> Repo | None:
                 repo = hub.repos.get(repo_id)
@@ -117,8 +121,15 @@ class FakeHub:
                     if commit is None:
                         return
                     files = repo.commits[commit]
-                    info = {"_id": repo_id, "id": repo_id, "modelId": repo_id, "sha": commit, "private": bool(repo.token),
-                            "tags": [], "siblings": [{"rfilename": n} for n in sorted(files)]}
+                    info = {
+                        "_id": repo_id,
+                        "id": repo_id,
+                        "modelId": repo_id,
+                        "sha": commit,
+                        "private": bool(repo.token),
+                        "tags": [],
+                        "siblings": [{"rfilename": n} for n in sorted(files)],
+                    }
                     return self._send(200, json.dumps(info).encode(), {"Content-Type": "application/json"})
                 if rest[0] == "tree":
                     commit = self._commit(repo, rest[1])
@@ -141,7 +152,11 @@ class FakeHub:
                 data = repo.commits[commit].get(name)
                 if data is None:
                     return self._error(404, "EntryNotFound", f"{name} does not exist on {commit}", head)
-                headers = {"X-Repo-Commit": commit, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+                headers = {
+                    "X-Repo-Commit": commit,
+                    "Accept-Ranges": "bytes",
+                    "Content-Type": "application/octet-stream",
+                }
                 entry = self._entry(name, data)
                 if "lfs" in entry:
                     headers["X-Linked-Etag"] = f'"{entry["lfs"]["oid"]}"'
@@ -152,7 +167,7 @@ class FakeHub:
                 start = 0
                 rng = self.headers.get("Range")
                 if rng and rng.startswith("bytes=") and not head:
-                    start = int(rng[len("bytes="):].split("-")[0] or 0)
+                    start = int(rng[len("bytes=") :].split("-")[0] or 0)
                     headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
                     return self._send(206, data[start:], headers)
                 headers["Content-Length"] = str(len(data))

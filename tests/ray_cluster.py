@@ -78,28 +78,55 @@ class Cluster:
         self.token.write_text(secrets.token_hex(32))
         self.token.chmod(0o600)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token),
-                        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_BACKEND_LOG_LEVEL="fatal",
-                        RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+        self.env.update(
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN_PATH=str(self.token),
+            RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+            RAY_BACKEND_LOG_LEVEL="fatal",
+            RAY_USAGE_STATS_ENABLED="0",
+            PYTHONUNBUFFERED="1",
+        )
         self.nodes: list[Node] = []
         # Its own temp dir (short: Ray's socket paths must fit 107 bytes), so that no other Ray on the
         # machine finds this cluster through /tmp/ray/ray_current_cluster.
         self.temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
-        self._start("head", ["--head", f"--port={self.port}", f"--num-cpus={head_cpus}", "--include-dashboard=false",
-                             f"--temp-dir={self.temp_dir}"], {})
+        self._start(
+            "head",
+            [
+                "--head",
+                f"--port={self.port}",
+                f"--num-cpus={head_cpus}",
+                "--include-dashboard=false",
+                f"--temp-dir={self.temp_dir}",
+            ],
+            {},
+        )
         self.wait_for(1)
 
     def _start(self, name: str, args: Sequence[str], env: dict[str, str], hide: Sequence[Path] = ()) -> Node:
         log = self.workdir / f"ray-{name}.log"
-        cmd = [sys.executable, "-c", RAY_CLI, "start", "--block", "--node-ip-address=127.0.0.1",
-               "--disable-usage-stats", *args]
+        cmd = [
+            sys.executable,
+            "-c",
+            RAY_CLI,
+            "start",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--disable-usage-stats",
+            *args,
+        ]
         if hide:
             empty = Path(tempfile.mkdtemp(prefix="empty-", dir=self.temp_dir))
             mounts = " && ".join(f"mount --bind {empty} {h}" for h in hide)
-            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                   f'{mounts} && exec "$@"', "sh", *cmd]
-        proc = subprocess.Popen(cmd, env={**self.env, **env}, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd="/")
+            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'{mounts} && exec "$@"', "sh", *cmd]
+        proc = subprocess.Popen(
+            cmd,
+            env={**self.env, **env},
+            stdout=open(log, "wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd="/",
+        )
         node = Node(proc, log)
         self.nodes.append(node)
         return node
@@ -110,10 +137,10 @@ class Cluster:
         return node
 
     def alive_nodes(self) -> int:
-        probe = ("import ray; ray.init(address=%r, log_to_driver=False); "
-                 "print(sum(n['Alive'] for n in ray.nodes()))") % self.address
-        done = subprocess.run([sys.executable, "-c", probe], env=self.env, capture_output=True, text=True,
-                              timeout=60)
+        probe = (
+            "import ray; ray.init(address=%r, log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))"
+        ) % self.address
+        done = subprocess.run([sys.executable, "-c", probe], env=self.env, capture_output=True, text=True, timeout=60)
         lines = done.stdout.strip().splitlines()
         return int(lines[-1]) if lines and lines[-1].isdigit() else 0
 

@@ -52,29 +52,74 @@ def seaweed_s3(workdir: Path, bucket: str = "biomine", timeout: float = 60.0) ->
     data.mkdir(parents=True, exist_ok=True)
     key, secret = "biomine-test", "biomine-test-secret"
     iam = workdir / "s3-iam.json"
-    iam.write_text(json.dumps({"identities": [{"name": "t", "credentials": [{"accessKey": key, "secretKey": secret}],
-                                               "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    iam.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "t",
+                        "credentials": [{"accessKey": key, "secretKey": secret}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
     # Every listener on its own free port (the gRPC ones default to HTTP + 10000, the Iceberg and
     # Lance catalogs to fixed ports), so parallel runs and a server still shutting down cannot clash.
     s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc, iceberg, lance = free_ports(10)
     log = open(workdir / "seaweed.log", "wb")
     proc = subprocess.Popen(
-        [weed, "server", f"-dir={data}", "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={iam}",
-         f"-s3.port.iceberg={iceberg}", f"-s3.port.lance={lance}", f"-master.port={master}",
-         f"-master.port.grpc={master_grpc}", f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-         f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-         "-master.volumeSizeLimitMB=64", "-volume.max=8"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    env = {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3}",
-           "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", "BIOMINE_TEST_BUCKET": bucket}
+        [
+            weed,
+            "server",
+            f"-dir={data}",
+            "-s3",
+            f"-s3.port={s3}",
+            f"-s3.port.grpc={s3_grpc}",
+            f"-s3.config={iam}",
+            f"-s3.port.iceberg={iceberg}",
+            f"-s3.port.lance={lance}",
+            f"-master.port={master}",
+            f"-master.port.grpc={master_grpc}",
+            f"-volume.port={volume}",
+            f"-volume.port.grpc={volume_grpc}",
+            f"-filer.port={filer}",
+            f"-filer.port.grpc={filer_grpc}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=8",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": key,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3}",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "BIOMINE_TEST_BUCKET": bucket,
+    }
     try:
-        fs = pafs.S3FileSystem(access_key=key, secret_key=secret, endpoint_override=f"127.0.0.1:{s3}",
-                               scheme="http", region="us-east-1", allow_bucket_creation=True,
-                               connect_timeout=2, request_timeout=5)
+        fs = pafs.S3FileSystem(
+            access_key=key,
+            secret_key=secret,
+            endpoint_override=f"127.0.0.1:{s3}",
+            scheme="http",
+            region="us-east-1",
+            allow_bucket_creation=True,
+            connect_timeout=2,
+            request_timeout=5,
+        )
         deadline = time.monotonic() + timeout
         while True:  # ready ~8-12 s after start: poll by creating the bucket
             if proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {proc.returncode}: {(workdir / 'seaweed.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"weed exited with {proc.returncode}: {(workdir / 'seaweed.log').read_text()[-2000:]}"
+                )
             try:
                 fs.create_dir(bucket)
                 probe = f"{bucket}/.ready"

@@ -72,21 +72,36 @@ def test_every_new_field_of_a_full_record():
     assert row["chemicals"] == [
         {"name": "Anticoagulants", "ui": "D000925", "registry_number": None},  # "0": none assigned
         {"name": "Amiodarone", "ui": "D000638", "registry_number": "N3RQ532IUT"},
-        {"name": "Warfarin", "ui": "D014859", "registry_number": "5Q7ZVV76EI"}]
+        {"name": "Warfarin", "ui": "D014859", "registry_number": "5Q7ZVV76EI"},
+    ]
     assert row["grants"] == [
         {"grant_id": "R01 GM123456", "acronym": "GM", "agency": "NIGMS NIH HHS", "country": "United States"},
-        {"grant_id": None, "acronym": None, "agency": "Deutsche Forschungsgemeinschaft", "country": "Germany"}]
+        {"grant_id": None, "acronym": None, "agency": "Deutsche Forschungsgemeinschaft", "country": "Germany"},
+    ]
     assert row["reference_pmids"] == [100, 200]  # nested lists too; references without a PMID skipped
     assert row["comments_corrections"] == [
         {"ref_type": "RetractionIn", "ref_source": "J Clin Pharmacol. 2020;60(1):1", "pmid": 31999999},
-        {"ref_type": "ErratumIn", "ref_source": "J Clin Pharmacol. 2019;59(6):900", "pmid": None}]
+        {"ref_type": "ErratumIn", "ref_source": "J Clin Pharmacol. 2019;59(6):900", "pmid": None},
+    ]
     assert row["retracted"] is True
     assert (row["vernacular_title"], row["volume"], row["issue"], row["pages"]) == (
-        "Warfarin und Amiodaron.", "59", "Suppl 1", "S12-S20")
+        "Warfarin und Amiodaron.",
+        "59",
+        "Suppl 1",
+        "S12-S20",
+    )
     assert (row["issn"], row["issn_linking"], row["country"], row["medline_ta"], row["nlm_unique_id"]) == (
-        "1552-4604", "0091-2700", "United States", "J Clin Pharmacol", "0366372")
-    assert row["other_ids"] == [{"source": "NLM", "id": "PMC6000001"}, {"source": "pii", "id": "JCPH1"},
-                                {"source": "mid", "id": "NIHMS99"}]
+        "1552-4604",
+        "0091-2700",
+        "United States",
+        "J Clin Pharmacol",
+        "0366372",
+    )
+    assert row["other_ids"] == [
+        {"source": "NLM", "id": "PMC6000001"},
+        {"source": "pii", "id": "JCPH1"},
+        {"source": "mid", "id": "NIHMS99"},
+    ]
     assert row["publication_types"] == ["Journal Article", "Retracted Publication"]
     assert row["publication_type_uis"] == ["D016428", "D016441"]
     assert row["doi"] == "10.1002/jcph.1"  # the columns of version 1 are unchanged
@@ -95,13 +110,22 @@ def test_every_new_field_of_a_full_record():
 
 
 def test_retraction_is_either_sign_and_a_notice_is_not_retracted():
-    by_link = one(article_xml(1, extra_citation_xml=(
-        '<CommentsCorrectionsList><CommentsCorrections RefType="RetractionIn"><RefSource>X</RefSource>'
-        '<PMID Version="1">9</PMID></CommentsCorrections></CommentsCorrectionsList>')))
+    by_link = one(
+        article_xml(
+            1,
+            extra_citation_xml=(
+                '<CommentsCorrectionsList><CommentsCorrections RefType="RetractionIn"><RefSource>X</RefSource>'
+                '<PMID Version="1">9</PMID></CommentsCorrections></CommentsCorrectionsList>'
+            ),
+        )
+    )
     assert by_link["retracted"] is True
-    notice = one(FULL_RECORD.replace('RefType="RetractionIn"', 'RefType="RetractionOf"')
-                 .replace('<PublicationType UI="D016441">Retracted Publication</PublicationType>',
-                          '<PublicationType UI="D016440">Retraction of Publication</PublicationType>'))
+    notice = one(
+        FULL_RECORD.replace('RefType="RetractionIn"', 'RefType="RetractionOf"').replace(
+            '<PublicationType UI="D016441">Retracted Publication</PublicationType>',
+            '<PublicationType UI="D016440">Retraction of Publication</PublicationType>',
+        )
+    )
     assert notice["retracted"] is False
     plain = one(article_xml(2))
     assert plain["retracted"] is False and plain["chemicals"] == [] and plain["grants"] == []
@@ -109,22 +133,28 @@ def test_retraction_is_either_sign_and_a_notice_is_not_retracted():
 
 
 def test_a_book_record_has_the_new_columns_empty():
-    book = ("<PubmedBookArticle><BookDocument><PMID Version=\"1\">20301295</PMID>"
-            "<ArticleIdList><ArticleId IdType=\"bookaccession\">NBK1116</ArticleId></ArticleIdList>"
-            "<Book><BookTitle>GeneReviews</BookTitle><PubDate><Year>1993</Year></PubDate></Book>"
-            "<PublicationType UI=\"D016454\">Review</PublicationType></BookDocument></PubmedBookArticle>")
+    book = (
+        '<PubmedBookArticle><BookDocument><PMID Version="1">20301295</PMID>'
+        '<ArticleIdList><ArticleId IdType="bookaccession">NBK1116</ArticleId></ArticleIdList>'
+        "<Book><BookTitle>GeneReviews</BookTitle><PubDate><Year>1993</Year></PubDate></Book>"
+        '<PublicationType UI="D016454">Review</PublicationType></BookDocument></PubmedBookArticle>'
+    )
     row = one(book)
     assert (row["record_type"], row["chemicals"], row["reference_pmids"], row["retracted"]) == ("book", [], [], False)
     assert row["other_ids"] == [{"source": "bookaccession", "id": "NBK1116"}]
     assert row["publication_type_uis"] == ["D016454"]
     to_table([row])
-    chapter = one(book.replace("<Book>", "<Book><Volume>3</Volume>").replace(
-        "</BookDocument>", "<Pagination><MedlinePgn>1-20</MedlinePgn></Pagination>"
-        "<GrantList><Grant><Agency>NIH</Agency><Country>United States</Country></Grant></GrantList>"
-        "<VernacularTitle>Revues génétiques.</VernacularTitle></BookDocument>"
-        "<PubmedBookData><ArticleIdList><ArticleId IdType=\"pubmed\">20301295</ArticleId>"
-        "<ArticleId IdType=\"bookaccession\">NBK1116</ArticleId><ArticleId IdType=\"pii\">X1</ArticleId>"
-        "</ArticleIdList></PubmedBookData>"))
+    chapter = one(
+        book.replace("<Book>", "<Book><Volume>3</Volume>").replace(
+            "</BookDocument>",
+            "<Pagination><MedlinePgn>1-20</MedlinePgn></Pagination>"
+            "<GrantList><Grant><Agency>NIH</Agency><Country>United States</Country></Grant></GrantList>"
+            "<VernacularTitle>Revues génétiques.</VernacularTitle></BookDocument>"
+            '<PubmedBookData><ArticleIdList><ArticleId IdType="pubmed">20301295</ArticleId>'
+            '<ArticleId IdType="bookaccession">NBK1116</ArticleId><ArticleId IdType="pii">X1</ArticleId>'
+            "</ArticleIdList></PubmedBookData>",
+        )
+    )
     assert (chapter["volume"], chapter["pages"], chapter["vernacular_title"]) == ("3", "1-20", "Revues génétiques.")
     assert chapter["grants"] == [{"grant_id": None, "acronym": None, "agency": "NIH", "country": "United States"}]
     assert chapter["other_ids"] == [{"source": "bookaccession", "id": "NBK1116"}, {"source": "pii", "id": "X1"}]
@@ -145,21 +175,29 @@ def test_real_efetch_answers_agree_with_biopython(shared):
             assert [c["name"] for c in row["chemicals"]] == [str(c["NameOfSubstance"]) for c in chemicals]
             assert [c["ui"] for c in row["chemicals"]] == [c["NameOfSubstance"].attributes["UI"] for c in chemicals]
             assert [c["registry_number"] for c in row["chemicals"]] == [
-                None if str(c["RegistryNumber"]) == "0" else str(c["RegistryNumber"]) for c in chemicals]
+                None if str(c["RegistryNumber"]) == "0" else str(c["RegistryNumber"]) for c in chemicals
+            ]
             grants = article.get("GrantList", [])
             assert [(g["grant_id"], g["agency"]) for g in row["grants"]] == [
-                (g.get("GrantID"), g.get("Agency")) for g in grants]
+                (g.get("GrantID"), g.get("Agency")) for g in grants
+            ]
             corrections = citation.get("CommentsCorrectionsList", [])
             assert [(c["ref_type"], c["pmid"]) for c in row["comments_corrections"]] == [
-                (c.attributes["RefType"], int(c["PMID"]) if "PMID" in c else None) for c in corrections]
+                (c.attributes["RefType"], int(c["PMID"]) if "PMID" in c else None) for c in corrections
+            ]
             info = citation["MedlineJournalInfo"]
             assert (row["country"], row["medline_ta"], row["nlm_unique_id"], row["issn_linking"]) == (
-                info.get("Country"), info.get("MedlineTA"), info.get("NlmUniqueID"), info.get("ISSNLinking"))
+                info.get("Country"),
+                info.get("MedlineTA"),
+                info.get("NlmUniqueID"),
+                info.get("ISSNLinking"),
+            )
             issue = article["Journal"]["JournalIssue"]
             assert (row["volume"], row["issue"]) == (issue.get("Volume"), issue.get("Issue"))
             assert row["publication_type_uis"] == [t.attributes["UI"] for t in article["PublicationTypeList"]]
             assert [o["id"] for o in row["other_ids"] if o["source"] in ("pii", "mid")] == [
-                str(i) for i in record["PubmedData"]["ArticleIdList"] if i.attributes["IdType"] in ("pii", "mid")]
+                str(i) for i in record["PubmedData"]["ArticleIdList"] if i.attributes["IdType"] in ("pii", "mid")
+            ]
             seen_chemicals += len(chemicals)
             seen_grants += len(grants)
     assert seen_chemicals > 0 and seen_grants > 0  # the answers do exercise both lists
@@ -179,8 +217,14 @@ def add_v1_shard(out, rows: list[dict]) -> ShardInfo:
     name = "part-000000.parquet"
     with ShardStore(out, "ingest") as store, store.transaction() as txn:
         pq.write_table(table.replace_schema_metadata(meta), out / name)
-        info = ShardInfo(name, table.num_rows, min(r["pmid"] for r in rows), max(r["pmid"] for r in rows),
-                         (out / name).stat().st_size, None)
+        info = ShardInfo(
+            name,
+            table.num_rows,
+            min(r["pmid"] for r in rows),
+            max(r["pmid"] for r in rows),
+            (out / name).stat().st_size,
+            None,
+        )
         txn.add(info)
         txn.commit()
     manifest = json.loads((out / "_manifest.json").read_text())
@@ -237,17 +281,39 @@ def test_retraction_reaches_relations_and_the_kb(tmp_path):
     (shard,) = committed_shards(out / "documents")
 
     def row(pmid: int, head: str, tail: str) -> dict:
-        return {"pmid": pmid, "version": 1, "task": "ddi", "head": head, "tail": tail, "relation": "mechanism",
-                "parse_status": "ok", "model_id": "m", "raw_generation": "x"}
+        return {
+            "pmid": pmid,
+            "version": 1,
+            "task": "ddi",
+            "head": head,
+            "tail": tail,
+            "relation": "mechanism",
+            "parse_status": "ok",
+            "model_id": "m",
+            "raw_generation": "x",
+        }
 
     relations = TaskDataset(location(out / "relations"))
-    table = cast_batch([row(31000001, "warfarin", "amiodarone"), row(5, "warfarin", "amiodarone"),
-                        row(31000001, "warfarin", "aspirin")])
-    relations.commit(ShardOutput(shard.stem, write_shard_output(relations.loc, shard.stem, table), 2),
-                     task="re", expected="x", input_shard=shard.identity(), settings={})
+    table = cast_batch(
+        [
+            row(31000001, "warfarin", "amiodarone"),
+            row(5, "warfarin", "amiodarone"),
+            row(31000001, "warfarin", "aspirin"),
+        ]
+    )
+    relations.commit(
+        ShardOutput(shard.stem, write_shard_output(relations.loc, shard.stem, table), 2),
+        task="re",
+        expected="x",
+        input_shard=shard.identity(),
+        settings={},
+    )
     flags = query(out, "SELECT pmid, article_retracted FROM relations ORDER BY pmid, tail")
     assert list(zip(flags["pmid"].tolist(), flags["article_retracted"].tolist())) == [
-        (5, False), (31000001, True), (31000001, True)]
+        (5, False),
+        (31000001, True),
+        (31000001, True),
+    ]
     assert build_kb(out / "relations", out / "kb.parquet") == 2
     kb = {(r["drug_a"], r["drug_b"]): r for r in pq.read_table(out / "kb.parquet").to_pylist()}
     both = kb[("amiodarone", "warfarin")]
@@ -264,4 +330,5 @@ def test_ingest_keeps_the_new_fields(tmp_path):
     (row,) = read_articles(tmp_path / "out").to_pylist()
     expected = one(FULL_RECORD)
     assert {k: row[k] for k in expected if k not in ("source", "fetched_at")} == {
-        k: v for k, v in expected.items() if k not in ("source", "fetched_at")}
+        k: v for k, v in expected.items() if k not in ("source", "fetched_at")
+    }

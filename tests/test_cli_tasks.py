@@ -28,8 +28,12 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli-models")
     texts = [TITLE, ABSTRACT, TEXT.lower()]
     return {
-        "ner": make_tiny_checkpoint(root / "ner", texts, model_cls=BioGptForTokenClassification,
-                                    id2label=dict(enumerate(label_list(["Chemical", "Disease"])))),
+        "ner": make_tiny_checkpoint(
+            root / "ner",
+            texts,
+            model_cls=BioGptForTokenClassification,
+            id2label=dict(enumerate(label_list(["Chemical", "Disease"]))),
+        ),
         "re": make_tiny_task_checkpoint(root / "re-ddi", texts, task="re-ddi"),
         "lm": make_tiny_checkpoint(root / "lm", texts),
     }
@@ -44,10 +48,14 @@ def one_error_line(capsys) -> str:
 def test_eval_ner_prints_and_writes_the_report(models, tmp_path, capsys):
     start = TEXT.index("warfarin".capitalize(), len(TITLE))
     data = tmp_path / "gold.pubtator"
-    data.write_text(f"1|t|{TITLE}\n1|a|{ABSTRACT}\n1\t0\t7\tAspirin\tChemical\tD001241\n"
-                    f"1\t{start}\t{start + 8}\tWarfarin\tChemical\tD014859\n\n")
-    assert main(["eval", "ner", "--data", str(data), "--model", str(models["ner"]), "--json",
-                 str(tmp_path / "r.json")]) == 0
+    data.write_text(
+        f"1|t|{TITLE}\n1|a|{ABSTRACT}\n1\t0\t7\tAspirin\tChemical\tD001241\n"
+        f"1\t{start}\t{start + 8}\tWarfarin\tChemical\tD014859\n\n"
+    )
+    assert (
+        main(["eval", "ner", "--data", str(data), "--model", str(models["ner"]), "--json", str(tmp_path / "r.json")])
+        == 0
+    )
     assert "micro" in capsys.readouterr().out
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["documents"] == 1 and report["gold_mentions"] == 2 and 0.0 <= report["micro"]["f1"] <= 1.0
@@ -59,15 +67,40 @@ def test_eval_ner_prints_and_writes_the_report(models, tmp_path, capsys):
 
 
 def test_eval_re_writes_predictions_and_refuses_the_wrong_checkpoint(models, tmp_path, capsys):
-    records = {f"d{i}": {"abstract": ABSTRACT.lower(), "pmid": f"d{i}",
-                         "triples": [{"drug": "aspirin", "target": "warfarin", "interaction": "effect"}]}
-               for i in range(3)}
+    records = {
+        f"d{i}": {
+            "abstract": ABSTRACT.lower(),
+            "pmid": f"d{i}",
+            "triples": [{"drug": "aspirin", "target": "warfarin", "interaction": "effect"}],
+        }
+        for i in range(3)
+    }
     data = tmp_path / "test.json"
     data.write_text(json.dumps(records))
     preds = tmp_path / "preds.jsonl"
-    assert main(["eval", "re", "--task", "ddi", "--data", str(data), "--model", str(models["re"]),
-                 "--max-new-tokens", "8", "--limit", "2", "--predictions", str(preds),
-                 "--json", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "re",
+                "--task",
+                "ddi",
+                "--data",
+                str(data),
+                "--model",
+                str(models["re"]),
+                "--max-new-tokens",
+                "8",
+                "--limit",
+                "2",
+                "--predictions",
+                str(preds),
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip()
     lines = [json.loads(line) for line in preds.read_text().splitlines()]
     assert [p["id"] for p in lines] == ["d0", "d1"] and all("generation" in p for p in lines)
@@ -86,7 +119,7 @@ def test_generate_prints_the_greedy_continuation(models, capsys):
     tok = BioGptTokenizer.from_pretrained(models["lm"])
     model = BioGptForCausalLM.from_pretrained(models["lm"])
     ids = torch.tensor([tok.encode(prompt)])
-    new = model.generate(ids, max_new_tokens=4)[0, ids.shape[1]:].tolist()
+    new = model.generate(ids, max_new_tokens=4)[0, ids.shape[1] :].tolist()
     assert out == f"{prompt} {tok.decode(new, skip_special_tokens=True)}".strip()
 
     assert main(["generate", "--model", str(models["lm"].parent / "nope"), "x"]) == 2

@@ -36,14 +36,14 @@ kind = "files"
 paths = ["{inputs}"]
 shard_size = 2
 [tasks.ner]
-model = "{models['ner']}"
+model = "{models["ner"]}"
 batch_size = 2
 [tasks.re]
 task = "ddi"
-model = "{models['re']}"
+model = "{models["re"]}"
 max_new_tokens = 8
 [tasks.summarize]
-model = "{models['summarize']}"
+model = "{models["summarize"]}"
 prompt = "{{title}} In summary,"
 max_new_tokens = 4
 [resources]
@@ -60,8 +60,14 @@ def upload(src: Path, dest: str) -> None:
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 420) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 def rows(out: str, name: str) -> list[dict]:
@@ -79,8 +85,14 @@ def local_reference(tmp_path_factory, demo_models):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
     env["PYTHONUNBUFFERED"] = "1"
     job = tmp / "local.toml"
-    job.write_text(job_text(name="s3-parity", output=str(tmp / "out"), inputs=str(DEMO_XML),
-                            models={k: str(v) for k, v in demo_models.items()}))
+    job.write_text(
+        job_text(
+            name="s3-parity",
+            output=str(tmp / "out"),
+            inputs=str(DEMO_XML),
+            models={k: str(v) for k, v in demo_models.items()},
+        )
+    )
     done = run_cli(["run", str(job), "--no-progress"], env)
     assert done.returncode == 0, done.stderr[-3000:]
     return {name: rows(str(tmp / "out"), name) for name in TASK_DATASETS} | {"out": tmp / "out"}
@@ -106,8 +118,9 @@ def test_a_job_on_s3_gives_the_rows_of_a_local_run(tmp_path, demo_models, s3_ser
     remote_models = upload_inputs(bucket, "one-node", demo_models)
     out = f"s3://{bucket}/one-node/out"
     s3_job = tmp_path / "s3.toml"
-    s3_job.write_text(job_text(name="s3-parity", output=out, inputs=f"s3://{bucket}/one-node/inputs/",
-                               models=remote_models))
+    s3_job.write_text(
+        job_text(name="s3-parity", output=out, inputs=f"s3://{bucket}/one-node/inputs/", models=remote_models)
+    )
     done = run_cli(["run", str(s3_job), "--no-progress"], env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == out  # the URI, not a local path made of it
@@ -162,9 +175,9 @@ def test_storage_round_trip_on_s3_and_uri_resolution(tmp_path, s3_server, monkey
 
 
 @pytest.mark.slow
-def test_two_node_cluster_without_a_shared_disk_survives_a_lost_node(tmp_path, tmp_path_factory, demo_models,
-                                                                     s3_server, local_reference, monkeypatch,
-                                                                     request):
+def test_two_node_cluster_without_a_shared_disk_survives_a_lost_node(
+    tmp_path, tmp_path_factory, demo_models, s3_server, local_reference, monkeypatch, request
+):
     """A head (no CPUs: it runs nothing) and a worker node that cannot see this machine's test folders
     (its own mount namespace): the ingest task, the prepare tasks and the model actors all run on the
     worker and reach documents, models and outputs through S3 only. The worker node is killed once
@@ -178,8 +191,9 @@ def test_two_node_cluster_without_a_shared_disk_survives_a_lost_node(tmp_path, t
     remote_models = upload_inputs(bucket, "two-node", demo_models)
     out = f"s3://{bucket}/two-node/out"
     job = tmp_path / "job.toml"
-    job.write_text(job_text(name="s3-parity", output=out, inputs=f"s3://{bucket}/two-node/inputs/",
-                            models=remote_models))
+    job.write_text(
+        job_text(name="s3-parity", output=out, inputs=f"s3://{bucket}/two-node/inputs/", models=remote_models)
+    )
     hidden = [tmp_path_factory.getbasetemp()]  # the job file, the local models, the local run: all of it
     # Outside the hidden folders (the worker must write it); removed when the test ends.
     node_cache = Path(tempfile.mkdtemp(prefix="biomine-node-cache-", dir="/tmp"))
@@ -189,8 +203,9 @@ def test_two_node_cluster_without_a_shared_disk_survives_a_lost_node(tmp_path, t
         worker = cluster.add_node("worker", cpus=2, env=worker_env, hide=hidden)
         env = {**cluster.env, **s3_server, "BIOMINE_MODEL_CACHE": str(tmp_path / "driver-cache")}
         args = [sys.executable, "-m", "pipeline.cli", "run", str(job), "--address", cluster.address, "--no-progress"]
-        first = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, start_new_session=True)
+        first = subprocess.Popen(
+            args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
         commits = location(out) / "entities" / "_commits"
         try:
             deadline = time.monotonic() + 300

@@ -17,12 +17,26 @@ from pipeline.tasks.re import RelationTask
 from pipeline.tasks.tiny import fit_prompt_model
 from schemas.relations import cast_batch
 
-DRUGS = ["aspirin", "warfarin", "fluconazole", "ketoconazole", "midazolam", "rifampicin", "simvastatin",
-         "clarithromycin"]
+DRUGS = [
+    "aspirin",
+    "warfarin",
+    "fluconazole",
+    "ketoconazole",
+    "midazolam",
+    "rifampicin",
+    "simvastatin",
+    "clarithromycin",
+]
 RELATIONS = ["mechanism", "effect", "advise", "int"]
-RECORDS = [{"pmid": k + 1, "title": f"Study {k}", "abstract": f"{a.capitalize()} changes the {RELATIONS[k % 4]} of {b} "
-            f"in patients {k}.", "triples": [{"drug": a, "target": b, "interaction": RELATIONS[k % 4]}]}
-           for k, (a, b) in enumerate(list(itertools.combinations(DRUGS, 2))[:12])]
+RECORDS = [
+    {
+        "pmid": k + 1,
+        "title": f"Study {k}",
+        "abstract": f"{a.capitalize()} changes the {RELATIONS[k % 4]} of {b} in patients {k}.",
+        "triples": [{"drug": a, "target": b, "interaction": RELATIONS[k % 4]}],
+    }
+    for k, (a, b) in enumerate(list(itertools.combinations(DRUGS, 2))[:12])
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +44,24 @@ def fitted(tmp_path_factory):
     model = tmp_path_factory.mktemp("confidence") / "re-ddi-fitted"
     texts = [r["abstract"] for r in RECORDS] + [r["abstract"].lower() for r in RECORDS]
     texts.append("the interaction between aspirin and warfarin is mechanism; the interaction between a and b is int.")
-    make_tiny_task_checkpoint(model, texts, task="re-ddi", hidden_size=48, seed=3, tie_word_embeddings=False,
-                              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    make_tiny_task_checkpoint(
+        model,
+        texts,
+        task="re-ddi",
+        hidden_size=48,
+        seed=3,
+        tie_word_embeddings=False,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     fit_prompt_model(model, "ddi", RECORDS[:8], steps=300)
     task = RelationTask(RelationOptions(model=str(model), task="ddi", max_new_tokens=40, device="cpu", batch_size=4))
-    batch = {"pmid": [r["pmid"] for r in RECORDS], "version": [1] * len(RECORDS),
-             "title": [r["title"] for r in RECORDS], "abstract": [r["abstract"] for r in RECORDS]}
+    batch = {
+        "pmid": [r["pmid"] for r in RECORDS],
+        "version": [1] * len(RECORDS),
+        "title": [r["title"] for r in RECORDS],
+        "abstract": [r["abstract"] for r in RECORDS],
+    }
     return task, batch, task(batch)
 
 
@@ -105,8 +131,11 @@ def test_pieces_that_do_not_align_get_no_number_and_unparsed_rows_get_theirs(fit
     assert task.piece_logprobs(cut, [-0.5] * len(cut), 2) == [(-0.5 * len(word), len(word))] * 2
     # an empty piece between two separators gets no number (never a logprob of 0 over 0 tokens)
     empty = word + [semicolon, semicolon] + word
-    assert task.piece_logprobs(empty, [-0.5] * len(empty), 3) == [(-0.5 * len(word), len(word)), None,
-                                                                  (-0.5 * len(word), len(word))]
+    assert task.piece_logprobs(empty, [-0.5] * len(empty), 3) == [
+        (-0.5 * len(word), len(word)),
+        None,
+        (-0.5 * len(word), len(word)),
+    ]
 
 
 def test_heads_and_tails_link_through_the_vocabulary(fitted, tmp_path):
@@ -115,15 +144,26 @@ def test_heads_and_tails_link_through_the_vocabulary(fitted, tmp_path):
     from pipeline.tasks.vocabulary import dictionary_table, drugbank_rows
 
     task, batch, _ = fitted
-    ids = {"aspirin": "DB00945", "warfarin": "DB00682", "fluconazole": "DB00196", "ketoconazole": "DB01026",
-           "midazolam": "DB00683", "rifampicin": "DB01045", "simvastatin": "DB00641", "clarithromycin": "DB01211"}
+    ids = {
+        "aspirin": "DB00945",
+        "warfarin": "DB00682",
+        "fluconazole": "DB00196",
+        "ketoconazole": "DB01026",
+        "midazolam": "DB00683",
+        "rifampicin": "DB01045",
+        "simvastatin": "DB00641",
+        "clarithromycin": "DB01211",
+    }
     csv = tmp_path / "drugbank vocabulary.csv"
-    csv.write_text('"DrugBank ID","Accession Numbers","Common name","CAS","UNII","Synonyms","Standard InChI Key"\n'
-                   + "".join(f'"{i}","","{d.capitalize()}","","","",""\n' for d, i in ids.items() if d != "midazolam"))
+    csv.write_text(
+        '"DrugBank ID","Accession Numbers","Common name","CAS","UNII","Synonyms","Standard InChI Key"\n'
+        + "".join(f'"{i}","","{d.capitalize()}","","","",""\n' for d, i in ids.items() if d != "midazolam")
+    )
     vocab = tmp_path / "drugs.parquet"
     pq.write_table(dictionary_table([drugbank_rows(csv)]), vocab)
-    linked = RelationTask(RelationOptions(model=str(task.model_dir), task="ddi", max_new_tokens=40, device="cpu",
-                                          vocabulary=str(vocab)))
+    linked = RelationTask(
+        RelationOptions(model=str(task.model_dir), task="ddi", max_new_tokens=40, device="cpu", vocabulary=str(vocab))
+    )
     rows = [r for doc in linked(batch) for r in doc if r["parse_status"] == "ok"]
     assert rows
     for r in rows:

@@ -83,7 +83,10 @@ def test_fetch_uses_history_batches_and_sends_credentials(fake, client, tmp_path
     assert [(f.params["retstart"], f.params["retmax"]) for f in fetches] == [("0", "3"), ("3", "3"), ("6", "1")]
     for request in fake.requests:
         assert (request.params["tool"], request.params["email"], request.params["api_key"]) == (
-            "biomine-tests", "dev@example.org", "k3y")
+            "biomine-tests",
+            "dev@example.org",
+            "k3y",
+        )
     table = read_articles(tmp_path / "out")
     assert set(table.column("source").to_pylist()) == {QUERY}
     assert table.column("fetched_at").null_count == 0
@@ -250,9 +253,17 @@ def test_refused_connections_are_retried_then_reported(tmp_path):
     with socket.socket() as sock:  # a loopback port with nothing listening
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = EutilsClient(f"http://127.0.0.1:{port}/eutils", Credentials(email="a@b"), state_dir=tmp_path,
-                          rate=500, tries=2, backoff=0.001)
-    with pytest.raises(EutilsError, match=r"esearch for query 'q' failed after 2 attempts; last error: URLError.*refused"):
+    client = EutilsClient(
+        f"http://127.0.0.1:{port}/eutils",
+        Credentials(email="a@b"),
+        state_dir=tmp_path,
+        rate=500,
+        tries=2,
+        backoff=0.001,
+    )
+    with pytest.raises(
+        EutilsError, match=r"esearch for query 'q' failed after 2 attempts; last error: URLError.*refused"
+    ):
         client.esearch("q")
 
 
@@ -344,7 +355,9 @@ def test_credentials_resolution_order(tmp_path):
     assert Credentials.resolve(environ=env) == Credentials("env@x", "envkey", "biomine")
     job = {"email": "job@x", "tool": "nightly"}
     assert Credentials.resolve(job=job, environ=env) == Credentials("job@x", "envkey", "nightly")
-    assert Credentials.resolve(email="opt@x", api_key="optkey", job=job, environ=env) == Credentials("opt@x", "optkey", "nightly")
+    assert Credentials.resolve(email="opt@x", api_key="optkey", job=job, environ=env) == Credentials(
+        "opt@x", "optkey", "nightly"
+    )
     spec = tmp_path / "job.toml"
     spec.write_text('[job]\nname = "x"\n[source]\nkind = "entrez"\nquery = "q"\nemail = "job@x"\napi_key = "abc"\n')
     assert load_job_credentials(spec) == {"email": "job@x", "api_key": "abc"}
@@ -366,8 +379,24 @@ def test_cli_fetch(fake, tmp_path, capsys):
     out = tmp_path / "out"
     spec = tmp_path / "job.toml"
     spec.write_text('[source]\nkind = "entrez"\nemail = "job@example.org"\n')
-    code = main(["fetch", "--query", QUERY, "--out", str(out), "--eutils-url", fake.url, "--job", str(spec),
-                 "--rate", "200", "--batch-size", "2", "--no-progress"])
+    code = main(
+        [
+            "fetch",
+            "--query",
+            QUERY,
+            "--out",
+            str(out),
+            "--eutils-url",
+            fake.url,
+            "--job",
+            str(spec),
+            "--rate",
+            "200",
+            "--batch-size",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert code == 0 and len(pmids(out)) == 4
     assert "4 hits in 1 date range(s); fetched 4 new" in capsys.readouterr().out
     assert {r.params["email"] for r in fake.requests} == {"job@example.org"}
@@ -376,8 +405,22 @@ def test_cli_fetch(fake, tmp_path, capsys):
 def test_cli_fetch_failure_is_one_line(fake, tmp_path, capsys):
     fake.add_query(QUERY, corpus(2))
     fake.fail("efetch", "500", times=float("inf"))
-    code = main(["fetch", "--query", QUERY, "--out", str(tmp_path / "out"), "--eutils-url", fake.url,
-                 "--rate", "200", "--tries", "1", "--no-progress"])
+    code = main(
+        [
+            "fetch",
+            "--query",
+            QUERY,
+            "--out",
+            str(tmp_path / "out"),
+            "--eutils-url",
+            fake.url,
+            "--rate",
+            "200",
+            "--tries",
+            "1",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert err.startswith("biomine: error: efetch batch 1/1 (records 1-2 of 2) of the search for query")

@@ -20,8 +20,18 @@ TEXT = f"{TITLE} {ABSTRACT}"
 
 def span(word: str, label: str, concept: str | None = None, start: int = 0):
     i = TEXT.index(word, start)
-    return {"pmid": 1, "version": 1, "start": i, "end": i + len(word), "label": label, "text": word, "score": 0.9,
-            "model_id": "ner", "concept_id": concept, "matched_by": word.lower() if concept else None}
+    return {
+        "pmid": 1,
+        "version": 1,
+        "start": i,
+        "end": i + len(word),
+        "label": label,
+        "text": word,
+        "score": 0.9,
+        "model_id": "ner",
+        "concept_id": concept,
+        "matched_by": word.lower() if concept else None,
+    }
 
 
 @pytest.fixture
@@ -29,23 +39,73 @@ def job_out(tmp_path):
     out = tmp_path / "out"
     with ShardStore(out / "documents", "ingest") as store:
         with store.transaction() as txn:
-            txn.write([{"pmid": 1, "version": 1, "record_type": "article", "title": TITLE, "abstract": ABSTRACT,
-                        "has_abstract": True},
-                       {"pmid": 2, "version": 1, "record_type": "article", "title": "No entities here.",
-                        "abstract": None, "has_abstract": False}])
+            txn.write(
+                [
+                    {
+                        "pmid": 1,
+                        "version": 1,
+                        "record_type": "article",
+                        "title": TITLE,
+                        "abstract": ABSTRACT,
+                        "has_abstract": True,
+                    },
+                    {
+                        "pmid": 2,
+                        "version": 1,
+                        "record_type": "article",
+                        "title": "No entities here.",
+                        "abstract": None,
+                        "has_abstract": False,
+                    },
+                ]
+            )
             txn.commit()
-    commit_output(out / "entities", "part-000000", entities.cast_batch([
-        span("Warfarin", "Chemical", "D014859"), span("aspirin", "Chemical", "D001241"),
-        span("Aspirin", "Chemical", "D001241", len(TITLE)), span("Bleeding", "Disease"),
-    ]))
-    commit_output(out / "relations", "part-000000", relations.cast_batch([
-        {"pmid": 1, "version": 1, "task": "ddi", "head": "aspirin", "tail": "warfarin", "relation": "effect",
-         "head_id": "D001241", "tail_id": "D014859", "parse_status": "ok", "logprob": math.log(0.8),
-         "logprob_tokens": 9, "raw_generation": "the interaction between aspirin and warfarin is effect",
-         "model_id": "re-ddi"},
-        {"pmid": 1, "version": 1, "task": "ddi", "head": "aspirin", "tail": "heparin", "relation": "int",
-         "parse_status": "ok", "raw_generation": "the interaction between aspirin and heparin is int", "model_id": "re-ddi"},
-    ]))
+    commit_output(
+        out / "entities",
+        "part-000000",
+        entities.cast_batch(
+            [
+                span("Warfarin", "Chemical", "D014859"),
+                span("aspirin", "Chemical", "D001241"),
+                span("Aspirin", "Chemical", "D001241", len(TITLE)),
+                span("Bleeding", "Disease"),
+            ]
+        ),
+    )
+    commit_output(
+        out / "relations",
+        "part-000000",
+        relations.cast_batch(
+            [
+                {
+                    "pmid": 1,
+                    "version": 1,
+                    "task": "ddi",
+                    "head": "aspirin",
+                    "tail": "warfarin",
+                    "relation": "effect",
+                    "head_id": "D001241",
+                    "tail_id": "D014859",
+                    "parse_status": "ok",
+                    "logprob": math.log(0.8),
+                    "logprob_tokens": 9,
+                    "raw_generation": "the interaction between aspirin and warfarin is effect",
+                    "model_id": "re-ddi",
+                },
+                {
+                    "pmid": 1,
+                    "version": 1,
+                    "task": "ddi",
+                    "head": "aspirin",
+                    "tail": "heparin",
+                    "relation": "int",
+                    "parse_status": "ok",
+                    "raw_generation": "the interaction between aspirin and heparin is int",
+                    "model_id": "re-ddi",
+                },
+            ]
+        ),
+    )
     return out
 
 
@@ -57,8 +117,11 @@ def test_pubtator_export_reads_back(job_out, tmp_path):
     doc = docs["1"]
     assert doc.text == TEXT.replace("\n", " ")
     assert [(m.start, m.text, m.type, m.ids) for m in doc.mentions] == [
-        (0, "Warfarin", "Chemical", ("D014859",)), (13, "aspirin", "Chemical", ("D001241",)),
-        (len(TITLE) + 1, "Aspirin", "Chemical", ("D001241",)), (TEXT.index("Bleeding"), "Bleeding", "Disease", ("-1",))]
+        (0, "Warfarin", "Chemical", ("D014859",)),
+        (13, "aspirin", "Chemical", ("D001241",)),
+        (len(TITLE) + 1, "Aspirin", "Chemical", ("D001241",)),
+        (TEXT.index("Bleeding"), "Bleeding", "Disease", ("-1",)),
+    ]
     assert doc.relations == [("effect", "D001241", "D014859")]  # the unlinked relation has no ids to join
     assert "\t0.8\n" in dest.read_text()
 
@@ -77,15 +140,21 @@ def test_bioc_export_round_trips_through_the_bioc_package(job_out, tmp_path, fmt
     doc = collection.documents[0]
     title, abstract = doc.passages
     assert (title.offset, title.text, abstract.offset, abstract.text) == (0, TITLE, len(TITLE) + 1, ABSTRACT)
-    found = [(a.id, a.total_span.offset, a.total_span.length, a.text, a.infons["type"], a.infons.get("identifier"))
-             for p in doc.passages for a in p.annotations]
-    assert found == [("T1", 0, 8, "Warfarin", "Chemical", "D014859"), ("T2", 13, 7, "aspirin", "Chemical", "D001241"),
-                     ("T3", len(TITLE) + 1, 7, "Aspirin", "Chemical", "D001241"),
-                     ("T4", TEXT.index("Bleeding"), 8, "Bleeding", "Disease", None)]  # unlinked: no identifier
+    found = [
+        (a.id, a.total_span.offset, a.total_span.length, a.text, a.infons["type"], a.infons.get("identifier"))
+        for p in doc.passages
+        for a in p.annotations
+    ]
+    assert found == [
+        ("T1", 0, 8, "Warfarin", "Chemical", "D014859"),
+        ("T2", 13, 7, "aspirin", "Chemical", "D001241"),
+        ("T3", len(TITLE) + 1, 7, "Aspirin", "Chemical", "D001241"),
+        ("T4", TEXT.index("Bleeding"), 8, "Bleeding", "Disease", None),
+    ]  # unlinked: no identifier
     for p in doc.passages:  # every annotation's text is the passage text at its offset
         for a in p.annotations:
             loc = a.total_span
-            assert p.text[loc.offset - p.offset:loc.offset - p.offset + loc.length] == a.text
+            assert p.text[loc.offset - p.offset : loc.offset - p.offset + loc.length] == a.text
     r1, r2 = doc.relations
     assert r1.infons["type"] == "effect" and r1.infons["head_id"] == "D001241" and float(r1.infons["logprob"]) < 0
     assert [(n.refid, n.role) for n in r1.nodes] == [("T2", "head"), ("T1", "tail")]

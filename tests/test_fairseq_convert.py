@@ -28,7 +28,7 @@ H, LAYERS, HEADS, FFN, POSITIONS = 16, 2, 4, 24, 32
 # merge results, the truncation marker "..." and the dash token.
 LETTERS = "abcdefghijklmnopqrstuvwxyz.-@"
 MERGES = [("t", "h"), ("th", "e</w>"), ("i", "s</w>"), ("a", "n"), ("an", "d</w>"), ("@", "-"), ("@-", "@</w>")]
-SYMBOLS = ([s for c in LETTERS for s in (c + "@@", c)] + ["th@@", "the", "is", "an@@", "and", "@-@", "..."])
+SYMBOLS = [s for c in LETTERS for s in (c + "@@", c)] + ["th@@", "the", "is", "an@@", "and", "@-@", "..."]
 V0 = 4 + len(SYMBOLS)
 TEXT = "the interaction between aspirin and warfarin is mechanism-based ."
 
@@ -45,8 +45,10 @@ def fairseq_state(vocab_rows: int, seed: int = 0) -> dict[str, torch.Tensor]:
     def rand(*shape):
         return torch.randn(*shape, generator=g) * 0.1
 
-    state = {"decoder.embed_tokens.weight": rand(vocab_rows, H),
-             "decoder.embed_positions.weight": rand(POSITIONS + 2, H)}
+    state = {
+        "decoder.embed_tokens.weight": rand(vocab_rows, H),
+        "decoder.embed_positions.weight": rand(POSITIONS + 2, H),
+    }
     for i in range(LAYERS):
         p = f"decoder.layers.{i}."
         for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
@@ -62,23 +64,49 @@ def fairseq_state(vocab_rows: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def model_namespace(**over) -> argparse.Namespace:
-    fields = dict(_name="transformer_lm_prompt", arch="transformer_lm_prompt_biogpt", decoder_embed_dim=H,
-                  decoder_ffn_embed_dim=FFN, decoder_layers=LAYERS, decoder_attention_heads=HEADS,
-                  activation_fn="gelu", dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
-                  decoder_layerdrop=0.0, max_target_positions=POSITIONS, share_decoder_input_output_embed=True,
-                  no_scale_embedding=False, decoder_learned_pos=True, decoder_normalize_before=True)
+    fields = dict(
+        _name="transformer_lm_prompt",
+        arch="transformer_lm_prompt_biogpt",
+        decoder_embed_dim=H,
+        decoder_ffn_embed_dim=FFN,
+        decoder_layers=LAYERS,
+        decoder_attention_heads=HEADS,
+        activation_fn="gelu",
+        dropout=0.1,
+        attention_dropout=0.1,
+        activation_dropout=0.0,
+        decoder_layerdrop=0.0,
+        max_target_positions=POSITIONS,
+        share_decoder_input_output_embed=True,
+        no_scale_embedding=False,
+        decoder_learned_pos=True,
+        decoder_normalize_before=True,
+    )
     return argparse.Namespace(**{**fields, **over})
 
 
-def prompt_checkpoint(path, n_prompt=3, data="../../data/DDI/relis-bin", vocab_rows=None, prefix=False,
-                      model_over=None, state=None):
+def prompt_checkpoint(
+    path, n_prompt=3, data="../../data/DDI/relis-bin", vocab_rows=None, prefix=False, model_over=None, state=None
+):
     rows = vocab_rows if vocab_rows is not None else V0 + n_prompt + (1 if prefix else 0)
-    task = {"_name": "language_modeling_prompt", "data": data, "learned_prompt": n_prompt,
-            "learned_prompt_pattern": "learned", "prefix": prefix, "sep_token": "<seqsep>",
-            "max_source_positions": 20, "max_target_positions": POSITIONS, "source_lang": "x", "target_lang": "y"}
-    ckpt = {"cfg": {"common": {"fp16": False}, "model": model_namespace(**(model_over or {})), "task": task},
-            "model": state if state is not None else fairseq_state(rows), "optimizer_history": [],
-            "extra_state": {"epoch": 100}}
+    task = {
+        "_name": "language_modeling_prompt",
+        "data": data,
+        "learned_prompt": n_prompt,
+        "learned_prompt_pattern": "learned",
+        "prefix": prefix,
+        "sep_token": "<seqsep>",
+        "max_source_positions": 20,
+        "max_target_positions": POSITIONS,
+        "source_lang": "x",
+        "target_lang": "y",
+    }
+    ckpt = {
+        "cfg": {"common": {"fp16": False}, "model": model_namespace(**(model_over or {})), "task": task},
+        "model": state if state is not None else fairseq_state(rows),
+        "optimizer_history": [],
+        "extra_state": {"epoch": 100},
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, path)
     return ckpt
@@ -113,10 +141,26 @@ def test_convert_prompt_checkpoint(ddi_dir, tmp_path):
         new = "output_projection.weight" if key == "decoder.output_projection.weight" else "biogpt." + key[8:]
         assert torch.equal(weights[new], tensor), key
     config = json.loads((dst / "config.json").read_text())
-    assert {k: config[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                                   "intermediate_size", "max_position_embeddings", "tie_word_embeddings")} == {
-        "vocab_size": V0 + 3, "hidden_size": H, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
-        "intermediate_size": FFN, "max_position_embeddings": POSITIONS, "tie_word_embeddings": True}
+    assert {
+        k: config[k]
+        for k in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "tie_word_embeddings",
+        )
+    } == {
+        "vocab_size": V0 + 3,
+        "hidden_size": H,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "intermediate_size": FFN,
+        "max_position_embeddings": POSITIONS,
+        "tie_word_embeddings": True,
+    }
     assert config["architectures"] == ["BioGptForCausalLM"] and config["model_type"] == "biogpt"
 
     ref = transformers.BioGptForCausalLM.from_pretrained(str(dst)).eval()
@@ -142,9 +186,16 @@ def test_convert_prompt_checkpoint(ddi_dir, tmp_path):
     assert (spec["max_source_positions"], spec["max_target_positions"]) == (20, POSITIONS)
     assert spec["truncation_marker_id"] == 4 + SYMBOLS.index("...")
     assert spec["source_format"]["lowercase"] is True and spec["source_format"]["template"] == "{abstract}"
-    assert spec["decoding"] == {"strategy": "greedy", "num_beams": 1, "do_sample": False, "min_len": 1,
-                                "max_len_b": 1024, "max_len": POSITIONS - 1, "ban_token_ids": [1],
-                                "eos_token_id": 2}
+    assert spec["decoding"] == {
+        "strategy": "greedy",
+        "num_beams": 1,
+        "do_sample": False,
+        "min_len": 1,
+        "max_len_b": 1024,
+        "max_len": POSITIONS - 1,
+        "ban_token_ids": [1],
+        "eos_token_id": 2,
+    }
     assert spec["output_grammar"] == "relis-interaction"
     assert spec["converted_from"]["data"] == "../../data/DDI/relis-bin"
 
@@ -165,8 +216,15 @@ def test_converted_tokenizer_encodes_like_the_source_dict(ddi_dir, tmp_path):
     assert theirs.convert_tokens_to_ids(["learned1", "learned3"]) == [V0, V0 + 2]
     assert len(converted) == len(theirs) == V0 + 3
     assert sorted(p.name for p in dst.iterdir()) == [
-        "added_tokens.json", TASK_FILE, "config.json", "merges.txt", "model.safetensors",
-        "special_tokens_map.json", "tokenizer_config.json", "vocab.json"]
+        "added_tokens.json",
+        TASK_FILE,
+        "config.json",
+        "merges.txt",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+        "vocab.json",
+    ]
 
 
 def test_prefix_prompt_layout_puts_the_separator_first(tmp_path):
@@ -184,10 +242,10 @@ def test_prefix_prompt_layout_puts_the_separator_first(tmp_path):
 def test_real_base_vocabulary_gives_the_published_prompt_ids(tmp_path):
     base = shared_path("data", "biogpt-vocab", "base")
     src = tmp_path / "ckpt"
-    prompt_checkpoint(src / "checkpoint_avg.pt", n_prompt=9, data="../../data/KD-DTI/relis-bin",
-                      vocab_rows=42384 + 9)
-    result = convert_fairseq_checkpoint(src, tmp_path / "out", dict_file=base / "dict.txt",
-                                        bpecodes_file=base / "bpecodes", dtype="bfloat16")
+    prompt_checkpoint(src / "checkpoint_avg.pt", n_prompt=9, data="../../data/KD-DTI/relis-bin", vocab_rows=42384 + 9)
+    result = convert_fairseq_checkpoint(
+        src, tmp_path / "out", dict_file=base / "dict.txt", bpecodes_file=base / "bpecodes", dtype="bfloat16"
+    )
     spec = read_task_spec(tmp_path / "out")
     assert result.task == "re-dti" and spec["prompt_token_ids"] == list(range(42384, 42393))
     assert spec["truncation_marker_id"] == 11475  # "..." in BioGPT's dict (biogpt-reference-spec 8.1)
@@ -202,8 +260,12 @@ def test_cli_converts_pretrained_checkpoint_with_legacy_args(tmp_path, capsys):
     transformers = pytest.importorskip("transformers", reason="transformers is the test oracle")
     src = tmp_path / "Pre-trained-BioGPT"
     write_vocab(src)
-    args = model_namespace(task="language_modeling", arch="transformer_lm_gpt2_small", tokens_per_sample=POSITIONS,
-                           data="data/pretrain-bin")
+    args = model_namespace(
+        task="language_modeling",
+        arch="transformer_lm_gpt2_small",
+        tokens_per_sample=POSITIONS,
+        data="data/pretrain-bin",
+    )
     del args.decoder_attention_heads  # recovered from the architecture name (gpt2_small: 16 heads)
     state = fairseq_state(V0)
     torch.save({"args": args, "model": state}, src / "checkpoint.pt")
@@ -225,8 +287,16 @@ def test_task_guessing_and_qa_source_variants():
     assert guess_task(["", "/ckpt/QA-PubMedQA-BioGPT-Large/checkpoint.pt"]) == "qa-pubmedqa"
     assert guess_task(["data/HoC/ansis-bin"]) == "dc-hoc"
     assert guess_task(["/models/checkpoint_avg.pt"]) is None
-    common = dict(learned=["learned1"], prompt_ids=[5], sep_token_id=None, max_source=900, max_target=1024,
-                  truncation_id=7, pad_id=1, eos_id=2)
+    common = dict(
+        learned=["learned1"],
+        prompt_ids=[5],
+        sep_token_id=None,
+        max_source=900,
+        max_target=1024,
+        truncation_id=7,
+        pad_id=1,
+        eos_id=2,
+    )
     spec = task_spec("qa-pubmedqa", data_path="../../data/PubMedQA/pqal_qcl_ansis-bin", **common)
     assert spec["source_format"]["template"] == "question: {question} context: {context} "
     assert spec["source_format"]["lowercase"] is False and spec["decoding"]["max_len"] == 1023
@@ -295,7 +365,9 @@ def test_checkpoint_needing_fairseq_classes(tmp_path, ddi_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, module.__name__, module)
     torch.save({"cfg": FairseqConfig(), "model": fairseq_state(V0 + 3)}, src / "checkpoint_avg.pt")
     monkeypatch.delitem(sys.modules, module.__name__)
-    with pytest.raises(CheckpointError, match="refused: its pickle names fake_fairseq_dataclass.FairseqConfig.*re-save"):
+    with pytest.raises(
+        CheckpointError, match="refused: its pickle names fake_fairseq_dataclass.FairseqConfig.*re-save"
+    ):
         convert_fairseq_checkpoint(src, tmp_path / "out")
 
 
@@ -373,15 +445,34 @@ def test_a_checkpoint_whose_cfg_is_an_omegaconf_config_converts_without_omegacon
     omegaconf = pytest.importorskip("omegaconf", reason="omegaconf builds the checkpoint (it is not needed to read it)")
     src, ckpt = ddi_dir
     plain = convert_fairseq_checkpoint(src, tmp_path / "plain")
-    model = vars(ckpt["cfg"]["model"]) | {"max_target_positions": "${task.max_target_positions}",
-                                          "decoder_layers": "${model.n_layers}", "n_layers": LAYERS}
-    cfg = omegaconf.OmegaConf.create({"common": {"fp16": False, "seed": 1}, "model": model, "task": ckpt["cfg"]["task"],
-                                      "optimization": {"lr": [1e-4], "clip_norm": 0.0}, "bpe": None})
+    model = vars(ckpt["cfg"]["model"]) | {
+        "max_target_positions": "${task.max_target_positions}",
+        "decoder_layers": "${model.n_layers}",
+        "n_layers": LAYERS,
+    }
+    cfg = omegaconf.OmegaConf.create(
+        {
+            "common": {"fp16": False, "seed": 1},
+            "model": model,
+            "task": ckpt["cfg"]["task"],
+            "optimization": {"lr": [1e-4], "clip_norm": 0.0},
+            "bpe": None,
+        }
+    )
     import numpy
 
-    torch.save({**ckpt, "cfg": cfg, "extra_state": {"epoch": 100, "best": numpy.float64(0.5),
-                                                    "metrics": {"loss": [(0, "loss", "AverageMeter", {})]}}},
-               src / "checkpoint_avg.pt")
+    torch.save(
+        {
+            **ckpt,
+            "cfg": cfg,
+            "extra_state": {
+                "epoch": 100,
+                "best": numpy.float64(0.5),
+                "metrics": {"loss": [(0, "loss", "AverageMeter", {})]},
+            },
+        },
+        src / "checkpoint_avg.pt",
+    )
     omegaconf_modules = {m: mod for m, mod in sys.modules.items() if m == "omegaconf" or m.startswith("omegaconf.")}
     try:
         for m in omegaconf_modules:  # reading must not import (or need) omegaconf
@@ -390,13 +481,17 @@ def test_a_checkpoint_whose_cfg_is_an_omegaconf_config_converts_without_omegacon
     finally:
         sys.modules.update(omegaconf_modules)
     assert (converted.task, converted.vocab_size, converted.prompt_token_ids) == (
-        plain.task, plain.vocab_size, plain.prompt_token_ids)
+        plain.task,
+        plain.vocab_size,
+        plain.prompt_token_ids,
+    )
     for name in ("config.json", TASK_FILE):
         a, b = (json.loads((tmp_path / d / name).read_text()) for d in ("plain", "omegaconf"))
         a.get("converted_from", {}).pop("checkpoint", None), b.get("converted_from", {}).pop("checkpoint", None)
         assert a == b, name
-    assert (tmp_path / "plain" / "model.safetensors").read_bytes() == \
-        (tmp_path / "omegaconf" / "model.safetensors").read_bytes()
+    assert (tmp_path / "plain" / "model.safetensors").read_bytes() == (
+        tmp_path / "omegaconf" / "model.safetensors"
+    ).read_bytes()
 
 
 def test_shape_mismatches_are_clear_errors(tmp_path):

@@ -31,11 +31,25 @@ PAD = 1
 # Untied head and a wide init give varied greedy continuations (a tiny tied model mostly repeats its
 # last token); the tied config is BioGPT's layout.
 CONFIGS = {
-    "untied": dict(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                   intermediate_size=37, max_position_embeddings=64, initializer_range=0.1,
-                   tie_word_embeddings=False),
-    "tied": dict(vocab_size=67, hidden_size=48, num_hidden_layers=3, num_attention_heads=3,
-                 intermediate_size=96, max_position_embeddings=48, initializer_range=0.3),
+    "untied": dict(
+        vocab_size=101,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        initializer_range=0.1,
+        tie_word_embeddings=False,
+    ),
+    "tied": dict(
+        vocab_size=67,
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=3,
+        intermediate_size=96,
+        max_position_embeddings=48,
+        initializer_range=0.3,
+    ),
 }
 _PAIRS: dict = {}
 
@@ -73,7 +87,7 @@ def hf_generate(ref, ids, mask, **kw):
 
 
 def greedy_tokens(ours, ids, mask, n=12):
-    return generate(ours, ids, mask, max_new_tokens=n, eos_token_id=[])[:, ids.shape[1]:]
+    return generate(ours, ids, mask, max_new_tokens=n, eos_token_id=[])[:, ids.shape[1] :]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -81,12 +95,16 @@ def greedy_tokens(ours, ids, mask, n=12):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore:Using the model-agnostic default")
 @pytest.mark.parametrize("name", list(CONFIGS))
-@pytest.mark.parametrize("kw", [
-    dict(max_new_tokens=12),
-    dict(),  # transformers' default: 20 new tokens, capped at max_position_embeddings
-    dict(max_length=19),  # total length, prompt (12, padded) included
-    dict(max_new_tokens=10, suppress_tokens=[5, 9, 33]),
-], ids=["max_new", "default", "max_length", "suppress"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(max_new_tokens=12),
+        dict(),  # transformers' default: 20 new tokens, capped at max_position_embeddings
+        dict(max_length=19),  # total length, prompt (12, padded) included
+        dict(max_new_tokens=10, suppress_tokens=[5, 9, 33]),
+    ],
+    ids=["max_new", "default", "max_length", "suppress"],
+)
 def test_greedy_matches_transformers(pairs, name, kw):
     ref, ours = pairs(name)
     _, ids, mask = ragged(name)
@@ -106,7 +124,7 @@ def test_greedy_eos_stops_rows_mid_batch(pairs):
     new = out[:, T:]
     first_eos = [(r == eos).nonzero()[0].item() if (r == eos).any() else None for r in new]
     assert first_eos[0] is not None and first_eos[0] <= 2
-    assert (new[0, first_eos[0] + 1:] == PAD).all()  # a finished row continues as padding
+    assert (new[0, first_eos[0] + 1 :] == PAD).all()  # a finished row continues as padding
     assert any(e is None for e in first_eos)  # while another row runs to the length cap
     # The model's own entry point and an inferred mask (pad != eos) give the same ids.
     assert torch.equal(ours.generate(ids, max_new_tokens=16, eos_token_id=eos), out)
@@ -121,7 +139,7 @@ def test_min_new_tokens_holds_eos_back(pairs):
     held = generate(ours, ids, mask, min_new_tokens=6, **kw)
     assert torch.equal(held, hf_generate(ref, ids, mask, min_new_tokens=6, **kw))
     assert not torch.equal(early, held)
-    assert not (held[:, ids.shape[1]:ids.shape[1] + 6] == eos).any()
+    assert not (held[:, ids.shape[1] : ids.shape[1] + 6] == eos).any()
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +156,18 @@ def beam_case(pairs):
 @pytest.mark.parametrize("num_beams", [3, 5])
 def test_beam_search_matches_transformers(beam_case, num_beams, length_penalty, early_stopping):
     ref, ours, ids, mask, eos = beam_case
-    kw = dict(max_new_tokens=12, num_beams=num_beams, length_penalty=length_penalty,
-              early_stopping=early_stopping, eos_token_id=eos)
+    kw = dict(
+        max_new_tokens=12,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        eos_token_id=eos,
+    )
     a = generate(ours, ids, mask, return_dict=True, **kw)
     b = hf_generate(ref, ids, mask, return_dict_in_generate=True, output_scores=True, **kw)
     assert torch.equal(a.sequences, b.sequences)
     torch.testing.assert_close(a.sequences_scores, b.sequences_scores, rtol=0, atol=1e-5)
-    assert (a.sequences[:, ids.shape[1]:] == eos).any(), "no beam finished: EOS choice does not exercise it"
+    assert (a.sequences[:, ids.shape[1] :] == eos).any(), "no beam finished: EOS choice does not exercise it"
 
 
 def test_beam_search_returns_several_sequences(beam_case):
@@ -157,18 +180,30 @@ def test_beam_search_returns_several_sequences(beam_case):
     torch.testing.assert_close(a.sequences_scores, b.sequences_scores, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("kw", [
-    dict(),
-    dict(temperature=0.7, top_k=20, top_p=0.9),
-    dict(top_p=0.5, num_return_sequences=2),
-    dict(num_beams=3, top_k=10),
-], ids=["plain", "temp-topk-topp", "topp-n2", "beam-sample"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(temperature=0.7, top_k=20, top_p=0.9),
+        dict(top_p=0.5, num_return_sequences=2),
+        dict(num_beams=3, top_k=10),
+    ],
+    ids=["plain", "temp-topk-topp", "topp-n2", "beam-sample"],
+)
 def test_sampling_is_seeded_and_matches_transformers(beam_case, kw):
     ref, ours, ids, mask, eos = beam_case
 
     def ours_with(seed):
-        return generate(ours, ids, mask, max_new_tokens=12, do_sample=True, eos_token_id=eos,
-                        generator=torch.Generator().manual_seed(seed), **kw)
+        return generate(
+            ours,
+            ids,
+            mask,
+            max_new_tokens=12,
+            do_sample=True,
+            eos_token_id=eos,
+            generator=torch.Generator().manual_seed(seed),
+            **kw,
+        )
 
     first = ours_with(3)
     assert torch.equal(first, ours_with(3))
@@ -176,8 +211,7 @@ def test_sampling_is_seeded_and_matches_transformers(beam_case, kw):
     # Same processors in the same order and the same draws: transformers under the same global seed
     # (its top_k defaults to 50, so say "no top-k" explicitly) gives the same ids.
     torch.manual_seed(3)
-    theirs = hf_generate(ref, ids, mask, max_new_tokens=12, do_sample=True, eos_token_id=eos,
-                         **{"top_k": 0, **kw})
+    theirs = hf_generate(ref, ids, mask, max_new_tokens=12, do_sample=True, eos_token_id=eos, **{"top_k": 0, **kw})
     assert torch.equal(first, theirs)
 
 
@@ -215,9 +249,9 @@ def workload(pairs):
 
 def generate_alone(model, prompt, budget, eos, **kw):
     """``generate`` on one unpadded prompt: its new ids up to and including EOS."""
-    new = generate(model, torch.tensor([prompt]), max_new_tokens=budget, eos_token_id=eos, **kw)[0, len(prompt):]
+    new = generate(model, torch.tensor([prompt]), max_new_tokens=budget, eos_token_id=eos, **kw)[0, len(prompt) :]
     new = new.tolist()
-    return new[:new.index(eos) + 1] if eos in new else new
+    return new[: new.index(eos) + 1] if eos in new else new
 
 
 @pytest.mark.parametrize("max_batch,kv_bucket,sync_every", [(3, 8, 1), (3, 4, 3), (4, 16, 4), (16, 128, 2)])
@@ -232,7 +266,7 @@ def test_engine_greedy_matches_generate(workload, max_batch, kv_bucket, sync_eve
     ids = torch.tensor([[PAD] * (T - len(p)) + p for p in prompts])
     batch = generate(ours, ids, (ids != PAD).long(), max_new_tokens=max(budgets), eos_token_id=eos)[:, T:].tolist()
     for row, out, n in zip(batch, expected, budgets):
-        assert row[:len(out)] == out and (len(out) == n or out[-1] == eos)
+        assert row[: len(out)] == out and (len(out) == n or out[-1] == eos)
 
 
 def test_engine_logprobs_equal_a_teacher_forced_pass(workload):
@@ -265,7 +299,7 @@ def test_engine_beam_search_matches_generate(workload, num_beams, early_stopping
     ids = torch.tensor([[PAD] * (T - len(p)) + p for p in prompts])
     kw = dict(num_beams=num_beams, early_stopping=early_stopping, eos_token_id=eos, length_penalty=0.8)
     rows = generate(ours, ids, (ids != PAD).long(), max_new_tokens=12, **kw)[:, T:].tolist()
-    expected = [r[:r.index(eos) + 1] if eos in r else r for r in rows]
+    expected = [r[: r.index(eos) + 1] if eos in r else r for r in rows]
     # 16 slots hold 3 prompts of 5 beams (or 5 of 3): several chunks, the window moves (bucket 8).
     engine = Engine(ours, max_batch=16, max_seq_len=40, kv_bucket=8)
     assert engine.beam_search(prompts, 12, **kw) == expected
@@ -276,8 +310,15 @@ def test_engine_sampling_is_seeded(workload):
     engine = Engine(ours, max_batch=4, max_seq_len=40, kv_bucket=8)
 
     def run(seed):
-        return engine.run(prompts, budgets, eos_token_id=eos, do_sample=True, temperature=0.8, top_p=0.95,
-                          generator=torch.Generator().manual_seed(seed))
+        return engine.run(
+            prompts,
+            budgets,
+            eos_token_id=eos,
+            do_sample=True,
+            temperature=0.8,
+            top_p=0.95,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     first = run(0)
     assert first == run(0) and first != run(1)
@@ -297,8 +338,9 @@ def test_compiled_engine_traces_whole_and_matches_eager(workload):
     compiled = Engine(ours, compile=True, **kw)
     eager = Engine(ours, **kw)
     assert compiled.run(prompts, budgets, eos_token_id=eos) == eager.run(prompts, budgets, eos_token_id=eos)
-    assert compiled.beam_search(prompts[:2], 6, num_beams=2, eos_token_id=eos) == \
-        eager.beam_search(prompts[:2], 6, num_beams=2, eos_token_id=eos)
+    assert compiled.beam_search(prompts[:2], 6, num_beams=2, eos_token_id=eos) == eager.beam_search(
+        prompts[:2], 6, num_beams=2, eos_token_id=eos
+    )
     assert not torch._dynamo.utils.counters["graph_break"]
 
 
@@ -320,13 +362,19 @@ def test_cuda_graph_engine_matches_eager_on_cuda(pairs, dtype):
         assert eager == [generate_alone(model, p, n, 8) for p, n in zip(prompts, budgets)]
     beams = Engine(model, max_batch=16, **kw)
     eager_beams = Engine(model, max_batch=16, cuda_graph=False, **kw)
-    assert beams.beam_search(prompts[:6], 10, num_beams=4, eos_token_id=8) == \
-        eager_beams.beam_search(prompts[:6], 10, num_beams=4, eos_token_id=8)
+    assert beams.beam_search(prompts[:6], 10, num_beams=4, eos_token_id=8) == eager_beams.beam_search(
+        prompts[:6], 10, num_beams=4, eos_token_id=8
+    )
 
 
 def test_benchmark_quick_smoke_run():
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_generation.py"), "--quick"],
-                          capture_output=True, text=True, timeout=180, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_generation.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for case in ("prefill", "greedy b=1", "beam-5", "ragged RE"):
         assert case in proc.stdout, proc.stdout

@@ -23,15 +23,18 @@ STEPS = ("env", "pytest-gpu", "gen", "gen-ids-fp32", "ner", "large-prefill", "ge
 BENCH_STEPS = STEPS[2:]  # the ones that write rows: transformers, biogpt, ratio
 RATIO_ROW = re.compile(r"^\S.*\s\d[\d,]*\.\d\s+\d[\d,]*\.\d\s+\d+\.\d\dx\b", re.M)
 
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                                reason="gpu_proof.sh needs bash and coreutils' timeout")
+pytestmark = pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("timeout") is None,
+    reason="gpu_proof.sh needs bash and coreutils' timeout",
+)
 
 
 def run_proof(out: Path, *args: str, timeout: int = 300, **env) -> subprocess.CompletedProcess:
     environ = dict(os.environ, OUT=str(out), PYTHON=sys.executable, **env)
     environ.pop("DRY_RUN", None)
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO, env=environ)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=environ
+    )
 
 
 def test_list_shows_every_step_with_its_timeout_and_command(tmp_path):

@@ -72,8 +72,11 @@ def corpus(out) -> dict[int, dict]:
 
 def files_of(out) -> dict[str, tuple[int, bytes]]:
     """Every file under ``out`` (but the lock): its modification time and bytes."""
-    return {str(p.relative_to(out)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != "_lock"}
+    return {
+        str(p.relative_to(out)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != "_lock"
+    }
 
 
 def without_fetch_time(out) -> pa.Table:
@@ -237,7 +240,7 @@ def test_a_failed_cleanup_after_a_commit_loses_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Location, "delete", failing_delete)
     with ShardStore(out, "ingest") as store:
-        (old, new), = shards_module.compact(store, min_deleted=0.5)
+        ((old, new),) = shards_module.compact(store, min_deleted=0.5)
     monkeypatch.setattr(Location, "delete", real_delete)
     assert (out / old).exists()  # could not be removed: left for the next open
     assert sorted(corpus(out)) == [4] and [s["name"] for s in read_manifest(out)["shards"]] == [new]
@@ -249,7 +252,7 @@ def test_a_malformed_file_commits_nothing_and_names_the_record(tmp_path):
     good = write(tmp_path / "pubmed25n0001.xml", [article_xml(1)], gz=False)
     text = pubmed_document([article_xml(2), article_xml(3)])
     bad = tmp_path / "pubmed25n0002.xml"
-    bad.write_text(text[: text.index("<PMID Version=\"1\">3<")] + "</PubmedArticleSet>", encoding="utf-8")
+    bad.write_text(text[: text.index('<PMID Version="1">3<')] + "</PubmedArticleSet>", encoding="utf-8")
     out = tmp_path / "out"
     with pytest.raises(PubmedXMLError, match=r"pubmed25n0002\.xml: malformed .* after record 1 \(PMID 2\)"):
         ingest_files([good, bad], out, shard_rows=1)
@@ -317,7 +320,9 @@ def test_schema_cast_and_to_table():
     row = {"pmid": 1, "version": 1, "record_type": "article", "has_abstract": False, "title": "T"}
     table = to_table([row])
     assert table.schema.metadata[b"biomine.schema_version"] == str(SCHEMA_VERSION).encode()
-    partial = pa.table({"pmid": pa.array([2], pa.int32()), "version": [1], "record_type": ["book"], "has_abstract": [True]})
+    partial = pa.table(
+        {"pmid": pa.array([2], pa.int32()), "version": [1], "record_type": ["book"], "has_abstract": [True]}
+    )
     cast_table = cast(partial)
     assert cast_table.schema.equals(ARTICLE_SCHEMA, check_metadata=True) and cast_table.column("title").null_count == 1
     with pytest.raises(SchemaMismatchError, match="not part of the articles schema"):

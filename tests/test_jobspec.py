@@ -22,7 +22,10 @@ def write(tmp_path, text):
 def test_valid_job_resolves_paths_relative_to_the_file(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
-    spec = load_job(write(tmp_path, """
+    spec = load_job(
+        write(
+            tmp_path,
+            """
 [job]
 name = "x"
 output = "out"
@@ -39,7 +42,9 @@ batch_size = 4
 [tasks.summarize]
 model = "m"
 prompt = "{title} In summary,"
-"""))
+""",
+        )
+    )
     assert Path(spec.output) == tmp_path / "out"
     assert Path(spec.tasks["re"].model) == tmp_path / "m" and spec.tasks["re"].batch_size == 4
     assert spec.tasks["summarize"].max_new_tokens == 64 and spec.source.max == 10
@@ -47,7 +52,10 @@ prompt = "{title} In summary,"
 
 def test_all_problems_are_listed_with_their_keys(tmp_path):
     with pytest.raises(ConfigError) as err:
-        load_job(write(tmp_path, """
+        load_job(
+            write(
+                tmp_path,
+                """
 [job]
 name = "x"
 output = "out"
@@ -64,10 +72,18 @@ model = "missing-model"
 model = "m"
 [resources]
 dtype = "int8"
-"""))
+""",
+            )
+        )
     msg = str(err.value)
-    for needle in ("[job] colour: unknown key", "[source] mindate = '2020/13/01'", "[tasks.re] task = 'chemprot'",
-                   "no config.json in", "[tasks.sentiment]: unknown task", "[resources] dtype = 'int8'"):
+    for needle in (
+        "[job] colour: unknown key",
+        "[source] mindate = '2020/13/01'",
+        "[tasks.re] task = 'chemprot'",
+        "no config.json in",
+        "[tasks.sentiment]: unknown task",
+        "[resources] dtype = 'int8'",
+    ):
         assert needle in msg, needle
 
 
@@ -94,7 +110,10 @@ def test_cli_check_reports_without_traceback(tmp_path, capsys):
 
 def test_storage_uris_stay_uris(tmp_path):
     """`output = "s3://bucket/out"` once became the local path jobs/s3:/bucket/out."""
-    spec = load_job(write(tmp_path, """
+    spec = load_job(
+        write(
+            tmp_path,
+            """
 [job]
 name = "x"
 output = "s3://bucket/out"
@@ -103,7 +122,10 @@ kind = "files"
 paths = ["s3://bucket/pubmed/baseline/", "updates/*.xml.gz"]
 [tasks.ner]
 model = "s3://bucket/models/ner"
-"""), check_models=False)
+""",
+        ),
+        check_models=False,
+    )
     assert spec.output == "s3://bucket/out" and spec.tasks["ner"].model == "s3://bucket/models/ner"
     assert spec.source.paths == ["s3://bucket/pubmed/baseline/", str(tmp_path / "updates" / "*.xml.gz")]
     with pytest.raises(ConfigError, match=r"\[job\] output = 5: expected a string"):

@@ -67,9 +67,11 @@ MESH_SUPP = """<?xml version="1.0"?>
 </SupplementalRecord>
 </SupplementalRecordSet>
 """
-DRUGBANK = ('"DrugBank ID","Accession Numbers","Common name","CAS","UNII","Synonyms","Standard InChI Key"\n'
-            '"DB00682","APRD00112","Warfarin","81-81-2","5Q7ZVV76EI","Coumadin | Warfarina | Warfarine","PJVWKTKQMONHTI-UHFFFAOYSA-N"\n'
-            '"DB00997","APRD00228","Doxorubicin","23214-92-8","80168379AG","Adriamycin | Doxorubicina","AOJJSUZBOXZQNB-TZSSRYMLSA-N"\n')
+DRUGBANK = (
+    '"DrugBank ID","Accession Numbers","Common name","CAS","UNII","Synonyms","Standard InChI Key"\n'
+    '"DB00682","APRD00112","Warfarin","81-81-2","5Q7ZVV76EI","Coumadin | Warfarina | Warfarine","PJVWKTKQMONHTI-UHFFFAOYSA-N"\n'
+    '"DB00997","APRD00228","Doxorubicin","23214-92-8","80168379AG","Adriamycin | Doxorubicina","AOJJSUZBOXZQNB-TZSSRYMLSA-N"\n'
+)
 
 
 @pytest.fixture
@@ -82,8 +84,15 @@ def vocab_files(tmp_path):
 
 @pytest.fixture
 def linker(vocab_files):
-    return Linker(dictionary_table([mesh_rows(vocab_files / "desc2025.xml.gz"), mesh_rows(vocab_files / "supp2025.xml"),
-                                    drugbank_rows(vocab_files / "drugbank vocabulary.csv")]).to_pylist())
+    return Linker(
+        dictionary_table(
+            [
+                mesh_rows(vocab_files / "desc2025.xml.gz"),
+                mesh_rows(vocab_files / "supp2025.xml"),
+                drugbank_rows(vocab_files / "drugbank vocabulary.csv"),
+            ]
+        ).to_pylist()
+    )
 
 
 def test_readers_type_and_mark_preferred_names(vocab_files):
@@ -129,27 +138,52 @@ def test_matching_rules(linker):
 
 
 def test_a_name_spelled_twice_keeps_its_preferred_mark():
-    rows = [{"key": "alpha tocopherol", "name": n, "concept_id": "D024502", "concept_name": "alpha-Tocopherol",
-             "vocabulary": "MeSH", "type": "Chemical", "preferred": n == "alpha-Tocopherol"}
-            for n in ("alpha Tocopherol", "alpha-Tocopherol")]
+    rows = [
+        {
+            "key": "alpha tocopherol",
+            "name": n,
+            "concept_id": "D024502",
+            "concept_name": "alpha-Tocopherol",
+            "vocabulary": "MeSH",
+            "type": "Chemical",
+            "preferred": n == "alpha-Tocopherol",
+        }
+        for n in ("alpha Tocopherol", "alpha-Tocopherol")
+    ]
     (row,) = dictionary_table([rows]).to_pylist()
     assert row["preferred"] and row["name"] == "alpha-Tocopherol"
 
 
 def test_vocab_build_and_eval_link_commands(vocab_files, tmp_path, capsys):
     out = tmp_path / "vocab" / "concepts.parquet"
-    assert main(["vocab", "build", "--mesh", str(vocab_files / "desc2025.xml.gz"), "--mesh",
-                 str(vocab_files / "supp2025.xml"), "--drugbank", str(vocab_files / "drugbank vocabulary.csv"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "vocab",
+                "build",
+                "--mesh",
+                str(vocab_files / "desc2025.xml.gz"),
+                "--mesh",
+                str(vocab_files / "supp2025.xml"),
+                "--drugbank",
+                str(vocab_files / "drugbank vocabulary.csv"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = pq.read_table(out)
     assert table.schema.metadata[b"biomine.schema"] == b"concepts"
     assert {"D004317", "C063008", "DB00682"} <= set(table.column("concept_id").to_pylist())
     pubtator = tmp_path / "gold.txt"
-    pubtator.write_text("1|t|Adriamycin cardiotoxicity\n1|a|Congestive heart failure after doxorubicin (DOX); DOX "
-                        "and coumadin.\n1\t0\t10\tAdriamycin\tChemical\tD004317\n"
-                        "1\t26\t50\tCongestive heart failure\tDisease\tD006333\n"
-                        "1\t57\t68\tdoxorubicin\tChemical\tD004317\n1\t70\t73\tDOX\tChemical\tD004317\n"
-                        "1\t76\t79\tDOX\tChemical\tD004317\n1\t84\t92\tcoumadin\tChemical\tD014859\n\n")
+    pubtator.write_text(
+        "1|t|Adriamycin cardiotoxicity\n1|a|Congestive heart failure after doxorubicin (DOX); DOX "
+        "and coumadin.\n1\t0\t10\tAdriamycin\tChemical\tD004317\n"
+        "1\t26\t50\tCongestive heart failure\tDisease\tD006333\n"
+        "1\t57\t68\tdoxorubicin\tChemical\tD004317\n1\t70\t73\tDOX\tChemical\tD004317\n"
+        "1\t76\t79\tDOX\tChemical\tD004317\n1\t84\t92\tcoumadin\tChemical\tD014859\n\n"
+    )
     capsys.readouterr()
     assert main(["eval", "link", "--data", str(pubtator), "--vocab", str(out), "--json", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
@@ -182,11 +216,15 @@ def test_a_job_names_its_vocabulary_and_run_check_checks_it(tmp_path, demo_model
     from pipeline.run.runner import preflight
 
     vocab = tmp_path / "vocab.parquet"
-    assert main(["vocab", "build", "--drugbank", str(vocab_files / "drugbank vocabulary.csv"), "--out", str(vocab)]) == 0
+    assert (
+        main(["vocab", "build", "--drugbank", str(vocab_files / "drugbank vocabulary.csv"), "--out", str(vocab)]) == 0
+    )
     capsys.readouterr()
     job = tmp_path / "job.toml"
-    job.write_text(f'[job]\nname = "v"\noutput = "{tmp_path / "out"}"\n[source]\nkind = "files"\npaths = ["{DEMO_XML}"]\n'
-                   f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\nvocabulary = "vocab.parquet"\n')
+    job.write_text(
+        f'[job]\nname = "v"\noutput = "{tmp_path / "out"}"\n[source]\nkind = "files"\npaths = ["{DEMO_XML}"]\n'
+        f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\nvocabulary = "vocab.parquet"\n'
+    )
     spec = load_job(job)
     assert spec.tasks["ner"].vocabulary == str(vocab)  # relative to the job file
     preflight(spec)

@@ -20,13 +20,32 @@ from biogpt import CheckpointError, InputTooLongError  # noqa: E402
 
 ATOL = 1e-5
 CONFIGS = {
-    "tiny": dict(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=37, max_position_embeddings=64),
-    "wide-heads": dict(vocab_size=67, hidden_size=48, num_hidden_layers=3, num_attention_heads=3,
-                       intermediate_size=96, max_position_embeddings=40),
-    "unscaled-untied": dict(vocab_size=80, hidden_size=64, num_hidden_layers=1, num_attention_heads=8,
-                            intermediate_size=128, max_position_embeddings=32, scale_embedding=False,
-                            tie_word_embeddings=False),
+    "tiny": dict(
+        vocab_size=101,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    ),
+    "wide-heads": dict(
+        vocab_size=67,
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=3,
+        intermediate_size=96,
+        max_position_embeddings=40,
+    ),
+    "unscaled-untied": dict(
+        vocab_size=80,
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=8,
+        intermediate_size=128,
+        max_position_embeddings=32,
+        scale_embedding=False,
+        tie_word_embeddings=False,
+    ),
 }
 PAD = 1
 
@@ -88,7 +107,7 @@ def test_incremental_decoding_matches_full_and_reference(tmp_path, name):
         steps = [out.logits]
         past = out.past_key_values
         for t in range(5, 12):
-            out = ours(ids[:, t:t + 1], past_key_values=past, use_cache=True)
+            out = ours(ids[:, t : t + 1], past_key_values=past, use_cache=True)
             past = out.past_key_values
             steps.append(out.logits)
         assert_close(torch.cat(steps, 1), full, "cached vs full")
@@ -175,8 +194,9 @@ def test_token_classification(tmp_path):
 @pytest.mark.parametrize("problem", ["single_label_classification", "regression", "multi_label_classification"])
 def test_sequence_classification(tmp_path, problem):
     num_labels = 1 if problem == "regression" else 3
-    ref, ours = make_pair(tmp_path, "tiny", "BioGptForSequenceClassification", num_labels=num_labels,
-                          problem_type=problem)
+    ref, ours = make_pair(
+        tmp_path, "tiny", "BioGptForSequenceClassification", num_labels=num_labels, problem_type=problem
+    )
     _, ids, mask = padded_batch(101, "right")
     if problem == "single_label_classification":
         labels = torch.tensor([0, 2, 1])

@@ -72,7 +72,9 @@ def test_reference_grammar(tmp_path):
     with pytest.raises(CheckpointError, match="neither a model directory nor a valid Hub id"):
         hub.resolve("models/re--ddi")  # a missing folder whose name the Hub cannot hold: no traceback
     assert hub.model_name("hf://microsoft/biogpt@" + "a" * 40) == "microsoft/biogpt"
-    assert hub.model_name(tmp_path / "hf" / "models--microsoft--biogpt" / "snapshots" / ("b" * 40)) == "microsoft/biogpt"
+    assert (
+        hub.model_name(tmp_path / "hf" / "models--microsoft--biogpt" / "snapshots" / ("b" * 40)) == "microsoft/biogpt"
+    )
     assert hub.model_name("/models/re-ddi/") == "re-ddi"
 
 
@@ -130,14 +132,22 @@ def test_a_job_names_a_hub_model_and_its_manifest_records_the_revision(tmp_path,
     commit = fake_hub.add("tiny-org/biogpt-tiny", published(tmp_path / "lm"))
     out = tmp_path / "out"
     job = tmp_path / "hub.toml"
-    job.write_text(f'[job]\nname = "hub"\noutput = "{out}"\n[source]\nkind = "files"\npaths = ["{DEMO_XML}"]\n'
-                   '[tasks.summarize]\nmodel = "tiny-org/biogpt-tiny"\nmax_new_tokens = 4\n[resources]\nactors = 1\n')
+    job.write_text(
+        f'[job]\nname = "hub"\noutput = "{out}"\n[source]\nkind = "files"\npaths = ["{DEMO_XML}"]\n'
+        '[tasks.summarize]\nmodel = "tiny-org/biogpt-tiny"\nmax_new_tokens = 4\n[resources]\nactors = 1\n'
+    )
     from pipeline.run.jobspec import load_job
 
     assert load_job(job).tasks["summarize"].model == "hf://tiny-org/biogpt-tiny"  # explicit past the parser
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(job), "--no-progress"], env=env,
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(job), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((out / "_manifest.json").read_text())
     model = manifest["models"]["summarize"]
@@ -149,8 +159,14 @@ def test_a_job_names_a_hub_model_and_its_manifest_records_the_revision(tmp_path,
     assert ids == ["tiny-org/biogpt-tiny"]
     # a name that does not resolve is one line from `run --check`, naming the key
     job.write_text(job.read_text().replace("tiny-org/biogpt-tiny", "tiny-org/absent"))
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(job), "--check"], env=env,
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(job), "--check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("biomine: error: [tasks.summarize] tiny-org/absent: no such model repository")
     assert len(done.stderr.strip().splitlines()) == 1
@@ -273,8 +289,10 @@ def test_models_pull_resumes_a_cut_download_verifies_converts_and_a_job_uses_it(
         assert BioGptForCausalLM.from_pretrained("biogpt:re-ddi").config.vocab_size == record["vocab_size"]
         RelationTask.check_model(RelationOptions(model=str(hub.resolve("biogpt:re-ddi").path), task="ddi"))
         job = tmp_path / "job.toml"
-        job.write_text(f'[job]\nname = "rel"\noutput = "{tmp_path / "out"}"\n[source]\nkind = "files"\n'
-                       f'paths = ["{DEMO_XML}"]\n[tasks.re]\ntask = "ddi"\nmodel = "biogpt:re-ddi"\n')
+        job.write_text(
+            f'[job]\nname = "rel"\noutput = "{tmp_path / "out"}"\n[source]\nkind = "files"\n'
+            f'paths = ["{DEMO_XML}"]\n[tasks.re]\ntask = "ddi"\nmodel = "biogpt:re-ddi"\n'
+        )
         assert main(["run", str(job), "--check"]) == 0
         job.write_text(job.read_text().replace("biogpt:re-ddi", "biogpt:re-dti").replace('"ddi"', '"kd-dti"'))
         assert main(["run", str(job), "--check"]) == 2
@@ -327,12 +345,16 @@ def test_a_pull_refuses_a_hostile_archive_and_one_that_differs_from_its_pin(tmp_
         before = (hub.released_dir("re-ddi") / "model.safetensors").read_bytes()
         assert main(["models", "pull", "re-ddi", "--mirror", server.url, "--allow-http", "--force"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "is not " + hashlib.sha256(good).hexdigest() in err[0] and "release-pins.json" in err[0]
+        assert (
+            len(err) == 1 and "is not " + hashlib.sha256(good).hexdigest() in err[0] and "release-pins.json" in err[0]
+        )
         assert not (tmp_path / "models" / "downloads" / "RE-DDI-BioGPT.tgz").exists()
         assert (hub.released_dir("re-ddi") / "model.safetensors").read_bytes() == before
         # --sha256 names the digest to require, whatever is pinned
-        assert main(["models", "pull", "re-ddi", "--mirror", server.url, "--allow-http", "--force",
-                     "--sha256", "0" * 64]) == 2
+        assert (
+            main(["models", "pull", "re-ddi", "--mirror", server.url, "--allow-http", "--force", "--sha256", "0" * 64])
+            == 2
+        )
         assert "is not " + "0" * 64 + " (--sha256)" in capsys.readouterr().err
     finally:
         server.close()

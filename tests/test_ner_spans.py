@@ -42,12 +42,15 @@ def test_label_lists_and_parsing():
     assert parse_label_list(["B-Disease", "O", "I-Disease"]) == ("BIO", ["Disease"])
 
 
-@pytest.mark.parametrize("labels, message", [
-    (["O", "B-Gene"], "missing \\['I-Gene'\\]"),
-    (["O", "B-Gene", "I-Gene", "I-Gene"], "repeated \\['I-Gene'\\]"),
-    (["O", "X-Gene"], "is not O, B-T"),
-    (["O", "B-Gene", "I-Gene", "S-Gene"], "missing \\['E-Gene'\\]"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (["O", "B-Gene"], "missing \\['I-Gene'\\]"),
+        (["O", "B-Gene", "I-Gene", "I-Gene"], "repeated \\['I-Gene'\\]"),
+        (["O", "X-Gene"], "is not O, B-T"),
+        (["O", "B-Gene", "I-Gene", "S-Gene"], "missing \\['E-Gene'\\]"),
+    ],
+)
 def test_bad_label_lists_say_what_is_wrong(labels, message):
     with pytest.raises(LabelSchemeError, match=message):
         parse_label_list(labels)
@@ -67,7 +70,9 @@ def test_synthetic_round_trip(scheme):
     probs[3] = 0.6  # "acetyl"
     spans = decode_tags(encoded.tags, OFFSETS, labels, TEXT, probs)
     assert [(s.start, s.end, s.label, s.text) for s in spans] == [
-        (0, 7, "Chemical", "Aspirin"), (12, 33, "Chemical", "acetyl salicylic acid"), (40, 53, "Disease", "Reye syndrome"),
+        (0, 7, "Chemical", "Aspirin"),
+        (12, 33, "Chemical", "acetyl salicylic acid"),
+        (40, 53, "Disease", "Reye syndrome"),
     ]
     assert spans[1].score == pytest.approx((0.6 + 0.9 + 0.9) / 3)
 
@@ -79,20 +84,28 @@ def test_lenient_decoding_of_ill_formed_sequences():
     # the special token in the middle ends the open entity.
     offsets = [(0, 0), (0, 4), (5, 9), (10, 14), (0, 0), (15, 19), (20, 24)]
     text = "aaaa bbbb cccc dddd eeee"
-    tags = [IGNORE_INDEX, idx["I-Disease"], idx["E-Chemical"], idx["I-Chemical"], IGNORE_INDEX,
-            idx["I-Chemical"], idx["O"]]
+    tags = [
+        IGNORE_INDEX,
+        idx["I-Disease"],
+        idx["E-Chemical"],
+        idx["I-Chemical"],
+        IGNORE_INDEX,
+        idx["I-Chemical"],
+        idx["O"],
+    ]
     spans = decode_tags(tags, offsets, labels, text)
     assert [(s.start, s.end, s.label) for s in spans] == [
-        (0, 4, "Disease"), (5, 9, "Chemical"), (10, 14, "Chemical"), (15, 19, "Chemical"),
+        (0, 4, "Disease"),
+        (5, 9, "Chemical"),
+        (10, 14, "Chemical"),
+        (15, 19, "Chemical"),
     ]
     assert all(s.score is None for s in spans)
 
 
 def test_unaligned_and_conflicting_spans_are_reported():
     labels = label_list(["Chemical", "Disease"])
-    encoded = encode_spans(
-        OFFSETS, [Span(1, 7, "Chemical"), Span(14, 20, "Chemical"), Span(5, 30, "Disease")], labels
-    )
+    encoded = encode_spans(OFFSETS, [Span(1, 7, "Chemical"), Span(14, 20, "Chemical"), Span(5, 30, "Disease")], labels)
     assert encoded.unaligned == [Span(1, 7, "Chemical"), Span(14, 20, "Chemical")]
     assert encoded.conflicts == [Span(5, 30, "Disease")]
     with pytest.raises(LabelSchemeError, match="'Gene' is not one of the types"):
@@ -168,7 +181,7 @@ def test_bc5cdr_gold_mentions_round_trip(shared, scheme):
         aligned = {(s.start, s.end) for s in spans} - {(s.start, s.end) for s in encoded.unaligned}
         gold += [(doc.pmid, s.start, s.end, s.label) for s in spans if (s.start, s.end) in aligned]
         for s in decode_tags(encoded.tags, offsets, labels, doc.text):
-            assert s.text == doc.text[s.start:s.end]
+            assert s.text == doc.text[s.start : s.end]
             if (s.start, s.end) in aligned:
                 predicted.append((doc.pmid, s.start, s.end, s.label))
     assert sorted(unaligned) == sorted(expected_unaligned) and 0 < len(unaligned) < 10
@@ -192,5 +205,15 @@ def test_mention_scores_from_counts():
 
 def test_entity_rows_carry_span_fields():
     rows = entity_rows([Span(0, 7, "Chemical", "Aspirin", 0.9)], pmid=5, model_id="ner-bc5cdr")
-    assert rows == [{"pmid": 5, "version": 1, "start": 0, "end": 7, "label": "Chemical", "text": "Aspirin",
-                     "score": 0.9, "model_id": "ner-bc5cdr"}]
+    assert rows == [
+        {
+            "pmid": 5,
+            "version": 1,
+            "start": 0,
+            "end": 7,
+            "label": "Chemical",
+            "text": "Aspirin",
+            "score": 0.9,
+            "model_id": "ner-bc5cdr",
+        }
+    ]

@@ -33,19 +33,31 @@ from tests.conftest import shared_path
 # ampersand (Moses escapes them, so some BPE pieces have empty character spans), a dash split
 # ("Lithium-induced", "β-carotene") and a mention that ends the text.
 DOCS = [
-    ("101", "[Lithium|Chemical]-induced [nephrogenic diabetes insipidus|Disease] in a patient with "
-            "[bipolar disorder|Disease].",
-     "We report a woman treated with [lithium carbonate|Chemical] who developed [polyuria|Disease]. "
-     "[Amiloride|Chemical] reduced the [polyuria|Disease] within two weeks."),
-    ("102", "[Haloperidol|Chemical] and [tardive dyskinesia|Disease].",
-     "Long-term [haloperidol|Chemical] therapy was associated with [tardive dyskinesia|Disease] and "
-     "[Parkinson's disease|Disease]-like symptoms in elderly patients. Withdrawal of the drug improved the movements."),
-    ("103", "[β-carotene|Chemical] does not prevent [lung cancer|Disease].",
-     "Smokers given [β-carotene|Chemical] and [retinol|Chemical] had more [lung cancer|Disease] than controls "
-     "given placebo. The excess risk was attributed to [cardiovascular disease|Disease]"),
-    ("104", "[Cocaine|Chemical] use and [myocardial infarction|Disease] in young adults.",
-     "[Cocaine|Chemical] use was reported by 5 % of patients with [myocardial infarction|Disease]. "
-     "[Aspirin|Chemical] & [heparin|Chemical] were given to all; none had a [stroke|Disease]."),
+    (
+        "101",
+        "[Lithium|Chemical]-induced [nephrogenic diabetes insipidus|Disease] in a patient with "
+        "[bipolar disorder|Disease].",
+        "We report a woman treated with [lithium carbonate|Chemical] who developed [polyuria|Disease]. "
+        "[Amiloride|Chemical] reduced the [polyuria|Disease] within two weeks.",
+    ),
+    (
+        "102",
+        "[Haloperidol|Chemical] and [tardive dyskinesia|Disease].",
+        "Long-term [haloperidol|Chemical] therapy was associated with [tardive dyskinesia|Disease] and "
+        "[Parkinson's disease|Disease]-like symptoms in elderly patients. Withdrawal of the drug improved the movements.",
+    ),
+    (
+        "103",
+        "[β-carotene|Chemical] does not prevent [lung cancer|Disease].",
+        "Smokers given [β-carotene|Chemical] and [retinol|Chemical] had more [lung cancer|Disease] than controls "
+        "given placebo. The excess risk was attributed to [cardiovascular disease|Disease]",
+    ),
+    (
+        "104",
+        "[Cocaine|Chemical] use and [myocardial infarction|Disease] in young adults.",
+        "[Cocaine|Chemical] use was reported by 5 % of patients with [myocardial infarction|Disease]. "
+        "[Aspirin|Chemical] & [heparin|Chemical] were given to all; none had a [stroke|Disease].",
+    ),
 ]
 MARK = re.compile(r"\[([^\]|]+)\|(\w+)\]")
 N_MENTIONS = sum(len(MARK.findall(t + a)) for _, t, a in DOCS)
@@ -55,7 +67,7 @@ def _unmark(marked: str, base: int) -> tuple[str, list[tuple[int, int, str, str]
     out: list[str] = []
     mentions, pos = [], 0
     for m in MARK.finditer(marked):
-        out.append(marked[pos:m.start()])
+        out.append(marked[pos : m.start()])
         start = base + len("".join(out))
         out.append(m.group(1))
         mentions.append((start, start + len(m.group(1)), m.group(1), m.group(2)))
@@ -71,8 +83,9 @@ def write_pubtator(path: Path, docs=DOCS) -> list[str]:
         title, in_title = _unmark(marked_title, 0)
         abstract, in_abstract = _unmark(marked_abstract, len(title) + 1)
         lines += [f"{pmid}|t|{title}", f"{pmid}|a|{abstract}"]
-        lines += [f"{pmid}\t{s}\t{e}\t{text}\t{kind}\tD000{k}" for k, (s, e, text, kind)
-                  in enumerate(in_title + in_abstract)]
+        lines += [
+            f"{pmid}\t{s}\t{e}\t{text}\t{kind}\tD000{k}" for k, (s, e, text, kind) in enumerate(in_title + in_abstract)
+        ]
         lines.append("")
         texts.append(f"{title} {abstract}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -81,10 +94,13 @@ def write_pubtator(path: Path, docs=DOCS) -> list[str]:
 
 def batch_of(docs, **extra):
     """A batch as Ray Data hands it to the stages: numpy columns, None for a missing abstract."""
-    return {"pmid": np.array([int(d.pmid) for d in docs], dtype=np.int64),
-            "version": np.array([1] * len(docs), dtype=np.int32),
-            "title": np.array([d.title for d in docs], dtype=object),
-            "abstract": np.array([d.abstract for d in docs], dtype=object), **extra}
+    return {
+        "pmid": np.array([int(d.pmid) for d in docs], dtype=np.int64),
+        "version": np.array([1] * len(docs), dtype=np.int32),
+        "title": np.array([d.title for d in docs], dtype=object),
+        "abstract": np.array([d.abstract for d in docs], dtype=object),
+        **extra,
+    }
 
 
 def run_task(task: NerTask, docs, model_dir, **options):
@@ -168,8 +184,9 @@ def test_rows_index_article_text_and_do_not_depend_on_the_batch(trained):
     assert len(together) == 4
     for doc, rows, rows_alone in zip(docs, together, alone):
         text = article_text(doc.title, doc.abstract)
-        assert rows and all(r["text"] == text[r["start"]:r["end"]] for r in rows)
+        assert rows and all(r["text"] == text[r["start"] : r["end"]] for r in rows)
         assert {(r["start"], r["end"], r["label"]) for r in rows} == {(m.start, m.end, m.type) for m in doc.mentions}
+
         def keys(rs):
             return [(r["start"], r["end"], r["label"]) for r in rs]
 
@@ -188,13 +205,27 @@ def test_mentions_link_through_the_tasks_vocabulary(trained, tmp_path):
     from pipeline.tasks.vocabulary import dictionary_table
 
     # A dictionary in the concepts schema: three chemicals and a disease, MeSH ids.
-    entries = [("Lithium", "D008094", "Chemical"), ("Lithium Carbonate", "D016651", "Chemical"),
-               ("Haloperidol", "D006220", "Chemical"), ("Tardive Dyskinesia", "D000071057", "Disease"),
-               ("Polyuria", "D011141", "Disease")]
+    entries = [
+        ("Lithium", "D008094", "Chemical"),
+        ("Lithium Carbonate", "D016651", "Chemical"),
+        ("Haloperidol", "D006220", "Chemical"),
+        ("Tardive Dyskinesia", "D000071057", "Disease"),
+        ("Polyuria", "D011141", "Disease"),
+    ]
     from pipeline.tasks.linking import normalise
 
-    rows = [{"key": normalise(n), "name": n, "concept_id": i, "concept_name": n, "vocabulary": "MeSH", "type": t,
-             "preferred": True} for n, i, t in entries]
+    rows = [
+        {
+            "key": normalise(n),
+            "name": n,
+            "concept_id": i,
+            "concept_name": n,
+            "vocabulary": "MeSH",
+            "type": t,
+            "preferred": True,
+        }
+        for n, i, t in entries
+    ]
     vocab = tmp_path / "concepts.parquet"
     import pyarrow.parquet as pq
 
@@ -222,8 +253,12 @@ def test_prepare_keeps_columns_and_handles_missing_text(trained):
     assert list(prepared["_shard"]) == ["part-000000"] and list(prepared["pmid"]) == [101]
     assert prepared["_text"][0] == docs[0].title + " "
     inputs = prepared["_ner"][0]
-    assert len(inputs["ids"]) == len(inputs["offsets"]) and [list(w) for w in inputs["windows"]] == [[0, len(inputs["ids"])]]
-    empty = NerTask.prepare(batch_of(docs, title=np.array([None], dtype=object)), NerOptions(model=str(trained["model"])))
+    assert len(inputs["ids"]) == len(inputs["offsets"]) and [list(w) for w in inputs["windows"]] == [
+        [0, len(inputs["ids"])]
+    ]
+    empty = NerTask.prepare(
+        batch_of(docs, title=np.array([None], dtype=object)), NerOptions(model=str(trained["model"]))
+    )
     assert list(empty["_ner"][0]["windows"]) == []
     task = NerTask(NerOptions(model=str(trained["model"])))
     assert task(empty) == [[]]
@@ -236,8 +271,9 @@ def test_windows_over_long_documents(tmp_path):
     data = tmp_path / "train.pubtator"
     texts = write_pubtator(data)
     base = make_tiny_checkpoint(tmp_path / "base", texts, max_position_embeddings=32)
-    summary = train_ner(data, base, tmp_path / "model", scheme="BIOES", epochs=100, lr=1e-2, batch_size=8,
-                        progress=False)
+    summary = train_ner(
+        data, base, tmp_path / "model", scheme="BIOES", epochs=100, lr=1e-2, batch_size=8, progress=False
+    )
     assert summary["window"] == 31 and summary["windows"] > 2 * len(DOCS)
     report = evaluate_ner(tmp_path / "model", data)
     assert report["scheme"] == "BIOES" and report["micro"]["f1"] == 1.0
@@ -253,7 +289,7 @@ def test_windows_over_long_documents(tmp_path):
     rows = task(prepared)[0]
     text = article_text(long_doc.title, long_doc.abstract)
     assert len(rows) >= N_MENTIONS // 2
-    assert all(r["text"] == text[r["start"]:r["end"]] and 0 <= r["start"] < r["end"] <= len(text) for r in rows)
+    assert all(r["text"] == text[r["start"] : r["end"]] and 0 <= r["start"] < r["end"] <= len(text) for r in rows)
     assert max(r["end"] for r in rows) > len(text) // 2  # entities found beyond the first windows
     assert cast_batch(rows).num_rows == len(rows)
     with pytest.raises(BioMineError, match="stride=40 must be between 1 and the window of 31"):
@@ -317,8 +353,25 @@ def test_cli_train_ner(trained, tmp_path, capsys):
     from pipeline.cli import main
 
     out = tmp_path / "cli-model"
-    argv = ["train", "ner", "--data", str(trained["data"]), "--base", str(trained["base"]), "--out", str(out),
-            "--epochs", "2", "--lr", "1e-3", "--batch-size", "2", "--types", "Chemical", "--no-progress"]
+    argv = [
+        "train",
+        "ner",
+        "--data",
+        str(trained["data"]),
+        "--base",
+        str(trained["base"]),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "2",
+        "--types",
+        "Chemical",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert f"trained {out}: 4 documents, 12 mentions of Chemical (BIO), 2 epochs" in printed
@@ -330,8 +383,16 @@ def test_cli_train_ner(trained, tmp_path, capsys):
     assert main(argv + ["--force"]) == 0
     capsys.readouterr()
 
-    bad = ["train", "ner", "--data", str(tmp_path / "nope.pubtator"), "--base", str(trained["base"]),
-           "--out", str(tmp_path / "other")]
+    bad = [
+        "train",
+        "ner",
+        "--data",
+        str(tmp_path / "nope.pubtator"),
+        "--base",
+        str(trained["base"]),
+        "--out",
+        str(tmp_path / "other"),
+    ]
     assert main(bad) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("biomine: error: ") and "nope.pubtator does not exist" in err
@@ -356,4 +417,4 @@ def test_gold_tags_decode_back_through_the_task_path_on_bc5cdr():
         bad = {(s.start, s.end) for s in enc.unaligned + enc.conflicts}
         expected = {(s.start, s.end, s.label) for s in gold if (s.start, s.end) not in bad}
         assert expected and expected <= {(s.start, s.end, s.label) for s in decoded}
-        assert all(s.text == doc.text[s.start:s.end] for s in decoded)
+        assert all(s.text == doc.text[s.start : s.end] for s in decoded)

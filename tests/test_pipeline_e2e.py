@@ -78,38 +78,60 @@ def models(tmp_path_factory):
     texts = corpus_texts()
     labels = label_list(["Chemical", "Disease"], "BIO")
     paths = {
-        "ner": make_tiny_checkpoint(root / "ner-tiny", texts, model_cls=BioGptForTokenClassification,
-                                    id2label=dict(enumerate(labels)), seed=1),
+        "ner": make_tiny_checkpoint(
+            root / "ner-tiny", texts, model_cls=BioGptForTokenClassification, id2label=dict(enumerate(labels)), seed=1
+        ),
         "re": make_tiny_task_checkpoint(root / "re-ddi-tiny", texts, task="re-ddi"),
         "summarize": make_tiny_checkpoint(root / "lm-tiny", texts, seed=2),
     }
     return paths
 
 
-def write_job(path: Path, *, output: Path, source: str, models: dict[str, Path], tasks=("ner", "re", "summarize"),
-              shard_size: int = 3) -> Path:
+def write_job(
+    path: Path,
+    *,
+    output: Path,
+    source: str,
+    models: dict[str, Path],
+    tasks=("ner", "re", "summarize"),
+    shard_size: int = 3,
+) -> Path:
     blocks = {
         "ner": f'[tasks.ner]\nmodel = "{models["ner"]}"\nbatch_size = 2\n',
         "re": f'[tasks.re]\ntask = "ddi"\nmodel = "{models["re"]}"\nbatch_size = 3\nmax_new_tokens = 12\n',
-        "summarize": (f'[tasks.summarize]\nmodel = "{models["summarize"]}"\nprompt = "{{title}} {{abstract}} In summary,"\n'
-                      'prompt_id = "in-summary-v1"\nmax_new_tokens = 6\nbatch_size = 4\n'),
+        "summarize": (
+            f'[tasks.summarize]\nmodel = "{models["summarize"]}"\nprompt = "{{title}} {{abstract}} In summary,"\n'
+            'prompt_id = "in-summary-v1"\nmax_new_tokens = 6\nbatch_size = 4\n'
+        ),
     }
-    text = (f'[job]\nname = "e2e"\noutput = "{output}"\n\n[source]\n{source}\nshard_size = {shard_size}\n\n'
-            + "\n".join(blocks[t] for t in tasks) + '\n[resources]\nactors = 1\n')
+    text = (
+        f'[job]\nname = "e2e"\noutput = "{output}"\n\n[source]\n{source}\nshard_size = {shard_size}\n\n'
+        + "\n".join(blocks[t] for t in tasks)
+        + "\n[resources]\nactors = 1\n"
+    )
     path.write_text(text)
     return path
 
 
 def cli_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "NCBI_API_KEY", "NCBI_EMAIL", "BIOMINE_EUTILS_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "NCBI_API_KEY", "NCBI_EMAIL", "BIOMINE_EUTILS_URL")
+    }
     env.update(BIOMINE_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
     return env
 
 
 def run_cli(job: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(job), "--no-progress"], env=env,
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(job), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 def shard_of(f: Path) -> str:
@@ -157,9 +179,13 @@ def check_invariants(out: Path, expected_pmids: set[int]) -> dict[str, pa.Table]
 @pytest.fixture
 def fake_pubmed():
     with FakeEutils(lifetime=600) as server:
-        server.add_query(QUERY, [(pmid, date, article_xml(pmid, date, abstract=_abstract(i),
-                                                          title=f"Article {i} on drug interactions."))
-                                 for i, (pmid, date) in enumerate(ARTICLES)])
+        server.add_query(
+            QUERY,
+            [
+                (pmid, date, article_xml(pmid, date, abstract=_abstract(i), title=f"Article {i} on drug interactions."))
+                for i, (pmid, date) in enumerate(ARTICLES)
+            ],
+        )
         yield server
 
 
@@ -176,10 +202,14 @@ def test_entrez_job_end_to_end_interrupted_run_resumes_to_identical_outputs(tmp_
     ref = check_invariants(ref_out, expected)
     manifest = json.loads((ref_out / "_manifest.json").read_text())
     assert manifest["failures"] == []
-    assert {k: manifest["stages"][k]["documents"] for k in ("ner", "re", "summarize")} == \
-        {"ner": len(expected), "re": len(expected), "summarize": len(expected)}
+    assert {k: manifest["stages"][k]["documents"] for k in ("ner", "re", "summarize")} == {
+        "ner": len(expected),
+        "re": len(expected),
+        "summarize": len(expected),
+    }
     assert set(manifest["models"]) == {"ner", "re", "summarize"} and all(
-        len(m["sha256"]) == 64 for m in manifest["models"].values())
+        len(m["sha256"]) == 64 for m in manifest["models"].values()
+    )
     assert ref["summaries"].num_rows == len(expected)  # one summary per article, abstract or not
     statuses = set(ref["relations"].column("parse_status").to_pylist())
     assert statuses <= {"ok", "unparsed"} and ref["relations"].num_rows >= len(expected)
@@ -189,11 +219,19 @@ def test_entrez_job_end_to_end_interrupted_run_resumes_to_identical_outputs(tmp_
     job = write_job(tmp_path / "resumed.toml", output=out, source=source, models=models)
     # As a terminal runs it: a process started in the background by a non-interactive shell (CI's
     # make, `cmd &`) inherits SIGINT *ignored*, so Ctrl-C is re-armed before the CLI starts.
-    rearm = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-             "sys.argv = ['biomine'] + sys.argv[1:]; runpy.run_module('pipeline.cli', run_name='__main__')")
-    proc = subprocess.Popen([sys.executable, "-c", rearm, "run", str(job), "--no-progress"], env=env,
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    rearm = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv = ['biomine'] + sys.argv[1:]; runpy.run_module('pipeline.cli', run_name='__main__')"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", rearm, "run", str(job), "--no-progress"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -239,8 +277,14 @@ def test_incremental_files_job_drops_replaced_and_deleted_articles(tmp_path, mod
     baseline = [article_xml(p, abstract=_abstract(p)) for p in range(1, 10)]
     (src / "pubmed25n0001.xml").write_text(pubmed_document(baseline))
     out = tmp_path / "out"
-    job = write_job(tmp_path / "daily.toml", output=out, source=f'kind = "files"\npaths = ["{src}"]',
-                    models=models, tasks=("ner", "summarize"), shard_size=3)
+    job = write_job(
+        tmp_path / "daily.toml",
+        output=out,
+        source=f'kind = "files"\npaths = ["{src}"]',
+        models=models,
+        tasks=("ner", "summarize"),
+        shard_size=3,
+    )
     first = run_job(load_job(job), progress=False, num_cpus=2)
     check_invariants_files(out, set(range(1, 10)), tasks=("entities", "summaries"))
     assert first["stages"]["ner"]["shards_done"] == 3
@@ -271,8 +315,9 @@ def check_invariants_files(out: Path, expected: set[int], tasks) -> dict[str, pa
     for name in tasks:
         assert sorted(shard_of(f) for f in (out / name).glob("*.parquet")) == sorted(shards)
         table = dataset(out, name)
-        assert all(versions.get(p) == v for p, v in zip(table.column("pmid").to_pylist(),
-                                                         table.column("version").to_pylist()))
+        assert all(
+            versions.get(p) == v for p, v in zip(table.column("pmid").to_pylist(), table.column("version").to_pylist())
+        )
         tables[name] = table
     return tables
 
@@ -291,8 +336,13 @@ def test_wrong_checkpoint_kind_is_refused_before_any_work(tmp_path, models, caps
 
     out = tmp_path / "out"
     wrong = dict(models, re=models["summarize"])  # a base LM given to relation extraction
-    job = write_job(tmp_path / "bad.toml", output=out, source='kind = "files"\npaths = ["/nonexistent"]',
-                    models=wrong, tasks=("re",))
+    job = write_job(
+        tmp_path / "bad.toml",
+        output=out,
+        source='kind = "files"\npaths = ["/nonexistent"]',
+        models=wrong,
+        tasks=("re",),
+    )
     assert main(["run", str(job)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("biomine: error: ") and "lm-tiny" in err and len(err.strip().splitlines()) == 1
@@ -310,8 +360,23 @@ def installed_copy(tmp_path: Path) -> Path:
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src),
-                    "-w", str(tmp_path / "wheel")], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(src),
+            "-w",
+            str(tmp_path / "wheel"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     site = tmp_path / "site"
     (wheel,) = (tmp_path / "wheel").glob("biomine-*.whl")
     zipfile.ZipFile(wheel).extractall(site)
@@ -325,11 +390,19 @@ def test_demo_runs_from_a_non_editable_install_outside_any_checkout(tmp_path):
     work.mkdir()
     env = dict(cli_env(tmp_path), PYTHONPATH=str(site))
     # The unpacked wheel comes first on sys.path (the checkout's editable finder comes after it).
-    script = ("import sys, pipeline; assert pipeline.__file__.startswith(sys.argv[1]), pipeline.__file__; "
-              "from pipeline.cli import main; sys.exit(main(sys.argv[2:]))")
+    script = (
+        "import sys, pipeline; assert pipeline.__file__.startswith(sys.argv[1]), pipeline.__file__; "
+        "from pipeline.cli import main; sys.exit(main(sys.argv[2:]))"
+    )
     before = sorted(p.name for p in REPO.iterdir())
-    done = subprocess.run([sys.executable, "-c", script, str(site), "demo", "--no-progress"],
-                          env=env, capture_output=True, text=True, timeout=300, cwd=work)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(site), "demo", "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=work,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in REPO.iterdir()) == before  # nothing written into the checkout
     demo = work / "biomine-demo"
@@ -375,7 +448,7 @@ def test_demo_keeps_an_edited_job_and_restores_missing_files(tmp_path):
     folder = tmp_path / "demo"
     job = write_bundle(folder)
     assert job.read_bytes() == BUNDLE.joinpath("demo.toml").read_bytes()
-    edited = job.read_text().replace('max_new_tokens = 16', 'max_new_tokens = 8')
+    edited = job.read_text().replace("max_new_tokens = 16", "max_new_tokens = 8")
     job.write_text(edited)
     (folder / "data" / "demo_pubmed.xml").unlink()
     assert write_bundle(folder) == job

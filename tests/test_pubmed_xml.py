@@ -23,15 +23,17 @@ def one(xml: str) -> dict:
 
 
 def test_structured_abstract_keeps_labels_categories_and_markup():
-    row = one(article_xml(
-        31415926,
-        title="Effect of <i>CYP2C9</i> variants on warfarin dose: r<sup>2</sup> &lt; 0.3 in H<sub>2</sub>O",
-        abstract=[
-            ("BACKGROUND", "BACKGROUND", "Warfarin <b>dosing</b> varies."),
-            ("PATIENTS AND METHODS", "METHODS", "We enrolled 120 patients (p<sub>trend</sub>=0.04)."),
-            ("CONCLUSIONS", "CONCLUSIONS", "Genotype matters."),
-        ],
-    ))
+    row = one(
+        article_xml(
+            31415926,
+            title="Effect of <i>CYP2C9</i> variants on warfarin dose: r<sup>2</sup> &lt; 0.3 in H<sub>2</sub>O",
+            abstract=[
+                ("BACKGROUND", "BACKGROUND", "Warfarin <b>dosing</b> varies."),
+                ("PATIENTS AND METHODS", "METHODS", "We enrolled 120 patients (p<sub>trend</sub>=0.04)."),
+                ("CONCLUSIONS", "CONCLUSIONS", "Genotype matters."),
+            ],
+        )
+    )
     assert row["title"] == "Effect of CYP2C9 variants on warfarin dose: r2 < 0.3 in H2O"
     assert row["has_abstract"] is True
     assert row["abstract_sections"] == [
@@ -48,16 +50,28 @@ def test_structured_abstract_keeps_labels_categories_and_markup():
 
 
 def test_fields_of_a_full_record():
-    row = one(article_xml(
-        123, dt.date(2021, 3, 4), mesh=[("Warfarin", "D014859", True), ("Humans", "D006801", False)],
-        doi="10.1000/xyz123", pmc="PMC765", keywords=["anticoagulants", "drug interaction"], version=2,
-    ))
+    row = one(
+        article_xml(
+            123,
+            dt.date(2021, 3, 4),
+            mesh=[("Warfarin", "D014859", True), ("Humans", "D006801", False)],
+            doi="10.1000/xyz123",
+            pmc="PMC765",
+            keywords=["anticoagulants", "drug interaction"],
+            version=2,
+        )
+    )
     assert (row["pmid"], row["version"], row["record_type"]) == (123, 2, "article")
     assert (row["pub_year"], row["pub_month"], row["pub_day"], row["medline_date"]) == (2021, 3, 4, None)
     assert row["journal"] == "Journal of Clinical Pharmacology"
     assert row["iso_abbreviation"] == "J Clin Pharmacol"
     assert [m["descriptor"] for m in row["mesh_headings"]] == ["Warfarin", "Humans"]
-    assert row["mesh_headings"][0] == {"descriptor": "Warfarin", "descriptor_ui": "D014859", "major_topic": True, "qualifiers": []}
+    assert row["mesh_headings"][0] == {
+        "descriptor": "Warfarin",
+        "descriptor_ui": "D014859",
+        "major_topic": True,
+        "qualifiers": [],
+    }
     assert row["keywords"] == ["anticoagulants", "drug interaction"]
     assert row["publication_types"] == ["Journal Article"]
     assert row["languages"] == ["eng"]
@@ -79,12 +93,20 @@ def test_medline_date_and_season():
 
 def test_collective_author_and_orcid():
     xml = article_xml(5, authors=[("Müller", "Anna")], collective="RE-LY Investigators")
-    xml = xml.replace("<Initials>A</Initials>",
-                      '<Initials>A</Initials><Identifier Source="ORCID">0000-0002-1825-0097</Identifier>')
+    xml = xml.replace(
+        "<Initials>A</Initials>", '<Initials>A</Initials><Identifier Source="ORCID">0000-0002-1825-0097</Identifier>'
+    )
     authors = one(xml)["authors"]
     assert authors[0]["last_name"] == "Müller" and authors[0]["orcid"] == "0000-0002-1825-0097"
-    assert authors[1] == {"last_name": None, "fore_name": None, "initials": None, "suffix": None,
-                          "collective_name": "RE-LY Investigators", "orcid": None, "affiliations": []}
+    assert authors[1] == {
+        "last_name": None,
+        "fore_name": None,
+        "initials": None,
+        "suffix": None,
+        "collective_name": "RE-LY Investigators",
+        "orcid": None,
+        "affiliations": [],
+    }
 
 
 def test_missing_abstract_is_kept_and_flagged():
@@ -96,8 +118,9 @@ def test_missing_abstract_is_kept_and_flagged():
 
 def test_non_ascii_text_is_intact():
     title = "Wirkung von β-Blockern auf Patienten in Zürich — 5\u2009mg/kg, 日本語 &amp; &#x3b1;-Tocopherol"
-    row = one(article_xml(8, title=title, abstract="Naïve «patients» received 10\u00a0mg.",
-                          authors=[("Ångström", "Søren")]))
+    row = one(
+        article_xml(8, title=title, abstract="Naïve «patients» received 10\u00a0mg.", authors=[("Ångström", "Søren")])
+    )
     assert row["title"] == "Wirkung von β-Blockern auf Patienten in Zürich — 5\u2009mg/kg, 日本語 & α-Tocopherol"
     # Non-breaking and thin spaces are content, not layout: only ASCII whitespace is normalised.
     assert row["abstract"] == "Naïve «patients» received 10\u00a0mg."
@@ -105,8 +128,10 @@ def test_non_ascii_text_is_intact():
 
 
 def test_mathml_and_pretty_printing_keep_text():
-    title = ('Dose <mml:math xmlns:mml="http://www.w3.org/1998/Math/MathML">\n    <mml:mi>x</mml:mi>\n'
-             '    <mml:mo>+</mml:mo>\n    <mml:mn>1</mml:mn>\n</mml:math> of\n      drug')
+    title = (
+        'Dose <mml:math xmlns:mml="http://www.w3.org/1998/Math/MathML">\n    <mml:mi>x</mml:mi>\n'
+        "    <mml:mo>+</mml:mo>\n    <mml:mn>1</mml:mn>\n</mml:math> of\n      drug"
+    )
     assert one(article_xml(9, title=title))["title"] == "Dose x + 1 of drug"
 
 
@@ -133,7 +158,12 @@ BOOK = """<PubmedBookArticle><BookDocument><PMID Version="1">20301295</PMID>
 
 def test_book_article():
     row = parse_articles(pubmed_document([BOOK, article_xml(1)]).encode())[0]
-    assert (row["pmid"], row["record_type"], row["title"], row["journal"]) == (20301295, "book", "CYP2C9 Deficiency", "GeneReviews®")
+    assert (row["pmid"], row["record_type"], row["title"], row["journal"]) == (
+        20301295,
+        "book",
+        "CYP2C9 Deficiency",
+        "GeneReviews®",
+    )
     assert row["authors"][0]["last_name"] == "Pratt" and row["pub_year"] == 1993
     assert row["abstract"] == "CLINICAL CHARACTERISTICS: Slow metabolism of warfarin."
     assert row["publication_types"] == ["Review"]
@@ -150,10 +180,12 @@ def test_sources_gzip_bytes_stream_and_path(tmp_path):
 
 def test_malformed_xml_names_source_position_and_last_pmid():
     doc = pubmed_document([article_xml(41), article_xml(42), article_xml(43)]).encode()
-    broken = doc[: doc.index(b"<PMID Version=\"1\">43")] + b"<Broken></PubmedArticleSet>"
+    broken = doc[: doc.index(b'<PMID Version="1">43')] + b"<Broken></PubmedArticleSet>"
     with pytest.raises(PubmedXMLError, match=r"update\.xml: malformed or truncated PubMed XML at line \d+.*PMID 42"):
         list(iter_records(broken, "update.xml"))
-    packed = gzip.compress(pubmed_document([article_xml(i, abstract=f"Text {i}. " * 50) for i in range(1, 201)]).encode())
+    packed = gzip.compress(
+        pubmed_document([article_xml(i, abstract=f"Text {i}. " * 50) for i in range(1, 201)]).encode()
+    )
     with pytest.raises(PubmedXMLError, match=r"truncated input \(Compressed file ended.*after record \d+ \(PMID \d+\)"):
         list(iter_records(packed[: len(packed) // 2]))
     with pytest.raises(PubmedXMLError, match="no usable PMID"):
@@ -230,7 +262,12 @@ def test_real_efetch_answers_agree_with_biopython(shared, name):
 
 def test_real_answers_special_cases(shared):
     spring = parse_articles(shared("data", "entrez", "pubmed1.xml"))[0]
-    assert (spring["pmid"], spring["pub_year"], spring["pub_season"], spring["has_abstract"]) == (12091962, 1990, "Spring", False)
+    assert (spring["pmid"], spring["pub_year"], spring["pub_season"], spring["has_abstract"]) == (
+        12091962,
+        1990,
+        "Spring",
+        False,
+    )
     gut = parse_articles(shared("data", "entrez", "pubmed4.xml"))[0]
     assert gut["title"].startswith("Leucocyte telomere length, genetic variants at the TERT gene region")
     assert "linkage disequilibrium r2<0.25" in gut["abstract"]

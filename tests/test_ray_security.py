@@ -51,8 +51,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _client(address: str, env: dict[str, str], timeout: float = 60) -> str:
     try:
-        done = subprocess.run([sys.executable, "-c", CLIENT, address], env=env, capture_output=True, text=True,
-                              timeout=timeout, cwd=REPO)
+        done = subprocess.run(
+            [sys.executable, "-c", CLIENT, address], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO
+        )
         return done.stdout + done.stderr
     except subprocess.TimeoutExpired as exc:  # kept retrying: it never got in
         return f"timed out: {exc.stdout or ''}{exc.stderr or ''}"
@@ -60,17 +61,27 @@ def _client(address: str, env: dict[str, str], timeout: float = 60) -> str:
 
 @pytest.mark.slow
 def test_embedded_ray_refuses_clients_without_the_runs_token(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER], env=_env(), stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                              start_new_session=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER],
+        env=_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,
+    )
     try:
         line = holder.stdout.readline().split()
         assert len(line) == 2, holder.stderr.read()[-3000:]
         gcs, token_path = line
         assert gcs.startswith("127.0.0.1:"), gcs  # the embedded Ray's node address is loopback
         listing = subprocess.run(["ss", "-tnp"], capture_output=True, text=True).stdout
-        peers = [line.split()[4] for line in listing.splitlines() if line.startswith("ESTAB")
-                 and f"pid={holder.pid}," in line]
+        peers = [
+            line.split()[4]
+            for line in listing.splitlines()
+            if line.startswith("ESTAB") and f"pid={holder.pid}," in line
+        ]
         assert peers and all(p.startswith(("127.0.0.1:", "[::1]:", "[::ffff:127.0.0.1]:")) for p in peers), peers
         # The token lives in a private file outside $HOME.
         mode = os.stat(token_path).st_mode
@@ -106,8 +117,11 @@ def test_unreachable_addresses_are_one_line_errors_within_seconds(tmp_path, caps
     start = time.monotonic()
     with pytest.raises(BioMineError, match=rf"cannot reach the Ray cluster at 127.0.0.1:{port}"):
         init_ray(f"127.0.0.1:{port}")
-    with pytest.raises(BioMineError, match=r"ray://127.0.0.1:\d+ needs Ray Client: pip install 'ray\[client\]'|"
-                                           r"cannot reach the Ray cluster"):
+    with pytest.raises(
+        BioMineError,
+        match=r"ray://127.0.0.1:\d+ needs Ray Client: pip install 'ray\[client\]'|"
+        r"cannot reach the Ray cluster",
+    ):
         init_ray(f"ray://127.0.0.1:{port}")
     with pytest.raises(BioMineError, match="use HOST:PORT"):
         init_ray("not-an-address")
@@ -118,9 +132,11 @@ def test_unreachable_addresses_are_one_line_errors_within_seconds(tmp_path, caps
 
     make_tiny_checkpoint(model, ["Aspirin and warfarin."], seed=0)
     job = tmp_path / "job.toml"
-    job.write_text(f'[job]\nname = "x"\noutput = "{tmp_path / "out"}"\n[source]\nkind = "files"\n'
-                   f'paths = ["{DEMO_XML}"]\n[tasks.summarize]\nmodel = "{model}"\n'
-                   'max_new_tokens = 4\n')
+    job.write_text(
+        f'[job]\nname = "x"\noutput = "{tmp_path / "out"}"\n[source]\nkind = "files"\n'
+        f'paths = ["{DEMO_XML}"]\n[tasks.summarize]\nmodel = "{model}"\n'
+        "max_new_tokens = 4\n"
+    )
     assert main(["run", str(job), "--address", f"127.0.0.1:{port}", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"biomine: error: cannot reach the Ray cluster at 127.0.0.1:{port}")

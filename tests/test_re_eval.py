@@ -43,24 +43,30 @@ def data():
 # --- hard match on hand-computed examples --------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, normalized", [
-    ("5-ht2", "5htII"),  # final digit after a non-digit -> Roman numeral, then non-alphanumerics go
-    ("abc12", "abc12"),  # final digit after a digit stays
-    ("ab1", "abI"),
-    ("x1", "x1"),  # too short
-    ("receptor-type", "receptor"),
-    ("a\u00b2", "a"),  # numeric but not 0-9: no numeral, then dropped as non-ASCII
-    ("\u03b2-2", "II"),  # Greek letters are dropped after the numeral is made
-])
+@pytest.mark.parametrize(
+    "name, normalized",
+    [
+        ("5-ht2", "5htII"),  # final digit after a non-digit -> Roman numeral, then non-alphanumerics go
+        ("abc12", "abc12"),  # final digit after a digit stays
+        ("ab1", "abI"),
+        ("x1", "x1"),  # too short
+        ("receptor-type", "receptor"),
+        ("a\u00b2", "a"),  # numeric but not 0-9: no numeral, then dropped as non-ASCII
+        ("\u03b2-2", "II"),  # Greek letters are dropped after the numeral is made
+    ],
+)
 def test_normalize_name(name, normalized):
     assert normalize_name(name) == normalized
 
 
 GOLD = {
-    "d1": {"abstract": "", "triples": [
-        {"drug": "Aspirin", "target": "Cyclooxygenase 2 (COX-2)", "interaction": "inhibitor"},
-        {"drug": "aspirin", "target": "COX 1", "interaction": "inhibitor"},
-    ]},
+    "d1": {
+        "abstract": "",
+        "triples": [
+            {"drug": "Aspirin", "target": "Cyclooxygenase 2 (COX-2)", "interaction": "inhibitor"},
+            {"drug": "aspirin", "target": "COX 1", "interaction": "inhibitor"},
+        ],
+    },
     "d2": {"abstract": "", "triples": [{"drug": "Drug-X", "target": "receptor-type 5", "interaction": "agonist"}]},
     "d3": {"abstract": "", "triples": []},
     "d4": {"abstract": "", "triples": [{"drug": "x", "target": "y", "interaction": "z"}]},
@@ -242,8 +248,15 @@ def test_split_entity_map_later_documents_win():
 
 
 def test_score_generations_bc5cdr_unmapped_names_are_false_positives():
-    gold = {"1": {"title": "t", "abstract": "a", "relations": [{"chemical": "C1", "disease": "D1"}],
-                  "chemical2id": {"x": "C1"}, "disease2id": {"y": "D1"}}}
+    gold = {
+        "1": {
+            "title": "t",
+            "abstract": "a",
+            "relations": [{"chemical": "C1", "disease": "D1"}],
+            "chemical2id": {"x": "C1"},
+            "disease2id": {"y": "D1"},
+        }
+    }
     gens = {"1": "the relation between x and y exists; the relation between q and y exists.", "2": "junk"}
     report = score_generations("bc5cdr", gens, gold, entity_map="document")
     assert (report.tp, report.fp, report.fn, report.num_missing) == (1, 1, 0, 1)

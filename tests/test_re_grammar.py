@@ -74,14 +74,18 @@ def test_greedy_groups_take_the_last_and_and_is():
 
 
 def test_match_is_anchored_at_the_start_only():
-    result = parse_generation("so the interaction between a and b is effect; the interaction between c and d is int", "ddi")
+    result = parse_generation(
+        "so the interaction between a and b is effect; the interaction between c and d is int", "ddi"
+    )
     assert result.relations == (Relation("c", "d", "int"),)
     assert [u.text for u in result.unparsed] == ["so the interaction between a and b is effect"]
 
 
 def test_ddi_splits_on_semicolon_space_and_does_not_strip_pieces():
-    """"; " is the DDI separator; a piece keeping a leading space fails re.match (no strip there)."""
-    result = parse_generation("the interaction between a and b is effect;  the interaction between c and d is int", "ddi")
+    """ "; " is the DDI separator; a piece keeping a leading space fails re.match (no strip there)."""
+    result = parse_generation(
+        "the interaction between a and b is effect;  the interaction between c and d is int", "ddi"
+    )
     assert result.relations == (Relation("a", "b", "effect"),)
     assert result.unparsed[0].text == " the interaction between c and d is int"
 
@@ -92,7 +96,9 @@ def test_bc5cdr_splits_on_bare_semicolon_strips_pieces_and_maps_mesh():
         text, "bc5cdr", chemical2id={"famotidine": "D015738"}, disease2id={"delirium": "D003693", "ulcers": "D014456"}
     )
     assert [(r.head_id, r.tail_id) for r in result.relations] == [
-        ("D015738", "D003693"), ("D015738", "D014456"), (UNMAPPED_ID, "D003693"),
+        ("D015738", "D003693"),
+        ("D015738", "D014456"),
+        (UNMAPPED_ID, "D003693"),
     ]
     assert result.relations[1].tail == "ulcers"
 
@@ -101,7 +107,9 @@ def test_only_one_final_dot_is_removed():
     assert parse_generation("the interaction between a and b is effect..", "ddi").relations[0].relation == "effect."
 
 
-@pytest.mark.parametrize("text, reason", [("", "empty generation"), (" . ", "empty generation"), ("; ;", "no relation sentence")])
+@pytest.mark.parametrize(
+    "text, reason", [("", "empty generation"), (" . ", "empty generation"), ("; ;", "no relation sentence")]
+)
 def test_empty_outputs_are_kept_with_a_reason(text, reason):
     result = parse_generation(text, "bc5cdr" if ";" in text else "ddi")
     assert result.failed
@@ -138,7 +146,7 @@ def test_sentence_spans_skip_decimals():
 def test_evidence_smallest_sentence_with_both_case_and_whitespace_insensitive():
     ev = find_evidence(ABSTRACT, "cimetidine", "warfarin")
     assert ev.text == "Cimetidine increases\nplasma  levels of WARFARIN." and ev.match == "both"
-    assert ABSTRACT[ev.start:ev.end] == ev.text
+    assert ABSTRACT[ev.start : ev.end] == ev.text
     assert find_evidence(ABSTRACT, "plasma levels", "cimetidine").match == "both"
 
 
@@ -151,7 +159,7 @@ def test_evidence_window_across_sentences_and_single_entity():
 
 
 def test_evidence_needs_whole_words():
-    """"ca" (a real BC5CDR name) must not match inside "Calcium" or "anticoagulant"."""
+    """ "ca" (a real BC5CDR name) must not match inside "Calcium" or "anticoagulant"."""
     assert find_evidence(ABSTRACT, "ca", "zz") is None
 
 
@@ -173,8 +181,12 @@ def test_ddi_source_is_stripped_abstract_without_newlines_lowercased():
 
 @pytest.mark.parametrize(
     "title, joined",
-    [("Effects of X.", "effects of x. abc"), ("Is X safe?", "is x safe? abc"), ("Effects of X", "effects of x. abc"),
-     ("", ". abc")],
+    [
+        ("Effects of X.", "effects of x. abc"),
+        ("Is X safe?", "is x safe? abc"),
+        ("Effects of X", "effects of x. abc"),
+        ("", ". abc"),
+    ],
 )
 def test_dti_and_bc5cdr_join_title_and_abstract(title, joined):
     """re.search(r"\\W$", title) picks " " or ". "; an empty title still gets ". "."""
@@ -214,7 +226,8 @@ def test_relis_target_sort_quirk():
 
 def test_bc5cdr_target_uses_longest_name_and_file_order():
     record = {
-        "title": "t", "abstract": "a",
+        "title": "t",
+        "abstract": "a",
         "relations": [{"chemical": "C2", "disease": "D1"}, {"chemical": "C1", "disease": "D1"}],
         "chemical2id": {"ab": "C1", "xy": "C1", "abc": "C2", "abcd": "C2"},
         "disease2id": {"pain": "D1", "aches": "D1"},
@@ -248,16 +261,28 @@ class WordTokenizer:
 
 def spec(task="re-ddi", sep_token_id=None):
     """biomine_task.json content exactly as the converter writes it (S = 4, N = 3)."""
-    return task_spec(task, learned=["learned1", "learned2", "learned3"], prompt_ids=[50, 51, 52],
-                     sep_token_id=sep_token_id, max_source=4, max_target=16, truncation_id=7, pad_id=1, eos_id=2,
-                     data_path="data/PubMedQA/pqal_qcal_ansis-bin")
+    return task_spec(
+        task,
+        learned=["learned1", "learned2", "learned3"],
+        prompt_ids=[50, 51, 52],
+        sep_token_id=sep_token_id,
+        max_source=4,
+        max_target=16,
+        truncation_id=7,
+        pad_id=1,
+        eos_id=2,
+        data_path="data/PubMedQA/pqal_qcal_ansis-bin",
+    )
 
 
-@pytest.mark.parametrize("words, expected", [
-    ("a b c", [2, 100, 101, 102, 50, 51, 52]),
-    ("a b c d", [2, 100, 101, 102, 103, 50, 51, 52]),  # exactly S: untouched
-    ("a b c d e", [2, 100, 101, 102, 7, 50, 51, 52]),  # S+1: S-1 ids + "..."
-])
+@pytest.mark.parametrize(
+    "words, expected",
+    [
+        ("a b c", [2, 100, 101, 102, 50, 51, 52]),
+        ("a b c d", [2, 100, 101, 102, 103, 50, 51, 52]),  # exactly S: untouched
+        ("a b c d e", [2, 100, 101, 102, 7, 50, 51, 52]),  # S+1: S-1 ids + "..."
+    ],
+)
 def test_prompt_input_ids_truncate_like_the_prompt_dataset(words, expected):
     assert prompt_input_ids(words, WordTokenizer(), TaskSettings.from_spec(spec())) == expected
 
@@ -279,14 +304,17 @@ def test_settings_from_the_converters_task_file():
     assert (qa.task, qa.lowercase_source, qa.source_format) == ("pubmedqa", False, "qa-pubmedqa-reasoning-free")
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"prompt_token_ids": [1, 2]}, "must be 3 non-negative integers"),
-    ({"task": "ner"}, "task 'ner' is not one of"),
-    ({"max_source_positions": 13}, "exceed max_target_positions"),
-    ({"output_grammar": "relis-relation"}, "is not 'relis-interaction'"),
-    ({"truncation_marker_id": None}, "truncation_marker_id must be an integer"),
-    ({"source_format": {"name": "re-ddi"}}, "true/false lowercase"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"prompt_token_ids": [1, 2]}, "must be 3 non-negative integers"),
+        ({"task": "ner"}, "task 'ner' is not one of"),
+        ({"max_source_positions": 13}, "exceed max_target_positions"),
+        ({"output_grammar": "relis-relation"}, "is not 'relis-interaction'"),
+        ({"truncation_marker_id": None}, "truncation_marker_id must be an integer"),
+        ({"source_format": {"name": "re-ddi"}}, "true/false lowercase"),
+    ],
+)
 def test_settings_validation(change, message):
     with pytest.raises(TaskSettingsError, match=message):
         TaskSettings.from_spec({**spec(), **change})
@@ -297,8 +325,17 @@ def test_wrong_kind_of_checkpoint_is_refused(tmp_path):
     assert load_task_settings(tmp_path, "bc5cdr").task == "bc5cdr"
     with pytest.raises(TaskSettingsError, match="is a bc5cdr checkpoint, not ddi: pass --task bc5cdr"):
         load_task_settings(tmp_path, "ddi")
-    lm = task_spec("lm", learned=[], prompt_ids=[], sep_token_id=None, max_source=None, max_target=1024,
-                   truncation_id=None, pad_id=1, eos_id=2)
+    lm = task_spec(
+        "lm",
+        learned=[],
+        prompt_ids=[],
+        sep_token_id=None,
+        max_source=None,
+        max_target=1024,
+        truncation_id=None,
+        pad_id=1,
+        eos_id=2,
+    )
     (tmp_path / "biomine_task.json").write_text(json.dumps(lm))
     with pytest.raises(TaskSettingsError, match="pre-trained language model"):
         load_task_settings(tmp_path, "ddi")

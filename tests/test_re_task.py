@@ -43,9 +43,12 @@ TEXTS = TITLES + ABSTRACTS + [a.lower() for a in ABSTRACTS] + [TARGET, LONG, LON
 
 def batch_of(titles, abstracts, pmids=None, versions=None):
     n = len(titles)
-    return {"pmid": np.array(pmids or list(range(1, n + 1)), dtype=np.int64),
-            "version": np.array(versions or [1] * n, dtype=np.int32),
-            "title": np.array(titles, dtype=object), "abstract": np.array(abstracts, dtype=object)}
+    return {
+        "pmid": np.array(pmids or list(range(1, n + 1)), dtype=np.int64),
+        "version": np.array(versions or [1] * n, dtype=np.int32),
+        "title": np.array(titles, dtype=object),
+        "abstract": np.array(abstracts, dtype=object),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +142,7 @@ def test_prepare_builds_the_fine_tuning_input(ckpts):
     long_source = tok.encode(LONG.lower(), add_special_tokens=False)
     S = settings.max_source_positions
     assert len(long_source) > S
-    assert ids[1] == [2] + long_source[:S - 1] + [settings.truncation_marker_id] + prompt
+    assert ids[1] == [2] + long_source[: S - 1] + [settings.truncation_marker_id] + prompt
     assert list(out["_truncated"]) == [False, True, None, None]  # the cut source says so
     # no abstract: no prompt, a reason instead (the task turns it into an 'unparsed' row)
     assert ids[2] is None and ids[3] is None
@@ -216,9 +219,15 @@ def test_greedy_ids_equal_generate_and_budgets_never_overflow(ckpts):
         budget = min(256, positions - len(prompt))
         assert 1 <= len(ids) <= budget
         assert len(ids) == budget or ids[-1] == 2
-        ref = generate(task.decoder.model, torch.tensor([prompt]), max_new_tokens=budget, suppress_tokens=[1],
-                       eos_token_id=2, pad_token_id=1)
-        assert ids == ref[0, len(prompt):].tolist()
+        ref = generate(
+            task.decoder.model,
+            torch.tensor([prompt]),
+            max_new_tokens=budget,
+            suppress_tokens=[1],
+            eos_token_id=2,
+            pad_token_id=1,
+        )
+        assert ids == ref[0, len(prompt) :].tolist()
         assert 1 not in ids  # <pad> is never generated
     assert len({tuple(ids) for ids in got}) > 1  # the prompts really steer the generation
 
@@ -228,11 +237,19 @@ def test_greedy_ids_equal_generate_and_budgets_never_overflow(ckpts):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    path = make_tiny_task_checkpoint(tmp_path_factory.mktemp("trained") / "re-ddi-trained", TEXTS, hidden_size=48,
-                                     max_position_embeddings=96, hidden_dropout_prob=0.0,
-                                     attention_probs_dropout_prob=0.0, seed=3)
-    records = {f"DDI-DrugBank.d{i}": {"abstract": a, "triples": [TRIPLE], "pmid": f"DDI-DrugBank.d{i}"}
-               for i, a in enumerate(ABSTRACTS)}
+    path = make_tiny_task_checkpoint(
+        tmp_path_factory.mktemp("trained") / "re-ddi-trained",
+        TEXTS,
+        hidden_size=48,
+        max_position_embeddings=96,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        seed=3,
+    )
+    records = {
+        f"DDI-DrugBank.d{i}": {"abstract": a, "triples": [TRIPLE], "pmid": f"DDI-DrugBank.d{i}"}
+        for i, a in enumerate(ABSTRACTS)
+    }
     assert all(build_target("ddi", r) == TARGET for r in records.values())
     tok = BioGptTokenizer.from_pretrained(path)
     assert tok.unk_token_id not in tok.encode(TARGET, add_special_tokens=False)
@@ -249,11 +266,15 @@ def test_fine_tuned_model_relations_with_evidence(trained):
         (row,) = rows
         text = f"{title} {abstract}"
         assert row["raw_generation"] == TARGET
-        assert (row["parse_status"], row["head"], row["tail"], row["relation"]) == \
-            ("ok", "aspirin", "warfarin", "mechanism")
+        assert (row["parse_status"], row["head"], row["tail"], row["relation"]) == (
+            "ok",
+            "aspirin",
+            "warfarin",
+            "mechanism",
+        )
         assert row["pmid"] == pmid and row["reason"] is None and row["head_id"] is None
         assert row["evidence_match"] == "both"
-        assert text[row["evidence_start"]:row["evidence_end"]] == row["evidence_text"]
+        assert text[row["evidence_start"] : row["evidence_end"]] == row["evidence_text"]
         assert "aspirin" in row["evidence_text"].lower() and "warfarin" in row["evidence_text"].lower()
     # the smallest sentence naming both drugs: the first article's title (offsets index title + " " +
     # abstract), the second article's last sentence
@@ -274,8 +295,9 @@ def test_evaluate_re_scores_the_fine_tuned_model_perfectly(trained, tmp_path):
     assert report["scores"]["num_gold"] == report["scores"]["num_pred"] == 2
     assert json.loads(json.dumps(report)) == report  # JSON-serialisable
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert lines == [{"id": k, "generation": TARGET, "relations": [["aspirin", "warfarin", "mechanism"]]}
-                     for k in records]
+    assert lines == [
+        {"id": k, "generation": TARGET, "relations": [["aspirin", "warfarin", "mechanism"]]} for k in records
+    ]
     text = format_re_report(report)
     assert "ontology-level triples" in text and "1.0000" in text and "failed generations" in text
 
@@ -289,8 +311,13 @@ def test_evaluate_re_defaults_are_the_original_protocol(trained, tmp_path):
     settings = RelationTask.check_model(RelationOptions(model=str(path), task="ddi"))
     positions = json.loads((path / "config.json").read_text())["max_position_embeddings"]
     assert report["decoding"]["max_new_tokens"] == min(settings.max_target_positions, positions)
-    assert report["protocol"] == {"name": "original", "records": "all", "max_new_tokens": "position limit",
-                                  "dtype": "float32", "records_without_gold": "left out (1)"}
+    assert report["protocol"] == {
+        "name": "original",
+        "records": "all",
+        "max_new_tokens": "position limit",
+        "dtype": "float32",
+        "records_without_gold": "left out (1)",
+    }
     assert report["documents"] == len(records) and report["headline"]["f1"] == 1.0
     assert "protocol: original (generation to the position limit, float32" in format_re_report(report)
     broader = evaluate_re("ddi", data, path, batch_size=2, device="cpu", include_empty=True, max_new_tokens=40)
@@ -345,7 +372,8 @@ def test_evaluate_re_smoke_on_the_ddi_test_set(tmp_path):
     tok = BioGptTokenizer.from_pretrained(path)
     assert report["truncated_sources"] == sum(
         len(tok.encode(build_source("ddi", r), add_special_tokens=False)) > settings.max_source_positions
-        for r in first.values())
+        for r in first.values()
+    )
     assert json.loads(json.dumps(report)) == report
     assert "gold triples" in format_re_report(report)
 
@@ -354,14 +382,22 @@ def test_evaluate_re_smoke_on_the_ddi_test_set(tmp_path):
 def test_cuda_graph_decoding_equals_generate_on_gpu(ckpts):
     path = ckpts["ddi-small"]
     abstracts = ABSTRACTS + [LONG, "Aspirin."]
-    task = RelationTask(RelationOptions(model=str(path), task="ddi", batch_size=2, max_new_tokens=32, device="cuda", dtype="float32"))
+    task = RelationTask(
+        RelationOptions(model=str(path), task="ddi", batch_size=2, max_new_tokens=32, device="cuda", dtype="float32")
+    )
     assert task.decoder.engine.cuda_graph and task.decoder.model.device.type == "cuda"
     prompts = list(RelationTask.prepare(batch_of(["t"] * 4, abstracts), task.options)["_input_ids"])
     for prompt, ids in zip(prompts, task.generate_ids(prompts)):
         budget = min(32, task.decoder.model.config.max_position_embeddings - len(prompt))
-        ref = generate(task.decoder.model, torch.tensor([prompt], device="cuda"), max_new_tokens=budget,
-                       suppress_tokens=[1], eos_token_id=2, pad_token_id=1)
-        assert ids == ref[0, len(prompt):].tolist()
+        ref = generate(
+            task.decoder.model,
+            torch.tensor([prompt], device="cuda"),
+            max_new_tokens=budget,
+            suppress_tokens=[1],
+            eos_token_id=2,
+            pad_token_id=1,
+        )
+        assert ids == ref[0, len(prompt) :].tolist()
     # the default dtype on CUDA (bfloat16) runs end to end and its rows fit the schema
     bf16 = RelationTask(RelationOptions(model=str(path), task="ddi", batch_size=2, max_new_tokens=16, device="cuda"))
     assert bf16.decoder.model.dtype == torch.bfloat16

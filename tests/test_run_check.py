@@ -16,13 +16,21 @@ REPO = Path(__file__).resolve().parents[1]
 from conftest import DEMO_XML as SAMPLE  # noqa: E402
 
 
-def job(tmp_path: Path, *, output: str | None = None, source: str | None = None, tasks: str = "",
-        resources: str = "", job_extra: str = "") -> Path:
+def job(
+    tmp_path: Path,
+    *,
+    output: str | None = None,
+    source: str | None = None,
+    tasks: str = "",
+    resources: str = "",
+    job_extra: str = "",
+) -> Path:
     path = tmp_path / "job.toml"
     out = output if output is not None else f'"{tmp_path / "out"}"'
     src = source or f'kind = "files"\npaths = ["{SAMPLE}"]'
-    path.write_text(f"[job]\nname = \"check\"\noutput = {out}\n{job_extra}\n[source]\n{src}\n{tasks}\n"
-                    f"[resources]\n{resources}\n")
+    path.write_text(
+        f'[job]\nname = "check"\noutput = {out}\n{job_extra}\n[source]\n{src}\n{tasks}\n[resources]\n{resources}\n'
+    )
     return path
 
 
@@ -48,11 +56,15 @@ def bad_models(tmp_path, demo_models):
 CASES = {
     "base LM given to NER": (lambda m, b: f'[tasks.ner]\nmodel = "{m["summarize"]}"\n', ["ner: ", "NER needs"]),
     "NER model given to RE": (lambda m, b: f'[tasks.re]\ntask = "ddi"\nmodel = "{m["ner"]}"\n', ["[tasks.re]"]),
-    "RE checkpoint of another task": (lambda m, b: f'[tasks.re]\ntask = "bc5cdr"\nmodel = "{m["re"]}"\n',
-                                      ["is a ddi checkpoint, not bc5cdr"]),
+    "RE checkpoint of another task": (
+        lambda m, b: f'[tasks.re]\ntask = "bc5cdr"\nmodel = "{m["re"]}"\n',
+        ["is a ddi checkpoint, not bc5cdr"],
+    ),
     "corrupt config.json": (lambda m, b: f'[tasks.ner]\nmodel = "{b["corrupt"]}"\n', ["cannot read", "config.json"]),
     "max_new_tokens beyond the positions": (
-        lambda m, b: f'[tasks.summarize]\nmodel = "{m["summarize"]}"\nmax_new_tokens = 4000\n', ["leaves no room"]),
+        lambda m, b: f'[tasks.summarize]\nmodel = "{m["summarize"]}"\nmax_new_tokens = 4000\n',
+        ["leaves no room"],
+    ),
 }
 
 
@@ -67,25 +79,37 @@ def test_check_refuses_what_run_refuses(tmp_path, demo_models, bad_models, capsy
 
 def test_every_problem_is_listed_at_once(tmp_path, demo_models, capsys):
     (tmp_path / "a-file").write_text("x")
-    path = job(tmp_path, output=f'"{tmp_path / "a-file"}"', source='kind = "files"\npaths = ["nowhere/*.xml.gz"]',
-               tasks=(f'[tasks.ner]\nmodel = "{demo_models["summarize"]}"\n'
-                      f'[tasks.re]\ntask = "ddi"\nmodel = "{demo_models["ner"]}"\n'))
+    path = job(
+        tmp_path,
+        output=f'"{tmp_path / "a-file"}"',
+        source='kind = "files"\npaths = ["nowhere/*.xml.gz"]',
+        tasks=(
+            f'[tasks.ner]\nmodel = "{demo_models["summarize"]}"\n'
+            f'[tasks.re]\ntask = "ddi"\nmodel = "{demo_models["ner"]}"\n'
+        ),
+    )
     err = refused(capsys, path, "4 problems", "is a file", "matches no files", "[tasks.ner]", "[tasks.re]")
     assert "(4) " in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("setting, needle", [
-    ('incremental = "false"', "[job] incremental = 'false': use true or false"),
-])
+@pytest.mark.parametrize(
+    "setting, needle",
+    [
+        ('incremental = "false"', "[job] incremental = 'false': use true or false"),
+    ],
+)
 def test_job_types(tmp_path, demo_models, capsys, setting, needle):
     refused(capsys, job(tmp_path, tasks=f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\n', job_extra=setting), needle)
 
 
-@pytest.mark.parametrize("setting, needle", [
-    ("actors = -2", "[resources] actors = -2: must be >= 0"),
-    ("gpus_per_actor = -1", "[resources] gpus_per_actor = -1: must be >= 0"),
-    ("cpus_per_actor = 0", "[resources] cpus_per_actor = 0: must be > 0"),
-])
+@pytest.mark.parametrize(
+    "setting, needle",
+    [
+        ("actors = -2", "[resources] actors = -2: must be >= 0"),
+        ("gpus_per_actor = -1", "[resources] gpus_per_actor = -1: must be >= 0"),
+        ("cpus_per_actor = 0", "[resources] cpus_per_actor = 0: must be > 0"),
+    ],
+)
 def test_resource_values(tmp_path, demo_models, capsys, setting, needle):
     refused(capsys, job(tmp_path, tasks=f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\n', resources=setting), needle)
 
@@ -93,8 +117,12 @@ def test_resource_values(tmp_path, demo_models, capsys, setting, needle):
 def test_entrez_without_an_email_and_an_unreachable_address(tmp_path, demo_models, capsys, monkeypatch):
     monkeypatch.delenv("NCBI_EMAIL", raising=False)
     monkeypatch.delenv("BIOMINE_EUTILS_URL", raising=False)
-    path = job(tmp_path, source='kind = "entrez"\nquery = "warfarin"', resources='address = "127.0.0.1:1"',
-               tasks=f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\n')
+    path = job(
+        tmp_path,
+        source='kind = "entrez"\nquery = "warfarin"',
+        resources='address = "127.0.0.1:1"',
+        tasks=f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\n',
+    )
     refused(capsys, path, "2 problems", "contact email", "cannot reach the Ray cluster at 127.0.0.1:1")
 
 
@@ -107,20 +135,35 @@ def test_check_passes_a_good_job_and_sees_an_owned_output(tmp_path, demo_models,
     refused(capsys, path, "belongs to job 'other'")
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["ingest", str(SAMPLE), "--out", "{tmp}/out", "--shard-rows", "0"], "--shard-rows 0: must be at least 1"),
-    (["fetch", "--query", "x", "--out", "{tmp}/out", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
-    (["query", "{tmp}", ""], "no SQL given"),
-    (["query", "{tmp}", "SELECT 1", "--max-rows", "-1"], "--max-rows -1: must be at least 1"),
-    (["ingest", str(SAMPLE), "--out", "{tmp}/a-file"], "a-file is a file, not a folder"),
-    (["ingest", str(SAMPLE), "--out", "{tmp}/x", "--workers", "0"], "--workers 0: must be at least 1"),
-    (["fetch", "--query", "x", "--email", "a@b.org", "--eutils-url", "http://127.0.0.1:9/", "--out", "{tmp}/a-file"],
-     "a-file is a file, not a folder"),
-    (["kb", "build", "--relations", "{tmp}/nothing", "--out", "{tmp}"], "--out {tmp} is a folder"),
-    (["kb", "build", "--relations", "{tmp}/nothing", "--out", "{tmp}/kb.parquet"], "no relation files"),
-    (["compact", "{tmp}"], "neither a job output"),
-    (["compact", "{tmp}", "--min-deleted", "0"], "--min-deleted 0.0: must be more than 0"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["ingest", str(SAMPLE), "--out", "{tmp}/out", "--shard-rows", "0"], "--shard-rows 0: must be at least 1"),
+        (["fetch", "--query", "x", "--out", "{tmp}/out", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+        (["query", "{tmp}", ""], "no SQL given"),
+        (["query", "{tmp}", "SELECT 1", "--max-rows", "-1"], "--max-rows -1: must be at least 1"),
+        (["ingest", str(SAMPLE), "--out", "{tmp}/a-file"], "a-file is a file, not a folder"),
+        (["ingest", str(SAMPLE), "--out", "{tmp}/x", "--workers", "0"], "--workers 0: must be at least 1"),
+        (
+            [
+                "fetch",
+                "--query",
+                "x",
+                "--email",
+                "a@b.org",
+                "--eutils-url",
+                "http://127.0.0.1:9/",
+                "--out",
+                "{tmp}/a-file",
+            ],
+            "a-file is a file, not a folder",
+        ),
+        (["kb", "build", "--relations", "{tmp}/nothing", "--out", "{tmp}"], "--out {tmp} is a folder"),
+        (["kb", "build", "--relations", "{tmp}/nothing", "--out", "{tmp}/kb.parquet"], "no relation files"),
+        (["compact", "{tmp}"], "neither a job output"),
+        (["compact", "{tmp}", "--min-deleted", "0"], "--min-deleted 0.0: must be more than 0"),
+    ],
+)
 def test_command_line_mistakes_are_one_line(tmp_path, capsys, argv, needle):
     (tmp_path / "a-file").write_text("x")
     before = sorted(p.name for p in tmp_path.iterdir())

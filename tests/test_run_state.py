@@ -50,9 +50,9 @@ kind = "files"
 paths = ["{SAMPLE}"]
 shard_size = 1
 [tasks.ner]
-model = "{models['ner']}"
+model = "{models["ner"]}"
 [tasks.summarize]
-model = "{models['summarize']}"
+model = "{models["summarize"]}"
 prompt = "{prompt}"
 max_new_tokens = 4
 [resources]
@@ -62,8 +62,11 @@ actors = 1
 
 
 def snapshot(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name not in ("_lock",)}
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name not in ("_lock",)
+    }
 
 
 def test_other_job_refused_settings_recompute_and_unfinished_runs_warn(tmp_path, models, ray_local, capsys):
@@ -98,8 +101,10 @@ def test_other_job_refused_settings_recompute_and_unfinished_runs_warn(tmp_path,
     commit.unlink()
     warnings = []
     query(out, "SELECT count(*) FROM entities", warn=warnings.append)
-    assert warnings == [f"entities: 1 of {shards} document shards have no committed output (the run is unfinished "
-                        "or failed: re-run the job to complete it)"]
+    assert warnings == [
+        f"entities: 1 of {shards} document shards have no committed output (the run is unfinished "
+        "or failed: re-run the job to complete it)"
+    ]
     assert main(["query", str(out), "SELECT count(*) AS n FROM documents"]) == 0
     assert "biomine: warning: entities: 1 of" in capsys.readouterr().err
     # kb build over relations that miss a shard says so too.
@@ -111,13 +116,19 @@ def test_other_job_refused_settings_recompute_and_unfinished_runs_warn(tmp_path,
 
     first_shard = committed_shards(out / "documents")[0].stem
     relations = TaskDataset(location(out / "relations"))
-    relations.commit(ShardOutput(first_shard, write_shard_output(relations.loc, first_shard,
-                                                                 RELATION_SCHEMA.empty_table()), 1),
-                     task="re", expected="x", input_shard={}, settings={})
+    relations.commit(
+        ShardOutput(first_shard, write_shard_output(relations.loc, first_shard, RELATION_SCHEMA.empty_table()), 1),
+        task="re",
+        expected="x",
+        input_shard={},
+        settings={},
+    )
     kb_warnings = []
     build_kb(out / "relations", out / "kb.parquet", warn=kb_warnings.append)
-    assert kb_warnings == [f"relations: {shards - 1} of {shards} document shards have no committed output (the run "
-                           "is unfinished or failed: re-run the job to complete it)"]
+    assert kb_warnings == [
+        f"relations: {shards - 1} of {shards} document shards have no committed output (the run "
+        "is unfinished or failed: re-run the job to complete it)"
+    ]
     again = run_job(load_job(job), progress=False)
     assert again["stages"]["ner"]["shards_done"] == 1 and again["stages"]["ner"]["shards_skipped"] == shards - 1
     # The manifest of that (resuming) run still counts the whole dataset, not just its own shard.
@@ -139,9 +150,15 @@ def test_one_run_at_a_time(tmp_path, models, ray_local, capsys):
     # A real second `biomine run` process while the first is working: the second is refused.
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
     env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(job), "--no-progress"], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(job), "--no-progress"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / "_lease.json").exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -168,8 +185,9 @@ def test_a_user_error_inside_the_ingest_task_is_one_line(tmp_path, models, ray_l
     broken = tmp_path / "pubmed25n0001.xml"
     broken.write_text(SAMPLE.read_text()[:700])  # cut mid-record
     job = tmp_path / "job.toml"
-    job.write_text(write_job(tmp_path / "ok.toml", tmp_path / "out", models).read_text()
-                   .replace(str(SAMPLE), str(broken)))
+    job.write_text(
+        write_job(tmp_path / "ok.toml", tmp_path / "out", models).read_text().replace(str(SAMPLE), str(broken))
+    )
     capsys.readouterr()
     assert main(["run", str(job), "--no-progress"]) == 2
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("biomine:")]

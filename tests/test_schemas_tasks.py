@@ -17,10 +17,25 @@ MODULES = [
     (summaries, summaries.SUMMARY_SCHEMA, "summaries"),
 ]
 
-ENTITY = {"pmid": 1, "version": 1, "start": 0, "end": 7, "label": "Chemical", "text": "Aspirin", "score": 0.5,
-          "model_id": "m"}
-SUMMARY = {"pmid": 2, "version": 1, "prompt_id": "tldr-v1", "summary": "Short.", "model_id": "biogpt", "input_truncated": False,
-           "decoding": {"strategy": "beam", "num_beams": 5, "min_new_tokens": 100, "length_penalty": 1.0}}
+ENTITY = {
+    "pmid": 1,
+    "version": 1,
+    "start": 0,
+    "end": 7,
+    "label": "Chemical",
+    "text": "Aspirin",
+    "score": 0.5,
+    "model_id": "m",
+}
+SUMMARY = {
+    "pmid": 2,
+    "version": 1,
+    "prompt_id": "tldr-v1",
+    "summary": "Short.",
+    "model_id": "biogpt",
+    "input_truncated": False,
+    "decoding": {"strategy": "beam", "num_beams": 5, "min_new_tokens": 100, "length_penalty": 1.0},
+}
 
 
 @pytest.mark.parametrize("module, schema, name", MODULES)
@@ -42,21 +57,25 @@ def test_entity_rows_cast_and_table_input():
     table = entities.cast_batch(rows)
     assert table.schema == entities.ENTITY_SCHEMA and table.column("score").type == pa.float32()
     # A table with int64 offsets and columns in another order casts to the schema; score may be absent.
-    loose = pa.table({"model_id": ["ner"], "text": ["x"], "label": ["Gene"], "end": [3], "start": [2],
-                      "version": [1], "pmid": [7]})
+    loose = pa.table(
+        {"model_id": ["ner"], "text": ["x"], "label": ["Gene"], "end": [3], "start": [2], "version": [1], "pmid": [7]}
+    )
     cast = entities.cast_batch(loose.to_batches()[0])
     assert cast.column_names == entities.ENTITY_SCHEMA.names and cast.column("score").null_count == 1
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"label": None}, "PMID 1: column 'label' is required"),
-    ({"start": "zero"}, "column 'start' expects an integer"),
-    ({"start": 1.5}, "column 'start' expects an integer"),
-    ({"start": True}, "column 'start' expects an integer"),
-    ({"score": "high"}, "column 'score' expects float"),
-    ({"colour": "red"}, "keys \\['colour'\\] that are not columns"),
-    ({"start": 9}, "end must be greater than start"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"label": None}, "PMID 1: column 'label' is required"),
+        ({"start": "zero"}, "column 'start' expects an integer"),
+        ({"start": 1.5}, "column 'start' expects an integer"),
+        ({"start": True}, "column 'start' expects an integer"),
+        ({"score": "high"}, "column 'score' expects float"),
+        ({"colour": "red"}, "keys \\['colour'\\] that are not columns"),
+        ({"start": 9}, "end must be greater than start"),
+    ],
+)
 def test_entity_errors_name_the_column(change, message):
     with pytest.raises(SchemaMismatchError, match=message):
         entities.cast_batch([ENTITY, {**ENTITY, **change}])
@@ -73,26 +92,35 @@ def test_table_errors_name_the_column():
 
 def test_relation_rows_from_the_grammar_cast():
     result = parse_generation("the interaction between aspirin and warfarin is effect; what", "ddi")
-    rows = relation_rows(result, pmid=9, text="Aspirin raises warfarin levels.", model_id="re-ddi",
-                         decoding={"strategy": "greedy", "num_beams": 1})
+    rows = relation_rows(
+        result,
+        pmid=9,
+        text="Aspirin raises warfarin levels.",
+        model_id="re-ddi",
+        decoding={"strategy": "greedy", "num_beams": 1},
+    )
     table = relations.cast_batch(rows)
     assert table.column("parse_status").to_pylist() == ["ok", "unparsed"]
     assert table.column("evidence_text").to_pylist() == ["Aspirin raises warfarin levels.", None]
     assert table.column("decoding").to_pylist()[0]["num_beams"] == 1
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"parse_status": "maybe"}, "parse_status 'maybe' is not one of"),
-    ({"head": None}, "an 'ok' row needs head, tail and relation"),
-    ({"parse_status": "unparsed", "reason": None}, "an 'unparsed' row needs a reason"),
-    ({"task": "ner"}, "task 'ner' is not one of"),
-    ({"evidence_end": None}, "go together"),
-    ({"decoding": {"beams": 5}}, "column 'decoding' has unknown keys \\['beams'\\]"),
-    ({"decoding": {"num_beams": 1.5}}, "column 'decoding' field 'num_beams' expects an integer"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"parse_status": "maybe"}, "parse_status 'maybe' is not one of"),
+        ({"head": None}, "an 'ok' row needs head, tail and relation"),
+        ({"parse_status": "unparsed", "reason": None}, "an 'unparsed' row needs a reason"),
+        ({"task": "ner"}, "task 'ner' is not one of"),
+        ({"evidence_end": None}, "go together"),
+        ({"decoding": {"beams": 5}}, "column 'decoding' has unknown keys \\['beams'\\]"),
+        ({"decoding": {"num_beams": 1.5}}, "column 'decoding' field 'num_beams' expects an integer"),
+    ],
+)
 def test_relation_invariants(change, message):
-    row = relation_rows(parse_generation("the interaction between a and b is int", "ddi"), pmid=3,
-                        text="a and b.", model_id="m")[0]
+    row = relation_rows(
+        parse_generation("the interaction between a and b is int", "ddi"), pmid=3, text="a and b.", model_id="m"
+    )[0]
     with pytest.raises(SchemaMismatchError, match=message):
         relations.cast_batch([{**row, **change}])
 

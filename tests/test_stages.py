@@ -63,9 +63,19 @@ class DictionaryNer(Task):
             raise ValueError("poisoned document")
         out = []
         for pmid, version, text in zip(batch["pmid"], batch["version"], batch["text"]):
-            rows = [dict(pmid=int(pmid), version=int(version), start=m.start(), end=m.end(), label="Chemical",
-                         text=m.group(), score=1.0, model_id=self.model_id)
-                    for m in re.finditer("|".join(self.vocabulary), text.lower())]
+            rows = [
+                dict(
+                    pmid=int(pmid),
+                    version=int(version),
+                    start=m.start(),
+                    end=m.end(),
+                    label="Chemical",
+                    text=m.group(),
+                    score=1.0,
+                    model_id=self.model_id,
+                )
+                for m in re.finditer("|".join(self.vocabulary), text.lower())
+            ]
             out.append(rows)
         return out
 
@@ -97,8 +107,15 @@ def make_shards(tmp_path, docs_per_shard):
     shards = []
     pmid = 1
     for i, n in enumerate(docs_per_shard):
-        rows = [dict(pmid=pmid + k, version=1, title=f"Doc {pmid + k}.",
-                     abstract="Aspirin and warfarin." if (pmid + k) % 2 else "No drugs here.") for k in range(n)]
+        rows = [
+            dict(
+                pmid=pmid + k,
+                version=1,
+                title=f"Doc {pmid + k}.",
+                abstract="Aspirin and warfarin." if (pmid + k) % 2 else "No drugs here.",
+            )
+            for k in range(n)
+        ]
         pmid += n
         path = tmp_path / "documents" / f"part-{i:06d}.parquet"
         path.parent.mkdir(exist_ok=True)
@@ -158,8 +175,15 @@ def test_dead_actor_costs_time_not_rows(tmp_path, ray_local):
     shards = make_shards(tmp_path, [4, 4, 4])
     marker = tmp_path / "died-once"
     out = tmp_path / "entities"
-    r = run_task_stage(DyingOnceNer, DictOptions(model="dict-v1", marker=str(marker), batch_size=2), shards, out,
-                       actors=1, gpus_per_actor=0, progress=False)
+    r = run_task_stage(
+        DyingOnceNer,
+        DictOptions(model="dict-v1", marker=str(marker), batch_size=2),
+        shards,
+        out,
+        actors=1,
+        gpus_per_actor=0,
+        progress=False,
+    )
     assert marker.exists(), "the actor did not die: the test proves nothing"
     assert r.shards_done == 3 and r.documents == 12 and r.failures == []
     got = pa.concat_tables([pq.read_table(shard_output(out, s)) for s in shards]).to_pylist()
@@ -180,10 +204,20 @@ def test_model_that_does_not_load_stops_the_stage_with_its_message(tmp_path, ray
     from pipeline.errors import StageError
 
     shards = make_shards(tmp_path, [3, 3])
-    with pytest.raises(StageError, match=r"ner: the model actor could not start: CheckpointError: cannot read "
-                                         r"models/x/model.safetensors: damaged"):
-        run_task_stage(UnloadableNer, DictOptions(model="models/x", batch_size=2), shards, tmp_path / "entities",
-                       actors=1, gpus_per_actor=0, progress=False)
+    with pytest.raises(
+        StageError,
+        match=r"ner: the model actor could not start: CheckpointError: cannot read "
+        r"models/x/model.safetensors: damaged",
+    ):
+        run_task_stage(
+            UnloadableNer,
+            DictOptions(model="models/x", batch_size=2),
+            shards,
+            tmp_path / "entities",
+            actors=1,
+            gpus_per_actor=0,
+            progress=False,
+        )
     assert not list((tmp_path / "entities").glob("*.parquet"))  # nothing written as if it were done
     assert TaskDataset(location(tmp_path / "entities")).records() == {}
 
@@ -234,8 +268,14 @@ def test_a_rerun_verifies_outputs_before_it_skips_them(tmp_path, ray_local, dama
     clean = {s.stem: pq.read_table(shard_output(out, s)) for s in shards}
     target, other = shard_output(out, shards[1]), shard_output(out, shards[2])
     data = target.read_bytes()
-    target.write_bytes({"garbled": data[:100] + bytes(len(data) - 100), "truncated": data[: len(data) // 2],
-                        "empty": b"", "swapped": other.read_bytes()}[damage])
+    target.write_bytes(
+        {
+            "garbled": data[:100] + bytes(len(data) - 100),
+            "truncated": data[: len(data) // 2],
+            "empty": b"",
+            "swapped": other.read_bytes(),
+        }[damage]
+    )
 
     r = run_task_stage(DictionaryNer, options, shards, out, **kw)
     assert r.shards_done == 1 and r.shards_skipped == 2
@@ -273,8 +313,15 @@ def test_prepare_runs_in_its_own_tasks_not_inside_the_model_actor(tmp_path, ray_
     """Ray Data would fuse the CPU prepare step into the actor operator (equal remote args on a CPU
     cluster); its own stats must list the two operators separately."""
     shards = make_shards(tmp_path, [3, 3])
-    r = run_task_stage(DictionaryNer, DictOptions(model="dict-v1", batch_size=2), shards, tmp_path / "entities",
-                       actors=1, gpus_per_actor=0, progress=False)
+    r = run_task_stage(
+        DictionaryNer,
+        DictOptions(model="dict-v1", batch_size=2),
+        shards,
+        tmp_path / "entities",
+        actors=1,
+        gpus_per_actor=0,
+        progress=False,
+    )
     prepare = [op for op in r.operators if "_prepare_shards" in op]
     actor = [op for op in r.operators if "_TaskActor" in op]
     assert prepare and actor and not set(prepare) & set(actor), r.operators

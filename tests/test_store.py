@@ -53,7 +53,9 @@ def test_an_expired_or_dead_holders_lease_is_taken_over(tmp_path):
     # Alive, or in another pid namespace (a container on the same host name): refused.
     holder = Lease(out, what="live run").acquire()
     body = json.loads((tmp_path / "out" / "_lease.json").read_text())
-    (tmp_path / "out" / "_lease.json").write_text(json.dumps({**body, "pid_namespace": "other", "pid": int(dead.stdout)}))
+    (tmp_path / "out" / "_lease.json").write_text(
+        json.dumps({**body, "pid_namespace": "other", "pid": int(dead.stdout)})
+    )
     with pytest.raises(StoreError, match="in use by another run: live run"):
         Lease(out, what="next run").acquire()
     holder.release()
@@ -89,8 +91,12 @@ def test_remote_models_are_fetched_once_per_node_and_verified(tmp_path, monkeypa
     for t in threads:
         t.join()
     assert len(set(results)) == 1 and results[0].name == "tiny-ner" and results[0].parent.name == sha
-    assert sorted(p.name for p in results[0].iterdir()) == [".biomine-verified", "bpecodes", "config.json",
-                                                           "model.safetensors"]
+    assert sorted(p.name for p in results[0].iterdir()) == [
+        ".biomine-verified",
+        "bpecodes",
+        "config.json",
+        "model.safetensors",
+    ]
     assert not list((tmp_path / "cache").glob(".fetch-*"))  # no half copies left
     # Every defining file counts (bpecodes has no .json/.safetensors suffix and still changes the model).
     (remote / "bpecodes").write_bytes(b"a c 1\n")

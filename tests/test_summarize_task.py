@@ -17,8 +17,11 @@ from pipeline.tasks.summarize import SummarizeTask, fit_prompt, prompt_ids
 from schemas.summaries import cast_batch
 
 TITLES = ["Aspirin increases the effect of warfarin", "Midazolam and ketoconazole", None]
-ABSTRACTS = ["Aspirin increases the anticoagulant effect of warfarin. Monitor the INR closely.",
-             "Ketoconazole reduced midazolam clearance in healthy volunteers.", "An abstract without title."]
+ABSTRACTS = [
+    "Aspirin increases the anticoagulant effect of warfarin. Monitor the INR closely.",
+    "Ketoconazole reduced midazolam clearance in healthy volunteers.",
+    "An abstract without title.",
+]
 LONG = " ".join(["Midazolam clearance was reduced by ketoconazole in healthy volunteers."] * 8)
 TEXTS = [t for t in TITLES if t] + ABSTRACTS + [LONG, "Abstract: Summary: TL;DR:"]
 POSITIONS = 64
@@ -26,8 +29,12 @@ POSITIONS = 64
 
 def batch_of(titles, abstracts):
     n = len(titles)
-    return {"pmid": np.arange(1, n + 1, dtype=np.int64), "version": np.ones(n, dtype=np.int32),
-            "title": np.array(titles, dtype=object), "abstract": np.array(abstracts, dtype=object)}
+    return {
+        "pmid": np.arange(1, n + 1, dtype=np.int64),
+        "version": np.ones(n, dtype=np.int32),
+        "title": np.array(titles, dtype=object),
+        "abstract": np.array(abstracts, dtype=object),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +42,9 @@ def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("summarize")
     return {
         # untied random output projection: a tied random model just repeats its last input token
-        "lm": make_tiny_checkpoint(root / "biogpt-tiny", TEXTS, max_position_embeddings=POSITIONS,
-                                   tie_word_embeddings=False, seed=2),
+        "lm": make_tiny_checkpoint(
+            root / "biogpt-tiny", TEXTS, max_position_embeddings=POSITIONS, tie_word_embeddings=False, seed=2
+        ),
         "lm-task-file": make_tiny_task_checkpoint(root / "biogpt-converted", TEXTS, task="lm"),
         "re": make_tiny_task_checkpoint(root / "re-ddi", TEXTS),
         "ner": make_tiny_checkpoint(root / "ner", TEXTS, model_cls=BioGptForTokenClassification),
@@ -45,8 +53,14 @@ def ckpts(tmp_path_factory):
 
 def test_rows_fit_the_schema_and_equal_greedy_generate(ckpts):
     path = ckpts["lm"]
-    options = {"model": str(path), "prompt": "{title} TL;DR:", "prompt_id": "tldr-v1", "max_new_tokens": 10,
-               "batch_size": 2, "device": "cpu"}
+    options = {
+        "model": str(path),
+        "prompt": "{title} TL;DR:",
+        "prompt_id": "tldr-v1",
+        "max_new_tokens": 10,
+        "batch_size": 2,
+        "device": "cpu",
+    }
     task = SummarizeTask(SummarizeOptions(**options))
     batch = batch_of(TITLES, ABSTRACTS)
     prepared = SummarizeTask.prepare(batch, SummarizeOptions(**options))
@@ -60,7 +74,7 @@ def test_rows_fit_the_schema_and_equal_greedy_generate(ckpts):
     model = task.decoder.model
     for prompt, rows, pmid in zip(prompts, per_doc, [1, 2, 3]):
         (row,) = rows
-        ref = generate(model, torch.tensor([prompt]), max_new_tokens=10, suppress_tokens=[1])[0, len(prompt):].tolist()
+        ref = generate(model, torch.tensor([prompt]), max_new_tokens=10, suppress_tokens=[1])[0, len(prompt) :].tolist()
         assert row["summary"] == tok.decode(ref, skip_special_tokens=True)
         assert task.generate_ids([prompt]) == [ref]
         assert (row["pmid"], row["version"], row["prompt_id"], row["model_id"]) == (pmid, 1, "tldr-v1", "biogpt-tiny")
@@ -73,7 +87,9 @@ def test_rows_fit_the_schema_and_equal_greedy_generate(ckpts):
 
 def test_default_prompt_and_articles_without_one(ckpts):
     path = ckpts["lm"]
-    task = SummarizeTask(SummarizeOptions(model=str(path), max_new_tokens=4, device="cpu"))  # prompt "{title}", id "default"
+    task = SummarizeTask(
+        SummarizeOptions(model=str(path), max_new_tokens=4, device="cpu")
+    )  # prompt "{title}", id "default"
     per_doc = task(batch_of(TITLES, ABSTRACTS))
     assert per_doc[2] == []  # "{title}" of an article without title: nothing to summarise, no row
     assert [rows[0]["prompt_id"] for rows in per_doc[:2]] == ["default", "default"]
@@ -92,19 +108,19 @@ def test_prompt_truncation_cuts_the_abstract_and_keeps_the_cue(ckpts):
     full = [2] + tok.encode(template.format(title="", abstract=LONG), add_special_tokens=False)
     assert len(full) > limit  # the test needs a prompt that does not fit
     ids = prompt_ids(template, "", LONG, tok, limit)
-    assert len(ids) <= limit and ids[0] == 2 and ids[-len(cue):] == cue
+    assert len(ids) <= limit and ids[0] == 2 and ids[-len(cue) :] == cue
     # the abstract is cut at a word boundary, as little as possible
     kept = tok.decode(ids[1:])
     assert kept.startswith("Abstract: Midazolam clearance") and kept.endswith(" Summary:")
     words = LONG.split()
-    n = len(kept[len("Abstract: "):-len(" Summary:")].split())
+    n = len(kept[len("Abstract: ") : -len(" Summary:")].split())
     assert tok.encode(template.format(title="", abstract=" ".join(words[:n])), add_special_tokens=False) == ids[1:]
-    longer = [2] + tok.encode(template.format(title="", abstract=" ".join(words[:n + 1])), add_special_tokens=False)
+    longer = [2] + tok.encode(template.format(title="", abstract=" ".join(words[: n + 1])), add_special_tokens=False)
     assert len(longer) > limit
     # a template without {abstract} (or a huge title): the end of the prompt is kept
     title_ids = prompt_ids("{title} TL;DR:", LONG, "", tok, limit)
     every = [2] + tok.encode(f"{LONG} TL;DR:", add_special_tokens=False)
-    assert title_ids == [2] + every[len(every) - (limit - 1):]
+    assert title_ids == [2] + every[len(every) - (limit - 1) :]
     assert fit_prompt("{title} TL;DR:", LONG, "", tok, limit)[1] is True
     assert fit_prompt(template, "", ABSTRACTS[0], tok, limit)[1] is False
 
@@ -122,8 +138,13 @@ def test_prompt_truncation_cuts_the_abstract_and_keeps_the_cue(ckpts):
 
 
 def test_check_model_refusals(ckpts, tmp_path):
-    assert SummarizeTask.check_model(SummarizeOptions(model=ckpts["lm"], max_new_tokens=8))["max_position_embeddings"] == POSITIONS
-    SummarizeTask.check_model(SummarizeOptions(model=ckpts["lm-task-file"], max_new_tokens=8))  # a converted pre-trained LM ("task": "lm") is fine
+    assert (
+        SummarizeTask.check_model(SummarizeOptions(model=ckpts["lm"], max_new_tokens=8))["max_position_embeddings"]
+        == POSITIONS
+    )
+    SummarizeTask.check_model(
+        SummarizeOptions(model=ckpts["lm-task-file"], max_new_tokens=8)
+    )  # a converted pre-trained LM ("task": "lm") is fine
     with pytest.raises(base.WrongModelError) as err:
         SummarizeTask.check_model(SummarizeOptions(model=ckpts["ner"]))
     assert str(ckpts["ner"]) in str(err.value) and "BioGptForTokenClassification" in str(err.value)
@@ -139,6 +160,8 @@ def test_check_model_refusals(ckpts, tmp_path):
     with pytest.raises(ConfigError, match="leaves no room for a prompt"):
         SummarizeTask.check_model(SummarizeOptions(model=ckpts["lm"], max_new_tokens=POSITIONS - 1))
     with pytest.raises(ConfigError, match="leaves no room"):
-        SummarizeTask.prepare(batch_of(["t"], ["a"]), SummarizeOptions(model=str(ckpts["lm"]), max_new_tokens=POSITIONS))
+        SummarizeTask.prepare(
+            batch_of(["t"], ["a"]), SummarizeOptions(model=str(ckpts["lm"]), max_new_tokens=POSITIONS)
+        )
     with pytest.raises(base.WrongModelError, match="prompt-tuned"):
         SummarizeTask(SummarizeOptions(model=str(ckpts["re"]), device="cpu"))

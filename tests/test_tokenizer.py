@@ -73,8 +73,9 @@ def hf(hf_base_dir):
 
 @pytest.fixture(scope="module")
 def docs():
-    files = [shared_path("data", "bc5cdr", name)
-             for name in ("CDR_TestSet.PubTator.txt", "CDR_DevelopmentSet.PubTator.txt")]
+    files = [
+        shared_path("data", "bc5cdr", name) for name in ("CDR_TestSet.PubTator.txt", "CDR_DevelopmentSet.PubTator.txt")
+    ]
     return [doc for f in files for doc in read_pubtator(f)]
 
 
@@ -89,9 +90,35 @@ def hf_ids(hf, texts):
 
 
 # Toy vocabulary (transformers' own unit-test merges "l o", "lo w", "e r</w>" plus a few), in both layouts.
-TOY_PIECES = ["l", "o", "w", "e", "r", "s", "t", "i", "d", "n", "lo", "low", "ne", "new",
-              "w</w>", "r</w>", "t</w>", "s</w>", "a</w>", "er</w>", "low</w>", "newer</w>", ".</w>",
-              "@-@</w>", "&amp;</w>", "b</w>", "learned1</w>"]
+TOY_PIECES = [
+    "l",
+    "o",
+    "w",
+    "e",
+    "r",
+    "s",
+    "t",
+    "i",
+    "d",
+    "n",
+    "lo",
+    "low",
+    "ne",
+    "new",
+    "w</w>",
+    "r</w>",
+    "t</w>",
+    "s</w>",
+    "a</w>",
+    "er</w>",
+    "low</w>",
+    "newer</w>",
+    ".</w>",
+    "@-@</w>",
+    "&amp;</w>",
+    "b</w>",
+    "learned1</w>",
+]
 TOY_MERGES = [("l", "o"), ("lo", "w"), ("e", "r</w>"), ("n", "e"), ("ne", "w"), ("new", "er</w>")]
 
 
@@ -158,7 +185,10 @@ def test_tricky_text_equals_transformers(tok, hf):
         "No. 1 vs No. 2; the p.o. dose was 5 mg/kg/day.",
         "AT&T's [x] a-b |z| <5> \"quoted\" 'single' don't 50% $3",
         "tumour-necrosis-factor-alpha (TNF-α) and β2-microglobulin, 1,000,000 cells",
-        "", "   ", "tabs\tand\nnewlines\n\nhere", "evertheless gt; lt;",
+        "",
+        "   ",
+        "tabs\tand\nnewlines\n\nhere",
+        "evertheless gt; lt;",
         "surrogate ab\ud800cd survives",  # fastBPE needs UTF-8; the Python fallback handles it
     ]
     for text in cases:
@@ -174,12 +204,14 @@ def test_decode_equals_transformers(tok, hf, texts, hf_ids):
     odd = [2, 0, 1, 3, 999999, 5, 6, 7]  # specials, an out-of-range id -> <unk>
     for skip in (False, True):
         assert tok.decode(odd, skip_special_tokens=skip) == hf.decode(odd, skip_special_tokens=skip)
-    assert tok.batch_decode(hf_ids[:3], skip_special_tokens=True) == hf.batch_decode(hf_ids[:3],
-                                                                                      skip_special_tokens=True)
+    assert tok.batch_decode(hf_ids[:3], skip_special_tokens=True) == hf.batch_decode(
+        hf_ids[:3], skip_special_tokens=True
+    )
     # round trip: abstracts come back in Moses-detokenised form, as with transformers
     for text in texts[:20]:
-        assert tok.decode(tok.encode(text), skip_special_tokens=True) == hf.decode(hf.encode(text),
-                                                                                   skip_special_tokens=True)
+        assert tok.decode(tok.encode(text), skip_special_tokens=True) == hf.decode(
+            hf.encode(text), skip_special_tokens=True
+        )
     assert tok.decode(tok.encode("COVID-19 is"), skip_special_tokens=True) == "COVID-19 is"
 
 
@@ -196,8 +228,11 @@ def test_pair_encoding(tok, hf, texts):
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_padding_and_attention_mask(tok, hf, side):
     batch = ["COVID-19 is", "Aspirin inhibits COX-1 and COX-2 in platelets .", "a"]
-    for kwargs in ({"padding": True}, {"padding": "max_length", "max_length": 20},
-                   {"padding": True, "pad_to_multiple_of": 8}):
+    for kwargs in (
+        {"padding": True},
+        {"padding": "max_length", "max_length": 20},
+        {"padding": True, "pad_to_multiple_of": 8},
+    ):
         ours = tok(batch, padding_side=side, **kwargs)
         ref = hf(batch, padding_side=side, **kwargs)
         assert ours["input_ids"] == ref["input_ids"], kwargs
@@ -215,12 +250,18 @@ def test_padding_and_attention_mask(tok, hf, side):
 
 def test_truncation(tok, hf, texts):
     long_text, other = texts[0], texts[1]
-    for kwargs in ({"truncation": True, "max_length": 16}, {"max_length": 9},
-                   {"truncation": "only_first", "max_length": 30},
-                   {"truncation": True, "max_length": 10, "padding": "max_length"}):
+    for kwargs in (
+        {"truncation": True, "max_length": 16},
+        {"max_length": 9},
+        {"truncation": "only_first", "max_length": 30},
+        {"truncation": True, "max_length": 10, "padding": "max_length"},
+    ):
         assert tok(long_text, **kwargs)["input_ids"] == hf(long_text, **kwargs)["input_ids"], kwargs
-    for kwargs in ({"truncation": True, "max_length": 40}, {"truncation": "only_second", "max_length": 50},
-                   {"truncation": "only_first", "max_length": 300}):
+    for kwargs in (
+        {"truncation": True, "max_length": 40},
+        {"truncation": "only_second", "max_length": 50},
+        {"truncation": "only_first", "max_length": 300},
+    ):
         assert tok(long_text, other, **kwargs)["input_ids"] == hf(long_text, other, **kwargs)["input_ids"], kwargs
     assert tok(long_text, truncation=True, max_length=16)["input_ids"][:1] == [2]
     # without max_length the limit is model_max_length (1024 as in the published tokenizer_config.json)
@@ -369,7 +410,9 @@ def test_missing_files_give_clear_errors(tmp_path, toy_hf_dir, toy_fairseq_dir):
         BioGptTokenizer.from_pretrained(tmp_path / "nope")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(TokenizerError, match=r"no tokenizer files in .*empty.*vocab.json \+ merges.txt.*dict.txt \+ bpecodes"):
+    with pytest.raises(
+        TokenizerError, match=r"no tokenizer files in .*empty.*vocab.json \+ merges.txt.*dict.txt \+ bpecodes"
+    ):
         BioGptTokenizer.from_pretrained(empty)
     with pytest.raises(TokenizerError, match="vocab_file and merges_file"):
         BioGptTokenizer()

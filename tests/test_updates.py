@@ -37,8 +37,9 @@ SHARD = 4
 
 def article(pmid: int, revision: int = 0) -> str:
     drug, other = DRUGS[pmid % len(DRUGS)], DRUGS[(pmid + revision + 1) % len(DRUGS)]
-    title = html.escape(f"Interaction of {drug} with {other} in study {pmid}" + (f", revised {revision}." if revision
-                                                                                  else "."))
+    title = html.escape(
+        f"Interaction of {drug} with {other} in study {pmid}" + (f", revised {revision}." if revision else ".")
+    )
     abstract = html.escape(f"We report that {drug} increases the effect of {other} in {pmid} patients.")
     return article_xml(pmid, title=title, abstract=abstract)
 
@@ -52,14 +53,19 @@ def baseline(src: Path, files: int = 3) -> list[int]:
     """``files`` baseline files of PER_FILE articles each (PMIDs 1..files*PER_FILE); their PMIDs."""
     src.mkdir(parents=True, exist_ok=True)
     for f in range(files):
-        write(src / f"pubmed26n{f + 1:04d}.xml.gz", [article(p) for p in range(f * PER_FILE + 1, (f + 1) * PER_FILE + 1)])
+        write(
+            src / f"pubmed26n{f + 1:04d}.xml.gz", [article(p) for p in range(f * PER_FILE + 1, (f + 1) * PER_FILE + 1)]
+        )
     return list(range(1, files * PER_FILE + 1))
 
 
 def files_of(out: Path) -> dict[str, bytes]:
     """Every file under ``out`` but the lock and the manifest (which carries write times)."""
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name not in ("_lock", "_manifest.json")}
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name not in ("_lock", "_manifest.json")
+    }
 
 
 def manifest_state(out: Path) -> dict:
@@ -133,7 +139,7 @@ actors = 1
     return path
 
 
-ENTITIES = "SELECT * FROM entities ORDER BY pmid, start, \"end\", label"
+ENTITIES = 'SELECT * FROM entities ORDER BY pmid, start, "end", label'
 DOCUMENTS = "SELECT * EXCLUDE (fetched_at) FROM documents ORDER BY pmid"
 
 
@@ -154,7 +160,12 @@ def test_an_update_computes_only_the_articles_it_revises(tmp_path, demo_models, 
     second = run_job(load_job(spec), progress=False)
     docs = second["stages"]["documents"]
     assert (docs["files"], docs["files_skipped"], docs["replaced"], docs["added"], docs["deleted"]) == (
-        1, 3, len(revised), 1, 1)
+        1,
+        3,
+        len(revised),
+        1,
+        1,
+    )
     ner = second["stages"]["ner"]
     # Only the update's own shards are computed: the revised articles and the new one, nothing else.
     assert ner["documents"] == len(revised) + 1
@@ -206,12 +217,26 @@ def test_kb_masks_relations_of_tombstoned_articles(tmp_path):
     (shard,) = committed_shards(out / "documents")
 
     def row(pmid: int, head: str, tail: str) -> dict:
-        return {"pmid": pmid, "version": 1, "task": "ddi", "head": head, "tail": tail, "relation": "effect",
-                "parse_status": "ok", "model_id": "m", "raw_generation": "x"}
+        return {
+            "pmid": pmid,
+            "version": 1,
+            "task": "ddi",
+            "head": head,
+            "tail": tail,
+            "relation": "effect",
+            "parse_status": "ok",
+            "model_id": "m",
+            "raw_generation": "x",
+        }
 
     table = cast_batch([row(1, "warfarin", "aspirin"), row(2, "digoxin", "amiodarone")])
-    relations.commit(ShardOutput(shard.stem, write_shard_output(relations.loc, shard.stem, table), 2),
-                     task="re", expected="x", input_shard=shard.identity(), settings={})
+    relations.commit(
+        ShardOutput(shard.stem, write_shard_output(relations.loc, shard.stem, table), 2),
+        task="re",
+        expected="x",
+        input_shard=shard.identity(),
+        settings={},
+    )
     assert build_kb(out / "relations", out / "kb.parquet") == 2
     write(src / "pubmed26n0002.xml.gz", [], deletions=[2])
     ingest_files([src], out / "documents")
@@ -245,10 +270,31 @@ def test_bench_scale_smoke_run(tmp_path):
     import sys
 
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scale.py"),
-                    "--files", "3", "--articles", "60", "--updates", "2", "--revise", "0.05", "--delete", "0.02",
-                    "--overhead-docs", "60", "--shard-rows", "50", "--json", str(out)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scale.py"),
+            "--files",
+            "3",
+            "--articles",
+            "60",
+            "--updates",
+            "2",
+            "--revise",
+            "0.05",
+            "--delete",
+            "0.02",
+            "--overhead-docs",
+            "60",
+            "--shard-rows",
+            "50",
+            "--json",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     result = json.loads(out.read_text())
     assert [r["workers"] for r in result["ingest"]] == [1, 2]
     assert all(r["records"] == 180 for r in result["ingest"])

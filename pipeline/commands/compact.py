@@ -25,12 +25,21 @@ examples:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("compact", help="rewrite mostly tombstoned article shards",
-                              description=DESCRIPTION, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "compact",
+        help="rewrite mostly tombstoned article shards",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("dir", metavar="DIR", help="a job output (OUT) or an ingest directory; local or s3://...")
-    p.add_argument("--min-deleted", type=float, default=0.5, metavar="SHARE",
-                   help="rewrite shards with at least this share of rows tombstoned (0 < SHARE <= 1; default 0.5)")
+    p.add_argument(
+        "--min-deleted",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="rewrite shards with at least this share of rows tombstoned (0 < SHARE <= 1; default 0.5)",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the shards that would be rewritten; write nothing")
     p.set_defaults(func=run)
 
@@ -49,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
     job = (root / "documents" / MANIFEST).exists()
     docs = root / "documents" if job else root
     if not (docs / MANIFEST).exists():
-        raise StoreError(f"{root} is neither a job output (no documents/{MANIFEST}) nor an ingest directory "
-                         f"(no {MANIFEST}): pass the [job] output or the --out of `biomine ingest`")
+        raise StoreError(
+            f"{root} is neither a job output (no documents/{MANIFEST}) nor an ingest directory "
+            f"(no {MANIFEST}): pass the [job] output or the --out of `biomine ingest`"
+        )
     kind = read_manifest(docs).get("kind")
     if kind != "ingest":
         raise StoreError(f"{docs} holds `biomine {kind}` output, which has no tombstones: nothing to compact")
@@ -70,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         info = before[old]
         print(f"{old} -> {new or '(removed: no live rows)'}: {info.live} of {info.rows} rows kept")
     recompute = sum(before[old].live for old, _ in done)
-    print(f"{len(done)} shard(s) compacted" + (f"; the next run of the job computes {recompute} articles again"
-                                                if job and done else ""))
+    print(
+        f"{len(done)} shard(s) compacted"
+        + (f"; the next run of the job computes {recompute} articles again" if job and done else "")
+    )
     return 0

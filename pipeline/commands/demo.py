@@ -47,23 +47,40 @@ keeps an edited file): model = "biogpt:re-ddi" after `biomine models pull re-ddi
 
 QUERIES = [
     ("documents", "SELECT pmid, pub_year, has_abstract, left(title, 60) AS title FROM documents ORDER BY pmid"),
-    ("entities of PMID 90000003", "SELECT start, \"end\", label, text, round(score, 3) AS score FROM entities "
-                                  "WHERE pmid = 90000003 ORDER BY start"),
-    ("entities per label", "SELECT label, count(*) AS mentions, count(DISTINCT pmid) AS abstracts "
-                           "FROM entities GROUP BY 1 ORDER BY 1"),
+    (
+        "entities of PMID 90000003",
+        'SELECT start, "end", label, text, round(score, 3) AS score FROM entities WHERE pmid = 90000003 ORDER BY start',
+    ),
+    (
+        "entities per label",
+        "SELECT label, count(*) AS mentions, count(DISTINCT pmid) AS abstracts FROM entities GROUP BY 1 ORDER BY 1",
+    ),
     ("relations by parse status", "SELECT parse_status, count(*) AS n FROM relations GROUP BY 1 ORDER BY 1"),
-    ("relations", "SELECT pmid, head, tail, relation, left(evidence_text, 50) AS evidence FROM relations "
-                  "WHERE parse_status = 'ok' ORDER BY pmid, head"),
+    (
+        "relations",
+        "SELECT pmid, head, tail, relation, left(evidence_text, 50) AS evidence FROM relations "
+        "WHERE parse_status = 'ok' ORDER BY pmid, head",
+    ),
     ("DDI knowledge base", "SELECT drug_a, drug_b, relation, n_abstracts, pmids FROM kb ORDER BY drug_a, drug_b"),
     ("summaries", "SELECT pmid, prompt_id, left(summary, 60) AS summary FROM summaries ORDER BY pmid"),
 ]
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="run the whole pipeline on bundled data with tiny models",
-                              description=plain(__doc__), epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir", nargs="?", default=DEFAULT_DIR, metavar="DIR",
-                   help=f"the demo's folder (default: ./{DEFAULT_DIR}); created if needed")
+    p = subparsers.add_parser(
+        "demo",
+        help="run the whole pipeline on bundled data with tiny models",
+        description=plain(__doc__),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "dir",
+        nargs="?",
+        default=DEFAULT_DIR,
+        metavar="DIR",
+        help=f"the demo's folder (default: ./{DEFAULT_DIR}); created if needed",
+    )
     p.add_argument("--fresh", action="store_true", help="delete the job's previous outputs first")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -72,8 +89,18 @@ def register(subparsers) -> None:
 # The demo's silver annotations of demo_files/data/demo_pubmed.xml: a lexicon for NER and the drug pairs
 # each abstract states for DDI (synthetic citations, annotated by the biomine authors).
 LEXICON = {
-    "Chemical": ["warfarin", "aspirin", "fluconazole", "ketoconazole", "midazolam", "rifampicin", "cisplatin",
-                 "magnesium", "simvastatin", "clarithromycin"],
+    "Chemical": [
+        "warfarin",
+        "aspirin",
+        "fluconazole",
+        "ketoconazole",
+        "midazolam",
+        "rifampicin",
+        "cisplatin",
+        "magnesium",
+        "simvastatin",
+        "clarithromycin",
+    ],
     "Disease": ["bleeding", "nephrotoxicity", "acute kidney injury", "ototoxicity", "rhabdomyolysis", "myopathy"],
 }
 DDI_TRIPLES = {
@@ -156,16 +183,26 @@ def make_demo_models(spec, records: list[dict]) -> list[Path]:
             data = write_silver_pubtator(records, work / "silver.pubtator")
             with _quiet("pipeline.tasks.ner", "biogpt.weights"):  # 100 epoch lines and the new-head notice
                 summary = train_ner(data, base, model, epochs=100, lr=1e-2, batch_size=4, progress=False)
-            print(f"ner: fitted {model} to {summary['mentions']} silver mentions (loss "
-                  f"{summary.get('final_loss', float('nan')):.3f})", file=sys.stderr)
+            print(
+                f"ner: fitted {model} to {summary['mentions']} silver mentions (loss "
+                f"{summary.get('final_loss', float('nan')):.3f})",
+                file=sys.stderr,
+            )
         elif name == "re":
             make_tiny_task_checkpoint(model, corpus, task=BY_NAME[task.task].checkpoint, hidden_size=48, seed=3, **tiny)
             if task.task == "ddi":
                 # The DDI model reads the abstract only; an abstract without interactions is taught
                 # to end at once (an empty generation).
-                gold = [{"abstract": r["abstract"], "triples": [dict(drug=a, target=b, interaction=c)
-                                                                for a, b, c in DDI_TRIPLES.get(r["pmid"], [])]}
-                        for r in records if r.get("abstract")]
+                gold = [
+                    {
+                        "abstract": r["abstract"],
+                        "triples": [
+                            dict(drug=a, target=b, interaction=c) for a, b, c in DDI_TRIPLES.get(r["pmid"], [])
+                        ],
+                    }
+                    for r in records
+                    if r.get("abstract")
+                ]
                 with _quiet("biogpt.weights"):
                     loss = fit_prompt_model(model, "ddi", gold, steps=300)
                 print(f"re: fitted {model} to the sample's DDI targets (loss {loss:.3f})", file=sys.stderr)
@@ -191,8 +228,9 @@ def write_bundle(folder: Path) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(BUNDLE.joinpath(name).read_bytes())
     except OSError as exc:
-        raise ConfigError(f"cannot write the demo into {folder}: {exc.strerror or exc}; name a writable "
-                          "folder (biomine demo DIR)") from None
+        raise ConfigError(
+            f"cannot write the demo into {folder}: {exc.strerror or exc}; name a writable folder (biomine demo DIR)"
+        ) from None
     return folder / "demo.toml"
 
 
@@ -230,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"\n-- {title}: skipped ({str(exc).splitlines()[0]})")
                 continue
             print(f"\n-- {title}\n{frame.to_string(index=False)}")
-    print(f"\noutputs: {spec.output} (query them with `biomine query {spec.output} \"SQL\"`; "
-          f"run the job again with `biomine run {job}`)")
+    print(
+        f'\noutputs: {spec.output} (query them with `biomine query {spec.output} "SQL"`; '
+        f"run the job again with `biomine run {job}`)"
+    )
     return 0

@@ -56,34 +56,65 @@ examples:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="evaluate NER or RE models, or entity linking, on gold data",
-                              description="Evaluate a model with the task's original metric (ner, re), or a "
-                                          "concept dictionary's entity linking (link).")
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate NER or RE models, or entity linking, on gold data",
+        description="Evaluate a model with the task's original metric (ner, re), or a "
+        "concept dictionary's entity linking (link).",
+    )
     kinds = p.add_subparsers(dest="eval_kind", metavar="TASK")
 
-    ner = kinds.add_parser("ner", help="strict mention P/R/F1 on a PubTator file", description=NER_HELP,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    ner = kinds.add_parser(
+        "ner",
+        help="strict mention P/R/F1 on a PubTator file",
+        description=NER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ner.add_argument("--data", required=True, metavar="PUBTATOR_FILE", help="gold mentions (PubTator format)")
-    ner.add_argument("--model", required=True, metavar="MODEL", help="token-classification model (biomine train ner): a directory or a Hub id")
+    ner.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL",
+        help="token-classification model (biomine train ner): a directory or a Hub id",
+    )
     _common(ner, batch=16)
     ner.set_defaults(func=_run_ner)
 
-    rel = kinds.add_parser("re", help="the original RE metrics on a BioGPT test.json", description=RE_HELP,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    rel = kinds.add_parser(
+        "re",
+        help="the original RE metrics on a BioGPT test.json",
+        description=RE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     rel.add_argument("--task", required=True, choices=list(RE_TASKS), help="relation task")
     rel.add_argument("--data", required=True, metavar="FILE", help="gold file in BioGPT's test.json layout")
-    rel.add_argument("--model", required=True, metavar="MODEL", help="fine-tuned checkpoint of --task: a directory or biogpt:NAME "
-                     "(`biomine models pull re-ddi`)")
-    rel.add_argument("--max-new-tokens", type=int, default=None,
-                     help="cap the generation per document (default: up to the position limit, as the original)")
-    rel.add_argument("--include-empty", action="store_true",
-                     help="also score records without gold relations (the original leaves them out)")
+    rel.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL",
+        help="fine-tuned checkpoint of --task: a directory or biogpt:NAME (`biomine models pull re-ddi`)",
+    )
+    rel.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="cap the generation per document (default: up to the position limit, as the original)",
+    )
+    rel.add_argument(
+        "--include-empty",
+        action="store_true",
+        help="also score records without gold relations (the original leaves them out)",
+    )
     rel.add_argument("--limit", type=int, metavar="N", help="score only the first N documents (a quick look)")
     rel.add_argument("--predictions", metavar="FILE.jsonl", help="also write each document's generation")
     _common(rel, batch=16, dtype="float32")
     rel.set_defaults(func=_run_re)
-    link = kinds.add_parser("link", help="entity-linking accuracy on the gold mentions of a PubTator file",
-                            description=LINK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    link = kinds.add_parser(
+        "link",
+        help="entity-linking accuracy on the gold mentions of a PubTator file",
+        description=LINK_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     link.add_argument("--data", required=True, metavar="PUBTATOR_FILE", help="gold mentions with their ids (PubTator)")
     link.add_argument("--vocab", required=True, metavar="DICT.parquet", help="a dictionary from `biomine vocab build`")
     link.add_argument("--json", metavar="FILE", help="also write the report as JSON")
@@ -105,8 +136,12 @@ def _run_link(args) -> int:
 def _common(parser, batch: int, dtype: str = "auto") -> None:
     parser.add_argument("--batch-size", type=int, default=batch, help=f"documents per model batch (default {batch})")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", default=dtype, choices=["auto", "float32", "bfloat16", "float16"],
-                        help=f"auto = bfloat16 on GPU, float32 on CPU (default {dtype})")
+    parser.add_argument(
+        "--dtype",
+        default=dtype,
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help=f"auto = bfloat16 on GPU, float32 on CPU (default {dtype})",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the full report as JSON")
 
 
@@ -134,7 +169,9 @@ def _run_ner(args) -> int:
     from pipeline.tasks.ner import evaluate_ner, format_ner_report
 
     _check_file(args.data, "--data")
-    report = evaluate_ner(_model(args.model), args.data, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+    report = evaluate_ner(
+        _model(args.model), args.data, batch_size=args.batch_size, device=args.device, dtype=args.dtype
+    )
     print(format_ner_report(report))
     _write(report, args.json)
     return 0
@@ -145,9 +182,18 @@ def _run_re(args) -> int:
 
     _check_file(args.data, "--data")
     require_positive(args, "--max-new-tokens")
-    report = evaluate_re(args.task, args.data, _model(args.model), batch_size=args.batch_size,
-                         max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
-                         limit=args.limit, predictions_out=args.predictions, include_empty=args.include_empty)
+    report = evaluate_re(
+        args.task,
+        args.data,
+        _model(args.model),
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        device=args.device,
+        dtype=args.dtype,
+        limit=args.limit,
+        predictions_out=args.predictions,
+        include_empty=args.include_empty,
+    )
     print(format_re_report(report))
     _write(report, args.json)
     return 0

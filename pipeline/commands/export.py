@@ -29,8 +29,13 @@ examples:
 def register(subparsers) -> None:
     from pipeline.outputs.export import FORMATS
 
-    p = subparsers.add_parser("export", help="entities and relations as PubTator / BioC JSON / BioC XML",
-                              description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "export",
+        help="entities and relations as PubTator / BioC JSON / BioC XML",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("out", metavar="OUT", help="a job's output directory")
     p.add_argument("--format", required=True, choices=FORMATS, help="the exchange format")
     p.add_argument("--out", dest="dest", required=True, metavar="FILE", help="the file to write")

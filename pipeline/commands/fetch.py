@@ -38,35 +38,53 @@ has finished, or with pipeline.store.shards.read_articles(DIR) at any time. More
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "fetch", help="search PubMed (E-utilities) and write article shards", description=DESCRIPTION,
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "fetch",
+        help="search PubMed (E-utilities) and write article shards",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--query", required=True, help="PubMed query, exactly as typed in PubMed's search box")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created; one query per directory)")
     p.add_argument("--mindate", metavar="DATE", help="earliest publication date: YYYY, YYYY/MM or YYYY/MM/DD")
     p.add_argument("--maxdate", metavar="DATE", help="latest publication date (inclusive)")
-    p.add_argument("--datetype", default="pdat", choices=["pdat", "edat", "mdat"],
-                   help="date that --mindate/--maxdate and splitting use: publication (default), Entrez, modification")
-    p.add_argument("--max", type=int, metavar="N", dest="max_records",
-                   help="fetch at most N hits (the newest first); default: all")
+    p.add_argument(
+        "--datetype",
+        default="pdat",
+        choices=["pdat", "edat", "mdat"],
+        help="date that --mindate/--maxdate and splitting use: publication (default), Entrez, modification",
+    )
+    p.add_argument(
+        "--max", type=int, metavar="N", dest="max_records", help="fetch at most N hits (the newest first); default: all"
+    )
     g = p.add_argument_group("NCBI credentials (default: --job, then $NCBI_EMAIL / $NCBI_API_KEY)")
     g.add_argument("--email", help="contact address NCBI requires with every request")
     g.add_argument("--api-key", help="NCBI API key: allows 10 requests/s instead of 3")
     g.add_argument("--tool", help="tool name sent to NCBI (default: biomine)")
     g.add_argument("--job", metavar="JOB.toml", help="job spec whose [source] table holds email/api_key/tool")
     t = p.add_argument_group("tuning")
-    t.add_argument("--eutils-url", metavar="URL",
-                   help="E-utilities base URL (default: $BIOMINE_EUTILS_URL, else NCBI's)")
+    t.add_argument(
+        "--eutils-url", metavar="URL", help="E-utilities base URL (default: $BIOMINE_EUTILS_URL, else NCBI's)"
+    )
     t.add_argument("--batch-size", type=int, default=500, help="records per efetch request (default 500)")
     t.add_argument("--shard-rows", type=int, default=10_000, help="rows per Parquet shard (default 10000)")
-    t.add_argument("--split-threshold", type=int, default=9_999,
-                   help="most hits one date range may have (default 9999, ESearch's limit)")
+    t.add_argument(
+        "--split-threshold",
+        type=int,
+        default=9_999,
+        help="most hits one date range may have (default 9999, ESearch's limit)",
+    )
     t.add_argument("--tries", type=int, default=6, help="attempts per request before giving up (default 6)")
     t.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
-    t.add_argument("--rate", type=float,
-                   help="requests per second (default 3, or 10 with an API key; NCBI's host allows no more)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar (default: only on a terminal)")
+    t.add_argument(
+        "--rate", type=float, help="requests per second (default 3, or 10 with an API key; NCBI's host allows no more)"
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: only on a terminal)",
+    )
     p.set_defaults(func=run)
 
 
@@ -78,15 +96,25 @@ def run(args: argparse.Namespace) -> int:
     creds = Credentials.resolve(email=args.email, api_key=args.api_key, tool=args.tool, job=job)
     client = EutilsClient(args.eutils_url, creds, rate=args.rate, timeout=args.timeout, tries=args.tries)
     summary = fetch_query(
-        client, args.query, args.out, mindate=args.mindate, maxdate=args.maxdate, datetype=args.datetype,
-        max_records=args.max_records, batch_size=args.batch_size, split_threshold=args.split_threshold,
-        shard_rows=args.shard_rows, progress=args.progress,
+        client,
+        args.query,
+        args.out,
+        mindate=args.mindate,
+        maxdate=args.maxdate,
+        datetype=args.datetype,
+        max_records=args.max_records,
+        batch_size=args.batch_size,
+        split_threshold=args.split_threshold,
+        shard_rows=args.shard_rows,
+        progress=args.progress,
     )
     print(
         f"{args.query!r}: {summary.total_hits} hits in {summary.ranges} date range(s); fetched {summary.fetched} "
         f"new, {summary.already_present} already present; {summary.rows} articles in {args.out}"
     )
     if summary.unavailable:
-        print(f"{len(summary.unavailable)} hits were not returned by NCBI (listed in {args.out}/_manifest.json); "
-              f"re-run to try them again")
+        print(
+            f"{len(summary.unavailable)} hits were not returned by NCBI (listed in {args.out}/_manifest.json); "
+            f"re-run to try them again"
+        )
     return 0

@@ -22,11 +22,21 @@ examples:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("generate", help="continue prompts with a causal BioGPT",
-                              description=plain(__doc__), epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "generate",
+        help="continue prompts with a causal BioGPT",
+        description=plain(__doc__),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("prompts", nargs="+", metavar="PROMPT", help="prompt texts; '-' reads one prompt per stdin line")
-    p.add_argument("--model", required=True, metavar="MODEL", help="causal LM: a directory (Hugging Face layout), a Hub id "
-                   "such as microsoft/biogpt[@revision], or biogpt:NAME")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL",
+        help="causal LM: a directory (Hugging Face layout), a Hub id "
+        "such as microsoft/biogpt[@revision], or biogpt:NAME",
+    )
     p.add_argument("--max-new-tokens", type=int, default=32, help="new tokens per prompt (default 32)")
     p.add_argument("--min-new-tokens", type=int, default=0, help="no end-of-text before this many (default 0)")
     p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (default 1 = greedy)")
@@ -57,10 +67,19 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(BioGptForCausalLM, args.model, args.dtype, args.device, "generate")
     batch = tok(prompts, padding=True, padding_side="left", return_tensors="pt").to(model.device)
     generator = torch.Generator(device=model.device).manual_seed(args.seed) if args.do_sample else None
-    ids = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=args.max_new_tokens,
-                         min_new_tokens=args.min_new_tokens, num_beams=args.num_beams, do_sample=args.do_sample,
-                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator)
-    new = ids[:, batch["input_ids"].shape[1]:]
+    ids = model.generate(
+        batch["input_ids"],
+        batch["attention_mask"],
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        num_beams=args.num_beams,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        generator=generator,
+    )
+    new = ids[:, batch["input_ids"].shape[1] :]
     for prompt, text in zip(prompts, tok.batch_decode(new.tolist(), skip_special_tokens=True)):
         print(f"{prompt} {text}".strip())
     return 0

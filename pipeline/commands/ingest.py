@@ -38,16 +38,29 @@ tombstoned can be rewritten with `biomine compact`. More: docs/ingestion.md.
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "ingest", help="PubMed baseline/update XML files -> article shards (current corpus)",
-        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "ingest",
+        help="PubMed baseline/update XML files -> article shards (current corpus)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="PubMed XML files (.xml/.xml.gz) or directories of them")
+    p.add_argument(
+        "inputs", nargs="+", metavar="FILE_OR_DIR", help="PubMed XML files (.xml/.xml.gz) or directories of them"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
     p.add_argument("--shard-rows", type=int, default=10_000, help="rows per Parquet shard (default 10000)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help=f"processes that hash and parse files in parallel (default: the CPUs, {os.cpu_count()})")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar (default: only on a terminal)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help=f"processes that hash and parse files in parallel (default: the CPUs, {os.cpu_count()})",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: only on a terminal)",
+    )
     p.set_defaults(func=run)
 
 
@@ -55,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.pubmed.ingest import ingest_files
 
     require_positive(args, "--shard-rows", "--workers")
-    s = ingest_files(args.inputs, args.out, shard_rows=args.shard_rows, progress=args.progress,
-                     workers=args.workers)
+    s = ingest_files(args.inputs, args.out, shard_rows=args.shard_rows, progress=args.progress, workers=args.workers)
     print(
         f"ingested {s.files} file(s) ({s.skipped} already done): {s.records} records, {s.added} new, "
         f"{s.replaced} replaced, {s.deleted} deleted; {s.rows} articles in {args.out}"

@@ -40,24 +40,44 @@ examples:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("models", help="pull released BioGPT checkpoints or Hub models; list what is here",
-                              description=DESCRIPTION, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "models",
+        help="pull released BioGPT checkpoints or Hub models; list what is here",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="models_command", metavar="{pull,list}")
-    pull = sub.add_parser("pull", help="download, verify, unpack and convert a released checkpoint (or fetch a Hub id)",
-                          description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pull = sub.add_parser(
+        "pull",
+        help="download, verify, unpack and convert a released checkpoint (or fetch a Hub id)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     pull.add_argument("name", metavar="NAME", help="a release name (`biomine models list --available`) or a Hub id")
-    pull.add_argument("--mirror", metavar="URL", help="fetch the archive and vocabulary from this server instead "
-                      "(MIRROR/<archive>.tgz, MIRROR/base|large/dict.txt|bpecodes); else $BIOMINE_RELEASE_MIRROR")
+    pull.add_argument(
+        "--mirror",
+        metavar="URL",
+        help="fetch the archive and vocabulary from this server instead "
+        "(MIRROR/<archive>.tgz, MIRROR/base|large/dict.txt|bpecodes); else $BIOMINE_RELEASE_MIRROR",
+    )
     pull.add_argument("--sha256", metavar="HEX", help="the archive must have this checksum (default: the pinned one)")
     pull.add_argument("--allow-http", action="store_true", help="accept a plain http:// mirror (a network you trust)")
     pull.add_argument("--revision", metavar="REV", help="Hub ids: a branch, tag or commit (default main)")
     pull.add_argument("--force", action="store_true", help="pull again even if already pulled")
-    pull.add_argument("--keep-archive", action="store_true", help="keep the downloaded .tgz (default: deleted once converted)")
+    pull.add_argument(
+        "--keep-archive", action="store_true", help="keep the downloaded .tgz (default: deleted once converted)"
+    )
     pull.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
     pull.set_defaults(func=run_pull)
-    lst = sub.add_parser("list", help="the pulled releases and the Hub models in the cache",
-                         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    lst = sub.add_parser(
+        "list",
+        help="the pulled releases and the Hub models in the cache",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     lst.add_argument("--available", action="store_true", help="the released checkpoints `pull` can fetch")
     lst.set_defaults(func=run_list)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -68,17 +88,26 @@ def run_pull(args: argparse.Namespace) -> int:
     from pipeline.store import releases
 
     if "/" in args.name or args.name.startswith(hub.HF_SCHEME):
-        resolved = hub.resolve(args.name if args.name.startswith(hub.HF_SCHEME) else f"{hub.HF_SCHEME}{args.name}",
-                               args.revision)
+        resolved = hub.resolve(
+            args.name if args.name.startswith(hub.HF_SCHEME) else f"{hub.HF_SCHEME}{args.name}", args.revision
+        )
         print(f"{resolved.reference.value}@{resolved.revision}: {resolved.path}")
-        print(f"use it in a job as  model = \"{resolved.reference.value}\"  (or pinned: "
-              f"\"{resolved.reference.value}@{resolved.revision}\")")
+        print(
+            f'use it in a job as  model = "{resolved.reference.value}"  (or pinned: '
+            f'"{resolved.reference.value}@{resolved.revision}")'
+        )
         return 0
-    record = releases.pull(args.name, mirror=args.mirror, sha256=args.sha256, force=args.force,
-                           keep_archive=args.keep_archive, progress=False if args.no_progress else None,
-                           allow_http=args.allow_http)
+    record = releases.pull(
+        args.name,
+        mirror=args.mirror,
+        sha256=args.sha256,
+        force=args.force,
+        keep_archive=args.keep_archive,
+        progress=False if args.no_progress else None,
+        allow_http=args.allow_http,
+    )
     print(f"{args.name}: {record['path']} (task {record.get('task')}, archive sha256 {record.get('archive_sha256')})")
-    print(f"use it in a job as  model = \"{hub.RELEASE_PREFIX}{args.name}\"")
+    print(f'use it in a job as  model = "{hub.RELEASE_PREFIX}{args.name}"')
     return 0
 
 
@@ -97,8 +126,10 @@ def run_list(args: argparse.Namespace) -> int:
         print("  none (`biomine models pull NAME`; names: `biomine models list --available`)")
     for r in pulled:
         sha = (r.get("archive_sha256") or "?")[:12]
-        print(f"  {hub.RELEASE_PREFIX + r['name']:<28}task {r.get('task', '?'):<13}archive sha256 {sha}  "
-              f"pulled {r.get('pulled_at', '?')}")
+        print(
+            f"  {hub.RELEASE_PREFIX + r['name']:<28}task {r.get('task', '?'):<13}archive sha256 {sha}  "
+            f"pulled {r.get('pulled_at', '?')}"
+        )
     print(f"Hub models in {hub.hub_settings()['cache_dir']}:")
     models = _hub_cache()
     if not models:
@@ -128,5 +159,8 @@ def _hub_cache() -> list[tuple[str, list[str], int]]:
         info = scan_cache_dir(hub.hub_settings()["cache_dir"])
     except CacheNotFound:
         return []
-    return sorted((r.repo_id, sorted(rev.commit_hash for rev in r.revisions), r.size_on_disk)
-                  for r in info.repos if r.repo_type == "model")
+    return sorted(
+        (r.repo_id, sorted(rev.commit_hash for rev in r.revisions), r.size_on_disk)
+        for r in info.repos
+        if r.repo_type == "model"
+    )

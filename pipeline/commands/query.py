@@ -18,8 +18,13 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("query", help="SQL (DuckDB) over a job's outputs", description=plain(__doc__), epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "query",
+        help="SQL (DuckDB) over a job's outputs",
+        description=plain(__doc__),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("out", help="the job's output directory (a local path or a URI such as s3://bucket/out)")
     p.add_argument("sql", help="a DuckDB SQL query over the views")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
@@ -45,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "json":
         print(df.to_json(orient="records", lines=True, force_ascii=False), end="")
     else:
-        with pd.option_context("display.max_rows", args.max_rows, "display.width", 200,
-                               "display.max_colwidth", 60):
+        with pd.option_context("display.max_rows", args.max_rows, "display.width", 200, "display.max_colwidth", 60):
             print(df.to_string(index=False, max_rows=args.max_rows))
     return 0

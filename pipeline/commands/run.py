@@ -27,13 +27,22 @@ The job file format is documented in jobs/README.md; clusters and storage in doc
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a job (fetch/ingest, NER, RE, summaries) on Ray",
-                       description=plain(__doc__), epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "run",
+        help="run a job (fetch/ingest, NER, RE, summaries) on Ray",
+        description=plain(__doc__),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("job", help="job TOML file (see jobs/)")
     p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-    p.add_argument("--check", action="store_true", help="run every check `run` makes before starting (job file, "
-                   "models, inputs, output, address) and exit; writes nothing")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="run every check `run` makes before starting (job file, "
+        "models, inputs, output, address) and exit; writes nothing",
+    )
     p.set_defaults(func=run)
 
 
@@ -46,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
         spec.resources.address = args.address
     if args.check:
         preflight(spec)  # every check `run` makes before it starts Ray; writes nothing
-        print(f"{args.job}: ok ({spec.source.kind} source, tasks: {', '.join(spec.tasks) or 'none'}, "
-              f"output {spec.output})")
+        print(
+            f"{args.job}: ok ({spec.source.kind} source, tasks: {', '.join(spec.tasks) or 'none'}, "
+            f"output {spec.output})"
+        )
         return 0
     manifest = run_job(spec, progress=not args.no_progress)
     import sys
@@ -56,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
     failures = manifest["failures"]
     if failures:
         first = failures[0]
-        print(f"{len(failures)} record(s) failed, e.g. PMID {first['pmid']} ({first['task']}): {first['error']}; "
-              f"all are listed in {spec.output}/_manifest.json", file=sys.stderr)
+        print(
+            f"{len(failures)} record(s) failed, e.g. PMID {first['pmid']} ({first['task']}): {first['error']}; "
+            f"all are listed in {spec.output}/_manifest.json",
+            file=sys.stderr,
+        )
     print(spec.output)
     return 0

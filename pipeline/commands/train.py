@@ -43,34 +43,65 @@ More: docs/ner.md.
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="fine-tune BioGPT for a task (ner)",
-                                   description="Fine-tune BioGPT checkpoints for the mining tasks.")
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune BioGPT for a task (ner)",
+        description="Fine-tune BioGPT checkpoints for the mining tasks.",
+    )
     kinds = parser.add_subparsers(dest="kind", metavar="TASK")
-    ner = kinds.add_parser("ner", help="named-entity recognition from a PubTator file (e.g. BC5CDR)",
-                           description=NER_DESCRIPTION, epilog=NER_EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    ner.add_argument("--data", required=True, metavar="PUBTATOR_FILE",
-                     help="training documents with mention annotations, in PubTator format")
-    ner.add_argument("--base", required=True, metavar="MODEL",
-                     help="checkpoint to start from, e.g. the pre-trained BioGPT: a directory, microsoft/biogpt "
-                          "(the Hub) or biogpt:biogpt (`biomine models pull biogpt`)")
+    ner = kinds.add_parser(
+        "ner",
+        help="named-entity recognition from a PubTator file (e.g. BC5CDR)",
+        description=NER_DESCRIPTION,
+        epilog=NER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ner.add_argument(
+        "--data",
+        required=True,
+        metavar="PUBTATOR_FILE",
+        help="training documents with mention annotations, in PubTator format",
+    )
+    ner.add_argument(
+        "--base",
+        required=True,
+        metavar="MODEL",
+        help="checkpoint to start from, e.g. the pre-trained BioGPT: a directory, microsoft/biogpt "
+        "(the Hub) or biogpt:biogpt (`biomine models pull biogpt`)",
+    )
     ner.add_argument("--out", required=True, metavar="DIR", help="output model directory (created; must be empty)")
     ner.add_argument("--epochs", type=int, default=5, help="passes over the data (default 5)")
-    ner.add_argument("--lr", type=float, default=5e-5,
-                     help="peak AdamW learning rate, after 10%% warm-up then linear decay (default 5e-5)")
+    ner.add_argument(
+        "--lr",
+        type=float,
+        default=5e-5,
+        help="peak AdamW learning rate, after 10%% warm-up then linear decay (default 5e-5)",
+    )
     ner.add_argument("--batch-size", type=int, default=8, help="windows per optimiser step (default 8)")
     ner.add_argument("--scheme", choices=["BIO", "BIOES"], default="BIO", help="tagging scheme (default BIO)")
-    ner.add_argument("--types", metavar="T1,T2",
-                     help="comma-separated entity types to learn, e.g. Chemical,Disease (default: all in --data)")
-    ner.add_argument("--freeze-body", action="store_true",
-                     help="train only the classification head (fast, much weaker; for probing)")
-    ner.add_argument("--stride", type=int, metavar="TOKENS",
-                     help="start distance of the windows over long documents (default 3/4 of the window)")
+    ner.add_argument(
+        "--types",
+        metavar="T1,T2",
+        help="comma-separated entity types to learn, e.g. Chemical,Disease (default: all in --data)",
+    )
+    ner.add_argument(
+        "--freeze-body", action="store_true", help="train only the classification head (fast, much weaker; for probing)"
+    )
+    ner.add_argument(
+        "--stride",
+        type=int,
+        metavar="TOKENS",
+        help="start distance of the windows over long documents (default 3/4 of the window)",
+    )
     ner.add_argument("--seed", type=int, default=0, help="seed for the head, dropout and shuffling (default 0)")
     ner.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
     ner.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
-    ner.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="show a progress bar (default: only on a terminal)")
+    ner.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: only on a terminal)",
+    )
     ner.set_defaults(func=_run_ner)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
@@ -94,13 +125,28 @@ def _run_ner(args) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     from biogpt import hub
 
-    s = train_ner(args.data, str(hub.resolve(args.base).path), args.out, scheme=args.scheme, types=_types(args.types), epochs=args.epochs,
-                  lr=args.lr, batch_size=args.batch_size, freeze_body=args.freeze_body, seed=args.seed,
-                  device=args.device, stride=args.stride, overwrite=args.force, progress=progress)
+    s = train_ner(
+        args.data,
+        str(hub.resolve(args.base).path),
+        args.out,
+        scheme=args.scheme,
+        types=_types(args.types),
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        freeze_body=args.freeze_body,
+        seed=args.seed,
+        device=args.device,
+        stride=args.stride,
+        overwrite=args.force,
+        progress=progress,
+    )
     notes = ""
     if s["unaligned_spans"] or s["conflicting_spans"]:
         notes = f"; gold spans off token boundaries {s['unaligned_spans']}, overlapping {s['conflicting_spans']}"
-    print(f"trained {s['out']}: {s['documents']} documents, {s['mentions']} mentions of "
-          f"{','.join(s['types'])} ({s['scheme']}), {s['epochs']} epochs, final loss {s['final_loss']:.4f}{notes}; "
-          f"evaluate with `biomine eval ner --data FILE --model {s['out']}`")
+    print(
+        f"trained {s['out']}: {s['documents']} documents, {s['mentions']} mentions of "
+        f"{','.join(s['types'])} ({s['scheme']}), {s['epochs']} epochs, final loss {s['final_loss']:.4f}{notes}; "
+        f"evaluate with `biomine eval ner --data FILE --model {s['out']}`"
+    )
     return 0

@@ -30,11 +30,21 @@ examples:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("vocab", help="build the concept dictionary for entity linking",
-                              description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "vocab",
+        help="build the concept dictionary for entity linking",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="vocab_command", metavar="{build}")
-    build = sub.add_parser("build", help="a dictionary from MeSH XML, the DrugBank vocabulary CSV, PubTator files",
-                           description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    build = sub.add_parser(
+        "build",
+        help="a dictionary from MeSH XML, the DrugBank vocabulary CSV, PubTator files",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     build.add_argument("--mesh", action="append", default=[], metavar="FILE", help="MeSH desc*.xml or supp*.xml (.gz)")
     build.add_argument("--drugbank", action="append", default=[], metavar="FILE", help="DrugBank vocabulary CSV")
     build.add_argument("--pubtator", action="append", default=[], metavar="FILE", help="annotated PubTator file")
@@ -51,8 +61,11 @@ def run_build(args: argparse.Namespace) -> int:
     from pipeline.store.storage import location
     from pipeline.tasks.vocabulary import dictionary_table, drugbank_rows, mesh_rows, pubtator_rows
 
-    sources = [(mesh_rows, f, "--mesh") for f in args.mesh] + [(drugbank_rows, f, "--drugbank") for f in args.drugbank] \
+    sources = (
+        [(mesh_rows, f, "--mesh") for f in args.mesh]
+        + [(drugbank_rows, f, "--drugbank") for f in args.drugbank]
         + [(pubtator_rows, f, "--pubtator") for f in args.pubtator]
+    )
     if not sources:
         raise JobConfigError("vocab build: pass at least one of --mesh, --drugbank, --pubtator")
     for _, f, flag in sources:
@@ -60,7 +73,9 @@ def run_build(args: argparse.Namespace) -> int:
             raise JobConfigError(f"{flag} {f}: no such file")
     out = location(args.out)
     if out.is_dir():
-        raise JobConfigError(f"--out {args.out} is a folder: name the dictionary's file, e.g. {out / 'concepts.parquet'}")
+        raise JobConfigError(
+            f"--out {args.out} is a folder: name the dictionary's file, e.g. {out / 'concepts.parquet'}"
+        )
     table = dictionary_table(reader(f) for reader, f, _ in sources)
     out.write_parquet(table)
     concepts = len(set(table.column("concept_id").to_pylist()))

@@ -86,10 +86,16 @@ def documents(out) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]], list[
     if "documents" not in views:
         raise BioMineError(f"{out} has no documents: export needs a job output or an ingest of one")
     docs = _rows(out, "SELECT pmid, version, title, abstract FROM documents ORDER BY pmid, version")
-    ents = _Merged(_grouped(_rows(out, 'SELECT * FROM entities ORDER BY pmid, version, start, "end"'))) \
-        if "entities" in views else None
-    rels = _Merged(_grouped(_rows(out, "SELECT * FROM relations WHERE parse_status = 'ok' ORDER BY pmid, version"))) \
-        if "relations" in views else None
+    ents = (
+        _Merged(_grouped(_rows(out, 'SELECT * FROM entities ORDER BY pmid, version, start, "end"')))
+        if "entities" in views
+        else None
+    )
+    rels = (
+        _Merged(_grouped(_rows(out, "SELECT * FROM relations WHERE parse_status = 'ok' ORDER BY pmid, version")))
+        if "relations" in views
+        else None
+    )
     for doc in docs:
         key = (doc["pmid"], doc["version"])
         yield doc, ents.take(key) if ents else [], rels.take(key) if rels else []
@@ -131,16 +137,41 @@ def _bioc_document(doc, entities, relations):
     for n, e in enumerate(entities, 1):
         a = bioc.BioCAnnotation()
         a.id, a.text = f"T{n}", e["text"]
-        a.infons.update(_infons({"type": e["label"], "identifier": e.get("concept_id"), "score": e.get("score"),
-                                 "matched_by": e.get("matched_by"), "model_id": e.get("model_id")}))
+        a.infons.update(
+            _infons(
+                {
+                    "type": e["label"],
+                    "identifier": e.get("concept_id"),
+                    "score": e.get("score"),
+                    "matched_by": e.get("matched_by"),
+                    "model_id": e.get("model_id"),
+                }
+            )
+        )
         a.add_location(bioc.BioCLocation(e["start"], e["end"] - e["start"]))
         (passages[1] if e["start"] >= passages[1].offset else passages[0]).add_annotation(a)
         annotations.append((a, e))
     for n, r in enumerate(relations, 1):
         rel = bioc.BioCRelation()
         rel.id = f"R{n}"
-        rel.infons.update(_infons({k: r.get(k) for k in ("task", "head", "tail", "head_id", "tail_id", "logprob",
-                                                          "evidence_start", "evidence_end", "model_id")}))
+        rel.infons.update(
+            _infons(
+                {
+                    k: r.get(k)
+                    for k in (
+                        "task",
+                        "head",
+                        "tail",
+                        "head_id",
+                        "tail_id",
+                        "logprob",
+                        "evidence_start",
+                        "evidence_end",
+                        "model_id",
+                    )
+                }
+            )
+        )
         rel.infons["type"] = r["relation"]
         for role in ("head", "tail"):
             ident, name = r.get(f"{role}_id"), (r.get(role) or "").lower()
@@ -171,8 +202,10 @@ def export(out, dest, fmt: str, *, progress: bool | None = None) -> int:
     n = 0
     try:
         binary = fmt == "bioc-xml"  # lxml's incremental writer takes bytes
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f, \
-                Progress(None, unit="document", desc=f"export {fmt}", bar=progress) as bar:
+        with (
+            open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f,
+            Progress(None, unit="document", desc=f"export {fmt}", bar=progress) as bar,
+        ):
             if fmt == "pubtator":
                 for doc, ents, rels in documents(out):
                     f.write(_pubtator(doc, ents, rels))

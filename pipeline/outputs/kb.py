@@ -22,8 +22,14 @@ log = logging.getLogger(__name__)
 _NORM = "trim(regexp_replace(lower(nfc_normalize({col})), '\\s+', ' ', 'g'), ' .,;:\"''()[]')"
 
 
-def build_kb(relations: str | os.PathLike, out: str | os.PathLike, *, task: str = "ddi",
-             documents: str | os.PathLike | None = None, warn: Callable[[str], None] | None = None) -> int:
+def build_kb(
+    relations: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    task: str = "ddi",
+    documents: str | os.PathLike | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> int:
     """Build the edge table; returns the number of edges. ``warn`` gets a warning when the relations
     cover fewer document shards than ``documents`` holds (an unfinished run)."""
     import duckdb
@@ -54,22 +60,34 @@ def build_kb(relations: str | os.PathLike, out: str | os.PathLike, *, task: str 
         shards = sorted(records)
         files = [relations / records[s]["file"]["name"] for s in shards]
         if live is not None and files and len(files) < len(live):
-            (warn or log.warning)(f"relations: {len(live) - len(files)} of {len(live)} document shards have no "
-                                  "committed output (the run is unfinished or failed: re-run the job to complete it)")
+            (warn or log.warning)(
+                f"relations: {len(live) - len(files)} of {len(live)} document shards have no "
+                "committed output (the run is unfinished or failed: re-run the job to complete it)"
+            )
     else:
         files = [relations] if relations.is_file() else []
     if not files:
-        raise BioMineError(f"no relation files in {relations} (only committed outputs count): point --relations "
-                           "at a job's OUT/relations")
+        raise BioMineError(
+            f"no relation files in {relations} (only committed outputs count): point --relations "
+            "at a job's OUT/relations"
+        )
     con = duckdb.connect()
     register(con, "rel", files, shards, tombstones)
     if doc_shards:
         from schemas.articles import ARTICLE_SCHEMA
 
-        register(con, "docs_all", [docs_dir / s.name for s in doc_shards], [s.stem for s in doc_shards], tombstones,
-                 ARTICLE_SCHEMA)
-        docs = ("SELECT pmid, try_strptime(printf('%04d-%02d-%02d', pub_year, coalesce(pub_month, 1), "
-                "coalesce(pub_day, 1)), '%Y-%m-%d')::DATE AS pub_date, retracted FROM docs_all")
+        register(
+            con,
+            "docs_all",
+            [docs_dir / s.name for s in doc_shards],
+            [s.stem for s in doc_shards],
+            tombstones,
+            ARTICLE_SCHEMA,
+        )
+        docs = (
+            "SELECT pmid, try_strptime(printf('%04d-%02d-%02d', pub_year, coalesce(pub_month, 1), "
+            "coalesce(pub_day, 1)), '%Y-%m-%d')::DATE AS pub_date, retracted FROM docs_all"
+        )
     else:
         docs = "SELECT DISTINCT pmid, NULL::DATE AS pub_date, NULL::BOOLEAN AS retracted FROM e"
     # Relation files before schema version 2 have no logprob: their edges get no score.
@@ -77,7 +95,7 @@ def build_kb(relations: str | os.PathLike, out: str | os.PathLike, *, task: str 
     logprob = "logprob" if "logprob" in columns else "NULL::DOUBLE"
     sql = f"""
     WITH r AS (
-      SELECT pmid, relation, evidence_text, head, tail, {_NORM.format(col='head')} AS h, {_NORM.format(col='tail')} AS t,
+      SELECT pmid, relation, evidence_text, head, tail, {_NORM.format(col="head")} AS h, {_NORM.format(col="tail")} AS t,
              nullif(head_id, '-1') AS hid, nullif(tail_id, '-1') AS tid, {logprob} AS logprob
       FROM rel WHERE parse_status = 'ok' AND task = ?
     ), k AS (  -- an entity is its identifier when linked, else its normalised name

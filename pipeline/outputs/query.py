@@ -73,14 +73,21 @@ def job_outputs(out: str | os.PathLike | Location) -> JobOutputs:
         if live is not None and len(shards) < len(live):
             result.warnings.append(
                 f"{name}: {len(live) - len(shards)} of {len(live)} document shards have no committed output "
-                f"(the run is unfinished or failed: re-run the job to complete it)")
+                f"(the run is unfinished or failed: re-run the job to complete it)"
+            )
     if (out / "kb.parquet").is_file():
         result.files["kb"] = [out / "kb.parquet"]
     return result
 
 
-def register(con, name: str, files: list[Location], shards: list[str] | None = None,
-             tombstones: "pa.Table | None" = None, schema: pa.Schema | None = None) -> None:
+def register(
+    con,
+    name: str,
+    files: list[Location],
+    shards: list[str] | None = None,
+    tombstones: "pa.Table | None" = None,
+    schema: pa.Schema | None = None,
+) -> None:
     """A DuckDB view ``name`` over ``files`` (local: read_parquet; remote: a pyarrow dataset). With
     ``shards`` (the document shard of each file) and ``tombstones`` (``(shard, pmid)``), rows of
     tombstoned articles are left out. ``schema``: the view's columns, for files written with several
@@ -106,12 +113,18 @@ def register(con, name: str, files: list[Location], shards: list[str] | None = N
     schema = schema or files[0].parquet_metadata().schema.to_arrow_schema()
     schema = schema.remove_metadata().append(pa.field(SHARD_COLUMN, pa.string()))
     arrow = pads.FileSystemDataset.from_paths(
-        [f.path for f in files], schema=schema, format=pads.ParquetFileFormat(), filesystem=files[0].fs,
-        partitions=[pc.field(SHARD_COLUMN) == pa.scalar(s, pa.string()) for s in shards])
+        [f.path for f in files],
+        schema=schema,
+        format=pads.ParquetFileFormat(),
+        filesystem=files[0].fs,
+        partitions=[pc.field(SHARD_COLUMN) == pa.scalar(s, pa.string()) for s in shards],
+    )
     con.register(f"_{name}_arrow", arrow)
     con.register(f"_{name}_tombstones", tombstones)
-    con.execute(f"CREATE VIEW {name} AS SELECT t.* EXCLUDE ({SHARD_COLUMN}) FROM _{name}_arrow t "
-                f"ANTI JOIN _{name}_tombstones d ON d.shard = t.{SHARD_COLUMN} AND d.pmid = t.pmid")
+    con.execute(
+        f"CREATE VIEW {name} AS SELECT t.* EXCLUDE ({SHARD_COLUMN}) FROM _{name}_arrow t "
+        f"ANTI JOIN _{name}_tombstones d ON d.shard = t.{SHARD_COLUMN} AND d.pmid = t.pmid"
+    )
 
 
 def connect(out: str | os.PathLike | Location):
@@ -131,16 +144,24 @@ def connect(out: str | os.PathLike | Location):
     from schemas.articles import ARTICLE_SCHEMA
 
     for name, files in outputs.files.items():
-        register(con, name, files, outputs.shards.get(name), outputs.tombstones,
-                 ARTICLE_SCHEMA if name == "documents" else None)
+        register(
+            con,
+            name,
+            files,
+            outputs.shards.get(name),
+            outputs.tombstones,
+            ARTICLE_SCHEMA if name == "documents" else None,
+        )
     if "relations" in outputs.files and "documents" in outputs.files:
         # Retraction status travels with the article, not the relation: in an ingested corpus a
         # retraction reaches PubMed as an update that revises the citation, so the live document row
         # says it without recomputing relations (a fetch directory knows what it fetched).
         con.execute("ALTER VIEW relations RENAME TO _relations_rows")
-        con.execute("CREATE VIEW relations AS SELECT r.*, d.retracted AS article_retracted FROM _relations_rows r "
-                    "LEFT JOIN (SELECT pmid, version, retracted FROM documents) d "
-                    "ON d.pmid = r.pmid AND d.version = r.version")
+        con.execute(
+            "CREATE VIEW relations AS SELECT r.*, d.retracted AS article_retracted FROM _relations_rows r "
+            "LEFT JOIN (SELECT pmid, version, retracted FROM documents) d "
+            "ON d.pmid = r.pmid AND d.version = r.version"
+        )
     return con, list(outputs.files), outputs.warnings
 
 

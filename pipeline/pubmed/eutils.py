@@ -76,8 +76,15 @@ class Credentials:
     tool: str = "biomine"
 
     @classmethod
-    def resolve(cls, *, email: str | None = None, api_key: str | None = None, tool: str | None = None,
-                job: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "Credentials":
+    def resolve(
+        cls,
+        *,
+        email: str | None = None,
+        api_key: str | None = None,
+        tool: str | None = None,
+        job: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> "Credentials":
         """Options win over the job spec's values (``job``: email, api_key, tool), which win over
         ``NCBI_EMAIL``/``NCBI_API_KEY``."""
         job = job or {}
@@ -129,8 +136,15 @@ class RateLimiter:
     serialise on the lock. Put ``state_dir`` on a shared file system to share a key across machines.
     """
 
-    def __init__(self, rate: float, key: str, state_dir: str | os.PathLike | None = None, *,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        rate: float,
+        key: str,
+        state_dir: str | os.PathLike | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.interval = 1.0 / rate
@@ -208,16 +222,25 @@ class EutilsClient:
     :raises EutilsError: NCBI's own host without an email address, or with a rate above its limit.
     """
 
-    def __init__(self, base_url: str | None = None, credentials: Credentials | None = None, *,
-                 rate: float | None = None, state_dir: str | os.PathLike | None = None,
-                 timeout: float = 60.0, tries: int = 6, backoff: float = 1.0, max_backoff: float = 60.0):
+    def __init__(
+        self,
+        base_url: str | None = None,
+        credentials: Credentials | None = None,
+        *,
+        rate: float | None = None,
+        state_dir: str | os.PathLike | None = None,
+        timeout: float = 60.0,
+        tries: int = 6,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+    ):
         self.base_url = (base_url or os.environ.get("BIOMINE_EUTILS_URL") or NCBI_EUTILS_URL).rstrip("/") + "/"
         self.credentials = credentials or Credentials.resolve()
         host = urllib.parse.urlsplit(self.base_url).hostname or ""
         if host.endswith("ncbi.nlm.nih.gov") and not self.credentials.email:
             raise EutilsError(
                 "NCBI asks every E-utilities client for a contact email: pass --email, set NCBI_EMAIL, "
-                "or put email = \"...\" in the job spec's [source] table"
+                'or put email = "..." in the job spec\'s [source] table'
             )
         if tries < 1:
             raise ValueError("tries must be at least 1")
@@ -238,8 +261,12 @@ class EutilsClient:
         try:
             self.limiter = RateLimiter(rate, key, default_state_dir() if state_dir is None else state_dir)
         except OSError as exc:
-            log.warning("cannot use %s for the shared rate limit (%s); limiting this process only; set "
-                        "BIOMINE_CACHE_DIR to a writable directory", state_dir or default_state_dir(), exc)
+            log.warning(
+                "cannot use %s for the shared rate limit (%s); limiting this process only; set "
+                "BIOMINE_CACHE_DIR to a writable directory",
+                state_dir or default_state_dir(),
+                exc,
+            )
             self.limiter = RateLimiter(rate, key, None)
         handlers: list[urllib.request.BaseHandler] = []
         if host in _LOOPBACK:
@@ -248,8 +275,9 @@ class EutilsClient:
 
     # --- raw requests ----------------------------------------------------------------------------
 
-    def call(self, utility: str, params: Mapping[str, Any], parse: Callable[[bytes], T], *,
-             what: str, post: bool = False) -> T:
+    def call(
+        self, utility: str, params: Mapping[str, Any], parse: Callable[[bytes], T], *, what: str, post: bool = False
+    ) -> T:
         """Request ``utility`` and ``parse`` the body, retrying transient failures (see the class doc).
 
         ``parse`` signals a retryable bad body by raising :class:`PubmedXMLError`, ``ValueError``
@@ -313,9 +341,18 @@ class EutilsClient:
 
     # --- E-utilities -----------------------------------------------------------------------------
 
-    def esearch(self, term: str, *, mindate: str | None = None, maxdate: str | None = None,
-                datetype: str = "pdat", retmax: int = 0, retstart: int = 0, usehistory: bool = True,
-                what: str | None = None) -> SearchResult:
+    def esearch(
+        self,
+        term: str,
+        *,
+        mindate: str | None = None,
+        maxdate: str | None = None,
+        datetype: str = "pdat",
+        retmax: int = 0,
+        retstart: int = 0,
+        usehistory: bool = True,
+        what: str | None = None,
+    ) -> SearchResult:
         """One esearch request on PubMed; dates are ``YYYY/MM/DD`` strings, both or neither.
 
         :raises EutilsError: after retries (an ``<ERROR>`` answer is quoted in the message).
@@ -330,8 +367,14 @@ class EutilsClient:
 
     def efetch(self, *, webenv: str, query_key: str, retstart: int, retmax: int, what: str) -> list[dict[str, Any]]:
         """PubMed XML records ``retstart .. retstart+retmax-1`` of a history-server result, parsed."""
-        params = {"db": "pubmed", "WebEnv": webenv, "query_key": query_key, "retstart": retstart,
-                  "retmax": retmax, "retmode": "xml"}
+        params = {
+            "db": "pubmed",
+            "WebEnv": webenv,
+            "query_key": query_key,
+            "retstart": retstart,
+            "retmax": retmax,
+            "retmode": "xml",
+        }
         return self.call("efetch", params, _parse_efetch, what=what)
 
     def efetch_ids(self, ids: list[int], *, what: str) -> list[dict[str, Any]]:
@@ -423,9 +466,16 @@ class DateRange:
         return f"{self.mindate}-{self.maxdate}" if self.mindate else "all dates"
 
 
-def plan_ranges(client: EutilsClient, term: str, *, mindate: str | None = None, maxdate: str | None = None,
-                datetype: str = "pdat", threshold: int = ESEARCH_LIMIT,
-                limit: int | None = None) -> tuple[int, list[DateRange]]:
+def plan_ranges(
+    client: EutilsClient,
+    term: str,
+    *,
+    mindate: str | None = None,
+    maxdate: str | None = None,
+    datetype: str = "pdat",
+    threshold: int = ESEARCH_LIMIT,
+    limit: int | None = None,
+) -> tuple[int, list[DateRange]]:
     """Split a query into date ranges of at most ``threshold`` hits each; returns (total, ranges).
 
     Ranges are disjoint, inclusive, newest first. A query that fits (or whose ``limit`` fits) is one
@@ -456,8 +506,9 @@ def plan_ranges(client: EutilsClient, term: str, *, mindate: str | None = None, 
     while stack:
         start, stop, count = stack.pop()
         if count is None:
-            count = client.esearch(term, mindate=_fmt(start), maxdate=_fmt(stop), datetype=datetype,
-                                   usehistory=False).count
+            count = client.esearch(
+                term, mindate=_fmt(start), maxdate=_fmt(stop), datetype=datetype, usehistory=False
+            ).count
         if count == 0:
             continue
         if count <= threshold:
@@ -499,11 +550,22 @@ class FetchSummary:
     unavailable: list[int] = field(default_factory=list)
 
 
-def fetch_query(client: EutilsClient, term: str, out: str | os.PathLike, *, mindate: str | None = None,
-                maxdate: str | None = None, datetype: str = "pdat", max_records: int | None = None,
-                batch_size: int = DEFAULT_BATCH_SIZE, split_threshold: int = ESEARCH_LIMIT,
-                shard_rows: int = DEFAULT_SHARD_ROWS, progress: bool | None = None,
-                now: Callable[[], _dt.datetime] | None = None, lock: bool = True) -> FetchSummary:
+def fetch_query(
+    client: EutilsClient,
+    term: str,
+    out: str | os.PathLike,
+    *,
+    mindate: str | None = None,
+    maxdate: str | None = None,
+    datetype: str = "pdat",
+    max_records: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    split_threshold: int = ESEARCH_LIMIT,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    progress: bool | None = None,
+    now: Callable[[], _dt.datetime] | None = None,
+    lock: bool = True,
+) -> FetchSummary:
     """Fetch every hit of ``term`` (at most ``max_records``, newest first) into shards under ``out``.
 
     Re-running with the same query and dates resumes or, when complete, only adds new hits.
@@ -521,19 +583,26 @@ def fetch_query(client: EutilsClient, term: str, out: str | os.PathLike, *, mind
     identity = {"query": term, "mindate": mindate, "maxdate": maxdate, "datetype": datetype}
     with ShardStore(out, "fetch", identity, shard_rows=shard_rows, lock=lock) as store:
         done = store.pmids()
-        total, ranges = plan_ranges(client, term, mindate=mindate, maxdate=maxdate, datetype=datetype,
-                                    threshold=split_threshold, limit=max_records)
+        total, ranges = plan_ranges(
+            client,
+            term,
+            mindate=mindate,
+            maxdate=maxdate,
+            datetype=datetype,
+            threshold=split_threshold,
+            limit=max_records,
+        )
         target = total if max_records is None else min(total, max_records)
         summary = FetchSummary(total_hits=total, ranges=len(ranges), already_present=len(done))
         unavailable: set[int] = set()
-        bar = Progress(target, initial=min(len(done), target), unit="article", desc=f"fetch {term!r}",
-                       bar=progress, logger=log)
+        bar = Progress(
+            target, initial=min(len(done), target), unit="article", desc=f"fetch {term!r}", bar=progress, logger=log
+        )
         with bar:
             for number, rng in enumerate(ranges, 1):
                 if len(done) >= target:
                     break
-                fetcher = _RangeFetcher(client, term, rng, number, len(ranges), datetype, split_threshold,
-                                        max_records)
+                fetcher = _RangeFetcher(client, term, rng, number, len(ranges), datetype, split_threshold, max_records)
                 for rows, missing in fetcher.batches(done, target, batch_size):
                     stamp = now()
                     for row in rows:
@@ -545,33 +614,56 @@ def fetch_query(client: EutilsClient, term: str, out: str | os.PathLike, *, mind
                     summary.shards += store.append(rows)
                     bar.update(len(rows))
             unavailable -= done
-            notes = {"total_hits": total, "ranges": [str(r) for r in ranges],
-                     "unavailable": sorted(unavailable), "last_run": now().isoformat(timespec="seconds")}
+            notes = {
+                "total_hits": total,
+                "ranges": [str(r) for r in ranges],
+                "unavailable": sorted(unavailable),
+                "last_run": now().isoformat(timespec="seconds"),
+            }
             before = len(store.shards)
             store.flush(notes=notes)
             summary.shards += len(store.shards) - before
         summary.rows = store.row_count()
         summary.unavailable = sorted(unavailable)
     if unavailable:
-        log.warning("query %r: %d hits were not returned by efetch even by id (e.g. PMID %s); they are listed "
-                    "in %s/_manifest.json and a re-run tries them again", term, len(unavailable),
-                    summary.unavailable[0], out)
+        log.warning(
+            "query %r: %d hits were not returned by efetch even by id (e.g. PMID %s); they are listed "
+            "in %s/_manifest.json and a re-run tries them again",
+            term,
+            len(unavailable),
+            summary.unavailable[0],
+            out,
+        )
     return summary
 
 
 class _RangeFetcher:
     """Fetches the not-yet-present hits of one date range, batch by batch, in the range's id order."""
 
-    def __init__(self, client: EutilsClient, term: str, rng: DateRange, number: int, of: int,
-                 datetype: str, threshold: int, max_records: int | None):
+    def __init__(
+        self,
+        client: EutilsClient,
+        term: str,
+        rng: DateRange,
+        number: int,
+        of: int,
+        datetype: str,
+        threshold: int,
+        max_records: int | None,
+    ):
         self.client = client
         self.term = term
         self.rng = rng
         self.label = f"date range {number}/{of} ({rng})" if rng.mindate else "the search"
         want = rng.count if max_records is None else min(rng.count, max_records)
-        search = client.esearch(term, mindate=rng.mindate, maxdate=rng.maxdate, datetype=datetype,
-                                retmax=min(want, threshold),
-                                what=f"esearch (ids of {self.label}) for query {term!r}")
+        search = client.esearch(
+            term,
+            mindate=rng.mindate,
+            maxdate=rng.maxdate,
+            datetype=datetype,
+            retmax=min(want, threshold),
+            what=f"esearch (ids of {self.label}) for query {term!r}",
+        )
         self.search = search
         # Keep the first occurrence only: the ids define the batches and their order.
         self.ids = list(dict.fromkeys(search.ids))
@@ -588,11 +680,18 @@ class _RangeFetcher:
             wanted = [pmid for pmid in chunk if pmid not in done][:room]
             if not wanted:
                 continue
-            what = (f"efetch batch {index}/{batches} (records {start + 1}-{start + len(chunk)} of {len(ids)}) "
-                    f"of {self.label} for query {self.term!r}")
+            what = (
+                f"efetch batch {index}/{batches} (records {start + 1}-{start + len(chunk)} of {len(ids)}) "
+                f"of {self.label} for query {self.term!r}"
+            )
             if len(wanted) == len(chunk) and self.search.webenv:
-                rows = self.client.efetch(webenv=self.search.webenv, query_key=self.search.query_key,  # type: ignore[arg-type]
-                                          retstart=start, retmax=len(chunk), what=what)
+                rows = self.client.efetch(
+                    webenv=self.search.webenv,
+                    query_key=self.search.query_key,  # type: ignore[arg-type]
+                    retstart=start,
+                    retmax=len(chunk),
+                    what=what,
+                )
             else:
                 rows = self.client.efetch_ids(wanted, what=what + " by id")
             by_pmid = _index_rows(rows, wanted)

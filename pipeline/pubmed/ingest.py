@@ -139,8 +139,9 @@ class LocalPool:
         # and credentials: a forkserver would hand on the environment of whenever it first started)
         # and inherits none of its threads (a lease renewer, an S3 client's pool), which a forked
         # child would inherit in an unknown state.
-        self._executor = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-                          if workers > 1 else None)
+        self._executor = (
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
+        )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future | _Deferred:
         return self._executor.submit(fn, *args) if self._executor else _Deferred(fn, args)
@@ -189,6 +190,7 @@ def discover_inputs(paths: Iterable[str | os.PathLike]) -> list[Location]:
         else:
             raise IngestError(f"input {loc} does not exist")
     by_name: dict[str, Location] = {}
+
     def same(a: Location, b: Location) -> bool:
         return a == b or (a.is_local and b.is_local and os.path.realpath(a.path) == os.path.realpath(b.path))
 
@@ -197,7 +199,6 @@ def discover_inputs(paths: Iterable[str | os.PathLike]) -> list[Location]:
         if not same(other, loc):
             raise IngestError(f"two inputs are named {loc.name} ({other} and {loc}); their order is ambiguous")
     return sorted(by_name.values(), key=lambda p: p.name)
-
 
 
 @dataclass(frozen=True)
@@ -378,17 +379,26 @@ def locate(docs: Location, shards: list[ShardInfo], pmids: pa.Array) -> list[tup
         if mask is not None:
             hit = pc.and_(hit, mask)
         table = table.filter(hit)
-        found += [(p, shard.name, v) for p, v in zip(table.column("pmid").to_pylist(),
-                                                     table.column("version").to_pylist())]
+        found += [
+            (p, shard.name, v) for p, v in zip(table.column("pmid").to_pylist(), table.column("version").to_pylist())
+        ]
     return found
 
 
 # --- the driver -------------------------------------------------------------------------------------
-def ingest_files(paths: Iterable[str | os.PathLike], out: str | os.PathLike | Location, *,
-                 shard_rows: int = DEFAULT_SHARD_ROWS, progress: bool | None = None,
-                 now: Callable[[], _dt.datetime] | None = None, lock: bool = True, workers: int = 1,
-                 pool: Pool | None = None, commit_seconds: float = 30.0,
-                 before_commit: Callable[[], None] | None = None) -> IngestSummary:
+def ingest_files(
+    paths: Iterable[str | os.PathLike],
+    out: str | os.PathLike | Location,
+    *,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    progress: bool | None = None,
+    now: Callable[[], _dt.datetime] | None = None,
+    lock: bool = True,
+    workers: int = 1,
+    pool: Pool | None = None,
+    commit_seconds: float = 30.0,
+    before_commit: Callable[[], None] | None = None,
+) -> IngestSummary:
     """Ingest PubMed XML files into the current-corpus directory ``out`` (see the module docstring).
 
     ``workers``: local processes that hash and parse (ignored when ``pool`` is given: a job passes
@@ -431,9 +441,13 @@ def _plan(store: ShardStore, files: list[Location], pool: Pool) -> tuple[list[In
             continue
         known.add(source.sha256)  # the same content twice in one call applies once, as a re-run would
         if record is not None:
-            log.warning("%s changed since it was ingested (sha256 %s..., now %s...): its records are applied "
-                        "again, on top of the current corpus", source.loc, str(record.get("sha256"))[:12],
-                        source.sha256[:12])
+            log.warning(
+                "%s changed since it was ingested (sha256 %s..., now %s...): its records are applied "
+                "again, on top of the current corpus",
+                source.loc,
+                str(record.get("sha256"))[:12],
+                source.sha256[:12],
+            )
             summary.reissued.append(source.name)
         todo.append(source)
     if todo and inputs:
@@ -449,9 +463,16 @@ def _plan(store: ShardStore, files: list[Location], pool: Pool) -> tuple[list[In
     return todo, summary
 
 
-def _apply_all(store: ShardStore, todo: list[InputFile], pool: Pool, fetched_at: _dt.datetime,
-               progress: bool | None, commit_seconds: float, summary: IngestSummary,
-               before_commit: Callable[[], None] | None) -> None:
+def _apply_all(
+    store: ShardStore,
+    todo: list[InputFile],
+    pool: Pool,
+    fetched_at: _dt.datetime,
+    progress: bool | None,
+    commit_seconds: float,
+    summary: IngestSummary,
+    before_commit: Callable[[], None] | None,
+) -> None:
     """Parse ``todo`` ahead in the pool (a window of ``2 * workers`` files) and apply each in order."""
     window = max(2, 2 * pool.workers)
     pending: list[Any] = []
@@ -474,8 +495,10 @@ def _apply_all(store: ShardStore, todo: list[InputFile], pool: Pool, fetched_at:
         uncommitted.clear()
 
     last_commit = time.monotonic()
-    with store.transaction() as txn, Progress(len(todo), unit="file", desc=f"ingest into {store.loc}",
-                                              bar=progress, logger=log) as bar:
+    with (
+        store.transaction() as txn,
+        Progress(len(todo), unit="file", desc=f"ingest into {store.loc}", bar=progress, logger=log) as bar,
+    ):
         top_up()
         try:
             while pending:
@@ -490,9 +513,13 @@ def _apply_all(store: ShardStore, todo: list[InputFile], pool: Pool, fetched_at:
                 top_up()
                 counts = _apply(txn, parsed, pool)
                 uncommitted[parsed.source.name] = {
-                    "size": parsed.source.size, "sha256": parsed.source.sha256, "records": parsed.records,
-                    "deletions": len(parsed.deletions), "shards": [s.name for s in parsed.shards],
-                    "ingested_at": fetched_at.isoformat(timespec="seconds")}
+                    "size": parsed.source.size,
+                    "sha256": parsed.source.sha256,
+                    "records": parsed.records,
+                    "deletions": len(parsed.deletions),
+                    "shards": [s.name for s in parsed.shards],
+                    "ingested_at": fetched_at.isoformat(timespec="seconds"),
+                }
                 for key in ("records", "added", "replaced", "deleted", "tombstoned"):
                     setattr(summary, key, getattr(summary, key) + counts[key])
                 summary.files += 1
@@ -528,8 +555,9 @@ def _find(txn: Transaction, pmids: list[int], pool: Pool) -> dict[int, list[tupl
         hits = locate(docs, candidates, wanted)
     else:
         per_task = max(1, -(-len(candidates) // (4 * pool.workers)))
-        futures = [pool.submit(locate, docs, candidates[i: i + per_task], wanted)
-                   for i in range(0, len(candidates), per_task)]
+        futures = [
+            pool.submit(locate, docs, candidates[i : i + per_task], wanted) for i in range(0, len(candidates), per_task)
+        ]
         hits = [hit for f in futures for hit in f.result()]
     for pmid, shard, version in hits:
         if pmid not in txn.pending_tombstones(shard):  # tombstoned earlier in this transaction
@@ -540,8 +568,11 @@ def _find(txn: Transaction, pmids: list[int], pool: Pool) -> dict[int, list[tupl
 def _apply(txn: Transaction, parsed: ParsedInput, pool: Pool) -> dict[str, int]:
     """Apply one parsed file: tombstone the rows it replaces or deletes, add its shards."""
     name = parsed.source.name
-    own = {pmid: (version, shard.name) for shard, (pmids, versions) in zip(parsed.shards, parsed.rows)
-           for pmid, version in zip(pmids, versions)}
+    own = {
+        pmid: (version, shard.name)
+        for shard, (pmids, versions) in zip(parsed.shards, parsed.rows)
+        for pmid, version in zip(pmids, versions)
+    }
     existing = _find(txn, sorted(set(own) | set(parsed.deletions)), pool)
     counts = {"records": parsed.records, "added": 0, "replaced": 0, "deleted": 0, "tombstoned": 0}
 
@@ -569,6 +600,12 @@ def _apply(txn: Transaction, parsed: ParsedInput, pool: Pool) -> dict[str, int]:
         counts["replaced" if olds else "added"] += 1
     for shard in parsed.shards:
         txn.add(shard)
-    log.info("%s: %d records (%d new, %d replaced, %d deleted)", name, parsed.records, counts["added"],
-             counts["replaced"], counts["deleted"])
+    log.info(
+        "%s: %d records (%d new, %d replaced, %d deleted)",
+        name,
+        parsed.records,
+        counts["added"],
+        counts["replaced"],
+        counts["deleted"],
+    )
     return counts

@@ -51,8 +51,13 @@ class Deletion:
 _MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), start=1)}
 _YEAR = re.compile(r"\d{4}")
 _WS = re.compile(r"[ \t\r\n]+")  # ASCII only: NBSP, thin spaces etc. are content and stay
-_AUTHOR_FIELDS = {"LastName": "last_name", "ForeName": "fore_name", "Initials": "initials", "Suffix": "suffix",
-                  "CollectiveName": "collective_name"}
+_AUTHOR_FIELDS = {
+    "LastName": "last_name",
+    "ForeName": "fore_name",
+    "Initials": "initials",
+    "Suffix": "suffix",
+    "CollectiveName": "collective_name",
+}
 _RECORD_TAGS = ("PubmedArticle", "PubmedBookArticle", "DeleteCitation")
 _ROOT_TAGS = ("PubmedArticleSet", "PubmedBookArticleSet")
 
@@ -201,9 +206,7 @@ def _plain(elem: ET.Element | None) -> str | None:
 def _pmid(elem: ET.Element | None, state: _Progress) -> int:
     text = _plain(elem)
     if text is None or not text.isdigit():
-        raise PubmedXMLError(
-            f"{state.label}: record {state.records + 1} has no usable PMID ({text!r}){state.after()}"
-        )
+        raise PubmedXMLError(f"{state.label}: record {state.records + 1} has no usable PMID ({text!r}){state.after()}")
     return int(text)
 
 
@@ -256,24 +259,28 @@ def _article(elem: ET.Element, state: _Progress) -> dict[str, Any]:
     issue = journal.find("JournalIssue") if journal is not None else None
     info = citation.find("MedlineJournalInfo")
     corrections = _comments_corrections(citation)
-    row.update({
-        "chemicals": _chemicals(citation),
-        "grants": _grants(article),
-        "reference_pmids": _references(elem.find("PubmedData")),
-        "comments_corrections": corrections,
-        "retracted": _retracted(corrections, row["publication_types"]),
-        "vernacular_title": _text(article.find("VernacularTitle")),
-        "volume": _plain(issue.find("Volume")) if issue is not None else None,
-        "issue": _plain(issue.find("Issue")) if issue is not None else None,
-        "pages": _pages(article.find("Pagination")),
-        "issn": _plain(journal.find("ISSN")) if journal is not None else None,
-        "issn_linking": _plain(info.find("ISSNLinking")) if info is not None else None,
-        "country": _plain(info.find("Country")) if info is not None else None,
-        "medline_ta": _plain(info.find("MedlineTA")) if info is not None else None,
-        "nlm_unique_id": _plain(info.find("NlmUniqueID")) if info is not None else None,
-        "other_ids": ([{"source": o.get("Source"), "id": _plain(o)} for o in citation.iterfind("OtherID") if _plain(o)]
-                      + _other_article_ids(elem.find("PubmedData/ArticleIdList"))),
-    })
+    row.update(
+        {
+            "chemicals": _chemicals(citation),
+            "grants": _grants(article),
+            "reference_pmids": _references(elem.find("PubmedData")),
+            "comments_corrections": corrections,
+            "retracted": _retracted(corrections, row["publication_types"]),
+            "vernacular_title": _text(article.find("VernacularTitle")),
+            "volume": _plain(issue.find("Volume")) if issue is not None else None,
+            "issue": _plain(issue.find("Issue")) if issue is not None else None,
+            "pages": _pages(article.find("Pagination")),
+            "issn": _plain(journal.find("ISSN")) if journal is not None else None,
+            "issn_linking": _plain(info.find("ISSNLinking")) if info is not None else None,
+            "country": _plain(info.find("Country")) if info is not None else None,
+            "medline_ta": _plain(info.find("MedlineTA")) if info is not None else None,
+            "nlm_unique_id": _plain(info.find("NlmUniqueID")) if info is not None else None,
+            "other_ids": (
+                [{"source": o.get("Source"), "id": _plain(o)} for o in citation.iterfind("OtherID") if _plain(o)]
+                + _other_article_ids(elem.find("PubmedData/ArticleIdList"))
+            ),
+        }
+    )
     return row
 
 
@@ -312,16 +319,28 @@ def _book(elem: ET.Element, state: _Progress) -> dict[str, Any]:
     # What the DTD gives a BookDocument (no ChemicalList, CommentsCorrections or journal info).
     other_ids = _other_article_ids(doc.find("ArticleIdList"))
     seen = {(o["source"], o["id"]) for o in other_ids}
-    other_ids += [o for o in _other_article_ids(elem.find("PubmedBookData/ArticleIdList"))
-                  if (o["source"], o["id"]) not in seen]
-    row.update({
-        "chemicals": [], "grants": _grants(doc), "reference_pmids": _references(doc), "comments_corrections": [],
-        "retracted": _retracted([], row["publication_types"]),
-        "vernacular_title": _text(doc.find("VernacularTitle")),
-        "volume": _plain(book.find("Volume")) if book is not None else None, "issue": None,
-        "pages": _pages(doc.find("Pagination")), "issn": None, "issn_linking": None, "country": None,
-        "medline_ta": None, "nlm_unique_id": None, "other_ids": other_ids,
-    })
+    other_ids += [
+        o for o in _other_article_ids(elem.find("PubmedBookData/ArticleIdList")) if (o["source"], o["id"]) not in seen
+    ]
+    row.update(
+        {
+            "chemicals": [],
+            "grants": _grants(doc),
+            "reference_pmids": _references(doc),
+            "comments_corrections": [],
+            "retracted": _retracted([], row["publication_types"]),
+            "vernacular_title": _text(doc.find("VernacularTitle")),
+            "volume": _plain(book.find("Volume")) if book is not None else None,
+            "issue": None,
+            "pages": _pages(doc.find("Pagination")),
+            "issn": None,
+            "issn_linking": None,
+            "country": None,
+            "medline_ta": None,
+            "nlm_unique_id": None,
+            "other_ids": other_ids,
+        }
+    )
     return row
 
 
@@ -343,15 +362,26 @@ def _chemicals(citation: ET.Element) -> list[dict[str, Any]]:
     for chem in citation.iterfind("ChemicalList/Chemical"):
         name = chem.find("NameOfSubstance")
         registry = _plain(chem.find("RegistryNumber"))
-        out.append({"name": _text(name), "ui": name.get("UI") if name is not None else None,
-                    "registry_number": None if registry in (None, "0") else registry})
+        out.append(
+            {
+                "name": _text(name),
+                "ui": name.get("UI") if name is not None else None,
+                "registry_number": None if registry in (None, "0") else registry,
+            }
+        )
     return out
 
 
 def _grants(article: ET.Element) -> list[dict[str, Any]]:
-    return [{"grant_id": _plain(g.find("GrantID")), "acronym": _plain(g.find("Acronym")),
-             "agency": _text(g.find("Agency")), "country": _plain(g.find("Country"))}
-            for g in article.iterfind("GrantList/Grant")]
+    return [
+        {
+            "grant_id": _plain(g.find("GrantID")),
+            "acronym": _plain(g.find("Acronym")),
+            "agency": _text(g.find("Agency")),
+            "country": _plain(g.find("Country")),
+        }
+        for g in article.iterfind("GrantList/Grant")
+    ]
 
 
 def _references(parent: ET.Element | None) -> list[int]:
@@ -379,8 +409,13 @@ def _comments_corrections(citation: ET.Element) -> list[dict[str, Any]]:
     out = []
     for cc in citation.iterfind("CommentsCorrectionsList/CommentsCorrections"):
         pmid = _plain(cc.find("PMID"))
-        out.append({"ref_type": cc.get("RefType"), "ref_source": _text(cc.find("RefSource")),
-                    "pmid": int(pmid) if pmid and pmid.isdigit() else None})
+        out.append(
+            {
+                "ref_type": cc.get("RefType"),
+                "ref_source": _text(cc.find("RefSource")),
+                "pmid": int(pmid) if pmid and pmid.isdigit() else None,
+            }
+        )
     return out
 
 
@@ -389,8 +424,10 @@ def _retracted(corrections: list[dict[str, Any]], publication_types: list[str]) 
     correction pointing at the notice,
     and the publication type "Retracted Publication" (the notice itself is "Retraction of
     Publication", with ``RetractionOf``: it is not retracted)."""
-    return (any(c["ref_type"] in ("RetractionIn", "RetractedandRepublishedIn") for c in corrections)
-            or "Retracted Publication" in publication_types)
+    return (
+        any(c["ref_type"] in ("RetractionIn", "RetractedandRepublishedIn") for c in corrections)
+        or "Retracted Publication" in publication_types
+    )
 
 
 def _pages(pagination: ET.Element | None) -> str | None:
@@ -407,8 +444,11 @@ def _other_article_ids(id_list: ET.Element | None) -> list[dict[str, str]]:
     """ArticleIdList ids other than the PMID, DOI and PMC id (those have their own columns)."""
     if id_list is None:
         return []
-    return [{"source": item.get("IdType"), "id": _plain(item)} for item in id_list.iterfind("ArticleId")
-            if item.get("IdType", "pubmed") not in ("pubmed", "doi", "pmc") and _plain(item)]
+    return [
+        {"source": item.get("IdType"), "id": _plain(item)}
+        for item in id_list.iterfind("ArticleId")
+        if item.get("IdType", "pubmed") not in ("pubmed", "doi", "pmc") and _plain(item)
+    ]
 
 
 def _abstract(abstract: ET.Element | None) -> dict[str, Any]:
@@ -484,7 +524,13 @@ def _article_ids(id_list: ET.Element | None) -> dict[str, str]:
 
 
 def _date(pub_date: ET.Element | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"pub_year": None, "pub_month": None, "pub_day": None, "pub_season": None, "medline_date": None}
+    out: dict[str, Any] = {
+        "pub_year": None,
+        "pub_month": None,
+        "pub_day": None,
+        "pub_season": None,
+        "medline_date": None,
+    }
     if pub_date is None:
         return out
     medline = _plain(pub_date.find("MedlineDate"))

@@ -69,8 +69,7 @@ class JobSpec:
 
 _ALLOWED = {
     "job": {"name", "output", "schedule", "incremental"},
-    "source": {"kind", "query", "mindate", "maxdate", "max", "email", "api_key", "eutils_url",
-               "paths", "shard_size"},
+    "source": {"kind", "query", "mindate", "maxdate", "max", "email", "api_key", "eutils_url", "paths", "shard_size"},
     **{f"tasks.{name}": set(entry.options.job_keys()) for name, entry in TASKS.items()},
     "resources": {"address", "actors", "gpus_per_actor", "cpus_per_actor", "dtype"},
 }
@@ -108,8 +107,9 @@ def _resolve(spec: str, base_dir: Path) -> str:
     return spec if is_uri(spec) else os.path.normpath(base_dir / spec)
 
 
-def _task_options(name: str, table: dict[str, Any], base_dir: Path, dtype: str, check_models: bool,
-                  problems: list[str]) -> TaskOptions | None:
+def _task_options(
+    name: str, table: dict[str, Any], base_dir: Path, dtype: str, check_models: bool, problems: list[str]
+) -> TaskOptions | None:
     """``[tasks.NAME]`` as the task's typed options (None when a key is missing or mistyped)."""
     cls, where = TASKS[name].options, f"[tasks.{name}]"
     hints = typing.get_type_hints(cls)
@@ -140,8 +140,10 @@ def _task_options(name: str, table: dict[str, Any], base_dir: Path, dtype: str, 
     if isinstance(values.get("vocabulary"), str):
         values["vocabulary"] = _resolve(values["vocabulary"], base_dir)
     if check_models and not named and not (location(values["model"]) / "config.json").exists():
-        problems.append(f"{where} model = {model!r}: no config.json in {values['model']} (train or convert a "
-                        "model first: see `biomine train ner --help` and `biomine convert fairseq --help`)")
+        problems.append(
+            f"{where} model = {model!r}: no config.json in {values['model']} (train or convert a "
+            "model first: see `biomine train ner --help` and `biomine convert fairseq --help`)"
+        )
     options = cls(**values, dtype=dtype)
     problems += [f"{where} {p}" for p in options.problems()]
     return options
@@ -152,9 +154,11 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
     for section in data:
         if section not in ("job", "source", "tasks", "resources"):
             problems.append(f"[{section}]: unknown section (expected job, source, tasks, resources)")
-    for name, table in [("job", data.get("job", {})), ("source", data.get("source", {})),
-                        ("resources", data.get("resources", {}))] + \
-            [(f"tasks.{k}", v) for k, v in data.get("tasks", {}).items()]:
+    for name, table in [
+        ("job", data.get("job", {})),
+        ("source", data.get("source", {})),
+        ("resources", data.get("resources", {})),
+    ] + [(f"tasks.{k}", v) for k, v in data.get("tasks", {}).items()]:
         if name not in _ALLOWED:
             problems.append(f"[{name}]: unknown task (expected one of {', '.join(TASKS)})")
             continue
@@ -178,25 +182,30 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
     src = data.get("source")
     source = SourceSpec(kind="")
     if not src:
-        problems.append("[source] is required (kind = \"entrez\" or \"files\")")
+        problems.append('[source] is required (kind = "entrez" or "files")')
     else:
         kind = src.get("kind")
         source.kind = kind or ""
         if kind == "entrez":
             if not src.get("query"):
-                problems.append("[source] query is required for kind = \"entrez\"")
+                problems.append('[source] query is required for kind = "entrez"')
             for key in ("mindate", "maxdate"):
                 if key in src:
                     _check_date(src[key], f"[source] {key}", problems)
-            if src.get("mindate") and src.get("maxdate") and _DATE.match(str(src["mindate"])) and \
-                    _DATE.match(str(src["maxdate"])) and str(src["mindate"]) > str(src["maxdate"]):
+            if (
+                src.get("mindate")
+                and src.get("maxdate")
+                and _DATE.match(str(src["mindate"]))
+                and _DATE.match(str(src["maxdate"]))
+                and str(src["mindate"]) > str(src["maxdate"])
+            ):
                 problems.append(f"[source] mindate {src['mindate']} is after maxdate {src['maxdate']}")
         elif kind == "files":
             paths = src.get("paths")
             if not paths or not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
                 problems.append("[source] paths must be a non-empty list of files, directories or globs")
         else:
-            problems.append(f"[source] kind = {kind!r}: use \"entrez\" or \"files\"")
+            problems.append(f'[source] kind = {kind!r}: use "entrez" or "files"')
         for key in ("query", "email", "api_key", "eutils_url"):
             _typed(src, key, str, "[source]", problems)
         source.query, source.email = src.get("query"), src.get("email")
@@ -213,10 +222,15 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
     dtype = _typed(res, "dtype", str, "[resources]", problems) or "auto"
     for key, minimum, strict in (("actors", 0, False), ("gpus_per_actor", 0, False), ("cpus_per_actor", 0, True)):
         value = res.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and (value <= minimum if strict
-                                                                                 else value < minimum):
-            problems.append(f"[resources] {key} = {value!r}: must be {'>' if strict else '>='} {minimum}"
-                            + (" (0 = one per GPU, or per 2 CPUs)" if key == "actors" else ""))
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (value <= minimum if strict else value < minimum)
+        ):
+            problems.append(
+                f"[resources] {key} = {value!r}: must be {'>' if strict else '>='} {minimum}"
+                + (" (0 = one per GPU, or per 2 CPUs)" if key == "actors" else "")
+            )
     tasks: dict[str, TaskOptions] = {}
     for name, table in (data.get("tasks") or {}).items():
         if name in TASKS and isinstance(table, dict):
@@ -236,9 +250,17 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
     if problems:
         where = f" in {path}" if path else ""
         raise JobConfigError(f"{len(problems)} problem(s){where}:\n  - " + "\n  - ".join(problems))
-    return JobSpec(name=job["name"], output=_resolve(job["output"], base_dir),
-                   source=source, tasks=tasks, resources=resources, schedule=schedule,
-                   incremental=bool(job.get("incremental", True)), path=path, raw=data)
+    return JobSpec(
+        name=job["name"],
+        output=_resolve(job["output"], base_dir),
+        source=source,
+        tasks=tasks,
+        resources=resources,
+        schedule=schedule,
+        incremental=bool(job.get("incremental", True)),
+        path=path,
+        raw=data,
+    )
 
 
 def load_job(path: str | Path, check_models: bool = True) -> JobSpec:

@@ -121,14 +121,17 @@ def _probe(address: str) -> None:
     """Fail fast, with one line, when nothing listens at ``host:port`` (Ray itself would retry for minutes)."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise BioMineError(f"Ray address {address!r}: use HOST:PORT (the head's GCS port, 6379 by default), "
-                           "auto, or ray://HOST:10001")
+        raise BioMineError(
+            f"Ray address {address!r}: use HOST:PORT (the head's GCS port, 6379 by default), auto, or ray://HOST:10001"
+        )
     try:
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT):
             pass
     except OSError as exc:
-        raise BioMineError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
-                           "`ray start --head` there, or omit --address/RAY_ADDRESS to run on this machine") from None
+        raise BioMineError(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
+            "`ray start --head` there, or omit --address/RAY_ADDRESS to run on this machine"
+        ) from None
 
 
 def check_address(address: str | None) -> None:
@@ -144,9 +147,11 @@ def check_address(address: str | None) -> None:
             import grpc  # noqa: F401
             import ray.util.client  # noqa: F401
         except ImportError:
-            raise BioMineError(f"{address} needs Ray Client: pip install 'ray[client]', or pass the head's "
-                               "GCS address (HOST:6379) from a node of the cluster") from None
-        address = address[len("ray://"):]
+            raise BioMineError(
+                f"{address} needs Ray Client: pip install 'ray[client]', or pass the head's "
+                "GCS address (HOST:6379) from a node of the cluster"
+            ) from None
+        address = address[len("ray://") :]
     _probe(address)
 
 
@@ -173,8 +178,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # execution plan at INFO. Users get our progress bars and summary instead.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-                  configure_logging=False)
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
     if address is None:
         _private_token()
         _loopback_only(True)
@@ -232,7 +236,8 @@ def _check_owner(out: Location, spec: JobSpec) -> None:
         raise StoreError(
             f"{out} belongs to job {theirs.get('name')!r} (source {theirs.get('source')}), not to job "
             f"{spec.name!r} (source {mine['source']}): use another output for this job, or delete {path} "
-            "to give it to this job (the other job's outputs would be mixed in)")
+            "to give it to this job (the other job's outputs would be mixed in)"
+        )
 
 
 def claim_output(out: Location, spec: JobSpec) -> None:
@@ -247,8 +252,9 @@ def claim_output(out: Location, spec: JobSpec) -> None:
     except FileNotFoundError:
         theirs = None
     except (OSError, ValueError) as exc:
-        raise StoreError(f"{path} is unreadable ({exc}): use another output, or delete it to give the "
-                         "output to this job") from None
+        raise StoreError(
+            f"{path} is unreadable ({exc}): use another output, or delete it to give the output to this job"
+        ) from None
     if theirs is None:
         if (out / "documents").exists():
             try:  # an output of this job written before ownership was recorded: adopt it
@@ -256,8 +262,10 @@ def claim_output(out: Location, spec: JobSpec) -> None:
             except (FileNotFoundError, ValueError):
                 earlier = None
             if earlier != spec.name:
-                raise StoreError(f"{out} holds documents but no {JOB_FILE} and no manifest of job {spec.name!r}: "
-                                 "it was not written by this job; use another output for it")
+                raise StoreError(
+                    f"{out} holds documents but no {JOB_FILE} and no manifest of job {spec.name!r}: "
+                    "it was not written by this job; use another output for it"
+                )
         path.write_json({"format": "biomine-job", **mine})
         return
     _check_owner(out, spec)
@@ -272,8 +280,12 @@ def code_version() -> dict[str, str]:
         pkg = "unknown"
     commit = "unknown"
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or "unknown"
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         pass
     return {"biomine": pkg, "git_commit": commit}
@@ -316,8 +328,7 @@ class RayPool:
         return _RayFuture(self._remote[fn].remote(*args))
 
 
-def _ingest_step(paths: list[str], docs: Location, shard_rows: int, progress: bool,
-                 lease: Lease) -> dict[str, Any]:
+def _ingest_step(paths: list[str], docs: Location, shard_rows: int, progress: bool, lease: Lease) -> dict[str, Any]:
     """Ingest the source files into ``docs``: this process applies and commits, Ray tasks on every
     node hash and parse (one per file). The run's lease covers the store, so the store takes none of
     its own."""
@@ -326,12 +337,30 @@ def _ingest_step(paths: list[str], docs: Location, shard_rows: int, progress: bo
     from pipeline.pubmed.ingest import ingest_files
 
     workers = int(ray.cluster_resources().get("CPU", 1))
-    s = ingest_files(paths, docs, shard_rows=shard_rows, progress=progress, lock=False, pool=RayPool(workers),
-                     before_commit=lease.check)
-    return {"kind": "files", "files": s.files, "files_skipped": s.skipped, "records": s.records,
-            "added": s.added, "replaced": s.replaced, "deleted": s.deleted, "tombstoned": s.tombstoned,
-            "shards_written": s.shards, "commits": s.commits, "reissued": s.reissued, "documents": s.rows,
-            "workers": workers}
+    s = ingest_files(
+        paths,
+        docs,
+        shard_rows=shard_rows,
+        progress=progress,
+        lock=False,
+        pool=RayPool(workers),
+        before_commit=lease.check,
+    )
+    return {
+        "kind": "files",
+        "files": s.files,
+        "files_skipped": s.skipped,
+        "records": s.records,
+        "added": s.added,
+        "replaced": s.replaced,
+        "deleted": s.deleted,
+        "tombstoned": s.tombstoned,
+        "shards_written": s.shards,
+        "commits": s.commits,
+        "reissued": s.reissued,
+        "documents": s.rows,
+        "workers": workers,
+    }
 
 
 def _fetch_step(spec: JobSpec, docs_uri: str, progress: bool) -> dict[str, Any]:
@@ -340,12 +369,29 @@ def _fetch_step(spec: JobSpec, docs_uri: str, progress: bool) -> dict[str, Any]:
     from pipeline.pubmed.eutils import Credentials, EutilsClient, fetch_query
 
     src = spec.source
-    client = EutilsClient(base_url=src.eutils_url,
-                          credentials=Credentials.resolve(email=src.email, api_key=src.api_key))
-    s = fetch_query(client, src.query, docs_uri, mindate=src.mindate, maxdate=src.maxdate,
-                    max_records=src.max, shard_rows=src.shard_size, progress=progress, lock=False)
-    return {"kind": "entrez", "query": src.query, "total_hits": s.total_hits, "fetched": s.fetched,
-            "already_present": s.already_present, "unavailable": len(s.unavailable), "documents": s.rows}
+    client = EutilsClient(
+        base_url=src.eutils_url, credentials=Credentials.resolve(email=src.email, api_key=src.api_key)
+    )
+    s = fetch_query(
+        client,
+        src.query,
+        docs_uri,
+        mindate=src.mindate,
+        maxdate=src.maxdate,
+        max_records=src.max,
+        shard_rows=src.shard_size,
+        progress=progress,
+        lock=False,
+    )
+    return {
+        "kind": "entrez",
+        "query": src.query,
+        "total_hits": s.total_hits,
+        "fetched": s.fetched,
+        "already_present": s.already_present,
+        "unavailable": len(s.unavailable),
+        "documents": s.rows,
+    }
 
 
 def _redacted(raw: dict[str, Any]) -> dict[str, Any]:
@@ -393,8 +439,12 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
         from pipeline.pubmed.eutils import Credentials, EutilsClient
 
         src = spec.source
-        check("[source] ", lambda: EutilsClient(base_url=src.eutils_url, credentials=Credentials.resolve(
-            email=src.email, api_key=src.api_key)))
+        check(
+            "[source] ",
+            lambda: EutilsClient(
+                base_url=src.eutils_url, credentials=Credentials.resolve(email=src.email, api_key=src.api_key)
+            ),
+        )
     classes = {}
     for name, options in list(spec.tasks.items()):
         where = f"[tasks.{name}] "
@@ -418,8 +468,9 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
         raise JobConfigError(problems[0])
     if problems:  # one line still: (1) ...; (2) ... - every problem at once, greppable in a log
         where = f" in {spec.path}" if spec.path else ""
-        raise JobConfigError(f"{len(problems)} problems{where}: "
-                             + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
+        raise JobConfigError(
+            f"{len(problems)} problems{where}: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+        )
     return classes
 
 
@@ -444,8 +495,9 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
         return _run(spec, classes, out, lease, progress, num_cpus)
 
 
-def _run(spec: JobSpec, classes: dict[str, Any], out: Location, lease: Lease, progress: bool,
-         num_cpus: int | None) -> dict[str, Any]:
+def _run(
+    spec: JobSpec, classes: dict[str, Any], out: Location, lease: Lease, progress: bool, num_cpus: int | None
+) -> dict[str, Any]:
 
     from pipeline.run.stages import run_task_stage
     from pipeline.store.shards import committed_shards, read_deletions
@@ -455,9 +507,12 @@ def _run(spec: JobSpec, classes: dict[str, Any], out: Location, lease: Lease, pr
     init_ray(spec.resources.address, num_cpus=num_cpus)
     manifest: dict[str, Any] = {
         "job": {"name": spec.name, "spec": _redacted(spec.raw), "path": str(spec.path) if spec.path else None},
-        "code": code_version(), "started_at": started.isoformat(timespec="seconds"), "stages": {},
+        "code": code_version(),
+        "started_at": started.isoformat(timespec="seconds"),
+        "stages": {},
         "models": {name: {**describe(o.model), "sha256": o.model_sha256} for name, o in spec.tasks.items()},
-        "failures": [], "finished_at": None,
+        "failures": [],
+        "finished_at": None,
     }
     (out / MANIFEST).write_json(manifest)
 
@@ -490,10 +545,18 @@ def _run(spec: JobSpec, classes: dict[str, Any], out: Location, lease: Lease, pr
         if not spec.incremental and dataset.records():
             log.warning("%s: recomputing %s (incremental = false)", spec.name, dataset.loc)
             dataset.clear()
-        result = run_task_stage(cls, options, [docs / s.name for s in shards], dataset.loc, inputs=identities,
-                                actors=actors, gpus_per_actor=gpus_per_actor,
-                                cpus_per_actor=spec.resources.cpus_per_actor, progress=progress,
-                                before_commit=lease.check)
+        result = run_task_stage(
+            cls,
+            options,
+            [docs / s.name for s in shards],
+            dataset.loc,
+            inputs=identities,
+            actors=actors,
+            gpus_per_actor=gpus_per_actor,
+            cpus_per_actor=spec.resources.cpus_per_actor,
+            progress=progress,
+            before_commit=lease.check,
+        )
         retired = sorted(set(dataset.records()) - live)
         for shard in retired:
             dataset.retire(shard)
@@ -501,20 +564,34 @@ def _run(spec: JobSpec, classes: dict[str, Any], out: Location, lease: Lease, pr
         # above cover only what it did itself), read from the commit records.
         committed = dataset.records(live)
         manifest["stages"][name] = {
-            "dataset": cls.dataset, "shards_done": result.shards_done, "shards_skipped": result.shards_skipped,
-            "shards_retired": len(retired), "redone": result.redone, "documents": result.documents,
-            "rows": result.rows, "seconds": round(result.seconds, 3), "actors": actors,
-            "gpus_per_actor": gpus_per_actor, "failures": len(result.failures),
-            "committed": {"shards": len(committed), "documents": sum(r["documents"] for r in committed.values()),
-                          "rows": sum(r["file"]["rows"] or 0 for r in committed.values()),
-                          # documents whose output readers see (the others were revised or deleted since)
-                          "live_documents": sum(by_stem[s].live for s in committed)},
+            "dataset": cls.dataset,
+            "shards_done": result.shards_done,
+            "shards_skipped": result.shards_skipped,
+            "shards_retired": len(retired),
+            "redone": result.redone,
+            "documents": result.documents,
+            "rows": result.rows,
+            "seconds": round(result.seconds, 3),
+            "actors": actors,
+            "gpus_per_actor": gpus_per_actor,
+            "failures": len(result.failures),
+            "committed": {
+                "shards": len(committed),
+                "documents": sum(r["documents"] for r in committed.values()),
+                "rows": sum(r["file"]["rows"] or 0 for r in committed.values()),
+                # documents whose output readers see (the others were revised or deleted since)
+                "live_documents": sum(by_stem[s].live for s in committed),
+            },
         }
         # Every failed record of the current outputs (this run's and any a redo could not fix), read
         # from the commit records, so a killed run loses none; failures of articles revised or
         # deleted since do not count.
-        manifest["failures"] += [f for shard in sorted(committed) for f in committed[shard].get("failures", [])
-                                 if not by_stem[shard].deleted or f["pmid"] not in dead(by_stem[shard])]
+        manifest["failures"] += [
+            f
+            for shard in sorted(committed)
+            for f in committed[shard].get("failures", [])
+            if not by_stem[shard].deleted or f["pmid"] not in dead(by_stem[shard])
+        ]
     manifest["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
     (out / MANIFEST).write_json(manifest)
@@ -528,9 +605,18 @@ def summary_table(manifest: dict[str, Any]) -> str:
     for name, s in manifest["stages"].items():
         if name == "documents":
             continue
-        rows.append((f"{name} -> {s['dataset']}", str(s["shards_done"]), str(s["shards_skipped"]),
-                     str(s["documents"]), str(s["rows"]), str(s["failures"]), str(s["seconds"]),
-                     str(s.get("committed", {}).get("rows", ""))))
+        rows.append(
+            (
+                f"{name} -> {s['dataset']}",
+                str(s["shards_done"]),
+                str(s["shards_skipped"]),
+                str(s["documents"]),
+                str(s["rows"]),
+                str(s["failures"]),
+                str(s["seconds"]),
+                str(s.get("committed", {}).get("rows", "")),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

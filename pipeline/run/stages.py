@@ -81,8 +81,11 @@ class StageResult:
 def stage_settings(task_cls: type[Task], options: TaskOptions) -> dict[str, Any]:
     """What a task's outputs depend on: the task, its output schema version and its settings."""
     meta = task_cls.schema.metadata or {}
-    return {"task": task_cls.name, "schema_version": int(meta.get(b"biomine.schema_version", b"0")),
-            **options.settings()}
+    return {
+        "task": task_cls.name,
+        "schema_version": int(meta.get(b"biomine.schema_version", b"0")),
+        **options.settings(),
+    }
 
 
 def shard_name(shard: str | os.PathLike | Location) -> str:
@@ -93,8 +96,12 @@ def shard_name(shard: str | os.PathLike | Location) -> str:
 
 def shard_identity(shard: Location) -> dict[str, Any]:
     """Name, rows, size and sha256 of a document shard read from storage (when its manifest has none)."""
-    return {"name": shard.name, "rows": shard.parquet_metadata().num_rows, "size": shard.size(),
-            "sha256": shard.sha256()}
+    return {
+        "name": shard.name,
+        "rows": shard.parquet_metadata().num_rows,
+        "size": shard.size(),
+        "sha256": shard.sha256(),
+    }
 
 
 def local_options(options: TaskOptions) -> TaskOptions:
@@ -162,10 +169,14 @@ class _TaskActor:
             n = len(docs["pmid"])
             per_doc, errors = self._run(docs, n)
             if len(per_doc) != n:
-                raise RuntimeError(f"task {self.task.name} returned {len(per_doc)} results for the {n} "
-                                   f"documents of shard {shard}")
-            failed = [{"task": self.task.name, "pmid": int(pmid), "shard": str(shard), "error": error}
-                      for pmid, error in zip(docs["pmid"], errors) if error]
+                raise RuntimeError(
+                    f"task {self.task.name} returned {len(per_doc)} results for the {n} documents of shard {shard}"
+                )
+            failed = [
+                {"task": self.task.name, "pmid": int(pmid), "shard": str(shard), "error": error}
+                for pmid, error in zip(docs["pmid"], errors)
+                if error
+            ]
             rows = [row for doc_rows in per_doc for row in doc_rows]
             # Stable sort: by pmid, then the task's own keys; rows of one document keep the task's order.
             rows.sort(key=_sort_key(self.task_cls.sort_keys))
@@ -181,8 +192,14 @@ class _TaskActor:
         try:
             return self.task(docs), [""] * n
         except Exception as exc:  # a bad batch must not kill the run
-            log.warning("task %s failed on a shard of %d documents (%s: %s); retrying it in chunks of %d",
-                        self.task.name, n, type(exc).__name__, exc, self.chunk)
+            log.warning(
+                "task %s failed on a shard of %d documents (%s: %s); retrying it in chunks of %d",
+                self.task.name,
+                n,
+                type(exc).__name__,
+                exc,
+                self.chunk,
+            )
         per_doc: list[list[dict]] = []
         errors: list[str] = []
         for start in range(0, n, self.chunk):
@@ -198,8 +215,9 @@ class _TaskActor:
                     per_doc += self.task(_slice(docs, i, i + 1))
                     errors.append("")
                 except Exception as one:
-                    log.error("task %s failed on PMID %s: %s: %s", self.task.name, docs["pmid"][i],
-                              type(one).__name__, one)
+                    log.error(
+                        "task %s failed on PMID %s: %s: %s", self.task.name, docs["pmid"][i], type(one).__name__, one
+                    )
                     per_doc.append([])
                     errors.append(f"{type(one).__name__}: {one}")
         return per_doc, errors
@@ -213,7 +231,6 @@ def _quiet_ray_data_console() -> None:
             handler.setLevel(logging.WARNING)
 
 
-
 def write_shard_output(out: Location, shard: str, table) -> FileInfo:
     """Write one shard's rows as its content-named data file in dataset ``out``."""
     data = parquet_bytes(table)
@@ -222,10 +239,19 @@ def write_shard_output(out: Location, shard: str, table) -> FileInfo:
     return FileInfo(info.name, info.size, info.sha256, table.num_rows)
 
 
-def run_task_stage(task_cls: type[Task], options: TaskOptions, shards: Sequence[str | os.PathLike | Location],
-                   out: str | os.PathLike | Location, *, actors: int, gpus_per_actor: float,
-                   cpus_per_actor: float = 1.0, inputs: Mapping[str, Mapping[str, Any]] | None = None,
-                   before_commit: Callable[[], None] | None = None, progress: bool = True) -> StageResult:
+def run_task_stage(
+    task_cls: type[Task],
+    options: TaskOptions,
+    shards: Sequence[str | os.PathLike | Location],
+    out: str | os.PathLike | Location,
+    *,
+    actors: int,
+    gpus_per_actor: float,
+    cpus_per_actor: float = 1.0,
+    inputs: Mapping[str, Mapping[str, Any]] | None = None,
+    before_commit: Callable[[], None] | None = None,
+    progress: bool = True,
+) -> StageResult:
     """Run ``task_cls`` over the document ``shards`` (locations of their Parquet files), into dataset ``out``.
 
     ``inputs`` gives each shard's identity (``ShardInfo.identity()`` from the documents manifest, by
@@ -259,9 +285,11 @@ def run_task_stage(task_cls: type[Task], options: TaskOptions, shards: Sequence[
         written = out / output.file.name
         if written.size() != output.file.size:  # the worker's file must be there, whole, before we commit it
             if out.is_local:
-                raise StoreError(f"{task_cls.name}: {written} is not on this machine although a worker wrote it: "
-                                 "on a cluster the output must be on storage every node reaches (s3://..., "
-                                 "or a folder mounted at the same path on every node)")
+                raise StoreError(
+                    f"{task_cls.name}: {written} is not on this machine although a worker wrote it: "
+                    "on a cluster the output must be on storage every node reaches (s3://..., "
+                    "or a folder mounted at the same path on every node)"
+                )
             raise RuntimeError(f"{task_cls.name}: {written} is missing or incomplete after its worker wrote it")
         if before_commit:
             before_commit()
@@ -271,9 +299,16 @@ def run_task_stage(task_cls: type[Task], options: TaskOptions, shards: Sequence[
         result.shards_done += 1
         result.documents += output.documents
         result.rows += output.file.rows or 0
-        log.info("%s: %s done (%d documents, %d rows, %d failed) [%d/%d shards]", task_cls.name, written,
-                 output.documents, output.file.rows or 0, len(output.failures),
-                 result.shards_done + result.shards_skipped, len(shard_locs))
+        log.info(
+            "%s: %s done (%d documents, %d rows, %d failed) [%d/%d shards]",
+            task_cls.name,
+            written,
+            output.documents,
+            output.file.rows or 0,
+            len(output.failures),
+            result.shards_done + result.shards_skipped,
+            len(shard_locs),
+        )
 
     pending = sorted(reasons)
     for name in [n for n in pending if identities[n]["rows"] == 0]:  # nothing to run, but complete
@@ -297,11 +332,21 @@ def run_task_stage(task_cls: type[Task], options: TaskOptions, shards: Sequence[
     # fusing the prepare tasks into the model actors, which it does for maps with equal remote args
     # (num_cpus=1 both, on a CPU cluster: ray/data/_internal/logical/rules/operator_fusion.py), and
     # then tokenisation would run inside the actor instead of beside it.
-    ds = ds.map_batches(_prepare_shards, fn_kwargs=dict(task_cls=task_cls, options=options), batch_size=1,
-                        num_cpus=1, memory=PREPARE_MEMORY)
-    ds = ds.map_batches(_TaskActor, fn_constructor_kwargs=dict(task_cls=task_cls, options=options, out_uri=out.uri),
-                        batch_size=1, compute=ray.data.ActorPoolStrategy(size=max(1, actors)),
-                        num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor)
+    ds = ds.map_batches(
+        _prepare_shards,
+        fn_kwargs=dict(task_cls=task_cls, options=options),
+        batch_size=1,
+        num_cpus=1,
+        memory=PREPARE_MEMORY,
+    )
+    ds = ds.map_batches(
+        _TaskActor,
+        fn_constructor_kwargs=dict(task_cls=task_cls, options=options, out_uri=out.uri),
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=max(1, actors)),
+        num_gpus=gpus_per_actor or None,
+        num_cpus=cpus_per_actor,
+    )
     # Ray Data restarts dead actors and retries their tasks by default (max_restarts=-1): a lost
     # actor or node costs time, not rows; a shard is committed only once its whole result arrived.
 
@@ -309,8 +354,10 @@ def run_task_stage(task_cls: type[Task], options: TaskOptions, shards: Sequence[
     try:
         for record in ds.iter_rows():
             if record[FATAL_COL]:
-                raise StageError(f"{task_cls.name}: the model actor could not start: {record[FATAL_COL]} "
-                                 f"({result.shards_done} shards committed before are kept; fix the model and re-run)")
+                raise StageError(
+                    f"{task_cls.name}: the model actor could not start: {record[FATAL_COL]} "
+                    f"({result.shards_done} shards committed before are kept; fix the model and re-run)"
+                )
             output: ShardOutput = pickle.loads(record[RESULT_COL])
             commit(output)
             done.add(output.shard)

@@ -53,8 +53,7 @@ def data_file_name(shard: str, sha256: str) -> str:
 
 def fingerprint(input_shard: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of what a shard's output depends on."""
-    blob = json.dumps({"input": input_shard, "settings": settings}, sort_keys=True, separators=(",", ":"),
-                      default=str)
+    blob = json.dumps({"input": input_shard, "settings": settings}, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -123,8 +122,14 @@ class TaskDataset:
         return {s: self._all[s] for s in shards if s in self._all}
 
     # --- verifying -----------------------------------------------------------------------------
-    def check(self, shard: str, expected: str, input_shard: Mapping[str, Any], settings: Mapping[str, Any],
-              record: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    def check(
+        self,
+        shard: str,
+        expected: str,
+        input_shard: Mapping[str, Any],
+        settings: Mapping[str, Any],
+        record: Mapping[str, Any] | None,
+    ) -> tuple[str, str] | None:
         """``(kind, why)`` when ``shard`` must be computed (again), None when its committed output is
         valid for fingerprint ``expected`` and its data file is intact (size and sha256 read back).
         Kinds: ``not computed``, ``settings changed``, ``input changed``, ``missing``, ``damaged``,
@@ -149,8 +154,9 @@ class TaskDataset:
             return "failed documents", f"{len(record['failures'])} of its documents failed last time"
         return None
 
-    def plan(self, wanted: Mapping[str, tuple[str, Mapping[str, Any]]],
-             settings: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    def plan(
+        self, wanted: Mapping[str, tuple[str, Mapping[str, Any]]], settings: Mapping[str, Any]
+    ) -> dict[str, tuple[str, str]]:
         """``{shard: (kind, why)}`` for each shard of ``wanted`` (``shard -> (fingerprint, input info)``)
         that must be computed; the others are verified done. Checksums are read in parallel."""
         records = self.records(wanted)
@@ -163,15 +169,29 @@ class TaskDataset:
             return {s: r for s, r in pool.map(one, list(wanted)) if r is not None}
 
     # --- committing ----------------------------------------------------------------------------
-    def commit(self, output: ShardOutput, *, task: str, expected: str, input_shard: Mapping[str, Any],
-               settings: Mapping[str, Any]) -> dict[str, Any]:
+    def commit(
+        self,
+        output: ShardOutput,
+        *,
+        task: str,
+        expected: str,
+        input_shard: Mapping[str, Any],
+        settings: Mapping[str, Any],
+    ) -> dict[str, Any]:
         """Write the commit record of ``output`` (the data file is written already). The record
         replaces an older one in one PUT; the older data file, if another, is removed after."""
         previous = self.record(output.shard)
         record = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "task": task, "shard": output.shard,
-            "fingerprint": expected, "input": dict(input_shard), "settings": dict(settings),
-            "file": asdict(output.file), "documents": output.documents, "failures": output.failures,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "task": task,
+            "shard": output.shard,
+            "fingerprint": expected,
+            "input": dict(input_shard),
+            "settings": dict(settings),
+            "file": asdict(output.file),
+            "documents": output.documents,
+            "failures": output.failures,
             "committed_at": _now(),
         }
         (self.commits / f"{output.shard}.json").write_json(record)

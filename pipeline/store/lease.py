@@ -79,10 +79,15 @@ class Lease:
 
     def _body(self) -> dict[str, Any]:
         now = _now()
-        return {"run_id": self.run_id, "what": self.what, "host": socket.gethostname(), "pid": os.getpid(),
-                "pid_namespace": _pid_namespace(),
-                "taken_at": self._taken_at or now.isoformat(timespec="seconds"),
-                "expires_at": (now + _dt.timedelta(seconds=self.ttl)).isoformat(timespec="seconds")}
+        return {
+            "run_id": self.run_id,
+            "what": self.what,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "pid_namespace": _pid_namespace(),
+            "taken_at": self._taken_at or now.isoformat(timespec="seconds"),
+            "expires_at": (now + _dt.timedelta(seconds=self.ttl)).isoformat(timespec="seconds"),
+        }
 
     def _holder(self) -> dict[str, Any] | None:
         """The valid lease of another run, or None."""
@@ -101,13 +106,28 @@ class Lease:
         except (KeyError, TypeError, ValueError):
             return None
         if expires <= _now():
-            log.warning("%s: the lease of run %s (%s, host %s, pid %s) expired at %s; taking it over", self.path,
-                        held.get("run_id"), held.get("what"), held.get("host"), held.get("pid"), held["expires_at"])
+            log.warning(
+                "%s: the lease of run %s (%s, host %s, pid %s) expired at %s; taking it over",
+                self.path,
+                held.get("run_id"),
+                held.get("what"),
+                held.get("host"),
+                held.get("pid"),
+                held["expires_at"],
+            )
             return None
-        if held.get("host") == socket.gethostname() and held.get("pid_namespace") == _pid_namespace() \
-                and isinstance(held.get("pid"), int) and not _pid_alive(held["pid"]):
-            log.warning("%s: run %s (pid %s on this host) is no longer running; taking its lease over",
-                        self.path, held.get("run_id"), held.get("pid"))
+        if (
+            held.get("host") == socket.gethostname()
+            and held.get("pid_namespace") == _pid_namespace()
+            and isinstance(held.get("pid"), int)
+            and not _pid_alive(held["pid"])
+        ):
+            log.warning(
+                "%s: run %s (pid %s on this host) is no longer running; taking its lease over",
+                self.path,
+                held.get("run_id"),
+                held.get("pid"),
+            )
             return None
         return held
 
@@ -115,7 +135,8 @@ class Lease:
         raise StoreError(
             f"{self.path.parent} is in use by another run: {held.get('what')} (run {held.get('run_id')}, host "
             f"{held.get('host')}, pid {held.get('pid')}, since {held.get('taken_at')}); wait for it to finish, "
-            f"or, if it was killed, for its lease to expire at {held.get('expires_at')} (or delete {self.path})")
+            f"or, if it was killed, for its lease to expire at {held.get('expires_at')} (or delete {self.path})"
+        )
 
     def acquire(self) -> "Lease":
         held = self._holder()
@@ -142,8 +163,10 @@ class Lease:
                 held = self.path.read_json()
                 if held.get("run_id") != self.run_id:
                     # We stalled past the ttl and another run took over: stop, never overwrite it.
-                    self.lost = (f"run {held.get('run_id')} ({held.get('what')}, host {held.get('host')}) took "
-                                 f"over {self.path} while this run had stalled")
+                    self.lost = (
+                        f"run {held.get('run_id')} ({held.get('what')}, host {held.get('host')}) took "
+                        f"over {self.path} while this run had stalled"
+                    )
                     log.error("%s", self.lost)
                     return
                 self.path.write_json(self._body())
@@ -160,8 +183,10 @@ class Lease:
         :raises StoreError: another run holds the location now (this one must stop writing).
         """
         if self.lost:
-            raise StoreError(f"this run lost its hold on {self.path.parent}: {self.lost}; nothing more is "
-                             "committed by it (the other run continues the job)")
+            raise StoreError(
+                f"this run lost its hold on {self.path.parent}: {self.lost}; nothing more is "
+                "committed by it (the other run continues the job)"
+            )
 
     def release(self) -> None:
         self._stop.set()

@@ -122,8 +122,10 @@ def _fetch(loc: Location, root: Path, sha256: str | None) -> Path:
             (loc / name).download(tmp / name)
         got = model_checksum(tmp)
         if sha256 and got != sha256:
-            raise StoreError(f"the model at {loc} has checksum {got[:12]}... but this run started with "
-                             f"{sha256[:12]}...: it changed on storage during the run; re-run the job")
+            raise StoreError(
+                f"the model at {loc} has checksum {got[:12]}... but this run started with "
+                f"{sha256[:12]}...: it changed on storage during the run; re-run the job"
+            )
         (tmp / _VERIFIED).write_text(str(loc) + "\n")
         final = root / got / loc.name
         final.parent.mkdir(exist_ok=True)
@@ -175,8 +177,10 @@ def materialize_file(uri: str, sha256: str | None = None) -> Path:
         loc.download(tmp / loc.name)
         got = hashlib.sha256((tmp / loc.name).read_bytes()).hexdigest()
         if sha256 and got != sha256:
-            raise StoreError(f"{loc} has checksum {got[:12]}... but this run started with {sha256[:12]}...: it "
-                             "changed on storage during the run; re-run the job")
+            raise StoreError(
+                f"{loc} has checksum {got[:12]}... but this run started with {sha256[:12]}...: it "
+                "changed on storage during the run; re-run the job"
+            )
         final = root / got
         final.mkdir(exist_ok=True)
         os.replace(tmp / loc.name, final / loc.name)

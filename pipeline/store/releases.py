@@ -59,37 +59,45 @@ _BLOB = "https://msralaphilly2.blob.core.windows.net/release/BioGPT/checkpoints/
 # Read-only SAS links exactly as microsoft/BioGPT's README gives them (valid until 2099-12-30).
 _SAS = {
     "Pre-trained-BioGPT": "st=2023-11-13T15:37:35Z&se=2099-12-30T23:37:35Z&spr=https&sv=2022-11-02&sr=b"
-                          "&sig=3CcG1TOhqJPBhkVutvVn3PtUq0vPyLBgwggUfojypfY%3D",
+    "&sig=3CcG1TOhqJPBhkVutvVn3PtUq0vPyLBgwggUfojypfY%3D",
     "Pre-trained-BioGPT-Large": "st=2023-11-13T15:38:13Z&se=2099-12-30T23:38:13Z&spr=https&sv=2022-11-02&sr=b"
-                                "&sig=ib1SZut9wAwrsxGWtFtIZDhrnRg92dwPJmoY2lr3MTg%3D",
+    "&sig=ib1SZut9wAwrsxGWtFtIZDhrnRg92dwPJmoY2lr3MTg%3D",
     "QA-PubMedQA-BioGPT": "st=2023-11-13T15:38:43Z&se=2099-12-30T23:38:43Z&spr=https&sv=2022-11-02&sr=b"
-                          "&sig=A5SQae6ifsXmrsgpj4E2flhyXm4iHc%2FqO5b8HGOMyjc%3D",
+    "&sig=A5SQae6ifsXmrsgpj4E2flhyXm4iHc%2FqO5b8HGOMyjc%3D",
     "QA-PubMedQA-BioGPT-Large": "st=2023-11-13T15:39:40Z&se=2099-12-30T23:39:40Z&spr=https&sv=2022-11-02&sr=b"
-                                "&sig=t%2B%2FD%2BxVoIxiuyDsD0VXv%2FjSGoS0VcrdVXycYhWZoxUc%3D",
+    "&sig=t%2B%2FD%2BxVoIxiuyDsD0VXv%2FjSGoS0VcrdVXycYhWZoxUc%3D",
     "RE-BC5CDR-BioGPT": "st=2023-11-13T15:35:14Z&se=2099-12-30T23:35:14Z&spr=https&sv=2022-11-02&sr=b"
-                        "&sig=uXlLIHlVeKIbS%2BVmdzAmlNCeKdoKO2lxsSmwSi%2FH8nE%3D",
+    "&sig=uXlLIHlVeKIbS%2BVmdzAmlNCeKdoKO2lxsSmwSi%2FH8nE%3D",
     "RE-DDI-BioGPT": "st=2023-11-13T15:35:58Z&se=2099-12-30T23:35:58Z&spr=https&sv=2022-11-02&sr=b"
-                     "&sig=DkaQMuM%2FXAsM2p8%2BUs45ecuqhlSRF1DUYRBJNcxD6Pk%3D",
+    "&sig=DkaQMuM%2FXAsM2p8%2BUs45ecuqhlSRF1DUYRBJNcxD6Pk%3D",
     "RE-DTI-BioGPT": "st=2023-11-13T15:36:23Z&se=2099-12-30T23:36:23Z&spr=https&sv=2022-11-02&sr=b"
-                     "&sig=bRgUZyqGuwYdM%2FVFzIv6Xa0GThkXq6bVzszmTe9c%2BKM%3D",
+    "&sig=bRgUZyqGuwYdM%2FVFzIv6Xa0GThkXq6bVzszmTe9c%2BKM%3D",
     "DC-HoC-BioGPT": "st=2023-11-13T15:37:17Z&se=2099-12-30T23:37:17Z&spr=https&sv=2022-11-02&sr=b"
-                     "&sig=1DxroWPt%2FBppCTy7QHs842lLy8SQRcUeUwSfMzDFvl0%3D",
+    "&sig=1DxroWPt%2FBppCTy7QHs842lLy8SQRcUeUwSfMzDFvl0%3D",
 }
 _RAW = "https://raw.githubusercontent.com/microsoft/BioGPT/"
 #: The vocabulary files of each model size, pinned to the commits that hold them and to their
 #: sha256 (the released files; base 42,380 words + 40,000 merges, large 57,713 words + 50,000 merges).
 VOCABS = {
     "base": {
-        "dict.txt": (_RAW + "e49e5809bd317c4a1b6cb8498659e27d4e70814a/data/BioGPT/dict.txt",
-                     "1719be3b72a5af941702d1b393c1a551e839cca233d7e2c2d16485dc3ce46e8a"),
-        "bpecodes": (_RAW + "e49e5809bd317c4a1b6cb8498659e27d4e70814a/data/BioGPT/bpecodes",
-                     "9dcbaa97d51e28e26cd82bc4b038affcb29fecf259f5bacf3f3775012d6cf174"),
+        "dict.txt": (
+            _RAW + "e49e5809bd317c4a1b6cb8498659e27d4e70814a/data/BioGPT/dict.txt",
+            "1719be3b72a5af941702d1b393c1a551e839cca233d7e2c2d16485dc3ce46e8a",
+        ),
+        "bpecodes": (
+            _RAW + "e49e5809bd317c4a1b6cb8498659e27d4e70814a/data/BioGPT/bpecodes",
+            "9dcbaa97d51e28e26cd82bc4b038affcb29fecf259f5bacf3f3775012d6cf174",
+        ),
     },
     "large": {
-        "dict.txt": (_RAW + "d0910826116de7fd05b20d44ec6ad33d9ed35e1e/data/biogpt_large_dict.txt",
-                     "42aeae466f4b991c342daa47d5e1a9dfce27d4ad366442a93364f65314344b92"),
-        "bpecodes": (_RAW + "e49e5809bd317c4a1b6cb8498659e27d4e70814a/data/BioGPT-Large/bpecodes",
-                     "fa6590c1e18131f84ad33159d0e3a7995416592bebebddae93942639c9b8863c"),
+        "dict.txt": (
+            _RAW + "d0910826116de7fd05b20d44ec6ad33d9ed35e1e/data/biogpt_large_dict.txt",
+            "42aeae466f4b991c342daa47d5e1a9dfce27d4ad366442a93364f65314344b92",
+        ),
+        "bpecodes": (
+            _RAW + "e49e5809bd317c4a1b6cb8498659e27d4e70814a/data/BioGPT-Large/bpecodes",
+            "fa6590c1e18131f84ad33159d0e3a7995416592bebebddae93942639c9b8863c",
+        ),
     },
 }
 
@@ -120,25 +128,41 @@ class Release:
         return f"{_BLOB}{self.archive}.tgz?sp=r&{_SAS[self.archive]}"
 
 
-RELEASES = {r.name: r for r in (
-    Release("biogpt", "Pre-trained-BioGPT", "lm", "base", "pre-trained BioGPT (347M)", "microsoft/biogpt"),
-    Release("biogpt-large", "Pre-trained-BioGPT-Large", "lm", "large", "pre-trained BioGPT-Large (1.5B)",
-            "microsoft/BioGPT-Large"),
-    Release("re-ddi", "RE-DDI-BioGPT", "re-ddi", "base", "relation extraction, DDI 2013 (drug-drug interactions)"),
-    Release("re-dti", "RE-DTI-BioGPT", "re-dti", "base", "relation extraction, KD-DTI (drug-target interactions)"),
-    Release("re-bc5cdr", "RE-BC5CDR-BioGPT", "re-bc5cdr", "base", "relation extraction, BC5CDR (chemical-disease)"),
-    Release("qa-pubmedqa", "QA-PubMedQA-BioGPT", "qa-pubmedqa", "base", "question answering, PubMedQA"),
-    Release("qa-pubmedqa-large", "QA-PubMedQA-BioGPT-Large", "qa-pubmedqa", "large",
-            "question answering, PubMedQA, BioGPT-Large", "microsoft/BioGPT-Large-PubMedQA"),
-    Release("dc-hoc", "DC-HoC-BioGPT", "dc-hoc", "base", "document classification, Hallmarks of Cancer"),
-)}
+RELEASES = {
+    r.name: r
+    for r in (
+        Release("biogpt", "Pre-trained-BioGPT", "lm", "base", "pre-trained BioGPT (347M)", "microsoft/biogpt"),
+        Release(
+            "biogpt-large",
+            "Pre-trained-BioGPT-Large",
+            "lm",
+            "large",
+            "pre-trained BioGPT-Large (1.5B)",
+            "microsoft/BioGPT-Large",
+        ),
+        Release("re-ddi", "RE-DDI-BioGPT", "re-ddi", "base", "relation extraction, DDI 2013 (drug-drug interactions)"),
+        Release("re-dti", "RE-DTI-BioGPT", "re-dti", "base", "relation extraction, KD-DTI (drug-target interactions)"),
+        Release("re-bc5cdr", "RE-BC5CDR-BioGPT", "re-bc5cdr", "base", "relation extraction, BC5CDR (chemical-disease)"),
+        Release("qa-pubmedqa", "QA-PubMedQA-BioGPT", "qa-pubmedqa", "base", "question answering, PubMedQA"),
+        Release(
+            "qa-pubmedqa-large",
+            "QA-PubMedQA-BioGPT-Large",
+            "qa-pubmedqa",
+            "large",
+            "question answering, PubMedQA, BioGPT-Large",
+            "microsoft/BioGPT-Large-PubMedQA",
+        ),
+        Release("dc-hoc", "DC-HoC-BioGPT", "dc-hoc", "base", "document classification, Hallmarks of Cancer"),
+    )
+}
 
 
 def release(name: str) -> Release:
     """:raises ReleaseError: ``name`` is not in :data:`RELEASES`."""
     if name not in RELEASES:
-        raise ReleaseError(f"unknown released model {name!r}; choose one of {', '.join(RELEASES)} "
-                           "(`biomine models list --available`)")
+        raise ReleaseError(
+            f"unknown released model {name!r}; choose one of {', '.join(RELEASES)} (`biomine models list --available`)"
+        )
     return RELEASES[name]
 
 
@@ -149,12 +173,16 @@ def _urls(rel: Release, mirror: str | None, allow_http: bool = False) -> tuple[s
         return rel.url, vocab
     scheme = urllib.parse.urlsplit(mirror).scheme.lower()
     if scheme == "http" and not allow_http:
-        raise ReleaseError(f"mirror {mirror} is plain http: anyone on the way can change what it sends; use an "
-                           "https:// mirror, or pass --allow-http for a mirror on a network you trust")
+        raise ReleaseError(
+            f"mirror {mirror} is plain http: anyone on the way can change what it sends; use an "
+            "https:// mirror, or pass --allow-http for a mirror on a network you trust"
+        )
     if scheme not in ("http", "https", "file"):
         raise ReleaseError(f"mirror {mirror}: expected an https:// (or http:// with --allow-http, or file://) URL")
-    return (f"{mirror}/{rel.archive}.tgz",
-            {name: (f"{mirror}/{rel.vocab}/{name}", sha) for name, (_, sha) in vocab.items()})
+    return (
+        f"{mirror}/{rel.archive}.tgz",
+        {name: (f"{mirror}/{rel.vocab}/{name}", sha) for name, (_, sha) in vocab.items()},
+    )
 
 
 def _shown(url: str) -> str:
@@ -162,8 +190,9 @@ def _shown(url: str) -> str:
     return urllib.parse.urlsplit(url)._replace(query="").geturl()
 
 
-def download(url: str, dest: Path, *, progress: bool | None = None, attempts: int = 5,
-             timeout: float = 60.0) -> tuple[str, int]:
+def download(
+    url: str, dest: Path, *, progress: bool | None = None, attempts: int = 5, timeout: float = 60.0
+) -> tuple[str, int]:
     """Fetch ``url`` into ``dest`` (through ``dest.part``), resuming a partial file with ``Range``;
     ``(sha256, bytes)`` of the result. A connection that breaks is retried, from where it broke, up
     to ``attempts`` times in a row without progress.
@@ -187,15 +216,18 @@ def download(url: str, dest: Path, *, progress: bool | None = None, attempts: in
                     if have and response.status == 200:  # the server ignores Range: start again
                         restarts += 1
                         if restarts > attempts:
-                            raise ReleaseError(f"{_shown(url)}: the server does not resume downloads (no Range "
-                                               f"support) and the connection broke {restarts} times; try a mirror "
-                                               "(--mirror)")
+                            raise ReleaseError(
+                                f"{_shown(url)}: the server does not resume downloads (no Range "
+                                f"support) and the connection broke {restarts} times; try a mirror "
+                                "(--mirror)"
+                            )
                         log.info("%s: the server does not resume; downloading again", _shown(url))
                         have = 0
                     total = _total(response, have)
                     if bar is None:
-                        bar = Progress(total, unit="byte", desc=f"download {dest.name}", bar=progress,
-                                       logger=log, initial=have)
+                        bar = Progress(
+                            total, unit="byte", desc=f"download {dest.name}", bar=progress, logger=log, initial=have
+                        )
                     with open(part, "ab" if have else "wb") as f:
                         for chunk in iter(lambda: response.read(1 << 20), b""):
                             f.write(chunk)
@@ -209,24 +241,30 @@ def download(url: str, dest: Path, *, progress: bool | None = None, attempts: in
                 if exc.code == 416 and have:  # nothing left to send: the part is complete
                     break
                 if exc.code not in (429, 500, 502, 503, 504):  # those pass: retried below, as a cut connection
-                    raise ReleaseError(f"{_shown(url)}: HTTP {exc.code} {exc.reason}; check the URL "
-                                       "(or --mirror / $BIOMINE_RELEASE_MIRROR)") from None
+                    raise ReleaseError(
+                        f"{_shown(url)}: HTTP {exc.code} {exc.reason}; check the URL "
+                        "(or --mirror / $BIOMINE_RELEASE_MIRROR)"
+                    ) from None
                 failures, last_error = failures + 1, exc
                 if failures >= attempts:
-                    raise ReleaseError(f"{_shown(url)}: HTTP {exc.code} {attempts} times in a row; run the command "
-                                       "again later to resume") from None
+                    raise ReleaseError(
+                        f"{_shown(url)}: HTTP {exc.code} {attempts} times in a row; run the command "
+                        "again later to resume"
+                    ) from None
                 log.warning("%s: HTTP %d; retrying", _shown(url), exc.code)
-                time.sleep(min(0.5 * 2 ** failures, 10.0))
+                time.sleep(min(0.5 * 2**failures, 10.0))
             except (OSError, http.client.HTTPException) as exc:  # refused, reset, cut mid-body (IncompleteRead)
                 before = have
                 have = part.stat().st_size if part.exists() else 0
                 failures = 0 if have > before else failures + 1
                 last_error = exc
                 if failures >= attempts:
-                    raise ReleaseError(f"{_shown(url)}: download failed {attempts} times in a row ({last_error}); "
-                                       f"run the command again to resume from byte {have}") from None
+                    raise ReleaseError(
+                        f"{_shown(url)}: download failed {attempts} times in a row ({last_error}); "
+                        f"run the command again to resume from byte {have}"
+                    ) from None
                 log.warning("%s: %s; resuming from byte %d", _shown(url), exc, have)
-                time.sleep(min(0.5 * 2 ** failures, 10.0))
+                time.sleep(min(0.5 * 2**failures, 10.0))
     finally:
         if bar is not None:
             bar.close()
@@ -282,8 +320,9 @@ def _pins() -> dict[str, str]:
         if not isinstance(pins, dict) or not all(isinstance(v, str) for v in pins.values()):
             raise ValueError("expected an object of archive name -> sha256")
     except ValueError as exc:
-        raise ReleaseError(f"{path} is not a valid pins file ({exc}); fix or delete it (its digests are "
-                           "re-pinned by the next pulls)") from None
+        raise ReleaseError(
+            f"{path} is not a valid pins file ({exc}); fix or delete it (its digests are re-pinned by the next pulls)"
+        ) from None
     return pins
 
 
@@ -324,8 +363,16 @@ def list_pulled() -> list[dict]:
     return [r for r in (pulled(n) for n in names) if r is not None]
 
 
-def pull(name: str, *, mirror: str | None = None, sha256: str | None = None, force: bool = False,
-         keep_archive: bool = False, progress: bool | None = None, allow_http: bool = False) -> dict:
+def pull(
+    name: str,
+    *,
+    mirror: str | None = None,
+    sha256: str | None = None,
+    force: bool = False,
+    keep_archive: bool = False,
+    progress: bool | None = None,
+    allow_http: bool = False,
+) -> dict:
     """Download, verify, unpack and convert the release ``name``; its record (see :func:`pulled`).
     An already pulled release is returned as it is unless ``force``.
 
@@ -343,33 +390,51 @@ def pull(name: str, *, mirror: str | None = None, sha256: str | None = None, for
     archive_url, vocab = _urls(rel, mirror, allow_http)
     archive = downloads / f"{rel.archive}.tgz"
     expected, pinned_by = expected_sha256(rel, sha256)
-    archive_sha, archive_bytes = (_sha256(archive), archive.stat().st_size) if archive.is_file() else \
-        download(archive_url, archive, progress=progress)
+    archive_sha, archive_bytes = (
+        (_sha256(archive), archive.stat().st_size)
+        if archive.is_file()
+        else download(archive_url, archive, progress=progress)
+    )
     if expected and archive_sha != expected:
         archive.unlink(missing_ok=True)
-        raise ReleaseError(f"{_shown(archive_url)}: sha256 {archive_sha} is not {expected} ({pinned_by}); the "
-                           "archive was removed and nothing was unpacked. If the release really changed, check "
-                           f"the new digest with its publisher and pass --sha256 (or edit {PINS_FILE})")
+        raise ReleaseError(
+            f"{_shown(archive_url)}: sha256 {archive_sha} is not {expected} ({pinned_by}); the "
+            "archive was removed and nothing was unpacked. If the release really changed, check "
+            f"the new digest with its publisher and pass --sha256 (or edit {PINS_FILE})"
+        )
     vocab_files = {}
     for file_name, (url, released) in vocab.items():
         path = downloads / rel.vocab / file_name
         got, _ = (_sha256(path), 0) if path.is_file() else download(url, path, progress=progress)
         if got != released:
             path.unlink()
-            raise ReleaseError(f"{_shown(url)}: sha256 {got} is not the released {rel.vocab} {file_name} "
-                               f"({released}); the download was removed, pull again")
+            raise ReleaseError(
+                f"{_shown(url)}: sha256 {got} is not the released {rel.vocab} {file_name} "
+                f"({released}); the download was removed, pull again"
+            )
         vocab_files[file_name] = path
     dest = hub.released_dir(name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".pull-{name}-", dir=dest.parent))
     try:
         source = _unpack(archive, work / "archive")
-        result = convert_fairseq_checkpoint(source, work / "model", dict_file=vocab_files["dict.txt"],
-                                            bpecodes_file=vocab_files["bpecodes"], task=rel.task)
+        result = convert_fairseq_checkpoint(
+            source,
+            work / "model",
+            dict_file=vocab_files["dict.txt"],
+            bpecodes_file=vocab_files["bpecodes"],
+            task=rel.task,
+        )
         record = {
-            "release": name, "what": rel.what, "url": _shown(archive_url), "archive": archive.name,
-            "archive_sha256": archive_sha, "archive_bytes": archive_bytes, "task": result.task,
-            "vocab": {f: VOCABS[rel.vocab][f][1] for f in vocab_files}, "vocab_size": result.vocab_size,
+            "release": name,
+            "what": rel.what,
+            "url": _shown(archive_url),
+            "archive": archive.name,
+            "archive_sha256": archive_sha,
+            "archive_bytes": archive_bytes,
+            "task": result.task,
+            "vocab": {f: VOCABS[rel.vocab][f][1] for f in vocab_files},
+            "vocab_size": result.vocab_size,
             "pulled_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         record["archive_sha256_pinned_by"] = pinned_by or "first pull (trust on first use)"
@@ -381,9 +446,14 @@ def pull(name: str, *, mirror: str | None = None, sha256: str | None = None, for
         shutil.rmtree(work, ignore_errors=True)
     if not expected:
         _pin(rel, archive_sha)
-        log.warning("%s: no digest of %s.tgz is published; pinned the one this pull got (sha256 %s) in %s, so "
-                    "every later pull here must match it. Compare it with a copy you trust.", name, rel.archive,
-                    archive_sha, _pins_path())
+        log.warning(
+            "%s: no digest of %s.tgz is published; pinned the one this pull got (sha256 %s) in %s, so "
+            "every later pull here must match it. Compare it with a copy you trust.",
+            name,
+            rel.archive,
+            archive_sha,
+            _pins_path(),
+        )
     if not keep_archive:
         archive.unlink(missing_ok=True)
     log.info("pulled %s into %s (archive sha256 %s)", name, dest, archive_sha)

@@ -114,8 +114,7 @@ def write_shard(folder: Location, name: str, rows: list[dict[str, Any]] | pa.Tab
         return None
     written = (folder / name).write_parquet(table)
     pmids = table.column("pmid")
-    return ShardInfo(name, table.num_rows, pc.min(pmids).as_py(), pc.max(pmids).as_py(), written.size,
-                     written.sha256)
+    return ShardInfo(name, table.num_rows, pc.min(pmids).as_py(), pc.max(pmids).as_py(), written.size, written.sha256)
 
 
 def read_deletions(folder: Location, shard: ShardInfo) -> pa.Array:
@@ -140,8 +139,15 @@ class ShardStore:
     two queries' results in one directory would make "resume" meaningless.
     """
 
-    def __init__(self, path: str | os.PathLike | Location, kind: str, identity: Mapping[str, Any] | None = None,
-                 *, shard_rows: int = DEFAULT_SHARD_ROWS, lock: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike | Location,
+        kind: str,
+        identity: Mapping[str, Any] | None = None,
+        *,
+        shard_rows: int = DEFAULT_SHARD_ROWS,
+        lock: bool = True,
+    ):
         if shard_rows < 1:
             raise ValueError("shard_rows must be at least 1")
         self.loc = location(path)
@@ -154,8 +160,9 @@ class ShardStore:
         self._lock_fd: int | None = None
         self._lease: Lease | None = None
         if self.loc.is_file():
-            raise ShardStateError(f"{self.loc} is a file, not a folder: name a folder for the output (it is "
-                                  "created if needed)")
+            raise ShardStateError(
+                f"{self.loc} is a file, not a folder: name a folder for the output (it is created if needed)"
+            )
         self.loc.mkdir()
         if lock:  # False: the caller holds a lease that covers this store (a job run)
             self._lock()
@@ -228,7 +235,9 @@ class ShardStore:
         try:
             manifest = manifest_path.read_json()
         except (OSError, ValueError) as exc:
-            raise ShardStateError(f"{manifest_path} is unreadable ({exc}); use a new output folder (--out, or [job] output in a job)") from exc
+            raise ShardStateError(
+                f"{manifest_path} is unreadable ({exc}); use a new output folder (--out, or [job] output in a job)"
+            ) from exc
         if manifest.get("format") != FORMAT:
             raise ShardStateError(f"{manifest_path} is not a biomine article-shard manifest")
         if manifest.get("schema_version", 0) > SCHEMA_VERSION:
@@ -396,10 +405,18 @@ class Transaction:
             raise ValueError(f"shard name {info.name!r} is not a new shard name")
         size = (self.store.loc / info.name).size()
         if size != info.size:
-            where = ("on a cluster the output must be on storage every node reaches (s3://..., or a folder "
-                     "mounted at the same path on every node)") if self.store.loc.is_local else "it was changed"
-            raise StoreError(f"{self.store.loc / info.name} is {'missing' if size is None else f'{size} bytes'} "
-                             f"although a worker wrote {info.size} bytes: {where}")
+            where = (
+                (
+                    "on a cluster the output must be on storage every node reaches (s3://..., or a folder "
+                    "mounted at the same path on every node)"
+                )
+                if self.store.loc.is_local
+                else "it was changed"
+            )
+            raise StoreError(
+                f"{self.store.loc / info.name} is {'missing' if size is None else f'{size} bytes'} "
+                f"although a worker wrote {info.size} bytes: {where}"
+            )
         self._written.append(info)
 
     def tombstone(self, shard: str, pmids: Iterable[int]) -> None:
@@ -451,8 +468,9 @@ class Transaction:
             try:
                 (store.loc / name).delete()
             except (OSError, StoreError) as exc:
-                log.warning("could not remove %s (%s); it is removed when the directory is next opened",
-                            store.loc / name, exc)
+                log.warning(
+                    "could not remove %s (%s); it is removed when the directory is next opened", store.loc / name, exc
+                )
         # Superseded deletion vectors are NOT removed here: a reader that listed the previous
         # manifest may still be reading them. The next open of the store (the next ingest) removes
         # the ones no manifest entry names, as a Delta Lake VACUUM would.
@@ -539,8 +557,9 @@ def iter_shard_paths(path: str | os.PathLike) -> Iterator[Path]:
         yield loc.local_path()
 
 
-def live_table(folder: Location, shard: ShardInfo, columns: list[str] | None = None,
-               schema: pa.Schema | None = None) -> pa.Table:
+def live_table(
+    folder: Location, shard: ShardInfo, columns: list[str] | None = None, schema: pa.Schema | None = None
+) -> pa.Table:
     """The live rows of one committed shard (its deletion vector applied), in the current article
     schema (``columns``: only those): columns an older schema version lacks are null. ``schema``:
     the file's, when the caller has read it already."""

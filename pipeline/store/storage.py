@@ -76,13 +76,19 @@ def is_uri(spec: str | os.PathLike) -> bool:
 
 def _s3_environment() -> tuple[str | None, ...]:
     env = os.environ.get
-    return (env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL"), env("AWS_REGION") or env("AWS_DEFAULT_REGION"),
-            env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"), env("AWS_SESSION_TOKEN"))
+    return (
+        env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL"),
+        env("AWS_REGION") or env("AWS_DEFAULT_REGION"),
+        env("AWS_ACCESS_KEY_ID"),
+        env("AWS_SECRET_ACCESS_KEY"),
+        env("AWS_SESSION_TOKEN"),
+    )
 
 
 @functools.lru_cache(maxsize=8)
-def _s3(endpoint: str | None, region: str | None, key: str | None, secret: str | None,
-        token: str | None) -> pafs.FileSystem:
+def _s3(
+    endpoint: str | None, region: str | None, key: str | None, secret: str | None, token: str | None
+) -> pafs.FileSystem:
     kwargs: dict[str, Any] = {"region": region or "us-east-1"}
     if endpoint:
         m = re.match(r"^(https?)://(.+?)/?$", endpoint)
@@ -113,8 +119,10 @@ def _other_filesystem(scheme: str, netloc: str) -> pafs.FileSystem:
 
         return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem(scheme)))
     except (ImportError, ValueError) as exc:
-        raise StoreError(f"no file system for {scheme}:// URIs ({exc}); use a local path, s3://, gs:// or a "
-                         "scheme fsspec knows (install its package, e.g. adlfs for az://)") from None
+        raise StoreError(
+            f"no file system for {scheme}:// URIs ({exc}); use a local path, s3://, gs:// or a "
+            "scheme fsspec knows (install its package, e.g. adlfs for az://)"
+        ) from None
 
 
 def location(spec: str | os.PathLike | "Location", base_dir: str | os.PathLike | None = None) -> "Location":
@@ -130,8 +138,10 @@ def location(spec: str | os.PathLike | "Location", base_dir: str | os.PathLike |
         scheme, rest = uri.split("://", 1)
         scheme = scheme.lower()
         if "@" in rest.split("/", 1)[0]:
-            raise StoreError(f"{scheme}://...@...: put no credentials in a URI; give them through the "
-                             "environment (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
+            raise StoreError(
+                f"{scheme}://...@...: put no credentials in a URI; give them through the "
+                "environment (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+            )
         if scheme == "file":  # the same place as the plain path, and named like it
             path = os.path.normpath("/" + rest.lstrip("/"))
             return Location(pafs.LocalFileSystem(), path, path)

@@ -107,8 +107,10 @@ def read_config(model_dir: str | Path, task: str) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise WrongModelError(f"{task}: no config.json in {model_dir}: pass a model directory "
-                              "(train one with `biomine train ner` or convert one with `biomine convert fairseq`)") from None
+        raise WrongModelError(
+            f"{task}: no config.json in {model_dir}: pass a model directory "
+            "(train one with `biomine train ner` or convert one with `biomine convert fairseq`)"
+        ) from None
     except (OSError, ValueError) as exc:
         raise WrongModelError(f"{task}: cannot read {path}: {exc}") from None
 
@@ -180,14 +182,29 @@ def as_list(column: Any) -> list:
     return list(column)
 
 
-
-
-def decoding_record(*, strategy: str = "greedy", num_beams: int = 1, max_new_tokens: int | None = None,
-                    min_new_tokens: int | None = None, length_penalty: float | None = None,
-                    temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                    seed: int | None = None, no_repeat_ngram_size: int | None = None) -> dict[str, Any]:
+def decoding_record(
+    *,
+    strategy: str = "greedy",
+    num_beams: int = 1,
+    max_new_tokens: int | None = None,
+    min_new_tokens: int | None = None,
+    length_penalty: float | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    no_repeat_ngram_size: int | None = None,
+) -> dict[str, Any]:
     """The ``decoding`` struct of generated rows (schemas/_rows.py ``DECODING``)."""
-    return {"strategy": strategy, "num_beams": num_beams, "max_new_tokens": max_new_tokens,
-            "min_new_tokens": min_new_tokens, "length_penalty": length_penalty,
-            "no_repeat_ngram_size": no_repeat_ngram_size, "temperature": temperature, "top_k": top_k,
-            "top_p": top_p, "seed": seed}
+    return {
+        "strategy": strategy,
+        "num_beams": num_beams,
+        "max_new_tokens": max_new_tokens,
+        "min_new_tokens": min_new_tokens,
+        "length_penalty": length_penalty,
+        "no_repeat_ngram_size": no_repeat_ngram_size,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "seed": seed,
+    }

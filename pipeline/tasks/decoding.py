@@ -21,8 +21,17 @@ class GreedyDecoder:
     cache); ``cuda_graph`` defaults to the engine's choice (on for CUDA).
     """
 
-    def __init__(self, model_dir: str | Path, what: str, *, dtype: str | None = "auto", device: str | None = None,
-                 max_batch: int = 16, max_seq_len: int | None = None, cuda_graph: bool | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        what: str,
+        *,
+        dtype: str | None = "auto",
+        device: str | None = None,
+        max_batch: int = 16,
+        max_seq_len: int | None = None,
+        cuda_graph: bool | None = None,
+    ):
         from biogpt.engine import Engine
         from biogpt.model import BioGptForCausalLM
 
@@ -32,8 +41,14 @@ class GreedyDecoder:
         self.tokenizer = base.tokenizer_for(self.model_dir)
         positions = self.model.config.max_position_embeddings
         self.max_seq_len = min(max_seq_len or positions, positions)
-        self.engine = Engine(self.model, max_batch=max_batch, max_seq_len=self.max_seq_len, dtype=self.model.dtype,
-                             device=self.model.device, cuda_graph=cuda_graph)
+        self.engine = Engine(
+            self.model,
+            max_batch=max_batch,
+            max_seq_len=self.max_seq_len,
+            dtype=self.model.dtype,
+            device=self.model.device,
+            cuda_graph=cuda_graph,
+        )
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id
         self.bos = self.tokenizer.bos_token_id
@@ -54,8 +69,14 @@ class GreedyDecoder:
         todo = [i for i, b in enumerate(budgets) if b >= 1]
         outputs: list[tuple[list[int], list[float]]] = [([], []) for _ in prompts]
         if todo:
-            new, lps = self.engine.run([prompts[i] for i in todo], [budgets[i] for i in todo], eos_token_id=self.eos,
-                                       pad_token_id=self.pad, suppress_tokens=[self.pad], logprobs=True)
+            new, lps = self.engine.run(
+                [prompts[i] for i in todo],
+                [budgets[i] for i in todo],
+                eos_token_id=self.eos,
+                pad_token_id=self.pad,
+                suppress_tokens=[self.pad],
+                logprobs=True,
+            )
             for i, ids, lp in zip(todo, new, lps):
                 outputs[i] = (list(ids), list(lp))
         return outputs
@@ -64,8 +85,9 @@ class GreedyDecoder:
         """New ids by input index, for the inputs that are prompts (``None`` = no prompt, skipped)."""
         return {i: ids for i, (ids, _) in self.run_prompted_scored(inputs, max_new_tokens).items()}
 
-    def run_prompted_scored(self, inputs: Sequence[Sequence[int] | None],
-                            max_new_tokens: int) -> dict[int, tuple[list[int], list[float]]]:
+    def run_prompted_scored(
+        self, inputs: Sequence[Sequence[int] | None], max_new_tokens: int
+    ) -> dict[int, tuple[list[int], list[float]]]:
         """:meth:`run_prompted` with the log-probability of every new id."""
         todo = [i for i, ids in enumerate(inputs) if ids is not None]
         return dict(zip(todo, self.run_scored([inputs[i] for i in todo], max_new_tokens)))

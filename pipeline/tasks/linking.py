@@ -32,13 +32,25 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-_GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "epsilon", "κ": "kappa", "λ": "lambda",
-          "μ": "mu", "ω": "omega", "τ": "tau"}
+_GREEK = {
+    "α": "alpha",
+    "β": "beta",
+    "γ": "gamma",
+    "δ": "delta",
+    "ε": "epsilon",
+    "κ": "kappa",
+    "λ": "lambda",
+    "μ": "mu",
+    "ω": "omega",
+    "τ": "tau",
+}
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 #: Trailing words that name a salt or a dosage form rather than another substance.
-SALT_WORDS = frozenset("""hydrochloride hydrobromide hcl sodium potassium calcium magnesium sulfate sulphate mesylate
+SALT_WORDS = frozenset(
+    """hydrochloride hydrobromide hcl sodium potassium calcium magnesium sulfate sulphate mesylate
 maleate citrate tartrate acetate phosphate succinate fumarate besylate bitartrate dihydrate monohydrate
-trihydrate hydrate anhydrous disodium bromide nitrate lactate gluconate""".split())
+trihydrate hydrate anhydrous disodium bromide nitrate lactate gluconate""".split()
+)
 
 
 def normalise(text: str) -> str:
@@ -108,7 +120,7 @@ def abbreviations(text: str) -> dict[str, str]:
             continue
         if len(short.split()) > 2 or short in found:
             continue
-        words = text[:m.start()].rstrip().split()
+        words = text[: m.start()].rstrip().split()
         limit = min(len(short) + 5, 2 * len(short))
         before = " ".join(words[-limit:])
         long = _long_form(short, before)
@@ -151,8 +163,15 @@ class Linker:
         self._by_key: dict[str, list[Concept]] = {}
         for e in entries:
             self._by_key.setdefault(e["key"], []).append(
-                Concept(e["concept_id"], e.get("concept_name"), e["vocabulary"], e.get("type"), e["name"],
-                        bool(e.get("preferred"))))
+                Concept(
+                    e["concept_id"],
+                    e.get("concept_name"),
+                    e["vocabulary"],
+                    e.get("type"),
+                    e["name"],
+                    bool(e.get("preferred")),
+                )
+            )
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -193,8 +212,9 @@ class Linker:
             ambiguous = ambiguous or seen
         return None, ambiguous
 
-    def link(self, text: str, type_: str | None = None,
-             abbreviations: Mapping[str, str] | None = None) -> tuple[Link | None, str]:
+    def link(
+        self, text: str, type_: str | None = None, abbreviations: Mapping[str, str] | None = None
+    ) -> tuple[Link | None, str]:
         """``(link, status)``: status ``linked``, ``ambiguous`` or ``unlinked``. ``abbreviations``
         (:func:`abbreviations` of the same abstract) let a short form link through its long form."""
         found, ambiguous = self._rules(text, type_)
@@ -266,21 +286,36 @@ def evaluate_linking(data, dictionary) -> dict:
 
     def summary(c: collections.Counter) -> dict:
         n, linked, correct = c["mentions"], c["linked"], c["correct"]
-        return {"mentions": n, "linked": linked, "correct": correct, "ambiguous": c["ambiguous"],
-                "accuracy": correct / n if n else 0.0, "precision": correct / linked if linked else 0.0,
-                "coverage": linked / n if n else 0.0}
+        return {
+            "mentions": n,
+            "linked": linked,
+            "correct": correct,
+            "ambiguous": c["ambiguous"],
+            "accuracy": correct / n if n else 0.0,
+            "precision": correct / linked if linked else 0.0,
+            "coverage": linked / n if n else 0.0,
+        }
 
-    return {**summary(total), "by_type": {t: summary(c) for t, c in sorted(by_type.items())},
-            "by_rule": dict(sorted(by_rule.items())), "dictionary_names": len(linker)}
+    return {
+        **summary(total),
+        "by_type": {t: summary(c) for t, c in sorted(by_type.items())},
+        "by_rule": dict(sorted(by_rule.items())),
+        "dictionary_names": len(linker),
+    }
 
 
 def format_linking_report(report: Mapping) -> str:
     lines = [f"{'':<10}{'mentions':>9}{'linked':>8}{'correct':>8}{'accuracy':>10}{'precision':>10}{'coverage':>10}"]
     for name, r in [("all", report), *report["by_type"].items()]:
-        lines.append(f"{name:<10}{r['mentions']:>9}{r['linked']:>8}{r['correct']:>8}{r['accuracy']:>10.4f}"
-                     f"{r['precision']:>10.4f}{r['coverage']:>10.4f}")
-    lines.append("linked by rule: " + ", ".join(f"{k} {v}" for k, v in report["by_rule"].items())
-                 + f"; ambiguous {report['ambiguous']}; dictionary names {report['dictionary_names']}")
+        lines.append(
+            f"{name:<10}{r['mentions']:>9}{r['linked']:>8}{r['correct']:>8}{r['accuracy']:>10.4f}"
+            f"{r['precision']:>10.4f}{r['coverage']:>10.4f}"
+        )
+    lines.append(
+        "linked by rule: "
+        + ", ".join(f"{k} {v}" for k, v in report["by_rule"].items())
+        + f"; ambiguous {report['ambiguous']}; dictionary names {report['dictionary_names']}"
+    )
     return "\n".join(lines)
 
 
@@ -293,7 +328,17 @@ def load_linker(path: str) -> Linker:
 def link_columns(link: Link | None) -> dict:
     """The entity columns of a link (schemas/entities.py), all null when unlinked."""
     if link is None:
-        return {"concept_id": None, "concept_name": None, "concept_vocabulary": None, "matched_by": None,
-                "link_rule": None}
-    return {"concept_id": link.concept_id, "concept_name": link.concept_name, "concept_vocabulary": link.vocabulary,
-            "matched_by": link.matched_by, "link_rule": link.rule}
+        return {
+            "concept_id": None,
+            "concept_name": None,
+            "concept_vocabulary": None,
+            "matched_by": None,
+            "link_rule": None,
+        }
+    return {
+        "concept_id": link.concept_id,
+        "concept_name": link.concept_name,
+        "concept_vocabulary": link.vocabulary,
+        "matched_by": link.matched_by,
+        "link_rule": link.rule,
+    }

@@ -91,8 +91,9 @@ def _labels_of(config: dict[str, Any], where: str) -> list[str]:
     try:
         by_id = {int(k): str(v) for k, v in id2label.items()}
     except (TypeError, ValueError):
-        raise WrongModelError(f"ner: {where}/config.json id2label keys must be integers, "
-                              f"got {list(id2label)[:5]}") from None
+        raise WrongModelError(
+            f"ner: {where}/config.json id2label keys must be integers, got {list(id2label)[:5]}"
+        ) from None
     if sorted(by_id) != list(range(len(by_id))):
         raise WrongModelError(f"ner: {where}/config.json id2label ids must be 0..{len(by_id) - 1}, got {sorted(by_id)}")
     return [by_id[i] for i in range(len(by_id))]
@@ -106,8 +107,10 @@ def _window_settings(max_positions: int, stride: int | None, where: str) -> tupl
     if stride is None:
         stride = max(1, (window * 3) // 4)
     if not 1 <= int(stride) <= window:
-        raise ConfigError(f"ner: stride={stride} must be between 1 and the window of {window} tokens "
-                          f"({where}: max_position_embeddings - 1); a smaller stride overlaps more")
+        raise ConfigError(
+            f"ner: stride={stride} must be between 1 and the window of {window} tokens "
+            f"({where}: max_position_embeddings - 1); a smaller stride overlaps more"
+        )
     return window, int(stride)
 
 
@@ -128,8 +131,13 @@ def _tokenize(tok, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int
     return out
 
 
-def document_spans(tags: Sequence[int], probs: Sequence[float] | None, offsets: Sequence[tuple[int, int]],
-                   labels: Sequence[str], text: str) -> list[Span]:
+def document_spans(
+    tags: Sequence[int],
+    probs: Sequence[float] | None,
+    offsets: Sequence[tuple[int, int]],
+    labels: Sequence[str],
+    text: str,
+) -> list[Span]:
     """Entity spans of one document from its per-token tags (and their probabilities).
 
     Pieces with an empty span (the tail of a Moses escape: ``'`` is BPE'd as ``&a``, ``po``, ``s``,
@@ -138,8 +146,13 @@ def document_spans(tags: Sequence[int], probs: Sequence[float] | None, offsets: 
     them as specials and split ``Parkinson's disease`` in two.
     """
     keep = [i for i, (s, e) in enumerate(offsets) if e > s]
-    return decode_tags([tags[i] for i in keep], [offsets[i] for i in keep], labels, text,
-                       None if probs is None else [probs[i] for i in keep])
+    return decode_tags(
+        [tags[i] for i in keep],
+        [offsets[i] for i in keep],
+        labels,
+        text,
+        None if probs is None else [probs[i] for i in keep],
+    )
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int):
@@ -161,8 +174,9 @@ class NerTask(_base.Task):
     Options = NerOptions
     cast_batch = staticmethod(_entities.cast_batch)
     sort_keys = ("start", "end", "label")
-    requires = (f"a {ARCHITECTURE} checkpoint whose id2label is a BIO or BIOES scheme "
-                "(train one with `biomine train ner`)")
+    requires = (
+        f"a {ARCHITECTURE} checkpoint whose id2label is a BIO or BIOES scheme (train one with `biomine train ner`)"
+    )
 
     @classmethod
     def check_model(cls, options: NerOptions) -> None:
@@ -180,8 +194,9 @@ class NerTask(_base.Task):
         try:
             parse_label_list(labels)
         except LabelSchemeError as exc:
-            raise WrongModelError(f"ner: {model_dir}/config.json id2label is not a tagging scheme ({exc}); "
-                                  f"NER needs {cls.requires}") from None
+            raise WrongModelError(
+                f"ner: {model_dir}/config.json id2label is not a tagging scheme ({exc}); NER needs {cls.requires}"
+            ) from None
         _window_settings(int(config.get("max_position_embeddings", 1024)), options.stride, str(model_dir))
 
     @classmethod
@@ -209,8 +224,9 @@ class NerTask(_base.Task):
         from biogpt.model import BioGptForTokenClassification
 
         self.model_dir = options.model
-        self.model = _base.load_model(BioGptForTokenClassification, self.model_dir, options.dtype, options.device,
-                                      self.name)
+        self.model = _base.load_model(
+            BioGptForTokenClassification, self.model_dir, options.dtype, options.device, self.name
+        )
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         self.scheme, self.types = parse_label_list(self.labels)
         self.model_id = _base.model_id(self.model_dir)
@@ -227,7 +243,7 @@ class NerTask(_base.Task):
         device = self.model.device
         with torch.inference_mode():
             for c in range(0, len(order), self.batch_size):
-                chunk = order[c:c + self.batch_size]
+                chunk = order[c : c + self.batch_size]
                 ids = _pad([inputs[i] for i in chunk], self.model.config.pad_token_id).to(device)
                 mask = _pad([[1] * len(inputs[i]) for i in chunk], 0).to(device)
                 logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
@@ -261,8 +277,9 @@ class NerTask(_base.Task):
             tags, probs = merge_windows(len(offsets), [tuple(w) for w in doc["windows"]], per_doc[d])
             spans = document_spans(tags, probs, offsets, self.labels, texts[d])
             version = versions[d]
-            rows = entity_rows(spans, pmid=int(pmids[d]), model_id=self.model_id,
-                               version=int(version) if version is not None else 1)
+            rows = entity_rows(
+                spans, pmid=int(pmids[d]), model_id=self.model_id, version=int(version) if version is not None else 1
+            )
             if self.linker is not None and rows:
                 links = self.linker.link_all(str(texts[d]), [(r["text"], r["label"]) for r in rows])
                 for row, (link, _) in zip(rows, links):
@@ -279,8 +296,10 @@ def _read_training_data(data: str | Path) -> list[PubTatorDocument]:
     if not docs:
         raise DataFormatError(f"{data} holds no PubTator documents (PMID|t|title, PMID|a|abstract, mention lines)")
     if not any(doc.mentions for doc in docs):
-        raise DataFormatError(f"{data} has {len(docs)} documents but no mention lines "
-                              "(PMID<TAB>start<TAB>end<TAB>text<TAB>type<TAB>ids): nothing to learn from")
+        raise DataFormatError(
+            f"{data} has {len(docs)} documents but no mention lines "
+            "(PMID<TAB>start<TAB>end<TAB>text<TAB>type<TAB>ids): nothing to learn from"
+        )
     return docs
 
 
@@ -288,8 +307,9 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise NerTrainingError(f"output {out} is a file; pass a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise NerTrainingError(f"output directory {out} is not empty: choose a new one, or pass --force "
-                               "(overwrite=True) to write into it")
+        raise NerTrainingError(
+            f"output directory {out} is not empty: choose a new one, or pass --force (overwrite=True) to write into it"
+        )
 
 
 def _base_labels(base: Path) -> list[str] | None:
@@ -303,11 +323,26 @@ def _base_labels(base: Path) -> list[str] | None:
         return None
 
 
-def train_ner(data: str | Path, base: str | Path, out: str | Path, *, scheme: str = "BIO",
-              types: Sequence[str] | None = None, epochs: int = 5, lr: float = 5e-5, batch_size: int = 8,
-              freeze_body: bool = False, seed: int = 0, device: str | None = None, stride: int | None = None,
-              weight_decay: float = 0.01, warmup: float = 0.1, overwrite: bool = False, progress: bool = True,
-              log_every: int = 50) -> dict[str, Any]:
+def train_ner(
+    data: str | Path,
+    base: str | Path,
+    out: str | Path,
+    *,
+    scheme: str = "BIO",
+    types: Sequence[str] | None = None,
+    epochs: int = 5,
+    lr: float = 5e-5,
+    batch_size: int = 8,
+    freeze_body: bool = False,
+    seed: int = 0,
+    device: str | None = None,
+    stride: int | None = None,
+    weight_decay: float = 0.01,
+    warmup: float = 0.1,
+    overwrite: bool = False,
+    progress: bool = True,
+    log_every: int = 50,
+) -> dict[str, Any]:
     """Fine-tune ``base`` for NER on the PubTator file ``data`` and save the model into ``out``.
 
     ``types`` (default: every mention type in ``data``, sorted) and ``scheme`` (``BIO``/``BIOES``)
@@ -328,8 +363,10 @@ def train_ner(data: str | Path, base: str | Path, out: str | Path, *, scheme: st
     started = time.perf_counter()
     data, base, out = Path(data), Path(base), Path(out)
     if not (base / "config.json").is_file():
-        raise NerTrainingError(f"base model {base} has no config.json: pass a BioGPT model directory "
-                               "(e.g. one written by `biomine convert fairseq`)")
+        raise NerTrainingError(
+            f"base model {base} has no config.json: pass a BioGPT model directory "
+            "(e.g. one written by `biomine convert fairseq`)"
+        )
     _check_out_dir(out, overwrite)
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise NerTrainingError(f"epochs ({epochs}) and batch size ({batch_size}) must be >= 1 and lr ({lr}) > 0")
@@ -347,8 +384,10 @@ def train_ner(data: str | Path, base: str | Path, out: str | Path, *, scheme: st
         log.warning("%s has no mentions of %s; the model will not learn them", data, absent)
     previous = _base_labels(base)
     if previous is not None and previous != labels:
-        raise NerTrainingError(f"base {base} is already an NER model with labels {previous}, not {labels}: start "
-                               "from the base language model, or train with the same --types and --scheme")
+        raise NerTrainingError(
+            f"base {base} is already an NER model with labels {previous}, not {labels}: start "
+            "from the base language model, or train with the same --types and --scheme"
+        )
 
     tok = BioGptTokenizer.from_pretrained(base)
     config = json.loads((base / "config.json").read_text())
@@ -370,8 +409,13 @@ def train_ner(data: str | Path, base: str | Path, out: str | Path, *, scheme: st
         for start, end in plan_windows(len(ids), window, stride):
             examples.append(([_EOS] + ids[start:end], [IGNORE_INDEX] + enc.tags[start:end]))
     for pmid, s in unaligned[:5]:
-        log.info("PMID %s: gold span %d-%d %r does not start/end on a token boundary; tagged by its tokens",
-                 pmid, s.start, s.end, s.text)
+        log.info(
+            "PMID %s: gold span %d-%d %r does not start/end on a token boundary; tagged by its tokens",
+            pmid,
+            s.start,
+            s.end,
+            s.text,
+        )
     for pmid, s in conflicts[:5]:
         log.info("PMID %s: gold span %d-%d %r overlaps an earlier span and is not tagged", pmid, s.start, s.end, s.text)
 
@@ -391,7 +435,8 @@ def train_ner(data: str | Path, base: str | Path, out: str | Path, *, scheme: st
     total = steps_per_epoch * epochs
     warm = int(total * warmup)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: (step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm)))
+        optimizer, lambda step: (step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm))
+    )
     generator = torch.Generator().manual_seed(seed)  # shuffling, independent of other RNG use
 
     from tqdm.auto import tqdm
@@ -404,7 +449,7 @@ def train_ner(data: str | Path, base: str | Path, out: str | Path, *, scheme: st
             order = torch.randperm(len(examples), generator=generator).tolist()
             losses = []
             for b in range(0, len(order), batch_size):
-                chunk = [examples[i] for i in order[b:b + batch_size]]
+                chunk = [examples[i] for i in order[b : b + batch_size]]
                 ids = _pad([c[0] for c in chunk], model.config.pad_token_id).to(dev)
                 mask = _pad([[1] * len(c[0]) for c in chunk], 0).to(dev)
                 targets = _pad([c[1] for c in chunk], IGNORE_INDEX).to(dev)
@@ -435,11 +480,28 @@ def train_ner(data: str | Path, base: str | Path, out: str | Path, *, scheme: st
     model.save_pretrained(out)
     tok.save_pretrained(out)
     summary = {
-        "out": str(out), "base": str(base), "data": str(data), "scheme": scheme, "types": types,
-        "labels": labels, "documents": len(docs), "mentions": mentions, "mentions_of_other_types": skipped,
-        "windows": len(examples), "window": window, "stride": stride, "epochs": epochs, "steps": step,
-        "lr": lr, "batch_size": batch_size, "freeze_body": freeze_body, "seed": seed, "device": str(dev),
-        "final_loss": epoch_loss, "unaligned_spans": len(unaligned), "conflicting_spans": len(conflicts),
+        "out": str(out),
+        "base": str(base),
+        "data": str(data),
+        "scheme": scheme,
+        "types": types,
+        "labels": labels,
+        "documents": len(docs),
+        "mentions": mentions,
+        "mentions_of_other_types": skipped,
+        "windows": len(examples),
+        "window": window,
+        "stride": stride,
+        "epochs": epochs,
+        "steps": step,
+        "lr": lr,
+        "batch_size": batch_size,
+        "freeze_body": freeze_body,
+        "seed": seed,
+        "device": str(dev),
+        "final_loss": epoch_loss,
+        "unaligned_spans": len(unaligned),
+        "conflicting_spans": len(conflicts),
         "seconds": round(time.perf_counter() - started, 3),
     }
     (out / TRAINING_FILE).write_text(json.dumps(summary, indent=2) + "\n")
@@ -450,25 +512,43 @@ def train_ner(data: str | Path, base: str | Path, out: str | Path, *, scheme: st
 
 
 def _score_dict(score) -> dict[str, Any]:
-    return {"precision": score.precision, "recall": score.recall, "f1": score.f1,
-            "tp": score.tp, "fp": score.fp, "fn": score.fn}
+    return {
+        "precision": score.precision,
+        "recall": score.recall,
+        "f1": score.f1,
+        "tp": score.tp,
+        "fp": score.fp,
+        "fn": score.fn,
+    }
 
 
-def predict_pubtator(task: NerTask, docs: Sequence[PubTatorDocument], *, stride: int | None = None,
-                     batch_size: int = 16) -> list[list[dict[str, Any]]]:
+def predict_pubtator(
+    task: NerTask, docs: Sequence[PubTatorDocument], *, stride: int | None = None, batch_size: int = 16
+) -> list[list[dict[str, Any]]]:
     """Entity rows of each PubTator document, through ``prepare`` and ``__call__`` as a job runs them."""
     options = dataclasses.replace(task.options, stride=stride)
     rows: list[list[dict[str, Any]]] = []
     for b in range(0, len(docs), batch_size):
-        chunk = docs[b:b + batch_size]
-        batch = {"pmid": [int(d.pmid) for d in chunk], "version": [1] * len(chunk),
-                 "title": [d.title for d in chunk], "abstract": [d.abstract for d in chunk]}
+        chunk = docs[b : b + batch_size]
+        batch = {
+            "pmid": [int(d.pmid) for d in chunk],
+            "version": [1] * len(chunk),
+            "title": [d.title for d in chunk],
+            "abstract": [d.abstract for d in chunk],
+        }
         rows += task(NerTask.prepare(batch, options))
     return rows
 
 
-def evaluate_ner(model_dir: str | Path, data: str | Path, *, batch_size: int = 16, device: str | None = None,
-                 dtype: str | None = "auto", stride: int | None = None) -> dict[str, Any]:
+def evaluate_ner(
+    model_dir: str | Path,
+    data: str | Path,
+    *,
+    batch_size: int = 16,
+    device: str | None = None,
+    dtype: str | None = "auto",
+    stride: int | None = None,
+) -> dict[str, Any]:
     """Strict mention-level scores of the NER model ``model_dir`` on the PubTator file ``data``.
 
     Gold mentions of types the model does not know are left out (counted in ``gold_other_types``).
@@ -494,22 +574,35 @@ def evaluate_ner(model_dir: str | Path, data: str | Path, *, batch_size: int = 1
     # mention_scores lists only types seen in gold or predictions; the report lists every model type.
     zero = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "tp": 0, "fp": 0, "fn": 0}
     per_type = {t: _score_dict(scores[t]) if t in scores else dict(zero) for t in task.types}
-    return {"model": str(model_dir), "model_id": task.model_id, "data": str(data), "documents": len(docs),
-            "scheme": task.scheme, "types": list(task.types), "gold_mentions": len(set(gold)),
-            "predicted_mentions": len(set(predicted)), "gold_other_types": other,
-            "per_type": per_type, "micro": _score_dict(scores["micro"])}
+    return {
+        "model": str(model_dir),
+        "model_id": task.model_id,
+        "data": str(data),
+        "documents": len(docs),
+        "scheme": task.scheme,
+        "types": list(task.types),
+        "gold_mentions": len(set(gold)),
+        "predicted_mentions": len(set(predicted)),
+        "gold_other_types": other,
+        "per_type": per_type,
+        "micro": _score_dict(scores["micro"]),
+    }
 
 
 def format_ner_report(report: dict[str, Any]) -> str:
     """A plain-text table of an :func:`evaluate_ner` report."""
-    head = (f"NER {report.get('model_id', report.get('model', ''))} on {report.get('data', '')}: "
-            f"{report['documents']} documents, strict match (document, start, end, type)")
+    head = (
+        f"NER {report.get('model_id', report.get('model', ''))} on {report.get('data', '')}: "
+        f"{report['documents']} documents, strict match (document, start, end, type)"
+    )
     width = max([len("micro")] + [len(t) for t in report["per_type"]])
     lines = [head, f"{'type':<{width}}  {'precision':>9}  {'recall':>7}  {'f1':>7}  {'tp':>6}  {'fp':>6}  {'fn':>6}"]
     rows = list(report["per_type"].items()) + [("micro", report["micro"])]
     for name, s in rows:
-        lines.append(f"{name:<{width}}  {s['precision']:>9.4f}  {s['recall']:>7.4f}  {s['f1']:>7.4f}  "
-                     f"{s['tp']:>6}  {s['fp']:>6}  {s['fn']:>6}")
+        lines.append(
+            f"{name:<{width}}  {s['precision']:>9.4f}  {s['recall']:>7.4f}  {s['f1']:>7.4f}  "
+            f"{s['tp']:>6}  {s['fp']:>6}  {s['fn']:>6}"
+        )
     if report.get("gold_other_types"):
         other = ", ".join(f"{t}: {n}" for t, n in sorted(report["gold_other_types"].items()))
         lines.append(f"not scored (types the model does not tag): {other}")

@@ -134,9 +134,7 @@ def encode_spans(offsets: Offsets, spans: Iterable[Span], labels: Sequence[str])
     for span in sorted(spans, key=lambda s: (s.start, -s.end)):
         if span.label not in types:
             raise LabelSchemeError(f"span label {span.label!r} is not one of the types {types}")
-        covered = [
-            i for i, (s, e) in enumerate(offsets) if not _is_special((s, e)) and s < span.end and e > span.start
-        ]
+        covered = [i for i, (s, e) in enumerate(offsets) if not _is_special((s, e)) and s < span.end and e > span.start]
         if not covered or any(tags[i] != index["O"] for i in covered):
             conflicts.append(span)
             continue
@@ -291,7 +289,15 @@ def mention_scores(gold: Iterable[Mention], predicted: Iterable[Mention]) -> dic
 def entity_rows(spans: Iterable[Span], *, pmid: int, model_id: str, version: int = 1) -> list[dict[str, Any]]:
     """Rows of :data:`schemas.entities.ENTITY_SCHEMA` for one article's spans."""
     return [
-        {"pmid": pmid, "version": version, "start": s.start, "end": s.end, "label": s.label,
-         "text": s.text, "score": s.score, "model_id": model_id}
+        {
+            "pmid": pmid,
+            "version": version,
+            "start": s.start,
+            "end": s.end,
+            "label": s.label,
+            "text": s.text,
+            "score": s.score,
+            "model_id": model_id,
+        }
         for s in spans
     ]

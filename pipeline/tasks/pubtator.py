@@ -76,7 +76,9 @@ def read_pubtator(path: str | Path) -> list[PubTatorDocument]:
             continue
         fields = line.split("\t")
         if len(fields) < 4 or not fields[0].isdigit():
-            raise DataFormatError(f"{where}: not a PubTator line (PMID|t|, PMID|a|, mention or relation): {line[:80]!r}")
+            raise DataFormatError(
+                f"{where}: not a PubTator line (PMID|t|, PMID|a|, mention or relation): {line[:80]!r}"
+            )
         current = _block(docs, current, fields[0], where)
         if fields[1].isdigit():
             current.mentions.append(_mention(fields, current, where))

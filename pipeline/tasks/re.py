@@ -71,8 +71,9 @@ log = logging.getLogger(__name__)
 
 #: ``max_new_tokens`` when the job does not say (:class:`~pipeline.tasks.options.RelationOptions`).
 DEFAULT_MAX_NEW_TOKENS = RelationOptions.max_new_tokens
-NO_ABSTRACT = ("no abstract: the ddi model reads the abstract only (the DDI corpus has no titles), "
-               "so no prompt was built")
+NO_ABSTRACT = (
+    "no abstract: the ddi model reads the abstract only (the DDI corpus has no titles), so no prompt was built"
+)
 NO_TEXT = "no title and no abstract: nothing to build a prompt from"
 
 
@@ -111,8 +112,10 @@ class RelationTask(base.Task):
     #: Keep the task's order (relations as generated, then unparsed pieces): the stage sorts by pmid
     #: first and Python's sort is stable, so no key is needed and None/str never get compared.
     sort_keys: tuple[str, ...] = ()
-    requires = ("a fine-tuned BioGPT relation-extraction prompt checkpoint of the same task (ddi, kd-dti or "
-                "bc5cdr), converted with `biomine convert fairseq` (it writes biomine_task.json)")
+    requires = (
+        "a fine-tuned BioGPT relation-extraction prompt checkpoint of the same task (ddi, kd-dti or "
+        "bc5cdr), converted with `biomine convert fairseq` (it writes biomine_task.json)"
+    )
 
     @classmethod
     def check_model(cls, options: RelationOptions) -> TaskSettings:
@@ -134,7 +137,8 @@ class RelationTask(base.Task):
         arch = base.architecture(config)
         if arch not in (None, "BioGptForCausalLM"):
             raise RelationModelError(
-                f"re: {model_dir} is a {arch} checkpoint; relation extraction needs {cls.requires}")
+                f"re: {model_dir} is a {arch} checkpoint; relation extraction needs {cls.requires}"
+            )
         try:
             settings = load_task_settings(model_dir, task)
         except TaskSettingsError as exc:
@@ -142,12 +146,14 @@ class RelationTask(base.Task):
         if settings.task not in RE_TASKS:
             raise RelationModelError(
                 f"re: {model_dir} is a {settings.task} checkpoint, not a relation-extraction one; "
-                f"relation extraction needs {cls.requires}")
+                f"relation extraction needs {cls.requires}"
+            )
         vocab = config.get("vocab_size")
         if isinstance(vocab, int) and max(settings.prompt_token_ids) >= vocab:
             raise RelationModelError(
                 f"re: {model_dir}: prompt token ids {list(settings.prompt_token_ids)} exceed vocab_size {vocab} "
-                "of config.json; convert the checkpoint again")
+                "of config.json; convert the checkpoint again"
+            )
         return settings
 
     @classmethod
@@ -169,8 +175,9 @@ class RelationTask(base.Task):
                 skip = NO_TEXT
             ids, cut = None, None
             if not skip:
-                ids, cut = prompt_input(build_source(settings.task, {"title": title, "abstract": abstract}),
-                                        tokenizer, settings)
+                ids, cut = prompt_input(
+                    build_source(settings.task, {"title": title, "abstract": abstract}), tokenizer, settings
+                )
             inputs.append(ids)
             truncated.append(cut)
             skips.append(skip)
@@ -188,9 +195,15 @@ class RelationTask(base.Task):
         self.task = self.settings.task
         self.options = dataclasses.replace(options, task=self.task)
         self.max_new_tokens = options.max_new_tokens
-        self.decoder = GreedyDecoder(self.model_dir, "re", dtype=options.dtype, device=options.device,
-                                     max_batch=options.batch_size, max_seq_len=self.settings.max_target_positions,
-                                     cuda_graph=options.cuda_graph)
+        self.decoder = GreedyDecoder(
+            self.model_dir,
+            "re",
+            dtype=options.dtype,
+            device=options.device,
+            max_batch=options.batch_size,
+            max_seq_len=self.settings.max_target_positions,
+            cuda_graph=options.cuda_graph,
+        )
         self.tokenizer = self.decoder.tokenizer
         self.prompt_tokens = _prompt_tokens(self.tokenizer, self.settings)
         self.model_id = base.model_id(self.model_dir)
@@ -216,8 +229,13 @@ class RelationTask(base.Task):
             return generation
         return " ".join(self.prompt_tokens + [generation])
 
-    def parse(self, generation: str, *, chemical2id: Mapping[str, str] | None = None,
-              disease2id: Mapping[str, str] | None = None) -> ParseResult:
+    def parse(
+        self,
+        generation: str,
+        *,
+        chemical2id: Mapping[str, str] | None = None,
+        disease2id: Mapping[str, str] | None = None,
+    ) -> ParseResult:
         """Parse one generation as the original did; ``raw`` (and a whole-text unparsed record) is the
         generation itself, without the prompt tokens."""
         text = self.grammar_input(generation)
@@ -225,8 +243,9 @@ class RelationTask(base.Task):
         unparsed = tuple(Unparsed(generation, u.reason) if u.text == text else u for u in result.unparsed)
         return dataclasses.replace(result, raw=generation, unparsed=unparsed)
 
-    def piece_logprobs(self, ids: Sequence[int], logprobs: Sequence[float],
-                       pieces: int) -> list[tuple[float, int] | None] | None:
+    def piece_logprobs(
+        self, ids: Sequence[int], logprobs: Sequence[float], pieces: int
+    ) -> list[tuple[float, int] | None] | None:
         """``(sum of log p, tokens)`` per piece of the cleaned generation (:attr:`ParseResult.pieces`):
         the new ids are split at the separator token (``;``), ``</s>``, the final ``.`` and empty
         trailing segments (a generation cut right after a ``;``) left out; a cut prefix such as "we can
@@ -234,8 +253,9 @@ class RelationTask(base.Task):
         pieces one to one (a ``;`` inside a name): then no row gets a number, never a guess; a piece
         without tokens gets none either."""
         segments: list[list[float]] = [[]]
-        tokens = [(int(t), float(lp)) for t, lp in zip(ids, logprobs)
-                  if int(t) not in (self.decoder.eos, self.decoder.bos)]
+        tokens = [
+            (int(t), float(lp)) for t, lp in zip(ids, logprobs) if int(t) not in (self.decoder.eos, self.decoder.bos)
+        ]
         if tokens and tokens[-1][0] in self._period_ids:
             tokens.pop()
         for token, lp in tokens:
@@ -264,14 +284,24 @@ class RelationTask(base.Task):
             if i in generations:
                 result, decoding = self.parse(generations[i]), self.decoding
                 ids, lps = new[i]
-                scores = {"piece_logprobs": self.piece_logprobs(ids, lps, result.pieces),
-                          "generation_logprob": (float(sum(lps)), len(lps)) if lps else None}
+                scores = {
+                    "piece_logprobs": self.piece_logprobs(ids, lps, result.pieces),
+                    "generation_logprob": (float(sum(lps)), len(lps)) if lps else None,
+                }
             else:
                 reason = skips[i] or NO_TEXT
                 result = ParseResult(task=self.task, raw="", relations=(), unparsed=(Unparsed("", reason),))
                 decoding = None  # nothing was decoded
-            rows = relation_rows(result, pmid=pmid, text=str(texts[i]), model_id=self.model_id, version=version,
-                                 decoding=decoding, input_truncated=None if cut[i] is None else bool(cut[i]), **scores)
+            rows = relation_rows(
+                result,
+                pmid=pmid,
+                text=str(texts[i]),
+                model_id=self.model_id,
+                version=version,
+                decoding=decoding,
+                input_truncated=None if cut[i] is None else bool(cut[i]),
+                **scores,
+            )
             if self.linker is not None:
                 self.link_rows(rows, str(texts[i]))
             out.append(rows)
@@ -302,10 +332,19 @@ def has_gold(task: str, record: Mapping[str, Any]) -> bool:
     return bool(record.get("relations") if task == "bc5cdr" else record.get("triples"))
 
 
-def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_size: int = 16,
-                max_new_tokens: int | None = None, device: str | None = None, dtype: str | None = "float32",
-                limit: int | None = None, predictions_out: str | Path | None = None,
-                include_empty: bool = False) -> dict[str, Any]:
+def evaluate_re(
+    task: str,
+    data: str | Path,
+    model_dir: str | Path,
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+    device: str | None = None,
+    dtype: str | None = "float32",
+    limit: int | None = None,
+    predictions_out: str | Path | None = None,
+    include_empty: bool = False,
+) -> dict[str, Any]:
     """Generate with ``model_dir`` for every record of the benchmark file ``data`` and score it.
 
     The defaults are the original protocol (BioGPT's ``inference.py`` and data preparation):
@@ -344,8 +383,14 @@ def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_siz
         raise ConfigError(f"limit must be a positive integer, got {limit!r}")
     if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or max_new_tokens < 1):
         raise ConfigError(f"max_new_tokens must be at least 1 (or None: to the position limit), got {max_new_tokens!r}")
-    options = RelationOptions(model=str(model_dir), task=task, dtype=dtype or "auto", batch_size=batch_size,
-                              max_new_tokens=max_new_tokens or 1, device=device)
+    options = RelationOptions(
+        model=str(model_dir),
+        task=task,
+        dtype=dtype or "auto",
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens or 1,
+        device=device,
+    )
     settings = RelationTask.check_model(options)  # before reading a large file or loading weights
     if max_new_tokens is None:  # the original: to the position limit (the engine caps each prompt at L - its length)
         positions = base.read_config(model_dir, "re").get("max_position_embeddings", settings.max_target_positions)
@@ -375,8 +420,9 @@ def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_siz
     log.info("re eval: %d %s records from %s, generating with %s", len(prompts), task, data, model_dir)
     new_ids = runner.generate_ids(prompts)
     generations = {doc_id: runner.generation_text(ids) for doc_id, ids in zip(doc_ids, new_ids)}
-    scores = score_generations(task, {d: runner.grammar_input(g) for d, g in generations.items()}, records,
-                               split_map=split_map)
+    scores = score_generations(
+        task, {d: runner.grammar_input(g) for d, g in generations.items()}, records, split_map=split_map
+    )
 
     maps = split_map or {}
     failed = unparsed = 0
@@ -385,8 +431,10 @@ def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_siz
         result = runner.parse(generation, **maps)
         failed += result.failed
         unparsed += len(result.unparsed)
-        rels = [[r.head, r.tail, r.relation] + ([r.head_id, r.tail_id] if task == "bc5cdr" else [])
-                for r in result.relations]
+        rels = [
+            [r.head, r.tail, r.relation] + ([r.head_id, r.tail_id] if task == "bc5cdr" else [])
+            for r in result.relations
+        ]
         lines.append(json.dumps({"id": doc_id, "generation": generation, "relations": rels}, ensure_ascii=False))
     if predictions_out is not None:
         path = Path(predictions_out)
@@ -395,11 +443,19 @@ def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_siz
 
     report = json.loads(json.dumps(dataclasses.asdict(scores)))  # tuples -> lists: plain JSON values
     if task == "bc5cdr":
-        headline = {"metric": "CID pairs (document level)", "precision": scores.precision, "recall": scores.recall,
-                    "f1": scores.f1}
+        headline = {
+            "metric": "CID pairs (document level)",
+            "precision": scores.precision,
+            "recall": scores.recall,
+            "f1": scores.f1,
+        }
     else:
-        headline = {"metric": "ontology-level triples (hard_match onto)", "precision": scores.onto.precision,
-                    "recall": scores.onto.recall, "f1": scores.onto.f1}
+        headline = {
+            "metric": "ontology-level triples (hard_match onto)",
+            "precision": scores.onto.precision,
+            "recall": scores.onto.recall,
+            "f1": scores.onto.f1,
+        }
     return {
         "task": task,
         "data": str(data),
@@ -416,8 +472,9 @@ def evaluate_re(task: str, data: str | Path, model_dir: str | Path, *, batch_siz
         "predictions": str(predictions_out) if predictions_out is not None else None,
         "seconds": round(time.perf_counter() - start, 3),
         "protocol": {
-            "name": "original" if (max_new_tokens is None and options.dtype == "float32" and not include_empty
-                                   and limit is None) else "custom",
+            "name": "original"
+            if (max_new_tokens is None and options.dtype == "float32" and not include_empty and limit is None)
+            else "custom",
             "records": "all" if limit is None else f"the first {limit}",
             "max_new_tokens": "position limit" if max_new_tokens is None else max_new_tokens,
             "dtype": options.dtype,
@@ -431,13 +488,15 @@ def format_re_report(report: Mapping[str, Any]) -> str:
     s = report["scores"]
     h = report["headline"]
     p = report["protocol"]
-    lines = [f"relation extraction: {report['task']} on {report['data']}",
-             f"model {report['model_id']} ({report['model']}), {report['documents']} documents, "
-             f"greedy, max_new_tokens {report['decoding']['max_new_tokens']}, {report['seconds']} s",
-             f"protocol: {p['name']} (generation to the {p['max_new_tokens'] if p['max_new_tokens'] == 'position limit' else str(p['max_new_tokens']) + '-token cap'}, "
-             f"{p['dtype']}, records without gold relations {p['records_without_gold']})"
-             + ("" if p["name"] == "original" else "; the original protocol is the default of `biomine eval re`"),
-             ""]
+    lines = [
+        f"relation extraction: {report['task']} on {report['data']}",
+        f"model {report['model_id']} ({report['model']}), {report['documents']} documents, "
+        f"greedy, max_new_tokens {report['decoding']['max_new_tokens']}, {report['seconds']} s",
+        f"protocol: {p['name']} (generation to the {p['max_new_tokens'] if p['max_new_tokens'] == 'position limit' else str(p['max_new_tokens']) + '-token cap'}, "
+        f"{p['dtype']}, records without gold relations {p['records_without_gold']})"
+        + ("" if p["name"] == "original" else "; the original protocol is the default of `biomine eval re`"),
+        "",
+    ]
 
     def row(name: str, p: float, r: float, f: float) -> str:
         return f"{name:<34}{p:>10.4f}{r:>10.4f}{f:>10.4f}"
@@ -451,16 +510,21 @@ def format_re_report(report: Mapping[str, Any]) -> str:
         for name in ("drug", "target", "interaction"):
             f = s["onto_fields"][name]
             lines.append(row(f"  ontology {name}", f["precision"], f["recall"], f["f1"]))
-        lines.append(row("sample (mean per document)", s["sample"]["precision"], s["sample"]["recall"],
-                         s["sample"]["f1"]))
+        lines.append(
+            row("sample (mean per document)", s["sample"]["precision"], s["sample"]["recall"], s["sample"]["f1"])
+        )
         lines.append(f"{'sample macro f1':<34}{'':>20}{s['sample_macro_f1']:>10.4f}")
         acc = s["sample_accuracy"]
         lines.append("")
         lines.append("sample accuracy: " + ", ".join(f"{k} {acc[k]:.4f}" for k in ("drug", "target", "interaction")))
-        lines.append(f"gold triples {s['num_gold']}, predicted triples {s['num_pred']}, scored documents "
-                     f"{s['num_samples']}, gold without prediction {s['gold_without_prediction']}")
-    lines.append(f"failed generations (no relation parsed) {report['failed_generations']} of {report['documents']}, "
-                 f"unparsed pieces {report['unparsed_pieces']}, truncated sources {report['truncated_sources']}, "
-                 f"generated tokens {report['generated_tokens']}")
+        lines.append(
+            f"gold triples {s['num_gold']}, predicted triples {s['num_pred']}, scored documents "
+            f"{s['num_samples']}, gold without prediction {s['gold_without_prediction']}"
+        )
+    lines.append(
+        f"failed generations (no relation parsed) {report['failed_generations']} of {report['documents']}, "
+        f"unparsed pieces {report['unparsed_pieces']}, truncated sources {report['truncated_sources']}, "
+        f"generated tokens {report['generated_tokens']}"
+    )
     lines.append("* headline metric")
     return "\n".join(lines)

@@ -81,7 +81,7 @@ def normalize_name(name: str) -> str:
 def _abbr(value: str) -> str:
     s = value.strip()
     if "(" in s and s.endswith(")"):
-        return normalize_name(s[s.rfind("(") + 1:-1].strip())
+        return normalize_name(s[s.rfind("(") + 1 : -1].strip())
     return normalize_name(s)
 
 
@@ -143,7 +143,9 @@ class HardMatchReport:
     per_doc: tuple[DocScore, ...]
 
 
-def hard_match(predictions: Sequence[tuple[str, Sequence[Triple]]], gold: Mapping[str, Mapping[str, Any]]) -> HardMatchReport:
+def hard_match(
+    predictions: Sequence[tuple[str, Sequence[Triple]]], gold: Mapping[str, Mapping[str, Any]]
+) -> HardMatchReport:
     """Score ``(doc_id, triples)`` predictions against a DDI/KD-DTI gold mapping (module rules).
 
     :raises EvaluationError: no prediction names a gold document.

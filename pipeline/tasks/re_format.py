@@ -105,10 +105,13 @@ def build_source(
 
 
 def _relis(triples: Sequence[Mapping[str, str]]) -> str:
-    return "; ".join(
-        f"the interaction between {t['drug'].lower()} and {t['target'].lower()} is {t['interaction'].lower()}"
-        for t in triples
-    ) + "."
+    return (
+        "; ".join(
+            f"the interaction between {t['drug'].lower()} and {t['target'].lower()} is {t['interaction'].lower()}"
+            for t in triples
+        )
+        + "."
+    )
 
 
 def unify_names(name2id: Mapping[str, str]) -> dict[str, str]:
@@ -193,4 +196,3 @@ def prompt_input(source: str, tokenizer: TokenizerLike, settings: TaskSettings) 
     if settings.sep_token_id is not None:
         return [EOS_ID] + prompt + ids + [settings.sep_token_id], truncated
     return [EOS_ID] + ids + prompt, truncated
-

@@ -79,10 +79,13 @@ _BC5CDR_PREFIXES = ("(learned[0-9]+ )+", "in conclusion ,", "we can conclude tha
 _CID = re.compile(r"the relation between (.*) and (.*) exists")
 
 #: By grammar name; a task's grammar is named in :data:`biogpt.task_spec.FINE_TUNED_TASKS`.
-GRAMMARS: dict[str, Grammar] = {g.name: g for g in (
-    Grammar("relis-interaction", _DDI_PREFIXES, "; ", False, _INTERACTION, "the interaction between A and B is R"),
-    Grammar("relis-relation", _BC5CDR_PREFIXES, ";", True, _CID, "the relation between C and D exists", "CID"),
-)}
+GRAMMARS: dict[str, Grammar] = {
+    g.name: g
+    for g in (
+        Grammar("relis-interaction", _DDI_PREFIXES, "; ", False, _INTERACTION, "the interaction between A and B is R"),
+        Grammar("relis-relation", _BC5CDR_PREFIXES, ";", True, _CID, "the relation between C and D exists", "CID"),
+    )
+}
 
 
 def get_grammar(task: str) -> Grammar:
@@ -291,7 +294,7 @@ def find_evidence(text: str, head: str, tail: str) -> Evidence | None:
         kind = "head" if heads else "tail"
     else:
         return None
-    return Evidence(span[0], span[1], text[span[0]:span[1]], kind)
+    return Evidence(span[0], span[1], text[span[0] : span[1]], kind)
 
 
 # --- rows ----------------------------------------------------------------------------------------
@@ -320,8 +323,11 @@ def relation_rows(
     """
 
     def scored(piece: int | None) -> dict[str, Any]:
-        found = generation_logprob if piece is None else (
-            piece_logprobs[piece] if piece_logprobs is not None and piece < len(piece_logprobs) else None)
+        found = (
+            generation_logprob
+            if piece is None
+            else (piece_logprobs[piece] if piece_logprobs is not None and piece < len(piece_logprobs) else None)
+        )
         return {"logprob": found[0], "logprob_tokens": found[1]} if found else {}
 
     common = {
@@ -336,23 +342,24 @@ def relation_rows(
     rows = []
     for rel in result.relations:
         evidence = find_evidence(text, rel.head, rel.tail)
-        rows.append({
-            **common,
-            "head": rel.head,
-            "head_id": rel.head_id,
-            "tail": rel.tail,
-            "tail_id": rel.tail_id,
-            "relation": rel.relation,
-            "evidence_start": evidence.start if evidence else None,
-            "evidence_end": evidence.end if evidence else None,
-            "evidence_text": evidence.text if evidence else None,
-            "evidence_match": evidence.match if evidence else None,
-            "parse_status": "ok",
-            "reason": None,
-            **scored(rel.piece),
-        })
+        rows.append(
+            {
+                **common,
+                "head": rel.head,
+                "head_id": rel.head_id,
+                "tail": rel.tail,
+                "tail_id": rel.tail_id,
+                "relation": rel.relation,
+                "evidence_start": evidence.start if evidence else None,
+                "evidence_end": evidence.end if evidence else None,
+                "evidence_text": evidence.text if evidence else None,
+                "evidence_match": evidence.match if evidence else None,
+                "parse_status": "ok",
+                "reason": None,
+                **scored(rel.piece),
+            }
+        )
     for item in result.unparsed:
         reason = item.reason if item.text == result.raw else f"{item.reason}: {item.text!r}"
         rows.append({**common, "parse_status": "unparsed", "reason": reason, **scored(item.piece)})
     return rows
-

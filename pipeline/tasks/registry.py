@@ -27,11 +27,14 @@ class TaskEntry:
     implementation: str
 
 
-TASKS: dict[str, TaskEntry] = {e.name: e for e in (
-    TaskEntry("ner", "entities", NerOptions, "pipeline.tasks.ner:NerTask"),
-    TaskEntry("re", "relations", RelationOptions, "pipeline.tasks.re:RelationTask"),
-    TaskEntry("summarize", "summaries", SummarizeOptions, "pipeline.tasks.summarize:SummarizeTask"),
-)}
+TASKS: dict[str, TaskEntry] = {
+    e.name: e
+    for e in (
+        TaskEntry("ner", "entities", NerOptions, "pipeline.tasks.ner:NerTask"),
+        TaskEntry("re", "relations", RelationOptions, "pipeline.tasks.re:RelationTask"),
+        TaskEntry("summarize", "summaries", SummarizeOptions, "pipeline.tasks.summarize:SummarizeTask"),
+    )
+}
 #: Task name -> output dataset name.
 DATASETS: dict[str, str] = {e.name: e.dataset for e in TASKS.values()}
 

@@ -74,8 +74,10 @@ def _room(positions: int, max_new_tokens: Any, model_dir: Any) -> int:
     """
     limit = positions - _budget(max_new_tokens)
     if limit < 2:
-        raise ConfigError(f"summarize: max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
-                          f"{positions} positions of {model_dir}; ask for at most {positions - 2} new tokens")
+        raise ConfigError(
+            f"summarize: max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
+            f"{positions} positions of {model_dir}; ask for at most {positions - 2} new tokens"
+        )
     return limit
 
 
@@ -105,7 +107,8 @@ def fit_prompt(template: str, title: str, abstract: str, tokenizer, limit: int) 
 
     def encode(abstract_text: str) -> list[int]:
         return [tokenizer.eos_token_id] + list(
-            tokenizer.encode(template.format(title=title, abstract=abstract_text), add_special_tokens=False))
+            tokenizer.encode(template.format(title=title, abstract=abstract_text), add_special_tokens=False)
+        )
 
     ids = encode(abstract)
     truncated = len(ids) > limit
@@ -117,14 +120,14 @@ def fit_prompt(template: str, title: str, abstract: str, tokenizer, limit: int) 
         best = encode("")
         while lo <= hi:
             mid = (lo + hi) // 2
-            candidate = encode(abstract[:ends[mid - 1]] if mid else "")
+            candidate = encode(abstract[: ends[mid - 1]] if mid else "")
             if len(candidate) <= limit:
                 best, lo = candidate, mid + 1
             else:
                 hi = mid - 1
         ids = best
     if len(ids) > limit:
-        ids = ids[:1] + ids[len(ids) - (limit - 1):]
+        ids = ids[:1] + ids[len(ids) - (limit - 1) :]
     return ids, truncated
 
 
@@ -137,8 +140,10 @@ class SummarizeTask(base.Task):
     Options = SummarizeOptions
     cast_batch = staticmethod(_summaries.cast_batch)
     sort_keys: tuple[str, ...] = ("prompt_id",)
-    requires = ("a causal-LM BioGPT checkpoint (the pre-trained model converted with `biomine convert fairseq`, "
-                "or one fine-tuned for free text); not a prompt-tuned task or token-classification checkpoint")
+    requires = (
+        "a causal-LM BioGPT checkpoint (the pre-trained model converted with `biomine convert fairseq`, "
+        "or one fine-tuned for free text); not a prompt-tuned task or token-classification checkpoint"
+    )
 
     @classmethod
     def check_model(cls, options: SummarizeOptions) -> dict[str, Any]:
@@ -164,7 +169,8 @@ class SummarizeTask(base.Task):
         if arch is not None and arch != "BioGptForCausalLM":
             raise base.WrongModelError(
                 f"summarize: {model_dir} is a {arch} checkpoint (a classification head, e.g. NER), not a language "
-                f"model; pass {cls.requires.split(';')[0]}")
+                f"model; pass {cls.requires.split(';')[0]}"
+            )
         if (Path(model_dir) / TASK_FILE).exists():
             try:
                 kind = read_task_spec(model_dir).get("task")
@@ -174,7 +180,8 @@ class SummarizeTask(base.Task):
                 raise base.WrongModelError(
                     f"summarize: {model_dir} is a prompt-tuned {kind} checkpoint ({TASK_FILE}); it generates "
                     f"{kind} answers, not summaries. Pass a causal LM such as the pre-trained BioGPT "
-                    "(`biomine convert fairseq Pre-trained-BioGPT/checkpoint.pt models/biogpt`)")
+                    "(`biomine convert fairseq Pre-trained-BioGPT/checkpoint.pt models/biogpt`)"
+                )
         return config
 
     @classmethod
@@ -205,8 +212,14 @@ class SummarizeTask(base.Task):
         self.prompt_id = options.prompt_id
         self.check_model(options)
         self.options = options
-        self.decoder = GreedyDecoder(self.model_dir, "summarize", dtype=options.dtype, device=options.device,
-                                     max_batch=options.batch_size, cuda_graph=options.cuda_graph)
+        self.decoder = GreedyDecoder(
+            self.model_dir,
+            "summarize",
+            dtype=options.dtype,
+            device=options.device,
+            max_batch=options.batch_size,
+            cuda_graph=options.cuda_graph,
+        )
         self.tokenizer = self.decoder.tokenizer
         self.model_id = base.model_id(self.model_dir)
         self.decoding = base.decoding_record(strategy="greedy", num_beams=1, max_new_tokens=self.max_new_tokens)
@@ -230,7 +243,17 @@ class SummarizeTask(base.Task):
             if i not in new:
                 out.append([])
                 continue
-            out.append([{"pmid": pmid, "version": version, "prompt_id": self.prompt_id,
-                         "summary": self.summary_text(new[i]), "model_id": self.model_id,
-                         "decoding": dict(self.decoding), "input_truncated": bool(cut[i])}])
+            out.append(
+                [
+                    {
+                        "pmid": pmid,
+                        "version": version,
+                        "prompt_id": self.prompt_id,
+                        "summary": self.summary_text(new[i]),
+                        "model_id": self.model_id,
+                        "decoding": dict(self.decoding),
+                        "input_truncated": bool(cut[i]),
+                    }
+                ]
+            )
         return out

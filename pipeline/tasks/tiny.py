@@ -16,8 +16,16 @@ from . import base
 from .re_format import build_source, build_target, prompt_input_ids
 
 
-def fit_prompt_model(model_dir: str | Path, task: str, records: Sequence[Mapping[str, Any]], *, steps: int = 400,
-                     lr: float = 3e-3, stop_loss: float = 0.01, seed: int = 0) -> float:
+def fit_prompt_model(
+    model_dir: str | Path,
+    task: str,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    steps: int = 400,
+    lr: float = 3e-3,
+    stop_loss: float = 0.01,
+    seed: int = 0,
+) -> float:
     """Teacher-force the prompt checkpoint in ``model_dir`` on the records' gold targets, in place,
     and return the final loss. For tiny models in tests and the demo, which memorise a few abstracts;
     not a recipe for real fine-tuning (one example per step, no schedule, no validation).
@@ -40,7 +48,7 @@ def fit_prompt_model(model_dir: str | Path, task: str, records: Sequence[Mapping
         target = tok.encode(build_target(task, record), add_special_tokens=False) if has_gold else []
         ids = torch.tensor([prompt + target + [tok.eos_token_id]])
         labels = torch.full_like(ids, -100)
-        labels[0, len(prompt):] = ids[0, len(prompt):]
+        labels[0, len(prompt) :] = ids[0, len(prompt) :]
         examples.append((ids, labels))
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

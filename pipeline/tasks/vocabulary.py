@@ -51,8 +51,10 @@ def mesh_rows(path: str | os.PathLike) -> Iterator[dict]:
                 if event == "start":
                     if kind is None:
                         if elem.tag not in ("DescriptorRecordSet", "SupplementalRecordSet"):
-                            raise DataFormatError(f"{path}: root <{elem.tag}> is neither MeSH DescriptorRecordSet "
-                                                  "nor SupplementalRecordSet (desc*.xml / supp*.xml from NLM)")
+                            raise DataFormatError(
+                                f"{path}: root <{elem.tag}> is neither MeSH DescriptorRecordSet "
+                                "nor SupplementalRecordSet (desc*.xml / supp*.xml from NLM)"
+                            )
                         kind = elem.tag
                     continue
                 if elem.tag not in ("DescriptorRecord", "SupplementalRecord"):
@@ -64,18 +66,33 @@ def mesh_rows(path: str | os.PathLike) -> Iterator[dict]:
                     raise DataFormatError(f"{path}: a {elem.tag} without its UI or name")
                 if descriptor:
                     trees = [t.text or "" for t in elem.iter("TreeNumber")]
-                    type_ = "Disease" if any(t.startswith(("C", "F03")) for t in trees) else \
-                        "Chemical" if any(t.startswith("D") for t in trees) else None
+                    type_ = (
+                        "Disease"
+                        if any(t.startswith(("C", "F03")) for t in trees)
+                        else "Chemical"
+                        if any(t.startswith("D") for t in trees)
+                        else None
+                    )
                 else:
                     type_ = {"1": "Chemical", "3": "Disease"}.get(elem.get("SCRClass", "1"))
                 # Entry terms only: a supplementary record's HeadingMappedTo names ANOTHER concept.
-                terms = {name} | {t.text.strip() for t in elem.iterfind("ConceptList/Concept/TermList/Term/String")
-                                  if t.text and t.text.strip()}
+                terms = {name} | {
+                    t.text.strip()
+                    for t in elem.iterfind("ConceptList/Concept/TermList/Term/String")
+                    if t.text and t.text.strip()
+                }
                 for term in sorted(terms):
                     key = normalise(term)
                     if key:
-                        yield {"key": key, "name": term, "concept_id": ui, "concept_name": name,
-                               "vocabulary": "MeSH", "type": type_, "preferred": term == name}
+                        yield {
+                            "key": key,
+                            "name": term,
+                            "concept_id": ui,
+                            "concept_name": name,
+                            "vocabulary": "MeSH",
+                            "type": type_,
+                            "preferred": term == name,
+                        }
                 elem.clear()
     except ElementTree.ParseError as exc:
         raise DataFormatError(f"{path}: not well-formed XML ({exc})") from None
@@ -90,8 +107,9 @@ def drugbank_rows(path: str | os.PathLike) -> Iterator[dict]:
         reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""))
         need = {"DrugBank ID", "Common name", "Synonyms"}
         if not need <= set(reader.fieldnames or ()):
-            raise DataFormatError(f"{path}: a DrugBank vocabulary CSV has columns {sorted(need)}; found "
-                                  f"{reader.fieldnames}")
+            raise DataFormatError(
+                f"{path}: a DrugBank vocabulary CSV has columns {sorted(need)}; found {reader.fieldnames}"
+            )
         for row in reader:
             ui, common = (row["DrugBank ID"] or "").strip(), (row["Common name"] or "").strip()
             if not ui or not common:
@@ -100,8 +118,15 @@ def drugbank_rows(path: str | os.PathLike) -> Iterator[dict]:
             for term in sorted(names):
                 key = normalise(term)
                 if key:
-                    yield {"key": key, "name": term, "concept_id": ui, "concept_name": common,
-                           "vocabulary": "DrugBank", "type": "Chemical", "preferred": term == common}
+                    yield {
+                        "key": key,
+                        "name": term,
+                        "concept_id": ui,
+                        "concept_name": common,
+                        "vocabulary": "DrugBank",
+                        "type": "Chemical",
+                        "preferred": term == common,
+                    }
 
 
 def pubtator_rows(path: str | os.PathLike) -> Iterator[dict]:
@@ -119,9 +144,15 @@ def pubtator_rows(path: str | os.PathLike) -> Iterator[dict]:
         for term in sorted(names):
             key = normalise(term)
             if key:
-                yield {"key": key, "name": term, "concept_id": concept, "concept_name": top,
-                       "vocabulary": "PubTator", "type": type_ if type_ in ("Chemical", "Disease") else None,
-                       "preferred": term == top}
+                yield {
+                    "key": key,
+                    "name": term,
+                    "concept_id": concept,
+                    "concept_name": top,
+                    "vocabulary": "PubTator",
+                    "type": type_ if type_ in ("Chemical", "Disease") else None,
+                    "preferred": term == top,
+                }
 
 
 def dictionary_table(sources: Iterable[Iterable[dict]]):
