@@ -183,8 +183,11 @@ def main(argv=None) -> int:
     import torch
 
     from biogpt.config import BIOGPT_BASE
-    from pipeline.run.runner import init_ray
+    from pipeline.run.cluster import Placement, init_ray
+    from pipeline.run.plan import PlannedTask
     from pipeline.run.stages import run_task_stage
+    from pipeline.store.datasets import TaskDataset
+    from pipeline.store.storage import location
     from pipeline.tasks.registry import task_class
 
     quick = args.quick
@@ -241,12 +244,10 @@ def main(argv=None) -> int:
                 for label, subset in (("half", half), ("all", shards)):
                     start = time.perf_counter()
                     result = run_task_stage(
-                        cls,
-                        options,
+                        PlannedTask(cls.name, cls, options),
                         subset,
-                        tmp / "out" / f"{name}-{label}",
-                        actors=1,
-                        gpus_per_actor=1.0 if on_gpu else 0.0,
+                        TaskDataset(location(tmp / "out" / f"{name}-{label}")),
+                        placement=Placement(1, 1.0 if on_gpu else 0.0),
                         progress=False,
                     )
                     runs[label] = time.perf_counter() - start

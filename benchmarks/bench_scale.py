@@ -11,7 +11,7 @@ articles, spread over the whole PMID range, and delete ``--delete``), in one run
    bookkeeping, which must not grow with the corpus.
 2. **updates**: a task stage (:func:`pipeline.run.stages.run_task_stage`, on a local Ray, exactly as
    ``biomine run`` calls it) over the baseline, then each update file ingested through Ray tasks
-   (:class:`pipeline.run.runner.RayPool`) followed by the stage again: the documents each update makes
+   (:class:`pipeline.run.cluster.RayPool`) followed by the stage again: the documents each update makes
    the stage compute (the goal: the revised articles, not the corpus), and the rows tombstoned.
 3. **overhead**: per document, the CPU time of each step the pipeline adds around the model, in one
    process (so per core): read the shard, tokenise and window it (the real NER ``prepare`` with the
@@ -206,9 +206,12 @@ def measure_updates(corpus: dict, docs: Path, root: Path, model: Path, shard_row
     import ray
 
     from pipeline.pubmed.ingest import ingest_files
-    from pipeline.run.runner import RayPool, init_ray
+    from pipeline.run.cluster import Placement, RayPool, init_ray
+    from pipeline.run.plan import PlannedTask
     from pipeline.run.stages import run_task_stage
+    from pipeline.store.datasets import TaskDataset
     from pipeline.store.shards import committed_shards
+    from pipeline.store.storage import location
     from pipeline.tasks.options import NerOptions
 
     init_ray(None, num_cpus=workers)
@@ -221,12 +224,10 @@ def measure_updates(corpus: dict, docs: Path, root: Path, model: Path, shard_row
         shards = committed_shards(docs)
         t = time.perf_counter()
         r = run_task_stage(
-            cls,
-            options,
+            PlannedTask(cls.name, cls, options),
             [docs / s.name for s in shards],
-            out,
-            actors=1,
-            gpus_per_actor=0,
+            TaskDataset(location(out)),
+            placement=Placement(1, 0),
             inputs={s.stem: s.identity() for s in shards},
             progress=False,
         )

@@ -213,7 +213,7 @@ def test_a_job_names_its_vocabulary_and_run_check_checks_it(tmp_path, demo_model
     from conftest import DEMO_XML
 
     from pipeline.run.jobspec import load_job
-    from pipeline.run.runner import preflight
+    from pipeline.run.plan import preflight
 
     vocab = tmp_path / "vocab.parquet"
     assert (
@@ -227,8 +227,8 @@ def test_a_job_names_its_vocabulary_and_run_check_checks_it(tmp_path, demo_model
     )
     spec = load_job(job)
     assert spec.tasks["ner"].vocabulary == str(vocab)  # relative to the job file
-    preflight(spec)
-    settings = spec.tasks["ner"].settings()
+    plan = preflight(spec)
+    settings = plan.tasks[0].options.settings()
     assert len(settings["vocabulary_sha256"]) == 64 and "vocabulary" not in settings  # content, not path
     job.write_text(job.read_text().replace("vocab.parquet", "missing.parquet"))
     assert main(["run", str(job), "--check"]) == 2

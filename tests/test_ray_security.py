@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 HOLDER = textwrap.dedent("""
     import os, sys
-    from pipeline.run.runner import init_ray
+    from pipeline.run.cluster import init_ray
     import ray
     init_ray(num_cpus=1)
     print(ray.get_runtime_context().gcs_address, os.environ["RAY_AUTH_TOKEN_PATH"], flush=True)
@@ -109,7 +109,7 @@ def test_embedded_ray_refuses_clients_without_the_runs_token(tmp_path):
 def test_unreachable_addresses_are_one_line_errors_within_seconds(tmp_path, capsys):
     import ray
 
-    from pipeline.run.runner import init_ray
+    from pipeline.run.cluster import init_ray
 
     if ray.is_initialized():  # another module's local Ray: init_ray would keep it
         ray.shutdown()

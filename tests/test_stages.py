@@ -17,7 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 from ray import cloudpickle as ray_cloudpickle
 
-from pipeline.run.stages import read_failures, run_task_stage
+from pipeline.run import stages
+from pipeline.run.cluster import Placement
+from pipeline.run.plan import PlannedTask
+from pipeline.run.stages import read_failures
 from pipeline.store.datasets import TaskDataset
 from pipeline.store.storage import location
 from pipeline.tasks.base import Task
@@ -80,9 +83,21 @@ class DictionaryNer(Task):
         return out
 
 
+def run_task_stage(cls, options, shards, out, *, actors, gpus_per_actor, progress=False, **kw):
+    """The stage as the runner calls it, for a task class and its options."""
+    return stages.run_task_stage(
+        PlannedTask(cls.name, cls, options),
+        shards,
+        TaskDataset(location(out)),
+        placement=Placement(actors, gpus_per_actor),
+        progress=progress,
+        **kw,
+    )
+
+
 @pytest.fixture(scope="module")
 def ray_local():
-    from pipeline.run.runner import init_ray
+    from pipeline.run.cluster import init_ray
 
     init_ray(num_cpus=2)
     yield

@@ -48,19 +48,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.run.jobspec import load_job
-    from pipeline.run.runner import preflight, run_job, summary_table
+    from pipeline.run.plan import preflight
+    from pipeline.run.runner import run_plan, summary_table
 
-    spec = load_job(args.job)
-    if args.address:
-        spec.resources.address = args.address
+    spec = load_job(args.job, address=args.address)
+    plan = preflight(spec)  # every check `run` makes before it starts Ray; writes nothing
     if args.check:
-        preflight(spec)  # every check `run` makes before it starts Ray; writes nothing
         print(
             f"{args.job}: ok ({spec.source.kind} source, tasks: {', '.join(spec.tasks) or 'none'}, "
             f"output {spec.output})"
         )
         return 0
-    manifest = run_job(spec, progress=not args.no_progress)
+    manifest = run_plan(plan, progress=not args.no_progress)
     import sys
 
     print(summary_table(manifest), file=sys.stderr)

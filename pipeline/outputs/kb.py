@@ -16,6 +16,7 @@ import os
 from typing import Callable
 
 from pipeline.errors import BioMineError
+from pipeline.store.output import JobOutput
 from pipeline.store.storage import location
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def build_kb(
     relations = location(relations)
     if location(out).is_dir():
         raise BioMineError(f"--out {out} is a folder: name the edge table's file, e.g. {location(out) / 'kb.parquet'}")
-    docs_dir = location(documents) if documents else relations.parent / "documents"
+    docs_dir = location(documents) if documents else JobOutput(relations.parent).documents
     doc_shards = None
     tombstones = None
     if (docs_dir / "_manifest.json").exists():

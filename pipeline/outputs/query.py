@@ -25,7 +25,7 @@ from typing import Callable
 import pyarrow as pa
 
 from pipeline.errors import BioMineError
-from pipeline.store.datasets import TaskDataset
+from pipeline.store.output import JobOutput
 from pipeline.store.storage import Location, location
 from pipeline.tasks.registry import DATASETS as TASK_DATASETS
 
@@ -50,9 +50,9 @@ def job_outputs(out: str | os.PathLike | Location) -> JobOutputs:
     from pipeline.store.shards import MANIFEST as DOCS_MANIFEST
     from pipeline.store.shards import committed_shards, tombstones
 
-    out = location(out)
+    job = JobOutput(out)
     result = JobOutputs()
-    docs = out / "documents"
+    docs = job.documents
     live: set[str] | None = None
     if (docs / DOCS_MANIFEST).exists():
         shards = committed_shards(docs)
@@ -62,7 +62,7 @@ def job_outputs(out: str | os.PathLike | Location) -> JobOutputs:
             result.files["documents"] = [docs / s.name for s in shards]
             result.shards["documents"] = [s.stem for s in shards]
     for name in DATASETS:
-        dataset = TaskDataset(out / name)
+        dataset = job.dataset(name)
         records = dataset.records()
         if not records:
             continue
@@ -75,8 +75,8 @@ def job_outputs(out: str | os.PathLike | Location) -> JobOutputs:
                 f"{name}: {len(live) - len(shards)} of {len(live)} document shards have no committed output "
                 f"(the run is unfinished or failed: re-run the job to complete it)"
             )
-    if (out / "kb.parquet").is_file():
-        result.files["kb"] = [out / "kb.parquet"]
+    if job.kb.is_file():
+        result.files["kb"] = [job.kb]
     return result
 
 

@@ -29,7 +29,7 @@ from pipeline.tasks.registry import TASKS
 SCHEDULES = ("once", "hourly", "daily", "weekly", "monthly")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SourceSpec:
     kind: str
     query: str | None = None
@@ -43,7 +43,7 @@ class SourceSpec:
     shard_size: int = 5000
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResourceSpec:
     address: str | None = None
     actors: int = 0
@@ -52,7 +52,7 @@ class ResourceSpec:
     dtype: str = "auto"
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobSpec:
     name: str
     #: A local path (absolute) or a storage URI (:mod:`pipeline.store.storage`).
@@ -149,7 +149,18 @@ def _task_options(
     return options
 
 
-def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, path: Path | None = None) -> JobSpec:
+def parse_job(
+    data: dict[str, Any],
+    base_dir: Path,
+    check_models: bool = True,
+    path: Path | None = None,
+    address: str | None = None,
+) -> JobSpec:
+    """The job in ``data`` (a parsed TOML document), validated whole; local paths are made absolute
+    from ``base_dir``; ``address`` (``--address``) overrides ``[resources] address``.
+
+    :raises JobConfigError: listing every problem found, with its TOML key path.
+    """
     problems: list[str] = []
     for section in data:
         if section not in ("job", "source", "tasks", "resources"):
@@ -180,12 +191,12 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
         problems.append(f"[job] schedule = {schedule!r}: use one of {', '.join(SCHEDULES)}")
 
     src = data.get("source")
-    source = SourceSpec(kind="")
+    source: dict[str, Any] = {"kind": ""}
     if not src:
         problems.append('[source] is required (kind = "entrez" or "files")')
     else:
         kind = src.get("kind")
-        source.kind = kind or ""
+        source["kind"] = kind or ""
         if kind == "entrez":
             if not src.get("query"):
                 problems.append('[source] query is required for kind = "entrez"')
@@ -208,13 +219,17 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
             problems.append(f'[source] kind = {kind!r}: use "entrez" or "files"')
         for key in ("query", "email", "api_key", "eutils_url"):
             _typed(src, key, str, "[source]", problems)
-        source.query, source.email = src.get("query"), src.get("email")
-        source.api_key, source.eutils_url = src.get("api_key"), src.get("eutils_url")
-        source.mindate = str(src["mindate"]) if "mindate" in src else None
-        source.maxdate = str(src["maxdate"]) if "maxdate" in src else None
-        source.max = _typed(src, "max", int, "[source]", problems, positive=True)
-        source.shard_size = _typed(src, "shard_size", int, "[source]", problems, positive=True) or 5000
-        source.paths = [_resolve(p, base_dir) for p in src.get("paths", []) if isinstance(p, str)]
+        source.update(
+            query=src.get("query"),
+            email=src.get("email"),
+            api_key=src.get("api_key"),
+            eutils_url=src.get("eutils_url"),
+            mindate=str(src["mindate"]) if "mindate" in src else None,
+            maxdate=str(src["maxdate"]) if "maxdate" in src else None,
+            max=_typed(src, "max", int, "[source]", problems, positive=True),
+            shard_size=_typed(src, "shard_size", int, "[source]", problems, positive=True) or 5000,
+            paths=[_resolve(p, base_dir) for p in src.get("paths", []) if isinstance(p, str)],
+        )
 
     if "incremental" in job and not isinstance(job["incremental"], bool):
         problems.append(f"[job] incremental = {job['incremental']!r}: use true or false (no quotes)")
@@ -239,7 +254,7 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
                 tasks[name] = options
 
     resources = ResourceSpec(
-        address=_typed(res, "address", str, "[resources]", problems) or None,
+        address=address or _typed(res, "address", str, "[resources]", problems) or None,
         actors=_typed(res, "actors", int, "[resources]", problems) or 0,
         gpus_per_actor=float(_typed(res, "gpus_per_actor", (int, float), "[resources]", problems) or 1.0),
         cpus_per_actor=float(_typed(res, "cpus_per_actor", (int, float), "[resources]", problems) or 1.0),
@@ -253,7 +268,7 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
     return JobSpec(
         name=job["name"],
         output=_resolve(job["output"], base_dir),
-        source=source,
+        source=SourceSpec(**source),
         tasks=tasks,
         resources=resources,
         schedule=schedule,
@@ -263,8 +278,8 @@ def parse_job(data: dict[str, Any], base_dir: Path, check_models: bool = True, p
     )
 
 
-def load_job(path: str | Path, check_models: bool = True) -> JobSpec:
-    """Read and validate a job TOML file.
+def load_job(path: str | Path, check_models: bool = True, address: str | None = None) -> JobSpec:
+    """Read and validate a job TOML file (``address``: see :func:`parse_job`).
 
     :raises JobConfigError: the file is missing, not TOML, or has problems (all listed).
     """
@@ -275,4 +290,4 @@ def load_job(path: str | Path, check_models: bool = True) -> JobSpec:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise JobConfigError(f"{path} is not valid TOML: {exc}") from None
-    return parse_job(data, path.resolve().parent, check_models=check_models, path=path)
+    return parse_job(data, path.resolve().parent, check_models=check_models, path=path, address=address)

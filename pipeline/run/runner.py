@@ -2,9 +2,11 @@
 
 Steps, each idempotent:
 
-0. **Own the output**: take the output's lease (:mod:`pipeline.store.lease`: one run at a time,
-   whatever stage the other is in) and check ``OUT/_job.json``: an output location belongs to one job
-   (its name and source); another job pointed at it is refused with one line naming both.
+0. **Plan and own the output**: :func:`pipeline.run.plan.preflight` checks everything and resolves
+   each task's options once (a frozen :class:`~pipeline.run.plan.RunPlan`); then the run takes the
+   output's lease (:mod:`pipeline.store.lease`: one run at a time, whatever stage the other is in)
+   and checks who owns it (:class:`pipeline.store.output.JobOutput`): an output location belongs to
+   one job (its name and source); another job pointed at it is refused with one line naming both.
 1. **Documents**: ``fetch`` (E-utilities query, on the driver) or ``ingest`` (baseline/update XML:
    Ray tasks on every node hash and parse one file each, this process applies them in file order and
    commits) into ``OUT/documents/`` on storage: the manifest-backed shard store of
@@ -24,10 +26,8 @@ Steps, each idempotent:
 
 Every location (``output``, source ``paths``, each ``model``) may be a local path or a storage URI
 (``s3://...``: :mod:`pipeline.store.storage`), so nothing relies on a disk shared between nodes.
-Without an address the run starts a private local Ray that accepts no one else (token
-authentication with a token made for this run, and every connection on 127.0.0.1: :func:`init_ray`); with ``--address``/``RAY_ADDRESS``
-(``host:port``, ``auto`` or ``ray://``) it joins that cluster and ships its code through Ray's
-``runtime_env``, so nodes need no checkout.
+The Ray session (a private local Ray, or a cluster joined by address) is :mod:`pipeline.run.cluster`;
+the output layout and ownership are :mod:`pipeline.store.output`; this module is the job's flow.
 
 :raises JobConfigError: invalid job (see :mod:`pipeline.run.jobspec`).
 :raises StoreError: the output belongs to another job or is in use by another run.
@@ -37,238 +37,21 @@ authentication with a token made for this run, and every connection on 127.0.0.1
 
 from __future__ import annotations
 
-import atexit
-import dataclasses
 import datetime as _dt
 import logging
-import os
-import secrets
-import shutil
-import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import BioMineError, JobConfigError, StoreError
+from pipeline.run.cluster import RayPool, init_ray, placement
 from pipeline.run.jobspec import JobSpec
-from pipeline.store.datasets import TaskDataset
+from pipeline.run.plan import RunPlan, job_identity, preflight
 from pipeline.store.lease import Lease
-from pipeline.store.models import describe, materialize, model_checksum, pin, vocabulary_checksum
-from pipeline.store.storage import Location, location
-from pipeline.tasks.options import LinkedOptions
+from pipeline.store.models import describe
+from pipeline.store.storage import Location
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "_manifest.json"
-JOB_FILE = "_job.json"
-CONNECT_TIMEOUT = 10.0
-
-
-# --- Ray ---------------------------------------------------------------------------------------------
-def _private_token() -> None:
-    """Token authentication for the embedded Ray: a fresh random token in a private file (mode 0600 in
-    a 0700 temporary folder, not ``$HOME``), removed when this process ends. Ray's GCS and raylets then
-    refuse every client that does not present it, whatever interface they listen on."""
-    if os.environ.get("RAY_AUTH_MODE") == "token" and os.path.exists(os.environ.get("RAY_AUTH_TOKEN_PATH", "")):
-        return  # a token made for this process already (a second init after a shutdown)
-    folder = tempfile.mkdtemp(prefix="biomine-ray-auth-")
-    path = Path(folder) / "token"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
-    os.environ.pop("RAY_AUTH_TOKEN", None)
-    atexit.register(shutil.rmtree, folder, True)
-    _reload_ray_auth()
-
-
-def _reload_ray_auth() -> None:
-    """Make this (already imported) Ray read the auth settings again: its config and token loader
-    are cached at first use (ray/_private/authentication/authentication_token_setup.py does the same
-    when it turns token mode on)."""
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
-
-
-_LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-_loopback_set_here = False
-
-
-def _loopback_only(on: bool) -> None:
-    """Keep the embedded Ray on 127.0.0.1: its node address, and so every connection between its
-    processes. Ray otherwise picks the host's routable address even for a one-machine cluster. Its
-    switch (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, ray/_private/services.py get_node_ip_address) is read
-    from the environment by each process Ray spawns, and from a constant by this already-imported one.
-    Joining a cluster undoes what this process set (a user's own setting is left alone)."""
-    global _loopback_set_here
-    import ray._private.ray_constants as ray_constants
-
-    if on and os.environ.get(_LOOPBACK) != "0":
-        os.environ[_LOOPBACK] = "0"
-        _loopback_set_here = True
-    elif not on and _loopback_set_here:
-        os.environ.pop(_LOOPBACK, None)
-        _loopback_set_here = False
-    ray_constants.ENABLE_RAY_CLUSTER = os.environ.get(_LOOPBACK) != "0"
-
-
-def _probe(address: str) -> None:
-    """Fail fast, with one line, when nothing listens at ``host:port`` (Ray itself would retry for minutes)."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise BioMineError(
-            f"Ray address {address!r}: use HOST:PORT (the head's GCS port, 6379 by default), auto, or ray://HOST:10001"
-        )
-    try:
-        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT):
-            pass
-    except OSError as exc:
-        raise BioMineError(
-            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
-            "`ray start --head` there, or omit --address/RAY_ADDRESS to run on this machine"
-        ) from None
-
-
-def check_address(address: str | None) -> None:
-    """Refuse, with one line and within seconds, an address that cannot work: malformed, ``ray://``
-    without Ray Client installed, or nothing listening there (``auto`` is left to Ray).
-
-    :raises BioMineError: naming the address and the fix.
-    """
-    if address is None or address == "auto":
-        return
-    if address.startswith("ray://"):
-        try:
-            import grpc  # noqa: F401
-            import ray.util.client  # noqa: F401
-        except ImportError:
-            raise BioMineError(
-                f"{address} needs Ray Client: pip install 'ray[client]', or pass the head's "
-                "GCS address (HOST:6379) from a node of the cluster"
-            ) from None
-        address = address[len("ray://") :]
-    _probe(address)
-
-
-def _runtime_env() -> dict[str, Any]:
-    """Ship biogpt/, pipeline/ and schemas/ to the cluster's workers (Ray's ``py_modules``)."""
-    import biogpt
-    import pipeline
-    import schemas
-
-    return {"py_modules": [os.path.dirname(m.__file__) for m in (biogpt, pipeline, schemas)]}
-
-
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join ``address``/``$RAY_ADDRESS`` if given, else start a private local Ray sized to this machine.
-
-    :raises BioMineError: the address is unreachable or malformed, or ``ray://`` without ``ray[client]``.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    # Ray's C++ core logs a harmless error-level line per actor restart; Ray Data logs every
-    # execution plan at INFO. Users get our progress bars and summary instead.
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
-    if address is None:
-        _private_token()
-        _loopback_only(True)
-        # address="local": always a new private instance, never a cluster that `ray start` left
-        # running on this machine (ray.init() with no address would join it).
-        ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
-        return
-    _loopback_only(False)
-    check_address(address)
-    del kwargs["include_dashboard"]  # a cluster's own choice
-    try:
-        ray.init(address=address, runtime_env=_runtime_env(), **kwargs)
-    except (ConnectionError, RuntimeError) as exc:
-        raise BioMineError(f"cannot join the Ray cluster at {address}: {exc}") from None
-
-
-def _actors_and_gpus(spec: JobSpec) -> tuple[int, float]:
-    """Model actors and GPUs per actor from the cluster's resources: one actor per ``gpus_per_actor``
-    GPUs; on a CPU cluster one actor per ``2 * cpus_per_actor`` CPUs (the other half prepare shards)."""
-    import ray
-
-    resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0)
-    per_actor = spec.resources.gpus_per_actor if gpus else 0.0
-    if spec.resources.actors:
-        return spec.resources.actors, per_actor
-    if per_actor:
-        return max(1, int(gpus // per_actor)), per_actor
-    return max(1, int(resources.get("CPU", 1) // (2 * spec.resources.cpus_per_actor))), 0.0
-
-
-# --- ownership ---------------------------------------------------------------------------------------
-def job_identity(spec: JobSpec) -> dict[str, Any]:
-    """What an output location belongs to: the job's name and source."""
-    src = spec.source
-    # The paths as the job file writes them: moving the checkout (or `ray job submit --working-dir`)
-    # keeps the same job.
-    written = spec.raw.get("source", {}).get("paths", src.paths)
-    source = {"kind": src.kind, "query": src.query} if src.kind == "entrez" else {"kind": src.kind, "paths": written}
-    return {"name": spec.name, "source": source}
-
-
-def _check_owner(out: Location, spec: JobSpec) -> None:
-    """Refuse when ``out/_job.json`` names another job (writes nothing).
-
-    :raises StoreError: both jobs named.
-    """
-    mine = job_identity(spec)
-    path = out / JOB_FILE
-    try:
-        theirs = path.read_json()
-    except (FileNotFoundError, ValueError):
-        return
-    if {k: theirs.get(k) for k in mine} != mine:
-        raise StoreError(
-            f"{out} belongs to job {theirs.get('name')!r} (source {theirs.get('source')}), not to job "
-            f"{spec.name!r} (source {mine['source']}): use another output for this job, or delete {path} "
-            "to give it to this job (the other job's outputs would be mixed in)"
-        )
-
-
-def claim_output(out: Location, spec: JobSpec) -> None:
-    """Record ``spec`` as the owner of ``out``, or refuse when another job owns it.
-
-    :raises StoreError: ``out`` holds another job's output (both are named).
-    """
-    mine = job_identity(spec)
-    path = out / JOB_FILE
-    try:
-        theirs = path.read_json()
-    except FileNotFoundError:
-        theirs = None
-    except (OSError, ValueError) as exc:
-        raise StoreError(
-            f"{path} is unreadable ({exc}): use another output, or delete it to give the output to this job"
-        ) from None
-    if theirs is None:
-        if (out / "documents").exists():
-            try:  # an output of this job written before ownership was recorded: adopt it
-                earlier = (out / MANIFEST).read_json().get("job", {}).get("name")
-            except (FileNotFoundError, ValueError):
-                earlier = None
-            if earlier != spec.name:
-                raise StoreError(
-                    f"{out} holds documents but no {JOB_FILE} and no manifest of job {spec.name!r}: "
-                    "it was not written by this job; use another output for it"
-                )
-        path.write_json({"format": "biomine-job", **mine})
-        return
-    _check_owner(out, spec)
 
 
 def code_version() -> dict[str, str]:
@@ -289,43 +72,6 @@ def code_version() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         pass
     return {"biomine": pkg, "git_commit": commit}
-
-
-class _RayFuture:
-    def __init__(self, ref):
-        self.ref = ref
-
-    def cancel(self) -> None:
-        import ray
-
-        ray.cancel(self.ref)
-
-    def result(self) -> Any:
-        import ray
-
-        from pipeline.run.stages import worker_error
-
-        try:
-            return ray.get(self.ref)
-        except ray.exceptions.RayTaskError as exc:
-            raise worker_error(exc) from None
-
-
-class RayPool:
-    """Ingest's parallel work (:class:`pipeline.pubmed.ingest.Pool`) as Ray tasks, one CPU each, on
-    any node: each reads its input from storage and writes its shards to storage. A task lost with
-    its node is retried (``max_retries``): it writes the same names and bytes again."""
-
-    def __init__(self, workers: int):
-        self.workers = max(1, workers)
-        self._remote: dict[Any, Any] = {}
-
-    def submit(self, fn, *args) -> _RayFuture:
-        import ray
-
-        if fn not in self._remote:
-            self._remote[fn] = ray.remote(num_cpus=1, max_retries=2)(fn)
-        return _RayFuture(self._remote[fn].remote(*args))
 
 
 def _ingest_step(paths: list[str], docs: Location, shard_rows: int, progress: bool, lease: Lease) -> dict[str, Any]:
@@ -363,8 +109,8 @@ def _ingest_step(paths: list[str], docs: Location, shard_rows: int, progress: bo
     }
 
 
-def _fetch_step(spec: JobSpec, docs_uri: str, progress: bool) -> dict[str, Any]:
-    """Fetch the query's hits into ``docs_uri``, on the driver: it is network I/O, and the NCBI email
+def _fetch_step(spec: JobSpec, docs: Location, progress: bool) -> dict[str, Any]:
+    """Fetch the query's hits into ``docs``, on the driver: it is network I/O, and the NCBI email
     and API key stay in this process (never in a Ray task's arguments or a worker's environment)."""
     from pipeline.pubmed.eutils import Credentials, EutilsClient, fetch_query
 
@@ -375,7 +121,7 @@ def _fetch_step(spec: JobSpec, docs_uri: str, progress: bool) -> dict[str, Any]:
     s = fetch_query(
         client,
         src.query,
-        docs_uri,
+        docs,
         mindate=src.mindate,
         maxdate=src.maxdate,
         max_records=src.max,
@@ -402,126 +148,50 @@ def _redacted(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "source": source} if "source" in raw else dict(raw)
 
 
-def preflight(spec: JobSpec) -> dict[str, Any]:
-    """Every check ``run`` makes before its first Ray call, with every problem listed at once: the Ray
-    address, the output (not a file; not another job's), the source (input files exist, NCBI email
-    for E-utilities) and each task's checkpoint (kind, task, settings that fit its positions). It
-    writes nothing. ``biomine run --check`` runs exactly this.
-
-    Returns the task classes, with each task's model checksum pinned into ``spec.tasks``.
-
-    :raises JobConfigError: listing every problem found.
-    """
-    from pipeline.pubmed.ingest import discover_inputs
-    from pipeline.tasks.registry import task_class
-
-    problems: list[str] = []
-
-    def check(where: str, fn, *args):
-        try:
-            return fn(*args)
-        except BioMineError as exc:
-            problems.append(f"{where}{exc}")
-            return None
-
-    check("", check_address, spec.resources.address or os.environ.get("RAY_ADDRESS") or None)
-    out = check("[job] output: ", location, spec.output)
-    if out is not None:
-        if check("[job] output: ", out.is_file):
-            problems.append(f"[job] output = {spec.output!r} is a file: name a folder (it is created if needed)")
-        elif out.is_local and not _writable(out.local_path()):
-            problems.append(f"[job] output = {spec.output!r}: this user cannot write there; choose another folder")
-        elif check("[job] output: ", (out / JOB_FILE).exists):
-            check("", _check_owner, out, spec)
-    if spec.source.kind == "files":
-        check("[source] paths: ", discover_inputs, spec.source.paths)
-    else:
-        from pipeline.pubmed.eutils import Credentials, EutilsClient
-
-        src = spec.source
-        check(
-            "[source] ",
-            lambda: EutilsClient(
-                base_url=src.eutils_url, credentials=Credentials.resolve(email=src.email, api_key=src.api_key)
-            ),
-        )
-    classes = {}
-    for name, options in list(spec.tasks.items()):
-        where = f"[tasks.{name}] "
-        pinned = check(where, pin, options.model)  # a Hub id -> hf://repo@<commit> (fetched here once)
-        if pinned is None:
-            continue
-        options = dataclasses.replace(options, model=pinned)
-        sha = check(where, model_checksum, options.model)
-        local = check(where, materialize, options.model, sha) if sha else None
-        if local is None:
-            continue
-        classes[name] = task_class(name)
-        before = len(problems)
-        check(where, classes[name].check_model, dataclasses.replace(options, model=str(local)))
-        extra = {}
-        if isinstance(options, LinkedOptions) and options.vocabulary:
-            extra["vocabulary_sha256"] = check(where, vocabulary_checksum, options.vocabulary)
-        if len(problems) == before:
-            spec.tasks[name] = dataclasses.replace(options, model_sha256=sha, **extra)
-    if len(problems) == 1:
-        raise JobConfigError(problems[0])
-    if problems:  # one line still: (1) ...; (2) ... - every problem at once, greppable in a log
-        where = f" in {spec.path}" if spec.path else ""
-        raise JobConfigError(
-            f"{len(problems)} problems{where}: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
-        )
-    return classes
-
-
-def _writable(path: Path) -> bool:
-    """Whether ``path`` (or, when it does not exist yet, its nearest existing parent) can be written."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
-
-
 def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None) -> dict[str, Any]:
     """Run ``spec`` end to end; returns the manifest written to ``OUT/_manifest.json``.
 
-    :raises JobConfigError: anything :func:`preflight` finds (all of it at once).
+    :raises JobConfigError: anything :func:`~pipeline.run.plan.preflight` finds (all of it at once).
     :raises StoreError: the output belongs to another job or is in use by another run.
     """
-    classes = preflight(spec)
-    out = location(spec.output)
-    out.mkdir()
-    with Lease(out, what=f"biomine run {spec.path or spec.name}") as lease:
-        claim_output(out, spec)
-        return _run(spec, classes, out, lease, progress, num_cpus)
+    return run_plan(preflight(spec), progress=progress, num_cpus=num_cpus)
 
 
-def _run(
-    spec: JobSpec, classes: dict[str, Any], out: Location, lease: Lease, progress: bool, num_cpus: int | None
-) -> dict[str, Any]:
+def run_plan(plan: RunPlan, *, progress: bool = True, num_cpus: int | None = None) -> dict[str, Any]:
+    """Run a checked plan (:func:`~pipeline.run.plan.preflight`); see :func:`run_job`."""
+    spec, output = plan.job, plan.output
+    output.root.mkdir()
+    with output.lease(f"biomine run {spec.path or spec.name}") as lease:
+        output.check_owner(job_identity(spec), claim=True)
+        init_ray(spec.resources.address, num_cpus=num_cpus)
+        return _run(plan.placed(placement(spec.resources)), lease, progress)
 
+
+def _run(plan: RunPlan, lease: Lease, progress: bool) -> dict[str, Any]:
     from pipeline.run.stages import run_task_stage
     from pipeline.store.shards import committed_shards, read_deletions
 
+    spec, output, place = plan.job, plan.output, plan.placement
+    assert place is not None
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
-    init_ray(spec.resources.address, num_cpus=num_cpus)
     manifest: dict[str, Any] = {
         "job": {"name": spec.name, "spec": _redacted(spec.raw), "path": str(spec.path) if spec.path else None},
         "code": code_version(),
         "started_at": started.isoformat(timespec="seconds"),
         "stages": {},
-        "models": {name: {**describe(o.model), "sha256": o.model_sha256} for name, o in spec.tasks.items()},
+        "models": {t.name: {**describe(t.options.model), "sha256": t.options.model_sha256} for t in plan.tasks},
         "failures": [],
         "finished_at": None,
     }
-    (out / MANIFEST).write_json(manifest)
+    output.write_manifest(manifest)
 
-    docs = out / "documents"
+    docs = output.documents
     t = time.perf_counter()
     if spec.source.kind == "files":
         documents = _ingest_step(spec.source.paths, docs, spec.source.shard_size, progress, lease)
     else:
-        documents = _fetch_step(spec, docs.uri, progress)
+        documents = _fetch_step(spec, docs, progress)
     manifest["stages"]["documents"] = documents
     manifest["stages"]["documents"]["seconds"] = round(time.perf_counter() - t, 3)
     shards = committed_shards(docs)
@@ -536,24 +206,17 @@ def _run(
             vectors[shard.stem] = set(read_deletions(docs, shard).to_pylist())
         return vectors[shard.stem]
 
-    actors, gpus_per_actor = _actors_and_gpus(spec)
-    for name, options in spec.tasks.items():
-        cls = classes[name]
-        if options.dtype == "auto":  # resolved here, so the fingerprint says what actually ran
-            options = dataclasses.replace(options, dtype="bfloat16" if gpus_per_actor else "float32")
-        dataset = TaskDataset(out / cls.dataset)
+    for task in plan.tasks:
+        dataset = output.dataset(task.dataset)
         if not spec.incremental and dataset.records():
             log.warning("%s: recomputing %s (incremental = false)", spec.name, dataset.loc)
             dataset.clear()
         result = run_task_stage(
-            cls,
-            options,
+            task,
             [docs / s.name for s in shards],
-            dataset.loc,
+            dataset,
+            placement=place,
             inputs=identities,
-            actors=actors,
-            gpus_per_actor=gpus_per_actor,
-            cpus_per_actor=spec.resources.cpus_per_actor,
             progress=progress,
             before_commit=lease.check,
         )
@@ -563,8 +226,8 @@ def _run(
         # What the dataset holds now, whichever invocations computed it (a resumed run's own counts
         # above cover only what it did itself), read from the commit records.
         committed = dataset.records(live)
-        manifest["stages"][name] = {
-            "dataset": cls.dataset,
+        manifest["stages"][task.name] = {
+            "dataset": task.dataset,
             "shards_done": result.shards_done,
             "shards_skipped": result.shards_skipped,
             "shards_retired": len(retired),
@@ -572,8 +235,8 @@ def _run(
             "documents": result.documents,
             "rows": result.rows,
             "seconds": round(result.seconds, 3),
-            "actors": actors,
-            "gpus_per_actor": gpus_per_actor,
+            "actors": place.actors,
+            "gpus_per_actor": place.gpus_per_actor,
             "failures": len(result.failures),
             "committed": {
                 "shards": len(committed),
@@ -594,7 +257,7 @@ def _run(
         ]
     manifest["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
-    (out / MANIFEST).write_json(manifest)
+    output.write_manifest(manifest)
     return manifest
 
 

@@ -40,18 +40,24 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 from biogpt import hub
 from biogpt.errors import BioMineError
 from pipeline.errors import StageError, StoreError
+from pipeline.run.cluster import worker_error
 from pipeline.store.datasets import ShardOutput, TaskDataset, data_file_name, fingerprint
 from pipeline.store.models import materialize, materialize_file
 from pipeline.store.storage import FileInfo, Location, location, parquet_bytes
 from pipeline.tasks.base import Task
-from pipeline.tasks.options import LinkedOptions, TaskOptions
+from pipeline.tasks.options import TaskOptions
+
+if TYPE_CHECKING:
+    from pipeline.run.cluster import Placement
+    from pipeline.run.plan import PlannedTask
 
 log = logging.getLogger(__name__)
+O = TypeVar("O", bound=TaskOptions)
 
 SHARD_COL = "_shard"
 URI_COL = "_uri"
@@ -104,24 +110,29 @@ def shard_identity(shard: Location) -> dict[str, Any]:
     }
 
 
-def local_options(options: TaskOptions) -> TaskOptions:
-    """``options`` with the model as a local directory (fetched into this node's cache if need be)."""
-    vocabulary = options.vocabulary if isinstance(options, LinkedOptions) else None
-    if vocabulary and not location(vocabulary).is_local:
-        options = dataclasses.replace(options, vocabulary=str(materialize_file(vocabulary, options.vocabulary_sha256)))
-    if not hub.is_explicit_name(options.model) and location(options.model).is_local:
-        return options
-    return dataclasses.replace(options, model=str(materialize(options.model, options.model_sha256)))
+def localise(options: O) -> O:
+    """``options`` with every input file local to this node: the one place a node turns the run's
+    URIs and model names into paths (fetched once per node into its cache, checked against the
+    checksums the run pinned: :mod:`pipeline.store.models`)."""
+    local: dict[str, str] = {}
+    for ref in options.inputs():
+        checksum = getattr(options, ref.checksum_field)
+        if ref.kind == "model":
+            if hub.is_explicit_name(ref.uri) or not location(ref.uri).is_local:
+                local[ref.field] = str(materialize(ref.uri, checksum))
+        elif not location(ref.uri).is_local:
+            local[ref.field] = str(materialize_file(ref.uri, checksum))
+    return dataclasses.replace(options, **local) if local else options
 
 
-def _prepare_shards(batch: dict[str, Any], task_cls: type[Task], options: TaskOptions) -> dict[str, Any]:
+def _prepare_shards(batch: dict[str, Any], task_cls: type[Task[O]], options: O) -> dict[str, Any]:
     """CPU stage (stateless Ray tasks): read each shard from storage and let the task build its inputs.
 
     One record per SHARD, carrying the prepared documents pickled: the model stage then sees every
     shard whole, so how its documents are batched depends on the shard alone - never on which other
     shards were pending - and a resumed run computes bit for bit what an uninterrupted one does.
     """
-    options = local_options(options)
+    options = localise(options)
     out: dict[str, list] = {SHARD_COL: [], PAYLOAD_COL: []}
     for shard, uri in zip(batch[SHARD_COL], batch[URI_COL]):
         table = location(str(uri)).read_table(COLUMNS)
@@ -144,13 +155,14 @@ class _TaskActor:
     """Model stage: builds the task once per actor; maps one shard's documents to their rows and
     writes them, as one immutable data file, into the output dataset on storage."""
 
-    def __init__(self, task_cls: type[Task], options: TaskOptions, out_uri: str):
-        self.task, self.fatal = None, ""
+    def __init__(self, task_cls: type[Task[O]], options: O, out: Location):
+        self.task: Task[O] | None = None
+        self.fatal = ""
         self.task_cls = task_cls
         self.chunk = options.batch_size
-        self.out = location(out_uri)
+        self.out = out
         try:
-            self.task = task_cls(local_options(options))
+            self.task = task_cls(localise(options))
         except BioMineError as exc:
             # A user mistake (a damaged or wrong checkpoint) would otherwise kill the actor in a loop
             # of restarts and surface as a Ray traceback; report it with every shard instead, and the
@@ -240,19 +252,18 @@ def write_shard_output(out: Location, shard: str, table) -> FileInfo:
 
 
 def run_task_stage(
-    task_cls: type[Task],
-    options: TaskOptions,
+    task: PlannedTask[Any],
     shards: Sequence[str | os.PathLike | Location],
-    out: str | os.PathLike | Location,
+    dataset: TaskDataset,
     *,
-    actors: int,
-    gpus_per_actor: float,
-    cpus_per_actor: float = 1.0,
+    placement: Placement,
     inputs: Mapping[str, Mapping[str, Any]] | None = None,
     before_commit: Callable[[], None] | None = None,
     progress: bool = True,
 ) -> StageResult:
-    """Run ``task_cls`` over the document ``shards`` (locations of their Parquet files), into dataset ``out``.
+    """Run the planned ``task`` (its class and resolved options: :mod:`pipeline.run.plan`) over the
+    document ``shards`` (locations of their Parquet files), into ``dataset``, with the actors and
+    GPUs of ``placement``.
 
     ``inputs`` gives each shard's identity (``ShardInfo.identity()`` from the documents manifest, by
     shard name); a shard without one is read from storage to get it. ``before_commit`` is called
@@ -264,8 +275,7 @@ def run_task_stage(
     """
     import ray
 
-    out = location(out)
-    dataset = TaskDataset(out)
+    task_cls, options, out = task.cls, task.options, dataset.loc
     result = StageResult(task=task_cls.name)
     start = time.perf_counter()
     settings = stage_settings(task_cls, options)
@@ -341,11 +351,11 @@ def run_task_stage(
     )
     ds = ds.map_batches(
         _TaskActor,
-        fn_constructor_kwargs=dict(task_cls=task_cls, options=options, out_uri=out.uri),
+        fn_constructor_kwargs=dict(task_cls=task_cls, options=options, out=out),
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=max(1, actors)),
-        num_gpus=gpus_per_actor or None,
-        num_cpus=cpus_per_actor,
+        compute=ray.data.ActorPoolStrategy(size=max(1, placement.actors)),
+        num_gpus=placement.gpus_per_actor or None,
+        num_cpus=placement.cpus_per_actor,
     )
     # Ray Data restarts dead actors and retries their tasks by default (max_restarts=-1): a lost
     # actor or node costs time, not rows; a shard is committed only once its whole result arrived.
@@ -370,12 +380,6 @@ def run_task_stage(
     result.operators = _operators(ds)
     result.seconds = time.perf_counter() - start
     return result
-
-
-def worker_error(exc: BaseException) -> BaseException:
-    """The user's error inside a failed Ray task or actor (a BioMineError: shown as one line), else ``exc``."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BioMineError) else exc
 
 
 def _operators(ds) -> list[str]:

@@ -31,7 +31,7 @@ import functools
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import pyarrow as pa
 
@@ -41,9 +41,12 @@ from pipeline.errors import WrongModelError
 
 from .options import TaskOptions
 
+O = TypeVar("O", bound=TaskOptions)
 
-class Task(ABC):
-    """A model task over batches of documents (see the module table)."""
+
+class Task(ABC, Generic[O]):
+    """A model task over batches of documents (see the module table), generic over its options class
+    (``class NerTask(Task[NerOptions])``)."""
 
     name: ClassVar[str]
     dataset: ClassVar[str]
@@ -57,9 +60,12 @@ class Task(ABC):
     def cast_batch(rows: list[dict[str, Any]]) -> pa.Table:
         """Rows as a table of ``schema``, checked (the schema module's ``cast_batch``)."""
 
+    #: The options this instance was built with.
+    options: O
+
     @classmethod
     @abstractmethod
-    def check_model(cls, options: TaskOptions) -> Any:
+    def check_model(cls, options: O) -> Any:
         """Refuse a checkpoint of the wrong kind, cheaply.
 
         :raises WrongModelError: naming the directory and what to pass instead.
@@ -67,11 +73,11 @@ class Task(ABC):
 
     @classmethod
     @abstractmethod
-    def prepare(cls, batch: dict[str, Any], options: TaskOptions) -> dict[str, Any]:
+    def prepare(cls, batch: dict[str, Any], options: O) -> dict[str, Any]:
         """CPU: ``batch`` plus the model inputs of each document."""
 
     @abstractmethod
-    def __init__(self, options: TaskOptions):
+    def __init__(self, options: O):
         """Load the model (once per actor)."""
 
     @abstractmethod

@@ -165,7 +165,7 @@ def _pad(rows: Sequence[Sequence[int]], value: int):
 # --- the task ------------------------------------------------------------------------------------
 
 
-class NerTask(_base.Task):
+class NerTask(_base.Task[NerOptions]):
     """The ``ner`` task (see the module docstring and :mod:`pipeline.tasks.base`)."""
 
     name = "ner"

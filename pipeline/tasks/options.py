@@ -50,6 +50,18 @@ def template_problem(template: Any) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class FileInput:
+    """A file (or model directory) that a task's outputs depend on: its options field, where it is,
+    and the field that holds its checksum once the runner has computed it."""
+
+    field: str
+    uri: str
+    #: ``model``: a model directory (or name); ``file``: one file (a concept dictionary).
+    kind: str
+    checksum_field: str
+
+
 def _positive(value: Any, key: str) -> list[str]:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         return [f"{key} must be a positive integer, got {value!r}"]
@@ -82,6 +94,11 @@ class TaskOptions:
         """``{key: required}`` of the job file's ``[tasks.NAME]`` table."""
         return {f.name: f.metadata["required"] for f in dataclasses.fields(cls) if f.metadata.get("job")}
 
+    def inputs(self) -> list[FileInput]:
+        """The files the outputs depend on: the runner pins their checksums into these options, and
+        every node fetches its own copy of them (:func:`pipeline.run.stages.localise`)."""
+        return [FileInput("model", self.model, "model", "model_sha256")]
+
     def problems(self) -> list[str]:
         out = []
         if not self.model or not isinstance(self.model, str):
@@ -105,9 +122,9 @@ class TaskOptions:
         """What the outputs depend on: every field but where it runs (``device``, ``cuda_graph``) and
         ``batch_size`` (it changes speed, and at most the last float bits of NER scores); with a
         ``model_sha256`` the model is that checksum and its name (rows carry it), not its path."""
-        skip = {"device", "cuda_graph", "batch_size"} | ({"model"} if self.model_sha256 else set())
-        if isinstance(self, LinkedOptions) and self.vocabulary_sha256:  # the dictionary's content, not its path
-            skip.add("vocabulary")
+        skip = {"device", "cuda_graph", "batch_size"}
+        # a file whose checksum is pinned is its content, not its path
+        skip |= {i.field for i in self.inputs() if getattr(self, i.checksum_field)}
         settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         if self.model_sha256:  # rows carry the model's name as their model_id
             settings["model_id"] = hub.model_name(self.model)
@@ -123,6 +140,10 @@ class LinkedOptions(TaskOptions):
     vocabulary: str | None = job_key(None)
     #: Its sha256, set by the runner: outputs depend on the dictionary's content.
     vocabulary_sha256: str | None = None
+
+    def inputs(self) -> list[FileInput]:
+        extra = [FileInput("vocabulary", self.vocabulary, "file", "vocabulary_sha256")] if self.vocabulary else []
+        return super().inputs() + extra
 
     def problems(self) -> list[str]:
         out = super().problems()

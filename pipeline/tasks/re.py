@@ -101,7 +101,7 @@ def _prompt_tokens(tokenizer, settings: TaskSettings) -> list[str]:
 # --- the task -----------------------------------------------------------------------------------
 
 
-class RelationTask(base.Task):
+class RelationTask(base.Task[RelationOptions]):
     """The ``re`` task (see the module docstring and :mod:`pipeline.tasks.base`)."""
 
     name = "re"

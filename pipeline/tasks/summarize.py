@@ -131,7 +131,7 @@ def fit_prompt(template: str, title: str, abstract: str, tokenizer, limit: int) 
     return ids, truncated
 
 
-class SummarizeTask(base.Task):
+class SummarizeTask(base.Task[SummarizeOptions]):
     """The ``summarize`` task (see the module docstring and :mod:`pipeline.tasks.base`)."""
 
     name = "summarize"

@@ -1,0 +1,237 @@
+"""The Ray session of a run: a private local Ray that accepts no one else, or a cluster joined by address.
+
+- :func:`init_ray`: without an address, a new local Ray sized to this machine, with token
+  authentication (a random token made for this run, in a private file removed when the process
+  ends) and every address on 127.0.0.1; with ``--address``/``RAY_ADDRESS`` (``host:port``, ``auto``
+  or ``ray://``) it joins that cluster, checked first so that a wrong address is one line within
+  seconds, and ships biomine's code through Ray's ``runtime_env`` (nodes need no checkout).
+- :func:`placement`: how many model actors and GPUs each, from the cluster's resources and the job's
+  ``[resources]``.
+- :class:`RayPool`: ingest's parallel work as Ray tasks on any node.
+
+The private-session details lean on two Ray internals (cited where used): the auth token loader's
+cache and the constant behind ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``.
+
+:raises BioMineError: an unreachable or malformed address; ``ray://`` without ``ray[client]``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import BioMineError
+from pipeline.run.jobspec import ResourceSpec
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0
+
+
+def _private_token() -> None:
+    """Token authentication for the embedded Ray: a fresh random token in a private file (mode 0600 in
+    a 0700 temporary folder, not ``$HOME``), removed when this process ends. Ray's GCS and raylets then
+    refuse every client that does not present it, whatever interface they listen on."""
+    if os.environ.get("RAY_AUTH_MODE") == "token" and os.path.exists(os.environ.get("RAY_AUTH_TOKEN_PATH", "")):
+        return  # a token made for this process already (a second init after a shutdown)
+    folder = tempfile.mkdtemp(prefix="biomine-ray-auth-")
+    path = Path(folder) / "token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    atexit.register(shutil.rmtree, folder, True)
+    _reload_ray_auth()
+
+
+def _reload_ray_auth() -> None:
+    """Make this (already imported) Ray read the auth settings again: its config and token loader
+    are cached at first use (ray/_private/authentication/authentication_token_setup.py does the same
+    when it turns token mode on)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+_LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_loopback_set_here = False
+
+
+def _loopback_only(on: bool) -> None:
+    """Keep the embedded Ray on 127.0.0.1: its node address, and so every connection between its
+    processes. Ray otherwise picks the host's routable address even for a one-machine cluster. Its
+    switch (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, ray/_private/services.py get_node_ip_address) is read
+    from the environment by each process Ray spawns, and from a constant by this already-imported one.
+    Joining a cluster undoes what this process set (a user's own setting is left alone)."""
+    global _loopback_set_here
+    import ray._private.ray_constants as ray_constants
+
+    if on and os.environ.get(_LOOPBACK) != "0":
+        os.environ[_LOOPBACK] = "0"
+        _loopback_set_here = True
+    elif not on and _loopback_set_here:
+        os.environ.pop(_LOOPBACK, None)
+        _loopback_set_here = False
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ.get(_LOOPBACK) != "0"
+
+
+def _probe(address: str) -> None:
+    """Fail fast, with one line, when nothing listens at ``host:port`` (Ray itself would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise BioMineError(
+            f"Ray address {address!r}: use HOST:PORT (the head's GCS port, 6379 by default), auto, or ray://HOST:10001"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT):
+            pass
+    except OSError as exc:
+        raise BioMineError(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
+            "`ray start --head` there, or omit --address/RAY_ADDRESS to run on this machine"
+        ) from None
+
+
+def check_address(address: str | None) -> None:
+    """Refuse, with one line and within seconds, an address that cannot work: malformed, ``ray://``
+    without Ray Client installed, or nothing listening there (``auto`` is left to Ray).
+
+    :raises BioMineError: naming the address and the fix.
+    """
+    if address is None or address == "auto":
+        return
+    if address.startswith("ray://"):
+        try:
+            import grpc  # noqa: F401
+            import ray.util.client  # noqa: F401
+        except ImportError:
+            raise BioMineError(
+                f"{address} needs Ray Client: pip install 'ray[client]', or pass the head's "
+                "GCS address (HOST:6379) from a node of the cluster"
+            ) from None
+        address = address[len("ray://") :]
+    _probe(address)
+
+
+def _runtime_env() -> dict[str, Any]:
+    """Ship biogpt/, pipeline/ and schemas/ to the cluster's workers (Ray's ``py_modules``)."""
+    import biogpt
+    import pipeline
+    import schemas
+
+    return {"py_modules": [os.path.dirname(m.__file__) for m in (biogpt, pipeline, schemas)]}
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join ``address``/``$RAY_ADDRESS`` if given, else start a private local Ray sized to this machine.
+
+    :raises BioMineError: the address is unreachable or malformed, or ``ray://`` without ``ray[client]``.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Ray's C++ core logs a harmless error-level line per actor restart; Ray Data logs every
+    # execution plan at INFO. Users get our progress bars and summary instead.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
+    if address is None:
+        _private_token()
+        _loopback_only(True)
+        # address="local": always a new private instance, never a cluster that `ray start` left
+        # running on this machine (ray.init() with no address would join it).
+        ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
+        return
+    _loopback_only(False)
+    check_address(address)
+    del kwargs["include_dashboard"]  # a cluster's own choice
+    try:
+        ray.init(address=address, runtime_env=_runtime_env(), **kwargs)
+    except (ConnectionError, RuntimeError) as exc:
+        raise BioMineError(f"cannot join the Ray cluster at {address}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run's model stages go: ``actors`` model actors with ``gpus_per_actor`` GPUs (0 on a
+    CPU cluster) and ``cpus_per_actor`` CPUs each."""
+
+    actors: int
+    gpus_per_actor: float
+    cpus_per_actor: float = 1.0
+
+    @property
+    def dtype(self) -> str:
+        """What ``dtype = "auto"`` means here: bfloat16 on GPUs, float32 on CPUs."""
+        return "bfloat16" if self.gpus_per_actor else "float32"
+
+
+def placement(resources: ResourceSpec) -> Placement:
+    """Model actors and GPUs per actor from the cluster's resources: one actor per ``gpus_per_actor``
+    GPUs; on a CPU cluster one actor per ``2 * cpus_per_actor`` CPUs (the other half prepare shards)."""
+    import ray
+
+    cluster = ray.cluster_resources()
+    gpus = cluster.get("GPU", 0)
+    per_actor = resources.gpus_per_actor if gpus else 0.0
+    if resources.actors:
+        actors = resources.actors
+    elif per_actor:
+        actors = max(1, int(gpus // per_actor))
+    else:
+        actors = max(1, int(cluster.get("CPU", 1) // (2 * resources.cpus_per_actor)))
+    return Placement(actors, per_actor, resources.cpus_per_actor)
+
+
+def worker_error(exc: BaseException) -> BaseException:
+    """The user's error inside a failed Ray task or actor (a BioMineError: shown as one line), else ``exc``."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BioMineError) else exc
+
+
+class _RayFuture:
+    def __init__(self, ref):
+        self.ref = ref
+
+    def cancel(self) -> None:
+        import ray
+
+        ray.cancel(self.ref)
+
+    def result(self) -> Any:
+        import ray
+
+        try:
+            return ray.get(self.ref)
+        except ray.exceptions.RayTaskError as exc:
+            raise worker_error(exc) from None
+
+
+class RayPool:
+    """Ingest's parallel work (:class:`pipeline.pubmed.ingest.Pool`) as Ray tasks, one CPU each, on
+    any node: each reads its input from storage and writes its shards to storage. A task lost with
+    its node is retried (``max_retries``): it writes the same names and bytes again."""
+
+    def __init__(self, workers: int):
+        self.workers = max(1, workers)
+        self._remote: dict[Any, Any] = {}
+
+    def submit(self, fn, *args) -> _RayFuture:
+        import ray
+
+        if fn not in self._remote:
+            self._remote[fn] = ray.remote(num_cpus=1, max_retries=2)(fn)
+        return _RayFuture(self._remote[fn].remote(*args))

@@ -1,0 +1,162 @@
+"""The plan of a run: every check ``biomine run`` makes before its first Ray call, and what they resolve.
+
+:func:`preflight` takes a parsed job (:class:`~pipeline.run.jobspec.JobSpec`) and returns a frozen
+:class:`RunPlan`, changing nothing and writing nothing: the job's output (:class:`JobOutput`), and
+per task its class and **fully resolved options**: the model pinned (a Hub id to
+``hf://repo@<commit>``, a release name to its folder), the checksum of every file the outputs
+depend on (model, concept dictionary). From there the options travel unchanged; the one later step
+is :meth:`RunPlan.placed`, which resolves ``dtype = "auto"`` once the cluster is known (bfloat16 on
+GPUs, float32 on CPUs), so that the fingerprints say what actually ran. ``biomine run --check`` runs
+exactly :func:`preflight`.
+
+:raises JobConfigError: listing every problem found, in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from pipeline.errors import BioMineError, JobConfigError
+from pipeline.run.cluster import Placement, check_address
+from pipeline.run.jobspec import JobSpec
+from pipeline.store.models import materialize, model_checksum, pin, vocabulary_checksum
+from pipeline.store.output import JobOutput
+from pipeline.store.storage import location
+from pipeline.tasks.base import Task
+from pipeline.tasks.options import TaskOptions
+
+O = TypeVar("O", bound=TaskOptions)
+
+
+@dataclass(frozen=True)
+class PlannedTask(Generic[O]):
+    """One task of a run: its class and its resolved options (see the module docstring)."""
+
+    name: str
+    cls: type[Task[O]]
+    options: O
+
+    @property
+    def dataset(self) -> str:
+        return self.cls.dataset
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run does, resolved once by :func:`preflight` and passed on unchanged."""
+
+    job: JobSpec
+    output: JobOutput
+    tasks: tuple[PlannedTask[Any], ...]
+    #: Set by :meth:`placed`: the model actors and GPUs of the cluster the run landed on.
+    placement: Placement | None = None
+
+    def placed(self, placement: Placement) -> RunPlan:
+        """This plan on a cluster: ``dtype = "auto"`` resolved for its hardware."""
+        tasks = tuple(
+            dataclasses.replace(t, options=dataclasses.replace(t.options, dtype=placement.dtype))
+            if t.options.dtype == "auto"
+            else t
+            for t in self.tasks
+        )
+        return dataclasses.replace(self, tasks=tasks, placement=placement)
+
+
+def job_identity(spec: JobSpec) -> dict[str, Any]:
+    """What an output location belongs to: the job's name and source."""
+    src = spec.source
+    # The paths as the job file writes them: moving the checkout (or `ray job submit --working-dir`)
+    # keeps the same job.
+    written = spec.raw.get("source", {}).get("paths", src.paths)
+    source = {"kind": src.kind, "query": src.query} if src.kind == "entrez" else {"kind": src.kind, "paths": written}
+    return {"name": spec.name, "source": source}
+
+
+def preflight(spec: JobSpec) -> RunPlan:
+    """Every check ``run`` makes before its first Ray call, with every problem listed at once: the Ray
+    address, the output (not a file; not another job's), the source (input files exist, NCBI email
+    for E-utilities) and each task's checkpoint (kind, task, settings that fit its positions). It
+    writes nothing and changes nothing; ``biomine run --check`` runs exactly this.
+
+    :raises JobConfigError: listing every problem found.
+    """
+    from pipeline.pubmed.ingest import discover_inputs
+    from pipeline.tasks.registry import task_class
+
+    problems: list[str] = []
+
+    def check(where: str, fn, *args):
+        try:
+            return fn(*args)
+        except BioMineError as exc:
+            problems.append(f"{where}{exc}")
+            return None
+
+    check("", check_address, spec.resources.address or os.environ.get("RAY_ADDRESS") or None)
+    out = check("[job] output: ", location, spec.output)
+    output = JobOutput(out) if out is not None else None
+    if out is not None and output is not None:
+        if check("[job] output: ", out.is_file):
+            problems.append(f"[job] output = {spec.output!r} is a file: name a folder (it is created if needed)")
+        elif out.is_local and not _writable(out.local_path()):
+            problems.append(f"[job] output = {spec.output!r}: this user cannot write there; choose another folder")
+        else:
+            check("", output.check_owner, job_identity(spec))
+    if spec.source.kind == "files":
+        check("[source] paths: ", discover_inputs, spec.source.paths)
+    else:
+        from pipeline.pubmed.eutils import Credentials, EutilsClient
+
+        src = spec.source
+        check(
+            "[source] ",
+            lambda: EutilsClient(
+                base_url=src.eutils_url, credentials=Credentials.resolve(email=src.email, api_key=src.api_key)
+            ),
+        )
+    tasks = []
+    for name, options in spec.tasks.items():
+        planned = check(f"[tasks.{name}] ", _resolve_task, name, task_class(name), options)
+        if planned is not None:
+            tasks.append(planned)
+    if len(problems) == 1:
+        raise JobConfigError(problems[0])
+    if problems:  # one line still: (1) ...; (2) ... - every problem at once, greppable in a log
+        where = f" in {spec.path}" if spec.path else ""
+        raise JobConfigError(
+            f"{len(problems)} problems{where}: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+        )
+    assert output is not None
+    return RunPlan(job=spec, output=output, tasks=tuple(tasks))
+
+
+def _resolve_task(name: str, cls: type[Task[O]], options: O) -> PlannedTask[O]:
+    """``options`` with the model pinned and every input's checksum, after ``cls.check_model``
+    accepted the (local copy of the) model.
+
+    :raises BioMineError: a name that does not resolve, missing files, the wrong kind of model.
+    """
+    model = pin(options.model)  # a Hub id -> hf://repo@<commit> (fetched here once)
+    resolved: dict[str, Any] = {"model": model}
+    local: dict[str, Any] = {}
+    for ref in dataclasses.replace(options, model=model).inputs():
+        if ref.kind == "model":
+            sha = model_checksum(ref.uri)
+            local[ref.field] = str(materialize(ref.uri, sha))
+        else:
+            sha = vocabulary_checksum(ref.uri)
+        resolved[ref.checksum_field] = sha
+    final = dataclasses.replace(options, **resolved)
+    cls.check_model(dataclasses.replace(final, **local))
+    return PlannedTask(name, cls, final)
+
+
+def _writable(path: Path) -> bool:
+    """Whether ``path`` (or, when it does not exist yet, its nearest existing parent) can be written."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
