@@ -130,3 +130,26 @@ model = "s3://bucket/models/ner"
     assert spec.source.paths == ["s3://bucket/pubmed/baseline/", str(tmp_path / "updates" / "*.xml.gz")]
     with pytest.raises(ConfigError, match=r"\[job\] output = 5: expected a string"):
         load_job(write(tmp_path, '[job]\nname = "x"\noutput = 5\n[source]\nkind = "files"\npaths = ["a"]\n'))
+
+
+def test_the_task_registry_is_built_from_the_task_classes_without_torch():
+    """Each task class declares its name and dataset; the registry collects them, and importing it
+    (job validation, ``biomine --help``) loads no torch."""
+    import subprocess
+    import sys
+
+    from pipeline.errors import JobConfigError
+    from pipeline.tasks.ner import NerTask
+    from pipeline.tasks.re import RelationTask
+    from pipeline.tasks.registry import DATASETS, TASKS, entry, task_class
+    from pipeline.tasks.summarize import SummarizeTask
+
+    assert DATASETS == {"ner": "entities", "re": "relations", "summarize": "summaries"}
+    for cls in (NerTask, RelationTask, SummarizeTask):
+        assert task_class(cls.name) is cls and entry(cls.name).dataset == cls.dataset
+        assert TASKS[cls.name].options is cls.Options
+    with pytest.raises(JobConfigError, match="unknown task 'nope'"):
+        entry("nope")
+    code = "import sys, pipeline.tasks.registry; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=JOBS.parent, check=True)
+    assert done.stdout.strip() == "False"

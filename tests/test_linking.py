@@ -11,7 +11,8 @@ import pytest
 from conftest import shared_path
 
 from pipeline.cli import main
-from pipeline.tasks.linking import Linker, abbreviations, evaluate_linking, normalise
+from pipeline.evaluation.linking import evaluate_linking
+from pipeline.tasks.linking import Linker, abbreviations, normalise
 from pipeline.tasks.vocabulary import dictionary_table, drugbank_rows, mesh_rows, pubtator_rows
 
 # Fixtures in the layouts NLM and DrugBank publish (desc2025.xml, supp2025.xml, drugbank vocabulary.csv).

@@ -13,19 +13,14 @@ import pytest
 
 from biogpt.errors import BioMineError
 from biogpt.tiny import make_tiny_checkpoint
-from pipeline.errors import DataFormatError, WrongModelError
+from pipeline.errors import DataFormatError, NerTrainingError, WrongModelError
+from pipeline.evaluation.ner import evaluate_ner, format_ner_report
 from pipeline.tasks.base import article_text
-from pipeline.tasks.ner import (
-    NerTask,
-    NerTrainingError,
-    document_spans,
-    evaluate_ner,
-    format_ner_report,
-    train_ner,
-)
+from pipeline.tasks.ner import NerTask, document_spans
 from pipeline.tasks.ner_spans import Span, encode_spans, label_list
 from pipeline.tasks.options import NerOptions
 from pipeline.tasks.pubtator import read_pubtator
+from pipeline.training.ner import NerTrainingSettings, train_ner
 from schemas.entities import cast_batch
 from tests.conftest import shared_path
 
@@ -126,7 +121,9 @@ def trained(tmp_path_factory, one_thread):
     data = root / "train.pubtator"
     texts = write_pubtator(data)
     base = make_tiny_checkpoint(root / "base", texts)
-    summary = train_ner(data, base, root / "model", epochs=100, lr=1e-2, batch_size=4, progress=False)
+    summary = train_ner(
+        NerTrainingSettings(data, base, root / "model", epochs=100, lr=1e-2, batch_size=4, progress=False)
+    )
     return {"root": root, "data": data, "base": base, "model": root / "model", "summary": summary, "texts": texts}
 
 
@@ -272,7 +269,9 @@ def test_windows_over_long_documents(tmp_path):
     texts = write_pubtator(data)
     base = make_tiny_checkpoint(tmp_path / "base", texts, max_position_embeddings=32)
     summary = train_ner(
-        data, base, tmp_path / "model", scheme="BIOES", epochs=100, lr=1e-2, batch_size=8, progress=False
+        NerTrainingSettings(
+            data, base, tmp_path / "model", scheme="BIOES", epochs=100, lr=1e-2, batch_size=8, progress=False
+        )
     )
     assert summary["window"] == 31 and summary["windows"] > 2 * len(DOCS)
     report = evaluate_ner(tmp_path / "model", data)
@@ -331,21 +330,21 @@ def test_training_refuses_bad_input(trained, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
     with pytest.raises(DataFormatError, match="empty.txt holds no PubTator documents"):
-        train_ner(empty, base, tmp_path / "m1", progress=False)
+        train_ner(NerTrainingSettings(empty, base, tmp_path / "m1", progress=False))
     bare = tmp_path / "bare.txt"
     bare.write_text("1|t|Aspirin.\n1|a|No mentions here.\n")
     with pytest.raises(DataFormatError, match="bare.txt has 1 documents but no mention lines"):
-        train_ner(bare, base, tmp_path / "m2", progress=False)
+        train_ner(NerTrainingSettings(bare, base, tmp_path / "m2", progress=False))
     with pytest.raises(DataFormatError, match="missing.txt does not exist"):
-        train_ner(tmp_path / "missing.txt", base, tmp_path / "m3", progress=False)
+        train_ner(NerTrainingSettings(tmp_path / "missing.txt", base, tmp_path / "m3", progress=False))
     with pytest.raises(NerTrainingError, match="has no config.json"):
-        train_ner(data, tmp_path, tmp_path / "m4", progress=False)
+        train_ner(NerTrainingSettings(data, tmp_path, tmp_path / "m4", progress=False))
     with pytest.raises(NerTrainingError, match="model is not empty.*--force"):
-        train_ner(data, base, trained["model"], progress=False)
+        train_ner(NerTrainingSettings(data, base, trained["model"], progress=False))
     with pytest.raises(DataFormatError, match=r"no mentions of the types \['Gene'\]"):
-        train_ner(data, base, tmp_path / "m5", types=["Gene"], progress=False)
+        train_ner(NerTrainingSettings(data, base, tmp_path / "m5", types=["Gene"], progress=False))
     with pytest.raises(NerTrainingError, match="already an NER model with labels"):
-        train_ner(data, trained["model"], tmp_path / "m6", types=["Chemical"], progress=False)
+        train_ner(NerTrainingSettings(data, trained["model"], tmp_path / "m6", types=["Chemical"], progress=False))
     assert not any((tmp_path / f"m{i}").exists() for i in range(1, 7))  # nothing written on refusal
 
 

@@ -12,9 +12,8 @@ import re
 import pytest
 
 from pipeline.errors import DataFormatError
-from pipeline.tasks.pubtator import read_pubtator
-from pipeline.tasks.re_data import gold_triples, read_re_json, split_entity_map
-from pipeline.tasks.re_eval import (
+from pipeline.evaluation.re_data import gold_triples, read_re_json, split_entity_map
+from pipeline.evaluation.re_scoring import (
     EvaluationError,
     cid_eval,
     cid_pairs_from_json,
@@ -23,6 +22,7 @@ from pipeline.tasks.re_eval import (
     normalize_name,
     score_generations,
 )
+from pipeline.tasks.pubtator import read_pubtator
 from pipeline.tasks.re_format import build_target, unify_names
 
 K = 4  # corrupt every K-th document / pair

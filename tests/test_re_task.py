@@ -1,4 +1,5 @@
-"""The relation-extraction task (pipeline/tasks/re.py) and `evaluate_re` on tiny prompt checkpoints.
+"""The relation-extraction task (pipeline/tasks/re.py) and `evaluate_re` (pipeline/evaluation/re.py) on tiny
+prompt checkpoints.
 
 The checkpoints come from biogpt.tiny.make_tiny_task_checkpoint (the layout `biomine convert fairseq`
 writes). The strongest test fine-tunes one for a few hundred Adam steps on two abstracts, exactly as
@@ -21,10 +22,11 @@ from biogpt.task_spec import load_task_settings
 from biogpt.tiny import make_tiny_checkpoint, make_tiny_task_checkpoint
 from biogpt.tokenizer import BioGptTokenizer
 from pipeline.errors import DataFormatError, TaskSettingsError
+from pipeline.evaluation.re import evaluate_re, format_re_report
+from pipeline.evaluation.re_scoring import hard_match
 from pipeline.tasks import base
 from pipeline.tasks.options import RelationOptions
-from pipeline.tasks.re import RelationModelError, RelationTask, evaluate_re, format_re_report
-from pipeline.tasks.re_eval import hard_match
+from pipeline.tasks.re import RelationModelError, RelationTask
 from pipeline.tasks.re_format import build_source, build_target, prompt_input_ids
 from pipeline.tasks.tiny import fit_prompt_model
 from schemas.relations import cast_batch

@@ -160,8 +160,8 @@ def make_demo_models(spec, records: list[dict]) -> list[Path]:
     whose model directory does not exist yet."""
     from biogpt.task_spec import BY_NAME
     from biogpt.tiny import make_tiny_checkpoint, make_tiny_task_checkpoint
-    from pipeline.tasks.ner import train_ner
     from pipeline.tasks.tiny import fit_prompt_model
+    from pipeline.training.ner import NerTrainingSettings, train_ner
 
     texts = [t for r in records for t in (r.get("title"), r.get("abstract")) if t]
     made = []
@@ -181,8 +181,10 @@ def make_demo_models(spec, records: list[dict]) -> list[Path]:
             work = model.parent / f".{model.name}-work"
             base = make_tiny_checkpoint(work / "base", corpus, **tiny)
             data = write_silver_pubtator(records, work / "silver.pubtator")
-            with _quiet("pipeline.tasks.ner", "biogpt.weights"):  # 100 epoch lines and the new-head notice
-                summary = train_ner(data, base, model, epochs=100, lr=1e-2, batch_size=4, progress=False)
+            with _quiet("pipeline.training", "biogpt.weights"):  # 100 epoch lines and the new-head notice
+                summary = train_ner(
+                    NerTrainingSettings(data, base, model, epochs=100, lr=1e-2, batch_size=4, progress=False)
+                )
             print(
                 f"ner: fitted {model} to {summary['mentions']} silver mentions (loss "
                 f"{summary.get('final_loss', float('nan')):.3f})",

@@ -1,7 +1,8 @@
 """``biomine eval ner|re``: score a model on gold data with the original metrics.
 
-The work is done by :func:`pipeline.tasks.ner.evaluate_ner` and :func:`pipeline.tasks.re.evaluate_re`;
-this module only parses options, prints the report and optionally writes it as JSON.
+The work is done by :func:`pipeline.evaluation.ner.evaluate_ner`, :func:`pipeline.evaluation.re.evaluate_re`
+and :func:`pipeline.evaluation.linking.evaluate_linking`; this module only parses options, prints the
+report and optionally writes it as JSON.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def register(subparsers) -> None:
 
 
 def _run_link(args) -> int:
-    from pipeline.tasks.linking import evaluate_linking, format_linking_report
+    from pipeline.evaluation.linking import evaluate_linking, format_linking_report
 
     _check_file(args.data, "--data")
     _check_file(args.vocab, "--vocab")
@@ -166,7 +167,7 @@ def _model(spec: str) -> str:
 
 
 def _run_ner(args) -> int:
-    from pipeline.tasks.ner import evaluate_ner, format_ner_report
+    from pipeline.evaluation.ner import evaluate_ner, format_ner_report
 
     _check_file(args.data, "--data")
     report = evaluate_ner(
@@ -178,7 +179,7 @@ def _run_ner(args) -> int:
 
 
 def _run_re(args) -> int:
-    from pipeline.tasks.re import evaluate_re, format_re_report
+    from pipeline.evaluation.re import evaluate_re, format_re_report
 
     _check_file(args.data, "--data")
     require_positive(args, "--max-new-tokens")

@@ -1,6 +1,6 @@
 """``biomine train ner``: fine-tune BioGPT for named-entity recognition on a PubTator file.
 
-The work is done by :func:`pipeline.tasks.ner.train_ner`; see docs/ner.md.
+The work is done by :func:`pipeline.training.ner.train_ner`; see docs/ner.md.
 """
 
 from __future__ import annotations
@@ -120,26 +120,28 @@ def _types(value: str | None) -> list[str] | None:
 def _run_ner(args) -> int:
     import sys
 
-    from pipeline.tasks.ner import train_ner
+    from pipeline.training.ner import NerTrainingSettings, train_ner
 
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     from biogpt import hub
 
     s = train_ner(
-        args.data,
-        str(hub.resolve(args.base).path),
-        args.out,
-        scheme=args.scheme,
-        types=_types(args.types),
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        freeze_body=args.freeze_body,
-        seed=args.seed,
-        device=args.device,
-        stride=args.stride,
-        overwrite=args.force,
-        progress=progress,
+        NerTrainingSettings(
+            args.data,
+            str(hub.resolve(args.base).path),
+            args.out,
+            scheme=args.scheme,
+            types=_types(args.types),
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            freeze_body=args.freeze_body,
+            seed=args.seed,
+            device=args.device,
+            stride=args.stride,
+            overwrite=args.force,
+            progress=progress,
+        )
     )
     notes = ""
     if s["unaligned_spans"] or s["conflicting_spans"]:

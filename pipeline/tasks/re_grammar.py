@@ -25,7 +25,7 @@ Contract:
   ``we have that``, ``in conclusion,``; BC5CDR tries ``in conclusion ,`` second instead).
 - BC5CDR names are mapped to MeSH ids with the document's ``chemical2id`` / ``disease2id`` (exact,
   case-sensitive lookup of the stripped name, ``"-1"`` when absent - as the original, which used the
-  split-level ``test.entities.json``; see :func:`pipeline.tasks.re_data.split_entity_map`).
+  split-level ``test.entities.json``; see :func:`pipeline.evaluation.re_data.split_entity_map`).
 - :func:`find_evidence` locates head and tail in the source text (case-insensitive, whitespace
   tolerant, whole words) and returns the smallest sentence window containing both, or the smallest
   sentence containing the one that was found, or ``None``.

@@ -1,8 +1,10 @@
 """The tasks a job can run: name -> output dataset, typed options and task class.
 
-This table is the one home of task and dataset names (the job file's ``[tasks.NAME]``, the folders
-under a job's output, the DuckDB views of ``biomine query``). Task classes are imported lazily, so
-``biomine --help`` and job validation do not pull in torch.
+Built from the task classes themselves: each :class:`~pipeline.tasks.base.Task` subclass declares its
+``name`` (the job file's ``[tasks.NAME]``) and ``dataset`` (the folder under a job's output and the
+DuckDB view of ``biomine query``), and this table collects them, refusing two tasks of one name or
+one dataset. The task modules import neither torch nor this module (they load their models in
+``__init__``), so ``biomine --help`` and job validation do not pull in torch.
 
 :raises JobConfigError: an unknown task name.
 """
@@ -10,11 +12,14 @@ under a job's output, the DuckDB views of ``biomine query``). Task classes are i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import import_module
 
 from pipeline.errors import JobConfigError
 
-from .options import NerOptions, RelationOptions, SummarizeOptions, TaskOptions
+from .base import Task
+from .ner import NerTask
+from .options import TaskOptions
+from .re import RelationTask
+from .summarize import SummarizeTask
 
 
 @dataclass(frozen=True)
@@ -23,18 +28,20 @@ class TaskEntry:
     #: The output dataset: ``OUT/<dataset>/``, one Parquet file per document shard.
     dataset: str
     options: type[TaskOptions]
-    #: ``module:Class`` of the :class:`pipeline.tasks.base.Task` subclass.
-    implementation: str
+    #: The :class:`pipeline.tasks.base.Task` subclass.
+    implementation: type[Task]
 
 
-TASKS: dict[str, TaskEntry] = {
-    e.name: e
-    for e in (
-        TaskEntry("ner", "entities", NerOptions, "pipeline.tasks.ner:NerTask"),
-        TaskEntry("re", "relations", RelationOptions, "pipeline.tasks.re:RelationTask"),
-        TaskEntry("summarize", "summaries", SummarizeOptions, "pipeline.tasks.summarize:SummarizeTask"),
-    )
-}
+def _table(*classes: type[Task]) -> dict[str, TaskEntry]:
+    entries = [TaskEntry(cls.name, cls.dataset, cls.Options, cls) for cls in classes]
+    for what in ("name", "dataset"):
+        values = [getattr(e, what) for e in entries]
+        if len(set(values)) != len(values):
+            raise AssertionError(f"two tasks share a {what}: {values}")
+    return {e.name: e for e in entries}
+
+
+TASKS: dict[str, TaskEntry] = _table(NerTask, RelationTask, SummarizeTask)
 #: Task name -> output dataset name.
 DATASETS: dict[str, str] = {e.name: e.dataset for e in TASKS.values()}
 
@@ -46,7 +53,6 @@ def entry(name: str) -> TaskEntry:
         raise JobConfigError(f"unknown task {name!r}: use one of {', '.join(TASKS)}") from None
 
 
-def task_class(name: str) -> type:
-    """The :class:`~pipeline.tasks.base.Task` subclass of task ``name`` (imports it)."""
-    module, attr = entry(name).implementation.split(":")
-    return getattr(import_module(module), attr)
+def task_class(name: str) -> type[Task]:
+    """The :class:`~pipeline.tasks.base.Task` subclass of task ``name``."""
+    return entry(name).implementation

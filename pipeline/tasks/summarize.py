@@ -43,7 +43,6 @@ from schemas import summaries as _summaries
 from . import base
 from .decoding import GreedyDecoder
 from .options import SummarizeOptions, template_problem
-from .registry import DATASETS
 
 DEFAULT_PROMPT = SummarizeOptions.prompt
 DEFAULT_PROMPT_ID = SummarizeOptions.prompt_id
@@ -135,7 +134,7 @@ class SummarizeTask(base.Task[SummarizeOptions]):
     """The ``summarize`` task (see the module docstring and :mod:`pipeline.tasks.base`)."""
 
     name = "summarize"
-    dataset = DATASETS["summarize"]
+    dataset = "summaries"
     schema = _summaries.SUMMARY_SCHEMA
     Options = SummarizeOptions
     cast_batch = staticmethod(_summaries.cast_batch)

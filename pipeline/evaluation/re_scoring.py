@@ -31,7 +31,8 @@ Contract:
   TP 90 + FP 533 = 623. Pairs with the unmapped id ``"-1"`` are ordinary false positives, as in
   BioGPT's pipeline.
 - :func:`score_generations` goes from generated texts (``doc_id -> text``) to the task's report with
-  the grammar parser, so ``biomine eval re`` and the tests share one path.
+  the grammar parser (:mod:`pipeline.tasks.re_grammar`, the one the ``re`` task parses with), so
+  ``biomine eval re`` and the tests share one path.
 
 :raises EvaluationError: nothing to score (no prediction has a gold document).
 """
@@ -43,10 +44,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from pipeline.errors import EvaluationError
+from pipeline.tasks.pubtator import PubTatorDocument
+from pipeline.tasks.re_grammar import parse_generation
 
-from .pubtator import PubTatorDocument
 from .re_data import gold_triples, split_entity_map
-from .re_grammar import parse_generation
 
 Triple = tuple[str, str, str]
 
