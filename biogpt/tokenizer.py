@@ -9,16 +9,20 @@ Pipeline (transformers/models/biogpt/tokenization_biogpt.py, and fairseq's moses
    merges are NOT restricted by the vocabulary (transformers does not restrict; fastBPE would if given
    a vocab file, which changes e.g. ``gt;`` and ``evertheless``), so a piece missing from the
    vocabulary becomes ``<unk>`` (3), exactly as in transformers.
-3. Ids: one leading ``</s>`` (2) - fairseq's start symbol, not ``<s>`` - so a single text is
-   ``[2] + X`` and a pair ``[2] + A + [2] + B``. ``"COVID-19 is"`` -> ``[2, 4805, 9, 656, 21]``.
+3. Ids: one leading ``</s>`` (2) - fairseq's start symbol, not ``<s>`` - so a text is ``[2] + X``.
+   ``"COVID-19 is"`` -> ``[2, 4805, 9, 656, 21]``.
+
+Calling the tokenizer takes what biomine uses: one text or a list, ``add_special_tokens``, ``padding``
+(``True``/'longest'), ``padding_side``, ``return_tensors='pt'`` and ``return_offsets_mapping``. The rest
+of transformers' call (``text_pair``, ``truncation``, ``max_length``, ``padding='max_length'``,
+``pad_to_multiple_of``, ``return_attention_mask``) is fenced off in :mod:`biogpt.tokenizer_compat`
+(:class:`~biogpt.tokenizer_compat.TransformersCompatTokenizer`, a subclass with the same constructors).
 
 Files. ``from_pretrained(dir)`` reads the transformers layout (``vocab.json`` + ``merges.txt``,
 optional ``added_tokens.json`` and ``tokenizer_config.json``) or, failing that, the fairseq layout
-(``dict.txt`` + ``bpecodes``). vocab.json keys are pieces in transformers' form: a word-internal piece
-is bare (``lear``), a word-final piece ends in ``</w>`` (``ned</w>``); ``dict.txt`` line k (``token
-count``) is id k+3 after ``<s>`` ``<pad>`` ``</s>`` ``<unk>``, and its ``xx@@`` / ``yy`` symbols map to
-``xx`` / ``yy</w>`` (the rewrite of transformers' conversion script). ``save_pretrained`` writes a
-directory that transformers' ``BioGptTokenizer.from_pretrained`` loads.
+(``dict.txt`` + ``bpecodes``); ``save_pretrained`` writes a directory that transformers'
+``BioGptTokenizer.from_pretrained`` loads. The formats are read and written by
+:mod:`biogpt.tokenizer_files`.
 
 Added tokens (``add_tokens``, ``added_tokens.json``) get ids after the vocabulary: the learned prompt
 tokens ``learned1..N`` of BioGPT's fine-tuned checkpoints sit at ids V0..V0+N-1. As in fairseq, they
@@ -45,36 +49,50 @@ sacremoses objects and the cache; they are rebuilt on first use.
 
 :raises TokenizerError: for missing or malformed vocabulary files (the message names the file and
     the fix).
+:raises ValueError: for an unknown ``padding``/``padding_side``/``return_tensors``, or unpadded rows
+    of different lengths with ``return_tensors='pt'``.
+:raises TypeError: for a text that is not a str, or a transformers-only call option (the message
+    points to :mod:`biogpt.tokenizer_compat`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from sacremoses import MosesDetokenizer, MosesTokenizer
 
+from . import tokenizer_files as files
 from .errors import TokenizerError
+from .tokenizer_files import (
+    BOS,
+    DEFAULT_MODEL_MAX_LENGTH,
+    END_OF_WORD,
+    EOS,
+    PAD,
+    SPECIAL_TOKENS,
+    UNK,
+    read_fairseq_dict,
+)
 
-VOCAB_FILE = "vocab.json"
-MERGES_FILE = "merges.txt"
-DICT_FILE = "dict.txt"
-BPECODES_FILE = "bpecodes"
-ADDED_TOKENS_FILE = "added_tokens.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
-
-BOS, PAD, EOS, UNK = "<s>", "<pad>", "</s>", "<unk>"
-SPECIAL_TOKENS = (BOS, PAD, EOS, UNK)  # fairseq Dictionary order: ids 0, 1, 2, 3
-END_OF_WORD = "</w>"
-DEFAULT_MODEL_MAX_LENGTH = 1024  # tokenizer_config.json of every published BioGPT repo
+__all__ = [
+    "BOS",
+    "DEFAULT_MODEL_MAX_LENGTH",
+    "END_OF_WORD",
+    "EOS",
+    "PAD",
+    "SPECIAL_TOKENS",
+    "UNK",
+    "BatchEncoding",
+    "BioGptTokenizer",
+    "read_fairseq_dict",
+]
 
 # Moses' XML escapes (sacremoses MosesTokenizer.MOSES_ESCAPE_XML_REGEXES) and what they stand for.
 _ESCAPES = {
@@ -90,23 +108,11 @@ _ESCAPES = {
 _ESCAPE_RE = re.compile("|".join(re.escape(e) for e in _ESCAPES))
 _DASH_SPLIT = "@-@"  # aggressive_dash_splits turns the "-" of "a-b" into this token
 
-_PADDING = {
-    False: "do_not_pad",
-    "do_not_pad": "do_not_pad",
-    True: "longest",
-    "longest": "longest",
-    "max_length": "max_length",
-}
-_TRUNCATION = {
-    None: "do_not_truncate",
-    False: "do_not_truncate",
-    "do_not_truncate": "do_not_truncate",
-    True: "longest_first",
-    "longest_first": "longest_first",
-    "only_first": "only_first",
-    "only_second": "only_second",
-}
-_HUGE = int(1e20)  # transformers' "no limit" model_max_length is 1e30; anything above this is "none"
+_PADDING = {False: False, "do_not_pad": False, True: True, "longest": True}
+_COMPAT = "biogpt.tokenizer_compat.TransformersCompatTokenizer"
+
+Row = tuple[list[int], list[tuple[int, int]] | None]  # one text's ids and (when asked) their offsets
+Table = Mapping[str, tuple[tuple[str, ...], tuple[int, ...]]]  # Moses token -> (BPE pieces, ids)
 
 
 class _FastMosesTokenizer(MosesTokenizer):
@@ -186,82 +192,71 @@ class BatchEncoding(dict):
         return BatchEncoding({k: v.to(device) if hasattr(v, "to") else v for k, v in self.items()})
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"cannot read {what} {path}: {exc}; re-create it with save_pretrained") from None
+# --- offsets ---------------------------------------------------------------------------------------
+def _unescape_units(word: str) -> list[tuple[int, str]]:
+    """(escaped length, original text) units of a Moses token, e.g. ``AT&amp;T`` -> A, T, &amp;->&, T."""
+    if word == _DASH_SPLIT:
+        return [(len(word), "-")]
+    if "&" not in word:
+        return [(1, c) for c in word]
+    units: list[tuple[int, str]] = []
+    i = 0
+    for m in _ESCAPE_RE.finditer(word):
+        units.extend((1, c) for c in word[i : m.start()])
+        units.append((m.end() - m.start(), _ESCAPES[m.group()]))
+        i = m.end()
+    units.extend((1, c) for c in word[i:])
+    return units
 
 
-def _fairseq_to_piece(symbol: str) -> str:
-    """fairseq dict symbol -> transformers vocab key: ``xx@@`` -> ``xx``; ``yy`` -> ``yy</w>``."""
-    if symbol in SPECIAL_TOKENS:
-        return symbol
-    return symbol[:-2] if symbol.endswith("@@") else symbol + END_OF_WORD
-
-
-def read_fairseq_dict(path: str | Path) -> list[str]:
-    """The symbols of a fairseq ``dict.txt`` in id order, WITHOUT the four specials (ids 0-3).
-
-    Lines are ``<symbol> <count>`` split on the last space (fairseq ``Dictionary.add_from_file``);
-    blank lines are skipped. A duplicate symbol is an error, as in fairseq.
-    """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise TokenizerError(
-            f"fairseq dictionary {path} does not exist; pass the dict.txt shipped with "
-            "the checkpoint (BioGPT's data/dict.txt)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TokenizerError(f"cannot read fairseq dictionary {path}: {exc}") from None
-    symbols: list[str] = []
-    seen = set(SPECIAL_TOKENS)
-    for lineno, line in enumerate(lines, 1):
-        line = line.rstrip()
-        if not line:
+def _piece_spans(text: str, words: Sequence[str], table: Table) -> list[tuple[int, int]]:
+    """Character span in ``text`` of every BPE piece of its Moses tokens ``words`` (pieces from ``table``)."""
+    spans: list[tuple[int, int]] = []
+    pos, n = 0, len(text)
+    for word in words:
+        raw_units = _unescape_units(word)
+        raw = "".join(r for _, r in raw_units)
+        while pos < n and (text[pos].isspace() or text[pos] < " "):  # separators Moses dropped
+            pos += 1
+        start = pos if text.startswith(raw, pos) else text.find(raw, pos)
+        pieces = table[word][0]
+        if start < 0:  # cannot happen for text Moses only split (e.g. control chars inside a word)
+            spans.extend((pos, pos) for _ in pieces)
             continue
-        symbol, _, count = line.rpartition(" ")
-        if not symbol or not count.lstrip("-").isdigit():
-            raise TokenizerError(
-                f"{path}:{lineno}: expected '<token> <count>', got {line[:80]!r}; is this a fairseq dict.txt?"
-            )
-        if symbol in seen:
-            raise TokenizerError(
-                f"{path}:{lineno}: duplicate token {symbol!r}; a fairseq dict.txt lists each token once"
-            )
-        seen.add(symbol)
-        symbols.append(symbol)
-    if not symbols:
-        raise TokenizerError(f"fairseq dictionary {path} is empty")
-    return symbols
+        # bounds[e]: original offset at escaped position e; a position inside an escape maps to
+        # the escape's end, so only the piece holding its first character covers the character.
+        bounds = [0] * (len(word) + 1)
+        e, o = 0, start
+        for esc_len, raw_unit in raw_units:
+            bounds[e] = o
+            for k in range(1, esc_len):
+                bounds[e + k] = o + len(raw_unit)
+            e += esc_len
+            o += len(raw_unit)
+        bounds[e] = o
+        e = 0
+        last = len(pieces) - 1
+        for j, piece in enumerate(pieces):
+            length = len(piece) - (len(END_OF_WORD) if j == last else 0)
+            spans.append((bounds[e], bounds[e + length]))
+            e += length
+        pos = o
+    return spans
 
 
-def _read_merges(path: Path, *, hf_format: bool) -> list[tuple[str, str]]:
-    """Merge pairs in rank order from ``merges.txt`` (``a b``) or ``bpecodes`` (``a b count``)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TokenizerError(f"BPE merges file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TokenizerError(f"cannot read BPE merges file {path}: {exc}") from None
-    # transformers reads merges.txt as text.split("\n")[:-1]: the last line is dropped even when it
-    # does not end in a newline. Do the same so the ranks (and ids) match it exactly.
-    lines = text.split("\n")[:-1] if hf_format else text.splitlines()
-    ranks: dict[tuple[str, str], int] = {}
-    for rank, line in enumerate(lines):
-        fields = line.split()
-        if len(fields) >= 2:
-            # A repeated pair keeps its LAST rank, like transformers' dict(zip(merges, range(...))).
-            ranks[(fields[0], fields[1])] = rank
-    if not ranks:
-        raise TokenizerError(f"BPE merges file {path} holds no merges; expected lines 'left right [count]'")
-    return sorted(ranks, key=ranks.__getitem__)
+def _as_tensors(out: dict[str, list], return_tensors: str) -> BatchEncoding:
+    """``out``'s lists of rows as ``torch.long`` tensors of shape ``(B, T)`` (``(B, T, 2)`` for offsets)."""
+    if return_tensors != "pt":
+        raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
+    if len({len(r) for r in out["input_ids"]}) > 1:
+        raise ValueError("texts have different lengths: pass padding=True to build tensors")
+    import torch
+
+    return BatchEncoding({k: torch.tensor(v, dtype=torch.long) for k, v in out.items()})
 
 
 class BioGptTokenizer:
-    """Moses + BPE tokenizer of BioGPT with transformers' ``BioGptTokenizer`` API and ids.
+    """Moses + BPE tokenizer of BioGPT with transformers' ``BioGptTokenizer`` ids and its common API.
 
     Build it with :meth:`from_pretrained` (a directory), ``BioGptTokenizer(vocab_file=..., merges_file=...)``
     or :meth:`from_fairseq`. Calling it encodes text(s)::
@@ -270,10 +265,11 @@ class BioGptTokenizer:
         tok("COVID-19 is")["input_ids"]                     # [2, 4805, 9, 656, 21]
         tok(["a", "b c"], padding=True, return_tensors="pt")
         tok.decode([2, 4805, 9, 656, 21], skip_special_tokens=True)   # 'COVID-19 is'
+
+    Pairs, truncation and fixed-length padding: :class:`biogpt.tokenizer_compat.TransformersCompatTokenizer`.
     """
 
-    bos_token, pad_token, eos_token, sep_token, unk_token = BOS, PAD, EOS, EOS, UNK
-    model_input_names = ["input_ids", "attention_mask"]
+    bos_token, pad_token, eos_token, unk_token = BOS, PAD, EOS, UNK
     #: Moses tokens whose BPE is cached; past this the cache is emptied (bounds memory on huge corpora).
     cache_size = 500_000
 
@@ -285,27 +281,24 @@ class BioGptTokenizer:
         added_tokens: Sequence[str] = (),
         model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
         padding_side: str = "right",
-        truncation_side: str = "right",
         _encoder: dict[str, int] | None = None,
         _merges: list[tuple[str, str]] | None = None,
         _source: str | None = None,
     ) -> None:
+        """From transformers' ``vocab.json`` and ``merges.txt`` (the ``_`` arguments are for the
+        other constructors). ``model_max_length`` is only stored and saved (1024, as published).
+
+        :raises TokenizerError: a file is missing or malformed, or the vocabulary lacks a special token.
+        """
         if _encoder is None:
             if vocab_file is None or merges_file is None:
                 raise TokenizerError(
                     "BioGptTokenizer needs vocab_file and merges_file (or use "
                     "BioGptTokenizer.from_pretrained(dir) / from_fairseq(dict.txt, bpecodes))"
                 )
-            vocab_path, merges_path = Path(vocab_file), Path(merges_file)
-            if not vocab_path.is_file():
-                raise TokenizerError(f"vocabulary file {vocab_path} does not exist; pass a BioGPT vocab.json")
-            _encoder = _read_json(vocab_path, "vocabulary")
-            if not isinstance(_encoder, dict) or not all(
-                isinstance(k, str) and isinstance(v, int) for k, v in _encoder.items()
-            ):
-                raise TokenizerError(f"{vocab_path} must map token strings to integer ids")
-            _merges = _read_merges(merges_path, hf_format=True)
-            _source = str(vocab_path.parent)
+            _encoder = files.read_vocab_json(vocab_file)
+            _merges = files.read_merges(merges_file, hf_format=True)
+            _source = str(Path(vocab_file).parent)
         self.encoder: dict[str, int] = dict(_encoder)
         self.merges: list[tuple[str, str]] = list(_merges or [])
         self.source = _source
@@ -322,75 +315,46 @@ class BioGptTokenizer:
         self.added_tokens_decoder: dict[int, str] = {}
         self.model_max_length = model_max_length
         self.padding_side = padding_side
-        self.truncation_side = truncation_side
         self._next_id = max(self.decoder) + 1
         self._init_runtime()
         self.add_tokens(list(added_tokens))
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
-    def from_fairseq(cls, dict_file: str | Path, bpecodes_file: str | Path, **kwargs) -> "BioGptTokenizer":
-        """From the original fairseq files: ``dict.txt`` (ids 4..) and ``bpecodes`` (merges)."""
-        symbols = read_fairseq_dict(dict_file)
-        encoder = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-        for symbol in symbols:
-            piece = _fairseq_to_piece(symbol)
-            if piece in encoder:  # e.g. "x</w>@@" and "x" both become "x</w>"
-                raise TokenizerError(
-                    f"{dict_file}: symbols {symbol!r} and another map to the same vocabulary entry {piece!r}"
-                )
-            encoder[piece] = len(encoder)
-        merges = _read_merges(Path(bpecodes_file), hf_format=False)
+    def from_fairseq(cls, dict_file: str | Path, bpecodes_file: str | Path, **kwargs) -> BioGptTokenizer:
+        """From the original fairseq files: ``dict.txt`` (ids 4..) and ``bpecodes`` (merges).
+
+        :raises TokenizerError: a file is missing or malformed.
+        """
+        encoder = files.read_fairseq_vocab(dict_file)
+        merges = files.read_merges(bpecodes_file, hf_format=False)
         return cls(_encoder=encoder, _merges=merges, _source=str(Path(dict_file).parent), **kwargs)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, revision: str | None = None, **kwargs) -> "BioGptTokenizer":
+    def from_pretrained(cls, path: str | Path, *, revision: str | None = None, **kwargs) -> BioGptTokenizer:
         """From a directory with ``vocab.json`` + ``merges.txt`` (preferred) or ``dict.txt`` + ``bpecodes``;
         ``path`` may also be a Hub id or a pulled release (:mod:`biogpt.hub`, ``revision`` as there).
 
         ``added_tokens.json`` (token -> id, ids right after the vocabulary) and ``model_max_length``
         / ``padding_side`` from ``tokenizer_config.json`` are read when present; keyword arguments
         (e.g. ``padding_side="left"``) override them.
+
+        :raises TokenizerError: no such directory, neither file layout in it, or a malformed file.
         """
         from .hub import resolve
 
         path = resolve(path, revision).path
-        if not path.is_dir():
-            raise TokenizerError(
-                f"tokenizer directory {path} does not exist (or is a file); pass the model "
-                f"directory holding {VOCAB_FILE} + {MERGES_FILE} or {DICT_FILE} + {BPECODES_FILE}"
-            )
-        config_file = path / TOKENIZER_CONFIG_FILE
-        if config_file.exists():
-            config = _read_json(config_file, "tokenizer config")
-            config = config if isinstance(config, dict) else {}
-            max_len = config.get("model_max_length")
-            if isinstance(max_len, (int, float)) and "model_max_length" not in kwargs:
-                kwargs["model_max_length"] = int(max_len) if max_len < _HUGE else _HUGE
-            if config.get("padding_side") in ("left", "right") and "padding_side" not in kwargs:
-                kwargs["padding_side"] = config["padding_side"]
-        if (path / VOCAB_FILE).exists() and (path / MERGES_FILE).exists():
-            tok = cls(path / VOCAB_FILE, path / MERGES_FILE, **kwargs)
-        elif (path / DICT_FILE).exists() and (path / BPECODES_FILE).exists():
-            tok = cls.from_fairseq(path / DICT_FILE, path / BPECODES_FILE, **kwargs)
-        else:
-            present = sorted(p.name for p in path.iterdir())[:12]
-            raise TokenizerError(
-                f"no tokenizer files in {path}: expected {VOCAB_FILE} + {MERGES_FILE} (transformers layout) or "
-                f"{DICT_FILE} + {BPECODES_FILE} (fairseq layout); found {present or 'nothing'}. For an original "
-                "BioGPT checkpoint run `biomine convert fairseq SRC DST`, or copy BioGPT's data/dict.txt and "
-                "data/bpecodes next to it"
-            )
-        added_file = path / ADDED_TOKENS_FILE
+        files.check_directory(path)
+        kwargs = {**files.read_tokenizer_config(path), **kwargs}
+        layout, first, second = files.find_vocabulary(path)
+        tok = cls(first, second, **kwargs) if layout == "transformers" else cls.from_fairseq(first, second, **kwargs)
+        added_file = path / files.ADDED_TOKENS_FILE
         if added_file.exists():
             tok._load_added_tokens(added_file)
         return tok
 
     def _load_added_tokens(self, file: Path) -> None:
-        added = _read_json(file, "added tokens")
-        if not isinstance(added, dict):
-            raise TokenizerError(f"{file} must map token strings to ids")
-        for token, idx in sorted(added.items(), key=lambda kv: kv[1]):
+        for token, idx in files.read_added_tokens(file):
             if token in self.added_tokens_encoder and self.added_tokens_encoder[token] == idx:
                 continue
             if idx != self._next_id or token in self.encoder:
@@ -446,10 +410,6 @@ class BioGptTokenizer:
         return self.encoder[EOS]
 
     @property
-    def sep_token_id(self) -> int:
-        return self.encoder[EOS]
-
-    @property
     def unk_token_id(self) -> int:
         return self.encoder[UNK]
 
@@ -500,11 +460,6 @@ class BioGptTokenizer:
     def _id_to_token(self, idx: int) -> str:
         token = self.added_tokens_decoder.get(idx)
         return token if token is not None else self.decoder.get(idx, UNK)
-
-    def build_inputs_with_special_tokens(self, ids_0: list[int], ids_1: list[int] | None = None) -> list[int]:
-        """``[</s>] + ids_0`` or ``[</s>] + ids_0 + [</s>] + ids_1`` (fairseq's layout)."""
-        sep = [self.sep_token_id]
-        return sep + ids_0 if ids_1 is None else sep + ids_0 + sep + ids_1
 
     # --- Moses and BPE -----------------------------------------------------------------------------
     @property
@@ -604,7 +559,65 @@ class BioGptTokenizer:
         table = self._lookup(words)
         return [p for w in words for p in table[w][0]]
 
-    def _encode_texts(self, texts: Sequence[str], with_offsets: bool):
+    # --- encoding ----------------------------------------------------------------------------------
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        *,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        padding_side: str | None = None,
+        return_tensors: str | None = None,
+        return_offsets_mapping: bool = False,
+        **transformers_only: Any,
+    ) -> BatchEncoding:
+        """Encode one text (flat lists in the result) or a list of texts (lists of lists).
+
+        Returns ``input_ids``, ``attention_mask`` and, when asked, ``offset_mapping`` (see the module
+        docstring); each row is ``[2] + ids`` (just ``ids`` without ``add_special_tokens``).
+        ``padding=True`` (or 'longest') pads every row to the longest with id 1 and mask 0, on
+        ``padding_side`` (default :attr:`padding_side`, 'right'; use 'left' for batched generation).
+        ``return_tensors='pt'`` gives ``torch.long`` tensors of shape ``(B, T)`` (one text: ``B = 1``).
+
+        :raises ValueError: unknown ``padding``/``padding_side``/``return_tensors``; rows of different
+            lengths with ``return_tensors='pt'`` (pass ``padding=True``).
+        :raises TypeError: a text is not a str; a transformers-only option (``text_pair``,
+            ``truncation``, ``max_length`` ...), which :mod:`biogpt.tokenizer_compat` provides.
+        """
+        if transformers_only:
+            raise TypeError(
+                f"BioGptTokenizer() takes no {', '.join(sorted(transformers_only))}: use {_COMPAT} for "
+                "transformers' full call (pairs, truncation, max_length padding)"
+            )
+        pad = self._pad_mode(padding)
+        side = self._padding_side(padding_side)
+        batched = isinstance(text, (list, tuple))
+        rows = self._encode_texts(list(text) if batched else [text], return_offsets_mapping)
+        if add_special_tokens:
+            rows = [self._add_start(ids, offsets) for ids, offsets in rows]
+        target = max(len(ids) for ids, _ in rows) if pad else None
+        return self._batch_encoding(rows, target, side, return_tensors, batched, with_offsets=return_offsets_mapping)
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Ids of one text: ``[2] + ids`` (just ``ids`` without ``add_special_tokens``)."""
+        return self(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+    @staticmethod
+    def _pad_mode(padding: bool | str) -> bool:
+        try:
+            return _PADDING[padding]
+        except (KeyError, TypeError):
+            if padding == "max_length":
+                raise ValueError(f"padding='max_length' is transformers' fixed-length padding: use {_COMPAT}") from None
+            raise ValueError(f"unknown padding={padding!r}; use True ('longest') or False") from None
+
+    def _padding_side(self, padding_side: str | None) -> str:
+        side = padding_side or self.padding_side
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+        return side
+
+    def _encode_texts(self, texts: Sequence[str], with_offsets: bool) -> list[Row]:
         """Ids (and offsets) of each text, without special tokens; one fastBPE call for the batch."""
         for t in texts:
             if not isinstance(t, str):
@@ -617,199 +630,48 @@ class BioGptTokenizer:
             extend = ids.extend
             for w in words:
                 extend(table[w][1])
-            out.append((ids, self._offsets(text, words, table) if with_offsets else None))
+            out.append((ids, _piece_spans(text, words, table) if with_offsets else None))
         return out
 
-    def _offsets(self, text: str, words: list[str], table) -> list[tuple[int, int]]:
-        """Character span in ``text`` of every BPE piece of the Moses tokens ``words``."""
-        spans: list[tuple[int, int]] = []
-        pos, n = 0, len(text)
-        for word in words:
-            raw_units = self._unescape_units(word)
-            raw = "".join(r for _, r in raw_units)
-            while pos < n and (text[pos].isspace() or text[pos] < " "):  # separators Moses dropped
-                pos += 1
-            start = pos if text.startswith(raw, pos) else text.find(raw, pos)
-            pieces = table[word][0]
-            if start < 0:  # cannot happen for text Moses only split (e.g. control chars inside a word)
-                spans.extend((pos, pos) for _ in pieces)
-                continue
-            # bounds[e]: original offset at escaped position e; a position inside an escape maps to
-            # the escape's end, so only the piece holding its first character covers the character.
-            bounds = [0] * (len(word) + 1)
-            e, o = 0, start
-            for esc_len, raw_unit in raw_units:
-                bounds[e] = o
-                for k in range(1, esc_len):
-                    bounds[e + k] = o + len(raw_unit)
-                e += esc_len
-                o += len(raw_unit)
-            bounds[e] = o
-            e = 0
-            last = len(pieces) - 1
-            for j, piece in enumerate(pieces):
-                length = len(piece) - (len(END_OF_WORD) if j == last else 0)
-                spans.append((bounds[e], bounds[e + length]))
-                e += length
-            pos = o
-        return spans
+    def _add_start(self, ids: list[int], offsets: list[tuple[int, int]] | None) -> Row:
+        """``[</s>] + ids``: fairseq's start symbol (its offset is ``(0, 0)``)."""
+        return [self.eos_token_id] + ids, None if offsets is None else [(0, 0)] + offsets
 
-    @staticmethod
-    def _unescape_units(word: str) -> list[tuple[int, str]]:
-        """(escaped length, original text) units of a Moses token, e.g. ``AT&amp;T`` -> A, T, &amp;->&, T."""
-        if word == _DASH_SPLIT:
-            return [(len(word), "-")]
-        if "&" not in word:
-            return [(1, c) for c in word]
-        units: list[tuple[int, str]] = []
-        i = 0
-        for m in _ESCAPE_RE.finditer(word):
-            units.extend((1, c) for c in word[i : m.start()])
-            units.append((m.end() - m.start(), _ESCAPES[m.group()]))
-            i = m.end()
-        units.extend((1, c) for c in word[i:])
-        return units
-
-    # --- encoding ----------------------------------------------------------------------------------
-    def __call__(
+    def _batch_encoding(
         self,
-        text: str | Sequence[str],
-        text_pair: str | Sequence[str] | None = None,
+        rows: Sequence[Row],
+        target: int | None,
+        side: str,
+        return_tensors: str | None,
+        batched: bool,
         *,
-        add_special_tokens: bool = True,
-        padding: bool | str = False,
-        truncation: bool | str | None = None,
-        max_length: int | None = None,
-        pad_to_multiple_of: int | None = None,
-        padding_side: str | None = None,
-        return_tensors: str | None = None,
-        return_attention_mask: bool = True,
-        return_offsets_mapping: bool = False,
+        with_offsets: bool,
+        attention_mask: bool = True,
     ) -> BatchEncoding:
-        """Encode one text (lists in the result) or a list of texts (lists of lists), as transformers.
-
-        ``padding``: False, True/'longest', 'max_length'; ``truncation``: True/'longest_first',
-        'only_first', 'only_second' (``max_length`` alone turns on 'longest_first', as in
-        transformers; without ``max_length`` the limit is ``model_max_length``). Pads use id 1 and
-        attention mask 0, on ``padding_side`` ('right' unless set). ``return_tensors='pt'`` gives
-        torch tensors with a batch dimension.
-        """
-        batched = isinstance(text, (list, tuple))
-        texts = list(text) if batched else [text]
-        pairs = None
-        if text_pair is not None:
-            if batched != isinstance(text_pair, (list, tuple)):
-                raise TypeError("text and text_pair must both be strings or both be lists of strings")
-            pairs = list(text_pair) if batched else [text_pair]
-            if len(pairs) != len(texts):
-                raise ValueError(f"got {len(texts)} texts but {len(pairs)} text pairs")
-        try:
-            pad_mode = _PADDING[padding]
-            trunc_mode = _TRUNCATION[truncation]
-        except (KeyError, TypeError):
-            raise ValueError(f"unknown padding={padding!r} or truncation={truncation!r}") from None
-        if max_length is not None and padding is False and truncation is None:
-            trunc_mode = "longest_first"  # transformers: max_length alone activates truncation
-        padding_side = padding_side or self.padding_side
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        limit = max_length
-        if limit is None and (pad_mode == "max_length" or trunc_mode != "do_not_truncate"):
-            limit = self.model_max_length if self.model_max_length < _HUGE else None
-            if limit is None:
-                pad_mode = "do_not_pad" if pad_mode == "max_length" else pad_mode
-                trunc_mode = "do_not_truncate"
-
-        first = self._encode_texts(texts, return_offsets_mapping)
-        second = self._encode_texts(pairs, return_offsets_mapping) if pairs is not None else None
-        rows_ids, rows_offsets = [], []
-        for i, (ids_a, off_a) in enumerate(first):
-            ids_b, off_b = second[i] if second is not None else (None, None)
-            if trunc_mode != "do_not_truncate" and limit is not None:
-                n_special = (1 if ids_b is None else 2) if add_special_tokens else 0
-                excess = len(ids_a) + len(ids_b or ()) + n_special - limit
-                if excess > 0:
-                    cut_a, cut_b = self._truncation_counts(
-                        len(ids_a), None if ids_b is None else len(ids_b), excess, trunc_mode
-                    )
-                    ids_a, off_a = self._cut(ids_a, off_a, cut_a)
-                    if ids_b is not None:
-                        ids_b, off_b = self._cut(ids_b, off_b, cut_b)
-            if add_special_tokens:
-                ids = self.build_inputs_with_special_tokens(ids_a, ids_b)
-                if return_offsets_mapping:
-                    offs = [(0, 0)] + off_a + ([] if ids_b is None else [(0, 0)] + off_b)
-            else:
-                ids = ids_a + (ids_b or [])
-                offs = off_a + (off_b or []) if return_offsets_mapping else None
-            rows_ids.append(ids)
-            rows_offsets.append(offs if return_offsets_mapping else None)
-
-        target = None
-        if pad_mode == "longest":
-            target = max(len(r) for r in rows_ids)
-        elif pad_mode == "max_length":
-            target = limit
-        if target is not None and pad_to_multiple_of:
-            target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
-        masks = []
-        for i, ids in enumerate(rows_ids):
-            n_pad = max(0, target - len(ids)) if target is not None else 0
-            mask = [1] * len(ids)
-            if n_pad:
-                pad_ids, pad_mask, pad_offs = [self.pad_token_id] * n_pad, [0] * n_pad, [(0, 0)] * n_pad
-                if padding_side == "right":
-                    rows_ids[i] = ids + pad_ids
-                    mask = mask + pad_mask
-                    if return_offsets_mapping:
-                        rows_offsets[i] = rows_offsets[i] + pad_offs
-                else:
-                    rows_ids[i] = pad_ids + ids
-                    mask = pad_mask + mask
-                    if return_offsets_mapping:
-                        rows_offsets[i] = pad_offs + rows_offsets[i]
-            masks.append(mask)
-
-        out = {"input_ids": rows_ids}
-        if return_attention_mask:
-            out["attention_mask"] = masks
-        if return_offsets_mapping:
-            out["offset_mapping"] = rows_offsets
+        """The result of a call: ``rows`` padded to ``target`` ids (if not None) on ``side``, with
+        their attention masks, as lists (one row unwrapped unless ``batched``) or torch tensors."""
+        padded = [self._pad_row(ids, offsets, target, side) for ids, offsets in rows]
+        out = {"input_ids": [ids for ids, _, _ in padded]}
+        if attention_mask:
+            out["attention_mask"] = [mask for _, mask, _ in padded]
+        if with_offsets:
+            out["offset_mapping"] = [offsets for _, _, offsets in padded]
         if return_tensors is not None:
-            if return_tensors != "pt":
-                raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
-            if len({len(r) for r in rows_ids}) > 1:
-                raise ValueError("texts have different lengths: pass padding=True (or 'max_length') to build tensors")
-            import torch
-
-            return BatchEncoding({k: torch.tensor(v, dtype=torch.long) for k, v in out.items()})
+            return _as_tensors(out, return_tensors)
         if not batched:
             out = {k: v[0] for k, v in out.items()}
         return BatchEncoding(out)
 
-    def _truncation_counts(self, len_a: int, len_b: int | None, excess: int, mode: str) -> tuple[int, int]:
-        """How many ids to cut from each text (transformers' truncate_sequences)."""
-        if mode == "only_first" or (mode == "longest_first" and len_b is None):
-            return excess, 0
-        if mode == "only_second":
-            return (0, excess) if len_b is not None else (0, 0)
-        # longest_first with a pair: first even out the lengths, then cut both alternately.
-        first = min(abs(len_b - len_a), excess)
-        second = excess - first
-        if len_a > len_b:
-            return first + second // 2, second - second // 2
-        return second // 2, first + second - second // 2
-
-    def _cut(self, ids: list[int], offsets, n: int):
-        if n <= 0:
-            return ids, offsets
-        if self.truncation_side == "left":
-            return ids[n:], offsets[n:] if offsets is not None else None
-        return ids[:-n], offsets[:-n] if offsets is not None else None
-
-    def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True, **kwargs) -> list[int]:
-        """Ids of one text (or pair); keyword arguments as for ``__call__`` (e.g. truncation)."""
-        return self(text, text_pair, add_special_tokens=add_special_tokens, **kwargs)["input_ids"]
+    def _pad_row(self, ids: list[int], offsets: list[tuple[int, int]] | None, target: int | None, side: str):
+        """``(ids, attention mask, offsets)`` of one row padded to ``target`` ids (None: as is) on ``side``."""
+        mask = [1] * len(ids)
+        n_pad = max(0, target - len(ids)) if target is not None else 0
+        if not n_pad:
+            return ids, mask, offsets
+        pad_ids, pad_mask, pad_offs = [self.pad_token_id] * n_pad, [0] * n_pad, [(0, 0)] * n_pad
+        if side == "right":
+            return ids + pad_ids, mask + pad_mask, None if offsets is None else offsets + pad_offs
+        return pad_ids + ids, pad_mask + mask, None if offsets is None else pad_offs + offsets
 
     # --- decoding ----------------------------------------------------------------------------------
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
@@ -839,50 +701,20 @@ class BioGptTokenizer:
     # --- saving ------------------------------------------------------------------------------------
     def save_vocabulary(self, save_directory: str | Path, filename_prefix: str | None = None) -> tuple[str, str]:
         """Write ``vocab.json`` and ``merges.txt`` as transformers does; returns their paths."""
-        directory = Path(save_directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        prefix = f"{filename_prefix}-" if filename_prefix else ""
-        vocab_file, merges_file = directory / f"{prefix}{VOCAB_FILE}", directory / f"{prefix}{MERGES_FILE}"
-        vocab_file.write_text(
-            json.dumps(self.encoder, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
-        merges_file.write_text("".join(f"{a} {b}\n" for a, b in self.merges), encoding="utf-8")
-        return str(vocab_file), str(merges_file)
+        return files.write_vocabulary(save_directory, self.encoder, self.merges, filename_prefix)
 
     def save_pretrained(self, save_directory: str | Path) -> tuple[str, ...]:
-        """Write a tokenizer directory that both this class and transformers load.
+        """Write a tokenizer directory that both this class and transformers load; returns the paths.
 
         Files: ``vocab.json``, ``merges.txt``, ``tokenizer_config.json``, ``special_tokens_map.json``
         and, when there are added tokens, ``added_tokens.json``.
         """
-        directory = Path(save_directory)
-        written = list(self.save_vocabulary(directory))
-        decoder_entries = {}
-        for token in SPECIAL_TOKENS:
-            decoder_entries[str(self.encoder[token])] = dict(
-                content=token, lstrip=False, normalized=False, rstrip=False, single_word=False, special=True
-            )
-        for idx, token in self.added_tokens_decoder.items():
-            decoder_entries[str(idx)] = dict(
-                content=token, lstrip=False, normalized=False, rstrip=False, single_word=False, special=False
-            )
-        special_map = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "sep_token": EOS, "unk_token": UNK}
-        config = {
-            "added_tokens_decoder": decoder_entries,
-            **special_map,
-            "clean_up_tokenization_spaces": False,
-            "model_max_length": self.model_max_length,
-            "padding_side": self.padding_side,
-            "tokenizer_class": "BioGptTokenizer",
-        }
-        files = {TOKENIZER_CONFIG_FILE: config, SPECIAL_TOKENS_MAP_FILE: special_map}
-        if self.added_tokens_encoder:
-            files[ADDED_TOKENS_FILE] = self.added_tokens_encoder
-        else:
-            (directory / ADDED_TOKENS_FILE).unlink(missing_ok=True)  # stale from an earlier save
-        for name, data in files.items():
-            (directory / name).write_text(
-                json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
-            )
-            written.append(str(directory / name))
+        written = list(self.save_vocabulary(save_directory))
+        written += files.write_tokenizer_config(
+            save_directory,
+            encoder=self.encoder,
+            added_tokens=self.added_tokens_decoder,
+            model_max_length=self.model_max_length,
+            padding_side=self.padding_side,
+        )
         return tuple(written)

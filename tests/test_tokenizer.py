@@ -14,6 +14,7 @@ import pytest
 
 from biogpt.errors import TokenizerError
 from biogpt.tokenizer import BioGptTokenizer
+from biogpt.tokenizer_compat import TransformersCompatTokenizer
 from tests.conftest import shared_path
 
 transformers = pytest.importorskip("transformers", reason="transformers is the test oracle: pip install -e '.[test]'")
@@ -64,6 +65,12 @@ def hf_base_dir(base_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tok(base_dir):
     return BioGptTokenizer.from_fairseq(base_dir / "dict.txt", base_dir / "bpecodes")
+
+
+@pytest.fixture(scope="module")
+def compat(base_dir):
+    """transformers' full call (pairs, truncation, max_length padding), fenced off in biogpt.tokenizer_compat."""
+    return TransformersCompatTokenizer.from_fairseq(base_dir / "dict.txt", base_dir / "bpecodes")
 
 
 @pytest.fixture(scope="module")
@@ -216,24 +223,24 @@ def test_decode_equals_transformers(tok, hf, texts, hf_ids):
 
 
 # --- pairs, padding, truncation, tensors ------------------------------------------------------------
-def test_pair_encoding(tok, hf, texts):
+def test_pair_encoding(tok, compat, hf, texts):
     a, b = "COVID-19 is", "a global pandemic"
-    ids = tok(a, b)["input_ids"]
+    ids = compat(a, b)["input_ids"]
     assert ids == [2, 4805, 9, 656, 21, 2] + tok.encode(b, add_special_tokens=False)
     assert ids == hf(a, b)["input_ids"]
-    batch = tok(texts[:4], texts[4:8])
+    batch = compat(texts[:4], texts[4:8])
     assert batch["input_ids"] == hf(texts[:4], texts[4:8])["input_ids"]
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_padding_and_attention_mask(tok, hf, side):
+def test_padding_and_attention_mask(tok, compat, hf, side):
     batch = ["COVID-19 is", "Aspirin inhibits COX-1 and COX-2 in platelets .", "a"]
-    for kwargs in (
-        {"padding": True},
-        {"padding": "max_length", "max_length": 20},
-        {"padding": True, "pad_to_multiple_of": 8},
+    for subject, kwargs in (
+        (tok, {"padding": True}),
+        (compat, {"padding": "max_length", "max_length": 20}),
+        (compat, {"padding": True, "pad_to_multiple_of": 8}),
     ):
-        ours = tok(batch, padding_side=side, **kwargs)
+        ours = subject(batch, padding_side=side, **kwargs)
         ref = hf(batch, padding_side=side, **kwargs)
         assert ours["input_ids"] == ref["input_ids"], kwargs
         assert ours["attention_mask"] == ref["attention_mask"], kwargs
@@ -248,7 +255,7 @@ def test_padding_and_attention_mask(tok, hf, side):
         tok(batch, return_tensors="pt")
 
 
-def test_truncation(tok, hf, texts):
+def test_truncation(compat, hf, texts):
     long_text, other = texts[0], texts[1]
     for kwargs in (
         {"truncation": True, "max_length": 16},
@@ -256,16 +263,16 @@ def test_truncation(tok, hf, texts):
         {"truncation": "only_first", "max_length": 30},
         {"truncation": True, "max_length": 10, "padding": "max_length"},
     ):
-        assert tok(long_text, **kwargs)["input_ids"] == hf(long_text, **kwargs)["input_ids"], kwargs
+        assert compat(long_text, **kwargs)["input_ids"] == hf(long_text, **kwargs)["input_ids"], kwargs
     for kwargs in (
         {"truncation": True, "max_length": 40},
         {"truncation": "only_second", "max_length": 50},
         {"truncation": "only_first", "max_length": 300},
     ):
-        assert tok(long_text, other, **kwargs)["input_ids"] == hf(long_text, other, **kwargs)["input_ids"], kwargs
-    assert tok(long_text, truncation=True, max_length=16)["input_ids"][:1] == [2]
+        assert compat(long_text, other, **kwargs)["input_ids"] == hf(long_text, other, **kwargs)["input_ids"], kwargs
+    assert compat(long_text, truncation=True, max_length=16)["input_ids"][:1] == [2]
     # without max_length the limit is model_max_length (1024 as in the published tokenizer_config.json)
-    assert len(tok(" ".join(texts[:10]), truncation=True)["input_ids"]) == 1024
+    assert len(compat(" ".join(texts[:10]), truncation=True)["input_ids"]) == 1024
 
 
 # --- pickling, saving, added tokens -----------------------------------------------------------------
@@ -362,7 +369,7 @@ def test_offsets_map_back_to_original_text(tok, docs):
             assert inside and inside[0][0] <= m_start and inside[-1][1] >= m_end
 
 
-def test_offsets_of_escapes_dashes_and_pairs(tok):
+def test_offsets_of_escapes_dashes_and_pairs(tok, compat):
     text = "AT&T's COX-2 [x]"
     enc = tok(text, return_offsets_mapping=True)
     pieces = tok.convert_ids_to_tokens(enc["input_ids"])
@@ -372,7 +379,7 @@ def test_offsets_of_escapes_dashes_and_pairs(tok):
     assert text[slice(*spans["&#91;</w>"])] == "["
     nonempty = [(s, e) for s, e in enc["offset_mapping"] if e > s]
     assert "".join(text[s:e] for s, e in nonempty) == text.replace(" ", "")
-    pair = tok("a-b", "c d", return_offsets_mapping=True, padding="max_length", max_length=10)
+    pair = compat("a-b", "c d", return_offsets_mapping=True, padding="max_length", max_length=10)
     assert pair["offset_mapping"] == [(0, 0), (0, 1), (1, 2), (2, 3), (0, 0), (0, 1), (2, 3)] + [(0, 0)] * 3
     assert pair["attention_mask"] == [1] * 7 + [0] * 3
 
@@ -455,3 +462,20 @@ def test_bad_call_arguments(toy_hf_dir):
         tok([b"bytes"])
     with pytest.raises(ValueError, match="return_tensors"):
         tok("low", return_tensors="tf")
+
+
+def test_transformers_only_options_are_fenced_off(toy_hf_dir):
+    tok = BioGptTokenizer.from_pretrained(toy_hf_dir)
+    with pytest.raises(TypeError, match="biogpt.tokenizer_compat"):
+        tok("low", truncation=True, max_length=3)
+    with pytest.raises(ValueError, match="biogpt.tokenizer_compat"):
+        tok(["low", "lower"], padding="max_length")
+    with pytest.raises(TypeError):
+        tok("low", "lower")  # no text_pair
+    compat = TransformersCompatTokenizer.from_pretrained(toy_hf_dir, truncation_side="left")
+    assert compat("low") == tok("low") and compat.encode("lower newer") == tok.encode("lower newer")
+    assert compat("lower newer", truncation=True, max_length=2)["input_ids"] == [2, compat.encode("newer")[-1]]
+    low, a = tok.encode("low", add_special_tokens=False), tok.encode("a", add_special_tokens=False)
+    assert pickle.loads(pickle.dumps(compat))("low", "a", return_attention_mask=False) == {
+        "input_ids": [2, *low, 2, *a]
+    }

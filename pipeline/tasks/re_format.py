@@ -44,7 +44,7 @@ EOS_ID = 2
 
 
 class TokenizerLike(Protocol):
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+    def encode(self, text: str, *, add_special_tokens: bool = ...) -> list[int]: ...
 
 
 # --- source and target text ----------------------------------------------------------------------
