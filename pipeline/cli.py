@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "pipeline.commands.fetch",
     "pipeline.commands.ingest",
     "pipeline.commands.compact",
+    "pipeline.commands.upgrade",
     "pipeline.commands.convert",
     "pipeline.commands.models",
     "pipeline.commands.vocab",

@@ -1,46 +1,48 @@
-"""``biomine compact``: rewrite the article shards that are mostly tombstoned (see :func:`pipeline.store.shards.compact`)."""
+"""``biomine compact OUT``: optimize and vacuum an output's Delta tables (see :mod:`pipeline.store.maintenance`)."""
 
 from __future__ import annotations
 
 import argparse
 
 DESCRIPTION = """\
-Daily updates never rewrite an article shard: a revised or deleted article is tombstoned in the
-shard that held it (its deletion vector) and readers skip it. Over the years some shards become
-mostly tombstones. This command rewrites every shard whose tombstoned share is at least
---min-deleted as a new shard of its live rows, in one commit.
+Every table of OUT (a job's output, or an ingest/fetch output) is a Delta table: updates replace
+data files (copy-on-write) and keep the old ones, so that earlier versions stay readable (time
+travel: `biomine query --as-of`, `biomine kb diff --since`). This command, under OUT's lease:
 
-DIR is a job's output (its documents/ are compacted, under the job's lease, so no run can overlap)
-or a `biomine ingest` directory. The job's next run retires the task outputs of the old shards and
-computes those of the new ones: the live articles of the compacted shards are computed again. That
-is the price of compaction, and why it runs only when you ask.
+  - merges the small files of the runs and kb tables (optimize);
+  - checkpoints each table's log and drops old log entries;
+  - deletes data files no version within --retention-hours refers to (vacuum), and files a
+    killed run left that no version ever referred to.
+
+The documents and task tables are never merged: a task output file is the output of one documents
+file, which is what lets a daily update copy the outputs of unchanged articles (docs/ingestion.md).
 """
 
 EPILOG = """\
 examples:
-  biomine compact out/ddi-kb                      # shards at least half tombstoned
-  biomine compact data/pubmed --min-deleted 0.2   # an ingest directory, more eagerly
-  biomine compact out/ddi-kb --dry-run            # what would be rewritten
+  biomine compact out/ddi-kb                        # keep 7 days of history
+  biomine compact data/pubmed --retention-hours 24  # an ingest output, one day of history
+  biomine compact out/ddi-kb --dry-run              # what would be deleted
 """
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "compact",
-        help="rewrite mostly tombstoned article shards",
+        help="optimize and vacuum an output's Delta tables",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("dir", metavar="DIR", help="a job output (OUT) or an ingest directory; local or s3://...")
+    p.add_argument("dir", metavar="OUT", help="a job output, or an ingest/fetch --out; local or s3://...")
     p.add_argument(
-        "--min-deleted",
-        type=float,
-        default=0.5,
-        metavar="SHARE",
-        help="rewrite shards with at least this share of rows tombstoned (0 < SHARE <= 1; default 0.5)",
+        "--retention-hours",
+        type=int,
+        default=168,
+        metavar="HOURS",
+        help="keep the files of every table version younger than this (default 168: 7 days)",
     )
-    p.add_argument("--dry-run", action="store_true", help="list the shards that would be rewritten; write nothing")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted; change nothing")
     p.set_defaults(func=run)
 
 
@@ -48,41 +50,25 @@ def run(args: argparse.Namespace) -> int:
     import contextlib
 
     from pipeline.errors import JobConfigError, StoreError
-    from pipeline.store.lease import Lease
-    from pipeline.store.shards import MANIFEST, ShardStore, committed_shards, compact, read_manifest
-    from pipeline.store.storage import location
+    from pipeline.store.maintenance import compact
+    from pipeline.store.output import JobOutput
 
-    if not 0 < args.min_deleted <= 1:
-        raise JobConfigError(f"--min-deleted {args.min_deleted}: must be more than 0 and at most 1")
-    root = location(args.dir)
-    job = (root / "documents" / MANIFEST).exists()
-    docs = root / "documents" if job else root
-    if not (docs / MANIFEST).exists():
-        raise StoreError(
-            f"{root} is neither a job output (no documents/{MANIFEST}) nor an ingest directory "
-            f"(no {MANIFEST}): pass the [job] output or the --out of `biomine ingest`"
-        )
-    kind = read_manifest(docs).get("kind")
-    if kind != "ingest":
-        raise StoreError(f"{docs} holds `biomine {kind}` output, which has no tombstones: nothing to compact")
-    if args.dry_run:
-        due = [s for s in committed_shards(docs) if s.rows and s.deleted / s.rows >= args.min_deleted]
-        for s in due:
-            print(f"{s.name}: {s.deleted} of {s.rows} rows tombstoned")
-        print(f"{len(due)} shard(s) would be rewritten ({sum(s.live for s in due)} live articles)")
-        return 0
+    if args.retention_hours < 0:
+        raise JobConfigError(f"--retention-hours {args.retention_hours}: must be 0 or more")
+    output = JobOutput(args.dir)
+    output.refuse_table_path("biomine compact")
+    if not output.tables():
+        raise StoreError(f"{output.root} holds no biomine tables: pass a job's [job] output or an ingest --out")
     with contextlib.ExitStack() as stack:
-        if job:  # the job's lease: no `biomine run` of this output can overlap
-            stack.enter_context(Lease(root, what=f"biomine compact {root}"))
-        store = stack.enter_context(ShardStore(docs, "ingest", lock=not job))
-        before = {s.name: s for s in store.shards}
-        done = compact(store, min_deleted=args.min_deleted)
-    for old, new in done:
-        info = before[old]
-        print(f"{old} -> {new or '(removed: no live rows)'}: {info.live} of {info.rows} rows kept")
-    recompute = sum(before[old].live for old, _ in done)
-    print(
-        f"{len(done)} shard(s) compacted"
-        + (f"; the next run of the job computes {recompute} articles again" if job and done else "")
-    )
+        if not args.dry_run:
+            stack.enter_context(output.lease(f"biomine compact {output.root}"))
+        report = compact(output, retention_hours=args.retention_hours, dry_run=args.dry_run)
+    for name, entry in report.items():
+        merged = entry.get("merged")
+        what = "would delete" if args.dry_run else "deleted"
+        print(
+            f"{name}: version {entry['version']}, {entry['files']} live files"
+            + (f", merged {merged['numFilesRemoved']} into {merged['numFilesAdded']}" if merged else "")
+            + f", {what} {entry['vacuumed']} unreferenced files"
+        )
     return 0

@@ -239,7 +239,6 @@ def write_bundle(folder: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
-    from pipeline.outputs.kb import build_kb
     from pipeline.outputs.query import query
     from pipeline.run.jobspec import load_job
     from pipeline.run.runner import run_job, summary_table
@@ -257,9 +256,8 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     manifest = run_job(spec, progress=not args.no_progress)
     print(summary_table(manifest), file=sys.stderr)
-    if (out / "relations").is_dir():
-        n = build_kb(out / "relations", out / "kb.parquet", task=spec.tasks["re"].task)
-        print(f"kb: {n} edges in {out / 'kb.parquet'}", file=sys.stderr)
+    if "kb" in manifest["stages"]:
+        print(f"kb: {manifest['stages']['kb']['edges']} edges in {out / 'kb'}", file=sys.stderr)
     import pandas as pd
 
     with pd.option_context("display.width", 120, "display.max_columns", 10):

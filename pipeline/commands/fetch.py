@@ -31,21 +31,24 @@ credentials from a job spec (--job JOB.toml; only these keys of its [source] tab
   email = "you@example.org"
   api_key = "..."
 
-Read the output with pandas/DuckDB (`read_parquet('data/warfarin/part-*.parquet')`) once the run
-has finished, or with pipeline.store.shards.read_articles(DIR) at any time. More: docs/ingestion.md.
+The articles go into OUT/documents, a Delta Lake table (deltalake, polars, DuckDB and Spark read it:
+docs/analysts.md), committed every --shard-rows articles; `biomine query OUT "..."` reads it too.
+More: docs/ingestion.md.
 """
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "fetch",
-        help="search PubMed (E-utilities) and write article shards",
+        help="search PubMed (E-utilities) into an output's documents table",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--query", required=True, help="PubMed query, exactly as typed in PubMed's search box")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created; one query per directory)")
+    p.add_argument(
+        "--out", required=True, metavar="OUT", help="the output (created; one query per output): OUT/documents"
+    )
     p.add_argument("--mindate", metavar="DATE", help="earliest publication date: YYYY, YYYY/MM or YYYY/MM/DD")
     p.add_argument("--maxdate", metavar="DATE", help="latest publication date (inclusive)")
     p.add_argument(
@@ -114,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if summary.unavailable:
         print(
-            f"{len(summary.unavailable)} hits were not returned by NCBI (listed in {args.out}/_manifest.json); "
-            f"re-run to try them again"
+            f"{len(summary.unavailable)} hits were not returned by NCBI (listed in the commit info of "
+            f"{args.out}/documents, biomine.notes); re-run to try them again"
         )
     return 0

@@ -1,4 +1,4 @@
-"""``biomine ingest``: PubMed baseline/update XML files into a current-corpus directory of article shards."""
+"""``biomine ingest``: PubMed baseline/update XML files into the documents table of an output (the current corpus)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,18 @@ from pipeline.commands import require_positive
 
 DESCRIPTION = """\
 Stream PubMed XML files (the annual baseline and the daily updates, pubmedYYnNNNN.xml.gz, or any
-PubMed efetch XML) into Parquet shards of the article schema (schemas/articles.py) under --out.
+PubMed efetch XML) into OUT/documents, a Delta Lake table of the article schema (schemas/articles.py)
+that any Delta reader (deltalake, polars, DuckDB, Spark) reads as the current corpus.
 
-Files are parsed in parallel (--workers processes) and applied in file-name order; the output is
+Files are parsed in parallel (--workers processes) and applied in file-name order; the table is
 the current corpus: each PMID once, as the latest file has it (a higher PMID Version is never
-replaced by a lower one), and DeleteCitation removes it. Shards are never rewritten: a revised or
-deleted article is tombstoned in the shard that held it and its new version goes into a new shard,
-so a daily update writes (and a job then computes) only what it changes. Inputs are recognised by
-their sha256: re-running skips files already ingested, whatever their names, and a file that
-changed under a known name is applied again (if no later file is ingested yet). Files are committed
-together every 30 seconds and at the end; an interrupted run loses at most those and a re-run
-finishes the job.
+replaced by a lower one), and DeleteCitation removes it. An update rewrites only the data files
+holding the articles it revises or deletes (copy-on-write) and adds their new versions, in one
+commit. Inputs are recognised by their sha256 and apply exactly once: re-running skips files
+already ingested, whatever their names, and a file that changed under a known name is applied
+again (if no later file is ingested yet). Files are committed together every 30 seconds and at the
+end; an interrupted run loses at most those and a re-run finishes the job. One writer at a time:
+ingest takes OUT's lease, as every writer of an output does.
 """
 
 EPILOG = """\
@@ -30,9 +31,9 @@ examples:
   biomine ingest biomine-demo/data/demo_pubmed.xml --out /tmp/demo-articles   # the sample `biomine demo` wrote
 
 A new file must sort after every file already in --out (NLM's numbering guarantees it for the
-baseline and its updates). Read the result with pipeline.store.shards.read_articles(DIR) or
-`biomine query`: a plain Parquet reader of DIR also sees tombstoned rows. Shards that are mostly
-tombstoned can be rewritten with `biomine compact`. More: docs/ingestion.md.
+baseline and its updates). Read the result with `biomine query OUT "SELECT ... FROM documents"`, or
+any Delta reader of OUT/documents (docs/analysts.md). `biomine compact OUT` removes the files of
+old table versions after a retention. More: docs/ingestion.md.
 """
 
 
@@ -47,7 +48,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "inputs", nargs="+", metavar="FILE_OR_DIR", help="PubMed XML files (.xml/.xml.gz) or directories of them"
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
+    p.add_argument(
+        "--out", required=True, metavar="OUT", help="the output (created): the corpus is the Delta table OUT/documents"
+    )
     p.add_argument("--shard-rows", type=int, default=10_000, help="rows per Parquet shard (default 10000)")
     p.add_argument(
         "--workers",
@@ -71,6 +74,6 @@ def run(args: argparse.Namespace) -> int:
     s = ingest_files(args.inputs, args.out, shard_rows=args.shard_rows, progress=args.progress, workers=args.workers)
     print(
         f"ingested {s.files} file(s) ({s.skipped} already done): {s.records} records, {s.added} new, "
-        f"{s.replaced} replaced, {s.deleted} deleted; {s.rows} articles in {args.out}"
+        f"{s.replaced} replaced, {s.deleted} deleted; {s.rows} articles in {args.out}/documents"
     )
     return 0

@@ -1,4 +1,8 @@
-"""``biomine kb build``: a deduplicated drug-drug interaction edge table (see :mod:`pipeline.outputs.kb`)."""
+"""``biomine kb``: the drug-drug interaction knowledge base of an output (see :mod:`pipeline.outputs.kb`).
+
+A job with relation extraction keeps OUT/kb (a Delta table) current at the end of every run; ``kb
+build`` rebuilds it by hand (or writes the edges to one Parquet file with ``--out``), ``kb diff``
+says what changed since a version or date: edges added, removed and rescored."""
 
 from __future__ import annotations
 
@@ -9,7 +13,10 @@ from pipeline.commands import plain
 
 EPILOG = """\
 examples:
-  biomine kb build --relations out/ddi/relations --out out/ddi/kb.parquet
+  biomine kb build out/ddi                         # rebuild out/ddi/kb from its relations
+  biomine kb build out/ddi --out /tmp/kb.parquet   # the edges as one Parquet file
+  biomine kb diff out/ddi --since 3                # since version 3 of out/ddi/kb
+  biomine kb diff out/ddi --since 2026-12-01 --format json
   biomine query out/ddi "SELECT * FROM kb WHERE drug_a = 'aspirin' OR drug_b = 'aspirin'"
 """
 
@@ -17,7 +24,7 @@ examples:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "kb",
-        help="knowledge-base tables from relation outputs",
+        help="the DDI knowledge base of an output: build, diff",
         description=plain(__doc__),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -25,31 +32,81 @@ def register(sub: argparse._SubParsersAction) -> None:
     kb_sub = p.add_subparsers(dest="kb_command", metavar="KB_COMMAND", required=True)
     b = kb_sub.add_parser(
         "build",
-        help="build the DDI edge table",
+        help="rebuild OUT/kb (or write the edges to a Parquet file)",
         description=plain(__doc__),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    b.add_argument("--relations", required=True, help="a job's OUT/relations directory (or one Parquet file)")
-    b.add_argument("--out", required=True, help="the edge table to write, e.g. OUT/kb.parquet")
+    b.add_argument("output", nargs="?", metavar="OUT", help="the job's output")
+    b.add_argument("--relations", help="(older form) OUT/relations: the same as giving OUT")
+    b.add_argument("--out", help="write the edges to this Parquet file instead of OUT/kb")
     b.add_argument(
         "--task", default="ddi", choices=list(RE_TASKS), help="which relation task's rows to use (default ddi)"
     )
-    b.add_argument("--documents", help="documents store for publication dates (default: beside --relations)")
-    b.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from pipeline.outputs.kb import build_kb
-
-    n = build_kb(
-        args.relations,
-        args.out,
-        task=args.task,
-        documents=args.documents,
-        warn=lambda w: print(f"biomine: warning: {w}", file=sys.stderr),
+    b.set_defaults(func=run_build)
+    d = kb_sub.add_parser(
+        "diff",
+        help="edges added, removed and rescored since a version or date",
+        description=plain(__doc__),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    print(f"{args.out}: {n} edges")
+    d.add_argument("output", metavar="OUT", help="the job's output")
+    d.add_argument("--since", required=True, metavar="VERSION|DATE", help="a version of OUT/kb, or a date/time")
+    d.add_argument("--format", choices=["table", "json"], default="table")
+    d.set_defaults(func=run_diff)
+
+
+def _output(args: argparse.Namespace):
+    from pipeline.errors import JobConfigError
+    from pipeline.store.output import JobOutput
+    from pipeline.store.storage import location
+
+    if args.output:
+        return JobOutput(args.output)
+    if args.relations:
+        return JobOutput(location(args.relations).parent)
+    raise JobConfigError("kb build: give the job's output, e.g. `biomine kb build out/ddi`")
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from pipeline.outputs.kb import export_kb, update_kb
+
+    output = _output(args)
+    if args.out:
+        n = export_kb(output, args.out, task=args.task)
+        print(f"{args.out}: {n} edges")
+        return 0
+    with output.lease(f"biomine kb build {output.root}"):
+        result = update_kb(output, task=args.task)
+    print(
+        f"{output.kb}: {result['edges']} edges (version {result['version']}{'' if result['changed'] else ', unchanged'})"
+    )
+    return 0
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.outputs.kb import diff
+    from pipeline.outputs.query import parse_as_of
+    from pipeline.store.output import JobOutput
+
+    since = parse_as_of(args.since)
+    result = diff(JobOutput(args.output), since)
+    if args.format == "json":
+        print(json.dumps(result, default=str, indent=1))
+        return 0
+    print(
+        f"kb version {result['from_version']} -> {result['to_version']}: {len(result['added'])} added, "
+        f"{len(result['removed'])} removed, {len(result['rescored'])} rescored"
+    )
+    for what in ("added", "removed", "rescored"):
+        for edge in result[what]:
+            score = edge.get("score")
+            before = f" (was {edge['score_before']})" if what == "rescored" else ""
+            print(
+                f"  {what:<9}{edge['drug_a']} -- {edge['drug_b']}  {edge['relation']}  "
+                f"n_abstracts={edge['n_abstracts']}  score={score}{before}"
+            )
     return 0

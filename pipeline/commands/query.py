@@ -1,4 +1,8 @@
-"""``biomine query OUT "SQL"``: DuckDB SQL over a job's Parquet outputs."""
+"""``biomine query OUT "SQL"``: DuckDB SQL over an output's Delta tables, at one consistent snapshot.
+
+Each table of OUT is a view (documents, entities, relations, summaries, kb, runs), read at the
+versions the last finished run recorded (``--as-of`` an earlier run or a date: time travel). Any
+Delta reader gives the same rows; docs/analysts.md shows DuckDB, polars, pandas and Spark."""
 
 from __future__ import annotations
 
@@ -7,13 +11,15 @@ import argparse
 from pipeline.commands import plain, require_positive
 
 EPILOG = """\
-views: documents, entities, relations, summaries (and kb when OUT/kb.parquet exists)
+views: documents, entities, relations, summaries, kb and runs (those OUT has)
 
 examples:
   biomine query biomine-demo/out "SELECT count(*) FROM documents"
   biomine query out/ddi "SELECT relation, count(*) n FROM relations WHERE parse_status = 'ok' GROUP BY 1 ORDER BY n DESC"
   biomine query out/ddi "SELECT d.pub_year, count(*) FROM relations r JOIN documents d USING (pmid) GROUP BY 1"
   biomine query biomine-demo/out "SELECT * FROM entities LIMIT 20" --format csv > entities.csv
+  biomine query out/ddi "SELECT count(*) FROM kb" --as-of 2026-12-01     # as the last run before then left it
+  biomine query out/ddi "SELECT run_id, event, at FROM runs ORDER BY at"
 """
 
 
@@ -29,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("sql", help="a DuckDB SQL query over the views")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     p.add_argument("--max-rows", type=int, default=50, help="rows shown in table format (default 50)")
+    p.add_argument(
+        "--as-of",
+        metavar="RUN|DATE",
+        help="read the tables as finished run RUN (1 = the first) or the last run before DATE left them",
+    )
     p.set_defaults(func=run)
 
 
@@ -37,14 +48,15 @@ def run(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from pipeline.outputs.query import query
+    from pipeline.outputs.query import parse_as_of, query
 
     require_positive(args, "--max-rows")
     if not args.sql.strip():
         from pipeline.errors import JobConfigError
 
         raise JobConfigError('no SQL given: pass a query, e.g. "SELECT count(*) FROM documents"')
-    df = query(args.out, args.sql, warn=lambda w: print(f"biomine: warning: {w}", file=sys.stderr))
+    as_of = parse_as_of(args.as_of) if args.as_of else None
+    df = query(args.out, args.sql, warn=lambda w: print(f"biomine: warning: {w}", file=sys.stderr), as_of=as_of)
     if args.format == "csv":
         print(df.to_csv(index=False), end="")
     elif args.format == "json":

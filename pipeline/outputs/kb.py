@@ -1,97 +1,59 @@
-"""``biomine kb build``: a deduplicated drug-drug interaction edge table from relation outputs.
+"""The drug-drug interaction knowledge base: built from an output's relations, kept current by the job.
 
-Input: relation Parquet files (``OUT/relations``, :mod:`schemas.relations`), rows with
-``parse_status = 'ok'`` of one task (``ddi`` by default). When the job's ``documents`` store sits
-beside them (or ``documents=`` is given) the publication dates of the supporting abstracts give
-``first_seen``/``last_seen``, and their retraction status ``retracted_pmids``/``retracted``. Output: ``KB.parquet`` in :data:`schemas.kb.KB_SCHEMA`, written
-atomically; rebuilding from the same inputs gives the same file contents.
+- :func:`edges` computes the edge table (:data:`schemas.kb.KB_SCHEMA`) from relation rows with
+  ``parse_status = 'ok'`` of one task (``ddi`` by default), with the publication dates of the
+  supporting abstracts (``first_seen``/``last_seen``) and their retraction status from ``documents``
+  when given. The same inputs give the same rows in the same order.
+- :func:`update_kb` writes it as the output's ``kb`` Delta table from one consistent snapshot of
+  ``relations`` and ``documents``: a job does this at the end of every run, so the KB is never stale;
+  a new table version appears only when the edges changed (earlier versions stay readable: time
+  travel within the vacuum retention).
+- :func:`diff` says what changed between two versions of the ``kb`` table: edges added, removed and
+  rescored (``biomine kb diff OUT --since VERSION|DATE``).
 
-:raises BioMineError: no relation files, or the relations are of another schema.
+:raises BioMineError: no relations, relations of another schema, a version that does not exist.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import os
-from typing import Callable
+from typing import Any
+
+import pyarrow as pa
 
 from pipeline.errors import BioMineError
+from pipeline.outputs.query import TableSnapshot
 from pipeline.store.output import JobOutput
-from pipeline.store.storage import location
+from pipeline.store.storage import location, parquet_bytes
+from pipeline.store.tables import describe
 
 log = logging.getLogger(__name__)
 _NORM = "trim(regexp_replace(lower(nfc_normalize({col})), '\\s+', ' ', 'g'), ' .,;:\"''()[]')"
 
 
-def build_kb(
-    relations: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    task: str = "ddi",
-    documents: str | os.PathLike | None = None,
-    warn: Callable[[str], None] | None = None,
-) -> int:
-    """Build the edge table; returns the number of edges. ``warn`` gets a warning when the relations
-    cover fewer document shards than ``documents`` holds (an unfinished run)."""
+def edges(relations, documents=None, *, task: str = "ddi") -> pa.Table:
+    """The KB edge table from ``relations`` (a pyarrow dataset or table of relation rows) and
+    optionally ``documents`` (of articles: publication dates, retraction status).
+
+    :raises BioMineError: the relation rows do not fit the relations schema.
+    """
     import duckdb
 
-    from pipeline.outputs.query import register
-    from pipeline.store.datasets import TaskDataset
     from schemas.kb import cast_batch
 
-    relations = location(relations)
-    if location(out).is_dir():
-        raise BioMineError(f"--out {out} is a folder: name the edge table's file, e.g. {location(out) / 'kb.parquet'}")
-    docs_dir = location(documents) if documents else JobOutput(relations.parent).documents
-    doc_shards = None
-    tombstones = None
-    if (docs_dir / "_manifest.json").exists():
-        from pipeline.store.shards import committed_shards
-        from pipeline.store.shards import tombstones as read_tombstones
-
-        doc_shards = committed_shards(docs_dir)
-        tombstones = read_tombstones(docs_dir, doc_shards)
-    shards = None
-    if relations.is_dir():
-        # A job's dataset: its committed files only (never a killed run's leftovers); the commit
-        # records carry the shard names, only shards still in `documents` count, and relations of
-        # tombstoned (revised or deleted) articles are masked.
-        live = None if doc_shards is None else [s.stem for s in doc_shards]
-        records = TaskDataset(relations).records(live)
-        shards = sorted(records)
-        files = [relations / records[s]["file"]["name"] for s in shards]
-        if live is not None and files and len(files) < len(live):
-            (warn or log.warning)(
-                f"relations: {len(live) - len(files)} of {len(live)} document shards have no "
-                "committed output (the run is unfinished or failed: re-run the job to complete it)"
-            )
-    else:
-        files = [relations] if relations.is_file() else []
-    if not files:
-        raise BioMineError(
-            f"no relation files in {relations} (only committed outputs count): point --relations "
-            "at a job's OUT/relations"
-        )
     con = duckdb.connect()
-    register(con, "rel", files, shards, tombstones)
-    if doc_shards:
-        from schemas.articles import ARTICLE_SCHEMA
-
-        register(
-            con,
-            "docs_all",
-            [docs_dir / s.name for s in doc_shards],
-            [s.stem for s in doc_shards],
-            tombstones,
-            ARTICLE_SCHEMA,
-        )
+    con.register("rel", relations)
+    if documents is not None:
+        con.register("docs_all", documents)
         docs = (
             "SELECT pmid, try_strptime(printf('%04d-%02d-%02d', pub_year, coalesce(pub_month, 1), "
             "coalesce(pub_day, 1)), '%Y-%m-%d')::DATE AS pub_date, retracted FROM docs_all"
         )
     else:
         docs = "SELECT DISTINCT pmid, NULL::DATE AS pub_date, NULL::BOOLEAN AS retracted FROM e"
-    # Relation files before schema version 2 have no logprob: their edges get no score.
+    # Relation rows before schema version 2 have no logprob: their edges get no score.
     columns = {c[0] for c in con.sql("SELECT * FROM rel LIMIT 0").description}
     logprob = "logprob" if "logprob" in columns else "NULL::DOUBLE"
     sql = f"""
@@ -131,7 +93,97 @@ def build_kb(
     try:
         table = con.sql(sql, params=[task]).to_arrow_table()
     except duckdb.Error as exc:
-        raise BioMineError(f"cannot build the KB from {relations}: {exc}") from None
-    table = cast_batch(table)
+        raise BioMineError(f"cannot build the KB: {exc}") from None
+    return cast_batch(table)
+
+
+def update_kb(output: JobOutput, *, task: str = "ddi") -> dict[str, Any]:
+    """Rebuild ``OUT/kb`` from the output's current ``relations`` and ``documents`` (the caller holds
+    the output's lease); a new table version only when the edges changed. Returns what it did.
+
+    :raises BioMineError: the output has no relations table.
+    """
+    from pipeline.outputs.query import snapshot
+    from pipeline.store.tables import Table, data_file_name
+    from schemas.kb import KB_SCHEMA
+    from schemas.kb import SCHEMA_VERSION as KB_VERSION
+
+    snap = snapshot(output)
+    if "relations" not in snap.tables:
+        raise BioMineError(f"{output.root} has no relations table: run a job with [tasks.re] first")
+    live = {}
+    for name in ("relations", "documents"):
+        if name in snap.tables:  # the newest versions: what the run just committed
+            t = Table(snap.tables[name].loc)
+            live[name] = TableSnapshot(name, t.loc, t.version, sorted(t.files()), t.schema).dataset()
+    table = edges(live["relations"], live.get("documents"), task=task)
+    kb = Table.open_or_create(output.kb, KB_SCHEMA, "kb", KB_VERSION)
+    data = parquet_bytes(table)
+    name = data_file_name(f"kb-{task}", data)
+    current = kb.files()
+    if list(current) == [name]:
+        return {"edges": table.num_rows, "version": kb.version, "changed": False}
+    (output.kb / name).write_bytes(data)
+    version = kb.commit(
+        [describe(name, len(data), table)],
+        list(current.values()),
+        metadata={"kb": {"task": task, "edges": table.num_rows}},
+    )
+    return {"edges": table.num_rows, "version": version, "changed": True}
+
+
+def export_kb(output: JobOutput, out: str | os.PathLike, *, task: str = "ddi") -> int:
+    """The current KB of ``output`` (rebuilt from its snapshot) written to one Parquet file ``out``."""
+    from pipeline.outputs.query import snapshot
+
+    if location(out).is_dir():
+        raise BioMineError(
+            f"--out {out} is a folder: name the Parquet file to write, e.g. {location(out) / 'kb.parquet'}"
+        )
+    snap = snapshot(output)
+    if "relations" not in snap.tables:
+        raise BioMineError(f"{output.root} has no relations table: point it at a job's output")
+    docs = snap.tables["documents"].dataset() if "documents" in snap.tables else None
+    table = edges(snap.tables["relations"].dataset(), docs, task=task)
     location(out).write_parquet(table)
     return table.num_rows
+
+
+EDGE_KEY = ("drug_a", "drug_b", "relation")
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    a = row.get("drug_a_id") or f"name:{row['drug_a']}"
+    b = row.get("drug_b_id") or f"name:{row['drug_b']}"
+    return (a, b, row["relation"])
+
+
+def diff(output: JobOutput, since: int | _dt.datetime, until: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Edges added, removed and rescored (score or supporting abstracts changed) in the ``kb`` table
+    between version (or time) ``since`` and ``until`` (default: the newest version).
+
+    :raises BioMineError: no kb table, or a version it does not have.
+    """
+    from pipeline.store.tables import Table, TableError
+
+    try:
+        old = Table(output.kb, since)
+        new = Table(output.kb, until) if until is not None else Table(output.kb)
+    except TableError as exc:
+        raise BioMineError(
+            f"{exc}; `biomine kb diff` reads {output.kb} (see its versions with `biomine status`)"
+        ) from None
+    before = {_key(r): r for r in old.read(files=sorted(old.files())).to_pylist()}
+    after = {_key(r): r for r in new.read(files=sorted(new.files())).to_pylist()}
+    rescored = [
+        {**after[k], "score_before": before[k]["score"], "n_abstracts_before": before[k]["n_abstracts"]}
+        for k in sorted(set(before) & set(after), key=str)
+        if (before[k]["score"], before[k]["pmids"]) != (after[k]["score"], after[k]["pmids"])
+    ]
+    return {
+        "from_version": old.version,
+        "to_version": new.version,
+        "added": [after[k] for k in sorted(set(after) - set(before), key=str)],
+        "removed": [before[k] for k in sorted(set(before) - set(after), key=str)],
+        "rescored": rescored,
+    }

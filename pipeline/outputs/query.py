@@ -1,193 +1,183 @@
-"""SQL over a job's outputs with DuckDB: each dataset under OUT is a view named after it.
+"""SQL over an output's Delta tables with DuckDB: each table under OUT is a view named after it.
 
-Views: ``documents`` (committed article shards only, read through the shard manifest), ``entities``,
-``relations``, ``summaries`` (committed task outputs only, read through their commit records:
-:mod:`pipeline.store.datasets`) and, when present, ``kb`` (``OUT/kb.parquet``). The dataset views
-mask tombstoned articles (revised or deleted by a later update: the documents' deletion vectors,
-:mod:`pipeline.store.shards`) and the task rows computed from them, so each row's PMID and version
-is live in ``documents``. ``relations`` also carries ``article_retracted``, the retraction status of
-its article (from ``documents``: null for shards written before schema version 2). ``kb`` is the table as ``kb build`` last wrote it (it masks them too, as of
-then: rebuild it after an update). A dataset that a job
-did not produce is simply absent. OUT may be a local path or a storage URI (``s3://...``): remote
-files are scanned through pyarrow (no DuckDB extension to download). A dataset that covers fewer
-document shards than ``documents`` (the run is unfinished or failed) is reported in the warnings.
+Views: ``documents``, ``entities``, ``relations``, ``summaries``, ``kb`` and ``runs`` (those the
+output has). Each is exactly the live rows of its Delta table at one version, the files its log
+lists, read through pyarrow (no DuckDB extension to download, local or ``s3://``). The versions
+are one consistent snapshot: the ones the last finished run recorded (:mod:`pipeline.store.output`),
+or those of the run or time ``as_of`` names (time travel); a table no run recorded (an output of
+``biomine ingest``) is read at its newest version. ``relations`` also carries ``article_retracted``,
+the retraction status of its article (from ``documents``).
 
-:raises BioMineError: OUT is not a job output, or the SQL fails (DuckDB's message is kept).
+Any Delta reader gives the same rows (``deltalake.DeltaTable(OUT/NAME).to_pandas()``,
+``polars.read_delta``, DuckDB's ``delta_scan``, Spark's ``format("delta")``): this module only
+adds the snapshot and the views. docs/analysts.md shows each.
+
+:raises BioMineError: OUT holds no tables, an ``as_of`` that names no run, a damaged table, or SQL
+    that fails (DuckDB's message is kept).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import pyarrow as pa
 
 from pipeline.errors import BioMineError
-from pipeline.store.output import JobOutput
-from pipeline.store.storage import Location, location
-from pipeline.tasks.registry import DATASETS as TASK_DATASETS
+from pipeline.store.output import RUNS, JobOutput
+from pipeline.store.storage import Location
+from pipeline.store.tables import Table, TableError
 
-DATASETS = tuple(TASK_DATASETS.values())
-SHARD_COLUMN = "_biomine_shard"
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class JobOutputs:
-    """The committed files of each dataset of a job's output (with the document shard each was
-    computed from), the tombstoned ``(shard, pmid)`` pairs that mask them, and what is missing."""
+class TableSnapshot:
+    """One table at one version: its live files and schema."""
 
-    files: dict[str, list[Location]] = field(default_factory=dict)
-    shards: dict[str, list[str]] = field(default_factory=dict)
-    tombstones: "pa.Table | None" = None
+    name: str
+    loc: Location
+    version: int
+    files: list[str]
+    schema: pa.Schema
+
+    def dataset(self):
+        """A pyarrow dataset of exactly these files (read with biomine's own file system)."""
+        import pyarrow.dataset as pads
+
+        paths = [(self.loc / f).path for f in self.files]
+        return pads.dataset(paths, schema=self.schema, filesystem=self.loc.fs, format="parquet")
+
+
+@dataclass
+class Snapshot:
+    """Every table of an output at the versions of one consistent snapshot."""
+
+    tables: dict[str, TableSnapshot] = field(default_factory=dict)
+    #: Which run recorded the versions (None: the tables' newest versions).
+    run: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
 
 
-def job_outputs(out: str | os.PathLike | Location) -> JobOutputs:
-    """The committed files of ``documents``, each task dataset and ``kb`` under ``out``."""
-    from pipeline.store.shards import MANIFEST as DOCS_MANIFEST
-    from pipeline.store.shards import committed_shards, tombstones
+def parse_as_of(value: str) -> int | _dt.datetime:
+    """``--as-of``: a run number (``biomine status`` lists them: 1 is the first finished run) or a
+    date/time (``2026-12-01``, ``2026-12-01T06:00``, UTC unless it says otherwise).
 
-    job = JobOutput(out)
-    result = JobOutputs()
-    docs = job.documents
-    live: set[str] | None = None
-    if (docs / DOCS_MANIFEST).exists():
-        shards = committed_shards(docs)
-        live = {s.stem for s in shards}
-        result.tombstones = tombstones(docs, shards)
-        if shards:
-            result.files["documents"] = [docs / s.name for s in shards]
-            result.shards["documents"] = [s.stem for s in shards]
-    for name in DATASETS:
-        dataset = job.dataset(name)
-        records = dataset.records()
-        if not records:
-            continue
-        shards = sorted(records if live is None else set(records) & live)
-        if shards:
-            result.files[name] = [dataset.loc / records[s]["file"]["name"] for s in shards]
-            result.shards[name] = shards
-        if live is not None and len(shards) < len(live):
-            result.warnings.append(
-                f"{name}: {len(live) - len(shards)} of {len(live)} document shards have no committed output "
-                f"(the run is unfinished or failed: re-run the job to complete it)"
-            )
-    if job.kb.is_file():
-        result.files["kb"] = [job.kb]
+    :raises BioMineError: neither.
+    """
+    if value.isdigit():
+        return int(value)
+    try:
+        when = _dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise BioMineError(
+            f"--as-of {value!r}: give a run number (see `biomine status`) or a date/time such as 2026-12-01 "
+            "or 2026-12-01T06:00"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=_dt.timezone.utc)
+
+
+def snapshot(out: str | os.PathLike | Location | JobOutput, as_of: int | _dt.datetime | None = None) -> Snapshot:
+    """The tables of ``out`` at one consistent snapshot (see the module docstring).
+
+    :raises BioMineError: no tables, an ``as_of`` that names no run, a damaged table.
+    """
+    output = out if isinstance(out, JobOutput) else JobOutput(out)
+    if output.is_legacy():
+        raise BioMineError(f"{output.root} was written by an older biomine: run `biomine upgrade {output.root}`")
+    tables = output.tables()
+    if not tables:
+        raise BioMineError(
+            f"{output.root} holds no biomine tables (documents/, entities/, ...): pass a job's [job] output "
+            "or the --out of `biomine ingest`"
+        )
+    finished = [e for e in output.run_events() if e["event"] == "finished"]
+    run = None
+    if as_of is not None:
+        if isinstance(as_of, int):
+            if not 1 <= as_of <= len(finished):
+                raise BioMineError(f"--as-of {as_of}: {output.root} has {len(finished)} finished run(s)")
+            run = finished[as_of - 1]
+        else:
+            before = [e for e in finished if e["at"] <= as_of]
+            if finished and not before:
+                raise BioMineError(f"--as-of {as_of.isoformat()}: no run of {output.root} had finished by then")
+            run = before[-1] if before else None
+    elif finished:
+        run = finished[-1]
+    result = Snapshot(run=run)
+    versions = run["versions"] if run else {}
+    for name, loc in tables.items():
+        try:
+            if name == RUNS:
+                table = Table(loc)
+            elif name in versions:
+                table = Table(loc, versions[name])
+            elif isinstance(as_of, _dt.datetime) and not run:
+                table = Table(loc, as_of)
+            elif run is not None and as_of is not None:
+                continue  # a table that run did not have
+            else:
+                table = Table(loc)
+        except TableError as exc:
+            raise BioMineError(str(exc)) from None
+        result.tables[name] = TableSnapshot(name, loc, table.version, sorted(table.files()), table.schema)
     return result
 
 
-def register(
-    con,
-    name: str,
-    files: list[Location],
-    shards: list[str] | None = None,
-    tombstones: "pa.Table | None" = None,
-    schema: pa.Schema | None = None,
-) -> None:
-    """A DuckDB view ``name`` over ``files`` (local: read_parquet; remote: a pyarrow dataset). With
-    ``shards`` (the document shard of each file) and ``tombstones`` (``(shard, pmid)``), rows of
-    tombstoned articles are left out. ``schema``: the view's columns, for files written with several
-    versions of it (columns an older file lacks read as null)."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
+def connect(out: str | os.PathLike | Location | JobOutput, as_of: int | _dt.datetime | None = None):
+    """``(connection, view names, warnings)`` for the output ``out`` (at ``as_of``).
 
-    masked = shards is not None and tombstones is not None and tombstones.num_rows > 0
-    if masked:
-        wanted = pc.is_in(tombstones.column("shard"), value_set=pa.array(sorted(set(shards)), pa.string()))
-        tombstones = tombstones.filter(wanted)
-        masked = tombstones.num_rows > 0
-    if not masked and schema is None and all(f.is_local for f in files):
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({[f.path for f in files]!r})")
-        return
-    if not masked:
-        arrow = pads.dataset([f.path for f in files], filesystem=files[0].fs, format="parquet", schema=schema)
-        con.register(f"_{name}_arrow", arrow)
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_arrow")
-        return
-    # Each file tagged with its document shard (a constant column, as a partition value), then an
-    # anti-join on (shard, pmid): the deletion vectors applied at read time, as Delta Lake's are.
-    schema = schema or files[0].parquet_metadata().schema.to_arrow_schema()
-    schema = schema.remove_metadata().append(pa.field(SHARD_COLUMN, pa.string()))
-    arrow = pads.FileSystemDataset.from_paths(
-        [f.path for f in files],
-        schema=schema,
-        format=pads.ParquetFileFormat(),
-        filesystem=files[0].fs,
-        partitions=[pc.field(SHARD_COLUMN) == pa.scalar(s, pa.string()) for s in shards],
-    )
-    con.register(f"_{name}_arrow", arrow)
-    con.register(f"_{name}_tombstones", tombstones)
-    con.execute(
-        f"CREATE VIEW {name} AS SELECT t.* EXCLUDE ({SHARD_COLUMN}) FROM _{name}_arrow t "
-        f"ANTI JOIN _{name}_tombstones d ON d.shard = t.{SHARD_COLUMN} AND d.pmid = t.pmid"
-    )
-
-
-def connect(out: str | os.PathLike | Location):
-    """``(connection, view names, warnings)`` for the job output ``out``.
-
-    :raises BioMineError: ``out`` holds no biomine datasets.
+    :raises BioMineError: see :func:`snapshot`.
     """
     import duckdb
 
-    loc = location(out)
-    if not loc.is_dir():
-        raise BioMineError(f"{loc} is not a directory: pass a job's output directory (its [job] output)")
-    outputs = job_outputs(loc)
-    if not outputs.files:
-        raise BioMineError(f"{loc} holds no biomine datasets (documents/, entities/, relations/, summaries/)")
+    snap = snapshot(out, as_of)
     con = duckdb.connect()
-    from schemas.articles import ARTICLE_SCHEMA
-
-    for name, files in outputs.files.items():
-        register(
-            con,
-            name,
-            files,
-            outputs.shards.get(name),
-            outputs.tombstones,
-            ARTICLE_SCHEMA if name == "documents" else None,
-        )
-    if "relations" in outputs.files and "documents" in outputs.files:
+    for name, table in snap.tables.items():
+        con.register(f"_{name}_arrow", table.dataset())
+        con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "_{name}_arrow"')
+    if "relations" in snap.tables and "documents" in snap.tables:
         # Retraction status travels with the article, not the relation: in an ingested corpus a
         # retraction reaches PubMed as an update that revises the citation, so the live document row
-        # says it without recomputing relations (a fetch directory knows what it fetched).
+        # says it without recomputing relations.
         con.execute("ALTER VIEW relations RENAME TO _relations_rows")
         con.execute(
             "CREATE VIEW relations AS SELECT r.*, d.retracted AS article_retracted FROM _relations_rows r "
             "LEFT JOIN (SELECT pmid, version, retracted FROM documents) d "
             "ON d.pmid = r.pmid AND d.version = r.version"
         )
-    return con, list(outputs.files), outputs.warnings
+    return con, list(snap.tables), snap.warnings
 
 
-def read_dataset(out: str | os.PathLike | Location, name: str) -> pa.Table:
-    """One dataset of a job's output (``documents``, ``entities``, ...) as an Arrow table: its
-    committed files, tombstoned articles masked, i.e. what the view of that name shows. Use this (or
-    :func:`query`) rather than reading the folder with a plain Parquet reader, which also returns
-    the rows of articles that later updates revised or deleted.
+def read_dataset(out: str | os.PathLike | Location | JobOutput, name: str, as_of: Any = None) -> pa.Table:
+    """One table of an output (``documents``, ``entities``, ...) as an Arrow table: what the view of
+    that name shows (the same rows any Delta reader gives).
 
-    :raises BioMineError: ``out`` is not a job output, or has no dataset ``name``.
+    :raises BioMineError: ``out`` is not an output, or has no table ``name``.
     """
-    con, views, _ = connect(out)
+    con, views, _ = connect(out, as_of)
     if name not in views:
-        raise BioMineError(f"{out} has no dataset {name!r} (it has: {', '.join(views)})")
-    return con.sql(f"SELECT * FROM {name}").to_arrow_table()
+        raise BioMineError(f"{out} has no table {name!r} (it has: {', '.join(views)})")
+    return con.sql(f'SELECT * FROM "{name}"').to_arrow_table()
 
 
-def query(out: str | os.PathLike | Location, sql: str, warn: Callable[[str], None] | None = None):
-    """Run ``sql`` over the views of ``out``; returns a pandas DataFrame. ``warn`` gets each warning
-    (datasets that miss document shards)."""
+def query(
+    out: str | os.PathLike | Location | JobOutput,
+    sql: str,
+    warn: Callable[[str], None] | None = None,
+    as_of: int | _dt.datetime | None = None,
+):
+    """Run ``sql`` over the views of ``out``; returns a pandas DataFrame."""
     import duckdb
 
-    con, views, warnings = connect(out)
+    con, views, warnings = connect(out, as_of)
     for warning in warnings:
         (warn or log.warning)(warning)
     try:
         return con.execute(sql).df()
     except duckdb.Error as exc:
-        raise BioMineError(f"query failed: {exc}\n(views available: {', '.join(views)})") from None
+        raise BioMineError(f"query failed: {exc} (views: {', '.join(views)})") from None

@@ -1,4 +1,4 @@
-"""NCBI E-utilities client for PubMed: esearch on the history server, efetch in batches, into article shards.
+"""NCBI E-utilities client for PubMed: esearch on the history server, efetch in batches, into the documents table.
 
 Contract:
 
@@ -13,7 +13,8 @@ Contract:
 - Transient failures are retried with exponential backoff and jitter: HTTP 429 (honouring
   ``Retry-After``) and 5xx, timeouts, refused or dropped connections, truncated bodies, malformed XML
   and NCBI's ``<ERROR>`` answers that arrive with status 200. Other 4xx fail at once.
-- :func:`fetch_query` fetches every hit of a query exactly once into a :class:`pipeline.store.shards.ShardStore`:
+- :func:`fetch_query` fetches every hit of a query exactly once into an output's documents table
+  (:mod:`pipeline.store.documents`, a Delta table; appends only):
   ESearch pages at most 9,999 records, so larger queries are split into publication-date ranges
   (halving until each range fits) and the per-range counts are checked against the total. Each range's
   ids come from one esearch (``usehistory=y``); batches are then fetched over the WebEnv by ``retstart``,
@@ -28,6 +29,7 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import hashlib
@@ -49,7 +51,9 @@ from biogpt.errors import ConfigError
 from pipeline.errors import EutilsError, PubmedXMLError
 from pipeline.progress import Progress
 from pipeline.pubmed.parser import parse_articles
-from pipeline.store.shards import DEFAULT_SHARD_ROWS, ShardStore
+from pipeline.store.documents import DEFAULT_SHARD_ROWS, Documents
+from pipeline.store.lease import Lease
+from pipeline.store.output import JobOutput
 
 log = logging.getLogger(__name__)
 
@@ -553,7 +557,7 @@ class FetchSummary:
 def fetch_query(
     client: EutilsClient,
     term: str,
-    out: str | os.PathLike,
+    out: str | os.PathLike | JobOutput,
     *,
     mindate: str | None = None,
     maxdate: str | None = None,
@@ -564,25 +568,34 @@ def fetch_query(
     shard_rows: int = DEFAULT_SHARD_ROWS,
     progress: bool | None = None,
     now: Callable[[], _dt.datetime] | None = None,
-    lock: bool = True,
+    lease: Lease | None = None,
 ) -> FetchSummary:
-    """Fetch every hit of ``term`` (at most ``max_records``, newest first) into shards under ``out``.
+    """Fetch every hit of ``term`` (at most ``max_records``, newest first) into the documents table
+    of output ``out``, one commit per ``shard_rows`` articles.
 
     Re-running with the same query and dates resumes or, when complete, only adds new hits.
     ``progress`` None shows a bar on a terminal only, and logs a line every 30 s elsewhere
-    (:class:`pipeline.progress.Progress`). ``lock=False``: the caller's lease covers ``out``.
+    (:class:`pipeline.progress.Progress`). ``lease``: the caller (a job run) holds the output's
+    lease; else this takes it and records the output as this query's.
 
     :raises EutilsError: see the module docstring.
-    :raises ShardStateError: ``out`` holds another query's output or is in use.
+    :raises StoreError: ``out`` holds another query's output or is in use.
     """
     if batch_size < 1 or split_threshold < 1:
         raise ValueError("batch_size and split_threshold must be positive")
     if max_records is not None and max_records < 0:
         raise EutilsError("--max must be zero or more")
     now = now or (lambda: _dt.datetime.now(_dt.timezone.utc))
-    identity = {"query": term, "mindate": mindate, "maxdate": maxdate, "datetype": datetype}
-    with ShardStore(out, "fetch", identity, shard_rows=shard_rows, lock=lock) as store:
-        done = store.pmids()
+    output = out if isinstance(out, JobOutput) else JobOutput(out)
+    with contextlib.ExitStack() as stack:
+        if lease is None:
+            output.refuse_table_path("biomine fetch")
+            output.root.mkdir()
+            lease = stack.enter_context(output.lease(f"biomine fetch {term!r} into {output.root}"))
+            identity = {"query": term, "mindate": mindate, "maxdate": maxdate, "datetype": datetype}
+            output.check_owner({"name": "biomine fetch", "source": {"kind": "entrez", **identity}}, claim=True)
+        docs = Documents(output.documents)
+        done = docs.pmids()
         total, ranges = plan_ranges(
             client,
             term,
@@ -595,6 +608,15 @@ def fetch_query(
         target = total if max_records is None else min(total, max_records)
         summary = FetchSummary(total_hits=total, ranges=len(ranges), already_present=len(done))
         unavailable: set[int] = set()
+        buffer: list[dict[str, Any]] = []
+        txn = stack.enter_context(docs.transaction())
+
+        def commit(rows: list[dict[str, Any]], notes: dict[str, Any] | None = None) -> None:
+            lease.check()
+            if rows and txn.write(rows) is not None:
+                summary.shards += 1
+            txn.commit(metadata={"notes": notes} if notes else None)
+
         bar = Progress(
             target, initial=min(len(done), target), unit="article", desc=f"fetch {term!r}", bar=progress, logger=log
         )
@@ -611,28 +633,30 @@ def fetch_query(
                     done.update(row["pmid"] for row in rows)
                     unavailable.update(missing)
                     summary.fetched += len(rows)
-                    summary.shards += store.append(rows)
+                    buffer.extend(rows)
+                    while len(buffer) >= shard_rows:
+                        commit(buffer[:shard_rows])
+                        buffer = buffer[shard_rows:]
                     bar.update(len(rows))
             unavailable -= done
             notes = {
+                "query": term,
                 "total_hits": total,
                 "ranges": [str(r) for r in ranges],
                 "unavailable": sorted(unavailable),
                 "last_run": now().isoformat(timespec="seconds"),
             }
-            before = len(store.shards)
-            store.flush(notes=notes)
-            summary.shards += len(store.shards) - before
-        summary.rows = store.row_count()
+            commit(buffer, notes)
+        summary.rows = docs.count()
         summary.unavailable = sorted(unavailable)
     if unavailable:
         log.warning(
-            "query %r: %d hits were not returned by efetch even by id (e.g. PMID %s); they are listed "
-            "in %s/_manifest.json and a re-run tries them again",
+            "query %r: %d hits were not returned by efetch even by id (e.g. PMID %s); they are listed in "
+            "the commit info of %s (biomine.notes) and a re-run tries them again",
             term,
             len(unavailable),
             summary.unavailable[0],
-            out,
+            output.documents,
         )
     return summary
 

@@ -1,4 +1,4 @@
-"""Ingest PubMed baseline and update files into a current-corpus directory of article shards.
+"""Ingest PubMed baseline and update files into the documents table of an output (the current corpus).
 
 Contract (what ``biomine ingest`` promises):
 
@@ -13,35 +13,38 @@ Contract (what ``biomine ingest`` promises):
   versioned journals, where NLM keeps several versions of one PMID). A ``DeleteCitation`` removes
   the PMID, including any record of it earlier in the same file (the DTD puts deletions last).
   Within one file a later record of the same PMID and version wins.
-- **An update costs what it changes.** Each file's records go into new shards named after the file
-  and its checksum (``part-<file>-<sha8>-NNNN.parquet``); a record it revises or deletes is
-  tombstoned in the shard that held it (its deletion vector, :mod:`pipeline.store.shards`), never
-  rewritten, so the task outputs of every unchanged article stay valid and only the file's own
-  records are computed.
-- **Inputs are recognised by content**: every input is hashed (sha256, in parallel) and a file whose
-  checksum is recorded is skipped, whatever its name. A file whose name is recorded with another
+- **An update costs what it changes.** Each file's records go into new data files named after the
+  file and its checksum (``part-<file>-<sha16>-NNNN.<sha16>.parquet``, sorted by PMID); a record it
+  revises or deletes is removed from the data file that held it, copy-on-write (that file is
+  rewritten without it: :mod:`pipeline.store.documents`), in the same Delta commit that adds the new
+  records, so every reader of the table sees the current corpus, and the task outputs of every
+  unchanged article stay valid (a job copies them, it does not recompute them).
+- **Inputs are recognised by content and apply exactly once**: every input is hashed (sha256, in
+  parallel) and a file whose checksum the table's log records (a Delta app transaction of the
+  commit that applied it) is skipped, whatever its name. A file whose name is recorded with another
   checksum (re-issued by NLM, or replaced by hand) is ingested again and applied on top of the
   current corpus, with a warning, if no later file is ingested yet. A new or changed file that sorts
   before an ingested one is refused (applying it now would let older records override newer ones).
 - Parsing runs in parallel workers (``workers`` local processes, or Ray tasks in a job:
-  :class:`Pool`); each writes its file's shards to the output's storage itself. This process applies
-  the files in order (finds the rows they replace, tombstones them) and commits every
-  ``commit_seconds`` (default 30 s) and at the end: new shards, tombstones and the files they came
-  from become visible together. A crash loses at most the files applied since the last commit, and
+  :class:`Pool`); each writes its file's data files to the output's storage itself. This process
+  applies the files in order (finds the rows they replace) and commits every ``commit_seconds``
+  (default 30 s) and at the end: new files, rewritten files and the inputs they came from become
+  visible together. A crash loses at most the files applied since the last commit, and
   re-running the same command finishes with exactly the output an uninterrupted run gives (apart
   from ``fetched_at``). A re-run with nothing new is a no-op.
-- Memory here is bounded by the PMIDs of the files applied since the last commit and the manifest
-  (a few hundred bytes per shard); no process holds every PMID. Finding the rows a file replaces
-  reads the ``pmid``/``version`` columns of the shards whose PMID range covers the file's (for the
-  baseline, a neighbour or two; for a daily update, every shard), in parallel tasks.
+- Memory here is bounded by the PMIDs of the files applied since the last commit and the table's
+  file list (its log); no process holds every PMID. Finding the rows a file replaces reads the
+  ``pmid``/``version`` columns of the data files whose PMID range (the log's statistics) covers one
+  of the file's PMIDs, in parallel tasks.
+- One writer at a time: :func:`ingest_files` takes the output's lease (or runs under a job's).
 
 :raises IngestError: an input is missing, unreadable or malformed (the message names the file, the
     position and the last good PMID), or a new file sorts before one already ingested.
+:raises StoreError: the output is another job's or in use by another run.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import datetime as _dt
 import fnmatch
@@ -62,16 +65,11 @@ import pyarrow.compute as pc
 from pipeline.errors import IngestError
 from pipeline.progress import Progress
 from pipeline.pubmed.parser import Deletion, iter_records
-from pipeline.store.shards import (
-    DEFAULT_SHARD_ROWS,
-    ShardInfo,
-    ShardStore,
-    Transaction,
-    live_mask,
-    read_deletions,
-    write_shard,
-)
+from pipeline.store.documents import DEFAULT_SHARD_ROWS, AppliedInput, Documents, DocumentTransaction, write_shard
+from pipeline.store.lease import Lease
+from pipeline.store.output import JobOutput
 from pipeline.store.storage import Location, location
+from pipeline.store.tables import DataFile
 from schemas.articles import to_table
 
 log = logging.getLogger(__name__)
@@ -93,13 +91,14 @@ class IngestSummary:
     deleted: int = 0
     #: Live articles in the output after the call.
     rows: int = 0
-    #: Rows tombstoned by this call (replaced, deleted, or a lower version than one already there).
+    #: Rows removed by this call (replaced, deleted, or a lower version than one already there).
     tombstoned: int = 0
-    #: Shards written by this call, their rows, the commits and the manifest bytes they wrote.
+    #: Data files written by this call (new, and rewritten copy-on-write), their rows, the commits.
     shards: int = 0
     shard_rows: int = 0
+    rewritten: int = 0
+    rewritten_bytes: int = 0
     commits: int = 0
-    manifest_bytes: int = 0
     reissued: list[str] = field(default_factory=list)
 
 
@@ -227,12 +226,13 @@ def checksum(loc: Location) -> InputFile:
     return InputFile(loc, loc.size() or 0, loc.sha256())
 
 
-def shard_name(source: InputFile, index: int) -> str:
-    """Shard ``index`` of input ``source``: named by file and content, so a re-issued file with the
-    same name never reuses a name, and any worker writes the same name for the same file. Characters
-    other than letters, digits, ``.``, ``_`` and ``-`` in the file's name become ``_``."""
+def shard_base(source: InputFile, index: int) -> str:
+    """The base name of data file ``index`` of input ``source``: named by file and content, so a
+    re-issued file with the same name never reuses a name, and any worker writes the same name for
+    the same file. Characters other than letters, digits, ``.``, ``_`` and ``-`` in the file's name
+    become ``_``."""
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", source.stem)
-    return f"part-{stem}-{source.sha256[:16]}-{index:04d}.parquet"
+    return f"part-{stem}-{source.sha256[:16]}-{index:04d}"
 
 
 @dataclass
@@ -242,7 +242,7 @@ class ParsedInput:
     source: InputFile
     records: int
     deletions: list[int]
-    shards: list[ShardInfo]
+    shards: list[DataFile]
     #: Per shard, the PMIDs and versions of its rows (the file's winning records).
     rows: list[tuple[list[int], list[int]]]
 
@@ -315,7 +315,7 @@ def parse_input(source: InputFile, docs: Location, shard_rows: int, fetched_at: 
     """
     best: dict[int, tuple[int, int]] = {}  # pmid -> (version, position) of the file's winning record
     deleted: list[int] = []
-    written: list[tuple[ShardInfo, list[int], list[int], list[int]]] = []  # shard, positions, pmids, versions
+    written: list[tuple[DataFile, list[int], list[int], list[int]]] = []  # file, positions, pmids, versions
     buffer = RowBuffer()
     positions: list[int] = []
     pmids: list[int] = []
@@ -323,7 +323,7 @@ def parse_input(source: InputFile, docs: Location, shard_rows: int, fetched_at: 
     records = 0
 
     def flush() -> None:
-        info = write_shard(docs, shard_name(source, len(written)), buffer.take())
+        info = write_shard(docs, shard_base(source, len(written)), buffer.take())
         if info is not None:
             written.append((info, list(positions), list(pmids), list(versions)))
         positions.clear()
@@ -352,35 +352,36 @@ def parse_input(source: InputFile, docs: Location, shard_rows: int, fetched_at: 
         flush()
     gone = set(deleted)
     winners = {pos for pmid, (_, pos) in best.items() if pmid not in gone}
-    shards: list[ShardInfo] = []
+    shards: list[DataFile] = []
     rows: list[tuple[list[int], list[int]]] = []
     for info, shard_positions, shard_pmids, shard_versions in written:
         keep = [p in winners for p in shard_positions]
-        if not all(keep):  # rare: rewrite the shard (still uncommitted, so nobody reads it) without them
-            table = (docs / info.name).read_table().filter(pa.array(keep, pa.bool_()))
+        if not all(keep):  # rare: rewrite the file (still uncommitted, so nobody reads it) without them
+            table = (docs / info.path).read_table()
+            order = pc.array_sort_indices(pa.array(shard_pmids, pa.int64()))  # the file is sorted (stably)
+            kept = pc.take(pa.array(keep, pa.bool_()), order)
+            table = table.filter(kept)
+            (docs / info.path).delete()
             if not table.num_rows:
-                (docs / info.name).delete()
                 continue
-            info = write_shard(docs, info.name, table)
+            new = write_shard(docs, info.base, table)
+            assert new is not None
+            info = new
             shard_pmids, shard_versions = table.column("pmid").to_pylist(), table.column("version").to_pylist()
         shards.append(info)
         rows.append((shard_pmids, shard_versions))
     return ParsedInput(source, records, deleted, shards, rows)
 
 
-def locate(docs: Location, shards: list[ShardInfo], pmids: pa.Array) -> list[tuple[int, str, int]]:
-    """``(pmid, shard, version)`` of the live rows of ``shards`` whose PMID is in ``pmids`` (a
-    worker task: it reads only the ``pmid``/``version`` columns and each shard's deletion vector)."""
+def locate(docs: Location, files: list[DataFile], pmids: pa.Array) -> list[tuple[int, str, int]]:
+    """``(pmid, file, version)`` of the rows of ``files`` whose PMID is in ``pmids`` (a worker task: it
+    reads only the ``pmid``/``version`` columns)."""
     found = []
-    for shard in shards:
-        table = (docs / shard.name).read_table(["pmid", "version"])
-        hit = pc.is_in(table.column("pmid"), value_set=pmids)
-        mask = live_mask(table, read_deletions(docs, shard))
-        if mask is not None:
-            hit = pc.and_(hit, mask)
-        table = table.filter(hit)
+    for info in files:
+        table = (docs / info.path).read_table(["pmid", "version"])
+        table = table.filter(pc.is_in(table.column("pmid"), value_set=pmids))
         found += [
-            (p, shard.name, v) for p, v in zip(table.column("pmid").to_pylist(), table.column("version").to_pylist())
+            (p, info.path, v) for p, v in zip(table.column("pmid").to_pylist(), table.column("version").to_pylist())
         ]
     return found
 
@@ -388,116 +389,142 @@ def locate(docs: Location, shards: list[ShardInfo], pmids: pa.Array) -> list[tup
 # --- the driver -------------------------------------------------------------------------------------
 def ingest_files(
     paths: Iterable[str | os.PathLike],
-    out: str | os.PathLike | Location,
+    out: str | os.PathLike | Location | JobOutput,
     *,
     shard_rows: int = DEFAULT_SHARD_ROWS,
     progress: bool | None = None,
     now: Callable[[], _dt.datetime] | None = None,
-    lock: bool = True,
+    lease: Lease | None = None,
     workers: int = 1,
     pool: Pool | None = None,
     commit_seconds: float = 30.0,
-    before_commit: Callable[[], None] | None = None,
 ) -> IngestSummary:
-    """Ingest PubMed XML files into the current-corpus directory ``out`` (see the module docstring).
+    """Ingest PubMed XML files into the documents table of output ``out`` (see the module docstring).
 
     ``workers``: local processes that hash and parse (ignored when ``pool`` is given: a job passes
     its Ray tasks). ``progress`` None shows a bar on a terminal only, and logs a line every 30 s
-    elsewhere (:class:`pipeline.progress.Progress`). ``lock=False``: the caller holds
-    a lease that covers ``out`` already (a job run), so the store takes none of its own.
-    ``commit_seconds``: commit at most this often (0: after every file). ``before_commit`` is called
-    before each commit (a job's lease check: it raises once another run holds the job).
+    elsewhere (:class:`pipeline.progress.Progress`). ``lease``: the caller holds the output's lease
+    already (a job run; it is checked before each commit); else this takes it, and records the
+    output as a ``biomine ingest`` corpus. ``commit_seconds``: commit at most this often (0: after
+    every file).
 
     :raises IngestError: see the module docstring.
-    :raises ShardStateError: ``out`` is another kind of output or in use.
+    :raises StoreError: ``out`` is another job's output, or in use by another run.
     """
     now = now or (lambda: _dt.datetime.now(_dt.timezone.utc))
+    output = out if isinstance(out, JobOutput) else JobOutput(out)
     files = discover_inputs(paths)
     with contextlib.ExitStack() as stack:
-        store = stack.enter_context(ShardStore(out, "ingest", shard_rows=shard_rows, lock=lock))
-        if pool is None:  # closed before the store: no worker of ours writes after the lock is gone
+        if lease is None:
+            output.refuse_table_path("biomine ingest")
+            output.root.mkdir()
+            lease = stack.enter_context(output.lease(f"biomine ingest into {output.root}"))
+            output.check_owner(INGEST_OWNER, claim=True)
+        docs = Documents(output.documents)
+        if pool is None:  # closed before the lease: no worker of ours writes after it is released
             pool = stack.enter_context(LocalPool(min(workers, max(1, len(files)))))
-        todo, summary = _plan(store, files, pool)
+        todo, summary = _plan(docs, files, pool)
         if todo:
-            _apply_all(store, todo, pool, now(), progress, commit_seconds, summary, before_commit)
-        summary.rows = store.row_count()
+            _apply_all(docs, todo, pool, now(), progress, commit_seconds, summary, lease, shard_rows)
+        summary.rows = docs.count()
     return summary
 
 
-def _plan(store: ShardStore, files: list[Location], pool: Pool) -> tuple[list[InputFile], IngestSummary]:
-    """Hash every input (in parallel) and keep the ones whose content is not ingested yet."""
+#: What ``biomine ingest --out DIR`` records as the owner of DIR.
+INGEST_OWNER = {"name": "biomine ingest", "source": {"kind": "ingest"}}
+
+
+def _plan(docs: Documents, files: list[Location], pool: Pool) -> tuple[list[InputFile], IngestSummary]:
+    """Hash every input (in parallel) and keep the ones whose content is not applied yet."""
     summary = IngestSummary()
     futures = [pool.submit(checksum, loc) for loc in files]
-    inputs = store.inputs
-    known = {r["sha256"] for r in inputs.values() if r.get("sha256")}
+    applied = docs.inputs_applied()
+    seen: set[str] = set()
     todo: list[InputFile] = []
     for future in futures:
         source: InputFile = future.result()
-        record = inputs.get(source.name)
-        if source.sha256 in known or (record is not None and "sha256" not in record and record["size"] == source.size):
-            summary.skipped += 1  # (a record without a checksum: written before they were kept)
-            if record is None or record.get("sha256") != source.sha256:
-                log.info("%s: the same content as an input already ingested (or given twice): skipped", source.loc)
+        if source.sha256 in seen or docs.applied(source.sha256):
+            summary.skipped += 1
+            log.info("%s: its content is applied already (under this or another name): skipped", source.loc)
             continue
-        known.add(source.sha256)  # the same content twice in one call applies once, as a re-run would
-        if record is not None:
+        seen.add(source.sha256)  # the same content twice in one call applies once, as a re-run would
+        position = docs.position(source.name)
+        if position is not None:
+            if position < applied:
+                raise IngestError(
+                    f"{source.name} changed since it was ingested, and later files are ingested already into "
+                    f"{docs.loc}: applying it now would let its older records override newer ones (and bring "
+                    "back deleted ones). Ingest all files into a new output directory (--out, or [job] output "
+                    "in a job)"
+                )
             log.warning(
-                "%s changed since it was ingested (sha256 %s..., now %s...): its records are applied "
-                "again, on top of the current corpus",
+                "%s changed since it was ingested (sha256 now %s...): its records are applied again, on top "
+                "of the current corpus",
                 source.loc,
-                str(record.get("sha256"))[:12],
                 source.sha256[:12],
             )
             summary.reissued.append(source.name)
         todo.append(source)
-    if todo and inputs:
-        last = max(inputs)
-        early = [s.name for s in todo if s.name < last]
-        if early:
-            what = "changed since it was ingested, and" if early[0] in inputs else "sorts before"
-            raise IngestError(
-                f"{early[0]} {what} {last} is already ingested into {store.loc}: applying it now would let "
-                f"its older records override newer ones (and bring back deleted ones). Ingest all files into "
-                f"a new output directory (--out, or [job] output in a job)"
-            )
     return todo, summary
 
 
+def _last_applied(docs: Documents) -> str | None:
+    """The name of the newest input file applied (from the newest commits that applied inputs)."""
+    for entry in docs.table.commit_metadata(limit=50):
+        inputs = entry.get("inputs")
+        if inputs:
+            return max(r["name"] for r in inputs)
+    return None
+
+
 def _apply_all(
-    store: ShardStore,
+    docs: Documents,
     todo: list[InputFile],
     pool: Pool,
     fetched_at: _dt.datetime,
     progress: bool | None,
     commit_seconds: float,
     summary: IngestSummary,
-    before_commit: Callable[[], None] | None,
+    lease: Lease,
+    shard_rows: int,
 ) -> None:
     """Parse ``todo`` ahead in the pool (a window of ``2 * workers`` files) and apply each in order."""
+    last = _last_applied(docs)
+    early = [s.name for s in todo if last is not None and s.name < last and s.name not in summary.reissued]
+    if early:
+        raise IngestError(
+            f"{early[0]} sorts before {last}, which is already ingested into {docs.loc}: applying it now would "
+            "let its older records override newer ones (and bring back deleted ones). Ingest all files into "
+            "a new output directory (--out, or [job] output in a job)"
+        )
     window = max(2, 2 * pool.workers)
     pending: list[Any] = []
     queue = iter(todo)
-    uncommitted: dict[str, Any] = {}
+    uncommitted = 0
 
     def top_up() -> None:
         while len(pending) < window:
             source = next(queue, None)
             if source is None:
                 return
-            pending.append(pool.submit(parse_input, source, store.loc, store.shard_rows, fetched_at))
+            pending.append(pool.submit(parse_input, source, docs.loc, shard_rows, fetched_at))
 
-    def commit(txn: Transaction) -> None:
-        if before_commit:
-            before_commit()
-        txn.commit(inputs=uncommitted)
+    def commit(txn: DocumentTransaction) -> None:
+        nonlocal uncommitted
+        lease.check()
+        before = set(txn.files())
+        txn.commit()
+        after = docs.files()
+        rewritten = [f for p, f in after.items() if p not in before]
+        summary.rewritten += len(rewritten)
+        summary.rewritten_bytes += sum(f.size for f in rewritten)
         summary.commits += 1
-        summary.manifest_bytes += (store.loc / "_manifest.json").size() or 0
-        uncommitted.clear()
+        uncommitted = 0
 
     last_commit = time.monotonic()
     with (
-        store.transaction() as txn,
-        Progress(len(todo), unit="file", desc=f"ingest into {store.loc}", bar=progress, logger=log) as bar,
+        docs.transaction() as txn,
+        Progress(len(todo), unit="file", desc=f"ingest into {docs.loc}", bar=progress, logger=log) as bar,
     ):
         top_up()
         try:
@@ -512,14 +539,19 @@ def _apply_all(
                     raise
                 top_up()
                 counts = _apply(txn, parsed, pool)
-                uncommitted[parsed.source.name] = {
-                    "size": parsed.source.size,
-                    "sha256": parsed.source.sha256,
-                    "records": parsed.records,
-                    "deletions": len(parsed.deletions),
-                    "shards": [s.name for s in parsed.shards],
-                    "ingested_at": fetched_at.isoformat(timespec="seconds"),
-                }
+                txn.applied(
+                    AppliedInput(
+                        parsed.source.name,
+                        parsed.source.size,
+                        parsed.source.sha256,
+                        parsed.records,
+                        len(parsed.deletions),
+                        counts["added"],
+                        counts["replaced"],
+                        counts["deleted"],
+                    )
+                )
+                uncommitted += 1
                 for key in ("records", "added", "replaced", "deleted", "tombstoned"):
                     setattr(summary, key, getattr(summary, key) + counts[key])
                 summary.files += 1
@@ -531,27 +563,24 @@ def _apply_all(
                     commit(txn)
                     last_commit = time.monotonic()
         except BaseException:
-            for future in pending:  # files parsed ahead: their shards will never be committed
+            for future in pending:  # files parsed ahead: their data files will never be committed
                 future.cancel()
             raise
         if uncommitted:
             commit(txn)
 
 
-def _find(txn: Transaction, pmids: list[int], pool: Pool) -> dict[int, list[tuple[str, int]]]:
-    """Where the corpus (as the transaction has it so far) holds these sorted PMIDs live:
-    ``pmid -> [(shard, version)]``. Shards whose PMID range misses them all are not read."""
+def _find(txn: DocumentTransaction, pmids: list[int], pool: Pool) -> dict[int, list[tuple[str, int]]]:
+    """Where the corpus (as the transaction has it so far) holds these sorted PMIDs:
+    ``pmid -> [(file, version)]``. Files whose PMID range (the log's statistics) misses them all are
+    not read."""
     found: dict[int, list[tuple[str, int]]] = {}
     if not pmids:
         return found
-    candidates = []
-    for shard in txn.shards():
-        first = bisect.bisect_left(pmids, shard.min_pmid)
-        if shard.live and first < len(pmids) and pmids[first] <= shard.max_pmid:
-            candidates.append(shard)
+    candidates = [f for f in txn.files().values() if f.rows and f.covers(pmids)]
     wanted = pa.array(pmids, pa.int64())
-    docs = txn.store.loc
-    if sum(s.rows for s in candidates) <= INLINE_LOCATE_ROWS:
+    docs = txn.docs.loc
+    if sum(f.rows for f in candidates) <= INLINE_LOCATE_ROWS:
         hits = locate(docs, candidates, wanted)
     else:
         per_task = max(1, -(-len(candidates) // (4 * pool.workers)))
@@ -559,47 +588,47 @@ def _find(txn: Transaction, pmids: list[int], pool: Pool) -> dict[int, list[tupl
             pool.submit(locate, docs, candidates[i : i + per_task], wanted) for i in range(0, len(candidates), per_task)
         ]
         hits = [hit for f in futures for hit in f.result()]
-    for pmid, shard, version in hits:
-        if pmid not in txn.pending_tombstones(shard):  # tombstoned earlier in this transaction
-            found.setdefault(pmid, []).append((shard, version))
+    for pmid, path, version in hits:
+        if pmid not in txn.pending_removals(path):  # removed earlier in this transaction
+            found.setdefault(pmid, []).append((path, version))
     return found
 
 
-def _apply(txn: Transaction, parsed: ParsedInput, pool: Pool) -> dict[str, int]:
-    """Apply one parsed file: tombstone the rows it replaces or deletes, add its shards."""
+def _apply(txn: DocumentTransaction, parsed: ParsedInput, pool: Pool) -> dict[str, int]:
+    """Apply one parsed file: remove the rows it replaces or deletes, add its data files."""
     name = parsed.source.name
     own = {
-        pmid: (version, shard.name)
+        pmid: (version, shard.path)
         for shard, (pmids, versions) in zip(parsed.shards, parsed.rows)
         for pmid, version in zip(pmids, versions)
     }
     existing = _find(txn, sorted(set(own) | set(parsed.deletions)), pool)
+    for shard in parsed.shards:
+        txn.add(shard)
     counts = {"records": parsed.records, "added": 0, "replaced": 0, "deleted": 0, "tombstoned": 0}
 
-    def tombstone(shard: str, pmid: int) -> None:
-        txn.tombstone(shard, [pmid])
+    def remove(path: str, pmid: int) -> None:
+        txn.remove(path, [pmid])
         counts["tombstoned"] += 1
 
     for pmid in sorted(set(parsed.deletions)):
         olds = existing.get(pmid, [])
-        for shard, _ in olds:
-            tombstone(shard, pmid)
+        for path, _ in olds:
+            remove(path, pmid)
         if olds:
             counts["deleted"] += 1
         else:
             log.debug("%s: DeleteCitation of PMID %d, which is not in the corpus", name, pmid)
-    for pmid, (version, shard) in own.items():
+    for pmid, (version, path) in own.items():
         olds = existing.get(pmid, [])
         newer = [v for _, v in olds if v > version]
         if newer:
             log.info("%s: PMID %d version %d kept over this file's version %d", name, pmid, max(newer), version)
-            tombstone(shard, pmid)
+            remove(path, pmid)
             continue
-        for old_shard, _ in olds:
-            tombstone(old_shard, pmid)
+        for old_path, _ in olds:
+            remove(old_path, pmid)
         counts["replaced" if olds else "added"] += 1
-    for shard in parsed.shards:
-        txn.add(shard)
     log.info(
         "%s: %d records (%d new, %d replaced, %d deleted)",
         name,

@@ -67,12 +67,12 @@ class RunPlan:
 
 
 def job_identity(spec: JobSpec) -> dict[str, Any]:
-    """What an output location belongs to: the job's name and source."""
+    """What an output location belongs to: the job's name and the kind of its source (and, for an
+    E-utilities job, its query). A files job's ``paths`` are not part of it: adding an update file
+    to the list (or moving the checkout) is an ordinary change of the same job, and inputs are
+    recognised by their content anyway."""
     src = spec.source
-    # The paths as the job file writes them: moving the checkout (or `ray job submit --working-dir`)
-    # keeps the same job.
-    written = spec.raw.get("source", {}).get("paths", src.paths)
-    source = {"kind": src.kind, "query": src.query} if src.kind == "entrez" else {"kind": src.kind, "paths": written}
+    source = {"kind": src.kind, "query": src.query} if src.kind == "entrez" else {"kind": src.kind}
     return {"name": spec.name, "source": source}
 
 

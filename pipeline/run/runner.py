@@ -4,25 +4,25 @@ Steps, each idempotent:
 
 0. **Plan and own the output**: :func:`pipeline.run.plan.preflight` checks everything and resolves
    each task's options once (a frozen :class:`~pipeline.run.plan.RunPlan`); then the run takes the
-   output's lease (:mod:`pipeline.store.lease`: one run at a time, whatever stage the other is in)
-   and checks who owns it (:class:`pipeline.store.output.JobOutput`): an output location belongs to
-   one job (its name and source); another job pointed at it is refused with one line naming both.
+   output's lease (:mod:`pipeline.store.lease`: one writer at a time, taken by an atomic
+   conditional write) and checks who owns it (:class:`pipeline.store.output.JobOutput`): an output
+   location belongs to one job; another job pointed at it is refused with one line naming both.
 1. **Documents**: ``fetch`` (E-utilities query, on the driver) or ``ingest`` (baseline/update XML:
    Ray tasks on every node hash and parse one file each, this process applies them in file order and
-   commits) into ``OUT/documents/`` on storage: the manifest-backed shard store of
-   :mod:`pipeline.store.shards`. Shards are immutable: an update that changes or deletes an article
-   tombstones its row (a deletion vector) and writes the new version into a new shard.
-2. **Tasks** (Ray Data, :mod:`pipeline.run.stages`): NER → ``OUT/entities/``, RE → ``OUT/relations/``,
-   summarisation → ``OUT/summaries/``. Workers write one data file per document shard to storage; the
-   driver commits each with its fingerprint (:mod:`pipeline.store.datasets`). A re-run verifies every
-   committed output before it skips it and redoes what is missing, damaged, swapped or stale (other
-   settings or another model), saying which and why.
-3. **Retire**: outputs of document shards that are no longer committed (only :func:`compaction
-   <pipeline.store.shards.compact>` drops shards) are removed. Outputs of tombstoned articles stay
-   in their files and are masked by every reader (:mod:`pipeline.outputs`), so every row a reader
-   sees has its PMID and version live in ``documents``, and an update computes only its new shards.
-4. **Manifest** ``OUT/_manifest.json``: the job spec, models (path, checksum), code version, counts
-   per stage (with what was redone and why), timings and per-record failures; then a summary table.
+   commits) into ``OUT/documents``, a Delta table (:mod:`pipeline.store.documents`). An update
+   removes revised and deleted articles copy-on-write, in the same commit that adds their new versions.
+2. **Tasks** (Ray Data, :mod:`pipeline.run.stages`): NER → ``OUT/entities``, RE → ``OUT/relations``,
+   summarisation → ``OUT/summaries``, each a Delta table with one output file per documents file. A
+   re-run verifies every output before it keeps it; the outputs of rewritten document files are
+   copied without their removed articles (no model time); only new, revised, missing, damaged or stale
+   outputs are computed, saying which and why. Outputs of articles that left the corpus leave every
+   table in the same run.
+3. **Knowledge base**: a job with relations rebuilds ``OUT/kb`` (a Delta table) from the relations
+   and documents it just committed, so it is never stale (a new table version only when it changed).
+4. **Run record**: a ``started`` and a ``finished`` (or ``failed``/``interrupted``) row in the
+   ``OUT/runs`` table: the job spec, models (path, checksum), code version, counts per stage (with
+   what was redone and why), timings, per-record failures, and the version of every table after the
+   run (one consistent snapshot, which ``biomine query`` reads); then a summary table.
 
 Every location (``output``, source ``paths``, each ``model``) may be a local path or a storage URI
 (``s3://...``: :mod:`pipeline.store.storage`), so nothing relies on a disk shared between nodes.
@@ -49,7 +49,7 @@ from pipeline.run.jobspec import JobSpec
 from pipeline.run.plan import RunPlan, job_identity, preflight
 from pipeline.store.lease import Lease
 from pipeline.store.models import describe
-from pipeline.store.storage import Location
+from pipeline.store.output import JobOutput
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +74,15 @@ def code_version() -> dict[str, str]:
     return {"biomine": pkg, "git_commit": commit}
 
 
-def _ingest_step(paths: list[str], docs: Location, shard_rows: int, progress: bool, lease: Lease) -> dict[str, Any]:
-    """Ingest the source files into ``docs``: this process applies and commits, Ray tasks on every
-    node hash and parse (one per file). The run's lease covers the store, so the store takes none of
-    its own."""
+def _ingest_step(paths: list[str], output: JobOutput, shard_rows: int, progress: bool, lease: Lease) -> dict[str, Any]:
+    """Ingest the source files into the output's documents: this process applies and commits, Ray
+    tasks on every node hash and parse (one per file), under the run's lease."""
     import ray
 
     from pipeline.pubmed.ingest import ingest_files
 
     workers = int(ray.cluster_resources().get("CPU", 1))
-    s = ingest_files(
-        paths,
-        docs,
-        shard_rows=shard_rows,
-        progress=progress,
-        lock=False,
-        pool=RayPool(workers),
-        before_commit=lease.check,
-    )
+    s = ingest_files(paths, output, shard_rows=shard_rows, progress=progress, lease=lease, pool=RayPool(workers))
     return {
         "kind": "files",
         "files": s.files,
@@ -100,8 +91,10 @@ def _ingest_step(paths: list[str], docs: Location, shard_rows: int, progress: bo
         "added": s.added,
         "replaced": s.replaced,
         "deleted": s.deleted,
-        "tombstoned": s.tombstoned,
-        "shards_written": s.shards,
+        "removed": s.tombstoned,
+        "files_written": s.shards,
+        "files_rewritten": s.rewritten,
+        "bytes_rewritten": s.rewritten_bytes,
         "commits": s.commits,
         "reissued": s.reissued,
         "documents": s.rows,
@@ -109,8 +102,8 @@ def _ingest_step(paths: list[str], docs: Location, shard_rows: int, progress: bo
     }
 
 
-def _fetch_step(spec: JobSpec, docs: Location, progress: bool) -> dict[str, Any]:
-    """Fetch the query's hits into ``docs``, on the driver: it is network I/O, and the NCBI email
+def _fetch_step(spec: JobSpec, output: JobOutput, lease: Lease, progress: bool) -> dict[str, Any]:
+    """Fetch the query's hits into the output's documents, on the driver: it is network I/O, and the NCBI email
     and API key stay in this process (never in a Ray task's arguments or a worker's environment)."""
     from pipeline.pubmed.eutils import Credentials, EutilsClient, fetch_query
 
@@ -121,13 +114,13 @@ def _fetch_step(spec: JobSpec, docs: Location, progress: bool) -> dict[str, Any]
     s = fetch_query(
         client,
         src.query,
-        docs,
+        output,
         mindate=src.mindate,
         maxdate=src.maxdate,
         max_records=src.max,
         shard_rows=src.shard_size,
         progress=progress,
-        lock=False,
+        lease=lease,
     )
     return {
         "kind": "entrez",
@@ -162,20 +155,23 @@ def run_plan(plan: RunPlan, *, progress: bool = True, num_cpus: int | None = Non
     spec, output = plan.job, plan.output
     output.root.mkdir()
     with output.lease(f"biomine run {spec.path or spec.name}") as lease:
+        if output.is_legacy():
+            from pipeline.store.upgrade import upgrade
+
+            log.warning("%s was written by an older biomine: upgrading it to Delta tables first", output.root)
+            upgrade(output, lease=lease)
         output.check_owner(job_identity(spec), claim=True)
         init_ray(spec.resources.address, num_cpus=num_cpus)
         return _run(plan.placed(placement(spec.resources)), lease, progress)
 
 
 def _run(plan: RunPlan, lease: Lease, progress: bool) -> dict[str, Any]:
-    from pipeline.run.stages import run_task_stage
-    from pipeline.store.shards import committed_shards, read_deletions
-
-    spec, output, place = plan.job, plan.output, plan.placement
-    assert place is not None
+    spec, output = plan.job, plan.output
+    run_id = lease.run_id
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
     manifest: dict[str, Any] = {
+        "run_id": run_id,
         "job": {"name": spec.name, "spec": _redacted(spec.raw), "path": str(spec.path) if spec.path else None},
         "code": code_version(),
         "started_at": started.isoformat(timespec="seconds"),
@@ -184,89 +180,119 @@ def _run(plan: RunPlan, lease: Lease, progress: bool) -> dict[str, Any]:
         "failures": [],
         "finished_at": None,
     }
-    output.write_manifest(manifest)
+    output.record_run(run_id, spec.name, "started", manifest)
+    try:
+        _stages(plan, output, lease, progress, manifest)
+    except BaseException as exc:
+        event = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        manifest["error"] = f"{type(exc).__name__}: {exc}"
+        try:
+            output.record_run(run_id, spec.name, event, manifest, seconds=round(time.perf_counter() - t0, 3))
+        except Exception as record_error:  # the run's own error is what the user must see
+            log.warning("could not record the %s run in %s: %s", event, output.runs, record_error)
+        raise
+    manifest["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    manifest["seconds"] = round(time.perf_counter() - t0, 3)
+    lease.check()
+    manifest["versions"] = output.versions()
+    output.record_run(
+        run_id,
+        spec.name,
+        "finished",
+        manifest,
+        seconds=manifest["seconds"],
+        versions=manifest["versions"],
+        failures=[{k: f.get(k) for k in ("task", "pmid", "version", "error")} for f in manifest["failures"]],
+    )
+    return manifest
 
-    docs = output.documents
+
+def _stages(plan: RunPlan, output: JobOutput, lease: Lease, progress: bool, manifest: dict[str, Any]) -> None:
+    """Documents, then each task, then the knowledge base (see the module docstring)."""
+    from pipeline.run.stages import read_failures, run_task_stage
+    from pipeline.store.documents import Documents
+
+    spec, place = plan.job, plan.placement
+    assert place is not None
     t = time.perf_counter()
     if spec.source.kind == "files":
-        documents = _ingest_step(spec.source.paths, docs, spec.source.shard_size, progress, lease)
+        documents = _ingest_step(spec.source.paths, output, spec.source.shard_size, progress, lease)
     else:
-        documents = _fetch_step(spec, docs, progress)
+        documents = _fetch_step(spec, output, lease, progress)
     manifest["stages"]["documents"] = documents
     manifest["stages"]["documents"]["seconds"] = round(time.perf_counter() - t, 3)
-    shards = committed_shards(docs)
-    by_stem = {s.stem: s for s in shards}
-    live = set(by_stem)
-    identities = {s.stem: s.identity() for s in shards}
-
-    vectors: dict[str, set[int]] = {}
-
-    def dead(shard) -> set[int]:  # read once per shard, and only for shards with failures
-        if shard.stem not in vectors:
-            vectors[shard.stem] = set(read_deletions(docs, shard).to_pylist())
-        return vectors[shard.stem]
+    docs = Documents(output.documents).files()
 
     for task in plan.tasks:
-        dataset = output.dataset(task.dataset)
-        if not spec.incremental and dataset.records():
+        dataset = output.dataset(task.dataset, task.cls.schema)
+        if not spec.incremental and dataset.exists() and dataset.outputs():
             log.warning("%s: recomputing %s (incremental = false)", spec.name, dataset.loc)
-            dataset.clear()
+            dataset.commit([], [info for _, info in dataset.outputs().values()], settings={"cleared": True})
         result = run_task_stage(
             task,
-            [docs / s.name for s in shards],
+            docs,
+            output.documents,
             dataset,
             placement=place,
-            inputs=identities,
             progress=progress,
             before_commit=lease.check,
+            run_id=lease.run_id,
         )
-        retired = sorted(set(dataset.records()) - live)
-        for shard in retired:
-            dataset.retire(shard)
-        # What the dataset holds now, whichever invocations computed it (a resumed run's own counts
-        # above cover only what it did itself), read from the commit records.
-        committed = dataset.records(live)
+        live = dataset.table.refresh().files()
         manifest["stages"][task.name] = {
             "dataset": task.dataset,
             "shards_done": result.shards_done,
             "shards_skipped": result.shards_skipped,
-            "shards_retired": len(retired),
+            "shards_derived": result.derived,
+            "rows_derived": result.derived_rows,
+            "shards_retired": result.retired,
             "redone": result.redone,
             "documents": result.documents,
             "rows": result.rows,
+            "commits": result.commits,
             "seconds": round(result.seconds, 3),
             "actors": place.actors,
             "gpus_per_actor": place.gpus_per_actor,
             "failures": len(result.failures),
+            # What the table holds now, whichever runs computed it: its live files, from the log.
             "committed": {
-                "shards": len(committed),
-                "documents": sum(r["documents"] for r in committed.values()),
-                "rows": sum(r["file"]["rows"] or 0 for r in committed.values()),
-                # documents whose output readers see (the others were revised or deleted since)
-                "live_documents": sum(by_stem[s].live for s in committed),
+                "shards": len(live),
+                "rows": sum(f.rows for f in live.values()),
+                "documents": sum(d.rows for d in docs.values()),
+                "version": dataset.table.version,
             },
         }
-        # Every failed record of the current outputs (this run's and any a redo could not fix), read
-        # from the commit records, so a killed run loses none; failures of articles revised or
-        # deleted since do not count.
-        manifest["failures"] += [
-            f
-            for shard in sorted(committed)
-            for f in committed[shard].get("failures", [])
-            if not by_stem[shard].deleted or f["pmid"] not in dead(by_stem[shard])
-        ]
-    manifest["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    manifest["seconds"] = round(time.perf_counter() - t0, 3)
-    output.write_manifest(manifest)
-    return manifest
+        # Every failed record of the current outputs (this run's, and those of incomplete outputs a
+        # redo could not fix), from the commit infos, so a killed run loses none.
+        manifest["failures"] += read_failures(dataset)
+    manifest["stages"]["documents"]["live"] = sum(d.rows for d in docs.values())
+    if any(t.name == "re" for t in plan.tasks):
+        from pipeline.outputs.kb import update_kb
+
+        t = time.perf_counter()
+        lease.check()
+        re_task = next(t for t in plan.tasks if t.name == "re")
+        kb = update_kb(output, task=getattr(re_task.options, "task", None) or "ddi")
+        manifest["stages"]["kb"] = {**kb, "seconds": round(time.perf_counter() - t, 3)}
 
 
 def summary_table(manifest: dict[str, Any]) -> str:
-    rows = [("stage", "shards done", "skipped", "documents", "rows", "failures", "seconds", "dataset rows")]
+    rows = [("stage", "files done", "kept", "documents", "rows", "failures", "seconds", "table rows")]
     d = manifest["stages"].get("documents", {})
-    rows.append(("documents", "-", "-", str(d.get("documents", "")), "-", "-", str(d.get("seconds", "")), "-"))
+    rows.append(
+        (
+            "documents",
+            "-",
+            "-",
+            str(d.get("documents", "")),
+            "-",
+            "-",
+            str(d.get("seconds", "")),
+            str(d.get("live", "")),
+        )
+    )
     for name, s in manifest["stages"].items():
-        if name == "documents":
+        if name in ("documents", "kb"):
             continue
         rows.append(
             (
@@ -279,6 +305,11 @@ def summary_table(manifest: dict[str, Any]) -> str:
                 str(s["seconds"]),
                 str(s.get("committed", {}).get("rows", "")),
             )
+        )
+    kb = manifest["stages"].get("kb")
+    if kb:
+        rows.append(
+            ("kb", "-", "-", "-", str(kb.get("edges", "")), "-", str(kb.get("seconds", "")), str(kb.get("edges", "")))
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]

@@ -1,29 +1,40 @@
-"""Ray Data stages that run a model task over document shards, with exactly-once per-shard outputs.
+"""Ray Data stages that run a model task over the documents table, into the task's Delta table.
 
-Contract. Input: document shards (Parquet in the article schema: at least ``pmid``, ``version``,
-``title``, ``abstract``) on any storage (:mod:`pipeline.store.storage`). For each input shard the
-stage writes one immutable data file of the task's schema into the output dataset and commits it
-with a record that holds its fingerprint (:mod:`pipeline.store.datasets`). The WORKERS read the
-document shards from storage and write the data files to storage themselves; the driver only
-verifies and commits, so no node needs a disk shared with another. Before it skips a shard the stage
-verifies its committed output (fingerprint, size and checksum of the data file): a missing, damaged,
-swapped or stale output is computed again, and :attr:`StageResult.redone` says why. Re-running after
-a crash, a Ctrl-C, a dead actor or a lost node therefore resumes without losing or duplicating a row.
-A task error does not stop the stage: the failing shard is retried in ``batch_size`` chunks, then
-document by document; documents that fail on their own get no rows and are listed in the commit
-record (PMID and error), and the next run redoes that shard. A model that cannot load (a
-:class:`BioMineError` in the task's constructor) stops the stage with :class:`StageError`.
+Contract. Input: the live data files of the documents table (:mod:`pipeline.store.documents`), on
+any storage (:mod:`pipeline.store.storage`). For each document file the stage makes sure the task's
+table (:mod:`pipeline.store.datasets`) holds exactly one output file of its rows under the current
+settings, and nothing else:
 
-How: one Ray Data item per pending shard → ``map_batches(_prepare_shards)`` as separate CPU tasks
-(read the shard, tokenise, build prompts: this overlaps the model; its ``memory`` request keeps
-Ray Data from fusing it into the actor) → ``map_batches(_TaskActor)`` on an actor pool (one model
-load per actor, ``num_gpus`` per actor; a model on object storage is fetched once per node,
-:mod:`pipeline.store.models`) → the driver, which commits each shard as its result arrives. The
-model sees a WHOLE shard per call and batches it itself by ``batch_size``, so (1) the batching of a
-document depends only on its shard, and a resumed run computes bit for bit what an uninterrupted
-run does (batched kernels round differently for different batch shapes), and (2) the generation
-engine's continuous batching keeps all its slots busy across the shard. Rows within a shard are
-sorted by (pmid, the task's own order), so outputs do not depend on scheduling.
+- **kept**: an output that is live, of the current settings, complete and intact (size from the
+  log, checksum from its name) is left as it is;
+- **derived**: a document file that an update rewrote (copy-on-write, without its revised or
+  deleted articles) gets the rows of its earlier version's output for the articles still in it:
+  copied, never recomputed, so an update computes model output only for new or revised articles;
+- **computed**: the rest, on Ray (and :attr:`StageResult.redone` says why an output that existed
+  is computed again: settings changed, missing, damaged, failed documents);
+- outputs of document files that are no longer live, or of other settings, are removed in the
+  commits that replace them (and the last commit removes the rest).
+
+The WORKERS read the document files from storage (checking each against the name's checksum first)
+and write the output files to storage themselves; the driver commits them, several per Delta commit,
+every ``COMMIT_SECONDS`` and at the end, so no node needs a disk shared with another and a crash
+loses at most the results since the last commit (the re-run computes them again, byte for byte).
+A task error does not stop the stage: the failing file is retried in ``batch_size`` chunks, then
+document by document; documents that fail on their own get no rows, their output file is named as
+incomplete and the commit info lists them (PMID and error), and the next run redoes that file. A
+model that cannot load (a :class:`BioMineError` in the task's constructor) stops the stage with
+:class:`StageError`.
+
+How: one Ray Data item per document file to compute → ``map_batches(_prepare_shards)`` as separate
+CPU tasks (read the file, tokenise, build prompts: this overlaps the model; its ``memory`` request
+keeps Ray Data from fusing it into the actor) → ``map_batches(_TaskActor)`` on an actor pool (one
+model load per actor, ``num_gpus`` per actor; a model on object storage is fetched once per node,
+:mod:`pipeline.store.models`) → the driver. The model sees a WHOLE document file per call and
+batches it itself by ``batch_size``, so (1) the batching of a document depends only on its file,
+and a resumed run computes bit for bit what an uninterrupted run does (batched kernels round
+differently for different batch shapes), and (2) the generation engine's continuous batching keeps
+all its slots busy across the file. Rows within a file are sorted by (pmid, the task's own order),
+so outputs do not depend on scheduling.
 
 Tasks implement :class:`pipeline.tasks.base.Task`: ``prepare`` (a class method: CPU, a pure function
 of the batch and the task's typed options) and ``__call__`` on an instance built once per actor.
@@ -33,22 +44,26 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import logging
-import os
 import pickle
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
+
+import pyarrow.parquet as pq
 
 from biogpt import hub
 from biogpt.errors import BioMineError
-from pipeline.errors import StageError, StoreError
+from pipeline.errors import StageError
 from pipeline.run.cluster import worker_error
-from pipeline.store.datasets import ShardOutput, TaskDataset, data_file_name, fingerprint
+from pipeline.store.datasets import TaskTable, settings_key, write_output
 from pipeline.store.models import materialize, materialize_file
-from pipeline.store.storage import FileInfo, Location, location, parquet_bytes
+from pipeline.store.storage import Location, location
+from pipeline.store.tables import DataFile, TableError
 from pipeline.tasks.base import Task
 from pipeline.tasks.options import TaskOptions
 
@@ -61,12 +76,25 @@ O = TypeVar("O", bound=TaskOptions)
 
 SHARD_COL = "_shard"
 URI_COL = "_uri"
+SIZE_COL = "_size"
 PAYLOAD_COL = "_payload"
 RESULT_COL = "_result"
 FATAL_COL = "_fatal"
 COLUMNS = ["pmid", "version", "title", "abstract"]
 #: Bytes a prepare task reserves (Ray's ``memory`` resource): one shard's documents and model inputs.
 PREPARE_MEMORY = 256 * 1024 * 1024
+#: The driver commits finished outputs at most this often (and at the end).
+COMMIT_SECONDS = 10.0
+
+
+@dataclass
+class ShardOutput:
+    """What a worker wrote for one document file (before the driver commits it)."""
+
+    shard: str  # the document file's path in the documents table
+    file: DataFile
+    documents: int
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -79,6 +107,13 @@ class StageResult:
     failures: list[dict[str, Any]] = field(default_factory=list)
     #: Why shards that had a commit record were computed again: reason -> shards.
     redone: dict[str, int] = field(default_factory=dict)
+    #: Document files whose output was copied from their earlier version's (no model), and its rows.
+    derived: int = 0
+    derived_rows: int = 0
+    #: Output files removed: of document files no longer live, or of other settings.
+    retired: int = 0
+    #: Delta commits the stage made.
+    commits: int = 0
     #: Ray Data's operators, as its stats name them (the prepare step must be its own operator).
     operators: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -91,22 +126,6 @@ def stage_settings(task_cls: type[Task], options: TaskOptions) -> dict[str, Any]
         "task": task_cls.name,
         "schema_version": int(meta.get(b"biomine.schema_version", b"0")),
         **options.settings(),
-    }
-
-
-def shard_name(shard: str | os.PathLike | Location) -> str:
-    """``part-000003`` for ``.../part-000003.parquet``."""
-    name = location(shard).name
-    return name[: -len(".parquet")] if name.endswith(".parquet") else name
-
-
-def shard_identity(shard: Location) -> dict[str, Any]:
-    """Name, rows, size and sha256 of a document shard read from storage (when its manifest has none)."""
-    return {
-        "name": shard.name,
-        "rows": shard.parquet_metadata().num_rows,
-        "size": shard.size(),
-        "sha256": shard.sha256(),
     }
 
 
@@ -134,12 +153,30 @@ def _prepare_shards(batch: dict[str, Any], task_cls: type[Task[O]], options: O) 
     """
     options = localise(options)
     out: dict[str, list] = {SHARD_COL: [], PAYLOAD_COL: []}
-    for shard, uri in zip(batch[SHARD_COL], batch[URI_COL]):
-        table = location(str(uri)).read_table(COLUMNS)
+    for shard, uri, size in zip(batch[SHARD_COL], batch[URI_COL], batch[SIZE_COL]):
+        table = read_verified(location(str(uri)), int(size), COLUMNS)
         docs = {c: table.column(c).to_numpy(zero_copy_only=False) for c in COLUMNS}
         out[SHARD_COL].append(str(shard))
         out[PAYLOAD_COL].append(pickle.dumps(task_cls.prepare(docs, options), protocol=pickle.HIGHEST_PROTOCOL))
     return out
+
+
+def read_verified(loc: Location, size: int, columns: list[str]):
+    """The ``columns`` of a data file, after checking its bytes against the log (``size``) and its
+    name (the checksum): a document file is never trusted unchecked.
+
+    :raises TableError: naming the file and the repair.
+    """
+    from pipeline.store.tables import split_name
+
+    data = loc.read_bytes()
+    _, sha16 = split_name(loc.name)
+    if len(data) != size or (sha16 and hashlib.sha256(data).hexdigest()[:16] != sha16):
+        raise TableError(
+            f"{loc} is damaged ({len(data)} bytes, the log says {size}; or its content does not match its name): "
+            "restore it (e.g. an earlier version of the object) or run the job into a new output"
+        )
+    return pq.read_table(io.BytesIO(data), columns=columns)
 
 
 def _slice(docs: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
@@ -155,12 +192,13 @@ class _TaskActor:
     """Model stage: builds the task once per actor; maps one shard's documents to their rows and
     writes them, as one immutable data file, into the output dataset on storage."""
 
-    def __init__(self, task_cls: type[Task[O]], options: O, out: Location):
+    def __init__(self, task_cls: type[Task[O]], options: O, out: Location, key: str):
         self.task: Task[O] | None = None
         self.fatal = ""
         self.task_cls = task_cls
         self.chunk = options.batch_size
         self.out = out
+        self.key = key
         try:
             self.task = task_cls(localise(options))
         except BioMineError as exc:
@@ -192,7 +230,8 @@ class _TaskActor:
             rows = [row for doc_rows in per_doc for row in doc_rows]
             # Stable sort: by pmid, then the task's own keys; rows of one document keep the task's order.
             rows.sort(key=_sort_key(self.task_cls.sort_keys))
-            written = write_shard_output(self.out, str(shard), self.task_cls.cast_batch(rows))
+            stem = str(shard)[: -len(".parquet")]
+            written = write_output(self.out, stem, self.key, self.task_cls.cast_batch(rows), bool(failed))
             out[RESULT_COL].append(pickle.dumps(ShardOutput(str(shard), written, n, failed)))
         return out
 
@@ -243,33 +282,23 @@ def _quiet_ray_data_console() -> None:
             handler.setLevel(logging.WARNING)
 
 
-def write_shard_output(out: Location, shard: str, table) -> FileInfo:
-    """Write one shard's rows as its content-named data file in dataset ``out``."""
-    data = parquet_bytes(table)
-    digest = hashlib.sha256(data).hexdigest()  # names the file, and is its checksum
-    info = (out / data_file_name(shard, digest)).write_bytes(data, digest)
-    return FileInfo(info.name, info.size, info.sha256, table.num_rows)
-
-
 def run_task_stage(
     task: PlannedTask[Any],
-    shards: Sequence[str | os.PathLike | Location],
-    dataset: TaskDataset,
+    docs: Mapping[str, DataFile],
+    documents: Location,
+    dataset: TaskTable,
     *,
     placement: Placement,
-    inputs: Mapping[str, Mapping[str, Any]] | None = None,
     before_commit: Callable[[], None] | None = None,
     progress: bool = True,
+    run_id: str | None = None,
 ) -> StageResult:
     """Run the planned ``task`` (its class and resolved options: :mod:`pipeline.run.plan`) over the
-    document ``shards`` (locations of their Parquet files), into ``dataset``, with the actors and
-    GPUs of ``placement``.
+    live document files ``docs`` (path -> file, from the documents table at ``documents``), into
+    ``dataset``, with the actors and GPUs of ``placement``. ``before_commit`` is called before each
+    commit (the runner's lease check: it raises once another run holds the job).
 
-    ``inputs`` gives each shard's identity (``ShardInfo.identity()`` from the documents manifest, by
-    shard name); a shard without one is read from storage to get it. ``before_commit`` is called
-    before each commit (the runner's lease check: it raises once another run holds the job).
-
-    :raises StageError: the task's model cannot be loaded (committed shards are kept).
+    :raises StageError: the task's model cannot be loaded (committed outputs are kept).
     :raises StoreError: the output is on a local path the driver cannot see the workers' files in.
     :raises BioMineError: a user error raised inside a worker (shown as one line).
     """
@@ -279,66 +308,92 @@ def run_task_stage(
     result = StageResult(task=task_cls.name)
     start = time.perf_counter()
     settings = stage_settings(task_cls, options)
-    shard_locs = {shard_name(s): location(s) for s in shards}
-    identities = {name: dict((inputs or {}).get(name) or shard_identity(loc)) for name, loc in shard_locs.items()}
-    wanted = {name: (fingerprint(identities[name], settings), identities[name]) for name in shard_locs}
-    out.mkdir()
-    dataset.collect_garbage()
-    reasons = dataset.plan(wanted, settings)
-    result.shards_skipped = len(shard_locs) - len(reasons)
-    for name, (kind, why) in sorted(reasons.items()):
+    key = settings_key(settings)
+    plan = dataset.plan(docs, settings)
+    result.shards_skipped = len(plan.keep)
+    for path, (kind, why) in sorted(plan.compute.items()):
         if kind != "not computed":
-            log.warning("%s: %s is computed again: %s", task_cls.name, name, why)
+            log.warning("%s: %s is computed again: %s", task_cls.name, path, why)
             result.redone[kind] = result.redone.get(kind, 0) + 1
+    # What each new output replaces: outputs of the same document file (other settings, incomplete,
+    # damaged) and the earlier version's output a derived one copies. Removed in the same commit.
+    replaced: dict[str, list[DataFile]] = {}
+    for info in plan.retire:
+        replaced.setdefault(info.path.rsplit(".", 3)[0], []).append(info)
+    for path, source in plan.derive.items():
+        replaced.setdefault(docs[path].stem, []).append(source)
+    live_stems = {d.stem for d in docs.values()}
+    removed: set[str] = set()
+    pending: list[ShardOutput] = []
+    last_commit = time.monotonic()
 
-    def commit(output: ShardOutput) -> None:
-        written = out / output.file.name
+    def flush(final: bool = False) -> None:
+        nonlocal last_commit
+        adds = [o.file for o in pending]
+        removes = {r.path: r for o in pending for r in replaced.get(docs[o.shard].stem, []) if r.path not in removed}
+        if final:  # whatever no live document file uses any more
+            removes.update({r.path: r for r in plan.retire if r.path not in removed})
+            removes.update({r.path: r for r in plan.derive.values() if r.path not in removed})
+        if not adds and not removes:
+            return
+        if before_commit:
+            before_commit()
+        failures = {o.file.path: o.failures for o in pending if o.failures}
+        dataset.commit(adds, list(removes.values()), settings=settings, failures=failures, run=run_id)
+        removed.update(removes)
+        result.commits += 1
+        result.retired += sum(1 for p in removes if p.rsplit(".", 3)[0] not in live_stems)
+        pending.clear()
+        last_commit = time.monotonic()
+
+    def done(output: ShardOutput) -> None:
+        written = out / output.file.path
         if written.size() != output.file.size:  # the worker's file must be there, whole, before we commit it
             if out.is_local:
-                raise StoreError(
+                raise StageError(
                     f"{task_cls.name}: {written} is not on this machine although a worker wrote it: "
                     "on a cluster the output must be on storage every node reaches (s3://..., "
                     "or a folder mounted at the same path on every node)"
                 )
             raise RuntimeError(f"{task_cls.name}: {written} is missing or incomplete after its worker wrote it")
-        if before_commit:
-            before_commit()
-        fp, info = wanted[output.shard]
-        dataset.commit(output, task=task_cls.name, expected=fp, input_shard=info, settings=settings)
+        pending.append(output)
         result.failures += output.failures
         result.shards_done += 1
         result.documents += output.documents
-        result.rows += output.file.rows or 0
+        result.rows += output.file.rows
         log.info(
-            "%s: %s done (%d documents, %d rows, %d failed) [%d/%d shards]",
+            "%s: %s done (%d documents, %d rows, %d failed) [%d/%d files]",
             task_cls.name,
-            written,
+            output.shard,
             output.documents,
-            output.file.rows or 0,
+            output.file.rows,
             len(output.failures),
-            result.shards_done + result.shards_skipped,
-            len(shard_locs),
+            result.shards_done + result.shards_skipped + result.derived,
+            len(docs),
         )
+        if time.monotonic() - last_commit >= COMMIT_SECONDS:
+            flush()
 
-    pending = sorted(reasons)
-    for name in [n for n in pending if identities[n]["rows"] == 0]:  # nothing to run, but complete
-        commit(ShardOutput(name, write_shard_output(out, name, task_cls.schema.empty_table()), 0))
-    pending = [n for n in pending if identities[n]["rows"] > 0]
-    if not pending:
+    _derive(plan.derive, docs, documents, dataset, key, result, pending)
+    if plan.derive:
+        flush()
+    todo = sorted(plan.compute)
+    if not todo:
+        flush(final=True)
         result.seconds = time.perf_counter() - start
         return result
 
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # shards complete in order
-    # Ray Data's bars in a terminal; elsewhere (cron, CI logs) one log line per finished shard instead
+    ctx.execution_options.preserve_order = True  # files complete in order
+    # Ray Data's bars in a terminal; elsewhere (cron, CI logs) one log line per finished file instead
     # of Ray's periodic plan dumps, which would bury the lines that name failing records.
     ctx.enable_progress_bars = progress and sys.stderr.isatty()
     _quiet_ray_data_console()
-    # One item (and block) per shard, so shards are prepared in parallel CPU tasks while the actors
-    # run the model on shards prepared before (Ray Data streams and backpressures between the two).
-    items = [{SHARD_COL: n, URI_COL: shard_locs[n].uri} for n in pending]
+    # One item (and block) per document file, so files are prepared in parallel CPU tasks while the
+    # actors run the model on files prepared before (Ray Data streams and backpressures between the two).
+    items = [{SHARD_COL: p, URI_COL: (documents / p).uri, SIZE_COL: docs[p].size} for p in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    # Each prepare task reserves the memory of one prepared shard. That also keeps Ray Data from
+    # Each prepare task reserves the memory of one prepared file. That also keeps Ray Data from
     # fusing the prepare tasks into the model actors, which it does for maps with equal remote args
     # (num_cpus=1 both, on a CPU cluster: ray/data/_internal/logical/rules/operator_fusion.py), and
     # then tokenisation would run inside the actor instead of beside it.
@@ -351,35 +406,65 @@ def run_task_stage(
     )
     ds = ds.map_batches(
         _TaskActor,
-        fn_constructor_kwargs=dict(task_cls=task_cls, options=options, out=out),
+        fn_constructor_kwargs=dict(task_cls=task_cls, options=options, out=out, key=key),
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=max(1, placement.actors)),
         num_gpus=placement.gpus_per_actor or None,
         num_cpus=placement.cpus_per_actor,
     )
     # Ray Data restarts dead actors and retries their tasks by default (max_restarts=-1): a lost
-    # actor or node costs time, not rows; a shard is committed only once its whole result arrived.
+    # actor or node costs time, not rows; a file is committed only once its whole result arrived.
 
-    done: set[str] = set()
+    finished: set[str] = set()
     try:
         for record in ds.iter_rows():
             if record[FATAL_COL]:
+                flush()
                 raise StageError(
                     f"{task_cls.name}: the model actor could not start: {record[FATAL_COL]} "
-                    f"({result.shards_done} shards committed before are kept; fix the model and re-run)"
+                    f"({result.shards_done} files committed before are kept; fix the model and re-run)"
                 )
             output: ShardOutput = pickle.loads(record[RESULT_COL])
-            commit(output)
-            done.add(output.shard)
+            done(output)
+            finished.add(output.shard)
     except ray.exceptions.RayTaskError as exc:  # e.g. a model that changed on storage during the run
+        flush()
         raise worker_error(exc) from None
-    dataset.collect_garbage()  # superseded files of retried workers: the folder holds what is committed
-    missing = sorted(set(pending) - done)
+    except BaseException:
+        flush()  # what finished is kept (a Ctrl-C loses nothing that was done)
+        raise
+    missing = sorted(set(todo) - finished)
     if missing:
-        raise RuntimeError(f"task {task_cls.name}: shards without results after the stage finished: {missing}")
+        raise RuntimeError(f"task {task_cls.name}: files without results after the stage finished: {missing}")
+    flush(final=True)
     result.operators = _operators(ds)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _derive(
+    derive: Mapping[str, DataFile],
+    docs: Mapping[str, DataFile],
+    documents: Location,
+    dataset: TaskTable,
+    key: str,
+    result: StageResult,
+    pending: list[ShardOutput],
+) -> None:
+    """Outputs of rewritten document files, copied from their earlier version's (no model)."""
+    if not derive:
+        return
+
+    def one(path: str) -> ShardOutput:
+        articles = read_verified(documents / path, docs[path].size, ["pmid", "version"])
+        written = dataset.derive(derive[path], docs[path].stem, articles, key)
+        return ShardOutput(path, written, articles.num_rows)
+
+    with ThreadPoolExecutor(8) as pool:
+        for output in pool.map(one, sorted(derive)):
+            pending.append(output)
+            result.derived += 1
+            result.derived_rows += output.file.rows
 
 
 def _operators(ds) -> list[str]:
@@ -391,6 +476,7 @@ def _operators(ds) -> list[str]:
     return re.findall(r"^Operator \d+ (.+?):", text, flags=re.M)
 
 
-def read_failures(out: str | os.PathLike | Location, shards: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """The failed documents recorded in dataset ``out``'s commits (of ``shards``, by name; default all)."""
-    return TaskDataset(location(out)).failures(shards)
+def read_failures(dataset: TaskTable) -> list[dict[str, Any]]:
+    """The failed documents of the live (incomplete) outputs of ``dataset``, from its commit infos."""
+    partial = [p for p, (name, _) in dataset.outputs().items() if name.failed] if dataset.exists() else []
+    return dataset.failures(partial)

@@ -1,241 +1,241 @@
-"""Task output datasets (``OUT/entities``, ``OUT/relations``, ``OUT/summaries``): immutable data files
-and one commit record per input shard, so that a re-run can verify before it trusts anything.
+"""Task output tables (``OUT/entities``, ``OUT/relations``, ``OUT/summaries``): Delta tables whose
+data files each hold the rows computed from one data file of the documents table.
 
-Layout of a dataset folder::
+Naming is the record of provenance (every name is in the log, the one truth of what is live)::
 
-    <shard>-<sha16>.parquet        the rows computed from document shard <shard>; the name carries the
-                                   first 16 hex digits of the file's sha256, so a file is never
-                                   overwritten with other content (a recomputation that gives the same
-                                   rows writes the same name and bytes)
-    _commits/<shard>.json          the commit of that shard: written by the driver, last, as one object
+    <document file stem>.<settings key>.<sha16>.parquet
 
-A shard's output counts as done only when its commit record exists and says so. The record holds the
-output's **fingerprint** - the input shard (name, rows, size, sha256) and the task's full effective
-settings (task, model checksum, prompt, prompt id, decoding, max_new_tokens, dtype, output schema
-version; :meth:`pipeline.tasks.options.TaskOptions.settings`) - and the data file's name, size, rows
-and sha256, plus the documents that failed. :meth:`TaskDataset.check` says why a shard must be
-computed again: no record, another fingerprint (settings or input changed: it names what changed),
-a data file that is missing, of another size or another checksum (damaged, truncated, emptied, or
-another file copied over it), or failed documents. This works on object stores, which have neither
-rename nor locks: a single PUT of one object is atomic, and one run at a time holds the job
-(:mod:`pipeline.store.lease`).
+- ``<document file stem>``: the documents data file the rows were computed from
+  (``<base>.<sha16>``: a name that says its content, :mod:`pipeline.store.documents`);
+- ``<settings key>``: the first 16 hex digits of the sha256 of everything the rows depend on
+  besides the input (the task, its output schema version, its settings with the model's checksum:
+  :func:`settings_key`), plus ``f`` when documents of that file failed (the next run redoes it);
+- ``<sha16>``: the file's own content, checked before the file is trusted.
 
-Files that no record names (left by a run killed between writing a data file and committing it, or
-superseded by a recomputation) are removed by :meth:`TaskDataset.collect_garbage` at the start of
-the next run, which holds the lease; readers never see them because they read only committed files
-(:meth:`TaskDataset.committed_files`). Plain ``pd.read_parquet(folder)`` reads the same files after
-a finished run (pyarrow skips ``_``-prefixed names).
+:meth:`TaskTable.plan` says, for every live document file, whether its output is **kept** (live,
+current settings, complete, intact: size from the log and checksum from the name), **derived**
+(its document file is a copy-on-write rewrite of one whose output is intact: the output is the old
+one's rows of the articles still there; copied, never recomputed) or **computed** (and why: not
+computed yet, settings changed, missing, damaged, failed documents). Outputs of document files that
+are no longer live are removed in the same commits. The settings and the failed documents of each
+commit are in its commit info (``biomine.settings``, ``biomine.failures``).
+
+:raises TableError: the folder holds another dataset's table.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from pipeline.store.storage import FileInfo, Location
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.store.storage import Location, parquet_bytes
+from pipeline.store.tables import DataFile, Table, describe, split_name
 
 log = logging.getLogger(__name__)
 
-FORMAT = "biomine-task-output"
-FORMAT_VERSION = 1
-COMMITS = "_commits"
-_THREADS = 16  # object-store reads are latency bound: overlap them
+_KEY = re.compile(r"^[0-9a-f]{16}f?$")
+_THREADS = 16
 
 
-def data_file_name(shard: str, sha256: str) -> str:
-    return f"{shard}-{sha256[:16]}.parquet"
+def settings_key(settings: Mapping[str, Any]) -> str:
+    """The 16-hex-digit key of a stage's settings (see the module docstring)."""
+    blob = json.dumps(dict(settings), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def fingerprint(input_shard: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of what a shard's output depends on."""
-    blob = json.dumps({"input": input_shard, "settings": settings}, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+@dataclass(frozen=True)
+class OutputName:
+    """A parsed output file name."""
+
+    doc: str  # the document file's stem
+    key: str  # settings key, with "f" when documents failed
+    sha16: str
+
+    @property
+    def settings(self) -> str:
+        return self.key[:16]
+
+    @property
+    def failed(self) -> bool:
+        return self.key.endswith("f")
+
+    @property
+    def doc_base(self) -> str:
+        return split_name(self.doc + ".parquet")[0]
+
+    @staticmethod
+    def parse(path: str) -> OutputName | None:
+        stem = path[: -len(".parquet")] if path.endswith(".parquet") else path
+        parts = stem.rsplit(".", 2)
+        if len(parts) != 3 or not _KEY.match(parts[1]) or not re.match(r"^[0-9a-f]{16}$", parts[2]):
+            return None
+        return OutputName(parts[0], parts[1], parts[2])
+
+
+def output_name(doc_stem: str, key: str, data: bytes, failed: bool) -> str:
+    return f"{doc_stem}.{key}{'f' if failed else ''}.{hashlib.sha256(data).hexdigest()[:16]}.parquet"
+
+
+def write_output(folder: Location, doc_stem: str, key: str, table: pa.Table, failed: bool = False) -> DataFile:
+    """Write one document file's rows as its output file in table folder ``folder`` (a worker's write;
+    visible once a commit adds it). The same rows give the same name and bytes."""
+    data = parquet_bytes(table)
+    name = output_name(doc_stem, key, data, failed)
+    (folder / name).write_bytes(data)
+    return describe(name, len(data), table)
 
 
 @dataclass
-class ShardOutput:
-    """What a worker wrote for one input shard (before the driver commits it)."""
+class StagePlan:
+    """What a stage does for each live document file (see :meth:`TaskTable.plan`)."""
 
-    shard: str
-    file: FileInfo
-    documents: int
-    failures: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [k for k in keys if old.get(k) != new.get(k)]
+    keep: dict[str, DataFile] = field(default_factory=dict)  # doc path -> its output
+    #: doc path -> the output (of an earlier version of that document file) to copy rows from
+    derive: dict[str, DataFile] = field(default_factory=dict)
+    #: doc path -> (kind, why)
+    compute: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: outputs that no live document file (or current settings) uses any more
+    retire: list[DataFile] = field(default_factory=list)
 
 
-class TaskDataset:
-    """One task's output folder (see the module docstring)."""
+class TaskTable:
+    """One task's output table (see the module docstring)."""
 
-    def __init__(self, loc: Location):
+    def __init__(self, loc: Location, dataset: str, schema: pa.Schema, schema_version: int):
         self.loc = loc
-        self.commits = loc / COMMITS
-        # Every record, read once (on first need) and then kept current by this object's own commits
-        # and retirements: the run that uses it holds the job's lease, so nobody else writes them.
-        # Planning, garbage collection, retiring and the manifest then share one listing of the
-        # folder instead of reading every record four or five times per stage.
-        self._all: dict[str, dict[str, Any]] | None = None
+        self.dataset = dataset
+        self.schema = schema
+        self.schema_version = schema_version
+        self._table: Table | None = None
 
-    # --- reading records ---------------------------------------------------------------------------
-    def record(self, shard: str) -> dict[str, Any] | None:
-        """The commit record of ``shard``; None when there is none or it is unreadable (a damaged
-        record is as good as none: the shard is redone and the record rewritten)."""
-        if self._all is not None:
-            return self._all.get(shard)
-        return self._read(shard)
+    @property
+    def table(self) -> Table:
+        if self._table is None:
+            self._table = Table.open_or_create(self.loc, self.schema, self.dataset, self.schema_version)
+        return self._table
 
-    def _read(self, shard: str) -> dict[str, Any] | None:
-        path = self.commits / f"{shard}.json"
-        try:
-            record = path.read_json()
-        except FileNotFoundError:
-            return None
-        except (ValueError, UnicodeDecodeError) as exc:  # a damaged record (other storage errors propagate)
-            log.warning("%s is unreadable (%s): its shard is redone", path, exc)
-            return None
-        if not isinstance(record, dict) or record.get("format") != FORMAT or "file" not in record:
-            log.warning("%s is not a biomine commit record: its shard is redone", path)
-            return None
-        return record
+    def exists(self) -> bool:
+        return Table.exists(self.loc)
 
-    def records(self, shards: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
-        """Commit records by shard (of ``shards``, default every record in the folder)."""
-        if self._all is None:
-            names = [n[: -len(".json")] for n in self.commits.files(".json")]
-            with ThreadPoolExecutor(_THREADS) as pool:
-                found = dict(zip(names, pool.map(self._read, names)))
-            self._all = {k: v for k, v in found.items() if v is not None}
-        if shards is None:
-            return dict(self._all)
-        return {s: self._all[s] for s in shards if s in self._all}
+    def outputs(self) -> dict[str, tuple[OutputName, DataFile]]:
+        """Live output files by path, with their parsed names (files biomine did not name are left out)."""
+        out = {}
+        for path, info in self.table.files().items():
+            name = OutputName.parse(path)
+            if name is None:
+                log.warning("%s: %s is not a biomine output name; it is left as it is", self.loc, path)
+                continue
+            out[path] = (name, info)
+        return out
 
-    # --- verifying -----------------------------------------------------------------------------
-    def check(
-        self,
-        shard: str,
-        expected: str,
-        input_shard: Mapping[str, Any],
-        settings: Mapping[str, Any],
-        record: Mapping[str, Any] | None,
-    ) -> tuple[str, str] | None:
-        """``(kind, why)`` when ``shard`` must be computed (again), None when its committed output is
-        valid for fingerprint ``expected`` and its data file is intact (size and sha256 read back).
-        Kinds: ``not computed``, ``settings changed``, ``input changed``, ``missing``, ``damaged``,
-        ``failed documents``."""
-        if record is None:
-            return "not computed", "not computed yet"
-        if record.get("fingerprint") != expected:
-            what = _changed(record.get("settings", {}), settings)
-            if what:
-                return "settings changed", "settings changed (" + ", ".join(what) + ")"
-            return "input changed", "its document shard changed"
-        meta = record["file"]
-        data = self.loc / meta["name"]
-        size = data.size()
-        if size is None:
-            return "missing", f"output file {meta['name']} is missing"
-        if size != meta["size"]:
-            return "damaged", f"output file {meta['name']} is damaged ({size} bytes, {meta['size']} committed)"
-        if data.sha256() != meta["sha256"]:
-            return "damaged", f"output file {meta['name']} is damaged or was replaced (checksum differs)"
-        if record.get("failures"):
-            return "failed documents", f"{len(record['failures'])} of its documents failed last time"
-        return None
+    # --- planning --------------------------------------------------------------------------------
+    def plan(self, docs: Mapping[str, DataFile], settings: Mapping[str, Any]) -> StagePlan:
+        """What to do for each of the live document files ``docs`` (path -> file) under ``settings``."""
+        key = settings_key(settings)
+        plan = StagePlan()
+        outputs = self.outputs()
+        current = {name.doc: (name, info) for name, info in outputs.values() if name.settings == key}
+        damaged = self.table.verify([info for _, info in current.values()])
+        # complete, intact outputs of the current settings, by the base of the document file they came from
+        by_base = {
+            name.doc_base: info for name, info in current.values() if not name.failed and info.path not in damaged
+        }
+        stale = {name.doc for name, _ in outputs.values() if name.settings != key}
+        previous: dict[str, Any] | None = None
+        used: set[str] = set()
+        for path, doc in docs.items():
+            found = current.get(doc.stem)
+            if found is not None:
+                name, info = found
+                if info.path in damaged:
+                    problem = damaged[info.path]
+                    plan.compute[path] = ("missing" if problem.endswith("is missing") else "damaged", problem)
+                elif name.failed:
+                    plan.compute[path] = ("failed documents", "some of its documents failed last time")
+                else:
+                    plan.keep[path] = info
+                    used.add(info.path)
+            elif doc.stem in stale:
+                previous = self.previous_settings() if previous is None else previous
+                plan.compute[path] = ("settings changed", _changed(previous, settings))
+            elif doc.base in by_base:
+                plan.derive[path] = by_base[doc.base]
+            else:
+                plan.compute[path] = ("not computed", "not computed yet")
+        plan.retire = [info for _, info in outputs.values() if info.path not in used]
+        return plan
 
-    def plan(
-        self, wanted: Mapping[str, tuple[str, Mapping[str, Any]]], settings: Mapping[str, Any]
-    ) -> dict[str, tuple[str, str]]:
-        """``{shard: (kind, why)}`` for each shard of ``wanted`` (``shard -> (fingerprint, input info)``)
-        that must be computed; the others are verified done. Checksums are read in parallel."""
-        records = self.records(wanted)
+    def previous_settings(self) -> dict[str, Any]:
+        """The settings of the newest commit that recorded them."""
+        for entry in self.table.commit_metadata(limit=20):
+            if isinstance(entry.get("settings"), dict):
+                return entry["settings"]
+        return {}
 
-        def one(shard: str) -> tuple[str, tuple[str, str] | None]:
-            fp, info = wanted[shard]
-            return shard, self.check(shard, fp, info, settings, records.get(shard))
+    # --- deriving ---------------------------------------------------------------------------------
+    def derive(self, source: DataFile, doc_stem: str, articles: pa.Table, key: str) -> DataFile:
+        """The output of document file ``doc_stem`` copied from ``source`` (an output of an earlier
+        version of it): the rows of the articles (``pmid``, ``version``) still in it."""
+        rows = (self.loc / source.path).read_table()
+        keys = pa.array(
+            [f"{p}:{v}" for p, v in zip(articles.column("pmid").to_pylist(), articles.column("version").to_pylist())]
+        )
+        have = pc.binary_join_element_wise(
+            pc.cast(rows.column("pmid"), pa.string()), pc.cast(rows.column("version"), pa.string()), ":"
+        )
+        kept = rows.filter(pc.is_in(have, value_set=keys))
+        return write_output(self.loc, doc_stem, key, kept.cast(self.schema))
 
-        with ThreadPoolExecutor(_THREADS) as pool:
-            return {s: r for s, r in pool.map(one, list(wanted)) if r is not None}
-
-    # --- committing ----------------------------------------------------------------------------
+    # --- committing -------------------------------------------------------------------------------
     def commit(
         self,
-        output: ShardOutput,
+        add: Iterable[DataFile],
+        remove: Iterable[DataFile],
         *,
-        task: str,
-        expected: str,
-        input_shard: Mapping[str, Any],
         settings: Mapping[str, Any],
-    ) -> dict[str, Any]:
-        """Write the commit record of ``output`` (the data file is written already). The record
-        replaces an older one in one PUT; the older data file, if another, is removed after."""
-        previous = self.record(output.shard)
-        record = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "task": task,
-            "shard": output.shard,
-            "fingerprint": expected,
-            "input": dict(input_shard),
-            "settings": dict(settings),
-            "file": asdict(output.file),
-            "documents": output.documents,
-            "failures": output.failures,
-            "committed_at": _now(),
-        }
-        (self.commits / f"{output.shard}.json").write_json(record)
-        if self._all is not None:
-            self._all[output.shard] = record
-        if previous and previous["file"]["name"] != output.file.name:
-            (self.loc / previous["file"]["name"]).delete()
-        return record
+        failures: Mapping[str, list[dict[str, Any]]] | None = None,
+        run: str | None = None,
+    ) -> int:
+        """Add outputs and remove superseded ones in one commit (their settings and failures in its
+        commit info)."""
+        meta: dict[str, Any] = {"settings": dict(settings), "task_schema_version": self.schema_version}
+        if failures:
+            meta["failures"] = {k: v for k, v in failures.items() if v}
+        if run:
+            meta["run_id"] = run
+        return self.table.commit(list(add), list(remove), metadata=meta)
 
-    def retire(self, shard: str) -> None:
-        """Remove ``shard``'s output (its document shard is gone): the record first, then the file."""
-        record = self.record(shard)
-        (self.commits / f"{shard}.json").delete()
-        if self._all is not None:
-            self._all.pop(shard, None)
-        if record:
-            (self.loc / record["file"]["name"]).delete()
+    def failures(self, outputs: Iterable[str]) -> list[dict[str, Any]]:
+        """The failed documents recorded for the (partial) outputs ``outputs``, from the commit infos."""
+        wanted = set(outputs)
+        found: dict[str, list[dict[str, Any]]] = {}
+        if not wanted:
+            return []
+        for entry in self.table.commit_metadata():
+            for name, rows in (entry.get("failures") or {}).items():
+                if name in wanted and name not in found:
+                    found[name] = rows
+            if len(found) == len(wanted):
+                break
+        return [f for name in sorted(found) for f in found[name]]
 
-    def clear(self) -> int:
-        """Remove every record and data file (a non-incremental job starts from nothing)."""
-        shards = list(self.records())
-        for shard in shards:
-            self.retire(shard)
-        self.collect_garbage()
-        return len(shards)
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        paths = sorted(self.table.files()) if self.exists() else []
+        if not paths:
+            return self.schema.empty_table() if columns is None else self.schema.empty_table().select(columns)
+        with ThreadPoolExecutor(_THREADS) as pool:
+            tables = list(pool.map(lambda p: (self.loc / p).read_table(columns), paths))
+        return pa.concat_tables(tables, promote_options="permissive")
 
-    def collect_garbage(self) -> list[str]:
-        """Remove data files that no commit record names (a killed run's, or superseded ones)."""
-        named = {r["file"]["name"] for r in self.records().values()}
-        stray = [n for n in self.loc.files(".parquet") if n not in named]
-        for name in stray:
-            log.info("removing %s: no commit record names it (left by an interrupted run)", self.loc / name)
-            (self.loc / name).delete()
-        return stray
 
-    # --- readers -------------------------------------------------------------------------------
-    def committed_files(self, live: Iterable[str] | None = None) -> list[Location]:
-        """The committed data files (of the shards in ``live``, default all), in shard order."""
-        records = self.records(live)
-        return [self.loc / records[s]["file"]["name"] for s in sorted(records)]
-
-    def failures(self, live: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        """Every failed document recorded in the commits (of the shards in ``live``)."""
-        out: list[dict[str, Any]] = []
-        for _, record in sorted(self.records(live).items()):
-            out += record.get("failures", [])
-        return out
+def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "settings changed (" + ", ".join(keys) + ")" if keys and old else "settings changed"

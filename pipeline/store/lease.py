@@ -1,30 +1,42 @@
-"""One run at a time per output location: a lease object that works on object stores too.
+"""One writer at a time per output location, taken with an atomic conditional write.
 
-``OUT/_lease.json`` names the run that holds the location (a random run id, host, pid, when it was
-taken) and until when (``expires_at``). A run takes the lease before it touches anything, renews it
-from a background thread every ``ttl / 3`` seconds while it works, and deletes it when it ends.
-Another run finds a valid lease and is refused with one line naming the holder. A run that was killed
-cannot renew, so its lease expires after ``ttl`` seconds; on the holder's own host a dead pid frees
-it at once.
+``ROOT/_lease.json`` names the run that holds an output location (a random run id, what it is,
+host, pid, when it was taken) and until when (``expires_at``). A writer takes the lease before it
+touches anything, renews it from a background thread every ``ttl / 3`` seconds while it works, and
+releases it when it ends. Every writer of an output takes the same lease: ``biomine run``, and
+``ingest``, ``fetch``, ``compact``, ``kb build`` and ``upgrade`` on it.
 
-Object stores have no locks and (through pyarrow) no conditional PUT, so taking a lease is
-write-then-confirm: write our lease, wait ``settle`` seconds, read it back; if another run wrote in
-between, the last writer holds it and the other gives up. Two runs started within the same instant
-on different hosts could both read an expired lease; the settle step makes that a narrow window, and
-every commit the pipeline makes is idempotent, so even then rows are neither lost nor duplicated.
+Each change of the lease object is a **compare-and-swap**, so two writers can never both hold it:
 
-:raises StoreError: the location is held by another run (the message names it and says what to do).
+- on object stores, a conditional PUT (S3 ``If-None-Match: *`` to create it, ``If-Match: <etag>`` to
+  renew, take over or release it; the same primitive delta-rs commits with), through obstore;
+- on a local disk, ``link(2)`` of a complete temporary file (fails when the name exists) to create,
+  and a replace under an exclusive ``flock`` that re-checks the content first.
+
+Another writer finds a valid lease and is refused with one line naming the holder. A holder that
+was killed cannot renew, so its lease expires; on the holder's own host a dead pid frees it at once.
+Expiry is **bounded by the reader**: whatever ``expires_at`` a writer claims (a far-future one, a
+clock that is ahead), a lease counts as held for at most ``ttl x CAP_FACTOR`` after the store last
+saw it written (the object's modification time, taken by the storage server's clock). A lease that
+cannot be read or parsed is never treated as free.
+
+:raises StoreError: the location is held by another run (the message names it and says what to do),
+    or its lease object is unreadable.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
+import hashlib
+import json
 import logging
 import os
 import socket
+import tempfile
 import threading
-import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import StoreError
@@ -34,6 +46,109 @@ log = logging.getLogger(__name__)
 
 LEASE = "_lease.json"
 DEFAULT_TTL = 120.0
+#: A lease counts as held for at most ``ttl * CAP_FACTOR`` after it was last written (renewals come
+#: every ``ttl / 3``): a writer's clock or claim cannot block a location longer.
+CAP_FACTOR = 2.0
+
+
+class LeaseConflict(Exception):
+    """A compare-and-swap on the lease object lost: someone else wrote it first."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The lease object as read: its bytes, a tag that changes with every write, when it was written."""
+
+    data: bytes
+    tag: str
+    modified: _dt.datetime
+
+
+class _LocalObject:
+    """The lease object on a local disk (see the module docstring)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.lock = path + ".lock"
+
+    def read(self) -> Stored | None:
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+                stat = os.fstat(f.fileno())
+        except FileNotFoundError:
+            return None
+        modified = _dt.datetime.fromtimestamp(stat.st_mtime, _dt.timezone.utc)
+        return Stored(data, hashlib.sha256(data).hexdigest(), modified)
+
+    def _temp(self, data: bytes) -> str:
+        fd, tmp = tempfile.mkstemp(prefix=".lease-", dir=os.path.dirname(self.path))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    def create(self, data: bytes) -> str:
+        tmp = self._temp(data)
+        try:
+            os.link(tmp, self.path)  # atomic, and fails when the name exists
+        except FileExistsError:
+            raise LeaseConflict() from None
+        finally:
+            os.unlink(tmp)
+        return hashlib.sha256(data).hexdigest()
+
+    def replace(self, data: bytes, tag: str) -> str:
+        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            now = self.read()
+            if now is None or now.tag != tag:
+                raise LeaseConflict()
+            os.replace(self._temp(data), self.path)
+        finally:
+            os.close(fd)
+        return hashlib.sha256(data).hexdigest()
+
+
+class _RemoteObject:
+    """The lease object on an object store, with conditional PUTs (obstore)."""
+
+    def __init__(self, loc: Location):
+        import obstore
+        from obstore.store import from_url
+
+        from pipeline.store.storage import object_store_options
+
+        self._obstore = obstore
+        uri, options = object_store_options(loc)
+        prefix, self.key = uri.rsplit("/", 1)
+        self.store = from_url(prefix, **options)
+
+    def read(self) -> Stored | None:
+        try:
+            result = self._obstore.get(self.store, self.key)
+        except FileNotFoundError:
+            return None
+        meta = result.meta
+        return Stored(bytes(result.bytes()), str(meta["e_tag"]), meta["last_modified"])
+
+    def create(self, data: bytes) -> str:
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        try:
+            return str(self._obstore.put(self.store, self.key, data, mode="create")["e_tag"])
+        except (AlreadyExistsError, PreconditionError):
+            raise LeaseConflict() from None
+
+    def replace(self, data: bytes, tag: str) -> str:
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        try:
+            return str(self._obstore.put(self.store, self.key, data, mode={"e_tag": tag})["e_tag"])
+        except (AlreadyExistsError, PreconditionError, FileNotFoundError):
+            raise LeaseConflict() from None
 
 
 def _now() -> _dt.datetime:
@@ -65,46 +180,77 @@ def _pid_alive(pid: int) -> bool:
 class Lease:
     """Use as a context manager: ``with Lease(out, what="biomine run job.toml"): ...``."""
 
-    def __init__(self, folder: Location, *, what: str, ttl: float = DEFAULT_TTL, settle: float = 0.3):
+    def __init__(self, folder: Location, *, what: str, ttl: float = DEFAULT_TTL):
         self.path = folder / LEASE
         self.what = what
         self.ttl = ttl
-        self.settle = settle
         self.run_id = uuid.uuid4().hex
         self._taken_at: str | None = None
+        self._tag: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._object: _LocalObject | _RemoteObject | None = None
         #: Why this run no longer holds the lease (another run took it over), or "".
         self.lost = ""
 
-    def _body(self) -> dict[str, Any]:
+    @property
+    def store(self) -> _LocalObject | _RemoteObject:
+        if self._object is None:
+            self._object = _LocalObject(self.path.path) if self.path.is_local else _RemoteObject(self.path)
+        return self._object
+
+    def _body(self, released: bool = False) -> bytes:
         now = _now()
-        return {
+        body = {
             "run_id": self.run_id,
             "what": self.what,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "pid_namespace": _pid_namespace(),
+            "ttl": self.ttl,
             "taken_at": self._taken_at or now.isoformat(timespec="seconds"),
             "expires_at": (now + _dt.timedelta(seconds=self.ttl)).isoformat(timespec="seconds"),
         }
+        if released:
+            body.update(released_at=now.isoformat(timespec="seconds"), expires_at=body["released_at"])
+        return (json.dumps(body, indent=1) + "\n").encode()
 
-    def _holder(self) -> dict[str, Any] | None:
-        """The valid lease of another run, or None."""
+    def _read(self) -> tuple[Stored | None, dict[str, Any] | None]:
+        """The stored lease and its content.
+
+        :raises StoreError: it cannot be read, or is not a lease (never taken for a free one).
+        """
         try:
-            held = self.path.read_json()
-        except FileNotFoundError:
-            return None
-        except (ValueError, UnicodeDecodeError) as exc:  # a torn or foreign file: no valid lease
-            log.warning("%s is not a lease (%s); taking it over", self.path, exc)
-            return None
-        # Any other storage error propagates: a lease we could not read is not a lease we may take.
-        if held.get("run_id") == self.run_id:
-            return None
+            stored = self.store.read()
+        except Exception as exc:
+            raise StoreError(f"cannot read {self.path} ({exc}); the output's lease must be readable") from None
+        if stored is None:
+            return None, None
         try:
-            expires = _dt.datetime.fromisoformat(held["expires_at"])
-        except (KeyError, TypeError, ValueError):
-            return None
+            held = json.loads(stored.data.decode("utf-8"))
+            if not isinstance(held, dict) or "run_id" not in held or "expires_at" not in held:
+                raise ValueError("expected an object with run_id and expires_at")
+            _dt.datetime.fromisoformat(held["expires_at"])
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreError(
+                f"{self.path} is not a readable lease ({exc}); if no biomine run is writing this output, "
+                f"delete {self.path} and run again"
+            ) from None
+        return stored, held
+
+    def expires(self, stored: Stored, held: dict[str, Any]) -> _dt.datetime:
+        """When ``held`` stops counting: its ``expires_at``, capped at ``ttl x CAP_FACTOR`` (this
+        reader's ttl) after the store last saw it written."""
+        claimed = _dt.datetime.fromisoformat(held["expires_at"])
+        if claimed.tzinfo is None:
+            claimed = claimed.replace(tzinfo=_dt.timezone.utc)
+        return min(claimed, stored.modified + _dt.timedelta(seconds=self.ttl * CAP_FACTOR))
+
+    def _valid(self, stored: Stored, held: dict[str, Any]) -> bool:
+        """Whether ``held`` (another run's lease) still holds the location."""
+        if held.get("released_at"):
+            return False
+        expires = self.expires(stored, held)
         if expires <= _now():
             log.warning(
                 "%s: the lease of run %s (%s, host %s, pid %s) expired at %s; taking it over",
@@ -113,9 +259,9 @@ class Lease:
                 held.get("what"),
                 held.get("host"),
                 held.get("pid"),
-                held["expires_at"],
+                expires.isoformat(timespec="seconds"),
             )
-            return None
+            return False
         if (
             held.get("host") == socket.gethostname()
             and held.get("pid_namespace") == _pid_namespace()
@@ -128,31 +274,32 @@ class Lease:
                 held.get("run_id"),
                 held.get("pid"),
             )
-            return None
-        return held
+            return False
+        return True
 
-    def _refuse(self, held: dict[str, Any]) -> None:
+    def _refuse(self, stored: Stored | None, held: dict[str, Any]) -> None:
+        until = self.expires(stored, held).isoformat(timespec="seconds") if stored else held.get("expires_at")
         raise StoreError(
             f"{self.path.parent} is in use by another run: {held.get('what')} (run {held.get('run_id')}, host "
             f"{held.get('host')}, pid {held.get('pid')}, since {held.get('taken_at')}); wait for it to finish, "
-            f"or, if it was killed, for its lease to expire at {held.get('expires_at')} (or delete {self.path})"
+            f"or, if it was killed, for its lease to expire at {until} (or delete {self.path})"
         )
 
-    def acquire(self) -> "Lease":
-        held = self._holder()
-        if held:
-            self._refuse(held)
+    def acquire(self) -> Lease:
         self._taken_at = _now().isoformat(timespec="seconds")
         self.path.parent.mkdir()
-        self.path.write_json(self._body())
-        time.sleep(self.settle)
+        stored, held = self._read()
         try:
-            mine = self.path.read_json().get("run_id") == self.run_id
-        except (OSError, ValueError):
-            mine = False
-        if not mine:
-            held = self._holder()
-            self._refuse(held or {"what": "a run that started at the same time"})
+            if stored is None:
+                self._tag = self.store.create(self._body())
+            elif held is not None and held.get("run_id") != self.run_id and self._valid(stored, held):
+                self._refuse(stored, held)
+            else:
+                self._tag = self.store.replace(self._body(), stored.tag)
+        except LeaseConflict:
+            # Another writer changed it between our read and our write: it holds the location now.
+            stored, held = self._read()
+            self._refuse(stored, held or {"what": "a run that started at the same time"})
         self._thread = threading.Thread(target=self._renew, name="biomine-lease", daemon=True)
         self._thread.start()
         return self
@@ -160,18 +307,20 @@ class Lease:
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             try:
-                held = self.path.read_json()
-                if held.get("run_id") != self.run_id:
-                    # We stalled past the ttl and another run took over: stop, never overwrite it.
-                    self.lost = (
-                        f"run {held.get('run_id')} ({held.get('what')}, host {held.get('host')}) took "
-                        f"over {self.path} while this run had stalled"
-                    )
-                    log.error("%s", self.lost)
-                    return
-                self.path.write_json(self._body())
-            except FileNotFoundError:
-                self.lost = f"{self.path} was deleted while this run held it"
+                self._tag = self.store.replace(self._body(), self._tag or "")
+            except LeaseConflict:
+                # We stalled past the ttl and another run took over (or the lease was deleted): stop,
+                # never overwrite it.
+                try:
+                    _, held = self._read()
+                except StoreError:
+                    held = None
+                self.lost = (
+                    f"run {held.get('run_id')} ({held.get('what')}, host {held.get('host')}) took over {self.path} "
+                    "while this run had stalled"
+                    if held
+                    else f"{self.path} was deleted while this run held it"
+                )
                 log.error("%s", self.lost)
                 return
             except Exception as exc:  # a blip of the store: the next renewal tries again
@@ -193,13 +342,13 @@ class Lease:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-            try:
-                if self.path.read_json().get("run_id") == self.run_id:
-                    self.path.delete()
-            except (OSError, ValueError):
-                pass
+            if not self.lost and self._tag:
+                try:
+                    self.store.replace(self._body(released=True), self._tag)
+                except Exception as exc:  # taken over, or a blip: the lease expires on its own
+                    log.warning("could not release %s (%s); it expires on its own", self.path, exc)
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

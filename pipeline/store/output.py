@@ -1,39 +1,57 @@
-"""A job's output location: the one home of its layout and of who owns it.
+"""An output location: the one home of its layout, of who owns it and of its runs.
 
-``OUT`` (a local path or a storage URI) holds:
+``OUT`` (a local path or a storage URI; a job's ``[job] output``, or the ``--out`` of ``biomine
+ingest``/``fetch``) holds Delta Lake tables (:mod:`pipeline.store.tables`) and two small files:
 
 ====================  =========================================================================
-``documents/``        the article store the job fetched or ingested (:mod:`pipeline.store.shards`)
-``<dataset>/``        one folder per task: ``entities``, ``relations``, ``summaries``
-                      (:mod:`pipeline.store.datasets`; the names come from the task registry)
-``kb.parquet``        the DDI knowledge base, when one was built
-``_manifest.json``    the run record: the job spec, models, counts, timings, failures
+``documents/``        the corpus: a Delta table of the article schema (:mod:`pipeline.store.documents`)
+``<dataset>/``        one Delta table per task: ``entities``, ``relations``, ``summaries``
+                      (:mod:`pipeline.store.datasets`; the names come from the task classes)
+``kb/``               the DDI knowledge base, a Delta table the job rebuilds after every run
+``runs/``             a Delta table of run events (:mod:`schemas.runs`): when, what, the versions of
+                      every table a finished run left (one consistent snapshot), failures
 ``_job.json``         which job owns the location (its name and source)
 ``_lease.json``       which run holds it now (:mod:`pipeline.store.lease`)
 ====================  =========================================================================
 
-Nothing else names these paths: the runner, ``biomine query``, ``kb build``, ``export`` and
-``compact`` all go through :class:`JobOutput`. A :class:`JobOutput` pickles as its root's URI, like a
-:class:`~pipeline.store.storage.Location`, so it can travel to Ray workers.
+Every table folder holds its ``_delta_log/`` and data files only, so any Delta reader (deltalake,
+polars, DuckDB, Spark) reads each table as exactly its live rows. Nothing else names these paths:
+the runner, ``biomine query``, ``kb``, ``export``, ``compact``, ``status`` and ``upgrade`` all go
+through :class:`JobOutput`, which pickles as its root's URI.
 
-:raises StoreError: the location belongs to another job, or its ownership record is unreadable.
+:raises StoreError: the location belongs to another job, its ownership record is unreadable, or a
+    command was pointed at a table inside an output instead of the output.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import os
 from typing import Any, Mapping
 
+import pyarrow as pa
+
 from pipeline.errors import StoreError
-from pipeline.store.datasets import TaskDataset
+from pipeline.store.datasets import TaskTable
 from pipeline.store.lease import Lease
 from pipeline.store.storage import Location, location
+from pipeline.store.tables import Table
+from schemas.runs import RUN_SCHEMA
+from schemas.runs import SCHEMA_VERSION as RUNS_SCHEMA_VERSION
+from schemas.runs import cast_batch as cast_runs
 
 DOCUMENTS = "documents"
-KB_FILE = "kb.parquet"
-RUN_MANIFEST = "_manifest.json"
+KB = "kb"
+RUNS = "runs"
 JOB_FILE = "_job.json"
 JOB_FORMAT = "biomine-job"
+#: The old layout's files (biomine before its tables were Delta tables), which `biomine upgrade` converts.
+LEGACY_MANIFEST = "_manifest.json"
+
+
+def schema_version(schema: pa.Schema) -> int:
+    return int((schema.metadata or {}).get(b"biomine.schema_version", b"1"))
 
 
 class JobOutput:
@@ -41,7 +59,7 @@ class JobOutput:
 
     def __init__(self, root: str | os.PathLike | Location):
         self.root = location(root)
-        self._datasets: dict[str, TaskDataset] = {}
+        self._datasets: dict[str, TaskTable] = {}
 
     def __reduce__(self):
         return (JobOutput, (self.root.uri,))
@@ -56,31 +74,81 @@ class JobOutput:
 
     @property
     def kb(self) -> Location:
-        return self.root / KB_FILE
+        return self.root / KB
 
     @property
-    def manifest(self) -> Location:
-        return self.root / RUN_MANIFEST
+    def runs(self) -> Location:
+        return self.root / RUNS
 
-    def dataset(self, name: str) -> TaskDataset:
-        """The one :class:`TaskDataset` of dataset ``name`` (its record cache is shared by every user)."""
+    def dataset(self, name: str, schema: pa.Schema) -> TaskTable:
+        """The one :class:`TaskTable` of dataset ``name`` (created on first write, of ``schema``)."""
         if name not in self._datasets:
-            self._datasets[name] = TaskDataset(self.root / name)
+            self._datasets[name] = TaskTable(self.root / name, name, schema, schema_version(schema))
         return self._datasets[name]
 
-    def read_manifest(self) -> dict[str, Any] | None:
-        """The last run's record (None when no run wrote one)."""
-        try:
-            return self.manifest.read_json()
-        except FileNotFoundError:
-            return None
+    def tables(self) -> dict[str, Location]:
+        """Every Delta table under the root, by name (documents first)."""
+        names = [n for n in self.root.listdir() if not n.startswith(("_", ".")) and Table.exists(self.root / n)]
+        return {n: self.root / n for n in sorted(names, key=lambda n: (n != DOCUMENTS, n))}
 
-    def write_manifest(self, record: Mapping[str, Any]) -> None:
-        self.manifest.write_json(dict(record))
+    def is_legacy(self) -> bool:
+        """Whether this is an output of biomine before Delta tables (``biomine upgrade`` converts it)."""
+        return (self.documents / LEGACY_MANIFEST).exists()
+
+    def refuse_table_path(self, command: str) -> None:
+        """Refuse a root that is itself a table of an output (``--out OUT/documents``) or a legacy output.
+
+        :raises StoreError: naming the output to give instead.
+        """
+        parent = self.root.parent
+        if Table.exists(self.root) or ((parent / JOB_FILE).exists() and self.root.name in (DOCUMENTS, KB, RUNS)):
+            raise StoreError(
+                f"{self.root} is a table inside the output {parent}: give {command} the output itself "
+                f"({parent}); every writer of an output takes its lease"
+            )
+        if self.is_legacy():
+            raise StoreError(f"{self.root} was written by an older biomine: run `biomine upgrade {self.root}` first")
 
     def lease(self, what: str) -> Lease:
-        """The lease every writer of this output takes (one run at a time)."""
+        """The lease every writer of this output takes (one writer at a time)."""
         return Lease(self.root, what=what)
+
+    # --- runs ------------------------------------------------------------------------------------
+    def record_run(self, run_id: str, job: str, event: str, record: Mapping[str, Any], **fields: Any) -> int:
+        """Append one run event to the ``runs`` table; returns its version."""
+        from pipeline.store.tables import write_data_file
+
+        table = Table.open_or_create(self.runs, RUN_SCHEMA, RUNS, RUNS_SCHEMA_VERSION)
+        row = {
+            "run_id": run_id,
+            "job": job,
+            "event": event,
+            "at": _dt.datetime.now(_dt.timezone.utc),
+            "record": json.dumps(dict(record), default=str, sort_keys=True),
+            **fields,
+        }
+        info = write_data_file(self.runs, f"run-{run_id}-{event}", cast_runs([row]))
+        return table.commit([info], apps={f"biomine.run.{run_id}.{event}": 1})
+
+    def run_events(self) -> list[dict[str, Any]]:
+        """Every run event, oldest first (record decoded)."""
+        if not Table.exists(self.runs):
+            return []
+        table = Table(self.runs)
+        rows = table.read(files=sorted(table.files())).sort_by([("at", "ascending")]).to_pylist()
+        for row in rows:
+            row["record"] = json.loads(row["record"]) if row.get("record") else {}
+            row["versions"] = dict(row["versions"] or [])
+        return rows
+
+    def last_run(self, event: str = "finished") -> dict[str, Any] | None:
+        """The newest run event of kind ``event`` (None when there is none)."""
+        events = [e for e in self.run_events() if e["event"] == event]
+        return events[-1] if events else None
+
+    def versions(self) -> dict[str, int]:
+        """The current version of every table."""
+        return {name: Table(loc).version for name, loc in self.tables().items()}
 
     # --- ownership ---------------------------------------------------------------------------------
     def owner(self) -> dict[str, Any] | None:
@@ -111,13 +179,10 @@ class JobOutput:
             if not claim:
                 return
             if self.documents.exists():
-                # An output of this job written before ownership was recorded: adopt it.
-                earlier = ((self.read_manifest() or {}).get("job") or {}).get("name")
-                if earlier != mine["name"]:
-                    raise StoreError(
-                        f"{self.root} holds documents but no {JOB_FILE} and no manifest of job {mine['name']!r}: "
-                        "it was not written by this job; use another output for it"
-                    )
+                raise StoreError(
+                    f"{self.root} holds documents but no {JOB_FILE}: it was not written by this job; use "
+                    "another output for it"
+                )
             (self.root / JOB_FILE).write_json({"format": JOB_FORMAT, **mine})
             return
         if {k: theirs.get(k) for k in mine} != mine:

@@ -321,6 +321,40 @@ class Location:
                 out.write(chunk)
 
 
+def delta_location(loc: Location) -> tuple[str, dict[str, str] | None]:
+    """``(table_uri, storage_options)`` for opening ``loc`` with deltalake (delta-rs): a local path as
+    it is; ``s3://`` with the same AWS environment :func:`location` reads (endpoint, region, keys;
+    plain-http endpoints allowed only when the endpoint says http); other URIs as they are, with
+    delta-rs reading that ecosystem's environment itself."""
+    if loc.is_local:
+        return loc.path, None
+    if loc.uri.startswith(("s3://", "s3a://")):
+        endpoint, region, key, secret, token = _s3_environment()
+        options = {"AWS_REGION": region or "us-east-1"}
+        if endpoint:
+            options["AWS_ENDPOINT_URL"] = endpoint
+            if endpoint.startswith("http://"):
+                options["AWS_ALLOW_HTTP"] = "true"
+        if key and secret:
+            options.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret)
+            if token:
+                options["AWS_SESSION_TOKEN"] = token
+        return "s3://" + loc.uri.split("://", 1)[1], options
+    return loc.uri, None
+
+
+def object_store_options(loc: Location) -> tuple[str, dict[str, Any]]:
+    """``(uri, keyword arguments of obstore.store.from_url)`` for a location on an object store, from
+    the same environment as :func:`location` (used for the conditional writes of leases)."""
+    uri, options = delta_location(loc)
+    if not options:
+        return uri, {}
+    config = {k.lower().removeprefix("aws_"): v for k, v in options.items() if k != "AWS_ALLOW_HTTP"}
+    config = {("endpoint" if k == "endpoint_url" else k): v for k, v in config.items()}
+    client = {"allow_http": True} if options.get("AWS_ALLOW_HTTP") == "true" else {}
+    return uri, {"config": config, "client_options": client}
+
+
 def parquet_bytes(table: pa.Table) -> bytes:
     """``table`` serialised as the pipeline writes every Parquet file (zstd)."""
     sink = io.BytesIO()

@@ -1,0 +1,361 @@
+"""Delta Lake tables: the one home of "committed" for every dataset biomine writes.
+
+Every dataset (a job's ``documents``, ``entities``, ``relations``, ``summaries``, ``kb`` and ``runs``;
+the corpus of ``biomine ingest``) is a Delta Lake table written with the ``deltalake`` package
+(delta-rs): a folder holding its ``_delta_log/`` and Parquet data files only. **The log is the one
+truth of which files are live**; a commit is atomic (on object stores, delta-rs writes the next
+log entry with a conditional PUT), and any Delta reader (deltalake, polars, DuckDB, Spark) reads
+exactly the live rows. biomine keeps no manifest, commit record or deletion vector of its own.
+
+Conventions (:class:`Table`):
+
+- **Workers write, the driver commits.** Data files are written whole (one PUT, or temp + rename)
+  by whoever computes them, under a name that ends in the first 16 hex digits of their sha256
+  (``<base>.<sha16>.parquet``), so a retried write produces the same name and bytes and a file's
+  content can be checked against its name. :meth:`Table.commit` then adds and removes files in one
+  Delta transaction (copy-on-write: a file is never changed, only replaced; deletion vectors are
+  never used, since delta-rs cannot write them and its readers refuse tables that need them).
+- **Statistics for pruning**: each added file carries ``numRecords`` and the min/max of ``pmid``
+  and ``version`` when it has them, so readers and biomine's own updates skip files by PMID range.
+- **Exactly once**: a commit may carry Delta app transactions (``txn``: app id -> version), which
+  are part of the table's state; a writer checks :meth:`Table.transaction_version` before it applies
+  something again (e.g. an input file), so a commit retried after a crash applies once.
+- **Verify before trusting**: :meth:`Table.verify` checks a file against the log (size) and its name
+  (checksum) before anything depends on it.
+- Table properties ``biomine.dataset`` and ``biomine.schema_version`` say what a table holds.
+
+:raises TableError: a table that is missing, damaged or of another dataset; a data file that does
+    not match the log.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.errors import StoreError
+from pipeline.store.storage import Location, delta_location, parquet_bytes
+
+log = logging.getLogger(__name__)
+
+LOG_DIR = "_delta_log"
+DATASET_PROPERTY = "biomine.dataset"
+SCHEMA_VERSION_PROPERTY = "biomine.schema_version"
+_THREADS = 16  # object-store reads are latency bound: overlap them
+_SHA16 = re.compile(r"^[0-9a-f]{16}$")
+#: Columns whose min/max go into each file's statistics (when a file has them).
+STATS_COLUMNS = ("pmid", "version")
+
+
+class TableError(StoreError):
+    """A Delta table is missing, damaged, or not what it should be; a data file does not match the log."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One data file of a table: its path inside the table, bytes, rows and PMID range (None when
+    the file has no ``pmid`` column or no rows)."""
+
+    path: str
+    size: int
+    rows: int
+    min_pmid: int | None = None
+    max_pmid: int | None = None
+    min_version: int | None = None
+    max_version: int | None = None
+
+    @property
+    def stem(self) -> str:
+        """The name without ``.parquet``."""
+        return self.path[: -len(".parquet")] if self.path.endswith(".parquet") else self.path
+
+    @property
+    def base(self) -> str:
+        """The name without its content hash and suffix: what a rewrite of the file keeps."""
+        return split_name(self.path)[0]
+
+    @property
+    def sha16(self) -> str | None:
+        return split_name(self.path)[1]
+
+    def covers(self, pmids: list[int]) -> bool:
+        """Whether the file's PMID range holds any of the sorted ``pmids`` (statistics-based pruning)."""
+        import bisect
+
+        if self.min_pmid is None or self.max_pmid is None:
+            return True
+        i = bisect.bisect_left(pmids, self.min_pmid)
+        return i < len(pmids) and pmids[i] <= self.max_pmid
+
+    def stats_json(self) -> str:
+        stats: dict[str, Any] = {"numRecords": self.rows, "tightBounds": True}
+        low = {k: v for k, v in (("pmid", self.min_pmid), ("version", self.min_version)) if v is not None}
+        high = {k: v for k, v in (("pmid", self.max_pmid), ("version", self.max_version)) if v is not None}
+        if low:
+            stats.update(minValues=low, maxValues=high, nullCount={k: 0 for k in low})
+        return json.dumps(stats, separators=(",", ":"))
+
+
+def split_name(path: str) -> tuple[str, str | None]:
+    """``(base, sha16)`` of a data file name ``<base>.<sha16>.parquet`` (``sha16`` None for a name
+    without one: a file that was not written by biomine)."""
+    stem = path[: -len(".parquet")] if path.endswith(".parquet") else path
+    base, _, last = stem.rpartition(".")
+    if base and _SHA16.match(last):
+        return base, last
+    return stem, None
+
+
+def data_file_name(base: str, data: bytes) -> str:
+    """``<base>.<sha16>.parquet`` for the bytes ``data``."""
+    return f"{base}.{hashlib.sha256(data).hexdigest()[:16]}.parquet"
+
+
+def write_data_file(folder: Location, base: str, table: pa.Table) -> DataFile:
+    """Write ``table`` (zstd Parquet) into table folder ``folder`` as ``<base>.<sha16>.parquet``, whole,
+    and describe it for a commit (not visible to readers until one adds it). A retried write of the
+    same rows writes the same name and bytes."""
+    data = parquet_bytes(table)
+    name = data_file_name(base, data)
+    (folder / name).write_bytes(data)
+    return describe(name, len(data), table)
+
+
+def describe(path: str, size: int, table: pa.Table) -> DataFile:
+    """A :class:`DataFile` for ``table`` written as ``path`` of ``size`` bytes (statistics computed here)."""
+    bounds: dict[str, Any] = {}
+    for column in STATS_COLUMNS:
+        if column in table.column_names and table.num_rows:
+            lo, hi = pc.min_max(table.column(column)).values()
+            bounds[f"min_{column}"], bounds[f"max_{column}"] = lo.as_py(), hi.as_py()
+    return DataFile(path, size, table.num_rows, **bounds)
+
+
+class Table:
+    """A Delta table at a :class:`Location` (see the module docstring). ``version`` pins a snapshot."""
+
+    def __init__(self, loc: Location, version: int | str | _dt.datetime | None = None):
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        self.loc = loc
+        uri, options = delta_location(loc)
+        try:
+            self.dt = DeltaTable(uri, storage_options=options)
+            if version is not None:
+                self.dt.load_as_version(version)
+        except TableNotFoundError:
+            raise TableError(f"{loc} is not a Delta table (no {LOG_DIR}/)") from None
+        except Exception as exc:  # a damaged log, an unreachable store: one line naming the table
+            raise TableError(f"{loc}: cannot read its Delta log ({_first_line(exc)})") from None
+
+    # --- opening and creating ------------------------------------------------------------------------
+    @staticmethod
+    def exists(loc: Location) -> bool:
+        return (loc / LOG_DIR).is_dir() and bool((loc / LOG_DIR).files(".json"))
+
+    @classmethod
+    def create(cls, loc: Location, schema: pa.Schema, dataset: str, schema_version: int) -> Table:
+        """A new, empty table of ``schema``, its properties naming ``dataset`` and ``schema_version``.
+        Two processes creating the same table at once: one creates it, the other opens it."""
+        from deltalake import DeltaTable
+
+        uri, options = delta_location(loc)
+        loc.mkdir()
+        try:
+            DeltaTable.create(uri, schema.remove_metadata(), mode="ignore", name=dataset, storage_options=options)
+        except Exception as exc:
+            raise TableError(f"{loc}: cannot create the {dataset} table ({_first_line(exc)})") from None
+        table = cls(loc)
+        if table.properties.get(DATASET_PROPERTY) is None:
+            # delta-rs accepts properties of its own only at creation; biomine's are set right after
+            table.dt.alter.set_table_properties(
+                {DATASET_PROPERTY: dataset, SCHEMA_VERSION_PROPERTY: str(schema_version)}, raise_if_not_exists=False
+            )
+            table.refresh()
+        return table
+
+    @classmethod
+    def open(cls, loc: Location, dataset: str | None = None) -> Table:
+        """The table at ``loc``; with ``dataset``, it must be a table of that dataset.
+
+        :raises TableError: no table there, a damaged log, or a table of another dataset.
+        """
+        table = cls(loc)
+        found = table.properties.get(DATASET_PROPERTY)
+        if dataset is not None and found not in (None, dataset):
+            raise TableError(f"{loc} is the {found} table, not a {dataset} table")
+        return table
+
+    @classmethod
+    def open_or_create(cls, loc: Location, schema: pa.Schema, dataset: str, schema_version: int) -> Table:
+        if cls.exists(loc):
+            table = cls.open(loc, dataset)
+            have = int(table.properties.get(SCHEMA_VERSION_PROPERTY) or 0)
+            if have > schema_version:
+                raise TableError(
+                    f"{loc} was written with {dataset} schema version {have}; this biomine writes "
+                    f"{schema_version}: upgrade biomine"
+                )
+            if have < schema_version:
+                table.dt.alter.add_columns(_missing_fields(table.schema, schema))
+                table.dt.alter.set_table_properties(
+                    {SCHEMA_VERSION_PROPERTY: str(schema_version)}, raise_if_not_exists=False
+                )
+                table.refresh()
+            return table
+        return cls.create(loc, schema, dataset, schema_version)
+
+    def refresh(self) -> Table:
+        self.dt.update_incremental()
+        return self
+
+    # --- state ---------------------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self.dt.version()
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return dict(self.dt.metadata().configuration)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema(self.dt.schema().to_arrow())
+
+    def files(self) -> dict[str, DataFile]:
+        """The live data files (path -> :class:`DataFile`), from the log."""
+        actions = pa.table(self.dt.get_add_actions(flatten=True))
+        cols = set(actions.column_names)
+
+        def column(name: str) -> list[Any]:
+            return actions.column(name).to_pylist() if name in cols else [None] * actions.num_rows
+
+        out = {}
+        for path, size, rows, lo, hi, vlo, vhi in zip(
+            column("path"),
+            column("size_bytes"),
+            column("num_records"),
+            column("min.pmid"),
+            column("max.pmid"),
+            column("min.version"),
+            column("max.version"),
+        ):
+            out[path] = DataFile(path, int(size), int(rows or 0), lo, hi, vlo, vhi)
+        return out
+
+    def transaction_version(self, app_id: str) -> int | None:
+        return self.dt.transaction_version(app_id)
+
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.dt.history(limit)
+
+    def commit_metadata(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The biomine metadata of the newest commits (newest first): each commit's ``biomine.*``
+        entries, JSON-decoded, with its ``version`` and ``timestamp``."""
+        out = []
+        for entry in self.history(limit):
+            meta = {k[len("biomine.") :]: _loads(v) for k, v in entry.items() if k.startswith("biomine.")}
+            out.append({"version": entry.get("version"), "timestamp": entry.get("timestamp"), **meta})
+        return out
+
+    # --- reading -------------------------------------------------------------------------------------
+    def read(self, columns: list[str] | None = None, files: Iterable[str] | None = None) -> pa.Table:
+        """The live rows (of ``files`` only, when given), as any Delta reader sees them."""
+        if files is None:
+            return self.dt.to_pyarrow_table(columns=columns)
+        files = list(files)
+        if not files:
+            return self.schema.empty_table() if columns is None else self.schema.empty_table().select(columns)
+        return pa.concat_tables([(self.loc / f).read_table(columns) for f in files], promote_options="permissive").cast(
+            self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
+        )
+
+    def dataset(self):
+        """A :class:`pyarrow.dataset.Dataset` of the live files (DuckDB reads it without any extension)."""
+        return self.dt.to_pyarrow_dataset()
+
+    # --- verifying -----------------------------------------------------------------------------------
+    def verify(self, files: Iterable[DataFile], *, checksums: bool = True) -> dict[str, str]:
+        """What is wrong with each of ``files`` (live files of this table) that is not intact: missing,
+        another size than the log says, content that does not hash to the name's sha16 (path ->
+        problem; empty when all are intact)."""
+
+        def one(f: DataFile) -> str | None:
+            loc = self.loc / f.path
+            size = loc.size()
+            if size is None:
+                return f"{loc} is missing"
+            if size != f.size:
+                return f"{loc} is damaged ({size} bytes, the log says {f.size})"
+            if checksums and f.sha16 and loc.sha256()[:16] != f.sha16:
+                return f"{loc} is damaged or was replaced (its content does not match its name's checksum)"
+            return None
+
+        files = list(files)
+        with ThreadPoolExecutor(_THREADS) as pool:
+            return {f.path: p for f, p in zip(files, pool.map(one, files)) if p}
+
+    # --- writing -------------------------------------------------------------------------------------
+    def commit(
+        self,
+        add: Iterable[DataFile] = (),
+        remove: Iterable[DataFile] = (),
+        *,
+        apps: Mapping[str, int] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        retries: int | None = None,
+    ) -> int:
+        """Add and remove files in one atomic commit; returns the new version. ``apps``: Delta app
+        transactions (exactly-once markers) to record; ``metadata``: commit info (``biomine.KEY``,
+        JSON-encoded). ``retries=0`` refuses to commit over a concurrent commit (compare-and-swap on
+        the table version).
+
+        :raises TableError: the commit failed (a concurrent writer with ``retries=0``, the store).
+        """
+        from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
+
+        now = int(time.time() * 1000)
+        adds, removes = list(add), list(remove)
+        actions: list[Any] = [RemoveAction(f.path, True, now, f.size, {}) for f in removes]
+        actions += [AddAction(f.path, f.size, {}, now, True, f.stats_json()) for f in adds]
+        properties = CommitProperties(
+            custom_metadata={f"biomine.{k}": json.dumps(v, default=str) for k, v in (metadata or {}).items()},
+            app_transactions=[Transaction(app, int(v)) for app, v in (apps or {}).items()],
+            max_commit_retries=retries,
+        )
+        try:
+            self.dt.create_write_transaction(actions, "append", self.schema, commit_properties=properties)
+        except Exception as exc:
+            raise TableError(f"{self.loc}: commit failed ({_first_line(exc)})") from None
+        self.refresh()
+        return self.version
+
+
+def _missing_fields(have: pa.Schema, want: pa.Schema) -> list[Any]:
+    from deltalake.schema import Field
+
+    names = set(have.names)
+    return [Field.from_arrow(f) for f in want if f.name not in names]
+
+
+def _loads(value: Any) -> Any:
+    try:
+        return json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
