@@ -12,6 +12,11 @@ produce exactly the requested tokens (random weights would otherwise stop at arb
                 (K/V into the static cache + last-token logits)
   greedy b=N    N = 1, 32, 128; prompt 256, 64 new: generate(do_sample=False)   new tokens/s
                 vs Engine.run (greedy, CUDA graphs)                             (and ms/token)
+  logprobs b=N  the greedy sizes and prompt length; the engine against itself: new tokens/s
+                Engine.run(logprobs=True), the scored path (relation            (ms/step of each),
+                extraction), in the transformers column vs Engine.run, the      ids that agree
+                plain path (summaries); the ratio is what a caller that needs   (all, or it is a
+                no log-probabilities saves                                      bug)
   beam-5 b=32   prompt 256, 64 new: generate(num_beams=5) vs                    new tokens/s of
                 Engine.beam_search                                              the best beams
   ragged RE     --ragged-prompts prompts of 200-600 tokens, outputs of 10-300   abstracts/s and
@@ -26,9 +31,11 @@ produce exactly the requested tokens (random weights would otherwise stop at arb
     python benchmarks/bench_generation.py --dtype float32 --cases greedy --greedy 1,8 --check-ids
 
 ``--check-ids`` exits 1 when a greedy id differs from transformers' (use it in float32: in bf16 the
-two sides' kernels round differently and random weights have many near-ties, so ids drift apart).
+two sides' kernels round differently and random weights have many near-ties, so ids drift apart),
+or when a plain and a scored engine run of the same prompts differ at all (they must never).
 The issue's targets are printed for BioGPT-base on CUDA only. ``--json`` rows carry ``ms_per_token``
-and ``ids_agree`` (same, total) for greedy cases. The helpers above ``main`` (timing, the same random
+and ``ids_agree`` (same, total) for greedy and logprobs cases (logprobs rows: ``ms_per_token`` of the
+plain path and ``scored_ms_per_token``). The helpers above ``main`` (timing, the same random
 weights in both, row format) are shared with ``bench_ner.py`` and ``gpu_proof.sh``.
 """
 
@@ -108,6 +115,24 @@ def median_seconds(fn, repeat: int, sync, warmup: int = 1):
     return statistics.median(times), out
 
 
+def median_seconds_paired(fns, repeat: int, sync, warmup: int = 1):
+    """:func:`median_seconds` of several functions timed in turn within each repeat, in alternating
+    order (a b, b a, a b, ...), so a load that drifts during the run, or whichever runs first, weighs
+    on all of them alike; and each one's last result."""
+    outs = [None] * len(fns)
+    for _ in range(warmup):
+        outs = [fn() for fn in fns]
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(repeat):
+        for k in range(len(fns)) if r % 2 == 0 else reversed(range(len(fns))):
+            sync()
+            start = time.perf_counter()
+            outs[k] = fns[k]()
+            sync()
+            times[k].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times], outs
+
+
 def same_random_weights(hf_cls, ours_cls, config: dict, dtype, device, hf_attn: str = "sdpa", seed: int = 0):
     """(transformers model, biogpt model), eval mode, on ``device`` in ``dtype``, with the same random
     weights: ``hf_cls`` builds them (seeded), saves them once, and both classes load that directory."""
@@ -166,7 +191,7 @@ def parse_args(argv):
     p.add_argument("--compile", action="store_true", help="Engine(compile=True): torch.compile the decode step")
     p.add_argument("--hf-attn", choices=["sdpa", "eager"], default="sdpa", help="transformers' attention")
     p.add_argument("--repeat", type=int, default=None, help="timed runs per case (default 3, --quick 1)")
-    p.add_argument("--cases", default="prefill,greedy,beam,ragged", help="comma-separated subset")
+    p.add_argument("--cases", default="prefill,greedy,logprobs,beam,ragged", help="comma-separated subset")
     p.add_argument("--ragged-prompts", type=int, default=None, help="prompts in the ragged RE workload")
     p.add_argument("--prefill", help="override the prefill size, BxT (e.g. 8x128)")
     p.add_argument("--greedy", help="override the greedy batch sizes, comma-separated (e.g. 1,8)")
@@ -236,6 +261,7 @@ def main(argv=None) -> int:
     need = {
         "prefill": (sizes["prefill"][0], sizes["prefill"][1]),
         "greedy": (max(sizes["greedy"]), sizes["prompt"] + sizes["new"]),
+        "logprobs": (max(sizes["greedy"]), sizes["prompt"] + sizes["new"]),
         "beam": (sizes["beam"][0] * sizes["beam"][1], sizes["prompt"] + sizes["new"]),
         "ragged": (sizes["ragged_slots"], sizes["ragged_prompt"][1] + sizes["ragged_out"][1]),
     }
@@ -290,6 +316,38 @@ def main(argv=None) -> int:
                 )
                 if same != B * new:
                     ids_differ.append(f"greedy b={B}: {B * new - same} of {B * new} ids differ")
+
+        if "logprobs" in cases:
+            # The engine against itself: what a caller that needs no log-probabilities (summaries)
+            # saves per decode step over one that asks for them (relation extraction), timed in turn.
+            # Same prompts, so the ids must be identical: asking for log-probabilities never changes a
+            # choice.
+            new = sizes["new"]
+            for B in sizes["greedy"]:
+                prompts = [prompt(sizes["prompt"]) for _ in range(B)]
+                (t_sc, t_pl), ((out_sc, lps), out_pl) = median_seconds_paired(
+                    [
+                        lambda: engine.run(prompts, new, eos_token_id=[], logprobs=True),
+                        lambda: engine.run(prompts, new, eos_token_id=[]),
+                    ],
+                    repeat,
+                    sync,
+                )
+                assert all(len(o) == new for o in out_pl) and all(len(lp) == new for lp in lps)
+                same = sum(a == b for o, r in zip(out_pl, out_sc) for a, b in zip(o, r))
+                add(
+                    f"logprobs b={B}",
+                    "new tok/s",
+                    B * new / t_sc,
+                    B * new / t_pl,
+                    f"scored (logprobs=True) vs plain Engine.run, not transformers: {t_pl / new * 1e3:.2f} ms/step "
+                    f"plain, {t_sc / new * 1e3:.2f} scored; ids agree {same}/{B * new}",
+                    ms_per_token=t_pl / new * 1e3,
+                    scored_ms_per_token=t_sc / new * 1e3,
+                    ids_agree=[same, B * new],
+                )
+                if same != B * new:
+                    ids_differ.append(f"logprobs b={B}: plain and scored runs differ in {B * new - same} ids")
 
         if "beam" in cases:
             K, B = sizes["beam"]

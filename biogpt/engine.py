@@ -17,6 +17,11 @@ Contract:
   ``min_new_tokens``, ``suppress_tokens`` and sampling (temperature -> top_k -> top_p, as there)
   are supported; sampling is reproducible for a given ``generator`` (on the engine's device) but
   draws differently from ``generate`` (an exponential race, which a CUDA graph can hold).
+* Plain runs are the base, scored runs add to them: without ``logprobs`` a step computes no
+  log-probability (no log-softmax, no gather, no per-step tensor kept, no list of scores); with it,
+  the same step also writes ``log p(chosen)`` into a per-slot buffer that the host collects at each
+  sync. The choice of each id never depends on the flag (same ids either way; tests check it), and
+  the flag is part of a captured CUDA graph's key, so each kind of run replays its own graph.
 * Continuous batching: ``max_batch`` slots. A row that emits EOS or exhausts its budget frees its
   slot, and the next waiting prompt is prefilled into it while the other rows keep decoding, so
   outputs of very different lengths do not idle the device.
@@ -185,7 +190,13 @@ class Engine:
         logprobs: bool = False,
     ):
         """New token ids per prompt, in input order (greedy unless ``do_sample``); with ``logprobs``
-        a pair ``(ids, logprobs)``: per prompt the model log-probability of each new id."""
+        a pair ``(ids, logprobs)``: per prompt the model log-probability of each new id, computed
+        only then (the same ids as without it).
+
+        :raises InputTooLongError: a prompt plus its budget exceeds ``max_seq_len`` or the model's
+            ``max_position_embeddings`` (names the prompt; checked before any compute).
+        :raises ValueError: a prompt is empty, a budget is below 1, or the budgets are not one per prompt.
+        """
         prompts = [list(p) for p in prompts]
         budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
         if len(budgets) != len(prompts):
@@ -198,12 +209,12 @@ class Engine:
             eos_token_id,
             pad_token_id,
             suppress_tokens,
+            logprobs=logprobs,
         )
         self.active.zero_()
-        self._want_logprobs = logprobs
 
         outputs: list[list[int]] = [[] for _ in prompts]
-        scores: list[list[float]] = [[] for _ in prompts]
+        scores: list[list[float]] | None = [[] for _ in prompts] if logprobs else None  # only when asked
         waiting = deque(range(len(prompts)))
         free = list(range(self.max_batch))  # a heap: lowest slots first keeps the live rows packed
         owner: dict[int, int] = {}  # slot -> prompt index
@@ -216,9 +227,10 @@ class Engine:
                 first, alive, first_lp = self._admit(
                     slots, [prompts[i] for _, i in batch], [budgets[i] for _, i in batch], generator
                 )
-                for (slot, i), tok, ok, lp in zip(batch, first, alive, first_lp):
+                for k, ((slot, i), tok, ok) in enumerate(zip(batch, first, alive)):
                     outputs[i].append(tok)
-                    scores[i].append(lp)
+                    if scores is not None:
+                        scores[i].append(first_lp[k])
                     if ok:
                         owner[slot], length[slot], left[slot] = i, len(prompts[i]), budgets[i] - 1
                     else:
@@ -234,16 +246,16 @@ class Engine:
                     self._noise[:rows].exponential_(generator=generator)
                 self._run("decode", rows, slots)
                 history.append(torch.stack([self.tokens[:rows], self.emitted[:rows]]))  # (2, rows)
-                if logprobs:
+                if scores is not None:
                     lp_history.append(self.logprob[:rows].clone())  # (rows,)
             flat = torch.cat([torch.stack(history).view(-1), self.active[:rows].long()]).tolist()
-            lps = torch.stack(lp_history).tolist() if logprobs else None  # (steps, rows); after the sync above
+            lps = torch.stack(lp_history).tolist() if scores is not None else None  # (steps, rows); after the sync
             still = flat[steps * 2 * rows :]
             for slot in live:
                 kept = [j for j in range(steps) if flat[(j * 2 + 1) * rows + slot]]
                 made = [flat[(j * 2) * rows + slot] for j in kept]
                 outputs[owner[slot]].extend(made)
-                if lps is not None:
+                if scores is not None:
                     scores[owner[slot]].extend(lps[j][slot] for j in kept)
                 length[slot] += len(made)
                 left[slot] -= len(made)
@@ -317,9 +329,10 @@ class Engine:
                     f"max_seq_len={self.max_seq_len}; build the Engine with a larger max_seq_len"
                 )
 
-    def _configure(self, decode: DecodeConfig, eos_token_id, pad_token_id, suppress_tokens):
+    def _configure(self, decode: DecodeConfig, eos_token_id, pad_token_id, suppress_tokens, *, logprobs=False):
         eos, pad = special_ids(self.model.config, eos_token_id, pad_token_id)
         self.decode = decode
+        self._want_logprobs = bool(logprobs)  # a scored run (beam search never is)
         self._eos_mask.copy_(token_mask(eos, self.vocab_size, self.device))
         self._ban_mask.copy_(token_mask(suppress_tokens or (), self.vocab_size, self.device))
         self._has_ban = bool(suppress_tokens)
@@ -376,7 +389,7 @@ class Engine:
 
     def _admit(self, slots: list[int], prompts: list[list[int]], budgets: list[int], generator):
         """Prefill prompts into free slots and choose their first tokens: (tokens, still-active,
-        their log-probabilities)."""
+        their log-probabilities, or None when the run is not scored: then none is computed)."""
         n = len(slots)
         logits = self.prefill(prompts, slots)  # (n, V) float32
         scores = self.decode.process(logits, 0, self._eos_mask, self._ban_mask if self._has_ban else None)
@@ -394,7 +407,7 @@ class Engine:
         self.active[rows] = alive
         out = torch.cat([first, alive.long()]).tolist()
         if not self._want_logprobs:
-            return out[:n], [bool(a) for a in out[n:]], [0.0] * n  # not asked for: not computed
+            return out[:n], [bool(a) for a in out[n:]], None  # a plain run: nothing computed
         lp = torch.log_softmax(logits, dim=-1).gather(-1, first[:, None])[:, 0]  # (n,)
         return out[:n], [bool(a) for a in out[n:]], lp.tolist()
 

@@ -283,6 +283,24 @@ def test_engine_logprobs_equal_a_teacher_forced_pass(workload):
         assert lps == pytest.approx(expected, abs=1e-5)
 
 
+def test_engine_plain_runs_compute_no_logprobs(workload, monkeypatch):
+    """The plain path is the base: a run without ``logprobs`` never calls a log-softmax (a scored
+    run does, in the same decode step) and returns the scored run's ids."""
+    ours, prompts, budgets, eos = workload
+    engine = Engine(ours, max_batch=3, max_seq_len=40, kv_bucket=8, sync_every=3)
+    ids, _ = engine.run(prompts, budgets, logprobs=True, eos_token_id=eos)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("log-softmax on the plain path")
+
+    for owner in (torch, torch.nn.functional, torch.Tensor):
+        monkeypatch.setattr(owner, "log_softmax", refuse)
+    assert engine.run(prompts, budgets, eos_token_id=eos) == ids
+    with pytest.raises(AssertionError, match="plain path"):
+        engine.run(prompts, budgets, logprobs=True, eos_token_id=eos)
+    assert engine.run(prompts, budgets, eos_token_id=eos) == ids  # each run sets the flag afresh
+
+
 def test_engine_processors_and_single_budget(workload):
     ours, prompts, _, eos = workload
     kw = dict(min_new_tokens=3, suppress_tokens=[15, 52])

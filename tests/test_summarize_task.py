@@ -98,6 +98,50 @@ def test_default_prompt_and_articles_without_one(ckpts):
     assert prompts[:2] == [[2] + tok.encode(t, add_special_tokens=False) for t in TITLES[:2]] and prompts[2] is None
 
 
+def no_log_softmax(monkeypatch):
+    """Make every log-softmax entry point raise: what runs afterwards provably computes none."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a log-softmax was computed on the plain (ids only) path")
+
+    monkeypatch.setattr(torch, "log_softmax", refuse)
+    monkeypatch.setattr(torch.nn.functional, "log_softmax", refuse)
+    monkeypatch.setattr(torch.Tensor, "log_softmax", refuse)
+
+
+def test_summaries_decode_on_the_plain_path_and_scored_calls_wrap_it(ckpts, monkeypatch):
+    options = SummarizeOptions(
+        model=str(ckpts["lm"]), prompt="{title} TL;DR:", max_new_tokens=6, batch_size=2, device="cpu"
+    )
+    task = SummarizeTask(options)
+    decoder = task.decoder
+    prepared = SummarizeTask.prepare(batch_of(TITLES, ABSTRACTS), options)
+    inputs = list(prepared["_input_ids"]) + [None]
+    prompts = [p for p in inputs if p is not None] + [[2] * (POSITIONS - 1), [2] * POSITIONS]  # 1 and 0 left
+    scored = decoder.run_scored(prompts, 6)  # before the patch: scoring needs a log-softmax
+    scored_by_input = decoder.run_prompted_scored(inputs, 6)
+    asked = []
+    engine_run = decoder.engine.run
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("logprobs", False))
+        return engine_run(*args, **kwargs)
+
+    monkeypatch.setattr(decoder.engine, "run", spy)
+    no_log_softmax(monkeypatch)
+    per_doc = task(prepared)  # summaries: ids only, and no log-probability computed anywhere
+    plain = decoder.run(prompts, 6)
+    plain_by_input = decoder.run_prompted(inputs, 6)
+    assert asked == [False, False, False] and [len(rows) for rows in per_doc] == [1, 1, 1]
+    # the scored calls return the plain calls' ids, each with one log-probability
+    assert [ids for ids, _ in scored] == plain and len(plain[-2]) == 1 and plain[-1] == []
+    assert all(len(lps) == len(ids) and all(lp <= 0 for lp in lps) for ids, lps in scored)
+    assert scored[-1] == ([], [])
+    assert sorted(plain_by_input) == sorted(scored_by_input) == [0, 1, 2]
+    assert {i: ids for i, (ids, _) in scored_by_input.items()} == plain_by_input
+    assert [task.summary_text(plain_by_input[i]) for i in range(3)] == [rows[0]["summary"] for rows in per_doc]
+
+
 def test_prompt_truncation_cuts_the_abstract_and_keeps_the_cue(ckpts):
     path = ckpts["lm"]
     tok = BioGptTokenizer.from_pretrained(path)
