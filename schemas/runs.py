@@ -4,7 +4,7 @@
 run_id          a random id per run
 job             the job's name (``biomine ingest``/``biomine fetch`` for their outputs)
 event           ``started`` | ``finished`` | ``failed`` | ``interrupted``
-at              when (UTC)
+event_time      when (UTC)
 seconds         the run's duration so far (null at ``started``)
 versions        on ``finished``: the version of every table of the output after the run, which
                 together are one consistent snapshot (``biomine query`` reads it)
@@ -30,7 +30,7 @@ RUN_SCHEMA = pa.schema(
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("job", pa.string()),
         pa.field("event", pa.string(), nullable=False),
-        pa.field("at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("event_time", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("seconds", pa.float64()),
         pa.field("versions", pa.map_(pa.string(), pa.int64())),
         pa.field("failures", pa.list_(FAILURE)),

@@ -19,7 +19,7 @@ examples:
   biomine query out/ddi "SELECT d.pub_year, count(*) FROM relations r JOIN documents d USING (pmid) GROUP BY 1"
   biomine query biomine-demo/out "SELECT * FROM entities LIMIT 20" --format csv > entities.csv
   biomine query out/ddi "SELECT count(*) FROM kb" --as-of 2026-12-01     # as the last run before then left it
-  biomine query out/ddi "SELECT run_id, event, at FROM runs ORDER BY at"
+  biomine query out/ddi "SELECT run_id, event, event_time FROM runs ORDER BY event_time"
 """
 
 

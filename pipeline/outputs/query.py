@@ -102,7 +102,7 @@ def snapshot(out: str | os.PathLike | Location | JobOutput, as_of: int | _dt.dat
                 raise BioMineError(f"--as-of {as_of}: {output.root} has {len(finished)} finished run(s)")
             run = finished[as_of - 1]
         else:
-            before = [e for e in finished if e["at"] <= as_of]
+            before = [e for e in finished if e["event_time"] <= as_of]
             if finished and not before:
                 raise BioMineError(f"--as-of {as_of.isoformat()}: no run of {output.root} had finished by then")
             run = before[-1] if before else None

@@ -277,7 +277,7 @@ def _stages(plan: RunPlan, output: JobOutput, lease: Lease, progress: bool, mani
 
 
 def summary_table(manifest: dict[str, Any]) -> str:
-    rows = [("stage", "files done", "kept", "documents", "rows", "failures", "seconds", "table rows")]
+    rows = [("stage", "files done", "kept", "copied", "documents", "rows", "failures", "seconds", "table rows")]
     d = manifest["stages"].get("documents", {})
     rows.append(
         (
@@ -299,6 +299,7 @@ def summary_table(manifest: dict[str, Any]) -> str:
                 f"{name} -> {s['dataset']}",
                 str(s["shards_done"]),
                 str(s["shards_skipped"]),
+                str(s.get("shards_derived", 0)),
                 str(s["documents"]),
                 str(s["rows"]),
                 str(s["failures"]),

@@ -126,6 +126,18 @@ class Documents:
         return DocumentTransaction(self)
 
 
+def read_articles(out: str | Location, columns: list[str] | None = None) -> pa.Table:
+    """The live articles of an output (``out``: the output, or its ``documents`` table) as one table in
+    the current article schema: what any Delta reader of the documents table returns.
+
+    :raises TableError: no documents table there.
+    """
+    loc = location(out)
+    if not Table.exists(loc) and Table.exists(loc / DATASET):
+        loc = loc / DATASET
+    return Documents(loc, create=False).read(columns)
+
+
 def _read_columns(loc: Location, columns: list[str]) -> pa.Table:
     have = loc.parquet_metadata().schema.to_arrow_schema().names
     return loc.read_table([c for c in columns if c in have])

@@ -212,7 +212,7 @@ class Lease:
             "expires_at": (now + _dt.timedelta(seconds=self.ttl)).isoformat(timespec="seconds"),
         }
         if released:
-            body.update(released_at=now.isoformat(timespec="seconds"), expires_at=body["released_at"])
+            body["released_at"] = body["expires_at"] = now.isoformat(timespec="seconds")
         return (json.dumps(body, indent=1) + "\n").encode()
 
     def _read(self) -> tuple[Stored | None, dict[str, Any] | None]:

@@ -123,7 +123,7 @@ class JobOutput:
             "run_id": run_id,
             "job": job,
             "event": event,
-            "at": _dt.datetime.now(_dt.timezone.utc),
+            "event_time": _dt.datetime.now(_dt.timezone.utc),
             "record": json.dumps(dict(record), default=str, sort_keys=True),
             **fields,
         }
@@ -135,7 +135,7 @@ class JobOutput:
         if not Table.exists(self.runs):
             return []
         table = Table(self.runs)
-        rows = table.read(files=sorted(table.files())).sort_by([("at", "ascending")]).to_pylist()
+        rows = table.read(files=sorted(table.files())).sort_by([("event_time", "ascending")]).to_pylist()
         for row in rows:
             row["record"] = json.loads(row["record"]) if row.get("record") else {}
             row["versions"] = dict(row["versions"] or [])
