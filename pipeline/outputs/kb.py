@@ -45,8 +45,11 @@ def edges(relations, documents=None, *, task: str = "ddi") -> pa.Table:
 
     con = duckdb.connect()
     con.register("rel", relations)
+    live = ""
     if documents is not None:
         con.register("docs_all", documents)
+        # only relations of articles in this documents snapshot (a relation row outlives nothing)
+        live = "AND (pmid, version) IN (SELECT (pmid, version) FROM docs_all)"
         docs = (
             "SELECT pmid, try_strptime(printf('%04d-%02d-%02d', pub_year, coalesce(pub_month, 1), "
             "coalesce(pub_day, 1)), '%Y-%m-%d')::DATE AS pub_date, retracted FROM docs_all"
@@ -60,7 +63,7 @@ def edges(relations, documents=None, *, task: str = "ddi") -> pa.Table:
     WITH r AS (
       SELECT pmid, relation, evidence_text, head, tail, {_NORM.format(col="head")} AS h, {_NORM.format(col="tail")} AS t,
              nullif(head_id, '-1') AS hid, nullif(tail_id, '-1') AS tid, {logprob} AS logprob
-      FROM rel WHERE parse_status = 'ok' AND task = ?
+      FROM rel WHERE parse_status = 'ok' AND task = ? {live}
     ), k AS (  -- an entity is its identifier when linked, else its normalised name
       SELECT *, coalesce(hid, 'name:' || h) AS hk, coalesce(tid, 'name:' || t) AS tk FROM r WHERE h <> '' AND t <> ''
     ), e AS (  -- DDI statements are symmetric: order the two entities by key

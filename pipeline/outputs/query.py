@@ -125,6 +125,13 @@ def snapshot(out: str | os.PathLike | Location | JobOutput, as_of: int | _dt.dat
         except TableError as exc:
             raise BioMineError(str(exc)) from None
         result.tables[name] = TableSnapshot(name, loc, table.version, sorted(table.files()), table.schema)
+        if as_of is None and name in versions and name != RUNS:
+            newest = Table(loc).version
+            if newest > table.version:
+                result.warnings.append(
+                    f"{name}: version {newest} is newer than the version {table.version} the last finished run "
+                    f"left (a run is under way, or did not finish): the views show that run's snapshot"
+                )
     return result
 
 
