@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"biomine: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("biomine: interrupted; completed shards are kept and a re-run resumes", file=sys.stderr)
+        print("biomine: interrupted; what was committed is kept and a re-run resumes", file=sys.stderr)
         return 130
 
 

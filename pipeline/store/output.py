@@ -185,9 +185,18 @@ class JobOutput:
                 )
             (self.root / JOB_FILE).write_json({"format": JOB_FORMAT, **mine})
             return
-        if {k: theirs.get(k) for k in mine} != mine:
+        if not _same_job(mine, theirs):
             raise StoreError(
                 f"{self.root} belongs to job {theirs.get('name')!r} (source {theirs.get('source')}), not to job "
                 f"{mine['name']!r} (source {mine['source']}): use another output for this job, or delete "
                 f"{self.root / JOB_FILE} to give it to this job (the other job's outputs would be mixed in)"
             )
+
+
+def _same_job(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> bool:
+    """Whether ``theirs`` (a ``_job.json``) names the job ``mine``: the same name and, of the source,
+    what ``mine`` records (older records also listed a files job's paths: they do not count)."""
+    if theirs.get("name") != mine.get("name"):
+        return False
+    source, recorded = mine.get("source") or {}, theirs.get("source") or {}
+    return all(recorded.get(k) == v for k, v in source.items())

@@ -313,6 +313,12 @@ class Location:
             pass
 
     @_named
+    def remove_dir(self) -> None:
+        """Remove this folder if it is empty (nothing when it is gone already)."""
+        if self.is_dir() and not self._entries():
+            self.fs.delete_dir(self.path)
+
+    @_named
     def download(self, dest: Path) -> None:
         """Copy this file to the local path ``dest`` (parents made)."""
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -162,12 +162,13 @@ def _upgrade(output: JobOutput, lease: Lease) -> dict[str, Any]:
                 except (ValueError, KeyError):
                     pass
                 (commits / record_name).delete()
+            commits.remove_dir()
     for shard in shards:
         (docs_loc / shard["name"]).delete()
         if shard.get("deletions"):
             (docs_loc / shard["deletions"]).delete()
-    for leftover in ("_lock",):
-        (docs_loc / leftover).delete()
+    (docs_loc / "_lock").delete()
+    (docs_loc / LEGACY_DELETED).remove_dir()
     (output.root / LEGACY_KB).delete()
     old_run.delete()
     (docs_loc / LEGACY_MANIFEST).delete()
