@@ -31,7 +31,10 @@ import pyarrow.parquet as pq
 import pytest
 from fake_eutils import FakeEutils, article_xml, pubmed_document
 
-from pipeline.store.shards import iter_shard_paths, read_articles
+from pipeline.store.datasets import OutputName
+from pipeline.store.documents import Documents, read_articles
+from pipeline.store.output import JobOutput
+from pipeline.store.tables import Table
 
 REPO = Path(__file__).resolve().parents[1]
 QUERY = "anticoagulant drug interactions"
@@ -134,16 +137,21 @@ def run_cli(job: Path, env: dict[str, str], timeout: float = 300) -> subprocess.
     )
 
 
-def shard_of(f: Path) -> str:
-    """``part-000003`` for a task data file ``part-000003-<sha16>.parquet``."""
-    return f.stem.rsplit("-", 1)[0]
+def doc_stems(out: Path) -> set[str]:
+    """The stems of the documents table's live data files (from its Delta log)."""
+    return {f.stem for f in Documents(out / "documents").files().values()}
+
+
+def live_outputs(out: Path, name: str) -> list[str]:
+    """The live data files of a task table (from its Delta log)."""
+    return sorted(Table(out / name).files()) if Table.exists(out / name) else []
 
 
 def dataset(out: Path, name: str) -> pa.Table:
-    """The dataset as readers see it (tombstoned articles masked)."""
+    """The table as readers see it (its live rows)."""
     from pipeline.outputs.query import read_dataset
 
-    return read_dataset(out, name) if list((out / name).glob("*.parquet")) else None
+    return read_dataset(out, name) if live_outputs(out, name) else None
 
 
 def canonical(table: pa.Table) -> list[dict]:
@@ -154,7 +162,7 @@ def canonical(table: pa.Table) -> list[dict]:
 def check_invariants(out: Path, expected_pmids: set[int]) -> dict[str, pa.Table]:
     import importlib
 
-    docs = read_articles(out / "documents")
+    docs = read_articles(out)
     pmids = docs.column("pmid").to_pylist()
     assert sorted(pmids) == sorted(expected_pmids), "every input PMID exactly once in documents"
     versions = dict(zip(pmids, docs.column("version").to_pylist()))
@@ -162,9 +170,9 @@ def check_invariants(out: Path, expected_pmids: set[int]) -> dict[str, pa.Table]
     for name, module in DATASETS.items():
         schema_module = importlib.import_module(module)
         declared = next(v for k, v in vars(schema_module).items() if k.endswith("_SCHEMA"))
-        shard_stems = {p.stem for p in iter_shard_paths(out / "documents")}
-        files = sorted((out / name).glob("*.parquet"))
-        assert sorted(shard_of(f) for f in files) == sorted(shard_stems), f"{name}: one output file per document shard"
+        files = [out / name / f for f in live_outputs(out, name)]
+        stems = sorted(OutputName.parse(f.name).doc for f in files)
+        assert stems == sorted(doc_stems(out)), f"{name}: one output file per documents data file"
         for f in files:
             schema = pq.read_schema(f)
             assert schema.equals(declared, check_metadata=True), f"{f} does not have the declared schema"
@@ -200,7 +208,7 @@ def test_entrez_job_end_to_end_interrupted_run_resumes_to_identical_outputs(tmp_
     done = run_cli(write_job(tmp_path / "ref.toml", output=ref_out, source=source, models=models), env)
     assert done.returncode == 0, done.stderr[-3000:]
     ref = check_invariants(ref_out, expected)
-    manifest = json.loads((ref_out / "_manifest.json").read_text())
+    manifest = JobOutput(ref_out).last_run()["record"]
     assert manifest["failures"] == []
     assert {k: manifest["stages"][k]["documents"] for k in ("ner", "re", "summarize")} == {
         "ner": len(expected),
@@ -235,7 +243,7 @@ def test_entrez_job_end_to_end_interrupted_run_resumes_to_identical_outputs(tmp_
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if len(list((out / "entities" / "_commits").glob("*.json"))) >= 2:  # two shards committed
+            if Table.exists(out / "entities") and len(live_outputs(out, "entities")) >= 2:  # committed outputs
                 break
             time.sleep(0.05)
         interrupted = proc.poll() is None
@@ -249,16 +257,16 @@ def test_entrez_job_end_to_end_interrupted_run_resumes_to_identical_outputs(tmp_
             pass
     assert interrupted, "the run finished before it could be interrupted; make the job larger"
     assert proc.returncode != 0
-    partial = json.loads((out / "_manifest.json").read_text())
-    assert partial.get("finished_at") is None  # the manifest says the run did not finish
-    n_entities = len(list((out / "entities" / "_commits").glob("*.json")))
-    assert n_entities < len(list(iter_shard_paths(out / "documents"))) or not (out / "summaries").exists()
+    events = [e["event"] for e in JobOutput(out).run_events()]
+    assert events == ["started", "interrupted"]  # the runs table says the run did not finish
+    n_entities = len(live_outputs(out, "entities"))
+    assert n_entities < len(doc_stems(out)) or not live_outputs(out, "summaries")
 
     again = run_cli(job, env)
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = check_invariants(out, expected)
-    final = json.loads((out / "_manifest.json").read_text())
-    assert final["stages"]["ner"]["shards_skipped"] >= 2  # finished shards were not redone
+    final = JobOutput(out).last_run()["record"]
+    assert final["stages"]["ner"]["shards_skipped"] >= 2  # finished outputs were not redone
     assert final["stages"]["documents"]["already_present"] == len(expected)  # nothing fetched twice
 
     for name in DATASETS:
@@ -297,9 +305,9 @@ def test_incremental_files_job_drops_replaced_and_deleted_articles(tmp_path, mod
     summaries = {r["pmid"]: r["version"] for r in tables["summaries"].to_pylist()}
     assert summaries.get(2) == 2 and 8 not in summaries and 10 in summaries
     ner = second["stages"]["ner"]
-    # Only the update's own articles are computed; the old shards are kept (their replaced and deleted
-    # rows are tombstoned and masked on read), none retired.
-    assert ner["shards_skipped"] == 3 and ner["shards_retired"] == 0
+    # Only the update's own articles are computed: the file that held neither revised nor deleted
+    # articles is kept, the outputs of the two rewritten files are copied without PMIDs 2 and 8.
+    assert ner["shards_skipped"] == 1 and ner["shards_derived"] == 2
     assert ner["documents"] == 2
 
     third = run_job(load_job(job), progress=False, num_cpus=2)  # nothing new: nothing recomputed
@@ -307,13 +315,13 @@ def test_incremental_files_job_drops_replaced_and_deleted_articles(tmp_path, mod
 
 
 def check_invariants_files(out: Path, expected: set[int], tasks) -> dict[str, pa.Table]:
-    docs = read_articles(out / "documents")
+    docs = read_articles(out)
     assert sorted(docs.column("pmid").to_pylist()) == sorted(expected)
     versions = dict(zip(docs.column("pmid").to_pylist(), docs.column("version").to_pylist()))
-    shards = {p.stem for p in iter_shard_paths(out / "documents")}
+    shards = doc_stems(out)
     tables = {}
     for name in tasks:
-        assert sorted(shard_of(f) for f in (out / name).glob("*.parquet")) == sorted(shards)
+        assert sorted(OutputName.parse(f).doc for f in live_outputs(out, name)) == sorted(shards)
         table = dataset(out, name)
         assert all(
             versions.get(p) == v for p, v in zip(table.column("pmid").to_pylist(), table.column("version").to_pylist())
@@ -410,7 +418,7 @@ def test_demo_runs_from_a_non_editable_install_outside_any_checkout(tmp_path):
     assert f"biomine run biomine-demo{os.sep}demo.toml" in done.stdout
     assert "-- entities per label" in done.stdout and "-- summaries" in done.stdout
     out = demo / "out"
-    docs = read_articles(out / "documents")
+    docs = read_articles(out)
     assert docs.num_rows == 4
     for name in DATASETS:
         assert (out / name).is_dir()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.outputs.query import job_outputs, query
+from pipeline.outputs.query import query
 from pipeline.run.jobspec import load_job
 from pipeline.run.runner import run_job
 from pipeline.store.lease import Lease
@@ -65,7 +65,7 @@ def snapshot(out: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(out)): p.read_bytes()
         for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name not in ("_lock",)
+        if p.is_file() and p.name not in ("_lease.json.lock",)
     }
 
 
@@ -91,49 +91,38 @@ def test_other_job_refused_settings_recompute_and_unfinished_runs_warn(tmp_path,
     assert changed["stages"]["ner"]["shards_skipped"] == shards and changed["stages"]["ner"]["shards_done"] == 0
     assert changed["stages"]["summarize"]["shards_done"] == shards
     assert changed["stages"]["summarize"]["redone"] == {"settings changed": shards}
-    records = [json.loads(p.read_text()) for p in (out / "summaries" / "_commits").glob("*.json")]
-    assert {r["settings"]["prompt"] for r in records} == {"{title} TL;DR:"}
-    files = job_outputs(out).files["summaries"]
-    assert len(files) == shards and len(list((out / "summaries").glob("*.parquet"))) == shards  # no stale file
+    from pipeline.store.datasets import OutputName, settings_key
+    from pipeline.store.tables import Table
 
-    # An unfinished run (one commit record gone): readers warn with the count.
-    commit = sorted((out / "entities" / "_commits").glob("*.json"))[0]
-    commit.unlink()
+    summaries = Table(out / "summaries")
+    live = [OutputName.parse(p) for p in summaries.files()]
+    assert len(live) == shards and len({n.settings for n in live}) == 1  # every output of the new prompt
+    assert summaries.commit_metadata(1)[0]["settings"]["prompt"] == "{title} TL;DR:"
+    assert live[0].settings == settings_key(summaries.commit_metadata(1)[0]["settings"])
+    # The files of the old prompt's outputs stay on disk for time travel (until `biomine compact`),
+    # but no reader sees them: the log removed them.
+    assert len(list((out / "summaries").glob("*.parquet"))) == 2 * shards
+    assert query(out, "SELECT count(*) AS n FROM summaries")["n"][0] == len(query(out, "SELECT pmid FROM documents"))
+
+    # An unfinished run (an output removed from the table after the last finished run, as a run
+    # killed mid-way leaves it): readers warn and read the last finished run's snapshot.
+    from pipeline.store.output import JobOutput
+    from schemas.entities import ENTITY_SCHEMA
+
+    entities = JobOutput(out).dataset("entities", ENTITY_SCHEMA)
+    first_output = sorted(entities.table.files().values(), key=lambda f: f.path)[0]
+    entities.commit([], [first_output], settings={})
     warnings = []
-    query(out, "SELECT count(*) FROM entities", warn=warnings.append)
-    assert warnings == [
-        f"entities: 1 of {shards} document shards have no committed output (the run is unfinished "
-        "or failed: re-run the job to complete it)"
-    ]
+    n = query(out, "SELECT count(*) AS n FROM entities", warn=warnings.append)["n"][0]
+    assert len(warnings) == 1 and warnings[0].startswith("entities: version ") and "last finished run" in warnings[0]
+    assert n == first["stages"]["ner"]["committed"]["rows"]  # the snapshot still has every row
     assert main(["query", str(out), "SELECT count(*) AS n FROM documents"]) == 0
-    assert "biomine: warning: entities: 1 of" in capsys.readouterr().err
-    # kb build over relations that miss a shard says so too.
-    from pipeline.outputs.kb import build_kb
-    from pipeline.run.stages import write_shard_output
-    from pipeline.store.datasets import ShardOutput, TaskDataset
-    from pipeline.store.shards import committed_shards
-    from schemas.relations import RELATION_SCHEMA
-
-    first_shard = committed_shards(out / "documents")[0].stem
-    relations = TaskDataset(location(out / "relations"))
-    relations.commit(
-        ShardOutput(first_shard, write_shard_output(relations.loc, first_shard, RELATION_SCHEMA.empty_table()), 1),
-        task="re",
-        expected="x",
-        input_shard={},
-        settings={},
-    )
-    kb_warnings = []
-    build_kb(out / "relations", out / "kb.parquet", warn=kb_warnings.append)
-    assert kb_warnings == [
-        f"relations: {shards - 1} of {shards} document shards have no committed output (the run "
-        "is unfinished or failed: re-run the job to complete it)"
-    ]
+    assert "biomine: warning: entities: version" in capsys.readouterr().err
     again = run_job(load_job(job), progress=False)
     assert again["stages"]["ner"]["shards_done"] == 1 and again["stages"]["ner"]["shards_skipped"] == shards - 1
-    # The manifest of that (resuming) run still counts the whole dataset, not just its own shard.
-    assert again["stages"]["ner"]["committed"] == first["stages"]["ner"]["committed"]
-    assert first["stages"]["ner"]["committed"]["shards"] == shards
+    # The record of that (resuming) run still counts the whole table, not just its own output.
+    assert again["stages"]["ner"]["committed"]["rows"] == first["stages"]["ner"]["committed"]["rows"]
+    assert again["stages"]["ner"]["committed"]["shards"] == first["stages"]["ner"]["committed"]["shards"] == shards
 
 
 def test_one_run_at_a_time(tmp_path, models, ray_local, capsys):
@@ -161,7 +150,13 @@ def test_one_run_at_a_time(tmp_path, models, ray_local, capsys):
     )
     try:
         deadline = time.monotonic() + 120
-        while not (out / "_lease.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        def held_by_it() -> bool:
+            try:
+                return json.loads((out / "_lease.json").read_text()).get("pid") == proc.pid
+            except (FileNotFoundError, ValueError):
+                return False
+
+        while not held_by_it() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         holder = json.loads((out / "_lease.json").read_text())
@@ -175,9 +170,12 @@ def test_one_run_at_a_time(tmp_path, models, ray_local, capsys):
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
             proc.wait()
-    assert not (out / "_lease.json").exists()  # released when the run ended
-    manifest = json.loads((out / "_manifest.json").read_text())
-    assert manifest["finished_at"] and job_outputs(out).warnings == []  # the first run completed, whole
+    assert json.loads((out / "_lease.json").read_text())["released_at"]  # released when the run ended
+    from pipeline.outputs.query import snapshot
+    from pipeline.store.output import JobOutput
+
+    finished = JobOutput(out).last_run()
+    assert finished["record"]["finished_at"] and snapshot(out).warnings == []  # the first run completed, whole
 
 
 def test_a_user_error_inside_the_ingest_task_is_one_line(tmp_path, models, ray_local, capsys):

@@ -34,6 +34,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import StoreError
-from pipeline.store.storage import Location, delta_location, parquet_bytes
+from pipeline.store.storage import Location, delta_location, location, parquet_bytes
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +145,11 @@ def describe(path: str, size: int, table: pa.Table) -> DataFile:
 class Table:
     """A Delta table at a :class:`Location` (see the module docstring). ``version`` pins a snapshot."""
 
-    def __init__(self, loc: Location, version: int | str | _dt.datetime | None = None):
+    def __init__(self, loc: Location | str | os.PathLike, version: int | str | _dt.datetime | None = None):
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
 
-        self.loc = loc
+        self.loc = loc = location(loc)
         uri, options = delta_location(loc)
         try:
             self.dt = DeltaTable(uri, storage_options=options)
@@ -161,15 +162,17 @@ class Table:
 
     # --- opening and creating ------------------------------------------------------------------------
     @staticmethod
-    def exists(loc: Location) -> bool:
+    def exists(loc: Location | str | os.PathLike) -> bool:
+        loc = location(loc)
         return (loc / LOG_DIR).is_dir() and bool((loc / LOG_DIR).files(".json"))
 
     @classmethod
-    def create(cls, loc: Location, schema: pa.Schema, dataset: str, schema_version: int) -> Table:
+    def create(cls, loc: Location | str, schema: pa.Schema, dataset: str, schema_version: int) -> Table:
         """A new, empty table of ``schema``, its properties naming ``dataset`` and ``schema_version``.
         Two processes creating the same table at once: one creates it, the other opens it."""
         from deltalake import DeltaTable
 
+        loc = location(loc)
         uri, options = delta_location(loc)
         loc.mkdir()
         try:
@@ -186,7 +189,7 @@ class Table:
         return table
 
     @classmethod
-    def open(cls, loc: Location, dataset: str | None = None) -> Table:
+    def open(cls, loc: Location | str, dataset: str | None = None) -> Table:
         """The table at ``loc``; with ``dataset``, it must be a table of that dataset.
 
         :raises TableError: no table there, a damaged log, or a table of another dataset.
@@ -198,7 +201,8 @@ class Table:
         return table
 
     @classmethod
-    def open_or_create(cls, loc: Location, schema: pa.Schema, dataset: str, schema_version: int) -> Table:
+    def open_or_create(cls, loc: Location | str, schema: pa.Schema, dataset: str, schema_version: int) -> Table:
+        loc = location(loc)
         if cls.exists(loc):
             table = cls.open(loc, dataset)
             have = int(table.properties.get(SCHEMA_VERSION_PROPERTY) or 0)
