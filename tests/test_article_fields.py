@@ -1,20 +1,25 @@
 """The article fields of schema version 2 (issue "Articles: the PubMed fields users expect"):
 chemicals, grants, references, comments/corrections and retraction status, journal details, other
 ids and publication-type UIs; on hand-written records, on real efetch answers (../shared, checked
-against Bio.Entrez.read), through old shards, and into relations and the knowledge base."""
+against Bio.Entrez.read), through data files of schema version 1 in a documents Delta table, and into
+relations and the knowledge base (read back with independent Delta readers too)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 
+import duckdb
+import polars
 import pyarrow as pa
 import pyarrow.parquet as pq
+from deltalake import DeltaTable
 from fake_eutils import PUBMED_DOCTYPE, article_xml, pubmed_document
 
-from pipeline.pubmed.ingest import ingest_files
+from pipeline.pubmed.ingest import INGEST_OWNER, ingest_files
 from pipeline.pubmed.parser import parse_articles
-from pipeline.store.shards import ShardInfo, ShardStore, committed_shards, read_articles
+from pipeline.store.documents import Documents, read_articles
+from pipeline.store.output import JobOutput
+from pipeline.store.tables import DataFile, Table, write_data_file
 from schemas.articles import ARTICLE_SCHEMA, SCHEMA_VERSION, to_table
 
 FULL_RECORD = """<PubmedArticle><MedlineCitation Status="MEDLINE" Owner="NLM"><PMID Version="1">31000001</PMID>
@@ -203,82 +208,86 @@ def test_real_efetch_answers_agree_with_biopython(shared):
     assert seen_chemicals > 0 and seen_grants > 0  # the answers do exercise both lists
 
 
-# --- old shards, relations and the KB -----------------------------------------------------------------
+# --- data files of schema version 1, relations and the KB -------------------------------------------
 
 
 V1_COLUMNS = ARTICLE_SCHEMA.names[: ARTICLE_SCHEMA.get_field_index("fetched_at") + 1]
 
 
-def add_v1_shard(out, rows: list[dict]) -> ShardInfo:
-    """A shard as biomine wrote it before schema version 2: only the old columns, version 1 in its footer."""
+def add_v1_table(out, rows: list[dict]) -> DataFile:
+    """A documents table as a biomine of article schema version 1 would have written it: table property
+    ``biomine.schema_version`` 1, a Delta schema and one data file with only the old columns (version 1
+    in its footer). Was: a version-1 shard in the old manifest layout."""
+    output = JobOutput(out)
+    output.root.mkdir()
+    output.check_owner(INGEST_OWNER, claim=True)
     table = to_table(rows).select(V1_COLUMNS)
     meta = dict(ARTICLE_SCHEMA.metadata)
     meta[b"biomine.schema_version"] = b"1"
-    name = "part-000000.parquet"
-    with ShardStore(out, "ingest") as store, store.transaction() as txn:
-        pq.write_table(table.replace_schema_metadata(meta), out / name)
-        info = ShardInfo(
-            name,
-            table.num_rows,
-            min(r["pmid"] for r in rows),
-            max(r["pmid"] for r in rows),
-            (out / name).stat().st_size,
-            None,
-        )
-        txn.add(info)
-        txn.commit()
-    manifest = json.loads((out / "_manifest.json").read_text())
-    manifest["schema_version"] = 1  # as the old biomine wrote it
-    for entry in manifest["shards"]:  # and without the keys of deletion vectors
-        del entry["deleted"], entry["deletions"]
-    (out / "_manifest.json").write_text(json.dumps(manifest))
+    table = table.replace_schema_metadata(meta)
+    delta = Table.create(output.documents, table.schema, "documents", 1)
+    info = write_data_file(output.documents, "part-000000", table)
+    delta.commit([info])
+    assert DeltaTable(str(out / "documents")).metadata().configuration["biomine.schema_version"] == "1"
+    assert pq.read_schema(out / "documents" / info.path).names == V1_COLUMNS
     return info
 
 
-def test_version_1_shards_still_read_with_the_new_columns_null(tmp_path):
+def test_version_1_data_files_still_read_with_the_new_columns_null(tmp_path):
     from pipeline.outputs.query import query
 
-    docs = tmp_path / "out" / "documents"
-    docs.mkdir(parents=True)
-    add_v1_shard(docs, parse_articles(pubmed_document([article_xml(1), article_xml(2)]).encode()))
+    out = tmp_path / "out"
+    old = add_v1_table(out, parse_articles(pubmed_document([article_xml(1), article_xml(2)]).encode()))
     src = tmp_path / "pubmed26n0001.xml"
     src.write_text(PUBMED_DOCTYPE + "<PubmedArticleSet>" + FULL_RECORD + "</PubmedArticleSet>")
-    ingest_files([src], docs)
-    table = read_articles(docs)
+    ingest_files([src], out)
+    table = read_articles(out)
     assert table.schema.equals(ARTICLE_SCHEMA) and table.num_rows == 3
     by_pmid = {r["pmid"]: r for r in table.to_pylist()}
     assert by_pmid[1]["retracted"] is None and by_pmid[1]["chemicals"] is None  # unknown, not "none"
     assert by_pmid[31000001]["retracted"] is True
-    assert json.loads((docs / "_manifest.json").read_text())["schema_version"] == 2
-    frame = query(tmp_path / "out", "SELECT pmid, retracted, medline_ta, reference_pmids FROM documents ORDER BY pmid")
+    # Was: the manifest's schema_version became 2. Now the table's schema evolved in the log (the new
+    # columns added, the property raised); the version-1 file is untouched, and every Delta reader
+    # reads its rows with the new columns null.
+    delta = DeltaTable(str(out / "documents"))
+    assert delta.metadata().configuration["biomine.schema_version"] == str(SCHEMA_VERSION) == "2"
+    assert pa.schema(delta.schema().to_arrow()).names == ARTICLE_SCHEMA.names
+    assert old.path in Documents(JobOutput(out).documents).files()
+    frame = delta.to_pandas(columns=["pmid", "retracted", "chemicals"]).sort_values("pmid")
+    assert frame["pmid"].tolist() == [1, 2, 31000001] and frame["retracted"].isna().tolist() == [True, True, False]
+    assert frame["chemicals"].isna().tolist() == [True, True, False]
+    pl_rows = polars.read_delta(str(out / "documents")).select("pmid", "retracted").sort("pmid").rows()
+    assert pl_rows == [(1, None), (2, None), (31000001, True)]
+    frame = query(out, "SELECT pmid, retracted, medline_ta, reference_pmids FROM documents ORDER BY pmid")
     assert frame["pmid"].tolist() == [1, 2, 31000001]
     assert frame["retracted"].isna().tolist() == [True, True, False]
-    # Compaction rewrites a version-1 shard in the current schema.
-    from pipeline.store.shards import compact
-
-    write_deletion = tmp_path / "pubmed26n0002.xml"
-    write_deletion.write_text(pubmed_document([], deletions=[1]))
-    ingest_files([write_deletion], docs)
-    with ShardStore(docs, "ingest") as store:
-        ((old, new),) = compact(store, min_deleted=0.5)
-    assert old == "part-000000.parquet"
-    assert pq.read_schema(docs / new).metadata[b"biomine.schema_version"] == b"2"
-    assert sorted(read_articles(docs, ["pmid"]).column("pmid").to_pylist()) == [2, 31000001]
+    # Was: compaction rewrote a version-1 shard in the current schema. Now an update that removes an
+    # article from the version-1 file rewrites it (copy-on-write), in the current schema.
+    deletion = tmp_path / "pubmed26n0002.xml"
+    deletion.write_text(pubmed_document([], deletions=[1]))
+    ingest_files([deletion], out)
+    files = Documents(JobOutput(out).documents).files()
+    assert old.path not in files
+    (new,) = [f for f in files.values() if f.base == old.base]
+    assert new.rows == 1 and (new.min_pmid, new.max_pmid) == (2, 2)
+    schema = pq.read_schema(out / "documents" / new.path)
+    assert schema.metadata[b"biomine.schema_version"] == b"2" and schema.names == ARTICLE_SCHEMA.names
+    assert sorted(read_articles(out, ["pmid"]).column("pmid").to_pylist()) == [2, 31000001]
+    assert sorted(DeltaTable(str(out / "documents")).to_pandas(columns=["pmid"])["pmid"]) == [2, 31000001]
 
 
 def test_retraction_reaches_relations_and_the_kb(tmp_path):
-    from pipeline.outputs.kb import build_kb
+    from pipeline.outputs.kb import export_kb, update_kb
     from pipeline.outputs.query import query
-    from pipeline.run.stages import write_shard_output
-    from pipeline.store.datasets import ShardOutput, TaskDataset
-    from pipeline.store.storage import location
-    from schemas.relations import cast_batch
+    from pipeline.store.datasets import settings_key, write_output
+    from schemas.relations import RELATION_SCHEMA, cast_batch
 
     out = tmp_path / "out"
     src = tmp_path / "pubmed26n0001.xml"
     src.write_text(PUBMED_DOCTYPE + "<PubmedArticleSet>" + FULL_RECORD + article_xml(5) + "</PubmedArticleSet>")
-    ingest_files([src], out / "documents", now=lambda: dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
-    (shard,) = committed_shards(out / "documents")
+    ingest_files([src], out, now=lambda: dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    output = JobOutput(out)
+    (doc,) = Documents(output.documents).files().values()
 
     def row(pmid: int, head: str, tail: str) -> dict:
         return {
@@ -293,7 +302,9 @@ def test_retraction_reaches_relations_and_the_kb(tmp_path):
             "raw_generation": "x",
         }
 
-    relations = TaskDataset(location(out / "relations"))
+    # Relations computed from the one documents file, committed as a task would (its output file is
+    # named after that file and the settings).
+    relations = output.dataset("relations", RELATION_SCHEMA)
     table = cast_batch(
         [
             row(31000001, "warfarin", "amiodarone"),
@@ -301,26 +312,40 @@ def test_retraction_reaches_relations_and_the_kb(tmp_path):
             row(31000001, "warfarin", "aspirin"),
         ]
     )
-    relations.commit(
-        ShardOutput(shard.stem, write_shard_output(relations.loc, shard.stem, table), 2),
-        task="re",
-        expected="x",
-        input_shard=shard.identity(),
-        settings={},
-    )
+    settings = {"task": "re"}
+    assert relations.table.files() == {}  # created, empty, before a worker writes into its folder
+    written = write_output(relations.loc, doc.stem, settings_key(settings), table)
+    relations.commit([written], [], settings=settings)
+    assert list(relations.outputs()) == [written.path] and relations.outputs()[written.path][0].doc == doc.stem
     flags = query(out, "SELECT pmid, article_retracted FROM relations ORDER BY pmid, tail")
     assert list(zip(flags["pmid"].tolist(), flags["article_retracted"].tolist())) == [
         (5, False),
         (31000001, True),
         (31000001, True),
     ]
-    assert build_kb(out / "relations", out / "kb.parquet") == 2
+    # The same join with DuckDB straight over the two Delta tables (no biomine view).
+    con = duckdb.connect()
+    con.register("rel", DeltaTable(str(out / "relations")).to_pyarrow_dataset())
+    con.register("docs", DeltaTable(str(out / "documents")).to_pyarrow_dataset())
+    joined = con.sql(
+        "SELECT r.pmid, d.retracted FROM rel r JOIN docs d USING (pmid, version) ORDER BY r.pmid, r.tail"
+    ).fetchall()
+    assert joined == [(5, False), (31000001, True), (31000001, True)]
+
+    # Was: build_kb(OUT/relations, FILE). Now the KB is exported to one file, and kept as OUT/kb.
+    assert export_kb(output, out / "kb.parquet") == 2
     kb = {(r["drug_a"], r["drug_b"]): r for r in pq.read_table(out / "kb.parquet").to_pylist()}
     both = kb[("amiodarone", "warfarin")]
     assert (both["pmids"], both["retracted_pmids"], both["retracted"]) == ([5, 31000001], [31000001], False)
     only = kb[("aspirin", "warfarin")]
     assert (only["retracted_pmids"], only["retracted"]) == ([31000001], True)
     assert pa.types.is_boolean(pq.read_schema(out / "kb.parquet").field("retracted").type)
+    assert update_kb(output)["edges"] == 2
+    table = polars.read_delta(str(out / "kb")).sort("drug_a", "drug_b")
+    assert table.select("drug_a", "drug_b", "retracted_pmids", "retracted").rows() == [
+        ("amiodarone", "warfarin", [31000001], False),
+        ("aspirin", "warfarin", [31000001], True),
+    ]
 
 
 def test_ingest_keeps_the_new_fields(tmp_path):
@@ -332,3 +357,8 @@ def test_ingest_keeps_the_new_fields(tmp_path):
     assert {k: row[k] for k in expected if k not in ("source", "fetched_at")} == {
         k: v for k, v in expected.items() if k not in ("source", "fetched_at")
     }
+    # An independent Delta reader returns the same nested values.
+    (by_polars,) = polars.read_delta(str(tmp_path / "out" / "documents")).to_dicts()
+    for key in ("chemicals", "grants", "reference_pmids", "comments_corrections", "other_ids", "publication_type_uis"):
+        assert by_polars[key] == expected[key], key
+    assert (by_polars["retracted"], by_polars["pages"], by_polars["issn_linking"]) == (True, "S12-S20", "0091-2700")

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import multiprocessing
 import re
 import time
 
+import polars
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 from fake_eutils import FakeEutils, article_xml
 
 from biogpt.errors import ConfigError
 from pipeline.cli import main
-from pipeline.errors import ShardStateError
+from pipeline.errors import StoreError
 from pipeline.pubmed.eutils import (
     Credentials,
     EutilsClient,
@@ -24,7 +29,8 @@ from pipeline.pubmed.eutils import (
     plan_ranges,
 )
 from pipeline.pubmed.parser import parse_articles
-from pipeline.store.shards import read_articles, read_manifest
+from pipeline.store.documents import Documents, read_articles
+from pipeline.store.output import JobOutput
 
 QUERY = "warfarin AND drug interactions"
 
@@ -67,14 +73,45 @@ def client(fake, tmp_path):
 
 
 def pmids(out) -> list[int]:
-    return read_articles(out, ["pmid"]).column("pmid").to_pylist()
+    """The live PMIDs as an independent Delta reader (deltalake) returns them, sorted; checked to be
+    what biomine's own reader returns."""
+    found = sorted(DeltaTable(str(out / "documents")).to_pandas(columns=["pmid"])["pmid"].tolist())
+    assert sorted(read_articles(out, ["pmid"]).column("pmid").to_pylist()) == found
+    return found
+
+
+def files(out) -> list[tuple[str, list[int]]]:
+    """The live data files (name order, which is fetch order: part-NNNNNN), each with its PMIDs as
+    polars reads them through the table's log. Was: the manifest's shards."""
+    actions = pa.table(DeltaTable(str(out / "documents")).get_add_actions(flatten=True))
+    names = sorted(actions.column("path").to_pylist())
+    table = polars.read_delta(str(out / "documents")).select("pmid")
+    assert table.height == sum(actions.column("num_records").to_pylist())
+    return [
+        (n, sorted(pq.read_table(out / "documents" / n, columns=["pmid"]).column("pmid").to_pylist())) for n in names
+    ]
+
+
+def batches_of(order: list[int], sizes: list[int]) -> list[list[int]]:
+    """``order`` cut into consecutive pieces of ``sizes``, each sorted (a data file is sorted by PMID)."""
+    out, start = [], 0
+    for size in sizes:
+        out.append(sorted(order[start : start + size]))
+        start += size
+    return out
+
+
+def last_notes(out) -> dict:
+    """The ``notes`` of the newest commit of the documents table, read from the Delta log with deltalake."""
+    (entry,) = DeltaTable(str(out / "documents")).history(1)
+    return json.loads(entry["biomine.notes"])
 
 
 def test_fetch_uses_history_batches_and_sends_credentials(fake, client, tmp_path):
     records = corpus(7)
     fake.add_query(QUERY, records)
     summary = fetch_query(client(), QUERY, tmp_path / "out", batch_size=3, shard_rows=4)
-    assert pmids(tmp_path / "out") == newest_first(records)
+    assert pmids(tmp_path / "out") == sorted(newest_first(records))
     assert (summary.total_hits, summary.fetched, summary.rows) == (7, 7, 7)
     searches, fetches = fake.requests_for("esearch"), fake.requests_for("efetch")
     # The count needs no history; the search whose ids are fetched uses it.
@@ -90,7 +127,9 @@ def test_fetch_uses_history_batches_and_sends_credentials(fake, client, tmp_path
     table = read_articles(tmp_path / "out")
     assert set(table.column("source").to_pylist()) == {QUERY}
     assert table.column("fetched_at").null_count == 0
-    assert [s["rows"] for s in read_manifest(tmp_path / "out")["shards"]] == [4, 3]
+    # One data file per 4 articles, in fetch order: the newest hits first.
+    assert [ids for _, ids in files(tmp_path / "out")] == batches_of(newest_first(records), [4, 3])
+    assert [name.split(".")[0] for name, _ in files(tmp_path / "out")] == ["part-000000", "part-000001"]
 
 
 def test_query_past_the_paging_limit_is_split_by_date(fake, client, tmp_path):
@@ -101,8 +140,9 @@ def test_query_past_the_paging_limit_is_split_by_date(fake, client, tmp_path):
     fake.add_query(QUERY, records)
     summary = fetch_query(client(), QUERY, tmp_path / "out", batch_size=20, split_threshold=50, shard_rows=64)
     got = pmids(tmp_path / "out")
-    assert sorted(got) == sorted(p for p, _, _ in records) and len(got) == len(set(got)) == 173
-    assert got == newest_first(records)
+    assert got == sorted(p for p, _, _ in records) and len(got) == len(set(got)) == 173
+    # Newest first, across the date ranges: each data file holds the next 64 newest hits.
+    assert [ids for _, ids in files(tmp_path / "out")] == batches_of(newest_first(records), [64, 64, 45])
     assert summary.ranges >= 4
     # Nothing ever asked the fake to page past its limit (it would have answered <ERROR>).
     for request in fake.requests:
@@ -145,7 +185,7 @@ def test_transient_failures_are_retried(fake, client, tmp_path, kind):
     fake.fail("efetch", kind, when=lambda p: p.get("retstart") == "3")
     fake.fail("esearch", kind)
     fetch_query(client(), QUERY, tmp_path / "out", batch_size=3)
-    assert pmids(tmp_path / "out") == newest_first(records)
+    assert pmids(tmp_path / "out") == sorted(newest_first(records))
     second_batch = [r.fault for r in fake.requests_for("efetch") if r.params.get("retstart") == "3"]
     assert second_batch == [kind, None]
 
@@ -169,16 +209,23 @@ def test_unparseable_batch_fails_the_run_naming_batch_and_query_then_resumes(fak
     assert "efetch batch 2/3 (records 4-6 of 7)" in message and repr(QUERY) in message
     assert "after 3 attempts" in message and "malformed or truncated PubMed XML" in message
     assert fault.hits == 3
-    # The first batch was committed as a shard; the broken one left nothing behind.
-    assert pmids(out) == newest_first(records)[:3]
-    assert sorted(p.name for p in out.iterdir()) == ["_lock", "_manifest.json", "part-000000.parquet"]
+    # The first batch was committed as a data file; the broken one left nothing behind: the table
+    # folder holds its log and that one file, the only live one. (Was: the output folder held the
+    # lock, the manifest and one shard; now the output holds its owner and lease files and the table.)
+    assert pmids(out) == sorted(newest_first(records)[:3])
+    version = DeltaTable(str(out / "documents")).version()
+    ((name, first),) = files(out)
+    assert first == sorted(newest_first(records)[:3])
+    assert sorted(p.name for p in (out / "documents").iterdir()) == ["_delta_log", name]
+    assert {p.name for p in out.iterdir()} <= {"_job.json", "_lease.json", "_lease.json.lock", "documents"}
 
     fault.times = 0
     before = len(fake.requests_for("efetch"))
     fetch_query(client(), QUERY, out, batch_size=3, shard_rows=3)
-    assert pmids(out) == newest_first(records)
+    assert pmids(out) == sorted(newest_first(records))
     refetched = [r.params.get("retstart") for r in fake.requests_for("efetch")[before:]]
     assert refetched == ["3", "6"]  # the committed first batch was not fetched again
+    assert files(out)[0] == (name, first) and DeltaTable(str(out / "documents")).version() > version
 
 
 def test_crash_after_a_shard_then_rerun_equals_uninterrupted_run(fake, client, tmp_path, monkeypatch):
@@ -186,25 +233,33 @@ def test_crash_after_a_shard_then_rerun_equals_uninterrupted_run(fake, client, t
     fake.add_query(QUERY, records)
     fetch_query(client(), QUERY, tmp_path / "clean", batch_size=3, shard_rows=4)
 
-    import pipeline.store.shards as shards
+    from pipeline.store.documents import DocumentTransaction
 
-    real_commit, calls = shards.Transaction.commit, []
+    real_commit, calls = DocumentTransaction.commit, []
 
     def crash_after_first(self, **kw):
-        real_commit(self, **kw)
-        calls.append(1)
-        if len(calls) == 1:  # the first shard is committed, then the process dies
+        version = real_commit(self, **kw)
+        calls.append(version)
+        if len(calls) == 1:  # the first data file is committed, then the process dies
             raise KeyboardInterrupt
+        return version
 
-    monkeypatch.setattr(shards.Transaction, "commit", crash_after_first)
+    monkeypatch.setattr(DocumentTransaction, "commit", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
         fetch_query(client(), QUERY, tmp_path / "crashed", batch_size=3, shard_rows=4)
-    monkeypatch.setattr(shards.Transaction, "commit", real_commit)
-    assert len(pmids(tmp_path / "crashed")) == 4
+    monkeypatch.setattr(DocumentTransaction, "commit", real_commit)
+    assert pmids(tmp_path / "crashed") == sorted(newest_first(records)[:4])
     fetch_query(client(), QUERY, tmp_path / "crashed", batch_size=3, shard_rows=4)
     clean, resumed = read_articles(tmp_path / "clean"), read_articles(tmp_path / "crashed")
     assert resumed.drop_columns(["fetched_at"]).equals(clean.drop_columns(["fetched_at"]))
-    assert [s["rows"] for s in read_manifest(tmp_path / "crashed")["shards"]] == [4, 4, 3]
+    by_deltalake = [
+        DeltaTable(str(tmp_path / out / "documents")).to_pandas().drop(columns=["fetched_at"]).sort_values("pmid")
+        for out in ("clean", "crashed")
+    ]
+    assert by_deltalake[0].reset_index(drop=True).equals(by_deltalake[1].reset_index(drop=True))
+    sizes = [len(p) for _, p in files(tmp_path / "crashed")]
+    assert sizes == [len(p) for _, p in files(tmp_path / "clean")] == [4, 4, 3]
+    assert [p for _, p in files(tmp_path / "crashed")] == batches_of(newest_first(records), [4, 4, 3])
 
 
 def test_rerun_fetches_only_new_hits(fake, client, tmp_path):
@@ -230,9 +285,9 @@ def test_max_records_takes_the_newest_hits_across_ranges(fake, client, tmp_path)
     records = corpus(90)
     fake.add_query(QUERY, records)
     fetch_query(client(), QUERY, tmp_path / "a", max_records=45, batch_size=10, split_threshold=20)
-    assert pmids(tmp_path / "a") == newest_first(records)[:45]
+    assert pmids(tmp_path / "a") == sorted(newest_first(records)[:45])
     fetch_query(client(), QUERY, tmp_path / "b", max_records=7, batch_size=5, split_threshold=20)
-    assert pmids(tmp_path / "b") == newest_first(records)[:7]
+    assert pmids(tmp_path / "b") == sorted(newest_first(records)[:7])
 
 
 def test_records_withheld_by_efetch_are_asked_by_id_then_reported(fake, client, tmp_path, caplog):
@@ -242,7 +297,11 @@ def test_records_withheld_by_efetch_are_asked_by_id_then_reported(fake, client, 
     with caplog.at_level(logging.WARNING):
         summary = fetch_query(client(), QUERY, tmp_path / "out", batch_size=5)
     assert summary.unavailable == [records[2][0]] and len(pmids(tmp_path / "out")) == 4
-    assert read_manifest(tmp_path / "out")["notes"]["unavailable"] == [records[2][0]]
+    # Was: the manifest's notes. Now: the final commit's info (biomine.notes) in the Delta log.
+    notes = last_notes(tmp_path / "out")
+    assert notes["unavailable"] == [records[2][0]] and (notes["query"], notes["total_hits"]) == (QUERY, 5)
+    docs = Documents(JobOutput(tmp_path / "out").documents, create=False)
+    assert docs.table.commit_metadata(limit=1)[0]["notes"] == notes
     assert fake.requests_for("efetch")[-1].params["id"] == str(records[2][0])
     assert "not returned by efetch" in caplog.text
 
@@ -279,8 +338,16 @@ def test_another_query_into_the_same_output_is_refused(fake, client, tmp_path):
     fake.add_query(QUERY, corpus(2))
     fake.add_query("aspirin", corpus(2, first_pmid=50_000_000))
     fetch_query(client(), QUERY, tmp_path / "out")
-    with pytest.raises(ShardStateError, match="use another output folder"):
+    version = DeltaTable(str(tmp_path / "out" / "documents")).version()
+    with pytest.raises(StoreError, match=r"belongs to job 'biomine fetch' \(source .*warfarin.*use another output"):
         fetch_query(client(), "aspirin", tmp_path / "out")
+    assert DeltaTable(str(tmp_path / "out" / "documents")).version() == version
+    assert pmids(tmp_path / "out") == sorted(p for p, _, _ in corpus(2))
+    # The documents table inside an output is not an output: refused, before anything is asked of NCBI.
+    searches = len(fake.requests_for("esearch"))
+    with pytest.raises(StoreError, match="is a table inside the output"):
+        fetch_query(client(), QUERY, tmp_path / "out" / "documents")
+    assert len(fake.requests_for("esearch")) == searches
 
 
 def test_real_esearch_answer_is_parsed(fake, client, shared):

@@ -69,7 +69,7 @@ from pipeline.store.documents import DEFAULT_SHARD_ROWS, AppliedInput, Documents
 from pipeline.store.lease import Lease
 from pipeline.store.output import JobOutput
 from pipeline.store.storage import Location, location
-from pipeline.store.tables import DataFile
+from pipeline.store.tables import DataFile, TableError
 from schemas.articles import to_table
 
 log = logging.getLogger(__name__)
@@ -378,7 +378,14 @@ def locate(docs: Location, files: list[DataFile], pmids: pa.Array) -> list[tuple
     reads only the ``pmid``/``version`` columns)."""
     found = []
     for info in files:
-        table = (docs / info.path).read_table(["pmid", "version"])
+        try:
+            table = (docs / info.path).read_table(["pmid", "version"])
+        except (FileNotFoundError, pa.ArrowInvalid) as exc:  # truncated, overwritten or deleted
+            raise TableError(
+                f"{docs / info.path} is missing or damaged ({str(exc).strip().splitlines()[0][:200]}): it cannot be "
+                "updated; restore the file (e.g. an earlier version of the object) or build the corpus again into a "
+                "new output"
+            ) from None
         table = table.filter(pc.is_in(table.column("pmid"), value_set=pmids))
         found += [
             (p, info.path, v) for p, v in zip(table.column("pmid").to_pylist(), table.column("version").to_pylist())

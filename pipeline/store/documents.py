@@ -249,12 +249,16 @@ class DocumentTransaction:
         if self._inputs:
             meta["inputs"] = [r.as_dict() for r in self._inputs]
         version = self.docs.table.commit(add, remove, apps=apps, metadata=meta)
-        # Uncommitted files that a later input of this transaction rewrote were never referenced.
-        for path in rewritten:
-            if path in self._added:
-                (self.docs.loc / path).delete()
+        unreferenced = [p for p in rewritten if p in self._added]
         self._committed = self.docs.files()
         self._added, self._removals, self._written, self._inputs = {}, {}, [], []
+        # Uncommitted files that a later input of this transaction rewrote were never referenced. The
+        # commit is done: failing to delete one loses nothing (it is never read; vacuum removes it).
+        for path in unreferenced:
+            try:
+                (self.docs.loc / path).delete()
+            except OSError as exc:
+                log.warning("%s: could not delete this unreferenced file (%s); `biomine compact` removes it", path, exc)
         return version
 
     def _rewrite(self, info: DataFile) -> DataFile | None:
@@ -265,7 +269,9 @@ class DocumentTransaction:
         keep = table.filter(pc.invert(pc.is_in(table.column("pmid"), value_set=gone)))
         if keep.num_rows == table.num_rows:
             return info  # none of them is in this file
-        return write_shard(self.docs.loc, info.base, keep) if keep.num_rows else None
+        # in the current article schema: a file written under an older schema version comes out
+        # with the columns that version lacks (null), as every other file of the table has them
+        return write_shard(self.docs.loc, info.base, conform(keep)) if keep.num_rows else None
 
     def abort(self) -> None:
         """Forget what came since the last commit, deleting the files this transaction wrote since."""
