@@ -71,11 +71,22 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 420) -> subpr
 
 
 def rows(out: str, name: str) -> list[dict]:
-    from pipeline.outputs.query import job_outputs
+    """The live rows of one table of an output, read by deltalake from the Delta log (S3 or local)."""
+    from deltalake import DeltaTable
 
-    files = job_outputs(out).files[name]
-    table = pa.concat_tables([f.read_table() for f in files])
+    from pipeline.store.storage import delta_location
+
+    uri, options = delta_location(location(out) / name)
+    frame = DeltaTable(uri, storage_options=options).to_pandas()
+    table = pa.Table.from_pandas(frame, preserve_index=False)
     return sorted(table.to_pylist(), key=lambda r: json.dumps(r, sort_keys=True, default=str))
+
+
+def last_run(out: str) -> dict:
+    from pipeline.store.output import JobOutput
+
+    events = JobOutput(out).run_events()
+    return events[-1] if events else {}
 
 
 @pytest.fixture(scope="module")
@@ -129,24 +140,25 @@ def test_a_job_on_s3_gives_the_rows_of_a_local_run(tmp_path, demo_models, s3_ser
         assert rows(out, name) == local_reference[name], name
     docs_local = location(local_reference["out"] / "documents")
     assert {n for n in location(out + "/documents").files(".parquet")} == set(docs_local.files(".parquet"))
+    assert rows(out, "documents") != [] and len(rows(out, "kb")) == len(rows(str(local_reference["out"]), "kb"))
     # The models came from S3 through the node's cache, verified by checksum.
     cached = sorted(p.name for p in (tmp_path / "model-cache").glob("*/*") if (p / ".biomine-verified").exists())
     assert cached == sorted(path.name for path in demo_models.values())
-    manifest = location(out + "/_manifest.json").read_json()
-    assert manifest["finished_at"] and manifest["models"]["ner"]["path"] == remote_models["ner"]
+    run = last_run(out)
+    assert run["event"] == "finished" and run["record"]["models"]["ner"]["path"] == remote_models["ner"]
 
     # A re-run verifies everything on S3 and recomputes nothing.
     again = run_cli(["run", str(s3_job), "--no-progress"], env)
     assert again.returncode == 0, again.stderr[-3000:]
-    manifest = location(out + "/_manifest.json").read_json()
-    assert all(manifest["stages"][t]["shards_done"] == 0 for t in ("ner", "re", "summarize")), manifest["stages"]
+    stages = last_run(out)["record"]["stages"]
+    assert all(stages[t]["shards_done"] == 0 for t in ("ner", "re", "summarize")), stages
 
-    # Readers on S3: query and the KB (written back to S3).
+    # Readers on S3: query, and the KB edges exported to a Parquet file on S3.
     q = run_cli(["query", out, "SELECT count(*) AS n FROM relations", "--format", "csv"], env)
     assert q.returncode == 0 and q.stdout.splitlines()[1] == str(len(rows(out, "relations"))), q.stderr
-    kb = run_cli(["kb", "build", "--relations", out + "/relations", "--out", out + "/kb.parquet"], env)
+    kb = run_cli(["kb", "build", out, "--out", out + "/exports/kb.parquet"], env)
     assert kb.returncode == 0, kb.stderr[-2000:]
-    assert location(out + "/kb.parquet").is_file()
+    assert location(out + "/exports/kb.parquet").read_table().num_rows == len(rows(out, "kb"))
 
 
 def test_storage_round_trip_on_s3_and_uri_resolution(tmp_path, s3_server, monkeypatch):
@@ -206,13 +218,17 @@ def test_two_node_cluster_without_a_shared_disk_survives_a_lost_node(
         first = subprocess.Popen(
             args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
-        commits = location(out) / "entities" / "_commits"
+        from pipeline.store.tables import Table
+
+        def committed() -> bool:
+            return Table.exists(location(out) / "entities") and bool(Table(location(out) / "entities").files())
+
         try:
             deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and first.poll() is None and not commits.files(".json"):
+            while time.monotonic() < deadline and first.poll() is None and not committed():
                 time.sleep(0.2)
             assert first.poll() is None, first.communicate()[1][-3000:]
-            assert commits.files(".json"), "no shard was committed in time"
+            assert committed(), "no output was committed in time"
             worker.stop(signal.SIGKILL)  # the node dies mid-run: raylet, workers, actors
             try:
                 first.wait(timeout=30)  # with no node left to run on, the driver may wait for one
@@ -224,12 +240,12 @@ def test_two_node_cluster_without_a_shared_disk_survives_a_lost_node(
                 os.killpg(first.pid, signal.SIGKILL)
                 first.wait()
         assert first.returncode != 0
-        assert location(out + "/_manifest.json").read_json()["finished_at"] is None
+        assert last_run(out)["event"] != "finished"
         cluster.add_node("worker-2", cpus=2, env=worker_env, hide=hidden)
         again = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=420)
         assert again.returncode == 0, again.stderr[-3000:]
-    manifest = location(out + "/_manifest.json").read_json()
-    assert manifest["finished_at"] and manifest["stages"]["ner"]["shards_skipped"] >= 1  # committed work kept
+    run = last_run(out)
+    assert run["event"] == "finished" and run["record"]["stages"]["ner"]["shards_skipped"] >= 1  # work kept
     for name in TASK_DATASETS:
         assert rows(out, name) == local_reference[name], name
     # The worker node fetched the models from S3 into its own cache (it cannot see the local ones).

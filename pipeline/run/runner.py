@@ -277,11 +277,14 @@ def _stages(plan: RunPlan, output: JobOutput, lease: Lease, progress: bool, mani
 
 
 def summary_table(manifest: dict[str, Any]) -> str:
-    rows = [("stage", "files done", "kept", "copied", "documents", "rows", "failures", "seconds", "table rows")]
+    """The run record as a table: per stage, what was computed, kept and copied, and the live rows."""
+    header = ("stage", "files done", "kept", "copied", "documents", "rows", "failures", "seconds", "table rows")
+    rows = [header]
     d = manifest["stages"].get("documents", {})
     rows.append(
         (
             "documents",
+            "-",
             "-",
             "-",
             str(d.get("documents", "")),
@@ -309,10 +312,8 @@ def summary_table(manifest: dict[str, Any]) -> str:
         )
     kb = manifest["stages"].get("kb")
     if kb:
-        rows.append(
-            ("kb", "-", "-", "-", str(kb.get("edges", "")), "-", str(kb.get("seconds", "")), str(kb.get("edges", "")))
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        rows.append(("kb", "-", "-", "-", "-", "-", "-", str(kb.get("seconds", "")), str(kb.get("edges", ""))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
