@@ -49,7 +49,14 @@ class TableSnapshot:
         import pyarrow.dataset as pads
 
         paths = [(self.loc / f).path for f in self.files]
-        return pads.dataset(paths, schema=self.schema, filesystem=self.loc.fs, format="parquet")
+        try:
+            return pads.dataset(paths, schema=self.schema, filesystem=self.loc.fs, format="parquet")
+        except (FileNotFoundError, OSError) as exc:
+            missing = str(exc).strip().splitlines()[0] if str(exc).strip() else "a data file"
+            raise BioMineError(
+                f"{self.name}: {missing} is named by the table's log (version {self.version}) but cannot be read: "
+                "restore the file (e.g. an earlier version of the object), or run the job into a new output"
+            ) from None
 
 
 @dataclass

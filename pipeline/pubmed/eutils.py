@@ -595,6 +595,7 @@ def fetch_query(
             identity = {"query": term, "mindate": mindate, "maxdate": maxdate, "datetype": datetype}
             output.check_owner({"name": "biomine fetch", "source": {"kind": "entrez", **identity}}, claim=True)
         docs = Documents(output.documents)
+        docs.table.remove_orphans()  # a killed writer's leftovers (we hold the lease)
         done = docs.pmids()
         total, ranges = plan_ranges(
             client,

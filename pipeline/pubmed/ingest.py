@@ -428,6 +428,7 @@ def ingest_files(
             lease = stack.enter_context(output.lease(f"biomine ingest into {output.root}"))
             output.check_owner(INGEST_OWNER, claim=True)
         docs = Documents(output.documents)
+        docs.table.remove_orphans()  # a killed writer's leftovers (we hold the lease)
         if pool is None:  # closed before the lease: no worker of ours writes after it is released
             pool = stack.enter_context(LocalPool(min(workers, max(1, len(files)))))
         todo, summary = _plan(docs, files, pool)

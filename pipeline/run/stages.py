@@ -309,6 +309,7 @@ def run_task_stage(
     start = time.perf_counter()
     settings = stage_settings(task_cls, options)
     key = settings_key(settings)
+    dataset.table.remove_orphans()  # a killed run's uncommitted outputs (the caller holds the lease)
     plan = dataset.plan(docs, settings)
     result.shards_skipped = len(plan.keep)
     for path, (kind, why) in sorted(plan.compute.items()):

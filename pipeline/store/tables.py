@@ -310,6 +310,42 @@ class Table:
         with ThreadPoolExecutor(_THREADS) as pool:
             return {f.path: p for f, p in zip(files, pool.map(one, files)) if p}
 
+    # --- leftovers ----------------------------------------------------------------------------------
+    def referenced(self) -> set[str]:
+        """Every data file the log names: the live ones and those that retained versions removed
+        (time travel reads them). Read from the log's own files: the commits since the last
+        checkpoint, and the checkpoint's file and tombstone lists."""
+        import pyarrow.parquet as pq
+
+        names = set(self.files())
+        logdir = self.loc / LOG_DIR
+        entries = logdir.listdir()
+        checkpoints = sorted(n for n in entries if n.endswith(".checkpoint.parquet"))
+        if checkpoints:
+            with logdir.fs.open_input_file((logdir / checkpoints[-1]).path) as f:
+                table = pq.read_table(f)
+            for column in ("add", "remove"):
+                if column in table.column_names:
+                    names |= {v["path"] for v in table.column(column).to_pylist() if v and v.get("path")}
+        for name in sorted(n for n in entries if n.endswith(".json") and n[:20].isdigit()):
+            for line in (logdir / name).read_bytes().decode("utf-8").splitlines():
+                action = json.loads(line) if line.strip() else {}
+                for kind in ("add", "remove"):
+                    if kind in action:
+                        names.add(action[kind]["path"])
+        return names
+
+    def remove_orphans(self) -> list[str]:
+        """Delete the data files of this folder that no version of the log names: what a killed writer
+        left between writing a file and committing it. Call only while holding the output's lease
+        (no other writer can be between those two steps)."""
+        referenced = self.referenced()
+        orphans = [n for n in self.loc.files(".parquet") if n not in referenced]
+        for name in orphans:
+            log.info("removing %s: no version of the table names it (left by an interrupted run)", self.loc / name)
+            (self.loc / name).delete()
+        return orphans
+
     # --- writing -------------------------------------------------------------------------------------
     def commit(
         self,
