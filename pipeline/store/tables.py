@@ -327,6 +327,13 @@ class Table:
 
         now = int(time.time() * 1000)
         adds, removes = list(add), list(remove)
+        # A live file written again under its own name (a missing or damaged output recomputed: the
+        # name is the content's checksum, so the same bytes) stays live as the log describes it;
+        # delta-rs refuses to add and remove one path in one commit.
+        same = {f.path for f in adds} & {f.path for f in removes}
+        if same:
+            adds = [f for f in adds if f.path not in same]
+            removes = [f for f in removes if f.path not in same]
         actions: list[Any] = [RemoveAction(f.path, True, now, f.size, {}) for f in removes]
         actions += [AddAction(f.path, f.size, {}, now, True, f.stats_json()) for f in adds]
         properties = CommitProperties(
