@@ -284,6 +284,7 @@ def summary_table(manifest: dict[str, Any]) -> str:
             "documents",
             "-",
             "-",
+            "-",
             str(d.get("documents", "")),
             "-",
             "-",
@@ -310,7 +311,17 @@ def summary_table(manifest: dict[str, Any]) -> str:
     kb = manifest["stages"].get("kb")
     if kb:
         rows.append(
-            ("kb", "-", "-", "-", str(kb.get("edges", "")), "-", str(kb.get("seconds", "")), str(kb.get("edges", "")))
+            (
+                "kb",
+                "-",
+                "-",
+                "-",
+                "-",
+                str(kb.get("edges", "")),
+                "-",
+                str(kb.get("seconds", "")),
+                str(kb.get("edges", "")),
+            )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
