@@ -6,10 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from test_kb_query import commit_output
+from test_kb_query import commit_documents, commit_output
 
 from pipeline.cli import main
-from pipeline.store.shards import ShardStore
 from pipeline.tasks.pubtator import read_pubtator
 from schemas import entities, relations
 
@@ -37,32 +36,30 @@ def span(word: str, label: str, concept: str | None = None, start: int = 0):
 @pytest.fixture
 def job_out(tmp_path):
     out = tmp_path / "out"
-    with ShardStore(out / "documents", "ingest") as store:
-        with store.transaction() as txn:
-            txn.write(
-                [
-                    {
-                        "pmid": 1,
-                        "version": 1,
-                        "record_type": "article",
-                        "title": TITLE,
-                        "abstract": ABSTRACT,
-                        "has_abstract": True,
-                    },
-                    {
-                        "pmid": 2,
-                        "version": 1,
-                        "record_type": "article",
-                        "title": "No entities here.",
-                        "abstract": None,
-                        "has_abstract": False,
-                    },
-                ]
-            )
-            txn.commit()
+    commit_documents(
+        out,
+        [
+            {
+                "pmid": 1,
+                "version": 1,
+                "record_type": "article",
+                "title": TITLE,
+                "abstract": ABSTRACT,
+                "has_abstract": True,
+            },
+            {
+                "pmid": 2,
+                "version": 1,
+                "record_type": "article",
+                "title": "No entities here.",
+                "abstract": None,
+                "has_abstract": False,
+            },
+        ],
+    )
     commit_output(
-        out / "entities",
-        "part-000000",
+        out,
+        "entities",
         entities.cast_batch(
             [
                 span("Warfarin", "Chemical", "D014859"),
@@ -73,8 +70,8 @@ def job_out(tmp_path):
         ),
     )
     commit_output(
-        out / "relations",
-        "part-000000",
+        out,
+        "relations",
         relations.cast_batch(
             [
                 {
@@ -168,3 +165,25 @@ def test_export_refuses_a_folder_and_unknown_outputs(job_out, tmp_path, capsys):
     assert main(["export", str(tmp_path / "nothing"), "--format", "pubtator", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("biomine: error: ")
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
+
+
+def test_export_holds_the_live_articles_only(job_out, tmp_path):
+    """An article removed from the documents table (copy-on-write: its file rewritten without it)
+    is not exported, nor are its rows; the older table version still holds it (time travel)."""
+    from deltalake import DeltaTable
+
+    from pipeline.store.documents import Documents
+    from pipeline.store.output import JobOutput
+
+    docs = Documents(JobOutput(job_out).documents)
+    before = docs.table.version
+    (path,) = docs.files()
+    with docs.transaction() as txn:
+        txn.remove(path, [1])
+        txn.commit()
+    assert sorted(DeltaTable(str(job_out / "documents")).to_pandas()["pmid"]) == [2]
+    assert sorted(DeltaTable(str(job_out / "documents"), version=before).to_pandas()["pmid"]) == [1, 2]
+    dest = tmp_path / "live.pubtator"
+    assert main(["export", str(job_out), "--format", "pubtator", "--out", str(dest), "--no-progress"]) == 0
+    docs_out = {d.pmid: d for d in read_pubtator(dest)}
+    assert set(docs_out) == {"2"} and not docs_out["2"].mentions

@@ -149,8 +149,26 @@ def test_a_job_names_a_hub_model_and_its_manifest_records_the_revision(tmp_path,
         cwd=REPO,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    manifest = json.loads((out / "_manifest.json").read_text())
+    # The summary table closes the run (every row as wide as its header: documents, the task).
+    table = [
+        line.split() for line in done.stderr.splitlines() if line.startswith(("stage ", "documents ", "summarize "))
+    ]
+    assert [row[0] for row in table] == ["stage", "documents", "summarize"], done.stderr[-2000:]
+    # Nine columns; the header's "files done" and "table rows" and the task's "summarize -> summaries" are more words.
+    assert [len(row) for row in table] == [11, 9, 11], table
+    # The run record is a row of the OUT/runs Delta table now (OUT/_manifest.json is gone).
+    from pipeline.store.output import JobOutput
+
+    run = JobOutput(out).last_run()
+    assert run is not None and run["event"] == "finished"
+    manifest = run["record"]
     model = manifest["models"]["summarize"]
+    import polars as pl
+
+    runs = pl.read_delta(str(out / "runs")).filter(pl.col("run_id") == run["run_id"])
+    assert sorted(runs["event"].to_list()) == ["finished", "started"]  # as any Delta reader sees it
+    recorded = json.loads(runs.filter(pl.col("event") == "finished")["record"][0])
+    assert recorded["models"]["summarize"]["revision"] == commit
     assert model["hub"] == "tiny-org/biogpt-tiny" and model["revision"] == commit
     assert model["path"] == f"hf://tiny-org/biogpt-tiny@{commit}" and len(model["sha256"]) == 64
     from pipeline.outputs.query import query

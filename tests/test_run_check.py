@@ -159,9 +159,14 @@ def test_check_passes_a_good_job_and_sees_an_owned_output(tmp_path, demo_models,
             "a-file is a file, not a folder",
         ),
         (["kb", "build", "--relations", "{tmp}/nothing", "--out", "{tmp}"], "--out {tmp} is a folder"),
-        (["kb", "build", "--relations", "{tmp}/nothing", "--out", "{tmp}/kb.parquet"], "no relation files"),
-        (["compact", "{tmp}"], "neither a job output"),
-        (["compact", "{tmp}", "--min-deleted", "0"], "--min-deleted 0.0: must be more than 0"),
+        # An output without tables (the relations are a Delta table of the output now, not loose files).
+        (["kb", "build", "--relations", "{tmp}/nothing", "--out", "{tmp}/kb.parquet"], "holds no biomine tables"),
+        (["kb", "build", "{tmp}"], "holds no biomine tables"),
+        (["kb", "diff", "{tmp}", "--since", "yesterday"], "--since 'yesterday': give a version of OUT/kb"),
+        (["query", "{tmp}", "SELECT 1", "--as-of", "not-a-date"], "--as-of 'not-a-date': give a run number"),
+        (["compact", "{tmp}"], "holds no biomine tables"),
+        # `--min-deleted` is gone (compact is optimize + checkpoint + vacuum now): its retention is checked instead.
+        (["compact", "{tmp}", "--retention-hours", "-1"], "--retention-hours -1: must be 0 or more"),
     ],
 )
 def test_command_line_mistakes_are_one_line(tmp_path, capsys, argv, needle):
@@ -202,7 +207,9 @@ def test_long_work_logs_progress_where_no_terminal_shows_a_bar(tmp_path, caplog)
 
     caplog.set_level(logging.INFO)
     ingest_files([SAMPLE], tmp_path / "out", progress=False)
-    assert any(r.message.startswith(f"ingest into {tmp_path / 'out'}: 1/1 files done") for r in caplog.records)
+    # The progress lines name the table written: OUT/documents.
+    done = f"ingest into {tmp_path / 'out' / 'documents'}: 1/1 files done"
+    assert any(r.message.startswith(done) for r in caplog.records), [r.message for r in caplog.records]
     caplog.clear()
     log = logging.getLogger("test.progress")
     with Progress(3000, unit="article", desc="fetch 'warfarin'", bar=False, logger=log, every=0) as progress:

@@ -150,6 +150,7 @@ def test_one_run_at_a_time(tmp_path, models, ray_local, capsys):
     )
     try:
         deadline = time.monotonic() + 120
+
         def held_by_it() -> bool:
             try:
                 return json.loads((out / "_lease.json").read_text()).get("pid") == proc.pid

@@ -138,6 +138,7 @@ def test_kill_9_during_a_copy_on_write_commit_then_a_rerun_equals_a_clean_run(tm
     ingest_files([update], clean, shard_rows=4)
     assert live_rows(uri, options) == live_rows(str(clean / "documents"))
     assert read_articles(out).num_rows == 20  # 20 - 1 deleted + 1 new
+
     # The same data files (their bases and rows; their bytes differ only by the time of ingestion,
     # fetched_at, which no two runs share).
     def layout(docs: Documents) -> list[tuple]:

@@ -71,12 +71,16 @@ def _output(args: argparse.Namespace):
 
 def run_build(args: argparse.Namespace) -> int:
     from pipeline.outputs.kb import export_kb, update_kb
+    from pipeline.outputs.query import snapshot
 
     output = _output(args)
     if args.out:
         n = export_kb(output, args.out, task=args.task)
         print(f"{args.out}: {n} edges")
         return 0
+    # Refuse a folder that is no output before taking its lease (which would write into it).
+    output.refuse_table_path("biomine kb build")
+    snapshot(output)
     with output.lease(f"biomine kb build {output.root}"):
         result = update_kb(output, task=args.task)
     print(
@@ -92,7 +96,7 @@ def run_diff(args: argparse.Namespace) -> int:
     from pipeline.outputs.query import parse_as_of
     from pipeline.store.output import JobOutput
 
-    since = parse_as_of(args.since)
+    since = parse_as_of(args.since, "--since", "a version of OUT/kb")
     result = diff(JobOutput(args.output), since)
     if args.format == "json":
         print(json.dumps(result, default=str, indent=1))

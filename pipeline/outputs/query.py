@@ -69,9 +69,12 @@ class Snapshot:
     warnings: list[str] = field(default_factory=list)
 
 
-def parse_as_of(value: str) -> int | _dt.datetime:
+def parse_as_of(
+    value: str, option: str = "--as-of", number: str = "a run number (see `biomine status`)"
+) -> int | _dt.datetime:
     """``--as-of``: a run number (``biomine status`` lists them: 1 is the first finished run) or a
-    date/time (``2026-12-01``, ``2026-12-01T06:00``, UTC unless it says otherwise).
+    date/time (``2026-12-01``, ``2026-12-01T06:00``, UTC unless it says otherwise). ``option`` and
+    ``number`` name the option and what its number is in the message (``kb diff --since``: a version).
 
     :raises BioMineError: neither.
     """
@@ -81,8 +84,7 @@ def parse_as_of(value: str) -> int | _dt.datetime:
         when = _dt.datetime.fromisoformat(value)
     except ValueError:
         raise BioMineError(
-            f"--as-of {value!r}: give a run number (see `biomine status`) or a date/time such as 2026-12-01 "
-            "or 2026-12-01T06:00"
+            f"{option} {value!r}: give {number} or a date/time such as 2026-12-01 or 2026-12-01T06:00"
         ) from None
     return when if when.tzinfo else when.replace(tzinfo=_dt.timezone.utc)
 

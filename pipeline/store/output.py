@@ -100,6 +100,10 @@ class JobOutput:
 
         :raises StoreError: naming the output to give instead.
         """
+        if self.root.is_file():
+            raise StoreError(
+                f"{self.root} is a file, not a folder: name a folder for the output (it is created if needed)"
+            )
         parent = self.root.parent
         if Table.exists(self.root) or ((parent / JOB_FILE).exists() and self.root.name in (DOCUMENTS, KB, RUNS)):
             raise StoreError(

@@ -175,8 +175,24 @@ class Table:
         loc = location(loc)
         uri, options = delta_location(loc)
         loc.mkdir()
+        # Which columns each file's statistics cover (the PMID range, for pruning): said in the table's
+        # configuration, so that readers (deltalake's pyarrow dataset, DuckDB over it) prune on those and
+        # read every file for a filter on any other column (unlisted columns would read as null bounds).
+        indexed = [c for c in STATS_COLUMNS if c in schema.names]
+        configuration = (
+            {"delta.dataSkippingStatsColumns": ",".join(indexed)}
+            if indexed
+            else {"delta.dataSkippingNumIndexedCols": "0"}
+        )
         try:
-            DeltaTable.create(uri, schema.remove_metadata(), mode="ignore", name=dataset, storage_options=options)
+            DeltaTable.create(
+                uri,
+                schema.remove_metadata(),
+                mode="ignore",
+                name=dataset,
+                configuration=configuration,
+                storage_options=options,
+            )
         except Exception as exc:
             raise TableError(f"{loc}: cannot create the {dataset} table ({_first_line(exc)})") from None
         table = cls(loc)
@@ -367,6 +383,13 @@ class Table:
 
         now = int(time.time() * 1000)
         adds, removes = list(add), list(remove)
+        # A live file written again under its own name (a missing or damaged output recomputed: the
+        # name is the content's checksum, so the same bytes) stays live as the log describes it;
+        # delta-rs refuses to add and remove one path in one commit.
+        same = {f.path for f in adds} & {f.path for f in removes}
+        if same:
+            adds = [f for f in adds if f.path not in same]
+            removes = [f for f in removes if f.path not in same]
         actions: list[Any] = [RemoveAction(f.path, True, now, f.size, {}) for f in removes]
         actions += [AddAction(f.path, f.size, {}, now, True, f.stats_json()) for f in adds]
         properties = CommitProperties(
