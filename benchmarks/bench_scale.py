@@ -1,29 +1,52 @@
-"""PubMed-scale ingest and updates: parallel parsing, what a daily update recomputes, driver memory,
-and the pipeline's CPU cost per document outside the model.
+"""PubMed-scale ingest and updates on the Delta tables: parallel parsing, what a daily update rewrites
+and recomputes, driver memory, and the pipeline's CPU cost per document outside the model.
 
 On a generated corpus (a "baseline" of ``--files`` x ``--articles`` realistic MEDLINE records, the
-generator of ``bench_parse.py``, plus ``--updates`` update files that each revise ``--revise`` of all
-articles, spread over the whole PMID range, and delete ``--delete``), in one run:
+generator of ``bench_parse.py``, plus ``--updates`` update files per mix), in one run:
 
-1. **ingest**: ``biomine ingest`` of the baseline into a fresh directory with 1 worker and with
+1. **ingest**: ``biomine ingest`` of the baseline into a fresh output with 1 worker and with
    ``--workers`` (each in its own process, so its peak RSS is the driver's own): articles/s and the
-   ratio. With more than one worker the driver only applies and commits; its peak RSS is the
-   bookkeeping, which must not grow with the corpus.
+   ratio, the commits, the data files and the size of the documents table's ``_delta_log``. With more
+   than one worker the driver only applies and commits; its peak RSS is the bookkeeping, which must
+   not grow with the corpus.
 2. **updates**: a task stage (:func:`pipeline.run.stages.run_task_stage`, on a local Ray, exactly as
    ``biomine run`` calls it) over the baseline, then each update file ingested through Ray tasks
-   (:class:`pipeline.run.cluster.RayPool`) followed by the stage again: the documents each update makes
-   the stage compute (the goal: the revised articles, not the corpus), and the rows tombstoned.
+   (:class:`pipeline.run.cluster.RayPool`, as a job does) followed by the stage again. Per update:
+   the documents data files it rewrote copy-on-write (count, bytes, and their share of the live
+   files and of the table's bytes), the rows it removed, the articles the stage computed (the goal:
+   exactly the update's revised and new articles) and the articles and output rows it copied
+   ("derived") from the outputs of the rewritten files, the seconds of each and their share of the
+   baseline's, the live files and the ``_delta_log`` size after it.
 3. **overhead**: per document, the CPU time of each step the pipeline adds around the model, in one
-   process (so per core): read the shard, tokenise and window it (the real NER ``prepare`` with the
-   real BioGPT vocabulary from ``../shared`` when present), pickle it to the actor and back, sort and
-   cast the rows, serialise and write the Parquet file, and commit it. The model is a stand-in that
-   spins ``--token-cost-us`` per token (reported apart): the figure does not measure any model. The
-   cores needed to feed one GPU are ``GPU documents/s x overhead``; the table shows it for a few GPU
-   rates (assumptions, not measurements: ``bench_ner.py`` on the GPU measures the real one).
+   process (so per core): read the data file (checked against its checksum, as the stage does),
+   tokenise and window it (the real NER ``prepare`` with the real BioGPT vocabulary from
+   ``../shared`` when present), pickle it to the actor and back, sort and cast the rows, serialise
+   and write the output file, and commit it (one Delta commit of the task table per file). The model
+   is a stand-in that spins ``--token-cost-us`` per token (reported apart): the figure does not
+   measure any model. The cores needed to feed one GPU are ``GPU documents/s x overhead``; the table
+   shows it for a few GPU rates (assumptions, not measurements: ``bench_ner.py`` on the GPU measures
+   the real one).
 
-    python benchmarks/bench_scale.py                         # 40 x 2,500 articles + 5 updates (~10 min, 2 cores)
+The update mix (``--mix``, a comma list; each mix gets its own update files, generated from the same
+live corpus, and runs on its own copy of the ingested baseline: the 2-worker output, then the
+1-worker one, which hold the same bytes):
+
+- ``realistic`` (default): PubMed's daily files mostly revise recent citations (in-process records
+  completed, indexing added) with a tail of corrections across the whole range, and delete a few.
+  Of each update's revisions and deletions, ``--recent-share`` (0.85) fall among the newest
+  ``--recent-range`` (0.10) of the live PMIDs; the rest are drawn from the whole range (which
+  includes the newest). Deletions follow the same mix.
+- ``uniform``: every revision and deletion drawn uniformly over the whole range (the previous
+  version of this benchmark).
+
+Sizes, shares of the baseline's article count, per update: ``--revise`` (0.01) revised,
+``--delete`` (0.002) deleted, ``--new`` (0.003) new articles (PMIDs above every earlier one; a
+daily file's new citations). The stage must compute exactly ``revised + new`` articles per update
+(``changed`` in the JSON).
+
+    python benchmarks/bench_scale.py                         # 40 x 2,500 articles + 5 updates
+    python benchmarks/bench_scale.py --mix realistic,uniform --json benchmarks/results/bench_scale.json
     python benchmarks/bench_scale.py --files 4 --articles 500 --updates 2 --overhead-docs 500   # smoke run
-    python benchmarks/bench_scale.py --json benchmarks/results/bench_scale.json
 
 Results go to stdout and, with ``--json``, to a file.
 """
@@ -34,6 +57,7 @@ import argparse
 import datetime as dt
 import gzip
 import json
+import math
 import os
 import pickle
 import random
@@ -53,6 +77,7 @@ from bench_parse import DOCTYPE, generate_article  # noqa: E402
 
 SHARED_VOCAB = REPO.parent / "shared" / "data" / "biogpt-vocab" / "base"
 FIRST_PMID = 30_000_000
+MIXES = ("realistic", "uniform")
 
 
 # --- the corpus ---------------------------------------------------------------------------------------
@@ -69,10 +94,58 @@ def write_file(path: Path, pmids: list[int], seed: int, deletions: list[int] = (
         f.write("</PubmedArticleSet>\n")
 
 
-def generate(root: Path, files: int, articles: int, updates: int, revise: float, delete: float) -> dict:
-    base, upd = root / "baseline", root / "updates"
+def choose(rng: random.Random, alive: list[int], k: int, mix: str, recent_share: float, recent_range: float) -> list:
+    """``k`` distinct PMIDs of the sorted live ``alive``, in random order: ``uniform`` over the whole
+    range, or ``realistic``: ``recent_share`` of them among the newest ``recent_range`` of ``alive``,
+    the rest over the whole range."""
+    k = min(k, len(alive))
+    if mix == "uniform":
+        return rng.sample(alive, k)
+    newest = alive[len(alive) - max(1, math.ceil(len(alive) * recent_range)) :]
+    chosen = rng.sample(newest, min(len(newest), round(k * recent_share)))
+    taken = set(chosen)
+    chosen += rng.sample([p for p in alive if p not in taken], k - len(chosen))
+    rng.shuffle(chosen)
+    return chosen
+
+
+def generate_updates(
+    folder: Path, mix: str, first: int, total: int, updates: int, shares: dict, seed: int
+) -> list[dict]:
+    """``updates`` update files of ``mix`` into ``folder`` (numbered from ``first``) over a baseline of
+    ``total`` articles; returns what each holds."""
+    folder.mkdir(parents=True)
+    rng = random.Random(seed)
+    alive = list(range(FIRST_PMID, FIRST_PMID + total))
+    next_pmid = FIRST_PMID + total
+    n_rev, n_del, n_new = (int(total * shares[k]) for k in ("revise", "delete", "new"))
+    plan = []
+    for u in range(updates):
+        newest_from = alive[len(alive) - max(1, math.ceil(len(alive) * shares["recent_range"]))]
+        chosen = choose(rng, alive, n_rev + n_del, mix, shares["recent_share"], shares["recent_range"])
+        revised, deleted = sorted(chosen[:n_rev]), sorted(chosen[n_rev:])
+        new = list(range(next_pmid, next_pmid + n_new))
+        next_pmid += n_new
+        gone = set(deleted)
+        alive = [p for p in alive if p not in gone] + new
+        name = f"pubmed26n{first + u:04d}.xml.gz"
+        write_file(folder / name, revised + new, seed=seed * 1000 + u, deletions=deleted)
+        plan.append(
+            {
+                "file": name,
+                "revised": len(revised),
+                "new": len(new),
+                "deleted": len(deleted),
+                "recent": sum(p >= newest_from for p in chosen),
+                "recent_from": newest_from,
+            }
+        )
+    return plan
+
+
+def generate(root: Path, files: int, articles: int, updates: int, mixes: list[str], shares: dict) -> dict:
+    base = root / "baseline"
     base.mkdir(parents=True)
-    upd.mkdir()
     total = files * articles
     for i in range(files):
         write_file(
@@ -80,25 +153,29 @@ def generate(root: Path, files: int, articles: int, updates: int, revise: float,
             list(range(FIRST_PMID + i * articles, FIRST_PMID + (i + 1) * articles)),
             seed=i,
         )
-    rng = random.Random(7)
-    alive = list(range(FIRST_PMID, FIRST_PMID + total))
-    plan = []
-    for u in range(updates):
-        chosen = rng.sample(alive, int(total * revise) + int(total * delete))
-        revised, deleted = sorted(chosen[: int(total * revise)]), sorted(chosen[int(total * revise) :])
-        alive = sorted(set(alive) - set(deleted))
-        write_file(upd / f"pubmed26n{files + u + 1:04d}.xml.gz", revised, seed=1000 + u, deletions=deleted)
-        plan.append({"file": f"pubmed26n{files + u + 1:04d}.xml.gz", "revised": len(revised), "deleted": len(deleted)})
-    return {"baseline": base, "updates": upd, "articles": total, "plan": plan}
+    plans = {
+        mix: generate_updates(
+            root / f"updates-{mix}", mix, files + 1, total, updates, shares, seed=7 + MIXES.index(mix)
+        )
+        for mix in mixes
+    }
+    return {"baseline": base, "updates": {m: root / f"updates-{m}" for m in mixes}, "articles": total, "plans": plans}
+
+
+def log_bytes(table: Path) -> int:
+    """Bytes of a table's ``_delta_log`` folder (commits, checkpoints)."""
+    return sum(f.stat().st_size for f in (table / "_delta_log").rglob("*") if f.is_file())
 
 
 # --- 1. ingest (each measurement in its own process) -------------------------------------------------
 def ingest_worker(src: str, out: str, workers: int, shard_rows: int) -> None:
     from pipeline.pubmed.ingest import ingest_files
+    from pipeline.store.documents import Documents
 
     t = time.perf_counter()
     s = ingest_files([src], out, shard_rows=shard_rows, workers=workers, progress=False)
     seconds = time.perf_counter() - t
+    files = Documents(Path(out) / "documents", create=False).files()
     print(
         json.dumps(
             {
@@ -107,8 +184,9 @@ def ingest_worker(src: str, out: str, workers: int, shard_rows: int) -> None:
                 "records": s.records,
                 "articles_per_s": s.records / seconds,
                 "commits": s.commits,
-                "manifest_bytes_written": s.manifest_bytes,
-                "manifest_bytes": os.path.getsize(os.path.join(out, "_manifest.json")),
+                "files": len(files),
+                "table_bytes": sum(f.size for f in files.values()),
+                "log_bytes": log_bytes(Path(out) / "documents"),
                 "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
         )
@@ -120,8 +198,9 @@ def measure_ingest(src: Path, out: Path, workers: int, shard_rows: int) -> dict:
         [sys.executable, __file__, "_ingest", str(src), str(out), str(workers), str(shard_rows)],
         capture_output=True,
         text=True,
-        check=True,
     )
+    if proc.returncode:
+        raise SystemExit(f"ingest with {workers} workers failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -202,84 +281,136 @@ def model_dir(root: Path) -> tuple[Path, str]:
 
 
 # --- 2. updates through the stage ---------------------------------------------------------------------
-def measure_updates(corpus: dict, docs: Path, root: Path, model: Path, shard_rows: int, workers: int) -> list[dict]:
-    import ray
+def share(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
 
+
+def measure_updates(
+    plan: list[dict], updates: Path, out: Path, model: Path, shard_rows: int, workers: int, baseline_ingest_s: float
+) -> list[dict]:
+    """The stage over the baseline in output ``out``, then each update of ``plan`` (files in
+    ``updates``) ingested through Ray tasks and the stage again; one row per step."""
     from pipeline.pubmed.ingest import ingest_files
-    from pipeline.run.cluster import Placement, RayPool, init_ray
+    from pipeline.run.cluster import Placement, RayPool
     from pipeline.run.plan import PlannedTask
-    from pipeline.run.stages import run_task_stage
-    from pipeline.store.datasets import TaskDataset
-    from pipeline.store.shards import committed_shards
-    from pipeline.store.storage import location
+    from pipeline.run.stages import run_task_stage, stage_settings
+    from pipeline.store.documents import Documents
+    from pipeline.store.output import JobOutput
     from pipeline.tasks.options import NerOptions
 
-    init_ray(None, num_cpus=workers)
-    cls = stand_in_class(0.0, tokenize=False)  # the count does not depend on the model's cost
+    cls = stand_in_class(0.0, tokenize=False)  # the counts do not depend on the model's cost
     options = NerOptions(model=str(model), model_sha256="stand-in")
-    out = root / "entities"
-    rows = []
+    settings = stage_settings(cls, options)
+    output = JobOutput(out)
+    dataset = output.dataset(cls.dataset, cls.schema)
+    docs_path = out / "documents"
+    rows: list[dict] = []
+    base_s: list[float] = []  # the baseline's ingest + stage seconds: what "all of it" costs
 
-    def stage(label: str, ingest_s: float | None, plan: dict | None, tombstoned: int | None) -> None:
-        shards = committed_shards(docs)
+    def stage(row: dict) -> None:
+        docs = Documents(output.documents).files()
+        planned = dataset.plan(docs, settings)
+        articles_derived = sum(docs[p].rows for p in planned.derive)
         t = time.perf_counter()
         r = run_task_stage(
             PlannedTask(cls.name, cls, options),
-            [docs / s.name for s in shards],
-            TaskDataset(location(out)),
+            docs,
+            output.documents,
+            dataset,
             placement=Placement(1, 0),
-            inputs={s.stem: s.identity() for s in shards},
             progress=False,
         )
-        rows.append(
+        stage_s = time.perf_counter() - t
+        live = sum(f.rows for f in docs.values())
+        if not base_s:
+            base_s.append(baseline_ingest_s + stage_s)
+        row.update(
             {
-                "step": label,
-                "ingest_s": ingest_s,
-                "revised": plan and plan["revised"],
-                "deleted": plan and plan["deleted"],
-                "tombstoned": tombstoned,
                 "documents_computed": r.documents,
+                "documents_computed_share": share(r.documents, live),
                 "shards_computed": r.shards_done,
                 "shards_kept": r.shards_skipped,
-                "stage_s": round(time.perf_counter() - t, 2),
-                "live_articles": sum(s.live for s in shards),
+                "shards_derived": r.derived,
+                "articles_derived": articles_derived,
+                "rows_derived": r.derived_rows,
+                "stage_commits": r.commits,
+                "stage_s": round(stage_s, 2),
+                "seconds_share": share((row["ingest_s"] or 0) + stage_s, base_s[0]) if row["ingest_s"] else None,
+                "live_articles": live,
+                "live_files": len(docs),
+                "table_bytes": sum(f.size for f in docs.values()),
+                "log_bytes": log_bytes(docs_path),
+                "output_log_bytes": log_bytes(out / cls.dataset),
             }
         )
+        rows.append(row)
 
-    stage("baseline", None, None, None)
-    for plan in corpus["plan"]:
+    docs = Documents(output.documents)
+    stage({"step": "baseline", "ingest_s": None, "baseline_ingest_s": round(baseline_ingest_s, 2)})
+    for p in plan:
+        before = docs.table.refresh().files()
+        log_before = log_bytes(docs_path)
         t = time.perf_counter()
-        s = ingest_files(
-            [corpus["updates"] / plan["file"]], docs, shard_rows=shard_rows, progress=False, pool=RayPool(workers)
+        s = ingest_files([updates / p["file"]], out, shard_rows=shard_rows, progress=False, pool=RayPool(workers))
+        ingest_s = time.perf_counter() - t
+        after = docs.table.refresh().files()
+        bases = {f.base for f in before.values()}
+        replaced = [f for path, f in before.items() if path not in after]  # rewritten, or emptied and dropped
+        added = [f for path, f in after.items() if path not in before]
+        rewrites = [f for f in added if f.base in bases]
+        fresh = [f for f in added if f.base not in bases]
+        table_before = sum(f.size for f in before.values())
+        assert len(rewrites) == s.rewritten and sum(f.size for f in rewrites) == s.rewritten_bytes, (s, rewrites)
+        stage(
+            {
+                "step": p["file"],
+                **{k: p[k] for k in ("revised", "new", "deleted", "recent")},
+                "changed": p["revised"] + p["new"],
+                "removed": s.tombstoned,
+                "ingest_s": round(ingest_s, 2),
+                "ingest_commits": s.commits,
+                "files_before": len(before),
+                "files_rewritten": len(replaced),
+                "files_rewritten_share": share(len(replaced), len(before)),
+                # of those, files that hold no PMID of the newest range: rewritten for the tail alone
+                "files_rewritten_old": sum(f.max_pmid is not None and f.max_pmid < p["recent_from"] for f in replaced),
+                "bytes_rewritten": s.rewritten_bytes,
+                "bytes_replaced": sum(f.size for f in replaced),
+                "bytes_rewritten_share": share(s.rewritten_bytes, table_before),
+                "files_added": len(fresh),
+                "bytes_added": sum(f.size for f in fresh),
+                "log_bytes_added": log_bytes(docs_path) - log_before,
+            }
         )
-        stage(plan["file"], round(time.perf_counter() - t, 2), plan, s.tombstoned)
-    ray.shutdown()
     return rows
 
 
 # --- 3. overhead per document, per core ----------------------------------------------------------------
-def measure_overhead(docs: Path, root: Path, model: Path, max_docs: int, token_cost_us: float) -> dict:
+def measure_overhead(documents: Path, root: Path, model: Path, max_docs: int, token_cost_us: float) -> dict:
     import pyarrow as pa
 
-    from pipeline.run.stages import COLUMNS, _sort_key, write_shard_output
-    from pipeline.store.datasets import ShardOutput, TaskDataset, fingerprint
-    from pipeline.store.shards import committed_shards
-    from pipeline.store.storage import location
+    from pipeline.run.stages import COLUMNS, _sort_key, read_verified, stage_settings
+    from pipeline.store.datasets import settings_key, write_output
+    from pipeline.store.documents import Documents
+    from pipeline.store.output import JobOutput
     from pipeline.tasks.options import NerOptions
 
     cls = stand_in_class(token_cost_us, tokenize=True)
     options = NerOptions(model=str(model), model_sha256="stand-in")
     task = cls(options)
-    dataset = TaskDataset(location(root / "overhead"))
+    settings = stage_settings(cls, options)
+    key = settings_key(settings)
+    dataset = JobOutput(root / "overhead").dataset(cls.dataset, cls.schema)
+    dataset.table  # noqa: B018  (created outside the timing)
+    docs = Documents(documents, create=False)
     times = {k: 0.0 for k in ("read", "tokenise", "pickle", "model", "rows", "write", "commit")}
     n = tokens = 0
     cls.prepare({c: pa.array([]).to_numpy(zero_copy_only=False) for c in COLUMNS}, options)  # tokenizer load
-    for shard in committed_shards(docs):
+    for path, info in sorted(docs.files().items()):
         if n >= max_docs:
             break
-        loc = location(docs) / shard.name
         c = time.process_time()
-        table = loc.read_table(COLUMNS)
+        table = read_verified(docs.loc / path, info.size, COLUMNS)
         batch = {col: table.column(col).to_numpy(zero_copy_only=False) for col in COLUMNS}
         times["read"] += time.process_time() - c
         c = time.process_time()
@@ -297,17 +428,10 @@ def measure_overhead(docs: Path, root: Path, model: Path, max_docs: int, token_c
         cast = cls.cast_batch(out_rows)
         times["rows"] += time.process_time() - c
         c = time.process_time()
-        written = write_shard_output(dataset.loc, shard.stem, cast)
+        written = write_output(dataset.loc, info.stem, key, cast)
         times["write"] += time.process_time() - c
         c = time.process_time()
-        settings = {"task": "ner", **options.settings()}
-        dataset.commit(
-            ShardOutput(shard.stem, written, table.num_rows),
-            task="ner",
-            expected=fingerprint(shard.identity(), settings),
-            input_shard=shard.identity(),
-            settings=settings,
-        )
+        dataset.commit([written], [], settings=settings)
         times["commit"] += time.process_time() - c
         n += table.num_rows
         tokens += sum(len(d["ids"]) for d in prepared["_ner"])
@@ -315,6 +439,7 @@ def measure_overhead(docs: Path, root: Path, model: Path, max_docs: int, token_c
     overhead = sum(v for k, v in per_doc_ms.items() if k != "model")
     return {
         "documents": n,
+        "files": len(dataset.table.files()),
         "tokens_per_document": tokens / n,
         "ms_per_document": per_doc_ms,
         "overhead_ms_per_document": overhead,
@@ -323,70 +448,141 @@ def measure_overhead(docs: Path, root: Path, model: Path, max_docs: int, token_c
 
 
 # --- main ---------------------------------------------------------------------------------------------
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def print_updates(mix: str, rows: list[dict]) -> None:
+    print(f"\nupdates, {mix} mix (stand-in NER stage on a local Ray after each)")
+    print(
+        f"{'step':<22} {'rev':>5} {'new':>5} {'del':>5} {'removed':>7} {'files rewritten':>16} {'MB rewritten':>14} "
+        f"{'computed':>15} {'derived':>7} {'rows copied':>11} {'ingest s':>8} {'stage s':>7} {'time':>6} "
+        f"{'files':>5} {'log KB':>7}"
+    )
+    for r in rows:
+        if r["step"] == "baseline":
+            files, mb, removed = "-", "-", "-"
+        else:
+            files = f"{r['files_rewritten']}/{r['files_before']} {pct(r['files_rewritten_share'])}"
+            mb = f"{r['bytes_rewritten'] / 1e6:.1f} {pct(r['bytes_rewritten_share'])}"
+            removed = r["removed"]
+        computed = f"{r['documents_computed']} {pct(r['documents_computed_share'])}"
+        print(
+            f"{r['step']:<22} {r.get('revised', '-'):>5} {r.get('new', '-'):>5} {r.get('deleted', '-'):>5} "
+            f"{removed:>7} {files:>16} {mb:>14} {computed:>15} {r['articles_derived']:>7} {r['rows_derived']:>11} "
+            f"{r['ingest_s'] or r['baseline_ingest_s']:>8} {r['stage_s']:>7} {pct(r['seconds_share']):>6} "
+            f"{r['live_files']:>5} {r['log_bytes'] / 1024:>7.1f}"
+        )
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--files", type=int, default=40, help="baseline files (default 40)")
     p.add_argument("--articles", type=int, default=2500, help="articles per baseline file (default 2500)")
-    p.add_argument("--updates", type=int, default=5, help="update files (default 5)")
-    p.add_argument("--revise", type=float, default=0.01, help="share of all articles each update revises (0.01)")
-    p.add_argument("--delete", type=float, default=0.002, help="share of all articles each update deletes (0.002)")
+    p.add_argument("--updates", type=int, default=5, help="update files per mix (default 5)")
+    p.add_argument(
+        "--mix",
+        default="realistic",
+        help="update mixes, a comma list of realistic (most changes among recent PMIDs) and uniform (default realistic)",
+    )
+    p.add_argument("--revise", type=float, default=0.01, help="share of the baseline each update revises (0.01)")
+    p.add_argument("--delete", type=float, default=0.002, help="share of the baseline each update deletes (0.002)")
+    p.add_argument("--new", type=float, default=0.003, help="share of the baseline each update adds as new (0.003)")
+    p.add_argument(
+        "--recent-share",
+        type=float,
+        default=0.85,
+        help="realistic mix: share of the revisions and deletions among the newest PMIDs (0.85)",
+    )
+    p.add_argument(
+        "--recent-range",
+        type=float,
+        default=0.10,
+        help="realistic mix: the newest PMIDs, as a share of the live PMIDs (0.10)",
+    )
     p.add_argument("--workers", type=int, default=2, help="parallel workers to compare with 1 (default 2)")
-    p.add_argument("--shard-rows", type=int, default=10_000, help="rows per document shard (default 10000)")
+    p.add_argument("--shard-rows", type=int, default=10_000, help="rows per document data file (default 10000)")
     p.add_argument("--overhead-docs", type=int, default=5000, help="documents for the overhead figure (5000)")
     p.add_argument("--token-cost-us", type=float, default=0.0, help="the stand-in model's cost per token, in µs (0)")
     p.add_argument("--gpu-rates", default="200,1000,5000", help="GPU documents/s to size the CPU side for")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--keep", action="store_true", help="keep the generated corpus and outputs (path printed)")
     args = p.parse_args(argv)
+    mixes = [m.strip() for m in args.mix.split(",") if m.strip()]
+    if not mixes or any(m not in MIXES for m in mixes) or len(set(mixes)) != len(mixes):
+        p.error(f"--mix: a comma list of distinct {', '.join(MIXES)}")
+    if not (0 <= args.recent_share <= 1 and 0 < args.recent_range <= 1):
+        p.error("--recent-share must be in [0, 1] and --recent-range in (0, 1]")
 
     root = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     results: dict = {
         "date": dt.date.today().isoformat(),
         "cpus": os.cpu_count(),
+        "design": "delta-copy-on-write",
         "args": {k: str(v) for k, v in vars(args).items()},
     }
     try:
         t = time.perf_counter()
-        corpus = generate(root / "src", args.files, args.articles, args.updates, args.revise, args.delete)
+        shares = {k: getattr(args, k) for k in ("revise", "delete", "new", "recent_share", "recent_range")}
+        corpus = generate(root / "src", args.files, args.articles, args.updates, mixes, shares)
         size = sum(f.stat().st_size for f in (root / "src").rglob("*.gz"))
         print(
-            f"generated {args.files} x {args.articles} articles + {args.updates} updates "
+            f"generated {args.files} x {args.articles} articles + {args.updates} updates x {len(mixes)} mixes "
             f"({size / 1e6:.0f} MB gzipped) in {time.perf_counter() - t:.0f} s",
             flush=True,
         )
 
-        ingest = [measure_ingest(corpus["baseline"], root / f"docs-{w}", w, args.shard_rows) for w in (1, args.workers)]
+        outs = {w: root / f"out-{w}" for w in (1, args.workers)}
+        ingest = [measure_ingest(corpus["baseline"], outs[w], w, args.shard_rows) for w in (1, args.workers)]
         results["ingest"] = ingest
         ratio = ingest[1]["articles_per_s"] / ingest[0]["articles_per_s"]
         results["ingest_ratio"] = ratio
         print("\ningest of the baseline")
         print(
-            f"{'workers':>8} {'seconds':>8} {'articles/s':>11} {'commits':>8} {'manifest KB':>12} {'driver peak RSS MB':>19}"
+            f"{'workers':>8} {'seconds':>8} {'articles/s':>11} {'commits':>8} {'files':>6} {'table MB':>9} "
+            f"{'log KB':>7} {'driver peak RSS MB':>19}"
         )
         for r in ingest:
             print(
-                f"{r['workers']:>8} {r['seconds']:>8.1f} {r['articles_per_s']:>11.0f} {r['commits']:>8} "
-                f"{r['manifest_bytes'] / 1024:>12.1f} {r['driver_peak_rss_mb']:>19.0f}"
+                f"{r['workers']:>8} {r['seconds']:>8.1f} {r['articles_per_s']:>11.0f} {r['commits']:>8} {r['files']:>6} "
+                f"{r['table_bytes'] / 1e6:>9.1f} {r['log_bytes'] / 1024:>7.1f} {r['driver_peak_rss_mb']:>19.0f}"
             )
         print(f"ratio {args.workers} workers / 1 worker: {ratio:.2f}x", flush=True)
 
-        model, vocab = model_dir(root)
-        docs = root / f"docs-{args.workers}"
-        updates = measure_updates(corpus, docs, root, model, args.shard_rows, args.workers)
-        results["updates"] = updates
-        print("\nupdates (stand-in NER stage on a local Ray after each)")
-        print(
-            f"{'step':<22} {'revised':>8} {'deleted':>8} {'tombstoned':>11} {'ingest s':>9} {'computed docs':>14} "
-            f"{'shards computed':>16} {'kept':>5} {'stage s':>8}"
-        )
-        for r in updates:
-            print(
-                f"{r['step']:<22} {r['revised'] or '-':>8} {r['deleted'] or '-':>8} {r['tombstoned'] or '-':>11} "
-                f"{r['ingest_s'] or '-':>9} {r['documents_computed']:>14} {r['shards_computed']:>16} "
-                f"{r['shards_kept']:>5} {r['stage_s']:>8}"
-            )
+        import ray
 
-        overhead = measure_overhead(docs, root, model, args.overhead_docs, args.token_cost_us)
+        from pipeline.run.cluster import init_ray
+
+        model, vocab = model_dir(root)
+        # each mix on its own ingested baseline (the two ingests wrote the same bytes)
+        targets = [outs[args.workers], outs[1]] if args.workers != 1 else [outs[1]]
+        for mix in mixes[len(targets) :]:  # --workers 1: one ingested baseline, copied before any update
+            targets.append(root / f"out-{mix}")
+            shutil.copytree(targets[0], targets[-1])
+        results["updates_by_mix"] = {}
+        init_ray(None, num_cpus=args.workers)
+        try:
+            for mix, out in zip(mixes, targets):
+                rows = measure_updates(
+                    corpus["plans"][mix],
+                    corpus["updates"][mix],
+                    out,
+                    model,
+                    args.shard_rows,
+                    args.workers,
+                    ingest[1]["seconds"],
+                )
+                for r in rows:
+                    r["mix"] = mix
+                results["updates_by_mix"][mix] = rows
+                print_updates(mix, rows)
+        finally:
+            ray.shutdown()
+        results["updates"] = results["updates_by_mix"][mixes[0]]
+
+        overhead = measure_overhead(
+            outs[args.workers] / "documents", root, model, args.overhead_docs, args.token_cost_us
+        )
         overhead["vocabulary"] = vocab
         results["overhead"] = overhead
         print(
