@@ -82,6 +82,39 @@ def _weight_files(path: Path) -> list[Path]:
     )
 
 
+def check_weights(path: str | Path) -> int:
+    """Check a model directory's weight files without loading them: every shard present, each
+    safetensors header readable and covering its file exactly, each ``pytorch_model.bin`` a whole
+    zip archive. Cheap (headers only), so a job's ``run --check`` finds damaged weights before any
+    work starts. Returns the number of tensors the headers list.
+
+    :raises CheckpointError: naming the file that is missing, truncated or not a weights file.
+    """
+    import zipfile
+
+    from safetensors import SafetensorError, safe_open
+
+    tensors = 0
+    for file in _weight_files(Path(path)):
+        if file.suffix == ".safetensors":
+            try:
+                with safe_open(str(file), framework="pt", device="cpu") as f:
+                    tensors += len(list(f.keys()))
+            except (SafetensorError, OSError) as exc:
+                raise CheckpointError(
+                    f"{file} is damaged or incomplete ({exc}): download, convert or save the model again"
+                ) from None
+        else:
+            try:
+                with zipfile.ZipFile(file) as archive:
+                    tensors += sum(1 for n in archive.namelist() if "/data/" in n)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise CheckpointError(
+                    f"{file} is damaged or incomplete ({exc}): download, convert or save the model again"
+                ) from None
+    return tensors
+
+
 def _iter_tensors(files: list[Path]):
     """Yield (key, tensor) from each file; safetensors are memory-mapped, one tensor at a time."""
     from safetensors import SafetensorError, safe_open

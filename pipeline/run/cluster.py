@@ -42,7 +42,9 @@ def _private_token() -> None:
     refuse every client that does not present it, whatever interface they listen on."""
     if os.environ.get("RAY_AUTH_MODE") == "token" and os.path.exists(os.environ.get("RAY_AUTH_TOKEN_PATH", "")):
         return  # a token made for this process already (a second init after a shutdown)
-    folder = tempfile.mkdtemp(prefix="biomine-ray-auth-")
+    _remove_stale_tokens()
+    # The folder names this process (the next run removes it if this one is killed: atexit never runs then).
+    folder = tempfile.mkdtemp(prefix=f"{TOKEN_PREFIX}{os.getpid()}-")
     path = Path(folder) / "token"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -52,6 +54,89 @@ def _private_token() -> None:
     os.environ.pop("RAY_AUTH_TOKEN", None)
     atexit.register(shutil.rmtree, folder, True)
     _reload_ray_auth()
+
+
+TOKEN_PREFIX = "biomine-ray-auth-"
+
+
+def _remove_stale_tokens() -> list[str]:
+    """Remove the token folders of runs on this host whose process is gone (a run killed with
+    SIGKILL cannot remove its own). Only folders of this user, named ``biomine-ray-auth-<pid>-*``."""
+    removed = []
+    root = Path(tempfile.gettempdir())
+    for folder in root.glob(f"{TOKEN_PREFIX}*"):
+        pid = folder.name[len(TOKEN_PREFIX) :].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or folder.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # its run is gone
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(str(folder))
+        except (PermissionError, OSError):
+            continue
+    return removed
+
+
+# The reaper: a small process of its own session that outlives this one by at most a second. When this
+# process ends, however it ends (SIGKILL included), it ends every process of this user that belongs to
+# this run's private Ray: those that carry the run's token path in their environment, or hold files of
+# its session folder open (Ray's dashboard and runtime-env agents overwrite their environment with their
+# process title, and otherwise linger for a minute or more after a killed driver). Then it removes the
+# token folder. It waits on a pidfd, so a recycled pid cannot fool it.
+_REAPER = r"""
+import os, select, shutil, signal, sys, time
+driver, token, session = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+marker = ("RAY_AUTH_TOKEN_PATH=" + token).encode()
+try:
+    fd = os.pidfd_open(driver)
+    select.select([fd], [], [])
+except (OSError, AttributeError):
+    while True:
+        try:
+            os.kill(driver, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+
+def ours(pid):
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        if marker in f.read().split(b"\0"):
+            return True
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        if os.readlink(f"/proc/{pid}/fd/{name}").startswith(session + "/"):
+            return True
+    return False
+
+for _ in range(3):
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == os.getuid() and ours(pid):
+                os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+    time.sleep(0.3)
+shutil.rmtree(os.path.dirname(token), ignore_errors=True)
+"""
+
+
+def _start_reaper(token_path: str, session_dir: str) -> None:
+    """Start the reaper of this run's private Ray (see ``_REAPER``)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # it is not one of them
+    subprocess.Popen(
+        [sys.executable, "-c", _REAPER, str(os.getpid()), token_path, session_dir.rstrip("/")],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
 
 
 def _reload_ray_auth() -> None:
@@ -154,6 +239,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # address="local": always a new private instance, never a cluster that `ray start` left
         # running on this machine (ray.init() with no address would join it).
         ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
+        from ray._private.worker import _global_node  # the session folder of the Ray just started
+
+        if _global_node is not None:
+            _start_reaper(os.environ["RAY_AUTH_TOKEN_PATH"], _global_node.get_session_dir_path())
         return
     _loopback_only(False)
     check_address(address)
@@ -197,9 +286,17 @@ def placement(resources: ResourceSpec) -> Placement:
 
 
 def worker_error(exc: BaseException) -> BaseException:
-    """The user's error inside a failed Ray task or actor (a BioMineError: shown as one line), else ``exc``."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BioMineError) else exc
+    """The user's error inside a failed Ray task or actor (a BioMineError: shown as one line), else
+    ``exc``. Ray wraps an error once per layer it crosses (a task inside Ray Data's operator, an
+    actor's method): every layer is looked through."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, BioMineError):
+            return current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+    return exc
 
 
 class _RayFuture:

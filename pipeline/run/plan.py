@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from biogpt.weights import check_weights
 from pipeline.errors import BioMineError, JobConfigError
 from pipeline.run.cluster import Placement, check_address
 from pipeline.run.jobspec import JobSpec
@@ -104,6 +105,11 @@ def preflight(spec: JobSpec) -> RunPlan:
             problems.append(f"[job] output = {spec.output!r} is a file: name a folder (it is created if needed)")
         elif out.is_local and not _writable(out.local_path()):
             problems.append(f"[job] output = {spec.output!r}: this user cannot write there; choose another folder")
+        elif out.is_local and "\\" in out.path:
+            problems.append(
+                f"[job] output = {spec.output!r}: a folder name with a backslash cannot hold Delta tables "
+                "(delta-rs reads it as a path separator); choose a name without one"
+            )
         else:
             check("", output.check_owner, job_identity(spec))
     if spec.source.kind == "files":
@@ -152,6 +158,8 @@ def _resolve_task(name: str, cls: type[Task[O]], options: O) -> PlannedTask[O]:
         resolved[ref.checksum_field] = sha
     final = dataclasses.replace(options, **resolved)
     cls.check_model(dataclasses.replace(final, **local))
+    if "model" in local:
+        check_weights(local["model"])  # damaged weights fail here, before Ray starts or anything is written
     return PlannedTask(name, cls, final)
 
 

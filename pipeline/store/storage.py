@@ -34,6 +34,7 @@ import functools
 import hashlib
 import io
 import json
+import logging
 import os
 import posixpath
 import re
@@ -48,19 +49,66 @@ import pyarrow.parquet as pq
 from pipeline.errors import StorageError, StoreError
 from pipeline.store import atomic
 
+log = logging.getLogger(__name__)
+
+
+#: A storage call that fails for a reason that may pass (the store restarting, a dropped connection,
+#: a timeout, throttling, a 5xx) is tried again this many times, waiting ``RETRY_BASE * 2**n`` seconds
+#: (with jitter, at most ``RETRY_MAX``) in between: about 40 s in all before it is reported.
+RETRY_ATTEMPTS = int(os.environ.get("BIOMINE_STORAGE_RETRIES", "7"))
+RETRY_BASE = 0.5
+RETRY_MAX = 10.0
+_TRANSIENT = re.compile(
+    r"connect|connection|timed? ?out|timeout|temporar|unavailable|reset by peer|broken pipe|throttl|slow ?down"
+    r"|too many requests|\b(429|500|502|503|504)\b|curl ?code|network|eof|dns|resolve",
+    re.IGNORECASE,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a storage error may pass if the same call is made again (see :data:`RETRY_ATTEMPTS`)."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    return bool(_TRANSIENT.search(str(exc)))
+
+
+def retrying(call, what: str, attempts: int | None = None):
+    """``call()``, tried again on a transient failure (bounded, with backoff and jitter). Only for
+    idempotent calls: reads, whole-object writes of the same bytes, deletes, content-named writes.
+
+    :raises StorageError: naming ``what`` and the cause, once the attempts are spent (or at once for a
+        failure that will not pass: credentials, a missing bucket).
+    """
+    import random
+    import time
+
+    attempts = RETRY_ATTEMPTS if attempts is None else attempts
+    for attempt in range(attempts + 1):
+        try:
+            return call()
+        except (FileNotFoundError, StoreError):
+            raise
+        except OSError as exc:
+            if attempt < attempts and is_transient(exc):
+                delay = min(RETRY_MAX, RETRY_BASE * 2**attempt) * (0.5 + random.random() / 2)
+                log.warning("%s: %s; trying again in %.1f s", what, str(exc).splitlines()[0][:200], delay)
+                time.sleep(delay)
+                continue
+            tries = f" (after {attempt + 1} attempts)" if attempt else ""
+            raise StorageError(f"{what}: {exc}{tries}".replace("\n", " ")) from None
+    raise AssertionError("unreachable")
+
 
 def _named(method):
-    """Re-raise a storage failure (credentials, a missing bucket, an unreachable endpoint) as one
+    """Try a storage call again when it fails for a reason that may pass (:func:`retrying`); re-raise
+    what remains (credentials, a missing bucket, an endpoint down for good) as one
     :class:`StorageError` naming the location; a missing file stays FileNotFoundError."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except (FileNotFoundError, StoreError):
-            raise
-        except OSError as exc:
-            raise StorageError(f"{self.uri}: {exc}".replace("\n", " ")) from None
+        return retrying(lambda: method(self, *args, **kwargs), self.uri)
 
     return wrapper
 
@@ -333,6 +381,13 @@ def delta_location(loc: Location) -> tuple[str, dict[str, str] | None]:
     plain-http endpoints allowed only when the endpoint says http); other URIs as they are, with
     delta-rs reading that ecosystem's environment itself."""
     if loc.is_local:
+        if "\\" in loc.path:
+            # delta-rs's local store reads a backslash as a path separator (as on Windows), so a table
+            # under such a folder would be written somewhere else.
+            raise StoreError(
+                f"{loc.path}: a folder name with a backslash cannot hold a Delta table (delta-rs reads it as a "
+                "path separator); choose a name without one"
+            )
         return loc.path, None
     if loc.uri.startswith(("s3://", "s3a://")):
         endpoint, region, key, secret, token = _s3_environment()

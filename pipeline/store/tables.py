@@ -44,7 +44,7 @@ from typing import Any, Iterable, Mapping
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.errors import StoreError
+from pipeline.errors import StorageError, StoreError
 from pipeline.store.storage import Location, delta_location, location, parquet_bytes
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 LOG_DIR = "_delta_log"
 DATASET_PROPERTY = "biomine.dataset"
 SCHEMA_VERSION_PROPERTY = "biomine.schema_version"
+#: The app transaction every biomine commit carries: its sequence number in the table (exactly once).
+COMMITS_APP = "biomine.commits"
 _THREADS = 16  # object-store reads are latency bound: overlap them
 _SHA16 = re.compile(r"^[0-9a-f]{16}$")
 #: Columns whose min/max go into each file's statistics (when a file has them).
@@ -151,13 +153,20 @@ class Table:
 
         self.loc = loc = location(loc)
         uri, options = delta_location(loc)
-        try:
-            self.dt = DeltaTable(uri, storage_options=options)
+
+        def load():
+            dt = DeltaTable(uri, storage_options=options)
             if version is not None:
-                self.dt.load_as_version(version)
+                dt.load_as_version(version)
+            return dt
+
+        try:
+            self.dt = _delta_call(load, str(loc))
         except TableNotFoundError:
             raise TableError(f"{loc} is not a Delta table (no {LOG_DIR}/)") from None
-        except Exception as exc:  # a damaged log, an unreachable store: one line naming the table
+        except StoreError:
+            raise
+        except Exception as exc:  # a damaged log: one line naming the table
             raise TableError(f"{loc}: cannot read its Delta log ({_first_line(exc)})") from None
 
     # --- opening and creating ------------------------------------------------------------------------
@@ -237,7 +246,7 @@ class Table:
         return cls.create(loc, schema, dataset, schema_version)
 
     def refresh(self) -> Table:
-        self.dt.update_incremental()
+        _delta_call(self.dt.update_incremental, str(self.loc))
         return self
 
     # --- state ---------------------------------------------------------------------------------------
@@ -255,7 +264,7 @@ class Table:
 
     def files(self) -> dict[str, DataFile]:
         """The live data files (path -> :class:`DataFile`), from the log."""
-        actions = pa.table(self.dt.get_add_actions(flatten=True))
+        actions = pa.table(_delta_call(lambda: self.dt.get_add_actions(flatten=True), str(self.loc)))
         cols = set(actions.column_names)
 
         def column(name: str) -> list[Any]:
@@ -275,10 +284,10 @@ class Table:
         return out
 
     def transaction_version(self, app_id: str) -> int | None:
-        return self.dt.transaction_version(app_id)
+        return _delta_call(lambda: self.dt.transaction_version(app_id), str(self.loc))
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
-        return self.dt.history(limit)
+        return _delta_call(lambda: self.dt.history(limit), str(self.loc))
 
     def commit_metadata(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The biomine metadata of the newest commits (newest first): each commit's ``biomine.*``
@@ -377,7 +386,13 @@ class Table:
         JSON-encoded). ``retries=0`` refuses to commit over a concurrent commit (compare-and-swap on
         the table version).
 
-        :raises TableError: the commit failed (a concurrent writer with ``retries=0``, the store).
+        Exactly once, also when the store fails mid-commit: every commit carries the app transaction
+        ``biomine.commits`` = the table's count of biomine commits + 1; a commit that failed for a
+        reason that may pass is looked up by it (it may have landed although the answer was lost) and
+        made again only when it did not land (:func:`pipeline.store.storage.retrying`'s bounds).
+
+        :raises TableError: the commit failed (a concurrent writer with ``retries=0``).
+        :raises StorageError: the store failed and kept failing.
         """
         from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
 
@@ -392,17 +407,57 @@ class Table:
             removes = [f for f in removes if f.path not in same]
         actions: list[Any] = [RemoveAction(f.path, True, now, f.size, {}) for f in removes]
         actions += [AddAction(f.path, f.size, {}, now, True, f.stats_json()) for f in adds]
+        sequence = (self.transaction_version(COMMITS_APP) or 0) + 1
         properties = CommitProperties(
             custom_metadata={f"biomine.{k}": json.dumps(v, default=str) for k, v in (metadata or {}).items()},
-            app_transactions=[Transaction(app, int(v)) for app, v in (apps or {}).items()],
+            app_transactions=[Transaction(app, int(v)) for app, v in {**(apps or {}), COMMITS_APP: sequence}.items()],
             max_commit_retries=retries,
         )
+        schema = self.schema
+
+        def attempt() -> None:
+            if (self.transaction_version(COMMITS_APP) or 0) >= sequence:
+                return  # an earlier attempt landed: its answer was lost
+            self.dt.create_write_transaction(actions, "append", schema, commit_properties=properties)
+
         try:
-            self.dt.create_write_transaction(actions, "append", self.schema, commit_properties=properties)
+            _delta_call(attempt, f"{self.loc} (commit)", refresh=self.dt.update_incremental)
+        except StoreError:
+            raise
         except Exception as exc:
             raise TableError(f"{self.loc}: commit failed ({_first_line(exc)})") from None
         self.refresh()
         return self.version
+
+
+def _delta_call(call, what: str, refresh=None):
+    """``call()`` (a deltalake call), tried again while it fails for a reason that may pass (the
+    store restarting, a dropped connection: :func:`pipeline.store.storage.is_transient`), with the
+    bounds of :func:`pipeline.store.storage.retrying`. ``refresh`` runs before each retry.
+
+    :raises StorageError: the store kept failing (naming ``what`` and the cause).
+    """
+    import random
+
+    from pipeline.store.storage import RETRY_ATTEMPTS, RETRY_BASE, RETRY_MAX, is_transient
+
+    for attempt in range(RETRY_ATTEMPTS + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if attempt == RETRY_ATTEMPTS:
+                raise StorageError(f"{what}: {_first_line(exc)} (after {attempt + 1} attempts)") from None
+            delay = min(RETRY_MAX, RETRY_BASE * 2**attempt) * (0.5 + random.random() / 2)
+            log.warning("%s: %s; trying again in %.1f s", what, _first_line(exc), delay)
+            time.sleep(delay)
+            if refresh is not None:
+                try:
+                    refresh()
+                except Exception:  # the next attempt says whether the store is back
+                    pass
+    raise AssertionError("unreachable")
 
 
 def _missing_fields(have: pa.Schema, want: pa.Schema) -> list[Any]:
@@ -420,5 +475,10 @@ def _loads(value: Any) -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+    """One line for an error of the store: its first line and, for delta-rs's indented chains of
+    causes, the innermost one (``Generic S3 error ... Connection refused (os error 111)``)."""
+    text = re.sub(r"\x1b\[[0-9;]*m|↳", "", str(exc)).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (lines[0] if len(lines) == 1 else f"{lines[0]}: {lines[-1]}")[:300]
