@@ -4,10 +4,12 @@ what each leaves behind is checked against biomine's own views (and the readers 
 The output is built the way a job builds it, without Ray or models: two "runs" of a files job. Run 1
 ingests the demo sample (as pubmed26n0001.xml) into OUT/documents, writes entity and relation rows
 for each documents data file into OUT/entities and OUT/relations (one output file per documents file,
-committed as the stages commit them), rebuilds OUT/kb and records a finished run in OUT/runs. Run 2
+committed as the stages commit them; one article "fails" in relation extraction and is recorded as a
+failure), rebuilds OUT/kb and records a finished run in OUT/runs. Run 2
 ingests an update file (pubmed26n0002.xml: a retraction, a new article, a DeleteCitation), plans each
 task table as the stages do (outputs of rewritten files derived, new files computed, outputs of
-files that left retired), rebuilds the KB and records a second run.
+files that left retired; the failed article computed again), rebuilds the KB and records a second
+run. Building it takes 1.1 s here (2 cores).
 
 Blocks that cannot run here (DuckDB's delta extension downloads itself; Spark needs a JVM and
 delta-spark) are ```sql/```text blocks, which this test does not run. The ``biomine ...`` lines of
@@ -186,13 +188,13 @@ def run_tasks(output: JobOutput, run_id: str, fail: dict[str, set[int]]) -> list
             articles = docs.read(["pmid", "version"], files=[path])
             add.append(table.derive(source, files[path].stem, articles, key))
         for path in plan.compute:
-            rows, errors = [], []
+            computed, errors = [], []
             for article in docs.read(files=[path]).to_pylist():
                 if article["pmid"] in fail.get(task, ()):
                     errors.append({"task": task, "pmid": article["pmid"], "shard": path, "error": ERROR})
                 else:
-                    rows += compute(article)
-            written = write_output(table.loc, files[path].stem, key, cast(rows), failed=bool(errors))
+                    computed += compute(article)
+            written = write_output(table.loc, files[path].stem, key, cast(computed), failed=bool(errors))
             add.append(written)
             if errors:
                 failed[written.path] = errors

@@ -122,6 +122,27 @@ shutil.rmtree(os.path.dirname(token), ignore_errors=True)
 """
 
 
+def _signal_handlers() -> dict[int, Any]:
+    """The Python handlers of SIGTERM and SIGINT now (None off the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signal_handlers(saved: dict[int, Any]) -> None:
+    """Put back ``saved`` (:func:`_signal_handlers`). Ray replaces them when it starts: its driver
+    exits with status 15 on SIGTERM, and its C++ core installs fatal-signal handlers that dump a C
+    stack; the CLI makes SIGTERM an interrupt (the same clean stop as Ctrl-C)."""
+    import signal
+
+    for sig, handler in saved.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
 def _start_reaper(token_path: str, session_dir: str) -> None:
     """Start the reaper of this run's private Ray (see ``_REAPER``)."""
     import subprocess
@@ -238,7 +259,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         _loopback_only(True)
         # address="local": always a new private instance, never a cluster that `ray start` left
         # running on this machine (ray.init() with no address would join it).
+        saved = _signal_handlers()
         ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
+        _restore_signal_handlers(saved)
         from ray._private.worker import _global_node  # the session folder of the Ray just started
 
         if _global_node is not None:
@@ -247,10 +270,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     _loopback_only(False)
     check_address(address)
     del kwargs["include_dashboard"]  # a cluster's own choice
+    saved = _signal_handlers()
     try:
         ray.init(address=address, runtime_env=_runtime_env(), **kwargs)
     except (ConnectionError, RuntimeError) as exc:
         raise BioMineError(f"cannot join the Ray cluster at {address}: {exc}") from None
+    _restore_signal_handlers(saved)
 
 
 @dataclass(frozen=True)
