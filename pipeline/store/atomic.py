@@ -1,7 +1,7 @@
 """Atomic writes on a local disk: readers see a whole file or none of it, and a crash leaves no half file.
 
 :meth:`pipeline.store.storage.Location.write_bytes` (the one writer of every published file:
-document shards, task outputs, commit records, manifests, the knowledge base) comes here for local
+data files of the tables, leases, ownership records, exports) comes here for local
 paths (on an object store one PUT is atomic already): the bytes go into a hidden temporary sibling
 ``.tmp-<name>.<pid>``, flushed and fsync'ed, then renamed over the target with :func:`os.replace`
 (atomic on POSIX file systems), and the directory is fsync'ed so the rename itself survives a power cut. A failed write removes its
