@@ -485,3 +485,14 @@ def test_the_s3_snippet_reads_an_output_on_s3(out, s3_server, monkeypatch):
     namespace = run_snippet(with_output(snippets[0], f"s3://{bucket}/analysts/ddi-kb"))
     for name, check in S3_CHECKS.items():
         check(namespace[name], out)
+
+
+def test_a_plain_parquet_read_of_a_folder_is_not_the_table(out):
+    """What the page warns about: a table's folder keeps the files updates replaced (time travel), so
+    reading it as plain Parquet returns rows that are no longer live; a Delta reader does not."""
+    from deltalake import DeltaTable
+
+    plain = pd.read_parquet(out / "documents", columns=["pmid"])
+    live = DeltaTable(str(out / "documents")).to_pandas(columns=["pmid"])
+    assert sorted(live.pmid) == [90000001, 90000002, 90000003, 90000005]
+    assert sorted(plain.pmid) == [90000001, 90000001, 90000002, 90000002, 90000003, 90000003, 90000004, 90000005]
