@@ -65,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
         report = compact(output, retention_hours=args.retention_hours, dry_run=args.dry_run)
     for name, entry in report.items():
         merged = entry.get("merged")
-        what = "would delete" if args.dry_run else "deleted"
+        what = "would delete" if args.dry_run else "deleted"  # files no version within the retention reads
         print(
             f"{name}: version {entry['version']}, {entry['files']} live files"
             + (f", merged {merged['numFilesRemoved']} into {merged['numFilesAdded']}" if merged else "")
-            + f", {what} {entry['vacuumed']} unreferenced files"
+            + f", {what} {entry['vacuumed']} files no version within the retention reads"
         )
     return 0

@@ -1,4 +1,4 @@
-"""``biomine fetch``: search PubMed through NCBI E-utilities and write the hits as article shards."""
+"""``biomine fetch``: search PubMed through NCBI E-utilities into the documents table of an output."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pipeline.commands import require_positive
 
 DESCRIPTION = """\
 Search PubMed through NCBI E-utilities (esearch on the history server, then efetch in batches)
-and write every hit once, as Parquet shards of the article schema (schemas/articles.py), under --out.
+and write every hit once into OUT/documents, a Delta Lake table of the article schema (schemas/articles.py).
 
 NCBI's rules are honoured: requests carry tool, email and api_key; at most 3 requests/s without
 an API key and 10 with one, shared by all biomine processes on this machine that use the same key;

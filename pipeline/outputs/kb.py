@@ -174,14 +174,27 @@ def diff(output: JobOutput, since: int | _dt.datetime, until: int | None = None)
         new = Table(output.kb, until) if until is not None else Table(output.kb)
     except TableError as exc:
         raise BioMineError(
-            f"{exc}; `biomine kb diff` reads {output.kb} (see its versions with `biomine status`)"
+            f'{exc}; `biomine kb diff` reads {output.kb} (its versions: `biomine query OUT "SELECT versions FROM runs"`)'
         ) from None
-    before = {_key(r): r for r in old.read(files=sorted(old.files())).to_pylist()}
-    after = {_key(r): r for r in new.read(files=sorted(new.files())).to_pylist()}
+    try:
+        before = {_key(r): r for r in old.read(files=sorted(old.files())).to_pylist()}
+        after = {_key(r): r for r in new.read(files=sorted(new.files())).to_pylist()}
+    except (FileNotFoundError, OSError) as exc:
+        raise BioMineError(
+            f"{output.kb}: version {old.version} can no longer be read ({str(exc).splitlines()[0]}): `biomine "
+            "compact` removes the files of versions older than its retention; diff against a newer one"
+        ) from None
+    # rescored: another score, other supporting abstracts, or another retraction status
+    what = ("score", "pmids", "retracted", "retracted_pmids")
     rescored = [
-        {**after[k], "score_before": before[k]["score"], "n_abstracts_before": before[k]["n_abstracts"]}
+        {
+            **after[k],
+            "score_before": before[k]["score"],
+            "n_abstracts_before": before[k]["n_abstracts"],
+            "retracted_before": before[k]["retracted"],
+        }
         for k in sorted(set(before) & set(after), key=str)
-        if (before[k]["score"], before[k]["pmids"]) != (after[k]["score"], after[k]["pmids"])
+        if tuple(before[k][c] for c in what) != tuple(after[k][c] for c in what)
     ]
     return {
         "from_version": old.version,

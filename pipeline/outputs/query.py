@@ -55,7 +55,8 @@ class TableSnapshot:
             missing = str(exc).strip().splitlines()[0] if str(exc).strip() else "a data file"
             raise BioMineError(
                 f"{self.name}: {missing} is named by the table's log (version {self.version}) but cannot be read: "
-                "restore the file (e.g. an earlier version of the object), or run the job into a new output"
+                "if `biomine compact` removed it (a version older than its retention), read a newer version; "
+                "otherwise restore the file (e.g. an earlier version of the object) or run the job into a new output"
             ) from None
 
 
@@ -70,9 +71,9 @@ class Snapshot:
 
 
 def parse_as_of(
-    value: str, option: str = "--as-of", number: str = "a run number (see `biomine status`)"
+    value: str, option: str = "--as-of", number: str = "a run number (the Nth finished run of OUT/runs)"
 ) -> int | _dt.datetime:
-    """``--as-of``: a run number (``biomine status`` lists them: 1 is the first finished run) or a
+    """``--as-of``: a run number (1 is the first finished run in ``OUT/runs``) or a
     date/time (``2026-12-01``, ``2026-12-01T06:00``, UTC unless it says otherwise). ``option`` and
     ``number`` name the option and what its number is in the message (``kb diff --since``: a version).
 

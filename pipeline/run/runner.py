@@ -142,7 +142,7 @@ def _redacted(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None) -> dict[str, Any]:
-    """Run ``spec`` end to end; returns the manifest written to ``OUT/_manifest.json``.
+    """Run ``spec`` end to end; returns the run record (also the ``finished`` row of ``OUT/runs``).
 
     :raises JobConfigError: anything :func:`~pipeline.run.plan.preflight` finds (all of it at once).
     :raises StoreError: the output belongs to another job or is in use by another run.

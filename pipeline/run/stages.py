@@ -223,8 +223,14 @@ class _TaskActor:
                     f"task {self.task.name} returned {len(per_doc)} results for the {n} documents of shard {shard}"
                 )
             failed = [
-                {"task": self.task.name, "pmid": int(pmid), "shard": str(shard), "error": error}
-                for pmid, error in zip(docs["pmid"], errors)
+                {
+                    "task": self.task.name,
+                    "pmid": int(pmid),
+                    "version": int(version),
+                    "shard": str(shard),
+                    "error": error,
+                }
+                for pmid, version, error in zip(docs["pmid"], docs["version"], errors)
                 if error
             ]
             rows = [row for doc_rows in per_doc for row in doc_rows]

@@ -18,9 +18,11 @@ laptop and on a cluster whose nodes share no disk.
 
 Writes are atomic for readers: on a local disk through :mod:`pipeline.store.atomic` (temporary file,
 fsync, rename); on an object store as one PUT of the whole object (a single object PUT is atomic;
-S3 has no rename), so a reader sees the whole object or none. There are no locks on object stores:
-commit points are single objects written last (see :mod:`pipeline.store.datasets`), and one run at a
-time holds a job through a lease (:mod:`pipeline.store.lease`).
+S3 has no rename), so a reader sees the whole object or none. What is committed is what the Delta log
+of a table says (:mod:`pipeline.store.tables`: delta-rs commits with a conditional PUT), and one writer
+at a time holds an output through a lease (:mod:`pipeline.store.lease`, also a conditional PUT).
+A call that fails for a reason that may pass (the store restarting, a dropped connection, throttling)
+is tried again, bounded, with backoff (:func:`retrying`); what still fails is one :class:`StorageError`.
 
 A :class:`Location` pickles as its URI and is resolved again where it is unpickled, so credentials
 never travel inside Ray tasks: every node takes them from its own environment.

@@ -300,10 +300,10 @@ class Table:
 
     # --- reading -------------------------------------------------------------------------------------
     def read(self, columns: list[str] | None = None, files: Iterable[str] | None = None) -> pa.Table:
-        """The live rows (of ``files`` only, when given), as any Delta reader sees them."""
-        if files is None:
-            return self.dt.to_pyarrow_table(columns=columns)
-        files = list(files)
+        """The live rows (of ``files`` only, when given), as any Delta reader sees them; read with
+        biomine's own file system from the file list of the log (deltalake's ``to_pyarrow_table`` can
+        abort the interpreter at exit: delta-io/delta-rs#2184)."""
+        files = sorted(self.files()) if files is None else list(files)
         if not files:
             return self.schema.empty_table() if columns is None else self.schema.empty_table().select(columns)
         return pa.concat_tables([(self.loc / f).read_table(columns) for f in files], promote_options="permissive").cast(
@@ -311,8 +311,12 @@ class Table:
         )
 
     def dataset(self):
-        """A :class:`pyarrow.dataset.Dataset` of the live files (DuckDB reads it without any extension)."""
-        return self.dt.to_pyarrow_dataset()
+        """A :class:`pyarrow.dataset.Dataset` of the live files (DuckDB reads it without any extension),
+        on biomine's own file system."""
+        import pyarrow.dataset as pads
+
+        paths = [(self.loc / f).path for f in sorted(self.files())]
+        return pads.dataset(paths, schema=self.schema, filesystem=self.loc.fs, format="parquet")
 
     # --- verifying -----------------------------------------------------------------------------------
     def verify(self, files: Iterable[DataFile], *, checksums: bool = True) -> dict[str, str]:
