@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
         first = failures[0]
         print(
             f"{len(failures)} record(s) failed, e.g. PMID {first['pmid']} ({first['task']}): {first['error']}; "
-            f"all are listed in the runs table ({spec.output}/runs: `biomine query {spec.output} "
-            '"SELECT failures FROM runs WHERE event = \'finished\'"`)",
+            f"all are listed in the runs table ({spec.output}/runs), e.g. `biomine query {spec.output} "
+            "\"SELECT failures FROM runs WHERE event = 'finished'\"`",
             file=sys.stderr,
         )
     print(spec.output)
