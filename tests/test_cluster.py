@@ -21,34 +21,24 @@ import pytest
 from pipeline.store.storage import location
 
 REPO = Path(__file__).resolve().parents[1]
-from conftest import DEMO_XML  # noqa: E402
+from conftest import DEMO_XML, write_job  # noqa: E402
 
 TASK_DATASETS = ("entities", "relations", "summaries")
 
 
-def job_text(*, name: str, output: str, inputs: str, models: dict[str, str]) -> str:
-    return f"""
-[job]
-name = "{name}"
-output = "{output}"
-[source]
-kind = "files"
-paths = ["{inputs}"]
-shard_size = 2
-[tasks.ner]
-model = "{models["ner"]}"
-batch_size = 2
-[tasks.re]
-task = "ddi"
-model = "{models["re"]}"
-max_new_tokens = 8
-[tasks.summarize]
-model = "{models["summarize"]}"
-prompt = "{{title}} In summary,"
-max_new_tokens = 4
-[resources]
-actors = 1
-"""
+def job_text(*, name: str, output: str, inputs: str, models: dict[str, str], path: Path) -> Path:
+    """The job these tests run: all three tasks, every location given (local or s3://)."""
+    return write_job(
+        path,
+        name=name,
+        output=output,
+        source={"kind": "files", "paths": [inputs], "shard_size": 2},
+        tasks={
+            "ner": {"model": str(models["ner"]), "batch_size": 2},
+            "re": {"task": "ddi", "model": str(models["re"]), "max_new_tokens": 8},
+            "summarize": {"model": str(models["summarize"]), "prompt": "{title} In summary,", "max_new_tokens": 4},
+        },
+    )
 
 
 def upload(src: Path, dest: str) -> None:
@@ -95,14 +85,12 @@ def local_reference(tmp_path_factory, demo_models):
     tmp = tmp_path_factory.mktemp("local-run")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
     env["PYTHONUNBUFFERED"] = "1"
-    job = tmp / "local.toml"
-    job.write_text(
-        job_text(
-            name="s3-parity",
-            output=str(tmp / "out"),
-            inputs=str(DEMO_XML),
-            models={k: str(v) for k, v in demo_models.items()},
-        )
+    job = job_text(
+        name="s3-parity",
+        output=str(tmp / "out"),
+        inputs=str(DEMO_XML),
+        models={k: str(v) for k, v in demo_models.items()},
+        path=tmp / "local.toml",
     )
     done = run_cli(["run", str(job), "--no-progress"], env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -128,9 +116,12 @@ def test_a_job_on_s3_gives_the_rows_of_a_local_run(tmp_path, demo_models, s3_ser
     env.update(PYTHONUNBUFFERED="1", BIOMINE_MODEL_CACHE=str(tmp_path / "model-cache"))
     remote_models = upload_inputs(bucket, "one-node", demo_models)
     out = f"s3://{bucket}/one-node/out"
-    s3_job = tmp_path / "s3.toml"
-    s3_job.write_text(
-        job_text(name="s3-parity", output=out, inputs=f"s3://{bucket}/one-node/inputs/", models=remote_models)
+    s3_job = job_text(
+        name="s3-parity",
+        output=out,
+        inputs=f"s3://{bucket}/one-node/inputs/",
+        models=remote_models,
+        path=tmp_path / "s3.toml",
     )
     done = run_cli(["run", str(s3_job), "--no-progress"], env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -206,9 +197,12 @@ def test_two_node_cluster_without_a_shared_disk_survives_a_lost_node(
     bucket = s3_server["BIOMINE_TEST_BUCKET"]
     remote_models = upload_inputs(bucket, "two-node", demo_models)
     out = f"s3://{bucket}/two-node/out"
-    job = tmp_path / "job.toml"
-    job.write_text(
-        job_text(name="s3-parity", output=out, inputs=f"s3://{bucket}/two-node/inputs/", models=remote_models)
+    job = job_text(
+        name="s3-parity",
+        output=out,
+        inputs=f"s3://{bucket}/two-node/inputs/",
+        models=remote_models,
+        path=tmp_path / "job.toml",
     )
     hidden = [tmp_path_factory.getbasetemp()]  # the job file, the local models, the local run: all of it
     # Outside the hidden folders (the worker must write it); removed when the test ends.
@@ -277,8 +271,13 @@ def start_job_on_s3(tmp_path, server, demo_models, name: str, extra_env: dict | 
     bucket = server.env["BIOMINE_TEST_BUCKET"]
     remote_models = upload_inputs(bucket, name, demo_models)
     out = f"s3://{bucket}/{name}/out"
-    job = tmp_path / f"{name}.toml"
-    job.write_text(job_text(name="s3-parity", output=out, inputs=f"s3://{bucket}/{name}/inputs/", models=remote_models))
+    job = job_text(
+        name="s3-parity",
+        output=out,
+        inputs=f"s3://{bucket}/{name}/inputs/",
+        models=remote_models,
+        path=tmp_path / f"{name}.toml",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(server.env, PYTHONUNBUFFERED="1", BIOMINE_MODEL_CACHE=str(tmp_path / "cache"), **(extra_env or {}))
     proc = subprocess.Popen(

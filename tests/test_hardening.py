@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_XML
+from conftest import DEMO_XML, write_job
 
 from pipeline.cli import main
 
@@ -91,25 +91,16 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def job_file(tmp_path: Path, models, out: Path) -> Path:
-    job = tmp_path / "job.toml"
-    job.write_text(f"""
-[job]
-name = "hardening"
-output = "{out}"
-[source]
-kind = "files"
-paths = ["{DEMO_XML}"]
-shard_size = 1
-[tasks.ner]
-model = "{models["ner"]}"
-batch_size = 1
-[tasks.summarize]
-model = "{models["summarize"]}"
-max_new_tokens = 64
-[resources]
-actors = 1
-""")
-    return job
+    return write_job(
+        tmp_path / "job.toml",
+        name="hardening",
+        output=out,
+        source={"kind": "files", "paths": [str(DEMO_XML)], "shard_size": 1},
+        tasks={
+            "ner": {"model": str(models["ner"]), "batch_size": 1},
+            "summarize": {"model": str(models["summarize"]), "max_new_tokens": 64},
+        },
+    )
 
 
 def start_run(job: Path) -> subprocess.Popen:

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import conftest
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -94,26 +95,29 @@ def write_job(
     path: Path,
     *,
     output: Path,
-    source: str,
+    source: dict,
     models: dict[str, Path],
     tasks=("ner", "re", "summarize"),
     shard_size: int = 3,
 ) -> Path:
-    blocks = {
-        "ner": f'[tasks.ner]\nmodel = "{models["ner"]}"\nbatch_size = 2\n',
-        "re": f'[tasks.re]\ntask = "ddi"\nmodel = "{models["re"]}"\nbatch_size = 3\nmax_new_tokens = 12\n',
-        "summarize": (
-            f'[tasks.summarize]\nmodel = "{models["summarize"]}"\nprompt = "{{title}} {{abstract}} In summary,"\n'
-            'prompt_id = "in-summary-v1"\nmax_new_tokens = 6\nbatch_size = 4\n'
-        ),
+    settings = {
+        "ner": {"model": str(models["ner"]), "batch_size": 2},
+        "re": {"task": "ddi", "model": str(models["re"]), "batch_size": 3, "max_new_tokens": 12},
+        "summarize": {
+            "model": str(models["summarize"]),
+            "prompt": "{title} {abstract} In summary,",
+            "prompt_id": "in-summary-v1",
+            "max_new_tokens": 6,
+            "batch_size": 4,
+        },
     }
-    text = (
-        f'[job]\nname = "e2e"\noutput = "{output}"\n\n[source]\n{source}\nshard_size = {shard_size}\n\n'
-        + "\n".join(blocks[t] for t in tasks)
-        + "\n[resources]\nactors = 1\n"
+    return conftest.write_job(
+        path,
+        name="e2e",
+        output=output,
+        source={**source, "shard_size": shard_size},
+        tasks={t: settings[t] for t in tasks},
     )
-    path.write_text(text)
-    return path
 
 
 def cli_env(tmp_path: Path) -> dict[str, str]:
@@ -200,7 +204,7 @@ def fake_pubmed():
 @pytest.mark.slow
 def test_entrez_job_end_to_end_interrupted_run_resumes_to_identical_outputs(tmp_path, models, fake_pubmed):
     env = cli_env(tmp_path)
-    source = f'kind = "entrez"\nquery = "{QUERY}"\nemail = "tests@example.org"\neutils_url = "{fake_pubmed.url}"'
+    source = {"kind": "entrez", "query": QUERY, "email": "tests@example.org", "eutils_url": fake_pubmed.url}
     expected = {pmid for pmid, _ in ARTICLES}
 
     # 1. Uninterrupted reference run.
@@ -276,7 +280,7 @@ def test_entrez_job_end_to_end_interrupted_run_resumes_to_identical_outputs(tmp_
 
 
 @pytest.mark.slow
-def test_incremental_files_job_drops_replaced_and_deleted_articles(tmp_path, models):
+def test_incremental_files_job_drops_replaced_and_deleted_articles(tmp_path, models, ray_local):
     from pipeline.run.jobspec import load_job
     from pipeline.run.runner import run_job
 
@@ -288,7 +292,7 @@ def test_incremental_files_job_drops_replaced_and_deleted_articles(tmp_path, mod
     job = write_job(
         tmp_path / "daily.toml",
         output=out,
-        source=f'kind = "files"\npaths = ["{src}"]',
+        source={"kind": "files", "paths": [str(src)]},
         models=models,
         tasks=("ner", "summarize"),
         shard_size=3,
@@ -330,15 +334,6 @@ def check_invariants_files(out: Path, expected: set[int], tasks) -> dict[str, pa
     return tables
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _ray_shutdown():
-    yield
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-
-
 def test_wrong_checkpoint_kind_is_refused_before_any_work(tmp_path, models, capsys):
     from pipeline.cli import main
 
@@ -347,7 +342,7 @@ def test_wrong_checkpoint_kind_is_refused_before_any_work(tmp_path, models, caps
     job = write_job(
         tmp_path / "bad.toml",
         output=out,
-        source='kind = "files"\npaths = ["/nonexistent"]',
+        source={"kind": "files", "paths": ["/nonexistent"]},
         models=wrong,
         tasks=("re",),
     )

@@ -24,6 +24,7 @@ from pipeline.store.lease import Lease
 from pipeline.store.storage import location
 
 REPO = Path(__file__).resolve().parents[1]
+import conftest  # noqa: E402
 from conftest import DEMO_XML as SAMPLE  # noqa: E402
 
 
@@ -32,33 +33,17 @@ def models(demo_models):
     return demo_models
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    yield
-    ray.shutdown()
-
-
 def write_job(path: Path, out: Path, models, *, name: str = "state", prompt: str = "{title} In summary,") -> Path:
-    path.write_text(f"""
-[job]
-name = "{name}"
-output = "{out}"
-[source]
-kind = "files"
-paths = ["{SAMPLE}"]
-shard_size = 1
-[tasks.ner]
-model = "{models["ner"]}"
-[tasks.summarize]
-model = "{models["summarize"]}"
-prompt = "{prompt}"
-max_new_tokens = 4
-[resources]
-actors = 1
-""")
-    return path
+    return conftest.write_job(
+        path,
+        name=name,
+        output=out,
+        source={"kind": "files", "paths": [str(SAMPLE)], "shard_size": 1},
+        tasks={
+            "ner": {"model": str(models["ner"])},
+            "summarize": {"model": str(models["summarize"]), "prompt": prompt, "max_new_tokens": 4},
+        },
+    )
 
 
 def snapshot(out: Path) -> dict[str, bytes]:

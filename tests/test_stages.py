@@ -179,17 +179,6 @@ def live_rows(out: JobOutput) -> list[tuple[int, str]]:
     return by_deltalake
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    from pipeline.run.cluster import init_ray
-
-    init_ray(num_cpus=2)
-    yield
-    import ray
-
-    ray.shutdown()
-
-
 # --- tests -----------------------------------------------------------------------------------------
 
 

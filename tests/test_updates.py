@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_job
 from fake_eutils import article_xml, pubmed_document
 
 from pipeline.cli import main
@@ -144,29 +145,14 @@ def test_the_log_grows_with_commits_and_files_not_with_records(tmp_path):
 # --- jobs ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    yield
-    ray.shutdown()
-
-
 def job(path: Path, out: Path, src: Path, model: str, name: str = "updates") -> Path:
-    path.write_text(f"""
-[job]
-name = "{name}"
-output = "{out}"
-[source]
-kind = "files"
-paths = ["{src}"]
-shard_size = {SHARD}
-[tasks.ner]
-model = "{model}"
-[resources]
-actors = 1
-""")
-    return path
+    return write_job(
+        path,
+        name=name,
+        output=out,
+        source={"kind": "files", "paths": [str(src)], "shard_size": SHARD},
+        tasks={"ner": {"model": str(model)}},
+    )
 
 
 ENTITIES = 'SELECT * FROM entities ORDER BY pmid, start, "end", label'
