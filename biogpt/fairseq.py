@@ -447,18 +447,22 @@ def convert_fairseq_checkpoint(
     here = checkpoint.parent
     dict_path = Path(dict_file) if dict_file else here / "dict.txt"
     codes_path = Path(bpecodes_file) if bpecodes_file else here / "bpecodes"
-    for path, flag, what in ((dict_path, "--dict", "dict.txt"), (codes_path, "--bpecodes", "bpecodes")):
+    for path, setting, what in ((dict_path, "dict_file", "dict.txt"), (codes_path, "bpecodes_file", "bpecodes")):
         if not path.is_file():
             raise TokenizerError(
-                f"no {what} at {path}: pass {flag} (BioGPT's data/{what}; for BioGPT-Large data/BioGPT-Large/{what})"
+                f"no {what} at {path}: give the {what} the model was trained with (BioGPT's data/{what}; for "
+                f"BioGPT-Large data/BioGPT-Large/{what})",
+                setting=setting,
             )
     if task is not None and task not in CHECKPOINT_TASKS:
-        raise CheckpointError(f"unknown task {task!r}; choose one of {', '.join(CHECKPOINT_TASKS)}")
+        raise CheckpointError(f"unknown task {task!r}; choose one of {', '.join(CHECKPOINT_TASKS)}", setting="task")
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
-        raise CheckpointError(f"{dst} is a file; DST must be a directory")
+        raise CheckpointError(f"{dst} is a file: name a directory for the converted model")
     if dst.exists() and any(dst.iterdir()) and not overwrite:
-        raise CheckpointError(f"{dst} exists and is not empty; choose another directory or pass --force")
+        raise CheckpointError(
+            f"{dst} exists and is not empty; choose another directory, or overwrite it", setting="overwrite"
+        )
 
     ckpt = load_checkpoint(checkpoint)
     model_cfg, task_cfg = checkpoint_configs(ckpt)
@@ -505,7 +509,8 @@ def convert_fairseq_checkpoint(
         if task is None:
             raise CheckpointError(
                 f"cannot tell which task {checkpoint} was fine-tuned for (data path "
-                f"{data_path or 'unknown'}); pass --task (one of {', '.join(CHECKPOINT_TASKS)})"
+                f"{data_path or 'unknown'}); name its task (one of {', '.join(CHECKPOINT_TASKS)})",
+                setting="task",
             )
     max_target = int(
         task_cfg.get("max_target_positions") or model_cfg.get("max_target_positions") or config.max_position_embeddings

@@ -360,6 +360,8 @@ def load_task_settings(model_dir: str | Path, task: str | None = None) -> TaskSe
     settings = TaskSettings.from_spec(spec, str(Path(model_dir) / TASK_FILE))
     if task is not None and settings.task != task:
         raise TaskSettingsError(
-            f"{model_dir} is a {settings.task} checkpoint, not {task}: pass --task {settings.task} or a {task} model"
+            f"{model_dir} is a {settings.task} checkpoint, not {task}: ask for task {settings.task}, or give a "
+            f"{task} model",
+            setting=("task", "model"),
         )
     return settings

@@ -2,7 +2,9 @@
 
 Subcommands live in :mod:`pipeline.commands` (one module each). User mistakes raise
 :class:`biogpt.errors.BioMineError` and are printed as one ``biomine: error: ...`` line with exit
-status 2, never as a traceback; set ``BIOMINE_DEBUG=1`` to see the traceback anyway.
+status 2, never as a traceback; set ``BIOMINE_DEBUG=1`` to see the traceback anyway. A command's
+``settings`` default (setting -> flag) names the flag of the setting an error is about, e.g.
+``(--out)`` (:mod:`pipeline.errors`).
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BioMineError as exc:
+        exc.spell(getattr(args, "settings", None) or {})  # the flag of the setting it is about
         if os.environ.get("BIOMINE_DEBUG"):
             raise
         print(f"biomine: error: {exc}", file=sys.stderr)

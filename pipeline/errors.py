@@ -21,6 +21,29 @@ of the pipeline (``docs/architecture.md``)::
     +-- DataFormatError, RecordError, LabelSchemeError, UnknownTaskError, EvaluationError,
         NerTrainingError: task data, labels and benchmarks
 
+Errors speak the domain of the room that raises them: ``pipeline/store``, ``pubmed``, ``tasks``,
+``outputs`` and ``biogpt`` never name a command-line flag or a job-file key. Where the fix is to
+change something the user set, the error's ``setting`` (:class:`~biogpt.errors.BioMineError`) names
+it in the raising function's terms, and the layer that knows how the user spelled it adds that
+spelling (:meth:`~biogpt.errors.BioMineError.spell`; ``str()`` then ends with ``(--out)`` or
+``([job] output)``): ``pipeline/run`` for a job (:data:`pipeline.run.jobspec.JOB_KEYS`), each
+command for its flags (``settings=`` in its ``set_defaults``, applied by :func:`pipeline.cli.main`).
+The settings in use:
+
+=================================  ===========================================================
+``output``                         an output location (``ingest``/``fetch`` ``--out``; ``[job] output``)
+``email``, ``api_key``, ``tool``,  NCBI E-utilities (``fetch`` ``--email``, ...; the job's ``[source]``)
+``eutils_url``, ``query``,
+``mindate``, ``maxdate``,
+``max_records``, ``rate``
+``task``, ``model``                a task's checkpoint (``eval re --task``; ``[tasks.re] task``)
+``dict_file``, ``bpecodes_file``,  converting a fairseq checkpoint (``convert fairseq --dict``, ...)
+``overwrite``
+``mirror``, ``allow_http``,        pulling a released checkpoint (``models pull --mirror``, ...)
+``sha256``
+``as_of``, ``dest``, ``fmt``       reading an output (``query --as-of``; ``export``/``kb build --out``)
+=================================  ===========================================================
+
 Programming errors stay ordinary exceptions (and keep their tracebacks).
 """
 

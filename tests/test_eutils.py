@@ -16,19 +16,18 @@ import pytest
 from deltalake import DeltaTable
 from fake_eutils import FakeEutils, article_xml
 
-from biogpt.errors import ConfigError
 from pipeline.cli import main
-from pipeline.errors import StoreError
+from pipeline.errors import JobConfigError, StoreError
 from pipeline.pubmed.eutils import (
     Credentials,
     EutilsClient,
     EutilsError,
     RateLimiter,
-    fetch_query,
-    load_job_credentials,
     plan_ranges,
 )
+from pipeline.pubmed.fetch import fetch_query
 from pipeline.pubmed.parser import parse_articles
+from pipeline.run.jobspec import source_credentials
 from pipeline.store.documents import Documents, read_articles
 from pipeline.store.output import JobOutput
 
@@ -427,10 +426,10 @@ def test_credentials_resolution_order(tmp_path):
     )
     spec = tmp_path / "job.toml"
     spec.write_text('[job]\nname = "x"\n[source]\nkind = "entrez"\nquery = "q"\nemail = "job@x"\napi_key = "abc"\n')
-    assert load_job_credentials(spec) == {"email": "job@x", "api_key": "abc"}
+    assert source_credentials(spec) == {"email": "job@x", "api_key": "abc"}
     spec.write_text("[source\nemail =")
-    with pytest.raises(ConfigError, match="cannot read job spec"):
-        load_job_credentials(spec)
+    with pytest.raises(JobConfigError, match=r"job\.toml is not valid TOML"):
+        source_credentials(spec)
 
 
 def test_base_url_from_environment(monkeypatch, tmp_path):

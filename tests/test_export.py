@@ -161,7 +161,10 @@ def test_bioc_export_round_trips_through_the_bioc_package(job_out, tmp_path, fmt
 
 def test_export_refuses_a_folder_and_unknown_outputs(job_out, tmp_path, capsys):
     assert main(["export", str(job_out), "--format", "pubtator", "--out", str(tmp_path)]) == 2
-    assert "is a folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (
+        err == f"biomine: error: {tmp_path} is a folder: name the file to write, e.g. {tmp_path}/export.xml (--out)\n"
+    )
     assert main(["export", str(tmp_path / "nothing"), "--format", "pubtator", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("biomine: error: ")
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()

@@ -324,10 +324,11 @@ def test_untied_values_are_reported_and_fairseq_wins(ddi_dir, tmp_path):
 def test_missing_dict_is_a_clear_error(tmp_path, capsys):
     src = tmp_path / "RE-DDI"
     prompt_checkpoint(src / "checkpoint_avg.pt")
-    with pytest.raises(TokenizerError, match=r"no dict.txt at .*RE-DDI/dict.txt: pass --dict"):
+    with pytest.raises(TokenizerError, match=r"no dict.txt at .*RE-DDI/dict.txt: give the dict.txt the model was"):
         convert_fairseq_checkpoint(src, tmp_path / "out")
     assert cli_main(["convert", "fairseq", str(src), str(tmp_path / "out")]) == 2
-    assert "biomine: error: no dict.txt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("biomine: error: no dict.txt") and err.endswith("BioGPT-Large/dict.txt) (--dict)\n"), err
     assert not (tmp_path / "out").exists()
 
 
@@ -516,16 +517,20 @@ def test_shape_mismatches_are_clear_errors(tmp_path):
         convert_fairseq_checkpoint(src, tmp_path / "out")
 
 
-def test_unknown_task_needs_the_flag_and_dst_is_protected(tmp_path):
+def test_unknown_task_needs_the_flag_and_dst_is_protected(tmp_path, capsys):
     src = tmp_path / "mystery"
     write_vocab(src)
     prompt_checkpoint(src / "checkpoint_avg.pt", data="/data/bin")
-    with pytest.raises(CheckpointError, match="pass --task"):
+    with pytest.raises(CheckpointError, match=r"data path /data/bin\); name its task \(one of re-bc5cdr, re-ddi, "):
         convert_fairseq_checkpoint(src, tmp_path / "out")
+    assert cli_main(["convert", "fairseq", str(src), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.endswith(", lm) (--task)\n")
     with pytest.raises(CheckpointError, match="unknown task 'ner'"):
         convert_fairseq_checkpoint(src, tmp_path / "out", task="ner")
     assert convert_fairseq_checkpoint(src, tmp_path / "out", task="re-ddi").task == "re-ddi"
-    with pytest.raises(CheckpointError, match="not empty.*--force"):
+    with pytest.raises(CheckpointError, match="exists and is not empty; choose another directory, or overwrite it$"):
         convert_fairseq_checkpoint(src, tmp_path / "out", task="re-ddi")
+    assert cli_main(["convert", "fairseq", str(src), str(tmp_path / "out"), "--task", "re-ddi"]) == 2
+    assert capsys.readouterr().err.endswith("is not empty; choose another directory, or overwrite it (--force)\n")
     assert convert_fairseq_checkpoint(src, tmp_path / "out", task="dc-hoc", overwrite=True).task == "dc-hoc"
     assert read_task_spec(tmp_path / "out")["task"] == "dc-hoc"

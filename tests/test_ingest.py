@@ -276,12 +276,16 @@ def test_crash_then_rerun_equals_an_uninterrupted_run(pubmed_files, tmp_path, mo
     assert sorted(data_files(tmp_path / "clean")) == sorted(live_files(tmp_path / "clean"))
 
 
-def test_a_file_sorting_before_an_ingested_one_is_refused(pubmed_files, tmp_path):
+def test_a_file_sorting_before_an_ingested_one_is_refused(pubmed_files, tmp_path, capsys):
     out = tmp_path / "out"
     ingest_files([pubmed_files / "pubmed25n0002.xml.gz"], out)
     version = table_version(out)
-    with pytest.raises(IngestError, match="pubmed25n0001.xml.gz sorts before pubmed25n0002.xml.gz"):
+    with pytest.raises(IngestError, match="pubmed25n0001.xml.gz sorts before pubmed25n0002.xml.gz") as err:
         ingest_files([pubmed_files / "pubmed25n0001.xml.gz"], out)
+    # The library speaks of the output; the command adds its flag.
+    assert str(err.value).endswith("Ingest all files into a new output") and err.value.setting == "output"
+    assert main(["ingest", str(pubmed_files / "pubmed25n0001.xml.gz"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.endswith("Ingest all files into a new output (--out)\n")
     assert table_version(out) == version and live_pmids(out) == [3, 5, 11]
 
 

@@ -153,3 +153,88 @@ def test_the_task_registry_is_built_from_the_task_classes_without_torch():
     code = "import sys, pipeline.tasks.registry; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=JOBS.parent, check=True)
     assert done.stdout.strip() == "False"
+
+
+# --- one date grammar, one reader, and the job keys errors end with ---------------------------------
+
+DATES = {
+    "2020": None,
+    "2020/1": None,
+    "2020/02/29": None,
+    "2020-01-01": "use YYYY, YYYY/MM or YYYY/MM/DD (e.g. 2020/01/31)",
+    "20/01/01": "use YYYY, YYYY/MM or YYYY/MM/DD (e.g. 2020/01/31)",
+    "2020/13": "not a calendar date (month must be in 1..12)",
+    "2019/02/29": "not a calendar date (day is out of range for month)",
+}
+
+
+@pytest.mark.parametrize("text", list(DATES))
+def test_jobs_and_fetch_share_one_date_grammar(tmp_path, text):
+    """The job parser and the fetch step accept and refuse the same dates, with the same reason."""
+    from pipeline.errors import EutilsError, JobConfigError
+    from pipeline.pubmed.eutils import parse_date
+
+    path = write(
+        tmp_path, f'[job]\nname = "x"\noutput = "out"\n[source]\nkind = "entrez"\nquery = "q"\nmindate = "{text}"\n'
+    )
+    problem = DATES[text]
+    if problem is None:
+        assert load_job(path, check_models=False).source.mindate == text
+        assert parse_date(text, end=False, setting="mindate") is not None
+        return
+    with pytest.raises(JobConfigError) as job_error:
+        load_job(path, check_models=False)
+    assert f"[source] mindate = '{text}': {problem}" in str(job_error.value)
+    with pytest.raises(EutilsError) as fetch_error:
+        parse_date(text, end=False, setting="mindate")
+    assert str(fetch_error.value) == f"mindate '{text}' is not a date: {problem}"
+    assert fetch_error.value.setting == "mindate"
+
+
+def test_date_order_compares_periods_not_strings(tmp_path):
+    from pipeline.errors import JobConfigError
+
+    job = '[job]\nname = "x"\noutput = "out"\n[source]\nkind = "entrez"\nquery = "q"\n'
+    # June 2020 lies within the year 2020 (the old string comparison refused it).
+    spec = load_job(write(tmp_path, job + 'mindate = "2020/06"\nmaxdate = "2020"\n'), check_models=False)
+    assert (spec.source.mindate, spec.source.maxdate) == ("2020/06", "2020")
+    with pytest.raises(JobConfigError, match=r"\[source\] mindate 2021 is after maxdate 2020/12$"):
+        load_job(write(tmp_path, job + 'mindate = "2021"\nmaxdate = "2020/12"\n'), check_models=False)
+
+
+def test_fetch_credentials_come_through_the_job_reader(tmp_path):
+    from pipeline.errors import JobConfigError
+    from pipeline.run.jobspec import source_credentials
+
+    path = write(tmp_path, '[source]\nemail = "a@b.org"\napi_key = 7\n')
+    with pytest.raises(JobConfigError, match=r"1 problem\(s\) in .*job.toml: \[source\].api_key = 7: expected str$"):
+        source_credentials(path)
+    with pytest.raises(JobConfigError, match=r"job file .*nothing.toml does not exist"):
+        source_credentials(tmp_path / "nothing.toml")
+
+
+def test_errors_name_the_job_key_or_the_flag_once(monkeypatch):
+    """A lower room's error names its setting; the run layer adds the job key (first spelling wins)."""
+    import pickle
+
+    from pipeline.errors import EutilsError, StorageError
+    from pipeline.run import runner
+    from pipeline.run.jobspec import JOB_KEYS, task_keys
+
+    def fail(*args):
+        raise EutilsError("no contact email for NCBI", setting="email")
+
+    monkeypatch.setattr(runner, "_run_plan", fail)
+    with pytest.raises(EutilsError) as err:
+        runner.run_plan(None)  # type: ignore[arg-type]
+    assert str(err.value) == "no contact email for NCBI ([source] email)"
+    assert str(err.value.spell({"email": "--email"})) == "no contact email for NCBI ([source] email)"
+    copy = pickle.loads(pickle.dumps(err.value))  # errors cross Ray's process boundaries
+    assert (copy.setting, copy.spelling, str(copy)) == ("email", "[source] email", str(err.value))
+
+    both = EutilsError("mindate 2021 is after maxdate 2020", setting=("mindate", "maxdate"))
+    assert str(both.spell(JOB_KEYS)).endswith("([source] mindate, [source] maxdate)")
+    assert str(EutilsError("x", setting="max_records").spell(JOB_KEYS)) == "x ([source] max)"
+    assert str(StorageError("x", setting="output").spell(JOB_KEYS)) == "x ([job] output)"  # an OSError too
+    assert str(EutilsError("x", setting="rate").spell(JOB_KEYS)) == "x"  # a job has no rate
+    assert task_keys("re")["task"] == "[tasks.re] task"

@@ -383,7 +383,11 @@ def test_query_as_of_reads_an_earlier_runs_snapshot(two_runs, capsys):
     assert sorted(f"{a}-{b}" for a, b in at_first.select("drug_a", "drug_b").rows()) == then
     assert pl.read_delta(str(out / "relations"), version=first["relations"]).height == 3
 
-    for as_of, needle in [("3", "has 2 finished run(s)"), ("2001-01-01", "no run of"), ("soon", "give a run number")]:
+    for as_of, needle in [
+        ("3", f"run 3: {out} has 2 finished run(s) (--as-of)"),
+        ("2001-01-01", f"as of 2001-01-01T00:00:00+00:00: no run of {out} had finished by then (--as-of)"),
+        ("soon", "--as-of 'soon': give a run number (1 is the first finished run) or a date/time"),
+    ]:
         assert main(["query", str(out), sql, "--as-of", as_of]) == 2
         err = capsys.readouterr().err
         assert err.startswith("biomine: error: ") and needle in err and len(err.strip().splitlines()) == 1, err

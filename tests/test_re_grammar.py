@@ -323,7 +323,9 @@ def test_settings_validation(change, message):
 def test_wrong_kind_of_checkpoint_is_refused(tmp_path):
     (tmp_path / "biomine_task.json").write_text(json.dumps(spec("re-bc5cdr")))
     assert load_task_settings(tmp_path, "bc5cdr").task == "bc5cdr"
-    with pytest.raises(TaskSettingsError, match="is a bc5cdr checkpoint, not ddi: pass --task bc5cdr"):
+    with pytest.raises(
+        TaskSettingsError, match="is a bc5cdr checkpoint, not ddi: ask for task bc5cdr, or give a ddi model$"
+    ):
         load_task_settings(tmp_path, "ddi")
     lm = task_spec(
         "lm",

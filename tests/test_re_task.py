@@ -109,7 +109,9 @@ def test_check_model_refuses_the_wrong_checkpoints(ckpts, tmp_path):
     assert "biomine convert fairseq" in message
     assert isinstance(err.value, base.WrongModelError) and isinstance(err.value, TaskSettingsError)
 
-    with pytest.raises(RelationModelError, match=r"is a bc5cdr checkpoint, not ddi: pass --task bc5cdr"):
+    with pytest.raises(
+        RelationModelError, match=r"is a bc5cdr checkpoint, not ddi: ask for task bc5cdr, or give a ddi model$"
+    ):
         RelationTask.check_model(RelationOptions(model=ckpts["bc5cdr"], task="ddi"))
     with pytest.raises(RelationModelError, match="BioGptForTokenClassification"):
         RelationTask.check_model(RelationOptions(model=ckpts["ner"], task="ddi"))
@@ -335,7 +337,7 @@ def test_evaluate_re_defaults_are_the_original_protocol(trained, tmp_path):
 def test_evaluate_re_errors(ckpts, tmp_path):
     data = tmp_path / "test.json"
     data.write_text(json.dumps({"d1": {"abstract": ABSTRACTS[0], "triples": [TRIPLE]}}))
-    with pytest.raises(RelationModelError, match="pass --task ddi"):
+    with pytest.raises(RelationModelError, match="is a ddi checkpoint, not kd-dti: ask for task ddi, or give a kd-dti"):
         evaluate_re("kd-dti", data, ckpts["ddi"], device="cpu")
     with pytest.raises(ConfigError, match="limit"):
         evaluate_re("ddi", data, ckpts["ddi"], limit=0)

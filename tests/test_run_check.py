@@ -58,7 +58,10 @@ CASES = {
     "NER model given to RE": (lambda m, b: f'[tasks.re]\ntask = "ddi"\nmodel = "{m["ner"]}"\n', ["[tasks.re]"]),
     "RE checkpoint of another task": (
         lambda m, b: f'[tasks.re]\ntask = "bc5cdr"\nmodel = "{m["re"]}"\n',
-        ["is a ddi checkpoint, not bc5cdr"],
+        # the job key, not `eval re`'s --task
+        [
+            "is a ddi checkpoint, not bc5cdr: ask for task ddi, or give a bc5cdr model ([tasks.re] task, [tasks.re] model)"
+        ],
     ),
     "corrupt config.json": (lambda m, b: f'[tasks.ner]\nmodel = "{b["corrupt"]}"\n', ["cannot read", "config.json"]),
     "max_new_tokens beyond the positions": (
@@ -123,7 +126,39 @@ def test_entrez_without_an_email_and_an_unreachable_address(tmp_path, demo_model
         resources='address = "127.0.0.1:1"',
         tasks=f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\n',
     )
-    refused(capsys, path, "2 problems", "contact email", "cannot reach the Ray cluster at 127.0.0.1:1")
+    err = refused(capsys, path, "2 problems", "cannot reach the Ray cluster at 127.0.0.1:1")
+    # The error names the job key (the client itself speaks of an email only), not a flag.
+    assert (
+        "no contact email for NCBI, which asks every E-utilities client (https://eutils.ncbi.nlm.nih.gov/entrez/"
+        "eutils/) for one: give an email address, or set NCBI_EMAIL ([source] email)" in err
+    ), err
+    assert "--email" not in err
+
+
+def test_fetch_without_an_email_names_the_flag(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("NCBI_EMAIL", raising=False)
+    monkeypatch.delenv("BIOMINE_EUTILS_URL", raising=False)
+    assert main(["fetch", "--query", "warfarin", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "biomine: error: no contact email for NCBI, which asks every E-utilities client (https://eutils.ncbi."
+        "nlm.nih.gov/entrez/eutils/) for one: give an email address, or set NCBI_EMAIL (--email)\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_job_output_errors_name_the_job_key(tmp_path, demo_models, capsys):
+    """A job's output that is a file, or another job's, is refused naming ``[job] output`` (never ``--out``)."""
+    (tmp_path / "a-file").write_text("x")
+    tasks = f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\n'
+    err = refused(capsys, job(tmp_path, output=f'"{tmp_path / "a-file"}"', tasks=tasks))
+    assert f"[job] output = '{tmp_path / 'a-file'}' is a file: name a folder (it is created if needed)" in err
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "_job.json").write_text(json.dumps({"format": "biomine-job", "name": "other", "source": {}}))
+    err = refused(capsys, job(tmp_path, tasks=tasks))
+    assert err.startswith(f"biomine: error: {tmp_path / 'out'} belongs to job 'other'"), err
+    assert err.rstrip().endswith("(the other job's outputs would be mixed in) ([job] output)"), err
+    assert "--out" not in err
 
 
 def test_check_passes_a_good_job_and_sees_an_owned_output(tmp_path, demo_models, capsys):
@@ -142,7 +177,10 @@ def test_check_passes_a_good_job_and_sees_an_owned_output(tmp_path, demo_models,
         (["fetch", "--query", "x", "--out", "{tmp}/out", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
         (["query", "{tmp}", ""], "no SQL given"),
         (["query", "{tmp}", "SELECT 1", "--max-rows", "-1"], "--max-rows -1: must be at least 1"),
-        (["ingest", str(SAMPLE), "--out", "{tmp}/a-file"], "a-file is a file, not a folder"),
+        (
+            ["ingest", str(SAMPLE), "--out", "{tmp}/a-file"],
+            "{tmp}/a-file is a file, not a folder: name a folder for the output (it is created if needed) (--out)",
+        ),
         (["ingest", str(SAMPLE), "--out", "{tmp}/x", "--workers", "0"], "--workers 0: must be at least 1"),
         (
             [
@@ -156,9 +194,27 @@ def test_check_passes_a_good_job_and_sees_an_owned_output(tmp_path, demo_models,
                 "--out",
                 "{tmp}/a-file",
             ],
-            "a-file is a file, not a folder",
+            "{tmp}/a-file is a file, not a folder: name a folder for the output (it is created if needed) (--out)",
         ),
-        (["kb", "build", "--relations", "{tmp}/nothing", "--out", "{tmp}"], "--out {tmp} is a folder"),
+        (
+            ["fetch", "--query", "x", "--email", "a@b.org", "--eutils-url", "http://127.0.0.1:9/", "--out", "{tmp}/o"]
+            + ["--mindate", "2020-01-01"],
+            "mindate '2020-01-01' is not a date: use YYYY, YYYY/MM or YYYY/MM/DD (e.g. 2020/01/31) (--mindate)",
+        ),
+        (
+            ["fetch", "--query", "x", "--email", "a@b.org", "--eutils-url", "http://127.0.0.1:9/", "--out", "{tmp}/o"]
+            + ["--mindate", "2021", "--maxdate", "2020/06"],
+            "mindate 2021 is after maxdate 2020/06 (--mindate, --maxdate)",
+        ),
+        (
+            ["fetch", "--query", "x", "--email", "a@b.org", "--eutils-url", "http://127.0.0.1:9/", "--out", "{tmp}/o"]
+            + ["--max", "-1"],
+            "a limit of -1 records: give zero or more (--max)",
+        ),
+        (
+            ["kb", "build", "--relations", "{tmp}/nothing", "--out", "{tmp}"],
+            "{tmp} is a folder: name the Parquet file to write, e.g. {tmp}/kb.parquet (--out)",
+        ),
         # An output without tables (the relations are a Delta table of the output now, not loose files).
         (["kb", "build", "--relations", "{tmp}/nothing", "--out", "{tmp}/kb.parquet"], "holds no biomine tables"),
         (["kb", "build", "{tmp}"], "holds no biomine tables"),

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.retention_hours < 0:
         raise JobConfigError(f"--retention-hours {args.retention_hours}: must be 0 or more")
     output = JobOutput(args.dir)
-    output.refuse_table_path("biomine compact")
+    output.refuse_table_path()
     if not output.tables():
         raise StoreError(f"{output.root} holds no biomine tables: pass a job's [job] output or an ingest --out")
     with contextlib.ExitStack() as stack:

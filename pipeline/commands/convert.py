@@ -53,7 +53,10 @@ def register(subparsers) -> None:
         help="cast the weights (default: keep the checkpoint's dtype)",
     )
     fairseq.add_argument("--force", action="store_true", help="write into DST even if it is not empty")
-    fairseq.set_defaults(func=_run_fairseq)
+    fairseq.set_defaults(
+        func=_run_fairseq,
+        settings={"dict_file": "--dict", "bpecodes_file": "--bpecodes", "task": "--task", "overwrite": "--force"},
+    )
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 

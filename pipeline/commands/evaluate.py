@@ -109,7 +109,7 @@ def register(subparsers) -> None:
     rel.add_argument("--limit", type=int, metavar="N", help="score only the first N documents (a quick look)")
     rel.add_argument("--predictions", metavar="FILE.jsonl", help="also write each document's generation")
     _common(rel, batch=16, dtype="float32")
-    rel.set_defaults(func=_run_re)
+    rel.set_defaults(func=_run_re, settings={"task": "--task", "model": "--model"})
     link = kinds.add_parser(
         "link",
         help="entity-linking accuracy on the gold mentions of a PubTator file",

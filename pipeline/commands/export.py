@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--format", required=True, choices=FORMATS, help="the exchange format")
     p.add_argument("--out", dest="dest", required=True, metavar="FILE", help="the file to write")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, settings={"fmt": "--format", "dest": "--out"})
 
 
 def run(args: argparse.Namespace) -> int:

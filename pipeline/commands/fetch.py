@@ -26,10 +26,12 @@ examples:
   biomine fetch --query "neoplasms[mh]" --mindate 2024 --out data/cancer-2024   # >10,000 hits: split by date
   biomine fetch --query warfarin --out data/w --eutils-url http://127.0.0.1:8080/eutils   # a mirror
 
-credentials from a job spec (--job JOB.toml; only these keys of its [source] table are read):
+credentials from a job file (--job JOB.toml; only these keys of its [source] table are read):
   [source]
   email = "you@example.org"
   api_key = "..."
+
+Dates (--mindate, --maxdate) are YYYY, YYYY/MM or YYYY/MM/DD, as in a job file.
 
 The articles go into OUT/documents, a Delta Lake table (deltalake, polars, DuckDB and Spark read it:
 docs/analysts.md), committed every --shard-rows articles; `biomine query OUT "..."` reads it too.
@@ -64,7 +66,7 @@ def register(subparsers) -> None:
     g.add_argument("--email", help="contact address NCBI requires with every request")
     g.add_argument("--api-key", help="NCBI API key: allows 10 requests/s instead of 3")
     g.add_argument("--tool", help="tool name sent to NCBI (default: biomine)")
-    g.add_argument("--job", metavar="JOB.toml", help="job spec whose [source] table holds email/api_key/tool")
+    g.add_argument("--job", metavar="JOB.toml", help="job file whose [source] table holds email/api_key/tool")
     t = p.add_argument_group("tuning")
     t.add_argument(
         "--eutils-url", metavar="URL", help="E-utilities base URL (default: $BIOMINE_EUTILS_URL, else NCBI's)"
@@ -88,14 +90,31 @@ def register(subparsers) -> None:
         default=None,
         help="show a progress bar (default: only on a terminal)",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, settings=SETTINGS)
+
+
+#: The flag of each setting that fetching names in its errors (:mod:`pipeline.errors`).
+SETTINGS = {
+    "output": "--out",
+    "query": "--query",
+    "mindate": "--mindate",
+    "maxdate": "--maxdate",
+    "max_records": "--max",
+    "email": "--email",
+    "api_key": "--api-key",
+    "tool": "--tool",
+    "eutils_url": "--eutils-url",
+    "rate": "--rate",
+}
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.pubmed.eutils import Credentials, EutilsClient, fetch_query, load_job_credentials
+    from pipeline.pubmed.eutils import Credentials, EutilsClient
+    from pipeline.pubmed.fetch import fetch_query
+    from pipeline.run.jobspec import source_credentials
 
     require_positive(args, "--batch-size", "--shard-rows", "--split-threshold", "--tries")
-    job = load_job_credentials(args.job) if args.job else None
+    job = source_credentials(args.job) if args.job else None
     creds = Credentials.resolve(email=args.email, api_key=args.api_key, tool=args.tool, job=job)
     client = EutilsClient(args.eutils_url, creds, rate=args.rate, timeout=args.timeout, tries=args.tries)
     summary = fetch_query(

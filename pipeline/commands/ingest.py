@@ -64,7 +64,7 @@ def register(subparsers) -> None:
         default=None,
         help="show a progress bar (default: only on a terminal)",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, settings={"output": "--out"})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--task", default="ddi", choices=list(RE_TASKS), help="which relation task's rows to use (default ddi)"
     )
-    b.set_defaults(func=run_build)
+    b.set_defaults(func=run_build, settings={"dest": "--out"})
     d = kb_sub.add_parser(
         "diff",
         help="edges added, removed and rescored since a version or date",
@@ -79,7 +79,7 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"{args.out}: {n} edges")
         return 0
     # Refuse a folder that is no output before taking its lease (which would write into it).
-    output.refuse_table_path("biomine kb build")
+    output.refuse_table_path()
     snapshot(output)
     with output.lease(f"biomine kb build {output.root}"):
         result = update_kb(output, task=args.task)

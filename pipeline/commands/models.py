@@ -70,7 +70,10 @@ def register(subparsers) -> None:
         "--keep-archive", action="store_true", help="keep the downloaded .tgz (default: deleted once converted)"
     )
     pull.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
-    pull.set_defaults(func=run_pull)
+    pull.set_defaults(
+        func=run_pull,
+        settings={"mirror": "--mirror", "allow_http": "--allow-http", "sha256": "--sha256", "overwrite": "--force"},
+    )
     lst = sub.add_parser(
         "list",
         help="the pulled releases and the Hub models in the cache",

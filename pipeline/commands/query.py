@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="RUN|DATE",
         help="read the tables as finished run RUN (1 = the first) or the last run before DATE left them",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, settings={"as_of": "--as-of"})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         from pipeline.errors import JobConfigError
 
         raise JobConfigError('no SQL given: pass a query, e.g. "SELECT count(*) FROM documents"')
-    as_of = parse_as_of(args.as_of) if args.as_of else None
+    as_of = parse_as_of(args.as_of, "--as-of") if args.as_of else None
     df = query(args.out, args.sql, warn=lambda w: print(f"biomine: warning: {w}", file=sys.stderr), as_of=as_of)
     if args.format == "csv":
         print(df.to_csv(index=False), end="")

@@ -193,10 +193,12 @@ def export(out, dest, fmt: str, *, progress: bool | None = None) -> int:
     from pipeline.progress import Progress
 
     if fmt not in FORMATS:
-        raise BioMineError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+        raise BioMineError(f"format {fmt!r}: use one of {', '.join(FORMATS)}", setting="fmt")
     dest = os.fspath(dest)
     if os.path.isdir(dest):
-        raise BioMineError(f"--out {dest} is a folder: name the file to write, e.g. {os.path.join(dest, 'export.xml')}")
+        raise BioMineError(
+            f"{dest} is a folder: name the file to write, e.g. {os.path.join(dest, 'export.xml')}", setting="dest"
+        )
     tmp = f"{dest}.part"
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     n = 0

@@ -113,7 +113,7 @@ def update_kb(output: JobOutput, *, task: str = "ddi") -> dict[str, Any]:
 
     snap = snapshot(output)
     if "relations" not in snap.tables:
-        raise BioMineError(f"{output.root} has no relations table: run a job with [tasks.re] first")
+        raise BioMineError(f"{output.root} has no relations table: run a job with relation extraction (re) first")
     live = {}
     for name in ("relations", "documents"):
         if name in snap.tables:  # the newest versions: what the run just committed
@@ -135,20 +135,24 @@ def update_kb(output: JobOutput, *, task: str = "ddi") -> dict[str, Any]:
     return {"edges": table.num_rows, "version": version, "changed": True}
 
 
-def export_kb(output: JobOutput, out: str | os.PathLike, *, task: str = "ddi") -> int:
-    """The current KB of ``output`` (rebuilt from its snapshot) written to one Parquet file ``out``."""
+def export_kb(output: JobOutput, dest: str | os.PathLike, *, task: str = "ddi") -> int:
+    """The current KB of ``output`` (rebuilt from its snapshot) written to one Parquet file ``dest``.
+
+    :raises BioMineError: ``dest`` is a folder (``setting`` ``"dest"``), or the output has no relations.
+    """
     from pipeline.outputs.query import snapshot
 
-    if location(out).is_dir():
+    if location(dest).is_dir():
         raise BioMineError(
-            f"--out {out} is a folder: name the Parquet file to write, e.g. {location(out) / 'kb.parquet'}"
+            f"{dest} is a folder: name the Parquet file to write, e.g. {location(dest) / 'kb.parquet'}",
+            setting="dest",
         )
     snap = snapshot(output)
     if "relations" not in snap.tables:
         raise BioMineError(f"{output.root} has no relations table: point it at a job's output")
     docs = snap.tables["documents"].dataset() if "documents" in snap.tables else None
     table = edges(snap.tables["relations"].dataset(), docs, task=task)
-    location(out).write_parquet(table)
+    location(dest).write_parquet(table)
     return table.num_rows
 
 

@@ -71,11 +71,11 @@ class Snapshot:
 
 
 def parse_as_of(
-    value: str, option: str = "--as-of", number: str = "a run number (the Nth finished run of OUT/runs)"
+    value: str, option: str = "as_of", number: str = "a run number (1 is the first finished run)"
 ) -> int | _dt.datetime:
-    """``--as-of``: a run number (1 is the first finished run in ``OUT/runs``) or a
-    date/time (``2026-12-01``, ``2026-12-01T06:00``, UTC unless it says otherwise). ``option`` and
-    ``number`` name the option and what its number is in the message (``kb diff --since``: a version).
+    """An ``as_of``: a run number (1 is the first finished run) or a date/time (``2026-12-01``,
+    ``2026-12-01T06:00``, UTC unless it says otherwise). ``option`` and ``number`` name the setting
+    and what its number is in the message (a command passes its flag; ``kb diff --since``: a version).
 
     :raises BioMineError: neither.
     """
@@ -101,20 +101,22 @@ def snapshot(out: str | os.PathLike | Location | JobOutput, as_of: int | _dt.dat
     tables = output.tables()
     if not tables:
         raise BioMineError(
-            f"{output.root} holds no biomine tables (documents/, entities/, ...): pass a job's [job] output "
-            "or the --out of `biomine ingest`"
+            f"{output.root} holds no biomine tables (documents/, entities/, ...): give the output of a job, or "
+            "a corpus that ingesting or fetching wrote"
         )
     finished = [e for e in output.run_events() if e["event"] == "finished"]
     run = None
     if as_of is not None:
         if isinstance(as_of, int):
             if not 1 <= as_of <= len(finished):
-                raise BioMineError(f"--as-of {as_of}: {output.root} has {len(finished)} finished run(s)")
+                raise BioMineError(f"run {as_of}: {output.root} has {len(finished)} finished run(s)", setting="as_of")
             run = finished[as_of - 1]
         else:
             before = [e for e in finished if e["event_time"] <= as_of]
             if finished and not before:
-                raise BioMineError(f"--as-of {as_of.isoformat()}: no run of {output.root} had finished by then")
+                raise BioMineError(
+                    f"as of {as_of.isoformat()}: no run of {output.root} had finished by then", setting="as_of"
+                )
             run = before[-1] if before else None
     elif finished:
         run = finished[-1]

@@ -1,2 +1,3 @@
-"""PubMed in: the E-utilities client (:mod:`.eutils`), the streaming XML parser (:mod:`.parser`) and
-ingestion of baseline/update files (:mod:`.ingest`), all writing through :mod:`pipeline.store`."""
+"""PubMed in: the E-utilities client (:mod:`.eutils`), a query fetched into an output (:mod:`.fetch`), the
+streaming XML parser (:mod:`.parser`) and ingestion of baseline/update files (:mod:`.ingest`), fetch and ingest
+writing through :mod:`pipeline.store`."""

@@ -1,4 +1,4 @@
-"""NCBI E-utilities client for PubMed: esearch on the history server, efetch in batches, into the documents table.
+"""NCBI E-utilities client for PubMed: rate-limited, retrying esearch and efetch, and query date ranges.
 
 Contract:
 
@@ -6,30 +6,29 @@ Contract:
   is an argument, else ``$BIOMINE_EUTILS_URL``, else NCBI's; ``Bio.Entrez`` cannot be used for the
   requests because it hard-codes NCBI's host, but it still parses esearch answers (:func:`Bio.Entrez.read`,
   DTD-validated), while efetch's PubMed XML goes through the streaming :mod:`pipeline.pubmed.parser`.
-- Every request carries ``tool``, ``email`` and ``api_key`` (:meth:`Credentials.resolve`: options,
-  then the job spec's ``[source]`` table, then ``$NCBI_EMAIL``/``$NCBI_API_KEY``), and waits for a
-  :class:`RateLimiter` slot: 3 requests/s without a key, 10 with one, shared through a lock file by
-  every process on this machine that uses the same host and key.
+- Every request carries ``tool``, ``email`` and ``api_key`` (:meth:`Credentials.resolve`: the
+  caller's values, then those of a job (its ``[source]`` table, read by the job parser), then
+  ``$NCBI_EMAIL``/``$NCBI_API_KEY``), and waits for a :class:`RateLimiter` slot: 3 requests/s without
+  a key, 10 with one, shared through a lock file by every process on this machine that uses the same
+  host and key.
 - Transient failures are retried with exponential backoff and jitter: HTTP 429 (honouring
   ``Retry-After``) and 5xx, timeouts, refused or dropped connections, truncated bodies, malformed XML
   and NCBI's ``<ERROR>`` answers that arrive with status 200. Other 4xx fail at once.
-- :func:`fetch_query` fetches every hit of a query exactly once into an output's documents table
-  (:mod:`pipeline.store.documents`, a Delta table; appends only):
-  ESearch pages at most 9,999 records, so larger queries are split into publication-date ranges
-  (halving until each range fits) and the per-range counts are checked against the total. Each range's
-  ids come from one esearch (``usehistory=y``); batches are then fetched over the WebEnv by ``retstart``,
-  checked against those ids, and ids still missing (or left over by an interrupted run) are fetched by
-  POSTed id list. PMIDs already in the output are never fetched again, so a crashed or repeated run
-  resumes where it stopped and a later run of the same query adds only new hits.
+- Dates: one grammar, ``YYYY``, ``YYYY/MM`` or ``YYYY/MM/DD`` (:func:`date_problem`, :func:`parse_date`,
+  :func:`date_range`), which a job file's ``mindate``/``maxdate`` follow too. ESearch pages at most
+  9,999 records, so :func:`plan_ranges` splits a larger query into publication-date ranges (halving
+  until each range fits) and checks the per-range counts against the total.
+- Fetching a query into an output's documents is :mod:`pipeline.pubmed.fetch`.
 
 :raises EutilsError: a request still fails after the retries (the message names the request, e.g.
     the batch, date range and query, and the last error), a non-retryable HTTP error, a query that
-    cannot be split finely enough, or missing NCBI credentials.
+    cannot be split finely enough, a date that is not one, or missing NCBI credentials. Its
+    ``setting`` names what the caller set that the fix changes (``"email"``, ``"eutils_url"``,
+    ``"mindate"``, ...): see :mod:`pipeline.errors`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import fcntl
 import hashlib
@@ -38,29 +37,25 @@ import io
 import logging
 import os
 import random
+import re
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from biogpt.errors import ConfigError
 from pipeline.errors import EutilsError, PubmedXMLError
-from pipeline.progress import Progress
 from pipeline.pubmed.parser import parse_articles
-from pipeline.store.documents import DEFAULT_SHARD_ROWS, Documents
-from pipeline.store.lease import Lease
-from pipeline.store.output import JobOutput
 
 log = logging.getLogger(__name__)
 
 NCBI_EUTILS_URL = "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/"
 ESEARCH_LIMIT = 9_999  # ESearch returns at most the first 9,999 records of a query
 DEFAULT_BATCH_SIZE = 500
-# Bounds used to split a query that has no --mindate/--maxdate: PubMed's oldest citations are from
+# Bounds used to split a query that has no mindate/maxdate: PubMed's oldest citations are from
 # the 1700s, and journals date issues up to a year ahead.
 EARLIEST_DATE = _dt.date(1500, 1, 1)
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -89,8 +84,8 @@ class Credentials:
         job: Mapping[str, Any] | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> "Credentials":
-        """Options win over the job spec's values (``job``: email, api_key, tool), which win over
-        ``NCBI_EMAIL``/``NCBI_API_KEY``."""
+        """The caller's values win over a job's (``job``: its ``email``, ``api_key``, ``tool``), which
+        win over ``NCBI_EMAIL``/``NCBI_API_KEY``."""
         job = job or {}
         env = os.environ if environ is None else environ
         return cls(
@@ -98,27 +93,6 @@ class Credentials:
             api_key=api_key or job.get("api_key") or env.get("NCBI_API_KEY") or None,
             tool=tool or job.get("tool") or "biomine",
         )
-
-
-def load_job_credentials(path: str | os.PathLike) -> dict[str, Any]:
-    """NCBI credentials from a job spec (``jobs/*.toml``, see :mod:`pipeline.run.jobspec`): the ``email``,
-    ``api_key`` and ``tool`` keys of its ``[source]`` table, those that are set.
-
-    Only these keys are read, so a job spec serves ``biomine fetch --job`` without its models existing.
-
-    :raises ConfigError: the file is unreadable or not TOML.
-    """
-    path = Path(path)
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        raise ConfigError(f"{path}: reading a TOML job spec needs Python 3.11 or later") from None
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read job spec {path}: {exc}") from exc
-    source = data.get("source", {})
-    return {key: source[key] for key in ("email", "api_key", "tool") if source.get(key)}
 
 
 # --- rate limiting --------------------------------------------------------------------------------
@@ -243,8 +217,9 @@ class EutilsClient:
         host = urllib.parse.urlsplit(self.base_url).hostname or ""
         if host.endswith("ncbi.nlm.nih.gov") and not self.credentials.email:
             raise EutilsError(
-                "NCBI asks every E-utilities client for a contact email: pass --email, set NCBI_EMAIL, "
-                'or put email = "..." in the job spec\'s [source] table'
+                f"no contact email for NCBI, which asks every E-utilities client ({self.base_url}) for one: "
+                "give an email address, or set NCBI_EMAIL",
+                setting="email",
             )
         if tries < 1:
             raise ValueError("tries must be at least 1")
@@ -257,9 +232,10 @@ class EutilsClient:
             rate = allowed
         elif rate > allowed and host.endswith("ncbi.nlm.nih.gov"):
             raise EutilsError(
-                f"--rate {rate:g} exceeds NCBI's limit of {allowed:g} requests/s "
+                f"a rate of {rate:g} requests/s exceeds NCBI's limit of {allowed:g} "
                 f"{'with' if self.credentials.api_key else 'without'} an API key; NCBI answers HTTP 429 and may block "
-                f"the address (an API key raises the limit to 10)"
+                f"the address: give a rate of {allowed:g} or less (an API key raises the limit to 10)",
+                setting="rate",
             )
         key = f"{host}|{self.credentials.api_key or 'no-api-key'}"
         try:
@@ -308,9 +284,10 @@ class EutilsClient:
             log.warning("%s: attempt %d/%d failed (%s); retrying in %.2fs", what, attempt, self.tries, last, delay)
             time.sleep(delay)
         raise EutilsError(
-            f"{what} failed after {self.tries} attempts; last error: {last}. Completed shards are kept: "
-            f"re-run the same command to resume (check the E-utilities URL {self.base_url} (--eutils-url, or eutils_url in the job's [source]) and the network, or "
-            f"try again later if NCBI is overloaded)"
+            f"{what} failed after {self.tries} attempts; last error: {last}. What was committed is kept and a "
+            f"re-run resumes (check the E-utilities URL {self.base_url} and the network, or try again later if "
+            "NCBI is overloaded)",
+            setting="eutils_url",
         )
 
     def _request(self, utility: str, params: Mapping[str, Any], *, post: bool, what: str) -> bytes:
@@ -334,7 +311,8 @@ class EutilsClient:
                 raise _Transient(f"HTTP {exc.code} {exc.reason}{detail}", _retry_after(exc.headers)) from exc
             raise EutilsError(
                 f"{what}: HTTP {exc.code} {exc.reason}{detail} from {url}; this is not retried: check the "
-                f"query syntax, the API key and the E-utilities URL (--eutils-url, or eutils_url in the job's [source])"
+                f"query syntax, the API key and the E-utilities URL {self.base_url}",
+                setting=("query", "api_key", "eutils_url"),
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
             # OSError covers URLError (refused, DNS), timeouts, resets and TLS errors.
@@ -428,30 +406,58 @@ def _retry_after(headers: Any) -> float | None:
 # --- dates and query splitting --------------------------------------------------------------------
 
 
-def parse_date(text: str | None, *, end: bool, flag: str = "date") -> _dt.date | None:
-    """``YYYY``, ``YYYY/MM`` or ``YYYY/MM/DD`` (``-`` also accepted) as a date: the period's first day,
-    or its last when ``end``.
+#: The one date grammar of queries, job files and the fetch command.
+DATE_GRAMMAR = "YYYY, YYYY/MM or YYYY/MM/DD"
+_DATE = re.compile(r"(\d{4})(?:/(\d{1,2})(?:/(\d{1,2}))?)?")
 
-    :raises EutilsError: not such a date (``flag`` names the option in the message).
+
+def date_problem(text: str) -> str | None:
+    """What is wrong with ``text`` as a date of the grammar (``YYYY``, ``YYYY/MM`` or ``YYYY/MM/DD``);
+    None when it is one. A job parser prefixes the key, :func:`parse_date` the setting."""
+    m = _DATE.fullmatch(text.strip())
+    if not m:
+        return f"use {DATE_GRAMMAR} (e.g. 2020/01/31)"
+    try:
+        _dt.date(int(m[1]), int(m[2] or 1), int(m[3] or 1))
+    except ValueError as exc:
+        return f"not a calendar date ({exc})"
+    return None
+
+
+def parse_date(text: str | None, *, end: bool, setting: str = "date") -> _dt.date | None:
+    """``YYYY``, ``YYYY/MM`` or ``YYYY/MM/DD`` as a date: the period's first day, or its last when ``end``.
+
+    :raises EutilsError: not such a date (``setting`` names it in the message and on the error).
     """
     if text is None:
         return None
-    parts = text.replace("-", "/").split("/")
-    try:
-        numbers = [int(p) for p in parts]
-        if len(numbers) == 1:
-            return _dt.date(numbers[0], 12, 31) if end else _dt.date(numbers[0], 1, 1)
-        if len(numbers) == 2:
-            year, month = numbers
-            if not end:
-                return _dt.date(year, month, 1)
-            following = _dt.date(year + month // 12, month % 12 + 1, 1)
-            return following - _dt.timedelta(days=1)
-        if len(numbers) == 3:
-            return _dt.date(*numbers)
-    except ValueError:
-        pass
-    raise EutilsError(f"{flag} {text!r} is not a date: use YYYY, YYYY/MM or YYYY/MM/DD")
+    problem = date_problem(text)
+    if problem:
+        raise EutilsError(f"{setting} {text!r} is not a date: {problem}", setting=setting)
+    m = _DATE.fullmatch(text.strip())
+    assert m is not None  # date_problem said it matches
+    year, month, day = int(m[1]), int(m[2] or 0), int(m[3] or 0)  # 0: not given (a real one is >= 1)
+    if day:
+        return _dt.date(year, month, day)
+    if month:
+        if not end:
+            return _dt.date(year, month, 1)
+        following = _dt.date(year + month // 12, month % 12 + 1, 1)
+        return following - _dt.timedelta(days=1)
+    return _dt.date(year, 12, 31) if end else _dt.date(year, 1, 1)
+
+
+def date_range(mindate: str | None, maxdate: str | None) -> tuple[_dt.date | None, _dt.date | None]:
+    """The first day of ``mindate``'s period and the last of ``maxdate``'s (None where not given).
+
+    :raises EutilsError: a bound that is not a date (``setting`` ``"mindate"`` or ``"maxdate"``), or
+        ``mindate`` after ``maxdate`` (both).
+    """
+    lo = parse_date(mindate, end=False, setting="mindate")
+    hi = parse_date(maxdate, end=True, setting="maxdate")
+    if lo and hi and lo > hi:
+        raise EutilsError(f"mindate {mindate} is after maxdate {maxdate}", setting=("mindate", "maxdate"))
+    return lo, hi
 
 
 def _fmt(day: _dt.date) -> str:
@@ -486,12 +492,10 @@ def plan_ranges(
     range. A record can match two ranges (PubMed's publication date covers both the print and the
     electronic date), so the counts may add up to more than the total, never less.
 
-    :raises EutilsError: a single day has more hits than ``threshold``, or the ranges miss hits.
+    :raises EutilsError: a bad date (see :func:`date_range`), a single day has more hits than
+        ``threshold``, or the ranges miss hits.
     """
-    lo = parse_date(mindate, end=False, flag="--mindate")
-    hi = parse_date(maxdate, end=True, flag="--maxdate")
-    if lo and hi and lo > hi:
-        raise EutilsError(f"--mindate {mindate} is after --maxdate {maxdate}")
+    lo, hi = date_range(mindate, maxdate)
     if lo or hi:
         lo = lo or EARLIEST_DATE
         hi = hi or _dt.date(_dt.date.today().year + 1, 12, 31)
@@ -521,8 +525,9 @@ def plan_ranges(
         if start == stop:
             raise EutilsError(
                 f"query {term!r} has {count} hits dated {_fmt(start)} alone, more than E-utilities can page "
-                f"({threshold}); narrow the query (e.g. AND a journal or MeSH term) or use the baseline files "
-                f"with `biomine ingest`"
+                f"({threshold}); narrow the query (e.g. AND a journal or MeSH term) or ingest PubMed's baseline "
+                "files instead",
+                setting="query",
             )
         middle = start + (stop - start) // 2
         stack.append((start, middle, None))
@@ -531,210 +536,9 @@ def plan_ranges(
     if covered < total:
         raise EutilsError(
             f"query {term!r}: the date ranges {_fmt(lo)}-{_fmt(hi)} hold {covered} of its {total} hits, so "
-            f"{total - covered} would be missed; pass --mindate/--maxdate that cover every hit (or re-run if "
-            f"PubMed changed meanwhile)"
+            f"{total - covered} would be missed; give a mindate and maxdate that cover every hit (or re-run if "
+            f"PubMed changed meanwhile)",
+            setting=("mindate", "maxdate"),
         )
     log.info("query %r: %d hits split into %d date ranges", term, total, len(leaves))
     return total, leaves
-
-
-# --- fetching a query into shards -------------------------------------------------------------------
-
-
-@dataclass
-class FetchSummary:
-    """What :func:`fetch_query` did."""
-
-    total_hits: int
-    ranges: int
-    fetched: int = 0
-    already_present: int = 0
-    rows: int = 0
-    shards: int = 0
-    unavailable: list[int] = field(default_factory=list)
-
-
-def fetch_query(
-    client: EutilsClient,
-    term: str,
-    out: str | os.PathLike | JobOutput,
-    *,
-    mindate: str | None = None,
-    maxdate: str | None = None,
-    datetype: str = "pdat",
-    max_records: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    split_threshold: int = ESEARCH_LIMIT,
-    shard_rows: int = DEFAULT_SHARD_ROWS,
-    progress: bool | None = None,
-    now: Callable[[], _dt.datetime] | None = None,
-    lease: Lease | None = None,
-) -> FetchSummary:
-    """Fetch every hit of ``term`` (at most ``max_records``, newest first) into the documents table
-    of output ``out``, one commit per ``shard_rows`` articles.
-
-    Re-running with the same query and dates resumes or, when complete, only adds new hits.
-    ``progress`` None shows a bar on a terminal only, and logs a line every 30 s elsewhere
-    (:class:`pipeline.progress.Progress`). ``lease``: the caller (a job run) holds the output's
-    lease; else this takes it and records the output as this query's.
-
-    :raises EutilsError: see the module docstring.
-    :raises StoreError: ``out`` holds another query's output or is in use.
-    """
-    if batch_size < 1 or split_threshold < 1:
-        raise ValueError("batch_size and split_threshold must be positive")
-    if max_records is not None and max_records < 0:
-        raise EutilsError("--max must be zero or more")
-    now = now or (lambda: _dt.datetime.now(_dt.timezone.utc))
-    output = out if isinstance(out, JobOutput) else JobOutput(out)
-    with contextlib.ExitStack() as stack:
-        if lease is None:
-            output.refuse_table_path("biomine fetch")
-            output.root.mkdir()
-            lease = stack.enter_context(output.lease(f"biomine fetch {term!r} into {output.root}"))
-            identity = {"query": term, "mindate": mindate, "maxdate": maxdate, "datetype": datetype}
-            output.check_owner({"name": "biomine fetch", "source": {"kind": "entrez", **identity}}, claim=True)
-        docs = Documents(output.documents)
-        docs.table.remove_orphans()  # a killed writer's leftovers (we hold the lease)
-        done = docs.pmids()
-        total, ranges = plan_ranges(
-            client,
-            term,
-            mindate=mindate,
-            maxdate=maxdate,
-            datetype=datetype,
-            threshold=split_threshold,
-            limit=max_records,
-        )
-        target = total if max_records is None else min(total, max_records)
-        summary = FetchSummary(total_hits=total, ranges=len(ranges), already_present=len(done))
-        unavailable: set[int] = set()
-        buffer: list[dict[str, Any]] = []
-        txn = stack.enter_context(docs.transaction())
-
-        def commit(rows: list[dict[str, Any]], notes: dict[str, Any] | None = None) -> None:
-            lease.check()
-            if rows and txn.write(rows) is not None:
-                summary.shards += 1
-            txn.commit(metadata={"notes": notes} if notes else None)
-
-        bar = Progress(
-            target, initial=min(len(done), target), unit="article", desc=f"fetch {term!r}", bar=progress, logger=log
-        )
-        with bar:
-            for number, rng in enumerate(ranges, 1):
-                if len(done) >= target:
-                    break
-                fetcher = _RangeFetcher(client, term, rng, number, len(ranges), datetype, split_threshold, max_records)
-                for rows, missing in fetcher.batches(done, target, batch_size):
-                    stamp = now()
-                    for row in rows:
-                        row["source"] = term
-                        row["fetched_at"] = stamp
-                    done.update(row["pmid"] for row in rows)
-                    unavailable.update(missing)
-                    summary.fetched += len(rows)
-                    buffer.extend(rows)
-                    while len(buffer) >= shard_rows:
-                        commit(buffer[:shard_rows])
-                        buffer = buffer[shard_rows:]
-                    bar.update(len(rows))
-            unavailable -= done
-            notes = {
-                "query": term,
-                "total_hits": total,
-                "ranges": [str(r) for r in ranges],
-                "unavailable": sorted(unavailable),
-                "last_run": now().isoformat(timespec="seconds"),
-            }
-            commit(buffer, notes)
-        summary.rows = docs.count()
-        summary.unavailable = sorted(unavailable)
-    if unavailable:
-        log.warning(
-            "query %r: %d hits were not returned by efetch even by id (e.g. PMID %s); they are listed in "
-            "the commit info of %s (biomine.notes) and a re-run tries them again",
-            term,
-            len(unavailable),
-            summary.unavailable[0],
-            output.documents,
-        )
-    return summary
-
-
-class _RangeFetcher:
-    """Fetches the not-yet-present hits of one date range, batch by batch, in the range's id order."""
-
-    def __init__(
-        self,
-        client: EutilsClient,
-        term: str,
-        rng: DateRange,
-        number: int,
-        of: int,
-        datetype: str,
-        threshold: int,
-        max_records: int | None,
-    ):
-        self.client = client
-        self.term = term
-        self.rng = rng
-        self.label = f"date range {number}/{of} ({rng})" if rng.mindate else "the search"
-        want = rng.count if max_records is None else min(rng.count, max_records)
-        search = client.esearch(
-            term,
-            mindate=rng.mindate,
-            maxdate=rng.maxdate,
-            datetype=datetype,
-            retmax=min(want, threshold),
-            what=f"esearch (ids of {self.label}) for query {term!r}",
-        )
-        self.search = search
-        # Keep the first occurrence only: the ids define the batches and their order.
-        self.ids = list(dict.fromkeys(search.ids))
-
-    def batches(self, done: set[int], target: int, batch_size: int):
-        """Yield (rows, unavailable PMIDs) per batch of ids that are not in ``done`` yet."""
-        ids = self.ids
-        batches = (len(ids) + batch_size - 1) // batch_size
-        for index, start in enumerate(range(0, len(ids), batch_size), 1):
-            room = target - len(done)
-            if room <= 0:
-                return
-            chunk = ids[start : start + batch_size]
-            wanted = [pmid for pmid in chunk if pmid not in done][:room]
-            if not wanted:
-                continue
-            what = (
-                f"efetch batch {index}/{batches} (records {start + 1}-{start + len(chunk)} of {len(ids)}) "
-                f"of {self.label} for query {self.term!r}"
-            )
-            if len(wanted) == len(chunk) and self.search.webenv:
-                rows = self.client.efetch(
-                    webenv=self.search.webenv,
-                    query_key=self.search.query_key,  # type: ignore[arg-type]
-                    retstart=start,
-                    retmax=len(chunk),
-                    what=what,
-                )
-            else:
-                rows = self.client.efetch_ids(wanted, what=what + " by id")
-            by_pmid = _index_rows(rows, wanted)
-            missing = [pmid for pmid in wanted if pmid not in by_pmid]
-            if missing:
-                # The history server's order drifted, or NCBI left records out: ask for those by id.
-                log.info("%s: %d records missing from the answer; fetching them by id", what, len(missing))
-                by_pmid.update(_index_rows(self.client.efetch_ids(missing, what=what + " (missing ids)"), missing))
-                missing = [pmid for pmid in wanted if pmid not in by_pmid]
-            yield [by_pmid[pmid] for pmid in wanted if pmid in by_pmid], missing
-
-
-def _index_rows(rows: list[dict[str, Any]], wanted: list[int]) -> dict[int, dict[str, Any]]:
-    wanted_set = set(wanted)
-    by_pmid: dict[int, dict[str, Any]] = {}
-    for row in rows:
-        # Keep the highest version if a versioned citation comes more than once.
-        pmid = row["pmid"]
-        if pmid in wanted_set and (pmid not in by_pmid or row["version"] > by_pmid[pmid]["version"]):
-            by_pmid[pmid] = row
-    return by_pmid

@@ -423,7 +423,7 @@ def ingest_files(
     files = discover_inputs(paths)
     with contextlib.ExitStack() as stack:
         if lease is None:
-            output.refuse_table_path("biomine ingest")
+            output.refuse_table_path()
             output.root.mkdir()
             lease = stack.enter_context(output.lease(f"biomine ingest into {output.root}"))
             output.check_owner(INGEST_OWNER, claim=True)
@@ -462,8 +462,8 @@ def _plan(docs: Documents, files: list[Location], pool: Pool) -> tuple[list[Inpu
                 raise IngestError(
                     f"{source.name} changed since it was ingested, and later files are ingested already into "
                     f"{docs.loc}: applying it now would let its older records override newer ones (and bring "
-                    "back deleted ones). Ingest all files into a new output directory (--out, or [job] output "
-                    "in a job)"
+                    "back deleted ones). Ingest all files into a new output",
+                    setting="output",
                 )
             log.warning(
                 "%s changed since it was ingested (sha256 now %s...): its records are applied again, on top "
@@ -503,7 +503,8 @@ def _apply_all(
         raise IngestError(
             f"{early[0]} sorts before {last}, which is already ingested into {docs.loc}: applying it now would "
             "let its older records override newer ones (and bring back deleted ones). Ingest all files into "
-            "a new output directory (--out, or [job] output in a job)"
+            "a new output",
+            setting="output",
         )
     window = max(2, 2 * pool.workers)
     pending: list[Any] = []

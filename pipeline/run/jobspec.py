@@ -11,9 +11,7 @@ The schema, with every key and its default, is documented in ``jobs/README.md``.
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -21,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from biogpt import hub
-from pipeline.errors import JobConfigError
+from pipeline.errors import EutilsError, JobConfigError
+from pipeline.pubmed.eutils import date_problem, date_range
 from pipeline.store.storage import is_uri, location
 from pipeline.tasks.options import DTYPES, TaskOptions
 from pipeline.tasks.registry import TASKS
@@ -73,19 +72,35 @@ _ALLOWED = {
     **{f"tasks.{name}": set(entry.options.job_keys()) for name, entry in TASKS.items()},
     "resources": {"address", "actors", "gpus_per_actor", "cpus_per_actor", "dtype"},
 }
-_DATE = re.compile(r"^(\d{4})(?:/(\d{2})(?:/(\d{2}))?)?$")
+
+#: How a job file spells the settings that the lower rooms' errors name (:mod:`pipeline.errors`):
+#: the runner and :func:`~pipeline.run.plan.preflight` add these to an error's message.
+JOB_KEYS = {
+    "output": "[job] output",
+    **{key: f"[source] {key}" for key in ("query", "mindate", "maxdate", "email", "api_key", "eutils_url")},
+    "max_records": "[source] max",
+}
 
 
-def _check_date(value: Any, where: str, problems: list[str]) -> None:
-    m = _DATE.match(str(value))
-    if not m:
-        problems.append(f"{where} = {value!r}: use YYYY, YYYY/MM or YYYY/MM/DD (e.g. 2020/01/31)")
-        return
-    y, mo, d = int(m.group(1)), int(m.group(2) or 1), int(m.group(3) or 1)
-    try:
-        _dt.date(y, mo, d)
-    except ValueError as exc:
-        problems.append(f"{where} = {value!r}: not a calendar date ({exc})")
+def task_keys(name: str) -> dict[str, str]:
+    """How a job file spells the settings of task ``name``: the keys of its ``[tasks.NAME]`` table."""
+    return {key: f"[tasks.{name}] {key}" for key in TASKS[name].options.job_keys()}
+
+
+def _check_dates(src: dict[str, Any], problems: list[str]) -> None:
+    """``mindate``/``maxdate`` in the one date grammar of queries (:func:`pipeline.pubmed.eutils.date_problem`)."""
+    bad = False
+    for key in ("mindate", "maxdate"):
+        if key in src:
+            problem = date_problem(str(src[key]))
+            if problem:
+                problems.append(f"[source] {key} = {src[key]!r}: {problem}")
+                bad = True
+    if not bad:
+        try:
+            date_range(src.get("mindate") and str(src["mindate"]), src.get("maxdate") and str(src["maxdate"]))
+        except EutilsError as exc:  # mindate after maxdate
+            problems.append(f"[source] {exc}")
 
 
 def _typed(table: dict, key: str, typ, where: str, problems: list[str], positive=False):
@@ -200,17 +215,7 @@ def parse_job(
         if kind == "entrez":
             if not src.get("query"):
                 problems.append('[source] query is required for kind = "entrez"')
-            for key in ("mindate", "maxdate"):
-                if key in src:
-                    _check_date(src[key], f"[source] {key}", problems)
-            if (
-                src.get("mindate")
-                and src.get("maxdate")
-                and _DATE.match(str(src["mindate"]))
-                and _DATE.match(str(src["maxdate"]))
-                and str(src["mindate"]) > str(src["maxdate"])
-            ):
-                problems.append(f"[source] mindate {src['mindate']} is after maxdate {src['maxdate']}")
+            _check_dates(src, problems)
         elif kind == "files":
             paths = src.get("paths")
             if not paths or not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
@@ -278,16 +283,45 @@ def parse_job(
     )
 
 
-def load_job(path: str | Path, check_models: bool = True, address: str | None = None) -> JobSpec:
-    """Read and validate a job TOML file (``address``: see :func:`parse_job`).
+def read_job_file(path: str | Path) -> dict[str, Any]:
+    """The TOML document of a job file, unvalidated: the one reader of job files (:func:`load_job`,
+    :func:`source_credentials`).
 
-    :raises JobConfigError: the file is missing, not TOML, or has problems (all listed).
+    :raises JobConfigError: the file is missing, unreadable or not TOML.
     """
     path = Path(path)
     if not path.exists():
         raise JobConfigError(f"job file {path} does not exist (examples are in jobs/)")
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise JobConfigError(f"{path} is not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobConfigError(f"cannot read job file {path}: {exc}") from None
+
+
+def load_job(path: str | Path, check_models: bool = True, address: str | None = None) -> JobSpec:
+    """Read and validate a job TOML file (``address``: see :func:`parse_job`).
+
+    :raises JobConfigError: the file is missing, not TOML, or has problems (all listed).
+    """
+    data = read_job_file(path)
+    path = Path(path)
     return parse_job(data, path.resolve().parent, check_models=check_models, path=path, address=address)
+
+
+def source_credentials(path: str | Path) -> dict[str, str]:
+    """The NCBI credentials a job file gives: the ``email``, ``api_key`` and ``tool`` of its ``[source]``
+    table, those that are set (``biomine fetch --job``). Only these keys are read and checked, so a
+    partial job file, or a job whose models do not exist yet, serves.
+
+    :raises JobConfigError: the file is missing or not TOML, or one of these keys is not a string.
+    """
+    source = read_job_file(path).get("source", {})
+    if not isinstance(source, dict):
+        raise JobConfigError(f"[source] must be a table in {path}")
+    problems: list[str] = []
+    values = {key: _typed(source, key, str, "[source]", problems) for key in ("email", "api_key", "tool")}
+    if problems:
+        raise JobConfigError(f"{len(problems)} problem(s) in {path}: " + "; ".join(problems))
+    return {key: value for key, value in values.items() if value}

@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 from biogpt.weights import check_weights
 from pipeline.errors import BioMineError, JobConfigError
 from pipeline.run.cluster import Placement, check_address
-from pipeline.run.jobspec import JobSpec
+from pipeline.run.jobspec import JOB_KEYS, JobSpec, task_keys
 from pipeline.store.models import materialize, model_checksum, pin, vocabulary_checksum
 from pipeline.store.output import JobOutput
 from pipeline.store.storage import location
@@ -90,11 +90,12 @@ def preflight(spec: JobSpec) -> RunPlan:
 
     problems: list[str] = []
 
-    def check(where: str, fn, *args):
+    def check(where: str, fn, *args, keys=JOB_KEYS):
         try:
             return fn(*args)
         except BioMineError as exc:
-            problems.append(f"{where}{exc}")
+            # An error about a setting ends with its job key, e.g. "([job] output)"; others get ``where``.
+            problems.append(str(exc) if exc.spell(keys).spelling else f"{where}{exc}")
             return None
 
     check("", check_address, spec.resources.address or os.environ.get("RAY_ADDRESS") or None)
@@ -126,7 +127,7 @@ def preflight(spec: JobSpec) -> RunPlan:
         )
     tasks = []
     for name, options in spec.tasks.items():
-        planned = check(f"[tasks.{name}] ", _resolve_task, name, task_class(name), options)
+        planned = check(f"[tasks.{name}] ", _resolve_task, name, task_class(name), options, keys=task_keys(name))
         if planned is not None:
             tasks.append(planned)
     if len(problems) == 1:

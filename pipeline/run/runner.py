@@ -44,8 +44,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import BioMineError
 from pipeline.run.cluster import RayPool, init_ray, placement
-from pipeline.run.jobspec import JobSpec
+from pipeline.run.jobspec import JOB_KEYS, JobSpec, task_keys
 from pipeline.run.plan import RunPlan, job_identity, preflight
 from pipeline.store.lease import Lease
 from pipeline.store.models import describe
@@ -105,7 +106,8 @@ def _ingest_step(paths: list[str], output: JobOutput, shard_rows: int, progress:
 def _fetch_step(spec: JobSpec, output: JobOutput, lease: Lease, progress: bool) -> dict[str, Any]:
     """Fetch the query's hits into the output's documents, on the driver: it is network I/O, and the NCBI email
     and API key stay in this process (never in a Ray task's arguments or a worker's environment)."""
-    from pipeline.pubmed.eutils import Credentials, EutilsClient, fetch_query
+    from pipeline.pubmed.eutils import Credentials, EutilsClient
+    from pipeline.pubmed.fetch import fetch_query
 
     src = spec.source
     client = EutilsClient(
@@ -151,7 +153,16 @@ def run_job(spec: JobSpec, *, progress: bool = True, num_cpus: int | None = None
 
 
 def run_plan(plan: RunPlan, *, progress: bool = True, num_cpus: int | None = None) -> dict[str, Any]:
-    """Run a checked plan (:func:`~pipeline.run.plan.preflight`); see :func:`run_job`."""
+    """Run a checked plan (:func:`~pipeline.run.plan.preflight`); see :func:`run_job`. An error about
+    a setting ends with its job key, e.g. ``([job] output)`` (:data:`~pipeline.run.jobspec.JOB_KEYS`)."""
+    try:
+        return _run_plan(plan, progress, num_cpus)
+    except BioMineError as exc:
+        exc.spell(JOB_KEYS)
+        raise
+
+
+def _run_plan(plan: RunPlan, progress: bool, num_cpus: int | None) -> dict[str, Any]:
     spec, output = plan.job, plan.output
     output.root.mkdir()
     with output.lease(f"biomine run {spec.path or spec.name}") as lease:
@@ -228,16 +239,20 @@ def _stages(plan: RunPlan, output: JobOutput, lease: Lease, progress: bool, mani
         if not spec.incremental and dataset.exists() and dataset.outputs():
             log.warning("%s: recomputing %s (incremental = false)", spec.name, dataset.loc)
             dataset.commit([], [info for _, info in dataset.outputs().values()], settings={"cleared": True})
-        result = run_task_stage(
-            task,
-            docs,
-            output.documents,
-            dataset,
-            placement=place,
-            progress=progress,
-            before_commit=lease.check,
-            run_id=lease.run_id,
-        )
+        try:
+            result = run_task_stage(
+                task,
+                docs,
+                output.documents,
+                dataset,
+                placement=place,
+                progress=progress,
+                before_commit=lease.check,
+                run_id=lease.run_id,
+            )
+        except BioMineError as exc:
+            exc.spell(task_keys(task.name))  # e.g. "([tasks.re] task, [tasks.re] model)"
+            raise
         live = dataset.table.refresh().files()
         manifest["stages"][task.name] = {
             "dataset": task.dataset,

@@ -1,7 +1,7 @@
 """An output location: the one home of its layout, of who owns it and of its runs.
 
-``OUT`` (a local path or a storage URI; a job's ``[job] output``, or the ``--out`` of ``biomine
-ingest``/``fetch``) holds Delta Lake tables (:mod:`pipeline.store.tables`) and two small files:
+``OUT`` (a local path or a storage URI: a job's output, or the corpus that ingesting or fetching
+writes) holds Delta Lake tables (:mod:`pipeline.store.tables`) and two small files:
 
 ====================  =========================================================================
 ``documents/``        the corpus: a Delta table of the article schema (:mod:`pipeline.store.documents`)
@@ -20,7 +20,8 @@ the runner, ``biomine query``, ``kb``, ``export``, ``compact``, ``status`` and `
 through :class:`JobOutput`, which pickles as its root's URI.
 
 :raises StoreError: the location belongs to another job, its ownership record is unreadable, or a
-    command was pointed at a table inside an output instead of the output.
+    command was pointed at a table inside an output instead of the output (its ``setting`` is
+    ``"output"`` where another output is the fix).
 """
 
 from __future__ import annotations
@@ -95,20 +96,22 @@ class JobOutput:
         """Whether this is an output of biomine before Delta tables (``biomine upgrade`` converts it)."""
         return (self.documents / LEGACY_MANIFEST).exists()
 
-    def refuse_table_path(self, command: str) -> None:
-        """Refuse a root that is itself a table of an output (``--out OUT/documents``) or a legacy output.
+    def refuse_table_path(self) -> None:
+        """Refuse a root that is a file, itself a table of an output (``OUT/documents``), or a legacy output.
 
-        :raises StoreError: naming the output to give instead.
+        :raises StoreError: naming the output to give instead (``setting`` ``"output"``).
         """
         if self.root.is_file():
             raise StoreError(
-                f"{self.root} is a file, not a folder: name a folder for the output (it is created if needed)"
+                f"{self.root} is a file, not a folder: name a folder for the output (it is created if needed)",
+                setting="output",
             )
         parent = self.root.parent
         if Table.exists(self.root) or ((parent / JOB_FILE).exists() and self.root.name in (DOCUMENTS, KB, RUNS)):
             raise StoreError(
-                f"{self.root} is a table inside the output {parent}: give {command} the output itself "
-                f"({parent}); every writer of an output takes its lease"
+                f"{self.root} is a table inside the output {parent}: give the output itself ({parent}); every "
+                "writer of an output takes its lease",
+                setting="output",
             )
         if self.is_legacy():
             raise StoreError(f"{self.root} was written by an older biomine: run `biomine upgrade {self.root}` first")
@@ -167,7 +170,8 @@ class JobOutput:
             return None
         except (OSError, ValueError) as exc:
             raise StoreError(
-                f"{path} is unreadable ({exc}): use another output, or delete it to give the output to this job"
+                f"{path} is unreadable ({exc}): use another output, or delete it to give the output to this job",
+                setting="output",
             ) from None
 
     def check_owner(self, identity: Mapping[str, Any], *, claim: bool = False) -> None:
@@ -185,7 +189,8 @@ class JobOutput:
             if self.documents.exists():
                 raise StoreError(
                     f"{self.root} holds documents but no {JOB_FILE}: it was not written by this job; use "
-                    "another output for it"
+                    "another output for it",
+                    setting="output",
                 )
             (self.root / JOB_FILE).write_json({"format": JOB_FORMAT, **mine})
             return
@@ -193,7 +198,8 @@ class JobOutput:
             raise StoreError(
                 f"{self.root} belongs to job {theirs.get('name')!r} (source {theirs.get('source')}), not to job "
                 f"{mine['name']!r} (source {mine['source']}): use another output for this job, or delete "
-                f"{self.root / JOB_FILE} to give it to this job (the other job's outputs would be mixed in)"
+                f"{self.root / JOB_FILE} to give it to this job (the other job's outputs would be mixed in)",
+                setting="output",
             )
 
 

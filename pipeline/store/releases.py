@@ -175,10 +175,14 @@ def _urls(rel: Release, mirror: str | None, allow_http: bool = False) -> tuple[s
     if scheme == "http" and not allow_http:
         raise ReleaseError(
             f"mirror {mirror} is plain http: anyone on the way can change what it sends; use an "
-            "https:// mirror, or pass --allow-http for a mirror on a network you trust"
+            "https:// mirror, or allow plain http for a mirror on a network you trust",
+            setting=("mirror", "allow_http"),
         )
     if scheme not in ("http", "https", "file"):
-        raise ReleaseError(f"mirror {mirror}: expected an https:// (or http:// with --allow-http, or file://) URL")
+        raise ReleaseError(
+            f"mirror {mirror}: expected an https:// (or file://, or http:// where plain http is allowed) URL",
+            setting="mirror",
+        )
     return (
         f"{mirror}/{rel.archive}.tgz",
         {name: (f"{mirror}/{rel.vocab}/{name}", sha) for name, (_, sha) in vocab.items()},
@@ -218,8 +222,8 @@ def download(
                         if restarts > attempts:
                             raise ReleaseError(
                                 f"{_shown(url)}: the server does not resume downloads (no Range "
-                                f"support) and the connection broke {restarts} times; try a mirror "
-                                "(--mirror)"
+                                f"support) and the connection broke {restarts} times; try a mirror",
+                                setting="mirror",
                             )
                         log.info("%s: the server does not resume; downloading again", _shown(url))
                         have = 0
@@ -242,14 +246,14 @@ def download(
                     break
                 if exc.code not in (429, 500, 502, 503, 504):  # those pass: retried below, as a cut connection
                     raise ReleaseError(
-                        f"{_shown(url)}: HTTP {exc.code} {exc.reason}; check the URL "
-                        "(or --mirror / $BIOMINE_RELEASE_MIRROR)"
+                        f"{_shown(url)}: HTTP {exc.code} {exc.reason}; check the URL (the mirror, or "
+                        "$BIOMINE_RELEASE_MIRROR)",
+                        setting="mirror",
                     ) from None
                 failures, last_error = failures + 1, exc
                 if failures >= attempts:
                     raise ReleaseError(
-                        f"{_shown(url)}: HTTP {exc.code} {attempts} times in a row; run the command "
-                        "again later to resume"
+                        f"{_shown(url)}: HTTP {exc.code} {attempts} times in a row; pull again later to resume"
                     ) from None
                 log.warning("%s: HTTP %d; retrying", _shown(url), exc.code)
                 time.sleep(min(0.5 * 2**failures, 10.0))
@@ -261,7 +265,7 @@ def download(
                 if failures >= attempts:
                     raise ReleaseError(
                         f"{_shown(url)}: download failed {attempts} times in a row ({last_error}); "
-                        f"run the command again to resume from byte {have}"
+                        f"pull again to resume from byte {have}"
                     ) from None
                 log.warning("%s: %s; resuming from byte %d", _shown(url), exc, have)
                 time.sleep(min(0.5 * 2**failures, 10.0))
@@ -336,10 +340,10 @@ def _pin(rel: Release, sha: str) -> None:
 
 
 def expected_sha256(rel: Release, sha256: str | None = None) -> tuple[str | None, str]:
-    """The digest the archive of ``rel`` must have and who says so: ``--sha256``, biomine's table, or
-    this machine's pins file; ``(None, "")`` when nothing is pinned yet (the first pull pins it)."""
+    """The digest the archive of ``rel`` must have and who says so: the caller's ``sha256``, biomine's
+    table, or this machine's pins file; ``(None, "")`` when nothing is pinned yet (the first pull pins it)."""
     if sha256:
-        return sha256.lower(), "--sha256"
+        return sha256.lower(), "the digest asked for"
     if rel.sha256:
         return rel.sha256, "biomine's release table"
     pinned = _pins().get(rel.archive)
@@ -383,7 +387,7 @@ def pull(
 
     rel = release(name)
     if not force and (done := pulled(name)) is not None:
-        log.info("%s is already pulled at %s (--force to pull again)", name, done["path"])
+        log.info("%s is already pulled at %s (pull it with force to replace it)", name, done["path"])
         return done
     home = hub.model_home()
     downloads = home / "downloads"
@@ -400,7 +404,8 @@ def pull(
         raise ReleaseError(
             f"{_shown(archive_url)}: sha256 {archive_sha} is not {expected} ({pinned_by}); the "
             "archive was removed and nothing was unpacked. If the release really changed, check "
-            f"the new digest with its publisher and pass --sha256 (or edit {PINS_FILE})"
+            f"the new digest with its publisher and ask for it (or edit {PINS_FILE})",
+            setting="sha256",
         )
     vocab_files = {}
     for file_name, (url, released) in vocab.items():

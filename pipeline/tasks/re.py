@@ -114,15 +114,15 @@ class RelationTask(base.Task[RelationOptions]):
 
         :raises RelationModelError: no config.json, a non-causal-LM architecture, no or an invalid
             ``biomine_task.json`` (a base BioGPT, an NER model), a checkpoint of another task (the
-            message says which ``--task`` to pass), or prompt ids outside the vocabulary.
+            message says which task it is for), or prompt ids outside the vocabulary.
         """
         model_dir, task = options.model, options.task
         if task is not None and task not in RE_TASKS:
-            raise RelationModelError(f"re: unknown task {task!r}; use one of {', '.join(RE_TASKS)}")
+            raise RelationModelError(f"re: unknown task {task!r}; use one of {', '.join(RE_TASKS)}", setting="task")
         try:
             config = base.read_config(model_dir, "re")
         except base.WrongModelError as exc:
-            raise RelationModelError(str(exc)) from None
+            raise RelationModelError(str(exc), setting=exc.setting) from None
         arch = base.architecture(config)
         if arch not in (None, "BioGptForCausalLM"):
             raise RelationModelError(
@@ -131,7 +131,7 @@ class RelationTask(base.Task[RelationOptions]):
         try:
             settings = load_task_settings(model_dir, task)
         except TaskSettingsError as exc:
-            raise RelationModelError(f"re: {exc}") from None
+            raise RelationModelError(f"re: {exc}", setting=exc.setting) from None
         if settings.task not in RE_TASKS:
             raise RelationModelError(
                 f"re: {model_dir} is a {settings.task} checkpoint, not a relation-extraction one; "
