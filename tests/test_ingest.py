@@ -440,7 +440,11 @@ def test_data_files_carry_the_schema_version_and_match_their_names(pubmed_files,
     out = tmp_path / "out"
     ingest_files([pubmed_files], out, shard_rows=4)
     table = DeltaTable(table_path(out))
-    assert table.metadata().configuration == {"biomine.dataset": "documents", "biomine.schema_version": "2"}
+    assert table.metadata().configuration == {
+        "biomine.dataset": "documents",
+        "biomine.schema_version": "2",
+        "delta.dataSkippingStatsColumns": "pmid,version",  # what each file's statistics cover
+    }
     assert pa.schema(table.schema().to_arrow()).names == ARTICLE_SCHEMA.names
     for name in live_files(out):
         path = out / "documents" / name

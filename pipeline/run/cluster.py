@@ -40,8 +40,14 @@ def _private_token() -> None:
     """Token authentication for the embedded Ray: a fresh random token in a private file (mode 0600 in
     a 0700 temporary folder, not ``$HOME``), removed when this process ends. Ray's GCS and raylets then
     refuse every client that does not present it, whatever interface they listen on."""
-    if os.environ.get("RAY_AUTH_MODE") == "token" and os.path.exists(os.environ.get("RAY_AUTH_TOKEN_PATH", "")):
-        return  # a token made for this process already (a second init after a shutdown)
+    if (
+        os.environ.get("RAY_AUTH_MODE") == "token"
+        and os.path.exists(os.environ.get("RAY_AUTH_TOKEN_PATH", ""))
+        and os.environ.get(TOKEN_OWNER) == str(os.getpid())
+    ):
+        return  # a token made by this process already (a second init after a shutdown)
+    # A token inherited from a parent process (a biomine run started by another) is the parent's:
+    # this run makes its own, so that its reaper never touches the parent's Ray.
     _remove_stale_tokens()
     # The folder names this process (the next run removes it if this one is killed: atexit never runs then).
     folder = tempfile.mkdtemp(prefix=f"{TOKEN_PREFIX}{os.getpid()}-")
@@ -51,12 +57,15 @@ def _private_token() -> None:
         f.write(secrets.token_hex(32))
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    os.environ[TOKEN_OWNER] = str(os.getpid())
     os.environ.pop("RAY_AUTH_TOKEN", None)
     atexit.register(shutil.rmtree, folder, True)
     _reload_ray_auth()
 
 
 TOKEN_PREFIX = "biomine-ray-auth-"
+#: The pid of the process that made the token in RAY_AUTH_TOKEN_PATH (children inherit the variables).
+TOKEN_OWNER = "BIOMINE_RAY_TOKEN_OWNER"
 
 
 def _remove_stale_tokens() -> list[str]:
