@@ -18,10 +18,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# The layout rules of docs/architecture.md (import-linter), ruff's checks and format, before any test runs.
+# The layout rules of docs/architecture.md (import-linter), ruff's checks and format, mypy's types
+# ([tool.mypy] in pyproject.toml), before any test runs.
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
 test: lint

@@ -197,13 +197,13 @@ class Engine:
             ``max_position_embeddings`` (names the prompt; checked before any compute).
         :raises ValueError: a prompt is empty, a budget is below 1, or the budgets are not one per prompt.
         """
-        prompts = [list(p) for p in prompts]
-        budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        if len(budgets) != len(prompts):
-            raise ValueError(f"{len(budgets)} max_new_tokens for {len(prompts)} prompts")
+        prompt_lists = [list(p) for p in prompts]
+        budgets = [max_new_tokens] * len(prompt_lists) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if len(budgets) != len(prompt_lists):
+            raise ValueError(f"{len(budgets)} max_new_tokens for {len(prompt_lists)} prompts")
         if min(budgets, default=1) < 1:
             raise ValueError(f"every max_new_tokens must be >= 1, got {min(budgets)}")
-        self._check(prompts, budgets)
+        self._check(prompt_lists, budgets)
         self._configure(
             DecodeConfig(min_new_tokens, do_sample, float(temperature), top_k, top_p),
             eos_token_id,
@@ -213,9 +213,9 @@ class Engine:
         )
         self.active.zero_()
 
-        outputs: list[list[int]] = [[] for _ in prompts]
-        scores: list[list[float]] | None = [[] for _ in prompts] if logprobs else None  # only when asked
-        waiting = deque(range(len(prompts)))
+        outputs: list[list[int]] = [[] for _ in prompt_lists]
+        scores: list[list[float]] | None = [[] for _ in prompt_lists] if logprobs else None  # only when asked
+        waiting = deque(range(len(prompt_lists)))
         free = list(range(self.max_batch))  # a heap: lowest slots first keeps the live rows packed
         owner: dict[int, int] = {}  # slot -> prompt index
         length: dict[int, int] = {}  # slot -> tokens in its cache (exact after each sync)
@@ -223,16 +223,16 @@ class Engine:
         while waiting or owner:
             if waiting and free:
                 batch = [(heapq.heappop(free), waiting.popleft()) for _ in range(min(len(free), len(waiting)))]
-                slots = [s for s, _ in batch]
+                new_slots = [s for s, _ in batch]
                 first, alive, first_lp = self._admit(
-                    slots, [prompts[i] for _, i in batch], [budgets[i] for _, i in batch], generator
+                    new_slots, [prompt_lists[i] for _, i in batch], [budgets[i] for _, i in batch], generator
                 )
                 for k, ((slot, i), tok, ok) in enumerate(zip(batch, first, alive)):
                     outputs[i].append(tok)
                     if scores is not None:
                         scores[i].append(first_lp[k])
                     if ok:
-                        owner[slot], length[slot], left[slot] = i, len(prompts[i]), budgets[i] - 1
+                        owner[slot], length[slot], left[slot] = i, len(prompt_lists[i]), budgets[i] - 1
                     else:
                         heapq.heappush(free, slot)
                 continue
@@ -255,7 +255,7 @@ class Engine:
                 kept = [j for j in range(steps) if flat[(j * 2 + 1) * rows + slot]]
                 made = [flat[(j * 2) * rows + slot] for j in kept]
                 outputs[owner[slot]].extend(made)
-                if scores is not None:
+                if scores is not None and lps is not None:  # both or neither: a scored run
                     scores[owner[slot]].extend(lps[j][slot] for j in kept)
                 length[slot] += len(made)
                 left[slot] -= len(made)
@@ -279,7 +279,7 @@ class Engine:
         suppress_tokens: Sequence[int] | None = None,
     ) -> list[list[int]]:
         """The best beam's new ids per prompt (up to and including EOS), as ``generate(num_beams=...)``."""
-        prompts = [list(p) for p in prompts]
+        prompt_lists = [list(p) for p in prompts]
         per_chunk = self.max_batch // num_beams
         if num_beams < 2 or per_chunk < 1 or max_new_tokens < 1:
             raise ValueError(
@@ -288,11 +288,11 @@ class Engine:
             )
         if early_stopping not in (True, False, "never"):
             raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-        self._check(prompts, [max_new_tokens] * len(prompts))
+        self._check(prompt_lists, [max_new_tokens] * len(prompt_lists))
         eos, pad = self._configure(DecodeConfig(min_new_tokens), eos_token_id, pad_token_id, suppress_tokens)
         results = []
-        for start in range(0, len(prompts), per_chunk):
-            chunk = prompts[start : start + per_chunk]
+        for start in range(0, len(prompt_lists), per_chunk):
+            chunk = prompt_lists[start : start + per_chunk]
             T = max(map(len, chunk))
             ids = torch.tensor([[pad] * (T - len(p)) + p for p in chunk], device=self.device)  # (B, T) left-padded
             sequences, _ = beam_search(
@@ -355,21 +355,21 @@ class Engine:
         Prompts are run shortest first in groups of at most ``prefill_tokens`` (padded) tokens,
         right-padded within a group, so a prompt's token k sits at slot k with position k.
         """
-        prompts = [list(p) for p in prompts]
-        n = len(prompts)
+        prompt_lists = [list(p) for p in prompts]
+        n = len(prompt_lists)
         slots = list(range(n)) if slots is None else list(slots)
         if n > self.max_batch or len(slots) != n:
             raise ValueError(f"{n} prompts for {len(slots)} slots (max_batch={self.max_batch})")
-        self._check(prompts, [0] * n)
+        self._check(prompt_lists, [0] * n)
         logits = torch.empty(n, self.vocab_size, dtype=torch.float32, device=self.device)
-        order = sorted(range(n), key=lambda i: len(prompts[i]))
+        order = sorted(range(n), key=lambda i: len(prompt_lists[i]))
         while order:
             group = [order.pop(0)]
-            while order and (len(group) + 1) * len(prompts[order[0]]) <= self.prefill_tokens:
+            while order and (len(group) + 1) * len(prompt_lists[order[0]]) <= self.prefill_tokens:
                 group.append(order.pop(0))
-            lens = [len(prompts[i]) for i in group]
+            lens = [len(prompt_lists[i]) for i in group]
             L = lens[-1]
-            ids = torch.tensor([prompts[i] + [0] * (L - len(prompts[i])) for i in group], device=self.device)
+            ids = torch.tensor([prompt_lists[i] + [0] * (L - len(prompt_lists[i])) for i in group], device=self.device)
             mask = None
             if lens[0] != L:  # ragged group: right padding; equal lengths keep SDPA's is_causal path
                 mask = (torch.arange(L)[None] < torch.tensor(lens)[:, None]).long().to(self.device)  # (g, L)

@@ -129,6 +129,8 @@ class PickledObject:
     """
 
     pickled_name = "?"
+    args: tuple[Any, ...]  # what REDUCE passed to the class
+    state: Any  # what BUILD passed to __setstate__: the pickled data, whatever its shape
 
     def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:
         obj = object.__new__(cls)
@@ -320,7 +322,7 @@ def _config_from_cfg(model_cfg: dict[str, Any], state: dict[str, torch.Tensor]) 
     if activation != "gelu":
         raise CheckpointError(f"activation_fn {activation!r} is not BioGPT's exact GELU ('gelu')")
     arch = model_cfg.get("arch") or model_cfg.get("_name")
-    heads = model_cfg.get("decoder_attention_heads") or ARCH_HEADS.get(arch)
+    heads = model_cfg.get("decoder_attention_heads") or (ARCH_HEADS.get(arch) if arch is not None else None)
     if not heads:
         raise CheckpointError(f"cfg.model has no decoder_attention_heads and the architecture {arch!r} is unknown")
     checks = {

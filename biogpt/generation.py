@@ -38,12 +38,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .errors import InputTooLongError
+
+if TYPE_CHECKING:
+    from .model import KVCache
 
 DEFAULT_NEW_TOKENS = 20  # transformers' GenerationConfig.max_length default, counted as new tokens
 
@@ -143,7 +146,7 @@ class CachedModel:
 
     def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         self.model, self.input_ids, self.mask = model, input_ids, attention_mask
-        self.cache = None
+        self.cache: KVCache | None = None
 
     def start(self) -> torch.Tensor:
         out = self.model(self.input_ids, attention_mask=self.mask, use_cache=True, logits_to_keep=1)
@@ -156,6 +159,7 @@ class CachedModel:
         return out.logits[:, -1].float()
 
     def reorder(self, index: torch.Tensor) -> None:
+        assert self.cache is not None, "reorder() after start()"
         self.cache.reorder(index)
 
 

@@ -210,9 +210,9 @@ def _complete(path: Path) -> bool:
     return (path / "config.json").is_file() and bool(_weight_patterns([p.name for p in path.iterdir()]))
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """The HTTP client's network errors (huggingface_hub's client: httpx, or its fork httpx2)."""
-    out = []
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """OSError and the HTTP client's network errors (huggingface_hub's client: httpx, or its fork httpx2)."""
+    out: list[type[BaseException]] = [OSError]
     for module in ("httpx2", "httpx"):
         try:
             out.append(__import__(module).TransportError)
@@ -304,7 +304,7 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> tuple[Path, str]:
         ) from None
     except hf_errors.HfHubHTTPError as exc:
         raise CheckpointError(f"{name}: {where} answered {str(exc).splitlines()[0]}") from None
-    except (OSError, *_transport_errors()) as exc:  # connection refused, DNS, timeouts, disk
+    except _network_errors() as exc:  # connection refused, DNS, timeouts, disk
         raise CheckpointError(
             f"{name}: cannot fetch from {where}: {exc}; set HF_HUB_OFFLINE=1 to use the cache, "
             "or HF_ENDPOINT for a mirror"

@@ -56,9 +56,10 @@ class KVCache:
         self.values: list[torch.Tensor | None] = [None] * num_layers
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor, cache_position=None):
-        if self.keys[layer_idx] is not None:
-            k = torch.cat([self.keys[layer_idx], k], dim=2)
-            v = torch.cat([self.values[layer_idx], v], dim=2)
+        past_k, past_v = self.keys[layer_idx], self.values[layer_idx]
+        if past_k is not None and past_v is not None:  # a layer's keys and values are set together
+            k = torch.cat([past_k, k], dim=2)
+            v = torch.cat([past_v, v], dim=2)
         self.keys[layer_idx], self.values[layer_idx] = k, v
         return k, v
 
@@ -68,10 +69,10 @@ class KVCache:
     def reorder(self, index: torch.Tensor) -> None:
         """Select batch rows (beam search): row i becomes old row ``index[i]``."""
         for i, (k, v) in enumerate(zip(self.keys, self.values)):
-            if k is not None:
+            if k is not None and v is not None:
                 self.keys[i], self.values[i] = k.index_select(0, index), v.index_select(0, index)
 
-    def to_legacy(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    def to_legacy(self) -> tuple[tuple[torch.Tensor | None, torch.Tensor | None], ...]:
         return tuple((k, v) for k, v in zip(self.keys, self.values))
 
     @classmethod
@@ -389,18 +390,18 @@ class BioGptModel(BioGptPreTrainedModel):
 
         x = inputs_embeds + self.embed_positions(position_ids + POSITION_OFFSET)  # (B, T, C)
         x = F.dropout(x, self.dropout, self.training)
-        hidden_states = [x] if output_hidden_states else None
+        hidden_states: list[torch.Tensor] | None = [x] if output_hidden_states else None
         layerdrop = self.config.layerdrop if self.training else 0.0
         for layer in self.layers:
             # LayerDrop (Fan et al., 2019), as fairseq and transformers' BioGPT: in training, each layer
             # is skipped with probability `layerdrop` (one torch.rand([]) draw per layer, in layer order,
             # so a seeded run skips the same layers as transformers'). Its output is then the input.
             if layerdrop > 0.0 and torch.rand([]) < layerdrop:
-                if output_hidden_states:
+                if hidden_states is not None:
                     hidden_states.append(x)
                 continue
             x = layer(x, mask, cache, cache_position)
-            if output_hidden_states:
+            if hidden_states is not None:
                 hidden_states.append(x)
         x = self.layer_norm(x)
         return BaseModelOutput(

@@ -202,7 +202,16 @@ def make_tiny_task_checkpoint(
     tokenizer.add_tokens(learned)  # as the converter does: ids V0..V0+N-1 after the vocabulary
     tokenizer.save_pretrained(out_dir)
 
-    config = BioGptConfig(vocab_size=len(tokenizer), **sizes, extra={"architectures": ["BioGptForCausalLM"]}, **kwargs)
+    config = BioGptConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=sizes["hidden_size"],
+        num_hidden_layers=sizes["num_hidden_layers"],
+        num_attention_heads=sizes["num_attention_heads"],
+        intermediate_size=sizes["intermediate_size"],
+        max_position_embeddings=sizes["max_position_embeddings"],
+        extra={"architectures": ["BioGptForCausalLM"]},
+        **kwargs,
+    )
     torch.manual_seed(seed)
     BioGptForCausalLM(config).save_pretrained(out_dir)
     spec = task_spec(

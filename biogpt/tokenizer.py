@@ -64,7 +64,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, cast, overload
 
 from sacremoses import MosesDetokenizer, MosesTokenizer
 
@@ -255,6 +255,14 @@ def _as_tensors(out: dict[str, list], return_tensors: str) -> BatchEncoding:
     return BatchEncoding({k: torch.tensor(v, dtype=torch.long) for k, v in out.items()})
 
 
+def as_texts(text: str | Sequence[str]) -> tuple[bool, list[str]]:
+    """``(batched, texts)``: a list or tuple is a batch of texts, anything else is one text."""
+    if isinstance(text, (list, tuple)):
+        return True, list(text)
+    # Typed as a str: anything else is refused (TypeError) where the texts are encoded.
+    return False, [cast(str, text)]
+
+
 class BioGptTokenizer:
     """Moses + BPE tokenizer of BioGPT with transformers' ``BioGptTokenizer`` ids and its common API.
 
@@ -440,6 +448,11 @@ class BioGptTokenizer:
             added += 1
         return added
 
+    # A str is also a Sequence[str]: the str overload, listed first, is the one a str call gets.
+    @overload
+    def convert_tokens_to_ids(self, tokens: str) -> int: ...  # type: ignore[overload-overlap]
+    @overload
+    def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]: ...
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
         if isinstance(tokens, str):
             return self._token_to_id(tokens)
@@ -451,6 +464,10 @@ class BioGptTokenizer:
             idx = self.encoder.get(token, self.encoder[UNK])
         return idx
 
+    @overload
+    def convert_ids_to_tokens(self, ids: int, skip_special_tokens: bool = False) -> str: ...
+    @overload
+    def convert_ids_to_tokens(self, ids: Sequence[int], skip_special_tokens: bool = False) -> list[str]: ...
     def convert_ids_to_tokens(self, ids: int | Sequence[int], skip_special_tokens: bool = False) -> str | list[str]:
         if isinstance(ids, int):
             return self._id_to_token(ids)
@@ -591,8 +608,8 @@ class BioGptTokenizer:
             )
         pad = self._pad_mode(padding)
         side = self._padding_side(padding_side)
-        batched = isinstance(text, (list, tuple))
-        rows = self._encode_texts(list(text) if batched else [text], return_offsets_mapping)
+        batched, texts = as_texts(text)
+        rows = self._encode_texts(texts, return_offsets_mapping)
         if add_special_tokens:
             rows = [self._add_start(ids, offsets) for ids, offsets in rows]
         target = max(len(ids) for ids, _ in rows) if pad else None

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .tokenizer import EOS, BatchEncoding, BioGptTokenizer
+from .tokenizer import EOS, BatchEncoding, BioGptTokenizer, as_texts
 from .tokenizer_files import NO_LENGTH_LIMIT
 
 _PADDING = {
@@ -57,6 +57,7 @@ def truncation_counts(len_a: int, len_b: int | None, excess: int, mode: str) -> 
     if mode == "only_second":
         return (0, excess) if len_b is not None else (0, 0)
     # longest_first with a pair: first even out the lengths, then cut both alternately.
+    assert len_b is not None  # longest_first without a pair returned above
     first = min(abs(len_b - len_a), excess)
     second = excess - first
     if len_a > len_b:
@@ -68,13 +69,12 @@ def _texts_and_pairs(
     text: str | Sequence[str], text_pair: str | Sequence[str] | None
 ) -> tuple[bool, list[str], list[str] | None]:
     """``(batched, texts, pairs or None)``: both one string or both lists of the same length."""
-    batched = isinstance(text, (list, tuple))
-    texts = list(text) if batched else [text]
+    batched, texts = as_texts(text)
     if text_pair is None:
         return batched, texts, None
-    if batched != isinstance(text_pair, (list, tuple)):
+    pairs_batched, pairs = as_texts(text_pair)
+    if batched != pairs_batched:
         raise TypeError("text and text_pair must both be strings or both be lists of strings")
-    pairs = list(text_pair) if batched else [text_pair]
     if len(pairs) != len(texts):
         raise ValueError(f"got {len(texts)} texts but {len(pairs)} text pairs")
     return batched, texts, pairs
@@ -100,7 +100,9 @@ class TransformersCompatTokenizer(BioGptTokenizer):
         sep = [self.sep_token_id]
         return sep + ids_0 if ids_1 is None else sep + ids_0 + sep + ids_1
 
-    def __call__(
+    # The base class takes **transformers_only only to refuse them (TypeError, pointing here); this
+    # call names them, so it accepts fewer keywords than the base's signature says, not fewer calls.
+    def __call__(  # type: ignore[override]
         self,
         text: str | Sequence[str],
         text_pair: str | Sequence[str] | None = None,

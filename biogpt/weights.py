@@ -236,7 +236,9 @@ def load_pretrained(cls, path, dtype=None, device=None, **config_overrides):
     prefix = cls.base_model_prefix
     tied = bool(config.tie_word_embeddings) and "output_projection.weight" in expected
     state: dict[str, torch.Tensor] = {}
-    unknown, foreign_heads, bad_shapes = [], [], []
+    unknown: list[str] = []
+    foreign_heads: list[str] = []
+    bad_shapes: list[str] = []
     for key, tensor in _iter_tensors(files):
         if key.endswith("version") and key.startswith("decoder"):  # fairseq bookkeeping tensor
             continue
@@ -315,7 +317,9 @@ def save_pretrained(model, path, max_shard_size=None) -> None:
     if limit is None or total <= limit:
         save_file(state, str(path / SAFE_WEIGHTS), metadata={"format": "pt"})
         return
-    shards, current, size = [], {}, 0
+    shards: list[dict[str, torch.Tensor]] = []
+    current: dict[str, torch.Tensor] = {}
+    size = 0
     for key, t in state.items():
         nbytes = t.numel() * t.element_size()
         if current and size + nbytes > limit:

@@ -25,6 +25,7 @@ import logging
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import TypedDict
 
 from pipeline.commands import plain
 
@@ -155,6 +156,14 @@ def _quiet(*names: str):
             lg.setLevel(level)
 
 
+class _TinyConfig(TypedDict):
+    """Config keys of the demo's tiny checkpoints (passed on to :class:`biogpt.config.BioGptConfig`)."""
+
+    tie_word_embeddings: bool
+    hidden_dropout_prob: float
+    attention_probs_dropout_prob: float
+
+
 def make_demo_models(spec, records: list[dict]) -> list[Path]:
     """Write (and, for NER and RE, fit to the sample) the tiny checkpoint of every task of ``spec``
     whose model directory does not exist yet."""
@@ -168,7 +177,7 @@ def make_demo_models(spec, records: list[dict]) -> list[Path]:
     # The prompt-tuned RE model reads lower-cased text (docs/tasks.md): learn its vocabulary so too.
     corpus = texts + [t.lower() for t in texts] + ["the interaction between aspirin and warfarin is mechanism."]
     # Random tied embeddings make a model repeat its last input token; untied ones vary a little more.
-    tiny = {"tie_word_embeddings": False, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    tiny: _TinyConfig = {"tie_word_embeddings": False, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     from biogpt.hub import is_explicit_name
 
     for name, task in spec.tasks.items():

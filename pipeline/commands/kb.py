@@ -105,8 +105,8 @@ def run_diff(args: argparse.Namespace) -> int:
         f"kb version {result['from_version']} -> {result['to_version']}: {len(result['added'])} added, "
         f"{len(result['removed'])} removed, {len(result['rescored'])} rescored"
     )
-    for what in ("added", "removed", "rescored"):
-        for edge in result[what]:
+    for what, edges in (("added", result["added"]), ("removed", result["removed"]), ("rescored", result["rescored"])):
+        for edge in edges:
             score = edge.get("score")
             before = f" (was {edge['score_before']})" if what == "rescored" else ""
             print(

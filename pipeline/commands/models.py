@@ -127,11 +127,11 @@ def run_list(args: argparse.Namespace) -> int:
     print(f"released checkpoints in {hub.released_dir('')}:")
     if not pulled:
         print("  none (`biomine models pull NAME`; names: `biomine models list --available`)")
-    for r in pulled:
-        sha = (r.get("archive_sha256") or "?")[:12]
+    for rec in pulled:
+        sha = (rec.get("archive_sha256") or "?")[:12]
         print(
-            f"  {hub.RELEASE_PREFIX + r['name']:<28}task {r.get('task', '?'):<13}archive sha256 {sha}  "
-            f"pulled {r.get('pulled_at', '?')}"
+            f"  {hub.RELEASE_PREFIX + rec['name']:<28}task {rec.get('task', '?'):<13}archive sha256 {sha}  "
+            f"pulled {rec.get('pulled_at', '?')}"
         )
     print(f"Hub models in {hub.hub_settings()['cache_dir']}:")
     models = _hub_cache()

@@ -26,9 +26,9 @@ def evaluate_linking(data, dictionary) -> dict:
     :raises DataFormatError: ``data`` is not PubTator.
     """
     linker = dictionary if isinstance(dictionary, Linker) else Linker(dictionary)
-    total = collections.Counter()
-    by_type: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    by_rule = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    by_type: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    by_rule: collections.Counter[str] = collections.Counter()
     for doc in read_pubtator(data):
         gold = [m for m in doc.mentions if "-1" not in m.ids]
         results = linker.link_all(doc.text, [(m.text, m.type) for m in gold])
@@ -42,7 +42,7 @@ def evaluate_linking(data, dictionary) -> dict:
             if found is not None:
                 by_rule[found.rule] += 1
 
-    def summary(c: collections.Counter) -> dict:
+    def summary(c: collections.Counter[str]) -> dict:
         n, linked, correct = c["mentions"], c["linked"], c["correct"]
         return {
             "mentions": n,

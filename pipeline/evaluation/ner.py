@@ -77,7 +77,8 @@ def evaluate_ner(
         raise DataFormatError(f"{data} holds no PubTator documents (PMID|t|title, PMID|a|abstract, mention lines)")
     task = NerTask(NerOptions(model=str(model_dir), dtype=dtype or "auto", batch_size=batch_size, device=device))
     rows = predict_pubtator(task, docs, stride=stride, batch_size=batch_size)
-    gold, other = [], {}
+    gold: list[tuple[int, int, int, str]] = []
+    other: dict[str, int] = {}  # mentions of types the model does not tag, by type
     for doc in docs:
         for m in doc.mentions:
             if m.type in task.types:

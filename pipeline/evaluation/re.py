@@ -33,7 +33,7 @@ from pipeline.tasks.re import RelationTask
 from pipeline.tasks.re_format import build_source, prompt_input
 
 from .re_data import read_re_json, split_entity_map
-from .re_scoring import score_generations
+from .re_scoring import CIDReport, score_generations
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,8 @@ def evaluate_re(
         result = runner.parse(generation, **maps)
         failed += result.failed
         unparsed += len(result.unparsed)
-        rels = [
-            [r.head, r.tail, r.relation] + ([r.head_id, r.tail_id] if task == "bc5cdr" else [])
+        rels: list[list[str | None]] = [
+            [r.head, r.tail, r.relation, *([r.head_id, r.tail_id] if task == "bc5cdr" else [])]
             for r in result.relations
         ]
         lines.append(json.dumps({"id": doc_id, "generation": generation, "relations": rels}, ensure_ascii=False))
@@ -149,7 +149,7 @@ def evaluate_re(
         path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
     report = json.loads(json.dumps(dataclasses.asdict(scores)))  # tuples -> lists: plain JSON values
-    if task == "bc5cdr":
+    if isinstance(scores, CIDReport):  # bc5cdr
         headline = {
             "metric": "CID pairs (document level)",
             "precision": scores.precision,

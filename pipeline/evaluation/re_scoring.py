@@ -289,7 +289,9 @@ def score_generations(
             continue
         maps = split or gold[doc_id]
         result = parse_generation(text, task, chemical2id=maps["chemical2id"], disease2id=maps["disease2id"])
-        predicted.extend((doc_id, r.head_id, r.tail_id) for r in result.relations)
+        for r in result.relations:
+            assert r.head_id is not None and r.tail_id is not None  # BC5CDR relations always carry both ids
+            predicted.append((doc_id, r.head_id, r.tail_id))
     if missing == len(generations):
         raise EvaluationError(
             f"none of the {len(generations)} generations names a document of the gold file; check the document ids"

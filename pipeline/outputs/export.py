@@ -205,7 +205,7 @@ def export(out, dest, fmt: str, *, progress: bool | None = None) -> int:
     try:
         binary = fmt == "bioc-xml"  # lxml's incremental writer takes bytes
         with (
-            open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f,
+            open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as f,
             Progress(None, unit="document", desc=f"export {fmt}", bar=progress) as bar,
         ):
             if fmt == "pubtator":

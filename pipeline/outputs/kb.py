@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-from typing import Any
+from typing import Any, TypedDict
 
 import pyarrow as pa
 
@@ -165,7 +165,18 @@ def _key(row: dict[str, Any]) -> tuple:
     return (a, b, row["relation"])
 
 
-def diff(output: JobOutput, since: int | _dt.datetime, until: int | None = None) -> dict[str, list[dict[str, Any]]]:
+class KbDiff(TypedDict):
+    """What :func:`diff` returns: the two versions compared, and the edges (kb rows) that changed."""
+
+    from_version: int
+    to_version: int
+    added: list[dict[str, Any]]
+    removed: list[dict[str, Any]]
+    #: the new rows, with ``score_before`` and ``n_abstracts_before``
+    rescored: list[dict[str, Any]]
+
+
+def diff(output: JobOutput, since: int | _dt.datetime, until: int | None = None) -> KbDiff:
     """Edges added, removed and rescored (score or supporting abstracts changed) in the ``kb`` table
     between version (or time) ``since`` and ``until`` (default: the newest version).
 

@@ -118,9 +118,11 @@ class _Deferred:
     """Inline work, run when its result is asked for (so a serial ingest parses a file, then applies it)."""
 
     def __init__(self, fn: Callable[..., Any], args: tuple):
-        self.fn, self.args = fn, args
+        self.fn: Callable[..., Any] | None = fn
+        self.args = args
 
     def result(self) -> Any:
+        assert self.fn is not None, "result() of a cancelled task"
         return self.fn(*self.args)
 
     def cancel(self) -> None:

@@ -33,7 +33,7 @@ import xml.etree.ElementTree as ET
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator, Union
+from typing import IO, Any, Iterator, Protocol, TypedDict, Union
 
 from pipeline.errors import PubmedXMLError
 
@@ -108,7 +108,15 @@ class _Progress:
         return f", after record {self.records} (PMID {self.last_pmid})"
 
 
-def _open(source: Source, name: str | None) -> tuple[IO[bytes], str, bool]:
+class _Stream(Protocol):
+    """What the parser reads: a binary file, a gzip reader over one, or a :class:`_Prefixed`."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def _open(source: Source, name: str | None) -> tuple[_Stream, str, bool]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _maybe_gunzip(io.BytesIO(bytes(source))), name or "<bytes>", True
     if isinstance(source, (str, os.PathLike)):
@@ -118,19 +126,21 @@ def _open(source: Source, name: str | None) -> tuple[IO[bytes], str, bool]:
         except OSError as exc:
             raise PubmedXMLError(f"cannot open {path}: {exc.strerror}") from exc
         return _maybe_gunzip(raw), name or str(path), True
-    return _maybe_gunzip(source), name or getattr(source, "name", "<stream>"), False
+    return _maybe_gunzip(source), name or str(getattr(source, "name", "<stream>")), False
 
 
-def _maybe_gunzip(raw: IO[bytes]) -> IO[bytes]:
+def _maybe_gunzip(raw: IO[bytes]) -> _Stream:
     # Sniff the gzip magic rather than trust a file name: NCBI serves .xml.gz, users rename things.
+    stream: _Stream = raw
     if hasattr(raw, "peek"):
         head = raw.peek(2)[:2]
     else:
         head = raw.read(2)
-        raw = _Prefixed(head, raw)  # type: ignore[assignment]
+        stream = _Prefixed(head, raw)
     if head == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    return raw
+        # typeshed wants a seekable fileobj; GzipFile seeks only to rewind, which a forward read never does.
+        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[call-overload]
+    return stream
 
 
 class _Prefixed:
@@ -157,7 +167,7 @@ def _expat_reason(exc: ET.ParseError) -> str:
     return str(exc).split(":")[0]
 
 
-def _iterparse(stream: IO[bytes], state: _Progress) -> Iterator[dict[str, Any] | Deletion]:
+def _iterparse(stream: _Stream, state: _Progress) -> Iterator[dict[str, Any] | Deletion]:
     # Only end events: start events would double the Python-level work per element for nothing.
     context = ET.iterparse(stream, events=("end",))
     for _, elem in context:
@@ -174,6 +184,7 @@ def _iterparse(stream: IO[bytes], state: _Progress) -> Iterator[dict[str, Any] |
         # Drop the finished record's subtree: memory stays flat (the empty element left in the root
         # costs a few dozen bytes).
         elem.clear()
+    # typeshed's iterparse iterator lacks .root (set once the document is read to its end).
     root = context.root  # type: ignore[attr-defined]
     if root.tag not in _ROOT_TAGS:
         _raise_not_pubmed(root, state)
@@ -226,13 +237,14 @@ def _article(elem: ET.Element, state: _Progress) -> dict[str, Any]:
     # Only the direct PMID child: CommentsCorrections and references carry PMIDs of other articles.
     pmid_el = citation.find("PMID")
     pmid = _pmid(pmid_el, state)
+    assert pmid_el is not None  # _pmid refused a record without one
     article = citation.find("Article")
     if article is None:
         raise PubmedXMLError(f"{state.label}: PMID {pmid} has no Article element")
     journal = article.find("Journal")
-    row = {
+    row: dict[str, Any] = {
         "pmid": pmid,
-        "version": _version(pmid_el),  # type: ignore[arg-type]
+        "version": _version(pmid_el),
         "record_type": "article",
         "title": _text(article.find("ArticleTitle")),
         "journal": _text(journal.find("Title")) if journal is not None else None,
@@ -290,6 +302,7 @@ def _book(elem: ET.Element, state: _Progress) -> dict[str, Any]:
         raise PubmedXMLError(f"{state.label}: PubmedBookArticle without BookDocument{state.after()}")
     pmid_el = doc.find("PMID")
     pmid = _pmid(pmid_el, state)
+    assert pmid_el is not None  # _pmid refused a record without one
     book = doc.find("Book")
     book_title = _text(book.find("BookTitle")) if book is not None else None
     # A chapter has its own ArticleTitle; a whole book only its BookTitle. Authors likewise: the
@@ -297,9 +310,9 @@ def _book(elem: ET.Element, state: _Progress) -> dict[str, Any]:
     authors = doc.find("AuthorList")
     if authors is None and book is not None:
         authors = book.find("AuthorList")
-    row = {
+    row: dict[str, Any] = {
         "pmid": pmid,
-        "version": _version(pmid_el),  # type: ignore[arg-type]
+        "version": _version(pmid_el),
         "record_type": "book",
         "title": _text(doc.find("ArticleTitle")) or book_title,
         "journal": book_title,
@@ -444,15 +457,24 @@ def _other_article_ids(id_list: ET.Element | None) -> list[dict[str, str]]:
     """ArticleIdList ids other than the PMID, DOI and PMC id (those have their own columns)."""
     if id_list is None:
         return []
-    return [
-        {"source": item.get("IdType"), "id": _plain(item)}
-        for item in id_list.iterfind("ArticleId")
-        if item.get("IdType", "pubmed") not in ("pubmed", "doi", "pmc") and _plain(item)
-    ]
+    out = []
+    for item in id_list.iterfind("ArticleId"):
+        source, value = item.get("IdType", "pubmed"), _plain(item)
+        if source not in ("pubmed", "doi", "pmc") and value:
+            out.append({"source": source, "id": value})
+    return out
+
+
+class _AbstractSection(TypedDict):
+    """One AbstractText: an element of the ``abstract_sections`` column."""
+
+    label: str | None
+    category: str | None
+    text: str
 
 
 def _abstract(abstract: ET.Element | None) -> dict[str, Any]:
-    sections = []
+    sections: list[_AbstractSection] = []
     if abstract is not None:
         for part in abstract.iterfind("AbstractText"):
             text = _text(part)
@@ -538,8 +560,8 @@ def _date(pub_date: ET.Element | None) -> dict[str, Any]:
         # Free text such as "1998 Dec-1999 Jan" or "Winter 2001": keep it, and take its first year
         # as the year (what PubMed itself does when it sorts by date).
         out["medline_date"] = medline
-        year = _YEAR.search(medline)
-        out["pub_year"] = int(year.group()) if year else None
+        found = _YEAR.search(medline)
+        out["pub_year"] = int(found.group()) if found else None
         return out
     year = _plain(pub_date.find("Year"))
     out["pub_year"] = int(year) if year and year.isdigit() else None

@@ -26,7 +26,7 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pipeline.errors import BioMineError
 from pipeline.run.jobspec import ResourceSpec
@@ -173,7 +173,8 @@ def _reload_ray_auth() -> None:
     """Make this (already imported) Ray read the auth settings again: its config and token loader
     are cached at first use (ray/_private/authentication/authentication_token_setup.py does the same
     when it turns token mode on)."""
-    from ray._raylet import AuthenticationTokenLoader, Config
+    # Both are in the compiled module; Ray's _raylet.pyi declares neither.
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
@@ -245,7 +246,20 @@ def _runtime_env() -> dict[str, Any]:
     import pipeline
     import schemas
 
-    return {"py_modules": [os.path.dirname(m.__file__) for m in (biogpt, pipeline, schemas)]}
+    folders = []
+    for m in (biogpt, pipeline, schemas):
+        assert m.__file__ is not None  # regular packages, imported from their folders
+        folders.append(os.path.dirname(m.__file__))
+    return {"py_modules": folders}
+
+
+class _InitArgs(TypedDict, total=False):
+    """The keyword arguments of ``ray.init`` that a private Ray and a joined cluster share."""
+
+    include_dashboard: bool
+    logging_level: int
+    log_to_driver: bool
+    configure_logging: bool
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -262,7 +276,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # execution plan at INFO. Users get our progress bars and summary instead.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
+    kwargs: _InitArgs = dict(
+        include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False
+    )
     if address is None:
         _private_token()
         _loopback_only(True)

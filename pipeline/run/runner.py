@@ -110,6 +110,7 @@ def _fetch_step(spec: JobSpec, output: JobOutput, lease: Lease, progress: bool) 
     from pipeline.pubmed.fetch import fetch_query
 
     src = spec.source
+    assert src.query is not None  # the job file check requires one for an entrez source
     client = EutilsClient(
         base_url=src.eutils_url, credentials=Credentials.resolve(email=src.email, api_key=src.api_key)
     )

@@ -141,7 +141,8 @@ def localise(options: O) -> O:
                 local[ref.field] = str(materialize(ref.uri, checksum))
         elif not location(ref.uri).is_local:
             local[ref.field] = str(materialize_file(ref.uri, checksum))
-    return dataclasses.replace(options, **local) if local else options
+    # mypy checks a **dict against every field; these keys are only the input files' (str) fields.
+    return dataclasses.replace(options, **local) if local else options  # type: ignore[arg-type]
 
 
 def _prepare_shards(batch: dict[str, Any], task_cls: type[Task[O]], options: O) -> dict[str, Any]:
@@ -246,12 +247,14 @@ class _TaskActor:
         it by ``batch_size`` itself: the RE engine keeps all its slots busy across the shard); after a
         failure, each ``batch_size`` chunk is retried, then each document of a failing chunk, so one
         bad record (or a batch too large for the GPU) costs only the documents that fail alone."""
+        task = self.task
+        assert task is not None  # __call__ runs a shard only where the task was built
         try:
-            return self.task(docs), [""] * n
+            return task(docs), [""] * n
         except Exception as exc:  # a bad batch must not kill the run
             log.warning(
                 "task %s failed on a shard of %d documents (%s: %s); retrying it in chunks of %d",
-                self.task.name,
+                task.name,
                 n,
                 type(exc).__name__,
                 exc,
@@ -262,19 +265,17 @@ class _TaskActor:
         for start in range(0, n, self.chunk):
             stop = min(n, start + self.chunk)
             try:
-                per_doc += self.task(_slice(docs, start, stop))
+                per_doc += task(_slice(docs, start, stop))
                 errors += [""] * (stop - start)
                 continue
             except Exception:
                 pass
             for i in range(start, stop):
                 try:
-                    per_doc += self.task(_slice(docs, i, i + 1))
+                    per_doc += task(_slice(docs, i, i + 1))
                     errors.append("")
                 except Exception as one:
-                    log.error(
-                        "task %s failed on PMID %s: %s: %s", self.task.name, docs["pmid"][i], type(one).__name__, one
-                    )
+                    log.error("task %s failed on PMID %s: %s: %s", task.name, docs["pmid"][i], type(one).__name__, one)
                     per_doc.append([])
                     errors.append(f"{type(one).__name__}: {one}")
         return per_doc, errors
@@ -399,13 +400,13 @@ def run_task_stage(
     # One item (and block) per document file, so files are prepared in parallel CPU tasks while the
     # actors run the model on files prepared before (Ray Data streams and backpressures between the two).
     items = [{SHARD_COL: p, URI_COL: (documents / p).uri, SIZE_COL: docs[p].size} for p in todo]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=len(items))
     # Each prepare task reserves the memory of one prepared file. That also keeps Ray Data from
     # fusing the prepare tasks into the model actors, which it does for maps with equal remote args
     # (num_cpus=1 both, on a CPU cluster: ray/data/_internal/logical/rules/operator_fusion.py), and
     # then tokenisation would run inside the actor instead of beside it.
     ds = ds.map_batches(
-        _prepare_shards,
+        _prepare_shards,  # type: ignore[arg-type]  # Ray's types know no fn_kwargs: its batch is the only argument
         fn_kwargs=dict(task_cls=task_cls, options=options),
         batch_size=1,
         num_cpus=1,

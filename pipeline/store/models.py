@@ -51,7 +51,7 @@ def pin(model: str) -> str:
 def describe(model: str) -> dict:
     """What a manifest records about ``model``: its ``model_id``, where it is, and for a Hub model
     the repository and commit (``hf://repo@<commit>`` after :func:`pin`)."""
-    out = {"model_id": hub.model_name(model), "path": model}
+    out: dict[str, str | None] = {"model_id": hub.model_name(model), "path": model}
     if hub.is_explicit_name(model):
         ref = hub.parse(model)
         out.update({"hub": ref.value, "revision": ref.revision} if ref.kind == "hub" else {"release": ref.value})

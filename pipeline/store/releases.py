@@ -209,7 +209,8 @@ def download(
     if part.exists() and (not source.exists() or source.read_text() != url):
         part.unlink()  # a partial file of another URL or mirror: never resumed into this one
     source.write_text(url)
-    failures, restarts, last_error = 0, 0, None
+    failures, restarts = 0, 0
+    last_error: Exception | None = None
     bar = None
     try:
         while True:

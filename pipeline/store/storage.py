@@ -199,11 +199,11 @@ def location(spec: str | os.PathLike | "Location", base_dir: str | os.PathLike |
         fs = _filesystem(scheme, netloc if scheme not in ("s3", "s3a", "memory") else "")
         path = rest if scheme != "memory" else "/" + rest.lstrip("/")
         return Location(fs, path.rstrip("/"), f"{scheme}://{rest}")
-    path = Path(spec)
-    if not path.is_absolute():
-        path = Path(base_dir or os.getcwd()) / path
-    path = os.path.normpath(path)
-    return Location(pafs.LocalFileSystem(), path, path)
+    given = Path(spec)
+    if not given.is_absolute():
+        given = Path(base_dir or os.getcwd()) / given
+    local = os.path.normpath(given)
+    return Location(pafs.LocalFileSystem(), local, local)
 
 
 @dataclass(frozen=True)

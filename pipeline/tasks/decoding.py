@@ -99,19 +99,20 @@ class GreedyDecoder:
         :raises ValueError: a prompt is empty.
         """
         ids, lps = self._decode(prompts, max_new_tokens, logprobs=True)
+        assert lps is not None  # asked for
         return list(zip(ids, lps))
 
     def run_prompted(self, inputs: Sequence[Sequence[int] | None], max_new_tokens: int) -> dict[int, list[int]]:
         """:meth:`run` by input index, for the inputs that are prompts (``None`` = no prompt, skipped)."""
-        todo = _prompted(inputs)
-        return dict(zip(todo, self.run([inputs[i] for i in todo], max_new_tokens)))
+        todo, prompts = _prompted(inputs)
+        return dict(zip(todo, self.run(prompts, max_new_tokens)))
 
     def run_prompted_scored(
         self, inputs: Sequence[Sequence[int] | None], max_new_tokens: int
     ) -> dict[int, tuple[list[int], list[float]]]:
         """:meth:`run_scored` by input index: :meth:`run_prompted` with the log-probability of every new id."""
-        todo = _prompted(inputs)
-        return dict(zip(todo, self.run_scored([inputs[i] for i in todo], max_new_tokens)))
+        todo, prompts = _prompted(inputs)
+        return dict(zip(todo, self.run_scored(prompts, max_new_tokens)))
 
     def _decode(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, logprobs: bool
@@ -136,7 +137,7 @@ class GreedyDecoder:
         new, lps = result if logprobs else (result, None)
         for k, i in enumerate(todo):
             ids[i] = list(new[k])
-            if scores is not None:
+            if scores is not None and lps is not None:  # both or neither: a scored run
                 scores[i] = list(lps[k])
         return ids, scores
 
@@ -148,6 +149,7 @@ class GreedyDecoder:
         return self.tokenizer.decode(kept, skip_special_tokens=skip_special_tokens)
 
 
-def _prompted(inputs: Sequence[Sequence[int] | None]) -> list[int]:
-    """Indices of the inputs that are prompts (not ``None``), in order."""
-    return [i for i, ids in enumerate(inputs) if ids is not None]
+def _prompted(inputs: Sequence[Sequence[int] | None]) -> tuple[list[int], list[Sequence[int]]]:
+    """Indices of the inputs that are prompts (not ``None``), in order, and those prompts."""
+    todo = [i for i, ids in enumerate(inputs) if ids is not None]
+    return todo, [ids for ids in inputs if ids is not None]

@@ -213,7 +213,7 @@ class NerTask(_base.Task[NerOptions]):
         """(tag ids, their probabilities) for each input's tokens after the leading </s>."""
         import torch
 
-        out: list[tuple[list[int], list[float]] | None] = [None] * len(inputs)
+        out: dict[int, tuple[list[int], list[float]]] = {}  # input index -> its prediction
         # Longest first so each chunk pads little; a causal model never lets right padding reach a
         # real token, so the chunking changes nothing beyond floating-point noise of the kernels.
         order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
@@ -224,12 +224,12 @@ class NerTask(_base.Task[NerOptions]):
                 ids = pad([inputs[i] for i in chunk], self.model.config.pad_token_id).to(device)
                 mask = pad([[1] * len(inputs[i]) for i in chunk], 0).to(device)
                 logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-                probs, tags = torch.softmax(logits, dim=-1).max(dim=-1)
-                probs, tags = probs.cpu().tolist(), tags.cpu().tolist()
+                best_probs, best_tags = torch.softmax(logits, dim=-1).max(dim=-1)
+                probs, tags = best_probs.cpu().tolist(), best_tags.cpu().tolist()
                 for row, i in enumerate(chunk):
                     n = len(inputs[i])
                     out[i] = (tags[row][1:n], probs[row][1:n])
-        return out  # type: ignore[return-value]
+        return [out[i] for i in range(len(inputs))]
 
     def __call__(self, batch: dict[str, Any]) -> list[list[dict[str, Any]]]:
         docs = _base.as_list(batch[_NER_COL])
@@ -245,7 +245,7 @@ class NerTask(_base.Task[NerOptions]):
         per_doc: list[list[tuple[list[int], list[float]]]] = [[] for _ in docs]
         for d, pred in zip(owners, predictions):
             per_doc[d].append(pred)
-        results = []
+        results: list[list[dict[str, Any]]] = []
         for d, doc in enumerate(docs):
             if not doc["windows"]:
                 results.append([])

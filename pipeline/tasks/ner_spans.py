@@ -177,7 +177,7 @@ def decode_tags(
 
     def close() -> None:
         nonlocal current, current_type
-        if current:
+        if current and current_type is not None:  # an open entity always has its type
             start, end = offsets[current[0]][0], offsets[current[-1]][1]
             score = sum(probs[i] for i in current) / len(current) if probs is not None else None
             spans.append(Span(start, end, current_type, text[start:end], score))

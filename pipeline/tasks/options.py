@@ -20,7 +20,7 @@ import dataclasses
 import os
 import string
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from biogpt import hub
 from biogpt.errors import ConfigError
@@ -108,7 +108,7 @@ class TaskOptions:
             out.append(f"dtype = {self.dtype!r}: use {', '.join(DTYPES)}")
         return out
 
-    def check(self) -> "TaskOptions":
+    def check(self) -> Self:
         """``self`` when :meth:`problems` finds none.
 
         :raises ConfigError: naming the task and every problem.

@@ -12,6 +12,7 @@ NER evaluation and the relation benchmarks.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +47,7 @@ class PubTatorDocument:
         return f"{self.title or ''} {self.abstract or ''}"
 
 
-def read_pubtator(path: str | Path) -> list[PubTatorDocument]:
+def read_pubtator(path: str | os.PathLike[str]) -> list[PubTatorDocument]:
     """The documents of a PubTator file, in file order (mention text checked against the offsets).
 
     :raises DataFormatError: a line that is none of the PubTator line kinds, offsets that do not

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 from biogpt.task_spec import RE_TASKS, TaskSettings, load_task_settings
 from pipeline.errors import TaskSettingsError
@@ -100,7 +100,7 @@ class RelationTask(base.Task[RelationOptions]):
     cast_batch = staticmethod(_relations.cast_batch)
     #: Keep the task's order (relations as generated, then unparsed pieces): the stage sorts by pmid
     #: first and Python's sort is stable, so no key is needed and None/str never get compared.
-    sort_keys: tuple[str, ...] = ()
+    sort_keys: ClassVar[tuple[str, ...]] = ()
     requires = (
         "a fine-tuned BioGPT relation-extraction prompt checkpoint of the same task (ddi, kd-dti or "
         "bc5cdr), converted with `biomine convert fairseq` (it writes biomine_task.json)"
@@ -301,6 +301,7 @@ class RelationTask(base.Task[RelationOptions]):
         vocabulary (abbreviations of the article ``text`` count); unlinked: null ids."""
         from .linking import abbreviations
 
+        assert self.linker is not None, "link_rows() of a task without a vocabulary"
         types = HEAD_TAIL_TYPES[self.task]
         abbrev = abbreviations(text)
         for row in rows:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from biogpt.errors import CheckpointError, ConfigError
 from schemas import summaries as _summaries
@@ -138,7 +138,7 @@ class SummarizeTask(base.Task[SummarizeOptions]):
     schema = _summaries.SUMMARY_SCHEMA
     Options = SummarizeOptions
     cast_batch = staticmethod(_summaries.cast_batch)
-    sort_keys: tuple[str, ...] = ("prompt_id",)
+    sort_keys: ClassVar[tuple[str, ...]] = ("prompt_id",)
     requires = (
         "a causal-LM BioGPT checkpoint (the pre-trained model converted with `biomine convert fairseq`, "
         "or one fine-tuned for free text); not a prompt-tuned task or token-classification checkpoint"
