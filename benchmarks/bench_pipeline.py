@@ -154,9 +154,9 @@ def engine_speed(cls, options, shards: list[Path], sync) -> tuple[float, int]:
     prepared = []
     for shard in shards:
         table = pq.read_table(shard, columns=COLUMNS)
-        prepared.append(cls.prepare({c: table.column(c).to_numpy(zero_copy_only=False) for c in COLUMNS}, options))
+        prepared.append(cls.prepare(table, options))
     task = cls(options)
-    task({k: v[: options.batch_size] for k, v in prepared[0].items()})  # warm-up: kernels, graphs, allocator
+    task(prepared[0].slice(0, options.batch_size))  # warm-up: kernels, graphs, allocator
     sync()
     start = time.perf_counter()
     rows = sum(len(r) for docs in prepared for r in task(docs))

@@ -20,7 +20,7 @@ generator of ``bench_parse.py``, plus ``--updates`` update files per mix), in on
 3. **overhead**: per document, the CPU time of each step the pipeline adds around the model, in one
    process (so per core): read the data file (checked against its checksum, as the stage does),
    tokenise and window it (the real NER ``prepare`` with the real BioGPT vocabulary from
-   ``../shared`` when present), pickle it to the actor and back, sort and cast the rows, serialise
+   ``../shared`` when present), pass it to the actor and back as Arrow IPC, sort and cast the rows, serialise
    and write the output file, and commit it (one Delta commit of the task table per file). The model
    is a stand-in that spins ``--token-cost-us`` per token (reported apart): the figure does not
    measure any model. The cores needed to feed one GPU are ``GPU documents/s x overhead``; the table
@@ -59,7 +59,6 @@ import gzip
 import json
 import math
 import os
-import pickle
 import random
 import resource
 import shutil
@@ -217,21 +216,27 @@ def stand_in_class(token_cost_us: float, tokenize: bool):
         def prepare(cls, batch, options):
             if tokenize:
                 return NerTask.prepare(batch, options)
-            return dict(batch, _ner=[{"ids": [0] * 200} for _ in batch["pmid"]])
+            from pipeline.tasks.base import documents, prepared
+
+            docs = documents(batch)
+            n = docs.num_rows
+            columns = {"_text": [""] * n, "_ids": [[0] * 200] * n, "_offsets": [[]] * n, "_windows": [[]] * n}
+            return prepared(docs, cls.prepared_schema, columns)
 
         def __init__(self, options):
             self.model_id = "stand-in"
 
         def __call__(self, batch):
             out = []
-            for i, pmid in enumerate(batch["pmid"]):
-                tokens = len(batch["_ner"][i]["ids"])
+            ids, versions = batch["_ids"].to_pylist(), batch["version"].to_pylist()
+            for i, pmid in enumerate(batch["pmid"].to_pylist()):
+                tokens = len(ids[i])
                 spin(tokens * token_cost_us * 1e-6)
                 out.append(
                     [
                         {
                             "pmid": int(pmid),
-                            "version": int(batch["version"][i]),
+                            "version": int(versions[i]),
                             "start": 40 * k,
                             "end": 40 * k + 8,
                             "text": "warfarin",
@@ -387,9 +392,8 @@ def measure_updates(
 
 # --- 3. overhead per document, per core ----------------------------------------------------------------
 def measure_overhead(documents: Path, root: Path, model: Path, max_docs: int, token_cost_us: float) -> dict:
-    import pyarrow as pa
 
-    from pipeline.run.stages import COLUMNS, _sort_key, read_verified, stage_settings
+    from pipeline.run.stages import COLUMNS, _sort_key, from_ipc, read_verified, stage_settings, to_ipc
     from pipeline.store.datasets import settings_key, write_output
     from pipeline.store.documents import Documents
     from pipeline.store.output import JobOutput
@@ -403,22 +407,21 @@ def measure_overhead(documents: Path, root: Path, model: Path, max_docs: int, to
     dataset = JobOutput(root / "overhead").dataset(cls.dataset, cls.schema)
     dataset.table  # noqa: B018  (created outside the timing)
     docs = Documents(documents, create=False)
-    times = {k: 0.0 for k in ("read", "tokenise", "pickle", "model", "rows", "write", "commit")}
+    times = {k: 0.0 for k in ("read", "tokenise", "ipc", "model", "rows", "write", "commit")}
     n = tokens = 0
-    cls.prepare({c: pa.array([]).to_numpy(zero_copy_only=False) for c in COLUMNS}, options)  # tokenizer load
+    cls.prepare({c: [] for c in COLUMNS}, options)  # tokenizer load
     for path, info in sorted(docs.files().items()):
         if n >= max_docs:
             break
         c = time.process_time()
         table = read_verified(docs.loc / path, info.size, COLUMNS)
-        batch = {col: table.column(col).to_numpy(zero_copy_only=False) for col in COLUMNS}
         times["read"] += time.process_time() - c
         c = time.process_time()
-        prepared = cls.prepare(batch, options)
+        prepared = cls.prepare(table, options)
         times["tokenise"] += time.process_time() - c
         c = time.process_time()
-        prepared = pickle.loads(pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL))
-        times["pickle"] += time.process_time() - c
+        prepared = from_ipc(to_ipc(prepared))  # what travels from a prepare task to the actor
+        times["ipc"] += time.process_time() - c
         c = time.perf_counter()
         per_doc = task(prepared)
         times["model"] += time.perf_counter() - c
@@ -434,7 +437,7 @@ def measure_overhead(documents: Path, root: Path, model: Path, max_docs: int, to
         dataset.commit([written], [], settings=settings)
         times["commit"] += time.process_time() - c
         n += table.num_rows
-        tokens += sum(len(d["ids"]) for d in prepared["_ner"])
+        tokens += sum(len(ids) for ids in prepared["_ids"].to_pylist())
     per_doc_ms = {k: 1000 * v / n for k, v in times.items()}
     overhead = sum(v for k, v in per_doc_ms.items() if k != "model")
     return {

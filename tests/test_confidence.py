@@ -62,7 +62,7 @@ def fitted(tmp_path_factory):
         "title": [r["title"] for r in RECORDS],
         "abstract": [r["abstract"] for r in RECORDS],
     }
-    return task, batch, task(batch)
+    return task, batch, task(RelationTask.prepare(batch, task.options))
 
 
 def teacher_forced(task: RelationTask, prompt: list[int], new: list[int]) -> list[float]:
@@ -75,7 +75,7 @@ def teacher_forced(task: RelationTask, prompt: list[int], new: list[int]) -> lis
 
 def test_stored_logprob_equals_a_teacher_forced_pass(fitted):
     task, batch, rows = fitted
-    prompts = list(RelationTask.prepare(batch, task.options)["_input_ids"])
+    prompts = RelationTask.prepare(batch, task.options)["_input_ids"].to_pylist()
     news = task.generate_ids(prompts)
     semicolon = task.tokenizer.encode(";", add_special_tokens=False)
     period = task.tokenizer.encode(".", add_special_tokens=False)
@@ -164,7 +164,7 @@ def test_heads_and_tails_link_through_the_vocabulary(fitted, tmp_path):
     linked = RelationTask(
         RelationOptions(model=str(task.model_dir), task="ddi", max_new_tokens=40, device="cpu", vocabulary=str(vocab))
     )
-    rows = [r for doc in linked(batch) for r in doc if r["parse_status"] == "ok"]
+    rows = [r for doc in linked(RelationTask.prepare(batch, linked.options)) for r in doc if r["parse_status"] == "ok"]
     assert rows
     for r in rows:
         for side in ("head", "tail"):

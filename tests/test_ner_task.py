@@ -247,16 +247,16 @@ def test_prepare_keeps_columns_and_handles_missing_text(trained):
     docs[0].abstract = None
     batch = batch_of(docs, _shard=np.array(["part-000000"], dtype=object))
     prepared = NerTask.prepare(batch, NerOptions(model=str(trained["model"])))
-    assert list(prepared["_shard"]) == ["part-000000"] and list(prepared["pmid"]) == [101]
-    assert prepared["_text"][0] == docs[0].title + " "
-    inputs = prepared["_ner"][0]
+    assert prepared["_shard"].to_pylist() == ["part-000000"] and prepared["pmid"].to_pylist() == [101]
+    assert prepared["_text"][0].as_py() == docs[0].title + " "
+    inputs = {k: prepared[f"_{k}"][0].as_py() for k in ("ids", "offsets", "windows")}  # the declared columns
     assert len(inputs["ids"]) == len(inputs["offsets"]) and [list(w) for w in inputs["windows"]] == [
         [0, len(inputs["ids"])]
     ]
     empty = NerTask.prepare(
         batch_of(docs, title=np.array([None], dtype=object)), NerOptions(model=str(trained["model"]))
     )
-    assert list(empty["_ner"][0]["windows"]) == []
+    assert list(empty["_windows"][0].as_py()) == []
     task = NerTask(NerOptions(model=str(trained["model"])))
     assert task(empty) == [[]]
     rows = task(prepared)[0]
@@ -282,7 +282,7 @@ def test_windows_over_long_documents(tmp_path):
     long_doc = docs[0]
     long_doc.abstract = " ".join(f"{d.title} {d.abstract}" for d in docs)
     prepared = NerTask.prepare(batch_of([long_doc]), NerOptions(model=str(tmp_path / "model"), stride=10))
-    windows = [list(w) for w in prepared["_ner"][0]["windows"]]
+    windows = [list(w) for w in prepared["_windows"][0].as_py()]
     assert len(windows) > 10 and all(e - s <= 31 for s, e in windows) and windows[-1][1] > 100
     task = NerTask(NerOptions(model=str(tmp_path / "model")))
     rows = task(prepared)[0]

@@ -135,7 +135,7 @@ def test_prepare_builds_the_fine_tuning_input(ckpts):
     prompt = list(settings.prompt_token_ids)
     batch = batch_of([TITLES[0], "Long", "No abstract", None], [ABSTRACTS[0], LONG, None, "   "])
     out = RelationTask.prepare(batch, RelationOptions(model=str(path), task="ddi"))
-    ids = list(out["_input_ids"])
+    ids = out["_input_ids"].to_pylist()
 
     # DDI: [2] + the lower-cased abstract's ids + learned1..N
     source = tok.encode(ABSTRACTS[0].strip().lower(), add_special_tokens=False)
@@ -147,12 +147,13 @@ def test_prepare_builds_the_fine_tuning_input(ckpts):
     S = settings.max_source_positions
     assert len(long_source) > S
     assert ids[1] == [2] + long_source[: S - 1] + [settings.truncation_marker_id] + prompt
-    assert list(out["_truncated"]) == [False, True, None, None]  # the cut source says so
+    assert out["_truncated"].to_pylist() == [False, True, None, None]  # the cut source says so
     # no abstract: no prompt, a reason instead (the task turns it into an 'unparsed' row)
     assert ids[2] is None and ids[3] is None
-    assert list(out["_skip"])[:2] == ["", ""] and "no abstract" in out["_skip"][2] and "no abstract" in out["_skip"][3]
-    assert list(out["_text"]) == [f"{TITLES[0]} {ABSTRACTS[0]}", f"Long {LONG}", "No abstract ", "    "]
-    assert list(out["pmid"]) == [1, 2, 3, 4]  # the batch's own columns are kept
+    skips = out["_skip"].to_pylist()
+    assert skips[:2] == ["", ""] and "no abstract" in skips[2] and "no abstract" in skips[3]
+    assert out["_text"].to_pylist() == [f"{TITLES[0]} {ABSTRACTS[0]}", f"Long {LONG}", "No abstract ", "    "]
+    assert out["pmid"].to_pylist() == [1, 2, 3, 4]  # the batch's own columns are kept
 
 
 def test_prepare_kd_dti_joins_title_and_abstract(ckpts):
@@ -160,7 +161,7 @@ def test_prepare_kd_dti_joins_title_and_abstract(ckpts):
     settings = load_task_settings(path, "kd-dti")
     tok = BioGptTokenizer.from_pretrained(path)
     batch = batch_of([TITLES[0], TITLES[1], None, None], [ABSTRACTS[0], ABSTRACTS[1], ABSTRACTS[0], None])
-    ids = list(RelationTask.prepare(batch, RelationOptions(model=str(path), task="kd-dti"))["_input_ids"])
+    ids = RelationTask.prepare(batch, RelationOptions(model=str(path), task="kd-dti"))["_input_ids"].to_pylist()
     enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
     prompt = list(settings.prompt_token_ids)
     # the title ends in "." (a non-word character): joined by " "; otherwise by ". "
@@ -182,7 +183,7 @@ def test_random_model_rows_fit_the_schema_and_keep_unparsed_output(ckpts):
     prepared = RelationTask.prepare(batch, RelationOptions(model=str(path), task="ddi"))
     per_doc = task(prepared)
     assert len(per_doc) == 4 and all(per_doc)  # every document yields rows, in batch order
-    new_ids = task.generate_ids([p for p in list(prepared["_input_ids"]) if p is not None])
+    new_ids = task.generate_ids([p for p in prepared["_input_ids"].to_pylist() if p is not None])
     for i, rows in enumerate(per_doc):
         assert {r["pmid"] for r in rows} == {batch["pmid"][i]} and {r["version"] for r in rows} == {batch["version"][i]}
         assert all(r["task"] == "ddi" and r["model_id"] == "re-ddi-small" for r in rows)
@@ -208,15 +209,16 @@ def test_random_model_rows_fit_the_schema_and_keep_unparsed_output(ckpts):
     # the stage sorts by (pmid,) + sort_keys: a stable sort that keeps the task's row order
     key = ("pmid",) + RelationTask.sort_keys
     assert sorted(flat, key=lambda r: tuple(r.get(k) if r.get(k) is not None else -1 for k in key)) == flat
-    # the batch without prepare: the task builds the inputs itself, with the same result
-    assert task(batch) == per_doc
+    # __call__ takes only prepared batches (one data path): a raw batch is refused, naming prepare
+    with pytest.raises(TypeError, match=r"takes a prepared batch \(the table RelationTask.prepare returns\)"):
+        task(batch)
 
 
 def test_greedy_ids_equal_generate_and_budgets_never_overflow(ckpts):
     path = ckpts["ddi-small"]  # 64 positions, S = 20, 9 prompt tokens
     abstracts = ABSTRACTS + [LONG, "Aspirin.", ABSTRACTS[1].upper()]
     task = RelationTask(RelationOptions(model=str(path), task="ddi", batch_size=2, max_new_tokens=256, device="cpu"))
-    prompts = list(RelationTask.prepare(batch_of(["t"] * 5, abstracts), task.options)["_input_ids"])
+    prompts = RelationTask.prepare(batch_of(["t"] * 5, abstracts), task.options)["_input_ids"].to_pylist()
     got = task.generate_ids(prompts)
     positions = task.decoder.model.config.max_position_embeddings
     for prompt, ids in zip(prompts, got):
@@ -265,7 +267,7 @@ def trained(tmp_path_factory):
 def test_fine_tuned_model_relations_with_evidence(trained):
     path, _ = trained
     task = RelationTask(RelationOptions(model=str(path), task="ddi", batch_size=4, max_new_tokens=40, device="cpu"))
-    per_doc = task(batch_of(TITLES, ABSTRACTS, pmids=[101, 102]))
+    per_doc = task(RelationTask.prepare(batch_of(TITLES, ABSTRACTS, pmids=[101, 102]), task.options))
     for title, abstract, pmid, rows in zip(TITLES, ABSTRACTS, [101, 102], per_doc):
         (row,) = rows
         text = f"{title} {abstract}"
@@ -390,7 +392,7 @@ def test_cuda_graph_decoding_equals_generate_on_gpu(ckpts):
         RelationOptions(model=str(path), task="ddi", batch_size=2, max_new_tokens=32, device="cuda", dtype="float32")
     )
     assert task.decoder.engine.cuda_graph and task.decoder.model.device.type == "cuda"
-    prompts = list(RelationTask.prepare(batch_of(["t"] * 4, abstracts), task.options)["_input_ids"])
+    prompts = RelationTask.prepare(batch_of(["t"] * 4, abstracts), task.options)["_input_ids"].to_pylist()
     for prompt, ids in zip(prompts, task.generate_ids(prompts)):
         budget = min(32, task.decoder.model.config.max_position_embeddings - len(prompt))
         ref = generate(

@@ -29,7 +29,7 @@ from pipeline.store.datasets import OutputName, TaskTable
 from pipeline.store.documents import Documents, write_shard
 from pipeline.store.output import JobOutput
 from pipeline.store.tables import DataFile
-from pipeline.tasks.base import Task
+from pipeline.tasks.base import Task, check_prepared, documents, prepared
 from pipeline.tasks.options import TaskOptions
 from schemas.entities import ENTITY_SCHEMA, cast_batch
 
@@ -50,6 +50,7 @@ class DictionaryNer(Task):
     """Finds drug names by lookup; raises on a PMID of 13 to test failure records."""
 
     name, dataset, schema, sort_keys = "ner", "entities", ENTITY_SCHEMA, ("start", "end")
+    prepared_schema = pa.schema([pa.field("text", pa.string())])
     Options = DictOptions
     cast_batch = staticmethod(cast_batch)
 
@@ -59,8 +60,9 @@ class DictionaryNer(Task):
 
     @classmethod
     def prepare(cls, batch, options):
-        batch["text"] = [f"{t} {a}" for t, a in zip(batch["title"], batch["abstract"])]
-        return batch
+        docs = documents(batch)
+        text = [f"{t} {a}" for t, a in zip(docs["title"].to_pylist(), docs["abstract"].to_pylist())]
+        return prepared(docs, cls.prepared_schema, {"text": text})
 
     def __init__(self, options):
         self.model_id = options.model
@@ -68,10 +70,12 @@ class DictionaryNer(Task):
         self.vocabulary = options.vocabulary
 
     def __call__(self, batch):
-        if 13 in list(batch["pmid"]):
+        batch = check_prepared(type(self), batch)
+        if 13 in batch["pmid"].to_pylist():
             raise ValueError("poisoned document")
         out = []
-        for pmid, version, text in zip(batch["pmid"], batch["version"], batch["text"]):
+        columns = (batch[c].to_pylist() for c in ("pmid", "version", "text"))
+        for pmid, version, text in zip(*columns):
             rows = [
                 dict(
                     pmid=int(pmid),
@@ -232,7 +236,7 @@ class DyingOnceNer(DictionaryNer):
         import os
         from pathlib import Path
 
-        if 7 in list(batch["pmid"]) and not Path(self.marker).exists():
+        if 7 in batch["pmid"].to_pylist() and not Path(self.marker).exists():
             Path(self.marker).write_text("died")
             os._exit(1)  # the actor process dies mid-batch, as on an OOM kill or a lost node
         return super().__call__(batch)
@@ -283,7 +287,7 @@ class FailingOnceNer(DictionaryNer):
 
         marker = Path(self.marker)
         tries = int(marker.read_text()) if marker.exists() else 0
-        if 5 in list(batch["pmid"]) and tries < 3:
+        if 5 in batch["pmid"].to_pylist() and tries < 3:
             marker.write_text(str(tries + 1))
             raise RuntimeError("CUDA out of memory (simulated)")
         return super().__call__(batch)

@@ -64,7 +64,7 @@ def test_rows_fit_the_schema_and_equal_greedy_generate(ckpts):
     task = SummarizeTask(SummarizeOptions(**options))
     batch = batch_of(TITLES, ABSTRACTS)
     prepared = SummarizeTask.prepare(batch, SummarizeOptions(**options))
-    prompts = list(prepared["_input_ids"])
+    prompts = prepared["_input_ids"].to_pylist()
     tok = BioGptTokenizer.from_pretrained(path)
     # [2] + the formatted template's ids; a missing title is the empty string
     assert prompts[0] == [2] + tok.encode(f"{TITLES[0]} TL;DR:", add_special_tokens=False)
@@ -82,7 +82,8 @@ def test_rows_fit_the_schema_and_equal_greedy_generate(ckpts):
     assert len({row["summary"] for rows in per_doc for row in rows}) > 1  # the prompts steer it
     table = cast_batch([r for rows in per_doc for r in rows])
     assert table.num_rows == 3 and table.column("summary").null_count == 0
-    assert task(batch) == per_doc  # unprepared batches are prepared by the task itself
+    with pytest.raises(TypeError, match="takes a prepared batch"):  # one data path: prepare, then __call__
+        task(batch)
 
 
 def test_default_prompt_and_articles_without_one(ckpts):
@@ -90,10 +91,10 @@ def test_default_prompt_and_articles_without_one(ckpts):
     task = SummarizeTask(
         SummarizeOptions(model=str(path), max_new_tokens=4, device="cpu")
     )  # prompt "{title}", id "default"
-    per_doc = task(batch_of(TITLES, ABSTRACTS))
+    per_doc = task(SummarizeTask.prepare(batch_of(TITLES, ABSTRACTS), task.options))
     assert per_doc[2] == []  # "{title}" of an article without title: nothing to summarise, no row
     assert [rows[0]["prompt_id"] for rows in per_doc[:2]] == ["default", "default"]
-    prompts = list(SummarizeTask.prepare(batch_of(TITLES, ABSTRACTS), task.options)["_input_ids"])
+    prompts = SummarizeTask.prepare(batch_of(TITLES, ABSTRACTS), task.options)["_input_ids"].to_pylist()
     tok = task.tokenizer
     assert prompts[:2] == [[2] + tok.encode(t, add_special_tokens=False) for t in TITLES[:2]] and prompts[2] is None
 
@@ -116,7 +117,7 @@ def test_summaries_decode_on_the_plain_path_and_scored_calls_wrap_it(ckpts, monk
     task = SummarizeTask(options)
     decoder = task.decoder
     prepared = SummarizeTask.prepare(batch_of(TITLES, ABSTRACTS), options)
-    inputs = list(prepared["_input_ids"]) + [None]
+    inputs = prepared["_input_ids"].to_pylist() + [None]
     prompts = [p for p in inputs if p is not None] + [[2] * (POSITIONS - 1), [2] * POSITIONS]  # 1 and 0 left
     scored = decoder.run_scored(prompts, 6)  # before the patch: scoring needs a log-softmax
     scored_by_input = decoder.run_prompted_scored(inputs, 6)
@@ -171,10 +172,10 @@ def test_prompt_truncation_cuts_the_abstract_and_keeps_the_cue(ckpts):
     # through the task: every prompt fits with its new tokens, and generation never overflows
     options = {"model": str(path), "prompt": template, "max_new_tokens": max_new, "device": "cpu"}
     prepared = SummarizeTask.prepare(batch_of(["t", "t"], [LONG, ABSTRACTS[0]]), SummarizeOptions(**options))
-    prompts = list(prepared["_input_ids"])
+    prompts = prepared["_input_ids"].to_pylist()
     assert prompts[0] == ids and all(len(p) + max_new <= POSITIONS for p in prompts)
     assert prompts[1] == [2] + tok.encode(template.format(title="", abstract=ABSTRACTS[0]), add_special_tokens=False)
-    assert list(prepared["_truncated"]) == [True, False]
+    assert prepared["_truncated"].to_pylist() == [True, False]
     rows = SummarizeTask(SummarizeOptions(**options))(prepared)
     assert [len(r) for r in rows] == [1, 1]
     # the cut row says so in the dataset

@@ -54,6 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from biogpt import hub
@@ -146,20 +147,33 @@ def localise(options: O) -> O:
 
 
 def _prepare_shards(batch: dict[str, Any], task_cls: type[Task[O]], options: O) -> dict[str, Any]:
-    """CPU stage (stateless Ray tasks): read each shard from storage and let the task build its inputs.
+    """CPU stage (stateless Ray tasks): read each document file from storage and let the task build its
+    inputs.
 
-    One record per SHARD, carrying the prepared documents pickled: the model stage then sees every
-    shard whole, so how its documents are batched depends on the shard alone - never on which other
-    shards were pending - and a resumed run computes bit for bit what an uninterrupted one does.
+    One record per FILE, carrying its prepared batch (the task's declared ``prepared_schema``) as
+    Arrow IPC bytes, a format any reader can open and whose shape it can see: the model stage then
+    sees every file whole, so how its documents are batched depends on the file alone - never on which
+    other files were pending - and a resumed run computes bit for bit what an uninterrupted one does.
     """
     options = localise(options)
     out: dict[str, list] = {SHARD_COL: [], PAYLOAD_COL: []}
     for shard, uri, size in zip(batch[SHARD_COL], batch[URI_COL], batch[SIZE_COL]):
         table = read_verified(location(str(uri)), int(size), COLUMNS)
-        docs = {c: table.column(c).to_numpy(zero_copy_only=False) for c in COLUMNS}
         out[SHARD_COL].append(str(shard))
-        out[PAYLOAD_COL].append(pickle.dumps(task_cls.prepare(docs, options), protocol=pickle.HIGHEST_PROTOCOL))
+        out[PAYLOAD_COL].append(to_ipc(task_cls.prepare(table, options)))
     return out
+
+
+def to_ipc(table: pa.Table) -> bytes:
+    """A prepared batch as Arrow IPC stream bytes (what travels from a prepare task to an actor)."""
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(io.BytesIO(data)).read_all()
 
 
 def read_verified(loc: Location, size: int, columns: list[str]):
@@ -180,8 +194,8 @@ def read_verified(loc: Location, size: int, columns: list[str]):
     return pq.read_table(io.BytesIO(data), columns=columns)
 
 
-def _slice(docs: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
-    return {k: v[start:stop] for k, v in docs.items()}
+def _slice(docs: pa.Table, start: int, stop: int) -> pa.Table:
+    return docs.slice(start, stop - start)
 
 
 def _sort_key(sort_keys: tuple[str, ...]):
@@ -216,8 +230,8 @@ class _TaskActor:
             if self.task is None:
                 out[RESULT_COL].append(b"")
                 continue
-            docs = pickle.loads(payload)
-            n = len(docs["pmid"])
+            docs = from_ipc(payload)
+            n = docs.num_rows
             per_doc, errors = self._run(docs, n)
             if len(per_doc) != n:
                 raise RuntimeError(
@@ -231,7 +245,9 @@ class _TaskActor:
                     "shard": str(shard),
                     "error": error,
                 }
-                for pmid, version, error in zip(docs["pmid"], docs["version"], errors)
+                for pmid, version, error in zip(
+                    docs.column("pmid").to_pylist(), docs.column("version").to_pylist(), errors
+                )
                 if error
             ]
             rows = [row for doc_rows in per_doc for row in doc_rows]
@@ -242,7 +258,7 @@ class _TaskActor:
             out[RESULT_COL].append(pickle.dumps(ShardOutput(str(shard), written, n, failed)))
         return out
 
-    def _run(self, docs: dict[str, Any], n: int) -> tuple[list[list[dict]], list[str]]:
+    def _run(self, docs: pa.Table, n: int) -> tuple[list[list[dict]], list[str]]:
         """Rows and error text ("" = none) per document. The task sees the whole shard (it batches
         it by ``batch_size`` itself: the RE engine keeps all its slots busy across the shard); after a
         failure, each ``batch_size`` chunk is retried, then each document of a failing chunk, so one
@@ -275,7 +291,8 @@ class _TaskActor:
                     per_doc += task(_slice(docs, i, i + 1))
                     errors.append("")
                 except Exception as one:
-                    log.error("task %s failed on PMID %s: %s: %s", task.name, docs["pmid"][i], type(one).__name__, one)
+                    pmid = docs.column("pmid")[i].as_py()
+                    log.error("task %s failed on PMID %s: %s: %s", task.name, pmid, type(one).__name__, one)
                     per_doc.append([])
                     errors.append(f"{type(one).__name__}: {one}")
         return per_doc, errors

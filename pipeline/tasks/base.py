@@ -13,16 +13,25 @@ what :func:`pipeline.run.stages.run_task_stage` maps over document shards:
 ``requires``        one line naming the checkpoint kind it needs (shown in errors and ``--help``)
 ``check_model``     ``classmethod(options)``: cheap (reads config/task files, no weights); raises
                     :class:`WrongModelError` naming the directory and what to pass
-``prepare``         ``classmethod(batch, options) -> batch``: CPU-only, pure; adds the model inputs
-                    of each document (token ids...) as columns. Runs in stateless Ray tasks, so it
-                    must not hold a model; tokenizers are cached per process (:func:`tokenizer_for`)
+``prepared_schema`` the columns ``prepare`` adds: the declared shape of a prepared batch
+``prepare``         ``classmethod(batch, options) -> pa.Table``: CPU-only, pure; the documents
+                    (:data:`DOCUMENT_SCHEMA`) with the model inputs of each (token ids...) as the
+                    columns of ``prepared_schema``. Runs in stateless Ray tasks, so it must not hold
+                    a model; tokenizers are cached per process (:func:`tokenizer_for`)
 ``__init__``        ``(options)``: loads the model ONCE per actor (Ray's batch-inference pattern)
-``__call__``        ``(batch) -> list[list[row dict]]``: the output rows of each document, in batch
-                    order; a document with no output gets ``[]``
+``__call__``        ``(prepared) -> list[list[row dict]]``: the output rows of each document of a
+                    prepared batch (what ``prepare`` returned, or a slice of it), in batch order; a
+                    document with no output gets ``[]``
 ==================  ==============================================================================
 
-Batches arrive as dicts of numpy arrays (or lists) with at least ``pmid``, ``version``, ``title``,
-``abstract`` (``None`` where an article has none). All character offsets index :func:`article_text`.
+**One data path**: documents (an Arrow table, or a dict of columns) -> ``prepare`` -> a prepared Arrow
+table of :data:`DOCUMENT_SCHEMA` plus ``prepared_schema`` (what travels from the prepare tasks to
+the model actors, as Arrow IPC: a reader can see its shape) -> ``__call__`` -> row dicts per
+document -> ``cast_batch`` -> the output table. The row dicts stay: a document gives any number of
+rows, built field by field from spans and parses, and cast once per file (measured by
+``benchmarks/bench_scale.py``: 0.09 ms per document, under 4% of the CPU work around the model).
+``title``/``abstract`` are null where an article has none. All character offsets index
+:func:`article_text`.
 """
 
 from __future__ import annotations
@@ -43,6 +52,77 @@ from .options import TaskOptions
 
 O = TypeVar("O", bound=TaskOptions)
 
+#: The columns of the documents every ``prepare`` reads (a subset of the article schema).
+DOCUMENT_SCHEMA = pa.schema(
+    [
+        pa.field("pmid", pa.int64(), nullable=False),
+        pa.field("version", pa.int32(), nullable=False),
+        pa.field("title", pa.string()),
+        pa.field("abstract", pa.string()),
+    ]
+)
+DOCUMENT_COLUMNS = tuple(DOCUMENT_SCHEMA.names)
+#: A list of token ids; a character span ``[start, end]``.
+IDS = pa.list_(pa.int32())
+SPAN = pa.list_(pa.int32(), 2)
+
+
+def documents(batch: Any) -> pa.Table:
+    """``batch`` (an Arrow table, or a dict of columns: numpy arrays or lists) as a table of
+    :data:`DOCUMENT_SCHEMA` (a missing ``version`` is 1, a missing title or abstract null), followed by
+    the batch's other columns as they are (a caller's keys travel with the prepared batch).
+
+    :raises TypeError: a batch without ``pmid``.
+    """
+    if isinstance(batch, pa.Table):
+        table = batch
+        columns = {c: table.column(c) for c in table.column_names}
+    else:
+        columns = dict(batch)
+    if "pmid" not in columns:
+        raise TypeError("a batch of documents needs a pmid column (and version, title, abstract)")
+    n = len(columns["pmid"])
+    arrays = []
+    for field in DOCUMENT_SCHEMA:
+        values = columns.get(field.name)
+        if values is None:
+            values = [1] * n if field.name == "version" else [None] * n
+        elif not isinstance(values, (pa.Array, pa.ChunkedArray)):
+            values = [None if v is None or (isinstance(v, float) and v != v) else v for v in as_list(values)]
+        arrays.append(pa.array(values, field.type) if not isinstance(values, (pa.Array, pa.ChunkedArray)) else values)
+    table = pa.Table.from_arrays([a.cast(f.type) for a, f in zip(arrays, DOCUMENT_SCHEMA)], schema=DOCUMENT_SCHEMA)
+    for name, values in columns.items():
+        if name not in DOCUMENT_COLUMNS:
+            extra = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(as_list(values))
+            table = table.append_column(name, extra)
+    return table
+
+
+def prepared(docs: pa.Table, schema: pa.Schema, columns: dict[str, list[Any]]) -> pa.Table:
+    """``docs`` (:func:`documents`) with the prepared ``columns`` of ``schema`` appended, checked."""
+    table = docs
+    for field in schema:
+        table = table.append_column(field, pa.array(columns[field.name], field.type))
+    return table
+
+
+def check_prepared(task: type[Task[Any]], batch: Any) -> pa.Table:
+    """``batch`` when it is a prepared batch of ``task`` (an Arrow table with its declared columns).
+
+    :raises TypeError: anything else (a task's ``__call__`` takes only what ``prepare`` returns).
+    """
+    missing = (
+        [f.name for f in task.prepared_schema if f.name not in batch.column_names]
+        if isinstance(batch, pa.Table)
+        else ["(not an Arrow table)"]
+    )
+    if missing:
+        raise TypeError(
+            f"{task.name}: __call__ takes a prepared batch (the table {task.__name__}.prepare returns); "
+            f"missing {', '.join(missing)}"
+        )
+    return batch
+
 
 class Task(ABC, Generic[O]):
     """A model task over batches of documents (see the module table), generic over its options class
@@ -51,6 +131,8 @@ class Task(ABC, Generic[O]):
     name: ClassVar[str]
     dataset: ClassVar[str]
     schema: ClassVar[pa.Schema]
+    #: The columns ``prepare`` adds to the documents (the declared shape of a prepared batch).
+    prepared_schema: ClassVar[pa.Schema]
     Options: ClassVar[type[TaskOptions]] = TaskOptions
     sort_keys: ClassVar[tuple[str, ...]] = ()
     requires: ClassVar[str]
@@ -73,7 +155,7 @@ class Task(ABC, Generic[O]):
 
     @classmethod
     @abstractmethod
-    def prepare(cls, batch: dict[str, Any], options: O) -> dict[str, Any]:
+    def prepare(cls, batch: Any, options: O) -> pa.Table:
         """CPU: ``batch`` plus the model inputs of each document."""
 
     @abstractmethod
@@ -81,7 +163,7 @@ class Task(ABC, Generic[O]):
         """Load the model (once per actor)."""
 
     @abstractmethod
-    def __call__(self, batch: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    def __call__(self, batch: pa.Table) -> list[list[dict[str, Any]]]:
         """The output rows of each document of a prepared ``batch``, in batch order."""
 
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
+import pyarrow as pa
+
 from biogpt.errors import ConfigError
 from pipeline.errors import WrongModelError
 from schemas import entities as _entities
@@ -49,7 +51,6 @@ from .ner_spans import (
 from .options import NerOptions
 
 ARCHITECTURE = "BioGptForTokenClassification"
-_NER_COL, _TEXT_COL = "_ner", "_text"
 EOS = 2  # the </s> every BioGPT input starts with (fairseq's start symbol)
 
 
@@ -148,6 +149,14 @@ class NerTask(_base.Task[NerOptions]):
     name = "ner"
     dataset = "entities"
     schema = _entities.ENTITY_SCHEMA
+    prepared_schema = pa.schema(
+        [
+            pa.field("_text", pa.string()),  # title + " " + abstract: what the offsets index
+            pa.field("_ids", _base.IDS),  # the text's token ids
+            pa.field("_offsets", pa.list_(_base.SPAN)),  # each token's character span
+            pa.field("_windows", pa.list_(_base.SPAN)),  # token windows that fit the positions
+        ]
+    )
     Options = NerOptions
     cast_batch = staticmethod(_entities.cast_batch)
     sort_keys = ("start", "end", "label")
@@ -177,21 +186,21 @@ class NerTask(_base.Task[NerOptions]):
         window_settings(int(config.get("max_position_embeddings", 1024)), options.stride, str(model_dir))
 
     @classmethod
-    def prepare(cls, batch: dict[str, Any], options: NerOptions) -> dict[str, Any]:
-        """Add ``_text`` (the article text) and ``_ner`` (per document: ``ids``, ``offsets``, ``windows``)."""
+    def prepare(cls, batch: Any, options: NerOptions) -> pa.Table:
+        """The documents with ``prepared_schema``: the article text, its token ids and offsets, and
+        the windows that fit the model's positions."""
         model_dir = options.model
         window, stride = window_settings(_max_positions(model_dir), options.stride, model_dir)
-        titles, abstracts = _base.as_list(batch["title"]), _base.as_list(batch["abstract"])
+        docs = _base.documents(batch)
+        titles, abstracts = docs.column("title").to_pylist(), docs.column("abstract").to_pylist()
         texts = [_base.article_text(t, a) for t, a in zip(titles, abstracts)]
         encoded = tokenize(_base.tokenizer_for(model_dir), texts) if texts else []
-        inputs = []
+        columns: dict[str, list[Any]] = {"_text": texts, "_ids": [], "_offsets": [], "_windows": []}
         for ids, offsets in encoded:
-            windows = plan_windows(len(ids), window, stride) if ids else []
-            inputs.append({"ids": ids, "offsets": offsets, "windows": windows})
-        batch = dict(batch)
-        batch[_TEXT_COL] = texts
-        batch[_NER_COL] = inputs
-        return batch
+            columns["_ids"].append(ids)
+            columns["_offsets"].append([list(o) for o in offsets])
+            columns["_windows"].append([list(w) for w in plan_windows(len(ids), window, stride)] if ids else [])
+        return _base.prepared(docs, cls.prepared_schema, columns)
 
     def __init__(self, options: NerOptions):
         # Checked first: a causal LM would otherwise load with a random head and tag nonsense.
@@ -231,11 +240,19 @@ class NerTask(_base.Task[NerOptions]):
                     out[i] = (tags[row][1:n], probs[row][1:n])
         return [out[i] for i in range(len(inputs))]
 
-    def __call__(self, batch: dict[str, Any]) -> list[list[dict[str, Any]]]:
-        docs = _base.as_list(batch[_NER_COL])
-        texts = _base.as_list(batch[_TEXT_COL])
-        pmids = _base.as_list(batch["pmid"])
-        versions = _base.as_list(batch["version"]) if "version" in batch else [1] * len(docs)
+    def __call__(self, batch: pa.Table) -> list[list[dict[str, Any]]]:
+        batch = _base.check_prepared(type(self), batch)
+        docs = [
+            {"ids": ids, "offsets": offsets, "windows": windows}
+            for ids, offsets, windows in zip(
+                batch.column("_ids").to_pylist(),
+                batch.column("_offsets").to_pylist(),
+                batch.column("_windows").to_pylist(),
+            )
+        ]
+        texts = batch.column("_text").to_pylist()
+        pmids = batch.column("pmid").to_pylist()
+        versions = batch.column("version").to_pylist()
         inputs, owners = [], []
         for d, doc in enumerate(docs):
             for start, end in doc["windows"]:

@@ -47,6 +47,8 @@ import dataclasses
 import functools
 from typing import Any, ClassVar, Mapping, Sequence
 
+import pyarrow as pa
+
 from biogpt.task_spec import RE_TASKS, TaskSettings, load_task_settings
 from pipeline.errors import TaskSettingsError
 from schemas import relations as _relations
@@ -78,9 +80,52 @@ class RelationModelError(base.WrongModelError, TaskSettingsError):
 HEAD_TAIL_TYPES = {"ddi": ("Chemical", "Chemical"), "kd-dti": ("Chemical", None), "bc5cdr": ("Chemical", "Disease")}
 
 
+REQUIRES = (
+    "a fine-tuned BioGPT relation-extraction prompt checkpoint of the same task (ddi, kd-dti or "
+    "bc5cdr), converted with `biomine convert fairseq` (it writes biomine_task.json)"
+)
+
+
+def checked_settings(model_dir: str, task: str | None) -> TaskSettings:
+    """The :class:`TaskSettings` of relation-extraction checkpoint ``model_dir`` (of ``task``, or any
+    when None), after checking it is one.
+
+    :raises RelationModelError: no config.json, a non-causal-LM architecture, no or an invalid
+        ``biomine_task.json`` (a base BioGPT, an NER model), a checkpoint of another task (the
+        message says which task it is for), or prompt ids outside the vocabulary.
+    """
+    if task is not None and task not in RE_TASKS:
+        raise RelationModelError(f"re: unknown task {task!r}; use one of {', '.join(RE_TASKS)}", setting="task")
+    try:
+        config = base.read_config(model_dir, "re")
+    except base.WrongModelError as exc:
+        raise RelationModelError(str(exc), setting=exc.setting) from None
+    arch = base.architecture(config)
+    if arch not in (None, "BioGptForCausalLM"):
+        raise RelationModelError(f"re: {model_dir} is a {arch} checkpoint; relation extraction needs {REQUIRES}")
+    try:
+        settings = load_task_settings(model_dir, task)
+    except TaskSettingsError as exc:
+        raise RelationModelError(f"re: {exc}", setting=exc.setting) from None
+    if settings.task not in RE_TASKS:
+        raise RelationModelError(
+            f"re: {model_dir} is a {settings.task} checkpoint, not a relation-extraction one; "
+            f"relation extraction needs {REQUIRES}"
+        )
+    vocab = config.get("vocab_size")
+    if isinstance(vocab, int) and max(settings.prompt_token_ids) >= vocab:
+        raise RelationModelError(
+            f"re: {model_dir}: prompt token ids {list(settings.prompt_token_ids)} exceed vocab_size {vocab} "
+            "of config.json; convert the checkpoint again"
+        )
+    return settings
+
+
 @functools.lru_cache(maxsize=8)
 def _settings(model_dir: str, task: str | None) -> TaskSettings:
-    return RelationTask.check_model(RelationOptions(model=model_dir, task=task))
+    """The checked task settings of a checkpoint, read once per process (every prepare task and
+    actor of a node asks for the same model)."""
+    return checked_settings(model_dir, task)
 
 
 def _prompt_tokens(tokenizer, settings: TaskSettings) -> list[str]:
@@ -96,57 +141,32 @@ class RelationTask(base.Task[RelationOptions]):
     name = "re"
     dataset = "relations"
     schema = _relations.RELATION_SCHEMA
+    prepared_schema = pa.schema(
+        [
+            pa.field("_input_ids", base.IDS),  # the prompt (source + learned prompt), null: no prompt
+            pa.field("_truncated", pa.bool_()),  # whether the source was cut to fit the positions
+            pa.field("_skip", pa.string()),  # why there is no prompt ("" when there is one)
+            pa.field("_text", pa.string()),  # title + " " + abstract: what evidence offsets index
+        ]
+    )
     Options = RelationOptions
     cast_batch = staticmethod(_relations.cast_batch)
     #: Keep the task's order (relations as generated, then unparsed pieces): the stage sorts by pmid
     #: first and Python's sort is stable, so no key is needed and None/str never get compared.
     sort_keys: ClassVar[tuple[str, ...]] = ()
-    requires = (
-        "a fine-tuned BioGPT relation-extraction prompt checkpoint of the same task (ddi, kd-dti or "
-        "bc5cdr), converted with `biomine convert fairseq` (it writes biomine_task.json)"
-    )
+    requires = REQUIRES
 
     @classmethod
     def check_model(cls, options: RelationOptions) -> TaskSettings:
-        """The checkpoint's :class:`TaskSettings`; cheap (config and task files only).
+        """The checkpoint's :class:`TaskSettings` (:func:`checked_settings`); cheap (config and task
+        files only). ``options.task`` None accepts any relation-extraction checkpoint.
 
-        ``options.task`` None accepts any relation-extraction checkpoint.
-
-        :raises RelationModelError: no config.json, a non-causal-LM architecture, no or an invalid
-            ``biomine_task.json`` (a base BioGPT, an NER model), a checkpoint of another task (the
-            message says which task it is for), or prompt ids outside the vocabulary.
+        :raises RelationModelError: see :func:`checked_settings`.
         """
-        model_dir, task = options.model, options.task
-        if task is not None and task not in RE_TASKS:
-            raise RelationModelError(f"re: unknown task {task!r}; use one of {', '.join(RE_TASKS)}", setting="task")
-        try:
-            config = base.read_config(model_dir, "re")
-        except base.WrongModelError as exc:
-            raise RelationModelError(str(exc), setting=exc.setting) from None
-        arch = base.architecture(config)
-        if arch not in (None, "BioGptForCausalLM"):
-            raise RelationModelError(
-                f"re: {model_dir} is a {arch} checkpoint; relation extraction needs {cls.requires}"
-            )
-        try:
-            settings = load_task_settings(model_dir, task)
-        except TaskSettingsError as exc:
-            raise RelationModelError(f"re: {exc}", setting=exc.setting) from None
-        if settings.task not in RE_TASKS:
-            raise RelationModelError(
-                f"re: {model_dir} is a {settings.task} checkpoint, not a relation-extraction one; "
-                f"relation extraction needs {cls.requires}"
-            )
-        vocab = config.get("vocab_size")
-        if isinstance(vocab, int) and max(settings.prompt_token_ids) >= vocab:
-            raise RelationModelError(
-                f"re: {model_dir}: prompt token ids {list(settings.prompt_token_ids)} exceed vocab_size {vocab} "
-                "of config.json; convert the checkpoint again"
-            )
-        return settings
+        return checked_settings(options.model, options.task)
 
     @classmethod
-    def prepare(cls, batch: dict[str, Any], options: RelationOptions) -> dict[str, Any]:
+    def prepare(cls, batch: Any, options: RelationOptions) -> pa.Table:
         """Add ``_input_ids`` (the prompt ids, or None), ``_truncated`` (whether the source was cut to
         fit the positions, or None), ``_skip`` (why there is no prompt, or ``""``) and ``_text``
         (``title + " " + abstract``, which evidence offsets index)."""
@@ -154,7 +174,8 @@ class RelationTask(base.Task[RelationOptions]):
         settings = _settings(model_dir, options.task)
         tokenizer = base.tokenizer_for(model_dir)
         inputs, truncated, skips, texts = [], [], [], []
-        for title, abstract in zip(base.as_list(batch["title"]), base.as_list(batch["abstract"])):
+        docs = base.documents(batch)
+        for title, abstract in zip(docs.column("title").to_pylist(), docs.column("abstract").to_pylist()):
             title, abstract = base.text_of(title), base.text_of(abstract)
             texts.append(base.article_text(title, abstract))
             skip = ""
@@ -170,12 +191,8 @@ class RelationTask(base.Task[RelationOptions]):
             inputs.append(ids)
             truncated.append(cut)
             skips.append(skip)
-        out = dict(batch)
-        out["_input_ids"] = inputs
-        out["_truncated"] = truncated
-        out["_skip"] = skips
-        out["_text"] = texts
-        return out
+        columns: dict[str, list[Any]] = {"_input_ids": inputs, "_truncated": truncated, "_skip": skips, "_text": texts}
+        return base.prepared(docs, cls.prepared_schema, columns)
 
     def __init__(self, options: RelationOptions):
         options.check()
@@ -258,14 +275,13 @@ class RelationTask(base.Task[RelationOptions]):
             return None
         return [(sum(s), len(s)) if s else None for s in segments]
 
-    def __call__(self, batch: dict[str, Any]) -> list[list[dict[str, Any]]]:
-        if "_input_ids" not in batch:
-            batch = self.prepare(batch, self.options)
-        pmids, versions = base.doc_keys(batch)
-        skips = [str(s) if s else "" for s in base.as_list(batch["_skip"])]
-        texts = base.as_list(batch["_text"])
-        cut = base.as_list(batch["_truncated"])
-        new = self.decoder.run_prompted_scored(base.as_list(batch["_input_ids"]), self.max_new_tokens)
+    def __call__(self, batch: pa.Table) -> list[list[dict[str, Any]]]:
+        batch = base.check_prepared(type(self), batch)
+        pmids, versions = batch.column("pmid").to_pylist(), batch.column("version").to_pylist()
+        skips = [s or "" for s in batch.column("_skip").to_pylist()]
+        texts = batch.column("_text").to_pylist()
+        cut = batch.column("_truncated").to_pylist()
+        new = self.decoder.run_prompted_scored(batch.column("_input_ids").to_pylist(), self.max_new_tokens)
         generations = {i: self.generation_text(ids) for i, (ids, _) in new.items()}
         out: list[list[dict[str, Any]]] = []
         for i, (pmid, version) in enumerate(zip(pmids, versions)):

@@ -37,6 +37,8 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pyarrow as pa
+
 from biogpt.errors import CheckpointError, ConfigError
 from schemas import summaries as _summaries
 
@@ -136,6 +138,12 @@ class SummarizeTask(base.Task[SummarizeOptions]):
     name = "summarize"
     dataset = "summaries"
     schema = _summaries.SUMMARY_SCHEMA
+    prepared_schema = pa.schema(
+        [
+            pa.field("_input_ids", base.IDS),  # the prompt's ids, null where the prompt is empty
+            pa.field("_truncated", pa.bool_()),  # whether the prompt was cut to fit
+        ]
+    )
     Options = SummarizeOptions
     cast_batch = staticmethod(_summaries.cast_batch)
     sort_keys: ClassVar[tuple[str, ...]] = ("prompt_id",)
@@ -184,7 +192,7 @@ class SummarizeTask(base.Task[SummarizeOptions]):
         return config
 
     @classmethod
-    def prepare(cls, batch: dict[str, Any], options: SummarizeOptions) -> dict[str, Any]:
+    def prepare(cls, batch: Any, options: SummarizeOptions) -> pa.Table:
         """Add ``_input_ids`` (the prompt ids per article, None where the prompt is empty) and
         ``_truncated`` (whether the prompt was cut to fit)."""
         model_dir = options.model
@@ -192,17 +200,15 @@ class SummarizeTask(base.Task[SummarizeOptions]):
         limit = prompt_limit(model_dir, options.max_new_tokens)
         tokenizer = base.tokenizer_for(model_dir)
         inputs, truncated = [], []
-        for title, abstract in zip(base.as_list(batch["title"]), base.as_list(batch["abstract"])):
+        docs = base.documents(batch)
+        for title, abstract in zip(docs.column("title").to_pylist(), docs.column("abstract").to_pylist()):
             title, abstract = base.text_of(title), base.text_of(abstract)
             ids, cut = None, None
             if template.format(title=title, abstract=abstract).strip():
                 ids, cut = fit_prompt(template, title, abstract, tokenizer, limit)
             inputs.append(ids)
             truncated.append(cut)
-        out = dict(batch)
-        out["_input_ids"] = inputs
-        out["_truncated"] = truncated
-        return out
+        return base.prepared(docs, cls.prepared_schema, {"_input_ids": inputs, "_truncated": truncated})
 
     def __init__(self, options: SummarizeOptions):
         self.model_dir = options.model
@@ -231,12 +237,11 @@ class SummarizeTask(base.Task[SummarizeOptions]):
         """The summary of new ids: decoded with ``skip_special_tokens`` (Moses-detokenised)."""
         return self.decoder.text(ids, skip_special_tokens=True)
 
-    def __call__(self, batch: dict[str, Any]) -> list[list[dict[str, Any]]]:
-        if "_input_ids" not in batch:
-            batch = self.prepare(batch, self.options)
-        pmids, versions = base.doc_keys(batch)
-        new = self.decoder.run_prompted(base.as_list(batch["_input_ids"]), self.max_new_tokens)
-        cut = base.as_list(batch["_truncated"])
+    def __call__(self, batch: pa.Table) -> list[list[dict[str, Any]]]:
+        batch = base.check_prepared(type(self), batch)
+        pmids, versions = batch.column("pmid").to_pylist(), batch.column("version").to_pylist()
+        new = self.decoder.run_prompted(batch.column("_input_ids").to_pylist(), self.max_new_tokens)
+        cut = batch.column("_truncated").to_pylist()
         out: list[list[dict[str, Any]]] = []
         for i, (pmid, version) in enumerate(zip(pmids, versions)):
             if i not in new:
