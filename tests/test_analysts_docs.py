@@ -446,8 +446,16 @@ def test_the_command_lines_run(out, capsys):
             import json
 
             diff = json.loads(printed)
-            assert [(e["drug_a"], e["drug_b"], e["n_abstracts"]) for e in diff["rescored"]] == [
-                ("fluconazole", "warfarin", 2)
+            # fluconazole-warfarin gained an abstract (90000005); 90000003's retraction changed the
+            # retraction status of both edges it alone supports
+            rescored = [
+                (e["drug_a"], e["drug_b"], e["n_abstracts"], e["retracted_before"], e["retracted"])
+                for e in diff["rescored"]
+            ]
+            assert rescored == [
+                ("fluconazole", "warfarin", 2, False, False),
+                ("ketoconazole", "midazolam", 1, False, True),
+                ("midazolam", "rifampicin", 1, False, True),  # a KB edge orders its two drugs
             ]
 
 

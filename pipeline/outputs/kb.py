@@ -177,8 +177,9 @@ class KbDiff(TypedDict):
 
 
 def diff(output: JobOutput, since: int | _dt.datetime, until: int | None = None) -> KbDiff:
-    """Edges added, removed and rescored (score or supporting abstracts changed) in the ``kb`` table
-    between version (or time) ``since`` and ``until`` (default: the newest version).
+    """Edges added, removed and rescored (score, supporting abstracts or retraction status changed)
+    in the ``kb`` table between version (or time) ``since`` and ``until`` (default: the newest
+    version).
 
     :raises BioMineError: no kb table, or a version it does not have.
     """

@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,10 +340,15 @@ def worker_error(exc: BaseException) -> BaseException:
     """The user's error inside a failed Ray task or actor (a BioMineError: shown as one line), else
     ``exc``. Ray wraps an error once per layer it crosses (a task inside Ray Data's operator, an
     actor's method): every layer is looked through."""
+    # Ray re-raises a user's error as a class that derives from both RayTaskError and the user's
+    # class (ray.exceptions.RayTaskError.as_instanceof_cause): it passes isinstance(BioMineError)
+    # but its message is Ray's traceback, so only a plain BioMineError is the user's error.
+    ray_exceptions = sys.modules.get("ray.exceptions")
+    wrapper = getattr(ray_exceptions, "RayTaskError", ())
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, BioMineError):
+        if isinstance(current, BioMineError) and not isinstance(current, wrapper):
             return current
         seen.add(id(current))
         current = getattr(current, "cause", None) or current.__cause__ or current.__context__
