@@ -349,3 +349,42 @@ def test_a_file_written_again_under_its_own_name_stays_live_once(tmp_path):
     assert list(docs.files()) == [info.path]
     assert sorted(DeltaTable(str(tmp_path / "out" / "documents")).to_pandas()["pmid"]) == [1, 2]
     assert DeltaTable(str(tmp_path / "out" / "documents")).version() == version
+
+
+@pytest.mark.parametrize(
+    "message, transient",
+    [
+        # what Arrow's S3 client raised while SeaweedFS was starting again (tests/test_cluster.py's outage)
+        (
+            "When reading information for key 'out/documents/a.parquet' in bucket 'biomine': AWS Error "
+            "INTERNAL_FAILURE during GetObject operation: ",
+            True,
+        ),
+        ("AWS Error SLOW_DOWN during PutObject operation: Please reduce your request rate.", True),
+        ("AWS Error SERVICE_UNAVAILABLE during HeadObject operation: ", True),
+        ("AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 7, Couldn't connect to server", True),
+        ("connection reset by peer", True),
+        ("AWS Error ACCESS_DENIED during HeadObject operation: No response body.", False),
+        ("AWS Error NO_SUCH_BUCKET during CreateMultipartUpload operation: The specified bucket does not exist", False),
+    ],
+)
+def test_a_failure_that_may_pass_is_tried_again_and_one_that_will_not_is_not(message, transient, monkeypatch):
+    from pipeline.store import storage
+
+    monkeypatch.setattr(storage, "RETRY_BASE", 0.001)
+    assert storage.is_transient(OSError(message)) is transient
+    calls = []
+
+    def call():
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(message)
+        return "read"
+
+    if transient:
+        assert storage.retrying(call, "s3://biomine/out/documents/a.parquet", attempts=2) == "read"
+        assert len(calls) == 2
+    else:
+        with pytest.raises(StorageError, match=r"^s3://biomine/out/documents/a\.parquet: AWS Error"):
+            storage.retrying(call, "s3://biomine/out/documents/a.parquet", attempts=2)
+        assert len(calls) == 1

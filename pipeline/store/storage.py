@@ -60,9 +60,13 @@ log = logging.getLogger(__name__)
 RETRY_ATTEMPTS = int(os.environ.get("BIOMINE_STORAGE_RETRIES", "7"))
 RETRY_BASE = 0.5
 RETRY_MAX = 10.0
+#: What a transient failure says. Arrow's S3 client names the AWS error code rather than the HTTP
+#: status (``AWS Error INTERNAL_FAILURE during GetObject``: a 500 from a store that is starting up;
+#: ``SLOW_DOWN``, ``SERVICE_UNAVAILABLE``, ``REQUEST_TIMEOUT``), hence ``[ _-]?`` between words.
 _TRANSIENT = re.compile(
-    r"connect|connection|timed? ?out|timeout|temporar|unavailable|reset by peer|broken pipe|throttl|slow ?down"
-    r"|too many requests|\b(429|500|502|503|504)\b|curl ?code|network|eof|dns|resolve",
+    r"connect|connection|timed?[ _-]?out|timeout|temporar|unavailable|reset by peer|broken pipe|throttl"
+    r"|slow[ _-]?down|internal[ _-]?(failure|error)|too many requests|\b(429|500|502|503|504)\b|curl ?code"
+    r"|network|eof|dns|resolve",
     re.IGNORECASE,
 )
 
