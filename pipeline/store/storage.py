@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 #: A storage call that fails for a reason that may pass (the store restarting, a dropped connection,
 #: a timeout, throttling, a 5xx) is tried again this many times, waiting ``RETRY_BASE * 2**n`` seconds
-#: (with jitter, at most ``RETRY_MAX``) in between: about 40 s in all before it is reported.
+#: (with jitter, at most ``RETRY_MAX``) in between: 18 to 36 s in all (jitter) before it is reported.
 RETRY_ATTEMPTS = int(os.environ.get("BIOMINE_STORAGE_RETRIES", "7"))
 RETRY_BASE = 0.5
 RETRY_MAX = 10.0
