@@ -388,3 +388,19 @@ def test_a_failure_that_may_pass_is_tried_again_and_one_that_will_not_is_not(mes
         with pytest.raises(StorageError, match=r"^s3://biomine/out/documents/a\.parquet: AWS Error"):
             storage.retrying(call, "s3://biomine/out/documents/a.parquet", attempts=2)
         assert len(calls) == 1
+
+
+def test_an_error_of_the_store_is_one_line_without_the_clients_debug_dump():
+    from pipeline.store.storage import error_line
+
+    # obstore's message for a refused PUT (as logged when the S3 server was down), and delta-rs's chain.
+    obstore = (
+        "Generic S3 error: Error performing PUT http://127.0.0.1:48627/b/out/_lease.json in 2.1s, after 10 retries"
+        " - HTTP error: error sending request\n\nDebug source:\nGeneric {\n    store: \"S3\",\n    source: RetryError(\n"
+        "        RetryErrorImpl {\n            method: PUT,\n        },\n    ),\n}"
+    )
+    line = error_line(OSError(obstore))
+    assert line.startswith("Generic S3 error: Error performing PUT") and "\n" not in line and "Debug" not in line
+    chain = "Failed to read delta log object\n  ↳ Generic S3 error: ...\n    ↳ Connection refused (os error 111)"
+    assert error_line(OSError(chain)) == "Failed to read delta log object: Connection refused (os error 111)"
+    assert error_line(OSError("")) == "OSError"

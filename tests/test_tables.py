@@ -213,26 +213,17 @@ def test_four_ingests_of_one_output_at_once_on_s3_one_proceeds(tmp_path, s3_serv
     src = tmp_path / "src"
     base1, base2, _ = corpus(src)
     out = f"s3://{bucket}/four-ingests-{os.getpid()}"
-    start_at = time.time() + 4.0
+    # A barrier, so the four race for the lease however slowly each imports under load: each
+    # imports biomine, says so, and waits for the go file.
+    go = tmp_path / "go"
     script = (
-        "import sys, time; time.sleep(max(0.0, float(sys.argv[1]) - time.time())); "
-        "from pipeline.cli import main; sys.exit(main(sys.argv[2:]))"
+        "import os, sys, time; from pipeline.cli import main; print('ready', flush=True)\n"
+        "while not os.path.exists(sys.argv[1]): time.sleep(0.005)\n"
+        "sys.exit(main(sys.argv[2:]))"
     )
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                script,
-                str(start_at),
-                "ingest",
-                str(base1),
-                str(base2),
-                "--out",
-                out,
-                "--workers",
-                "1",
-            ],
+            [sys.executable, "-c", script, str(go), "ingest", str(base1), str(base2), "--out", out, "--workers", "1"],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -241,13 +232,24 @@ def test_four_ingests_of_one_output_at_once_on_s3_one_proceeds(tmp_path, s3_serv
         )
         for _ in range(4)
     ]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    go.touch()
     outcomes = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
-    codes = sorted(code for code, _, _ in outcomes)
-    assert codes == [0, 2, 2, 2], outcomes
-    for code, _, err in outcomes:
+    # One ingests both files. Each other one is refused with one line while it works, or (on a machine
+    # so loaded that it reached the lease only after the first had finished) finds both files applied
+    # and ingests nothing: never two writers at once, never a file applied twice.
+    ingested = [out_ for code, out_, _ in outcomes if code == 0 and out_.startswith("ingested 2 file(s)")]
+    assert len(ingested) == 1, outcomes
+    for code, stdout, err in outcomes:
         if code == 2:
             lines = [line for line in err.strip().splitlines() if line.startswith("biomine:")]
             assert len(lines) == 1 and "is in use by another run" in lines[0], err[-2000:]
+        else:
+            assert code == 0 and stdout.startswith(("ingested 2 file(s)", "ingested 0 file(s) (2 already done)")), (
+                outcomes
+            )
+    assert sum(code == 2 for code, _, _ in outcomes) >= 1, "no ingest met another one holding the lease"
     os.environ.update(s3_server)
     uri, options = delta_location(location(out) / "documents")
     rows = live_rows(uri, options)

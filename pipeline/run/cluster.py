@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -336,6 +337,17 @@ def placement(resources: ResourceSpec) -> Placement:
     return Placement(actors, per_actor, resources.cpus_per_actor)
 
 
+#: What Ray Data appends to a failed UDF's error message (ray.data._internal.util.
+#: _annotate_exception_with_retry_context): its retry advice, about Ray Data's settings, not ours.
+_RAY_DATA_SUFFIX = re.compile(r"\nFailed to .*? after \d+/\d+ attempts \(total backoff [\d.]+s\)\.[\s\S]*\Z")
+
+
+def _without_ray_data_suffix(exc: BioMineError) -> BioMineError:
+    if exc.args and isinstance(exc.args[0], str):
+        exc.args = (_RAY_DATA_SUFFIX.sub("", exc.args[0]),) + exc.args[1:]
+    return exc
+
+
 def worker_error(exc: BaseException) -> BaseException:
     """The user's error inside a failed Ray task or actor (a BioMineError: shown as one line), else
     ``exc``. Ray wraps an error once per layer it crosses (a task inside Ray Data's operator, an
@@ -349,7 +361,7 @@ def worker_error(exc: BaseException) -> BaseException:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, BioMineError) and not isinstance(current, wrapper):
-            return current
+            return _without_ray_data_suffix(current)
         seen.add(id(current))
         current = getattr(current, "cause", None) or current.__cause__ or current.__context__
     return exc

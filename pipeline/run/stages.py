@@ -298,12 +298,23 @@ class _TaskActor:
         return per_doc, errors
 
 
+class _NoRayDataErrors(logging.Filter):
+    """Drop Ray Data's error records (a failed task's traceback, logged twice) from the console: the
+    failure reaches the user once, as the run's one ``biomine: error:`` line naming the file, and Ray's
+    session log files keep the full trace."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
 def _quiet_ray_data_console() -> None:
     """Ray Data logs every execution plan at INFO to the console (its own handler, set up when
-    ``ray.data`` is imported); keep warnings there, and everything in Ray's session log files."""
+    ``ray.data`` is imported); keep its warnings there, and everything in Ray's session log files."""
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (sys.stderr, sys.stdout):
             handler.setLevel(logging.WARNING)
+            if not any(isinstance(f, _NoRayDataErrors) for f in handler.filters):
+                handler.addFilter(_NoRayDataErrors())
 
 
 def run_task_stage(
@@ -410,6 +421,9 @@ def run_task_stage(
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # files complete in order
+    # A failing UDF's own error, not Ray Data's UserCodeException around it: the wrapper's __cause__
+    # (our BioMineError, shown as one line) does not survive the trip to the driver.
+    ctx.raise_original_map_exception = True
     # Ray Data's bars in a terminal; elsewhere (cron, CI logs) one log line per finished file instead
     # of Ray's periodic plan dumps, which would bury the lines that name failing records.
     ctx.enable_progress_bars = progress and sys.stderr.isatty()

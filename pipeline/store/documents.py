@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.store.storage import Location, location
+from pipeline.store.storage import Location, error_line, location
 from pipeline.store.tables import DataFile, Table, TableError, write_data_file
 from schemas.articles import ARTICLE_SCHEMA, SCHEMA_VERSION, conform, to_table
 
@@ -258,7 +258,11 @@ class DocumentTransaction:
             try:
                 (self.docs.loc / path).delete()
             except OSError as exc:
-                log.warning("%s: could not delete this unreferenced file (%s); `biomine compact` removes it", path, exc)
+                log.warning(
+                    "%s: could not delete this unreferenced file (%s); `biomine compact` removes it",
+                    path,
+                    error_line(exc),
+                )
         return version
 
     def _rewrite(self, info: DataFile) -> DataFile | None:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import StoreError
-from pipeline.store.storage import Location
+from pipeline.store.storage import Location, error_line
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ class Lease:
                 log.error("%s", self.lost)
                 return
             except Exception as exc:  # a blip of the store: the next renewal tries again
-                log.warning("could not renew %s: %s", self.path, exc)
+                log.warning("could not renew %s: %s", self.path, error_line(exc))
 
     def check(self) -> None:
         """Call before each commit.
@@ -346,7 +346,7 @@ class Lease:
                 try:
                     self.store.replace(self._body(released=True), self._tag)
                 except Exception as exc:  # taken over, or a blip: the lease expires on its own
-                    log.warning("could not release %s (%s); it expires on its own", self.path, exc)
+                    log.warning("could not release %s (%s); it expires on its own", self.path, error_line(exc))
 
     def __enter__(self) -> Lease:
         return self.acquire()

@@ -20,11 +20,14 @@ For every table of the output, under its lease:
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
+from pipeline.errors import StorageError
 from pipeline.store.output import KB, RUNS, JobOutput
-from pipeline.store.tables import Table, TableError, _first_line
+from pipeline.store.storage import error_line
+from pipeline.store.tables import Table, TableError, delta_call
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +46,28 @@ def compact(
         table = Table(loc)
         entry: dict[str, Any] = {"version": table.version, "files": len(table.files())}
         try:
+            # Each step is safe to try again after a transient failure: a second optimize or vacuum
+            # finds less to do, a checkpoint of the same version is the same file.
+            dt, what = table.dt, str(loc)
             if name in MERGEABLE and not dry_run and len(table.files()) > 1:
-                metrics = table.dt.optimize.compact()
+                metrics = delta_call(dt.optimize.compact, f"{what} (optimize)", refresh=dt.update_incremental)
                 entry["merged"] = {k: metrics.get(k) for k in ("numFilesAdded", "numFilesRemoved")}
                 table.refresh()
-            deleted = table.dt.vacuum(
+            vacuum = functools.partial(
+                dt.vacuum,
                 retention_hours=retention_hours,
                 dry_run=dry_run,
                 enforce_retention_duration=False,
                 full=True,
             )
+            deleted = delta_call(vacuum, f"{what} (vacuum)")
             entry["vacuumed"] = len(deleted)
             if not dry_run:
-                table.dt.create_checkpoint()
-                table.dt.cleanup_metadata()
-        except TableError:
+                delta_call(dt.create_checkpoint, f"{what} (checkpoint)")
+                delta_call(dt.cleanup_metadata, f"{what} (log cleanup)")
+        except (TableError, StorageError):
             raise
         except Exception as exc:
-            raise TableError(f"{loc}: compaction failed ({_first_line(exc)})") from None
+            raise TableError(f"{loc}: compaction failed ({error_line(exc)})") from None
         report[name] = entry
     return report

@@ -80,6 +80,17 @@ def is_transient(exc: BaseException) -> bool:
     return bool(_TRANSIENT.search(str(exc)))
 
 
+def error_line(exc: BaseException) -> str:
+    """One line for an error of the store, for a log line or a ``biomine: error:`` message: its first
+    line and, for delta-rs's indented chains of causes, the innermost one (``Generic S3 error ...
+    Connection refused (os error 111)``); obstore's multi-line ``Debug source:`` dump is left out."""
+    text = re.sub(r"\x1b\[[0-9;]*m|↳", "", str(exc)).split("Debug source:")[0].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (lines[0] if len(lines) == 1 else f"{lines[0]}: {lines[-1]}")[:300]
+
+
 def retrying(call, what: str, attempts: int | None = None):
     """``call()``, tried again on a transient failure (bounded, with backoff and jitter). Only for
     idempotent calls: reads, whole-object writes of the same bytes, deletes, content-named writes.
@@ -99,7 +110,7 @@ def retrying(call, what: str, attempts: int | None = None):
         except OSError as exc:
             if attempt < attempts and is_transient(exc):
                 delay = min(RETRY_MAX, RETRY_BASE * 2**attempt) * (0.5 + random.random() / 2)
-                log.warning("%s: %s; trying again in %.1f s", what, str(exc).splitlines()[0][:200], delay)
+                log.warning("%s: %s; trying again in %.1f s", what, error_line(exc), delay)
                 time.sleep(delay)
                 continue
             tries = f" (after {attempt + 1} attempts)" if attempt else ""

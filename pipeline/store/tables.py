@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import StorageError, StoreError
-from pipeline.store.storage import Location, delta_location, location, parquet_bytes
+from pipeline.store.storage import Location, delta_location, error_line, location, parquet_bytes
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +161,13 @@ class Table:
             return dt
 
         try:
-            self.dt = _delta_call(load, str(loc))
+            self.dt = delta_call(load, str(loc))
         except TableNotFoundError:
             raise TableError(f"{loc} is not a Delta table (no {LOG_DIR}/)") from None
         except StoreError:
             raise
         except Exception as exc:  # a damaged log: one line naming the table
-            raise TableError(f"{loc}: cannot read its Delta log ({_first_line(exc)})") from None
+            raise TableError(f"{loc}: cannot read its Delta log ({error_line(exc)})") from None
 
     # --- opening and creating ------------------------------------------------------------------------
     @staticmethod
@@ -194,21 +194,33 @@ class Table:
             else {"delta.dataSkippingNumIndexedCols": "0"}
         )
         try:
-            DeltaTable.create(
-                uri,
-                schema.remove_metadata(),
-                mode="ignore",
-                name=dataset,
-                configuration=configuration,
-                storage_options=options,
+            # mode="ignore": a retry after a create whose answer was lost opens what it made
+            delta_call(
+                lambda: DeltaTable.create(
+                    uri,
+                    schema.remove_metadata(),
+                    mode="ignore",
+                    name=dataset,
+                    configuration=configuration,
+                    storage_options=options,
+                ),
+                f"{loc} (create)",
             )
+        except StorageError:
+            raise
         except Exception as exc:
-            raise TableError(f"{loc}: cannot create the {dataset} table ({_first_line(exc)})") from None
+            raise TableError(f"{loc}: cannot create the {dataset} table ({error_line(exc)})") from None
         table = cls(loc)
         if table.properties.get(DATASET_PROPERTY) is None:
             # delta-rs accepts properties of its own only at creation; biomine's are set right after
-            table.dt.alter.set_table_properties(
-                {DATASET_PROPERTY: dataset, SCHEMA_VERSION_PROPERTY: str(schema_version)}, raise_if_not_exists=False
+            # (setting them again is harmless, so a retry is safe)
+            delta_call(
+                lambda: table.dt.alter.set_table_properties(
+                    {DATASET_PROPERTY: dataset, SCHEMA_VERSION_PROPERTY: str(schema_version)},
+                    raise_if_not_exists=False,
+                ),
+                f"{loc} (properties)",
+                refresh=table.dt.update_incremental,
             )
             table.refresh()
         return table
@@ -237,16 +249,24 @@ class Table:
                     f"{schema_version}: upgrade biomine"
                 )
             if have < schema_version:
-                table.dt.alter.add_columns(_missing_fields(table.schema, schema))
-                table.dt.alter.set_table_properties(
-                    {SCHEMA_VERSION_PROPERTY: str(schema_version)}, raise_if_not_exists=False
-                )
+
+                def evolve() -> None:
+                    # the fields still missing, from the table as it is now (a retry after a commit
+                    # whose answer was lost finds them added)
+                    missing = _missing_fields(pa.schema(table.dt.schema().to_arrow()), schema)
+                    if missing:
+                        table.dt.alter.add_columns(missing)
+                    table.dt.alter.set_table_properties(
+                        {SCHEMA_VERSION_PROPERTY: str(schema_version)}, raise_if_not_exists=False
+                    )
+
+                delta_call(evolve, f"{loc} (schema version {schema_version})", refresh=table.dt.update_incremental)
                 table.refresh()
             return table
         return cls.create(loc, schema, dataset, schema_version)
 
     def refresh(self) -> Table:
-        _delta_call(self.dt.update_incremental, str(self.loc))
+        delta_call(self.dt.update_incremental, str(self.loc))
         return self
 
     # --- state ---------------------------------------------------------------------------------------
@@ -264,7 +284,7 @@ class Table:
 
     def files(self) -> dict[str, DataFile]:
         """The live data files (path -> :class:`DataFile`), from the log."""
-        actions = pa.table(_delta_call(lambda: self.dt.get_add_actions(flatten=True), str(self.loc)))
+        actions = pa.table(delta_call(lambda: self.dt.get_add_actions(flatten=True), str(self.loc)))
         cols = set(actions.column_names)
 
         def column(name: str) -> list[Any]:
@@ -284,10 +304,10 @@ class Table:
         return out
 
     def transaction_version(self, app_id: str) -> int | None:
-        return _delta_call(lambda: self.dt.transaction_version(app_id), str(self.loc))
+        return delta_call(lambda: self.dt.transaction_version(app_id), str(self.loc))
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
-        return _delta_call(lambda: self.dt.history(limit), str(self.loc))
+        return delta_call(lambda: self.dt.history(limit), str(self.loc))
 
     def commit_metadata(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The biomine metadata of the newest commits (newest first): each commit's ``biomine.*``
@@ -425,16 +445,16 @@ class Table:
             self.dt.create_write_transaction(actions, "append", schema, commit_properties=properties)
 
         try:
-            _delta_call(attempt, f"{self.loc} (commit)", refresh=self.dt.update_incremental)
+            delta_call(attempt, f"{self.loc} (commit)", refresh=self.dt.update_incremental)
         except StoreError:
             raise
         except Exception as exc:
-            raise TableError(f"{self.loc}: commit failed ({_first_line(exc)})") from None
+            raise TableError(f"{self.loc}: commit failed ({error_line(exc)})") from None
         self.refresh()
         return self.version
 
 
-def _delta_call(call, what: str, refresh=None):
+def delta_call(call, what: str, refresh=None):
     """``call()`` (a deltalake call), tried again while it fails for a reason that may pass (the
     store restarting, a dropped connection: :func:`pipeline.store.storage.is_transient`), with the
     bounds of :func:`pipeline.store.storage.retrying`. ``refresh`` runs before each retry.
@@ -452,9 +472,9 @@ def _delta_call(call, what: str, refresh=None):
             if not is_transient(exc):
                 raise
             if attempt == RETRY_ATTEMPTS:
-                raise StorageError(f"{what}: {_first_line(exc)} (after {attempt + 1} attempts)") from None
+                raise StorageError(f"{what}: {error_line(exc)} (after {attempt + 1} attempts)") from None
             delay = min(RETRY_MAX, RETRY_BASE * 2**attempt) * (0.5 + random.random() / 2)
-            log.warning("%s: %s; trying again in %.1f s", what, _first_line(exc), delay)
+            log.warning("%s: %s; trying again in %.1f s", what, error_line(exc), delay)
             time.sleep(delay)
             if refresh is not None:
                 try:
@@ -476,13 +496,3 @@ def _loads(value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
     except ValueError:
         return value
-
-
-def _first_line(exc: BaseException) -> str:
-    """One line for an error of the store: its first line and, for delta-rs's indented chains of
-    causes, the innermost one (``Generic S3 error ... Connection refused (os error 111)``)."""
-    text = re.sub(r"\x1b\[[0-9;]*m|↳", "", str(exc)).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    return (lines[0] if len(lines) == 1 else f"{lines[0]}: {lines[-1]}")[:300]
