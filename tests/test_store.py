@@ -396,7 +396,7 @@ def test_an_error_of_the_store_is_one_line_without_the_clients_debug_dump():
     # obstore's message for a refused PUT (as logged when the S3 server was down), and delta-rs's chain.
     obstore = (
         "Generic S3 error: Error performing PUT http://127.0.0.1:48627/b/out/_lease.json in 2.1s, after 10 retries"
-        " - HTTP error: error sending request\n\nDebug source:\nGeneric {\n    store: \"S3\",\n    source: RetryError(\n"
+        ' - HTTP error: error sending request\n\nDebug source:\nGeneric {\n    store: "S3",\n    source: RetryError(\n'
         "        RetryErrorImpl {\n            method: PUT,\n        },\n    ),\n}"
     )
     line = error_line(OSError(obstore))
