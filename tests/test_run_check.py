@@ -274,3 +274,18 @@ def test_long_work_logs_progress_where_no_terminal_shows_a_bar(tmp_path, caplog)
     lines = [r.message for r in caplog.records if r.name == "test.progress"]
     assert lines[0].startswith("fetch 'warfarin': 1000/3000 articles (") and "left" in lines[0], lines
     assert lines[-1].startswith("fetch 'warfarin': 2000/3000 articles done"), lines
+
+
+def test_a_misspelt_release_is_no_release_and_the_nearest_names_are_suggested(tmp_path, capsys, monkeypatch):
+    """`biogpt:re-dd` once read "not pulled; run `biomine models pull re-dd`", which `pull` then refused."""
+    monkeypatch.setenv("BIOMINE_MODEL_CACHE", str(tmp_path / "cache"))
+    err = refused(capsys, job(tmp_path, tasks='[tasks.re]\ntask = "ddi"\nmodel = "biogpt:re-dd"\n'))
+    assert "'biogpt:re-dd': no released model has that name; did you mean biogpt:re-ddi" in err, err
+    assert "not pulled" not in err and "models pull re-dd`" not in err
+    assert err.rstrip().endswith("([tasks.re] model)"), err
+    # `models pull` says the same of the bare name.
+    assert main(["models", "pull", "re-dd"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("biomine: error: unknown released model 're-dd': no released model has that name; "), err
+    assert "did you mean re-ddi" in err and len(err.strip().splitlines()) == 1
+

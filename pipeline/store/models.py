@@ -43,9 +43,19 @@ def pin(model: str) -> str:
     it) resolved (fetched here if need be) to ``hf://repo@<commit>``, a release name to its local
     folder; paths and URIs unchanged.
 
+    :raises ReleaseError: ``biogpt:NAME`` where NAME is no released model (the nearest are named).
     :raises CheckpointError: a name that does not resolve (see :func:`biogpt.hub.resolve`).
     """
-    return hub.pinned(hub.resolve(model)) if hub.is_explicit_name(model) else model
+    if not hub.is_explicit_name(model):
+        return model
+    ref = hub.parse(model)
+    if ref.kind == "release":
+        # A misspelt name is no release at all: say so, rather than "not pulled, pull it" (which
+        # `models pull` would then refuse as unknown).
+        from pipeline.store.releases import release
+
+        release(ref.value, prefix=hub.RELEASE_PREFIX)
+    return hub.pinned(hub.resolve(model))
 
 
 def describe(model: str) -> dict:

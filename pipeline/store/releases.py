@@ -33,6 +33,7 @@ Contract:
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import hashlib
 import http.client
 import json
@@ -157,11 +158,20 @@ RELEASES = {
 }
 
 
-def release(name: str) -> Release:
-    """:raises ReleaseError: ``name`` is not in :data:`RELEASES`."""
+def release(name: str, prefix: str = "") -> Release:
+    """The release ``name``; ``prefix`` is how the caller's user spells a release (``biogpt:`` in a
+    job's ``model``), used in the message.
+
+    :raises ReleaseError: ``name`` is not in :data:`RELEASES` (the nearest names are suggested).
+    """
     if name not in RELEASES:
+        # A misspelling is the usual cause (re-dd for re-ddi): name the nearest releases first.
+        near = difflib.get_close_matches(name, RELEASES, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(prefix + n for n in near)}? " if near else ""
         raise ReleaseError(
-            f"unknown released model {name!r}; choose one of {', '.join(RELEASES)} (`biomine models list --available`)"
+            f"unknown released model {prefix + name!r}: no released model has that name; {hint}"
+            f"the released models are {', '.join(prefix + n for n in RELEASES)} (`biomine models list --available`)",
+            setting="model",
         )
     return RELEASES[name]
 
