@@ -80,7 +80,7 @@ dtype = "int8"
         "[job] colour: unknown key",
         "[source] mindate = '2020/13/01'",
         "[tasks.re] task = 'chemprot'",
-        "no config.json in",
+        "model = 'missing-model': no such local folder",
         "[tasks.sentiment]: unknown task",
         "[resources] dtype = 'int8'",
     ):

@@ -289,3 +289,20 @@ def test_a_misspelt_release_is_no_release_and_the_nearest_names_are_suggested(tm
     assert err.startswith("biomine: error: unknown released model 're-dd': no released model has that name; "), err
     assert "did you mean re-ddi" in err and len(err.strip().splitlines()) == 1
 
+
+def test_a_misspelt_model_folder_is_a_missing_folder_not_a_hub_failure(tmp_path, demo_models, capsys, monkeypatch):
+    """`models/ner-tni` (for models/ner-tiny) was taken for the Hub repository of an owner "models",
+    and reported as a Hub network failure. A folder models/ exists here: it is a path, and no network is tried."""
+    from biogpt import hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"the Hub was asked for {args}")
+
+    monkeypatch.setattr(hub, "hub_snapshot", no_network)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    shutil.copytree(demo_models["ner"], tmp_path / "models" / "ner-tiny")
+    path = job(tmp_path, tasks='[tasks.ner]\nmodel = "models/ner-tni"\n')
+    err = refused(capsys, path, "[tasks.ner] model = 'models/ner-tni': no such local folder", "hf://owner/name")
+    assert "Hub at" not in err and "cannot fetch" not in err, err
+    assert hub.parse("models/ner-tni", base_dir=tmp_path).kind == "path"
+    assert hub.parse("microsoft/biogpt", base_dir=tmp_path).kind == "hub"  # no folder microsoft/ here

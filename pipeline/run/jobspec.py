@@ -154,7 +154,10 @@ def _task_options(
     values["model"] = str(hub.parse(model, base_dir=base_dir)) if named else _resolve(model, base_dir)
     if isinstance(values.get("vocabulary"), str):
         values["vocabulary"] = _resolve(values["vocabulary"], base_dir)
-    if check_models and not named and not (location(values["model"]) / "config.json").exists():
+    local = location(values["model"])
+    if check_models and not named and local.is_local and not local.local_path().is_dir():
+        problems.append(f"{where} model = {hub.no_folder(model, values['model'])}")
+    elif check_models and not named and not (local / "config.json").exists():
         problems.append(
             f"{where} model = {model!r}: no config.json in {values['model']} (train or convert a "
             "model first: see `biomine train ner --help` and `biomine convert fairseq --help`)"

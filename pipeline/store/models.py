@@ -82,6 +82,8 @@ def model_checksum(model: str | os.PathLike | Location) -> str:
     if isinstance(model, str) and hub.is_explicit_name(model):
         model = hub.resolve(model).path
     loc = location(model)
+    if loc.is_local and not loc.local_path().is_dir():
+        raise StoreError(hub.no_folder(loc.local_path(), loc.local_path()), setting="model")
     names = _model_files(loc)
     if not names:
         raise StoreError(f"{loc} holds no model files (config.json, *.safetensors ...): pass a model directory")
