@@ -34,12 +34,21 @@ def job(
     return path
 
 
+def problems_head(err: str) -> str:
+    """``N problem(s)`` as the error counts them."""
+    count = err.removeprefix("biomine: error: ").split(" ", 1)[0]
+    return f"{count} problem{'s' if count != '1' else ''}"
+
+
 def refused(capsys, path: Path, *needles: str, check: bool = True) -> str:
     capsys.readouterr()
     assert main(["run", str(path), "--no-progress"] + (["--check"] if check else [])) == 2
     err = capsys.readouterr().err
     assert err.startswith("biomine: error:") and "Traceback" not in err, err
-    assert len(err.strip().splitlines()) == 1 or "problem(s) in" in err, err  # job-file lists: one per line
+    # One layout for every problem, whichever check found it: one line, "N problem(s) in JOB: (1) ...; (2) ...".
+    assert len(err.strip().splitlines()) == 1 and err.startswith(
+        f"biomine: error: {problems_head(err)} in {path}: (1) "
+    ), err
     for needle in needles:
         assert needle in err, (needle, err)
     return err
@@ -156,7 +165,9 @@ def test_job_output_errors_name_the_job_key(tmp_path, demo_models, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "_job.json").write_text(json.dumps({"format": "biomine-job", "name": "other", "source": {}}))
     err = refused(capsys, job(tmp_path, tasks=tasks))
-    assert err.startswith(f"biomine: error: {tmp_path / 'out'} belongs to job 'other'"), err
+    assert err.startswith(
+        f"biomine: error: 1 problem in {tmp_path / 'job.toml'}: (1) {tmp_path / 'out'} belongs to job 'other'"
+    ), err
     assert err.rstrip().endswith("(the other job's outputs would be mixed in) ([job] output)"), err
     assert "--out" not in err
 
@@ -306,3 +317,60 @@ def test_a_misspelt_model_folder_is_a_missing_folder_not_a_hub_failure(tmp_path,
     assert "Hub at" not in err and "cannot fetch" not in err, err
     assert hub.parse("models/ner-tni", base_dir=tmp_path).kind == "path"
     assert hub.parse("microsoft/biogpt", base_dir=tmp_path).kind == "hub"  # no folder microsoft/ here
+
+
+def test_the_daily_job_lists_every_problem_at_once(tmp_path, capsys, monkeypatch):
+    """jobs/pubmed-daily.toml on a fresh checkout once said 1 problem (the NER folder), then, that fixed,
+    2 more (inputs, release), in other layouts: the file's problems and the checks after it are one list."""
+    monkeypatch.setenv("BIOMINE_MODEL_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "jobs").mkdir()
+    path = tmp_path / "jobs" / "pubmed-daily.toml"
+    shutil.copy(REPO / "jobs" / "pubmed-daily.toml", path)  # its paths are relative to it: nothing exists
+    err = refused(
+        capsys,
+        path,
+        "3 problems",
+        "(1) [tasks.ner] model = '../models/ner-bc5cdr': no such local folder",
+        f"[source] paths: input {tmp_path / 'data' / 'pubmed' / 'baseline'} does not exist",
+        "[tasks.re] biogpt:re-ddi: not pulled on this machine",
+    )
+    assert "(4)" not in err
+
+
+def test_a_job_broken_in_many_places_is_refused_once_with_every_problem(tmp_path, demo_models, capsys, monkeypatch):
+    """Problems of the file (keys, types, values, folders) and of the checks after it (output, inputs,
+    releases, checkpoints) in one list, one layout, exit 2; a single problem has the same layout."""
+    monkeypatch.setenv("BIOMINE_MODEL_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "a-file").write_text("x")
+    path = job(
+        tmp_path,
+        output=f'"{tmp_path / "a-file"}"',
+        job_extra='schedule = "nightly"\ncolour = "blue"',
+        source='kind = "files"\npaths = ["nowhere/*.xml.gz"]\nshard_size = "10"',
+        tasks=(
+            f'[tasks.ner]\nmodel = "{demo_models["summarize"]}"\n'  # a base LM given to NER
+            '[tasks.re]\ntask = "ddi"\nmodel = "biogpt:re-dd"\n'
+            '[tasks.summarize]\nmodel = "./models/lm"\nbatch_size = 0\n'
+        ),
+        resources='dtype = "int8"',
+    )
+    err = refused(
+        capsys,
+        path,
+        "10 problems",
+        "[job] colour: unknown key",
+        "[job] schedule = 'nightly': use one of",
+        "[source] shard_size = '10': expected int",
+        "[tasks.summarize] model = './models/lm': no such local folder",
+        "[tasks.summarize] batch_size must be a positive integer, got 0",
+        "[resources] dtype = 'int8'",
+        "is a file: name a folder",
+        "matches no files",
+        "[tasks.ner] ner: ",
+        "'biogpt:re-dd': no released model has that name; did you mean biogpt:re-ddi",
+    )
+    assert "(10) " in err and "(11)" not in err
+    single = refused(capsys, job(tmp_path, tasks=f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\ncolour = 1\n'))
+    assert single.startswith(
+        f"biomine: error: 1 problem in {tmp_path / 'job.toml'}: (1) [tasks.ner] colour: unknown key"
+    )
