@@ -374,3 +374,34 @@ def test_a_job_broken_in_many_places_is_refused_once_with_every_problem(tmp_path
     assert single.startswith(
         f"biomine: error: 1 problem in {tmp_path / 'job.toml'}: (1) [tasks.ner] colour: unknown key"
     )
+
+
+def test_adding_input_files_is_the_same_job_and_another_job_is_told_what_differs(tmp_path, demo_models, capsys):
+    """An update file added to a files job's `paths` was refused as another job ("belongs to job 'demo'
+    ... not to job 'demo'"); a truly different job is still refused, saying what differs, without reprs."""
+    from pipeline.run.jobspec import load_job
+    from pipeline.run.plan import job_identity
+    from pipeline.store.output import JobOutput
+
+    tasks = f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\n'
+    path = job(tmp_path, tasks=tasks)
+    JobOutput(str(tmp_path / "out")).check_owner(job_identity(load_job(path)), claim=True)  # what a run records
+    update = tmp_path / "pubmed26n0002.xml"
+    shutil.copy(SAMPLE, update)
+    grown = job(tmp_path, tasks=tasks, source=f'kind = "files"\npaths = ["{SAMPLE}", "{update}"]')
+    capsys.readouterr()
+    assert main(["run", str(grown), "--check"]) == 0, capsys.readouterr().err
+    # A record of an older release listed the paths: another list is still the same job.
+    record = json.loads((tmp_path / "out" / "_job.json").read_text())
+    record["source"]["paths"] = ["data"]
+    (tmp_path / "out" / "_job.json").write_text(json.dumps(record))
+    assert main(["run", str(grown), "--check"]) == 0, capsys.readouterr().err
+
+    other = job(tmp_path, tasks=tasks, source='kind = "entrez"\nquery = "warfarin"\nemail = "a@b.org"')
+    err = refused(capsys, other)
+    assert (
+        f"{tmp_path / 'out'} belongs to job 'check' (source files), not to this job 'check' (source entrez, query "
+        "'warfarin'): the source kind differs ('files' there, 'entrez' here) and the source query differs (none "
+        "there, 'warfarin' here); use another output" in err
+    ), err
+    assert "{" not in err and err.rstrip().endswith("([job] output)")
