@@ -186,7 +186,9 @@ def test_a_job_names_a_hub_model_and_its_manifest_records_the_revision(tmp_path,
         cwd=REPO,
     )
     assert done.returncode == 2
-    assert done.stderr.startswith("biomine: error: [tasks.summarize] tiny-org/absent: no such model repository")
+    assert done.stderr.startswith(
+        f"biomine: error: 1 problem in {job}: (1) [tasks.summarize] tiny-org/absent: no such model repository"
+    ), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 
