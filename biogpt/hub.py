@@ -5,7 +5,8 @@ Contract:
 - A *model reference* is one of
 
   ==========================  ==================================================================
-  ``models/re-ddi``           a local directory (config.json + weights); always wins when it exists
+  ``models/re-ddi``           a local directory (config.json + weights); always wins when it exists,
+                              and a path whose parent folder exists (``models/``) is never a Hub id
   ``microsoft/biogpt``        a Hub repository id, optionally ``@revision`` (branch, tag or commit)
   ``hf://microsoft/biogpt``   the same, unambiguous (``hf://owner/name@revision``)
   ``biogpt:re-ddi``           a released fairseq checkpoint that ``biomine models pull re-ddi``
@@ -99,7 +100,7 @@ def released_dir(name: str) -> Path:
 
 def parse(spec: str | os.PathLike, revision: str | None = None, base_dir: str | os.PathLike | None = None) -> Reference:
     """The reference ``spec`` names. An existing directory (relative to ``base_dir`` when given) is
-    always a path; ``owner/name`` is a Hub id only when no such directory exists.
+    always a path; ``owner/name`` is a Hub id only when neither ``owner/name`` nor ``owner/`` exists.
 
     :raises CheckpointError: ``biogpt:NAME`` with a malformed name, or ``hf://`` with a malformed id.
     """
@@ -118,9 +119,21 @@ def parse(spec: str | os.PathLike, revision: str | None = None, base_dir: str | 
         return Reference("hub", m["repo"], revision or m["revision"])
     local = Path(base_dir, text) if base_dir is not None else Path(text)
     m = _HUB_ID.fullmatch(text)
-    if m and not local.exists() and not text.startswith((".", "/")):
+    # ``models/ner-tni`` where ``models/`` is a folder here is a misspelt folder, not the Hub
+    # repository of an owner called "models": it is a path (and says so when missing), no network.
+    if m and not local.exists() and not local.parent.is_dir() and not text.startswith((".", "/")):
         return Reference("hub", m["repo"], revision or m["revision"])
     return Reference("path", os.path.normpath(local))
+
+
+def no_folder(spec: str | os.PathLike, path: str | os.PathLike) -> str:
+    """What to say of a model path ``spec`` whose folder ``path`` does not exist (one wording for
+    every reader of model paths)."""
+    where = "" if os.fspath(spec) == os.fspath(path) else f" ({os.fspath(path)})"
+    return (
+        f"{os.fspath(spec)!r}: no such local folder{where}; check the path (a Hub model is "
+        "named owner/name where no folder owner/ exists here, or hf://owner/name; a released one biogpt:NAME)"
+    )
 
 
 def is_name(spec: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> bool:

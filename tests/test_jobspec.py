@@ -80,7 +80,7 @@ dtype = "int8"
         "[job] colour: unknown key",
         "[source] mindate = '2020/13/01'",
         "[tasks.re] task = 'chemprot'",
-        "no config.json in",
+        "model = 'missing-model': no such local folder",
         "[tasks.sentiment]: unknown task",
         "[resources] dtype = 'int8'",
     ):
@@ -207,7 +207,7 @@ def test_fetch_credentials_come_through_the_job_reader(tmp_path):
     from pipeline.run.jobspec import source_credentials
 
     path = write(tmp_path, '[source]\nemail = "a@b.org"\napi_key = 7\n')
-    with pytest.raises(JobConfigError, match=r"1 problem\(s\) in .*job.toml: \[source\].api_key = 7: expected str$"):
+    with pytest.raises(JobConfigError, match=r"1 problem in .*job.toml: \(1\) \[source\] api_key = 7: expected str$"):
         source_credentials(path)
     with pytest.raises(JobConfigError, match=r"job file .*nothing.toml does not exist"):
         source_credentials(tmp_path / "nothing.toml")

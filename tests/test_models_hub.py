@@ -186,7 +186,9 @@ def test_a_job_names_a_hub_model_and_its_manifest_records_the_revision(tmp_path,
         cwd=REPO,
     )
     assert done.returncode == 2
-    assert done.stderr.startswith("biomine: error: [tasks.summarize] tiny-org/absent: no such model repository")
+    assert done.stderr.startswith(
+        f"biomine: error: 1 problem in {job}: (1) [tasks.summarize] tiny-org/absent: no such model repository"
+    ), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 
@@ -430,3 +432,32 @@ def test_unknown_release_names_are_one_line(capsys):
     assert main(["models", "pull", "re-ddx"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("biomine: error: unknown released model 're-ddx'") and "re-ddi" in err
+
+
+def test_an_unreachable_host_is_named_once_with_the_mirror_to_use(tmp_path, monkeypatch, capsys, caplog):
+    """Offline, `models pull` logged "resuming from byte 0" at every retry and never said that the host
+    cannot be reached, nor that a mirror can stand in: now each retry says so, and the end is one line."""
+    import logging
+    import socket
+
+    from pipeline.store import releases
+
+    with socket.socket() as s:  # a loopback port with nothing listening: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(releases, "_BLOB", f"https://127.0.0.1:{port}/release/")
+    monkeypatch.setenv("BIOMINE_MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("BIOMINE_RELEASE_MIRROR", raising=False)
+    waits: list[float] = []
+    monkeypatch.setattr(releases.time, "sleep", waits.append)  # the backoff, recorded instead of slept
+    with caplog.at_level(logging.WARNING, logger="pipeline.store.releases"):
+        assert main(["models", "pull", "re-ddi", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"biomine: error: cannot reach 127.0.0.1:{port} ([Errno 111] Connection refused), 5 tries: check the "
+        "network, or pull from a mirror you can reach (also $BIOMINE_RELEASE_MIRROR) (--mirror)\n"
+    ), err
+    assert len(waits) == 4 and sum(waits) <= 20  # bounded retries
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 4 and all(f"cannot reach 127.0.0.1:{port}" in m for m in logged), logged
+    assert not any("resuming" in m for m in logged)

@@ -139,5 +139,7 @@ def test_unreachable_addresses_are_one_line_errors_within_seconds(tmp_path, caps
     )
     assert main(["run", str(job), "--address", f"127.0.0.1:{port}", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"biomine: error: cannot reach the Ray cluster at 127.0.0.1:{port}")
+    assert len(err) == 1 and err[0].startswith(
+        f"biomine: error: 1 problem in {job}: (1) cannot reach the Ray cluster at 127.0.0.1:{port}"
+    ), err
     assert not (tmp_path / "out" / "documents").exists()

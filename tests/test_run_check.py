@@ -34,12 +34,21 @@ def job(
     return path
 
 
+def problems_head(err: str) -> str:
+    """``N problem(s)`` as the error counts them."""
+    count = err.removeprefix("biomine: error: ").split(" ", 1)[0]
+    return f"{count} problem{'s' if count != '1' else ''}"
+
+
 def refused(capsys, path: Path, *needles: str, check: bool = True) -> str:
     capsys.readouterr()
     assert main(["run", str(path), "--no-progress"] + (["--check"] if check else [])) == 2
     err = capsys.readouterr().err
     assert err.startswith("biomine: error:") and "Traceback" not in err, err
-    assert len(err.strip().splitlines()) == 1 or "problem(s) in" in err, err  # job-file lists: one per line
+    # One layout for every problem, whichever check found it: one line, "N problem(s) in JOB: (1) ...; (2) ...".
+    assert len(err.strip().splitlines()) == 1 and err.startswith(
+        f"biomine: error: {problems_head(err)} in {path}: (1) "
+    ), err
     for needle in needles:
         assert needle in err, (needle, err)
     return err
@@ -156,7 +165,9 @@ def test_job_output_errors_name_the_job_key(tmp_path, demo_models, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "_job.json").write_text(json.dumps({"format": "biomine-job", "name": "other", "source": {}}))
     err = refused(capsys, job(tmp_path, tasks=tasks))
-    assert err.startswith(f"biomine: error: {tmp_path / 'out'} belongs to job 'other'"), err
+    assert err.startswith(
+        f"biomine: error: 1 problem in {tmp_path / 'job.toml'}: (1) {tmp_path / 'out'} belongs to job 'other'"
+    ), err
     assert err.rstrip().endswith("(the other job's outputs would be mixed in) ([job] output)"), err
     assert "--out" not in err
 
@@ -274,3 +285,123 @@ def test_long_work_logs_progress_where_no_terminal_shows_a_bar(tmp_path, caplog)
     lines = [r.message for r in caplog.records if r.name == "test.progress"]
     assert lines[0].startswith("fetch 'warfarin': 1000/3000 articles (") and "left" in lines[0], lines
     assert lines[-1].startswith("fetch 'warfarin': 2000/3000 articles done"), lines
+
+
+def test_a_misspelt_release_is_no_release_and_the_nearest_names_are_suggested(tmp_path, capsys, monkeypatch):
+    """`biogpt:re-dd` once read "not pulled; run `biomine models pull re-dd`", which `pull` then refused."""
+    monkeypatch.setenv("BIOMINE_MODEL_CACHE", str(tmp_path / "cache"))
+    err = refused(capsys, job(tmp_path, tasks='[tasks.re]\ntask = "ddi"\nmodel = "biogpt:re-dd"\n'))
+    assert "'biogpt:re-dd': no released model has that name; did you mean biogpt:re-ddi" in err, err
+    assert "not pulled" not in err and "models pull re-dd`" not in err
+    assert err.rstrip().endswith("([tasks.re] model)"), err
+    # `models pull` says the same of the bare name.
+    assert main(["models", "pull", "re-dd"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("biomine: error: unknown released model 're-dd': no released model has that name; "), err
+    assert "did you mean re-ddi" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_misspelt_model_folder_is_a_missing_folder_not_a_hub_failure(tmp_path, demo_models, capsys, monkeypatch):
+    """`models/ner-tni` (for models/ner-tiny) was taken for the Hub repository of an owner "models",
+    and reported as a Hub network failure. A folder models/ exists here: it is a path, and no network is tried."""
+    from biogpt import hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"the Hub was asked for {args}")
+
+    monkeypatch.setattr(hub, "hub_snapshot", no_network)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    shutil.copytree(demo_models["ner"], tmp_path / "models" / "ner-tiny")
+    path = job(tmp_path, tasks='[tasks.ner]\nmodel = "models/ner-tni"\n')
+    err = refused(capsys, path, "[tasks.ner] model = 'models/ner-tni': no such local folder", "hf://owner/name")
+    assert "Hub at" not in err and "cannot fetch" not in err, err
+    assert hub.parse("models/ner-tni", base_dir=tmp_path).kind == "path"
+    assert hub.parse("microsoft/biogpt", base_dir=tmp_path).kind == "hub"  # no folder microsoft/ here
+
+
+def test_the_daily_job_lists_every_problem_at_once(tmp_path, capsys, monkeypatch):
+    """jobs/pubmed-daily.toml on a fresh checkout once said 1 problem (the NER folder), then, that fixed,
+    2 more (inputs, release), in other layouts: the file's problems and the checks after it are one list."""
+    monkeypatch.setenv("BIOMINE_MODEL_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "jobs").mkdir()
+    path = tmp_path / "jobs" / "pubmed-daily.toml"
+    shutil.copy(REPO / "jobs" / "pubmed-daily.toml", path)  # its paths are relative to it: nothing exists
+    err = refused(
+        capsys,
+        path,
+        "3 problems",
+        "(1) [tasks.ner] model = '../models/ner-bc5cdr': no such local folder",
+        f"[source] paths: input {tmp_path / 'data' / 'pubmed' / 'baseline'} does not exist",
+        "[tasks.re] biogpt:re-ddi: not pulled on this machine",
+    )
+    assert "(4)" not in err
+
+
+def test_a_job_broken_in_many_places_is_refused_once_with_every_problem(tmp_path, demo_models, capsys, monkeypatch):
+    """Problems of the file (keys, types, values, folders) and of the checks after it (output, inputs,
+    releases, checkpoints) in one list, one layout, exit 2; a single problem has the same layout."""
+    monkeypatch.setenv("BIOMINE_MODEL_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "a-file").write_text("x")
+    path = job(
+        tmp_path,
+        output=f'"{tmp_path / "a-file"}"',
+        job_extra='schedule = "nightly"\ncolour = "blue"',
+        source='kind = "files"\npaths = ["nowhere/*.xml.gz"]\nshard_size = "10"',
+        tasks=(
+            f'[tasks.ner]\nmodel = "{demo_models["summarize"]}"\n'  # a base LM given to NER
+            '[tasks.re]\ntask = "ddi"\nmodel = "biogpt:re-dd"\n'
+            '[tasks.summarize]\nmodel = "./models/lm"\nbatch_size = 0\n'
+        ),
+        resources='dtype = "int8"',
+    )
+    err = refused(
+        capsys,
+        path,
+        "10 problems",
+        "[job] colour: unknown key",
+        "[job] schedule = 'nightly': use one of",
+        "[source] shard_size = '10': expected int",
+        "[tasks.summarize] model = './models/lm': no such local folder",
+        "[tasks.summarize] batch_size must be a positive integer, got 0",
+        "[resources] dtype = 'int8'",
+        "is a file: name a folder",
+        "matches no files",
+        "[tasks.ner] ner: ",
+        "'biogpt:re-dd': no released model has that name; did you mean biogpt:re-ddi",
+    )
+    assert "(10) " in err and "(11)" not in err
+    single = refused(capsys, job(tmp_path, tasks=f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\ncolour = 1\n'))
+    assert single.startswith(
+        f"biomine: error: 1 problem in {tmp_path / 'job.toml'}: (1) [tasks.ner] colour: unknown key"
+    )
+
+
+def test_adding_input_files_is_the_same_job_and_another_job_is_told_what_differs(tmp_path, demo_models, capsys):
+    """An update file added to a files job's `paths` was refused as another job ("belongs to job 'demo'
+    ... not to job 'demo'"); a truly different job is still refused, saying what differs, without reprs."""
+    from pipeline.run.jobspec import load_job
+    from pipeline.run.plan import job_identity
+    from pipeline.store.output import JobOutput
+
+    tasks = f'[tasks.ner]\nmodel = "{demo_models["ner"]}"\n'
+    path = job(tmp_path, tasks=tasks)
+    JobOutput(str(tmp_path / "out")).check_owner(job_identity(load_job(path)), claim=True)  # what a run records
+    update = tmp_path / "pubmed26n0002.xml"
+    shutil.copy(SAMPLE, update)
+    grown = job(tmp_path, tasks=tasks, source=f'kind = "files"\npaths = ["{SAMPLE}", "{update}"]')
+    capsys.readouterr()
+    assert main(["run", str(grown), "--check"]) == 0, capsys.readouterr().err
+    # A record of an older release listed the paths: another list is still the same job.
+    record = json.loads((tmp_path / "out" / "_job.json").read_text())
+    record["source"]["paths"] = ["data"]
+    (tmp_path / "out" / "_job.json").write_text(json.dumps(record))
+    assert main(["run", str(grown), "--check"]) == 0, capsys.readouterr().err
+
+    other = job(tmp_path, tasks=tasks, source='kind = "entrez"\nquery = "warfarin"\nemail = "a@b.org"')
+    err = refused(capsys, other)
+    assert (
+        f"{tmp_path / 'out'} belongs to job 'check' (source files), not to this job 'check' (source entrez, query "
+        "'warfarin'): the source kind differs ('files' there, 'entrez' here) and the source query differs (none "
+        "there, 'warfarin' here); use another output" in err
+    ), err
+    assert "{" not in err and err.rstrip().endswith("([job] output)")

@@ -43,18 +43,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--check",
         action="store_true",
         help="run every check `run` makes before starting (job file, "
-        "models, inputs, output, address) and exit; writes nothing",
+        "models, inputs, output, address), list every problem at once (exit 2) or say ok; writes nothing",
     )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.run.jobspec import load_job
-    from pipeline.run.plan import preflight
+    from pipeline.run.plan import check_job
     from pipeline.run.runner import run_plan, summary_table
 
-    spec = load_job(args.job, address=args.address)
-    plan = preflight(spec)  # every check `run` makes before it starts Ray; writes nothing
+    # The job file and every check `run` makes before it starts Ray, all problems at once; writes nothing.
+    plan = check_job(args.job, address=args.address)
+    spec = plan.job
     if args.check:
         print(
             f"{args.job}: ok ({spec.source.kind} source, tasks: {', '.join(spec.tasks) or 'none'}, "

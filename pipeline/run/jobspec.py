@@ -2,7 +2,9 @@
 
 A job names where abstracts come from, which tasks run on them with which models, and where the
 outputs go. The file is validated completely before anything runs: unknown keys, bad dates, missing
-model directories and impossible combinations are reported together, each with its TOML path.
+model directories and impossible combinations are reported together, each with its TOML path, in the
+one layout of :func:`problems_error` (which ``biomine run --check`` also uses for the checks of
+:mod:`pipeline.run.plan`: :func:`parse_job_partly` gives what parses, for those checks to go on with).
 
 The schema, with every key and its default, is documented in ``jobs/README.md``.
 
@@ -103,16 +105,25 @@ def _check_dates(src: dict[str, Any], problems: list[str]) -> None:
             problems.append(f"[source] {exc}")
 
 
+def problems_error(problems: list[str], path: str | Path | None = None) -> JobConfigError:
+    """The one layout of a job's problems, however many and whichever check found them: one line,
+    ``N problem(s) in PATH: (1) ...; (2) ...`` (greppable in a log, as the CLI prints it)."""
+    where = f" in {path}" if path else ""
+    count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    return JobConfigError(f"{count}{where}: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
+
+
 def _typed(table: dict, key: str, typ, where: str, problems: list[str], positive=False):
     if key not in table:
         return None
     value = table[key]
     ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
     if not ok:
-        problems.append(f"{where}.{key} = {value!r}: expected {getattr(typ, '__name__', typ)}")
+        names = typ if isinstance(typ, tuple) else (typ,)
+        problems.append(f"{where} {key} = {value!r}: expected {' or '.join(t.__name__ for t in names)}")
         return None
     if positive and value <= 0:
-        problems.append(f"{where}.{key} = {value!r}: must be > 0")
+        problems.append(f"{where} {key} = {value!r}: must be > 0")
         return None
     return value
 
@@ -125,8 +136,10 @@ def _resolve(spec: str, base_dir: Path) -> str:
 def _task_options(
     name: str, table: dict[str, Any], base_dir: Path, dtype: str, check_models: bool, problems: list[str]
 ) -> TaskOptions | None:
-    """``[tasks.NAME]`` as the task's typed options (None when a key is missing or mistyped)."""
+    """``[tasks.NAME]`` as the task's typed options (None when anything in it is wrong: the checks
+    of its checkpoint cannot go on from there)."""
     cls, where = TASKS[name].options, f"[tasks.{name}]"
+    before = len(problems)
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     ok = True
@@ -141,7 +154,7 @@ def _task_options(
         types = tuple(t for t in (typing.get_args(hints[key]) or (hints[key],)) if t is not type(None))
         value = table[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            problems.append(f"{where}.{key} = {value!r}: expected {' or '.join(t.__name__ for t in types)}")
+            problems.append(f"{where} {key} = {value!r}: expected {' or '.join(t.__name__ for t in types)}")
             ok = False
             continue
         values[key] = value
@@ -154,14 +167,17 @@ def _task_options(
     values["model"] = str(hub.parse(model, base_dir=base_dir)) if named else _resolve(model, base_dir)
     if isinstance(values.get("vocabulary"), str):
         values["vocabulary"] = _resolve(values["vocabulary"], base_dir)
-    if check_models and not named and not (location(values["model"]) / "config.json").exists():
+    local = location(values["model"])
+    if check_models and not named and local.is_local and not local.local_path().is_dir():
+        problems.append(f"{where} model = {hub.no_folder(model, values['model'])}")
+    elif check_models and not named and not (local / "config.json").exists():
         problems.append(
             f"{where} model = {model!r}: no config.json in {values['model']} (train or convert a "
             "model first: see `biomine train ner --help` and `biomine convert fairseq --help`)"
         )
     options = cls(**values, dtype=dtype)
     problems += [f"{where} {p}" for p in options.problems()]
-    return options
+    return options if len(problems) == before else None
 
 
 def parse_job(
@@ -176,7 +192,27 @@ def parse_job(
 
     :raises JobConfigError: listing every problem found, with its TOML key path.
     """
+    spec, problems = parse_job_partly(data, base_dir, check_models=check_models, path=path, address=address)
+    if problems:
+        raise problems_error(problems, path)
+    return spec
+
+
+def parse_job_partly(
+    data: dict[str, Any],
+    base_dir: Path,
+    check_models: bool = True,
+    path: Path | None = None,
+    address: str | None = None,
+) -> tuple[JobSpec, list[str]]:
+    """The job in ``data`` as far as it is right, and every problem found (see :func:`parse_job`).
+    What is wrong is left empty, so that the later checks skip it rather than report it twice: a
+    missing or mistyped ``name``/``output`` is ``""``, an unknown source kind ``""`` (bad ``paths``:
+    ``[]``), and a task with any problem is left out of ``tasks``."""
     problems: list[str] = []
+    task_tables: dict[str, Any] = data["tasks"] if isinstance(data.get("tasks"), dict) else {}
+    if "tasks" in data and not isinstance(data["tasks"], dict):
+        problems.append("[tasks] must be a table of [tasks.NAME] tables")
     for section in data:
         if section not in ("job", "source", "tasks", "resources"):
             problems.append(f"[{section}]: unknown section (expected job, source, tasks, resources)")
@@ -184,7 +220,7 @@ def parse_job(
         ("job", data.get("job", {})),
         ("source", data.get("source", {})),
         ("resources", data.get("resources", {})),
-    ] + [(f"tasks.{k}", v) for k, v in data.get("tasks", {}).items()]:
+    ] + [(f"tasks.{k}", v) for k, v in task_tables.items()]:
         if name not in _ALLOWED:
             problems.append(f"[{name}]: unknown task (expected one of {', '.join(TASKS)})")
             continue
@@ -196,49 +232,55 @@ def parse_job(
                 problems.append(f"[{name}] {key}: unknown key (allowed: {', '.join(sorted(_ALLOWED[name]))})")
 
     job = data.get("job", {})
+    if not isinstance(job, dict):
+        job = {}  # reported above
     for key in ("name", "output"):
         if not job.get(key):
             problems.append(f"[job] {key} is required")
         elif not isinstance(job[key], str):
             problems.append(f"[job] {key} = {job[key]!r}: expected a string")
+    job_name: str = job["name"] if isinstance(job.get("name"), str) else ""
+    output = _resolve(job["output"], base_dir) if job.get("output") and isinstance(job["output"], str) else ""
     schedule = job.get("schedule", "once")
     if schedule not in SCHEDULES:
         problems.append(f"[job] schedule = {schedule!r}: use one of {', '.join(SCHEDULES)}")
+        schedule = "once"
 
     src = data.get("source")
     source: dict[str, Any] = {"kind": ""}
     if not src:
         problems.append('[source] is required (kind = "entrez" or "files")')
-    else:
+    elif isinstance(src, dict):
         kind = src.get("kind")
-        source["kind"] = kind or ""
+        source["kind"] = kind if kind in ("entrez", "files") else ""
+        paths = src.get("paths")
         if kind == "entrez":
             if not src.get("query"):
                 problems.append('[source] query is required for kind = "entrez"')
             _check_dates(src, problems)
         elif kind == "files":
-            paths = src.get("paths")
             if not paths or not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
                 problems.append("[source] paths must be a non-empty list of files, directories or globs")
+                paths = []
         else:
             problems.append(f'[source] kind = {kind!r}: use "entrez" or "files"')
-        for key in ("query", "email", "api_key", "eutils_url"):
-            _typed(src, key, str, "[source]", problems)
+        values = {
+            key: _typed(src, key, str, "[source]", problems) for key in ("query", "email", "api_key", "eutils_url")
+        }
         source.update(
-            query=src.get("query"),
-            email=src.get("email"),
-            api_key=src.get("api_key"),
-            eutils_url=src.get("eutils_url"),
+            **values,
             mindate=str(src["mindate"]) if "mindate" in src else None,
             maxdate=str(src["maxdate"]) if "maxdate" in src else None,
             max=_typed(src, "max", int, "[source]", problems, positive=True),
             shard_size=_typed(src, "shard_size", int, "[source]", problems, positive=True) or 5000,
-            paths=[_resolve(p, base_dir) for p in src.get("paths", []) if isinstance(p, str)],
+            paths=[_resolve(p, base_dir) for p in paths if isinstance(p, str)] if isinstance(paths, list) else [],
         )
 
     if "incremental" in job and not isinstance(job["incremental"], bool):
         problems.append(f"[job] incremental = {job['incremental']!r}: use true or false (no quotes)")
     res = data.get("resources", {})
+    if not isinstance(res, dict):
+        res = {}  # reported above
     dtype = _typed(res, "dtype", str, "[resources]", problems) or "auto"
     for key, minimum, strict in (("actors", 0, False), ("gpus_per_actor", 0, False), ("cpus_per_actor", 0, True)):
         value = res.get(key)
@@ -252,7 +294,7 @@ def parse_job(
                 + (" (0 = one per GPU, or per 2 CPUs)" if key == "actors" else "")
             )
     tasks: dict[str, TaskOptions] = {}
-    for name, table in (data.get("tasks") or {}).items():
+    for name, table in task_tables.items():
         if name in TASKS and isinstance(table, dict):
             options = _task_options(name, table, base_dir, dtype if dtype in DTYPES else "auto", check_models, problems)
             if options is not None:
@@ -267,20 +309,18 @@ def parse_job(
     )
     if resources.dtype not in DTYPES:
         problems.append(f"[resources] dtype = {resources.dtype!r}: use {', '.join(DTYPES)}")
-    if problems:
-        where = f" in {path}" if path else ""
-        raise JobConfigError(f"{len(problems)} problem(s){where}:\n  - " + "\n  - ".join(problems))
-    return JobSpec(
-        name=job["name"],
-        output=_resolve(job["output"], base_dir),
+    spec = JobSpec(
+        name=job_name,
+        output=output,
         source=SourceSpec(**source),
         tasks=tasks,
         resources=resources,
         schedule=schedule,
-        incremental=bool(job.get("incremental", True)),
+        incremental=job.get("incremental", True) is not False,
         path=path,
         raw=data,
     )
+    return spec, problems
 
 
 def read_job_file(path: str | Path) -> dict[str, Any]:
@@ -323,5 +363,5 @@ def source_credentials(path: str | Path) -> dict[str, str]:
     problems: list[str] = []
     values = {key: _typed(source, key, str, "[source]", problems) for key in ("email", "api_key", "tool")}
     if problems:
-        raise JobConfigError(f"{len(problems)} problem(s) in {path}: " + "; ".join(problems))
+        raise problems_error(problems, path)
     return {key: value for key, value in values.items() if value}

@@ -6,8 +6,10 @@ per task its class and **fully resolved options**: the model pinned (a Hub id to
 ``hf://repo@<commit>``, a release name to its folder), the checksum of every file the outputs
 depend on (model, concept dictionary). From there the options travel unchanged; the one later step
 is :meth:`RunPlan.placed`, which resolves ``dtype = "auto"`` once the cluster is known (bfloat16 on
-GPUs, float32 on CPUs), so that the fingerprints say what actually ran. ``biomine run --check`` runs
-exactly :func:`preflight`.
+GPUs, float32 on CPUs), so that the fingerprints say what actually ran. ``biomine run`` (and
+``--check``, which stops there) runs :func:`check_job`: the job file parsed and :func:`preflight`'s
+checks made on whatever parses, every problem of both listed at once in one layout
+(:func:`~pipeline.run.jobspec.problems_error`).
 
 :raises JobConfigError: listing every problem found, in one line.
 """
@@ -21,9 +23,9 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from biogpt.weights import check_weights
-from pipeline.errors import BioMineError, JobConfigError
+from pipeline.errors import BioMineError
 from pipeline.run.cluster import Placement, check_address
-from pipeline.run.jobspec import JOB_KEYS, JobSpec, task_keys
+from pipeline.run.jobspec import JOB_KEYS, JobSpec, parse_job_partly, problems_error, read_job_file, task_keys
 from pipeline.store.models import materialize, model_checksum, pin, vocabulary_checksum
 from pipeline.store.output import JobOutput
 from pipeline.store.storage import location
@@ -77,18 +79,46 @@ def job_identity(spec: JobSpec) -> dict[str, Any]:
     return {"name": spec.name, "source": source}
 
 
+def check_job(path: str | Path, address: str | None = None) -> RunPlan:
+    """The job file at ``path`` parsed and checked whole (``address``: ``--address``): the problems
+    of the file and those of :func:`preflight`'s checks on what parses, all in one error, so that a
+    user fixes them in one go rather than meeting them one after another. ``biomine run`` and
+    ``run --check`` start here; it writes nothing.
+
+    :raises JobConfigError: the file is missing or not TOML; or listing every problem found.
+    """
+    path = Path(path)
+    spec, problems = parse_job_partly(read_job_file(path), path.resolve().parent, path=path, address=address)
+    plan = _preflight(spec, problems)
+    if problems:
+        raise problems_error(problems, spec.path)
+    assert plan is not None
+    return plan
+
+
 def preflight(spec: JobSpec) -> RunPlan:
     """Every check ``run`` makes before its first Ray call, with every problem listed at once: the Ray
     address, the output (not a file; not another job's), the source (input files exist, NCBI email
     for E-utilities) and each task's checkpoint (kind, task, settings that fit its positions). It
-    writes nothing and changes nothing; ``biomine run --check`` runs exactly this.
+    writes nothing and changes nothing.
 
     :raises JobConfigError: listing every problem found.
     """
+    problems: list[str] = []
+    plan = _preflight(spec, problems)
+    if problems:
+        raise problems_error(problems, spec.path)
+    assert plan is not None
+    return plan
+
+
+def _preflight(spec: JobSpec, problems: list[str]) -> RunPlan | None:
+    """:func:`preflight`'s checks, adding to ``problems``; the plan when none was found. Parts of a
+    partly parsed job (:func:`~pipeline.run.jobspec.parse_job_partly`) left empty are skipped."""
     from pipeline.pubmed.ingest import discover_inputs
     from pipeline.tasks.registry import task_class
 
-    problems: list[str] = []
+    found = len(problems)
 
     def check(where: str, fn, *args, keys=JOB_KEYS):
         try:
@@ -99,7 +129,7 @@ def preflight(spec: JobSpec) -> RunPlan:
             return None
 
     check("", check_address, spec.resources.address or os.environ.get("RAY_ADDRESS") or None)
-    out = check("[job] output: ", location, spec.output)
+    out = check("[job] output: ", location, spec.output) if spec.output else None
     output = JobOutput(out) if out is not None else None
     if out is not None and output is not None:
         if check("[job] output: ", out.is_file):
@@ -111,11 +141,11 @@ def preflight(spec: JobSpec) -> RunPlan:
                 f"[job] output = {spec.output!r}: a folder name with a backslash cannot hold Delta tables "
                 "(delta-rs reads it as a path separator); choose a name without one"
             )
-        else:
+        elif spec.name:
             check("", output.check_owner, job_identity(spec))
-    if spec.source.kind == "files":
+    if spec.source.kind == "files" and spec.source.paths:
         check("[source] paths: ", discover_inputs, spec.source.paths)
-    else:
+    elif spec.source.kind == "entrez":
         from pipeline.pubmed.eutils import Credentials, EutilsClient
 
         src = spec.source
@@ -130,14 +160,8 @@ def preflight(spec: JobSpec) -> RunPlan:
         planned = check(f"[tasks.{name}] ", _resolve_task, name, task_class(name), options, keys=task_keys(name))
         if planned is not None:
             tasks.append(planned)
-    if len(problems) == 1:
-        raise JobConfigError(problems[0])
-    if problems:  # one line still: (1) ...; (2) ... - every problem at once, greppable in a log
-        where = f" in {spec.path}" if spec.path else ""
-        raise JobConfigError(
-            f"{len(problems)} problems{where}: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
-        )
-    assert output is not None
+    if len(problems) > found or output is None:
+        return None
     return RunPlan(job=spec, output=output, tasks=tuple(tasks))
 
 

@@ -43,9 +43,19 @@ def pin(model: str) -> str:
     it) resolved (fetched here if need be) to ``hf://repo@<commit>``, a release name to its local
     folder; paths and URIs unchanged.
 
+    :raises ReleaseError: ``biogpt:NAME`` where NAME is no released model (the nearest are named).
     :raises CheckpointError: a name that does not resolve (see :func:`biogpt.hub.resolve`).
     """
-    return hub.pinned(hub.resolve(model)) if hub.is_explicit_name(model) else model
+    if not hub.is_explicit_name(model):
+        return model
+    ref = hub.parse(model)
+    if ref.kind == "release":
+        # A misspelt name is no release at all: say so, rather than "not pulled, pull it" (which
+        # `models pull` would then refuse as unknown).
+        from pipeline.store.releases import release
+
+        release(ref.value, prefix=hub.RELEASE_PREFIX)
+    return hub.pinned(hub.resolve(model))
 
 
 def describe(model: str) -> dict:
@@ -72,6 +82,8 @@ def model_checksum(model: str | os.PathLike | Location) -> str:
     if isinstance(model, str) and hub.is_explicit_name(model):
         model = hub.resolve(model).path
     loc = location(model)
+    if loc.is_local and not loc.local_path().is_dir():
+        raise StoreError(hub.no_folder(loc.local_path(), loc.local_path()), setting="model")
     names = _model_files(loc)
     if not names:
         raise StoreError(f"{loc} holds no model files (config.json, *.safetensors ...): pass a model directory")

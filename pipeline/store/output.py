@@ -194,19 +194,37 @@ class JobOutput:
                 )
             (self.root / JOB_FILE).write_json({"format": JOB_FORMAT, **mine})
             return
-        if not _same_job(mine, theirs):
+        differs = _differences(mine, theirs)
+        if differs:
             raise StoreError(
-                f"{self.root} belongs to job {theirs.get('name')!r} (source {theirs.get('source')}), not to job "
-                f"{mine['name']!r} (source {mine['source']}): use another output for this job, or delete "
-                f"{self.root / JOB_FILE} to give it to this job (the other job's outputs would be mixed in)",
+                f"{self.root} belongs to job {theirs.get('name')!r} ({_source(theirs)}), not to this job "
+                f"{mine['name']!r} ({_source(mine)}): {' and '.join(differs)}; use another output for this job, "
+                f"or delete {self.root / JOB_FILE} to give it to this job (the other job's outputs would be mixed in)",
                 setting="output",
             )
 
 
-def _same_job(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> bool:
-    """Whether ``theirs`` (a ``_job.json``) names the job ``mine``: the same name and, of the source,
-    what ``mine`` records (older records also listed a files job's paths: they do not count)."""
+def _differences(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[str]:
+    """How ``theirs`` (a ``_job.json``) differs from the job ``mine``, in words (none: the same job):
+    the name and, of the source, what ``mine`` records. A files job's inputs are not part of it (older
+    records listed its paths: they do not count), so adding an update file is the same job."""
+    out = []
     if theirs.get("name") != mine.get("name"):
-        return False
+        out.append(f"the job name differs ({theirs.get('name')!r} there, {mine.get('name')!r} here)")
     source, recorded = mine.get("source") or {}, theirs.get("source") or {}
-    return all(recorded.get(k) == v for k, v in source.items())
+    for key, value in source.items():
+        if recorded.get(key) != value:
+            out.append(f"the source {key} differs ({_shown(recorded.get(key))} there, {_shown(value)} here)")
+    return out
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else repr(value) if isinstance(value, str) else str(value)
+
+
+def _source(identity: Mapping[str, Any]) -> str:
+    """A job's source in words: ``source files``, ``source entrez, query 'warfarin'``."""
+    source = dict(identity.get("source") or {})
+    kind = source.pop("kind", None)
+    rest = [f"{key} {_shown(value)}" for key, value in source.items() if key != "paths"]
+    return ", ".join([f"source {kind or 'unknown'}", *rest])

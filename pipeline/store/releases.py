@@ -9,7 +9,8 @@ Contract:
   ``RE-DDI-BioGPT/checkpoint_avg.pt`` and the like; the vocabulary is not in them.
 - :func:`pull` ``NAME``: downloads the archive and the two vocabulary files into
   ``<model_home>/downloads/`` (a ``.part`` file that a cut connection, an HTTP 429/5xx or a killed
-  process resumes with an HTTP ``Range`` request; a ``.part`` of another URL is discarded), checks the
+  process resumes with an HTTP ``Range`` request; a ``.part`` of another URL is discarded; a host
+  that cannot be reached at all is retried, then refused naming it and the ``mirror``), checks the
   vocabulary files against the sha256 pinned here (the files as released) and the archive against
   its expected digest (:func:`expected_sha256`: ``sha256=``, this table, or the machine's
   ``<model_home>/release-pins.json``, where the first pull of an archive pins what it got, since
@@ -33,6 +34,7 @@ Contract:
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import hashlib
 import http.client
 import json
@@ -157,11 +159,20 @@ RELEASES = {
 }
 
 
-def release(name: str) -> Release:
-    """:raises ReleaseError: ``name`` is not in :data:`RELEASES`."""
+def release(name: str, prefix: str = "") -> Release:
+    """The release ``name``; ``prefix`` is how the caller's user spells a release (``biogpt:`` in a
+    job's ``model``), used in the message.
+
+    :raises ReleaseError: ``name`` is not in :data:`RELEASES` (the nearest names are suggested).
+    """
     if name not in RELEASES:
+        # A misspelling is the usual cause (re-dd for re-ddi): name the nearest releases first.
+        near = difflib.get_close_matches(name, RELEASES, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(prefix + n for n in near)}? " if near else ""
         raise ReleaseError(
-            f"unknown released model {name!r}; choose one of {', '.join(RELEASES)} (`biomine models list --available`)"
+            f"unknown released model {prefix + name!r}: no released model has that name; {hint}"
+            f"the released models are {', '.join(prefix + n for n in RELEASES)} (`biomine models list --available`)",
+            setting="model",
         )
     return RELEASES[name]
 
@@ -258,7 +269,22 @@ def download(
                     ) from None
                 log.warning("%s: HTTP %d; retrying", _shown(url), exc.code)
                 time.sleep(min(0.5 * 2**failures, 10.0))
-            except (OSError, http.client.HTTPException) as exc:  # refused, reset, cut mid-body (IncompleteRead)
+            except urllib.error.URLError as exc:  # no connection at all: refused, no route, no DNS, timeout
+                # Nothing was sent, so there is nothing to resume: say the host is unreachable, not
+                # "resuming from byte 0" over and over.
+                if urllib.parse.urlsplit(url).scheme == "file":  # a missing file of a file:// mirror
+                    raise ReleaseError(f"{url}: {exc.reason}; check the mirror", setting="mirror") from None
+                failures, last_error = failures + 1, exc
+                host = urllib.parse.urlsplit(url).netloc
+                if failures >= attempts:
+                    raise ReleaseError(
+                        f"cannot reach {host} ({exc.reason}), {attempts} tries: check the network, or pull from "
+                        "a mirror you can reach (also $BIOMINE_RELEASE_MIRROR)",
+                        setting="mirror",
+                    ) from None
+                log.warning("cannot reach %s (%s); trying again (%d of %d)", host, exc.reason, failures + 1, attempts)
+                time.sleep(min(0.5 * 2**failures, 10.0))
+            except (OSError, http.client.HTTPException) as exc:  # reset, cut mid-body (IncompleteRead)
                 before = have
                 have = part.stat().st_size if part.exists() else 0
                 failures = 0 if have > before else failures + 1
