@@ -21,7 +21,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.errors import DataFormatError, EvaluationError
 from pipeline.evaluation.generated import evaluate_generated
-from pipeline.evaluation.hoc import HOC_CLASSES, read_hoc
+from pipeline.evaluation.hoc import HOC_CLASSES, hoc_source, read_hoc
 from pipeline.evaluation.qa import qa_source, read_pubmedqa
 
 REPO = Path(__file__).resolve().parents[1]
@@ -324,6 +324,27 @@ def test_pubmedqa_json_layouts_and_the_reasoning_required_input(tmp_path):
         assert (report["score"], report["failed"]) == expected
 
 
+def test_model_inputs_are_rebuild_data_sources():
+    # examples/DC-HoC/rebuild_data.py: first field, newlines removed, stripped, "." appended if missing
+    for record, (sentence, _) in zip(read_hoc(_gold_file("hoc")), _rows(_gold_file("hoc"))):
+        source = sentence.replace("\n", "").strip()
+        assert hoc_source(record) == (source if source[-1] == "." else source + ".")
+    # PubMedQA TSV lines: the question and context read back; the first recipe's source is the line
+    # itself with a final "." (lower-cased by the prompt builder), the reasoning-free one keeps the answer
+    for record, (source, _) in zip(read_pubmedqa(_gold_file("pubmedqa")), _rows(_gold_file("pubmedqa"))):
+        assert source.startswith("question: ") and " answer: " in source
+        question, context = source.rsplit(" answer: ", 1)[0][len("question: ") :].split(" context: ", 1)
+        # rebuild_data.py's build_source_seq with the context as one CONTEXTS entry (\s+ also collapses
+        # the non-breaking and thin spaces of the abstracts)
+        context = re.sub(r"\s+", " ", re.sub(r"\n", " ", context.strip()))
+        assert qa_source(record, "qa-pubmedqa") == f"question: {question.strip()} context: {context.strip()} "
+        answer = source.rsplit(" answer: ", 1)[1]
+        assert qa_source(record, "qa-pubmedqa-reasoning-free") == (
+            f"question: {question.strip()} context: {context.strip()} answer: {answer.strip()}"
+        )
+        assert qa_source(record, "qa-pubmedqa-legacy") == (source if source.endswith(".") else source + ".")
+
+
 def test_bad_gold_files_are_one_error_naming_the_line(tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_text("a sentence\tempty\nno tab here\n")
@@ -335,6 +356,13 @@ def test_bad_gold_files_are_one_error_naming_the_line(tmp_path):
     with pytest.raises(DataFormatError, match="'angiogenesis' is not a HoC class"):
         read_hoc(bad)
     assert set(HOC_CLASSES) == set(ORIG_CLASSES) and len(HOC_CLASSES) == 11
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"123": {"QUESTION": "q?", "CONTEXTS": ["c"], "final_decision": ["yes"]}}))
+    with pytest.raises(DataFormatError, match=r"PMID 123: gold answer of JSON type list is not yes, no or maybe"):
+        read_pubmedqa(bad)
+    bad.write_text(json.dumps({"123": {"QUESTION": "q?", "CONTEXTS": ["c"]}}))
+    with pytest.raises(DataFormatError, match="PMID 123 has no final_decision"):
+        read_pubmedqa(bad)
 
 
 # --- the command ---------------------------------------------------------------------------------

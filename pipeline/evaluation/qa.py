@@ -86,9 +86,10 @@ def accuracy(predictions: Sequence[str], gold: Sequence[str]) -> tuple[float, in
 
 
 def _check_answer(answer: object, where: str) -> str:
-    if answer not in ANSWERS:
+    if not isinstance(answer, str) or answer not in ANSWERS:
+        shown = f"'{answer}'" if isinstance(answer, str) else f"of JSON type {type(answer).__name__}"
         raise DataFormatError(
-            f"{where}: gold answer {answer!r} is not yes, no or maybe; is this a PubMedQA file "
+            f"{where}: gold answer {shown} is not yes, no or maybe; is this a PubMedQA file "
             "(a TSV `question: ... context: ...<TAB>yes`, or PubMedQA's test_set.json / test_ground_truth.json)?"
         )
     return str(answer)
