@@ -195,6 +195,9 @@ def test_clean_generations_score_one(task, tmp_path):
     report = _score(task, gold_file, _clean_lines(task, gold_file), tmp_path)
     assert report["score"] == 1.0 and report["failed"] == 0
     assert report["protocol"]["name"] == "original"
+    assert sum(report["predicted"].values()) == report["total"] and len(report["predicted"]) <= 21
+    if task == "pubmedqa":
+        assert set(report["predicted"]) == {"yes", "no", "maybe"}
 
 
 # --- corrupted generations: every K-th record ----------------------------------------------------

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: How many failed lines the report quotes (all are counted and numbered).
 FAILED_EXAMPLES = 10
+#: How many distinct extracted strings the report counts (an untrained model says anything).
+PREDICTED_KEPT = 20
 #: The benchmarks and their original scripts.
 PROTOCOLS: dict[str, dict[str, str]] = {
     "pubmedqa": {
@@ -222,7 +224,8 @@ def evaluate_generated(
     Returns a JSON-serialisable dict: ``task``, ``metric``, ``score``, ``failed``, ``total``,
     ``protocol``, ``data``, ``generations``, ``model``, ``model_id``, ``failed_lines`` (numbers),
     ``failed_examples`` (the first :data:`FAILED_EXAMPLES` lines as read), ``predicted`` (how often
-    each extracted answer/label string occurs), ``seconds``; PubMedQA adds ``correct``, HoC
+    each extracted answer/label string occurs: the :data:`PREDICTED_KEPT` most frequent, the rest as
+    ``(others)``), ``seconds``; PubMedQA adds ``correct``, HoC
     ``precision``, ``recall``, ``tp``, ``fp``, ``fn``; a model run adds ``truncated_sources``,
     ``generated_tokens``, ``decoding``.
 
@@ -293,7 +296,7 @@ def evaluate_generated(
         total=len(records),
         failed_lines=failed,
         failed_examples=[{"line": n, "text": lines[n - 1]} for n in failed[:FAILED_EXAMPLES]],
-        predicted=dict(Counter(hypotheses).most_common()),
+        predicted=_top(Counter(hypotheses)),
         seconds=round(time.perf_counter() - start, 3),
         protocol={
             "name": "original" if original else "custom",
@@ -307,6 +310,13 @@ def evaluate_generated(
         },
     )
     return report
+
+
+def _top(counts: Counter) -> dict[str, int]:
+    """The :data:`PREDICTED_KEPT` most frequent strings, the rest summed under ``(others)``."""
+    top = dict(counts.most_common(PREDICTED_KEPT))
+    rest = sum(counts.values()) - sum(top.values())
+    return {**top, "(others)": rest} if rest else top
 
 
 def format_generated_report(report: Mapping[str, Any]) -> str:
