@@ -1,7 +1,8 @@
-"""``biomine eval ner|re``: score a model on gold data with the original metrics.
+"""``biomine eval ner|re|qa|hoc|link``: score a model on gold data with the original metrics.
 
-The work is done by :func:`pipeline.evaluation.ner.evaluate_ner`, :func:`pipeline.evaluation.re.evaluate_re`
-and :func:`pipeline.evaluation.linking.evaluate_linking`; this module only parses options, prints the
+The work is done by :func:`pipeline.evaluation.ner.evaluate_ner`, :func:`pipeline.evaluation.re.evaluate_re`,
+:func:`pipeline.evaluation.generated.evaluate_generated` (qa, hoc) and
+:func:`pipeline.evaluation.linking.evaluate_linking`; this module only parses options, prints the
 report and optionally writes it as JSON.
 """
 
@@ -44,6 +45,42 @@ examples:
 """
 
 
+QA_HELP = """\
+Accuracy on PubMedQA exactly as microsoft/BioGPT's examples/QA-PubMedQA scores it: each generated
+line is stripped, loses one final ".", is cut after its last run of echoed prompt tokens
+(learned1 .. learnedN; else after "we can conclude that", "we have that" or "in conclusion,"), and
+the answer is what follows "the answer to the question given the context is" (postprocess.py), or
+"failed"; accuracy is the share of answers equal to the gold yes/no/maybe (hard_match_evaluation.py).
+
+--data: a TSV of the original repository's layout (`question: Q context: C answer: A<TAB>label`) or
+PubMedQA's test_set.json (QUESTION, CONTEXTS, final_decision; or test_ground_truth.json with
+--generations). --generations: one generated line per record, in the data's order, as infer.sh writes
+them (echoed source and learnedN tokens included). --model: a fine-tuned PubMedQA prompt checkpoint,
+run as the original infers (input `question: Q context: C `, greedy, float32, to the position limit).
+
+examples:
+  biomine eval qa --data test_set.json --generations generate_checkpoint.pt.detok --report out/qa.json
+  biomine eval qa --data test_set.json --model biogpt:qa-pubmedqa   # after `biomine models pull qa-pubmedqa`
+"""
+
+HOC_HELP = """\
+Micro-F1 on HoC (Hallmarks of Cancer) exactly as microsoft/BioGPT's examples/DC-HoC scores it: each
+generated line is cleaned as PubMedQA's (one final "." dropped, cut after the echoed learned1 ..
+prompt tokens), the labels are what follows "the type of this document is" (postprocess.py), or
+"failed"; predicted and gold labels are split on "|", stripped and binarised over the 11 classes,
+"empty" included, labels outside them ignored; micro-averaged F1 (hard_match_evaluation.py).
+The original repository's valid.tsv and test.tsv are identical files.
+
+--data: a HoC TSV (`sentence<TAB>label|label`). --generations: one generated line per sentence, in the
+data's order, as infer.sh writes them. --model: the fine-tuned HoC prompt checkpoint, run as the
+original infers (the sentence with a final ".", greedy, float32, to the position limit).
+
+examples:
+  biomine eval hoc --data BioGPT/data/HoC/raw/test.tsv --generations generate_checkpoint_last.pt.detok
+  biomine eval hoc --data BioGPT/data/HoC/raw/test.tsv --model biogpt:dc-hoc --report out/hoc.json
+"""
+
+
 LINK_HELP = """\
 Link every gold mention of a PubTator file (mentions annotated -1 left out) with a concept
 dictionary and compare with the gold ids (a composite mention's D1|D2 as one id): accuracy
@@ -59,8 +96,8 @@ examples:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
-        help="evaluate NER or RE models, or entity linking, on gold data",
-        description="Evaluate a model with the task's original metric (ner, re), or a "
+        help="evaluate NER, RE, PubMedQA or HoC models, or entity linking, on gold data",
+        description="Evaluate a model with the task's original metric (ner, re, qa, hoc), or a "
         "concept dictionary's entity linking (link).",
     )
     kinds = p.add_subparsers(dest="eval_kind", metavar="TASK")
@@ -110,6 +147,32 @@ def register(subparsers) -> None:
     rel.add_argument("--predictions", metavar="FILE.jsonl", help="also write each document's generation")
     _common(rel, batch=16, dtype="float32")
     rel.set_defaults(func=_run_re, settings={"task": "--task", "model": "--model"})
+    for kind, task, help_text, what in (
+        ("qa", "pubmedqa", QA_HELP, "PubMedQA accuracy, the original protocol"),
+        ("hoc", "hoc", HOC_HELP, "HoC micro-F1 (11 classes), the original protocol"),
+    ):
+        gen = kinds.add_parser(
+            kind, help=what, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        gen.add_argument("--data", required=True, metavar="FILE", help="gold data (see above)")
+        source = gen.add_mutually_exclusive_group(required=True)
+        source.add_argument(
+            "--generations", metavar="FILE", help="generated lines to score, one per record in the data's order"
+        )
+        source.add_argument(
+            "--model",
+            metavar="MODEL",
+            help=f"fine-tuned {task} prompt checkpoint to generate with: a directory or biogpt:NAME",
+        )
+        gen.add_argument("--limit", type=int, metavar="N", help="with --model: only the first N records (a quick look)")
+        gen.add_argument(
+            "--predictions",
+            metavar="FILE",
+            help="with --model: also write the generated lines, in the layout --generations reads",
+        )
+        _common(gen, batch=16, dtype="float32", report="--report")
+        gen.set_defaults(func=_run_generated, task=task, settings={"model": "--model"})
+
     link = kinds.add_parser(
         "link",
         help="entity-linking accuracy on the gold mentions of a PubTator file",
@@ -134,7 +197,7 @@ def _run_link(args) -> int:
     return 0
 
 
-def _common(parser, batch: int, dtype: str = "auto") -> None:
+def _common(parser, batch: int, dtype: str = "auto", report: str | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=batch, help=f"documents per model batch (default {batch})")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument(
@@ -143,7 +206,8 @@ def _common(parser, batch: int, dtype: str = "auto") -> None:
         choices=["auto", "float32", "bfloat16", "float16"],
         help=f"auto = bfloat16 on GPU, float32 on CPU (default {dtype})",
     )
-    parser.add_argument("--json", metavar="FILE", help="write the full report as JSON")
+    flags = (report, "--json") if report else ("--json",)
+    parser.add_argument(*flags, dest="json", metavar="FILE", help="write the full report as JSON")
 
 
 def _check_file(path: str, what: str) -> None:
@@ -196,5 +260,31 @@ def _run_re(args) -> int:
         include_empty=args.include_empty,
     )
     print(format_re_report(report))
+    _write(report, args.json)
+    return 0
+
+
+def _run_generated(args) -> int:
+    from pipeline.errors import JobConfigError
+    from pipeline.evaluation.generated import evaluate_generated, format_generated_report
+
+    _check_file(args.data, "--data")
+    require_positive(args, "--limit", "--batch-size")
+    if args.generations is not None:
+        for flag in ("limit", "predictions"):
+            if getattr(args, flag) is not None:
+                raise JobConfigError(f"--{flag} applies to --model only: --generations gives one line per record")
+    report = evaluate_generated(
+        args.task,
+        args.data,
+        generations=args.generations,
+        model_dir=_model(args.model) if args.model is not None else None,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        limit=args.limit,
+        predictions_out=args.predictions,
+    )
+    print(format_generated_report(report))
     _write(report, args.json)
     return 0

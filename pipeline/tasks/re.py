@@ -57,7 +57,7 @@ from . import base
 from .decoding import GreedyDecoder
 from .linking import load_linker
 from .options import RelationOptions
-from .re_format import build_source, prompt_input
+from .re_format import build_source, echo_prompt, prompt_input, prompt_tokens
 from .re_grammar import ParseResult, Unparsed, parse_generation, relation_rows
 
 #: ``max_new_tokens`` when the job does not say (:class:`~pipeline.tasks.options.RelationOptions`).
@@ -126,10 +126,6 @@ def _settings(model_dir: str, task: str | None) -> TaskSettings:
     """The checked task settings of a checkpoint, read once per process (every prepare task and
     actor of a node asks for the same model)."""
     return checked_settings(model_dir, task)
-
-
-def _prompt_tokens(tokenizer, settings: TaskSettings) -> list[str]:
-    return [tokenizer.convert_ids_to_tokens(int(i)) for i in settings.prompt_token_ids]
 
 
 # --- the task -----------------------------------------------------------------------------------
@@ -211,7 +207,7 @@ class RelationTask(base.Task[RelationOptions]):
             cuda_graph=options.cuda_graph,
         )
         self.tokenizer = self.decoder.tokenizer
-        self.prompt_tokens = _prompt_tokens(self.tokenizer, self.settings)
+        self.prompt_tokens = prompt_tokens(self.tokenizer, self.settings)
         self.model_id = base.model_id(self.model_dir)
         self.decoding = base.decoding_record(strategy="greedy", num_beams=1, max_new_tokens=self.max_new_tokens)
         # The ids the grammar's separator and final "." come out as (Moses makes each its own word).
@@ -231,9 +227,7 @@ class RelationTask(base.Task[RelationOptions]):
     def grammar_input(self, generation: str) -> str:
         """The text the original post-processing saw, up to the source in front of it:
         ``learned1 ... learnedN `` + the generation (see the module docstring)."""
-        if not generation.strip():
-            return generation
-        return " ".join(self.prompt_tokens + [generation])
+        return echo_prompt(self.prompt_tokens, generation)
 
     def parse(
         self,

@@ -26,6 +26,11 @@ Contract:
   source cut to ``S-1`` ids plus the ``...`` id when longer than ``S`` (as
   ``src/language_model_prompt_dataset.py`` truncates), given any tokenizer with
   ``encode(text, add_special_tokens=False)``.
+- :func:`prompt_tokens` names a checkpoint's learned prompt tokens (``learned1 .. learnedN``) and
+  :func:`echo_prompt` puts them in front of a generation: the original ``inference.py`` wrote the whole
+  hypothesis (source, prompt tokens, generation) and every ``postprocess.py`` cut it after the last
+  prompt token, so ``echo_prompt(...)`` is what those scripts saw, up to the source in front (which
+  cannot change what they extract).
 
 :raises TaskSettingsError: missing/invalid settings, or a checkpoint of the wrong kind or task.
 :raises RecordError: a record lacks a field its task's format needs.
@@ -196,3 +201,19 @@ def prompt_input(source: str, tokenizer: TokenizerLike, settings: TaskSettings) 
     if settings.sep_token_id is not None:
         return [EOS_ID] + prompt + ids + [settings.sep_token_id], truncated
     return [EOS_ID] + ids + prompt, truncated
+
+
+def prompt_tokens(tokenizer: Any, settings: TaskSettings) -> list[str]:
+    """The learned prompt tokens of a checkpoint as text (``learned1 .. learnedN``), named by
+    ``tokenizer.convert_ids_to_tokens``."""
+    return [str(tokenizer.convert_ids_to_tokens(int(i))) for i in settings.prompt_token_ids]
+
+
+def echo_prompt(tokens: Sequence[str], generation: str) -> str:
+    """``"learned1 ... learnedN " + generation``: the text the original post-processing saw, up to
+    the source in front of it (module docstring). An empty generation stays empty: the original's
+    line then ended in ``learnedN`` with no space after it, so its prefix cut left ``learnedN``, which
+    parses as nothing either."""
+    if not generation.strip():
+        return generation
+    return " ".join([*tokens, generation])

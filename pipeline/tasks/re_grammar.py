@@ -23,6 +23,8 @@ Contract:
   the task's list that occurs anywhere in the text cuts the text: only what follows its LAST
   occurrence is kept (``(learned[0-9]+ )+`` - the echoed prompt tokens -, ``we can conclude that``,
   ``we have that``, ``in conclusion,``; BC5CDR tries ``in conclusion ,`` second instead).
+  :func:`clean_line` is that cleaning alone, with any prefix list (:data:`PROMPT_PREFIXES` by default,
+  also the list of the PubMedQA and HoC scripts: :mod:`pipeline.evaluation.generated`).
 - BC5CDR names are mapped to MeSH ids with the document's ``chemical2id`` / ``disease2id`` (exact,
   case-sensitive lookup of the stripped name, ``"-1"`` when absent - as the original, which used the
   split-level ``test.entities.json``; see :func:`pipeline.evaluation.re_data.split_entity_map`).
@@ -68,10 +70,13 @@ class Grammar:
     fixed_relation: str | None = None
 
 
+#: The ``strip_prefix`` patterns of examples/RE-DDI, RE-DTI, QA-PubMedQA and DC-HoC/postprocess.py, in
+#: the order they are tried (the echoed prompt tokens first).
+PROMPT_PREFIXES = ("(learned[0-9]+ )+", "we can conclude that", "we have that", "in conclusion,")
 # examples/RE-DDI/postprocess.py and examples/RE-DTI/postprocess.py (identical): prefix list order,
 # split on "; ", re.match (anchored at the start only) with greedy groups; groups are (drug, target,
 # interaction) and are stripped.
-_DDI_PREFIXES = ("(learned[0-9]+ )+", "we can conclude that", "we have that", "in conclusion,")
+_DDI_PREFIXES = PROMPT_PREFIXES
 _INTERACTION = re.compile(r"the interaction between (.*) and (.*) is (.*)")
 # examples/RE-BC5CDR/postprocess.py: "in conclusion ," (Moses-spaced comma) is tried second, the
 # split is on ";" without the space, and each piece is stripped before the anchored match.
@@ -146,7 +151,13 @@ def clean_generation(text: str, task: str) -> str:
 
     :raises UnknownTaskError: unknown task.
     """
-    grammar = get_grammar(task)
+    return clean_line(text, get_grammar(task).prefixes)
+
+
+def clean_line(text: str, prefixes: Sequence[str] = PROMPT_PREFIXES) -> str:
+    """One line as every original ``postprocess.py`` cleans it before matching its grammar: stripped,
+    ONE final ``.`` removed, then the first of ``prefixes`` (in order) found anywhere cuts the line,
+    keeping only the stripped text after that pattern's LAST occurrence."""
     line = text.strip()
     # All postprocess.py read the line stripped and drop ONE trailing "." (BC5CDR's check is unguarded
     # and crashes on an empty line; an empty line simply stays empty here).
@@ -155,7 +166,7 @@ def clean_generation(text: str, task: str) -> str:
     # strip_prefix: the first pattern (in list order) found anywhere wins; the text after its last
     # occurrence is kept. re.split puts captured groups between the pieces, but the last element is
     # always the text after the final match.
-    for prefix in grammar.prefixes:
+    for prefix in prefixes:
         if re.search(prefix, line) is not None:
             line = re.split(prefix, line)[-1].strip()
             break

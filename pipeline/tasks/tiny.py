@@ -32,7 +32,8 @@ def fit_prompt_model(
 
     Each example is BioGPT's RE fine-tuning layout: ``[2] + source + learned1..N + target + </s>``
     (:func:`~pipeline.tasks.re_format.prompt_input_ids`, :func:`~pipeline.tasks.re_format.build_target`),
-    the loss on the target and its ``</s>``; a record without triples/relations is taught ``</s>`` alone.
+    the loss on the target and its ``</s>``; a record without gold (RE ``triples``/``relations``,
+    PubMedQA ``final_decision``, HoC ``labels``) is taught ``</s>`` alone.
     """
     import torch
 
@@ -44,7 +45,7 @@ def fit_prompt_model(
     examples = []
     for record in records:
         prompt = prompt_input_ids(build_source(task, record), tok, settings)
-        has_gold = record.get("triples") or record.get("relations")
+        has_gold = any(record.get(key) for key in ("triples", "relations", "final_decision", "labels"))
         target = tok.encode(build_target(task, record), add_special_tokens=False) if has_gold else []
         ids = torch.tensor([prompt + target + [tok.eos_token_id]])
         labels = torch.full_like(ids, -100)
