@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "pipeline.commands.kb",
     "pipeline.commands.export",
     "pipeline.commands.query",
+    "pipeline.commands.status",
 ]
 
 DESCRIPTION = """\
@@ -51,6 +52,7 @@ Typical flow:
   biomine vocab build --mesh desc2025.xml.gz --drugbank "drugbank vocabulary.csv" --out vocab/concepts.parquet
   biomine kb build --relations out/ddi-kb/relations --out out/ddi-kb/kb.parquet
   biomine query out/ddi-kb "SELECT * FROM kb ORDER BY n_abstracts DESC LIMIT 20"
+  biomine status jobs/ddi-kb.toml    # last run, tables, lease, whether the next scheduled run is due
   biomine export out/ddi-kb --format bioc-xml --out ddi-kb.bioc.xml   # PubTator / BioC for other tools
   biomine demo                       # the whole pipeline on this machine, tiny models
 

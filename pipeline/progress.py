@@ -81,7 +81,7 @@ class Progress:
         of = f"/{self.total}" if self.total is not None else ""
         left = ""
         if not final and self.total is not None and rate > 0 and self.count < self.total:
-            left = f", about {_duration((self.total - self.count) / rate)} left"
+            left = f", about {duration((self.total - self.count) / rate)} left"
         extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
         self.log.info(
             "%s: %d%s %s%s (%.1f %s/s%s)%s",
@@ -97,9 +97,12 @@ class Progress:
         )
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A duration for people: "42 s", "12 min", "3.5 h"."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

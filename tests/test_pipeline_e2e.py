@@ -263,6 +263,11 @@ def test_entrez_job_end_to_end_interrupted_run_resumes_to_identical_outputs(tmp_
     assert proc.returncode != 0
     events = [e["event"] for e in JobOutput(out).run_events()]
     assert events == ["started", "interrupted"]  # the runs table says the run did not finish
+    from pipeline.run.status import output_status
+
+    status = output_status(str(out))  # and `biomine status` says so, with nothing holding the output
+    assert status.last_run is not None and status.last_run.outcome == "interrupted" and status.lease is None
+    assert status.needs_attention == ["the last run interrupted"]
     n_entities = len(live_outputs(out, "entities"))
     assert n_entities < len(doc_stems(out)) or not live_outputs(out, "summaries")
 
@@ -313,6 +318,16 @@ def test_incremental_files_job_drops_replaced_and_deleted_articles(tmp_path, mod
     # articles is kept, the outputs of the two rewritten files are copied without PMIDs 2 and 8.
     assert ner["shards_skipped"] == 1 and ner["shards_derived"] == 2
     assert ner["documents"] == 2
+    from pipeline.run.status import output_status
+
+    status = output_status(str(out))  # what `biomine status` shows is what the run recorded
+    assert status.last_run is not None and status.last_run.outcome == "finished" and not status.needs_attention
+    assert {k: status.last_run.stages["ner"][k] for k in ("shards_done", "shards_skipped", "shards_derived")} == {
+        k: ner[k] for k in ("shards_done", "shards_skipped", "shards_derived")
+    }
+    assert status.last_run.stages["documents"]["added"] == 1 and status.last_run.stages["documents"]["deleted"] == 1
+    assert status.newest_input is not None and status.newest_input["name"] == "pubmed25n0002.xml"
+    assert status.inputs_applied == 2 and status.schedule is not None and status.schedule.schedule == "once"
 
     third = run_job(load_job(job), progress=False, num_cpus=2)  # nothing new: nothing recomputed
     assert third["stages"]["ner"]["shards_done"] == 0 and third["stages"]["summarize"]["shards_done"] == 0

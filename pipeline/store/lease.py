@@ -246,36 +246,47 @@ class Lease:
             claimed = claimed.replace(tzinfo=_dt.timezone.utc)
         return min(claimed, stored.modified + _dt.timedelta(seconds=self.ttl * CAP_FACTOR))
 
-    def _valid(self, stored: Stored, held: dict[str, Any]) -> bool:
-        """Whether ``held`` (another run's lease) still holds the location."""
+    def _free_because(self, stored: Stored, held: dict[str, Any]) -> str | None:
+        """Why ``held`` (a stored lease) no longer holds the location, or None while it does."""
         if held.get("released_at"):
-            return False
+            return "released"
         expires = self.expires(stored, held)
         if expires <= _now():
-            log.warning(
-                "%s: the lease of run %s (%s, host %s, pid %s) expired at %s; taking it over",
-                self.path,
-                held.get("run_id"),
-                held.get("what"),
-                held.get("host"),
-                held.get("pid"),
-                expires.isoformat(timespec="seconds"),
-            )
-            return False
+            return f"expired at {expires.isoformat(timespec='seconds')}"
         if (
             held.get("host") == socket.gethostname()
             and held.get("pid_namespace") == _pid_namespace()
             and isinstance(held.get("pid"), int)
             and not _pid_alive(held["pid"])
         ):
+            return f"pid {held['pid']} on this host is no longer running"
+        return None
+
+    def _valid(self, stored: Stored, held: dict[str, Any]) -> bool:
+        """Whether ``held`` (another run's lease) still holds the location."""
+        why = self._free_because(stored, held)
+        if why is not None and why != "released":
             log.warning(
-                "%s: run %s (pid %s on this host) is no longer running; taking its lease over",
+                "%s: the lease of run %s (%s, host %s, pid %s) is free (%s); taking it over",
                 self.path,
                 held.get("run_id"),
+                held.get("what"),
+                held.get("host"),
                 held.get("pid"),
+                why,
             )
-            return False
-        return True
+        return why is None
+
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds the location now, as a writer would count it (the lease's content, with
+        ``expires``: when it stops counting), or None when it is free. Only reads.
+
+        :raises StoreError: the lease object cannot be read or is not a lease.
+        """
+        stored, held = self._read()
+        if stored is None or held is None or self._free_because(stored, held) is not None:
+            return None
+        return {**held, "expires": self.expires(stored, held).isoformat(timespec="seconds")}
 
     def _refuse(self, stored: Stored | None, held: dict[str, Any]) -> None:
         until = self.expires(stored, held).isoformat(timespec="seconds") if stored else held.get("expires_at")
