@@ -5,7 +5,8 @@ output has). Each is exactly the live rows of its Delta table at one version, th
 lists, read through pyarrow (no DuckDB extension to download, local or ``s3://``). The versions
 are one consistent snapshot: the ones the last finished run recorded (:mod:`pipeline.store.output`),
 or those of the run or time ``as_of`` names (time travel); a table no run recorded (an output of
-``biomine ingest``) is read at its newest version. ``relations`` also carries ``article_retracted``,
+``biomine ingest``) is read at its newest version. A table of an output given in its place
+(``OUT/documents``) reads the output. ``relations`` also carries ``article_retracted``,
 the retraction status of its article (from ``documents``).
 
 Any Delta reader gives the same rows (``deltalake.DeltaTable(OUT/NAME).to_pandas()``,
@@ -95,7 +96,7 @@ def snapshot(out: str | os.PathLike | Location | JobOutput, as_of: int | _dt.dat
 
     :raises BioMineError: no tables, an ``as_of`` that names no run, a damaged table.
     """
-    output = out if isinstance(out, JobOutput) else JobOutput(out)
+    output = _output_of(out if isinstance(out, JobOutput) else JobOutput(out))
     if output.is_legacy():
         raise BioMineError(f"{output.root} was written by an older biomine: run `biomine upgrade {output.root}`")
     tables = output.tables()
@@ -145,6 +146,15 @@ def snapshot(out: str | os.PathLike | Location | JobOutput, as_of: int | _dt.dat
                     f"left (a run is under way, or did not finish): the views show that run's snapshot"
                 )
     return result
+
+
+def _output_of(output: JobOutput) -> JobOutput:
+    """The output to read when ``output`` is one of its tables (``OUT/documents``, the Delta table
+    that ``biomine ingest --help`` and docs/analysts.md point Delta readers at): its output ``OUT``."""
+    if output.tables() or not Table.exists(output.root):
+        return output
+    parent = JobOutput(output.root.parent)
+    return parent if output.root.name in parent.tables() else output
 
 
 def connect(out: str | os.PathLike | Location | JobOutput, as_of: int | _dt.datetime | None = None):
