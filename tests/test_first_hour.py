@@ -4,7 +4,9 @@ carriage-return bars where stderr is not a terminal. Every test here is fast (no
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 
 import pytest
 from conftest import DEMO_XML
@@ -35,3 +37,73 @@ def test_ingest_help_names_a_query_that_reads_an_ingest_output(ingested, capsys)
     for target in (ingested, ingested / "documents"):
         assert main(["query", str(target), suggested.group(1), "--format", "csv"]) == 0
         assert capsys.readouterr().out.splitlines() == ["count_star()", "4"]
+
+
+def test_bars_only_on_a_terminal(monkeypatch, caplog):
+    """Progress draws a bar only when stderr is a terminal; otherwise it logs plain lines (what
+    `run` and `demo` now pass it: None unless --no-progress)."""
+    from pipeline.progress import Progress
+    from pipeline.run.runner import _bar
+
+    assert _bar(True) is None and _bar(False) is False
+
+    class Stream:
+        def __init__(self, tty: bool):
+            self.tty, self.text = tty, ""
+
+        def isatty(self) -> bool:
+            return self.tty
+
+        def write(self, s: str) -> int:
+            self.text += s
+            return len(s)
+
+        def flush(self) -> None:
+            pass
+
+    for tty in (False, True):
+        stream = Stream(tty)
+        monkeypatch.setattr(sys, "stderr", stream)
+        with (
+            caplog.at_level(logging.INFO, logger="pipeline"),
+            Progress(3, unit="file", desc="ingest", bar=_bar(True)) as p,
+        ):
+            p.update(3)
+        assert ("\r" in stream.text) is tty
+        assert ("ingest: 3/3 files done" in caplog.text) is not tty
+        caplog.clear()
+
+
+def test_ray_start_prints_no_log_level_line(capfd):
+    """Ray's C++ core writes "Set ray log level from environment variable ..." to file descriptor 2
+    when it starts (RAY_BACKEND_LOG_LEVEL, which biomine sets to keep its benign errors off the
+    console): ray.init runs with the descriptor captured, and everything else it wrote comes through."""
+    import os
+
+    from pipeline.run.cluster import _without_ray_log_level_line
+
+    with _without_ray_log_level_line():
+        os.write(2, b"[2026-12-03 17:04:50,631 I 1 1] logging.cc:303: Set ray log level from environment ")
+        os.write(2, b"variable RAY_BACKEND_LOG_LEVEL to 5\nsomething Ray had to say\n")
+    assert capfd.readouterr().err == "something Ray had to say\n"
+    with pytest.raises(RuntimeError), _without_ray_log_level_line():
+        os.write(2, b"said before failing\n")
+        raise RuntimeError("ray.init failed")
+    assert capfd.readouterr().err == "said before failing\n"
+
+
+def test_ray_data_notice_that_bars_are_off_is_dropped(caplog):
+    """Bars are off where biomine turned them off: Ray Data's advice to turn them on is not shown,
+    and its other warnings still are."""
+    from pipeline.run.stages import _drop_progress_bars_notice
+
+    _drop_progress_bars_notice()
+    _drop_progress_bars_notice()  # once per process, however many stages run
+    logger = logging.getLogger("ray.data._internal.progress")
+    with caplog.at_level(logging.WARNING, logger="ray.data._internal.progress"):
+        logger.warning(
+            "Progress bars disabled. To enable, set `ray.data.DataContext.get_current().enable_progress_bars = True`."
+        )
+        logger.warning("Progress bars for operators disabled.")
+    assert [r.getMessage() for r in caplog.records] == ["Progress bars for operators disabled."]
+    assert len(logger.filters) == 1
