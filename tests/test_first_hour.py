@@ -4,6 +4,7 @@ carriage-return bars where stderr is not a terminal. Every test here is fast (no
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -37,6 +38,41 @@ def test_ingest_help_names_a_query_that_reads_an_ingest_output(ingested, capsys)
     for target in (ingested, ingested / "documents"):
         assert main(["query", str(target), suggested.group(1), "--format", "csv"]) == 0
         assert capsys.readouterr().out.splitlines() == ["count_star()", "4"]
+
+
+def test_query_prints_empty_results_and_nulls_as_an_analyst_expects(ingested, capsys):
+    empty = "SELECT pmid, title FROM documents WHERE pmid < 0"
+    assert main(["query", str(ingested), empty]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == ["pmid  title", "(0 rows)"] and "DataFrame" not in out
+    assert main(["query", str(ingested), empty, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    # NULLs of every type print the same way: an integer, a string and a float column, all NULL.
+    sql = (
+        "SELECT pmid, CASE WHEN pmid = 90000001 THEN NULL ELSE pub_year END AS year, pub_season, "
+        "CASE WHEN pmid = 90000001 THEN NULL ELSE 0.5 END::DOUBLE AS score FROM documents ORDER BY pmid LIMIT 2"
+    )
+    assert main(["query", str(ingested), sql]) == 0
+    first, second = capsys.readouterr().out.splitlines()[1:3]
+    assert first.split() == ["90000001", "NULL", "NULL", "NULL"]
+    assert second.split() == ["90000002", "2019", "NULL", "0.5"]  # the year stays an integer
+    assert "None" not in first + second and "NaN" not in first + second
+    assert main(["query", str(ingested), sql, "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["90000001,,,", "90000002,2019,,0.5"]
+    assert main(["query", str(ingested), sql, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)  # one JSON document, not JSON Lines
+    assert rows[0] == {"pmid": 90000001, "year": None, "pub_season": None, "score": None}
+    assert main(["query", str(ingested), sql, "--format", "jsonl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == rows
+    # A table longer than --max-rows says so, and how to see the rest.
+    assert main(["query", str(ingested), "SELECT pmid FROM documents", "--max-rows", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("(4 rows, the first 1 shown")
+
+
+def test_query_help_says_what_each_format_writes(capsys):
+    page = help_text(capsys, "query")
+    assert "json (one JSON array of objects)" in page and "jsonl (JSON Lines" in page
 
 
 def test_bars_only_on_a_terminal(monkeypatch, caplog):
