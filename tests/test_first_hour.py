@@ -12,7 +12,7 @@ import sys
 import pytest
 from conftest import DEMO_XML
 
-from pipeline.cli import main
+from pipeline.cli import build_parser, main
 
 
 def help_text(capsys, *command: str) -> str:
@@ -73,6 +73,26 @@ def test_query_prints_empty_results_and_nulls_as_an_analyst_expects(ingested, ca
 def test_query_help_says_what_each_format_writes(capsys):
     page = help_text(capsys, "query")
     assert "json (one JSON array of objects)" in page and "jsonl (JSON Lines" in page
+
+
+def test_version(capsys, monkeypatch):
+    import tomllib
+    from importlib import metadata
+    from pathlib import Path
+
+    with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+        version = tomllib.load(f)["project"]["version"]
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"biomine {version}\n"
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)  # a checkout that was never installed
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--version"])
+    assert capsys.readouterr().out == f"biomine {version}\n"
 
 
 def test_bars_only_on_a_terminal(monkeypatch, caplog):

@@ -56,12 +56,9 @@ log = logging.getLogger(__name__)
 
 
 def code_version() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from pipeline import package_version
 
-    try:
-        pkg = version("biomine")
-    except PackageNotFoundError:
-        pkg = "unknown"
+    pkg = package_version()
     commit = "unknown"
     try:
         commit = (
