@@ -95,6 +95,21 @@ def test_version(capsys, monkeypatch):
     assert capsys.readouterr().out == f"biomine {version}\n"
 
 
+def test_a_misspelled_prompt_field_is_named_not_a_python_repr(tmp_path, capsys):
+    """A job's prompt = "{titel}" is the job file's mistake: say so in its words, not KeyError('titel')."""
+    from conftest import DEMO_XML as sample
+
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'[job]\nname = "p"\noutput = "{tmp_path / "out"}"\n[source]\nkind = "files"\npaths = ["{sample}"]\n'
+        f'[tasks.summarize]\nmodel = "{tmp_path / "model"}"\nprompt = "{{titel}}: {{abstract}}"\n'
+    )
+    assert main(["run", str(job), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "uses {titel}; only {title} and {abstract} may be used" in err
+    assert "KeyError" not in err and "['" not in err
+
+
 def test_bars_only_on_a_terminal(monkeypatch, caplog):
     """Progress draws a bar only when stderr is a terminal; otherwise it logs plain lines (what
     `run` and `demo` now pass it: None unless --no-progress)."""
