@@ -16,6 +16,7 @@ import os
 import sys
 
 from biogpt.errors import BioMineError
+from pipeline import package_version
 
 # Order here is the order in `biomine --help`. A module missing from the tree is skipped so that a
 # partial install still offers the commands it has.
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="biomine", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"biomine {package_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -349,6 +349,27 @@ def test_another_query_into_the_same_output_is_refused(fake, client, tmp_path):
     assert len(fake.requests_for("esearch")) == searches
 
 
+@pytest.mark.parametrize("utility,status", [("esearch", "400"), ("efetch", "500")])
+def test_a_failed_first_fetch_leaves_the_output_free(fake, client, tmp_path, utility, status):
+    """A mistyped query (or NCBI down) on the first fetch must not bind the output to that query."""
+    fake.add_query(QUERY, corpus(2))
+    fake.add_query("aspirin", corpus(2, first_pmid=50_000_000))
+    fake.fail(utility, status, times=float("inf"))
+    out = tmp_path / "out"
+    with pytest.raises(EutilsError):
+        fetch_query(client(tries=1), QUERY, out)
+    assert JobOutput(out).owner() is None and not (out / "documents").exists()
+    fake.faults.clear()
+    fetch_query(client(), "aspirin", out)  # the fixed command uses the same output
+    assert JobOutput(out).owner()["source"]["query"] == "aspirin"
+    assert pmids(out) == sorted(p for p, _, _ in corpus(2, first_pmid=50_000_000))
+    # Once an article is committed, a failing re-run keeps the output this query's.
+    fake.fail("esearch", "400")
+    with pytest.raises(EutilsError):
+        fetch_query(client(tries=1), "aspirin", out)
+    assert JobOutput(out).owner()["source"]["query"] == "aspirin"
+
+
 def test_real_esearch_answer_is_parsed(fake, client, shared):
     fake.fail("esearch", "body", body=shared("data", "entrez", "esearch2.xml").read_bytes())
     result = client().esearch("cancer", retmax=100)

@@ -162,12 +162,28 @@ def test_bioc_export_round_trips_through_the_bioc_package(job_out, tmp_path, fmt
 def test_export_refuses_a_folder_and_unknown_outputs(job_out, tmp_path, capsys):
     assert main(["export", str(job_out), "--format", "pubtator", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert (
-        err == f"biomine: error: {tmp_path} is a folder: name the file to write, e.g. {tmp_path}/export.xml (--out)\n"
+    assert err == (
+        f"biomine: error: {tmp_path} is a folder: name the file to write, e.g. {tmp_path}/export.pubtator (--out)\n"
     )
+    assert main(["export", str(job_out), "--format", "bioc-json", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.endswith(f"e.g. {tmp_path}/export.bioc.json (--out)\n")
     assert main(["export", str(tmp_path / "nothing"), "--format", "pubtator", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("biomine: error: ")
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
+
+
+def test_export_refuses_a_missing_folder_instead_of_creating_it(job_out, tmp_path, capsys):
+    dest = tmp_path / "missing" / "dir" / "x.pubtator"
+    assert main(["export", str(job_out), "--format", "pubtator", "--out", str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"biomine: error: {dest}: the folder {dest.parent} does not exist: create it first, or name a file in "
+        "an existing folder (--out)\n"
+    )
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "afile").write_text("")
+    assert main(["export", str(job_out), "--format", "pubtator", "--out", str(tmp_path / "afile" / "x")]) == 2
+    assert "the folder " + str(tmp_path / "afile") + " is a file, not a folder" in capsys.readouterr().err
 
 
 def test_export_holds_the_live_articles_only(job_out, tmp_path):

@@ -45,10 +45,10 @@ def test_label_lists_and_parsing():
 @pytest.mark.parametrize(
     "labels, message",
     [
-        (["O", "B-Gene"], "missing \\['I-Gene'\\]"),
-        (["O", "B-Gene", "I-Gene", "I-Gene"], "repeated \\['I-Gene'\\]"),
+        (["O", "B-Gene"], "missing I-Gene, extra or repeated none$"),
+        (["O", "B-Gene", "I-Gene", "I-Gene"], "missing none, extra or repeated I-Gene$"),
         (["O", "X-Gene"], "is not O, B-T"),
-        (["O", "B-Gene", "I-Gene", "S-Gene"], "missing \\['E-Gene'\\]"),
+        (["O", "B-Gene", "I-Gene", "S-Gene"], "missing E-Gene, extra or repeated none$"),
     ],
 )
 def test_bad_label_lists_say_what_is_wrong(labels, message):

@@ -248,7 +248,7 @@ def write_bundle(folder: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
-    from pipeline.outputs.query import query
+    from pipeline.outputs.query import query_table, render
     from pipeline.run.jobspec import load_job
     from pipeline.run.runner import run_job, summary_table
 
@@ -267,16 +267,13 @@ def run(args: argparse.Namespace) -> int:
     print(summary_table(manifest), file=sys.stderr)
     if "kb" in manifest["stages"]:
         print(f"kb: {manifest['stages']['kb']['edges']} edges in {out / 'kb'}", file=sys.stderr)
-    import pandas as pd
-
-    with pd.option_context("display.width", 120, "display.max_columns", 10):
-        for title, sql in QUERIES:
-            try:
-                frame = query(spec.output, sql)
-            except Exception as exc:  # a dataset the job did not produce: skip its query
-                print(f"\n-- {title}: skipped ({str(exc).splitlines()[0]})")
-                continue
-            print(f"\n-- {title}\n{frame.to_string(index=False)}")
+    for title, sql in QUERIES:
+        try:
+            table = query_table(spec.output, sql)
+        except Exception as exc:  # a dataset the job did not produce: skip its query
+            print(f"\n-- {title}: skipped ({str(exc).splitlines()[0]})")
+            continue
+        print(f"\n-- {title}\n" + "".join(render(table, "table")), end="")  # as `biomine query` prints it
     print(
         f'\noutputs: {spec.output} (query them with `biomine query {spec.output} "SQL"`; '
         f"run the job again with `biomine run {job}`)"

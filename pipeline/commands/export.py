@@ -38,7 +38,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("out", metavar="OUT", help="a job's output directory")
     p.add_argument("--format", required=True, choices=FORMATS, help="the exchange format")
-    p.add_argument("--out", dest="dest", required=True, metavar="FILE", help="the file to write")
+    p.add_argument(
+        "--out", dest="dest", required=True, metavar="FILE", help="the file to write, in a folder that exists"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run, settings={"fmt": "--format", "dest": "--out"})
 

@@ -49,7 +49,10 @@ def register(subparsers) -> None:
     )
     p.add_argument("--query", required=True, help="PubMed query, exactly as typed in PubMed's search box")
     p.add_argument(
-        "--out", required=True, metavar="OUT", help="the output (created; one query per output): OUT/documents"
+        "--out",
+        required=True,
+        metavar="OUT",
+        help="the output (created; one query per output, once a fetch commits into it): OUT/documents",
     )
     p.add_argument("--mindate", metavar="DATE", help="earliest publication date: YYYY, YYYY/MM or YYYY/MM/DD")
     p.add_argument("--maxdate", metavar="DATE", help="latest publication date (inclusive)")

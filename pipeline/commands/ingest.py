@@ -31,8 +31,8 @@ examples:
   biomine ingest biomine-demo/data/demo_pubmed.xml --out /tmp/demo-articles   # the sample `biomine demo` wrote
 
 A new file must sort after every file already in --out (NLM's numbering guarantees it for the
-baseline and its updates). Read the result with `biomine query OUT "SELECT ... FROM documents"`, or
-any Delta reader of OUT/documents (docs/analysts.md). `biomine compact OUT` removes the files of
+baseline and its updates). Read the result with `biomine query OUT "SELECT count(*) FROM documents"`
+(OUT/documents works too), or any Delta reader of OUT/documents (docs/analysts.md). `biomine compact OUT` removes the files of
 old table versions after a retention. More: docs/ingestion.md.
 """
 
@@ -40,7 +40,7 @@ old table versions after a retention. More: docs/ingestion.md.
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "ingest",
-        help="PubMed baseline/update XML files -> article shards (current corpus)",
+        help="PubMed baseline/update XML files -> an output's documents table (the current corpus)",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

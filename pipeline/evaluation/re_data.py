@@ -73,7 +73,7 @@ def read_re_json(path: str | Path, task: str) -> dict[str, dict[str, Any]]:
         fields of ``task`` (see the module docstring).
     """
     if task not in RE_TASKS:
-        raise DataFormatError(f"unknown relation-extraction task {task!r}; use one of {list(RE_TASKS)}")
+        raise DataFormatError(f"unknown relation-extraction task {task!r}; use one of {', '.join(RE_TASKS)}")
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

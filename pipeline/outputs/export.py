@@ -22,7 +22,9 @@ Contract:
   first annotation whose text (case-insensitive) or identifier is that entity, when there is one.
   Written with the ``bioc`` package (its JSON and XML encoders, one document at a time).
 
-:raises BioMineError: OUT is not a job output or has no documents; the format is unknown.
+:raises BioMineError: OUT is not a job output or has no documents; the format is unknown; the
+    destination is a folder, or its folder does not exist (it is not created: a missing folder is
+    more often a typo than a wish).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from typing import Any, Iterator
 from pipeline.errors import BioMineError
 
 FORMATS = ("pubtator", "bioc-json", "bioc-xml")
+#: The file name ending each format is known by (what a suggested file name ends with).
+EXTENSIONS = {"pubtator": ".pubtator", "bioc-json": ".bioc.json", "bioc-xml": ".bioc.xml"}
 _BATCH = 2048
 
 
@@ -197,10 +201,19 @@ def export(out, dest, fmt: str, *, progress: bool | None = None) -> int:
     dest = os.fspath(dest)
     if os.path.isdir(dest):
         raise BioMineError(
-            f"{dest} is a folder: name the file to write, e.g. {os.path.join(dest, 'export.xml')}", setting="dest"
+            f"{dest} is a folder: name the file to write, e.g. {os.path.join(dest, 'export' + EXTENSIONS[fmt])}",
+            setting="dest",
+        )
+    # A missing folder is refused, not created: it is more often a typo than a wish (as with `cp` or a
+    # shell's `>`), and a typo would scatter exports into folders nobody reads.
+    parent = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(parent):
+        what = "is a file, not a folder" if os.path.exists(parent) else "does not exist"
+        raise BioMineError(
+            f"{dest}: the folder {parent} {what}: create it first, or name a file in an existing folder",
+            setting="dest",
         )
     tmp = f"{dest}.part"
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     n = 0
     try:
         binary = fmt == "bioc-xml"  # lxml's incremental writer takes bytes

@@ -5,7 +5,8 @@ output has). Each is exactly the live rows of its Delta table at one version, th
 lists, read through pyarrow (no DuckDB extension to download, local or ``s3://``). The versions
 are one consistent snapshot: the ones the last finished run recorded (:mod:`pipeline.store.output`),
 or those of the run or time ``as_of`` names (time travel); a table no run recorded (an output of
-``biomine ingest``) is read at its newest version. ``relations`` also carries ``article_retracted``,
+``biomine ingest``) is read at its newest version. A table of an output given in its place
+(``OUT/documents``) reads the output. ``relations`` also carries ``article_retracted``,
 the retraction status of its article (from ``documents``).
 
 Any Delta reader gives the same rows (``deltalake.DeltaTable(OUT/NAME).to_pandas()``,
@@ -22,7 +23,7 @@ import datetime as _dt
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
@@ -95,7 +96,7 @@ def snapshot(out: str | os.PathLike | Location | JobOutput, as_of: int | _dt.dat
 
     :raises BioMineError: no tables, an ``as_of`` that names no run, a damaged table.
     """
-    output = out if isinstance(out, JobOutput) else JobOutput(out)
+    output = _output_of(out if isinstance(out, JobOutput) else JobOutput(out))
     if output.is_legacy():
         raise BioMineError(f"{output.root} was written by an older biomine: run `biomine upgrade {output.root}`")
     tables = output.tables()
@@ -145,6 +146,15 @@ def snapshot(out: str | os.PathLike | Location | JobOutput, as_of: int | _dt.dat
                     f"left (a run is under way, or did not finish): the views show that run's snapshot"
                 )
     return result
+
+
+def _output_of(output: JobOutput) -> JobOutput:
+    """The output to read when ``output`` is one of its tables (``OUT/documents``, the Delta table
+    that ``biomine ingest --help`` and docs/analysts.md point Delta readers at): its output ``OUT``."""
+    if output.tables() or not Table.exists(output.root):
+        return output
+    parent = JobOutput(output.root.parent)
+    return parent if output.root.name in parent.tables() else output
 
 
 def connect(out: str | os.PathLike | Location | JobOutput, as_of: int | _dt.datetime | None = None):
@@ -200,3 +210,147 @@ def query(
         return con.execute(sql).df()
     except duckdb.Error as exc:
         raise BioMineError(f"query failed: {exc} (views: {', '.join(views)})") from None
+
+
+def query_table(
+    out: str | os.PathLike | Location | JobOutput,
+    sql: str,
+    warn: Callable[[str], None] | None = None,
+    as_of: int | _dt.datetime | None = None,
+) -> pa.Table:
+    """Run ``sql`` over the views of ``out``; returns an Arrow table (SQL types and NULLs as they are,
+    which :func:`render` prints). A statement without a result gives an empty table.
+
+    :raises BioMineError: see :func:`snapshot`; SQL that fails (DuckDB's message is kept).
+    """
+    import duckdb
+
+    con, views, warnings = connect(out, as_of)
+    for warning in warnings:
+        (warn or log.warning)(warning)
+    try:
+        relation = con.sql(sql)
+        return relation.to_arrow_table() if relation is not None else pa.table({})
+    except duckdb.Error as exc:
+        raise BioMineError(f"query failed: {exc} (views: {', '.join(views)})") from None
+
+
+#: How ``biomine query`` prints a result: an aligned ``table`` for people, ``csv`` (RFC 4180, a
+#: header row, NULL as an empty field), ``json`` (one JSON array of objects, what ``json.load`` and
+#: ``jq`` read) and ``jsonl`` (JSON Lines: an object per line, for streaming very large results).
+FORMATS = ("table", "csv", "json", "jsonl")
+#: The widest a ``table`` column gets; longer values end in an ellipsis.
+TABLE_COLUMN_WIDTH = 60
+
+
+def render(table: pa.Table, fmt: str, *, max_rows: int | None = None) -> Iterator[str]:
+    """``table`` as text in ``fmt`` (:data:`FORMATS`), in chunks to write in order. NULL is one
+    thing in each format: ``NULL`` in a table, an empty field in CSV, ``null`` in JSON, whatever the
+    column's type. ``max_rows`` limits ``table`` only (it ends with a line saying how many rows there
+    were); an empty result is its header and ``(0 rows)``.
+
+    :raises ValueError: an unknown ``fmt``.
+    """
+    if fmt == "table":
+        yield _table_text(table, max_rows)
+    elif fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(table.column_names)
+        for batch in table.to_batches():  # by column position: a result may repeat a name
+            columns = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+            writer.writerows([_text(v, null="") for v in row] for row in zip(*columns))
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+        yield buf.getvalue()
+    elif fmt == "jsonl":
+        for batch in table.to_batches():
+            for row in batch.to_pylist():
+                yield _json(row) + "\n"
+    elif fmt == "json":
+        n = 0
+        yield "["
+        for batch in table.to_batches():
+            for row in batch.to_pylist():
+                yield ("," if n else "") + "\n" + _json(row)
+                n += 1
+        yield "\n]\n" if n else "]\n"
+    else:
+        raise ValueError(f"format {fmt}: use one of {', '.join(FORMATS)}")
+
+
+def _text(value: Any, *, null: str, width: int | None = None) -> str:
+    """One value as text: ``null`` for NULL, nested values as JSON, floats to 6 significant digits
+    where a ``width`` (a table) asks for brevity, full precision otherwise."""
+    if value is None:
+        return null
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float):
+        text = format(value, ".6g") if width else repr(value)
+    elif isinstance(value, (list, dict)):
+        text = _json(value)
+    elif isinstance(value, bytes):
+        text = value.hex()
+    else:
+        text = str(value)
+    if width is not None:
+        text = " ".join(text.split()) if any(c in text for c in "\n\r\t") else text
+        if len(text) > width:
+            text = text[: width - 1] + "\u2026"
+    return text
+
+
+def _json_value(value: Any) -> Any:
+    import decimal
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or infinity
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, (_dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(_json_value(value), ensure_ascii=False, allow_nan=False)
+
+
+def _table_text(table: pa.Table, max_rows: int | None) -> str:
+    """An aligned text table: numbers right-aligned, text left-aligned, NULL as ``NULL``."""
+    names = table.column_names
+    shown = table if max_rows is None else table.slice(0, max_rows)
+    columns = [
+        [_text(v, null="NULL", width=TABLE_COLUMN_WIDTH) for v in shown.column(i).to_pylist()]
+        for i in range(len(names))
+    ]
+    numeric = [pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) for t in table.schema.types]
+    widths = [max([len(n), *map(len, col)]) for n, col in zip(names, columns)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, numeric)).rstrip()
+
+    lines = [line(names)] + [line(list(row)) for row in zip(*columns)]
+    if table.num_rows == 0:
+        lines.append("(0 rows)")
+    elif shown.num_rows < table.num_rows:
+        lines.append(
+            f"({table.num_rows} rows, the first {shown.num_rows} shown: --max-rows N shows more, --format csv all)"
+        )
+    return "\n".join(lines) + "\n"

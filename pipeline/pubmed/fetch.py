@@ -86,7 +86,8 @@ def fetch_query(
     Re-running with the same query and dates resumes or, when complete, only adds new hits.
     ``progress`` None shows a bar on a terminal only, and logs a line every 30 s elsewhere
     (:class:`pipeline.progress.Progress`). ``lease``: the caller (a job run) holds the output's
-    lease; else this takes it and records the output as this query's.
+    lease; else this takes it and records the output as this query's (a first fetch that fails
+    before it commits an article leaves no such record: :meth:`JobOutput.unclaim`).
 
     :raises EutilsError: see the module docstring.
     :raises StoreError: ``out`` holds another query's output or is in use (``setting`` ``"output"``).
@@ -98,12 +99,18 @@ def fetch_query(
     date_range(mindate, maxdate)  # a bad date is refused before the output is touched
     now = now or (lambda: _dt.datetime.now(_dt.timezone.utc))
     output = out if isinstance(out, JobOutput) else JobOutput(out)
+    finished = False
     with contextlib.ExitStack() as stack:
         if lease is None:
             output.refuse_table_path()
             output.root.mkdir()
             lease = stack.enter_context(output.lease(f"{FETCH_OWNER} {term!r} into {output.root}"))
             identity = {"query": term, "mindate": mindate, "maxdate": maxdate, "datetype": datetype}
+            if output.owner() is None:
+                # A first fetch that fails before it commits an article leaves the output unbound, so
+                # that the fixed command (another query, other dates) may use it: the claim is undone
+                # after the transaction's cleanup (callbacks run last in, first out) and under the lease.
+                stack.callback(_unclaim_unless, lambda: finished, output)
             output.check_owner({"name": FETCH_OWNER, "source": {"kind": "entrez", **identity}}, claim=True)
         docs = Documents(output.documents)
         docs.table.remove_orphans()  # a killed writer's leftovers (we hold the lease)
@@ -161,6 +168,7 @@ def fetch_query(
             commit(buffer, notes)
         summary.rows = docs.count()
         summary.unavailable = sorted(unavailable)
+        finished = True
     if unavailable:
         log.warning(
             "query %r: %d hits were not returned by efetch even by id (e.g. PMID %s); they are listed in "
@@ -171,6 +179,11 @@ def fetch_query(
             output.documents,
         )
     return summary
+
+
+def _unclaim_unless(finished: Callable[[], bool], output: JobOutput) -> None:
+    if not finished():
+        output.unclaim()
 
 
 class _RangeFetcher:

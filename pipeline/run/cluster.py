@@ -18,6 +18,7 @@ cache and the constant behind ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
@@ -28,7 +29,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Iterator, TypedDict
 
 from pipeline.errors import BioMineError
 from pipeline.run.jobspec import ResourceSpec
@@ -264,6 +265,39 @@ class _InitArgs(TypedDict, total=False):
     configure_logging: bool
 
 
+#: What Ray's C++ core prints on stderr when it starts in a process with RAY_BACKEND_LOG_LEVEL set,
+#: whatever the value (src/ray/util/logging.cc logs it at INFO before the level it read applies).
+RAY_LOG_LEVEL_LINE = "Set ray log level from environment variable RAY_BACKEND_LOG_LEVEL"
+
+
+@contextlib.contextmanager
+def _without_ray_log_level_line() -> Iterator[None]:
+    """Run the body (``ray.init``) with file descriptor 2 captured, then write what it printed to
+    stderr without :data:`RAY_LOG_LEVEL_LINE`: the C++ core writes to the descriptor, past Python's
+    ``sys.stderr`` and logging, so only the descriptor can catch it. Everything else comes through,
+    in order, once ``ray.init`` returns or fails."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr descriptor to capture
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", errors="replace")
+            kept = [line for line in text.splitlines(keepends=True) if RAY_LOG_LEVEL_LINE not in line]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join ``address``/``$RAY_ADDRESS`` if given, else start a private local Ray sized to this machine.
 
@@ -274,8 +308,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    # Ray's C++ core logs a harmless error-level line per actor restart; Ray Data logs every
-    # execution plan at INFO. Users get our progress bars and summary instead.
+    # Ray's C++ core in this process logs benign error-level lines (once per run: "Actor ... has
+    # constructor arguments in the object store", for every Ray Data actor pool); its session log
+    # files keep everything. Ray Data logs every execution plan at INFO. Users get our progress bars
+    # and summary instead. (Any RAY_BACKEND_LOG_LEVEL makes ray.init print the level it read:
+    # _without_ray_log_level_line drops that line.)
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     kwargs: _InitArgs = dict(
@@ -287,7 +324,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # address="local": always a new private instance, never a cluster that `ray start` left
         # running on this machine (ray.init() with no address would join it).
         saved = _signal_handlers()
-        ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
+        with _without_ray_log_level_line():
+            ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
         _restore_signal_handlers(saved)
         from ray._private.worker import _global_node  # the session folder of the Ray just started
 
@@ -299,7 +337,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     del kwargs["include_dashboard"]  # a cluster's own choice
     saved = _signal_handlers()
     try:
-        ray.init(address=address, runtime_env=_runtime_env(), **kwargs)
+        with _without_ray_log_level_line():
+            ray.init(address=address, runtime_env=_runtime_env(), **kwargs)
     except (ConnectionError, RuntimeError) as exc:
         raise BioMineError(f"cannot join the Ray cluster at {address}: {exc}") from None
     _restore_signal_handlers(saved)

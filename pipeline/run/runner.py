@@ -56,12 +56,9 @@ log = logging.getLogger(__name__)
 
 
 def code_version() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from pipeline import package_version
 
-    try:
-        pkg = version("biomine")
-    except PackageNotFoundError:
-        pkg = "unknown"
+    pkg = package_version()
     commit = "unknown"
     try:
         commit = (
@@ -75,6 +72,12 @@ def code_version() -> dict[str, str]:
     return {"biomine": pkg, "git_commit": commit}
 
 
+def _bar(progress: bool) -> bool | None:
+    """A run's ``progress`` as :class:`pipeline.progress.Progress` takes it: allowed means a bar only
+    when stderr is a terminal (log lines otherwise, e.g. under cron or in a CI log); off means log lines."""
+    return None if progress else False
+
+
 def _ingest_step(paths: list[str], output: JobOutput, shard_rows: int, progress: bool, lease: Lease) -> dict[str, Any]:
     """Ingest the source files into the output's documents: this process applies and commits, Ray
     tasks on every node hash and parse (one per file), under the run's lease."""
@@ -83,7 +86,7 @@ def _ingest_step(paths: list[str], output: JobOutput, shard_rows: int, progress:
     from pipeline.pubmed.ingest import ingest_files
 
     workers = int(ray.cluster_resources().get("CPU", 1))
-    s = ingest_files(paths, output, shard_rows=shard_rows, progress=progress, lease=lease, pool=RayPool(workers))
+    s = ingest_files(paths, output, shard_rows=shard_rows, progress=_bar(progress), lease=lease, pool=RayPool(workers))
     return {
         "kind": "files",
         "files": s.files,
@@ -122,7 +125,7 @@ def _fetch_step(spec: JobSpec, output: JobOutput, lease: Lease, progress: bool) 
         maxdate=src.maxdate,
         max_records=src.max,
         shard_rows=src.shard_size,
-        progress=progress,
+        progress=_bar(progress),
         lease=lease,
     )
     return {

@@ -317,6 +317,22 @@ def _quiet_ray_data_console() -> None:
                 handler.addFilter(_NoRayDataErrors())
 
 
+class _ProgressBarsNoticeFilter(logging.Filter):
+    """Drops Ray Data's "Progress bars disabled. To enable, set ..." warning: bars are off because
+    biomine turned them off (no terminal, or ``--no-progress``), so the advice to turn them on is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Progress bars disabled")
+
+
+def _drop_progress_bars_notice() -> None:
+    """Filter Ray Data's notice that progress bars are disabled (:class:`_ProgressBarsNoticeFilter`)
+    at the logger that emits it (``ray.data._internal.progress``), once per process."""
+    logger = logging.getLogger("ray.data._internal.progress")
+    if not any(isinstance(f, _ProgressBarsNoticeFilter) for f in logger.filters):
+        logger.addFilter(_ProgressBarsNoticeFilter())
+
+
 def run_task_stage(
     task: PlannedTask[Any],
     docs: Mapping[str, DataFile],
@@ -428,6 +444,7 @@ def run_task_stage(
     # of Ray's periodic plan dumps, which would bury the lines that name failing records.
     ctx.enable_progress_bars = progress and sys.stderr.isatty()
     _quiet_ray_data_console()
+    _drop_progress_bars_notice()
     # One item (and block) per document file, so files are prepared in parallel CPU tasks while the
     # actors run the model on files prepared before (Ray Data streams and backpressures between the two).
     items = [{SHARD_COL: p, URI_COL: (documents / p).uri, SIZE_COL: docs[p].size} for p in todo]

@@ -203,6 +203,17 @@ class JobOutput:
                 setting="output",
             )
 
+    def unclaim(self) -> None:
+        """Undo :meth:`check_owner`'s claim when nothing followed it: remove ``_job.json`` and the
+        documents table if it holds no article (its log only); keep both once it holds one. The caller
+        holds the lease (a failed first ``biomine fetch``: the output stays free for another query).
+        """
+        if self.documents.exists():
+            if not Table.exists(self.documents) or Table(self.documents).files():
+                return  # articles (or something that is not a table): the claim stands
+            self.documents.fs.delete_dir(self.documents.path)
+        (self.root / JOB_FILE).delete()
+
 
 def _differences(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[str]:
     """How ``theirs`` (a ``_job.json``) differs from the job ``mine``, in words (none: the same job):

@@ -60,9 +60,11 @@ def label_list(types: Sequence[str], scheme: str = "BIO") -> list[str]:
     :raises LabelSchemeError: unknown scheme, or a type that is empty, repeated or contains whitespace.
     """
     if scheme not in SCHEMES:
-        raise LabelSchemeError(f"unknown tagging scheme {scheme!r}; use one of {sorted(SCHEMES)}")
+        raise LabelSchemeError(f"unknown tagging scheme {scheme!r}; use one of {', '.join(sorted(SCHEMES))}")
     if len(set(types)) != len(types) or any(not t or any(c.isspace() for c in t) for t in types):
-        raise LabelSchemeError(f"entity types must be distinct non-empty words, got {list(types)}")
+        raise LabelSchemeError(
+            f"entity types must be distinct non-empty words, got {', '.join(repr(t) for t in types)}"
+        )
     return ["O"] + [f"{prefix}-{t}" for t in types for prefix in SCHEMES[scheme]]
 
 
@@ -77,7 +79,7 @@ def parse_label_list(labels: Sequence[str]) -> tuple[str, list[str]]:
         if label != "O":
             prefix, dash, kind = label.partition("-")
             if not dash or prefix not in SCHEMES["BIOES"] or not kind:
-                raise LabelSchemeError(f"label {label!r} is not O, B-T, I-T, E-T or S-T; labels: {list(labels)}")
+                raise LabelSchemeError(f"label {label!r} is not O, B-T, I-T, E-T or S-T; labels: {', '.join(labels)}")
             if kind not in types:
                 types.append(kind)
     prefixes = {label.partition("-")[0] for label in labels if label != "O"}
@@ -85,8 +87,9 @@ def parse_label_list(labels: Sequence[str]) -> tuple[str, list[str]]:
     expected = label_list(types, scheme)
     if sorted(expected) != sorted(labels):
         raise LabelSchemeError(
-            f"labels {list(labels)} are not a complete {scheme} scheme: missing "
-            f"{sorted(set(expected) - set(labels))}, extra or repeated {sorted(_extra(labels, expected))}"
+            f"labels {', '.join(labels)} are not a complete {scheme} scheme: missing "
+            f"{', '.join(sorted(set(expected) - set(labels))) or 'none'}, extra or repeated "
+            f"{', '.join(sorted(_extra(labels, expected))) or 'none'}"
         )
     return scheme, types
 

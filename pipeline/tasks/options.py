@@ -36,17 +36,22 @@ def job_key(default: Any, *, required: bool = False) -> Any:
 
 
 def template_problem(template: Any) -> str | None:
-    """Why ``template`` is not a prompt template over ``{title}``/``{abstract}`` (None: it is)."""
+    """Why ``template`` is not a prompt template over ``{title}``/``{abstract}`` (None: it is), in
+    the job file's terms: the field it misspelled, never a Python exception's repr."""
     if not isinstance(template, str):
         return f"prompt must be a string template, got {template!r}"
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-        template.format(title="", abstract="")
-    except (ValueError, KeyError, IndexError, AttributeError) as exc:
-        return f"prompt {template!r}: only {{title}} and {{abstract}} may be used ({exc!r})"
+    except ValueError as exc:  # unbalanced braces: str.format's own words say where
+        return f"prompt {template!r}: {exc} (write a literal brace as {{{{ or }}}})"
     bad = [f for f in fields if f not in _TEMPLATE_FIELDS]
     if bad:
-        return f"prompt {template!r} uses {bad}; only {{title}} and {{abstract}} may be used"
+        used = ", ".join("{" + f + "}" for f in dict.fromkeys(bad))
+        return f"prompt {template!r} uses {used}; only {{title}} and {{abstract}} may be used"
+    try:
+        template.format(title="", abstract="")
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:  # a format spec, e.g. {title:d}
+        return f"prompt {template!r}: {exc}"
     return None
 
 

@@ -106,7 +106,7 @@ def build_source(
         if not sentence:
             raise RecordError(f"HoC record {record_id or '(unnamed)'} has an empty sentence; drop it")
         return sentence if sentence.endswith(".") else sentence + "."
-    raise TaskSettingsError(f"unknown task {task!r}; use one of {list(TASK_NAMES)}")
+    raise TaskSettingsError(f"unknown task {task!r}; use one of {', '.join(TASK_NAMES)}")
 
 
 def _relis(triples: Sequence[Mapping[str, str]]) -> str:
@@ -168,7 +168,7 @@ def build_target(task: str, record: Mapping[str, Any], *, record_id: str | None 
         return f"the answer to the question given the context is {_field(record, 'final_decision', task, record_id)}."
     if task == "hoc":
         return f"the type of this document is {_field(record, 'labels', task, record_id)}."
-    raise TaskSettingsError(f"unknown task {task!r}; use one of {list(TASK_NAMES)}")
+    raise TaskSettingsError(f"unknown task {task!r}; use one of {', '.join(TASK_NAMES)}")
 
 
 # --- model input ---------------------------------------------------------------------------------

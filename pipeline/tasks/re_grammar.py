@@ -100,7 +100,9 @@ def get_grammar(task: str) -> Grammar:
     """
     fine_tuned = BY_NAME.get(task)
     if fine_tuned is None or fine_tuned.grammar not in GRAMMARS:
-        raise UnknownTaskError(f"no relation-extraction grammar for task {task!r}; use one of {sorted(RE_TASKS)}")
+        raise UnknownTaskError(
+            f"no relation-extraction grammar for task {task!r}; use one of {', '.join(sorted(RE_TASKS))}"
+        )
     return GRAMMARS[fine_tuned.grammar]
 
 
