@@ -165,9 +165,9 @@ class _TinyConfig(TypedDict):
     attention_probs_dropout_prob: float
 
 
-#: How long each fitting step of the demo takes on a 2-core CPU (idle to busy), said before it starts
-#: so that a quiet minute is not mistaken for a hang.
-_FIT_HINT = "10-60 s on 2 cores"
+#: How long each fitting step of the demo takes on a 2-core CPU (measured 3-5 s with the machine
+#: half busy; over a minute under full load), said before it starts so a quiet minute is no hang.
+_FIT_HINT = "seconds on an idle machine, a minute or more on a busy one"
 
 
 def make_demo_models(spec, records: list[dict]) -> list[Path]:
