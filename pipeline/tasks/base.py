@@ -1,10 +1,10 @@
 """The task contract the Ray stages rely on (:class:`Task`), and the helpers every model task shares.
 
-A task (``pipeline/tasks/ner.py``, ``re.py``, ``summarize.py``) is a subclass of :class:`Task`; it is
+A task (``pipeline/tasks/ner.py``, ``re.py``, ``summarize.py``, ``qa.py``) is a subclass of :class:`Task`; it is
 what :func:`pipeline.run.stages.run_task_stage` maps over document shards:
 
 ==================  ==============================================================================
-``name``            ``"ner"`` | ``"re"`` | ``"summarize"`` (the job file's ``[tasks.NAME]``)
+``name``            ``"ner"`` | ``"re"`` | ``"summarize"`` | ``"qa"`` (the job file's ``[tasks.NAME]``)
 ``dataset``         the output dataset under ``OUT/`` (:data:`pipeline.tasks.registry.DATASETS`)
 ``schema``          the output rows' Arrow schema (from ``schemas/``)
 ``Options``         its typed settings (:mod:`pipeline.tasks.options`)
