@@ -215,8 +215,8 @@ class QAOptions(TaskOptions):
 
     #: The question asked of every article, or ``"{title}"``: the article's title when it is a question.
     question: str = job_key("", required=True)
-    #: Written into every row, so that answers to several questions can share a dataset; with
-    #: ``question = "{title}"`` it defaults to ``title``.
+    #: Written into every row (one job asks one question; a job with another question recomputes its
+    #: answers, so compare questions across outputs by this id); ``title`` by default for ``"{title}"``.
     question_id: str | None = job_key(None)
     #: None: to the position limit, as the original ``inference.py``.
     max_new_tokens: int | None = job_key(None)
