@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Sequence
 
 import pyarrow as pa
 
-from biogpt.task_spec import TaskSettings, load_task_settings
+from biogpt.task_spec import TaskSettings
 from pipeline.errors import TaskSettingsError
 from schemas import answers as _answers
 
@@ -124,19 +124,7 @@ def checked_settings(model_dir: str) -> TaskSettings:
         ``biomine_task.json``, another task's checkpoint, another input format, or prompt ids
         outside the vocabulary.
     """
-    try:
-        config = base.read_config(model_dir, "qa")
-    except base.WrongModelError as exc:
-        raise QAModelError(str(exc), setting=exc.setting) from None
-    arch = base.architecture(config)
-    if arch not in (None, "BioGptForCausalLM"):
-        raise QAModelError(
-            f"qa: {model_dir} is a {arch} checkpoint; question answering needs {REQUIRES}", setting="model"
-        )
-    try:
-        settings = load_task_settings(model_dir)
-    except TaskSettingsError as exc:
-        raise QAModelError(f"qa: {exc}; question answering needs {REQUIRES}", setting=exc.setting) from None
+    settings = base.prompt_settings(model_dir, "qa", f"question answering needs {REQUIRES}", error=QAModelError)
     if settings.task != "pubmedqa":
         raise QAModelError(
             f"qa: {model_dir} is a {settings.task} checkpoint, not a PubMedQA one; question answering needs {REQUIRES}",
@@ -148,12 +136,6 @@ def checked_settings(model_dir: str) -> TaskSettings:
             f"with it), which an article does not have; give a checkpoint of the released {SOURCE_FORMAT} "
             "input (`question: Q context: C `)",
             setting="model",
-        )
-    vocab = config.get("vocab_size")
-    if isinstance(vocab, int) and max(settings.prompt_token_ids) >= vocab:
-        raise QAModelError(
-            f"qa: {model_dir}: prompt token ids {list(settings.prompt_token_ids)} exceed vocab_size {vocab} "
-            "of config.json; convert the checkpoint again"
         )
     return settings
 
