@@ -143,12 +143,14 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def _job_use(task: str) -> str:
-    """Where a released checkpoint of ``task`` goes in a job (QA and HoC have no job task)."""
+    """Where a released checkpoint of ``task`` goes in a job (HoC has no job task yet)."""
     from biogpt.task_spec import BY_CHECKPOINT
 
     if task == "lm":
         return "summarize; train ner --base"
     spec = BY_CHECKPOINT[task]
+    if spec.family == "qa":
+        return '[tasks.qa] question = "..."'
     return f'[tasks.re] task = "{spec.name}"' if spec.family == "re" else "- (convert/generate only)"
 
 

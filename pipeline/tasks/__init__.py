@@ -1,4 +1,4 @@
-"""Mining tasks: NER, relation extraction and summarisation, and their model-independent parts.
+"""Mining tasks: NER, relation extraction, summarisation and PubMedQA answers, and their model-independent parts.
 
 What runs in a job. The contract (:mod:`pipeline.tasks.base`), the typed settings of each task
 (:mod:`pipeline.tasks.options`) and the table of tasks and their datasets, built from the task
@@ -8,6 +8,8 @@ classes (:mod:`pipeline.tasks.registry`), then the tasks:
 - :mod:`pipeline.tasks.re`: ``RelationTask`` (prompt checkpoints, greedy decoding on the engine, the
   released grammars).
 - :mod:`pipeline.tasks.summarize`: ``SummarizeTask`` (prompt template, length-bounded generation).
+- :mod:`pipeline.tasks.qa`: ``QATask`` (PubMedQA checkpoints, a question per job or the title, the
+  original answer grammar, also scored by ``biomine eval qa``).
 
 What they are built on:
 

@@ -18,6 +18,7 @@ from pipeline.errors import JobConfigError
 from .base import Task
 from .ner import NerTask
 from .options import TaskOptions
+from .qa import QATask
 from .re import RelationTask
 from .summarize import SummarizeTask
 
@@ -41,7 +42,7 @@ def _table(*classes: type[Task]) -> dict[str, TaskEntry]:
     return {e.name: e for e in entries}
 
 
-TASKS: dict[str, TaskEntry] = _table(NerTask, RelationTask, SummarizeTask)
+TASKS: dict[str, TaskEntry] = _table(NerTask, RelationTask, SummarizeTask, QATask)
 #: Task name -> output dataset name.
 DATASETS: dict[str, str] = {e.name: e.dataset for e in TASKS.values()}
 
