@@ -4,7 +4,7 @@ A task (``pipeline/tasks/ner.py``, ``re.py``, ``summarize.py``) is a subclass of
 what :func:`pipeline.run.stages.run_task_stage` maps over document shards:
 
 ==================  ==============================================================================
-``name``            ``"ner"`` | ``"re"`` | ``"summarize"`` (the job file's ``[tasks.NAME]``)
+``name``            ``"ner"`` | ``"re"`` | ``"summarize"`` | ``"classify"`` (the job file's ``[tasks.NAME]``)
 ``dataset``         the output dataset under ``OUT/`` (:data:`pipeline.tasks.registry.DATASETS`)
 ``schema``          the output rows' Arrow schema (from ``schemas/``)
 ``Options``         its typed settings (:mod:`pipeline.tasks.options`)
