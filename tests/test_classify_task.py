@@ -6,10 +6,12 @@ refusing checkpoints of other tasks, `models list --available`; and one real Ray
 
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 
 import pytest
+from conftest import shared_path
 
 from pipeline.cli import main
 from pipeline.tasks import hoc_labels
@@ -170,3 +172,112 @@ def test_models_list_names_the_job_task_of_the_hoc_release(capsys):
     assert main(["models", "list", "--available"]) == 0
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dc-hoc ")]
     assert "[tasks.classify]" in line
+
+
+# --- a real Ray job -------------------------------------------------------------------------------
+
+
+def _hoc_sentences() -> dict[str, str]:
+    """One short sentence of real HoC data per label string we need."""
+    rows = [line.rstrip("\n").split("\t") for line in open(shared_path("data", "hoc", "train.tsv"), encoding="utf-8")]
+    wanted = ("empty", A, B, f"resisting cell death|{B}")
+    picked = {lab: next(s for s, gold in rows if gold == lab and len(s) < 110) for lab in wanted}
+    picked["empty 2"] = next(s for s, gold in rows if gold == "empty" and len(s) < 110 and s != picked["empty"])
+    return picked
+
+
+@pytest.mark.slow
+def test_classify_runs_next_to_summarize_in_one_ray_job(tmp_path, ray_local):
+    import torch
+    from conftest import write_job
+    from fake_eutils import article_xml, pubmed_document
+
+    from biogpt.tiny import make_tiny_checkpoint, make_tiny_task_checkpoint
+    from pipeline.outputs.query import query, read_dataset
+    from pipeline.run.jobspec import load_job
+    from pipeline.run.runner import run_job
+    from pipeline.store.documents import read_articles
+    from pipeline.tasks.classify import ClassifyTask
+    from pipeline.tasks.options import ClassifyOptions
+    from pipeline.tasks.re_format import build_source, build_target
+    from pipeline.tasks.tiny import fit_prompt_model
+
+    s = _hoc_sentences()
+    records = [{"sentence": sentence, "labels": lab.removesuffix(" 2")} for lab, sentence in s.items()]
+    texts = [build_source("hoc", r) for r in records] + [build_target("hoc", r) for r in records]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only contend on a shared CPU
+    try:
+        hoc = make_tiny_task_checkpoint(
+            tmp_path / "dc-hoc",
+            texts,
+            task="dc-hoc",
+            learned_prompt=1,
+            max_position_embeddings=64,
+            max_source_positions=40,
+        )
+        fit_prompt_model(hoc, "hoc", records, steps=300, lr=1e-2, stop_loss=0.05)
+    finally:
+        torch.set_num_threads(threads)
+    lm = make_tiny_checkpoint(tmp_path / "lm", texts, seed=2)
+
+    # PMID 1: a labelled title and three labelled sentences; 2: every sentence empty; 3: a title only;
+    # 4: no text at all. Shards of two: the shard of 1 and 2, the shard of 3 and 4.
+    docs = {
+        1: (s[A], " ".join(html.escape(s[k], quote=False) for k in ("empty", B, f"resisting cell death|{B}"))),
+        2: (s["empty"], html.escape(s["empty 2"], quote=False)),
+        3: (s[B], None),
+        4: ("", None),
+    }
+    src = tmp_path / "pubmed"
+    src.mkdir()
+    xml = [article_xml(p, title=html.escape(t, quote=False), abstract=a) for p, (t, a) in docs.items()]
+    (src / "pubmed25n0001.xml").write_text(pubmed_document(xml))
+    out = tmp_path / "out"
+    job = write_job(
+        tmp_path / "job.toml",
+        output=out,
+        source={"kind": "files", "paths": [str(src)], "shard_size": 2},
+        tasks={"classify": {"model": str(hoc), "batch_size": 8}, "summarize": {"model": str(lm), "max_new_tokens": 4}},
+    )
+    record = run_job(load_job(job), progress=False, num_cpus=2)
+    assert record["stages"]["classify"]["shards_done"] == 2
+
+    labels = read_dataset(out, "labels")
+    by_pmid: dict[int, set[str]] = {}
+    for row in labels.to_pylist():
+        assert row["parse_status"] == "ok", row  # the fitted model answers every sentence in the grammar
+        by_pmid.setdefault(row["pmid"], set()).add(row["label"])
+    # the union of the sentences' gold labels, `empty` left out; PMIDs 2 and 4 have no row
+    assert by_pmid == {1: {A, B, "resisting cell death"}, 3: {B}}
+    articles = read_articles(out)
+    # rows equal the task's own output on the same documents (one engine call per batch of sentences)
+    task = ClassifyTask(ClassifyOptions(model=str(hoc), dtype="float32"))
+    direct = [r for rows in task(ClassifyTask.prepare(articles, task.options)) for r in rows]
+    job_rows = sorted(labels.to_pylist(), key=lambda r: (r["pmid"], r["evidence_start"], r["label"]))
+    direct = sorted(direct, key=lambda r: (r["pmid"], r["evidence_start"], r["label"]))
+    assert len(job_rows) == len(direct)
+    for got, want in zip(job_rows, direct):  # the engine's batches differ: the last float bits may
+        assert math.isclose(got.pop("logprob"), want.pop("logprob"), rel_tol=1e-5, abs_tol=1e-6)
+        assert math.isclose(got.pop("score"), want.pop("score"), rel_tol=1e-5)
+        assert {k: v for k, v in got.items() if v is not None} == want
+    text = {p: f"{t} {a or ''}" for p, (t, a) in docs.items()}
+    for row in labels.to_pylist():  # evidence indexes title + " " + abstract, and states the label
+        assert text[row["pmid"]][row["evidence_start"] : row["evidence_end"]] == row["evidence_text"]
+        gold = [lab.removesuffix(" 2").split("|") for lab, sentence in s.items() if sentence == row["evidence_text"]]
+        assert gold and row["label"] in gold[0]
+        assert 0 < row["score"] <= 1 and row["sentences"] >= 1
+    best = next(r for r in labels.to_pylist() if r["pmid"] == 1 and r["label"] == B)
+    assert best["sentences"] == 2  # two sentences name it; the evidence is the likelier one
+
+    sql = "SELECT pmid, count(*) AS n FROM labels WHERE parse_status = 'ok' GROUP BY pmid ORDER BY pmid"
+    assert query(out, sql).to_dict("records") == [{"pmid": 1, "n": 3}, {"pmid": 3, "n": 1}]
+    # documents without rows were computed: every documents file has its labels output
+    from pipeline.store.datasets import OutputName
+    from pipeline.store.documents import Documents
+    from pipeline.store.tables import Table
+
+    outputs = [OutputName.parse(f) for f in Table(out / "labels").files()]
+    assert sorted(o.doc for o in outputs if o is not None and not o.failed) == sorted(
+        f.stem for f in Documents(out / "documents").files().values()
+    )
