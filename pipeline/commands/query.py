@@ -1,6 +1,6 @@
 """``biomine query OUT "SQL"``: DuckDB SQL over an output's Delta tables, at one consistent snapshot.
 
-Each table of OUT is a view (documents, entities, relations, summaries, kb, runs), read at the
+Each table of OUT is a view (documents, entities, relations, summaries, labels, kb, runs), read at the
 versions the last finished run recorded (``--as-of`` an earlier run or a date: time travel). Any
 Delta reader gives the same rows; docs/analysts.md shows DuckDB, polars, pandas and Spark."""
 
@@ -11,7 +11,7 @@ import argparse
 from pipeline.commands import plain, require_positive
 
 EPILOG = """\
-views: documents, entities, relations, summaries, kb and runs (those OUT has)
+views: documents, entities, relations, summaries, labels, kb and runs (those OUT has)
 
 examples:
   biomine query biomine-demo/out "SELECT count(*) FROM documents"
