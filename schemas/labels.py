@@ -34,6 +34,11 @@ raw_generation      the generated text of the evidence sentence
 model_id            the model that produced the row (required)
 ==================  ====================================================================================
 
+Rows of a ``BioGptForSequenceClassification`` checkpoint (pipeline/tasks/classify.py): ``score`` is
+the label's best window probability (softmax, or sigmoid for a multi-label head), ``logprob`` its
+log, the evidence the best window's span when the text took several windows (else null), and
+``sentences`` and ``raw_generation`` are null.
+
 :raises SchemaMismatchError: from :func:`cast_batch` (names the column and PMID) and
     :func:`check_schema`.
 """

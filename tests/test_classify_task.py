@@ -281,3 +281,106 @@ def test_classify_runs_next_to_summarize_in_one_ray_job(tmp_path, ray_local):
     assert sorted(o.doc for o in outputs if o is not None and not o.failed) == sorted(
         f.stem for f in Documents(out / "documents").files().values()
     )
+
+
+# --- a sequence classifier ------------------------------------------------------------------------
+
+LONG = (
+    "Tumour cells invaded the stroma and formed distant metastases in the liver. "
+    "Vascular endothelial growth factor drove angiogenesis in every tumour examined. "
+    "Apoptosis was rare, and proliferation was high in the invasive front of the tumours."
+)
+
+
+@pytest.mark.parametrize("problem_type", ["single_label_classification", "multi_label_classification"])
+def test_a_sequence_classifier_reads_the_whole_text_in_windows(tmp_path, problem_type):
+    import torch
+    from transformers import BioGptForSequenceClassification as Oracle
+
+    from biogpt.model import BioGptForSequenceClassification
+    from biogpt.tiny import make_tiny_checkpoint
+    from pipeline.tasks.classify import ClassifyTask
+    from pipeline.tasks.options import ClassifyOptions
+
+    labels = {0: "empty", 1: A, 2: B, 3: "resisting cell death"}
+    model = make_tiny_checkpoint(
+        tmp_path / "seq",
+        [LONG, "Short title.", "A short abstract."],
+        model_cls=BioGptForSequenceClassification,
+        id2label=labels,
+        problem_type=problem_type,
+        max_position_embeddings=24,
+        seed=5,
+    )
+    options = ClassifyOptions(model=str(model), batch_size=3, dtype="float32")
+    docs = {
+        "pmid": [1, 2, 3],
+        "version": [1, 1, 1],
+        "title": ["Short title.", "Invasion", None],
+        "abstract": ["A short abstract.", LONG, None],
+    }
+    prepared = ClassifyTask.prepare(docs, options)
+    got = ClassifyTask(options)(prepared)
+    oracle = Oracle.from_pretrained(model).eval()
+    multi = problem_type == "multi_label_classification"
+    assert oracle.config.problem_type == problem_type
+    seen = 0
+    for i, rows in enumerate(got):
+        text = prepared.column("_text")[i].as_py()
+        inputs, spans = prepared.column("_inputs")[i].as_py(), prepared.column("_spans")[i].as_py()
+        if i == 1:
+            assert len(inputs) > 1 and all(len(x) <= 24 and x[0] == 2 for x in inputs)  # windowed past 23 tokens
+            assert spans[0][0] == 0 and spans[-1][1] == len(text)  # the windows cover the text
+        if i == 2:
+            assert inputs == [] and rows == []  # no text: no input, no row
+            continue
+        # the oracle: transformers' model on each window alone, its probabilities, the picks
+        best: dict[str, tuple[float, int]] = {}
+        for w, ids in enumerate(inputs):
+            with torch.no_grad():
+                logits = oracle(torch.tensor([ids])).logits[0]
+            probs = (torch.sigmoid(logits) if multi else torch.softmax(logits, -1)).tolist()
+            picked = (
+                [j for j, q in enumerate(probs) if q >= 0.5] if multi else [int(max(range(4), key=probs.__getitem__))]
+            )
+            for j in picked:
+                if labels[j] != "empty" and (labels[j] not in best or probs[j] > best[labels[j]][0]):
+                    best[labels[j]] = (probs[j], w)
+        assert {r["label"] for r in rows} == set(best)
+        for row in rows:
+            p, w = best[row["label"]]
+            assert math.isclose(row["score"], p, rel_tol=1e-4) and math.isclose(
+                row["logprob"], math.log(p), abs_tol=1e-4
+            )
+            assert row["raw_generation"] is None and row["sentences"] is None
+            if len(inputs) == 1:
+                assert row["evidence_start"] is None and row["evidence_text"] is None
+            else:
+                assert (row["evidence_start"], row["evidence_end"]) == tuple(spans[w])
+                assert text[row["evidence_start"] : row["evidence_end"]] == row["evidence_text"]
+        seen += len(rows)
+        cast_batch(rows)
+    assert seen >= 1  # the seed gives labels to classify
+
+
+def test_sequence_classifiers_the_task_cannot_read_are_refused(tmp_path, capsys):
+    from biogpt.model import BioGptForSequenceClassification
+    from biogpt.tiny import make_tiny_checkpoint
+    from pipeline.tasks.classify import ClassifyModelError, checked_model
+
+    def seq(name: str, **config) -> str:
+        return str(make_tiny_checkpoint(tmp_path / name, [LONG], model_cls=BioGptForSequenceClassification, **config))
+
+    good = seq("ok", id2label={0: "no", 1: "yes"})
+    assert checked_model(good).labels == ("no", "yes")
+    sample = Path(__file__).resolve().parents[1] / "pipeline" / "commands" / "demo_files" / "data" / "demo_pubmed.xml"
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'[job]\nname = "c"\noutput = "{tmp_path / "out"}"\n[source]\nkind = "files"\npaths = ["{sample}"]\n'
+        f'[tasks.classify]\nmodel = "{good}"\n'
+    )
+    assert main(["run", str(job), "--check"]) == 0
+    with pytest.raises(ClassifyModelError, match="problem_type 'regression'"):
+        checked_model(seq("regression", id2label={0: "a", 1: "b"}, problem_type="regression"))
+    with pytest.raises(ClassifyModelError, match="at least two labels"):
+        checked_model(seq("one", num_labels=1))

@@ -40,7 +40,7 @@ import functools
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Sequence, TypeVar
 
 import pyarrow as pa
 
@@ -246,6 +246,14 @@ def load_model(cls, model_dir: str, dtype: str | None, device: str | None, task:
     except CheckpointError as exc:
         raise WrongModelError(f"{task}: {exc}") from None
     return model.eval()
+
+
+def pad(rows: Sequence[Sequence[int]], value: int):
+    """``rows`` right-padded with ``value`` to the longest, as one long tensor (on the CPU)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 def positive_int(value: Any, what: str) -> int:
