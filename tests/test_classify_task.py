@@ -384,3 +384,38 @@ def test_sequence_classifiers_the_task_cannot_read_are_refused(tmp_path, capsys)
         checked_model(seq("regression", id2label={0: "a", 1: "b"}, problem_type="regression"))
     with pytest.raises(ClassifyModelError, match="at least two labels"):
         checked_model(seq("one", num_labels=1))
+
+
+def test_every_sentence_of_a_batch_goes_to_the_engine_in_one_call_and_nothing_is_dropped(tmp_path):
+    """A random HoC checkpoint answers nothing in the grammar: every sentence is one unparsed row
+    with its reason, sentence and generation; all sentences of all documents were one engine call."""
+    from biogpt.tiny import make_tiny_task_checkpoint
+    from pipeline.tasks.classify import ClassifyTask
+    from pipeline.tasks.options import ClassifyOptions
+
+    titles = ["Angiogenesis in tumours", None, "Short."]
+    abstracts = ["VEGF was high. Vessels grew!", "One sentence only.", None]
+    hoc = make_tiny_task_checkpoint(
+        tmp_path / "hoc",
+        [t or "" for t in titles] + [a or "" for a in abstracts],
+        task="dc-hoc",
+        learned_prompt=1,
+        seed=4,
+    )
+    options = ClassifyOptions(model=str(hoc), batch_size=4, max_new_tokens=3, dtype="float32")
+    task = ClassifyTask(options)
+    calls = []
+    run = task.decoder.engine.run
+    task.decoder.engine.run = lambda prompts, *a, **k: calls.append(len(prompts)) or run(prompts, *a, **k)
+    out = task(ClassifyTask.prepare({"pmid": [1, 2, 3], "title": titles, "abstract": abstracts}, options))
+    assert calls == [5]  # 3 + 1 + 1 sentences: one call for the whole batch
+    assert [[r["evidence_text"] for r in rows] for rows in out] == [
+        ["Angiogenesis in tumours", "VEGF was high.", "Vessels grew!"],
+        ["One sentence only."],
+        ["Short."],
+    ]
+    for rows in out:
+        for row in rows:
+            assert row["parse_status"] == "unparsed" and row["reason"] and row.get("label") is None
+            assert isinstance(row["raw_generation"], str)
+    cast_batch([r for rows in out for r in rows])
