@@ -143,7 +143,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def _job_use(task: str) -> str:
-    """Where a released checkpoint of ``task`` goes in a job (HoC has no job task yet)."""
+    """Where a released checkpoint of ``task`` goes in a job."""
     from biogpt.task_spec import BY_CHECKPOINT
 
     if task == "lm":
@@ -151,7 +151,11 @@ def _job_use(task: str) -> str:
     spec = BY_CHECKPOINT[task]
     if spec.family == "qa":
         return '[tasks.qa] question = "..."'
-    return f'[tasks.re] task = "{spec.name}"' if spec.family == "re" else "- (convert/generate only)"
+    if spec.family == "re":
+        return f'[tasks.re] task = "{spec.name}"'
+    if spec.family == "dc":
+        return "[tasks.classify]"
+    return "- (convert/generate only)"
 
 
 def _hub_cache() -> list[tuple[str, list[str], int]]:

@@ -4,7 +4,8 @@ A task (``pipeline/tasks/ner.py``, ``re.py``, ``summarize.py``, ``qa.py``) is a 
 what :func:`pipeline.run.stages.run_task_stage` maps over document shards:
 
 ==================  ==============================================================================
-``name``            ``"ner"`` | ``"re"`` | ``"summarize"`` | ``"qa"`` (the job file's ``[tasks.NAME]``)
+``name``            ``"ner"`` | ``"re"`` | ``"summarize"`` | ``"qa"`` | ``"classify"``
+                    (the job file's ``[tasks.NAME]``)
 ``dataset``         the output dataset under ``OUT/`` (:data:`pipeline.tasks.registry.DATASETS`)
 ``schema``          the output rows' Arrow schema (from ``schemas/``)
 ``Options``         its typed settings (:mod:`pipeline.tasks.options`)
@@ -40,7 +41,7 @@ import functools
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Sequence, TypeVar
 
 import pyarrow as pa
 
@@ -282,6 +283,14 @@ def load_model(cls, model_dir: str, dtype: str | None, device: str | None, task:
     except CheckpointError as exc:
         raise WrongModelError(f"{task}: {exc}") from None
     return model.eval()
+
+
+def pad(rows: Sequence[Sequence[int]], value: int):
+    """``rows`` right-padded with ``value`` to the longest, as one long tensor (on the CPU)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 def positive_int(value: Any, what: str) -> int:

@@ -246,3 +246,16 @@ class QAOptions(TaskOptions):
         if self.max_new_tokens is not None:
             out += _positive(self.max_new_tokens, "max_new_tokens")
         return out
+
+
+@dataclass(frozen=True)
+class ClassifyOptions(TaskOptions):
+    task_name: ClassVar[str] = "classify"
+
+    #: New tokens per sentence for the generative HoC checkpoint (its answer sentence with every
+    #: label fits in far fewer; a cap so a model that rambles costs little).
+    max_new_tokens: int = job_key(64)
+    cuda_graph: bool | None = None
+
+    def problems(self) -> list[str]:
+        return super().problems() + _positive(self.max_new_tokens, "max_new_tokens")
