@@ -355,7 +355,7 @@ def test_qa_job_answers_next_to_summarize(tmp_path, ray_local, capsys):
     capsys.readouterr()
     sql = "SELECT answer, count(*) AS n FROM answers WHERE parse_status = 'ok' GROUP BY 1 ORDER BY 1"
     assert main(["query", str(out), sql, "--format", "json"]) == 0
-    shown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # JSON lines
+    shown = json.loads(capsys.readouterr().out)  # one JSON array
     assert shown == [{"answer": a, "n": 1} for a in sorted(gold for _, _, gold in picked)]
     print(f"fitted in {fitted:.1f} s, job in {ran:.1f} s")
 
