@@ -438,10 +438,20 @@ def test_the_command_lines_run(out, capsys):
     ]
     assert len(lines) >= 9
     for line in lines:
-        argv = shlex.split(line.replace(PLACEHOLDER, str(out)), comments=True)[1:]
+        # The biomine command of the line: up to a pipe into another tool (`| jq ...`), which then
+        # gets what biomine printed (checked below for JSON).
+        lexer = shlex.shlex(line.replace(PLACEHOLDER, str(out)), posix=True, punctuation_chars="|")
+        lexer.whitespace_split, lexer.commenters = True, "#"
+        tokens = list(lexer)
+        piped = "|" in tokens
+        argv = tokens[: tokens.index("|")][1:] if piped else tokens[1:]
         assert main(argv) == 0, line
         printed = capsys.readouterr().out
         assert printed.strip(), line
+        if piped and argv[0] == "query" and "json" in argv:
+            import json
+
+            assert isinstance(json.loads(printed), list), line  # what `jq '.[0]'` reads: one JSON array
         if argv[:2] == ["kb", "diff"] and "json" in argv:
             import json
 
