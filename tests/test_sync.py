@@ -1,0 +1,211 @@
+"""``biomine sync``: NCBI's baseline/update files mirrored from a loopback fake of NCBI's server
+(tests/fake_ncbi.py: the real directory-listing layout, ``.md5`` files in NCBI's layout, small real
+gzip'd PubMed XML): only new files downloaded, each verified, resumed with ``Range`` after a cut
+connection or a kill -9, a wrong md5 re-downloaded once and then refused, the state recorded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+from fake_ncbi import FakeNcbi, pubmed_file
+
+from pipeline.cli import main
+from pipeline.errors import SyncError
+from pipeline.pubmed import sync as sync_module
+from pipeline.pubmed.sync import STATE, parse_listing, parse_md5, read_state, sync, verified_files
+from pipeline.store import releases
+
+REPO = Path(__file__).resolve().parents[1]
+B1, B2, U3, U4 = "pubmed26n0001.xml.gz", "pubmed26n0002.xml.gz", "pubmed26n0003.xml.gz", "pubmed26n0004.xml.gz"
+
+
+@pytest.fixture
+def ncbi(monkeypatch):
+    # the backoff between retries is not waited for here (only releases' own clock: the fake server's
+    # throttle sleeps for real)
+    monkeypatch.setattr(releases, "time", types.SimpleNamespace(sleep=lambda s: None))
+    monkeypatch.delenv("BIOMINE_PUBMED_MIRROR", raising=False)
+    with FakeNcbi() as server:
+        server.add("baseline", B1, pubmed_file(list(range(1, 40))))
+        server.add("baseline", B2, pubmed_file(list(range(40, 80))))
+        server.add("updatefiles", U3, pubmed_file([3, 81], deletions=[5], title="Revised: "))
+        yield server
+
+
+def run_sync(server: FakeNcbi, dest: Path, *extra: str) -> int:
+    return main(["sync", str(dest), "--mirror", server.url, "--allow-http", "--no-progress", *extra])
+
+
+def held(dest: Path) -> dict[str, bytes]:
+    return {f"{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(dest.glob("*/pubmed*.xml.gz"))}
+
+
+def assert_mirrors(server: FakeNcbi, dest: Path) -> None:
+    """DEST holds exactly the server's files, byte for byte, each recorded with its md5, size, sha256."""
+    expected = {f"{f}/{n}": d for f, files in server.files.items() for n, d in files.items() if n.endswith(".gz")}
+    assert held(dest) == expected
+    state = read_state(str(dest))["files"]
+    assert set(state) == set(expected)
+    for key, data in expected.items():
+        rec = state[key]
+        assert rec["md5"] == hashlib.md5(data).hexdigest() and rec["size"] == len(data)
+        assert rec["sha256"] == hashlib.sha256(data).hexdigest() and rec["verified"]
+
+
+def test_sync_resumes_a_cut_download_verifies_every_file_and_a_rerun_fetches_nothing(ncbi, tmp_path, capsys):
+    dest = tmp_path / "pubmed"
+    ncbi.cut[B2] = 1  # the first download of this file breaks in the middle of its body
+    assert run_sync(ncbi, dest) == 0
+    assert "downloaded 3 file(s)" in capsys.readouterr().out
+    assert_mirrors(ncbi, dest)
+    half = len(ncbi.files["baseline"][B2]) // 2
+    assert [r for r in ncbi.gets() if r[0].endswith(B2)] == [
+        (f"/pubmed/baseline/{B2}", None),
+        (f"/pubmed/baseline/{B2}", f"bytes={half}-"),
+    ]
+    assert sorted(p for p, _ in ncbi.gets() if not p.endswith(B2)) == [
+        f"/pubmed/baseline/{B1}",
+        f"/pubmed/updatefiles/{U3}",
+    ]
+    assert len(ncbi.gets(".md5")) == 3
+    assert not list((dest / ".sync-partial").rglob("*.gz*"))  # nothing staged is left
+    # the state says what the mirror listed, for `status` and people
+    listed = read_state(str(dest))["listed"]
+    assert listed["baseline"]["newest"] == B2 and listed["updatefiles"]["newest"] == U3
+
+    # a re-run: the two listings, and not one file or .md5
+    ncbi.requests.clear()
+    assert run_sync(ncbi, dest) == 0
+    assert "downloaded 0 file(s)" in capsys.readouterr().out
+    assert ncbi.requests == [("/pubmed/baseline/", None), ("/pubmed/updatefiles/", None)]
+
+    # the next day NCBI publishes an update file: only it is downloaded
+    ncbi.requests.clear()
+    ncbi.add("updatefiles", U4, pubmed_file([82, 83]))
+    assert run_sync(ncbi, dest) == 0
+    assert ncbi.gets() == [(f"/pubmed/updatefiles/{U4}", None)] and ncbi.gets(".md5") == [
+        (f"/pubmed/updatefiles/{U4}.md5", None)
+    ]
+    assert_mirrors(ncbi, dest)
+    # in the order they apply: the baseline, then the updates, by sequence number
+    assert [loc.name for loc in verified_files(str(dest))] == [B1, B2, U3, U4]
+
+
+def test_a_wrong_md5_once_is_downloaded_again_and_then_verified(ncbi, tmp_path, caplog):
+    ncbi.corrupt[B1] = 1
+    summary = sync(tmp_path / "pubmed", ncbi.url, allow_http=True, progress=False)
+    assert sorted(summary.downloaded) == [f"baseline/{B1}", f"baseline/{B2}", f"updatefiles/{U3}"]
+    assert [r for r in ncbi.gets() if r[0].endswith(B1)] == [(f"/pubmed/baseline/{B1}", None)] * 2  # from byte 0
+    assert any("does not match its .md5" in r.getMessage() for r in caplog.records)
+    assert_mirrors(ncbi, tmp_path / "pubmed")
+
+
+def test_a_wrong_md5_twice_is_one_error_line_and_nothing_of_it_is_kept(ncbi, tmp_path, capsys):
+    dest = tmp_path / "pubmed"
+    ncbi.corrupt[U3] = 1_000
+    assert run_sync(ncbi, dest) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"biomine: error: {ncbi.url}updatefiles/{U3} does not match its .md5 after two downloads")
+    assert err[0].endswith("sync again later, or use another mirror (--mirror)")
+    assert len([r for r in ncbi.gets() if r[0].endswith(U3)]) == 2
+    state = read_state(str(dest))["files"]
+    assert set(state) == {f"baseline/{B1}", f"baseline/{B2}"}  # the others are verified and kept
+    assert not (dest / "updatefiles" / U3).exists()
+    assert not list((dest / ".sync-partial").rglob(f"{U3}*"))
+    # once the mirror serves it right, the next sync fetches only it
+    ncbi.corrupt.clear()
+    ncbi.requests.clear()
+    assert run_sync(ncbi, dest) == 0
+    assert ncbi.gets() == [(f"/pubmed/updatefiles/{U3}", None)]
+    assert_mirrors(ncbi, dest)
+
+
+def test_kill_9_in_the_middle_of_a_download_then_a_rerun_resumes_and_completes(ncbi, tmp_path):
+    dest = tmp_path / "pubmed"
+    big = pubmed_file(list(range(100, 400)))  # ~9 KB, served 1 KiB every 0.1 s: about a second to download
+    ncbi.add("baseline", "pubmed26n0005.xml.gz", big)
+    ncbi.throttle = 0.1
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BIOMINE_PUBMED_MIRROR": ncbi.url}
+    cmd = [sys.executable, "-m", "pipeline.cli", "sync", str(dest), "--allow-http", "--concurrency", "2"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    part = dest / ".sync-partial" / "baseline" / "pubmed26n0005.xml.gz.part"
+    deadline = time.monotonic() + 60
+    while not (part.exists() and part.stat().st_size >= 4096):
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the sync never started downloading"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    have = part.stat().st_size
+    assert 0 < have < len(big)
+    ncbi.throttle = 0.0
+    ncbi.requests.clear()
+    sync(dest, ncbi.url, allow_http=True, progress=False)
+    assert_mirrors(ncbi, dest)
+    resumed = [r for r in ncbi.gets() if r[0].endswith("pubmed26n0005.xml.gz")]
+    assert resumed == [("/pubmed/baseline/pubmed26n0005.xml.gz", f"bytes={have}-")]
+
+
+def test_a_file_held_but_not_recorded_is_checked_and_recorded_without_a_download(ncbi, tmp_path):
+    """A sync killed after it published a file and before it recorded it: the file is not fetched again."""
+    dest = tmp_path / "pubmed"
+    sync(dest, ncbi.url, allow_http=True, progress=False)
+    state = json.loads((dest / STATE).read_text())
+    del state["files"][f"baseline/{B2}"]
+    (dest / STATE).write_text(json.dumps(state))
+    ncbi.requests.clear()
+    summary = sync(dest, ncbi.url, allow_http=True, progress=False)
+    assert summary.adopted == [f"baseline/{B2}"] and not summary.downloaded
+    assert ncbi.gets() == [] and ncbi.gets(".md5") == [(f"/pubmed/baseline/{B2}.md5", None)]
+    assert_mirrors(ncbi, dest)
+
+
+def test_a_file_without_its_md5_yet_waits_for_the_next_sync(ncbi, tmp_path, capsys):
+    dest = tmp_path / "pubmed"
+    ncbi.add("updatefiles", U4, pubmed_file([90]), md5=False)  # NCBI is still uploading it
+    assert run_sync(ncbi, dest) == 0
+    out = capsys.readouterr().out
+    assert "1 file(s) have no .md5 on the mirror yet" in out
+    assert not (dest / "updatefiles" / U4).exists() and not any(p.endswith(U4) for p, _ in ncbi.gets())
+
+
+def test_plain_http_is_refused_unless_allowed_and_nothing_else_is_contacted(ncbi, tmp_path, capsys, monkeypatch):
+    assert main(["sync", str(tmp_path / "p"), "--mirror", ncbi.url]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is plain http" in err[0] and err[0].endswith("(--mirror, --allow-http)")
+    assert ncbi.requests == []
+    # the mirror may come from the environment; no other host is ever contacted
+    monkeypatch.setenv("BIOMINE_PUBMED_MIRROR", ncbi.url)
+    assert main(["sync", str(tmp_path / "p"), "--allow-http", "--no-progress", "--only", "updatefiles"]) == 0
+    assert {p for p, _ in ncbi.requests} == {
+        "/pubmed/updatefiles/",
+        f"/pubmed/updatefiles/{U3}",
+        f"/pubmed/updatefiles/{U3}.md5",
+    }
+
+
+def test_md5_files_and_listings_in_ncbis_layout_and_md5sums():
+    digest = "0123456789abcdef0123456789abcdef"
+    assert parse_md5(f"MD5(pubmed26n0001.xml.gz)= {digest}\n", "pubmed26n0001.xml.gz") == digest
+    assert parse_md5(f"{digest.upper()}  pubmed26n0001.xml.gz\n", "pubmed26n0001.xml.gz") == digest
+    assert parse_md5(f"{digest} *baseline/pubmed26n0001.xml.gz", "pubmed26n0001.xml.gz") == digest
+    with pytest.raises(SyncError, match=r"pubmed26n0001.xml.gz.md5 holds no MD5 digest"):
+        parse_md5("<html>Not Found</html>", "pubmed26n0001.xml.gz")
+    html = '<a href="/pubmed/">Parent</a> <a href="https://elsewhere.example/x.xml.gz">x</a> <A HREF="pubmed26n0001.xml.gz">p</A>'
+    assert parse_listing(html) == {"pubmed26n0001.xml.gz"}
+
+
+def test_an_empty_or_wrong_folder_is_refused(tmp_path):
+    with FakeNcbi() as server:  # nothing published
+        with pytest.raises(SyncError, match=r"lists no pubmedYYnNNNN.xml.gz files"):
+            sync_module.sync(tmp_path / "p", server.url, allow_http=True, progress=False)
