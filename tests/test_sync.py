@@ -16,6 +16,7 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import write_job
 from fake_ncbi import FakeNcbi, pubmed_file
 
 from pipeline.cli import main
@@ -209,3 +210,106 @@ def test_an_empty_or_wrong_folder_is_refused(tmp_path):
     with FakeNcbi() as server:  # nothing published
         with pytest.raises(SyncError, match=r"lists no pubmedYYnNNNN.xml.gz files"):
             sync_module.sync(tmp_path / "p", server.url, allow_http=True, progress=False)
+
+
+# --- a job with [source] kind = "pubmed": sync, then ingest in sequence order ---------------------------
+
+
+def pubmed_job(tmp_path: Path, server: FakeNcbi, out: Path, dest: Path, **source) -> Path:
+    return write_job(
+        tmp_path / f"{out.name}.toml",
+        output=out,
+        name="pubmed-daily",
+        source={"kind": "pubmed", "dest": str(dest), "mirror": server.url, "allow_http": True, **source},
+        tasks={},
+    )
+
+
+def documents_of(out: Path) -> tuple[list[dict], dict[str, int]]:
+    """The live articles (without the time they were read) and the live documents data files (name
+    without its content checksum, which covers the time of reading: rows), as deltalake's log
+    replay lists them."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    from pipeline.store.documents import read_articles
+
+    rows = read_articles(out).drop_columns(["fetched_at"]).sort_by("pmid").to_pylist()
+    actions = pa.table(DeltaTable(str(out / "documents")).get_add_actions(flatten=True))
+    names = [p.rsplit(".", 2)[0] for p in actions.column("path").to_pylist()]  # part-<input>-<sha>-NNNN
+    return rows, dict(zip(names, actions.column("num_records").to_pylist()))
+
+
+def test_job_check_refuses_what_a_pubmed_source_needs(tmp_path, capsys):
+    path = write_job(
+        tmp_path / "j.toml",
+        output=tmp_path / "out",
+        source={"kind": "pubmed", "mirror": "http://127.0.0.1:1/pubmed/", "paths": ["x"]},
+        tasks={},
+    )
+    assert main(["run", str(path), "--check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    # every problem at once, in the one layout: the parse's and the plain-http mirror's
+    assert len(err) == 1 and err[0].startswith(f"biomine: error: 3 problems in {path}"), err
+    assert (
+        '[source] dest is required for kind = "pubmed"' in err[0]
+        and '[source] paths: only for kind = "files"' in err[0]
+    )
+    assert "mirror http://127.0.0.1:1/pubmed/ is plain http" in err[0], err
+    assert err[0].endswith("([source] mirror, [source] allow_http)"), err
+    path.write_text(path.read_text().replace('paths = ["x"]\n', f'dest = "{tmp_path / "raw"}"\nallow_http = true\n'))
+    assert main(["run", str(path), "--check"]) == 0, capsys.readouterr().err
+    assert not (tmp_path / "raw").exists()  # --check contacts no mirror and writes nothing
+
+
+@pytest.mark.slow
+def test_a_pubmed_job_syncs_then_ingests_in_sequence_order_as_a_files_job_over_the_same_files(
+    ncbi, tmp_path, ray_local
+):
+    from pipeline.run.jobspec import load_job
+    from pipeline.run.runner import run_job
+
+    dest, out = tmp_path / "raw", tmp_path / "out"
+    job = pubmed_job(tmp_path, ncbi, out, dest)
+    first = run_job(load_job(job), progress=False, num_cpus=2)
+    docs = first["stages"]["documents"]
+    assert docs["sync"]["downloaded"] == 3 and docs["files"] == 3 and docs["deleted"] == 1
+    assert_mirrors(ncbi, dest)
+
+    def files_job_equals(expected_inputs: list[str]) -> None:
+        """A files job over the same raw files gives the same documents table (rows and data files)."""
+        ref = tmp_path / f"ref{len(expected_inputs)}"
+        paths = [str(dest / key) for key in expected_inputs]
+        spec = write_job(tmp_path / f"{ref.name}.toml", output=ref, source={"kind": "files", "paths": paths}, tasks={})
+        run_job(load_job(spec), progress=False, num_cpus=2)
+        assert documents_of(out) == documents_of(ref)
+
+    files_job_equals([f"baseline/{B1}", f"baseline/{B2}", f"updatefiles/{U3}"])
+
+    # The next day: two update files, the first still without its .md5 (NCBI uploading it). The
+    # second is downloaded but not ingested: ingesting it first would refuse the first one later.
+    u5 = "pubmed26n0005.xml.gz"
+    ncbi.add("updatefiles", U4, pubmed_file([84], title="Late: "), md5=False)
+    ncbi.add("updatefiles", u5, pubmed_file([85]))
+    ncbi.requests.clear()
+    second = run_job(load_job(job), progress=False, num_cpus=2)["stages"]["documents"]
+    assert second["sync"] == {
+        "downloaded": 1,
+        "bytes": len(ncbi.files["updatefiles"][u5]),
+        "held": 3,
+        "listed": 4,
+        "waiting": 1,
+    }
+    assert second["files"] == 0 and second["files_skipped"] == 3
+    assert 85 not in {r["pmid"] for r in documents_of(out)[0]}
+    ncbi.add("updatefiles", U4, ncbi.files["updatefiles"][U4])  # its .md5 is published
+    third = run_job(load_job(job), progress=False, num_cpus=2)["stages"]["documents"]
+    assert third["sync"]["downloaded"] == 1 and third["files"] == 2 and third["added"] == 2
+    files_job_equals(
+        [f"baseline/{B1}", f"baseline/{B2}", f"updatefiles/{U3}", f"updatefiles/{U4}", f"updatefiles/{u5}"]
+    )
+
+    # a re-run downloads nothing and applies nothing
+    ncbi.requests.clear()
+    fourth = run_job(load_job(job), progress=False, num_cpus=2)["stages"]["documents"]
+    assert fourth["sync"]["downloaded"] == 0 and fourth["files"] == 0 and ncbi.gets() == [] and ncbi.gets(".md5") == []

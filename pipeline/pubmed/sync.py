@@ -150,13 +150,18 @@ def read_state(dest: str | Location) -> dict[str, Any]:
     return state
 
 
-def verified_files(dest: str | Location, folders: tuple[str, ...] = FOLDERS) -> list[Location]:
+def verified_files(
+    dest: str | Location, folders: tuple[str, ...] = FOLDERS, before: str | None = None
+) -> list[Location]:
     """The verified raw files of DEST, in the order they apply (file name: the baseline, then the
-    updates, by sequence number)."""
+    updates, by sequence number); with ``before``, only those whose name sorts before it. Ingest
+    refuses a new file that sorts before one it applied, so a job ingests up to the first file the
+    mirror lists that is not verified yet (``before``), never past a gap."""
     from pipeline.store.storage import location
 
     root = location(dest)
     keys = [k for k in read_state(root)["files"] if k.split("/", 1)[0] in folders]
+    keys = [k for k in keys if before is None or k.rsplit("/", 1)[-1] < before]
     return [root / k for k in sorted(keys, key=lambda k: k.rsplit("/", 1)[-1])]
 
 
