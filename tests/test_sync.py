@@ -42,7 +42,7 @@ def ncbi(monkeypatch):
         yield server
 
 
-def run_sync(server: FakeNcbi, dest: Path, *extra: str) -> int:
+def run_sync(server: FakeNcbi, dest: Path | str, *extra: str) -> int:
     return main(["sync", str(dest), "--mirror", server.url, "--allow-http", "--no-progress", *extra])
 
 
@@ -313,3 +313,31 @@ def test_a_pubmed_job_syncs_then_ingests_in_sequence_order_as_a_files_job_over_t
     ncbi.requests.clear()
     fourth = run_job(load_job(job), progress=False, num_cpus=2)["stages"]["documents"]
     assert fourth["sync"]["downloaded"] == 0 and fourth["files"] == 0 and ncbi.gets() == [] and ncbi.gets(".md5") == []
+
+
+@pytest.mark.slow
+def test_sync_onto_s3_publishes_whole_objects_and_resumes_from_a_local_staging_folder(
+    ncbi, tmp_path, s3_server, monkeypatch
+):
+    """DEST on a real S3-compatible server (SeaweedFS on loopback): the staged download resumes in a
+    local cache folder, each file becomes one object once verified, the state is an object too."""
+    from pipeline.store.storage import location
+
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    dest = f"s3://{s3_server['BIOMINE_TEST_BUCKET']}/pubmed"
+    ncbi.cut[B1] = 1
+    assert run_sync(ncbi, dest) == 0
+    root = location(dest)
+    for folder, files in ncbi.files.items():
+        for name, data in files.items():
+            if name.endswith(".gz"):
+                assert (root / folder / name).read_bytes() == data
+    state = read_state(dest)["files"]
+    assert state[f"baseline/{B1}"]["md5"] == hashlib.md5(ncbi.files["baseline"][B1]).hexdigest() and len(state) == 3
+    assert [r[1] for r in ncbi.gets() if r[0].endswith(B1)] == [None, f"bytes={len(ncbi.files['baseline'][B1]) // 2}-"]
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # nothing staged is left
+    ncbi.requests.clear()
+    assert run_sync(ncbi, dest) == 0
+    assert ncbi.gets() == [] and ncbi.gets(".md5") == []
