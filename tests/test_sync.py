@@ -170,6 +170,17 @@ def test_a_file_held_but_not_recorded_is_checked_and_recorded_without_a_download
     assert ncbi.gets() == [] and ncbi.gets(".md5") == [(f"/pubmed/baseline/{B2}.md5", None)]
     assert_mirrors(ncbi, dest)
 
+    # killed after the download was whole, before it was published: checked in staging, then published
+    staged = dest / ".sync-partial" / "baseline" / B1
+    (dest / "baseline" / B1).rename(staged)
+    state = json.loads((dest / STATE).read_text())
+    del state["files"][f"baseline/{B1}"]
+    (dest / STATE).write_text(json.dumps(state))
+    ncbi.requests.clear()
+    summary = sync(dest, ncbi.url, allow_http=True, progress=False)
+    assert summary.downloaded == [f"baseline/{B1}"] and ncbi.gets() == [] and not staged.exists()
+    assert_mirrors(ncbi, dest)
+
 
 def test_a_file_without_its_md5_yet_waits_for_the_next_sync(ncbi, tmp_path, capsys):
     dest = tmp_path / "pubmed"
@@ -246,6 +257,14 @@ def test_job_check_refuses_what_a_pubmed_source_needs(tmp_path, capsys):
         output=tmp_path / "out",
         source={"kind": "pubmed", "mirror": "http://127.0.0.1:1/pubmed/", "paths": ["x"]},
         tasks={},
+    )
+    same = write_job(
+        tmp_path / "same.toml", output=tmp_path / "out", source={"kind": "pubmed", "dest": "out"}, tasks={}
+    )
+    assert main(["run", str(same), "--check"]) == 2
+    assert (
+        "[source] dest = 'out' is the job's output: keep the raw files in a folder of their own"
+        in capsys.readouterr().err
     )
     assert main(["run", str(path), "--check"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -27,7 +27,8 @@ Contract (what ``biomine sync DEST`` promises):
   per folder the newest file the mirror listed at the last sync. A killed sync resumes (verified
   files stay verified; partial downloads continue); a re-run downloads nothing and fetches no
   ``.md5``; a file found in DEST but not recorded (a sync killed between publishing and recording
-  it) is checked against its ``.md5`` and recorded without downloading it again.
+  it), or found whole in staging (killed before publishing it), is checked against its ``.md5``
+  and recorded without downloading it again.
 - One sync at a time per DEST: it holds DEST's lease (:mod:`pipeline.store.lease`).
 
 :raises SyncError: a mirror URL that is not https (without ``allow_http``), a listing without files,
@@ -172,8 +173,8 @@ def _staging(dest: Location) -> Path:
     return cache / "biomine" / "sync" / hashlib.sha256(dest.uri.encode()).hexdigest()[:16]
 
 
-def _md5(path: Path | Location) -> str:
-    h = hashlib.md5(usedforsecurity=False)
+def _digest(path: Path | Location, algorithm: str = "md5") -> str:
+    h = hashlib.new(algorithm, usedforsecurity=False)
     stream = open(path, "rb") if isinstance(path, Path) else path.open_input()
     with stream as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -240,7 +241,7 @@ class _Sync:
         expected = parse_md5(self._text(f"{url}.md5", f"{name}.md5"), name)
         target = self.dest / folder / name
         if target.exists():  # published by a sync killed before it recorded the file
-            if _md5(target) == expected:
+            if _digest(target) == expected:
                 self._record(key, target.size() or 0, expected, target.sha256())
                 with self.lock:
                     self.summary.adopted.append(key)
@@ -248,8 +249,11 @@ class _Sync:
             log.warning("%s in %s does not match its .md5; downloading it again", key, self.dest)
         staged = self.staging / folder / name
         for attempt in (1, 2):
-            sha, size = self._get(url, staged)
-            got = _md5(staged)
+            if attempt == 1 and staged.exists():  # downloaded whole by a sync killed before it published it
+                sha, size = _digest(staged, "sha256"), staged.stat().st_size
+            else:
+                sha, size = self._get(url, staged)
+            got = _digest(staged)
             if got == expected:
                 break
             staged.unlink()

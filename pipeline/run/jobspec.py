@@ -290,6 +290,12 @@ def parse_job_partly(
                 problems.append("[source] paths must be a non-empty list of files, directories or globs")
                 paths = []
         elif kind == "pubmed":
+            if isinstance(src.get("dest"), str) and isinstance(job.get("output"), str):
+                if _resolve(src["dest"], base_dir) == _resolve(job["output"], base_dir):
+                    problems.append(
+                        f"[source] dest = {src['dest']!r} is the job's output: keep the raw files in a folder "
+                        "of their own (the output holds the tables)"
+                    )
             if not src.get("dest"):
                 problems.append(
                     '[source] dest is required for kind = "pubmed": where the synced files are kept '
