@@ -283,7 +283,7 @@ def test_job_check_refuses_what_a_pubmed_source_needs(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_pubmed_job_syncs_then_ingests_in_sequence_order_as_a_files_job_over_the_same_files(
-    ncbi, tmp_path, ray_local
+    ncbi, tmp_path, ray_local, capsys
 ):
     from pipeline.run.jobspec import load_job
     from pipeline.run.runner import run_job
@@ -321,6 +321,14 @@ def test_a_pubmed_job_syncs_then_ingests_in_sequence_order_as_a_files_job_over_t
     }
     assert second["files"] == 0 and second["files_skipped"] == 3
     assert 85 not in {r["pmid"] for r in documents_of(out)[0]}
+    # `biomine status` of the job says how far the corpus is behind the mirror (0003 applied, 0005 listed)
+    from pipeline.run.status import output_status
+
+    status = output_status(str(out), dest=str(dest))
+    assert status.mirror is not None and status.mirror["newest_listed"] == u5 and status.mirror["behind"] == 2
+    assert status.mirror["verified"] == 4 and status.mirror["mirror"] == ncbi.url
+    assert main(["status", str(job)]) == 0
+    assert f"mirror    newest listed {u5}, checked " in capsys.readouterr().out
     ncbi.add("updatefiles", U4, ncbi.files["updatefiles"][U4])  # its .md5 is published
     third = run_job(load_job(job), progress=False, num_cpus=2)["stages"]["documents"]
     assert third["sync"]["downloaded"] == 1 and third["files"] == 2 and third["added"] == 2
@@ -332,6 +340,8 @@ def test_a_pubmed_job_syncs_then_ingests_in_sequence_order_as_a_files_job_over_t
     ncbi.requests.clear()
     fourth = run_job(load_job(job), progress=False, num_cpus=2)["stages"]["documents"]
     assert fourth["sync"]["downloaded"] == 0 and fourth["files"] == 0 and ncbi.gets() == [] and ncbi.gets(".md5") == []
+    assert main(["status", str(job)]) == 0
+    assert "files verified in" in (page := capsys.readouterr().out) and "; up to date" in page, page
 
 
 @pytest.mark.slow

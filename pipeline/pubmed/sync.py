@@ -166,6 +166,30 @@ def verified_files(
     return [root / k for k in sorted(keys, key=lambda k: k.rsplit("/", 1)[-1])]
 
 
+def mirror_status(dest: str | Location, newest_applied: str | None) -> dict[str, Any]:
+    """How far a corpus is behind its mirror, from DEST's state (no request to the mirror): the
+    newest file the last sync saw listed (and when), the files verified in DEST, and ``behind``: how
+    many sequence numbers the newest listed file is past ``newest_applied`` (the newest input the
+    corpus applied; None when either is unknown or they are of different baseline years)."""
+    state = read_state(dest)
+    listed = [entry for entry in state["listed"].values() if isinstance(entry, dict) and entry.get("newest")]
+    newest = max(listed, key=lambda entry: entry["newest"], default=None)
+    behind = None
+    pattern = re.compile(r"(pubmed\d{2}n)(\d+)")
+    if newest is not None and newest_applied:
+        a, b = pattern.match(newest["newest"]), pattern.match(newest_applied)
+        if a and b and a.group(1) == b.group(1):
+            behind = max(0, int(a.group(2)) - int(b.group(2)))
+    return {
+        "dest": str(dest),
+        "mirror": state.get("mirror"),
+        "newest_listed": newest["newest"] if newest else None,
+        "checked_at": newest.get("checked") if newest else None,
+        "verified": len(state["files"]),
+        "behind": behind,
+    }
+
+
 def _staging(dest: Location) -> Path:
     if dest.is_local:
         return Path(dest.path) / PARTIAL
