@@ -217,10 +217,14 @@ def test_md5_files_and_listings_in_ncbis_layout_and_md5sums():
     assert parse_listing(html) == {"pubmed26n0001.xml.gz"}
 
 
-def test_an_empty_or_wrong_folder_is_refused(tmp_path):
-    with FakeNcbi() as server:  # nothing published
-        with pytest.raises(SyncError, match=r"lists no pubmedYYnNNNN.xml.gz files"):
+def test_a_mirror_without_files_is_refused_and_an_empty_updatefiles_folder_is_normal(tmp_path):
+    with FakeNcbi() as server:  # nothing published: not a copy of NCBI's folder
+        with pytest.raises(SyncError, match=r"lists no pubmedYYnNNNN.xml.gz files in baseline/ or updatefiles/"):
             sync_module.sync(tmp_path / "p", server.url, allow_http=True, progress=False)
+        # the day NCBI publishes a new baseline, updatefiles/ is empty
+        server.add("baseline", B1, pubmed_file([1]))
+        summary = sync_module.sync(tmp_path / "p", server.url, allow_http=True, progress=False)
+        assert summary.downloaded == [f"baseline/{B1}"] and summary.listed == 1
 
 
 # --- a job with [source] kind = "pubmed": sync, then ingest in sequence order ---------------------------

@@ -337,21 +337,23 @@ def sync(
         for folder in folders:
             names, waiting = job.listing(folder)
             job.summary.waiting += [f"{folder}/{n}" for n in waiting]
-            if not names and not waiting:
-                raise SyncError(
-                    f"{base}{folder}/ lists no pubmedYYnNNNN.xml.gz files; check that the mirror is a copy "
-                    "of NCBI's pubmed/ folder",
-                    setting="mirror",
-                )
             if names:
                 job.state["listed"][folder] = {"newest": names[-1], "files": len(names), "checked": _now()}
             job.summary.listed += len(names)
             held = job.state["files"]
+            present = set((root / folder).files())  # one listing, not a request per file
             for name in names:
-                if f"{folder}/{name}" in held and (root / folder / name).exists():
+                if f"{folder}/{name}" in held and name in present:
                     job.summary.held += 1
                 else:
                     todo.append((folder, name))
+        if not job.summary.listed and not job.summary.waiting:
+            # (one empty folder is normal: NCBI empties updatefiles/ when it publishes a new baseline)
+            raise SyncError(
+                f"{base} lists no pubmedYYnNNNN.xml.gz files in {' or '.join(f + '/' for f in folders)}; check "
+                "that the mirror is a copy of NCBI's pubmed/ folder",
+                setting="mirror",
+            )
         for key in job.summary.waiting:
             log.info("%s: no .md5 listed yet; left for the next sync", key)
         errors: list[BioMineError] = []
