@@ -5,7 +5,8 @@ serves (``<a href="pubmed26n0001.xml.gz">`` with ``pubmed26n0001.xml.gz.md5`` be
 whose body is NCBI's ``MD5(pubmed26n0001.xml.gz)= <hex>``), answers ``Range`` requests with 206,
 and can misbehave on purpose: ``cut[name] = n`` closes the connection in the middle of the body of
 the next n downloads of ``name``; ``corrupt[name] = n`` serves n downloads with one byte changed
-(the .md5 then does not match); ``throttle`` seconds of sleep between 1 KiB chunks of every body.
+(the .md5 then does not match); ``pause = (name, n)`` stops the next body of ``name`` after n bytes until ``resume`` is set (a
+download caught in the middle, for as long as a test needs).
 ``requests`` records ``(path, Range header)`` of every GET. Only 127.0.0.1 is ever bound.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from fake_eutils import article_xml, pubmed_document
@@ -51,7 +51,8 @@ class FakeNcbi:
         self.files: dict[str, dict[str, bytes]] = {"baseline": {}, "updatefiles": {}}
         self.cut: dict[str, int] = {}
         self.corrupt: dict[str, int] = {}
-        self.throttle = 0.0
+        self.pause: tuple[str, int] | None = None
+        self.resume = threading.Event()
         self.requests: list[tuple[str, str | None]] = []
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -136,10 +137,17 @@ class FakeNcbi:
                 if cut:  # half the body, then the connection closes: a broken download
                     body = body[: len(body) // 2]
                     self.close_connection = True
+                with server.lock:
+                    pause, server.pause = (
+                        (server.pause, None) if server.pause and server.pause[0] == name else (None, server.pause)
+                    )
+                if pause is not None:
+                    self.wfile.write(body[: pause[1]])
+                    self.wfile.flush()
+                    server.resume.wait(60)
+                    body = body[pause[1] :]
                 for i in range(0, len(body), 1024):
                     self.wfile.write(body[i : i + 1024])
                     self.wfile.flush()
-                    if server.throttle:
-                        time.sleep(server.throttle)
 
         return Handler

@@ -31,8 +31,8 @@ B1, B2, U3, U4 = "pubmed26n0001.xml.gz", "pubmed26n0002.xml.gz", "pubmed26n0003.
 
 @pytest.fixture
 def ncbi(monkeypatch):
-    # the backoff between retries is not waited for here (only releases' own clock: the fake server's
-    # throttle sleeps for real)
+    # the backoff between retries is not waited for here (only releases' own clock, not time.sleep
+    # for everyone)
     monkeypatch.setattr(releases, "time", types.SimpleNamespace(sleep=lambda s: None))
     monkeypatch.delenv("BIOMINE_PUBMED_MIRROR", raising=False)
     with FakeNcbi() as server:
@@ -133,23 +133,23 @@ def test_a_wrong_md5_twice_is_one_error_line_and_nothing_of_it_is_kept(ncbi, tmp
 
 def test_kill_9_in_the_middle_of_a_download_then_a_rerun_resumes_and_completes(ncbi, tmp_path):
     dest = tmp_path / "pubmed"
-    big = pubmed_file(list(range(100, 400)))  # ~9 KB, served 1 KiB every 0.1 s: about a second to download
+    big = pubmed_file(list(range(100, 400)))  # ~9 KB
     ncbi.add("baseline", "pubmed26n0005.xml.gz", big)
-    ncbi.throttle = 0.1
+    ncbi.pause = ("pubmed26n0005.xml.gz", 4096)  # the server stops sending after 4 KiB, until resumed
     env = {**os.environ, "PYTHONPATH": str(REPO), "BIOMINE_PUBMED_MIRROR": ncbi.url}
     cmd = [sys.executable, "-m", "pipeline.cli", "sync", str(dest), "--allow-http", "--concurrency", "2"]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     part = dest / ".sync-partial" / "baseline" / "pubmed26n0005.xml.gz.part"
     deadline = time.monotonic() + 60
-    while not (part.exists() and part.stat().st_size >= 4096):
+    while not (part.exists() and part.stat().st_size == 4096):
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         assert time.monotonic() < deadline, "the sync never started downloading"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     have = part.stat().st_size
-    assert 0 < have < len(big)
-    ncbi.throttle = 0.0
+    assert have == 4096 < len(big)
+    ncbi.resume.set()  # the paused handler ends (its client is gone)
     ncbi.requests.clear()
     sync(dest, ncbi.url, allow_http=True, progress=False)
     assert_mirrors(ncbi, dest)

@@ -260,11 +260,12 @@ def download(
                         bar = Progress(
                             total, unit="byte", desc=f"download {dest.name}", bar=progress, logger=log, initial=have
                         )
-                    # read1: what arrived is written at once, so a cut or a kill -9 loses none of it
+                    # read1 and flush: what arrived is written at once, so a cut or a kill -9 loses none of it
                     read = getattr(response, "read1", response.read)
                     with open(part, "ab" if have else "wb") as f:
                         for chunk in iter(functools.partial(read, 1 << 20), b""):
                             f.write(chunk)
+                            f.flush()
                             if bar is not None:
                                 bar.update(len(chunk))
                             failures = 0
