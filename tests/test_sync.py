@@ -86,7 +86,10 @@ def test_sync_resumes_a_cut_download_verifies_every_file_and_a_rerun_fetches_not
     # a re-run: the two listings, and not one file or .md5
     ncbi.requests.clear()
     assert run_sync(ncbi, dest) == 0
-    assert "downloaded 0 file(s)" in capsys.readouterr().out
+    assert (
+        capsys.readouterr().out
+        == f"nothing new to download; 3 already held; 3 listed on the mirror; {dest} is current\n"
+    )
     assert ncbi.requests == [("/pubmed/baseline/", None), ("/pubmed/updatefiles/", None)]
 
     # the next day NCBI publishes an update file: only it is downloaded

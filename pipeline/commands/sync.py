@@ -88,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
         attempts=args.tries,
         timeout=args.timeout,
     )
-    done = f"downloaded {len(s.downloaded)} file(s) ({s.bytes / 1e6:.1f} MB), verified by md5"
+    done = (
+        f"downloaded {len(s.downloaded)} file(s) ({s.bytes / 1e6:.1f} MB), each verified by its .md5"
+        if s.downloaded
+        else "nothing new to download"
+    )
     if s.adopted:
         done += f"; {len(s.adopted)} found complete in DEST and recorded"
     print(f"{done}; {s.held} already held; {s.listed} listed on the mirror; {args.dest} is current")
