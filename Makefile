@@ -10,13 +10,20 @@ STAMP   := $(VENV)/.biomine-installed
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "venv: creating $(VENV) (first use only; a few minutes in all)"
 	$(PY) -m venv $(VENV)
+	@echo "venv: [1/5] pip"
 	$(BIN)/pip install -q --upgrade pip
+	@echo "venv: [2/5] torch 2.13.0, the CPU wheel (the largest download)"
 	$(BIN)/pip install -q torch==2.13.0
+	@echo "venv: [3/5] cython (fastBPE builds with it)"
 	$(BIN)/pip install -q cython
+	@echo "venv: [4/5] fastBPE 0.1.0 (compiled here)"
 	$(BIN)/pip install -q --no-build-isolation fastBPE==0.1.0
+	@echo "venv: [5/5] biomine and its dependencies (ray, pyarrow, deltalake, ...), editable"
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
+	@echo "venv: ready; activate with . $(VENV)/bin/activate"
 
 # The layout rules of docs/architecture.md (import-linter), ruff's checks and format, mypy's types
 # ([tool.mypy] in pyproject.toml), before any test runs.

@@ -139,13 +139,21 @@ def test_the_task_registry_is_built_from_the_task_classes_without_torch():
     import sys
 
     from pipeline.errors import JobConfigError
+    from pipeline.tasks.classify import ClassifyTask
     from pipeline.tasks.ner import NerTask
+    from pipeline.tasks.qa import QATask
     from pipeline.tasks.re import RelationTask
     from pipeline.tasks.registry import DATASETS, TASKS, entry, task_class
     from pipeline.tasks.summarize import SummarizeTask
 
-    assert DATASETS == {"ner": "entities", "re": "relations", "summarize": "summaries"}
-    for cls in (NerTask, RelationTask, SummarizeTask):
+    assert DATASETS == {
+        "ner": "entities",
+        "re": "relations",
+        "summarize": "summaries",
+        "qa": "answers",
+        "classify": "labels",
+    }
+    for cls in (NerTask, RelationTask, SummarizeTask, QATask, ClassifyTask):
         assert task_class(cls.name) is cls and entry(cls.name).dataset == cls.dataset
         assert TASKS[cls.name].options is cls.Options
     with pytest.raises(JobConfigError, match="unknown task 'nope'"):

@@ -311,7 +311,7 @@ def test_check_model_refuses_other_checkpoints(trained, tmp_path):
         NerTask.check_model(NerOptions(model=bad))
     config["id2label"] = {"0": "O", "1": "B-Chemical", "2": "B-Disease", "3": "I-Disease", "4": "E-Disease"}
     (bad / "config.json").write_text(json.dumps(config))
-    missing = r"not a complete BIOES scheme: missing \['E-Chemical', 'I-Chemical', 'S-Chemical', 'S-Disease'\]"
+    missing = r"not a complete BIOES scheme: missing E-Chemical, I-Chemical, S-Chemical, S-Disease"
     with pytest.raises(WrongModelError, match=missing):
         NerTask.check_model(NerOptions(model=bad))
     with pytest.raises(WrongModelError, match="no config.json in"):

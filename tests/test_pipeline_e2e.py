@@ -427,6 +427,10 @@ def test_demo_runs_from_a_non_editable_install_outside_any_checkout(tmp_path):
     assert sorted(p.name for p in demo.iterdir()) == ["data", "demo.toml", "models", "out"]
     assert f"biomine run biomine-demo{os.sep}demo.toml" in done.stdout
     assert "-- entities per label" in done.stdout and "-- summaries" in done.stdout
+    # Each long quiet step says what it does before it starts (a minute under load: not a hang).
+    for task in ("ner", "re"):
+        err = done.stderr
+        assert -1 < err.find(f"{task}: fitting a tiny model") < err.find(f"{task}: fitted "), err[-3000:]
     out = demo / "out"
     docs = read_articles(out)
     assert docs.num_rows == 4

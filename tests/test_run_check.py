@@ -72,6 +72,14 @@ CASES = {
             "is a ddi checkpoint, not bc5cdr: ask for task ddi, or give a bc5cdr model ([tasks.re] task, [tasks.re] model)"
         ],
     ),
+    "RE checkpoint given to QA": (
+        lambda m, b: f'[tasks.qa]\nquestion = "{{title}}"\nmodel = "{m["re"]}"\n',
+        ["is a ddi checkpoint, not a PubMedQA one", "([tasks.qa] model)"],
+    ),
+    "QA question without its id": (
+        lambda m, b: f'[tasks.qa]\nquestion = "Is it safe?"\nmodel = "{m["re"]}"\n',
+        ["[tasks.qa]", "question_id is required with a written-out question"],
+    ),
     "corrupt config.json": (lambda m, b: f'[tasks.ner]\nmodel = "{b["corrupt"]}"\n', ["cannot read", "config.json"]),
     "max_new_tokens beyond the positions": (
         lambda m, b: f'[tasks.summarize]\nmodel = "{m["summarize"]}"\nmax_new_tokens = 4000\n',

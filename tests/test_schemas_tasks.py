@@ -8,13 +8,14 @@ import pytest
 
 from pipeline.tasks.ner_spans import Span, entity_rows
 from pipeline.tasks.re_grammar import parse_generation, relation_rows
-from schemas import entities, relations, summaries
+from schemas import answers, entities, relations, summaries
 from schemas._rows import SchemaMismatchError
 
 MODULES = [
     (entities, entities.ENTITY_SCHEMA, "entities"),
     (relations, relations.RELATION_SCHEMA, "relations"),
     (summaries, summaries.SUMMARY_SCHEMA, "summaries"),
+    (answers, answers.ANSWER_SCHEMA, "answers"),
 ]
 
 ENTITY = {

@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import logging
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 from typing import TypedDict
@@ -164,6 +165,11 @@ class _TinyConfig(TypedDict):
     attention_probs_dropout_prob: float
 
 
+#: How long each fitting step of the demo takes on a 2-core CPU (measured 3-5 s with the machine
+#: half busy; over a minute under full load), said before it starts so a quiet minute is no hang.
+_FIT_HINT = "seconds on an idle machine, a minute or more on a busy one"
+
+
 def make_demo_models(spec, records: list[dict]) -> list[Path]:
     """Write (and, for NER and RE, fit to the sample) the tiny checkpoint of every task of ``spec``
     whose model directory does not exist yet."""
@@ -187,6 +193,10 @@ def make_demo_models(spec, records: list[dict]) -> list[Path]:
         if (model / "config.json").exists():
             continue
         if name == "ner":
+            t0 = time.perf_counter()
+            print(
+                f"ner: fitting a tiny model to the sample's silver mentions (100 epochs, ~{_FIT_HINT})", file=sys.stderr
+            )
             work = model.parent / f".{model.name}-work"
             base = make_tiny_checkpoint(work / "base", corpus, **tiny)
             data = write_silver_pubtator(records, work / "silver.pubtator")
@@ -196,7 +206,7 @@ def make_demo_models(spec, records: list[dict]) -> list[Path]:
                 )
             print(
                 f"ner: fitted {model} to {summary['mentions']} silver mentions (loss "
-                f"{summary.get('final_loss', float('nan')):.3f})",
+                f"{summary.get('final_loss', float('nan')):.3f}) in {time.perf_counter() - t0:.0f} s",
                 file=sys.stderr,
             )
         elif name == "re":
@@ -214,9 +224,16 @@ def make_demo_models(spec, records: list[dict]) -> list[Path]:
                     for r in records
                     if r.get("abstract")
                 ]
+                t0 = time.perf_counter()
+                print(
+                    f"re: fitting a tiny model to the sample's DDI targets (300 steps, ~{_FIT_HINT})", file=sys.stderr
+                )
                 with _quiet("biogpt.weights"):
                     loss = fit_prompt_model(model, "ddi", gold, steps=300)
-                print(f"re: fitted {model} to the sample's DDI targets (loss {loss:.3f})", file=sys.stderr)
+                print(
+                    f"re: fitted {model} to the sample's DDI targets (loss {loss:.3f}) in {time.perf_counter() - t0:.0f} s",
+                    file=sys.stderr,
+                )
         else:
             make_tiny_checkpoint(model, corpus, **tiny)
         made.append(model)

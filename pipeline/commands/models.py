@@ -143,13 +143,19 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def _job_use(task: str) -> str:
-    """Where a released checkpoint of ``task`` goes in a job (QA and HoC have no job task)."""
+    """Where a released checkpoint of ``task`` goes in a job."""
     from biogpt.task_spec import BY_CHECKPOINT
 
     if task == "lm":
         return "summarize; train ner --base"
     spec = BY_CHECKPOINT[task]
-    return f'[tasks.re] task = "{spec.name}"' if spec.family == "re" else "- (convert/generate only)"
+    if spec.family == "qa":
+        return '[tasks.qa] question = "..."'
+    if spec.family == "re":
+        return f'[tasks.re] task = "{spec.name}"'
+    if spec.family == "dc":
+        return "[tasks.classify]"
+    return "- (convert/generate only)"
 
 
 def _hub_cache() -> list[tuple[str, list[str], int]]:

@@ -1,6 +1,7 @@
 """``biomine query OUT "SQL"``: DuckDB SQL over an output's Delta tables, at one consistent snapshot.
 
-Each table of OUT is a view (documents, entities, relations, summaries, kb, runs), read at the
+Each table of OUT is a view (documents, entities, relations, summaries, answers, labels, kb,
+runs), read at the
 versions the last finished run recorded (``--as-of`` an earlier run or a date: time travel). Any
 Delta reader gives the same rows; docs/analysts.md shows DuckDB, polars, pandas and Spark."""
 
@@ -11,7 +12,7 @@ import argparse
 from pipeline.commands import plain, require_positive
 
 EPILOG = """\
-views: documents, entities, relations, summaries, kb and runs (those OUT has)
+views: documents, entities, relations, summaries, answers, labels, kb and runs (those OUT has)
 
 formats (--format): table (aligned, for reading; --max-rows of them), csv (a header row, then
 RFC 4180 rows), json (one JSON array of objects), jsonl (JSON Lines: one object per line, to stream

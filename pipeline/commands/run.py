@@ -21,7 +21,7 @@ ray:// addresses need `pip install 'ray[client]'`.
 A re-run verifies every committed output before it skips it and recomputes what is missing, damaged
 or stale (other settings, another model), saying why; a killed run resumes where it stopped. An
 output belongs to one job, and one run at a time holds it.
-Outputs: Delta Lake tables OUT/documents, OUT/entities, OUT/relations, OUT/summaries, OUT/kb (a job with
+Outputs: Delta Lake tables OUT/documents, OUT/entities, OUT/relations, OUT/summaries, OUT/labels, OUT/kb (a job with
 RE keeps it current) and OUT/runs (one row per run event: what ran, the table versions it left,
 failures). Any Delta reader reads them as the live rows (docs/analysts.md).
 The job file format is documented in jobs/README.md; clusters and storage in docs/cluster.md.

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from biogpt.errors import ConfigError
-from biogpt.task_spec import BY_NAME, TaskSettings, load_task_settings
-from pipeline.errors import DataFormatError, EvaluationError, TaskSettingsError, WrongModelError
+from biogpt.task_spec import BY_NAME, TaskSettings
+from pipeline.errors import DataFormatError, EvaluationError
 
 log = logging.getLogger(__name__)
 
@@ -114,24 +114,10 @@ def checked_settings(model_dir: str | Path, task: str) -> TaskSettings:
 
     what = f"eval {'qa' if task == 'pubmedqa' else task}"
     release = "qa-pubmedqa" if task == "pubmedqa" else "dc-hoc"
-    config = base.read_config(model_dir, what)
-    arch = base.architecture(config)
-    if arch not in (None, "BioGptForCausalLM"):
-        raise WrongModelError(
-            f"{what}: {model_dir} is a {arch} checkpoint; give the fine-tuned {task} prompt checkpoint "
-            f"(`biomine models pull {release}`, then --model biogpt:{release})"
-        )
-    try:
-        settings = load_task_settings(model_dir, task)
-    except TaskSettingsError as exc:
-        raise WrongModelError(f"{what}: {exc}") from None
-    vocab = config.get("vocab_size")
-    if isinstance(vocab, int) and max(settings.prompt_token_ids) >= vocab:
-        raise WrongModelError(
-            f"{what}: {model_dir}: prompt token ids {list(settings.prompt_token_ids)} exceed vocab_size {vocab} "
-            "of config.json; convert the checkpoint again"
-        )
-    return settings
+    needs = (
+        f"give the fine-tuned {task} prompt checkpoint (`biomine models pull {release}`, then --model biogpt:{release})"
+    )
+    return base.prompt_settings(model_dir, what, needs, task)
 
 
 def generate_lines(

@@ -9,10 +9,9 @@ Contract:
   original's binariser would drop it silently: the sign of a file of another task). The original
   repository's ``valid.tsv`` and ``test.tsv`` are identical files, so its "test" score is also its
   validation score.
-- :data:`LABELS` is the answer sentence of ``postprocess.py`` (``re.search``, not anchored);
-  :func:`extract_labels` is that script on one generated line: cleaned as every ``postprocess.py``
-  (:func:`pipeline.tasks.re_grammar.clean_line`), then the text after the sentence, stripped, or
-  ``None`` (the script's ``failed``).
+- :data:`HOC_CLASSES`, :data:`LABELS` (the answer sentence), :func:`extract_labels` (``postprocess.py``
+  on one line, ``None`` for its ``failed``) and :func:`label_set` live in
+  :mod:`pipeline.tasks.hoc_labels`, shared with the ``classify`` job task; they are re-exported here.
 - :func:`micro_f1` is ``hard_match_evaluation.py``: both sides split on ``|``, each piece stripped,
   binarised over the 11 :data:`HOC_CLASSES` (``empty`` is a class like the others: a sentence of no
   hallmark predicted ``empty`` is a true positive); pieces outside the classes - ``failed``,
@@ -27,33 +26,27 @@ Contract:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from pipeline.errors import DataFormatError
+from pipeline.tasks.hoc_labels import HOC_CLASSES, LABELS, extract_labels, label_set
 from pipeline.tasks.re_format import build_source
-from pipeline.tasks.re_grammar import clean_line
 
 from .generated import text_lines
 
-#: The classes of hard_match_evaluation.py, in its order (``empty``: no hallmark).
-HOC_CLASSES = (
-    "tumor promoting inflammation",
-    "inducing angiogenesis",
-    "evading growth suppressors",
-    "resisting cell death",
-    "cellular energetics",
-    "empty",
-    "genomic instability and mutation",
-    "sustaining proliferative signaling",
-    "avoiding immune destruction",
-    "activating invasion and metastasis",
-    "enabling replicative immortality",
-)
-#: The target sentence of examples/DC-HoC (``the type of this document is a|b.``).
-LABELS = re.compile(r"the type of this document is(.*)")
+__all__ = [
+    "HOC_CLASSES",
+    "LABELS",
+    "HocRecord",
+    "MicroF1",
+    "extract_labels",
+    "hoc_source",
+    "label_set",
+    "micro_f1",
+    "read_hoc",
+]
 
 
 @dataclass(frozen=True)
@@ -63,17 +56,6 @@ class HocRecord:
     id: str
     sentence: str
     gold: str
-
-
-def extract_labels(line: str) -> str | None:
-    """The label string ``postprocess.py`` extracts from one generated line, None for its ``failed``."""
-    match = LABELS.search(clean_line(line))
-    return match.group(1).strip() if match is not None else None
-
-
-def label_set(labels: str) -> frozenset[str]:
-    """The binarised row of a label string: its ``|`` pieces, stripped, that are HoC classes."""
-    return frozenset(piece.strip() for piece in labels.strip().split("|")) & frozenset(HOC_CLASSES)
 
 
 @dataclass(frozen=True)

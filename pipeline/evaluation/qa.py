@@ -20,7 +20,8 @@ Contract:
   (:func:`pipeline.tasks.re_grammar.clean_line`: stripped, one final ``.`` dropped, the echoed
   ``learned1 .. learnedN`` and ``we can conclude that`` / ``we have that`` / ``in conclusion,`` cut),
   then the text after the sentence, stripped; ``None`` where the sentence is absent (the script
-  writes ``failed`` there).
+  writes ``failed`` there). Both live in :mod:`pipeline.tasks.qa`, whose ``[tasks.qa]`` job task
+  parses its answers with them; they are re-exported here.
 - :func:`accuracy` is ``hard_match_evaluation.py``'s ``accuracy_score(golden, preds)``: the share of
   predictions equal, as strings, to the gold answer (``failed`` never is).
 - :func:`qa_source` builds a record's model input for a checkpoint's ``source_format``
@@ -41,16 +42,12 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline.errors import DataFormatError, RecordError
+from pipeline.tasks.qa import ANSWER, ANSWERS, extract_answer
 from pipeline.tasks.re_format import build_source
-from pipeline.tasks.re_grammar import clean_line
 
 from .generated import text_lines
 
-#: The target sentence of examples/QA-PubMedQA (``rebuild_data.py`` writes it with the answer and a
-#: final ``.``; ``postprocess.py`` searches it anywhere in the cleaned line).
-ANSWER = re.compile(r"the answer to the question given the context is(.*)")
-#: The answers PubMedQA's ``final_decision`` takes.
-ANSWERS = ("yes", "no", "maybe")
+__all__ = ["ANSWER", "ANSWERS", "QARecord", "accuracy", "extract_answer", "qa_source", "read_pubmedqa"]
 
 # The first field of a TSV line: "question: Q context: C answer: A" (the answer part is the long
 # answer; a line may lack it). The question ends at the first " context: ", the context at the last
@@ -70,12 +67,6 @@ class QARecord:
     long_answer: str | None = None
     #: The TSV's first field as written (the first recipe's model input).
     tsv_source: str | None = None
-
-
-def extract_answer(line: str) -> str | None:
-    """The answer ``postprocess.py`` extracts from one generated line, None for its ``failed``."""
-    match = ANSWER.search(clean_line(line))
-    return match.group(1).strip() if match is not None else None
 
 
 def accuracy(predictions: Sequence[str], gold: Sequence[str]) -> tuple[float, int]:

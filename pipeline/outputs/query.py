@@ -1,7 +1,7 @@
 """SQL over an output's Delta tables with DuckDB: each table under OUT is a view named after it.
 
-Views: ``documents``, ``entities``, ``relations``, ``summaries``, ``kb`` and ``runs`` (those the
-output has). Each is exactly the live rows of its Delta table at one version, the files its log
+Views: ``documents``, ``entities``, ``relations``, ``summaries``, ``answers``, ``labels``, ``kb`` and ``runs``
+(those the output has). Each is exactly the live rows of its Delta table at one version, the files its log
 lists, read through pyarrow (no DuckDB extension to download, local or ``s3://``). The versions
 are one consistent snapshot: the ones the last finished run recorded (:mod:`pipeline.store.output`),
 or those of the run or time ``as_of`` names (time travel); a table no run recorded (an output of

@@ -13,7 +13,7 @@ Steps, each idempotent:
    into ``OUT/documents``, a Delta table (:mod:`pipeline.store.documents`). An update
    removes revised and deleted articles copy-on-write, in the same commit that adds their new versions.
 2. **Tasks** (Ray Data, :mod:`pipeline.run.stages`): NER → ``OUT/entities``, RE → ``OUT/relations``,
-   summarisation → ``OUT/summaries``, each a Delta table with one output file per documents file. A
+   summarisation → ``OUT/summaries``, PubMedQA answers → ``OUT/answers``, each a Delta table with one output file per documents file. A
    re-run verifies every output before it keeps it; the outputs of rewritten document files are
    copied without their removed articles (no model time); only new, revised, missing, damaged or stale
    outputs are computed, saying which and why. Outputs of articles that left the corpus leave every

@@ -306,10 +306,12 @@ def format_status(s: OutputStatus) -> str:
             f = s.last_finished
             lines.append(f"last ok   finished, started {_ago(f.started_at, now)}  (run {f.run_id})")
         shown = s.last_finished if r.outcome != "finished" and s.last_finished is not None else r
-        for name, st in shown.stages.items():
+        # The stages in the order a run goes through them (the record's JSON sorts its keys).
+        order = sorted(shown.stages, key=lambda n: (n != "documents", n == "kb"))
+        for name, st in ((n, shown.stages[n]) for n in order):
             if name == "documents":
                 lines.append(
-                    f"  documents  {st.get('files', 0)} input files applied ({st.get('files_skipped', 0)} already "
+                    f"  documents  {st.get('files', 0)} input file(s) applied ({st.get('files_skipped', 0)} already "
                     f"held): {st.get('added', 0)} new, {st.get('replaced', 0)} revised, {st.get('deleted', 0)} deleted"
                     if st.get("kind") == "files"
                     else f"  documents  {st.get('documents', 0)} fetched"
@@ -329,7 +331,7 @@ def format_status(s: OutputStatus) -> str:
     if s.newest_input is not None:
         n = s.newest_input
         lines.append(
-            f"newest input  {n.get('name')}, applied {_ago(n.get('applied_at'), now)}; {s.inputs_applied} input files in all"
+            f"newest input  {n.get('name')}, applied {_ago(n.get('applied_at'), now)}; {s.inputs_applied} input file(s) in all"
         )
     if s.mirror is not None:
         m = s.mirror

@@ -1,5 +1,5 @@
-"""Task output tables (``OUT/entities``, ``OUT/relations``, ``OUT/summaries``): Delta tables whose
-data files each hold the rows computed from one data file of the documents table.
+"""Task output tables (``OUT/entities``, ``OUT/relations``, ``OUT/summaries``, ``OUT/answers``):
+Delta tables whose data files each hold the rows computed from one data file of the documents table.
 
 Naming is the record of provenance (every name is in the log, the one truth of what is live)::
 

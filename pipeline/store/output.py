@@ -5,7 +5,8 @@ writes) holds Delta Lake tables (:mod:`pipeline.store.tables`) and two small fil
 
 ====================  =========================================================================
 ``documents/``        the corpus: a Delta table of the article schema (:mod:`pipeline.store.documents`)
-``<dataset>/``        one Delta table per task: ``entities``, ``relations``, ``summaries``
+``<dataset>/``        one Delta table per task: ``entities``, ``relations``, ``summaries``, ``answers``,
+                      ``labels``
                       (:mod:`pipeline.store.datasets`; the names come from the task classes)
 ``kb/``               the DDI knowledge base, a Delta table the job rebuilds after every run
 ``runs/``             a Delta table of run events (:mod:`schemas.runs`): when, what, the versions of

@@ -1,7 +1,7 @@
 """Delta Lake tables: the one home of "committed" for every dataset biomine writes.
 
-Every dataset (a job's ``documents``, ``entities``, ``relations``, ``summaries``, ``kb`` and ``runs``;
-the corpus of ``biomine ingest``) is a Delta Lake table written with the ``deltalake`` package
+Every dataset (a job's ``documents``, ``entities``, ``relations``, ``summaries``, ``answers``, ``kb``
+and ``runs``; the corpus of ``biomine ingest``) is a Delta Lake table written with the ``deltalake`` package
 (delta-rs): a folder holding its ``_delta_log/`` and Parquet data files only. **The log is the one
 truth of which files are live**; a commit is atomic (on object stores, delta-rs writes the next
 log entry with a conditional PUT), and any Delta reader (deltalake, polars, DuckDB, Spark) reads

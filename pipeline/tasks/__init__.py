@@ -1,4 +1,4 @@
-"""Mining tasks: NER, relation extraction and summarisation, and their model-independent parts.
+"""Mining tasks: NER, relation extraction, summarisation and PubMedQA answers, and their model-independent parts.
 
 What runs in a job. The contract (:mod:`pipeline.tasks.base`), the typed settings of each task
 (:mod:`pipeline.tasks.options`) and the table of tasks and their datasets, built from the task
@@ -8,6 +8,10 @@ classes (:mod:`pipeline.tasks.registry`), then the tasks:
 - :mod:`pipeline.tasks.re`: ``RelationTask`` (prompt checkpoints, greedy decoding on the engine, the
   released grammars).
 - :mod:`pipeline.tasks.summarize`: ``SummarizeTask`` (prompt template, length-bounded generation).
+- :mod:`pipeline.tasks.qa`: ``QATask`` (PubMedQA checkpoints, a question per job or the title, the
+  original answer grammar, also scored by ``biomine eval qa``).
+- :mod:`pipeline.tasks.classify`: ``ClassifyTask`` (the HoC prompt checkpoint per sentence, the
+  document's labels as the union, each with its best sentence).
 
 What they are built on:
 
@@ -16,6 +20,8 @@ What they are built on:
   built them, and the prompt-model input ids (a checkpoint's settings: :mod:`biogpt.task_spec`).
 - :mod:`pipeline.tasks.re_grammar`: parsers for the released RE output grammars (never dropping
   unparseable output), BC5CDR name -> MeSH mapping, evidence spans and relation rows.
+- :mod:`pipeline.tasks.hoc_labels`: the 11 HoC classes and the released answer parsing (``classify``
+  and ``biomine eval hoc``).
 - :mod:`pipeline.tasks.linking`: mentions to concept identifiers (the matching rules, ``Linker``).
 - :mod:`pipeline.tasks.vocabulary`: concept dictionaries from MeSH, DrugBank and PubTator files.
 - :mod:`pipeline.tasks.pubtator`: the PubTator reader (NER training and evaluation, BC5CDR, dictionaries).

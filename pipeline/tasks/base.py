@@ -1,10 +1,11 @@
 """The task contract the Ray stages rely on (:class:`Task`), and the helpers every model task shares.
 
-A task (``pipeline/tasks/ner.py``, ``re.py``, ``summarize.py``) is a subclass of :class:`Task`; it is
+A task (``pipeline/tasks/ner.py``, ``re.py``, ``summarize.py``, ``qa.py``) is a subclass of :class:`Task`; it is
 what :func:`pipeline.run.stages.run_task_stage` maps over document shards:
 
 ==================  ==============================================================================
-``name``            ``"ner"`` | ``"re"`` | ``"summarize"`` (the job file's ``[tasks.NAME]``)
+``name``            ``"ner"`` | ``"re"`` | ``"summarize"`` | ``"qa"`` | ``"classify"``
+                    (the job file's ``[tasks.NAME]``)
 ``dataset``         the output dataset under ``OUT/`` (:data:`pipeline.tasks.registry.DATASETS`)
 ``schema``          the output rows' Arrow schema (from ``schemas/``)
 ``Options``         its typed settings (:mod:`pipeline.tasks.options`)
@@ -40,12 +41,13 @@ import functools
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Sequence, TypeVar
 
 import pyarrow as pa
 
 from biogpt import hub
-from biogpt.errors import CheckpointError, ConfigError
+from biogpt.errors import CheckpointError, ConfigError, TaskSettingsError
+from biogpt.task_spec import TaskSettings, load_task_settings
 from pipeline.errors import WrongModelError
 
 from .options import TaskOptions
@@ -208,6 +210,41 @@ def architecture(config: dict[str, Any]) -> str | None:
     return archs[0] if archs else None
 
 
+def prompt_settings(
+    model_dir: str | Path,
+    what: str,
+    needs: str,
+    task: str | None = None,
+    error: type[WrongModelError] = WrongModelError,
+) -> TaskSettings:
+    """The :class:`~biogpt.task_spec.TaskSettings` of a fine-tuned prompt checkpoint (of ``task``, or
+    any when None), after the checks every prompt task makes: a readable config.json, a causal LM
+    (``architectures`` ``BioGptForCausalLM`` or none), a valid ``biomine_task.json``, prompt ids
+    inside the vocabulary. Reads no weights. ``what`` starts each message (``re``, ``qa``,
+    ``eval qa``), ``needs`` ends the one about another architecture (what to pass instead).
+
+    :raises WrongModelError: as ``error`` (a subclass), naming ``model_dir`` and the fix.
+    """
+    try:
+        config = read_config(model_dir, what)
+    except WrongModelError as exc:
+        raise error(str(exc), setting=exc.setting) from None
+    arch = architecture(config)
+    if arch not in (None, "BioGptForCausalLM"):
+        raise error(f"{what}: {model_dir} is a {arch} checkpoint; {needs}")
+    try:
+        settings = load_task_settings(model_dir, task)
+    except TaskSettingsError as exc:
+        raise error(f"{what}: {exc}", setting=exc.setting) from None
+    vocab = config.get("vocab_size")
+    if isinstance(vocab, int) and max(settings.prompt_token_ids) >= vocab:
+        raise error(
+            f"{what}: {model_dir}: prompt token ids {list(settings.prompt_token_ids)} exceed vocab_size {vocab} "
+            "of config.json; convert the checkpoint again"
+        )
+    return settings
+
+
 @functools.lru_cache(maxsize=8)
 def tokenizer_for(model_dir: str):
     """The model directory's tokenizer, loaded once per process (prepare runs in many Ray tasks)."""
@@ -246,6 +283,14 @@ def load_model(cls, model_dir: str, dtype: str | None, device: str | None, task:
     except CheckpointError as exc:
         raise WrongModelError(f"{task}: {exc}") from None
     return model.eval()
+
+
+def pad(rows: Sequence[Sequence[int]], value: int):
+    """``rows`` right-padded with ``value`` to the longest, as one long tensor (on the CPU)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 def positive_int(value: Any, what: str) -> int:

@@ -38,6 +38,7 @@ from pipeline.errors import WrongModelError
 from schemas import entities as _entities
 
 from . import base as _base
+from .base import pad
 from .linking import link_columns, load_linker
 from .ner_spans import (
     LabelSchemeError,
@@ -47,6 +48,7 @@ from .ner_spans import (
     merge_windows,
     parse_label_list,
     plan_windows,
+    tokenize,
 )
 from .options import NerOptions
 
@@ -98,16 +100,6 @@ def _max_positions(model_dir: str) -> int:
     return int(config.get("max_position_embeddings", 1024))
 
 
-def tokenize(tok, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
-    """(ids, offsets) per text, without the leading </s> (windows add their own)."""
-    enc = tok(list(texts), return_offsets_mapping=True)
-    out = []
-    for ids, offsets in zip(enc["input_ids"], enc["offset_mapping"]):
-        # A single text is [</s>] + pieces; everything after the first id indexes the text.
-        out.append((list(ids[1:]), [tuple(o) for o in offsets[1:]]))
-    return out
-
-
 def document_spans(
     tags: Sequence[int],
     probs: Sequence[float] | None,
@@ -130,14 +122,6 @@ def document_spans(
         text,
         None if probs is None else [probs[i] for i in keep],
     )
-
-
-def pad(rows: Sequence[Sequence[int]], value: int):
-    """``rows`` right-padded with ``value`` to the longest, as one long tensor (on the CPU)."""
-    import torch
-
-    width = max(len(r) for r in rows)
-    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
 # --- the task ------------------------------------------------------------------------------------

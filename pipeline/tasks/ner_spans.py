@@ -211,6 +211,17 @@ def decode_tags(
 # --- windows -------------------------------------------------------------------------------------
 
 
+def tokenize(tok, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """(ids, offsets) per text, without the leading </s> (windows add their own); shared by NER and
+    the windowed sequence classifier of ``classify``."""
+    enc = tok(list(texts), return_offsets_mapping=True)
+    out = []
+    for ids, offsets in zip(enc["input_ids"], enc["offset_mapping"]):
+        # A single text is [</s>] + pieces; everything after the first id indexes the text.
+        out.append((list(ids[1:]), [tuple(o) for o in offsets[1:]]))
+    return out
+
+
 def plan_windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int]]:
     """[start, end) token windows of at most ``window`` tokens, starts ``stride`` apart, covering all.
 

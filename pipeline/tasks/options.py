@@ -208,3 +208,54 @@ class SummarizeOptions(TaskOptions):
         if not isinstance(self.prompt_id, str) or not self.prompt_id:
             out.append(f"prompt_id must be a non-empty string, got {self.prompt_id!r}")
         return out + _positive(self.max_new_tokens, "max_new_tokens")
+
+
+#: ``[tasks.qa] question`` that asks each article's own title (how PubMedQA was built).
+TITLE_QUESTION = "{title}"
+
+
+@dataclass(frozen=True)
+class QAOptions(TaskOptions):
+    task_name: ClassVar[str] = "qa"
+
+    #: The question asked of every article, or ``"{title}"``: the article's title when it is a question.
+    question: str = job_key("", required=True)
+    #: Written into every row (one job asks one question; a job with another question recomputes its
+    #: answers, so compare questions across outputs by this id); ``title`` by default for ``"{title}"``.
+    question_id: str | None = job_key(None)
+    #: None: to the position limit, as the original ``inference.py``.
+    max_new_tokens: int | None = job_key(None)
+    cuda_graph: bool | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.question_id is None and self.question == TITLE_QUESTION:
+            object.__setattr__(self, "question_id", "title")
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if not isinstance(self.question, str) or not self.question.strip():
+            out.append(f'question must be a question (text) or "{TITLE_QUESTION}", got {self.question!r}')
+        elif self.question != TITLE_QUESTION and ("{" in self.question or "}" in self.question):
+            out.append(
+                f'question {self.question!r}: the only template is the whole "{TITLE_QUESTION}" '
+                "(the article's title when it is a question); write any other question out"
+            )
+        if not isinstance(self.question_id, str) or not self.question_id:
+            out.append('question_id is required with a written-out question: name it (e.g. question_id = "q1")')
+        if self.max_new_tokens is not None:
+            out += _positive(self.max_new_tokens, "max_new_tokens")
+        return out
+
+
+@dataclass(frozen=True)
+class ClassifyOptions(TaskOptions):
+    task_name: ClassVar[str] = "classify"
+
+    #: New tokens per sentence for the generative HoC checkpoint (its answer sentence with every
+    #: label fits in far fewer; a cap so a model that rambles costs little).
+    max_new_tokens: int = job_key(64)
+    cuda_graph: bool | None = None
+
+    def problems(self) -> list[str]:
+        return super().problems() + _positive(self.max_new_tokens, "max_new_tokens")

@@ -49,7 +49,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import pyarrow as pa
 
-from biogpt.task_spec import RE_TASKS, TaskSettings, load_task_settings
+from biogpt.task_spec import RE_TASKS, TaskSettings
 from pipeline.errors import TaskSettingsError
 from schemas import relations as _relations
 
@@ -96,27 +96,13 @@ def checked_settings(model_dir: str, task: str | None) -> TaskSettings:
     """
     if task is not None and task not in RE_TASKS:
         raise RelationModelError(f"re: unknown task {task!r}; use one of {', '.join(RE_TASKS)}", setting="task")
-    try:
-        config = base.read_config(model_dir, "re")
-    except base.WrongModelError as exc:
-        raise RelationModelError(str(exc), setting=exc.setting) from None
-    arch = base.architecture(config)
-    if arch not in (None, "BioGptForCausalLM"):
-        raise RelationModelError(f"re: {model_dir} is a {arch} checkpoint; relation extraction needs {REQUIRES}")
-    try:
-        settings = load_task_settings(model_dir, task)
-    except TaskSettingsError as exc:
-        raise RelationModelError(f"re: {exc}", setting=exc.setting) from None
+    settings = base.prompt_settings(
+        model_dir, "re", f"relation extraction needs {REQUIRES}", task, error=RelationModelError
+    )
     if settings.task not in RE_TASKS:
         raise RelationModelError(
             f"re: {model_dir} is a {settings.task} checkpoint, not a relation-extraction one; "
             f"relation extraction needs {REQUIRES}"
-        )
-    vocab = config.get("vocab_size")
-    if isinstance(vocab, int) and max(settings.prompt_token_ids) >= vocab:
-        raise RelationModelError(
-            f"re: {model_dir}: prompt token ids {list(settings.prompt_token_ids)} exceed vocab_size {vocab} "
-            "of config.json; convert the checkpoint again"
         )
     return settings
 

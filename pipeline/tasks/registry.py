@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pipeline.errors import JobConfigError
 
 from .base import Task
+from .classify import ClassifyTask
 from .ner import NerTask
 from .options import TaskOptions
+from .qa import QATask
 from .re import RelationTask
 from .summarize import SummarizeTask
 
@@ -41,7 +43,7 @@ def _table(*classes: type[Task]) -> dict[str, TaskEntry]:
     return {e.name: e for e in entries}
 
 
-TASKS: dict[str, TaskEntry] = _table(NerTask, RelationTask, SummarizeTask)
+TASKS: dict[str, TaskEntry] = _table(NerTask, RelationTask, SummarizeTask, QATask, ClassifyTask)
 #: Task name -> output dataset name.
 DATASETS: dict[str, str] = {e.name: e.dataset for e in TASKS.values()}
 
