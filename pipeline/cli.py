@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "pipeline.commands.demo",
     "pipeline.commands.fetch",
     "pipeline.commands.ingest",
+    "pipeline.commands.sync",
     "pipeline.commands.compact",
     "pipeline.commands.upgrade",
     "pipeline.commands.convert",
@@ -44,6 +45,7 @@ biomine: batch literature mining of PubMed with BioGPT.
 
 Typical flow:
   biomine fetch --query "warfarin AND drug interactions" --max 500 --out data/warfarin
+  biomine sync data/pubmed             # NCBI's baseline/update files: only new ones, verified by .md5
   biomine ingest pubmed25n0001.xml.gz --out data/baseline
   biomine models pull re-ddi          # a released checkpoint, downloaded + converted: model = "biogpt:re-ddi"
   biomine convert fairseq RE-DDI/checkpoint_avg.pt models/re-ddi

@@ -13,6 +13,7 @@ of the pipeline (``docs/architecture.md``)::
     +-- IngestError: PubMed data could not be read
     |   +-- PubmedXMLError: malformed/truncated XML or an NCBI error document
     |   +-- EutilsError: an E-utilities request failed for good
+    |   +-- SyncError: NCBI's PubMed files could not be mirrored (download, .md5 check, listing)
     +-- StoreError: an output location cannot be used as asked
     |   +-- StorageError: a storage call failed (credentials, bucket, endpoint), naming the URI
     |   +-- ShardStateError: a document-shard store (owner, lock, manifest)
@@ -39,8 +40,8 @@ The settings in use:
 ``task``, ``model``                a task's checkpoint (``eval re --task``; ``[tasks.re] task``)
 ``dict_file``, ``bpecodes_file``,  converting a fairseq checkpoint (``convert fairseq --dict``, ...)
 ``overwrite``
-``mirror``, ``allow_http``,        pulling a released checkpoint (``models pull --mirror``, ...)
-``sha256``
+``mirror``, ``allow_http``,        pulling a released checkpoint (``models pull --mirror``, ...);
+``sha256``                         syncing PubMed's files (``sync --mirror``; the job's ``[source]``)
 ``as_of``, ``dest``, ``fmt``       reading an output (``query --as-of``; ``export``/``kb build --out``)
 =================================  ===========================================================
 
@@ -60,6 +61,7 @@ __all__ = [
     "IngestError",
     "PubmedXMLError",
     "EutilsError",
+    "SyncError",
     "StoreError",
     "StorageError",
     "ShardStateError",
@@ -96,6 +98,11 @@ class PubmedXMLError(IngestError):
 
 class EutilsError(IngestError):
     """An E-utilities request failed for good, or a query cannot be fetched as asked."""
+
+
+class SyncError(IngestError):
+    """PubMed's baseline/update files could not be mirrored: a download failed for good, a file
+    failed its ``.md5`` twice, or the mirror's listing is not what was expected."""
 
 
 # --- storage (pipeline/store) ----------------------------------------------------------------------

@@ -12,6 +12,8 @@ lease), without taking the lease: ask while a run is writing, from any machine t
                 not ended), how long it took, and per stage what it computed, kept and copied
   tables        each Delta table's version, live rows and data files
   newest input  the last PubMed file applied to the documents, and how many were applied in all
+  mirror        a pubmed job (given its job file): the newest file its last sync saw on the mirror,
+                and how many files the corpus is behind it
   lease         whether a run holds the output now (which, on which host, until when)
   schedule      the job's [job] schedule: a run is due one period after the last finished run
                 started, and overdue a quarter of a period later (once: done after it finished)
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.run.status import format_status, output_status
 
-    out, schedule = args.target, None
+    out, schedule, dest = args.target, None, None
     if args.target.endswith(".toml") and "://" not in args.target:
         from pipeline.run.jobspec import load_job
 
@@ -62,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             raise JobConfigError(f"{args.target}: no such job file; give a job file or a job's output")
         spec = load_job(args.target, check_models=False)
         out, schedule = spec.output, spec.schedule
-    status = output_status(out, schedule)
+        dest = spec.source.dest if spec.source.kind == "pubmed" else None
+    status = output_status(out, schedule, dest=dest)
     print(status.as_json() if args.json else format_status(status))
     return 1 if args.check and status.needs_attention else 0

@@ -23,6 +23,7 @@ from typing import Any
 from biogpt import hub
 from pipeline.errors import EutilsError, JobConfigError
 from pipeline.pubmed.eutils import date_problem, date_range
+from pipeline.pubmed.sync import DEFAULT_CONCURRENCY
 from pipeline.store.storage import is_uri, location
 from pipeline.tasks.options import DTYPES, TaskOptions
 from pipeline.tasks.registry import TASKS
@@ -42,6 +43,12 @@ class SourceSpec:
     eutils_url: str | None = None
     paths: list[str] = field(default_factory=list)
     shard_size: int = 5000
+    #: kind = "pubmed": where the synced raw files are kept, the mirror (None: $BIOMINE_PUBMED_MIRROR,
+    #: else NCBI's), plain http allowed, downloads at once (:mod:`pipeline.pubmed.sync`).
+    dest: str | None = None
+    mirror: str | None = None
+    allow_http: bool = False
+    concurrency: int = DEFAULT_CONCURRENCY
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,22 @@ class JobSpec:
 
 _ALLOWED = {
     "job": {"name", "output", "schedule", "incremental"},
-    "source": {"kind", "query", "mindate", "maxdate", "max", "email", "api_key", "eutils_url", "paths", "shard_size"},
+    "source": {
+        "kind",
+        "query",
+        "mindate",
+        "maxdate",
+        "max",
+        "email",
+        "api_key",
+        "eutils_url",
+        "paths",
+        "shard_size",
+        "dest",
+        "mirror",
+        "allow_http",
+        "concurrency",
+    },
     **{f"tasks.{name}": set(entry.options.job_keys()) for name, entry in TASKS.items()},
     "resources": {"address", "actors", "gpus_per_actor", "cpus_per_actor", "dtype"},
 }
@@ -81,7 +103,12 @@ JOB_KEYS = {
     "output": "[job] output",
     **{key: f"[source] {key}" for key in ("query", "mindate", "maxdate", "email", "api_key", "eutils_url")},
     "max_records": "[source] max",
+    "mirror": "[source] mirror",
+    "allow_http": "[source] allow_http",
 }
+
+#: The kinds of source a job may name (jobs/README.md).
+SOURCE_KINDS = ("entrez", "files", "pubmed")
 
 
 def task_keys(name: str) -> dict[str, str]:
@@ -249,10 +276,10 @@ def parse_job_partly(
     src = data.get("source")
     source: dict[str, Any] = {"kind": ""}
     if not src:
-        problems.append('[source] is required (kind = "entrez" or "files")')
+        problems.append('[source] is required (kind = "entrez", "files" or "pubmed")')
     elif isinstance(src, dict):
         kind = src.get("kind")
-        source["kind"] = kind if kind in ("entrez", "files") else ""
+        source["kind"] = kind if kind in SOURCE_KINDS else ""
         paths = src.get("paths")
         if kind == "entrez":
             if not src.get("query"):
@@ -262,8 +289,27 @@ def parse_job_partly(
             if not paths or not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
                 problems.append("[source] paths must be a non-empty list of files, directories or globs")
                 paths = []
+        elif kind == "pubmed":
+            if isinstance(src.get("dest"), str) and isinstance(job.get("output"), str):
+                if _resolve(src["dest"], base_dir) == _resolve(job["output"], base_dir):
+                    problems.append(
+                        f"[source] dest = {src['dest']!r} is the job's output: keep the raw files in a folder "
+                        "of their own (the output holds the tables)"
+                    )
+            if not src.get("dest"):
+                problems.append(
+                    '[source] dest is required for kind = "pubmed": where the synced files are kept '
+                    '(e.g. "../data/pubmed" or "s3://bucket/pubmed")'
+                )
         else:
-            problems.append(f'[source] kind = {kind!r}: use "entrez" or "files"')
+            problems.append(f'[source] kind = {kind!r}: use "entrez", "files" or "pubmed"')
+        if kind != "pubmed":
+            for key in ("dest", "mirror", "allow_http", "concurrency"):
+                if key in src:
+                    problems.append(f'[source] {key}: only for kind = "pubmed"')
+        elif "paths" in src:
+            problems.append('[source] paths: only for kind = "files" (a pubmed job ingests what it syncs into dest)')
+        dest = _typed(src, "dest", str, "[source]", problems)
         values = {
             key: _typed(src, key, str, "[source]", problems) for key in ("query", "email", "api_key", "eutils_url")
         }
@@ -274,6 +320,10 @@ def parse_job_partly(
             max=_typed(src, "max", int, "[source]", problems, positive=True),
             shard_size=_typed(src, "shard_size", int, "[source]", problems, positive=True) or 5000,
             paths=[_resolve(p, base_dir) for p in paths if isinstance(p, str)] if isinstance(paths, list) else [],
+            dest=_resolve(dest, base_dir) if dest else None,
+            mirror=_typed(src, "mirror", str, "[source]", problems),
+            allow_http=_typed(src, "allow_http", bool, "[source]", problems) or False,
+            concurrency=_typed(src, "concurrency", int, "[source]", problems, positive=True) or DEFAULT_CONCURRENCY,
         )
 
     if "incremental" in job and not isinstance(job["incremental"], bool):

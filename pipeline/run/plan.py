@@ -73,9 +73,12 @@ def job_identity(spec: JobSpec) -> dict[str, Any]:
     """What an output location belongs to: the job's name and the kind of its source (and, for an
     E-utilities job, its query). A files job's ``paths`` are not part of it: adding an update file
     to the list (or moving the checkout) is an ordinary change of the same job, and inputs are
-    recognised by their content anyway."""
+    recognised by their content anyway. A ``pubmed`` job is a files job that syncs its files itself
+    (:mod:`pipeline.pubmed.sync`), so it owns its output as ``files``: a files job over a synced
+    folder carries on as a ``pubmed`` job, and back."""
     src = spec.source
-    source = {"kind": src.kind, "query": src.query} if src.kind == "entrez" else {"kind": src.kind}
+    kind = "files" if src.kind == "pubmed" else src.kind
+    source = {"kind": kind, "query": src.query} if kind == "entrez" else {"kind": kind}
     return {"name": spec.name, "source": source}
 
 
@@ -145,6 +148,16 @@ def _preflight(spec: JobSpec, problems: list[str]) -> RunPlan | None:
             check("", output.check_owner, job_identity(spec))
     if spec.source.kind == "files" and spec.source.paths:
         check("[source] paths: ", discover_inputs, spec.source.paths)
+    elif spec.source.kind == "pubmed":
+        from pipeline.pubmed.sync import resolve_mirror
+
+        check("[source] ", resolve_mirror, spec.source.mirror, spec.source.allow_http)
+        if spec.source.dest:
+            dest = check("[source] dest: ", location, spec.source.dest)
+            if dest is not None and check("[source] dest: ", dest.is_file):
+                problems.append(
+                    f"[source] dest = {spec.source.dest!r} is a file: name a folder (it is created if needed)"
+                )
     elif spec.source.kind == "entrez":
         from pipeline.pubmed.eutils import Credentials, EutilsClient
 

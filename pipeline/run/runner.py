@@ -9,7 +9,8 @@ Steps, each idempotent:
    location belongs to one job; another job pointed at it is refused with one line naming both.
 1. **Documents**: ``fetch`` (E-utilities query, on the driver) or ``ingest`` (baseline/update XML:
    Ray tasks on every node hash and parse one file each, this process applies them in file order and
-   commits) into ``OUT/documents``, a Delta table (:mod:`pipeline.store.documents`). An update
+   commits; a ``pubmed`` source first syncs its files from the mirror, :mod:`pipeline.pubmed.sync`)
+   into ``OUT/documents``, a Delta table (:mod:`pipeline.store.documents`). An update
    removes revised and deleted articles copy-on-write, in the same commit that adds their new versions.
 2. **Tasks** (Ray Data, :mod:`pipeline.run.stages`): NER → ``OUT/entities``, RE → ``OUT/relations``,
    summarisation → ``OUT/summaries``, PubMedQA answers → ``OUT/answers``, each a Delta table with one output file per documents file. A
@@ -44,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import BioMineError
+from pipeline.errors import BioMineError, SyncError
 from pipeline.run.cluster import RayPool, init_ray, placement
 from pipeline.run.jobspec import JOB_KEYS, JobSpec, task_keys
 from pipeline.run.plan import RunPlan, job_identity, preflight
@@ -104,6 +105,33 @@ def _ingest_step(paths: list[str], output: JobOutput, shard_rows: int, progress:
         "documents": s.rows,
         "workers": workers,
     }
+
+
+def _sync_step(spec: JobSpec, output: JobOutput, progress: bool, lease: Lease) -> dict[str, Any]:
+    """Sync the source's folder with the PubMed mirror (new files only, each verified), then ingest
+    the verified files in sequence order as a files job does (:func:`_ingest_step`). The downloads
+    run on the driver, a few at a time: they are network I/O, bounded by NCBI's request for modest
+    concurrency rather than by CPUs."""
+    from pipeline.pubmed.sync import sync, verified_files
+
+    src = spec.source
+    assert src.dest is not None  # the job file check requires one for a pubmed source
+    s = sync(src.dest, src.mirror, allow_http=src.allow_http, concurrency=src.concurrency, progress=_bar(progress))
+    lease.check()
+    # a file listed without its .md5 yet is a gap: what sorts after it waits for the next run
+    gap = min((key.rsplit("/", 1)[-1] for key in s.waiting), default=None)
+    files = verified_files(src.dest, before=gap)
+    if not files:
+        raise SyncError(f"{src.dest} holds no verified PubMed file to ingest yet; check the mirror", setting="mirror")
+    step = _ingest_step([f.uri for f in files], output, src.shard_size, progress, lease)
+    step["sync"] = {
+        "downloaded": len(s.downloaded),
+        "bytes": s.bytes,
+        "held": s.held,
+        "listed": s.listed,
+        "waiting": len(s.waiting),
+    }
+    return step
 
 
 def _fetch_step(spec: JobSpec, output: JobOutput, lease: Lease, progress: bool) -> dict[str, Any]:
@@ -232,6 +260,8 @@ def _stages(plan: RunPlan, output: JobOutput, lease: Lease, progress: bool, mani
     t = time.perf_counter()
     if spec.source.kind == "files":
         documents = _ingest_step(spec.source.paths, output, spec.source.shard_size, progress, lease)
+    elif spec.source.kind == "pubmed":
+        documents = _sync_step(spec, output, progress, lease)
     else:
         documents = _fetch_step(spec, output, lease, progress)
     manifest["stages"]["documents"] = documents

@@ -10,6 +10,9 @@ asked for while a run is writing:
   file is read);
 - **the newest input**: the last PubMed file applied to the documents table (the ``inputs`` of its
   commits) and how many were applied in all;
+- **the mirror** (a ``pubmed`` job, given its job file): the newest file its last sync saw on the
+  mirror, and how many files the corpus is behind it (:func:`pipeline.pubmed.sync.mirror_status`;
+  from ``dest/_sync.json``, no request to the mirror);
 - **the lease**: whether a run holds the output now, as a writer would count it
   (:meth:`pipeline.store.lease.Lease.holder`);
 - **the schedule** (the job's ``[job] schedule``, from the job file when given, else as the last run
@@ -90,6 +93,7 @@ class OutputStatus:
     inputs_applied: int
     lease: dict[str, Any] | None
     schedule: ScheduleStatus | None
+    mirror: dict[str, Any] | None = None
 
     @property
     def needs_attention(self) -> list[str]:
@@ -225,9 +229,12 @@ def _schedule(schedule: str | None, last_finished: RunStatus | None, now: _dt.da
     return ScheduleStatus(schedule, state, _iso(at), _iso(late))
 
 
-def output_status(out: str, schedule: str | None = None, *, now: _dt.datetime | None = None) -> OutputStatus:
+def output_status(
+    out: str, schedule: str | None = None, *, now: _dt.datetime | None = None, dest: str | None = None
+) -> OutputStatus:
     """The status of the output at ``out``. ``schedule``: the job's (from its job file); by default
-    the one the last run recorded.
+    the one the last run recorded. ``dest``: a ``pubmed`` job's synced files, to say how far the
+    corpus is behind the mirror.
 
     :raises StoreError: ``out`` holds no biomine output (no tables, no runs).
     """
@@ -262,7 +269,14 @@ def output_status(out: str, schedule: str | None = None, *, now: _dt.datetime | 
         inputs_applied=applied,
         lease=holder,
         schedule=_schedule(schedule, finished, now),
+        mirror=_mirror(dest, newest) if dest else None,
     )
+
+
+def _mirror(dest: str, newest: dict[str, Any] | None) -> dict[str, Any]:
+    from pipeline.pubmed.sync import mirror_status
+
+    return mirror_status(dest, str(newest["name"]) if newest and newest.get("name") else None)
 
 
 def _ago(then: str | None, now: _dt.datetime) -> str:
@@ -319,6 +333,16 @@ def format_status(s: OutputStatus) -> str:
         lines.append(
             f"newest input  {n.get('name')}, applied {_ago(n.get('applied_at'), now)}; {s.inputs_applied} input file(s) in all"
         )
+    if s.mirror is not None:
+        m = s.mirror
+        if m["newest_listed"] is None:
+            lines.append(f"mirror    {m['dest']}: never synced")
+        else:
+            far = "" if m["behind"] is None else "; up to date" if m["behind"] == 0 else f"; {m['behind']} files behind"
+            lines.append(
+                f"mirror    newest listed {m['newest_listed']}, checked {_ago(m['checked_at'], now)}; "
+                f"{m['verified']} files verified in {m['dest']}{far}"
+            )
     if s.lease is None:
         lines.append("lease     free: no run is writing this output")
     else:

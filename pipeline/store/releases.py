@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
+import functools
 import hashlib
 import http.client
 import json
@@ -51,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from biogpt import hub
-from pipeline.errors import StoreError
+from pipeline.errors import BioMineError, StoreError
 from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -206,14 +207,29 @@ def _shown(url: str) -> str:
 
 
 def download(
-    url: str, dest: Path, *, progress: bool | None = None, attempts: int = 5, timeout: float = 60.0
+    url: str,
+    dest: Path,
+    *,
+    progress: bool | None = None,
+    attempts: int = 5,
+    timeout: float = 60.0,
+    error: type[BioMineError] | None = None,
+    again: str = "pull again",
+    mirror_env: str = "BIOMINE_RELEASE_MIRROR",
+    report: bool = True,
 ) -> tuple[str, int]:
     """Fetch ``url`` into ``dest`` (through ``dest.part``), resuming a partial file with ``Range``;
     ``(sha256, bytes)`` of the result. A connection that breaks is retried, from where it broke, up
-    to ``attempts`` times in a row without progress.
+    to ``attempts`` times in a row without progress. The one resumable HTTP download of biomine
+    (``models pull``, ``biomine sync``): ``error`` is the class its failures raise (default
+    :class:`ReleaseError`), ``again`` the command that resumes (``pull again``) and ``mirror_env``
+    the variable that names a mirror, for the messages; ``report=False``: no progress bar or line
+    (small files: listings, checksums).
 
     :raises ReleaseError: an HTTP error, or ``attempts`` failures without a byte of progress.
     """
+    fail = error or ReleaseError
+    verb = again.split()[0]
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     source = dest.with_name(dest.name + ".part.url")  # what the .part holds the start of
@@ -232,7 +248,7 @@ def download(
                     if have and response.status == 200:  # the server ignores Range: start again
                         restarts += 1
                         if restarts > attempts:
-                            raise ReleaseError(
+                            raise fail(
                                 f"{_shown(url)}: the server does not resume downloads (no Range "
                                 f"support) and the connection broke {restarts} times; try a mirror",
                                 setting="mirror",
@@ -240,14 +256,18 @@ def download(
                         log.info("%s: the server does not resume; downloading again", _shown(url))
                         have = 0
                     total = _total(response, have)
-                    if bar is None:
+                    if bar is None and report:
                         bar = Progress(
                             total, unit="byte", desc=f"download {dest.name}", bar=progress, logger=log, initial=have
                         )
+                    # read1 and flush: what arrived is written at once, so a cut or a kill -9 loses none of it
+                    read = getattr(response, "read1", response.read)
                     with open(part, "ab" if have else "wb") as f:
-                        for chunk in iter(lambda: response.read(1 << 20), b""):
+                        for chunk in iter(functools.partial(read, 1 << 20), b""):
                             f.write(chunk)
-                            bar.update(len(chunk))
+                            f.flush()
+                            if bar is not None:
+                                bar.update(len(chunk))
                             failures = 0
                     got = part.stat().st_size
                     if total is not None and got < total:
@@ -257,15 +277,14 @@ def download(
                 if exc.code == 416 and have:  # nothing left to send: the part is complete
                     break
                 if exc.code not in (429, 500, 502, 503, 504):  # those pass: retried below, as a cut connection
-                    raise ReleaseError(
-                        f"{_shown(url)}: HTTP {exc.code} {exc.reason}; check the URL (the mirror, or "
-                        "$BIOMINE_RELEASE_MIRROR)",
+                    raise fail(
+                        f"{_shown(url)}: HTTP {exc.code} {exc.reason}; check the URL (the mirror, or ${mirror_env})",
                         setting="mirror",
                     ) from None
                 failures, last_error = failures + 1, exc
                 if failures >= attempts:
-                    raise ReleaseError(
-                        f"{_shown(url)}: HTTP {exc.code} {attempts} times in a row; pull again later to resume"
+                    raise fail(
+                        f"{_shown(url)}: HTTP {exc.code} {attempts} times in a row; {again} later to resume"
                     ) from None
                 log.warning("%s: HTTP %d; retrying", _shown(url), exc.code)
                 time.sleep(min(0.5 * 2**failures, 10.0))
@@ -273,13 +292,13 @@ def download(
                 # Nothing was sent, so there is nothing to resume: say the host is unreachable, not
                 # "resuming from byte 0" over and over.
                 if urllib.parse.urlsplit(url).scheme == "file":  # a missing file of a file:// mirror
-                    raise ReleaseError(f"{url}: {exc.reason}; check the mirror", setting="mirror") from None
+                    raise fail(f"{url}: {exc.reason}; check the mirror", setting="mirror") from None
                 failures, last_error = failures + 1, exc
                 host = urllib.parse.urlsplit(url).netloc
                 if failures >= attempts:
-                    raise ReleaseError(
-                        f"cannot reach {host} ({exc.reason}), {attempts} tries: check the network, or pull from "
-                        "a mirror you can reach (also $BIOMINE_RELEASE_MIRROR)",
+                    raise fail(
+                        f"cannot reach {host} ({exc.reason}), {attempts} tries: check the network, or {verb} from "
+                        f"a mirror you can reach (also ${mirror_env})",
                         setting="mirror",
                     ) from None
                 log.warning("cannot reach %s (%s); trying again (%d of %d)", host, exc.reason, failures + 1, attempts)
@@ -290,9 +309,9 @@ def download(
                 failures = 0 if have > before else failures + 1
                 last_error = exc
                 if failures >= attempts:
-                    raise ReleaseError(
+                    raise fail(
                         f"{_shown(url)}: download failed {attempts} times in a row ({last_error}); "
-                        f"pull again to resume from byte {have}"
+                        f"{again} to resume from byte {have}"
                     ) from None
                 log.warning("%s: %s; resuming from byte %d", _shown(url), exc, have)
                 time.sleep(min(0.5 * 2**failures, 10.0))

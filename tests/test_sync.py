@@ -1,0 +1,379 @@
+"""``biomine sync``: NCBI's baseline/update files mirrored from a loopback fake of NCBI's server
+(tests/fake_ncbi.py: the real directory-listing layout, ``.md5`` files in NCBI's layout, small real
+gzip'd PubMed XML): only new files downloaded, each verified, resumed with ``Range`` after a cut
+connection or a kill -9, a wrong md5 re-downloaded once and then refused, the state recorded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+from conftest import write_job
+from fake_ncbi import FakeNcbi, pubmed_file
+
+from pipeline.cli import main
+from pipeline.errors import SyncError
+from pipeline.pubmed import sync as sync_module
+from pipeline.pubmed.sync import STATE, parse_listing, parse_md5, read_state, sync, verified_files
+from pipeline.store import releases
+
+REPO = Path(__file__).resolve().parents[1]
+B1, B2, U3, U4 = "pubmed26n0001.xml.gz", "pubmed26n0002.xml.gz", "pubmed26n0003.xml.gz", "pubmed26n0004.xml.gz"
+
+
+@pytest.fixture
+def ncbi(monkeypatch):
+    # the backoff between retries is not waited for here (only releases' own clock, not time.sleep
+    # for everyone)
+    monkeypatch.setattr(releases, "time", types.SimpleNamespace(sleep=lambda s: None))
+    monkeypatch.delenv("BIOMINE_PUBMED_MIRROR", raising=False)
+    with FakeNcbi() as server:
+        server.add("baseline", B1, pubmed_file(list(range(1, 40))))
+        server.add("baseline", B2, pubmed_file(list(range(40, 80))))
+        server.add("updatefiles", U3, pubmed_file([3, 81], deletions=[5], title="Revised: "))
+        yield server
+
+
+def run_sync(server: FakeNcbi, dest: Path | str, *extra: str) -> int:
+    return main(["sync", str(dest), "--mirror", server.url, "--allow-http", "--no-progress", *extra])
+
+
+def held(dest: Path) -> dict[str, bytes]:
+    return {f"{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(dest.glob("*/pubmed*.xml.gz"))}
+
+
+def assert_mirrors(server: FakeNcbi, dest: Path) -> None:
+    """DEST holds exactly the server's files, byte for byte, each recorded with its md5, size, sha256."""
+    expected = {f"{f}/{n}": d for f, files in server.files.items() for n, d in files.items() if n.endswith(".gz")}
+    assert held(dest) == expected
+    state = read_state(str(dest))["files"]
+    assert set(state) == set(expected)
+    for key, data in expected.items():
+        rec = state[key]
+        assert rec["md5"] == hashlib.md5(data).hexdigest() and rec["size"] == len(data)
+        assert rec["sha256"] == hashlib.sha256(data).hexdigest() and rec["verified"]
+
+
+def test_sync_resumes_a_cut_download_verifies_every_file_and_a_rerun_fetches_nothing(ncbi, tmp_path, capsys):
+    dest = tmp_path / "pubmed"
+    ncbi.cut[B2] = 1  # the first download of this file breaks in the middle of its body
+    assert run_sync(ncbi, dest) == 0
+    assert "downloaded 3 file(s)" in capsys.readouterr().out
+    assert_mirrors(ncbi, dest)
+    half = len(ncbi.files["baseline"][B2]) // 2
+    assert [r for r in ncbi.gets() if r[0].endswith(B2)] == [
+        (f"/pubmed/baseline/{B2}", None),
+        (f"/pubmed/baseline/{B2}", f"bytes={half}-"),
+    ]
+    assert sorted(p for p, _ in ncbi.gets() if not p.endswith(B2)) == [
+        f"/pubmed/baseline/{B1}",
+        f"/pubmed/updatefiles/{U3}",
+    ]
+    assert len(ncbi.gets(".md5")) == 3
+    assert not list((dest / ".sync-partial").rglob("*.gz*"))  # nothing staged is left
+    # the state says what the mirror listed, for `status` and people
+    listed = read_state(str(dest))["listed"]
+    assert listed["baseline"]["newest"] == B2 and listed["updatefiles"]["newest"] == U3
+
+    # a re-run: the two listings, and not one file or .md5
+    ncbi.requests.clear()
+    assert run_sync(ncbi, dest) == 0
+    assert (
+        capsys.readouterr().out
+        == f"nothing new to download; 3 already held; 3 listed on the mirror; {dest} is current\n"
+    )
+    assert ncbi.requests == [("/pubmed/baseline/", None), ("/pubmed/updatefiles/", None)]
+
+    # the next day NCBI publishes an update file: only it is downloaded
+    ncbi.requests.clear()
+    ncbi.add("updatefiles", U4, pubmed_file([82, 83]))
+    assert run_sync(ncbi, dest) == 0
+    assert ncbi.gets() == [(f"/pubmed/updatefiles/{U4}", None)] and ncbi.gets(".md5") == [
+        (f"/pubmed/updatefiles/{U4}.md5", None)
+    ]
+    assert_mirrors(ncbi, dest)
+    # in the order they apply: the baseline, then the updates, by sequence number
+    assert [loc.name for loc in verified_files(str(dest))] == [B1, B2, U3, U4]
+
+
+def test_a_wrong_md5_once_is_downloaded_again_and_then_verified(ncbi, tmp_path, caplog):
+    ncbi.corrupt[B1] = 1
+    summary = sync(tmp_path / "pubmed", ncbi.url, allow_http=True, progress=False)
+    assert sorted(summary.downloaded) == [f"baseline/{B1}", f"baseline/{B2}", f"updatefiles/{U3}"]
+    assert [r for r in ncbi.gets() if r[0].endswith(B1)] == [(f"/pubmed/baseline/{B1}", None)] * 2  # from byte 0
+    assert any("does not match its .md5" in r.getMessage() for r in caplog.records)
+    assert_mirrors(ncbi, tmp_path / "pubmed")
+
+
+def test_a_wrong_md5_twice_is_one_error_line_and_nothing_of_it_is_kept(ncbi, tmp_path, capsys):
+    dest = tmp_path / "pubmed"
+    ncbi.corrupt[U3] = 1_000
+    assert run_sync(ncbi, dest) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"biomine: error: {ncbi.url}updatefiles/{U3} does not match its .md5 after two downloads")
+    assert err[0].endswith("sync again later, or use another mirror (--mirror)")
+    assert len([r for r in ncbi.gets() if r[0].endswith(U3)]) == 2
+    state = read_state(str(dest))["files"]
+    assert set(state) == {f"baseline/{B1}", f"baseline/{B2}"}  # the others are verified and kept
+    assert not (dest / "updatefiles" / U3).exists()
+    assert not list((dest / ".sync-partial").rglob(f"{U3}*"))
+    # once the mirror serves it right, the next sync fetches only it
+    ncbi.corrupt.clear()
+    ncbi.requests.clear()
+    assert run_sync(ncbi, dest) == 0
+    assert ncbi.gets() == [(f"/pubmed/updatefiles/{U3}", None)]
+    assert_mirrors(ncbi, dest)
+
+
+def test_kill_9_in_the_middle_of_a_download_then_a_rerun_resumes_and_completes(ncbi, tmp_path):
+    dest = tmp_path / "pubmed"
+    big = pubmed_file(list(range(100, 400)))  # ~9 KB
+    ncbi.add("baseline", "pubmed26n0005.xml.gz", big)
+    ncbi.pause = ("pubmed26n0005.xml.gz", 4096)  # the server stops sending after 4 KiB, until resumed
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BIOMINE_PUBMED_MIRROR": ncbi.url}
+    cmd = [sys.executable, "-m", "pipeline.cli", "sync", str(dest), "--allow-http", "--concurrency", "2"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    part = dest / ".sync-partial" / "baseline" / "pubmed26n0005.xml.gz.part"
+    deadline = time.monotonic() + 60
+    while not (part.exists() and part.stat().st_size == 4096):
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the sync never started downloading"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    have = part.stat().st_size
+    assert have == 4096 < len(big)
+    ncbi.resume.set()  # the paused handler ends (its client is gone)
+    ncbi.requests.clear()
+    sync(dest, ncbi.url, allow_http=True, progress=False)
+    assert_mirrors(ncbi, dest)
+    resumed = [r for r in ncbi.gets() if r[0].endswith("pubmed26n0005.xml.gz")]
+    assert resumed == [("/pubmed/baseline/pubmed26n0005.xml.gz", f"bytes={have}-")]
+
+
+def test_a_file_held_but_not_recorded_is_checked_and_recorded_without_a_download(ncbi, tmp_path):
+    """A sync killed after it published a file and before it recorded it: the file is not fetched again."""
+    dest = tmp_path / "pubmed"
+    sync(dest, ncbi.url, allow_http=True, progress=False)
+    state = json.loads((dest / STATE).read_text())
+    del state["files"][f"baseline/{B2}"]
+    (dest / STATE).write_text(json.dumps(state))
+    ncbi.requests.clear()
+    summary = sync(dest, ncbi.url, allow_http=True, progress=False)
+    assert summary.adopted == [f"baseline/{B2}"] and not summary.downloaded
+    assert ncbi.gets() == [] and ncbi.gets(".md5") == [(f"/pubmed/baseline/{B2}.md5", None)]
+    assert_mirrors(ncbi, dest)
+
+    # killed after the download was whole, before it was published: checked in staging, then published
+    staged = dest / ".sync-partial" / "baseline" / B1
+    (dest / "baseline" / B1).rename(staged)
+    state = json.loads((dest / STATE).read_text())
+    del state["files"][f"baseline/{B1}"]
+    (dest / STATE).write_text(json.dumps(state))
+    ncbi.requests.clear()
+    summary = sync(dest, ncbi.url, allow_http=True, progress=False)
+    assert summary.downloaded == [f"baseline/{B1}"] and ncbi.gets() == [] and not staged.exists()
+    assert_mirrors(ncbi, dest)
+
+
+def test_a_file_without_its_md5_yet_waits_for_the_next_sync(ncbi, tmp_path, capsys):
+    dest = tmp_path / "pubmed"
+    ncbi.add("updatefiles", U4, pubmed_file([90]), md5=False)  # NCBI is still uploading it
+    assert run_sync(ncbi, dest) == 0
+    out = capsys.readouterr().out
+    assert "1 file(s) have no .md5 on the mirror yet" in out
+    assert not (dest / "updatefiles" / U4).exists() and not any(p.endswith(U4) for p, _ in ncbi.gets())
+
+
+def test_plain_http_is_refused_unless_allowed_and_nothing_else_is_contacted(ncbi, tmp_path, capsys, monkeypatch):
+    assert main(["sync", str(tmp_path / "p"), "--mirror", ncbi.url]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is plain http" in err[0] and err[0].endswith("(--mirror, --allow-http)")
+    assert ncbi.requests == []
+    # the mirror may come from the environment; no other host is ever contacted
+    monkeypatch.setenv("BIOMINE_PUBMED_MIRROR", ncbi.url)
+    assert main(["sync", str(tmp_path / "p"), "--allow-http", "--no-progress", "--only", "updatefiles"]) == 0
+    assert {p for p, _ in ncbi.requests} == {
+        "/pubmed/updatefiles/",
+        f"/pubmed/updatefiles/{U3}",
+        f"/pubmed/updatefiles/{U3}.md5",
+    }
+
+
+def test_md5_files_and_listings_in_ncbis_layout_and_md5sums():
+    digest = "0123456789abcdef0123456789abcdef"
+    assert parse_md5(f"MD5(pubmed26n0001.xml.gz)= {digest}\n", "pubmed26n0001.xml.gz") == digest
+    assert parse_md5(f"{digest.upper()}  pubmed26n0001.xml.gz\n", "pubmed26n0001.xml.gz") == digest
+    assert parse_md5(f"{digest} *baseline/pubmed26n0001.xml.gz", "pubmed26n0001.xml.gz") == digest
+    with pytest.raises(SyncError, match=r"pubmed26n0001.xml.gz.md5 holds no MD5 digest"):
+        parse_md5("<html>Not Found</html>", "pubmed26n0001.xml.gz")
+    html = '<a href="/pubmed/">Parent</a> <a href="https://elsewhere.example/x.xml.gz">x</a> <A HREF="pubmed26n0001.xml.gz">p</A>'
+    assert parse_listing(html) == {"pubmed26n0001.xml.gz"}
+
+
+def test_a_mirror_without_files_is_refused_and_an_empty_updatefiles_folder_is_normal(tmp_path):
+    with FakeNcbi() as server:  # nothing published: not a copy of NCBI's folder
+        with pytest.raises(SyncError, match=r"lists no pubmedYYnNNNN.xml.gz files in baseline/ or updatefiles/"):
+            sync_module.sync(tmp_path / "p", server.url, allow_http=True, progress=False)
+        # the day NCBI publishes a new baseline, updatefiles/ is empty
+        server.add("baseline", B1, pubmed_file([1]))
+        summary = sync_module.sync(tmp_path / "p", server.url, allow_http=True, progress=False)
+        assert summary.downloaded == [f"baseline/{B1}"] and summary.listed == 1
+
+
+# --- a job with [source] kind = "pubmed": sync, then ingest in sequence order ---------------------------
+
+
+def pubmed_job(tmp_path: Path, server: FakeNcbi, out: Path, dest: Path, **source) -> Path:
+    return write_job(
+        tmp_path / f"{out.name}.toml",
+        output=out,
+        name="pubmed-daily",
+        source={"kind": "pubmed", "dest": str(dest), "mirror": server.url, "allow_http": True, **source},
+        tasks={},
+    )
+
+
+def documents_of(out: Path) -> tuple[list[dict], dict[str, int]]:
+    """The live articles (without the time they were read) and the live documents data files (name
+    without its content checksum, which covers the time of reading: rows), as deltalake's log
+    replay lists them."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    from pipeline.store.documents import read_articles
+
+    rows = read_articles(out).drop_columns(["fetched_at"]).sort_by("pmid").to_pylist()
+    actions = pa.table(DeltaTable(str(out / "documents")).get_add_actions(flatten=True))
+    names = [p.rsplit(".", 2)[0] for p in actions.column("path").to_pylist()]  # part-<input>-<sha>-NNNN
+    return rows, dict(zip(names, actions.column("num_records").to_pylist()))
+
+
+def test_job_check_refuses_what_a_pubmed_source_needs(tmp_path, capsys):
+    path = write_job(
+        tmp_path / "j.toml",
+        output=tmp_path / "out",
+        source={"kind": "pubmed", "mirror": "http://127.0.0.1:1/pubmed/", "paths": ["x"]},
+        tasks={},
+    )
+    same = write_job(
+        tmp_path / "same.toml", output=tmp_path / "out", source={"kind": "pubmed", "dest": "out"}, tasks={}
+    )
+    assert main(["run", str(same), "--check"]) == 2
+    assert (
+        "[source] dest = 'out' is the job's output: keep the raw files in a folder of their own"
+        in capsys.readouterr().err
+    )
+    assert main(["run", str(path), "--check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    # every problem at once, in the one layout: the parse's and the plain-http mirror's
+    assert len(err) == 1 and err[0].startswith(f"biomine: error: 3 problems in {path}"), err
+    assert (
+        '[source] dest is required for kind = "pubmed"' in err[0]
+        and '[source] paths: only for kind = "files"' in err[0]
+    )
+    assert "mirror http://127.0.0.1:1/pubmed/ is plain http" in err[0], err
+    assert err[0].endswith("([source] mirror, [source] allow_http)"), err
+    path.write_text(path.read_text().replace('paths = ["x"]\n', f'dest = "{tmp_path / "raw"}"\nallow_http = true\n'))
+    assert main(["run", str(path), "--check"]) == 0, capsys.readouterr().err
+    assert not (tmp_path / "raw").exists()  # --check contacts no mirror and writes nothing
+
+
+@pytest.mark.slow
+def test_a_pubmed_job_syncs_then_ingests_in_sequence_order_as_a_files_job_over_the_same_files(
+    ncbi, tmp_path, ray_local, capsys
+):
+    from pipeline.run.jobspec import load_job
+    from pipeline.run.runner import run_job
+
+    dest, out = tmp_path / "raw", tmp_path / "out"
+    job = pubmed_job(tmp_path, ncbi, out, dest)
+    first = run_job(load_job(job), progress=False, num_cpus=2)
+    docs = first["stages"]["documents"]
+    assert docs["sync"]["downloaded"] == 3 and docs["files"] == 3 and docs["deleted"] == 1
+    assert_mirrors(ncbi, dest)
+
+    def files_job_equals(expected_inputs: list[str]) -> None:
+        """A files job over the same raw files gives the same documents table (rows and data files)."""
+        ref = tmp_path / f"ref{len(expected_inputs)}"
+        paths = [str(dest / key) for key in expected_inputs]
+        spec = write_job(tmp_path / f"{ref.name}.toml", output=ref, source={"kind": "files", "paths": paths}, tasks={})
+        run_job(load_job(spec), progress=False, num_cpus=2)
+        assert documents_of(out) == documents_of(ref)
+
+    files_job_equals([f"baseline/{B1}", f"baseline/{B2}", f"updatefiles/{U3}"])
+
+    # The next day: two update files, the first still without its .md5 (NCBI uploading it). The
+    # second is downloaded but not ingested: ingesting it first would refuse the first one later.
+    u5 = "pubmed26n0005.xml.gz"
+    ncbi.add("updatefiles", U4, pubmed_file([84], title="Late: "), md5=False)
+    ncbi.add("updatefiles", u5, pubmed_file([85]))
+    ncbi.requests.clear()
+    second = run_job(load_job(job), progress=False, num_cpus=2)["stages"]["documents"]
+    assert second["sync"] == {
+        "downloaded": 1,
+        "bytes": len(ncbi.files["updatefiles"][u5]),
+        "held": 3,
+        "listed": 4,
+        "waiting": 1,
+    }
+    assert second["files"] == 0 and second["files_skipped"] == 3
+    assert 85 not in {r["pmid"] for r in documents_of(out)[0]}
+    # `biomine status` of the job says how far the corpus is behind the mirror (0003 applied, 0005 listed)
+    from pipeline.run.status import output_status
+
+    status = output_status(str(out), dest=str(dest))
+    assert status.mirror is not None and status.mirror["newest_listed"] == u5 and status.mirror["behind"] == 2
+    assert status.mirror["verified"] == 4 and status.mirror["mirror"] == ncbi.url
+    assert main(["status", str(job)]) == 0
+    assert f"mirror    newest listed {u5}, checked " in capsys.readouterr().out
+    ncbi.add("updatefiles", U4, ncbi.files["updatefiles"][U4])  # its .md5 is published
+    third = run_job(load_job(job), progress=False, num_cpus=2)["stages"]["documents"]
+    assert third["sync"]["downloaded"] == 1 and third["files"] == 2 and third["added"] == 2
+    files_job_equals(
+        [f"baseline/{B1}", f"baseline/{B2}", f"updatefiles/{U3}", f"updatefiles/{U4}", f"updatefiles/{u5}"]
+    )
+
+    # a re-run downloads nothing and applies nothing
+    ncbi.requests.clear()
+    fourth = run_job(load_job(job), progress=False, num_cpus=2)["stages"]["documents"]
+    assert fourth["sync"]["downloaded"] == 0 and fourth["files"] == 0 and ncbi.gets() == [] and ncbi.gets(".md5") == []
+    assert main(["status", str(job)]) == 0
+    assert "files verified in" in (page := capsys.readouterr().out) and "; up to date" in page, page
+
+
+@pytest.mark.slow
+def test_sync_onto_s3_publishes_whole_objects_and_resumes_from_a_local_staging_folder(
+    ncbi, tmp_path, s3_server, monkeypatch
+):
+    """DEST on a real S3-compatible server (SeaweedFS on loopback): the staged download resumes in a
+    local cache folder, each file becomes one object once verified, the state is an object too."""
+    from pipeline.store.storage import location
+
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    dest = f"s3://{s3_server['BIOMINE_TEST_BUCKET']}/pubmed"
+    ncbi.cut[B1] = 1
+    assert run_sync(ncbi, dest) == 0
+    root = location(dest)
+    for folder, files in ncbi.files.items():
+        for name, data in files.items():
+            if name.endswith(".gz"):
+                assert (root / folder / name).read_bytes() == data
+    state = read_state(dest)["files"]
+    assert state[f"baseline/{B1}"]["md5"] == hashlib.md5(ncbi.files["baseline"][B1]).hexdigest() and len(state) == 3
+    assert [r[1] for r in ncbi.gets() if r[0].endswith(B1)] == [None, f"bytes={len(ncbi.files['baseline'][B1]) // 2}-"]
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # nothing staged is left
+    ncbi.requests.clear()
+    assert run_sync(ncbi, dest) == 0
+    assert ncbi.gets() == [] and ncbi.gets(".md5") == []
