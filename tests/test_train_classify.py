@@ -57,7 +57,7 @@ def test_a_trained_classifier_runs_in_the_classify_task(tmp_path, one_thread, ca
     from transformers import BioGptForSequenceClassification as Oracle
 
     from biogpt.tiny import make_tiny_checkpoint
-    from pipeline.tasks.classify import ClassifyTask, checked_model
+    from pipeline.tasks.classify import ClassifyTask
     from pipeline.tasks.options import ClassifyOptions
 
     base = make_tiny_checkpoint(tmp_path / "base", [t for t, _ in TOY], max_position_embeddings=16)
@@ -67,8 +67,9 @@ def test_a_trained_classifier_runs_in_the_classify_task(tmp_path, one_thread, ca
     assert main([*args, "--epochs", "3", "--lr", "1e-3", "--batch-size", "4", "--no-progress"]) == 0
     assert "trained" in capsys.readouterr().out
 
-    # what the task reads: the labels but `empty`, sorted; a sigmoid per label
-    model = checked_model(str(out))
+    # what the task reads (its check_model, what `run --check` calls): the labels but `empty`, sorted;
+    # a sigmoid per label
+    model = ClassifyTask.check_model(ClassifyOptions(model=str(out)))
     assert (model.kind, model.labels, model.multi_label) == ("sequence", (C, A, B), True)
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["BioGptForSequenceClassification"]
@@ -136,6 +137,28 @@ def test_train_classify_help_has_an_example(capsys):
         main(["train", "classify", "--help"])
     text = capsys.readouterr().out
     assert "biomine train classify --data HoC/train.tsv --base" in text and "[tasks.classify]" in text
+
+
+def test_classify_benchmark_quick_smoke_run(tmp_path):
+    """benchmarks/bench_classify.py runs both sides on the same windows and they agree exactly."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    report = tmp_path / "rows.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/bench_classify.py", "--quick", "--docs", "3", "--repeat", "1", "--json", report],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=repo,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(report.read_text())
+    assert [r["metric"] for r in rows] == ["sentences/s", "documents/s"]
+    for row in rows:
+        assert row["biogpt"] > 0 and row["transformers"] > 0 and row["max_abs_prob_diff"] < 1e-5
+        assert row["sets_agree"][0] == row["sets_agree"][1] == row["windows"]
 
 
 # --- real HoC sentences ---------------------------------------------------------------------------
