@@ -50,6 +50,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_generation.py --quick
 	$(BIN)/python benchmarks/bench_scale.py --files 4 --articles 500 --updates 2 --overhead-docs 500
 	$(BIN)/python benchmarks/bench_pipeline.py --quick
+	$(BIN)/python benchmarks/bench_classify.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -20,7 +20,7 @@ of the pipeline (``docs/architecture.md``)::
     +-- StageError: a Ray stage cannot run at all
     +-- WrongModelError: a task was given a checkpoint of the wrong kind
     +-- DataFormatError, RecordError, LabelSchemeError, UnknownTaskError, EvaluationError,
-        NerTrainingError: task data, labels and benchmarks
+        NerTrainingError, ClassifyTrainingError: task data, labels, benchmarks and training
 
 Errors speak the domain of the room that raises them: ``pipeline/store``, ``pubmed``, ``tasks``,
 ``outputs`` and ``biogpt`` never name a command-line flag or a job-file key. Where the fix is to
@@ -73,6 +73,7 @@ __all__ = [
     "UnknownTaskError",
     "EvaluationError",
     "NerTrainingError",
+    "ClassifyTrainingError",
 ]
 
 
@@ -150,3 +151,7 @@ class EvaluationError(BioMineError):
 
 class NerTrainingError(BioMineError):
     """NER training cannot start: a missing base model, an occupied output directory, bad settings."""
+
+
+class ClassifyTrainingError(BioMineError):
+    """Classifier training cannot start: a missing base model, an occupied output directory, bad settings."""

@@ -7,7 +7,11 @@
 - :mod:`pipeline.training.ner`: token classification for NER (``biomine train ner``):
   :class:`~pipeline.training.ner.NerTrainingSettings` and :func:`~pipeline.training.ner.train_ner`.
 
-A new head (e.g. sequence classification) is a module of its own here: its settings extend
+- :mod:`pipeline.training.classify`: multi-label sequence classification (``biomine train classify``)
+  from a ``text<TAB>a|b`` TSV: :class:`~pipeline.training.classify.ClassifyTrainingSettings` and
+  :func:`~pipeline.training.classify.train_classify`.
+
+A new head is a module of its own here: its settings extend
 ``TrainingSettings``, it builds its examples and a ``collate`` and calls ``fit``. What a model does in
 a job stays in :mod:`pipeline.tasks`, which this package builds on and which never imports it
 (``docs/architecture.md``).

@@ -12,6 +12,8 @@ Contract:
   ``batch_size`` examples per step. ``collate`` turns a list of examples into the model's keyword
   arguments (tensors on the device, ``labels`` included); the model returns an output with ``.loss``.
   Deterministic for a seed on one device.
+- :func:`check_out_dir` is the output-directory rule every head applies before training (a directory,
+  empty unless ``overwrite``), raising the head's error class.
 """
 
 from __future__ import annotations
@@ -57,6 +59,19 @@ class TrainingSettings:
     progress: bool = True
     #: Log the loss every N steps (0: never).
     log_every: int = 50
+
+
+def check_out_dir(out: Path, overwrite: bool, error: type[Exception]) -> None:
+    """Refuse an output path that is a file, or a non-empty directory without ``overwrite``.
+
+    :raises error: naming the path and the fix (``--force``).
+    """
+    if out.exists() and not out.is_dir():
+        raise error(f"output {out} is a file; pass a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise error(
+            f"output directory {out} is not empty: choose a new one, or pass --force (overwrite=True) to write into it"
+        )
 
 
 def fit(

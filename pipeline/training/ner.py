@@ -35,7 +35,7 @@ from pipeline.tasks.ner import ARCHITECTURE, EOS, labels_of, pad, tokenize, wind
 from pipeline.tasks.ner_spans import IGNORE_INDEX, LabelSchemeError, Span, encode_spans, label_list, plan_windows
 from pipeline.tasks.pubtator import PubTatorDocument, read_pubtator
 
-from .loop import TrainingSettings, fit
+from .loop import TrainingSettings, check_out_dir, fit
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +65,6 @@ def _read_training_data(data: str | Path) -> list[PubTatorDocument]:
             "(PMID<TAB>start<TAB>end<TAB>text<TAB>type<TAB>ids): nothing to learn from"
         )
     return docs
-
-
-def _check_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise NerTrainingError(f"output {out} is a file; pass a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise NerTrainingError(
-            f"output directory {out} is not empty: choose a new one, or pass --force (overwrite=True) to write into it"
-        )
 
 
 def _base_labels(base: Path) -> list[str] | None:
@@ -114,7 +105,7 @@ def train_ner(settings: NerTrainingSettings) -> dict[str, Any]:
             f"base model {base} has no config.json: pass a BioGPT model directory "
             "(e.g. one written by `biomine convert fairseq`)"
         )
-    _check_out_dir(out, settings.overwrite)
+    check_out_dir(out, settings.overwrite, NerTrainingError)
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise NerTrainingError(f"epochs ({epochs}) and batch size ({batch_size}) must be >= 1 and lr ({lr}) > 0")
     docs = _read_training_data(data)
