@@ -285,7 +285,7 @@ def _small_documents(root):
     return out, docs
 
 
-def test_a_storage_error_is_one_error_naming_the_location_not_garbage(tmp_path, capsys):
+def test_a_storage_error_is_one_error_naming_the_location_not_garbage(tmp_path, capsys, monkeypatch):
     """The old store's per-file commit records are gone: the Delta log is the one record. A damaged
     log is one error naming the table (never read as an empty or older table), and a store that
     fails while a file is verified is an error naming the file, never taken for a missing or damaged
@@ -305,6 +305,7 @@ def test_a_storage_error_is_one_error_naming_the_location_not_garbage(tmp_path, 
 
             return fail
 
+    monkeypatch.setattr("pipeline.store.storage.RETRY_ATTEMPTS", 1)  # one retry, not 18-36 s of them
     table = Table(out.documents)
     # The log was read; then the store went away (the table's files read through this location).
     table.loc = Location(Unreachable(), table.loc.path, "s3://bucket/out/documents")
