@@ -403,15 +403,7 @@ class ClassifyTask(base.Task[ClassifyOptions]):
             return
         assert self.model.settings is not None  # a prompt checkpoint
         self.settings = self.model.settings
-        self.decoder = GreedyDecoder(
-            self.model_dir,
-            "classify",
-            dtype=options.dtype,
-            device=options.device,
-            max_batch=options.batch_size,
-            max_seq_len=self.settings.max_target_positions,
-            cuda_graph=options.cuda_graph,
-        )
+        self.decoder = GreedyDecoder.for_task(self.model_dir, "classify", options, self.settings.max_target_positions)
         tokenizer = self.decoder.tokenizer
         self.prompt_tokens = prompt_tokens(tokenizer, self.settings)
         self._answer_ids = tokenizer.encode(LABELS.pattern.removesuffix("(.*)"), add_special_tokens=False)

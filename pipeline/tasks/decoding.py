@@ -78,6 +78,20 @@ class GreedyDecoder:
         self.pad = self.tokenizer.pad_token_id
         self.bos = self.tokenizer.bos_token_id
 
+    @classmethod
+    def for_task(cls, model_dir: str | Path, what: str, options, max_seq_len: int | None) -> GreedyDecoder:
+        """The decoder of a prompt task's actor (``re``, ``qa``, ``classify``): slots (``batch_size``),
+        dtype, device and CUDA graphs from the task's options, ``max_seq_len`` from its checkpoint."""
+        return cls(
+            model_dir,
+            what,
+            dtype=options.dtype,
+            device=options.device,
+            max_batch=options.batch_size,
+            max_seq_len=max_seq_len,
+            cuda_graph=options.cuda_graph,
+        )
+
     def budgets(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[int]:
         """New tokens each prompt may generate: ``min(max_new_tokens, max_seq_len - len(prompt))``."""
         return [min(max_new_tokens, self.max_seq_len - len(p)) for p in prompts]

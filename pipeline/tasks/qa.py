@@ -209,15 +209,7 @@ class QATask(base.Task[QAOptions]):
         self.options = options
         self.model_dir = options.model
         self.settings = _settings(self.model_dir)
-        self.decoder = GreedyDecoder(
-            self.model_dir,
-            "qa",
-            dtype=options.dtype,
-            device=options.device,
-            max_batch=options.batch_size,
-            max_seq_len=self.settings.max_target_positions,
-            cuda_graph=options.cuda_graph,
-        )
+        self.decoder = GreedyDecoder.for_task(self.model_dir, "qa", options, self.settings.max_target_positions)
         self.tokenizer = self.decoder.tokenizer
         self.prompt_tokens = prompt_tokens(self.tokenizer, self.settings)
         # The original generated to the position limit; the decoder caps each prompt to what is left.

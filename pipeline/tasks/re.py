@@ -183,15 +183,7 @@ class RelationTask(base.Task[RelationOptions]):
         self.task = self.settings.task
         self.options = dataclasses.replace(options, task=self.task)
         self.max_new_tokens = options.max_new_tokens
-        self.decoder = GreedyDecoder(
-            self.model_dir,
-            "re",
-            dtype=options.dtype,
-            device=options.device,
-            max_batch=options.batch_size,
-            max_seq_len=self.settings.max_target_positions,
-            cuda_graph=options.cuda_graph,
-        )
+        self.decoder = GreedyDecoder.for_task(self.model_dir, "re", options, self.settings.max_target_positions)
         self.tokenizer = self.decoder.tokenizer
         self.prompt_tokens = prompt_tokens(self.tokenizer, self.settings)
         self.model_id = base.model_id(self.model_dir)

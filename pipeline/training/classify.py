@@ -50,7 +50,7 @@ from pipeline.tasks.classify import MULTI_LABEL, SEQUENCE, windows
 from pipeline.tasks.hoc_labels import EMPTY, SEPARATOR
 from pipeline.tasks.ner_spans import tokenize
 
-from .loop import TrainingSettings, check_out_dir, fit
+from .loop import TrainingSettings, check_out_dir, fit, save_fitted
 
 log = logging.getLogger(__name__)
 
@@ -194,14 +194,7 @@ def train_classify(settings: ClassifyTrainingSettings) -> dict[str, Any]:
 
     step, epoch_loss = fit(model, examples, collate, settings, dev, desc="train classify")
 
-    model.eval().to("cpu")
-    # The config came from the base: make it say what it now is, so check_model and transformers
-    # (AutoModelForSequenceClassification) read it as a multi-label classifier of these labels.
-    model.config.extra["architectures"] = [SEQUENCE]
-    model.config.torch_dtype = "float32"
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    save_fitted(model, tok, out, SEQUENCE)
     counts = {label: sum(label in ex.labels for ex in examples_in) for label in labels}
     summary = {
         "out": str(out),

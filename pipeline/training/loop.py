@@ -129,3 +129,15 @@ def fit(
     finally:
         bar.close()
     return step, epoch_loss
+
+
+def save_fitted(model, tokenizer, out: Path, architecture: str) -> None:
+    """Write a fine-tuned model into ``out`` as what it now is: float32 on the CPU, its config naming
+    ``architecture`` (the config came from the base), so that the task's ``check_model`` and
+    transformers' Auto classes read it as that head."""
+    model.eval().to("cpu")
+    model.config.extra["architectures"] = [architecture]
+    model.config.torch_dtype = "float32"
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

@@ -35,7 +35,7 @@ from pipeline.tasks.ner import ARCHITECTURE, EOS, labels_of, pad, tokenize, wind
 from pipeline.tasks.ner_spans import IGNORE_INDEX, LabelSchemeError, Span, encode_spans, label_list, plan_windows
 from pipeline.tasks.pubtator import PubTatorDocument, read_pubtator
 
-from .loop import TrainingSettings, check_out_dir, fit
+from .loop import TrainingSettings, check_out_dir, fit, save_fitted
 
 log = logging.getLogger(__name__)
 
@@ -180,14 +180,7 @@ def train_ner(settings: NerTrainingSettings) -> dict[str, Any]:
 
     step, epoch_loss = fit(model, examples, collate, settings, dev, desc="train ner")
 
-    model.eval().to("cpu")
-    # The config came from the base: make it say what it now is, so check_model and transformers
-    # (AutoModelForTokenClassification) read it as a token classifier with these labels.
-    model.config.extra["architectures"] = [ARCHITECTURE]
-    model.config.torch_dtype = "float32"
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    save_fitted(model, tok, out, ARCHITECTURE)
     summary = {
         "out": str(out),
         "base": str(base),
