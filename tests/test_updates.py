@@ -221,6 +221,69 @@ def test_an_update_computes_only_the_articles_it_revises(tmp_path, demo_models, 
     assert query(out, ENTITIES).equals(incremental)
 
 
+def reissued(pmid: int, changed: bool = False, version: int = 1) -> str:
+    """An article of a corpus; ``changed``: its abstract as a new baseline revises it."""
+    drug, other = DRUGS[pmid % len(DRUGS)], DRUGS[(pmid + 1) % len(DRUGS)]
+    abstract = f"We report that {drug} increases the effect of {other} in {pmid} patients."
+    if changed:
+        abstract += f" {other.capitalize()} levels rose in {pmid + 7} cases."
+    return article_xml(
+        pmid, title=f"Interaction of {drug} with {other} in study {pmid}.", abstract=abstract, version=version
+    )
+
+
+def test_a_new_baseline_computes_only_the_articles_whose_model_input_changed(tmp_path, demo_models, ray_local):
+    """A new yearly baseline re-issues every article (some with a new version); those whose title and
+    abstract are unchanged (the same ``content_sha256``) keep their outputs, copied and re-stamped with
+    the new version; only the ~3% with a changed abstract are computed. The tables equal a from-scratch
+    run over the new baseline."""
+    src, out, n, per_file = tmp_path / "src", tmp_path / "out", 100, 25
+    src.mkdir()
+    for f in range(n // per_file):
+        write(
+            src / f"pubmed26n{f + 1:04d}.xml.gz", [reissued(p) for p in range(f * per_file + 1, (f + 1) * per_file + 1)]
+        )
+
+    def spec(out: Path, src: Path, name: str) -> Path:
+        source = {"kind": "files", "paths": [str(src)], "shard_size": 25}
+        return write_job(
+            tmp_path / f"{name}.toml",
+            name=name,
+            output=out,
+            source=source,
+            tasks={"ner": {"model": str(demo_models["ner"])}},
+        )
+
+    first = run_job(load_job(spec(out, src, "baseline")), progress=False, num_cpus=2)
+    assert first["stages"]["ner"]["documents"] == n
+    assert read_articles(out, ["content_sha256"]).column("content_sha256").null_count == 0
+
+    # The new baseline: every article again, in files cut elsewhere; 3 abstracts changed (one of them
+    # with a new version), 2 unchanged articles re-issued as version 2.
+    changed, new_version = {7, 50, 93}, {50, 31, 64}
+    new = tmp_path / "new"
+    new.mkdir()
+    for f, (lo, hi) in enumerate([(1, 41), (41, 101)]):
+        arts = [reissued(p, p in changed, 2 if p in new_version else 1) for p in range(lo, hi)]
+        write(new / f"pubmed27n{f + 1:04d}.xml.gz", arts)
+        (src / f"pubmed27n{f + 1:04d}.xml.gz").write_bytes((new / f"pubmed27n{f + 1:04d}.xml.gz").read_bytes())
+    second = run_job(load_job(spec(out, src, "baseline")), progress=False)
+    assert second["stages"]["documents"]["replaced"] == n
+    ner = second["stages"]["ner"]
+    assert ner["documents"] == len(changed)  # the model saw the changed articles only
+    assert ner["documents_reused"] == n - len(changed)
+
+    fresh = tmp_path / "fresh"
+    run_job(load_job(spec(fresh, new, "fresh")), progress=False)
+    assert query(out, DOCUMENTS).equals(query(fresh, DOCUMENTS))
+    incremental = query(out, ENTITIES)
+    assert len(incremental) > 0 and incremental.equals(query(fresh, ENTITIES))
+    versions = dict(query(out, "SELECT DISTINCT pmid, version FROM entities").itertuples(index=False, name=None))
+    assert {p: v for p, v in versions.items() if p in new_version} == {p: 2 for p in new_version if p in versions}
+    orphans = query(out, "SELECT count(*) AS n FROM entities e ANTI JOIN documents d USING (pmid, version)")
+    assert orphans["n"][0] == 0
+
+
 def test_the_kb_drops_an_edge_when_its_article_leaves_the_corpus(tmp_path):
     """The KB is built from one snapshot of relations and documents: relation rows of an article
     that is no longer live (the relations table not yet updated) support no edge."""

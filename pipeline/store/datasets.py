@@ -20,12 +20,23 @@ computed yet, settings changed, missing, damaged, failed documents). Outputs of 
 are no longer live are removed in the same commits. The settings and the failed documents of each
 commit are in its commit info (``biomine.settings``, ``biomine.failures``).
 
+**Reuse by model input** (:meth:`TaskTable.reuse`): a document file with no output yet (an update
+file, a new yearly baseline) may hold articles re-issued with the model input of an article an
+earlier document file held (the same ``content_sha256``, :func:`schemas.articles.content_sha256`,
+whatever the version). Their rows are copied from that earlier file's output (complete, of the
+current settings, checked against its name), re-stamped with the new version; only the other
+articles are computed. The earlier document file is read from the documents table's folder (it
+left the log when the ingest replaced its articles, and ``biomine compact`` keeps it for the
+retention period); an article without a fingerprint (a shard written before schema version 3), or
+whose earlier file is gone or damaged, counts as changed and is computed.
+
 :raises TableError: the folder holds another dataset's table.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import re
@@ -35,8 +46,10 @@ from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from pipeline.store.storage import Location, parquet_bytes
+from pipeline.errors import StorageError
+from pipeline.store.storage import Location, error_line, parquet_bytes
 from pipeline.store.tables import DataFile, Table, describe, split_name
 
 log = logging.getLogger(__name__)
@@ -104,6 +117,14 @@ class StagePlan:
     compute: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: outputs that no live document file (or current settings) uses any more
     retire: list[DataFile] = field(default_factory=list)
+
+
+@dataclass
+class Reuse:
+    """The rows one document file takes from earlier outputs (:meth:`TaskTable.reuse`)."""
+
+    pmids: set[int]  # its articles whose rows are copied (not computed)
+    rows: pa.Table  # those rows, re-stamped with the articles' current versions, in the output schema
 
 
 class TaskTable:
@@ -194,6 +215,78 @@ class TaskTable:
         kept = rows.filter(pc.is_in(have, value_set=keys))
         return write_output(self.loc, doc_stem, key, kept.cast(self.schema))
 
+    # --- reusing by model input ------------------------------------------------------------------------
+    def reuse(
+        self,
+        plan: StagePlan,
+        docs: Mapping[str, DataFile],
+        documents: Location,
+        articles: Mapping[str, pa.Table],
+        settings: Mapping[str, Any],
+    ) -> dict[str, Reuse]:
+        """For document files ``articles`` (path -> their ``pmid``, ``version``, ``content_sha256``),
+        the rows their articles can take from outputs of document files that are no longer live
+        (see the module docstring); files with nothing to take are left out. ``docs``: the live
+        document files; ``documents``: the documents table's folder."""
+        key = settings_key(settings)
+        live = {d.stem for d in docs.values()}
+        wanted = sorted({int(p) for t in articles.values() for p in t.column("pmid").to_pylist()})
+        sources = {
+            info.path: (name, info)
+            for info in [*plan.retire, *plan.derive.values()]
+            if (name := OutputName.parse(info.path)) is not None
+            and name.settings == key
+            and not name.failed
+            and name.doc not in live
+            and info.covers(wanted)
+        }
+        if not wanted or not sources:
+            return {}
+
+        def fingerprints(item: tuple[str, tuple[OutputName, DataFile]]) -> tuple[str, dict[int, str]]:
+            path, (name, _) = item
+            table = _read_checked(documents / f"{name.doc}.parquet", ["pmid", "content_sha256"])
+            if table is None:
+                return path, {}
+            return path, {
+                int(p): h
+                for p, h in zip(table.column("pmid").to_pylist(), table.column("content_sha256").to_pylist())
+                if h is not None
+            }
+
+        earlier: dict[int, tuple[str, str]] = {}  # pmid -> (its fingerprint, the output holding its rows)
+        with ThreadPoolExecutor(_THREADS) as pool:
+            for path, found in pool.map(fingerprints, sorted(sources.items())):
+                for pmid, sha in found.items():
+                    earlier[pmid] = (sha, path)
+        takes: dict[str, dict[str, dict[int, int]]] = {}  # doc path -> source output -> pmid -> new version
+        for path, table in articles.items():
+            columns = (table.column(c).to_pylist() for c in ("pmid", "version", "content_sha256"))
+            for pmid, version, sha in zip(*columns):
+                hit = earlier.get(int(pmid))
+                if sha is not None and hit is not None and hit[0] == sha:
+                    takes.setdefault(path, {}).setdefault(hit[1], {})[int(pmid)] = int(version)
+        needed = sorted({source for by_source in takes.values() for source in by_source})
+
+        def rows_of(path: str) -> tuple[str, pa.Table | None]:
+            return path, _read_checked(self.loc / path, None)
+
+        with ThreadPoolExecutor(_THREADS) as pool:
+            outputs = dict(pool.map(rows_of, needed))
+        result: dict[str, Reuse] = {}
+        for path, by_source in sorted(takes.items()):
+            pmids: set[int] = set()
+            parts = []
+            for source, versions in by_source.items():
+                rows = outputs.get(source)
+                if rows is None:  # damaged since it was planned: its articles are computed
+                    continue
+                pmids.update(versions)
+                parts.append(_restamp(rows, versions).cast(self.schema))
+            if pmids:
+                result[path] = Reuse(pmids, pa.concat_tables(parts))
+        return result
+
     # --- committing -------------------------------------------------------------------------------
     def commit(
         self,
@@ -234,6 +327,33 @@ class TaskTable:
         with ThreadPoolExecutor(_THREADS) as pool:
             tables = list(pool.map(lambda p: (self.loc / p).read_table(columns), paths))
         return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _restamp(rows: pa.Table, versions: Mapping[int, int]) -> pa.Table:
+    """The rows of the PMIDs ``versions`` (pmid -> version) of ``rows``, their ``version`` set to it."""
+    kept = rows.filter(pc.is_in(rows.column("pmid"), value_set=pa.array(sorted(versions), pa.int64())))
+    stamped = pa.array([versions[int(p)] for p in kept.column("pmid").to_pylist()], pa.int32())
+    return kept.set_column(kept.schema.get_field_index("version"), kept.schema.field("version"), stamped)
+
+
+def _read_checked(loc: Location, columns: list[str] | None) -> pa.Table | None:
+    """The ``columns`` of the data file ``loc`` when its content matches the checksum in its name and
+    it has them; None otherwise (missing, damaged, or written before the columns existed)."""
+    try:
+        data = loc.read_bytes()
+    except (OSError, StorageError) as exc:
+        log.info("%s: not read (%s); its articles are computed", loc, error_line(exc))
+        return None
+    _, sha16 = split_name(loc.name)
+    if sha16 is None or hashlib.sha256(data).hexdigest()[:16] != sha16:
+        log.warning("%s does not match its name; its articles are computed", loc)
+        return None
+    table = pq.read_table(io.BytesIO(data))
+    if columns is not None:
+        if not set(columns) <= set(table.column_names):
+            return None
+        table = table.select(columns)
+    return table
 
 
 def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
