@@ -22,6 +22,7 @@ import html
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from conftest import write_job
 from fake_eutils import article_xml, pubmed_document
@@ -31,6 +32,7 @@ from pipeline.outputs.query import query
 from pipeline.pubmed.ingest import ingest_files
 from pipeline.run.jobspec import load_job
 from pipeline.run.runner import run_job
+from pipeline.store.datasets import settings_key
 from pipeline.store.documents import Documents, read_articles
 
 FIXED = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
@@ -232,6 +234,7 @@ def reissued(pmid: int, changed: bool = False, version: int = 1) -> str:
     )
 
 
+@pytest.mark.slow  # three jobs (about 35 s on a loaded 2-core machine); the planning half is tested below
 def test_a_new_baseline_computes_only_the_articles_whose_model_input_changed(tmp_path, demo_models, ray_local):
     """A new yearly baseline re-issues every article (some with a new version); those whose title and
     abstract are unchanged (the same ``content_sha256``) keep their outputs, copied and re-stamped with
@@ -282,6 +285,70 @@ def test_a_new_baseline_computes_only_the_articles_whose_model_input_changed(tmp
     assert {p: v for p, v in versions.items() if p in new_version} == {p: 2 for p in new_version if p in versions}
     orphans = query(out, "SELECT count(*) AS n FROM entities e ANTI JOIN documents d USING (pmid, version)")
     assert orphans["n"][0] == 0
+
+
+def test_reuse_finds_the_rows_of_articles_reissued_with_the_same_model_input(tmp_path):
+    """The planning half of the above without Ray: after a new baseline, the new document files take
+    the rows of each article whose fingerprint equals the replaced one's (re-stamped with its new
+    version) from the current settings' outputs, and nothing of a changed article or of other settings."""
+    from pipeline.store.datasets import write_output
+    from pipeline.store.output import JobOutput
+    from schemas.entities import ENTITY_SCHEMA, cast_batch
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    write(src / "pubmed26n0001.xml.gz", [reissued(p) for p in range(1, 7)])
+    ingest_files([src], out, shard_rows=3, now=lambda: FIXED)
+    output = JobOutput(out)
+    entities = output.dataset("entities", ENTITY_SCHEMA)
+    settings = {"task": "ner", "model": "m"}
+
+    def rows(pmids: list[int]) -> list[dict]:
+        return [
+            {"pmid": p, "version": 1, "start": 0, "end": 4, "label": "Chemical", "text": f"e{p}", "model_id": "m"}
+            for p in pmids
+        ]
+
+    old = Documents(output.documents)
+    written = [
+        write_output(
+            entities.loc,
+            doc.stem,
+            settings_key(settings),
+            cast_batch(rows(list(range(doc.min_pmid, doc.max_pmid + 1)))),
+        )
+        for doc in old.files().values()
+    ]
+    entities.commit(written, [], settings=settings)
+    # The new baseline: PMID 2's abstract changed, PMID 4 re-issued unchanged as version 2.
+    write(src / "pubmed27n0001.xml.gz", [reissued(p, p == 2, 2 if p == 4 else 1) for p in range(1, 7)])
+    ingest_files([src], out, shard_rows=3, now=lambda: FIXED)
+    docs = Documents(output.documents).files()
+    assert not set(docs) & set(old.files())
+    articles = {p: Documents(output.documents).read(["pmid", "version", "content_sha256"], files=[p]) for p in docs}
+    plan = entities.plan(docs, settings)
+    assert set(plan.compute) == set(docs) and len(plan.retire) == len(written)
+    reuse = entities.reuse(plan, docs, output.documents, articles, settings)
+    assert sorted(p for r in reuse.values() for p in r.pmids) == [1, 3, 4, 5, 6]
+    taken = pa.concat_tables([r.rows for r in reuse.values()]).sort_by("pmid").to_pylist()
+    assert [(r["pmid"], r["version"], r["text"]) for r in taken] == [
+        (1, 1, "e1"),
+        (3, 1, "e3"),
+        (4, 2, "e4"),
+        (5, 1, "e5"),
+        (6, 1, "e6"),
+    ]
+    # Outputs of other settings carry nothing over: a changed model computes everything.
+    assert (
+        entities.reuse(
+            entities.plan(docs, {**settings, "model": "n"}),
+            docs,
+            output.documents,
+            articles,
+            {**settings, "model": "n"},
+        )
+        == {}
+    )
 
 
 def test_the_kb_drops_an_edge_when_its_article_leaves_the_corpus(tmp_path):
