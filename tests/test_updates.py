@@ -291,7 +291,7 @@ def test_reuse_finds_the_rows_of_articles_reissued_with_the_same_model_input(tmp
     """The planning half of the above without Ray: after a new baseline, the new document files take
     the rows of each article whose fingerprint equals the replaced one's (re-stamped with its new
     version) from the current settings' outputs, and nothing of a changed article or of other settings."""
-    from pipeline.store.datasets import write_output
+    from pipeline.store.datasets import reused_rows, write_output
     from pipeline.store.output import JobOutput
     from schemas.entities import ENTITY_SCHEMA, cast_batch
 
@@ -325,12 +325,12 @@ def test_reuse_finds_the_rows_of_articles_reissued_with_the_same_model_input(tmp
     ingest_files([src], out, shard_rows=3, now=lambda: FIXED)
     docs = Documents(output.documents).files()
     assert not set(docs) & set(old.files())
-    articles = {p: Documents(output.documents).read(["pmid", "version", "content_sha256"], files=[p]) for p in docs}
     plan = entities.plan(docs, settings)
     assert set(plan.compute) == set(docs) and len(plan.retire) == len(written)
-    reuse = entities.reuse(plan, docs, output.documents, articles, settings)
-    assert sorted(p for r in reuse.values() for p in r.pmids) == [1, 3, 4, 5, 6]
-    taken = pa.concat_tables([r.rows for r in reuse.values()]).sort_by("pmid").to_pylist()
+    reuse = entities.reuse(plan, docs, output.documents, docs, settings)
+    assert sorted(p for r in reuse.values() for p in r.column("pmid").to_pylist()) == [1, 3, 4, 5, 6]
+    taken = pa.concat_tables([reused_rows(entities.loc, ENTITY_SCHEMA, r) for r in reuse.values()])
+    taken = taken.sort_by("pmid").to_pylist()
     assert [(r["pmid"], r["version"], r["text"]) for r in taken] == [
         (1, 1, "e1"),
         (3, 1, "e3"),
@@ -344,7 +344,7 @@ def test_reuse_finds_the_rows_of_articles_reissued_with_the_same_model_input(tmp
             entities.plan(docs, {**settings, "model": "n"}),
             docs,
             output.documents,
-            articles,
+            docs,
             {**settings, "model": "n"},
         )
         == {}

@@ -67,7 +67,7 @@ from biogpt import hub
 from biogpt.errors import BioMineError
 from pipeline.errors import StageError
 from pipeline.run.cluster import worker_error
-from pipeline.store.datasets import Reuse, StagePlan, TaskTable, settings_key, write_output
+from pipeline.store.datasets import StagePlan, TaskTable, reused_rows, settings_key, write_output
 from pipeline.store.models import materialize, materialize_file
 from pipeline.store.storage import Location, location
 from pipeline.store.tables import DataFile, TableError
@@ -85,8 +85,7 @@ SHARD_COL = "_shard"
 URI_COL = "_uri"
 SIZE_COL = "_size"
 PAYLOAD_COL = "_payload"
-SKIP_COL = "_skip"  # PMIDs of a file whose rows are reused, not computed
-REUSE_COL = "_reuse"  # those rows (Arrow IPC; empty when none)
+REUSE_COL = "_reuse"  # what a file takes from earlier outputs (Arrow IPC: REUSE_SCHEMA, then the rows)
 RESULT_COL = "_result"
 FATAL_COL = "_fatal"
 COLUMNS = ["pmid", "version", "title", "abstract"]
@@ -156,9 +155,10 @@ def localise(options: O) -> O:
     return dataclasses.replace(options, **local) if local else options  # type: ignore[arg-type]
 
 
-def _prepare_shards(batch: dict[str, Any], task_cls: type[Task[O]], options: O) -> dict[str, Any]:
+def _prepare_shards(batch: dict[str, Any], task_cls: type[Task[O]], options: O, output: Location) -> dict[str, Any]:
     """CPU stage (stateless Ray tasks): read each document file from storage and let the task build its
-    inputs.
+    inputs; the rows a file takes from earlier outputs (``REUSE_COL``) are read here, from the task's
+    table at ``output``, and its articles left out of the model's input.
 
     One record per FILE, carrying its prepared batch (the task's declared ``prepared_schema``) as
     Arrow IPC bytes, a format any reader can open and whose shape it can see: the model stage then
@@ -167,15 +167,16 @@ def _prepare_shards(batch: dict[str, Any], task_cls: type[Task[O]], options: O) 
     """
     options = localise(options)
     out: dict[str, list] = {SHARD_COL: [], PAYLOAD_COL: [], REUSE_COL: []}
-    for shard, uri, size, skip, reuse in zip(
-        batch[SHARD_COL], batch[URI_COL], batch[SIZE_COL], batch[SKIP_COL], batch[REUSE_COL]
-    ):
+    for shard, uri, size, reuse in zip(batch[SHARD_COL], batch[URI_COL], batch[SIZE_COL], batch[REUSE_COL]):
         table = read_verified(location(str(uri)), int(size), COLUMNS)
-        if len(skip):  # articles whose rows are reused: the model sees the others only
-            table = table.filter(pc.invert(pc.is_in(table.column("pmid"), value_set=pa.array(list(skip), pa.int64()))))
+        rows = b""
+        if reuse:  # articles whose rows are copied: the model sees the others only
+            taken = from_ipc(reuse)
+            table = table.filter(pc.invert(pc.is_in(table.column("pmid"), value_set=taken.column("pmid"))))
+            rows = to_ipc(reused_rows(output, task_cls.schema, taken))
         out[SHARD_COL].append(str(shard))
         out[PAYLOAD_COL].append(to_ipc(task_cls.prepare(table, options)))
-        out[REUSE_COL].append(reuse)
+        out[REUSE_COL].append(rows)
     return out
 
 
@@ -476,8 +477,7 @@ def run_task_stage(
             SHARD_COL: p,
             URI_COL: (documents / p).uri,
             SIZE_COL: docs[p].size,
-            SKIP_COL: sorted(reuse[p].pmids) if p in reuse else [],
-            REUSE_COL: to_ipc(reuse[p].rows) if p in reuse else b"",
+            REUSE_COL: to_ipc(reuse[p]) if p in reuse else b"",
         }
         for p in todo
     ]
@@ -488,7 +488,7 @@ def run_task_stage(
     # then tokenisation would run inside the actor instead of beside it.
     ds = ds.map_batches(
         _prepare_shards,  # type: ignore[arg-type]  # Ray's types know no fn_kwargs: its batch is the only argument
-        fn_kwargs=dict(task_cls=task_cls, options=options),
+        fn_kwargs=dict(task_cls=task_cls, options=options, output=out),
         batch_size=1,
         num_cpus=1,
         memory=PREPARE_MEMORY,
@@ -566,31 +566,25 @@ def _reuse(
     key: str,
     result: StageResult,
     pending: list[ShardOutput],
-) -> dict[str, Reuse]:
-    """The rows that document files not computed yet take from earlier outputs by their articles'
-    unchanged model input (:meth:`TaskTable.reuse`). A file whose every article has them gets its
-    output here (added to ``pending``, no model); the others are computed for their other articles."""
+) -> dict[str, pa.Table]:
+    """What document files not computed yet take from earlier outputs by their articles' unchanged
+    model input (:meth:`TaskTable.reuse`). A file whose every article takes its rows gets its output
+    here (added to ``pending``, no model); the others are computed for their other articles (the
+    workers read the rows they take)."""
     new = sorted(p for p, (kind, _) in plan.compute.items() if kind == "not computed")
-    if not new:
-        return {}
+    reuse = dataset.reuse(plan, docs, documents, new, settings) if new else {}
+    whole = [p for p, taken in reuse.items() if taken.num_rows == docs[p].rows]
 
-    def fingerprints(path: str) -> tuple[str, pa.Table | None]:
-        try:
-            return path, read_verified(documents / path, docs[path].size, ["pmid", "version", "content_sha256"])
-        except (pa.ArrowInvalid, KeyError):  # written before schema version 3: no fingerprints, all computed
-            return path, None
+    def one(path: str) -> ShardOutput:
+        rows = sorted_rows(task_cls, reused_rows(dataset.loc, dataset.schema, reuse[path]).to_pylist())
+        return ShardOutput(path, write_output(dataset.loc, docs[path].stem, key, rows), 0)
 
     with ThreadPoolExecutor(8) as pool:
-        articles = {path: table for path, table in pool.map(fingerprints, new) if table is not None}
-    reuse = dataset.reuse(plan, docs, documents, articles, settings)
-    for path, taken in sorted(reuse.items()):
-        result.reused += len(taken.pmids)
-        if len(taken.pmids) == articles[path].num_rows:
-            rows = sorted_rows(task_cls, taken.rows.to_pylist())
-            written = write_output(dataset.loc, docs[path].stem, key, rows)
-            pending.append(ShardOutput(path, written, 0))
+        for output in pool.map(one, sorted(whole)):
+            pending.append(output)
             result.derived += 1
-            result.derived_rows += written.rows
+            result.derived_rows += output.file.rows
+    result.reused += sum(t.num_rows for t in reuse.values())
     return reuse
 
 

@@ -119,12 +119,34 @@ class StagePlan:
     retire: list[DataFile] = field(default_factory=list)
 
 
-@dataclass
-class Reuse:
-    """The rows one document file takes from earlier outputs (:meth:`TaskTable.reuse`)."""
+#: What a document file takes from earlier outputs (:meth:`TaskTable.reuse`): one row per article
+#: whose rows are copied, not computed: the output file holding them and the article's current version.
+REUSE_SCHEMA = pa.schema(
+    [pa.field("source", pa.string()), pa.field("pmid", pa.int64()), pa.field("version", pa.int32())]
+)
 
-    pmids: set[int]  # its articles whose rows are copied (not computed)
-    rows: pa.Table  # those rows, re-stamped with the articles' current versions, in the output schema
+
+def reused_rows(loc: Location, schema: pa.Schema, reuse: pa.Table) -> pa.Table:
+    """The rows ``reuse`` (:data:`REUSE_SCHEMA`) names, read from the output files of the table at
+    ``loc`` and re-stamped with the articles' current versions, in ``schema`` (a worker's read).
+
+    :raises TableError: a source output is missing or does not match its name (it was verified when
+        the stage planned: restore it, or run the stage again, which then computes those articles).
+    """
+    from pipeline.store.tables import TableError
+
+    parts = []
+    for source in sorted(set(reuse.column("source").to_pylist())):
+        rows = _read_checked(loc / source, None)
+        if rows is None:
+            raise TableError(
+                f"{loc / source} is missing or damaged since the stage planned to copy rows from it: "
+                "restore it, or run the job again (it then computes those articles)"
+            )
+        mine = reuse.filter(pc.equal(reuse.column("source"), source))
+        versions = dict(zip(mine.column("pmid").to_pylist(), mine.column("version").to_pylist()))
+        parts.append(_restamp(rows, versions).cast(schema))
+    return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
 class TaskTable:
@@ -221,71 +243,59 @@ class TaskTable:
         plan: StagePlan,
         docs: Mapping[str, DataFile],
         documents: Location,
-        articles: Mapping[str, pa.Table],
+        new: Iterable[str],
         settings: Mapping[str, Any],
-    ) -> dict[str, Reuse]:
-        """For document files ``articles`` (path -> their ``pmid``, ``version``, ``content_sha256``),
-        the rows their articles can take from outputs of document files that are no longer live
-        (see the module docstring); files with nothing to take are left out. ``docs``: the live
-        document files; ``documents``: the documents table's folder."""
+    ) -> dict[str, pa.Table]:
+        """For the live document files ``new`` (not computed yet), what each takes from outputs of
+        document files that are no longer live (see the module docstring), as :data:`REUSE_SCHEMA`
+        rows; files with nothing to take are left out. ``docs``: the live document files;
+        ``documents``: the documents table's folder. Each file is matched on its own, against the
+        earlier outputs whose PMID range covers it, so the driver holds a few files at a time (and
+        the answer: 16 bytes per reused article), never the corpus."""
         key = settings_key(settings)
         live = {d.stem for d in docs.values()}
-        wanted = sorted({int(p) for t in articles.values() for p in t.column("pmid").to_pylist()})
-        sources = {
-            info.path: (name, info)
+        candidates = [
+            (name, info)
             for info in [*plan.retire, *plan.derive.values()]
             if (name := OutputName.parse(info.path)) is not None
             and name.settings == key
             and not name.failed
             and name.doc not in live
-            and info.covers(wanted)
-        }
-        if not wanted or not sources:
+        ]
+        damaged = self.table.verify([info for _, info in candidates], checksums=False) if candidates else {}
+        sources = [(name, info) for name, info in candidates if info.path not in damaged]
+        if not sources:
             return {}
 
-        def fingerprints(item: tuple[str, tuple[OutputName, DataFile]]) -> tuple[str, dict[int, str]]:
-            path, (name, _) = item
-            table = _read_checked(documents / f"{name.doc}.parquet", ["pmid", "content_sha256"])
-            if table is None:
-                return path, {}
-            return path, {
-                int(p): h
-                for p, h in zip(table.column("pmid").to_pylist(), table.column("content_sha256").to_pylist())
-                if h is not None
-            }
-
-        earlier: dict[int, tuple[str, str]] = {}  # pmid -> (its fingerprint, the output holding its rows)
-        with ThreadPoolExecutor(_THREADS) as pool:
-            for path, found in pool.map(fingerprints, sorted(sources.items())):
-                for pmid, sha in found.items():
-                    earlier[pmid] = (sha, path)
-        takes: dict[str, dict[str, dict[int, int]]] = {}  # doc path -> source output -> pmid -> new version
-        for path, table in articles.items():
-            columns = (table.column(c).to_pylist() for c in ("pmid", "version", "content_sha256"))
-            for pmid, version, sha in zip(*columns):
-                hit = earlier.get(int(pmid))
-                if sha is not None and hit is not None and hit[0] == sha:
-                    takes.setdefault(path, {}).setdefault(hit[1], {})[int(pmid)] = int(version)
-        needed = sorted({source for by_source in takes.values() for source in by_source})
-
-        def rows_of(path: str) -> tuple[str, pa.Table | None]:
-            return path, _read_checked(self.loc / path, None)
-
-        with ThreadPoolExecutor(_THREADS) as pool:
-            outputs = dict(pool.map(rows_of, needed))
-        result: dict[str, Reuse] = {}
-        for path, by_source in sorted(takes.items()):
-            pmids: set[int] = set()
-            parts = []
-            for source, versions in by_source.items():
-                rows = outputs.get(source)
-                if rows is None:  # damaged since it was planned: its articles are computed
+        def one(path: str) -> tuple[str, pa.Table | None]:
+            mine = _read_checked(documents / path, ["pmid", "version", "content_sha256"])
+            if mine is None:  # written before schema version 3: no fingerprints, all computed
+                return path, None
+            pmids = sorted(mine.column("pmid").to_pylist())
+            earlier: dict[int, tuple[str, str]] = {}  # pmid -> (its fingerprint, the output with its rows)
+            for name, info in sources:
+                if not info.covers(pmids):
                     continue
-                pmids.update(versions)
-                parts.append(_restamp(rows, versions).cast(self.schema))
-            if pmids:
-                result[path] = Reuse(pmids, pa.concat_tables(parts))
-        return result
+                found = _read_checked(documents / f"{name.doc}.parquet", ["pmid", "content_sha256"])
+                if found is None:
+                    continue
+                found = found.filter(pc.is_in(found.column("pmid"), value_set=mine.column("pmid")))
+                for pmid, sha in zip(found.column("pmid").to_pylist(), found.column("content_sha256").to_pylist()):
+                    if sha is not None:
+                        earlier[pmid] = (sha, info.path)
+            columns = (mine.column(c).to_pylist() for c in ("pmid", "version", "content_sha256"))
+            taken = [
+                (earlier[p][1], p, v)
+                for p, v, sha in zip(*columns)
+                if sha is not None and earlier.get(p, ("",))[0] == sha
+            ]
+            if not taken:
+                return path, None
+            source, pmid, version = zip(*taken)
+            return path, pa.table([list(source), list(pmid), list(version)], schema=REUSE_SCHEMA)
+
+        with ThreadPoolExecutor(_THREADS) as pool:
+            return {path: table for path, table in pool.map(one, sorted(new)) if table is not None}
 
     # --- committing -------------------------------------------------------------------------------
     def commit(
