@@ -17,7 +17,13 @@ generator of ``bench_parse.py``, plus ``--updates`` update files per mix), in on
    exactly the update's revised and new articles) and the articles and output rows it copied
    ("derived") from the outputs of the rewritten files, the seconds of each and their share of the
    baseline's, the live files and the ``_delta_log`` size after it.
-3. **overhead**: per document, the CPU time of each step the pipeline adds around the model, in one
+3. **new baseline**: NCBI's yearly baseline re-issues every citation. On its own copy of the
+   ingested baseline, the stage runs over it, then a "new baseline" (``pubmed27n*``: every article of
+   the baseline again, the same records, with ``--baseline-changed`` (0.03) of them given a changed
+   abstract, or title where a record has no abstract) is ingested through Ray tasks and the stage
+   runs again. The goal: it computes exactly the changed articles and copies the rows of the others
+   (``documents_reused``: their title and abstract, ``content_sha256``, are unchanged).
+4. **overhead**: per document, the CPU time of each step the pipeline adds around the model, in one
    process (so per core): read the data file (checked against its checksum, as the stage does),
    tokenise and window it (the real NER ``prepare`` with the real BioGPT vocabulary from
    ``../shared`` when present), pass it to the actor and back as Arrow IPC, sort and cast the rows, serialise
@@ -140,6 +146,33 @@ def generate_updates(
             }
         )
     return plan
+
+
+def revise_text(record: str) -> str:
+    """``record`` (a generated ``<PubmedArticle>``) with its model input changed: a sentence added to its
+    last abstract section, or to its title when it has no abstract."""
+    tag = "</AbstractText>" if "</AbstractText>" in record else "</ArticleTitle>"
+    at = record.rindex(tag)
+    return record[:at] + " Revised in the new baseline." + record[at:]
+
+
+def write_new_baseline(folder: Path, files: int, articles: int, changed: float, seed: int) -> int:
+    """A new yearly baseline (``pubmed27n*``) into ``folder``: every article of the baseline written by
+    :func:`generate` again (the same records: the same seeds), ``changed`` of them with a revised
+    abstract. Returns how many were changed."""
+    folder.mkdir(parents=True)
+    total = files * articles
+    rng = random.Random(seed)
+    revised = set(rng.sample(range(FIRST_PMID, FIRST_PMID + total), round(total * changed)))
+    for i in range(files):
+        article_rng = random.Random(i)  # the seed generate() wrote this file's articles with
+        with gzip.open(folder / f"pubmed27n{i + 1:04d}.xml.gz", "wt", encoding="utf-8", compresslevel=1) as f:
+            f.write(DOCTYPE + "<PubmedArticleSet>\n")
+            for pmid in range(FIRST_PMID + i * articles, FIRST_PMID + (i + 1) * articles):
+                record = generate_article(pmid, article_rng)
+                f.write(revise_text(record) if pmid in revised else record)
+            f.write("</PubmedArticleSet>\n")
+    return len(revised)
 
 
 def generate(root: Path, files: int, articles: int, updates: int, mixes: list[str], shares: dict) -> dict:
@@ -390,7 +423,58 @@ def measure_updates(
     return rows
 
 
-# --- 3. overhead per document, per core ----------------------------------------------------------------
+def measure_new_baseline(src: Path, out: Path, model: Path, shard_rows: int, workers: int, changed: int) -> dict:
+    """The stage over the ingested baseline in ``out``, then the new baseline ``src`` ingested through
+    Ray tasks and the stage again: what the new baseline made it compute and copy."""
+    from pipeline.pubmed.ingest import ingest_files
+    from pipeline.run.cluster import Placement, RayPool
+    from pipeline.run.plan import PlannedTask
+    from pipeline.run.stages import run_task_stage
+    from pipeline.store.documents import Documents
+    from pipeline.store.output import JobOutput
+    from pipeline.tasks.options import NerOptions
+
+    cls = stand_in_class(0.0, tokenize=False)  # the counts do not depend on the model's cost
+    options = NerOptions(model=str(model), model_sha256="stand-in")
+    output = JobOutput(out)
+    dataset = output.dataset(cls.dataset, cls.schema)
+
+    def stage():
+        docs = Documents(output.documents).files()
+        t = time.perf_counter()
+        r = run_task_stage(
+            PlannedTask(cls.name, cls, options),
+            docs,
+            output.documents,
+            dataset,
+            placement=Placement(1, 0),
+            progress=False,
+        )
+        return r, time.perf_counter() - t, sum(f.rows for f in docs.values())
+
+    first, first_s, _ = stage()
+    t = time.perf_counter()
+    s = ingest_files([src], out, shard_rows=shard_rows, progress=False, pool=RayPool(workers))
+    ingest_s = time.perf_counter() - t
+    second, stage_s, live = stage()
+    return {
+        "articles": live,
+        "changed": changed,
+        "replaced": s.replaced,
+        "baseline_documents_computed": first.documents,
+        "baseline_stage_s": round(first_s, 2),
+        "ingest_s": round(ingest_s, 2),
+        "documents_computed": second.documents,
+        "documents_computed_share": share(second.documents, live),
+        "documents_reused": second.reused,
+        "shards_computed": second.shards_done,
+        "shards_derived": second.derived,
+        "stage_s": round(stage_s, 2),
+        "stage_s_share": share(stage_s, first_s),
+    }
+
+
+# --- 4. overhead per document, per core ----------------------------------------------------------------
 def measure_overhead(documents: Path, root: Path, model: Path, max_docs: int, token_cost_us: float) -> dict:
 
     from pipeline.run.stages import COLUMNS, _sort_key, from_ipc, read_verified, stage_settings, to_ipc
@@ -503,6 +587,12 @@ def main(argv=None) -> int:
         default=0.10,
         help="realistic mix: the newest PMIDs, as a share of the live PMIDs (0.10)",
     )
+    p.add_argument(
+        "--baseline-changed",
+        type=float,
+        default=0.03,
+        help="new baseline: share of the articles whose abstract it changes (0.03; 0 skips the case)",
+    )
     p.add_argument("--workers", type=int, default=2, help="parallel workers to compare with 1 (default 2)")
     p.add_argument("--shard-rows", type=int, default=10_000, help="rows per document data file (default 10000)")
     p.add_argument("--overhead-docs", type=int, default=5000, help="documents for the overhead figure (5000)")
@@ -528,6 +618,10 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         shares = {k: getattr(args, k) for k in ("revise", "delete", "new", "recent_share", "recent_range")}
         corpus = generate(root / "src", args.files, args.articles, args.updates, mixes, shares)
+        if args.baseline_changed > 0:
+            corpus["new_baseline_changed"] = write_new_baseline(
+                root / "src" / "new-baseline", args.files, args.articles, args.baseline_changed, seed=11
+            )
         size = sum(f.stat().st_size for f in (root / "src").rglob("*.gz"))
         print(
             f"generated {args.files} x {args.articles} articles + {args.updates} updates x {len(mixes)} mixes "
@@ -562,9 +656,28 @@ def main(argv=None) -> int:
         for mix in mixes[len(targets) :]:  # --workers 1: one ingested baseline, copied before any update
             targets.append(root / f"out-{mix}")
             shutil.copytree(targets[0], targets[-1])
+        if args.baseline_changed > 0:  # its own copy of the ingested baseline, before any update
+            shutil.copytree(targets[0], root / "out-new-baseline")
         results["updates_by_mix"] = {}
         init_ray(None, num_cpus=args.workers)
         try:
+            if args.baseline_changed > 0:
+                nb = measure_new_baseline(
+                    root / "src" / "new-baseline",
+                    root / "out-new-baseline",
+                    model,
+                    args.shard_rows,
+                    args.workers,
+                    corpus["new_baseline_changed"],
+                )
+                results["new_baseline"] = nb
+                print(
+                    f"\nnew baseline (every article re-issued, {nb['changed']} with a changed abstract): "
+                    f"{nb['replaced']} replaced; the stage computed {nb['documents_computed']} of {nb['articles']} "
+                    f"({pct(nb['documents_computed_share'])}) and copied {nb['documents_reused']} "
+                    f"in {nb['stage_s']} s ({pct(nb['stage_s_share'])} of the baseline's {nb['baseline_stage_s']} s)",
+                    flush=True,
+                )
             for mix, out in zip(mixes, targets):
                 rows = measure_updates(
                     corpus["plans"][mix],

@@ -10,7 +10,13 @@ Contract:
   absent, ordering columns, refusing unknown ones) and is applied to every batch before it is written.
 - :func:`check_schema` tells a reader whether a file was written with a schema version it understands.
 - Version 2 added the columns from ``chemicals`` to ``publication_type_uis`` below (appended, none
-  changed): version-1 shards still read, their new columns null (:func:`conform`).
+  changed): version-1 shards still read, their new columns null (:func:`conform`). Version 3 added
+  ``content_sha256`` (appended): older shards read with it null, which counts as "changed".
+- ``content_sha256`` is the article's **model input** fingerprint (:func:`content_sha256`): the sha256
+  of exactly what the tasks read of it, its title and abstract as they see them (a missing one is
+  ``""``: :func:`pipeline.tasks.base.text_of`). :func:`to_table` fills it. A record re-issued with the
+  same fingerprint (a new yearly baseline re-issues every article) keeps its model outputs
+  (:mod:`pipeline.store.datasets`).
 
 Columns (all text is Unicode, with the text of inline markup such as ``<i>``/``<sup>`` kept and the
 tags dropped; ``null`` means "not in the record"):
@@ -48,6 +54,8 @@ nlm_unique_id             MedlineJournalInfo/NlmUniqueID
 other_ids                 OtherID (source = its Source attribute) and the ArticleIdList ids other than
                           pubmed/doi/pmc (source = their IdType: pii, mid, ...)
 publication_type_uis      the MeSH UI of each publication type, in the order of publication_types
+content_sha256            hex sha256 of the model input (title, abstract): :func:`content_sha256`;
+                          null in shards written before version 3
 source                    the query (fetch) or input file name (ingest) the row came from
 fetched_at                when the row was fetched or ingested (UTC)
 ========================  =====================================================================
@@ -58,6 +66,8 @@ fetched_at                when the row was fetched or ingested (UTC)
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
@@ -68,7 +78,7 @@ from ._rows import check_schema as _check_schema
 SCHEMA_NAME = "articles"
 # Bump on any change a reader could notice (new column, changed type or meaning); readers accept files
 # with a version <= theirs.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _QUALIFIER = pa.struct([("name", pa.string()), ("ui", pa.string()), ("major_topic", pa.bool_())])
 _MESH = pa.struct(
@@ -140,6 +150,8 @@ ARTICLE_SCHEMA = pa.schema(
         pa.field("nlm_unique_id", pa.string()),
         pa.field("other_ids", pa.list_(_OTHER_ID)),
         pa.field("publication_type_uis", pa.list_(pa.string())),
+        # --- version 3 ---
+        pa.field("content_sha256", pa.string()),
     ],
     metadata=schema_metadata(SCHEMA_NAME, SCHEMA_VERSION),
 )
@@ -148,8 +160,20 @@ COLUMNS = tuple(ARTICLE_SCHEMA.names)
 _REQUIRED = tuple(f.name for f in ARTICLE_SCHEMA if not f.nullable)
 
 
+def content_sha256(title: str | None, abstract: str | None) -> str:
+    """The hex sha256 of an article's model input: ``[title, abstract]`` as JSON, a missing one ``""``.
+
+    Every task reads exactly these two fields (``pipeline.run.stages.COLUMNS`` besides pmid and
+    version), each on its own (sentence splitting treats them apart), and sees a missing one as ``""``;
+    so equal fingerprints mean equal model input, whatever the record's version or other fields.
+    """
+    blob = json.dumps([title or "", abstract or ""], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
 def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    """Build an :data:`ARTICLE_SCHEMA` table from row dicts (as yielded by :mod:`pipeline.pubmed.parser`).
+    """Build an :data:`ARTICLE_SCHEMA` table from row dicts (as yielded by :mod:`pipeline.pubmed.parser`),
+    with ``content_sha256`` computed from each row's title and abstract (:func:`content_sha256`).
 
     Articles take Arrow's bulk conversion (ingest's hot path) rather than the per-value checks of
     :func:`schemas._rows.cast_rows`; a failure is then narrowed down to the row that caused it.
@@ -157,7 +181,7 @@ def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     :raises SchemaMismatchError: a row has a key that is not a column, a value of the wrong type, or
         a null in a required column (the message names the row's PMID).
     """
-    rows = list(rows)
+    rows = [{**row, "content_sha256": content_sha256(row.get("title"), row.get("abstract"))} for row in rows]
     for row in rows:
         unknown = set(row) - set(COLUMNS)
         if unknown:

@@ -111,7 +111,7 @@ def test_every_new_field_of_a_full_record():
     assert row["publication_type_uis"] == ["D016428", "D016441"]
     assert row["doi"] == "10.1002/jcph.1"  # the columns of version 1 are unchanged
     table = to_table([row])
-    assert table.schema.equals(ARTICLE_SCHEMA, check_metadata=True) and SCHEMA_VERSION == 2
+    assert table.schema.equals(ARTICLE_SCHEMA, check_metadata=True) and SCHEMA_VERSION == 3
 
 
 def test_retraction_is_either_sign_and_a_notice_is_not_retracted():
@@ -250,7 +250,7 @@ def test_version_1_data_files_still_read_with_the_new_columns_null(tmp_path):
     # columns added, the property raised); the version-1 file is untouched, and every Delta reader
     # reads its rows with the new columns null.
     delta = DeltaTable(str(out / "documents"))
-    assert delta.metadata().configuration["biomine.schema_version"] == str(SCHEMA_VERSION) == "2"
+    assert delta.metadata().configuration["biomine.schema_version"] == str(SCHEMA_VERSION) == "3"
     assert pa.schema(delta.schema().to_arrow()).names == ARTICLE_SCHEMA.names
     assert old.path in Documents(JobOutput(out).documents).files()
     frame = delta.to_pandas(columns=["pmid", "retracted", "chemicals"]).sort_values("pmid")
@@ -271,7 +271,7 @@ def test_version_1_data_files_still_read_with_the_new_columns_null(tmp_path):
     (new,) = [f for f in files.values() if f.base == old.base]
     assert new.rows == 1 and (new.min_pmid, new.max_pmid) == (2, 2)
     schema = pq.read_schema(out / "documents" / new.path)
-    assert schema.metadata[b"biomine.schema_version"] == b"2" and schema.names == ARTICLE_SCHEMA.names
+    assert schema.metadata[b"biomine.schema_version"] == b"3" and schema.names == ARTICLE_SCHEMA.names
     assert sorted(read_articles(out, ["pmid"]).column("pmid").to_pylist()) == [2, 31000001]
     assert sorted(DeltaTable(str(out / "documents")).to_pandas(columns=["pmid"])["pmid"]) == [2, 31000001]
 

@@ -442,7 +442,7 @@ def test_data_files_carry_the_schema_version_and_match_their_names(pubmed_files,
     table = DeltaTable(table_path(out))
     assert table.metadata().configuration == {
         "biomine.dataset": "documents",
-        "biomine.schema_version": "2",
+        "biomine.schema_version": str(SCHEMA_VERSION),
         "delta.dataSkippingStatsColumns": "pmid,version",  # what each file's statistics cover
     }
     assert pa.schema(table.schema().to_arrow()).names == ARTICLE_SCHEMA.names

@@ -22,6 +22,7 @@ import html
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from conftest import write_job
 from fake_eutils import article_xml, pubmed_document
@@ -31,6 +32,7 @@ from pipeline.outputs.query import query
 from pipeline.pubmed.ingest import ingest_files
 from pipeline.run.jobspec import load_job
 from pipeline.run.runner import run_job
+from pipeline.store.datasets import settings_key
 from pipeline.store.documents import Documents, read_articles
 
 FIXED = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
@@ -221,6 +223,134 @@ def test_an_update_computes_only_the_articles_it_revises(tmp_path, demo_models, 
     assert query(out, ENTITIES).equals(incremental)
 
 
+def reissued(pmid: int, changed: bool = False, version: int = 1) -> str:
+    """An article of a corpus; ``changed``: its abstract as a new baseline revises it."""
+    drug, other = DRUGS[pmid % len(DRUGS)], DRUGS[(pmid + 1) % len(DRUGS)]
+    abstract = f"We report that {drug} increases the effect of {other} in {pmid} patients."
+    if changed:
+        abstract += f" {other.capitalize()} levels rose in {pmid + 7} cases."
+    return article_xml(
+        pmid, title=f"Interaction of {drug} with {other} in study {pmid}.", abstract=abstract, version=version
+    )
+
+
+@pytest.mark.slow  # three jobs (about 35 s on a loaded 2-core machine); the planning half is tested below
+def test_a_new_baseline_computes_only_the_articles_whose_model_input_changed(tmp_path, demo_models, ray_local):
+    """A new yearly baseline re-issues every article (some with a new version); those whose title and
+    abstract are unchanged (the same ``content_sha256``) keep their outputs, copied and re-stamped with
+    the new version; only the ~3% with a changed abstract are computed. The tables equal a from-scratch
+    run over the new baseline."""
+    src, out, n, per_file = tmp_path / "src", tmp_path / "out", 100, 25
+    src.mkdir()
+    for f in range(n // per_file):
+        write(
+            src / f"pubmed26n{f + 1:04d}.xml.gz", [reissued(p) for p in range(f * per_file + 1, (f + 1) * per_file + 1)]
+        )
+
+    def spec(out: Path, src: Path, name: str) -> Path:
+        source = {"kind": "files", "paths": [str(src)], "shard_size": 25}
+        return write_job(
+            tmp_path / f"{name}.toml",
+            name=name,
+            output=out,
+            source=source,
+            tasks={"ner": {"model": str(demo_models["ner"])}},
+        )
+
+    first = run_job(load_job(spec(out, src, "baseline")), progress=False, num_cpus=2)
+    assert first["stages"]["ner"]["documents"] == n
+    assert read_articles(out, ["content_sha256"]).column("content_sha256").null_count == 0
+
+    # The new baseline: every article again, in files cut elsewhere; 3 abstracts changed (one of them
+    # with a new version), 2 unchanged articles re-issued as version 2.
+    changed, new_version = {7, 50, 93}, {50, 31, 64}
+    new = tmp_path / "new"
+    new.mkdir()
+    for f, (lo, hi) in enumerate([(1, 41), (41, 101)]):
+        arts = [reissued(p, p in changed, 2 if p in new_version else 1) for p in range(lo, hi)]
+        write(new / f"pubmed27n{f + 1:04d}.xml.gz", arts)
+        (src / f"pubmed27n{f + 1:04d}.xml.gz").write_bytes((new / f"pubmed27n{f + 1:04d}.xml.gz").read_bytes())
+    second = run_job(load_job(spec(out, src, "baseline")), progress=False)
+    assert second["stages"]["documents"]["replaced"] == n
+    ner = second["stages"]["ner"]
+    assert ner["documents"] == len(changed)  # the model saw the changed articles only
+    assert ner["documents_reused"] == n - len(changed)
+
+    fresh = tmp_path / "fresh"
+    run_job(load_job(spec(fresh, new, "fresh")), progress=False)
+    assert query(out, DOCUMENTS).equals(query(fresh, DOCUMENTS))
+    incremental = query(out, ENTITIES)
+    assert len(incremental) > 0 and incremental.equals(query(fresh, ENTITIES))
+    versions = dict(query(out, "SELECT DISTINCT pmid, version FROM entities").itertuples(index=False, name=None))
+    assert {p: v for p, v in versions.items() if p in new_version} == {p: 2 for p in new_version if p in versions}
+    orphans = query(out, "SELECT count(*) AS n FROM entities e ANTI JOIN documents d USING (pmid, version)")
+    assert orphans["n"][0] == 0
+
+
+def test_reuse_finds_the_rows_of_articles_reissued_with_the_same_model_input(tmp_path):
+    """The planning half of the above without Ray: after a new baseline, the new document files take
+    the rows of each article whose fingerprint equals the replaced one's (re-stamped with its new
+    version) from the current settings' outputs, and nothing of a changed article or of other settings."""
+    from pipeline.store.datasets import reused_rows, write_output
+    from pipeline.store.output import JobOutput
+    from schemas.entities import ENTITY_SCHEMA, cast_batch
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    write(src / "pubmed26n0001.xml.gz", [reissued(p) for p in range(1, 7)])
+    ingest_files([src], out, shard_rows=3, now=lambda: FIXED)
+    output = JobOutput(out)
+    entities = output.dataset("entities", ENTITY_SCHEMA)
+    settings = {"task": "ner", "model": "m"}
+
+    def rows(pmids: list[int]) -> list[dict]:
+        return [
+            {"pmid": p, "version": 1, "start": 0, "end": 4, "label": "Chemical", "text": f"e{p}", "model_id": "m"}
+            for p in pmids
+        ]
+
+    old = Documents(output.documents)
+    written = [
+        write_output(
+            entities.loc,
+            doc.stem,
+            settings_key(settings),
+            cast_batch(rows(list(range(doc.min_pmid, doc.max_pmid + 1)))),
+        )
+        for doc in old.files().values()
+    ]
+    entities.commit(written, [], settings=settings)
+    # The new baseline: PMID 2's abstract changed, PMID 4 re-issued unchanged as version 2.
+    write(src / "pubmed27n0001.xml.gz", [reissued(p, p == 2, 2 if p == 4 else 1) for p in range(1, 7)])
+    ingest_files([src], out, shard_rows=3, now=lambda: FIXED)
+    docs = Documents(output.documents).files()
+    assert not set(docs) & set(old.files())
+    plan = entities.plan(docs, settings)
+    assert set(plan.compute) == set(docs) and len(plan.retire) == len(written)
+    reuse = entities.reuse(plan, docs, output.documents, docs, settings)
+    assert sorted(p for r in reuse.values() for p in r.column("pmid").to_pylist()) == [1, 3, 4, 5, 6]
+    taken = pa.concat_tables([reused_rows(entities.loc, ENTITY_SCHEMA, r) for r in reuse.values()])
+    taken = taken.sort_by("pmid").to_pylist()
+    assert [(r["pmid"], r["version"], r["text"]) for r in taken] == [
+        (1, 1, "e1"),
+        (3, 1, "e3"),
+        (4, 2, "e4"),
+        (5, 1, "e5"),
+        (6, 1, "e6"),
+    ]
+    # Outputs of other settings carry nothing over: a changed model computes everything.
+    assert (
+        entities.reuse(
+            entities.plan(docs, {**settings, "model": "n"}),
+            docs,
+            output.documents,
+            docs,
+            {**settings, "model": "n"},
+        )
+        == {}
+    )
+
+
 def test_the_kb_drops_an_edge_when_its_article_leaves_the_corpus(tmp_path):
     """The KB is built from one snapshot of relations and documents: relation rows of an article
     that is no longer live (the relations table not yet updated) support no edge."""
@@ -265,7 +395,8 @@ def test_the_kb_drops_an_edge_when_its_article_leaves_the_corpus(tmp_path):
 
 @pytest.mark.slow
 def test_bench_scale_smoke_run(tmp_path):
-    """benchmarks/bench_scale.py end to end at a tiny size: each update computes its revised articles."""
+    """benchmarks/bench_scale.py end to end at a tiny size: each update computes its revised articles,
+    and the new baseline its changed ones."""
     import subprocess
     import sys
 
@@ -302,6 +433,10 @@ def test_bench_scale_smoke_run(tmp_path):
     assert baseline["documents_computed"] == 180 and len(updates) == 2
     assert all(u["documents_computed"] == u["revised"] == 9 and u["removed"] == 9 + 3 for u in updates)
     assert result["overhead"]["overhead_ms_per_document"] > 0
+    # the new yearly baseline re-issues all 180 articles, 5 (3%) with a changed abstract
+    new_baseline = result["new_baseline"]
+    assert new_baseline["replaced"] == 180 and new_baseline["documents_computed"] == new_baseline["changed"] == 5
+    assert new_baseline["documents_reused"] == 175
 
 
 def test_updates_on_s3_are_copy_on_write_and_parallel_workers_write_there(tmp_path, s3_server, monkeypatch):

@@ -294,6 +294,7 @@ def _stages(plan: RunPlan, output: JobOutput, lease: Lease, progress: bool, mani
             "shards_skipped": result.shards_skipped,
             "shards_derived": result.derived,
             "rows_derived": result.derived_rows,
+            "documents_reused": result.reused,
             "shards_retired": result.retired,
             "redone": result.redone,
             "documents": result.documents,

@@ -10,6 +10,11 @@ settings, and nothing else:
 - **derived**: a document file that an update rewrote (copy-on-write, without its revised or
   deleted articles) gets the rows of its earlier version's output for the articles still in it:
   copied, never recomputed, so an update computes model output only for new or revised articles;
+- **reused**: a document file not computed yet takes the rows of its articles whose model input
+  (``content_sha256``) equals that of an article in a document file that is no longer live, from
+  that file's output (:meth:`TaskTable.reuse`: a new yearly baseline re-issues every article, and
+  costs only those whose title or abstract changed); the rest of its articles are computed and the
+  two go into its one output file (when none is left to compute, no model runs: it counts as derived);
 - **computed**: the rest, on Ray (and :attr:`StageResult.redone` says why an output that existed
   is computed again: settings changed, missing, damaged, failed documents);
 - outputs of document files that are no longer live, or of other settings, are removed in the
@@ -55,13 +60,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from biogpt import hub
 from biogpt.errors import BioMineError
 from pipeline.errors import StageError
 from pipeline.run.cluster import worker_error
-from pipeline.store.datasets import TaskTable, settings_key, write_output
+from pipeline.store.datasets import StagePlan, TaskTable, reused_rows, settings_key, write_output
 from pipeline.store.models import materialize, materialize_file
 from pipeline.store.storage import Location, location
 from pipeline.store.tables import DataFile, TableError
@@ -79,6 +85,7 @@ SHARD_COL = "_shard"
 URI_COL = "_uri"
 SIZE_COL = "_size"
 PAYLOAD_COL = "_payload"
+REUSE_COL = "_reuse"  # what a file takes from earlier outputs (Arrow IPC: REUSE_SCHEMA, then the rows)
 RESULT_COL = "_result"
 FATAL_COL = "_fatal"
 COLUMNS = ["pmid", "version", "title", "abstract"]
@@ -111,6 +118,8 @@ class StageResult:
     #: Document files whose output was copied from their earlier version's (no model), and its rows.
     derived: int = 0
     derived_rows: int = 0
+    #: Articles of new document files whose rows were copied by their unchanged model input (no model).
+    reused: int = 0
     #: Output files removed: of document files no longer live, or of other settings.
     retired: int = 0
     #: Delta commits the stage made.
@@ -146,9 +155,10 @@ def localise(options: O) -> O:
     return dataclasses.replace(options, **local) if local else options  # type: ignore[arg-type]
 
 
-def _prepare_shards(batch: dict[str, Any], task_cls: type[Task[O]], options: O) -> dict[str, Any]:
+def _prepare_shards(batch: dict[str, Any], task_cls: type[Task[O]], options: O, output: Location) -> dict[str, Any]:
     """CPU stage (stateless Ray tasks): read each document file from storage and let the task build its
-    inputs.
+    inputs; the rows a file takes from earlier outputs (``REUSE_COL``) are read here, from the task's
+    table at ``output``, and its articles left out of the model's input.
 
     One record per FILE, carrying its prepared batch (the task's declared ``prepared_schema``) as
     Arrow IPC bytes, a format any reader can open and whose shape it can see: the model stage then
@@ -156,11 +166,17 @@ def _prepare_shards(batch: dict[str, Any], task_cls: type[Task[O]], options: O) 
     other files were pending - and a resumed run computes bit for bit what an uninterrupted one does.
     """
     options = localise(options)
-    out: dict[str, list] = {SHARD_COL: [], PAYLOAD_COL: []}
-    for shard, uri, size in zip(batch[SHARD_COL], batch[URI_COL], batch[SIZE_COL]):
+    out: dict[str, list] = {SHARD_COL: [], PAYLOAD_COL: [], REUSE_COL: []}
+    for shard, uri, size, reuse in zip(batch[SHARD_COL], batch[URI_COL], batch[SIZE_COL], batch[REUSE_COL]):
         table = read_verified(location(str(uri)), int(size), COLUMNS)
+        rows = b""
+        if reuse:  # articles whose rows are copied: the model sees the others only
+            taken = from_ipc(reuse)
+            table = table.filter(pc.invert(pc.is_in(table.column("pmid"), value_set=taken.column("pmid"))))
+            rows = to_ipc(reused_rows(output, task_cls.schema, taken))
         out[SHARD_COL].append(str(shard))
         out[PAYLOAD_COL].append(to_ipc(task_cls.prepare(table, options)))
+        out[REUSE_COL].append(rows)
     return out
 
 
@@ -203,6 +219,13 @@ def _sort_key(sort_keys: tuple[str, ...]):
     return lambda r: tuple(r.get(k) if r.get(k) is not None else -1 for k in keys)
 
 
+def sorted_rows(task_cls: type[Task[Any]], rows: list[dict[str, Any]]) -> pa.Table:
+    """An output file's rows as a table: sorted (stable) by pmid, then the task's own keys, so rows of
+    one document keep the task's order, and computed and reused rows merge as one run computes them."""
+    rows.sort(key=_sort_key(task_cls.sort_keys))
+    return task_cls.cast_batch(rows)
+
+
 class _TaskActor:
     """Model stage: builds the task once per actor; maps one shard's documents to their rows and
     writes them, as one immutable data file, into the output dataset on storage."""
@@ -224,7 +247,7 @@ class _TaskActor:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, list] = {SHARD_COL: [], RESULT_COL: [], FATAL_COL: []}
-        for shard, payload in zip(batch[SHARD_COL], batch[PAYLOAD_COL]):
+        for shard, payload, reuse in zip(batch[SHARD_COL], batch[PAYLOAD_COL], batch[REUSE_COL]):
             out[SHARD_COL].append(str(shard))
             out[FATAL_COL].append(self.fatal)
             if self.task is None:
@@ -251,10 +274,10 @@ class _TaskActor:
                 if error
             ]
             rows = [row for doc_rows in per_doc for row in doc_rows]
-            # Stable sort: by pmid, then the task's own keys; rows of one document keep the task's order.
-            rows.sort(key=_sort_key(self.task_cls.sort_keys))
+            if reuse:
+                rows += from_ipc(reuse).to_pylist()
             stem = str(shard)[: -len(".parquet")]
-            written = write_output(self.out, stem, self.key, self.task_cls.cast_batch(rows), bool(failed))
+            written = write_output(self.out, stem, self.key, sorted_rows(self.task_cls, rows), bool(failed))
             out[RESULT_COL].append(pickle.dumps(ShardOutput(str(shard), written, n, failed)))
         return out
 
@@ -427,9 +450,11 @@ def run_task_stage(
             flush()
 
     _derive(plan.derive, docs, documents, dataset, key, result, pending)
-    if plan.derive:
+    reuse = _reuse(task_cls, plan, docs, documents, dataset, settings, key, result, pending)
+    whole = {o.shard for o in pending if o.shard in reuse}  # every article reused: no model
+    if pending:
         flush()
-    todo = sorted(plan.compute)
+    todo = sorted(p for p in plan.compute if p not in whole)
     if not todo:
         flush(final=True)
         result.seconds = time.perf_counter() - start
@@ -447,7 +472,15 @@ def run_task_stage(
     _drop_progress_bars_notice()
     # One item (and block) per document file, so files are prepared in parallel CPU tasks while the
     # actors run the model on files prepared before (Ray Data streams and backpressures between the two).
-    items = [{SHARD_COL: p, URI_COL: (documents / p).uri, SIZE_COL: docs[p].size} for p in todo]
+    items = [
+        {
+            SHARD_COL: p,
+            URI_COL: (documents / p).uri,
+            SIZE_COL: docs[p].size,
+            REUSE_COL: to_ipc(reuse[p]) if p in reuse else b"",
+        }
+        for p in todo
+    ]
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=len(items))
     # Each prepare task reserves the memory of one prepared file. That also keeps Ray Data from
     # fusing the prepare tasks into the model actors, which it does for maps with equal remote args
@@ -455,7 +488,7 @@ def run_task_stage(
     # then tokenisation would run inside the actor instead of beside it.
     ds = ds.map_batches(
         _prepare_shards,  # type: ignore[arg-type]  # Ray's types know no fn_kwargs: its batch is the only argument
-        fn_kwargs=dict(task_cls=task_cls, options=options),
+        fn_kwargs=dict(task_cls=task_cls, options=options, output=out),
         batch_size=1,
         num_cpus=1,
         memory=PREPARE_MEMORY,
@@ -521,6 +554,38 @@ def _derive(
             pending.append(output)
             result.derived += 1
             result.derived_rows += output.file.rows
+
+
+def _reuse(
+    task_cls: type[Task[Any]],
+    plan: StagePlan,
+    docs: Mapping[str, DataFile],
+    documents: Location,
+    dataset: TaskTable,
+    settings: Mapping[str, Any],
+    key: str,
+    result: StageResult,
+    pending: list[ShardOutput],
+) -> dict[str, pa.Table]:
+    """What document files not computed yet take from earlier outputs by their articles' unchanged
+    model input (:meth:`TaskTable.reuse`). A file whose every article takes its rows gets its output
+    here (added to ``pending``, no model); the others are computed for their other articles (the
+    workers read the rows they take)."""
+    new = sorted(p for p, (kind, _) in plan.compute.items() if kind == "not computed")
+    reuse = dataset.reuse(plan, docs, documents, new, settings) if new else {}
+    whole = [p for p, taken in reuse.items() if taken.num_rows == docs[p].rows]
+
+    def one(path: str) -> ShardOutput:
+        rows = sorted_rows(task_cls, reused_rows(dataset.loc, dataset.schema, reuse[path]).to_pylist())
+        return ShardOutput(path, write_output(dataset.loc, docs[path].stem, key, rows), 0)
+
+    with ThreadPoolExecutor(8) as pool:
+        for output in pool.map(one, sorted(whole)):
+            pending.append(output)
+            result.derived += 1
+            result.derived_rows += output.file.rows
+    result.reused += sum(t.num_rows for t in reuse.values())
+    return reuse
 
 
 def _operators(ds) -> list[str]:

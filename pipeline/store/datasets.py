@@ -20,12 +20,23 @@ computed yet, settings changed, missing, damaged, failed documents). Outputs of 
 are no longer live are removed in the same commits. The settings and the failed documents of each
 commit are in its commit info (``biomine.settings``, ``biomine.failures``).
 
+**Reuse by model input** (:meth:`TaskTable.reuse`): a document file with no output yet (an update
+file, a new yearly baseline) may hold articles re-issued with the model input of an article an
+earlier document file held (the same ``content_sha256``, :func:`schemas.articles.content_sha256`,
+whatever the version). Their rows are copied from that earlier file's output (complete, of the
+current settings, checked against its name), re-stamped with the new version; only the other
+articles are computed. The earlier document file is read from the documents table's folder (it
+left the log when the ingest replaced its articles, and ``biomine compact`` keeps it for the
+retention period); an article without a fingerprint (a shard written before schema version 3), or
+whose earlier file is gone or damaged, counts as changed and is computed.
+
 :raises TableError: the folder holds another dataset's table.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import re
@@ -35,8 +46,10 @@ from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from pipeline.store.storage import Location, parquet_bytes
+from pipeline.errors import StorageError
+from pipeline.store.storage import Location, error_line, parquet_bytes
 from pipeline.store.tables import DataFile, Table, describe, split_name
 
 log = logging.getLogger(__name__)
@@ -104,6 +117,36 @@ class StagePlan:
     compute: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: outputs that no live document file (or current settings) uses any more
     retire: list[DataFile] = field(default_factory=list)
+
+
+#: What a document file takes from earlier outputs (:meth:`TaskTable.reuse`): one row per article
+#: whose rows are copied, not computed: the output file holding them and the article's current version.
+REUSE_SCHEMA = pa.schema(
+    [pa.field("source", pa.string()), pa.field("pmid", pa.int64()), pa.field("version", pa.int32())]
+)
+
+
+def reused_rows(loc: Location, schema: pa.Schema, reuse: pa.Table) -> pa.Table:
+    """The rows ``reuse`` (:data:`REUSE_SCHEMA`) names, read from the output files of the table at
+    ``loc`` and re-stamped with the articles' current versions, in ``schema`` (a worker's read).
+
+    :raises TableError: a source output is missing or does not match its name (it was verified when
+        the stage planned: restore it, or run the stage again, which then computes those articles).
+    """
+    from pipeline.store.tables import TableError
+
+    parts = []
+    for source in sorted(set(reuse.column("source").to_pylist())):
+        rows = _read_checked(loc / source, None)
+        if rows is None:
+            raise TableError(
+                f"{loc / source} is missing or damaged since the stage planned to copy rows from it: "
+                "restore it, or run the job again (it then computes those articles)"
+            )
+        mine = reuse.filter(pc.equal(reuse.column("source"), source))
+        versions = dict(zip(mine.column("pmid").to_pylist(), mine.column("version").to_pylist()))
+        parts.append(_restamp(rows, versions).cast(schema))
+    return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
 class TaskTable:
@@ -194,6 +237,66 @@ class TaskTable:
         kept = rows.filter(pc.is_in(have, value_set=keys))
         return write_output(self.loc, doc_stem, key, kept.cast(self.schema))
 
+    # --- reusing by model input ------------------------------------------------------------------------
+    def reuse(
+        self,
+        plan: StagePlan,
+        docs: Mapping[str, DataFile],
+        documents: Location,
+        new: Iterable[str],
+        settings: Mapping[str, Any],
+    ) -> dict[str, pa.Table]:
+        """For the live document files ``new`` (not computed yet), what each takes from outputs of
+        document files that are no longer live (see the module docstring), as :data:`REUSE_SCHEMA`
+        rows; files with nothing to take are left out. ``docs``: the live document files;
+        ``documents``: the documents table's folder. Each file is matched on its own, against the
+        earlier outputs whose PMID range covers it, so the driver holds a few files at a time (and
+        the answer: 16 bytes per reused article), never the corpus."""
+        key = settings_key(settings)
+        live = {d.stem for d in docs.values()}
+        candidates = [
+            (name, info)
+            for info in [*plan.retire, *plan.derive.values()]
+            if (name := OutputName.parse(info.path)) is not None
+            and name.settings == key
+            and not name.failed
+            and name.doc not in live
+        ]
+        damaged = self.table.verify([info for _, info in candidates], checksums=False) if candidates else {}
+        sources = [(name, info) for name, info in candidates if info.path not in damaged]
+        if not sources:
+            return {}
+
+        def one(path: str) -> tuple[str, pa.Table | None]:
+            mine = _read_checked(documents / path, ["pmid", "version", "content_sha256"])
+            if mine is None:  # written before schema version 3: no fingerprints, all computed
+                return path, None
+            pmids = sorted(mine.column("pmid").to_pylist())
+            earlier: dict[int, tuple[str, str]] = {}  # pmid -> (its fingerprint, the output with its rows)
+            for name, info in sources:
+                if not info.covers(pmids):
+                    continue
+                found = _read_checked(documents / f"{name.doc}.parquet", ["pmid", "content_sha256"])
+                if found is None:
+                    continue
+                found = found.filter(pc.is_in(found.column("pmid"), value_set=mine.column("pmid")))
+                for pmid, sha in zip(found.column("pmid").to_pylist(), found.column("content_sha256").to_pylist()):
+                    if sha is not None:
+                        earlier[pmid] = (sha, info.path)
+            columns = (mine.column(c).to_pylist() for c in ("pmid", "version", "content_sha256"))
+            taken = [
+                (earlier[p][1], p, v)
+                for p, v, sha in zip(*columns)
+                if sha is not None and earlier.get(p, ("",))[0] == sha
+            ]
+            if not taken:
+                return path, None
+            source, pmid, version = zip(*taken)
+            return path, pa.table([list(source), list(pmid), list(version)], schema=REUSE_SCHEMA)
+
+        with ThreadPoolExecutor(_THREADS) as pool:
+            return {path: table for path, table in pool.map(one, sorted(new)) if table is not None}
+
     # --- committing -------------------------------------------------------------------------------
     def commit(
         self,
@@ -234,6 +337,33 @@ class TaskTable:
         with ThreadPoolExecutor(_THREADS) as pool:
             tables = list(pool.map(lambda p: (self.loc / p).read_table(columns), paths))
         return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _restamp(rows: pa.Table, versions: Mapping[int, int]) -> pa.Table:
+    """The rows of the PMIDs ``versions`` (pmid -> version) of ``rows``, their ``version`` set to it."""
+    kept = rows.filter(pc.is_in(rows.column("pmid"), value_set=pa.array(sorted(versions), pa.int64())))
+    stamped = pa.array([versions[int(p)] for p in kept.column("pmid").to_pylist()], pa.int32())
+    return kept.set_column(kept.schema.get_field_index("version"), kept.schema.field("version"), stamped)
+
+
+def _read_checked(loc: Location, columns: list[str] | None) -> pa.Table | None:
+    """The ``columns`` of the data file ``loc`` when its content matches the checksum in its name and
+    it has them; None otherwise (missing, damaged, or written before the columns existed)."""
+    try:
+        data = loc.read_bytes()
+    except (OSError, StorageError) as exc:
+        log.info("%s: not read (%s); its articles are computed", loc, error_line(exc))
+        return None
+    _, sha16 = split_name(loc.name)
+    if sha16 is None or hashlib.sha256(data).hexdigest()[:16] != sha16:
+        log.warning("%s does not match its name; its articles are computed", loc)
+        return None
+    table = pq.read_table(io.BytesIO(data))
+    if columns is not None:
+        if not set(columns) <= set(table.column_names):
+            return None
+        table = table.select(columns)
+    return table
 
 
 def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
