@@ -388,6 +388,11 @@ def test_fetch_serving_real_efetch_records(fake, client, tmp_path, shared):
     fake.add_query(QUERY, records)
     fetch_query(client(), QUERY, tmp_path / "out", batch_size=4)
     table = read_articles(tmp_path / "out").drop_columns(["source", "fetched_at"]).to_pylist()
+    from schemas.articles import content_sha256
+
+    # The stored fingerprint of each article's model input (what the parser does not give).
+    for row in table:
+        assert row.pop("content_sha256") == content_sha256(row["title"], row["abstract"]), row["pmid"]
     assert sorted(table, key=lambda r: r["pmid"]) == sorted(expected, key=lambda r: r["pmid"])
 
 
