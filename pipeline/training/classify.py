@@ -50,7 +50,7 @@ from pipeline.tasks.classify import MULTI_LABEL, SEQUENCE, windows
 from pipeline.tasks.hoc_labels import EMPTY, SEPARATOR
 from pipeline.tasks.ner_spans import tokenize
 
-from .loop import TrainingSettings, check_out_dir, fit, save_fitted
+from .loop import TrainingSettings, check_settings, fit, save_fitted
 
 log = logging.getLogger(__name__)
 
@@ -137,16 +137,7 @@ def train_classify(settings: ClassifyTrainingSettings) -> dict[str, Any]:
     from biogpt.tokenizer import BioGptTokenizer
 
     started = time.perf_counter()
-    data, base, out = Path(settings.data), Path(settings.base), Path(settings.out)
-    epochs, batch_size, lr = settings.epochs, settings.batch_size, settings.lr
-    if not (base / "config.json").is_file():
-        raise ClassifyTrainingError(
-            f"base model {base} has no config.json: pass a BioGPT model directory "
-            "(e.g. one written by `biomine convert fairseq`)"
-        )
-    check_out_dir(out, settings.overwrite, ClassifyTrainingError)
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise ClassifyTrainingError(f"epochs ({epochs}) and batch size ({batch_size}) must be >= 1 and lr ({lr}) > 0")
+    data, base, out = check_settings(settings, ClassifyTrainingError)
     examples_in = read_labelled(data)
     labels = sorted({label for ex in examples_in for label in ex.labels})
     if len(labels) < 2:
@@ -206,10 +197,10 @@ def train_classify(settings: ClassifyTrainingSettings) -> dict[str, Any]:
         "texts_per_label": counts,
         "texts_without_label": sum(not ex.labels for ex in examples_in),
         "windows": len(examples),
-        "epochs": epochs,
+        "epochs": settings.epochs,
         "steps": step,
-        "lr": lr,
-        "batch_size": batch_size,
+        "lr": settings.lr,
+        "batch_size": settings.batch_size,
         "freeze_body": settings.freeze_body,
         "seed": settings.seed,
         "device": str(dev),

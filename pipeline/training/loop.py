@@ -12,8 +12,9 @@ Contract:
   ``batch_size`` examples per step. ``collate`` turns a list of examples into the model's keyword
   arguments (tensors on the device, ``labels`` included); the model returns an output with ``.loss``.
   Deterministic for a seed on one device.
-- :func:`check_out_dir` is the output-directory rule every head applies before training (a directory,
-  empty unless ``overwrite``), raising the head's error class.
+- :func:`check_settings` is what every head checks before it reads data (a base model directory, the
+  output-directory rule of :func:`check_out_dir`: a directory, empty unless ``overwrite``; positive
+  epochs, batch size and learning rate), raising the head's error class.
 """
 
 from __future__ import annotations
@@ -59,6 +60,26 @@ class TrainingSettings:
     progress: bool = True
     #: Log the loss every N steps (0: never).
     log_every: int = 50
+
+
+def check_settings(settings: TrainingSettings, error: type[Exception]) -> tuple[Path, Path, Path]:
+    """The checks every head runs before it reads data: ``base`` is a model directory, ``out`` passes
+    :func:`check_out_dir`, and epochs, batch size and learning rate are positive. Returns
+    ``(data, base, out)`` as paths.
+
+    :raises error: naming the setting and the fix.
+    """
+    data, base, out = Path(settings.data), Path(settings.base), Path(settings.out)
+    if not (base / "config.json").is_file():
+        raise error(
+            f"base model {base} has no config.json: pass a BioGPT model directory "
+            "(e.g. one written by `biomine convert fairseq`)"
+        )
+    check_out_dir(out, settings.overwrite, error)
+    epochs, batch_size, lr = settings.epochs, settings.batch_size, settings.lr
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise error(f"epochs ({epochs}) and batch size ({batch_size}) must be >= 1 and lr ({lr}) > 0")
+    return data, base, out
 
 
 def check_out_dir(out: Path, overwrite: bool, error: type[Exception]) -> None:

@@ -35,7 +35,7 @@ from pipeline.tasks.ner import ARCHITECTURE, EOS, labels_of, pad, tokenize, wind
 from pipeline.tasks.ner_spans import IGNORE_INDEX, LabelSchemeError, Span, encode_spans, label_list, plan_windows
 from pipeline.tasks.pubtator import PubTatorDocument, read_pubtator
 
-from .loop import TrainingSettings, check_out_dir, fit, save_fitted
+from .loop import TrainingSettings, check_settings, fit, save_fitted
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +98,8 @@ def train_ner(settings: NerTrainingSettings) -> dict[str, Any]:
     from biogpt.tokenizer import BioGptTokenizer
 
     started = time.perf_counter()
-    data, base, out = Path(settings.data), Path(settings.base), Path(settings.out)
-    epochs, batch_size, lr, scheme = settings.epochs, settings.batch_size, settings.lr, settings.scheme
-    if not (base / "config.json").is_file():
-        raise NerTrainingError(
-            f"base model {base} has no config.json: pass a BioGPT model directory "
-            "(e.g. one written by `biomine convert fairseq`)"
-        )
-    check_out_dir(out, settings.overwrite, NerTrainingError)
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise NerTrainingError(f"epochs ({epochs}) and batch size ({batch_size}) must be >= 1 and lr ({lr}) > 0")
+    data, base, out = check_settings(settings, NerTrainingError)
+    scheme = settings.scheme
     docs = _read_training_data(data)
     found = sorted({m.type for doc in docs for m in doc.mentions})
     types = list(settings.types) if settings.types else found
@@ -194,10 +186,10 @@ def train_ner(settings: NerTrainingSettings) -> dict[str, Any]:
         "windows": len(examples),
         "window": window,
         "stride": stride,
-        "epochs": epochs,
+        "epochs": settings.epochs,
         "steps": step,
-        "lr": lr,
-        "batch_size": batch_size,
+        "lr": settings.lr,
+        "batch_size": settings.batch_size,
         "freeze_body": settings.freeze_body,
         "seed": settings.seed,
         "device": str(dev),
