@@ -11,7 +11,7 @@ Contract:
 - :func:`check_schema` tells a reader whether a file was written with a schema version it understands.
 - Version 2 added the columns from ``chemicals`` to ``publication_type_uis`` below (appended, none
   changed): version-1 shards still read, their new columns null (:func:`conform`). Version 3 added
-  ``content_sha256`` (appended): older shards read with it null, which counts as "changed".
+  ``content_sha256`` (appended): older shards read with it null (reuse computes it from their title and abstract).
 - ``content_sha256`` is the article's **model input** fingerprint (:func:`content_sha256`): the sha256
   of exactly what the tasks read of it, its title and abstract as they see them (a missing one is
   ``""``: :func:`pipeline.tasks.base.text_of`). :func:`to_table` fills it. A record re-issued with the

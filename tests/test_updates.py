@@ -287,10 +287,15 @@ def test_a_new_baseline_computes_only_the_articles_whose_model_input_changed(tmp
     assert orphans["n"][0] == 0
 
 
-def test_reuse_finds_the_rows_of_articles_reissued_with_the_same_model_input(tmp_path):
+@pytest.mark.parametrize("old_fingerprints", ["written", "null"])
+def test_reuse_finds_the_rows_of_articles_reissued_with_the_same_model_input(tmp_path, monkeypatch, old_fingerprints):
     """The planning half of the above without Ray: after a new baseline, the new document files take
     the rows of each article whose fingerprint equals the replaced one's (re-stamped with its new
-    version) from the current settings' outputs, and nothing of a changed article or of other settings."""
+    version) from the current settings' outputs, and nothing of a changed article or of other settings.
+    ``null``: the earlier documents were written without fingerprints (before article schema 3, or
+    rows such a file carried through a copy-on-write rewrite): reuse computes them from the title and
+    abstract, so outputs made then are reused alike."""
+    import pipeline.pubmed.ingest as ingest_module
     from pipeline.store.datasets import reused_rows, write_output
     from pipeline.store.output import JobOutput
     from schemas.entities import ENTITY_SCHEMA, cast_batch
@@ -298,7 +303,19 @@ def test_reuse_finds_the_rows_of_articles_reissued_with_the_same_model_input(tmp
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
     write(src / "pubmed26n0001.xml.gz", [reissued(p) for p in range(1, 7)])
+    if old_fingerprints == "null":
+        real = ingest_module.to_table
+
+        def unfingerprinted(rows):
+            table = real(rows)
+            i = table.schema.get_field_index("content_sha256")
+            return table.set_column(i, table.schema.field(i), pa.nulls(table.num_rows, pa.string()))
+
+        monkeypatch.setattr(ingest_module, "to_table", unfingerprinted)
     ingest_files([src], out, shard_rows=3, now=lambda: FIXED)
+    monkeypatch.undo()
+    if old_fingerprints == "null":
+        assert read_articles(out).column("content_sha256").null_count == 6
     output = JobOutput(out)
     entities = output.dataset("entities", ENTITY_SCHEMA)
     settings = {"task": "ner", "model": "m"}

@@ -27,8 +27,9 @@ whatever the version). Their rows are copied from that earlier file's output (co
 current settings, checked against its name), re-stamped with the new version; only the other
 articles are computed. The earlier document file is read from the documents table's folder (it
 left the log when the ingest replaced its articles, and ``biomine compact`` keeps it for the
-retention period); an article without a fingerprint (a shard written before schema version 3), or
-whose earlier file is gone or damaged, counts as changed and is computed.
+retention period; a row without a fingerprint, written before schema version 3, gets it computed
+from its title and abstract). An article whose earlier file is gone or damaged counts as changed and
+is computed.
 
 :raises TableError: the folder holds another dataset's table.
 """
@@ -51,6 +52,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import StorageError
 from pipeline.store.storage import Location, error_line, parquet_bytes
 from pipeline.store.tables import DataFile, Table, describe, split_name
+from schemas.articles import content_sha256
 
 log = logging.getLogger(__name__)
 
@@ -268,15 +270,15 @@ class TaskTable:
             return {}
 
         def one(path: str) -> tuple[str, pa.Table | None]:
-            mine = _read_checked(documents / path, ["pmid", "version", "content_sha256"])
-            if mine is None:  # written before schema version 3: no fingerprints, all computed
+            mine = _fingerprints(documents / path, ["pmid", "version"])
+            if mine is None:  # not readable: all computed
                 return path, None
             pmids = sorted(mine.column("pmid").to_pylist())
             earlier: dict[int, tuple[str, str]] = {}  # pmid -> (its fingerprint, the output with its rows)
             for name, info in sources:
                 if not info.covers(pmids):
                     continue
-                found = _read_checked(documents / f"{name.doc}.parquet", ["pmid", "content_sha256"])
+                found = _fingerprints(documents / f"{name.doc}.parquet", ["pmid"])
                 if found is None:
                     continue
                 found = found.filter(pc.is_in(found.column("pmid"), value_set=mine.column("pmid")))
@@ -344,6 +346,26 @@ def _restamp(rows: pa.Table, versions: Mapping[int, int]) -> pa.Table:
     kept = rows.filter(pc.is_in(rows.column("pmid"), value_set=pa.array(sorted(versions), pa.int64())))
     stamped = pa.array([versions[int(p)] for p in kept.column("pmid").to_pylist()], pa.int32())
     return kept.set_column(kept.schema.get_field_index("version"), kept.schema.field("version"), stamped)
+
+
+def _fingerprints(loc: Location, columns: list[str]) -> pa.Table | None:
+    """``columns`` + ``content_sha256`` of the document file ``loc`` (None when it cannot be trusted:
+    :func:`_read_checked`). A file written before article schema 3, or a row of one carried over by a
+    copy-on-write rewrite, has no fingerprint: it is computed here from the row's title and abstract
+    (the fingerprint's definition), so that outputs made before schema 3 are reused like any others."""
+    table = _read_checked(loc, None)
+    if table is None:
+        return None
+    want = [*columns, "content_sha256"]
+    if "content_sha256" in table.column_names and table.column("content_sha256").null_count == 0:
+        return table.select(want)
+    have = table.column("content_sha256").to_pylist() if "content_sha256" in table.column_names else None
+    titles, abstracts = table.column("title").to_pylist(), table.column("abstract").to_pylist()
+    shas = [
+        (have[i] if have is not None and have[i] is not None else content_sha256(titles[i], abstracts[i]))
+        for i in range(table.num_rows)
+    ]
+    return table.select(columns).append_column("content_sha256", pa.array(shas, pa.string()))
 
 
 def _read_checked(loc: Location, columns: list[str] | None) -> pa.Table | None:
