@@ -15,6 +15,17 @@ Contract (what ``biomine sync DEST`` promises):
   **resumable**: a cut connection, an HTTP 429/5xx or a killed process continues from where it
   stopped with an HTTP ``Range`` request, retried with backoff
   (:func:`pipeline.store.releases.download`, biomine's one resumable download).
+- **Where downloads run**: one file's download, ``.md5`` check and publication is
+  :func:`fetch_file`, a pure function of DEST's URI, the mirror and the file's name that returns
+  the file's record (size, md5, sha256, host and pid). ``biomine sync`` runs it in ``concurrency``
+  threads of its own process; a job (``[source] kind = "pubmed"``) passes a
+  :class:`pipeline.run.cluster.RayPool`, so each file is a Ray task on any node of the cluster
+  (:data:`TASK_CPUS` each; ``concurrency`` in flight). The task stages in its own node's folder:
+  ``DEST/.sync-partial`` of a local DEST (the same folder on every node when DEST is on a shared
+  filesystem), or its node's cache folder for an object store, so a task Ray retries on another node
+  (its node lost) restarts that file from byte 0 when DEST is an object store. On a multi-node
+  cluster DEST must be an object store (``s3://``) or a filesystem every node mounts: a file that a
+  node published where this process cannot see it is refused, naming the file and the host.
 - **Every file is verified** against its ``.md5`` (NCBI's ``MD5(name)= hex`` layout, or md5sum's
   ``hex  name``). A mismatch is downloaded again once from byte 0; a second mismatch keeps nothing
   of that file and, once the other files are done, is one :class:`SyncError` naming it.
@@ -22,17 +33,23 @@ Contract (what ``biomine sync DEST`` promises):
   ``DEST/updatefiles/NAME``, each written once, atomically (a rename on a local disk, one PUT on an
   object store: :mod:`pipeline.store.storage`), only after its checksum matched. ``biomine ingest
   DEST/baseline DEST/updatefiles`` (or a job with ``[source] kind = "pubmed"``) reads them.
-- **The mirror's state is recorded** in ``DEST/_sync.json`` (:data:`STATE`), rewritten after every
-  verified file: per file (``baseline/NAME``) its size, md5, sha256 and when it was verified, and
-  per folder the newest file the mirror listed at the last sync. A killed sync resumes (verified
-  files stay verified; partial downloads continue); a re-run downloads nothing and fetches no
-  ``.md5``; a file found in DEST but not recorded (a sync killed between publishing and recording
-  it), or found whole in staging (killed before publishing it), is checked against its ``.md5``
-  and recorded without downloading it again.
-- One sync at a time per DEST: it holds DEST's lease (:mod:`pipeline.store.lease`).
+- **The mirror's state is recorded** in ``DEST/_sync.json`` (:data:`STATE`) by the process that runs
+  the sync alone (one writer; a download only returns its record), rewritten after every verified
+  file: per file (``baseline/NAME``) its size, md5, sha256, the host that fetched it and when it was
+  verified, and per folder the newest file the mirror listed at the last sync. A killed sync
+  resumes (verified files stay verified; partial downloads continue); a re-run downloads nothing
+  and fetches no ``.md5``; a file found in DEST but not recorded (a sync killed between publishing
+  and recording it), or found whole in staging (killed before publishing it), is checked against
+  its ``.md5`` and recorded without downloading it again.
+- One sync at a time per DEST: the process that runs it holds DEST's lease (:mod:`pipeline.store.lease`).
+- Ctrl-C or SIGTERM: no file starts any more (what is not started is cancelled). Threads finish the
+  downloads under way before the lease is released; a Ray task under way is interrupted (its partial
+  file resumes later). A file published after the interrupt is not recorded: the next sync finds it
+  in DEST, checks it against its ``.md5`` and records it without a download.
 
 :raises SyncError: a mirror URL that is not https (without ``allow_http``), a listing without files,
-    a download that fails for good, or a file that fails its ``.md5`` twice.
+    a download that fails for good, a file that fails its ``.md5`` twice, or a local DEST that a
+    node of the cluster does not share.
 """
 
 from __future__ import annotations
