@@ -421,3 +421,38 @@ def test_sync_onto_s3_publishes_whole_objects_and_resumes_from_a_local_staging_f
     ncbi.requests.clear()
     assert run_sync(ncbi, dest) == 0
     assert ncbi.gets() == [] and ncbi.gets(".md5") == []
+
+
+@pytest.mark.slow
+def test_on_two_nodes_the_downloads_run_on_the_worker_so_a_local_dest_it_does_not_share_is_refused(
+    ncbi, tmp_path, tmp_path_factory
+):
+    """A head that runs nothing (no CPUs) and a worker node that cannot see this machine's test
+    folders (its own mount namespace): a pubmed job's downloads run on the worker, which publishes
+    them into its own view of the local dest. The driver finds none of them there, so the run fails
+    with one line naming the file, the host and the fix (an object store or a shared filesystem),
+    and records nothing it cannot see."""
+    from ray_cluster import Cluster
+
+    dest = tmp_path / "raw"
+    job = pubmed_job(tmp_path, ncbi, tmp_path / "out", dest)
+    with Cluster(tmp_path) as cluster:
+        cluster.add_node("worker", cpus=1, hide=[tmp_path_factory.getbasetemp()])
+        args = [sys.executable, "-m", "pipeline.cli", "run", str(job), "--address", cluster.address, "--no-progress"]
+        refused = subprocess.run(args, env=cluster.env, cwd=REPO, capture_output=True, text=True, timeout=180)
+        for node in reversed(cluster.nodes):  # the run is over: no need for a graceful stop (~30 s)
+            node.stop(signal.SIGKILL)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    # the log names each file that failed (one line each); the error is the one last line
+    *logged, err = refused.stderr.strip().splitlines()
+    marker = " ERROR pipeline.pubmed.sync: "
+    failed = sorted(line.split(marker, 1)[1].split(":")[0] for line in logged if marker in line)
+    assert failed == [f"baseline/{B1}", f"baseline/{B2}", f"updatefiles/{U3}"], logged
+    assert err.startswith(f"biomine: error: baseline/{B1} was downloaded on {socket.gethostname()}, "), err
+    assert f"which does not share {dest}: on a multi-node cluster keep DEST on object storage (s3://...)" in err
+    assert err.endswith("or on a filesystem every node mounts (2 more files failed too; see the log above)"), err
+    # every file was fetched once (by the worker), and nothing the driver cannot see is recorded or held
+    assert sorted(p for p, _ in ncbi.gets()) == sorted(
+        f"/pubmed/{f}/{n}" for f, n in [("baseline", B1), ("baseline", B2), ("updatefiles", U3)]
+    )
+    assert read_state(str(dest))["files"] == {} and held(dest) == {}
