@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -230,6 +231,49 @@ def test_a_mirror_without_files_is_refused_and_an_empty_updatefiles_folder_is_no
         assert summary.downloaded == [f"baseline/{B1}"] and summary.listed == 1
 
 
+def test_in_a_job_each_download_is_a_ray_task_that_gives_the_files_of_the_threaded_sync(ncbi, tmp_path, ray_local):
+    """A job's pool (RayPool): every file is fetched, verified and published by a Ray worker process,
+    the driver alone records them; the files and state are those of `biomine sync` on its own."""
+    from pipeline.pubmed.sync import TASK_CPUS
+    from pipeline.run.cluster import RayPool
+
+    threads, tasks = tmp_path / "threads", tmp_path / "tasks"
+    by_threads = sync(threads, ncbi.url, allow_http=True, progress=False)
+    assert set(by_threads.ran_on.values()) == {f"{socket.gethostname()}:{os.getpid()}"}  # this process
+    ncbi.requests.clear()
+    summary = sync(tasks, ncbi.url, allow_http=True, progress=False, pool=RayPool(3, num_cpus=TASK_CPUS))
+    assert sorted(summary.downloaded) == sorted(by_threads.downloaded) and summary.bytes == by_threads.bytes
+    pids = {int(where.rsplit(":", 1)[1]) for where in summary.ran_on.values()}
+    assert set(summary.ran_on) == set(summary.downloaded) and os.getpid() not in pids  # Ray workers
+    assert_mirrors(ncbi, tasks)
+    assert held(tasks) == held(threads)
+    strip = lambda d: {
+        k: {f: v for f, v in r.items() if f != "verified"} for k, r in read_state(str(d))["files"].items()
+    }  # noqa: E731
+    assert strip(tasks) == strip(threads)
+    assert sorted(p for p, _ in ncbi.gets()) == sorted(f"/pubmed/{k}" for k in summary.downloaded)
+    # a re-run: the listings only, not one file or .md5
+    ncbi.requests.clear()
+    again = sync(tasks, ncbi.url, allow_http=True, progress=False, pool=RayPool(3, num_cpus=TASK_CPUS))
+    assert not again.downloaded and again.held == 3
+    assert ncbi.requests == [("/pubmed/baseline/", None), ("/pubmed/updatefiles/", None)]
+
+
+def test_a_wrong_md5_twice_in_a_jobs_ray_task_is_the_same_one_error_line(ncbi, tmp_path, ray_local, capsys):
+    """The task's SyncError reaches the driver as itself (not Ray's traceback): one line, the job's spelling."""
+    dest = tmp_path / "raw"
+    job = pubmed_job(tmp_path, ncbi, tmp_path / "out", dest)
+    ncbi.corrupt[U3] = 1_000
+    assert main(["run", str(job), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"biomine: error: {ncbi.url}updatefiles/{U3} does not match its .md5 after two downloads")
+    assert err[0].endswith("sync again later, or use another mirror ([source] mirror)"), err[0]
+    assert len([r for r in ncbi.gets() if r[0].endswith(U3)]) == 2
+    assert set(read_state(str(dest))["files"]) == {f"baseline/{B1}", f"baseline/{B2}"}  # the others are kept
+    assert not (dest / "updatefiles" / U3).exists() and not list((dest / ".sync-partial").rglob(f"{U3}*"))
+
+
 # --- a job with [source] kind = "pubmed": sync, then ingest in sequence order ---------------------------
 
 
@@ -377,3 +421,38 @@ def test_sync_onto_s3_publishes_whole_objects_and_resumes_from_a_local_staging_f
     ncbi.requests.clear()
     assert run_sync(ncbi, dest) == 0
     assert ncbi.gets() == [] and ncbi.gets(".md5") == []
+
+
+@pytest.mark.slow
+def test_on_two_nodes_the_downloads_run_on_the_worker_so_a_local_dest_it_does_not_share_is_refused(
+    ncbi, tmp_path, tmp_path_factory
+):
+    """A head that runs nothing (no CPUs) and a worker node that cannot see this machine's test
+    folders (its own mount namespace): a pubmed job's downloads run on the worker, which publishes
+    them into its own view of the local dest. The driver finds none of them there, so the run fails
+    with one line naming the file, the host and the fix (an object store or a shared filesystem),
+    and records nothing it cannot see."""
+    from ray_cluster import Cluster
+
+    dest = tmp_path / "raw"
+    job = pubmed_job(tmp_path, ncbi, tmp_path / "out", dest)
+    with Cluster(tmp_path) as cluster:
+        cluster.add_node("worker", cpus=1, hide=[tmp_path_factory.getbasetemp()])
+        args = [sys.executable, "-m", "pipeline.cli", "run", str(job), "--address", cluster.address, "--no-progress"]
+        refused = subprocess.run(args, env=cluster.env, cwd=REPO, capture_output=True, text=True, timeout=180)
+        for node in reversed(cluster.nodes):  # the run is over: no need for a graceful stop (~30 s)
+            node.stop(signal.SIGKILL)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    # the log names each file that failed (one line each); the error is the one last line
+    *logged, err = refused.stderr.strip().splitlines()
+    marker = " ERROR pipeline.pubmed.sync: "
+    failed = sorted(line.split(marker, 1)[1].split(":")[0] for line in logged if marker in line)
+    assert failed == [f"baseline/{B1}", f"baseline/{B2}", f"updatefiles/{U3}"], logged
+    assert err.startswith(f"biomine: error: baseline/{B1} was downloaded on {socket.gethostname()}, "), err
+    assert f"which does not share {dest}: on a multi-node cluster keep DEST on object storage (s3://...)" in err
+    assert err.endswith("or on a filesystem every node mounts (2 more files failed too; see the log above)"), err
+    # every file was fetched once (by the worker), and nothing the driver cannot see is recorded or held
+    assert sorted(p for p, _ in ncbi.gets()) == sorted(
+        f"/pubmed/{f}/{n}" for f, n in [("baseline", B1), ("baseline", B2), ("updatefiles", U3)]
+    )
+    assert read_state(str(dest))["files"] == {} and held(dest) == {}

@@ -27,7 +27,9 @@ examples:
   biomine sync data/pubmed --mirror https://mirror.example.org/pubmed/   # an internal copy
   biomine ingest data/pubmed/baseline data/pubmed/updatefiles --out data/pubmed-current   # then ingest
 
-A job with [source] kind = "pubmed" syncs and then ingests in one run (jobs/README.md). The full
+This command downloads in --concurrency threads of its own process (no Ray). A job with
+[source] kind = "pubmed" syncs and then ingests in one run (jobs/README.md); there each download is
+a Ray task on any node, so on a multi-node cluster its dest is s3://... or a shared filesystem. The full
 baseline is about 1,300 files and 50 GB (2026: 1,334 files, 51.8 GB). Staged downloads of
 a local DEST are in DEST/.sync-partial; of an object store, under $XDG_CACHE_HOME/biomine/sync.
 More: docs/ingestion.md, "Syncing PubMed".

@@ -15,6 +15,17 @@ Contract (what ``biomine sync DEST`` promises):
   **resumable**: a cut connection, an HTTP 429/5xx or a killed process continues from where it
   stopped with an HTTP ``Range`` request, retried with backoff
   (:func:`pipeline.store.releases.download`, biomine's one resumable download).
+- **Where downloads run**: one file's download, ``.md5`` check and publication is
+  :func:`fetch_file`, a pure function of DEST's URI, the mirror and the file's name that returns
+  the file's record (size, md5, sha256, host and pid). ``biomine sync`` runs it in ``concurrency``
+  threads of its own process; a job (``[source] kind = "pubmed"``) passes a
+  :class:`pipeline.run.cluster.RayPool`, so each file is a Ray task on any node of the cluster
+  (:data:`TASK_CPUS` each; ``concurrency`` in flight). The task stages in its own node's folder:
+  ``DEST/.sync-partial`` of a local DEST (the same folder on every node when DEST is on a shared
+  filesystem), or its node's cache folder for an object store, so a task Ray retries on another node
+  (its node lost) restarts that file from byte 0 when DEST is an object store. On a multi-node
+  cluster DEST must be an object store (``s3://``) or a filesystem every node mounts: a file that a
+  node published where this process cannot see it is refused, naming the file and the host.
 - **Every file is verified** against its ``.md5`` (NCBI's ``MD5(name)= hex`` layout, or md5sum's
   ``hex  name``). A mismatch is downloaded again once from byte 0; a second mismatch keeps nothing
   of that file and, once the other files are done, is one :class:`SyncError` naming it.
@@ -22,38 +33,48 @@ Contract (what ``biomine sync DEST`` promises):
   ``DEST/updatefiles/NAME``, each written once, atomically (a rename on a local disk, one PUT on an
   object store: :mod:`pipeline.store.storage`), only after its checksum matched. ``biomine ingest
   DEST/baseline DEST/updatefiles`` (or a job with ``[source] kind = "pubmed"``) reads them.
-- **The mirror's state is recorded** in ``DEST/_sync.json`` (:data:`STATE`), rewritten after every
-  verified file: per file (``baseline/NAME``) its size, md5, sha256 and when it was verified, and
-  per folder the newest file the mirror listed at the last sync. A killed sync resumes (verified
-  files stay verified; partial downloads continue); a re-run downloads nothing and fetches no
-  ``.md5``; a file found in DEST but not recorded (a sync killed between publishing and recording
-  it), or found whole in staging (killed before publishing it), is checked against its ``.md5``
-  and recorded without downloading it again.
-- One sync at a time per DEST: it holds DEST's lease (:mod:`pipeline.store.lease`).
+- **The mirror's state is recorded** in ``DEST/_sync.json`` (:data:`STATE`) by the process that runs
+  the sync alone (one writer; a download only returns its record), rewritten after every verified
+  file: per file (``baseline/NAME``) its size, md5, sha256, the host that fetched it and when it was
+  verified, and per folder the newest file the mirror listed at the last sync. A killed sync
+  resumes (verified files stay verified; partial downloads continue); a re-run downloads nothing
+  and fetches no ``.md5``; a file found in DEST but not recorded (a sync killed between publishing
+  and recording it), or found whole in staging (killed before publishing it), is checked against
+  its ``.md5`` and recorded without downloading it again.
+- One sync at a time per DEST: the process that runs it holds DEST's lease (:mod:`pipeline.store.lease`).
+- Ctrl-C or SIGTERM: no file starts any more (what is not started is cancelled). Threads finish the
+  downloads under way before the lease is released; a Ray task under way is interrupted (its partial
+  file resumes later). A file published after the interrupt is not recorded: the next sync finds it
+  in DEST, checks it against its ``.md5`` and records it without a download.
 
 :raises SyncError: a mirror URL that is not https (without ``allow_http``), a listing without files,
-    a download that fails for good, or a file that fails its ``.md5`` twice.
+    a download that fails for good, a file that fails its ``.md5`` twice, or a local DEST that a
+    node of the cluster does not share.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
+import itertools
 import logging
 import os
+import queue
 import re
-import threading
+import socket
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypedDict
 
 from pipeline.errors import BioMineError, SyncError
 from pipeline.progress import Progress
 from pipeline.store import atomic
 
 if TYPE_CHECKING:
+    from pipeline.pubmed.ingest import Pool
     from pipeline.store.storage import Location
 
 # pipeline.store's storage (pyarrow) is imported where it is used, so that `biomine sync --help` reads this
@@ -88,6 +109,7 @@ class SyncSummary:
     adopted: list[str] = field(default_factory=list)  # in DEST but not recorded: checked, then recorded
     waiting: list[str] = field(default_factory=list)  # listed without their .md5 yet
     bytes: int = 0
+    ran_on: dict[str, str] = field(default_factory=dict)  # file -> "host:pid" of the process that fetched it
 
 
 def resolve_mirror(mirror: str | None = None, allow_http: bool = False) -> str:
@@ -210,102 +232,144 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-class _Sync:
-    """One sync of DEST from a mirror (see :func:`sync`)."""
+#: The CPU request of one download task in a job (:class:`pipeline.run.cluster.RayPool`). A download
+#: is network I/O plus two checksums of one file (~40 MB): a quarter CPU lets Ray place it on any node
+#: with a little room, next to work that holds whole CPUs, so it never waits for (or takes) a CPU a
+#: parse task or model actor could use. It is not zero, so that it never lands on a node that offers
+#: no CPU at all (a head started with ``--num-cpus=0`` runs nothing). How many run at once is the
+#: window of ``concurrency`` files the driver keeps in flight (NCBI's request), not this request.
+TASK_CPUS = 0.25
 
-    def __init__(self, dest: Location, mirror: str, *, attempts: int, timeout: float):
-        self.dest, self.mirror = dest, mirror
-        self.attempts, self.timeout = attempts, timeout
-        self.staging = _staging(dest)
-        self.state = read_state(dest)
-        self.state["mirror"] = mirror
-        self.lock = threading.Lock()
-        self.summary = SyncSummary()
 
-    def _get(self, url: str, into: Path) -> tuple[str, int]:
-        from pipeline.store.releases import download
+class FileRecord(TypedDict):
+    """What fetching one file did (:func:`fetch_file`): its checksums, whether it was found complete
+    in DEST (``adopted``) rather than downloaded, warnings for the driver's log, and where it ran."""
 
-        return download(
-            url,
-            into,
-            progress=False,
-            attempts=self.attempts,
-            timeout=self.timeout,
-            error=SyncError,
-            again="sync again",
-            mirror_env=MIRROR_ENV,
-            report=False,  # one bar (or line) for the whole sync, not one per file
-        )
+    key: str
+    size: int
+    md5: str
+    sha256: str
+    adopted: bool
+    notes: list[str]
+    host: str
+    pid: int
 
-    def _text(self, url: str, name: str) -> str:
-        """A small file of the mirror (a listing, a ``.md5``), fetched whole (never resumed: it may
-        have changed since a killed sync fetched part of it)."""
-        into = self.staging / f"{atomic.TMP_PREFIX}{name}"
-        into.with_name(into.name + ".part").unlink(missing_ok=True)
-        self._get(url, into)
-        try:
-            return into.read_text("utf-8", errors="replace")
-        finally:
-            into.unlink(missing_ok=True)
 
-    def listing(self, folder: str) -> tuple[list[str], list[str]]:
-        """``(files with a .md5, files still without one)`` of a mirror folder."""
-        names = parse_listing(self._text(f"{self.mirror}{folder}/", f"{folder}.index.html"))
-        files = sorted(n for n in names if FILE_NAME.fullmatch(n))
-        return [n for n in files if f"{n}.md5" in names], [n for n in files if f"{n}.md5" not in names]
+def _get(url: str, into: Path, attempts: int, timeout: float) -> tuple[str, int]:
+    from pipeline.store.releases import download
 
-    def _record(self, key: str, size: int, md5: str, sha256: str) -> None:
-        with self.lock:
-            self.state["files"][key] = {"size": size, "md5": md5, "sha256": sha256, "verified": _now()}
-            (self.dest / STATE).write_json(self.state)
+    return download(
+        url,
+        into,
+        progress=False,
+        attempts=attempts,
+        timeout=timeout,
+        error=SyncError,
+        again="sync again",
+        mirror_env=MIRROR_ENV,
+        report=False,  # one bar (or line) for the whole sync, not one per file
+    )
 
-    def fetch(self, folder: str, name: str) -> None:
-        """Make ``folder/name`` held and verified in DEST (see the module docstring)."""
-        key, url = f"{folder}/{name}", f"{self.mirror}{folder}/{name}"
-        expected = parse_md5(self._text(f"{url}.md5", f"{name}.md5"), name)
-        target = self.dest / folder / name
-        if target.exists():  # published by a sync killed before it recorded the file
-            if _digest(target) == expected:
-                self._record(key, target.size() or 0, expected, target.sha256())
-                with self.lock:
-                    self.summary.adopted.append(key)
-                return
-            log.warning("%s in %s does not match its .md5; downloading it again", key, self.dest)
-        staged = self.staging / folder / name
-        for attempt in (1, 2):
-            if attempt == 1 and staged.exists():  # downloaded whole by a sync killed before it published it
-                sha, size = _digest(staged, "sha256"), staged.stat().st_size
-            else:
-                sha, size = self._get(url, staged)
-            got = _digest(staged)
-            if got == expected:
-                break
-            staged.unlink()
-            if attempt == 2:
-                raise SyncError(
-                    f"{url} does not match its .md5 after two downloads (got {got}, {name}.md5 says "
-                    f"{expected}); nothing of it is kept: sync again later, or use another mirror",
-                    setting="mirror",
-                )
-            log.warning("%s does not match its .md5 (got %s, expected %s); downloading it again", key, got, expected)
-        self._publish(staged, target)
-        self._record(key, size, expected, sha)
-        log.debug("%s: %d bytes, md5 verified", key, size)
-        with self.lock:
-            self.summary.downloaded.append(key)
-            self.summary.bytes += size
 
-    def _publish(self, staged: Path, target: Location) -> None:
-        """``staged`` as the immutable file ``target``: a rename on a local disk (the staging folder
-        is inside DEST), else one whole-object write."""
-        if target.is_local:
-            final = Path(target.path)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, final)
-            atomic.fsync_dir(final.parent)
+def _text(url: str, staging: Path, name: str, attempts: int, timeout: float) -> str:
+    """A small file of the mirror (a listing, a ``.md5``), fetched whole (never resumed: it may have
+    changed since a killed sync fetched part of it)."""
+    into = staging / f"{atomic.TMP_PREFIX}{name}"
+    into.with_name(into.name + ".part").unlink(missing_ok=True)
+    _get(url, into, attempts, timeout)
+    try:
+        return into.read_text("utf-8", errors="replace")
+    finally:
+        into.unlink(missing_ok=True)
+
+
+def listing(mirror: str, folder: str, staging: Path, attempts: int, timeout: float) -> tuple[list[str], list[str]]:
+    """``(files with a .md5, files still without one)`` of a mirror folder."""
+    names = parse_listing(_text(f"{mirror}{folder}/", staging, f"{folder}.index.html", attempts, timeout))
+    files = sorted(n for n in names if FILE_NAME.fullmatch(n))
+    return [n for n in files if f"{n}.md5" in names], [n for n in files if f"{n}.md5" not in names]
+
+
+def fetch_file(dest: str, mirror: str, folder: str, name: str, attempts: int, timeout: float) -> FileRecord:
+    """Make ``folder/name`` held and verified in DEST, wherever this runs (a thread of ``biomine
+    sync``, or a Ray task of a job on any node): fetch its ``.md5``, download it into this machine's
+    staging folder (:func:`_staging`; resumed from a partial file there), verify it, publish it, and
+    return its record. It never writes DEST's state: the caller records what it returns (one writer).
+    Pure in its arguments (a URI and plain values), so that it can run anywhere.
+
+    :raises SyncError: a download that fails for good, or a file that fails its ``.md5`` twice.
+    """
+    from pipeline.store.storage import location
+
+    root = location(dest)
+    staging = _staging(root)
+    key, url = f"{folder}/{name}", f"{mirror}{folder}/{name}"
+    expected = parse_md5(_text(f"{url}.md5", staging, f"{name}.md5", attempts, timeout), name)
+    target = root / folder / name
+    notes: list[str] = []
+    host, pid = socket.gethostname(), os.getpid()  # where it ran, for the driver's log and state
+    if target.exists():  # published by a sync killed before it recorded the file
+        if _digest(target) == expected:
+            return FileRecord(
+                key=key,
+                size=target.size() or 0,
+                md5=expected,
+                sha256=target.sha256(),
+                adopted=True,
+                notes=notes,
+                host=host,
+                pid=pid,
+            )
+        notes.append(f"{key} in {root} does not match its .md5; downloading it again")
+    staged = staging / folder / name
+    for attempt in (1, 2):
+        if attempt == 1 and staged.exists():  # downloaded whole by a sync killed before it published it
+            sha, size = _digest(staged, "sha256"), staged.stat().st_size
         else:
-            target.write_bytes(staged.read_bytes())
-            staged.unlink()
+            sha, size = _get(url, staged, attempts, timeout)
+        got = _digest(staged)
+        if got == expected:
+            break
+        staged.unlink()
+        if attempt == 2:
+            raise SyncError(
+                f"{url} does not match its .md5 after two downloads (got {got}, {name}.md5 says "
+                f"{expected}); nothing of it is kept: sync again later, or use another mirror",
+                setting="mirror",
+            )
+        notes.append(f"{key} does not match its .md5 (got {got}, expected {expected}); downloading it again")
+    _publish(staged, target)
+    return FileRecord(key=key, size=size, md5=expected, sha256=sha, adopted=False, notes=notes, host=host, pid=pid)
+
+
+def _publish(staged: Path, target: Location) -> None:
+    """``staged`` as the immutable file ``target``: a rename on a local disk (the staging folder is
+    inside DEST), else one whole-object write."""
+    if target.is_local:
+        final = Path(target.path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, final)
+        atomic.fsync_dir(final.parent)
+    else:
+        target.write_bytes(staged.read_bytes())
+        staged.unlink()
+
+
+class _Threads:
+    """``biomine sync`` on its own: :func:`fetch_file` in ``workers`` threads of this process (the
+    downloads are network I/O; the checksums release the GIL). A :class:`pipeline.pubmed.ingest.Pool`."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync")
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        return self._executor.submit(fn, *args)
+
+    def close(self) -> None:
+        # Ctrl-C: the downloads under way end (a thread cannot be stopped; their partial files resume
+        # later), so that nothing of this sync writes DEST after its lease is released
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 def sync(
@@ -318,8 +382,15 @@ def sync(
     progress: bool | None = None,
     attempts: int = 5,
     timeout: float = 60.0,
+    pool: Pool | None = None,
 ) -> SyncSummary:
     """Bring DEST up to date with the mirror's ``folders`` (see the module docstring).
+
+    Each file is :func:`fetch_file`, run by ``pool`` (a job's :class:`pipeline.run.cluster.RayPool`:
+    Ray tasks on any node) or, without one, by ``concurrency`` threads of this process; either way at
+    most ``concurrency`` files are in flight. This process alone lists the mirror, holds DEST's lease
+    and writes :data:`STATE`. ``pool``'s futures need ``result()``, ``cancel()`` and
+    ``add_done_callback(fn)`` (``fn`` called with the future once it is done).
 
     :raises SyncError: see the module docstring; a failed file does not stop the others, and the
         first failure is raised once they are done.
@@ -331,51 +402,127 @@ def sync(
     base = resolve_mirror(mirror, allow_http)
     root = location(dest)
     root.mkdir()
-    with Lease(root, what="biomine sync"):
-        job = _Sync(root, base, attempts=attempts, timeout=timeout)
+    window = max(1, concurrency)
+    with Lease(root, what="biomine sync"), contextlib.ExitStack() as stack:
+        state = read_state(root)
+        state["mirror"] = base
+        summary = SyncSummary()
         todo: list[tuple[str, str]] = []
         for folder in folders:
-            names, waiting = job.listing(folder)
-            job.summary.waiting += [f"{folder}/{n}" for n in waiting]
+            names, waiting = listing(base, folder, _staging(root), attempts, timeout)
+            summary.waiting += [f"{folder}/{n}" for n in waiting]
             if names:
-                job.state["listed"][folder] = {"newest": names[-1], "files": len(names), "checked": _now()}
-            job.summary.listed += len(names)
-            held = job.state["files"]
+                state["listed"][folder] = {"newest": names[-1], "files": len(names), "checked": _now()}
+            summary.listed += len(names)
             present = set((root / folder).files())  # one listing, not a request per file
             for name in names:
-                if f"{folder}/{name}" in held and name in present:
-                    job.summary.held += 1
+                if f"{folder}/{name}" in state["files"] and name in present:
+                    summary.held += 1
                 else:
                     todo.append((folder, name))
-        if not job.summary.listed and not job.summary.waiting:
+        if not summary.listed and not summary.waiting:
             # (one empty folder is normal: NCBI empties updatefiles/ when it publishes a new baseline)
             raise SyncError(
                 f"{base} lists no pubmedYYnNNNN.xml.gz files in {' or '.join(f + '/' for f in folders)}; check "
                 "that the mirror is a copy of NCBI's pubmed/ folder",
                 setting="mirror",
             )
-        for key in job.summary.waiting:
+        for key in summary.waiting:
             log.info("%s: no .md5 listed yet; left for the next sync", key)
-        errors: list[BioMineError] = []
-        pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="sync")
-        try:
-            with Progress(len(todo), unit="file", desc="sync", bar=progress, logger=log, every=30.0) as bar:
-                futures = {pool.submit(job.fetch, folder, name): f"{folder}/{name}" for folder, name in todo}
-                for future in as_completed(futures):
-                    try:
-                        future.result()
-                    except BioMineError as exc:
-                        log.error("%s: %s", futures[future], exc)
-                        errors.append(exc)
-                    bar.update()
-                    bar.set_postfix(bytes=job.summary.bytes)
-        finally:
-            # Ctrl-C: nothing new starts; downloads under way end (their partial files resume later)
-            pool.shutdown(wait=True, cancel_futures=True)
-        with job.lock:
-            (root / STATE).write_json(job.state)
+        if pool is None:
+            threads = _Threads(window)
+            stack.callback(threads.close)  # closed before the lease is released
+            pool = threads
+        errors = _fetch_all(root, base, todo, pool, window, state, summary, progress, attempts, timeout)
+        (root / STATE).write_json(state)
         if errors:
             more = f" ({len(errors) - 1} more files failed too; see the log above)" if len(errors) > 1 else ""
             first = errors[0]
             raise type(first)(f"{first}{more}", setting=first.setting)
-        return job.summary
+        return summary
+
+
+def _fetch_all(
+    root: Location,
+    mirror: str,
+    todo: list[tuple[str, str]],
+    pool: Pool,
+    window: int,
+    state: dict[str, Any],
+    summary: SyncSummary,
+    progress: bool | None,
+    attempts: int,
+    timeout: float,
+) -> list[BioMineError]:
+    """Fetch ``todo`` in ``pool``, ``window`` files in flight, recording each verified file in
+    ``state`` (and :data:`STATE`) as it comes back; the failures, in the order they came."""
+    errors: list[BioMineError] = []
+    done: queue.SimpleQueue[Any] = queue.SimpleQueue()  # futures, as they finish (any order)
+    pending: dict[Any, str] = {}
+    files = iter(todo)
+
+    def submit() -> None:
+        for folder, name in itertools.islice(files, 1):
+            future = pool.submit(fetch_file, root.uri, mirror, folder, name, attempts, timeout)
+            pending[future] = f"{folder}/{name}"
+            future.add_done_callback(done.put)
+
+    try:
+        with Progress(len(todo), unit="file", desc="sync", bar=progress, logger=log, every=30.0) as bar:
+            for _ in range(window):
+                submit()
+            while pending:
+                future = done.get()
+                key = pending.pop(future)
+                try:
+                    record = future.result()
+                    _check_published(root, record)
+                except BioMineError as exc:
+                    log.error("%s: %s", key, exc)
+                    errors.append(exc)
+                else:
+                    _record(root, state, summary, record)
+                submit()
+                bar.update()
+                bar.set_postfix(bytes=summary.bytes)
+    finally:
+        # Ctrl-C or SIGTERM: no file starts any more. (A download that ends after this is not
+        # recorded; the next sync finds its file in DEST, checks it against its .md5 and records it.)
+        for future in pending:
+            future.cancel()
+    return errors
+
+
+def _check_published(root: Location, record: FileRecord) -> None:
+    """A local DEST must be the same folder wherever a download ran: on a multi-node cluster, a
+    node that does not share it published the file on its own disk.
+
+    :raises SyncError: the file is not in DEST as this process sees it.
+    """
+    if root.is_local and not (root / record["key"]).exists():
+        raise SyncError(
+            f"{record['key']} was downloaded on {record['host']}, which does not share {root}: on a "
+            "multi-node cluster keep DEST on object storage (s3://...) or on a filesystem every node mounts"
+        )
+
+
+def _record(root: Location, state: dict[str, Any], summary: SyncSummary, record: FileRecord) -> None:
+    """``record`` in DEST's state, written at once (a killed sync keeps what it verified), and in ``summary``."""
+    key = record["key"]
+    for note in record["notes"]:
+        log.warning("%s", note)
+    state["files"][key] = {
+        "size": record["size"],
+        "md5": record["md5"],
+        "sha256": record["sha256"],
+        "verified": _now(),
+        "host": record["host"],
+    }
+    (root / STATE).write_json(state)
+    summary.ran_on[key] = f"{record['host']}:{record['pid']}"
+    if record["adopted"]:
+        summary.adopted.append(key)
+    else:
+        summary.downloaded.append(key)
+        summary.bytes += record["size"]
+    log.debug("%s: %d bytes, md5 verified (%s, pid %d)", key, record["size"], record["host"], record["pid"])

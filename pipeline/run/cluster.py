@@ -7,7 +7,7 @@
   seconds, and ships biomine's code through Ray's ``runtime_env`` (nodes need no checkout).
 - :func:`placement`: how many model actors and GPUs each, from the cluster's resources and the job's
   ``[resources]``.
-- :class:`RayPool`: ingest's parallel work as Ray tasks on any node.
+- :class:`RayPool`: ingest's parallel work and sync's downloads as Ray tasks on any node.
 
 The private-session details lean on two Ray internals (cited where used): the auth token loader's
 cache and the constant behind ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``.
@@ -29,7 +29,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, TypedDict
+from typing import Any, Callable, Iterator, TypedDict
 
 from pipeline.errors import BioMineError
 from pipeline.run.jobspec import ResourceSpec
@@ -411,6 +411,8 @@ class _RayFuture:
         self.ref = ref
 
     def cancel(self) -> None:
+        """Cancel the task: one not started never runs; a running one is interrupted (Ray raises
+        KeyboardInterrupt in it)."""
         import ray
 
         ray.cancel(self.ref)
@@ -423,19 +425,26 @@ class _RayFuture:
         except ray.exceptions.RayTaskError as exc:
             raise worker_error(exc) from None
 
+    def add_done_callback(self, fn: Callable[["_RayFuture"], Any]) -> None:
+        """Call ``fn(self)`` once the task is done (finished, failed or cancelled), from a thread of
+        Ray's (as :meth:`concurrent.futures.Future.add_done_callback` does)."""
+        self.ref.future().add_done_callback(lambda _: fn(self))
+
 
 class RayPool:
-    """Ingest's parallel work (:class:`pipeline.pubmed.ingest.Pool`) as Ray tasks, one CPU each, on
-    any node: each reads its input from storage and writes its shards to storage. A task lost with
-    its node is retried (``max_retries``): it writes the same names and bytes again."""
+    """Parallel work (:class:`pipeline.pubmed.ingest.Pool`) as Ray tasks on any node: ingest's
+    (one CPU each: each reads its input from storage and writes its shards to storage) and sync's
+    downloads (``num_cpus``: :data:`pipeline.pubmed.sync.TASK_CPUS`). A task lost with its node is
+    retried (``max_retries``): it writes the same names and bytes again."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, num_cpus: float = 1.0):
         self.workers = max(1, workers)
+        self.num_cpus = num_cpus
         self._remote: dict[Any, Any] = {}
 
     def submit(self, fn, *args) -> _RayFuture:
         import ray
 
         if fn not in self._remote:
-            self._remote[fn] = ray.remote(num_cpus=1, max_retries=2)(fn)
+            self._remote[fn] = ray.remote(num_cpus=self.num_cpus, max_retries=2)(fn)
         return _RayFuture(self._remote[fn].remote(*args))

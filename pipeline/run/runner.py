@@ -109,14 +109,26 @@ def _ingest_step(paths: list[str], output: JobOutput, shard_rows: int, progress:
 
 def _sync_step(spec: JobSpec, output: JobOutput, progress: bool, lease: Lease) -> dict[str, Any]:
     """Sync the source's folder with the PubMed mirror (new files only, each verified), then ingest
-    the verified files in sequence order as a files job does (:func:`_ingest_step`). The downloads
-    run on the driver, a few at a time: they are network I/O, bounded by NCBI's request for modest
-    concurrency rather than by CPUs."""
-    from pipeline.pubmed.sync import sync, verified_files
+    the verified files in sequence order as a files job does (:func:`_ingest_step`). Each file's
+    download, ``.md5`` check and publication is a Ray task on any node (a fraction of a CPU:
+    :data:`pipeline.pubmed.sync.TASK_CPUS`), at most ``concurrency`` at once: they are network I/O,
+    bounded by NCBI's request for modest concurrency rather than by CPUs. This process lists the
+    mirror, holds DEST's lease and alone writes ``DEST/_sync.json``; so on a multi-node cluster DEST
+    is on object storage or a filesystem every node mounts (a local DEST a node does not share is
+    refused, naming the file)."""
+    from pipeline.pubmed.sync import TASK_CPUS, sync, verified_files
 
     src = spec.source
     assert src.dest is not None  # the job file check requires one for a pubmed source
-    s = sync(src.dest, src.mirror, allow_http=src.allow_http, concurrency=src.concurrency, progress=_bar(progress))
+    pool = RayPool(src.concurrency, num_cpus=TASK_CPUS)
+    s = sync(
+        src.dest,
+        src.mirror,
+        allow_http=src.allow_http,
+        concurrency=src.concurrency,
+        progress=_bar(progress),
+        pool=pool,
+    )
     lease.check()
     # a file listed without its .md5 yet is a gap: what sorts after it waits for the next run
     gap = min((key.rsplit("/", 1)[-1] for key in s.waiting), default=None)
