@@ -466,3 +466,165 @@ def test_updates_on_s3_are_copy_on_write_and_parallel_workers_write_there(tmp_pa
     again = ingest_files([src], out, shard_rows=SHARD, workers=2)
     assert (again.files, again.skipped) == (0, 4)
     assert DeltaTable(uri, storage_options=options).version() == version  # nothing committed
+
+
+# --- a new yearly baseline replaces the previous one ----------------------------------------------------
+
+
+def corpus_rows(out: Path) -> list[dict]:
+    """The live articles without the time they were read, by PMID (what two ingests must agree on)."""
+    return read_articles(out).drop_columns(["fetched_at"]).sort_by("pmid").to_pylist()
+
+
+def last_year_and_new_baseline(src: Path, dropped: set[int]) -> tuple[Path, list[str]]:
+    """``src``: a 2026 baseline (PMIDs 1..24 in three files), a 2026 update (2 revised, 25 new, 3
+    deleted) and a user's own XML (PMID 100). Returns a folder holding the 2027 baseline: every live
+    article again except ``dropped`` (in two files cut elsewhere, 9 with a changed abstract), and its
+    file names."""
+    baseline(src)
+    write(src / "pubmed26n0004.xml.gz", [article(2, 1), article(25)], deletions=[3])
+    write(src / "extra.xml.gz", [article(100)])  # not a PubMed file name: never dropped
+    new = src.parent / "new"
+    new.mkdir()
+    live = [p for p in range(1, 26) if p != 3 and p not in dropped]
+    names = []
+    for f, part in enumerate((live[:10], live[10:])):
+        names.append(f"pubmed27n{f + 1:04d}.xml.gz")
+        write(new / names[-1], [article(p, 1 if p % 3 else 0) for p in part])
+    return new, names
+
+
+def test_files_apply_in_year_then_sequence_order(tmp_path):
+    """A new year's baseline sorts after the previous year's updates (file-name order is (year,
+    sequence) order), and each name says its baseline's year."""
+    from pipeline.pubmed.ingest import baseline_year, discover_inputs
+
+    for name in ("pubmed27n0001.xml.gz", "pubmed26n1400.xml.gz", "pubmed26n0002.xml.gz", "pubmed27n1275.xml.gz"):
+        write(tmp_path / name, [])
+    assert [p.name for p in discover_inputs([tmp_path])] == [
+        "pubmed26n0002.xml.gz",
+        "pubmed26n1400.xml.gz",
+        "pubmed27n0001.xml.gz",
+        "pubmed27n1275.xml.gz",
+    ]
+    assert [baseline_year(n) for n in ("pubmed27n0001.xml.gz", "pubmed26n1400.xml", "extra.xml", "pubmed26n1.xml")] == [
+        27,
+        26,
+        None,
+        None,
+    ]
+
+
+def test_a_whole_new_baseline_drops_what_it_no_longer_holds_and_never_a_partial_one(tmp_path, caplog):
+    """Only once every file of the 2027 baseline is applied do the 2026 articles it lacks leave; the
+    corpus then equals one ingested from scratch from the new baseline (and the user's own XML); a
+    2026 file that turns up late is superseded, not applied and not an error."""
+    caplog.set_level("INFO", logger="pipeline.pubmed.ingest")
+    src, out = tmp_path / "src", tmp_path / "out"
+    dropped = {5, 17, 25}
+    new, names = last_year_and_new_baseline(src, dropped)
+    ingest_files([src], out, shard_rows=SHARD, now=lambda: FIXED)
+    # the mirror's listing names both files; the first one alone is a partial baseline: nothing dropped
+    partial = ingest_files([new / names[0]], out, shard_rows=SHARD, now=lambda: FIXED, new_baseline=names)
+    assert (partial.files, partial.dropped) == (1, 0)
+    assert dropped <= set(read_articles(out, ["pmid"]).column("pmid").to_pylist())
+    assert "the pubmed27n baseline: 1 of its 2 files applied" in caplog.text
+    whole = ingest_files([new], out, shard_rows=SHARD, now=lambda: FIXED, new_baseline=names)
+    assert (whole.files, whole.skipped, whole.dropped, whole.replaced_by) == (1, 1, len(dropped), "pubmed27n")
+    assert whole.rows == 25 - 1 - len(dropped) + 1
+    fresh = tmp_path / "fresh"
+    ingest_files([src / "extra.xml.gz", new], fresh, shard_rows=SHARD, now=lambda: FIXED)
+    assert corpus_rows(out) == corpus_rows(fresh)
+    # every reader sees the live rows only; the commit says what it did
+    assert [p for p, _ in readers_agree(out / "documents", "pmid,version")] == sorted(
+        set(range(1, 26)) - {3} - dropped | {100}
+    )
+    meta = Documents(out / "documents").table.commit_metadata(limit=1)[0]
+    assert meta["baseline"] == {"prefix": "pubmed27n", "dropped": len(dropped)}
+    # a re-run is a no-op; a 2026 update published late is superseded (the 2027 baseline holds it)
+    caplog.clear()
+    version = Documents(out / "documents").table.version
+    write(src / "pubmed26n0005.xml.gz", [article(5, 2)])
+    again = ingest_files([src, new], out, shard_rows=SHARD, new_baseline=True)
+    assert (again.files, again.superseded, again.dropped, again.commits) == (0, 1, 0, 0)
+    assert Documents(out / "documents").table.version == version
+    assert [r.levelname for r in caplog.records if "superseded" in r.getMessage()] == ["INFO"]
+
+
+def test_a_run_stopped_before_the_drop_is_finished_by_a_rerun_and_without_a_listing_it_warns(
+    tmp_path, caplog, monkeypatch
+):
+    """The drop is decided on the table's state: the baseline applied by a run that died before the
+    drop's commit (or by one that did not know the baseline was whole: one warning) is dropped by the
+    next run, which has nothing new to apply."""
+    from pipeline.store.documents import DocumentTransaction
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    dropped = {1, 24}
+    new, names = last_year_and_new_baseline(src, dropped)
+    ingest_files([src], out, shard_rows=SHARD, now=lambda: FIXED)
+    # nothing says the new baseline is whole: applied, nothing dropped, one warning saying so
+    first = ingest_files([new], out, shard_rows=SHARD, now=lambda: FIXED)
+    assert (first.files, first.dropped) == (2, 0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith("pubmed27n0001.xml.gz starts a new baseline (pubmed27n)")
+    assert "--new-baseline" in warnings[0]
+    # now it is known, but the process dies just before the drop commits
+    commit = DocumentTransaction.commit
+
+    def dies(self, *, metadata=None):
+        if metadata and "baseline" in metadata:
+            raise KeyboardInterrupt
+        return commit(self, metadata=metadata)
+
+    monkeypatch.setattr(DocumentTransaction, "commit", dies)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_files([new], out, shard_rows=SHARD, new_baseline=names)
+    assert dropped <= set(read_articles(out, ["pmid"]).column("pmid").to_pylist())
+    monkeypatch.setattr(DocumentTransaction, "commit", commit)
+    rerun = ingest_files([new], out, shard_rows=SHARD, new_baseline=names)
+    assert (rerun.files, rerun.skipped, rerun.dropped) == (0, 2, len(dropped))
+    fresh = tmp_path / "fresh"
+    ingest_files([src / "extra.xml.gz", new], fresh, shard_rows=SHARD, now=lambda: FIXED)
+    assert corpus_rows(out) == corpus_rows(fresh)
+    assert 100 in {r["pmid"] for r in corpus_rows(out)}  # the user's own XML stays
+
+
+def test_a_sync_dests_listing_says_when_the_new_baseline_is_whole(tmp_path, monkeypatch, capsys):
+    """``biomine ingest DEST/baseline DEST/updatefiles`` of a DEST synced from the loopback fake of
+    NCBI: the 2027 baseline drops the 2026 articles it lacks once every file the mirror lists of it is
+    held and applied, not before."""
+    from fake_ncbi import FakeNcbi, pubmed_file
+
+    from pipeline.errors import SyncError
+    from pipeline.pubmed.ingest import listed_baseline
+    from pipeline.pubmed.sync import sync
+
+    monkeypatch.delenv("BIOMINE_PUBMED_MIRROR", raising=False)
+    dest, out = tmp_path / "pubmed", tmp_path / "out"
+    ingest = ["ingest", str(dest / "baseline"), str(dest / "updatefiles"), "--out", str(out), "--workers", "1"]
+    with FakeNcbi() as ncbi:
+        ncbi.add("baseline", "pubmed26n0001.xml.gz", pubmed_file(list(range(1, 11))))
+        ncbi.add("updatefiles", "pubmed26n0002.xml.gz", pubmed_file([11, 12]))
+        sync(dest, ncbi.url, allow_http=True, progress=False)
+        assert main([*ingest, "--no-progress"]) == 0
+        # December: NCBI's baseline/ holds the 2027 files (PMIDs 4 and 11 are not in it), updatefiles/ is
+        # empty; the second file fails its .md5 today, so DEST holds the first one only
+        ncbi.files = {"baseline": {}, "updatefiles": {}}
+        ncbi.add("baseline", "pubmed27n0001.xml.gz", pubmed_file([1, 2, 3, 5, 6]))
+        ncbi.add("baseline", "pubmed27n0002.xml.gz", pubmed_file([7, 8, 9, 10, 12]))
+        ncbi.corrupt["pubmed27n0002.xml.gz"] = 1_000
+        with pytest.raises(SyncError):
+            sync(dest, ncbi.url, allow_http=True, progress=False)
+        assert listed_baseline(dest) == {"pubmed27n0001.xml.gz", "pubmed27n0002.xml.gz"}
+        capsys.readouterr()
+        assert main([*ingest, "--no-progress"]) == 0
+        assert "dropped" not in capsys.readouterr().out
+        assert {4, 11} <= set(read_articles(out, ["pmid"]).column("pmid").to_pylist())
+        ncbi.corrupt.clear()
+        sync(dest, ncbi.url, allow_http=True, progress=False)
+        assert main([*ingest, "--no-progress"]) == 0
+    assert "2 dropped (not in the pubmed27n baseline)" in capsys.readouterr().out
+    assert sorted(read_articles(out, ["pmid"]).column("pmid").to_pylist()) == [1, 2, 3, 5, 6, 7, 8, 9, 10, 12]
+    # a listed file without its .md5 yet (NCBI still uploading): the listing is not the whole baseline
+    assert listed_baseline(dest, waiting=["baseline/pubmed27n0003.xml.gz"]) == frozenset()
