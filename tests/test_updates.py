@@ -235,11 +235,13 @@ def reissued(pmid: int, changed: bool = False, version: int = 1) -> str:
 
 
 @pytest.mark.slow  # three jobs (about 35 s on a loaded 2-core machine); the planning half is tested below
-def test_a_new_baseline_computes_only_the_articles_whose_model_input_changed(tmp_path, demo_models, ray_local):
-    """A new yearly baseline re-issues every article (some with a new version); those whose title and
-    abstract are unchanged (the same ``content_sha256``) keep their outputs, copied and re-stamped with
-    the new version; only the ~3% with a changed abstract are computed. The tables equal a from-scratch
-    run over the new baseline."""
+def test_a_new_baseline_computes_only_the_articles_whose_model_input_changed(tmp_path, demo_models, ray_local, capsys):
+    """A new yearly baseline re-issues every article (some with a new version) but those NCBI no
+    longer holds; those whose title and abstract are unchanged (the same ``content_sha256``) keep their
+    outputs, copied and re-stamped with the new version; only the ~3% with a changed abstract are
+    computed; the ~2% it no longer holds leave the corpus and every task table once the whole
+    baseline is applied (``new_baseline = true``). The tables equal a from-scratch run over the new
+    baseline."""
     src, out, n, per_file = tmp_path / "src", tmp_path / "out", 100, 25
     src.mkdir()
     for f in range(n // per_file):
@@ -248,7 +250,7 @@ def test_a_new_baseline_computes_only_the_articles_whose_model_input_changed(tmp
         )
 
     def spec(out: Path, src: Path, name: str) -> Path:
-        source = {"kind": "files", "paths": [str(src)], "shard_size": 25}
+        source = {"kind": "files", "paths": [str(src)], "shard_size": 25, "new_baseline": True}
         return write_job(
             tmp_path / f"{name}.toml",
             name=name,
@@ -260,27 +262,33 @@ def test_a_new_baseline_computes_only_the_articles_whose_model_input_changed(tmp
     first = run_job(load_job(spec(out, src, "baseline")), progress=False, num_cpus=2)
     assert first["stages"]["ner"]["documents"] == n
     assert read_articles(out, ["content_sha256"]).column("content_sha256").null_count == 0
+    dropped = {12, 77}  # articles the new baseline no longer holds
+    assert query(out, f"SELECT count(*) AS n FROM entities WHERE pmid IN {tuple(dropped)}")["n"][0] > 0
 
-    # The new baseline: every article again, in files cut elsewhere; 3 abstracts changed (one of them
-    # with a new version), 2 unchanged articles re-issued as version 2.
+    # The new baseline: every article again but the dropped ones, in files cut elsewhere; 3 abstracts
+    # changed (one of them with a new version), 2 unchanged articles re-issued as version 2.
     changed, new_version = {7, 50, 93}, {50, 31, 64}
     new = tmp_path / "new"
     new.mkdir()
     for f, (lo, hi) in enumerate([(1, 41), (41, 101)]):
-        arts = [reissued(p, p in changed, 2 if p in new_version else 1) for p in range(lo, hi)]
+        arts = [reissued(p, p in changed, 2 if p in new_version else 1) for p in range(lo, hi) if p not in dropped]
         write(new / f"pubmed27n{f + 1:04d}.xml.gz", arts)
         (src / f"pubmed27n{f + 1:04d}.xml.gz").write_bytes((new / f"pubmed27n{f + 1:04d}.xml.gz").read_bytes())
     second = run_job(load_job(spec(out, src, "baseline")), progress=False)
-    assert second["stages"]["documents"]["replaced"] == n
+    docs = second["stages"]["documents"]
+    assert (docs["replaced"], docs["dropped"], docs["live"]) == (n - len(dropped), len(dropped), n - len(dropped))
     ner = second["stages"]["ner"]
     assert ner["documents"] == len(changed)  # the model saw the changed articles only
-    assert ner["documents_reused"] == n - len(changed)
+    assert ner["documents_reused"] == n - len(dropped) - len(changed)
+    assert main(["status", str(tmp_path / "baseline.toml")]) == 0
+    assert f"{len(dropped)} dropped (not in the new baseline)" in capsys.readouterr().out
 
     fresh = tmp_path / "fresh"
     run_job(load_job(spec(fresh, new, "fresh")), progress=False)
     assert query(out, DOCUMENTS).equals(query(fresh, DOCUMENTS))
     incremental = query(out, ENTITIES)
     assert len(incremental) > 0 and incremental.equals(query(fresh, ENTITIES))
+    assert query(out, f"SELECT count(*) AS n FROM entities WHERE pmid IN {tuple(dropped)}")["n"][0] == 0
     versions = dict(query(out, "SELECT DISTINCT pmid, version FROM entities").itertuples(index=False, name=None))
     assert {p: v for p, v in versions.items() if p in new_version} == {p: 2 for p in new_version if p in versions}
     orphans = query(out, "SELECT count(*) AS n FROM entities e ANTI JOIN documents d USING (pmid, version)")
