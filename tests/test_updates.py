@@ -404,7 +404,7 @@ def test_the_kb_drops_an_edge_when_its_article_leaves_the_corpus(tmp_path):
 @pytest.mark.slow
 def test_bench_scale_smoke_run(tmp_path):
     """benchmarks/bench_scale.py end to end at a tiny size: each update computes its revised articles,
-    and the new baseline its changed ones."""
+    and the new baseline its changed ones and drops the articles it no longer holds."""
     import subprocess
     import sys
 
@@ -441,10 +441,14 @@ def test_bench_scale_smoke_run(tmp_path):
     assert baseline["documents_computed"] == 180 and len(updates) == 2
     assert all(u["documents_computed"] == u["revised"] == 9 and u["removed"] == 9 + 3 for u in updates)
     assert result["overhead"]["overhead_ms_per_document"] > 0
-    # the new yearly baseline re-issues all 180 articles, 5 (3%) with a changed abstract
+    # the new yearly baseline re-issues 178 of the 180 articles, 5 (3%) with a changed abstract; the 2
+    # (1%) it no longer holds are dropped, and so are their output rows
     new_baseline = result["new_baseline"]
-    assert new_baseline["replaced"] == 180 and new_baseline["documents_computed"] == new_baseline["changed"] == 5
-    assert new_baseline["documents_reused"] == 175
+    assert new_baseline["replaced"] == 178 and new_baseline["documents_computed"] == new_baseline["changed"] == 5
+    assert new_baseline["documents_reused"] == 173 and new_baseline["articles"] == 178
+    assert new_baseline["dropped"] == new_baseline["left_out"] == 2
+    before, after = new_baseline["dropped_output_rows"]
+    assert before > 0 and after == 0
 
 
 def test_updates_on_s3_are_copy_on_write_and_parallel_workers_write_there(tmp_path, s3_server, monkeypatch):
