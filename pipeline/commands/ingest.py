@@ -32,10 +32,11 @@ examples:
   biomine ingest biomine-demo/data/demo_pubmed.xml --out /tmp/demo-articles   # the sample `biomine demo` wrote
 
 A new file must sort after every file already in --out (NLM's numbering guarantees it for the
-baseline and its updates). Each December NCBI publishes a new baseline (pubmed27n0001... after
-pubmed26n*): it applies on top, and once all of its files are applied the articles it no longer
+baseline and its updates). Each December NCBI publishes a new baseline (pubmed26n0001... after
+pubmed25n*): it applies on top, and once all of its files are applied the articles it no longer
 holds are dropped, when --new-baseline or the inputs' sync DEST says the baseline is whole (else a
-warning says they stay live); a file of the older year not yet applied is then skipped (superseded). Read the result with `biomine query OUT "SELECT count(*) FROM documents"`
+warning says they stay live); a file of the older year not yet applied is then skipped (superseded).
+Read the result with `biomine query OUT "SELECT count(*) FROM documents"`
 (OUT/documents works too), or any Delta reader of OUT/documents (docs/analysts.md). `biomine compact OUT` removes the files of
 old table versions after a retention. More: docs/ingestion.md.
 """

@@ -41,8 +41,9 @@ Contract (what ``biomine ingest`` promises):
   newest year are the whole baseline); otherwise nothing is removed and the call that starts the
   newer baseline logs one warning saying so. This is checked on the table's state, not on what the
   call applied: a run that stopped between the baseline's last commit and the removal is finished
-  by a re-run, even one with nothing new to apply. A job's next stages treat the removed articles as
-  deleted ones: their outputs leave every table.
+  by a re-run, even one with nothing new to apply. The removal is copy-on-write like a
+  ``DeleteCitation``'s, so a job's task stages treat the removed articles as deleted ones: their
+  outputs leave every table in the same run.
 - Parsing runs in parallel workers (``workers`` local processes, or Ray tasks in a job:
   :class:`Pool`); each writes its file's data files to the output's storage itself. This process
   applies the files in order (finds the rows they replace) and commits every ``commit_seconds``
