@@ -780,13 +780,11 @@ def _replace_older_baselines(
     names = {f.name for f in files}
     years = {y for y in (baseline_year(n) for n in wanted) if y is not None}
     year = max(years) if years else None
-    complete = year is not None and all(n in names and docs.position(n) is not None for n in wanted)
-    if complete:
-        assert year is not None
+    done = sum(1 for n in wanted if n in names and docs.position(n) is not None)
+    if year is not None and done == len(wanted):
         _drop_older(docs, year, summary, lease)
         return
     if wanted:  # the listing is known: the baseline is not whole yet
-        done = sum(1 for n in wanted if n in names and docs.position(n) is not None)
         if done:
             log.info(
                 "the %s baseline: %d of its %d files applied; the articles it no longer holds leave the corpus "
