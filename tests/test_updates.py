@@ -361,7 +361,8 @@ def test_reuse_finds_the_rows_of_articles_reissued_with_the_same_model_input(tmp
 
 def test_the_kb_drops_an_edge_when_its_article_leaves_the_corpus(tmp_path):
     """The KB is built from one snapshot of relations and documents: relation rows of an article
-    that is no longer live (the relations table not yet updated) support no edge."""
+    that is no longer live (deleted, or not in a whole new baseline; the relations table not yet
+    updated) support no edge."""
     from pipeline.outputs.kb import update_kb
     from pipeline.store.datasets import write_output
     from pipeline.store.output import JobOutput
@@ -399,6 +400,10 @@ def test_the_kb_drops_an_edge_when_its_article_leaves_the_corpus(tmp_path):
     kb = pl.read_delta(str(out / "kb")).to_dict(as_series=False)
     assert (kb["drug_a"], kb["drug_b"], kb["pmids"]) == (["aspirin"], ["warfarin"], [[1]])
     assert update_kb(output)["changed"] is False  # nothing changed: no new version
+    # ... and when a whole new baseline no longer holds the article, as when it is deleted
+    write(src / "pubmed27n0001.xml.gz", [article(3)])
+    assert ingest_files([src], out, new_baseline=True).dropped == 1
+    assert update_kb(output)["edges"] == 0
 
 
 @pytest.mark.slow
