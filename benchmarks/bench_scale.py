@@ -20,9 +20,12 @@ generator of ``bench_parse.py``, plus ``--updates`` update files per mix), in on
 3. **new baseline**: NCBI's yearly baseline re-issues every citation. On its own copy of the
    ingested baseline, the stage runs over it, then a "new baseline" (``pubmed27n*``: every article of
    the baseline again, the same records, with ``--baseline-changed`` (0.03) of them given a changed
-   abstract, or title where a record has no abstract) is ingested through Ray tasks and the stage
-   runs again. The goal: it computes exactly the changed articles and copies the rows of the others
-   (``documents_reused``: their title and abstract, ``content_sha256``, are unchanged).
+   abstract, or title where a record has no abstract, and ``--baseline-dropped`` (0.01) of them no
+   longer in it) is ingested through Ray tasks as a whole new baseline (``new_baseline=True``) and
+   the stage runs again. The goal: it computes exactly the changed articles and copies the rows of
+   the others (``documents_reused``: their title and abstract, ``content_sha256``, are unchanged);
+   the articles it no longer holds are dropped (``dropped``) and their output rows are gone
+   (``dropped_output_rows``: before, after).
 4. **overhead**: per document, the CPU time of each step the pipeline adds around the model, in one
    process (so per core): read the data file (checked against its checksum, as the stage does),
    tokenise and window it (the real NER ``prepare`` with the real BioGPT vocabulary from
@@ -156,23 +159,29 @@ def revise_text(record: str) -> str:
     return record[:at] + " Revised in the new baseline." + record[at:]
 
 
-def write_new_baseline(folder: Path, files: int, articles: int, changed: float, seed: int) -> int:
+def write_new_baseline(
+    folder: Path, files: int, articles: int, changed: float, dropped: float, seed: int
+) -> tuple[int, list[int]]:
     """A new yearly baseline (``pubmed27n*``) into ``folder``: every article of the baseline written by
     :func:`generate` again (the same records: the same seeds), ``changed`` of them with a revised
-    abstract. Returns how many were changed."""
+    abstract, ``dropped`` of them (others) left out. Returns how many were changed, and the PMIDs left
+    out."""
     folder.mkdir(parents=True)
     total = files * articles
     rng = random.Random(seed)
-    revised = set(rng.sample(range(FIRST_PMID, FIRST_PMID + total), round(total * changed)))
+    pmids = range(FIRST_PMID, FIRST_PMID + total)
+    revised = set(rng.sample(pmids, round(total * changed)))
+    gone = set(rng.sample([p for p in pmids if p not in revised], round(total * dropped)))
     for i in range(files):
         article_rng = random.Random(i)  # the seed generate() wrote this file's articles with
         with gzip.open(folder / f"pubmed27n{i + 1:04d}.xml.gz", "wt", encoding="utf-8", compresslevel=1) as f:
             f.write(DOCTYPE + "<PubmedArticleSet>\n")
             for pmid in range(FIRST_PMID + i * articles, FIRST_PMID + (i + 1) * articles):
-                record = generate_article(pmid, article_rng)
-                f.write(revise_text(record) if pmid in revised else record)
+                record = generate_article(pmid, article_rng)  # (drawn even when left out: the same records)
+                if pmid not in gone:
+                    f.write(revise_text(record) if pmid in revised else record)
             f.write("</PubmedArticleSet>\n")
-    return len(revised)
+    return len(revised), sorted(gone)
 
 
 def generate(root: Path, files: int, articles: int, updates: int, mixes: list[str], shares: dict) -> dict:
@@ -423,9 +432,15 @@ def measure_updates(
     return rows
 
 
-def measure_new_baseline(src: Path, out: Path, model: Path, shard_rows: int, workers: int, changed: int) -> dict:
+def measure_new_baseline(
+    src: Path, out: Path, model: Path, shard_rows: int, workers: int, changed: int, dropped: list[int]
+) -> dict:
     """The stage over the ingested baseline in ``out``, then the new baseline ``src`` ingested through
-    Ray tasks and the stage again: what the new baseline made it compute and copy."""
+    Ray tasks and the stage again: what the new baseline made it compute, copy and drop."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
     from pipeline.pubmed.ingest import ingest_files
     from pipeline.run.cluster import Placement, RayPool
     from pipeline.run.plan import PlannedTask
@@ -452,15 +467,23 @@ def measure_new_baseline(src: Path, out: Path, model: Path, shard_rows: int, wor
         )
         return r, time.perf_counter() - t, sum(f.rows for f in docs.values())
 
+    def output_rows_of_dropped() -> int:
+        pmids = DeltaTable(str(dataset.loc.path)).to_pyarrow_table(columns=["pmid"]).column("pmid")
+        return pc.sum(pc.is_in(pmids, value_set=pa.array(dropped, pa.int64()))).as_py() or 0
+
     first, first_s, _ = stage()
+    rows_before = output_rows_of_dropped()
     t = time.perf_counter()
-    s = ingest_files([src], out, shard_rows=shard_rows, progress=False, pool=RayPool(workers))
+    s = ingest_files([src], out, shard_rows=shard_rows, progress=False, pool=RayPool(workers), new_baseline=True)
     ingest_s = time.perf_counter() - t
     second, stage_s, live = stage()
     return {
         "articles": live,
         "changed": changed,
         "replaced": s.replaced,
+        "left_out": len(dropped),
+        "dropped": s.dropped,
+        "dropped_output_rows": [rows_before, output_rows_of_dropped()],
         "baseline_documents_computed": first.documents,
         "baseline_stage_s": round(first_s, 2),
         "ingest_s": round(ingest_s, 2),
@@ -593,6 +616,12 @@ def main(argv=None) -> int:
         default=0.03,
         help="new baseline: share of the articles whose abstract it changes (0.03; 0 skips the case)",
     )
+    p.add_argument(
+        "--baseline-dropped",
+        type=float,
+        default=0.01,
+        help="new baseline: share of the articles it no longer holds (0.01): dropped from the corpus",
+    )
     p.add_argument("--workers", type=int, default=2, help="parallel workers to compare with 1 (default 2)")
     p.add_argument("--shard-rows", type=int, default=10_000, help="rows per document data file (default 10000)")
     p.add_argument("--overhead-docs", type=int, default=5000, help="documents for the overhead figure (5000)")
@@ -619,8 +648,13 @@ def main(argv=None) -> int:
         shares = {k: getattr(args, k) for k in ("revise", "delete", "new", "recent_share", "recent_range")}
         corpus = generate(root / "src", args.files, args.articles, args.updates, mixes, shares)
         if args.baseline_changed > 0:
-            corpus["new_baseline_changed"] = write_new_baseline(
-                root / "src" / "new-baseline", args.files, args.articles, args.baseline_changed, seed=11
+            corpus["new_baseline_changed"], corpus["new_baseline_dropped"] = write_new_baseline(
+                root / "src" / "new-baseline",
+                args.files,
+                args.articles,
+                args.baseline_changed,
+                args.baseline_dropped,
+                seed=11,
             )
         size = sum(f.stat().st_size for f in (root / "src").rglob("*.gz"))
         print(
@@ -669,11 +703,14 @@ def main(argv=None) -> int:
                     args.shard_rows,
                     args.workers,
                     corpus["new_baseline_changed"],
+                    corpus["new_baseline_dropped"],
                 )
                 results["new_baseline"] = nb
                 print(
-                    f"\nnew baseline (every article re-issued, {nb['changed']} with a changed abstract): "
-                    f"{nb['replaced']} replaced; the stage computed {nb['documents_computed']} of {nb['articles']} "
+                    f"\nnew baseline (every article re-issued but {nb['left_out']}, {nb['changed']} with a changed "
+                    f"abstract): {nb['replaced']} replaced, {nb['dropped']} dropped (their output rows: "
+                    f"{nb['dropped_output_rows'][0]} before, {nb['dropped_output_rows'][1]} after); the stage "
+                    f"computed {nb['documents_computed']} of {nb['articles']} "
                     f"({pct(nb['documents_computed_share'])}) and copied {nb['documents_reused']} "
                     f"in {nb['stage_s']} s ({pct(nb['stage_s_share'])} of the baseline's {nb['baseline_stage_s']} s)",
                     flush=True,

@@ -65,6 +65,7 @@ kind = "entrez"
 query = "aspirin"
 mindate = "2020/13/01"
 maxdate = "2019/01/01"
+new_baseline = true
 [tasks.re]
 task = "chemprot"
 model = "missing-model"
@@ -79,12 +80,21 @@ dtype = "int8"
     for needle in (
         "[job] colour: unknown key",
         "[source] mindate = '2020/13/01'",
+        '[source] new_baseline: only for kind = "files"',
         "[tasks.re] task = 'chemprot'",
         "model = 'missing-model': no such local folder",
         "[tasks.sentiment]: unknown task",
         "[resources] dtype = 'int8'",
     ):
         assert needle in msg, needle
+
+
+def test_a_files_job_may_say_its_newest_year_is_a_whole_new_baseline(tmp_path):
+    job = '[job]\nname = "x"\noutput = "out"\n[source]\nkind = "files"\npaths = ["in"]\nnew_baseline = {}\n'
+    assert load_job(write(tmp_path, job.format("true"))).source.new_baseline is True
+    assert load_job(write(tmp_path, job.format("false"))).source.new_baseline is False
+    with pytest.raises(ConfigError, match=r"\[source\] new_baseline = 'yes': expected bool"):
+        load_job(write(tmp_path, job.format('"yes"')))
 
 
 def test_bad_toml_and_missing_file(tmp_path):

@@ -394,6 +394,17 @@ def test_a_pubmed_job_syncs_then_ingests_in_sequence_order_as_a_files_job_over_t
     assert main(["status", str(job)]) == 0
     assert "files verified in" in (page := capsys.readouterr().out) and "; up to date" in page, page
 
+    # December: the mirror lists NCBI's 2027 baseline (PMIDs 4 and 50 are not in it) and an empty
+    # updatefiles/; the daily run applies it and, once all of it is applied, drops what it lacks
+    n1, n2 = "pubmed27n0001.xml.gz", "pubmed27n0002.xml.gz"
+    keep = [p for p in sorted(r["pmid"] for r in documents_of(out)[0]) if p not in (4, 50)]
+    ncbi.files = {"baseline": {}, "updatefiles": {}}
+    ncbi.add("baseline", n1, pubmed_file(keep[:40]))
+    ncbi.add("baseline", n2, pubmed_file(keep[40:]))
+    fifth = run_job(load_job(job), progress=False, num_cpus=2)["stages"]["documents"]
+    assert (fifth["files"], fifth["replaced"], fifth["dropped"]) == (2, len(keep), 2)
+    files_job_equals([f"baseline/{n1}", f"baseline/{n2}"])
+
 
 @pytest.mark.slow
 def test_sync_onto_s3_publishes_whole_objects_and_resumes_from_a_local_staging_folder(

@@ -235,11 +235,13 @@ def reissued(pmid: int, changed: bool = False, version: int = 1) -> str:
 
 
 @pytest.mark.slow  # three jobs (about 35 s on a loaded 2-core machine); the planning half is tested below
-def test_a_new_baseline_computes_only_the_articles_whose_model_input_changed(tmp_path, demo_models, ray_local):
-    """A new yearly baseline re-issues every article (some with a new version); those whose title and
-    abstract are unchanged (the same ``content_sha256``) keep their outputs, copied and re-stamped with
-    the new version; only the ~3% with a changed abstract are computed. The tables equal a from-scratch
-    run over the new baseline."""
+def test_a_new_baseline_computes_only_the_articles_whose_model_input_changed(tmp_path, demo_models, ray_local, capsys):
+    """A new yearly baseline re-issues every article (some with a new version) but those NCBI no
+    longer holds; those whose title and abstract are unchanged (the same ``content_sha256``) keep their
+    outputs, copied and re-stamped with the new version; only the ~3% with a changed abstract are
+    computed; the ~2% it no longer holds leave the corpus and every task table once the whole
+    baseline is applied (``new_baseline = true``). The tables equal a from-scratch run over the new
+    baseline."""
     src, out, n, per_file = tmp_path / "src", tmp_path / "out", 100, 25
     src.mkdir()
     for f in range(n // per_file):
@@ -248,7 +250,7 @@ def test_a_new_baseline_computes_only_the_articles_whose_model_input_changed(tmp
         )
 
     def spec(out: Path, src: Path, name: str) -> Path:
-        source = {"kind": "files", "paths": [str(src)], "shard_size": 25}
+        source = {"kind": "files", "paths": [str(src)], "shard_size": 25, "new_baseline": True}
         return write_job(
             tmp_path / f"{name}.toml",
             name=name,
@@ -260,27 +262,33 @@ def test_a_new_baseline_computes_only_the_articles_whose_model_input_changed(tmp
     first = run_job(load_job(spec(out, src, "baseline")), progress=False, num_cpus=2)
     assert first["stages"]["ner"]["documents"] == n
     assert read_articles(out, ["content_sha256"]).column("content_sha256").null_count == 0
+    dropped = {12, 77}  # articles the new baseline no longer holds
+    assert query(out, f"SELECT count(*) AS n FROM entities WHERE pmid IN {tuple(dropped)}")["n"][0] > 0
 
-    # The new baseline: every article again, in files cut elsewhere; 3 abstracts changed (one of them
-    # with a new version), 2 unchanged articles re-issued as version 2.
+    # The new baseline: every article again but the dropped ones, in files cut elsewhere; 3 abstracts
+    # changed (one of them with a new version), 2 unchanged articles re-issued as version 2.
     changed, new_version = {7, 50, 93}, {50, 31, 64}
     new = tmp_path / "new"
     new.mkdir()
     for f, (lo, hi) in enumerate([(1, 41), (41, 101)]):
-        arts = [reissued(p, p in changed, 2 if p in new_version else 1) for p in range(lo, hi)]
+        arts = [reissued(p, p in changed, 2 if p in new_version else 1) for p in range(lo, hi) if p not in dropped]
         write(new / f"pubmed27n{f + 1:04d}.xml.gz", arts)
         (src / f"pubmed27n{f + 1:04d}.xml.gz").write_bytes((new / f"pubmed27n{f + 1:04d}.xml.gz").read_bytes())
     second = run_job(load_job(spec(out, src, "baseline")), progress=False)
-    assert second["stages"]["documents"]["replaced"] == n
+    docs = second["stages"]["documents"]
+    assert (docs["replaced"], docs["dropped"], docs["live"]) == (n - len(dropped), len(dropped), n - len(dropped))
     ner = second["stages"]["ner"]
     assert ner["documents"] == len(changed)  # the model saw the changed articles only
-    assert ner["documents_reused"] == n - len(changed)
+    assert ner["documents_reused"] == n - len(dropped) - len(changed)
+    assert main(["status", str(tmp_path / "baseline.toml")]) == 0
+    assert f"{len(dropped)} dropped (not in the new baseline)" in capsys.readouterr().out
 
     fresh = tmp_path / "fresh"
     run_job(load_job(spec(fresh, new, "fresh")), progress=False)
     assert query(out, DOCUMENTS).equals(query(fresh, DOCUMENTS))
     incremental = query(out, ENTITIES)
     assert len(incremental) > 0 and incremental.equals(query(fresh, ENTITIES))
+    assert query(out, f"SELECT count(*) AS n FROM entities WHERE pmid IN {tuple(dropped)}")["n"][0] == 0
     versions = dict(query(out, "SELECT DISTINCT pmid, version FROM entities").itertuples(index=False, name=None))
     assert {p: v for p, v in versions.items() if p in new_version} == {p: 2 for p in new_version if p in versions}
     orphans = query(out, "SELECT count(*) AS n FROM entities e ANTI JOIN documents d USING (pmid, version)")
@@ -370,7 +378,8 @@ def test_reuse_finds_the_rows_of_articles_reissued_with_the_same_model_input(tmp
 
 def test_the_kb_drops_an_edge_when_its_article_leaves_the_corpus(tmp_path):
     """The KB is built from one snapshot of relations and documents: relation rows of an article
-    that is no longer live (the relations table not yet updated) support no edge."""
+    that is no longer live (deleted, or not in a whole new baseline; the relations table not yet
+    updated) support no edge."""
     from pipeline.outputs.kb import update_kb
     from pipeline.store.datasets import write_output
     from pipeline.store.output import JobOutput
@@ -408,12 +417,16 @@ def test_the_kb_drops_an_edge_when_its_article_leaves_the_corpus(tmp_path):
     kb = pl.read_delta(str(out / "kb")).to_dict(as_series=False)
     assert (kb["drug_a"], kb["drug_b"], kb["pmids"]) == (["aspirin"], ["warfarin"], [[1]])
     assert update_kb(output)["changed"] is False  # nothing changed: no new version
+    # ... and when a whole new baseline no longer holds the article, as when it is deleted
+    write(src / "pubmed27n0001.xml.gz", [article(3)])
+    assert ingest_files([src], out, new_baseline=True).dropped == 1
+    assert update_kb(output)["edges"] == 0
 
 
 @pytest.mark.slow
 def test_bench_scale_smoke_run(tmp_path):
     """benchmarks/bench_scale.py end to end at a tiny size: each update computes its revised articles,
-    and the new baseline its changed ones."""
+    and the new baseline its changed ones and drops the articles it no longer holds."""
     import subprocess
     import sys
 
@@ -450,10 +463,14 @@ def test_bench_scale_smoke_run(tmp_path):
     assert baseline["documents_computed"] == 180 and len(updates) == 2
     assert all(u["documents_computed"] == u["revised"] == 9 and u["removed"] == 9 + 3 for u in updates)
     assert result["overhead"]["overhead_ms_per_document"] > 0
-    # the new yearly baseline re-issues all 180 articles, 5 (3%) with a changed abstract
+    # the new yearly baseline re-issues 178 of the 180 articles, 5 (3%) with a changed abstract; the 2
+    # (1%) it no longer holds are dropped, and so are their output rows
     new_baseline = result["new_baseline"]
-    assert new_baseline["replaced"] == 180 and new_baseline["documents_computed"] == new_baseline["changed"] == 5
-    assert new_baseline["documents_reused"] == 175
+    assert new_baseline["replaced"] == 178 and new_baseline["documents_computed"] == new_baseline["changed"] == 5
+    assert new_baseline["documents_reused"] == 173 and new_baseline["articles"] == 178
+    assert new_baseline["dropped"] == new_baseline["left_out"] == 2
+    before, after = new_baseline["dropped_output_rows"]
+    assert before > 0 and after == 0
 
 
 def test_updates_on_s3_are_copy_on_write_and_parallel_workers_write_there(tmp_path, s3_server, monkeypatch):
@@ -483,3 +500,165 @@ def test_updates_on_s3_are_copy_on_write_and_parallel_workers_write_there(tmp_pa
     again = ingest_files([src], out, shard_rows=SHARD, workers=2)
     assert (again.files, again.skipped) == (0, 4)
     assert DeltaTable(uri, storage_options=options).version() == version  # nothing committed
+
+
+# --- a new yearly baseline replaces the previous one ----------------------------------------------------
+
+
+def corpus_rows(out: Path) -> list[dict]:
+    """The live articles without the time they were read, by PMID (what two ingests must agree on)."""
+    return read_articles(out).drop_columns(["fetched_at"]).sort_by("pmid").to_pylist()
+
+
+def last_year_and_new_baseline(src: Path, dropped: set[int]) -> tuple[Path, list[str]]:
+    """``src``: a 2026 baseline (PMIDs 1..24 in three files), a 2026 update (2 revised, 25 new, 3
+    deleted) and a user's own XML (PMID 100). Returns a folder holding the 2027 baseline: every live
+    article again except ``dropped`` (in two files cut elsewhere, 9 with a changed abstract), and its
+    file names."""
+    baseline(src)
+    write(src / "pubmed26n0004.xml.gz", [article(2, 1), article(25)], deletions=[3])
+    write(src / "extra.xml.gz", [article(100)])  # not a PubMed file name: never dropped
+    new = src.parent / "new"
+    new.mkdir()
+    live = [p for p in range(1, 26) if p != 3 and p not in dropped]
+    names = []
+    for f, part in enumerate((live[:10], live[10:])):
+        names.append(f"pubmed27n{f + 1:04d}.xml.gz")
+        write(new / names[-1], [article(p, 1 if p % 3 else 0) for p in part])
+    return new, names
+
+
+def test_files_apply_in_year_then_sequence_order(tmp_path):
+    """A new year's baseline sorts after the previous year's updates (file-name order is (year,
+    sequence) order), and each name says its baseline's year."""
+    from pipeline.pubmed.ingest import baseline_year, discover_inputs
+
+    for name in ("pubmed27n0001.xml.gz", "pubmed26n1400.xml.gz", "pubmed26n0002.xml.gz", "pubmed27n1275.xml.gz"):
+        write(tmp_path / name, [])
+    assert [p.name for p in discover_inputs([tmp_path])] == [
+        "pubmed26n0002.xml.gz",
+        "pubmed26n1400.xml.gz",
+        "pubmed27n0001.xml.gz",
+        "pubmed27n1275.xml.gz",
+    ]
+    assert [baseline_year(n) for n in ("pubmed27n0001.xml.gz", "pubmed26n1400.xml", "extra.xml", "pubmed26n1.xml")] == [
+        27,
+        26,
+        None,
+        None,
+    ]
+
+
+def test_a_whole_new_baseline_drops_what_it_no_longer_holds_and_never_a_partial_one(tmp_path, caplog):
+    """Only once every file of the 2027 baseline is applied do the 2026 articles it lacks leave; the
+    corpus then equals one ingested from scratch from the new baseline (and the user's own XML); a
+    2026 file that turns up late is superseded, not applied and not an error."""
+    caplog.set_level("INFO", logger="pipeline.pubmed.ingest")
+    src, out = tmp_path / "src", tmp_path / "out"
+    dropped = {5, 17, 25}
+    new, names = last_year_and_new_baseline(src, dropped)
+    ingest_files([src], out, shard_rows=SHARD, now=lambda: FIXED)
+    # the mirror's listing names both files; the first one alone is a partial baseline: nothing dropped
+    partial = ingest_files([new / names[0]], out, shard_rows=SHARD, now=lambda: FIXED, new_baseline=names)
+    assert (partial.files, partial.dropped) == (1, 0)
+    assert dropped <= set(read_articles(out, ["pmid"]).column("pmid").to_pylist())
+    assert "the pubmed27n baseline: 1 of its 2 files applied" in caplog.text
+    whole = ingest_files([new], out, shard_rows=SHARD, now=lambda: FIXED, new_baseline=names)
+    assert (whole.files, whole.skipped, whole.dropped, whole.replaced_by) == (1, 1, len(dropped), "pubmed27n")
+    assert whole.rows == 25 - 1 - len(dropped) + 1
+    fresh = tmp_path / "fresh"
+    ingest_files([src / "extra.xml.gz", new], fresh, shard_rows=SHARD, now=lambda: FIXED)
+    assert corpus_rows(out) == corpus_rows(fresh)
+    # every reader sees the live rows only; the commit says what it did
+    assert [p for p, _ in readers_agree(out / "documents", "pmid,version")] == sorted(
+        set(range(1, 26)) - {3} - dropped | {100}
+    )
+    meta = Documents(out / "documents").table.commit_metadata(limit=1)[0]
+    assert meta["baseline"] == {"prefix": "pubmed27n", "dropped": len(dropped)}
+    # a re-run is a no-op; a 2026 update published late is superseded (the 2027 baseline holds it)
+    caplog.clear()
+    version = Documents(out / "documents").table.version
+    write(src / "pubmed26n0005.xml.gz", [article(5, 2)])
+    again = ingest_files([src, new], out, shard_rows=SHARD, new_baseline=True)
+    assert (again.files, again.superseded, again.dropped, again.commits) == (0, 1, 0, 0)
+    assert Documents(out / "documents").table.version == version
+    assert [r.levelname for r in caplog.records if "superseded" in r.getMessage()] == ["INFO"]
+
+
+def test_a_run_stopped_before_the_drop_is_finished_by_a_rerun_and_without_a_listing_it_warns(
+    tmp_path, caplog, monkeypatch
+):
+    """The drop is decided on the table's state: the baseline applied by a run that died before the
+    drop's commit (or by one that did not know the baseline was whole: one warning) is dropped by the
+    next run, which has nothing new to apply."""
+    from pipeline.store.documents import DocumentTransaction
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    dropped = {1, 24}
+    new, names = last_year_and_new_baseline(src, dropped)
+    ingest_files([src], out, shard_rows=SHARD, now=lambda: FIXED)
+    # nothing says the new baseline is whole: applied, nothing dropped, one warning saying so
+    first = ingest_files([new], out, shard_rows=SHARD, now=lambda: FIXED)
+    assert (first.files, first.dropped) == (2, 0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith("pubmed27n0001.xml.gz starts a new baseline (pubmed27n)")
+    assert "--new-baseline" in warnings[0]
+    # now it is known, but the process dies just before the drop commits
+    commit = DocumentTransaction.commit
+
+    def dies(self, *, metadata=None):
+        if metadata and "baseline" in metadata:
+            raise KeyboardInterrupt
+        return commit(self, metadata=metadata)
+
+    monkeypatch.setattr(DocumentTransaction, "commit", dies)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_files([new], out, shard_rows=SHARD, new_baseline=names)
+    assert dropped <= set(read_articles(out, ["pmid"]).column("pmid").to_pylist())
+    monkeypatch.setattr(DocumentTransaction, "commit", commit)
+    rerun = ingest_files([new], out, shard_rows=SHARD, new_baseline=names)
+    assert (rerun.files, rerun.skipped, rerun.dropped) == (0, 2, len(dropped))
+    fresh = tmp_path / "fresh"
+    ingest_files([src / "extra.xml.gz", new], fresh, shard_rows=SHARD, now=lambda: FIXED)
+    assert corpus_rows(out) == corpus_rows(fresh)
+    assert 100 in {r["pmid"] for r in corpus_rows(out)}  # the user's own XML stays
+
+
+def test_a_sync_dests_listing_says_when_the_new_baseline_is_whole(tmp_path, monkeypatch, capsys):
+    """``biomine ingest DEST/baseline DEST/updatefiles`` of a DEST synced from the loopback fake of
+    NCBI: the 2027 baseline drops the 2026 articles it lacks once every file the mirror lists of it is
+    held and applied, not before."""
+    from fake_ncbi import FakeNcbi, pubmed_file
+
+    from pipeline.errors import SyncError
+    from pipeline.pubmed.ingest import listed_baseline
+    from pipeline.pubmed.sync import sync
+
+    monkeypatch.delenv("BIOMINE_PUBMED_MIRROR", raising=False)
+    dest, out = tmp_path / "pubmed", tmp_path / "out"
+    ingest = ["ingest", str(dest / "baseline"), str(dest / "updatefiles"), "--out", str(out), "--workers", "1"]
+    with FakeNcbi() as ncbi:
+        ncbi.add("baseline", "pubmed26n0001.xml.gz", pubmed_file(list(range(1, 11))))
+        ncbi.add("updatefiles", "pubmed26n0002.xml.gz", pubmed_file([11, 12]))
+        sync(dest, ncbi.url, allow_http=True, progress=False)
+        assert main([*ingest, "--no-progress"]) == 0
+        # December: NCBI's baseline/ holds the 2027 files (PMIDs 4 and 11 are not in it), updatefiles/ is
+        # empty; the second file fails its .md5 today, so DEST holds the first one only
+        ncbi.files = {"baseline": {}, "updatefiles": {}}
+        ncbi.add("baseline", "pubmed27n0001.xml.gz", pubmed_file([1, 2, 3, 5, 6]))
+        ncbi.add("baseline", "pubmed27n0002.xml.gz", pubmed_file([7, 8, 9, 10, 12]))
+        ncbi.corrupt["pubmed27n0002.xml.gz"] = 1_000
+        with pytest.raises(SyncError):
+            sync(dest, ncbi.url, allow_http=True, progress=False)
+        assert listed_baseline(dest) == {"pubmed27n0001.xml.gz", "pubmed27n0002.xml.gz"}
+        capsys.readouterr()
+        assert main([*ingest, "--no-progress"]) == 0
+        assert "dropped" not in capsys.readouterr().out
+        assert {4, 11} <= set(read_articles(out, ["pmid"]).column("pmid").to_pylist())
+        ncbi.corrupt.clear()
+        sync(dest, ncbi.url, allow_http=True, progress=False)
+        assert main([*ingest, "--no-progress"]) == 0
+    assert "2 dropped (not in the pubmed27n baseline)" in capsys.readouterr().out
+    assert sorted(read_articles(out, ["pmid"]).column("pmid").to_pylist()) == [1, 2, 3, 5, 6, 7, 8, 9, 10, 12]
+    # a listed file without its .md5 yet (NCBI still uploading): the listing is not the whole baseline
+    assert listed_baseline(dest, waiting=["baseline/pubmed27n0003.xml.gz"]) == frozenset()

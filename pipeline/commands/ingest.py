@@ -28,10 +28,15 @@ examples:
   biomine ingest pubmed25n0001.xml.gz --out data/pubmed                 # one baseline file
   biomine ingest baseline/ updatefiles/ --out data/pubmed               # baseline, then its updates
   biomine ingest updatefiles/pubmed25n1300.xml.gz --out data/pubmed     # later: today's update
+  biomine ingest new/pubmed26n*.xml.gz --new-baseline --out data/pubmed # December: the whole new baseline
   biomine ingest biomine-demo/data/demo_pubmed.xml --out /tmp/demo-articles   # the sample `biomine demo` wrote
 
 A new file must sort after every file already in --out (NLM's numbering guarantees it for the
-baseline and its updates). Read the result with `biomine query OUT "SELECT count(*) FROM documents"`
+baseline and its updates). Each December NCBI publishes a new baseline (pubmed26n0001... after
+pubmed25n*): it applies on top, and once all of its files are applied the articles it no longer
+holds are dropped, when --new-baseline or the inputs' sync DEST says the baseline is whole (else a
+warning says they stay live); a file of the older year not yet applied is then skipped (superseded).
+Read the result with `biomine query OUT "SELECT count(*) FROM documents"`
 (OUT/documents works too), or any Delta reader of OUT/documents (docs/analysts.md). `biomine compact OUT` removes the files of
 old table versions after a retention. More: docs/ingestion.md.
 """
@@ -64,6 +69,15 @@ def register(subparsers) -> None:
         default=None,
         help="show a progress bar (default: only on a terminal)",
     )
+    p.add_argument(
+        "--new-baseline",
+        action="store_const",
+        const=True,
+        default=None,
+        help="the inputs of the newest year prefix (pubmedYYn*) are NCBI's whole new baseline: once they are all "
+        "applied, the articles of older baselines that it no longer holds leave the corpus (default: only "
+        "when the inputs are a `biomine sync` DEST's folders, whose listing says so)",
+    )
     p.set_defaults(func=run, settings={"output": "--out"})
 
 
@@ -71,9 +85,18 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.pubmed.ingest import ingest_files
 
     require_positive(args, "--shard-rows", "--workers")
-    s = ingest_files(args.inputs, args.out, shard_rows=args.shard_rows, progress=args.progress, workers=args.workers)
+    s = ingest_files(
+        args.inputs,
+        args.out,
+        shard_rows=args.shard_rows,
+        progress=args.progress,
+        workers=args.workers,
+        new_baseline=args.new_baseline,
+    )
+    superseded = f", {s.superseded} superseded by a newer baseline" if s.superseded else ""
+    dropped = f", {s.dropped} dropped (not in the {s.replaced_by} baseline)" if s.dropped else ""
     print(
-        f"ingested {s.files} file(s) ({s.skipped} already done): {s.records} records, {s.added} new, "
-        f"{s.replaced} replaced, {s.deleted} deleted; {s.rows} articles in {args.out}/documents"
+        f"ingested {s.files} file(s) ({s.skipped} already done{superseded}): {s.records} records, {s.added} new, "
+        f"{s.replaced} replaced, {s.deleted} deleted{dropped}; {s.rows} articles in {args.out}/documents"
     )
     return 0

@@ -24,7 +24,26 @@ Contract (what ``biomine ingest`` promises):
   commit that applied it) is skipped, whatever its name. A file whose name is recorded with another
   checksum (re-issued by NLM, or replaced by hand) is ingested again and applied on top of the
   current corpus, with a warning, if no later file is ingested yet. A new or changed file that sorts
-  before an ingested one is refused (applying it now would let older records override newer ones).
+  before an ingested one is refused (applying it now would let older records override newer ones),
+  unless it is of an older baseline (below).
+- **A new yearly baseline replaces the previous baseline and its updates.** NCBI's baseline of year
+  ``YY`` (``pubmedYYn0001`` on; that year's updates number on after it) holds every citation as of
+  its cutoff. Name order is (year, sequence) order, so it applies after the previous year's files;
+  a file of an older year not applied yet once a newer year's file is applied is *superseded*:
+  skipped, with one info line, as the newer baseline holds its records. Once **every** file of the
+  new baseline is applied, every live article whose ``source`` is a PubMed-named file
+  (``pubmedYYnNNNN.xml[.gz]``) of an older year is removed, in one commit (its metadata:
+  ``baseline: {prefix, dropped}``; the summary's ``dropped``): exactly the articles the new baseline
+  no longer holds, since it rewrote every one it re-issued. Rows of other files (a user's own XML)
+  stay. Whether a baseline is whole is never guessed (``new_baseline`` of :func:`ingest_files`): the
+  mirror's listing says it (a job with a ``pubmed`` source; inputs that are a ``biomine sync``
+  DEST's folders: its ``_sync.json``), or the user does (``--new-baseline``: the inputs of the
+  newest year are the whole baseline); otherwise nothing is removed and the call that starts the
+  newer baseline logs one warning saying so. This is checked on the table's state, not on what the
+  call applied: a run that stopped between the baseline's last commit and the removal is finished
+  by a re-run, even one with nothing new to apply. The removal is copy-on-write like a
+  ``DeleteCitation``'s, so a job's task stages treat the removed articles as deleted ones: their
+  outputs leave every table in the same run.
 - Parsing runs in parallel workers (``workers`` local processes, or Ray tasks in a job:
   :class:`Pool`); each writes its file's data files to the output's storage itself. This process
   applies the files in order (finds the rows they replace) and commits every ``commit_seconds``
@@ -75,6 +94,11 @@ from schemas.articles import to_table
 log = logging.getLogger(__name__)
 
 INPUT_SUFFIXES = (".xml", ".xml.gz")
+#: A file as NCBI names it: ``pubmed26n0001.xml.gz`` (its baseline's year prefix, then the sequence
+#: number: the baseline from 0001, then that year's updates after it).
+PUBMED_FILE = re.compile(r"(?P<prefix>pubmed(?P<year>\d{2})n)(?P<seq>\d{4,})\.xml(?:\.gz)?")
+#: The base of a data file ingest wrote (:func:`shard_base`): its rows all come from input ``stem``.
+_SHARD_BASE = re.compile(r"part-(?P<stem>.+)-[0-9a-f]{16}-\d{4,}")
 #: Locating replaced rows runs here, not in a task, when the candidate shards hold fewer rows.
 INLINE_LOCATE_ROWS = 50_000
 
@@ -100,6 +124,12 @@ class IngestSummary:
     rewritten_bytes: int = 0
     commits: int = 0
     reissued: list[str] = field(default_factory=list)
+    #: Files of an older baseline not applied: a newer baseline is applied already, which holds them.
+    superseded: int = 0
+    #: Articles removed because a complete newer baseline no longer holds them (their source is a
+    #: file of an older baseline), and that baseline's prefix (``pubmed27n``) when this call did it.
+    dropped: int = 0
+    replaced_by: str | None = None
 
 
 # --- parallelism ------------------------------------------------------------------------------------
@@ -221,6 +251,13 @@ class InputFile:
             if name.endswith(suffix):
                 return name[: -len(suffix)]
         return name
+
+
+def baseline_year(name: str) -> int | None:
+    """The year of the baseline a PubMed-named file belongs to (26 for ``pubmed26n1400.xml.gz``, an
+    update of the 2026 baseline); None for any other name (a user's own XML)."""
+    m = PUBMED_FILE.fullmatch(name)
+    return int(m.group("year")) if m else None
 
 
 def checksum(loc: Location) -> InputFile:
@@ -407,6 +444,7 @@ def ingest_files(
     workers: int = 1,
     pool: Pool | None = None,
     commit_seconds: float = 30.0,
+    new_baseline: bool | Iterable[str] | None = None,
 ) -> IngestSummary:
     """Ingest PubMed XML files into the documents table of output ``out`` (see the module docstring).
 
@@ -416,6 +454,13 @@ def ingest_files(
     already (a job run; it is checked before each commit); else this takes it, and records the
     output as a ``biomine ingest`` corpus. ``commit_seconds``: commit at most this often (0: after
     every file).
+
+    ``new_baseline`` says when a new yearly baseline is whole, so that the articles it no longer
+    holds leave the corpus (see the module docstring): True, the inputs of the newest year prefix
+    are NCBI's whole new baseline (``biomine ingest --new-baseline``); the names of every file of
+    the new baseline (a job of a ``pubmed`` source passes the mirror's listing:
+    :func:`listed_baseline`); None (default), the listing of the ``biomine sync`` DEST whose folders
+    the inputs are, if they are one's, else not known; False, not known.
 
     :raises IngestError: see the module docstring.
     :raises StoreError: ``out`` is another job's output, or in use by another run.
@@ -433,9 +478,11 @@ def ingest_files(
         docs.table.remove_orphans()  # a killed writer's leftovers (we hold the lease)
         if pool is None:  # closed before the lease: no worker of ours writes after it is released
             pool = stack.enter_context(LocalPool(min(workers, max(1, len(files)))))
-        todo, summary = _plan(docs, files, pool)
+        last = _last_applied(docs)
+        todo, summary = _plan(docs, files, pool, last)
         if todo:
-            _apply_all(docs, todo, pool, now(), progress, commit_seconds, summary, lease, shard_rows)
+            _apply_all(docs, todo, pool, now(), progress, commit_seconds, summary, lease, shard_rows, last)
+        _replace_older_baselines(docs, files, new_baseline, last, summary, lease)
         summary.rows = docs.count()
     return summary
 
@@ -444,11 +491,16 @@ def ingest_files(
 INGEST_OWNER = {"name": "biomine ingest", "source": {"kind": "ingest"}}
 
 
-def _plan(docs: Documents, files: list[Location], pool: Pool) -> tuple[list[InputFile], IngestSummary]:
-    """Hash every input (in parallel) and keep the ones whose content is not applied yet."""
+def _plan(
+    docs: Documents, files: list[Location], pool: Pool, last: str | None
+) -> tuple[list[InputFile], IngestSummary]:
+    """Hash every input (in parallel) and keep the ones whose content is not applied yet, less the
+    files of a baseline older than the newest one applied (``last``: the newest input applied)."""
     summary = IngestSummary()
     futures = [pool.submit(checksum, loc) for loc in files]
     applied = docs.inputs_applied()
+    newest_year = baseline_year(last) if last else None
+    superseded: list[str] = []
     seen: set[str] = set()
     todo: list[InputFile] = []
     for future in futures:
@@ -456,6 +508,12 @@ def _plan(docs: Documents, files: list[Location], pool: Pool) -> tuple[list[Inpu
         if source.sha256 in seen or docs.applied(source.sha256):
             summary.skipped += 1
             log.info("%s: its content is applied already (under this or another name): skipped", source.loc)
+            continue
+        year = baseline_year(source.name)
+        if year is not None and newest_year is not None and year < newest_year:
+            # NCBI's newer baseline holds every citation as of its cutoff, this file's records
+            # included: applying it now would let its older records override the newer ones.
+            superseded.append(source.name)
             continue
         seen.add(source.sha256)  # the same content twice in one call applies once, as a re-run would
         position = docs.position(source.name)
@@ -475,6 +533,16 @@ def _plan(docs: Documents, files: list[Location], pool: Pool) -> tuple[list[Inpu
             )
             summary.reissued.append(source.name)
         todo.append(source)
+    if superseded:
+        summary.superseded = len(superseded)
+        log.info(
+            "%d file(s) of an older baseline not applied (%s%s): superseded by the newer baseline already "
+            "applied (up to %s), which holds their records",
+            len(superseded),
+            superseded[0],
+            ", ..." if len(superseded) > 1 else "",
+            last,
+        )
     return todo, summary
 
 
@@ -497,9 +565,10 @@ def _apply_all(
     summary: IngestSummary,
     lease: Lease,
     shard_rows: int,
+    last: str | None,
 ) -> None:
-    """Parse ``todo`` ahead in the pool (a window of ``2 * workers`` files) and apply each in order."""
-    last = _last_applied(docs)
+    """Parse ``todo`` ahead in the pool (a window of ``2 * workers`` files) and apply each in order
+    (``last``: the newest input applied before)."""
     early = [s.name for s in todo if last is not None and s.name < last and s.name not in summary.reissued]
     if early:
         raise IngestError(
@@ -649,3 +718,142 @@ def _apply(txn: DocumentTransaction, parsed: ParsedInput, pool: Pool) -> dict[st
         counts["deleted"],
     )
     return counts
+
+
+# --- a new yearly baseline replaces the previous one ---------------------------------------------------
+_PUBMED_STEM = re.compile(r"pubmed(?P<year>\d{2})n\d{4,}")
+
+
+def listed_baseline(dest: str | Location, waiting: Iterable[str] = ()) -> frozenset[str]:
+    """The names of every file of the newest baseline that the last ``biomine sync`` of ``dest`` saw
+    listed on the mirror (its ``_sync.json``): ``pubmedYYn0001.xml.gz`` up to the newest one, as NCBI
+    numbers a baseline (from 0001, without gaps). Empty when no baseline was listed, or when a file
+    of that baseline is in ``waiting`` (``folder/name`` keys listed without their ``.md5`` yet: the
+    listing is not the whole baseline yet)."""
+    from pipeline.pubmed.sync import read_state
+
+    entry = read_state(dest)["listed"].get("baseline")
+    m = PUBMED_FILE.fullmatch(str(entry.get("newest") or "")) if isinstance(entry, dict) else None
+    if m is None:
+        return frozenset()
+    prefix, digits = m.group("prefix"), m.group("seq")
+    if any(key.startswith(f"baseline/{prefix}") for key in waiting):
+        return frozenset()
+    return frozenset(f"{prefix}{i:0{len(digits)}d}.xml.gz" for i in range(1, int(digits) + 1))
+
+
+def _baseline_files(files: list[Location], new_baseline: bool | Iterable[str] | None) -> frozenset[str]:
+    """The names of every file of the newest baseline, as ``new_baseline`` says (see
+    :func:`ingest_files`); empty when not known."""
+    if isinstance(new_baseline, bool):
+        years = [y for y in (baseline_year(f.name) for f in files) if y is not None]
+        if not new_baseline or not years:
+            return frozenset()
+        return frozenset(f.name for f in files if baseline_year(f.name) == max(years))
+    if new_baseline is not None:
+        return frozenset(new_baseline)
+    from pipeline.pubmed.sync import FOLDERS, STATE
+
+    # inputs from the folders of one `biomine sync` DEST: its state knows the mirror's listing
+    parents = {f.parent.uri: f.parent for f in files if baseline_year(f.name) is not None}
+    dests = {p.parent.uri: p.parent for p in parents.values() if p.name in FOLDERS}
+    synced = [d for d in dests.values() if (d / STATE).exists()]
+    return listed_baseline(synced[0]) if len(synced) == 1 else frozenset()
+
+
+def _replace_older_baselines(
+    docs: Documents,
+    files: list[Location],
+    new_baseline: bool | Iterable[str] | None,
+    last: str | None,
+    summary: IngestSummary,
+    lease: Lease,
+) -> None:
+    """Once every file of a new baseline is applied, remove every live article whose source is a
+    PubMed file of an older baseline, in one commit (see the module docstring).
+
+    It looks at the table, not at what this call applied: a run that stopped between the last file
+    of the baseline and this commit is finished by the next one, even with nothing new to apply.
+    ``last``: the newest input applied before this call (for the warning about a new baseline).
+    """
+    wanted = _baseline_files(files, new_baseline)
+    names = {f.name for f in files}
+    years = {y for y in (baseline_year(n) for n in wanted) if y is not None}
+    year = max(years) if years else None
+    done = sum(1 for n in wanted if n in names and docs.position(n) is not None)
+    if year is not None and done == len(wanted):
+        _drop_older(docs, year, summary, lease)
+        return
+    if wanted:  # the listing is known: the baseline is not whole yet
+        if done:
+            log.info(
+                "the %s baseline: %d of its %d files applied; the articles it no longer holds leave the corpus "
+                "once all are",
+                f"pubmed{year or 0:02d}n",
+                done,
+                len(wanted),
+            )
+        return
+    # Not known: say so once, in the call that starts a newer baseline.
+    before = baseline_year(last) if last else None
+    started = [
+        m
+        for m in (PUBMED_FILE.fullmatch(f.name) for f in files)
+        if m and before is not None and int(m.group("year")) > before and docs.position(m.group(0)) is not None
+    ]
+    if started:
+        log.warning(
+            "%s starts a new baseline (%s): articles of the older baselines that it no longer holds stay live, "
+            "as nothing says when it is whole. Once all its files are applied, ingest again with "
+            "--new-baseline (the inputs of its year are NCBI's whole new baseline), or ingest the folders "
+            'of a `biomine sync` DEST (or run a job with [source] kind = "pubmed"), which know the mirror\'s '
+            "listing",
+            started[0].group(0),
+            started[0].group("prefix"),
+        )
+
+
+def _drop_older(docs: Documents, year: int, summary: IngestSummary, lease: Lease) -> None:
+    """Remove the live articles whose source is a PubMed file of a baseline before ``year``."""
+    candidates: list[str] = []
+    for path, info in docs.files().items():
+        m = _SHARD_BASE.fullmatch(info.base)
+        if m is not None:  # written by ingest: its rows all come from the input its name gives
+            stem = _PUBMED_STEM.fullmatch(m.group("stem"))
+            if stem is None or int(stem.group("year")) >= year:
+                continue
+        candidates.append(path)  # an older baseline's file, or one not named by ingest: read it
+    if not candidates:
+        return
+
+    def older(path: str) -> list[int]:
+        table = docs.read(["pmid", "source"], files=[path])
+        sources = [s for s in pc.unique(table.column("source")).to_pylist() if s is not None]
+        gone = [s for s in sources if (y := baseline_year(s)) is not None and y < year]
+        if not gone:
+            return []
+        return table.filter(pc.is_in(table.column("source"), value_set=pa.array(gone))).column("pmid").to_pylist()
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    prefix = f"pubmed{year:02d}n"
+    with ThreadPoolExecutor(16) as threads:
+        found = dict(zip(candidates, threads.map(older, candidates)))
+    dropped = sum(len(p) for p in found.values())
+    if not dropped:
+        return
+    with docs.transaction() as txn:
+        for path, pmids in found.items():
+            if pmids:
+                txn.remove(path, pmids)
+        lease.check()
+        txn.commit(metadata={"baseline": {"prefix": prefix, "dropped": dropped}})
+    summary.dropped += dropped
+    summary.replaced_by = prefix
+    summary.commits += 1
+    log.info(
+        "the %s baseline is whole and applied: %d article(s) of older baselines that it no longer holds "
+        "left the corpus",
+        prefix,
+        dropped,
+    )

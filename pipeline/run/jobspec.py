@@ -43,6 +43,9 @@ class SourceSpec:
     eutils_url: str | None = None
     paths: list[str] = field(default_factory=list)
     shard_size: int = 5000
+    #: kind = "files": the paths' files of the newest baseline year are NCBI's whole new baseline, so
+    #: once they are applied the articles it no longer holds leave the corpus (:mod:`pipeline.pubmed.ingest`).
+    new_baseline: bool = False
     #: kind = "pubmed": where the synced raw files are kept, the mirror (None: $BIOMINE_PUBMED_MIRROR,
     #: else NCBI's), plain http allowed, downloads at once (:mod:`pipeline.pubmed.sync`).
     dest: str | None = None
@@ -88,6 +91,7 @@ _ALLOWED = {
         "eutils_url",
         "paths",
         "shard_size",
+        "new_baseline",
         "dest",
         "mirror",
         "allow_http",
@@ -309,6 +313,10 @@ def parse_job_partly(
                     problems.append(f'[source] {key}: only for kind = "pubmed"')
         elif "paths" in src:
             problems.append('[source] paths: only for kind = "files" (a pubmed job ingests what it syncs into dest)')
+        if kind != "files" and "new_baseline" in src:
+            problems.append(
+                '[source] new_baseline: only for kind = "files" (a pubmed job knows the baseline from the mirror)'
+            )
         dest = _typed(src, "dest", str, "[source]", problems)
         values = {
             key: _typed(src, key, str, "[source]", problems) for key in ("query", "email", "api_key", "eutils_url")
@@ -319,6 +327,7 @@ def parse_job_partly(
             maxdate=str(src["maxdate"]) if "maxdate" in src else None,
             max=_typed(src, "max", int, "[source]", problems, positive=True),
             shard_size=_typed(src, "shard_size", int, "[source]", problems, positive=True) or 5000,
+            new_baseline=_typed(src, "new_baseline", bool, "[source]", problems) or False,
             paths=[_resolve(p, base_dir) for p in paths if isinstance(p, str)] if isinstance(paths, list) else [],
             dest=_resolve(dest, base_dir) if dest else None,
             mirror=_typed(src, "mirror", str, "[source]", problems),

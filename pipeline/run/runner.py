@@ -79,15 +79,31 @@ def _bar(progress: bool) -> bool | None:
     return None if progress else False
 
 
-def _ingest_step(paths: list[str], output: JobOutput, shard_rows: int, progress: bool, lease: Lease) -> dict[str, Any]:
+def _ingest_step(
+    paths: list[str],
+    output: JobOutput,
+    shard_rows: int,
+    progress: bool,
+    lease: Lease,
+    new_baseline: bool | frozenset[str] | None = None,
+) -> dict[str, Any]:
     """Ingest the source files into the output's documents: this process applies and commits, Ray
-    tasks on every node hash and parse (one per file), under the run's lease."""
+    tasks on every node hash and parse (one per file), under the run's lease. ``new_baseline``: what
+    says a new yearly baseline is whole (:func:`pipeline.pubmed.ingest.ingest_files`)."""
     import ray
 
     from pipeline.pubmed.ingest import ingest_files
 
     workers = int(ray.cluster_resources().get("CPU", 1))
-    s = ingest_files(paths, output, shard_rows=shard_rows, progress=_bar(progress), lease=lease, pool=RayPool(workers))
+    s = ingest_files(
+        paths,
+        output,
+        shard_rows=shard_rows,
+        progress=_bar(progress),
+        lease=lease,
+        pool=RayPool(workers),
+        new_baseline=new_baseline,
+    )
     return {
         "kind": "files",
         "files": s.files,
@@ -96,6 +112,10 @@ def _ingest_step(paths: list[str], output: JobOutput, shard_rows: int, progress:
         "added": s.added,
         "replaced": s.replaced,
         "deleted": s.deleted,
+        # articles a whole new baseline no longer holds, removed (older baselines' rows), and files of
+        # an older baseline not applied (the newer one holds them)
+        "dropped": s.dropped,
+        "superseded": s.superseded,
         "removed": s.tombstoned,
         "files_written": s.shards,
         "files_rewritten": s.rewritten,
@@ -116,6 +136,7 @@ def _sync_step(spec: JobSpec, output: JobOutput, progress: bool, lease: Lease) -
     mirror, holds DEST's lease and alone writes ``DEST/_sync.json``; so on a multi-node cluster DEST
     is on object storage or a filesystem every node mounts (a local DEST a node does not share is
     refused, naming the file)."""
+    from pipeline.pubmed.ingest import listed_baseline
     from pipeline.pubmed.sync import TASK_CPUS, sync, verified_files
 
     src = spec.source
@@ -135,7 +156,9 @@ def _sync_step(spec: JobSpec, output: JobOutput, progress: bool, lease: Lease) -
     files = verified_files(src.dest, before=gap)
     if not files:
         raise SyncError(f"{src.dest} holds no verified PubMed file to ingest yet; check the mirror", setting="mirror")
-    step = _ingest_step([f.uri for f in files], output, src.shard_size, progress, lease)
+    # the mirror's listing says when a new baseline is whole (not while a file of it has no .md5 yet)
+    baseline = listed_baseline(src.dest, waiting=s.waiting)
+    step = _ingest_step([f.uri for f in files], output, src.shard_size, progress, lease, new_baseline=baseline)
     step["sync"] = {
         "downloaded": len(s.downloaded),
         "bytes": s.bytes,
@@ -271,7 +294,14 @@ def _stages(plan: RunPlan, output: JobOutput, lease: Lease, progress: bool, mani
     assert place is not None
     t = time.perf_counter()
     if spec.source.kind == "files":
-        documents = _ingest_step(spec.source.paths, output, spec.source.shard_size, progress, lease)
+        documents = _ingest_step(
+            spec.source.paths,
+            output,
+            spec.source.shard_size,
+            progress,
+            lease,
+            new_baseline=True if spec.source.new_baseline else None,  # None: a sync DEST's listing, if any
+        )
     elif spec.source.kind == "pubmed":
         documents = _sync_step(spec, output, progress, lease)
     else:

@@ -128,7 +128,7 @@ def _stages(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for name, s in (record.get("stages") or {}).items():
         keys: tuple[str, ...]
         if name == "documents":
-            keys = ("kind", "files", "files_skipped", "added", "replaced", "deleted", "documents", "live")
+            keys = ("kind", "files", "files_skipped", "added", "replaced", "deleted", "dropped", "documents", "live")
         elif name == "kb":
             keys = ("edges",)
         else:
@@ -313,6 +313,7 @@ def format_status(s: OutputStatus) -> str:
                 lines.append(
                     f"  documents  {st.get('files', 0)} input file(s) applied ({st.get('files_skipped', 0)} already "
                     f"held): {st.get('added', 0)} new, {st.get('replaced', 0)} revised, {st.get('deleted', 0)} deleted"
+                    + (f", {st['dropped']} dropped (not in the new baseline)" if st.get("dropped") else "")
                     if st.get("kind") == "files"
                     else f"  documents  {st.get('documents', 0)} fetched"
                 )
