@@ -660,5 +660,12 @@ def test_a_sync_dests_listing_says_when_the_new_baseline_is_whole(tmp_path, monk
         assert main([*ingest, "--no-progress"]) == 0
     assert "2 dropped (not in the pubmed27n baseline)" in capsys.readouterr().out
     assert sorted(read_articles(out, ["pmid"]).column("pmid").to_pylist()) == [1, 2, 3, 5, 6, 7, 8, 9, 10, 12]
-    # a listed file without its .md5 yet (NCBI still uploading): the listing is not the whole baseline
+    # a listed file without its .md5 yet (NCBI still uploading): the listing is not the whole baseline,
+    # whether the caller passes the sync's waiting list (a job) or reads the state alone (`biomine ingest`)
     assert listed_baseline(dest, waiting=["baseline/pubmed27n0003.xml.gz"]) == frozenset()
+    with FakeNcbi() as ncbi:
+        ncbi.add("baseline", "pubmed27n0001.xml.gz", pubmed_file([1, 2, 3, 5, 6]))
+        ncbi.add("baseline", "pubmed27n0002.xml.gz", pubmed_file([7, 8, 9, 10, 12]))
+        ncbi.add("baseline", "pubmed27n0003.xml.gz", pubmed_file([13]), md5=False)
+        sync(dest, ncbi.url, allow_http=True, progress=False)
+    assert listed_baseline(dest) == frozenset()

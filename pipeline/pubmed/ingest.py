@@ -728,14 +728,16 @@ def listed_baseline(dest: str | Location, waiting: Iterable[str] = ()) -> frozen
     """The names of every file of the newest baseline that the last ``biomine sync`` of ``dest`` saw
     listed on the mirror (its ``_sync.json``): ``pubmedYYn0001.xml.gz`` up to the newest one, as NCBI
     numbers a baseline (from 0001, without gaps). Empty when no baseline was listed, or when a file
-    of that baseline is in ``waiting`` (``folder/name`` keys listed without their ``.md5`` yet: the
-    listing is not the whole baseline yet)."""
+    of that baseline is in ``waiting`` or in the state's own list of files listed without their
+    ``.md5`` yet (``folder/name`` keys: the listing is not the whole baseline yet)."""
     from pipeline.pubmed.sync import read_state
 
     entry = read_state(dest)["listed"].get("baseline")
     m = PUBMED_FILE.fullmatch(str(entry.get("newest") or "")) if isinstance(entry, dict) else None
     if m is None:
         return frozenset()
+    assert isinstance(entry, dict)
+    waiting = [*waiting, *(f"baseline/{name}" for name in entry.get("waiting") or ())]
     prefix, digits = m.group("prefix"), m.group("seq")
     if any(key.startswith(f"baseline/{prefix}") for key in waiting):
         return frozenset()

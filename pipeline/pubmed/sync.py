@@ -412,7 +412,14 @@ def sync(
             names, waiting = listing(base, folder, _staging(root), attempts, timeout)
             summary.waiting += [f"{folder}/{n}" for n in waiting]
             if names:
-                state["listed"][folder] = {"newest": names[-1], "files": len(names), "checked": _now()}
+                # `waiting`: listed without their .md5 yet (still uploading): a reader of the state alone
+                # (`biomine ingest` of DEST) must not take the listing for a whole baseline while one is
+                state["listed"][folder] = {
+                    "newest": names[-1],
+                    "files": len(names),
+                    "waiting": waiting,
+                    "checked": _now(),
+                }
             summary.listed += len(names)
             present = set((root / folder).files())  # one listing, not a request per file
             for name in names:
