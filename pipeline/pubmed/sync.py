@@ -36,7 +36,7 @@ Contract (what ``biomine sync DEST`` promises):
 - **The mirror's state is recorded** in ``DEST/_sync.json`` (:data:`STATE`) by the process that runs
   the sync alone (one writer; a download only returns its record), rewritten after every verified
   file: per file (``baseline/NAME``) its size, md5, sha256, the host that fetched it and when it was
-  verified, and per folder the newest file the mirror listed at the last sync. A killed sync
+  verified, and per folder the newest file the mirror listed at the last sync (and those listed without a ``.md5`` yet). A killed sync
   resumes (verified files stay verified; partial downloads continue); a re-run downloads nothing
   and fetches no ``.md5``; a file found in DEST but not recorded (a sync killed between publishing
   and recording it), or found whole in staging (killed before publishing it), is checked against
