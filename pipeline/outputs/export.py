@@ -27,16 +27,16 @@ Contract:
   Written with the ``bioc`` package (its JSON and XML encoders, one document at a time).
 - Labels (``OUT/labels``, its ``ok`` rows, by label): document infons ``labels`` (the labels joined
   by ``|``, the HoC layout), and per label ``label:LABEL:score`` (its probability) and
-  ``label:LABEL:model_id``; a label with an evidence span (the HoC
-  sentence, or a sequence classifier's best window) is also an annotation ``L1``, ``L2``, ... at that
-  span in the passage holding it (infons ``type`` = the label, ``task`` = ``classify``, ``score``,
+  ``label:LABEL:model_id``; a label with an evidence span (the HoC sentence, or a sequence
+  classifier's best window) is also an annotation ``L1``, ``L2``, ... at that span in the passage
+  holding it (infons ``type`` = the label, ``task`` = ``classify``, ``score``,
   ``sentences``, ``model_id``), one per passage when a window spans title and abstract.
 - Answers (``OUT/answers``, every row, by ``question_id``): document infons ``question_ids`` (the
   question ids joined by ``|``) and per question ``qa:QUESTION_ID:question``, ``qa:QUESTION_ID:answer``
   (yes / no / maybe), ``qa:QUESTION_ID:status`` (the parse status: ``ok``, ``unparsed``,
   ``other_answer``, ``skipped``), ``qa:QUESTION_ID:reason``, ``qa:QUESTION_ID:logprob`` (the
-  answer's log-probability) and ``qa:QUESTION_ID:model_id``. Keys are keyed by the question id, so
-  several questions of one article never collide; a key's field is the text after its last ``:``.
+  answer's log-probability) and ``qa:QUESTION_ID:model_id``: keyed by the question id, so several
+  questions of one article never collide; a key's field is the text after its last ``:``.
 - Infons are strings; a null value is left out (an unlinked mention has no ``identifier``, an
   unparsed answer no ``qa:...:answer``).
 
@@ -114,7 +114,7 @@ class Article(NamedTuple):
 _ROWS = {
     "entities": 'SELECT * FROM entities ORDER BY pmid, version, start, "end"',
     "relations": "SELECT * FROM relations WHERE parse_status = 'ok' ORDER BY pmid, version",
-    "labels": "SELECT pmid, version, label, score, evidence_start, evidence_end, evidence_text, sentences, model_id "
+    "labels": "SELECT pmid, version, label, score, evidence_start, evidence_end, sentences, model_id "
     "FROM labels WHERE parse_status = 'ok' ORDER BY pmid, version, label",
     "answers": "SELECT pmid, version, question_id, question, answer, parse_status, reason, answer_logprob, model_id "
     "FROM answers ORDER BY pmid, version, question_id",
@@ -132,7 +132,7 @@ def documents(out) -> Iterator[Article]:
     tables = {name: _Merged(_grouped(_rows(out, sql))) for name, sql in _ROWS.items() if name in views}
     for doc in docs:
         key = (doc["pmid"], doc["version"])
-        yield Article(doc, *(tables[name].take(key) if name in tables else [] for name in _ROWS))
+        yield Article(doc, **{name: tables[name].take(key) if name in tables else [] for name in _ROWS})
 
 
 def _pubtator(article: Article) -> str:
