@@ -21,11 +21,15 @@ and builds the label rows. This times exactly that call, and transformers on the
   reported  one row per case (the --json schema of bench_generation.py): units/s of each and the
             ratio; windows; the largest |probability difference| between the task's
             window_probabilities and transformers' (the same weights, so only the arithmetic
-            differs) and whether the labels at >= 0.5 agree
+            differs) and whether the labels at >= 0.5 agree, in the run's dtype and again after
+            both models are upcast to float32 (fp32_max_abs_prob_diff, fp32_sets_agree)
+  --check   exit 1 unless the float32 probabilities agree within --atol (label sets are reported,
+            not required equal: on random weights a probability near 0.5 can flip)
 
     python benchmarks/bench_classify.py                 # GPU: BioGPT-base, 512 abstracts, bf16
     python benchmarks/bench_classify.py --docs 2048 --batch-size 128 --json classify.json
     python benchmarks/bench_classify.py --quick         # tiny model on CPU: a smoke run (seconds)
+    python benchmarks/bench_classify.py --device cuda --dtype bfloat16 --check   # as gpu_proof.sh runs it
 """
 
 from __future__ import annotations
@@ -73,8 +77,21 @@ def parse_args(argv):
     p.add_argument("--hf-attn", choices=["sdpa", "eager"], default="sdpa", help="transformers' attention")
     p.add_argument("--repeat", type=int, default=None, help="timed runs per case (default 3)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--check", action="store_true", help="exit 1 unless the float32 probabilities agree within --atol")
+    # bench_ner's float32 logit tolerance (1e-3) through the sigmoid, whose slope is at most 1/4.
+    p.add_argument(
+        "--atol", type=float, default=2.5e-4, help="float32 probability tolerance for --check (default 2.5e-4)"
+    )
     p.add_argument("--json", help="also write the rows as JSON to this file")
     return p.parse_args(argv)
+
+
+def compare(ours: list[list[float]], theirs: list[list[float]]) -> tuple[int, float]:
+    """How many windows get the same label set (probability >= 0.5) from both, and the largest
+    |probability difference|."""
+    diff = max((abs(a - b) for pa, pb in zip(ours, theirs) for a, b in zip(pa, pb)), default=0.0)
+    same = sum([a >= 0.5 for a in pa] == [b >= 0.5 for b in pb] for pa, pb in zip(ours, theirs))
+    return same, diff
 
 
 def main(argv=None) -> int:
@@ -151,6 +168,7 @@ def main(argv=None) -> int:
             ("sentences", "sentences/s", [None] * len(units), units),
             ("documents", "documents/s", titles, abstracts),
         ]
+        case_windows: list[list[list[int]]] = []
         for case, metric, case_titles, case_abstracts in cases:
             n = len(case_abstracts)
             docs = {"pmid": list(range(1, n + 1)), "version": [1] * n, "title": case_titles, "abstract": case_abstracts}
@@ -159,9 +177,8 @@ def main(argv=None) -> int:
             (t_us, t_hf), (_, hf_probs) = median_seconds_paired(
                 [lambda: task(prepared), lambda: hf_probabilities(windows)], repeat, sync
             )
-            ours = task.window_probabilities(windows)
-            diff = max(abs(a - b) for pa, pb in zip(ours, hf_probs) for a, b in zip(pa, pb))
-            same = sum([a >= 0.5 for a in pa] == [b >= 0.5 for b in pb] for pa, pb in zip(ours, hf_probs))
+            case_windows.append(windows)
+            same, diff = compare(task.window_probabilities(windows), hf_probs)
             rows.append(
                 make_row(
                     f"classify {case}",
@@ -181,8 +198,24 @@ def main(argv=None) -> int:
                     max_abs_prob_diff=diff,
                 )
             )
+        # The same weights in float32 on both sides: what is left is each side's arithmetic.
+        task.classifier.float()
+        hf.float()
+        worst = 0.0
+        for row, windows in zip(rows, case_windows):
+            same, diff = compare(task.window_probabilities(windows), hf_probabilities(windows))
+            row.update(fp32_sets_agree=[same, len(windows)], fp32_max_abs_prob_diff=diff)
+            worst = max(worst, diff)
+            print(
+                f"float32 check {row['case']}: label sets agree {same}/{len(windows)}, max |dprob| {diff:.2e} "
+                f"(--atol {args.atol:g})",
+                flush=True,
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    if args.check and not worst <= args.atol:
+        print(f"--check: float32 probabilities differ by up to {worst:.2e} > --atol {args.atol:g}", file=sys.stderr)
+        return 1
     return 0
 
 

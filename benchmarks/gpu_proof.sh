@@ -15,7 +15,8 @@
 # Steps (full mode: one CUDA GPU; BioGPT-base sizes on random weights unless named; bf16; transformers
 # with SDPA attention; both implementations timed in the same process, on the same inputs):
 #   env            versions, nvidia-smi, CUDA visible (else every later step is skipped); installs the
-#                  packages the device image lacks (sacremoses, fastBPE) from $WHEELS, without network
+#                  packages the device image lacks (sacremoses, fastBPE) from $WHEELS, without network;
+#                  fails when pyarrow is missing (the RE gpu test and the classify step use pipeline/tasks)
 #   pytest-gpu     python -m pytest -m gpu over the test files that mark tests gpu (not all of tests/:
 #                  the Ray, DuckDB and Biopython test files cannot be collected where Ray is absent)
 #   gen            bench_generation.py: prefill 64x512; greedy b=1 and b=128 (prompt 256, 64 new);
@@ -24,6 +25,11 @@
 #                  equal transformers' (in bf16 they drift apart on near-ties, so gen only counts them)
 #   ner            bench_ner.py --check: NER token-classification forward, 64 abstracts of 200-500
 #                  tokens, abstracts/s; label ids and float32 logits compared with transformers'
+#   classify       bench_classify.py --check: the classify task's sequence-classifier path (11 HoC
+#                  labels, sigmoid) on 512 synthetic abstracts, sentences/s (each sentence a document,
+#                  HoC's unit) and documents/s (title + abstract, windowed) against transformers'
+#                  BioGptForSequenceClassification on the same weights and windows; label sets and
+#                  float32 probabilities compared
 #   large-prefill  bench_generation.py --config large --cases prefill: BioGPT-Large, 64x512
 #   gen-compile    the gen step with --compile (torch.compile inside the CUDA graphs); last, since
 #                  compiling is the likeliest to run long
@@ -80,7 +86,7 @@ while (($#)); do
     shift
 done
 
-STEP_NAMES=" env pytest-gpu gen gen-ids-fp32 ner large-prefill gen-compile "
+STEP_NAMES=" env pytest-gpu gen gen-ids-fp32 ner classify large-prefill gen-compile "
 for name in ${ONLY//,/ }; do
     [[ $STEP_NAMES == *" $name "* ]] || { echo "gpu_proof.sh: no step $name; steps:$STEP_NAMES" >&2; exit 2; }
 done
@@ -121,7 +127,7 @@ env_step() {
     "$PYTHON" - "$WORK/env.txt" <<'PY' || rc=1
 import importlib, importlib.metadata, platform, sys
 parts, missing = [f"python {platform.python_version()}"], []
-for name in ("torch", "transformers", "safetensors", "sacremoses", "fastBPE", "pytest"):
+for name in ("torch", "transformers", "safetensors", "pyarrow", "sacremoses", "fastBPE", "pytest"):
     try:
         module = importlib.import_module(name)
         try:
@@ -157,6 +163,7 @@ if [[ $MODE == dry-run ]]; then
     GEN=(--quick)
     IDS=(--quick --dtype float32 --cases greedy --greedy "1,4" --check-ids)
     NER=(--quick --check)
+    CLASSIFY=(--quick --docs 8 --repeat 1 --check)
     LARGE=(--quick --cases prefill)  # a CPU cannot build BioGPT-Large in a dry run's time: the tiny model
     COMPILE=(--quick --compile --cases greedy --greedy 1)  # one case: compiling on CPU takes ~30 s cold
 else
@@ -165,6 +172,7 @@ else
     GEN=(--greedy "1,128")
     IDS=(--dtype float32 --cases greedy --greedy "1,8" --new-tokens 32 --repeat 1 --check-ids)
     NER=(--check)
+    CLASSIFY=(--device cuda --dtype bfloat16 --check)
     LARGE=(--config large --cases prefill)
     COMPILE=(--compile --greedy "1,128")
 fi
@@ -233,6 +241,9 @@ fi
 step gen "$(t 150 120)" "$PYTHON" "$gen_py" "${GEN[@]}" --json "$WORK/gen.json"
 step gen-ids-fp32 "$(t 60 120)" "$PYTHON" "$gen_py" "${IDS[@]}" --json "$WORK/gen-ids-fp32.json"
 step ner "$(t 60 120)" "$PYTHON" benchmarks/bench_ner.py "${NER[@]}" --json "$WORK/ner.json"
+# classify: a BioGPT-base checkpoint written and loaded twice, 512 abstracts and their sentences
+# tokenised on the CPU, then short bf16 forward passes; 75 s is a cap, not an estimate of its length.
+step classify "$(t 75 120)" "$PYTHON" benchmarks/bench_classify.py "${CLASSIFY[@]}" --json "$WORK/classify.json"
 step large-prefill "$(t 90 120)" "$PYTHON" "$gen_py" "${LARGE[@]}" --json "$WORK/large-prefill.json"
 step gen-compile "$(t 210 150)" "$PYTHON" "$gen_py" "${COMPILE[@]}" --json "$WORK/gen-compile.json"
 ((LIST)) && exit 0
@@ -266,7 +277,8 @@ def verdict(step, row):
 
 def ids(row):
     parts = []
-    for key, label in (("ids_agree", ""), ("fp32_ids_agree", "fp32 ")):
+    for key, label in (("ids_agree", ""), ("fp32_ids_agree", "fp32 "), ("sets_agree", "sets "),
+                       ("fp32_sets_agree", "fp32 sets ")):
         if key in row:
             same, total = row[key]
             parts.append(f"{label}{same}/{total}{' identical' if same == total else ' DIFFER'}")
@@ -290,12 +302,12 @@ for s in steps:
     lines.append(f"{s['step']:<14} {s['status']:<24} {s['rc']:>4} {s['seconds']:>5}  {s['command']}")
     if s.get("result"):
         lines.append(f"{'':<14} pytest: {s['result']}")
-lines += ["", f"{'step':<14} {'case':<13} {'metric':<13} {'transformers':>12} {'biogpt':>12} {'ratio':>7}  "
+lines += ["", f"{'step':<14} {'case':<18} {'metric':<13} {'transformers':>12} {'biogpt':>12} {'ratio':>7}  "
               f"{'goal':<14} {'verdict':<14} ids"]
 for r in rows:
-    lines.append(f"{r['step']:<14} {r['case']:<13} {r['metric']:<13} {r['transformers']:>12,.1f} {r['biogpt']:>12,.1f} "
+    lines.append(f"{r['step']:<14} {r['case']:<18} {r['metric']:<13} {r['transformers']:>12,.1f} {r['biogpt']:>12,.1f} "
                  f"{r['ratio']:>6.2f}x  {r['goal']:<14} {r['verdict']:<14} {r['ids']}")
-lines += ["", "notes (the benchmarks' own):"] + [f"  {r['step']:<14} {r['case']:<13} {r['note']}" for r in rows]
+lines += ["", "notes (the benchmarks' own):"] + [f"  {r['step']:<14} {r['case']:<18} {r['note']}" for r in rows]
 (out / "summary.txt").write_text("\n".join(lines) + "\n")
 (out / "results.json").write_text(json.dumps(dict(mode=mode, env=env, steps=steps, rows=rows), indent=2) + "\n")
 PY

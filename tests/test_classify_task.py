@@ -282,6 +282,27 @@ def test_classify_runs_next_to_summarize_in_one_ray_job(tmp_path, ray_local):
         f.stem for f in Documents(out / "documents").files().values()
     )
 
+    # BioC export: each label's evidence is an annotation at its sentence, in the passage holding it
+    from bioc import biocxml
+
+    dest = tmp_path / "labels.bioc.xml"
+    assert main(["export", str(out), "--format", "bioc-xml", "--out", str(dest), "--no-progress"]) == 0
+    with open(dest, encoding="utf-8") as f:
+        exported = {int(d.id): d for d in biocxml.load(f).documents}
+    for pmid, want in by_pmid.items():
+        doc = exported[pmid]
+        assert set(doc.infons["labels"].split("|")) == want
+        rows = [r for r in labels.to_pylist() if r["pmid"] == pmid]
+        shown = {
+            (a.infons["type"], a.total_span.offset, a.total_span.end, a.text)
+            for p in doc.passages
+            for a in p.annotations
+        }
+        assert shown == {(r["label"], r["evidence_start"], r["evidence_end"], r["evidence_text"]) for r in rows}
+        for r in rows:
+            assert math.isclose(float(doc.infons[f"label:{r['label']}:score"]), r["score"])
+    assert "labels" not in exported[2].infons and "labels" not in exported[4].infons
+
 
 # --- a sequence classifier ------------------------------------------------------------------------
 

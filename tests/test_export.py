@@ -1,5 +1,7 @@
 """`biomine export`: PubTator, BioC JSON and BioC XML of a job's output, read back with the bioc
-package (and biomine's PubTator reader)."""
+package (and biomine's PubTator reader): entities, relations, and in BioC the document labels
+(``classify``) and answers (``qa``), whose rows are built by the tasks' own row builders and
+committed as the pipeline's stage commits them."""
 
 from __future__ import annotations
 
@@ -9,8 +11,12 @@ import pytest
 from test_kb_query import commit_documents, commit_output
 
 from pipeline.cli import main
+from pipeline.tasks.base import article_text
+from pipeline.tasks.classify import document_rows, sentences
+from pipeline.tasks.hoc_labels import LabelParse, parse_labels
 from pipeline.tasks.pubtator import read_pubtator
-from schemas import entities, relations
+from pipeline.tasks.qa import NO_ABSTRACT, NOT_A_QUESTION, parse_answer, question_for
+from schemas import answers, entities, labels, relations
 
 TITLE = "Warfarin and aspirin."
 ABSTRACT = "Aspirin (ASA) potentiates warfarin.\nBleeding followed."
@@ -206,3 +212,188 @@ def test_export_holds_the_live_articles_only(job_out, tmp_path):
     assert main(["export", str(job_out), "--format", "pubtator", "--out", str(dest), "--no-progress"]) == 0
     docs_out = {d.pmid: d for d in read_pubtator(dest)}
     assert set(docs_out) == {"2"} and not docs_out["2"].mentions
+
+
+# --- labels and answers (BioC only) -----------------------------------------------------------------
+
+INFLAMMATION, ANGIOGENESIS = "tumor promoting inflammation", "inducing angiogenesis"
+QUESTION = "Does aspirin potentiate warfarin?"
+
+
+def hoc_rows(pmid: int, title: str, abstract: str | None, generations: list[str], logprobs: list) -> list[dict]:
+    """The label rows the ``classify`` task gives one article from its sentences' generations."""
+    return document_rows(
+        [parse_labels(g) for g in generations],
+        logprobs,
+        sentences(title, abstract),
+        generations,
+        text=article_text(title, abstract),
+        pmid=pmid,
+        version=1,
+        model_id="dc-hoc",
+    )
+
+
+def answer_row(pmid: int, question_id: str, question: str, title: str, abstract: str | None, generation: str | None):
+    """The answer row the ``qa`` task gives one article (its `skipped` rule, its parser)."""
+    asked, skip = question_for(question, title)
+    skip = skip or ("" if abstract else NO_ABSTRACT)
+    row = {"pmid": pmid, "version": 1, "question_id": question_id, "question": asked, "model_id": "qa-pubmedqa"}
+    if skip:
+        return {**row, "parse_status": "skipped", "reason": skip}
+    assert generation is not None
+    answer, status, reason = parse_answer(generation, ["learned1"])
+    logprob = -0.25 if answer else None  # the sum of the answer tokens' log-probabilities
+    return {
+        **row,
+        "answer": answer,
+        "parse_status": status,
+        "reason": reason,
+        "raw_generation": generation,
+        "answer_logprob": logprob,
+        "input_truncated": False,
+    }
+
+
+def add_task_rows(job_out):
+    """Commit into ``job_out`` the labels of a HoC prompt model and the answers of two questions."""
+    hoc = "the type of this document is "
+    commit_output(
+        job_out,
+        "labels",
+        labels.cast_batch(
+            hoc_rows(
+                1,
+                TITLE,
+                ABSTRACT,
+                # the title: no answer sentence (unparsed: not exported); the abstract's sentences
+                ["the answer is no.", f"{hoc}{INFLAMMATION}|{ANGIOGENESIS}.", f"{hoc}{ANGIOGENESIS}."],
+                [None, [-0.1, -2.0], [-0.5]],
+            )
+            + hoc_rows(2, "No entities here.", None, [f"{hoc}empty."], [[-0.01]])  # empty: no row
+        ),
+    )
+    rows = []
+    for pmid, title, abstract in ((1, TITLE, ABSTRACT), (2, "No entities here.", None)):
+        target = "the answer to the question given the context is yes."
+        rows.append(answer_row(pmid, "q1", QUESTION, title, abstract, target))
+        rows.append(answer_row(pmid, "title", "{title}", title, abstract, target))
+    commit_output(job_out, "answers", answers.cast_batch(rows))
+
+
+@pytest.fixture
+def task_out(job_out):
+    add_task_rows(job_out)
+    return job_out
+
+
+def load_bioc(path, fmt: str):
+    from bioc import biocjson, biocxml
+    from bioc.validator import BioCValidator
+
+    with open(path, encoding="utf-8") as f:
+        collection = (biocjson if fmt == "bioc-json" else biocxml).load(f)
+    BioCValidator().validate(collection)  # every annotation's text is its passage's text at its offsets
+    return collection
+
+
+@pytest.mark.parametrize("fmt", ["bioc-json", "bioc-xml"])
+def test_bioc_export_carries_labels_and_answers(task_out, tmp_path, fmt):
+    import math
+
+    dest = tmp_path / f"export.{fmt}"
+    assert main(["export", str(task_out), "--format", fmt, "--out", str(dest), "--no-progress"]) == 0
+    doc1, doc2 = load_bioc(dest, fmt).documents
+    # labels: the union of the sentences' labels, by label; the unparsed title sentence is left out
+    assert doc1.infons["labels"] == f"{ANGIOGENESIS}|{INFLAMMATION}"
+    assert math.isclose(float(doc1.infons[f"label:{ANGIOGENESIS}:score"]), math.exp(-0.5))
+    assert math.isclose(float(doc1.infons[f"label:{INFLAMMATION}:score"]), math.exp(-0.1))
+    assert doc1.infons[f"label:{INFLAMMATION}:model_id"] == "dc-hoc"
+    title, abstract = doc1.passages
+    assert [a.id for a in title.annotations] == ["T1", "T2"]  # entities only: no label's evidence is the title
+    found = [(a.id, a.infons["type"], a.total_span.offset, a.text) for a in abstract.annotations if a.id[0] == "L"]
+    first, second = ABSTRACT.split("\n")
+    # each label's best sentence (angiogenesis: the second, likelier than in the first), by offset
+    # into title + " " + abstract, as the entity annotations
+    assert found == [
+        ("L1", ANGIOGENESIS, TEXT.index(second), second),
+        ("L2", INFLAMMATION, len(TITLE) + 1, first),
+    ]
+    angiogenesis = next(a for a in abstract.annotations if a.id == "L1")
+    assert (angiogenesis.infons["task"], angiogenesis.infons["sentences"], angiogenesis.infons["model_id"]) == (
+        "classify",
+        "2",  # both abstract sentences name it
+        "dc-hoc",
+    )
+    assert angiogenesis.total_span.length == len(second)
+    assert "labels" not in doc2.infons and not any(k.startswith("label:") for k in doc2.infons)
+
+    # answers: keyed by question id, so two questions of one article do not collide
+    assert doc1.infons["question_ids"] == "q1|title"
+    assert {k: v for k, v in doc1.infons.items() if k.startswith("qa:q1:")} == {
+        "qa:q1:question": QUESTION,
+        "qa:q1:answer": "yes",
+        "qa:q1:status": "ok",
+        "qa:q1:logprob": "-0.25",
+        "qa:q1:model_id": "qa-pubmedqa",
+    }
+    assert {k: v for k, v in doc1.infons.items() if k.startswith("qa:title:")} == {
+        "qa:title:question": TITLE,  # not a question: recorded, not asked
+        "qa:title:status": "skipped",
+        "qa:title:reason": NOT_A_QUESTION,
+        "qa:title:model_id": "qa-pubmedqa",
+    }
+    assert (doc2.infons["qa:q1:status"], doc2.infons["qa:q1:reason"]) == ("skipped", NO_ABSTRACT)
+    assert "qa:q1:answer" not in doc2.infons
+    assert doc1.infons["version"] == "1"
+
+
+def test_pubtator_export_has_no_place_for_labels_and_answers(job_out, tmp_path):
+    """PubTator lines are title, abstract, mentions and relations: labels and answers are left out,
+    and the file is the same as before the output had them."""
+    before, after = tmp_path / "before.pubtator", tmp_path / "after.pubtator"
+    assert main(["export", str(job_out), "--format", "pubtator", "--out", str(before), "--no-progress"]) == 0
+    add_task_rows(job_out)
+    assert main(["export", str(job_out), "--format", "pubtator", "--out", str(after), "--no-progress"]) == 0
+    assert after.read_bytes() == before.read_bytes()
+    assert ANGIOGENESIS not in after.read_text() and [d.pmid for d in read_pubtator(after)] == ["1", "2"]
+
+
+def test_a_window_spanning_title_and_abstract_is_one_annotation_per_passage(tmp_path):
+    """A sequence classifier's best window may run from the title into the abstract: its evidence
+    is an annotation in each passage (BioC annotation text is its passage's text at its offsets)."""
+    title, abstract = "Tumour cells invaded.", "Vessels grew in every tumour."
+    text = article_text(title, abstract)
+    out = tmp_path / "out"
+    commit_documents(
+        out,
+        [
+            {
+                "pmid": 9,
+                "version": 1,
+                "record_type": "article",
+                "title": title,
+                "abstract": abstract,
+                "has_abstract": True,
+            }
+        ],
+    )
+    # two windows: the second, from "invaded." into the abstract, is the likelier one
+    windows = [(0, 12), (13, len(text))]
+    parses = [LabelParse("ok", (INFLAMMATION,), (INFLAMMATION,)), LabelParse("ok", (ANGIOGENESIS,), (ANGIOGENESIS,))]
+    rows = document_rows(parses, [[-1.0], [-0.2]], windows, [None, None], text=text, pmid=9, version=1, model_id="clf")
+    for row in rows:  # as the task gives a sequence classifier's rows
+        row["sentences"] = None
+    commit_output(out, "labels", labels.cast_batch(rows))
+    dest = tmp_path / "x.bioc.xml"
+    assert main(["export", str(out), "--format", "bioc-xml", "--out", str(dest), "--no-progress"]) == 0
+    (doc,) = load_bioc(dest, "bioc-xml").documents
+    t, a = doc.passages
+    spans = [(x.id, x.infons["type"], x.total_span.offset, x.text) for p in (t, a) for x in p.annotations]
+    assert spans == [  # the title's annotations, then the abstract's
+        ("L1", ANGIOGENESIS, 13, "invaded."),
+        ("L3", INFLAMMATION, 0, "Tumour cells"),
+        ("L2", ANGIOGENESIS, len(title) + 1, abstract),  # the joining space is in neither
+    ]
+    assert "sentences" not in a.annotations[0].infons  # null: a window, not sentences
+    assert doc.infons["labels"] == f"{ANGIOGENESIS}|{INFLAMMATION}"

@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_proof.sh"
-STEPS = ("env", "pytest-gpu", "gen", "gen-ids-fp32", "ner", "large-prefill", "gen-compile")
+STEPS = ("env", "pytest-gpu", "gen", "gen-ids-fp32", "ner", "classify", "large-prefill", "gen-compile")
 BENCH_STEPS = STEPS[2:]  # the ones that write rows: transformers, biogpt, ratio
 RATIO_ROW = re.compile(r"^\S.*\s\d[\d,]*\.\d\s+\d[\d,]*\.\d\s+\d+\.\d\dx\b", re.M)
 
@@ -45,6 +45,7 @@ def test_list_shows_every_step_with_its_timeout_and_command(tmp_path):
     # the full plan is the issue's: the sizes are bench_generation's defaults, greedy b=1 and b=128
     assert "--greedy 1,128" in proc.stdout and "--config large --cases prefill" in proc.stdout
     assert "-m pytest -q -m gpu" in proc.stdout and "--compile" in proc.stdout
+    assert "bench_classify.py --device cuda --dtype bfloat16 --check" in proc.stdout
     assert not (tmp_path / "out").exists()  # --list runs and writes nothing
 
 
@@ -94,6 +95,14 @@ def test_dry_run_runs_every_step_and_writes_the_ratio_rows(tmp_path):
     assert fp32 and all(r["ids_agree"][0] == r["ids_agree"][1] for r in fp32)
     (ner,) = [r for r in results["rows"] if r["step"] == "ner"]
     assert ner["fp32_max_abs_logit_diff"] <= 1e-3 and "fp32" in ner["ids"]
+    # classify: sentences/s and documents/s against transformers' sequence classifier, probabilities checked
+    classify = {r["case"]: r for r in results["rows"] if r["step"] == "classify"}
+    assert [(c, r["metric"]) for c, r in classify.items()] == [
+        ("classify sentences", "sentences/s"),
+        ("classify documents", "documents/s"),
+    ]
+    for row in classify.values():
+        assert row["fp32_max_abs_prob_diff"] <= 2.5e-4 and "fp32 sets" in row["ids"] and row["windows"] > 0
 
     # the ratio rows are in the summary's table and in the teed benchmark output alike
     log = (tmp_path / "proof.log").read_text()

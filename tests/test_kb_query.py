@@ -20,12 +20,17 @@ from pipeline.outputs.query import query
 from pipeline.store.datasets import settings_key, write_output
 from pipeline.store.documents import Documents, write_shard
 from pipeline.store.output import JobOutput
-from schemas import entities, relations
+from schemas import answers, entities, labels, relations
 from schemas.relations import cast_batch
 
 #: The document file the fixture outputs say they were computed from.
 DOC_STEM = "part-000000.0123456789abcdef"
-SCHEMAS = {"relations": relations.RELATION_SCHEMA, "entities": entities.ENTITY_SCHEMA}
+SCHEMAS = {
+    "relations": relations.RELATION_SCHEMA,
+    "entities": entities.ENTITY_SCHEMA,
+    "labels": labels.LABEL_SCHEMA,
+    "answers": answers.ANSWER_SCHEMA,
+}
 
 
 def rel(pmid, head, tail, relation, evidence=None, status="ok"):

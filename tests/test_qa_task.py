@@ -357,6 +357,21 @@ def test_qa_job_answers_next_to_summarize(tmp_path, ray_local, capsys):
     assert main(["query", str(out), sql, "--format", "json"]) == 0
     shown = json.loads(capsys.readouterr().out)  # one JSON array
     assert shown == [{"answer": a, "n": 1} for a in sorted(gold for _, _, gold in picked)]
+
+    # BioC export: each article's answer as document infons keyed by the question id
+    from bioc import biocjson
+
+    dest = tmp_path / "answers.bioc.json"
+    assert main(["export", str(out), "--format", "bioc-json", "--out", str(dest), "--no-progress"]) == 0
+    with open(dest, encoding="utf-8") as f:
+        exported = {int(d.id): d.infons for d in biocjson.load(f).documents}
+    for pmid, row in rows.items():
+        infons = exported[pmid]
+        assert infons["question_ids"] == "title" and infons["qa:title:status"] == row["parse_status"]
+        assert infons.get("qa:title:answer") == row["answer"] and infons.get("qa:title:reason") == row["reason"]
+        assert infons.get("qa:title:question") == row["question"] and infons["qa:title:model_id"] == "qa-tiny"
+        logprob = infons.get("qa:title:logprob")
+        assert (float(logprob) if logprob else None) == row["answer_logprob"]
     print(f"fitted in {fitted:.1f} s, job in {ran:.1f} s")
 
 

@@ -123,6 +123,17 @@ def test_check_model_refuses_the_wrong_checkpoints(ckpts, tmp_path):
     assert RelationTask.check_model(RelationOptions(model=ckpts["kd-dti"])).task == "kd-dti"
     with pytest.raises(RelationModelError, match="not ddi"):
         RelationTask(RelationOptions(model=str(ckpts["kd-dti"]), task="ddi", device="cpu"))
+    # a checkpoint of another task family (base.prompt_settings' one check for re, qa and classify),
+    # and one that is no task checkpoint, when no task is asked for: both say what to give instead
+    qa = make_tiny_task_checkpoint(tmp_path / "qa", TEXTS, task="qa-pubmedqa", max_position_embeddings=32)
+    with pytest.raises(RelationModelError) as err:
+        RelationTask.check_model(RelationOptions(model=qa))
+    assert f"re: {qa} is a pubmedqa checkpoint, not a relation-extraction one; relation extraction needs " in str(
+        err.value
+    )
+    assert err.value.settings == ("model",)  # the fix is the model setting: `[tasks.re] model`
+    with pytest.raises(RelationModelError, match="not a fine-tuned task checkpoint.*; relation extraction needs"):
+        RelationTask.check_model(RelationOptions(model=ckpts["lm"]))
 
 
 # --- prepare ---------------------------------------------------------------------------------------

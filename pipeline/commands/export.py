@@ -1,4 +1,4 @@
-"""``biomine export``: a job's entities and relations as PubTator, BioC JSON or BioC XML (:mod:`pipeline.outputs.export`)."""
+"""``biomine export``: a job's entities and relations (in BioC also labels and answers) as PubTator, BioC JSON or BioC XML (:mod:`pipeline.outputs.export`)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,17 @@ field exchanges, for PubTator-compatible tools, BioC pipelines and annotation vi
   pubtator    PMID|t|title, PMID|a|abstract, mention lines with the linked id (-1 when unlinked),
               relation lines of linked heads and tails with exp(logprob) as their score
   bioc-json   a BioC collection: a document per article, title and abstract passages, entities
-  bioc-xml    as annotations (infon identifier = concept id), relations with head/tail nodes
+  bioc-xml    as annotations (infon identifier = concept id), relations with head/tail nodes;
+              document labels (classify) and answers (qa) as document infons:
+                labels = A|B, label:A:score, label:A:model_id, and each label's
+                evidence sentence as an annotation L1, L2, ... (type = the label, task = classify);
+                question_ids = q1|..., qa:q1:question, qa:q1:answer, qa:q1:status,
+                qa:q1:reason, qa:q1:logprob, qa:q1:model_id (keyed by question_id)
 
-Offsets are those of the entity rows (into title + " " + abstract), which BioC passage offsets
-match. The file is written whole or not at all; the articles stream in PMID order, so an export of
-a whole corpus never holds it in memory.
+PubTator has no place for labels and answers (a new line type would break its readers): they are
+left out of it; export BioC for them. Offsets are those of the entity rows (into title + " " +
+abstract), which BioC passage offsets match. The file is written whole or not at all; the
+articles stream in PMID order, so an export of a whole corpus never holds it in memory.
 """
 
 EPILOG = """\
@@ -31,7 +37,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "export",
-        help="entities and relations as PubTator / BioC JSON / BioC XML",
+        help="entities, relations (BioC: also labels, answers) as PubTator / BioC JSON / BioC XML",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -1,16 +1,20 @@
-"""Entities and relations of a job's output in the formats the field exchanges: PubTator, BioC JSON, BioC XML.
+"""A job's output in the formats the field exchanges: PubTator, BioC JSON, BioC XML (entities and
+relations; in BioC also the document labels of ``classify`` and the answers of ``qa``).
 
 Contract:
 
 - :func:`export` streams the live documents of ``OUT`` (tombstoned articles masked, as the query
-  views show them) in PMID order with their entities and relations into one file, so an export of
-  the whole corpus never holds it in memory (three ordered DuckDB cursors, merged by (pmid, version)).
+  views show them) in PMID order with their rows into one file, so an export of the whole corpus
+  never holds it in memory (one ordered DuckDB cursor per table: documents, entities, relations,
+  labels, answers, merged by (pmid, version); a table the output does not have adds nothing).
 - ``pubtator``: per article ``PMID|t|title``, ``PMID|a|abstract`` (line breaks as spaces: same
   offsets), one mention line ``PMID<TAB>start<TAB>end<TAB>text<TAB>label<TAB>id`` per entity (``id``
   the linked ``concept_id``, ``-1`` when unlinked, as BC5CDR writes it), and one relation line
   ``PMID<TAB>relation<TAB>head_id<TAB>tail_id<TAB>score`` per ``ok`` relation whose head and tail
   are both linked (PubTator relations join identifiers; ``score`` is ``exp(logprob)`` when known),
-  then a blank line. :func:`pipeline.tasks.pubtator.read_pubtator` reads it back.
+  then a blank line. :func:`pipeline.tasks.pubtator.read_pubtator` reads it back. PubTator has no
+  place for document labels or answers (its lines are the title, the abstract, mentions and
+  relations; a new line type would break its readers): they are left out; export BioC for them.
 - ``bioc-json`` / ``bioc-xml``: a BioC collection (source ``biomine``, key ``biomine.key``) with a
   document per article (id = PMID, infon ``version``), passages ``title`` (offset 0) and
   ``abstract`` (offset len(title) + 1), so BioC offsets equal the entity offsets into
@@ -21,6 +25,20 @@ Contract:
   ``evidence_start``/``evidence_end``, ``model_id``) with nodes ``head``/``tail`` pointing to the
   first annotation whose text (case-insensitive) or identifier is that entity, when there is one.
   Written with the ``bioc`` package (its JSON and XML encoders, one document at a time).
+- Labels (``OUT/labels``, its ``ok`` rows, by label): document infons ``labels`` (the labels joined
+  by ``|``, the HoC layout), and per label ``label:LABEL:score`` (its probability) and
+  ``label:LABEL:model_id``; a label with an evidence span (the HoC sentence, or a sequence
+  classifier's best window) is also an annotation ``L1``, ``L2``, ... at that span in the passage
+  holding it (infons ``type`` = the label, ``task`` = ``classify``, ``score``,
+  ``sentences``, ``model_id``), one per passage when a window spans title and abstract.
+- Answers (``OUT/answers``, every row, by ``question_id``): document infons ``question_ids`` (the
+  question ids joined by ``|``) and per question ``qa:QUESTION_ID:question``, ``qa:QUESTION_ID:answer``
+  (yes / no / maybe), ``qa:QUESTION_ID:status`` (the parse status: ``ok``, ``unparsed``,
+  ``other_answer``, ``skipped``), ``qa:QUESTION_ID:reason``, ``qa:QUESTION_ID:logprob`` (the
+  answer's log-probability) and ``qa:QUESTION_ID:model_id``: keyed by the question id, so several
+  questions of one article never collide; a key's field is the text after its last ``:``.
+- Infons are strings; a null value is left out (an unlinked mention has no ``identifier``, an
+  unparsed answer no ``qa:...:answer``).
 
 :raises BioMineError: OUT is not a job output or has no documents; the format is unknown; the
     destination is a folder, or its folder does not exist (it is not created: a missing folder is
@@ -32,7 +50,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from pipeline.errors import BioMineError
 
@@ -82,30 +100,44 @@ class _Merged:
         return []
 
 
-def documents(out) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]]:
-    """``(document, entities, relations)`` of every live article of ``out``, in (pmid, version) order."""
+class Article(NamedTuple):
+    """One live article of an output with its rows of each table, in export order."""
+
+    document: dict[str, Any]
+    entities: list[dict[str, Any]]
+    relations: list[dict[str, Any]]
+    labels: list[dict[str, Any]]
+    answers: list[dict[str, Any]]
+
+
+#: The rows each article carries: one ordered query per table (columns as the table has them).
+_ROWS = {
+    "entities": 'SELECT * FROM entities ORDER BY pmid, version, start, "end"',
+    "relations": "SELECT * FROM relations WHERE parse_status = 'ok' ORDER BY pmid, version",
+    "labels": "SELECT pmid, version, label, score, evidence_start, evidence_end, sentences, model_id "
+    "FROM labels WHERE parse_status = 'ok' ORDER BY pmid, version, label",
+    "answers": "SELECT pmid, version, question_id, question, answer, parse_status, reason, answer_logprob, model_id "
+    "FROM answers ORDER BY pmid, version, question_id",
+}
+
+
+def documents(out) -> Iterator[Article]:
+    """Every live article of ``out`` with its rows (:class:`Article`), in (pmid, version) order."""
     from pipeline.outputs.query import connect
 
     _, views, _ = connect(out)
     if "documents" not in views:
         raise BioMineError(f"{out} has no documents: export needs a job output or an ingest of one")
     docs = _rows(out, "SELECT pmid, version, title, abstract FROM documents ORDER BY pmid, version")
-    ents = (
-        _Merged(_grouped(_rows(out, 'SELECT * FROM entities ORDER BY pmid, version, start, "end"')))
-        if "entities" in views
-        else None
-    )
-    rels = (
-        _Merged(_grouped(_rows(out, "SELECT * FROM relations WHERE parse_status = 'ok' ORDER BY pmid, version")))
-        if "relations" in views
-        else None
-    )
+    tables = {name: _Merged(_grouped(_rows(out, sql))) for name, sql in _ROWS.items() if name in views}
     for doc in docs:
         key = (doc["pmid"], doc["version"])
-        yield doc, ents.take(key) if ents else [], rels.take(key) if rels else []
+        yield Article(doc, **{name: tables[name].take(key) if name in tables else [] for name in _ROWS})
 
 
-def _pubtator(doc, entities, relations) -> str:
+def _pubtator(article: Article) -> str:
+    """The article's PubTator block (its labels and answers have no place in PubTator: left out)."""
+    doc, entities, relations = article.document, article.entities, article.relations
     pmid = doc["pmid"]
     title = (doc["title"] or "").replace("\n", " ")
     abstract = (doc["abstract"] or "").replace("\n", " ")
@@ -124,9 +156,10 @@ def _infons(values: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in values.items() if v is not None}
 
 
-def _bioc_document(doc, entities, relations):
+def _bioc_document(article: Article):
     import bioc
 
+    doc, entities, relations = article.document, article.entities, article.relations
     title, abstract = doc["title"] or "", doc["abstract"] or ""
     d = bioc.BioCDocument()
     d.id = str(doc["pmid"])
@@ -184,11 +217,74 @@ def _bioc_document(doc, entities, relations):
                     rel.add_node(bioc.BioCNode(a.id, role))
                     break
         d.add_relation(rel)
+    _add_labels(d, passages, article.labels)
+    _add_answers(d, article.answers)
     return d
 
 
+def _add_labels(d, passages, labels: list[dict[str, Any]]) -> None:
+    """The document's labels as infons, and each label's evidence as annotations ``L1``, ... (module
+    docstring)."""
+    import bioc
+
+    if not labels:
+        return
+    d.infons["labels"] = "|".join(row["label"] for row in labels)
+    n = 0
+    for row in labels:
+        label = row["label"]
+        d.infons.update(_infons({f"label:{label}:score": row["score"], f"label:{label}:model_id": row["model_id"]}))
+        if row["evidence_start"] is None:
+            continue
+        # A sentence lies in one passage; a sequence classifier's window may run from the title into
+        # the abstract, and an annotation's text must be its passage's text at its offsets, so such a
+        # span is one annotation per passage (the joining space in neither).
+        for p in passages:
+            start = max(row["evidence_start"], p.offset)
+            end = min(row["evidence_end"], p.offset + len(p.text))
+            if start >= end:
+                continue
+            n += 1
+            a = bioc.BioCAnnotation()
+            a.id, a.text = f"L{n}", p.text[start - p.offset : end - p.offset]
+            a.infons.update(
+                _infons(
+                    {
+                        "type": label,
+                        "task": "classify",
+                        "score": row["score"],
+                        "sentences": row["sentences"],
+                        "model_id": row["model_id"],
+                    }
+                )
+            )
+            a.add_location(bioc.BioCLocation(start, end - start))
+            p.add_annotation(a)
+
+
+def _add_answers(d, answers: list[dict[str, Any]]) -> None:
+    """Each answer as document infons keyed by its question id (module docstring)."""
+    if not answers:
+        return
+    d.infons["question_ids"] = "|".join(row["question_id"] for row in answers)
+    for row in answers:
+        key = f"qa:{row['question_id']}:"
+        d.infons.update(
+            _infons(
+                {
+                    key + "question": row["question"],
+                    key + "answer": row["answer"],
+                    key + "status": row["parse_status"],
+                    key + "reason": row["reason"],
+                    key + "logprob": row["answer_logprob"],
+                    key + "model_id": row["model_id"],
+                }
+            )
+        )
+
+
 def export(out, dest, fmt: str, *, progress: bool | None = None) -> int:
-    """Write ``out``'s articles with their entities and relations to ``dest`` in ``fmt``; the number
+    """Write ``out``'s articles with their rows (module docstring) to ``dest`` in ``fmt``; the number
     of documents written. ``dest`` is published whole or not at all (written to a temporary file,
     then renamed).
 
@@ -222,8 +318,8 @@ def export(out, dest, fmt: str, *, progress: bool | None = None) -> int:
             Progress(None, unit="document", desc=f"export {fmt}", bar=progress) as bar,
         ):
             if fmt == "pubtator":
-                for doc, ents, rels in documents(out):
-                    f.write(_pubtator(doc, ents, rels))
+                for article in documents(out):
+                    f.write(_pubtator(article))
                     n += 1
                     bar.update()
             elif fmt == "bioc-json":
@@ -231,8 +327,8 @@ def export(out, dest, fmt: str, *, progress: bool | None = None) -> int:
 
                 head = {"source": "biomine", "date": "", "key": "biomine.key", "infons": {}}
                 f.write(json.dumps(head)[:-1] + ', "documents": [')
-                for doc, ents, rels in documents(out):
-                    f.write(("," if n else "") + "\n" + biocjson.dumps(_bioc_document(doc, ents, rels)))
+                for article in documents(out):
+                    f.write(("," if n else "") + "\n" + biocjson.dumps(_bioc_document(article)))
                     n += 1
                     bar.update()
                 f.write("\n]}\n")
@@ -241,8 +337,8 @@ def export(out, dest, fmt: str, *, progress: bool | None = None) -> int:
 
                 with biocxml.iterwrite(f) as writer:
                     writer.write_collection_info(_collection_info())
-                    for doc, ents, rels in documents(out):
-                        writer.write_document(_bioc_document(doc, ents, rels))
+                    for article in documents(out):
+                        writer.write_document(_bioc_document(article))
                         n += 1
                         bar.update()
         os.replace(tmp, dest)
@@ -260,4 +356,4 @@ def _collection_info():
     return c
 
 
-__all__ = ["FORMATS", "documents", "export"]
+__all__ = ["FORMATS", "Article", "documents", "export"]

@@ -216,32 +216,42 @@ def prompt_settings(
     needs: str,
     task: str | None = None,
     error: type[WrongModelError] = WrongModelError,
+    *,
+    family: Sequence[str] | None = None,
+    kind: str = "",
 ) -> TaskSettings:
     """The :class:`~biogpt.task_spec.TaskSettings` of a fine-tuned prompt checkpoint (of ``task``, or
-    any when None), after the checks every prompt task makes: a readable config.json, a causal LM
-    (``architectures`` ``BioGptForCausalLM`` or none), a valid ``biomine_task.json``, prompt ids
-    inside the vocabulary. Reads no weights. ``what`` starts each message (``re``, ``qa``,
-    ``eval qa``), ``needs`` ends the one about another architecture (what to pass instead).
+    any when None; of a task in ``family`` when given), after the checks every prompt task makes: a
+    readable config.json, a causal LM (``architectures`` ``BioGptForCausalLM`` or none), a valid
+    ``biomine_task.json``, prompt ids inside the vocabulary, and the checkpoint's task one of
+    ``family`` (``kind`` names the family in the message: ``a PubMedQA one``). Reads no weights.
+    ``what`` starts each message (``re``, ``qa``, ``eval qa``), ``needs`` ends those that a
+    different checkpoint fixes (what to pass instead; not one that names the ``task`` asked for).
 
     :raises WrongModelError: as ``error`` (a subclass), naming ``model_dir`` and the fix.
     """
     try:
         config = read_config(model_dir, what)
     except WrongModelError as exc:
-        raise error(str(exc), setting=exc.setting) from None
+        raise error(str(exc), setting=exc.setting or "model") from None
     arch = architecture(config)
     if arch not in (None, "BioGptForCausalLM"):
-        raise error(f"{what}: {model_dir} is a {arch} checkpoint; {needs}")
+        raise error(f"{what}: {model_dir} is a {arch} checkpoint; {needs}", setting="model")
     try:
         settings = load_task_settings(model_dir, task)
     except TaskSettingsError as exc:
-        raise error(f"{what}: {exc}", setting=exc.setting) from None
+        # Asked for a task, the message names the fix (ask for the checkpoint's task, or give one of
+        # that task); asked for any, it cannot, so ``needs`` says what to give.
+        raise error(f"{what}: {exc}" + ("" if task else f"; {needs}"), setting=exc.setting or "model") from None
     vocab = config.get("vocab_size")
     if isinstance(vocab, int) and max(settings.prompt_token_ids) >= vocab:
         raise error(
             f"{what}: {model_dir}: prompt token ids {list(settings.prompt_token_ids)} exceed vocab_size {vocab} "
-            "of config.json; convert the checkpoint again"
+            "of config.json; convert the checkpoint again",
+            setting="model",
         )
+    if family is not None and settings.task not in family:
+        raise error(f"{what}: {model_dir} is a {settings.task} checkpoint, not {kind}; {needs}", setting="model")
     return settings
 
 

@@ -63,8 +63,7 @@ from typing import Any, ClassVar, Sequence
 
 import pyarrow as pa
 
-from biogpt.task_spec import TaskSettings, load_task_settings
-from pipeline.errors import TaskSettingsError
+from biogpt.task_spec import TaskSettings
 from schemas import labels as _labels
 
 from . import base
@@ -147,34 +146,20 @@ def _config(model_dir: str) -> dict[str, Any]:
 
 def checked_settings(model_dir: str) -> TaskSettings:
     """The :class:`TaskSettings` of HoC checkpoint ``model_dir``, after checking it is one (reads only
-    config.json and biomine_task.json).
+    config.json and biomine_task.json: :func:`pipeline.tasks.base.prompt_settings`).
 
     :raises ClassifyModelError: no config.json, a classification head, no or an invalid
         ``biomine_task.json`` (a base BioGPT, an NER model), a checkpoint of another task (QA, RE:
         the message says which), or prompt ids outside the vocabulary.
     """
-    config = _config(model_dir)
-    arch = base.architecture(config)
-    if arch not in (None, "BioGptForCausalLM"):
-        raise ClassifyModelError(f"classify: {model_dir} is a {arch} checkpoint; classify needs {REQUIRES}")
-    try:
-        settings = load_task_settings(model_dir)
-    except TaskSettingsError as exc:
-        raise ClassifyModelError(f"classify: {exc}; classify needs {REQUIRES}", setting="model") from None
-    if settings.task != "hoc":
-        raise ClassifyModelError(
-            f"classify: {model_dir} is a {settings.task} checkpoint, not a document-classification one; "
-            f"classify needs {REQUIRES}",
-            setting="model",
-        )
-    vocab = config.get("vocab_size")
-    if isinstance(vocab, int) and max(settings.prompt_token_ids) >= vocab:
-        raise ClassifyModelError(
-            f"classify: {model_dir}: prompt token ids {list(settings.prompt_token_ids)} exceed vocab_size {vocab} "
-            "of config.json; convert the checkpoint again",
-            setting="model",
-        )
-    return settings
+    return base.prompt_settings(
+        model_dir,
+        "classify",
+        f"classify needs {REQUIRES}",
+        error=ClassifyModelError,
+        family=("hoc",),
+        kind="a document-classification one",
+    )
 
 
 @functools.lru_cache(maxsize=8)

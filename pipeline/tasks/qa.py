@@ -124,12 +124,14 @@ def checked_settings(model_dir: str) -> TaskSettings:
         ``biomine_task.json``, another task's checkpoint, another input format, or prompt ids
         outside the vocabulary.
     """
-    settings = base.prompt_settings(model_dir, "qa", f"question answering needs {REQUIRES}", error=QAModelError)
-    if settings.task != "pubmedqa":
-        raise QAModelError(
-            f"qa: {model_dir} is a {settings.task} checkpoint, not a PubMedQA one; question answering needs {REQUIRES}",
-            setting="model",
-        )
+    settings = base.prompt_settings(
+        model_dir,
+        "qa",
+        f"question answering needs {REQUIRES}",
+        error=QAModelError,
+        family=("pubmedqa",),
+        kind="a PubMedQA one",
+    )
     if settings.source_format != SOURCE_FORMAT:
         raise QAModelError(
             f"qa: {model_dir} reads the {settings.source_format} input (a long answer or a PubMedQA TSV line "

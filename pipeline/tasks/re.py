@@ -96,15 +96,15 @@ def checked_settings(model_dir: str, task: str | None) -> TaskSettings:
     """
     if task is not None and task not in RE_TASKS:
         raise RelationModelError(f"re: unknown task {task!r}; use one of {', '.join(RE_TASKS)}", setting="task")
-    settings = base.prompt_settings(
-        model_dir, "re", f"relation extraction needs {REQUIRES}", task, error=RelationModelError
+    return base.prompt_settings(
+        model_dir,
+        "re",
+        f"relation extraction needs {REQUIRES}",
+        task,
+        error=RelationModelError,
+        family=RE_TASKS,
+        kind="a relation-extraction one",
     )
-    if settings.task not in RE_TASKS:
-        raise RelationModelError(
-            f"re: {model_dir} is a {settings.task} checkpoint, not a relation-extraction one; "
-            f"relation extraction needs {REQUIRES}"
-        )
-    return settings
 
 
 @functools.lru_cache(maxsize=8)
