@@ -549,10 +549,13 @@ def test_files_apply_in_year_then_sequence_order(tmp_path):
     ]
 
 
-def test_a_whole_new_baseline_drops_what_it_no_longer_holds_and_never_a_partial_one(tmp_path, caplog):
+def test_a_whole_new_baseline_drops_what_it_no_longer_holds_and_never_a_partial_one(tmp_path, caplog, monkeypatch):
     """Only once every file of the 2027 baseline is applied do the 2026 articles it lacks leave; the
     corpus then equals one ingested from scratch from the new baseline (and the user's own XML); a
     2026 file that turns up late is superseded, not applied and not an error."""
+    import pipeline.pubmed.ingest as ingest_module
+
+    real_checksum = ingest_module.checksum
     caplog.set_level("INFO", logger="pipeline.pubmed.ingest")
     src, out = tmp_path / "src", tmp_path / "out"
     dropped = {5, 17, 25}
@@ -562,7 +565,7 @@ def test_a_whole_new_baseline_drops_what_it_no_longer_holds_and_never_a_partial_
     partial = ingest_files([new / names[0]], out, shard_rows=SHARD, now=lambda: FIXED, new_baseline=names)
     assert (partial.files, partial.dropped) == (1, 0)
     assert dropped <= set(read_articles(out, ["pmid"]).column("pmid").to_pylist())
-    assert "the pubmed27n baseline: 1 of its 2 files applied" in caplog.text
+    assert "the pubmed27n baseline: 1 of its 2 listed files applied" in caplog.text
     whole = ingest_files([new], out, shard_rows=SHARD, now=lambda: FIXED, new_baseline=names)
     assert (whole.files, whole.skipped, whole.dropped, whole.replaced_by) == (1, 1, len(dropped), "pubmed27n")
     assert whole.rows == 25 - 1 - len(dropped) + 1
@@ -579,10 +582,33 @@ def test_a_whole_new_baseline_drops_what_it_no_longer_holds_and_never_a_partial_
     caplog.clear()
     version = Documents(out / "documents").table.version
     write(src / "pubmed26n0005.xml.gz", [article(5, 2)])
+    hashed = []
+    monkeypatch.setattr(ingest_module, "checksum", lambda loc: hashed.append(loc.name) or real_checksum(loc))
     again = ingest_files([src, new], out, shard_rows=SHARD, new_baseline=True)
     assert (again.files, again.superseded, again.dropped, again.commits) == (0, 1, 0, 0)
+    # the older year's files are not even read: applied ones skipped, the late one superseded, by name
+    assert sorted(hashed) == sorted(["extra.xml.gz", *names])
     assert Documents(out / "documents").table.version == version
     assert [r.levelname for r in caplog.records if "superseded" in r.getMessage()] == ["INFO"]
+
+
+def test_new_baseline_refuses_inputs_that_are_not_a_whole_baseline(tmp_path, capsys):
+    """``--new-baseline`` is the user's word that the newest year's inputs are NCBI's whole baseline;
+    a gap in their numbering (counting the files applied already) proves it wrong: one error line,
+    nothing applied, nothing dropped. The files applied already fill the numbering on later runs."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    new, names = last_year_and_new_baseline(src, {5})
+    ingest_files([src], out, shard_rows=SHARD, now=lambda: FIXED)
+    before = corpus_rows(out)
+    assert main(["ingest", str(new / names[1]), "--out", str(out), "--new-baseline", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("biomine: error: the pubmed27n inputs are said to be")
+    assert "pubmed27n0001.xml.gz is neither among them nor applied" in err[0] and err[0].endswith("(--new-baseline)")
+    assert corpus_rows(out) == before
+    # the first file applied (no option), then the second with it: 0001 counts as applied, the drop runs
+    assert main(["ingest", str(new / names[0]), "--out", str(out), "--no-progress"]) == 0
+    assert main(["ingest", str(new / names[1]), "--out", str(out), "--new-baseline", "--no-progress"]) == 0
+    assert "1 dropped (not in the pubmed27n baseline)" in capsys.readouterr().out
 
 
 def test_a_run_stopped_before_the_drop_is_finished_by_a_rerun_and_without_a_listing_it_warns(
@@ -627,11 +653,11 @@ def test_a_run_stopped_before_the_drop_is_finished_by_a_rerun_and_without_a_list
 def test_a_sync_dests_listing_says_when_the_new_baseline_is_whole(tmp_path, monkeypatch, capsys):
     """``biomine ingest DEST/baseline DEST/updatefiles`` of a DEST synced from the loopback fake of
     NCBI: the 2027 baseline drops the 2026 articles it lacks once every file the mirror lists of it is
-    held and applied, not before."""
+    held and applied and a 2027 update proves the listing whole, not before."""
     from fake_ncbi import FakeNcbi, pubmed_file
 
     from pipeline.errors import SyncError
-    from pipeline.pubmed.ingest import listed_baseline
+    from pipeline.pubmed.ingest import BaselineListing, listed_baseline
     from pipeline.pubmed.sync import sync
 
     monkeypatch.delenv("BIOMINE_PUBMED_MIRROR", raising=False)
@@ -650,22 +676,40 @@ def test_a_sync_dests_listing_says_when_the_new_baseline_is_whole(tmp_path, monk
         ncbi.corrupt["pubmed27n0002.xml.gz"] = 1_000
         with pytest.raises(SyncError):
             sync(dest, ncbi.url, allow_http=True, progress=False)
-        assert listed_baseline(dest) == {"pubmed27n0001.xml.gz", "pubmed27n0002.xml.gz"}
+        listing = listed_baseline(dest)
+        assert listing is not None and listing.files == {"pubmed27n0001.xml.gz", "pubmed27n0002.xml.gz"}
         capsys.readouterr()
         assert main([*ingest, "--no-progress"]) == 0
         assert "dropped" not in capsys.readouterr().out
         assert {4, 11} <= set(read_articles(out, ["pmid"]).column("pmid").to_pylist())
+        # both files held and applied, but nothing proves yet that the listing is the whole baseline
+        # (NCBI may still be uploading files it does not list): no drop until a 2027 update is listed
         ncbi.corrupt.clear()
         sync(dest, ncbi.url, allow_http=True, progress=False)
+        listing = listed_baseline(dest)
+        assert listing is not None and "no pubmed27n update yet" in listing.pending
+        assert main([*ingest, "--no-progress"]) == 0
+        assert "dropped" not in capsys.readouterr().out
+        assert {4, 11} <= set(read_articles(out, ["pmid"]).column("pmid").to_pylist())
+        ncbi.add("updatefiles", "pubmed27n0003.xml.gz", pubmed_file([13]))
+        sync(dest, ncbi.url, allow_http=True, progress=False)
+        assert listed_baseline(dest) == BaselineListing("pubmed27n", listing.files)
+        # a sync DEST's files are recognised by the sha256 the sync recorded: none is read to be hashed
+        import pipeline.pubmed.ingest as ingest_module
+
+        monkeypatch.setattr(ingest_module, "checksum", lambda loc: pytest.fail(f"{loc.name} hashed again"))
         assert main([*ingest, "--no-progress"]) == 0
     assert "2 dropped (not in the pubmed27n baseline)" in capsys.readouterr().out
-    assert sorted(read_articles(out, ["pmid"]).column("pmid").to_pylist()) == [1, 2, 3, 5, 6, 7, 8, 9, 10, 12]
+    assert sorted(read_articles(out, ["pmid"]).column("pmid").to_pylist()) == [1, 2, 3, 5, 6, 7, 8, 9, 10, 12, 13]
     # a listed file without its .md5 yet (NCBI still uploading): the listing is not the whole baseline,
     # whether the caller passes the sync's waiting list (a job) or reads the state alone (`biomine ingest`)
-    assert listed_baseline(dest, waiting=["baseline/pubmed27n0003.xml.gz"]) == frozenset()
+    pending = listed_baseline(dest, waiting=["baseline/pubmed27n0002.xml.gz"])
+    assert pending is not None and pending.pending == "pubmed27n0002.xml.gz is listed without its .md5 yet"
     with FakeNcbi() as ncbi:
         ncbi.add("baseline", "pubmed27n0001.xml.gz", pubmed_file([1, 2, 3, 5, 6]))
         ncbi.add("baseline", "pubmed27n0002.xml.gz", pubmed_file([7, 8, 9, 10, 12]))
-        ncbi.add("baseline", "pubmed27n0003.xml.gz", pubmed_file([13]), md5=False)
+        ncbi.add("baseline", "pubmed27n0003.xml.gz", pubmed_file([14]), md5=False)
+        ncbi.add("updatefiles", "pubmed27n0004.xml.gz", pubmed_file([15]))
         sync(dest, ncbi.url, allow_http=True, progress=False)
-    assert listed_baseline(dest) == frozenset()
+    pending = listed_baseline(dest)
+    assert pending is not None and pending.pending == "pubmed27n0003.xml.gz is listed without its .md5 yet"

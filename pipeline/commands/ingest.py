@@ -78,7 +78,7 @@ def register(subparsers) -> None:
         "applied, the articles of older baselines that it no longer holds leave the corpus (default: only "
         "when the inputs are a `biomine sync` DEST's folders, whose listing says so)",
     )
-    p.set_defaults(func=run, settings={"output": "--out"})
+    p.set_defaults(func=run, settings={"output": "--out", "new_baseline": "--new-baseline"})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,8 +20,9 @@ Contract (what ``biomine ingest`` promises):
   records, so every reader of the table sees the current corpus, and the task outputs of every
   unchanged article stay valid (a job copies them, it does not recompute them).
 - **Inputs are recognised by content and apply exactly once**: every input is hashed (sha256, in
-  parallel) and a file whose checksum the table's log records (a Delta app transaction of the
-  commit that applied it) is skipped, whatever its name. A file whose name is recorded with another
+  parallel; a file of a ``biomine sync`` DEST by the sha256 the sync recorded when it verified it,
+  as its raw files are immutable) and a file whose checksum the table's log records (a Delta app
+  transaction of the commit that applied it) is skipped, whatever its name. A file whose name is recorded with another
   checksum (re-issued by NLM, or replaced by hand) is ingested again and applied on top of the
   current corpus, with a warning, if no later file is ingested yet. A new or changed file that sorts
   before an ingested one is refused (applying it now would let older records override newer ones),
@@ -30,16 +31,19 @@ Contract (what ``biomine ingest`` promises):
   ``YY`` (``pubmedYYn0001`` on; that year's updates number on after it) holds every citation as of
   its cutoff. Name order is (year, sequence) order, so it applies after the previous year's files;
   a file of an older year not applied yet once a newer year's file is applied is *superseded*:
-  skipped, with one info line, as the newer baseline holds its records. Once **every** file of the
+  skipped, with one info line, as the newer baseline holds its records (older-year files are
+  judged by name, not read). Once **every** file of the
   new baseline is applied, every live article whose ``source`` is a PubMed-named file
   (``pubmedYYnNNNN.xml[.gz]``) of an older year is removed, in one commit (its metadata:
   ``baseline: {prefix, dropped}``; the summary's ``dropped``): exactly the articles the new baseline
   no longer holds, since it rewrote every one it re-issued. Rows of other files (a user's own XML)
   stay. Whether a baseline is whole is never guessed (``new_baseline`` of :func:`ingest_files`): the
-  mirror's listing says it (a job with a ``pubmed`` source; inputs that are a ``biomine sync``
-  DEST's folders: its ``_sync.json``), or the user does (``--new-baseline``: the inputs of the
-  newest year are the whole baseline); otherwise nothing is removed and the call that starts the
-  newer baseline logs one warning saying so. This is checked on the table's state, not on what the
+  mirror's listing says it once an update of the same year is listed (:func:`listed_baseline`; a
+  job with a ``pubmed`` source; inputs that are a ``biomine sync`` DEST's folders: its
+  ``_sync.json``), or the user does (``--new-baseline``: the inputs of the newest year are the
+  whole baseline, numbered from 0001 without a gap counting those applied, else refused before
+  anything applies); otherwise nothing is removed and the call that starts the newer baseline
+  logs one warning saying so. This is checked on the table's state, not on what the
   call applied: a run that stopped between the baseline's last commit and the removal is finished
   by a re-run, even one with nothing new to apply. The removal is copy-on-write like a
   ``DeleteCitation``'s, so a job's task stages treat the removed articles as deleted ones: their
@@ -58,7 +62,8 @@ Contract (what ``biomine ingest`` promises):
 - One writer at a time: :func:`ingest_files` takes the output's lease (or runs under a job's).
 
 :raises IngestError: an input is missing, unreadable or malformed (the message names the file, the
-    position and the last good PMID), or a new file sorts before one already ingested.
+    position and the last good PMID), a new file sorts before one already ingested, or the inputs
+    said to be a whole new baseline skip a file of it.
 :raises StoreError: the output is another job's or in use by another run.
 """
 
@@ -76,7 +81,7 @@ import re
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -444,7 +449,7 @@ def ingest_files(
     workers: int = 1,
     pool: Pool | None = None,
     commit_seconds: float = 30.0,
-    new_baseline: bool | Iterable[str] | None = None,
+    new_baseline: bool | BaselineListing | Iterable[str] | None = None,
 ) -> IngestSummary:
     """Ingest PubMed XML files into the documents table of output ``out`` (see the module docstring).
 
@@ -457,10 +462,14 @@ def ingest_files(
 
     ``new_baseline`` says when a new yearly baseline is whole, so that the articles it no longer
     holds leave the corpus (see the module docstring): True, the inputs of the newest year prefix
-    are NCBI's whole new baseline (``biomine ingest --new-baseline``); the names of every file of
-    the new baseline (a job of a ``pubmed`` source passes the mirror's listing:
-    :func:`listed_baseline`); None (default), the listing of the ``biomine sync`` DEST whose folders
+    are NCBI's whole new baseline (``biomine ingest --new-baseline``; they must run from 0001
+    without a gap, counting those applied already); a :class:`BaselineListing` (a job of a
+    ``pubmed`` source passes the mirror's listing: :func:`listed_baseline`) or the names of every
+    file of the new baseline; None (default), the listing of the ``biomine sync`` DEST whose folders
     the inputs are, if they are one's, else not known; False, not known.
+
+    Inputs in the folders of a ``biomine sync`` DEST are recognised by the sha256 its state
+    recorded when it verified them (its files are immutable): not read again to be hashed.
 
     :raises IngestError: see the module docstring.
     :raises StoreError: ``out`` is another job's output, or in use by another run.
@@ -479,10 +488,11 @@ def ingest_files(
         if pool is None:  # closed before the lease: no worker of ours writes after it is released
             pool = stack.enter_context(LocalPool(min(workers, max(1, len(files)))))
         last = _last_applied(docs)
-        todo, summary = _plan(docs, files, pool, last)
+        listing = _baseline_files(docs, files, new_baseline)  # first: a wrong --new-baseline applies nothing
+        todo, summary = _plan(docs, files, pool, last, _recorded_checksums(files))
         if todo:
             _apply_all(docs, todo, pool, now(), progress, commit_seconds, summary, lease, shard_rows, last)
-        _replace_older_baselines(docs, files, new_baseline, last, summary, lease)
+        _replace_older_baselines(docs, files, listing, last, summary, lease)
         summary.rows = docs.count()
     return summary
 
@@ -491,29 +501,54 @@ def ingest_files(
 INGEST_OWNER = {"name": "biomine ingest", "source": {"kind": "ingest"}}
 
 
+def _recorded_checksums(files: list[Location]) -> dict[str, InputFile]:
+    """The inputs that a ``biomine sync`` DEST's state recorded when it verified them (by URI), with
+    their recorded size and sha256: immutable raw files, so a daily run does not read the whole
+    baseline again to recognise it."""
+    from pipeline.pubmed.sync import read_state
+
+    dest = _synced_dest(files)
+    if dest is None:
+        return {}
+    recorded = read_state(dest)["files"]
+    known = {}
+    for loc in files:
+        entry = recorded.get(f"{loc.parent.name}/{loc.name}")
+        if loc.parent.parent.uri == dest.uri and isinstance(entry, dict) and entry.get("sha256"):
+            known[loc.uri] = InputFile(loc, int(entry.get("size") or 0), str(entry["sha256"]))
+    return known
+
+
 def _plan(
-    docs: Documents, files: list[Location], pool: Pool, last: str | None
+    docs: Documents, files: list[Location], pool: Pool, last: str | None, known: Mapping[str, InputFile]
 ) -> tuple[list[InputFile], IngestSummary]:
-    """Hash every input (in parallel) and keep the ones whose content is not applied yet, less the
-    files of a baseline older than the newest one applied (``last``: the newest input applied)."""
+    """Hash every input (in parallel; ``known``: recognised already, by URI) and keep the ones whose
+    content is not applied yet, less the files of a baseline older than the newest one applied
+    (``last``: the newest input applied), which are not even hashed."""
     summary = IngestSummary()
-    futures = [pool.submit(checksum, loc) for loc in files]
     applied = docs.inputs_applied()
     newest_year = baseline_year(last) if last else None
     superseded: list[str] = []
-    seen: set[str] = set()
-    todo: list[InputFile] = []
-    for future in futures:
-        source: InputFile = future.result()
-        if source.sha256 in seen or docs.applied(source.sha256):
-            summary.skipped += 1
-            log.info("%s: its content is applied already (under this or another name): skipped", source.loc)
-            continue
-        year = baseline_year(source.name)
+    current: list[Location] = []
+    for loc in files:
+        year = baseline_year(loc.name)
         if year is not None and newest_year is not None and year < newest_year:
             # NCBI's newer baseline holds every citation as of its cutoff, this file's records
             # included: applying it now would let its older records override the newer ones.
-            superseded.append(source.name)
+            if docs.position(loc.name) is not None:
+                summary.skipped += 1  # applied before the newer baseline
+            else:
+                superseded.append(loc.name)
+            continue
+        current.append(loc)
+    futures = [known[loc.uri] if loc.uri in known else pool.submit(checksum, loc) for loc in current]
+    seen: set[str] = set()
+    todo: list[InputFile] = []
+    for future in futures:
+        source: InputFile = future if isinstance(future, InputFile) else future.result()
+        if source.sha256 in seen or docs.applied(source.sha256):
+            summary.skipped += 1
+            log.info("%s: its content is applied already (under this or another name): skipped", source.loc)
             continue
         seen.add(source.sha256)  # the same content twice in one call applies once, as a re-run would
         position = docs.position(source.name)
@@ -724,49 +759,109 @@ def _apply(txn: DocumentTransaction, parsed: ParsedInput, pool: Pool) -> dict[st
 _PUBMED_STEM = re.compile(r"pubmed(?P<year>\d{2})n\d{4,}")
 
 
-def listed_baseline(dest: str | Location, waiting: Iterable[str] = ()) -> frozenset[str]:
-    """The names of every file of the newest baseline that the last ``biomine sync`` of ``dest`` saw
-    listed on the mirror (its ``_sync.json``): ``pubmedYYn0001.xml.gz`` up to the newest one, as NCBI
-    numbers a baseline (from 0001, without gaps). Empty when no baseline was listed, or when a file
-    of that baseline is in ``waiting`` or in the state's own list of files listed without their
-    ``.md5`` yet (``folder/name`` keys: the listing is not the whole baseline yet)."""
+@dataclass(frozen=True)
+class BaselineListing:
+    """The newest baseline that a ``biomine sync`` DEST's state knows of (:func:`listed_baseline`)."""
+
+    #: ``pubmed27n``
+    prefix: str
+    #: Every file of it: ``pubmed27n0001.xml.gz`` up to the newest listed (NCBI numbers a baseline
+    #: from 0001, without gaps).
+    files: frozenset[str]
+    #: Why the listing is not known to be the whole baseline yet; empty when it is.
+    pending: str = ""
+
+
+def listed_baseline(dest: str | Location, waiting: Iterable[str] = ()) -> BaselineListing | None:
+    """The newest baseline that the last ``biomine sync`` of ``dest`` saw listed on the mirror (its
+    ``_sync.json``); None when no baseline was listed.
+
+    The listing is the whole baseline (``pending`` empty) only with positive evidence: the mirror
+    lists an update of the same year in ``updatefiles/``. NCBI numbers a year's updates after the
+    last file of its baseline and publishes them once the baseline is out, so an update of the
+    year proves that no baseline file is still to come; a listing seen while NCBI is still uploading
+    the baseline (some files not listed yet, or listed without their ``.md5``: ``waiting`` keys
+    ``folder/name`` and the state's own list) is not taken for the whole baseline."""
     from pipeline.pubmed.sync import read_state
 
-    entry = read_state(dest)["listed"].get("baseline")
+    listed = read_state(dest)["listed"]
+    entry = listed.get("baseline")
     m = PUBMED_FILE.fullmatch(str(entry.get("newest") or "")) if isinstance(entry, dict) else None
     if m is None:
-        return frozenset()
+        return None
     assert isinstance(entry, dict)
-    waiting = [*waiting, *(f"baseline/{name}" for name in entry.get("waiting") or ())]
     prefix, digits = m.group("prefix"), m.group("seq")
-    if any(key.startswith(f"baseline/{prefix}") for key in waiting):
-        return frozenset()
-    return frozenset(f"{prefix}{i:0{len(digits)}d}.xml.gz" for i in range(1, int(digits) + 1))
+    files = frozenset(f"{prefix}{i:0{len(digits)}d}.xml.gz" for i in range(1, int(digits) + 1))
+    waiting = sorted({*waiting, *(f"baseline/{name}" for name in entry.get("waiting") or ())})
+    late = [key.rsplit("/", 1)[-1] for key in waiting if key.startswith(f"baseline/{prefix}")]
+    if late:
+        return BaselineListing(prefix, files, f"{late[0]} is listed without its .md5 yet")
+    updates = listed.get("updatefiles")
+    u = PUBMED_FILE.fullmatch(str(updates.get("newest") or "")) if isinstance(updates, dict) else None
+    if u is None or u.group("prefix") != prefix or int(u.group("seq")) <= int(digits):
+        return BaselineListing(
+            prefix,
+            files,
+            f"the mirror lists no {prefix} update yet (NCBI publishes a year's updates once its baseline is whole)",
+        )
+    return BaselineListing(prefix, files)
 
 
-def _baseline_files(files: list[Location], new_baseline: bool | Iterable[str] | None) -> frozenset[str]:
-    """The names of every file of the newest baseline, as ``new_baseline`` says (see
-    :func:`ingest_files`); empty when not known."""
-    if isinstance(new_baseline, bool):
-        years = [y for y in (baseline_year(f.name) for f in files) if y is not None]
-        if not new_baseline or not years:
-            return frozenset()
-        return frozenset(f.name for f in files if baseline_year(f.name) == max(years))
-    if new_baseline is not None:
-        return frozenset(new_baseline)
+def _synced_dest(files: list[Location]) -> Location | None:
+    """The ``biomine sync`` DEST whose ``baseline/`` or ``updatefiles/`` folders the PubMed-named
+    inputs are in, when they are all one DEST's; else None."""
     from pipeline.pubmed.sync import FOLDERS, STATE
 
-    # inputs from the folders of one `biomine sync` DEST: its state knows the mirror's listing
     parents = {f.parent.uri: f.parent for f in files if baseline_year(f.name) is not None}
-    dests = {p.parent.uri: p.parent for p in parents.values() if p.name in FOLDERS}
-    synced = [d for d in dests.values() if (d / STATE).exists()]
-    return listed_baseline(synced[0]) if len(synced) == 1 else frozenset()
+    if not parents or any(p.name not in FOLDERS for p in parents.values()):
+        return None
+    dests = {p.parent.uri: p.parent for p in parents.values()}
+    if len(dests) != 1:
+        return None
+    (dest,) = dests.values()
+    return dest if (dest / STATE).exists() else None
+
+
+def _baseline_files(
+    docs: Documents, files: list[Location], new_baseline: bool | BaselineListing | Iterable[str] | None
+) -> BaselineListing | None:
+    """The newest baseline, as ``new_baseline`` says (see :func:`ingest_files`); None when not known.
+
+    :raises IngestError: ``new_baseline`` is True and the newest year's files, among the inputs and
+        those applied already, do not run from 0001 without a gap (they are not a whole baseline).
+    """
+    if new_baseline is None:  # the folders of one `biomine sync` DEST: its state knows the mirror's listing
+        dest = _synced_dest(files)
+        return listed_baseline(dest) if dest is not None else None
+    if isinstance(new_baseline, BaselineListing):
+        return new_baseline
+    if not isinstance(new_baseline, bool):
+        names = frozenset(new_baseline)
+        m = next((PUBMED_FILE.fullmatch(n) for n in sorted(names)), None)
+        return BaselineListing(m.group("prefix") if m else "", names)
+    matches = [m for m in (PUBMED_FILE.fullmatch(f.name) for f in files) if m]
+    if not new_baseline or not matches:
+        return None
+    year = max(int(m.group("year")) for m in matches)
+    newest = [m for m in matches if int(m.group("year")) == year]
+    prefix, width = newest[0].group("prefix"), len(newest[0].group("seq"))
+    given = {int(m.group("seq")): m.group(0) for m in newest}
+    for seq in range(1, max(given) + 1):
+        name = given.get(seq, f"{prefix}{seq:0{width}d}.xml.gz")
+        if seq not in given and docs.position(name) is None and docs.position(name[: -len(".gz")]) is None:
+            raise IngestError(
+                f"the {prefix} inputs are said to be NCBI's whole new baseline, but {name} is neither among them "
+                f"nor applied: pass every file of the baseline, {prefix}{1:0{width}d} to the last, or say so only "
+                "once you have them all",
+                setting="new_baseline",
+            )
+    return BaselineListing(prefix, frozenset(given.values()))
 
 
 def _replace_older_baselines(
     docs: Documents,
     files: list[Location],
-    new_baseline: bool | Iterable[str] | None,
+    listing: BaselineListing | None,
     last: str | None,
     summary: IngestSummary,
     lease: Lease,
@@ -776,24 +871,26 @@ def _replace_older_baselines(
 
     It looks at the table, not at what this call applied: a run that stopped between the last file
     of the baseline and this commit is finished by the next one, even with nothing new to apply.
-    ``last``: the newest input applied before this call (for the warning about a new baseline).
+    ``listing``: the newest baseline, when known (:func:`_baseline_files`); ``last``: the newest
+    input applied before this call (for the warning about a new baseline).
     """
-    wanted = _baseline_files(files, new_baseline)
     names = {f.name for f in files}
-    years = {y for y in (baseline_year(n) for n in wanted) if y is not None}
-    year = max(years) if years else None
-    done = sum(1 for n in wanted if n in names and docs.position(n) is not None)
-    if year is not None and done == len(wanted):
-        _drop_older(docs, year, summary, lease)
-        return
-    if wanted:  # the listing is known: the baseline is not whole yet
+    if listing is not None and listing.files:
+        year = int(listing.prefix[len("pubmed") : -1]) if listing.prefix else None
+        done = sum(1 for n in listing.files if n in names and docs.position(n) is not None)
+        if year is not None and not listing.pending and done == len(listing.files):
+            if not _dropped_already(docs, listing.prefix):
+                _drop_older(docs, year, summary, lease)
+            return
         if done:
+            why = listing.pending or "the others are not applied yet"
             log.info(
-                "the %s baseline: %d of its %d files applied; the articles it no longer holds leave the corpus "
-                "once all are",
-                f"pubmed{year or 0:02d}n",
+                "the %s baseline: %d of its %d listed files applied; the articles it no longer holds leave the "
+                "corpus once it is whole and applied (%s)",
+                listing.prefix,
                 done,
-                len(wanted),
+                len(listing.files),
+                why,
             )
         return
     # Not known: say so once, in the call that starts a newer baseline.
@@ -807,12 +904,22 @@ def _replace_older_baselines(
         log.warning(
             "%s starts a new baseline (%s): articles of the older baselines that it no longer holds stay live, "
             "as nothing says when it is whole. Once all its files are applied, ingest again with "
-            "--new-baseline (the inputs of its year are NCBI's whole new baseline), or ingest the folders "
-            'of a `biomine sync` DEST (or run a job with [source] kind = "pubmed"), which know the mirror\'s '
-            "listing",
+            "--new-baseline (a files job: [source] new_baseline = true; the inputs of its year are NCBI's whole "
+            "new baseline), or ingest the folders of a `biomine sync` DEST (or run a job with [source] kind = "
+            '"pubmed"), which know the mirror\'s listing',
             started[0].group(0),
             started[0].group("prefix"),
         )
+
+
+def _dropped_already(docs: Documents, prefix: str) -> bool:
+    """Whether a recent commit dropped the articles that the ``prefix`` baseline no longer holds: it
+    was atomic, and no older baseline's file applies after it (superseded), so nothing is left to
+    find. (Beyond the recent commits the check reads the candidate files again: correct, slower.)"""
+    return any(
+        isinstance(entry.get("baseline"), dict) and entry["baseline"].get("prefix") == prefix
+        for entry in docs.table.commit_metadata(limit=50)
+    )
 
 
 def _drop_older(docs: Documents, year: int, summary: IngestSummary, lease: Lease) -> None:

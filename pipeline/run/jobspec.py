@@ -109,6 +109,7 @@ JOB_KEYS = {
     "max_records": "[source] max",
     "mirror": "[source] mirror",
     "allow_http": "[source] allow_http",
+    "new_baseline": "[source] new_baseline",
 }
 
 #: The kinds of source a job may name (jobs/README.md).

@@ -43,7 +43,7 @@ import logging
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import BioMineError, SyncError
 from pipeline.run.cluster import RayPool, init_ray, placement
@@ -52,6 +52,9 @@ from pipeline.run.plan import RunPlan, job_identity, preflight
 from pipeline.store.lease import Lease
 from pipeline.store.models import describe
 from pipeline.store.output import JobOutput
+
+if TYPE_CHECKING:
+    from pipeline.pubmed.ingest import BaselineListing
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ def _ingest_step(
     shard_rows: int,
     progress: bool,
     lease: Lease,
-    new_baseline: bool | frozenset[str] | None = None,
+    new_baseline: bool | BaselineListing | None = None,
 ) -> dict[str, Any]:
     """Ingest the source files into the output's documents: this process applies and commits, Ray
     tasks on every node hash and parse (one per file), under the run's lease. ``new_baseline``: what
@@ -158,7 +161,7 @@ def _sync_step(spec: JobSpec, output: JobOutput, progress: bool, lease: Lease) -
         raise SyncError(f"{src.dest} holds no verified PubMed file to ingest yet; check the mirror", setting="mirror")
     # the mirror's listing says when a new baseline is whole (not while a file of it has no .md5 yet)
     baseline = listed_baseline(src.dest, waiting=s.waiting)
-    step = _ingest_step([f.uri for f in files], output, src.shard_size, progress, lease, new_baseline=baseline)
+    step = _ingest_step([f.uri for f in files], output, src.shard_size, progress, lease, new_baseline=baseline or False)
     step["sync"] = {
         "downloaded": len(s.downloaded),
         "bytes": s.bytes,
