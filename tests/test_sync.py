@@ -467,3 +467,34 @@ def test_on_two_nodes_the_downloads_run_on_the_worker_so_a_local_dest_it_does_no
         f"/pubmed/{f}/{n}" for f, n in [("baseline", B1), ("baseline", B2), ("updatefiles", U3)]
     )
     assert read_state(str(dest))["files"] == {} and held(dest) == {}
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ('{"version": 1, "files": {', "not JSON: "),
+        ('{"version": 1, "files": [], "listed": {}}', "its 'files' is not an object"),
+        ('{"files": {"baseline/x": {"md5": 3}}}', "its 'files' entry 'baseline/x' has no md5 and size"),
+    ],
+)
+def test_a_damaged_state_file_is_one_error_line_naming_it_and_the_fix(ncbi, tmp_path, capsys, text, why):
+    dest = tmp_path / "pubmed"
+    assert run_sync(ncbi, dest) == 0
+    (dest / STATE).write_text(text)
+    capsys.readouterr()
+    ingest = ["ingest", str(dest / "baseline"), "--out", str(tmp_path / "out"), "--no-progress"]
+    for args in (["sync", str(dest), "--mirror", ncbi.url, "--allow-http"], ingest):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert err[0].startswith(f"biomine: error: {dest / STATE} is damaged ({why}"), err[0]
+        assert err[0].endswith(
+            "move it aside (e.g. to _sync.json.bad) and sync again; the files held there are "
+            "checked against their .md5 and recorded without a download"
+        ), err[0]
+    # moved aside: the next sync adopts the held files without downloading them again
+    (dest / STATE).rename(dest / "_sync.json.bad")
+    ncbi.requests.clear()
+    assert run_sync(ncbi, dest) == 0
+    assert ncbi.gets() == [] and len(ncbi.gets(".md5")) == 3
+    assert_mirrors(ncbi, dest)

@@ -161,16 +161,52 @@ def parse_md5(text: str, name: str) -> str:
 
 
 def read_state(dest: str | Location) -> dict[str, Any]:
-    """DEST's recorded state (:data:`STATE`); an empty one when DEST was never synced."""
+    """DEST's recorded state (:data:`STATE`); an empty one when DEST was never synced.
+
+    :raises SyncError: the state is damaged (not JSON, or not the shape a sync writes), naming the
+        file and the fix.
+    """
     from pipeline.store.storage import location
 
     loc = location(dest) / STATE
     if not loc.exists():
         return {"version": STATE_VERSION, "files": {}, "listed": {}}
-    state = loc.read_json()
+    try:
+        state = loc.read_json()
+    except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        raise _damaged_state(loc, f"not JSON: {exc}") from None
+    problem = _state_problem(state)
+    if problem:
+        raise _damaged_state(loc, problem)
     state.setdefault("files", {})
     state.setdefault("listed", {})
     return state
+
+
+def _state_problem(state: Any) -> str | None:
+    """What makes ``state`` not one a sync writes (None: nothing)."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    for part in ("files", "listed"):
+        entries = state.get(part, {})
+        if not isinstance(entries, dict):
+            return f"its {part!r} is not an object"
+        bad = next((key for key, entry in entries.items() if not isinstance(entry, dict)), None)
+        if bad is not None:
+            return f"its {part!r} entry {bad!r} is not an object"
+    for key, entry in state.get("files", {}).items():
+        if not isinstance(entry.get("md5"), str) or not isinstance(entry.get("size"), int):
+            return f"its 'files' entry {key!r} has no md5 and size"
+    return None
+
+
+def _damaged_state(loc: Location, why: str) -> SyncError:
+    # Nothing is lost by starting again: a file held in DEST is checked against its .md5 and recorded
+    # without a download (an unrecorded file is adopted).
+    return SyncError(
+        f"{loc} is damaged ({why}): move it aside (e.g. to {STATE}.bad) and sync again; the files "
+        "held there are checked against their .md5 and recorded without a download"
+    )
 
 
 def verified_files(
