@@ -25,7 +25,11 @@ Contract (what ``biomine sync DEST`` promises):
   filesystem), or its node's cache folder for an object store, so a task Ray retries on another node
   (its node lost) restarts that file from byte 0 when DEST is an object store. On a multi-node
   cluster DEST must be an object store (``s3://``) or a filesystem every node mounts: a file that a
-  node published where this process cannot see it is refused, naming the file and the host.
+  node published where this process cannot see it (looked for again for :data:`PUBLISHED_WAIT`
+  seconds: a shared filesystem's cache may lag) stops the sync at once (what is pending is
+  cancelled), naming the file and the host. Any other failure of a download is one
+  :class:`SyncError` naming the file, recorded like a ``.md5`` failure: a folder that cannot be
+  written where it ran (naming the host), or its Ray worker lost (crashed, killed, node gone).
 - **Every file is verified** against its ``.md5`` (NCBI's ``MD5(name)= hex`` layout, or md5sum's
   ``hex  name``). A mismatch is downloaded again once from byte 0; a second mismatch keeps nothing
   of that file and, once the other files are done, is one :class:`SyncError` naming it.
@@ -34,7 +38,8 @@ Contract (what ``biomine sync DEST`` promises):
   object store: :mod:`pipeline.store.storage`), only after its checksum matched. ``biomine ingest
   DEST/baseline DEST/updatefiles`` (or a job with ``[source] kind = "pubmed"``) reads them.
 - **The mirror's state is recorded** in ``DEST/_sync.json`` (:data:`STATE`) by the process that runs
-  the sync alone (one writer; a download only returns its record), rewritten after every verified
+  the sync alone (one writer; a download only returns its record; a damaged one is a
+  :class:`SyncError` naming it: move it aside and sync again), rewritten after every verified
   file: per file (``baseline/NAME``) its size, md5, sha256, the host that fetched it and when it was
   verified, and per folder the newest file the mirror listed at the last sync (and those listed without a ``.md5`` yet). A killed sync
   resumes (verified files stay verified; partial downloads continue); a re-run downloads nothing
@@ -44,12 +49,14 @@ Contract (what ``biomine sync DEST`` promises):
 - One sync at a time per DEST: the process that runs it holds DEST's lease (:mod:`pipeline.store.lease`).
 - Ctrl-C or SIGTERM: no file starts any more (what is not started is cancelled). Threads finish the
   downloads under way before the lease is released; a Ray task under way is interrupted (its partial
-  file resumes later). A file published after the interrupt is not recorded: the next sync finds it
-  in DEST, checks it against its ``.md5`` and records it without a download.
+  file resumes later) and waited for, up to :data:`pipeline.run.cluster.DRAIN_TIMEOUT` seconds,
+  before the lease is released (a next sync does not race it on its staging file). A file
+  published after the interrupt is not recorded: the next sync finds it in DEST, checks it against
+  its ``.md5`` and records it without a download.
 
 :raises SyncError: a mirror URL that is not https (without ``allow_http``), a listing without files,
-    a download that fails for good, a file that fails its ``.md5`` twice, or a local DEST that a
-    node of the cluster does not share.
+    a download that fails for good (or cannot be written where it runs), a file that fails its
+    ``.md5`` twice, a local DEST that a node of the cluster does not share, or a damaged state.
 """
 
 from __future__ import annotations
