@@ -302,6 +302,24 @@ def test_a_cancelled_download_task_has_ended_when_the_pool_is_drained(ncbi, tmp_
     assert time.monotonic() - start < 30
 
 
+def test_a_folder_that_cannot_be_written_in_a_jobs_ray_task_is_one_error_line(ncbi, tmp_path, ray_local, capsys):
+    """The OSError of a download in a Ray task (here: a file where its staging folder goes; on a
+    cluster, a local DEST a node does not mount) is one line naming the file and the host, not Ray's
+    traceback; the other files are kept."""
+    dest = tmp_path / "raw"
+    (dest / ".sync-partial").mkdir(parents=True)
+    (dest / ".sync-partial" / "updatefiles").write_text("in the way")
+    job = pubmed_job(tmp_path, ncbi, tmp_path / "out", dest)
+    assert main(["run", str(job), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"biomine: error: updatefiles/{U3} could not be written on {socket.gethostname()} ("), err
+    assert (
+        "on a multi-node cluster keep DEST on object storage (s3://...) or on a filesystem every node mounts" in err[0]
+    )
+    assert set(read_state(str(dest))["files"]) == {f"baseline/{B1}", f"baseline/{B2}"}
+
+
 # --- a job with [source] kind = "pubmed": sync, then ingest in sequence order ---------------------------
 
 

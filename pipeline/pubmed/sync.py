@@ -601,6 +601,9 @@ def _fetch_all(
 
 
 def _task_failed(key: str, where: str, exc: BaseException) -> SyncError:
+    inner = getattr(exc, "cause", None)  # a Ray task's own exception arrives wrapped (RayTaskError.cause)
+    if isinstance(inner, BaseException):
+        exc = inner
     return SyncError(f"download of {key} {where} failed: {_one_line(exc)}; sync again (it resumes where it stopped)")
 
 

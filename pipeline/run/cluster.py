@@ -12,7 +12,8 @@
 The private-session details lean on two Ray internals (cited where used): the auth token loader's
 cache and the constant behind ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``.
 
-:raises BioMineError: an unreachable or malformed address; ``ray://`` without ``ray[client]``.
+:raises BioMineError: an unreachable or malformed address; ``ray://`` without ``ray[client]``; a
+    :class:`RayPool` task whose worker or node failed (a one-line :class:`StageError`).
 """
 
 from __future__ import annotations
@@ -445,7 +446,8 @@ class RayPool:
     """Parallel work (:class:`pipeline.pubmed.ingest.Pool`) as Ray tasks on any node: ingest's
     (one CPU each: each reads its input from storage and writes its shards to storage) and sync's
     downloads (``num_cpus``: :data:`pipeline.pubmed.sync.TASK_CPUS`). A task lost with its node is
-    retried (``max_retries``): it writes the same names and bytes again."""
+    retried (``max_retries``): it writes the same names and bytes again. :meth:`drain` waits, bounded,
+    for tasks not done yet (cancelled ones, after Ctrl-C)."""
 
     def __init__(self, workers: int, num_cpus: float = 1.0):
         self.workers = max(1, workers)
