@@ -643,7 +643,7 @@ def test_a_download_whose_ray_worker_died_is_one_error_line_naming_the_file(ncbi
     with pytest.raises(SyncError) as caught:
         sync(tmp_path / "pubmed", ncbi.url, allow_http=True, progress=False, pool=pool)
     pool.executor.shutdown()
-    first = str(crashed).strip().splitlines()[0]
+    first = str(crashed).strip().splitlines()[0].rstrip(".")
     assert str(caught.value) == (
         f"download of baseline/{B2} in its Ray task failed: {first}; sync again (it resumes where it stopped)"
     )

@@ -604,7 +604,8 @@ def _task_failed(key: str, where: str, exc: BaseException) -> SyncError:
     inner = getattr(exc, "cause", None)  # a Ray task's own exception arrives wrapped (RayTaskError.cause)
     if isinstance(inner, BaseException):
         exc = inner
-    return SyncError(f"download of {key} {where} failed: {_one_line(exc)}; sync again (it resumes where it stopped)")
+    reason = _one_line(exc).rstrip(".")
+    return SyncError(f"download of {key} {where} failed: {reason}; sync again (it resumes where it stopped)")
 
 
 #: How long the driver looks for a file another node published in a local DEST (a shared
