@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -274,6 +275,51 @@ def test_a_wrong_md5_twice_in_a_jobs_ray_task_is_the_same_one_error_line(ncbi, t
     assert not (dest / "updatefiles" / U3).exists() and not list((dest / ".sync-partial").rglob(f"{U3}*"))
 
 
+def test_a_cancelled_download_task_has_ended_when_the_pool_is_drained(ncbi, tmp_path, ray_local):
+    """Ctrl-C in a job: the driver cancels the download tasks, then waits (bounded) for them to end,
+    so that none still writes its staging file once the sync releases DEST's lease."""
+    import ray
+
+    from pipeline.pubmed.sync import TASK_CPUS, fetch_file
+    from pipeline.run.cluster import RayPool
+
+    dest, name = tmp_path / "pubmed", "pubmed26n0005.xml.gz"
+    ncbi.add("baseline", name, pubmed_file(list(range(100, 400))))
+    ncbi.pause = (name, 4096)  # the download hangs after 4 KiB
+    pool = RayPool(1, num_cpus=TASK_CPUS)
+    future = pool.submit(fetch_file, str(dest), ncbi.url, "baseline", name, 5, 60.0)
+    part = dest / ".sync-partial" / "baseline" / f"{name}.part"
+    deadline = time.monotonic() + 60
+    while not (part.exists() and part.stat().st_size == 4096):
+        assert time.monotonic() < deadline, "the task never started downloading"
+        time.sleep(0.05)
+    future.cancel()
+    # the task notices the cancel once its blocked read returns: here when the server goes on in a second
+    threading.Timer(1.0, ncbi.resume.set).start()
+    start = time.monotonic()
+    pool.drain(timeout=30)
+    assert ray.wait([future.ref], timeout=0)[0] == [future.ref]  # the task is over
+    assert time.monotonic() - start < 30
+
+
+def test_a_folder_that_cannot_be_written_in_a_jobs_ray_task_is_one_error_line(ncbi, tmp_path, ray_local, capsys):
+    """The OSError of a download in a Ray task (here: a file where its staging folder goes; on a
+    cluster, a local DEST a node does not mount) is one line naming the file and the host, not Ray's
+    traceback; the other files are kept."""
+    dest = tmp_path / "raw"
+    (dest / ".sync-partial").mkdir(parents=True)
+    (dest / ".sync-partial" / "updatefiles").write_text("in the way")
+    job = pubmed_job(tmp_path, ncbi, tmp_path / "out", dest)
+    assert main(["run", str(job), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"biomine: error: updatefiles/{U3} could not be written on {socket.gethostname()} ("), err
+    assert (
+        "on a multi-node cluster keep DEST on object storage (s3://...) or on a filesystem every node mounts" in err[0]
+    )
+    assert set(read_state(str(dest))["files"]) == {f"baseline/{B1}", f"baseline/{B2}"}
+
+
 # --- a job with [source] kind = "pubmed": sync, then ingest in sequence order ---------------------------
 
 
@@ -447,13 +493,14 @@ def test_on_two_nodes_the_downloads_run_on_the_worker_so_a_local_dest_it_does_no
 ):
     """A head that runs nothing (no CPUs) and a worker node that cannot see this machine's test
     folders (its own mount namespace): a pubmed job's downloads run on the worker, which publishes
-    them into its own view of the local dest. The driver finds none of them there, so the run fails
-    with one line naming the file, the host and the fix (an object store or a shared filesystem),
-    and records nothing it cannot see."""
+    them into its own view of the local dest. The driver does not find the first one there, so the
+    run stops at once (no other file is downloaded onto the worker's disk) with one line naming the
+    file, the host and the fix (an object store or a shared filesystem), and records nothing it
+    cannot see."""
     from ray_cluster import Cluster
 
     dest = tmp_path / "raw"
-    job = pubmed_job(tmp_path, ncbi, tmp_path / "out", dest)
+    job = pubmed_job(tmp_path, ncbi, tmp_path / "out", dest, concurrency=1)
     with Cluster(tmp_path) as cluster:
         cluster.add_node("worker", cpus=1, hide=[tmp_path_factory.getbasetemp()])
         args = [sys.executable, "-m", "pipeline.cli", "run", str(job), "--address", cluster.address, "--no-progress"]
@@ -461,16 +508,150 @@ def test_on_two_nodes_the_downloads_run_on_the_worker_so_a_local_dest_it_does_no
         for node in reversed(cluster.nodes):  # the run is over: no need for a graceful stop (~30 s)
             node.stop(signal.SIGKILL)
     assert refused.returncode == 2, refused.stderr[-3000:]
-    # the log names each file that failed (one line each); the error is the one last line
-    *logged, err = refused.stderr.strip().splitlines()
-    marker = " ERROR pipeline.pubmed.sync: "
-    failed = sorted(line.split(marker, 1)[1].split(":")[0] for line in logged if marker in line)
-    assert failed == [f"baseline/{B1}", f"baseline/{B2}", f"updatefiles/{U3}"], logged
-    assert err.startswith(f"biomine: error: baseline/{B1} was downloaded on {socket.gethostname()}, "), err
-    assert f"which does not share {dest}: on a multi-node cluster keep DEST on object storage (s3://...)" in err
-    assert err.endswith("or on a filesystem every node mounts (2 more files failed too; see the log above)"), err
-    # every file was fetched once (by the worker), and nothing the driver cannot see is recorded or held
-    assert sorted(p for p, _ in ncbi.gets()) == sorted(
-        f"/pubmed/{f}/{n}" for f, n in [("baseline", B1), ("baseline", B2), ("updatefiles", U3)]
-    )
+    err = refused.stderr.strip().splitlines()[-1]
+    assert err == (
+        f"biomine: error: baseline/{B1} was downloaded on {socket.gethostname()}, which does not share {dest}: "
+        "on a multi-node cluster keep DEST on object storage (s3://...) or on a filesystem every node mounts"
+    ), err
+    # the first file was fetched (by the worker), and no other one
+    assert ncbi.gets() == [(f"/pubmed/baseline/{B1}", None)]
     assert read_state(str(dest))["files"] == {} and held(dest) == {}
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ('{"version": 1, "files": {', "not JSON: "),
+        ('{"version": 1, "files": [], "listed": {}}', "its 'files' is not an object"),
+        ('{"files": {"baseline/x": {"md5": 3}}}', "its 'files' entry 'baseline/x' has no md5 and size"),
+    ],
+)
+def test_a_damaged_state_file_is_one_error_line_naming_it_and_the_fix(ncbi, tmp_path, capsys, text, why):
+    dest = tmp_path / "pubmed"
+    assert run_sync(ncbi, dest) == 0
+    (dest / STATE).write_text(text)
+    capsys.readouterr()
+    ingest = ["ingest", str(dest / "baseline"), "--out", str(tmp_path / "out"), "--no-progress"]
+    for args in (["sync", str(dest), "--mirror", ncbi.url, "--allow-http"], ingest):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert err[0].startswith(f"biomine: error: {dest / STATE} is damaged ({why}"), err[0]
+        assert err[0].endswith(
+            "move it aside (e.g. to _sync.json.bad) and sync again; the files held there are "
+            "checked against their .md5 and recorded without a download"
+        ), err[0]
+    # moved aside: the next sync adopts the held files without downloading them again
+    (dest / STATE).rename(dest / "_sync.json.bad")
+    ncbi.requests.clear()
+    assert run_sync(ncbi, dest) == 0
+    assert ncbi.gets() == [] and len(ncbi.gets(".md5")) == 3
+    assert_mirrors(ncbi, dest)
+
+
+# --- failures of a download's process, node or disk: one line each, never a traceback -------------------
+
+
+class _OtherView:
+    """A pool whose downloads see DEST somewhere else: a node that does not share a local DEST (it
+    publishes on its own disk), without a second node."""
+
+    def __init__(self, elsewhere: Path):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.elsewhere = str(elsewhere)
+        self.executor = ThreadPoolExecutor(1)
+
+    def submit(self, fn, dest, *args):
+        return self.executor.submit(fn, self.elsewhere, *args)
+
+
+def test_a_file_the_driver_cannot_see_stops_the_sync_at_once(ncbi, tmp_path, monkeypatch):
+    monkeypatch.setattr(sync_module, "PUBLISHED_WAIT", 0.2)
+    dest, elsewhere = tmp_path / "pubmed", tmp_path / "node-disk"
+    pool = _OtherView(elsewhere)
+    with pytest.raises(SyncError) as caught:
+        sync(dest, ncbi.url, allow_http=True, progress=False, concurrency=1, pool=pool)
+    pool.executor.shutdown()
+    host = socket.gethostname()
+    assert str(caught.value).startswith(f"baseline/{B1} was downloaded on {host}, which does not share {dest}")
+    assert ncbi.gets() == [(f"/pubmed/baseline/{B1}", None)]  # not one more file went to the node's disk
+    assert read_state(str(dest))["files"] == {} and held(dest) == {}
+
+
+def test_a_file_published_by_another_node_is_looked_for_again_before_the_dest_is_refused(tmp_path, monkeypatch):
+    """A shared filesystem's attribute cache may not show at once a file another node renamed into place."""
+    from pipeline.store.storage import location
+
+    monkeypatch.setattr(sync_module, "PUBLISHED_WAIT", 5.0)
+    (tmp_path / "baseline").mkdir()
+    record = {"key": f"baseline/{B1}", "host": "node-2"}
+    later = threading.Timer(0.3, (tmp_path / "baseline" / B1).write_bytes, [b"x"])
+    later.start()
+    start = time.monotonic()
+    sync_module._check_published(location(str(tmp_path)), record)  # no error: it came
+    assert 0.25 < time.monotonic() - start < 3
+    monkeypatch.setattr(sync_module, "PUBLISHED_WAIT", 0.2)
+    with pytest.raises(SyncError, match=f"baseline/{B2} was downloaded on node-2, which does not share"):
+        sync_module._check_published(location(str(tmp_path)), {**record, "key": f"baseline/{B2}"})
+
+
+def test_a_folder_that_cannot_be_written_where_a_download_runs_is_one_error_line_naming_file_and_host(
+    ncbi, tmp_path, capsys
+):
+    """An OSError in a download (here: a file where its staging folder goes; on a cluster, a local
+    DEST not mounted on a node, a full disk) is a SyncError naming the file and the host; the other
+    files are downloaded and kept."""
+    dest = tmp_path / "pubmed"
+    (dest / ".sync-partial").mkdir(parents=True)
+    (dest / ".sync-partial" / "baseline").write_text("in the way")
+    assert run_sync(ncbi, dest, "--concurrency", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(
+        f"biomine: error: baseline/{B1} could not be written on {socket.gethostname()} (File exists: "
+        f"{dest / '.sync-partial' / 'baseline'}); check that {dest} exists and can be written there"
+    ), err[0]
+    assert (
+        "on a multi-node cluster keep DEST on object storage (s3://...) or on a filesystem every node mounts" in err[0]
+    )
+    assert err[0].endswith("(1 more files failed too; see the log above)"), err[0]
+    assert set(read_state(str(dest))["files"]) == {f"updatefiles/{U3}"}
+
+
+class _StubRef:
+    """The ref of a Ray task whose worker died (what ``ray.get`` raises is patched in)."""
+
+    def future(self):
+        from concurrent.futures import Future
+
+        done: Future = Future()
+        done.set_result(None)
+        return done
+
+
+def test_a_download_whose_ray_worker_died_is_one_error_line_naming_the_file(ncbi, tmp_path, monkeypatch, capsys):
+    """A Ray error that is not the task's own (worker crashed, node died, OOM) reaches `_fetch_all`
+    as a StageError of one line (RayPool's futures), then names the file; the other files are kept."""
+    import ray
+
+    from pipeline.run.cluster import _RayFuture
+
+    crashed = ray.exceptions.WorkerCrashedError()
+    monkeypatch.setattr(ray, "get", lambda ref: (_ for _ in ()).throw(crashed))
+
+    class Pool(_OtherView):
+        def submit(self, fn, dest, mirror, folder, name, *args):
+            if name == B2:
+                return _RayFuture(_StubRef())
+            return self.executor.submit(fn, dest, mirror, folder, name, *args)
+
+    pool = Pool(tmp_path)
+    with pytest.raises(SyncError) as caught:
+        sync(tmp_path / "pubmed", ncbi.url, allow_http=True, progress=False, pool=pool)
+    pool.executor.shutdown()
+    first = str(crashed).strip().splitlines()[0].rstrip(".")
+    assert str(caught.value) == (
+        f"download of baseline/{B2} in its Ray task failed: {first}; sync again (it resumes where it stopped)"
+    )
+    assert set(read_state(str(tmp_path / "pubmed"))["files"]) == {f"baseline/{B1}", f"updatefiles/{U3}"}

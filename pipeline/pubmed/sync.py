@@ -25,7 +25,11 @@ Contract (what ``biomine sync DEST`` promises):
   filesystem), or its node's cache folder for an object store, so a task Ray retries on another node
   (its node lost) restarts that file from byte 0 when DEST is an object store. On a multi-node
   cluster DEST must be an object store (``s3://``) or a filesystem every node mounts: a file that a
-  node published where this process cannot see it is refused, naming the file and the host.
+  node published where this process cannot see it (looked for again for :data:`PUBLISHED_WAIT`
+  seconds: a shared filesystem's cache may lag) stops the sync at once (what is pending is
+  cancelled), naming the file and the host. Any other failure of a download is one
+  :class:`SyncError` naming the file, recorded like a ``.md5`` failure: a folder that cannot be
+  written where it ran (naming the host), or its Ray worker lost (crashed, killed, node gone).
 - **Every file is verified** against its ``.md5`` (NCBI's ``MD5(name)= hex`` layout, or md5sum's
   ``hex  name``). A mismatch is downloaded again once from byte 0; a second mismatch keeps nothing
   of that file and, once the other files are done, is one :class:`SyncError` naming it.
@@ -34,7 +38,8 @@ Contract (what ``biomine sync DEST`` promises):
   object store: :mod:`pipeline.store.storage`), only after its checksum matched. ``biomine ingest
   DEST/baseline DEST/updatefiles`` (or a job with ``[source] kind = "pubmed"``) reads them.
 - **The mirror's state is recorded** in ``DEST/_sync.json`` (:data:`STATE`) by the process that runs
-  the sync alone (one writer; a download only returns its record), rewritten after every verified
+  the sync alone (one writer; a download only returns its record; a damaged one is a
+  :class:`SyncError` naming it: move it aside and sync again), rewritten after every verified
   file: per file (``baseline/NAME``) its size, md5, sha256, the host that fetched it and when it was
   verified, and per folder the newest file the mirror listed at the last sync (and those listed without a ``.md5`` yet). A killed sync
   resumes (verified files stay verified; partial downloads continue); a re-run downloads nothing
@@ -44,12 +49,14 @@ Contract (what ``biomine sync DEST`` promises):
 - One sync at a time per DEST: the process that runs it holds DEST's lease (:mod:`pipeline.store.lease`).
 - Ctrl-C or SIGTERM: no file starts any more (what is not started is cancelled). Threads finish the
   downloads under way before the lease is released; a Ray task under way is interrupted (its partial
-  file resumes later). A file published after the interrupt is not recorded: the next sync finds it
-  in DEST, checks it against its ``.md5`` and records it without a download.
+  file resumes later) and waited for, up to :data:`pipeline.run.cluster.DRAIN_TIMEOUT` seconds,
+  before the lease is released (a next sync does not race it on its staging file). A file
+  published after the interrupt is not recorded: the next sync finds it in DEST, checks it against
+  its ``.md5`` and records it without a download.
 
 :raises SyncError: a mirror URL that is not https (without ``allow_http``), a listing without files,
-    a download that fails for good, a file that fails its ``.md5`` twice, or a local DEST that a
-    node of the cluster does not share.
+    a download that fails for good (or cannot be written where it runs), a file that fails its
+    ``.md5`` twice, a local DEST that a node of the cluster does not share, or a damaged state.
 """
 
 from __future__ import annotations
@@ -63,13 +70,14 @@ import os
 import queue
 import re
 import socket
+import time
 import urllib.parse
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypedDict
 
-from pipeline.errors import BioMineError, SyncError
+from pipeline.errors import BioMineError, StageError, SyncError
 from pipeline.progress import Progress
 from pipeline.store import atomic
 
@@ -161,16 +169,52 @@ def parse_md5(text: str, name: str) -> str:
 
 
 def read_state(dest: str | Location) -> dict[str, Any]:
-    """DEST's recorded state (:data:`STATE`); an empty one when DEST was never synced."""
+    """DEST's recorded state (:data:`STATE`); an empty one when DEST was never synced.
+
+    :raises SyncError: the state is damaged (not JSON, or not the shape a sync writes), naming the
+        file and the fix.
+    """
     from pipeline.store.storage import location
 
     loc = location(dest) / STATE
     if not loc.exists():
         return {"version": STATE_VERSION, "files": {}, "listed": {}}
-    state = loc.read_json()
+    try:
+        state = loc.read_json()
+    except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        raise _damaged_state(loc, f"not JSON: {exc}") from None
+    problem = _state_problem(state)
+    if problem:
+        raise _damaged_state(loc, problem)
     state.setdefault("files", {})
     state.setdefault("listed", {})
     return state
+
+
+def _state_problem(state: Any) -> str | None:
+    """What makes ``state`` not one a sync writes (None: nothing)."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    for part in ("files", "listed"):
+        entries = state.get(part, {})
+        if not isinstance(entries, dict):
+            return f"its {part!r} is not an object"
+        bad = next((key for key, entry in entries.items() if not isinstance(entry, dict)), None)
+        if bad is not None:
+            return f"its {part!r} entry {bad!r} is not an object"
+    for key, entry in state.get("files", {}).items():
+        if not isinstance(entry.get("md5"), str) or not isinstance(entry.get("size"), int):
+            return f"its 'files' entry {key!r} has no md5 and size"
+    return None
+
+
+def _damaged_state(loc: Location, why: str) -> SyncError:
+    # Nothing is lost by starting again: a file held in DEST is checked against its .md5 and recorded
+    # without a download (an unrecorded file is adopted).
+    return SyncError(
+        f"{loc} is damaged ({why}): move it aside (e.g. to {STATE}.bad) and sync again; the files "
+        "held there are checked against their .md5 and recorded without a download"
+    )
 
 
 def verified_files(
@@ -297,11 +341,48 @@ def fetch_file(dest: str, mirror: str, folder: str, name: str, attempts: int, ti
     return its record. It never writes DEST's state: the caller records what it returns (one writer).
     Pure in its arguments (a URI and plain values), so that it can run anywhere.
 
-    :raises SyncError: a download that fails for good, or a file that fails its ``.md5`` twice.
+    :raises SyncError: a download that fails for good, a file that fails its ``.md5`` twice, or a
+        staging folder or DEST that cannot be written here (naming the file and this host).
+    :raises StorageError: DEST on an object store that refuses the file (credentials, bucket).
     """
+    import pyarrow as pa
+
     from pipeline.store.storage import location
 
-    root = location(dest)
+    try:
+        return _fetch(location(dest), mirror, folder, name, attempts, timeout)
+    except BioMineError:
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        # e.g. a local DEST that is not mounted on this node (its folder cannot be made), a full disk:
+        # one line, not a traceback from a Ray worker
+        raise SyncError(_not_written(dest, f"{folder}/{name}", exc)) from None
+
+
+def _not_written(dest: str, key: str, exc: BaseException) -> str:
+    """The message of a file that could not be staged or published on this host."""
+    from pipeline.store.storage import location
+
+    hint = ""
+    if location(dest).is_local:
+        hint = (
+            f"; check that {dest} exists and can be written there (free space, permissions): on a multi-node "
+            "cluster keep DEST on object storage (s3://...) or on a filesystem every node mounts"
+        )
+    return f"{key} could not be written on {socket.gethostname()} ({_one_line(exc)}){hint}"
+
+
+def _one_line(exc: BaseException) -> str:
+    """``exc`` in one line, without Python's quoting: an OSError's reason and path, else the first
+    line of its message (a Ray error's message goes on with advice and tracebacks)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def _fetch(root: Location, mirror: str, folder: str, name: str, attempts: int, timeout: float) -> FileRecord:
+    """:func:`fetch_file` in DEST ``root``; an OSError is left to it."""
     staging = _staging(root)
     key, url = f"{folder}/{name}", f"{mirror}{folder}/{name}"
     expected = parse_md5(_text(f"{url}.md5", staging, f"{name}.md5", attempts, timeout), name)
@@ -462,11 +543,17 @@ def _fetch_all(
     timeout: float,
 ) -> list[BioMineError]:
     """Fetch ``todo`` in ``pool``, ``window`` files in flight, recording each verified file in
-    ``state`` (and :data:`STATE`) as it comes back; the failures, in the order they came."""
+    ``state`` (and :data:`STATE`) as it comes back; the failures, in the order they came. A failure
+    of any kind is one :class:`SyncError` naming the file (never a traceback), except a local DEST
+    that a node does not share: that stops the sync at once (:func:`_check_published`).
+
+    :raises SyncError: a file published where this process cannot see it (what is pending is cancelled).
+    """
     errors: list[BioMineError] = []
     done: queue.SimpleQueue[Any] = queue.SimpleQueue()  # futures, as they finish (any order)
     pending: dict[Any, str] = {}
     files = iter(todo)
+    where = f"on {socket.gethostname()}" if isinstance(pool, _Threads) else "in its Ray task"
 
     def submit() -> None:
         for folder, name in itertools.islice(files, 1):
@@ -481,13 +568,23 @@ def _fetch_all(
             while pending:
                 future = done.get()
                 key = pending.pop(future)
+                error: BioMineError | None = None
                 try:
                     record = future.result()
-                    _check_published(root, record)
+                except StageError as exc:  # the task itself failed (worker crashed, node died, OOM)
+                    error = _task_failed(key, where, exc.__cause__ or exc)
                 except BioMineError as exc:
-                    log.error("%s: %s", key, exc)
-                    errors.append(exc)
+                    error = exc
+                except Exception as exc:  # anything else: one line naming the file (traceback in the debug log)
+                    log.debug("%s: download failed", key, exc_info=True)
+                    error = _task_failed(key, where, exc)
+                if error is not None:
+                    log.error("%s: %s", key, error)
+                    errors.append(error)
                 else:
+                    # a local DEST that a node does not share: every other file would land on that
+                    # node's disk too; stop now rather than after downloading them all
+                    _check_published(root, record)
                     _record(root, state, summary, record)
                 submit()
                 bar.update()
@@ -497,20 +594,48 @@ def _fetch_all(
         # recorded; the next sync finds its file in DEST, checks it against its .md5 and records it.)
         for future in pending:
             future.cancel()
+        drain = getattr(pool, "drain", None)  # a RayPool: its cancelled tasks end before the lease is released
+        if pending and drain is not None:
+            drain()
     return errors
+
+
+def _task_failed(key: str, where: str, exc: BaseException) -> SyncError:
+    inner = getattr(exc, "cause", None)  # a Ray task's own exception arrives wrapped (RayTaskError.cause)
+    if isinstance(inner, BaseException):
+        exc = inner
+    reason = _one_line(exc).rstrip(".")
+    return SyncError(f"download of {key} {where} failed: {reason}; sync again (it resumes where it stopped)")
+
+
+#: How long the driver looks for a file another node published in a local DEST (a shared
+#: filesystem's attribute cache may not show it at once) before it refuses the DEST as not shared.
+PUBLISHED_WAIT = 5.0
 
 
 def _check_published(root: Location, record: FileRecord) -> None:
     """A local DEST must be the same folder wherever a download ran: on a multi-node cluster, a
-    node that does not share it published the file on its own disk.
+    node that does not share it published the file on its own disk. On a miss the parent folder is
+    listed (which makes NFS and FUSE clients revalidate their cached view of it) and looked at again
+    for up to :data:`PUBLISHED_WAIT` seconds.
 
     :raises SyncError: the file is not in DEST as this process sees it.
     """
-    if root.is_local and not (root / record["key"]).exists():
-        raise SyncError(
-            f"{record['key']} was downloaded on {record['host']}, which does not share {root}: on a "
-            "multi-node cluster keep DEST on object storage (s3://...) or on a filesystem every node mounts"
-        )
+    if not root.is_local:
+        return
+    target = Path((root / record["key"]).path)
+    deadline = time.monotonic() + PUBLISHED_WAIT
+    delay = 0.05
+    while not target.exists():
+        if time.monotonic() >= deadline:
+            raise SyncError(
+                f"{record['key']} was downloaded on {record['host']}, which does not share {root}: on a "
+                "multi-node cluster keep DEST on object storage (s3://...) or on a filesystem every node mounts"
+            )
+        with contextlib.suppress(OSError):
+            os.listdir(target.parent)  # a fresh READDIR: revalidates the cached folder
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 def _record(root: Location, state: dict[str, Any], summary: SyncSummary, record: FileRecord) -> None:

@@ -12,7 +12,8 @@
 The private-session details lean on two Ray internals (cited where used): the auth token loader's
 cache and the constant behind ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``.
 
-:raises BioMineError: an unreachable or malformed address; ``ray://`` without ``ray[client]``.
+:raises BioMineError: an unreachable or malformed address; ``ray://`` without ``ray[client]``; a
+    :class:`RayPool` task whose worker or node failed (a one-line :class:`StageError`).
 """
 
 from __future__ import annotations
@@ -27,16 +28,20 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypedDict
 
-from pipeline.errors import BioMineError
+from pipeline.errors import BioMineError, StageError
 from pipeline.run.jobspec import ResourceSpec
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
+#: How long :meth:`RayPool.drain` waits for cancelled tasks to end (a cancelled task is interrupted;
+#: one that does not notice is left to Ray after this).
+DRAIN_TIMEOUT = 10.0
 
 
 def _private_token() -> None:
@@ -424,6 +429,12 @@ class _RayFuture:
             return ray.get(self.ref)
         except ray.exceptions.RayTaskError as exc:
             raise worker_error(exc) from None
+        except ray.exceptions.RayError as exc:
+            # not the task's own error: its worker or node failed (crashed, killed for memory, lost)
+            # or it could not be placed. One line (Ray's message goes on with advice); Ray's error
+            # stays the cause, for callers that name the task's work.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise StageError(f"a Ray task failed: {lines[0] if lines else type(exc).__name__}") from exc
 
     def add_done_callback(self, fn: Callable[["_RayFuture"], Any]) -> None:
         """Call ``fn(self)`` once the task is done (finished, failed or cancelled), from a thread of
@@ -435,16 +446,38 @@ class RayPool:
     """Parallel work (:class:`pipeline.pubmed.ingest.Pool`) as Ray tasks on any node: ingest's
     (one CPU each: each reads its input from storage and writes its shards to storage) and sync's
     downloads (``num_cpus``: :data:`pipeline.pubmed.sync.TASK_CPUS`). A task lost with its node is
-    retried (``max_retries``): it writes the same names and bytes again."""
+    retried (``max_retries``): it writes the same names and bytes again. :meth:`drain` waits, bounded,
+    for tasks not done yet (cancelled ones, after Ctrl-C)."""
 
     def __init__(self, workers: int, num_cpus: float = 1.0):
         self.workers = max(1, workers)
         self.num_cpus = num_cpus
         self._remote: dict[Any, Any] = {}
+        self._running: set[Any] = set()  # the refs of tasks not done yet (for drain)
+        self._lock = threading.Lock()
 
     def submit(self, fn, *args) -> _RayFuture:
         import ray
 
         if fn not in self._remote:
             self._remote[fn] = ray.remote(num_cpus=self.num_cpus, max_retries=2)(fn)
-        return _RayFuture(self._remote[fn].remote(*args))
+        ref = self._remote[fn].remote(*args)
+        with self._lock:
+            self._running.add(ref)
+        ref.future().add_done_callback(lambda _: self._done(ref))
+        return _RayFuture(ref)
+
+    def _done(self, ref: Any) -> None:
+        with self._lock:
+            self._running.discard(ref)
+
+    def drain(self, timeout: float = DRAIN_TIMEOUT) -> None:
+        """Wait, up to ``timeout`` seconds, for this pool's tasks that are not done yet: after
+        cancelling them (Ctrl-C), so that none still writes (a partial download, a staged file)
+        when the caller releases what it holds (a lease) and a next run starts on the same files."""
+        import ray
+
+        with self._lock:
+            refs = list(self._running)
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)
