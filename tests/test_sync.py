@@ -297,7 +297,7 @@ def test_a_cancelled_download_task_has_ended_when_the_pool_is_drained(ncbi, tmp_
     # the task notices the cancel once its blocked read returns: here when the server goes on in a second
     threading.Timer(1.0, ncbi.resume.set).start()
     start = time.monotonic()
-    pool.drain(timeout=30)
+    pool.drain([future], timeout=30)
     assert ray.wait([future.ref], timeout=0)[0] == [future.ref]  # the task is over
     assert time.monotonic() - start < 30
 
@@ -313,7 +313,9 @@ def test_a_folder_that_cannot_be_written_in_a_jobs_ray_task_is_one_error_line(nc
     assert main(["run", str(job), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert err[0].startswith(f"biomine: error: updatefiles/{U3} could not be written on {socket.gethostname()} ("), err
+    assert err[0].startswith(
+        f"biomine: error: updatefiles/{U3} could not be stored or read on {socket.gethostname()} ("
+    ), err
     assert (
         "on a multi-node cluster keep DEST on object storage (s3://...) or on a filesystem every node mounts" in err[0]
     )
@@ -609,7 +611,7 @@ def test_a_folder_that_cannot_be_written_where_a_download_runs_is_one_error_line
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith(
-        f"biomine: error: baseline/{B1} could not be written on {socket.gethostname()} (File exists: "
+        f"biomine: error: baseline/{B1} could not be stored or read on {socket.gethostname()} (File exists: "
         f"{dest / '.sync-partial' / 'baseline'}); check that {dest} exists and can be written there"
     ), err[0]
     assert (

@@ -579,6 +579,9 @@ def test_a_whole_new_baseline_drops_what_it_no_longer_holds_and_never_a_partial_
     meta = Documents(out / "documents").table.commit_metadata(limit=1)[0]
     assert meta["baseline"] == {"prefix": "pubmed27n", "dropped": len(dropped)}
     # a re-run is a no-op; a 2026 update published late is superseded (the 2027 baseline holds it)
+    # (the newest commit applying inputs applied a user's own file only: the 2027 baseline still counts)
+    (tmp_path / "own").mkdir()
+    ingest_files([write(tmp_path / "own" / "zz-own.xml.gz", [article(200)])], out, shard_rows=SHARD)
     caplog.clear()
     version = Documents(out / "documents").table.version
     write(src / "pubmed26n0005.xml.gz", [article(5, 2)])
@@ -590,6 +593,78 @@ def test_a_whole_new_baseline_drops_what_it_no_longer_holds_and_never_a_partial_
     assert sorted(hashed) == sorted(["extra.xml.gz", *names])
     assert Documents(out / "documents").table.version == version
     assert [r.levelname for r in caplog.records if "superseded" in r.getMessage()] == ["INFO"]
+
+
+def synced_dest(dest: Path, held: dict[str, bytes], listed: dict[str, dict]) -> None:
+    """A ``biomine sync`` DEST as a sync leaves it: ``held`` raw files (``folder/name``: bytes), their
+    records and the mirror's ``listed`` entries in ``_sync.json``."""
+    import hashlib
+
+    files = {}
+    for key, data in held.items():
+        (dest / key).parent.mkdir(parents=True, exist_ok=True)
+        (dest / key).write_bytes(data)
+        files[key] = {
+            "size": len(data),
+            "md5": hashlib.md5(data).hexdigest(),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "verified": "2026-12-20T06:00:00+00:00",
+        }
+    state = {"version": 1, "mirror": "https://ftp.ncbi.nlm.nih.gov/pubmed/", "files": files, "listed": listed}
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "_sync.json").write_text(json.dumps(state))
+
+
+def test_the_baseline_listing_is_whole_only_with_an_update_of_its_year_listed_by_the_same_sync(tmp_path):
+    """An update of the new year proves the baseline listing whole only when one sync listed both:
+    a baseline listing left by an earlier sync (NCBI was still uploading; then `sync --only
+    updatefiles`) proves nothing. A names list keeps the newest year's prefix."""
+    from pipeline.pubmed.ingest import BaselineListing, _baseline_files, listed_baseline
+
+    dest = tmp_path / "pubmed"
+    base = {"newest": "pubmed27n0800.xml.gz", "files": 800, "waiting": [], "checked": "t1", "sync": "t1"}
+    update = {"newest": "pubmed27n1275.xml.gz", "files": 1, "waiting": [], "checked": "t2", "sync": "t2"}
+    synced_dest(dest, {}, {"baseline": base, "updatefiles": update})
+    stale = listed_baseline(dest)
+    assert stale is not None and len(stale.files) == 800
+    assert stale.pending == "the baseline was not listed by the sync that listed its updates"
+    synced_dest(dest, {}, {"baseline": {**base, "sync": "t2"}, "updatefiles": update})
+    assert listed_baseline(dest) == BaselineListing("pubmed27n", stale.files)
+    synced_dest(
+        dest, {}, {"baseline": {**base, "sync": "t2"}, "updatefiles": {**update, "newest": "pubmed26n1400.xml.gz"}}
+    )
+    listing = listed_baseline(dest)
+    assert listing is not None and listing.pending.startswith("the mirror lists no pubmed27n update yet")
+    names = _baseline_files(Documents(tmp_path / "out" / "documents"), [], ["extra.xml", "pubmed27n0001.xml.gz"])
+    assert names is not None and names.prefix == "pubmed27n"
+
+
+def test_a_sync_dests_files_are_recognised_by_their_record_unless_replaced_since(tmp_path, monkeypatch):
+    """Inputs in a sync DEST's folders are not read to be hashed: the sync's record says their sha256
+    (the daily job would otherwise read the whole baseline every day). A file replaced by hand since
+    (its size differs from the record) is hashed like any input and applied as re-issued."""
+    import pipeline.pubmed.ingest as ingest_module
+
+    real_checksum = ingest_module.checksum
+    src, dest, out = tmp_path / "src", tmp_path / "pubmed", tmp_path / "out"
+    src.mkdir()
+    write(src / "b1.xml.gz", [article(1), article(2)])
+    write(src / "u2.xml.gz", [article(2, 1)])
+    held = {
+        "baseline/pubmed26n0001.xml.gz": (src / "b1.xml.gz").read_bytes(),
+        "updatefiles/pubmed26n0002.xml.gz": (src / "u2.xml.gz").read_bytes(),
+    }
+    synced_dest(dest, held, {})
+    hashed: list[str] = []
+    monkeypatch.setattr(ingest_module, "checksum", lambda loc: hashed.append(loc.name) or real_checksum(loc))
+    inputs = [dest / "baseline", tmp_path / "link" / "updatefiles"]
+    (tmp_path / "link").symlink_to(dest)  # the same DEST, spelled through a link
+    first = ingest_files(inputs, out, shard_rows=SHARD, now=lambda: FIXED)
+    assert (first.files, hashed) == (2, [])
+    # replaced by hand (a restore from elsewhere): hashed, and applied again as re-issued content
+    write(dest / "updatefiles" / "pubmed26n0002.xml.gz", [article(2, 1), article(3)])
+    again = ingest_files(inputs, out, shard_rows=SHARD, now=lambda: FIXED)
+    assert hashed == ["pubmed26n0002.xml.gz"] and (again.files, again.reissued) == (1, ["pubmed26n0002.xml.gz"])
 
 
 def test_new_baseline_refuses_inputs_that_are_not_a_whole_baseline(tmp_path, capsys):

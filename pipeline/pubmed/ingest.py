@@ -21,7 +21,7 @@ Contract (what ``biomine ingest`` promises):
   unchanged article stay valid (a job copies them, it does not recompute them).
 - **Inputs are recognised by content and apply exactly once**: every input is hashed (sha256, in
   parallel; a file of a ``biomine sync`` DEST by the sha256 the sync recorded when it verified it,
-  as its raw files are immutable) and a file whose checksum the table's log records (a Delta app
+  as its raw files are immutable, unless its size changed since) and a file whose checksum the table's log records (a Delta app
   transaction of the commit that applied it) is skipped, whatever its name. A file whose name is recorded with another
   checksum (re-issued by NLM, or replaced by hand) is ingested again and applied on top of the
   current corpus, with a warning, if no later file is ingested yet. A new or changed file that sorts
@@ -79,7 +79,7 @@ import multiprocessing
 import os
 import re
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
@@ -501,6 +501,17 @@ def ingest_files(
 INGEST_OWNER = {"name": "biomine ingest", "source": {"kind": "ingest"}}
 
 
+def _named_result(future: Any, name: str) -> Any:
+    """``future.result()``; a failure of the pool itself (a Ray worker crashed or killed for memory,
+    its node lost: a :class:`~pipeline.errors.StageError`) names the input it was working on."""
+    from pipeline.errors import StageError
+
+    try:
+        return future.result()
+    except StageError as exc:
+        raise IngestError(f"{name}: {exc}; ingest again (what was committed stays)") from exc
+
+
 def _recorded_checksums(files: list[Location]) -> dict[str, InputFile]:
     """The inputs that a ``biomine sync`` DEST's state recorded when it verified them (by URI), with
     their recorded size and sha256: immutable raw files, so a daily run does not read the whole
@@ -511,12 +522,25 @@ def _recorded_checksums(files: list[Location]) -> dict[str, InputFile]:
     if dest is None:
         return {}
     recorded = read_state(dest)["files"]
-    known = {}
+    candidates = []
     for loc in files:
         entry = recorded.get(f"{loc.parent.name}/{loc.name}")
-        if loc.parent.parent.uri == dest.uri and isinstance(entry, dict) and entry.get("sha256"):
-            known[loc.uri] = InputFile(loc, int(entry.get("size") or 0), str(entry["sha256"]))
-    return known
+        if _same_place(loc.parent.parent, dest) and isinstance(entry, dict) and entry.get("sha256"):
+            candidates.append((loc, int(entry.get("size") or 0), str(entry["sha256"])))
+
+    def unchanged(item: tuple[Location, int, str]) -> bool:
+        # a file replaced by hand since the sync verified it (a restore, a copy from elsewhere) is
+        # hashed like any input; one stat (a HEAD on object storage) per file tells most apart
+        return item[0].size() == item[1]
+
+    with ThreadPoolExecutor(16) as threads:
+        same = list(threads.map(unchanged, candidates))
+    return {loc.uri: InputFile(loc, size, sha) for (loc, size, sha), ok in zip(candidates, same) if ok}
+
+
+def _same_place(a: Location, b: Location) -> bool:
+    """One folder, however spelled (a local path through a link)."""
+    return a.uri == b.uri or (a.is_local and b.is_local and os.path.realpath(a.path) == os.path.realpath(b.path))
 
 
 def _plan(
@@ -527,7 +551,11 @@ def _plan(
     (``last``: the newest input applied), which are not even hashed."""
     summary = IngestSummary()
     applied = docs.inputs_applied()
-    newest_year = baseline_year(last) if last else None
+    # the newest baseline applied: of the newest input applied, or of any input applied (the newest
+    # commit may have applied a user's own file only)
+    years = [baseline_year(last) if last else None]
+    years += [y for loc in files if (y := baseline_year(loc.name)) is not None and docs.position(loc.name) is not None]
+    newest_year = max((y for y in years if y is not None), default=None)
     superseded: list[str] = []
     current: list[Location] = []
     for loc in files:
@@ -544,8 +572,8 @@ def _plan(
     futures = [known[loc.uri] if loc.uri in known else pool.submit(checksum, loc) for loc in current]
     seen: set[str] = set()
     todo: list[InputFile] = []
-    for future in futures:
-        source: InputFile = future if isinstance(future, InputFile) else future.result()
+    for loc, future in zip(current, futures):
+        source: InputFile = future if isinstance(future, InputFile) else _named_result(future, loc.name)
         if source.sha256 in seen or docs.applied(source.sha256):
             summary.skipped += 1
             log.info("%s: its content is applied already (under this or another name): skipped", source.loc)
@@ -622,7 +650,7 @@ def _apply_all(
             source = next(queue, None)
             if source is None:
                 return
-            pending.append(pool.submit(parse_input, source, docs.loc, shard_rows, fetched_at))
+            pending.append((source.name, pool.submit(parse_input, source, docs.loc, shard_rows, fetched_at)))
 
     def commit(txn: DocumentTransaction) -> None:
         nonlocal uncommitted
@@ -644,8 +672,9 @@ def _apply_all(
         top_up()
         try:
             while pending:
+                name, future = pending.pop(0)
                 try:
-                    parsed: ParsedInput = pending.pop(0).result()
+                    parsed: ParsedInput = _named_result(future, name)
                 except BaseException:
                     # A file that cannot be parsed (malformed, unreadable) stops the run, but the
                     # files applied before it are good: commit them, so a fixed re-run starts there.
@@ -678,8 +707,8 @@ def _apply_all(
                     commit(txn)
                     last_commit = time.monotonic()
         except BaseException:
-            for future in pending:  # files parsed ahead: their data files will never be committed
-                future.cancel()
+            for _, ahead in pending:  # files parsed ahead: their data files will never be committed
+                ahead.cancel()
             raise
         if uncommitted:
             commit(txn)
@@ -781,7 +810,8 @@ def listed_baseline(dest: str | Location, waiting: Iterable[str] = ()) -> Baseli
     last file of its baseline and publishes them once the baseline is out, so an update of the
     year proves that no baseline file is still to come; a listing seen while NCBI is still uploading
     the baseline (some files not listed yet, or listed without their ``.md5``: ``waiting`` keys
-    ``folder/name`` and the state's own list) is not taken for the whole baseline."""
+    ``folder/name`` and the state's own list) is not taken for the whole baseline, and neither is a
+    baseline listing left by an earlier sync than the one that listed the update (``sync``)."""
     from pipeline.pubmed.sync import read_state
 
     listed = read_state(dest)["listed"]
@@ -804,6 +834,10 @@ def listed_baseline(dest: str | Location, waiting: Iterable[str] = ()) -> Baseli
             files,
             f"the mirror lists no {prefix} update yet (NCBI publishes a year's updates once its baseline is whole)",
         )
+    assert isinstance(updates, dict)
+    if not entry.get("sync") or entry.get("sync") != updates.get("sync"):
+        # e.g. `biomine sync --only updatefiles` after a sync that saw part of the baseline
+        return BaselineListing(prefix, files, "the baseline was not listed by the sync that listed its updates")
     return BaselineListing(prefix, files)
 
 
@@ -815,7 +849,10 @@ def _synced_dest(files: list[Location]) -> Location | None:
     parents = {f.parent.uri: f.parent for f in files if baseline_year(f.name) is not None}
     if not parents or any(p.name not in FOLDERS for p in parents.values()):
         return None
-    dests = {p.parent.uri: p.parent for p in parents.values()}
+    dests: dict[str, Location] = {}
+    for p in parents.values():
+        key = os.path.realpath(p.parent.path) if p.parent.is_local else p.parent.uri
+        dests.setdefault(key, p.parent)
     if len(dests) != 1:
         return None
     (dest,) = dests.values()
@@ -837,8 +874,9 @@ def _baseline_files(
         return new_baseline
     if not isinstance(new_baseline, bool):
         names = frozenset(new_baseline)
-        m = next((PUBMED_FILE.fullmatch(n) for n in sorted(names)), None)
-        return BaselineListing(m.group("prefix") if m else "", names)
+        found = [m for m in (PUBMED_FILE.fullmatch(n) for n in names) if m]
+        top = max(found, key=lambda m: int(m.group("year")), default=None)
+        return BaselineListing(top.group("prefix") if top else "", names)
     matches = [m for m in (PUBMED_FILE.fullmatch(f.name) for f in files) if m]
     if not new_baseline or not matches:
         return None
@@ -942,8 +980,6 @@ def _drop_older(docs: Documents, year: int, summary: IngestSummary, lease: Lease
         if not gone:
             return []
         return table.filter(pc.is_in(table.column("source"), value_set=pa.array(gone))).column("pmid").to_pylist()
-
-    from concurrent.futures import ThreadPoolExecutor
 
     prefix = f"pubmed{year:02d}n"
     with ThreadPoolExecutor(16) as threads:

@@ -369,7 +369,7 @@ def _not_written(dest: str, key: str, exc: BaseException) -> str:
             f"; check that {dest} exists and can be written there (free space, permissions): on a multi-node "
             "cluster keep DEST on object storage (s3://...) or on a filesystem every node mounts"
         )
-    return f"{key} could not be written on {socket.gethostname()} ({_one_line(exc)}){hint}"
+    return f"{key} could not be stored or read on {socket.gethostname()} ({_one_line(exc)}){hint}"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -489,6 +489,9 @@ def sync(
         state["mirror"] = base
         summary = SyncSummary()
         todo: list[tuple[str, str]] = []
+        # the listings of one sync carry its start: an update listed by this sync proves the baseline
+        # whole only with a baseline listing of the same sync (not one left by an older, partial one)
+        started = _now()
         for folder in folders:
             names, waiting = listing(base, folder, _staging(root), attempts, timeout)
             summary.waiting += [f"{folder}/{n}" for n in waiting]
@@ -500,6 +503,7 @@ def sync(
                     "files": len(names),
                     "waiting": waiting,
                     "checked": _now(),
+                    "sync": started,
                 }
             summary.listed += len(names)
             present = set((root / folder).files())  # one listing, not a request per file
@@ -596,7 +600,7 @@ def _fetch_all(
             future.cancel()
         drain = getattr(pool, "drain", None)  # a RayPool: its cancelled tasks end before the lease is released
         if pending and drain is not None:
-            drain()
+            drain(list(pending))
     return errors
 
 

@@ -28,10 +28,9 @@ import shutil
 import socket
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypedDict
+from typing import Any, Callable, Iterable, Iterator, TypedDict
 
 from pipeline.errors import BioMineError, StageError
 from pipeline.run.jobspec import ResourceSpec
@@ -453,31 +452,22 @@ class RayPool:
         self.workers = max(1, workers)
         self.num_cpus = num_cpus
         self._remote: dict[Any, Any] = {}
-        self._running: set[Any] = set()  # the refs of tasks not done yet (for drain)
-        self._lock = threading.Lock()
 
     def submit(self, fn, *args) -> _RayFuture:
-        import ray
-
         if fn not in self._remote:
+            import ray
+
             self._remote[fn] = ray.remote(num_cpus=self.num_cpus, max_retries=2)(fn)
-        ref = self._remote[fn].remote(*args)
-        with self._lock:
-            self._running.add(ref)
-        ref.future().add_done_callback(lambda _: self._done(ref))
-        return _RayFuture(ref)
+        return _RayFuture(self._remote[fn].remote(*args))
 
-    def _done(self, ref: Any) -> None:
-        with self._lock:
-            self._running.discard(ref)
-
-    def drain(self, timeout: float = DRAIN_TIMEOUT) -> None:
-        """Wait, up to ``timeout`` seconds, for this pool's tasks that are not done yet: after
-        cancelling them (Ctrl-C), so that none still writes (a partial download, a staged file)
-        when the caller releases what it holds (a lease) and a next run starts on the same files."""
+    @staticmethod
+    def drain(futures: Iterable[_RayFuture], timeout: float = DRAIN_TIMEOUT) -> None:
+        """Wait, up to ``timeout`` seconds, for the tasks of ``futures`` to end: after cancelling them
+        (Ctrl-C), so that none still writes (a partial download, a staged file) when the caller
+        releases what it holds (a lease) and a next run starts on the same files. Nothing is
+        fetched (the pool keeps no list of its tasks: that would pin every result)."""
         import ray
 
-        with self._lock:
-            refs = list(self._running)
+        refs = [f.ref for f in futures]
         if refs:
             ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)
