@@ -657,3 +657,20 @@ def test_a_download_whose_ray_worker_died_is_one_error_line_naming_the_file(ncbi
         f"download of baseline/{B2} in its Ray task failed: {first}; sync again (it resumes where it stopped)"
     )
     assert set(read_state(str(tmp_path / "pubmed"))["files"]) == {f"baseline/{B1}", f"updatefiles/{U3}"}
+
+
+def test_a_bug_in_a_download_keeps_its_traceback_and_what_is_pending_is_cancelled(ncbi, tmp_path, monkeypatch):
+    """Only failures of the download itself (the mirror, storage, a lost worker) become one line
+    naming the file; a bug (here a TypeError inside fetch_file) is raised as it is, as
+    pipeline.errors asks of programming errors, and the files verified before it stay recorded."""
+    real = sync_module.fetch_file
+
+    def buggy(dest, mirror, folder, name, *args):
+        if folder == "updatefiles":
+            raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+        return real(dest, mirror, folder, name, *args)
+
+    monkeypatch.setattr(sync_module, "fetch_file", buggy)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        sync(tmp_path / "pubmed", ncbi.url, allow_http=True, progress=False, concurrency=1)
+    assert set(read_state(str(tmp_path / "pubmed"))["files"]) <= {f"baseline/{B1}", f"baseline/{B2}"}

@@ -547,9 +547,11 @@ def _fetch_all(
     timeout: float,
 ) -> list[BioMineError]:
     """Fetch ``todo`` in ``pool``, ``window`` files in flight, recording each verified file in
-    ``state`` (and :data:`STATE`) as it comes back; the failures, in the order they came. A failure
-    of any kind is one :class:`SyncError` naming the file (never a traceback), except a local DEST
-    that a node does not share: that stops the sync at once (:func:`_check_published`).
+    ``state`` (and :data:`STATE`) as it comes back; the failures, in the order they came. A failed
+    download (the mirror, storage, its Ray worker or node lost) is one :class:`SyncError` naming the
+    file, except a local DEST that a node does not share: that stops the sync at once
+    (:func:`_check_published`). A bug is raised as it is, with its traceback, once what is pending
+    is cancelled.
 
     :raises SyncError: a file published where this process cannot see it (what is pending is cancelled).
     """
@@ -579,9 +581,8 @@ def _fetch_all(
                     error = _task_failed(key, where, exc.__cause__ or exc)
                 except BioMineError as exc:
                     error = exc
-                except Exception as exc:  # anything else: one line naming the file (traceback in the debug log)
-                    log.debug("%s: download failed", key, exc_info=True)
-                    error = _task_failed(key, where, exc)
+                # anything else is a bug (fetch_file turns I/O failures into SyncError): it keeps its
+                # traceback (pipeline.errors), after what is pending is cancelled (below)
                 if error is not None:
                     log.error("%s: %s", key, error)
                     errors.append(error)
