@@ -332,15 +332,30 @@ def share(part: float, whole: float) -> float | None:
     return part / whole if whole else None
 
 
+def timed_stage(cls, options, output, dataset) -> tuple[dict, object, float]:
+    """One run of the stand-in stage over ``output``'s live documents on this process's Ray: the
+    documents files it saw, its result and its seconds."""
+    from pipeline.run.cluster import Placement
+    from pipeline.run.plan import PlannedTask
+    from pipeline.run.stages import run_task_stage
+    from pipeline.store.documents import Documents
+
+    docs = Documents(output.documents).files()
+    t = time.perf_counter()
+    r = run_task_stage(
+        PlannedTask(cls.name, cls, options), docs, output.documents, dataset, placement=Placement(1, 0), progress=False
+    )
+    return docs, r, time.perf_counter() - t
+
+
 def measure_updates(
     plan: list[dict], updates: Path, out: Path, model: Path, shard_rows: int, workers: int, baseline_ingest_s: float
 ) -> list[dict]:
     """The stage over the baseline in output ``out``, then each update of ``plan`` (files in
     ``updates``) ingested through Ray tasks and the stage again; one row per step."""
     from pipeline.pubmed.ingest import ingest_files
-    from pipeline.run.cluster import Placement, RayPool
-    from pipeline.run.plan import PlannedTask
-    from pipeline.run.stages import run_task_stage, stage_settings
+    from pipeline.run.cluster import RayPool
+    from pipeline.run.stages import stage_settings
     from pipeline.store.documents import Documents
     from pipeline.store.output import JobOutput
     from pipeline.tasks.options import NerOptions
@@ -358,16 +373,7 @@ def measure_updates(
         docs = Documents(output.documents).files()
         planned = dataset.plan(docs, settings)
         articles_derived = sum(docs[p].rows for p in planned.derive)
-        t = time.perf_counter()
-        r = run_task_stage(
-            PlannedTask(cls.name, cls, options),
-            docs,
-            output.documents,
-            dataset,
-            placement=Placement(1, 0),
-            progress=False,
-        )
-        stage_s = time.perf_counter() - t
+        docs, r, stage_s = timed_stage(cls, options, output, dataset)
         live = sum(f.rows for f in docs.values())
         if not base_s:
             base_s.append(baseline_ingest_s + stage_s)
@@ -442,10 +448,7 @@ def measure_new_baseline(
     from deltalake import DeltaTable
 
     from pipeline.pubmed.ingest import ingest_files
-    from pipeline.run.cluster import Placement, RayPool
-    from pipeline.run.plan import PlannedTask
-    from pipeline.run.stages import run_task_stage
-    from pipeline.store.documents import Documents
+    from pipeline.run.cluster import RayPool
     from pipeline.store.output import JobOutput
     from pipeline.tasks.options import NerOptions
 
@@ -455,17 +458,8 @@ def measure_new_baseline(
     dataset = output.dataset(cls.dataset, cls.schema)
 
     def stage():
-        docs = Documents(output.documents).files()
-        t = time.perf_counter()
-        r = run_task_stage(
-            PlannedTask(cls.name, cls, options),
-            docs,
-            output.documents,
-            dataset,
-            placement=Placement(1, 0),
-            progress=False,
-        )
-        return r, time.perf_counter() - t, sum(f.rows for f in docs.values())
+        docs, r, seconds = timed_stage(cls, options, output, dataset)
+        return r, seconds, sum(f.rows for f in docs.values())
 
     def output_rows_of_dropped() -> int:
         pmids = DeltaTable(str(dataset.loc.path)).to_pyarrow_table(columns=["pmid"]).column("pmid")
